@@ -1,0 +1,83 @@
+//! `[auth]`: API key and secret used to sign and check access tokens.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// API key used when none is configured (development only).
+pub const DEV_API_KEY: &str = "devkey";
+/// API secret used when none is configured (development only).
+pub const DEV_API_SECRET: &str = "vela-development-secret-do-not-use-in-production";
+
+/// Minimum length of a configured API secret, in bytes.
+pub const MIN_API_SECRET_BYTES: usize = 32;
+
+/// Credentials and token settings (`[auth]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API key; empty together with `api_secret` selects the development key.
+    pub api_key: String,
+    /// API secret (at least 32 bytes when set).
+    pub api_secret: String,
+    /// Lifetime, in seconds, of tokens printed by the `token` subcommand.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            api_secret: String::new(),
+            token_ttl_secs: 6 * 60 * 60,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// True when neither key nor secret is configured (development mode).
+    pub fn is_development(&self) -> bool {
+        self.api_key.is_empty() && self.api_secret.is_empty()
+    }
+
+    /// The `(key, secret)` pair to use: the development pair when none is configured.
+    pub fn effective_key(&self) -> (&str, &str) {
+        if self.is_development() {
+            (DEV_API_KEY, DEV_API_SECRET)
+        } else {
+            (&self.api_key, &self.api_secret)
+        }
+    }
+
+    /// Checks the rules that serde cannot express.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        match (self.api_key.is_empty(), self.api_secret.is_empty()) {
+            (false, true) => {
+                return Err(ConfigError::invalid(
+                    "auth.api_secret",
+                    "must be set when auth.api_key is set",
+                ));
+            }
+            (true, false) => {
+                return Err(ConfigError::invalid(
+                    "auth.api_key",
+                    "must be set when auth.api_secret is set",
+                ));
+            }
+            _ => {}
+        }
+        if !self.api_secret.is_empty() && self.api_secret.len() < MIN_API_SECRET_BYTES {
+            return Err(ConfigError::invalid(
+                "auth.api_secret",
+                format!("must be at least {MIN_API_SECRET_BYTES} bytes long"),
+            ));
+        }
+        if self.token_ttl_secs < 60 {
+            return Err(ConfigError::invalid(
+                "auth.token_ttl_secs",
+                "must be at least 60",
+            ));
+        }
+        Ok(())
+    }
+}

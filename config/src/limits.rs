@@ -1,0 +1,42 @@
+//! `[limits]`: sizes and counts that protect the server.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Smallest allowed `limits.max_message_bytes`.
+const MIN_MESSAGE_BYTES: usize = 1024;
+/// Largest allowed `limits.max_message_bytes` (16 MiB).
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Resource limits (`[limits]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest WebSocket message or HTTP SDP body accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Most participants in one room; 0 = unlimited.
+    pub max_participants_per_room: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_participants_per_room: 0,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the rules that serde cannot express.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
+            return Err(ConfigError::invalid(
+                "limits.max_message_bytes",
+                format!("must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES} (16 MiB)"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! `[media]`: the SFU's UDP socket and timing.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Settings of the media (SFU) part (`[media]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// UDP port for ICE/DTLS/SRTP; 0 picks a free port.
+    pub udp_port: u16,
+    /// Address the UDP socket binds.
+    pub bind_ip: IpAddr,
+    /// Addresses advertised as ICE candidates; empty = every local address.
+    pub node_ips: Vec<IpAddr>,
+    /// A peer that has not connected after this many milliseconds is dropped.
+    pub connect_timeout_ms: u64,
+    /// Minimum interval between keyframe requests sent to one publisher.
+    pub keyframe_request_interval_ms: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            udp_port: 7882,
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            node_ips: Vec::new(),
+            connect_timeout_ms: 30_000,
+            keyframe_request_interval_ms: 500,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// Checks the rules that serde cannot express.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(ip) = self
+            .node_ips
+            .iter()
+            .find(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(ConfigError::invalid(
+                "media.node_ips",
+                format!("{ip} cannot be advertised (unspecified or multicast address)"),
+            ));
+        }
+        if self.connect_timeout_ms < 1000 {
+            return Err(ConfigError::invalid(
+                "media.connect_timeout_ms",
+                "must be at least 1000",
+            ));
+        }
+        if !(50..=10_000).contains(&self.keyframe_request_interval_ms) {
+            return Err(ConfigError::invalid(
+                "media.keyframe_request_interval_ms",
+                "must be between 50 and 10000",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,324 @@
+//! Unit tests for loading and validating the configuration.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use super::*;
+
+/// No environment at all.
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+/// Builds an environment from `(name, value)` pairs.
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Loads from TOML text standing in for a file named `test.toml`.
+fn load_str(
+    text: &str,
+    env: Vec<(String, String)>,
+    cli: &CliOverrides,
+) -> Result<Config, ConfigError> {
+    Config::load_from(Some(("test.toml", text)), env, cli)
+}
+
+/// The key named by an `Invalid` error, or a panic describing the error.
+fn invalid_key(result: Result<Config, ConfigError>) -> String {
+    match result {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults() {
+    let config = Config::load(None, no_env(), &CliOverrides::default()).expect("load");
+    assert_eq!(config, Config::default());
+    assert_eq!(
+        config.server.http,
+        "0.0.0.0:7880".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(config.server.log_level, "info");
+    assert_eq!(config.media.udp_port, 7882);
+    assert_eq!(config.media.bind_ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert!(config.media.node_ips.is_empty());
+    assert_eq!(config.media.connect_timeout_ms, 30_000);
+    assert_eq!(config.media.keyframe_request_interval_ms, 500);
+    assert_eq!(config.auth.api_key, "");
+    assert_eq!(config.auth.api_secret, "");
+    assert_eq!(config.auth.token_ttl_secs, 21_600);
+    assert_eq!(config.limits.max_message_bytes, 65_536);
+    assert_eq!(config.limits.max_participants_per_room, 0);
+    config.validate().expect("defaults are valid");
+}
+
+#[test]
+fn default_toml_matches_default() {
+    let parsed: Config = toml::from_str(Config::default_toml()).expect("parse default.toml");
+    assert_eq!(parsed, Config::default());
+    // Every key is listed, not merely defaulted by serde.
+    let listed: toml::Table = toml::from_str(Config::default_toml()).expect("parse table");
+    let expected = toml::Table::try_from(Config::default()).expect("serialize");
+    assert_eq!(listed, expected);
+}
+
+#[test]
+fn production_example_is_valid() {
+    let text = include_str!("../examples/production.toml");
+    let config = load_str(text, no_env(), &CliOverrides::default()).expect("load");
+    assert!(!config.auth.is_development());
+    assert_eq!(config.media.node_ips.len(), 2);
+}
+
+#[test]
+fn file_overrides_defaults() {
+    let text = "[media]\nudp_port = 9000\nnode_ips = [\"203.0.113.1\", \"::1\"]\n";
+    let config = load_str(text, no_env(), &CliOverrides::default()).expect("load");
+    assert_eq!(config.media.udp_port, 9000);
+    assert_eq!(
+        config.media.node_ips,
+        vec![
+            "203.0.113.1".parse::<IpAddr>().expect("ip"),
+            "::1".parse::<IpAddr>().expect("ip")
+        ]
+    );
+    // Untouched keys keep their defaults.
+    assert_eq!(config.media.connect_timeout_ms, 30_000);
+    assert_eq!(config.server, ServerConfig::default());
+}
+
+#[test]
+fn real_file_is_read() {
+    let path = std::env::temp_dir().join(format!("vela-config-test-{}.toml", std::process::id()));
+    std::fs::write(&path, "[server]\nlog_level = \"debug\"\n").expect("write");
+    let result = Config::load(Some(&path), no_env(), &CliOverrides::default());
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(result.expect("load").server.log_level, "debug");
+}
+
+#[test]
+fn missing_file_is_read_error() {
+    let path = Path::new("/nonexistent/vela/config.toml");
+    match Config::load(Some(path), no_env(), &CliOverrides::default()) {
+        Err(ConfigError::Read { path: p, .. }) => assert_eq!(p, path),
+        other => panic!("expected Read, got {other:?}"),
+    }
+}
+
+#[test]
+fn env_overrides_file() {
+    let text = "[media]\nudp_port = 9000\nbind_ip = \"10.0.0.1\"\n[auth]\napi_key = \"file\"\napi_secret = \"0123456789abcdef0123456789abcdef\"\n";
+    let vars = env(&[
+        ("VELA_MEDIA_UDP_PORT", "9100"),
+        ("VELA_MEDIA_NODE_IPS", "203.0.113.1, 198.51.100.2"),
+        ("VELA_SERVER_HTTP", "127.0.0.1:8080"),
+        // Looks like an integer, but the key is a string.
+        ("VELA_AUTH_API_KEY", "12345"),
+        ("VELA_LIMITS_MAX_PARTICIPANTS_PER_ROOM", "50"),
+        // Not ours, or reserved for the binary: ignored.
+        ("PATH", "/usr/bin"),
+        ("VELA_CONFIG", "/etc/vela.toml"),
+        ("VELA_LOG", "trace"),
+    ]);
+    let config = load_str(text, vars, &CliOverrides::default()).expect("load");
+    assert_eq!(config.media.udp_port, 9100);
+    assert_eq!(
+        config.media.bind_ip,
+        "10.0.0.1".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(
+        config.media.node_ips,
+        vec![
+            "203.0.113.1".parse::<IpAddr>().expect("ip"),
+            "198.51.100.2".parse::<IpAddr>().expect("ip")
+        ]
+    );
+    assert_eq!(
+        config.server.http,
+        "127.0.0.1:8080".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(config.auth.api_key, "12345");
+    assert_eq!(config.limits.max_participants_per_room, 50);
+    assert_eq!(config.server.log_level, "info");
+}
+
+#[test]
+fn empty_env_list_clears_file_list() {
+    let text = "[media]\nnode_ips = [\"203.0.113.1\"]\n";
+    let vars = env(&[("VELA_MEDIA_NODE_IPS", "")]);
+    let config = load_str(text, vars, &CliOverrides::default()).expect("load");
+    assert!(config.media.node_ips.is_empty());
+}
+
+#[test]
+fn cli_overrides_env() {
+    let vars = env(&[
+        ("VELA_SERVER_HTTP", "127.0.0.1:8080"),
+        ("VELA_MEDIA_UDP_PORT", "9100"),
+        ("VELA_MEDIA_NODE_IPS", "203.0.113.1"),
+        ("VELA_SERVER_LOG_LEVEL", "warn"),
+    ]);
+    let cli = CliOverrides {
+        http: Some("127.0.0.1:9090".parse().expect("addr")),
+        udp_port: Some(0),
+        node_ips: vec!["192.0.2.7".parse().expect("ip")],
+        log_level: Some("debug".to_owned()),
+    };
+    let config = Config::load(None, vars.clone(), &cli).expect("load");
+    assert_eq!(config.server.http, cli.http.expect("set"));
+    assert_eq!(config.media.udp_port, 0);
+    assert_eq!(config.media.node_ips, cli.node_ips);
+    assert_eq!(config.server.log_level, "debug");
+
+    // Empty CLI node_ips leaves the environment's value.
+    let cli = CliOverrides::default();
+    let config = Config::load(None, vars, &cli).expect("load");
+    assert_eq!(
+        config.media.node_ips,
+        vec!["203.0.113.1".parse::<IpAddr>().expect("ip")]
+    );
+    assert_eq!(config.server.log_level, "warn");
+}
+
+#[test]
+fn unknown_key_in_file_is_named() {
+    let err = load_str(
+        "[media]\nudp_prot = 1\n",
+        no_env(),
+        &CliOverrides::default(),
+    )
+    .expect_err("unknown key");
+    assert!(matches!(err, ConfigError::Parse { ref origin, .. } if origin == "test.toml"));
+    let text = err.to_string();
+    assert!(text.contains("unknown field `udp_prot`"), "{text}");
+
+    let err = load_str("[mediaa]\n", no_env(), &CliOverrides::default()).expect_err("section");
+    assert!(err.to_string().contains("mediaa"), "{err}");
+}
+
+#[test]
+fn bad_type_in_file_is_named() {
+    let err = load_str(
+        "[media]\nudp_port = \"x\"\n",
+        no_env(),
+        &CliOverrides::default(),
+    )
+    .expect_err("bad type");
+    assert!(err.to_string().contains("udp_port"), "{err}");
+}
+
+#[test]
+fn unknown_env_var_is_named() {
+    let err = Config::load(
+        None,
+        env(&[("VELA_MEDIA_UDP_PROT", "1")]),
+        &CliOverrides::default(),
+    )
+    .expect_err("unknown var");
+    match err {
+        ConfigError::Env { ref var, .. } => assert_eq!(var, "VELA_MEDIA_UDP_PROT"),
+        ref other => panic!("expected Env, got {other:?}"),
+    }
+    assert!(err.to_string().contains("VELA_MEDIA_UDP_PROT"), "{err}");
+
+    let err = Config::load(None, env(&[("VELA_NOPE", "1")]), &CliOverrides::default())
+        .expect_err("unknown var");
+    assert!(err.to_string().contains("VELA_NOPE"), "{err}");
+}
+
+#[test]
+fn bad_env_value_is_named() {
+    for (var, value) in [
+        ("VELA_MEDIA_UDP_PORT", "abc"),
+        ("VELA_MEDIA_UDP_PORT", "70000"),
+        ("VELA_MEDIA_BIND_IP", "not-an-ip"),
+        ("VELA_MEDIA_NODE_IPS", "203.0.113.1,bogus"),
+        ("VELA_SERVER_HTTP", "localhost"),
+    ] {
+        match Config::load(None, env(&[(var, value)]), &CliOverrides::default()) {
+            Err(ConfigError::Env { var: v, .. }) => assert_eq!(v, var),
+            other => panic!("{var}={value}: expected Env, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn invalid_values_name_their_key() {
+    let cases = [
+        ("[server]\nlog_level = \" \"\n", "server.log_level"),
+        (
+            "[media]\nconnect_timeout_ms = 999\n",
+            "media.connect_timeout_ms",
+        ),
+        (
+            "[media]\nkeyframe_request_interval_ms = 49\n",
+            "media.keyframe_request_interval_ms",
+        ),
+        (
+            "[media]\nkeyframe_request_interval_ms = 10001\n",
+            "media.keyframe_request_interval_ms",
+        ),
+        ("[media]\nnode_ips = [\"0.0.0.0\"]\n", "media.node_ips"),
+        ("[auth]\ntoken_ttl_secs = 59\n", "auth.token_ttl_secs"),
+        (
+            "[auth]\napi_key = \"k\"\napi_secret = \"short\"\n",
+            "auth.api_secret",
+        ),
+        (
+            "[limits]\nmax_message_bytes = 1023\n",
+            "limits.max_message_bytes",
+        ),
+        (
+            "[limits]\nmax_message_bytes = 16777217\n",
+            "limits.max_message_bytes",
+        ),
+    ];
+    for (text, key) in cases {
+        assert_eq!(
+            invalid_key(load_str(text, no_env(), &CliOverrides::default())),
+            key,
+            "{text}"
+        );
+    }
+    let err = load_str(cases[1].0, no_env(), &CliOverrides::default()).expect_err("invalid");
+    assert_eq!(
+        err.to_string(),
+        "media.connect_timeout_ms: must be at least 1000"
+    );
+
+    // Bounds are inclusive.
+    let ok = "[media]\nconnect_timeout_ms = 1000\nkeyframe_request_interval_ms = 10000\n[limits]\nmax_message_bytes = 16777216\n";
+    load_str(ok, no_env(), &CliOverrides::default()).expect("bounds are valid");
+}
+
+#[test]
+fn api_key_requires_secret() {
+    let result = load_str(
+        "[auth]\napi_key = \"prod\"\n",
+        no_env(),
+        &CliOverrides::default(),
+    );
+    assert_eq!(invalid_key(result), "auth.api_secret");
+
+    let vars = env(&[("VELA_AUTH_API_SECRET", "0123456789abcdef0123456789abcdef")]);
+    let result = Config::load(None, vars, &CliOverrides::default());
+    assert_eq!(invalid_key(result), "auth.api_key");
+}
+
+#[test]
+fn effective_key() {
+    let mut auth = AuthConfig::default();
+    assert!(auth.is_development());
+    assert_eq!(auth.effective_key(), (DEV_API_KEY, DEV_API_SECRET));
+
+    auth.api_key = "prod".to_owned();
+    auth.api_secret = "0123456789abcdef0123456789abcdef".to_owned();
+    assert!(!auth.is_development());
+    assert_eq!(
+        auth.effective_key(),
+        ("prod", "0123456789abcdef0123456789abcdef")
+    );
+}

@@ -1,0 +1,40 @@
+//! Errors of the signaling operations on the core.
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The SDP offer could not be accepted.
+    #[error("offer refused: {0}")]
+    Offer(String),
+    /// The room has reached its participant limit.
+    #[error("room {0} is full")]
+    RoomFull(String),
+    /// The request is not allowed by the participant's permissions.
+    #[error("not permitted: {0}")]
+    NotPermitted(&'static str),
+    /// A WHIP or WHEP join must carry an offer.
+    #[error("an SDP offer is required")]
+    OfferRequired,
+}
+
+/// Why an offer, answer, candidate or other signal was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// No such participant (it left, or never existed).
+    #[error("unknown participant")]
+    UnknownParticipant,
+    /// An answer arrived while no offer from the server was outstanding.
+    #[error("no offer is pending")]
+    NoPendingOffer,
+    /// The SDP could not be accepted.
+    #[error("sdp refused: {0}")]
+    Sdp(String),
+    /// The ICE candidate could not be parsed.
+    #[error("bad candidate: {0}")]
+    Candidate(String),
+    /// No published track of this participant matches.
+    #[error("unknown track")]
+    UnknownTrack,
+}

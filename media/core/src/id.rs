@@ -1,0 +1,125 @@
+//! Typed identifiers for rooms, participants and tracks.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An identifier string that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdParseError {
+    /// A room name must be 1 to 128 characters of `[A-Za-z0-9_.-]`.
+    #[error("invalid room name {0:?}: use 1 to 128 characters of A-Z a-z 0-9 _ . -")]
+    Room(String),
+    /// A participant or track id has the wrong prefix or number.
+    #[error("invalid id {0:?}")]
+    Id(String),
+}
+
+/// The name of a room, as given by clients and tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(String);
+
+impl RoomId {
+    /// Checks and wraps a room name.
+    pub fn new(name: &str) -> Result<Self, IdParseError> {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(RoomId(name.to_owned()))
+        } else {
+            Err(IdParseError::Room(name.to_owned()))
+        }
+    }
+
+    /// The room name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for RoomId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl FromStr for RoomId {
+    type Err = IdParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RoomId::new(s)
+    }
+}
+
+macro_rules! numeric_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{}"), self.0)
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdParseError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.strip_prefix($prefix)
+                    .and_then(|n| n.parse().ok())
+                    .map($name)
+                    .ok_or_else(|| IdParseError::Id(s.to_owned()))
+            }
+        }
+    };
+}
+
+numeric_id!(
+    /// A participant in a room, unique for the lifetime of the server (`PA<n>`).
+    ParticipantId,
+    "PA"
+);
+numeric_id!(
+    /// A published track, unique for the lifetime of the server (`TR<n>`).
+    TrackId,
+    "TR"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let p = ParticipantId(42);
+        assert_eq!(p.to_string(), "PA42");
+        assert_eq!("PA42".parse::<ParticipantId>(), Ok(p));
+        assert!("TR42".parse::<ParticipantId>().is_err());
+        assert!("PA".parse::<ParticipantId>().is_err());
+        assert_eq!("TR7".parse::<TrackId>(), Ok(TrackId(7)));
+    }
+
+    #[test]
+    fn room_names_are_checked() {
+        assert!(RoomId::new("demo-1.a_b").is_ok());
+        assert!(RoomId::new("").is_err());
+        assert!(RoomId::new("a b").is_err());
+        assert!(RoomId::new("a/b").is_err());
+        assert!(RoomId::new(&"x".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! One participant's WebRTC connection: a str0m `Rtc` plus what it publishes
+//! and receives.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::{Candidate, IceCreds, Rtc};
+
+use crate::error::SignalError;
+use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions};
+use crate::track::{Publication, Subscription, SubscriptionState};
+
+/// A participant and its connection.
+pub(crate) struct Peer {
+    pub id: ParticipantId,
+    pub room: RoomId,
+    pub identity: String,
+    pub name: String,
+    pub kind: PeerKind,
+    pub permissions: Permissions,
+    pub rtc: Rtc,
+    /// The server's ICE ufrag on this connection; the router's key.
+    pub ufrag: String,
+    /// Source addresses seen from this peer; the router's keys.
+    pub addrs: Vec<SocketAddr>,
+    pub published: Vec<Publication>,
+    pub subscriptions: Vec<Subscription>,
+    /// The server's offer waiting for an answer.
+    pub pending: Option<SdpPendingOffer>,
+    /// The client's first offer was answered: the server may now offer.
+    pub ready: bool,
+    pub connected: bool,
+    pub joined_at: Instant,
+    /// When the `Rtc` next wants a timeout.
+    pub rtc_timeout: Instant,
+    /// Set when the peer is to be removed on its next drive.
+    pub closing: Option<LeaveReason>,
+}
+
+impl Peer {
+    /// A new peer with a fresh `Rtc` advertising `candidates`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        now: Instant,
+        id: ParticipantId,
+        room: RoomId,
+        identity: String,
+        name: String,
+        kind: PeerKind,
+        permissions: Permissions,
+        candidates: &[SocketAddr],
+    ) -> Self {
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = Rtc::builder()
+            // The server has public addresses: ICE-lite answers checks and never sends them.
+            .set_ice_lite(true)
+            .set_local_ice_credentials(creds)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .build(now);
+        for addr in candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "unusable host candidate"),
+            }
+        }
+        Peer {
+            id,
+            room,
+            identity,
+            name,
+            kind,
+            permissions,
+            rtc,
+            ufrag,
+            addrs: Vec::new(),
+            published: Vec::new(),
+            subscriptions: Vec::new(),
+            pending: None,
+            ready: false,
+            connected: false,
+            joined_at: now,
+            rtc_timeout: now,
+            closing: None,
+        }
+    }
+
+    /// How others see this participant.
+    pub fn info(&self) -> ParticipantInfo {
+        ParticipantInfo {
+            id: self.id,
+            identity: self.identity.clone(),
+            name: self.name.clone(),
+            tracks: self.published.iter().map(Publication::info).collect(),
+        }
+    }
+
+    /// Whether others are told about this participant (WHEP viewers are not).
+    pub fn is_visible(&self) -> bool {
+        self.kind != PeerKind::Whep
+    }
+
+    pub fn publication_by_mid(&mut self, mid: Mid) -> Option<&mut Publication> {
+        self.published.iter_mut().find(|p| p.mid == mid)
+    }
+
+    pub fn publication(&mut self, id: TrackId) -> Option<&mut Publication> {
+        self.published.iter_mut().find(|p| p.id == id)
+    }
+
+    /// The source of the subscription on `mid`, if it is open.
+    pub fn source_of(&self, mid: Mid) -> Option<TrackId> {
+        self.subscriptions
+            .iter()
+            .find(|s| s.mid() == Some(mid))
+            .and_then(|s| s.source)
+    }
+
+    /// Accepts a client offer. Any server offer in flight is void: its changes
+    /// go back to be offered again.
+    pub fn accept_offer(&mut self, offer: SdpOffer) -> Result<SdpAnswer, SignalError> {
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SignalError::Sdp(e.to_string()))?;
+        if self.pending.take().is_some() {
+            for s in &mut self.subscriptions {
+                s.state = match s.state {
+                    SubscriptionState::Negotiating(_) => SubscriptionState::ToOpen,
+                    SubscriptionState::NegotiatingStop(m) => SubscriptionState::ToStop(m),
+                    other => other,
+                };
+            }
+        }
+        self.ready = true;
+        Ok(answer)
+    }
+
+    /// Accepts the client's answer to the server's offer; returns the
+    /// subscriptions that opened, as (source, mid).
+    pub fn accept_answer(&mut self, answer: SdpAnswer) -> Result<Vec<(TrackId, Mid)>, SignalError> {
+        let pending = self.pending.take().ok_or(SignalError::NoPendingOffer)?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| SignalError::Sdp(e.to_string()))?;
+        let mut opened = Vec::new();
+        for s in &mut self.subscriptions {
+            match (s.state, s.source) {
+                (SubscriptionState::Negotiating(m), Some(src)) => {
+                    s.state = SubscriptionState::Open(m);
+                    opened.push((src, m));
+                }
+                // The source went away while the offer was in flight.
+                (SubscriptionState::Negotiating(m), None) => s.state = SubscriptionState::ToStop(m),
+                _ => {}
+            }
+        }
+        self.subscriptions
+            .retain(|s| !matches!(s.state, SubscriptionState::NegotiatingStop(_)));
+        Ok(opened)
+    }
+
+    /// Builds the next server offer if subscriptions changed and no offer is in flight.
+    pub fn negotiate(&mut self) -> Option<SdpOffer> {
+        if self.kind != PeerKind::Session || !self.ready || self.pending.is_some() {
+            return None;
+        }
+        // Subscriptions whose source is gone: never offered ones are dropped,
+        // open ones are stopped.
+        self.subscriptions
+            .retain(|s| !(s.source.is_none() && s.state == SubscriptionState::ToOpen));
+        for s in &mut self.subscriptions {
+            if let (SubscriptionState::Open(m), None) = (s.state, s.source) {
+                s.state = SubscriptionState::ToStop(m);
+            }
+        }
+        let mut change = self.rtc.sdp_api();
+        let mut touched = false;
+        for s in &mut self.subscriptions {
+            match s.state {
+                SubscriptionState::ToOpen => {
+                    // msid carries the publisher's participant id as stream id
+                    // and the track id, so clients map media to people.
+                    let Some(src) = s.source else { continue };
+                    let stream_id = s.publisher.map(|p| p.to_string());
+                    let mid = change.add_media(
+                        s.kind,
+                        Direction::SendOnly,
+                        stream_id,
+                        Some(src.to_string()),
+                        None,
+                    );
+                    s.state = SubscriptionState::Negotiating(mid);
+                    touched = true;
+                }
+                SubscriptionState::ToStop(mid) => {
+                    change.stop_media(mid);
+                    s.state = SubscriptionState::NegotiatingStop(mid);
+                    touched = true;
+                }
+                _ => {}
+            }
+        }
+        if !touched || !change.has_changes() {
+            return None;
+        }
+        let (offer, pending) = change.apply()?;
+        self.pending = Some(pending);
+        Some(offer)
+    }
+
+    /// A free outgoing m-line of `kind` (WHEP viewers), if any.
+    pub fn free_slot(&mut self, kind: MediaKind) -> Option<&mut Subscription> {
+        self.subscriptions.iter_mut().find(|s| {
+            s.kind == kind && s.source.is_none() && matches!(s.state, SubscriptionState::Open(_))
+        })
+    }
+}

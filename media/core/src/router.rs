@@ -1,0 +1,67 @@
+//! Routes each datagram on the shared UDP port to the participant it belongs to.
+//!
+//! Known source addresses are one hash lookup. A STUN binding request from a
+//! new address names the server's ICE ufrag in its USERNAME, which is a second
+//! hash lookup; no datagram scans the peers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use str0m::ice::StunMessage;
+
+use crate::id::ParticipantId;
+
+/// Where a datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// From an address a participant owns.
+    Known(ParticipantId),
+    /// A STUN message naming a participant's ufrag, from an address not yet known.
+    Stun(ParticipantId),
+    /// Nobody's.
+    Unknown,
+}
+
+/// The address and ufrag tables.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    by_addr: HashMap<SocketAddr, ParticipantId>,
+    by_ufrag: HashMap<String, ParticipantId>,
+}
+
+impl Router {
+    pub fn route(&self, source: SocketAddr, datagram: &[u8]) -> Route {
+        if let Some(p) = self.by_addr.get(&source) {
+            return Route::Known(*p);
+        }
+        // RFC 7983: a first byte of 0..=3 is STUN.
+        if datagram.first().is_some_and(|b| *b < 4)
+            && let Ok(msg) = StunMessage::parse(datagram)
+            && let Some((local, _remote)) = msg.split_username()
+            && let Some(p) = self.by_ufrag.get(local)
+        {
+            return Route::Stun(*p);
+        }
+        Route::Unknown
+    }
+
+    pub fn add_ufrag(&mut self, ufrag: String, participant: ParticipantId) {
+        self.by_ufrag.insert(ufrag, participant);
+    }
+
+    pub fn add_addr(&mut self, addr: SocketAddr, participant: ParticipantId) {
+        self.by_addr.insert(addr, participant);
+    }
+
+    /// Forgets a participant's ufrag and addresses.
+    pub fn remove(&mut self, ufrag: &str, addrs: &[SocketAddr], participant: ParticipantId) {
+        if self.by_ufrag.get(ufrag) == Some(&participant) {
+            self.by_ufrag.remove(ufrag);
+        }
+        for a in addrs {
+            if self.by_addr.get(a) == Some(&participant) {
+                self.by_addr.remove(a);
+            }
+        }
+    }
+}

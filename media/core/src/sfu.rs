@@ -1,0 +1,980 @@
+//! The SFU: rooms of peers, datagram routing and media forwarding.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Candidate, Event, IceConnectionState, Input};
+
+use crate::error::{JoinError, SignalError};
+use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::peer::Peer;
+use crate::room::Room;
+use crate::router::{Route, Router};
+use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, Signal};
+use crate::stats::SfuStats;
+use crate::track::{Publication, Subscriber, Subscription, SubscriptionState};
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    candidates: Vec<SocketAddr>,
+    connect_timeout: Duration,
+    keyframe_interval: Duration,
+    max_participants_per_room: u32,
+}
+
+impl SfuConfig {
+    /// A configuration advertising these host candidates (address and UDP port).
+    pub fn new(candidates: Vec<SocketAddr>) -> Self {
+        SfuConfig {
+            candidates,
+            connect_timeout: Duration::from_secs(30),
+            keyframe_interval: Duration::from_millis(500),
+            max_participants_per_room: 0,
+        }
+    }
+
+    /// A peer that has not connected (ICE and DTLS) by then is removed.
+    pub fn set_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// The minimum interval between keyframe requests to one publisher track.
+    pub fn set_keyframe_interval(mut self, d: Duration) -> Self {
+        self.keyframe_interval = d;
+        self
+    }
+
+    /// The most participants a room takes; 0 for no limit.
+    pub fn set_max_participants_per_room(mut self, n: u32) -> Self {
+        self.max_participants_per_room = n;
+        self
+    }
+
+    /// The host candidates advertised to clients.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.candidates
+    }
+}
+
+/// A request to put a participant in a room.
+#[derive(Debug)]
+pub struct JoinRequest {
+    room: RoomId,
+    identity: String,
+    name: Option<String>,
+    kind: PeerKind,
+    permissions: Permissions,
+    offer: Option<SdpOffer>,
+}
+
+impl JoinRequest {
+    /// A join of `identity` to `room` over `kind`, with all permissions and no offer.
+    pub fn new(room: RoomId, identity: impl Into<String>, kind: PeerKind) -> Self {
+        JoinRequest {
+            room,
+            identity: identity.into(),
+            name: None,
+            kind,
+            permissions: Permissions::default(),
+            offer: None,
+        }
+    }
+
+    /// The display name (the identity when not set).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// What the participant may do.
+    pub fn with_permissions(mut self, p: Permissions) -> Self {
+        self.permissions = p;
+        self
+    }
+
+    /// The client's SDP offer (required for WHIP and WHEP).
+    pub fn with_offer(mut self, offer: SdpOffer) -> Self {
+        self.offer = Some(offer);
+        self
+    }
+}
+
+/// A successful join.
+#[derive(Debug)]
+pub struct Joined {
+    /// The new participant.
+    pub participant: ParticipantInfo,
+    /// The visible participants already in the room.
+    pub others: Vec<ParticipantInfo>,
+    /// The answer to the join's offer, if it had one.
+    pub answer: Option<SdpAnswer>,
+    /// An older session of the same identity that this join closed.
+    pub replaced: Option<ParticipantId>,
+}
+
+/// What the core asks of its shell.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send this datagram.
+    Transmit(Transmit),
+    /// Deliver this to a participant's signaling connection.
+    Signal(ParticipantId, Signal),
+    /// Something happened in a room.
+    Event(RoomEvent),
+    /// Nothing more to do until this instant (or until the next input).
+    Timeout(Instant),
+}
+
+/// Cross-peer work found while driving one peer, done after its borrow ends.
+#[derive(Debug)]
+enum Action {
+    Publish(Mid, MediaKind),
+    Bind(MediaKind),
+    Forward(MediaData),
+    Keyframe(TrackId),
+}
+
+/// The selective forwarding unit.
+pub struct Sfu {
+    config: SfuConfig,
+    now: Instant,
+    next_id: u64,
+    peers: HashMap<ParticipantId, Peer>,
+    rooms: HashMap<RoomId, Room>,
+    /// Which participant publishes each track.
+    tracks: HashMap<TrackId, ParticipantId>,
+    router: Router,
+    /// Peers with work to do: input arrived, or media was written to them.
+    dirty: Vec<ParticipantId>,
+    transmits: VecDeque<Transmit>,
+    signals: VecDeque<(ParticipantId, Signal)>,
+    events: VecDeque<RoomEvent>,
+    actions: Vec<Action>,
+    fanout: Vec<Subscriber>,
+    stats: SfuStats,
+}
+
+impl Sfu {
+    /// An empty SFU; `now` starts its clock.
+    pub fn new(config: SfuConfig, now: Instant) -> Self {
+        Sfu {
+            config,
+            now,
+            next_id: 1,
+            peers: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            router: Router::default(),
+            dirty: Vec::new(),
+            transmits: VecDeque::new(),
+            signals: VecDeque::new(),
+            events: VecDeque::new(),
+            actions: Vec::new(),
+            fanout: Vec::new(),
+            stats: SfuStats::default(),
+        }
+    }
+
+    /// The running counters.
+    pub fn stats(&self) -> SfuStats {
+        SfuStats {
+            participants: self.peers.len() as u64,
+            rooms: self.rooms.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// The visible participants of a room, in joining order.
+    pub fn participants(&self, room: &RoomId) -> Vec<ParticipantInfo> {
+        self.rooms
+            .get(room)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .filter_map(|p| self.peers.get(p))
+                    .filter(|p| p.is_visible())
+                    .map(Peer::info)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The room a participant is in.
+    pub fn room_of(&self, participant: ParticipantId) -> Option<&RoomId> {
+        self.peers.get(&participant).map(|p| &p.room)
+    }
+
+    fn advance(&mut self, now: Instant) {
+        // Time never runs backwards for the peers, whatever the caller passes.
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    fn mark_dirty(&mut self, p: ParticipantId) {
+        if !self.dirty.contains(&p) {
+            self.dirty.push(p);
+        }
+    }
+
+    /// Puts a participant in a room.
+    pub fn handle_join(&mut self, now: Instant, req: JoinRequest) -> Result<Joined, JoinError> {
+        self.advance(now);
+        let JoinRequest {
+            room,
+            identity,
+            name,
+            kind,
+            permissions,
+            offer,
+        } = req;
+        match kind {
+            PeerKind::Whip if !permissions.publish => {
+                return Err(JoinError::NotPermitted("publishing needs canPublish"));
+            }
+            PeerKind::Whep if !permissions.subscribe => {
+                return Err(JoinError::NotPermitted("viewing needs canSubscribe"));
+            }
+            PeerKind::Whip | PeerKind::Whep if offer.is_none() => {
+                return Err(JoinError::OfferRequired);
+            }
+            _ => {}
+        }
+        // The same identity joining again replaces its older session (not for viewers).
+        let replaced = if kind == PeerKind::Whep {
+            None
+        } else {
+            self.rooms.get(&room).and_then(|r| {
+                r.participants.iter().copied().find(|p| {
+                    self.peers
+                        .get(p)
+                        .is_some_and(|p| p.identity == identity && p.is_visible())
+                })
+            })
+        };
+        let limit = self.config.max_participants_per_room as usize;
+        if let Some(r) = self.rooms.get(&room)
+            && limit > 0
+            && r.participants.len() - usize::from(replaced.is_some()) >= limit
+        {
+            return Err(JoinError::RoomFull(room.to_string()));
+        }
+
+        let id = ParticipantId(self.next_id);
+        self.next_id += 1;
+        let name = name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| identity.clone());
+        let mut peer = Peer::new(
+            self.now,
+            id,
+            room.clone(),
+            identity,
+            name,
+            kind,
+            permissions,
+            &self.config.candidates,
+        );
+        let answer = match offer {
+            Some(o) => Some(
+                peer.accept_offer(o)
+                    .map_err(|e| JoinError::Offer(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let _span = tracing::info_span!("join", room = %room, participant = %id).entered();
+        if let Some(old) = replaced {
+            self.remove_participant(old, LeaveReason::DuplicateIdentity);
+        }
+
+        let room_entry = self.rooms.entry(room.clone()).or_insert_with(|| {
+            self.events
+                .push_back(RoomEvent::RoomStarted { room: room.clone() });
+            Room::default()
+        });
+        let existing: Vec<ParticipantId> = room_entry.participants.clone();
+        room_entry.participants.push(id);
+
+        // A session subscribes to every track already in the room.
+        if kind == PeerKind::Session && permissions.subscribe {
+            for other in &existing {
+                if let Some(o) = self.peers.get(other) {
+                    for p in &o.published {
+                        peer.subscriptions.push(Subscription {
+                            source: Some(p.id),
+                            publisher: Some(o.id),
+                            kind: p.kind,
+                            state: SubscriptionState::ToOpen,
+                        });
+                    }
+                }
+            }
+        }
+        let info = peer.info();
+        self.router.add_ufrag(peer.ufrag.clone(), id);
+        let visible = peer.is_visible();
+        tracing::info!(identity = %info.identity, ?kind, "participant joined");
+        self.peers.insert(id, peer);
+        self.mark_dirty(id);
+
+        let others: Vec<ParticipantInfo> = existing
+            .iter()
+            .filter_map(|p| self.peers.get(p))
+            .filter(|p| p.is_visible())
+            .map(Peer::info)
+            .collect();
+        if visible {
+            for other in &existing {
+                self.signals
+                    .push_back((*other, Signal::ParticipantJoined(info.clone())));
+            }
+            self.events.push_back(RoomEvent::ParticipantJoined {
+                room,
+                participant: id,
+                identity: info.identity.clone(),
+            });
+        }
+        Ok(Joined {
+            participant: info,
+            others,
+            answer,
+            replaced,
+        })
+    }
+
+    /// Accepts a client's SDP offer and returns the answer.
+    pub fn handle_offer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        offer: SdpOffer,
+    ) -> Result<SdpAnswer, SignalError> {
+        self.advance(now);
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let answer = peer.accept_offer(offer)?;
+        self.mark_dirty(participant);
+        Ok(answer)
+    }
+
+    /// Accepts a client's answer to the server's offer.
+    pub fn handle_answer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        answer: SdpAnswer,
+    ) -> Result<(), SignalError> {
+        self.advance(now);
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let opened = peer.accept_answer(answer)?;
+        for (source, mid) in opened {
+            self.add_subscriber(source, participant, mid);
+        }
+        self.mark_dirty(participant);
+        Ok(())
+    }
+
+    /// Adds a trickled ICE candidate of the client (`candidate:...`, no `a=`).
+    pub fn handle_candidate(
+        &mut self,
+        participant: ParticipantId,
+        candidate: &str,
+    ) -> Result<(), SignalError> {
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let line = candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if line.is_empty() {
+            // End of candidates.
+            return Ok(());
+        }
+        let c =
+            Candidate::from_sdp_string(line).map_err(|e| SignalError::Candidate(e.to_string()))?;
+        peer.rtc.add_remote_candidate(c);
+        self.mark_dirty(participant);
+        Ok(())
+    }
+
+    /// A publisher muted or unmuted one of its tracks (by id, or the first of `kind`).
+    pub fn handle_mute(
+        &mut self,
+        participant: ParticipantId,
+        track: Option<TrackId>,
+        kind: Option<MediaKind>,
+        muted: bool,
+    ) -> Result<TrackId, SignalError> {
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let p = peer
+            .published
+            .iter_mut()
+            .find(|p| Some(p.id) == track || (track.is_none() && Some(p.kind) == kind))
+            .ok_or(SignalError::UnknownTrack)?;
+        p.muted = muted;
+        let id = p.id;
+        let room = peer.room.clone();
+        self.signal_room(&room, Some(participant), |_| Signal::TrackMuted {
+            participant,
+            track: id,
+            muted,
+        });
+        Ok(id)
+    }
+
+    /// A participant leaves (client request, WebSocket closed, DELETE).
+    pub fn handle_leave(&mut self, now: Instant, participant: ParticipantId, reason: LeaveReason) {
+        self.advance(now);
+        self.remove_participant(participant, reason);
+    }
+
+    /// Closes every peer (server shutdown); drain [`Sfu::poll_output`] afterwards
+    /// to send their goodbyes.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.advance(now);
+        let all: Vec<ParticipantId> = self.peers.keys().copied().collect();
+        for p in all {
+            self.remove_participant(p, LeaveReason::ServerShutdown);
+        }
+    }
+
+    /// A datagram arrived on the media port.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        datagram: &[u8],
+    ) {
+        self.advance(now);
+        self.stats.datagrams_received += 1;
+        let route = self.router.route(source, datagram);
+        let (Route::Known(pid) | Route::Stun(pid)) = route else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, datagram) else {
+            self.stats.datagrams_malformed += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            self.stats.datagrams_unrouted += 1;
+            return;
+        };
+        let input = Input::Receive(self.now, receive);
+        if matches!(route, Route::Stun(_)) {
+            // A new address: str0m checks the message integrity before we trust it.
+            if !peer.rtc.accepts(&input) {
+                self.stats.datagrams_rejected += 1;
+                return;
+            }
+        }
+        match peer.rtc.handle_input(input) {
+            Ok(()) => {
+                if matches!(route, Route::Stun(_)) && !peer.addrs.contains(&source) {
+                    peer.addrs.push(source);
+                    self.router.add_addr(source, pid);
+                }
+            }
+            Err(e) => {
+                self.stats.datagrams_rejected += 1;
+                tracing::debug!(participant = %pid, error = %e, "datagram refused");
+            }
+        }
+        self.mark_dirty(pid);
+    }
+
+    /// Time passed; call no later than the last [`Output::Timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let now = self.now;
+        let interval = self.config.keyframe_interval;
+        let connect_timeout = self.config.connect_timeout;
+        let mut due = Vec::new();
+        for peer in self.peers.values_mut() {
+            let mut touched = false;
+            if now >= peer.rtc_timeout {
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(participant = %peer.id, error = %e, "timeout input failed");
+                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                }
+                touched = true;
+            }
+            if !peer.connected && now >= peer.joined_at + connect_timeout {
+                tracing::info!(participant = %peer.id, "never connected; removing");
+                peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                touched = true;
+            }
+            for p in &mut peer.published {
+                if p.keyframes.poll(now, interval) {
+                    if let Some(mut w) = peer.rtc.writer(p.mid) {
+                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                        self.stats.keyframe_requests += 1;
+                    }
+                    touched = true;
+                }
+            }
+            if touched {
+                due.push(peer.id);
+            }
+        }
+        for p in due {
+            self.mark_dirty(p);
+        }
+    }
+
+    /// The next thing to do. Drain until [`Output::Timeout`].
+    pub fn poll_output(&mut self) -> Output {
+        loop {
+            if let Some(t) = self.transmits.pop_front() {
+                return Output::Transmit(t);
+            }
+            if let Some((p, s)) = self.signals.pop_front() {
+                return Output::Signal(p, s);
+            }
+            if let Some(e) = self.events.pop_front() {
+                return Output::Event(e);
+            }
+            if let Some(p) = self.dirty.pop() {
+                self.drive(p);
+                continue;
+            }
+            return Output::Timeout(self.next_timeout());
+        }
+    }
+
+    fn next_timeout(&self) -> Instant {
+        let interval = self.config.keyframe_interval;
+        let mut t = self.now + Duration::from_secs(1);
+        for peer in self.peers.values() {
+            t = t.min(peer.rtc_timeout);
+            if !peer.connected {
+                t = t.min(peer.joined_at + self.config.connect_timeout);
+            }
+            for p in &peer.published {
+                if let Some(d) = p.keyframes.due(interval) {
+                    t = t.min(d);
+                }
+            }
+        }
+        t.max(self.now)
+    }
+
+    /// Polls one peer until its `Rtc` has nothing more, then does the
+    /// cross-peer work that turned up.
+    fn drive(&mut self, pid: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if let Some(offer) = peer.negotiate() {
+            self.signals.push_back((pid, Signal::Offer(offer)));
+        }
+        let mut connected_now = false;
+        loop {
+            match peer.rtc.poll_output() {
+                Ok(str0m::Output::Timeout(t)) => {
+                    peer.rtc_timeout = t;
+                    break;
+                }
+                Ok(str0m::Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(str0m::Output::Event(e)) => match e {
+                    Event::Connected => {
+                        peer.connected = true;
+                        connected_now = true;
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                    }
+                    Event::MediaAdded(m) => {
+                        let ours = peer.subscriptions.iter().any(|s| s.mid() == Some(m.mid));
+                        if ours {
+                            continue;
+                        }
+                        if m.direction.is_receiving() {
+                            self.actions.push(Action::Publish(m.mid, m.kind));
+                        } else if m.direction.is_sending() && peer.kind == PeerKind::Whep {
+                            peer.subscriptions.push(Subscription {
+                                source: None,
+                                publisher: None,
+                                kind: m.kind,
+                                state: SubscriptionState::Open(m.mid),
+                            });
+                            self.actions.push(Action::Bind(m.kind));
+                        }
+                    }
+                    Event::MediaData(d) => {
+                        self.stats.media_received += 1;
+                        if !d.contiguous
+                            && let Some(p) = peer.publication_by_mid(d.mid)
+                        {
+                            self.actions.push(Action::Keyframe(p.id));
+                        }
+                        self.actions.push(Action::Forward(d));
+                    }
+                    Event::KeyframeRequest(r) => {
+                        if let Some(src) = peer.source_of(r.mid) {
+                            self.actions.push(Action::Keyframe(src));
+                        }
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::info!(participant = %pid, error = %e, "connection failed");
+                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                    break;
+                }
+            }
+        }
+        let closing = peer.closing.or(if peer.rtc.is_alive() {
+            None
+        } else {
+            Some(LeaveReason::ConnectionLost)
+        });
+        if connected_now {
+            tracing::info!(participant = %pid, room = %peer.room, "media connected");
+            self.events.push_back(RoomEvent::ParticipantConnected {
+                room: peer.room.clone(),
+                participant: pid,
+            });
+        }
+
+        let mut actions = std::mem::take(&mut self.actions);
+        for a in actions.drain(..) {
+            match a {
+                Action::Publish(mid, kind) => self.publish(pid, mid, kind),
+                Action::Bind(kind) => self.bind_viewer(pid, kind),
+                Action::Forward(d) => self.forward(pid, d),
+                Action::Keyframe(track) => self.request_keyframe(track),
+            }
+        }
+        self.actions = actions;
+        if let Some(reason) = closing {
+            self.remove_participant(pid, reason);
+        }
+    }
+
+    fn publish(&mut self, pid: ParticipantId, mid: Mid, kind: MediaKind) {
+        let id = TrackId(self.next_id);
+        self.next_id += 1;
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if !peer.permissions.publish {
+            tracing::warn!(participant = %pid, %mid, "track ignored: no publish permission");
+            return;
+        }
+        let publication = Publication::new(id, mid, kind);
+        let info = publication.info();
+        peer.published.push(publication);
+        let room = peer.room.clone();
+        self.tracks.insert(id, pid);
+        tracing::info!(participant = %pid, track = %id, ?kind, "track published");
+        self.events.push_back(RoomEvent::TrackPublished {
+            room: room.clone(),
+            participant: pid,
+            track: id,
+            kind: kind.into(),
+        });
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        for m in members {
+            if m == pid {
+                continue;
+            }
+            let Some(other) = self.peers.get_mut(&m) else {
+                continue;
+            };
+            if other.is_visible() || other.kind == PeerKind::Whep {
+                self.signals.push_back((
+                    m,
+                    Signal::TrackPublished {
+                        participant: pid,
+                        track: info.clone(),
+                    },
+                ));
+            }
+            if !other.permissions.subscribe {
+                continue;
+            }
+            match other.kind {
+                PeerKind::Session => {
+                    other.subscriptions.push(Subscription {
+                        source: Some(id),
+                        publisher: Some(pid),
+                        kind,
+                        state: SubscriptionState::ToOpen,
+                    });
+                    self.mark_dirty(m);
+                }
+                PeerKind::Whep => self.bind_viewer(m, kind),
+                PeerKind::Whip => {}
+            }
+        }
+    }
+
+    /// Feeds free m-lines of a WHEP viewer from the room's tracks of `kind`.
+    fn bind_viewer(&mut self, viewer: ParticipantId, kind: MediaKind) {
+        let Some(room) = self.peers.get(&viewer).map(|p| p.room.clone()) else {
+            return;
+        };
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        // The first published track of this kind feeds the viewer.
+        let candidate = members.iter().filter(|m| **m != viewer).find_map(|m| {
+            self.peers.get(m).and_then(|p| {
+                p.published
+                    .iter()
+                    .find(|t| t.kind == kind)
+                    .map(|t| (p.id, t.id))
+            })
+        });
+        let Some((publisher, track)) = candidate else {
+            return;
+        };
+        let Some(v) = self.peers.get_mut(&viewer) else {
+            return;
+        };
+        let Some(slot) = v.free_slot(kind) else {
+            return;
+        };
+        slot.source = Some(track);
+        slot.publisher = Some(publisher);
+        let Some(mid) = slot.mid() else {
+            return;
+        };
+        self.add_subscriber(track, viewer, mid);
+    }
+
+    /// Starts forwarding `track` to `subscriber` on its m-line `mid`.
+    fn add_subscriber(&mut self, track: TrackId, subscriber: ParticipantId, mid: Mid) {
+        let Some(publisher) = self.tracks.get(&track).copied() else {
+            return;
+        };
+        let Some(p) = self
+            .peers
+            .get_mut(&publisher)
+            .and_then(|p| p.publication(track))
+        else {
+            return;
+        };
+        p.subscribers.push(Subscriber {
+            participant: subscriber,
+            mid,
+        });
+        // A new subscriber can only start decoding on a keyframe.
+        if p.kind == MediaKind::Video {
+            self.request_keyframe(track);
+        }
+    }
+
+    fn request_keyframe(&mut self, track: TrackId) {
+        let Some(publisher) = self.tracks.get(&track).copied() else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&publisher) else {
+            return;
+        };
+        let now = self.now;
+        let interval = self.config.keyframe_interval;
+        let Some(p) = peer.published.iter_mut().find(|p| p.id == track) else {
+            return;
+        };
+        if p.kind != MediaKind::Video {
+            return;
+        }
+        if !p.keyframes.request(now, interval) {
+            self.stats.keyframe_requests_throttled += 1;
+            return;
+        }
+        let mid = p.mid;
+        if let Some(mut w) = peer.rtc.writer(mid) {
+            match w.request_keyframe(None, KeyframeRequestKind::Pli) {
+                Ok(()) => self.stats.keyframe_requests += 1,
+                Err(e) => tracing::debug!(track = %track, error = %e, "keyframe request failed"),
+            }
+        }
+        self.mark_dirty(publisher);
+    }
+
+    /// Writes one media frame of `publisher` to all its subscribers.
+    fn forward(&mut self, publisher: ParticipantId, data: MediaData) {
+        // Simulcast layers other than the top one are not forwarded yet.
+        if let Some(rid) = data.rid
+            && !matches!(&*rid, "h" | "f" | "hi" | "high")
+        {
+            return;
+        }
+        let Some(p) = self
+            .peers
+            .get_mut(&publisher)
+            .and_then(|p| p.publication_by_mid(data.mid))
+        else {
+            return;
+        };
+        let mut fanout = std::mem::take(&mut self.fanout);
+        fanout.clear();
+        fanout.extend_from_slice(&p.subscribers);
+        for s in &fanout {
+            let Some(sub) = self.peers.get_mut(&s.participant) else {
+                continue;
+            };
+            let Some(w) = sub.rtc.writer(s.mid) else {
+                continue;
+            };
+            // The subscriber may have negotiated other payload types, or not this codec.
+            let Some(pt) = w.match_params(data.params) else {
+                continue;
+            };
+            match w.write(pt, data.network_time, data.time, data.data.clone()) {
+                Ok(()) => {
+                    self.stats.media_forwarded += 1;
+                    self.mark_dirty(s.participant);
+                }
+                Err(e) => {
+                    tracing::debug!(participant = %s.participant, error = %e, "write failed");
+                }
+            }
+        }
+        self.fanout = fanout;
+    }
+
+    fn signal_room(
+        &mut self,
+        room: &RoomId,
+        except: Option<ParticipantId>,
+        mut f: impl FnMut(ParticipantId) -> Signal,
+    ) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        for p in &r.participants {
+            if Some(*p) != except {
+                self.signals.push_back((*p, f(*p)));
+            }
+        }
+    }
+
+    fn remove_participant(&mut self, pid: ParticipantId, reason: LeaveReason) {
+        let Some(mut peer) = self.peers.remove(&pid) else {
+            return;
+        };
+        let _span = tracing::info_span!("leave", room = %peer.room, participant = %pid).entered();
+        tracing::info!(reason = reason.as_str(), "participant left");
+        self.router.remove(&peer.ufrag, &peer.addrs, pid);
+        self.dirty.retain(|p| *p != pid);
+        // Send DTLS close_notify and RTCP BYE so the client learns at once.
+        if peer.rtc.close().is_ok() {
+            for _ in 0..32 {
+                match peer.rtc.poll_output() {
+                    Ok(str0m::Output::Transmit(t)) => self.transmits.push_back(t),
+                    Ok(str0m::Output::Event(_)) => {}
+                    Ok(str0m::Output::Timeout(_)) | Err(_) => break,
+                }
+            }
+        }
+        let room = peer.room.clone();
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.remove(pid);
+        }
+        // What it received: stop feeding it.
+        for s in &peer.subscriptions {
+            if let (Some(src), Some(mid)) = (s.source, s.mid())
+                && let Some(publisher) = self.tracks.get(&src).copied()
+                && let Some(p) = self
+                    .peers
+                    .get_mut(&publisher)
+                    .and_then(|p| p.publication(src))
+            {
+                p.subscribers
+                    .retain(|x| !(x.participant == pid && x.mid == mid));
+            }
+        }
+        // What it published: everyone's subscriptions lose their source.
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        for p in &peer.published {
+            self.tracks.remove(&p.id);
+            self.events.push_back(RoomEvent::TrackUnpublished {
+                room: room.clone(),
+                participant: pid,
+                track: p.id,
+            });
+        }
+        for m in &members {
+            let Some(other) = self.peers.get_mut(m) else {
+                continue;
+            };
+            let mut rebind = Vec::new();
+            for s in &mut other.subscriptions {
+                if let Some(src) = s.source
+                    && peer.published.iter().any(|p| p.id == src)
+                {
+                    s.source = None;
+                    s.publisher = None;
+                    rebind.push(s.kind);
+                }
+            }
+            if peer.is_visible() {
+                for p in &peer.published {
+                    self.signals.push_back((
+                        *m,
+                        Signal::TrackUnpublished {
+                            participant: pid,
+                            track: p.id,
+                        },
+                    ));
+                }
+                self.signals.push_back((
+                    *m,
+                    Signal::ParticipantLeft {
+                        participant: pid,
+                        reason,
+                    },
+                ));
+            }
+            let whep = other.kind == PeerKind::Whep;
+            self.mark_dirty(*m);
+            if whep {
+                for kind in rebind {
+                    self.bind_viewer(*m, kind);
+                }
+            }
+        }
+        self.signals.push_back((pid, Signal::Left { reason }));
+        if peer.is_visible() {
+            self.events.push_back(RoomEvent::ParticipantLeft {
+                room: room.clone(),
+                participant: pid,
+                reason,
+            });
+        }
+        if members.is_empty() {
+            self.rooms.remove(&room);
+            self.events.push_back(RoomEvent::RoomFinished { room });
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! What the core tells participants and the outside world.
+
+use serde::Serialize;
+use str0m::change::SdpOffer;
+use str0m::media::MediaKind;
+
+use crate::id::{ParticipantId, RoomId, TrackId};
+
+/// The kind of media a track carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackKind {
+    /// Audio (Opus).
+    Audio,
+    /// Video (VP8 or H264).
+    Video,
+}
+
+impl From<MediaKind> for TrackKind {
+    fn from(k: MediaKind) -> Self {
+        match k {
+            MediaKind::Audio => TrackKind::Audio,
+            MediaKind::Video => TrackKind::Video,
+        }
+    }
+}
+
+impl From<TrackKind> for MediaKind {
+    fn from(k: TrackKind) -> Self {
+        match k {
+            TrackKind::Audio => MediaKind::Audio,
+            TrackKind::Video => MediaKind::Video,
+        }
+    }
+}
+
+/// How a participant reaches the server; decides how subscriptions are negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A signaling session (WebSocket): the server renegotiates as tracks come and go.
+    Session,
+    /// A WHIP publisher: publishes only; no renegotiation.
+    Whip,
+    /// A WHEP viewer: the m-lines of its offer are fed from the room's tracks; hidden from others.
+    Whep,
+}
+
+/// What a participant may do in its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permissions {
+    /// May publish tracks.
+    pub publish: bool,
+    /// May receive other participants' tracks.
+    pub subscribe: bool,
+}
+
+impl Default for Permissions {
+    fn default() -> Self {
+        Permissions {
+            publish: true,
+            subscribe: true,
+        }
+    }
+}
+
+/// A published track as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrackInfo {
+    /// The track's id.
+    pub id: TrackId,
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// Whether the publisher muted it.
+    pub muted: bool,
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParticipantInfo {
+    /// The participant's id.
+    pub id: ParticipantId,
+    /// The identity from the token.
+    pub identity: String,
+    /// The display name.
+    pub name: String,
+    /// The tracks it publishes.
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// Why a participant left a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The client asked to leave (or the WebSocket closed, or a WHIP/WHEP DELETE).
+    ClientLeave,
+    /// The same identity joined the room again; the older session is closed.
+    DuplicateIdentity,
+    /// ICE or DTLS failed, or the peer never connected in time.
+    ConnectionLost,
+    /// An operator removed the participant.
+    Removed,
+    /// The server is shutting down.
+    ServerShutdown,
+}
+
+impl LeaveReason {
+    /// The reason as the protocol spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::ClientLeave => "client_leave",
+            LeaveReason::DuplicateIdentity => "duplicate_identity",
+            LeaveReason::ConnectionLost => "connection_lost",
+            LeaveReason::Removed => "removed",
+            LeaveReason::ServerShutdown => "server_shutdown",
+        }
+    }
+}
+
+/// A message for one participant's signaling connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Signal {
+    /// The server renegotiates; the client answers with [`crate::Sfu::handle_answer`].
+    Offer(SdpOffer),
+    /// Someone entered the room.
+    ParticipantJoined(ParticipantInfo),
+    /// Someone left the room.
+    ParticipantLeft {
+        /// Who left.
+        participant: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A participant published a track.
+    TrackPublished {
+        /// The publisher.
+        participant: ParticipantId,
+        /// The track.
+        track: TrackInfo,
+    },
+    /// A track is gone.
+    TrackUnpublished {
+        /// The publisher.
+        participant: ParticipantId,
+        /// The track.
+        track: TrackId,
+    },
+    /// A publisher muted or unmuted a track.
+    TrackMuted {
+        /// The publisher.
+        participant: ParticipantId,
+        /// The track.
+        track: TrackId,
+        /// Muted now.
+        muted: bool,
+    },
+    /// This participant was removed from its room; nothing more follows.
+    Left {
+        /// Why.
+        reason: LeaveReason,
+    },
+}
+
+/// Something that happened in a room, for logs, metrics and integrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoomEvent {
+    /// The first participant entered a room.
+    RoomStarted {
+        /// The room.
+        room: RoomId,
+    },
+    /// The last participant left a room.
+    RoomFinished {
+        /// The room.
+        room: RoomId,
+    },
+    /// A participant joined.
+    ParticipantJoined {
+        /// The room.
+        room: RoomId,
+        /// The participant.
+        participant: ParticipantId,
+        /// Its identity.
+        identity: String,
+    },
+    /// A participant's media connection is up (ICE and DTLS done).
+    ParticipantConnected {
+        /// The room.
+        room: RoomId,
+        /// The participant.
+        participant: ParticipantId,
+    },
+    /// A participant left.
+    ParticipantLeft {
+        /// The room.
+        room: RoomId,
+        /// The participant.
+        participant: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A track was published.
+    TrackPublished {
+        /// The room.
+        room: RoomId,
+        /// The publisher.
+        participant: ParticipantId,
+        /// The track.
+        track: TrackId,
+        /// Audio or video.
+        kind: TrackKind,
+    },
+    /// A track was unpublished.
+    TrackUnpublished {
+        /// The room.
+        room: RoomId,
+        /// The publisher.
+        participant: ParticipantId,
+        /// The track.
+        track: TrackId,
+    },
+}

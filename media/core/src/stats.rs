@@ -1,0 +1,26 @@
+//! Counters the core keeps; cheap to update on the per-packet path.
+
+/// Running totals since the core was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    /// Datagrams received on the media port.
+    pub datagrams_received: u64,
+    /// Datagrams that were not STUN, DTLS, RTP or RTCP, or failed to parse.
+    pub datagrams_malformed: u64,
+    /// Datagrams from an address no participant owns, that no participant accepted.
+    pub datagrams_unrouted: u64,
+    /// Datagrams a participant's WebRTC stack refused.
+    pub datagrams_rejected: u64,
+    /// Media frames received from publishers.
+    pub media_received: u64,
+    /// Media frames written to subscribers.
+    pub media_forwarded: u64,
+    /// Keyframe requests sent to publishers.
+    pub keyframe_requests: u64,
+    /// Keyframe requests held back by the per-publisher throttle.
+    pub keyframe_requests_throttled: u64,
+    /// Participants currently in a room.
+    pub participants: u64,
+    /// Rooms currently open.
+    pub rooms: u64,
+}

@@ -1,0 +1,355 @@
+//! An in-memory world for driving str0m client peers against the core on a
+//! virtual clock: no sockets, no real time.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
+use vela_media_core::{
+    JoinRequest, LeaveReason, Output, ParticipantId, PeerKind, RoomId, Sfu, SfuConfig, Signal,
+};
+
+/// Media one client received on one m-line.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub kind: MediaKind,
+    /// The publisher's participant id, from the msid stream id.
+    pub from: String,
+    pub frames: u64,
+}
+
+/// A str0m peer standing in for a browser.
+pub struct Client {
+    pub name: String,
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub id: ParticipantId,
+    pub audio: Option<Mid>,
+    pub video: Option<Mid>,
+    pub pending: Option<SdpPendingOffer>,
+    pub received: HashMap<Mid, Received>,
+    pub keyframe_requests: u64,
+    pub signals: Vec<String>,
+    pub left: Option<LeaveReason>,
+    pub connected: bool,
+    pub timeout: Instant,
+    frame: u64,
+    force_keyframe: bool,
+}
+
+impl Client {
+    /// Frames received from `publisher` of `kind`, over all its m-lines.
+    pub fn frames_from(&self, publisher: ParticipantId, kind: MediaKind) -> u64 {
+        let p = publisher.to_string();
+        self.received
+            .values()
+            .filter(|r| r.from == p && r.kind == kind)
+            .map(|r| r.frames)
+            .sum()
+    }
+
+    /// Publishers this client has an active (not stopped) m-line from.
+    pub fn active_sources(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .received
+            .keys()
+            .filter_map(|mid| self.rtc.media(*mid))
+            .filter(|m| !m.stopped() && !m.disabled() && m.direction() != Direction::Inactive)
+            .map(|m| m.stream_id().to_string())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The core plus its clients, joined by a lossless in-memory network.
+pub struct World {
+    pub sfu: Sfu,
+    pub server: SocketAddr,
+    pub now: Instant,
+    pub clients: Vec<Client>,
+    pub events: Vec<vela_media_core::RoomEvent>,
+    to_server: VecDeque<(SocketAddr, Vec<u8>)>,
+    next_audio: Instant,
+    next_video: Instant,
+}
+
+pub fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl World {
+    pub fn new() -> World {
+        Self::with_config(|c| c)
+    }
+
+    pub fn with_config(f: impl FnOnce(SfuConfig) -> SfuConfig) -> World {
+        init_log();
+        let now = Instant::now();
+        let server: SocketAddr = "127.0.0.1:7882".parse().unwrap();
+        World {
+            sfu: Sfu::new(f(SfuConfig::new(vec![server])), now),
+            server,
+            now,
+            clients: Vec::new(),
+            events: Vec::new(),
+            to_server: VecDeque::new(),
+            next_audio: now,
+            next_video: now,
+        }
+    }
+
+    /// A session client joins `room`, publishing audio and video if asked.
+    pub fn join(&mut self, room: &str, name: &str, publish: bool) -> usize {
+        let n = self.clients.len() as u8 + 2;
+        let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let joined = self
+            .sfu
+            .handle_join(
+                self.now,
+                JoinRequest::new(RoomId::new(room).unwrap(), name, PeerKind::Session),
+            )
+            .unwrap();
+        let mut change = rtc.sdp_api();
+        let (mut audio, mut video) = (None, None);
+        if publish {
+            audio = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            video = Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        } else {
+            change.add_channel("vela".into());
+        }
+        let (offer, pending) = change.apply().unwrap();
+        let answer = self
+            .sfu
+            .handle_offer(self.now, joined.participant.id, offer)
+            .unwrap();
+        rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        self.clients.push(Client {
+            name: name.into(),
+            rtc,
+            addr,
+            id: joined.participant.id,
+            audio,
+            video,
+            pending: None,
+            received: HashMap::new(),
+            keyframe_requests: 0,
+            signals: Vec::new(),
+            left: None,
+            connected: false,
+            timeout: self.now,
+            frame: 0,
+            force_keyframe: true,
+        });
+        self.clients.len() - 1
+    }
+
+    pub fn leave(&mut self, idx: usize) {
+        let id = self.clients[idx].id;
+        self.sfu
+            .handle_leave(self.now, id, LeaveReason::ClientLeave);
+        self.clients[idx].rtc.disconnect();
+    }
+
+    /// Runs the world for `d` of virtual time in 5 ms steps.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.produce_media();
+            self.pump();
+            self.now += Duration::from_millis(5);
+            self.sfu.handle_timeout(self.now);
+            for c in &mut self.clients {
+                if c.rtc.is_alive() && c.timeout <= self.now {
+                    c.rtc.handle_input(Input::Timeout(self.now)).unwrap();
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// Runs until `cond` holds, at most `limit` of virtual time; true if it held.
+    pub fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&World) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if cond(self) {
+                return true;
+            }
+            self.run_for(Duration::from_millis(20));
+        }
+        cond(self)
+    }
+
+    fn produce_media(&mut self) {
+        let audio_due = self.now >= self.next_audio;
+        let video_due = self.now >= self.next_video;
+        if audio_due {
+            self.next_audio += Duration::from_millis(20);
+        }
+        if video_due {
+            self.next_video += Duration::from_millis(50);
+        }
+        let now = self.now;
+        for c in &mut self.clients {
+            if !c.connected || !c.rtc.is_alive() {
+                continue;
+            }
+            c.frame += 1;
+            if audio_due && let Some(mid) = c.audio {
+                let w = c.rtc.writer(mid).unwrap();
+                let pt = w
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::Opus)
+                    .unwrap()
+                    .pt();
+                let t = MediaTime::from_millis(c.frame * 20)
+                    .rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ);
+                w.write(pt, now, t, vec![0xfc, 0xff, 0xfe, c.frame as u8])
+                    .unwrap();
+            }
+            if video_due && let Some(mid) = c.video {
+                let w = c.rtc.writer(mid).unwrap();
+                let pt = w
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::Vp8)
+                    .unwrap()
+                    .pt();
+                // A VP8 frame tag: bit 0 clear marks a keyframe.
+                let key = std::mem::take(&mut c.force_keyframe);
+                let mut frame = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                frame.resize(1200, c.frame as u8);
+                let t = MediaTime::from_90khz(c.frame * 4500);
+                w.write(pt, now, t, frame).unwrap();
+            }
+        }
+    }
+
+    /// Moves packets and signals until nothing is left to move.
+    pub fn pump(&mut self) {
+        for _ in 0..200 {
+            let mut moved = false;
+            for c in &mut self.clients {
+                if !c.rtc.is_alive() {
+                    continue;
+                }
+                loop {
+                    match c.rtc.poll_output().unwrap() {
+                        RtcOutput::Timeout(t) => {
+                            c.timeout = t;
+                            break;
+                        }
+                        RtcOutput::Transmit(t) => {
+                            self.to_server.push_back((c.addr, t.contents.to_vec()));
+                        }
+                        RtcOutput::Event(e) => match e {
+                            Event::Connected => c.connected = true,
+                            Event::MediaAdded(m) => {
+                                if m.direction.is_receiving() {
+                                    let from = c
+                                        .rtc
+                                        .media(m.mid)
+                                        .map(|x| x.stream_id().to_string())
+                                        .unwrap_or_default();
+                                    c.received.insert(
+                                        m.mid,
+                                        Received {
+                                            kind: m.kind,
+                                            from,
+                                            frames: 0,
+                                        },
+                                    );
+                                }
+                            }
+                            Event::MediaData(d) => {
+                                if let Some(r) = c.received.get_mut(&d.mid) {
+                                    r.frames += 1;
+                                }
+                            }
+                            Event::KeyframeRequest(_) => {
+                                c.keyframe_requests += 1;
+                                c.force_keyframe = true;
+                            }
+                            _ => {}
+                        },
+                    }
+                }
+            }
+            while let Some((src, data)) = self.to_server.pop_front() {
+                moved = true;
+                self.sfu.handle_receive(self.now, src, self.server, &data);
+            }
+            loop {
+                match self.sfu.poll_output() {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => {
+                        moved = true;
+                        if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
+                            if !c.rtc.is_alive() {
+                                continue;
+                            }
+                            let r =
+                                Receive::new(Protocol::Udp, t.source, t.destination, &t.contents)
+                                    .unwrap();
+                            c.rtc.handle_input(Input::Receive(self.now, r)).unwrap();
+                        }
+                    }
+                    Output::Signal(p, s) => {
+                        moved = true;
+                        self.signal(p, s);
+                    }
+                    Output::Event(e) => self.events.push(e),
+                    _ => {}
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn signal(&mut self, p: ParticipantId, s: Signal) {
+        let Some(c) = self.clients.iter_mut().find(|c| c.id == p) else {
+            return;
+        };
+        match s {
+            Signal::Offer(offer) => {
+                if !c.rtc.is_alive() {
+                    return;
+                }
+                let answer: SdpAnswer = c.rtc.sdp_api().accept_offer(offer).unwrap();
+                c.signals.push("offer".into());
+                // Mark new receiving m-lines now, so media is counted from the first frame.
+                self.sfu.handle_answer(self.now, p, answer).unwrap();
+            }
+            Signal::Left { reason } => {
+                c.left = Some(reason);
+                c.signals.push(format!("left:{}", reason.as_str()));
+            }
+            Signal::ParticipantJoined(i) => c.signals.push(format!("joined:{}", i.id)),
+            Signal::ParticipantLeft { participant, .. } => {
+                c.signals.push(format!("participant_left:{participant}"))
+            }
+            Signal::TrackPublished { participant, track } => c
+                .signals
+                .push(format!("track_published:{participant}:{}", track.id)),
+            Signal::TrackUnpublished { participant, track } => c
+                .signals
+                .push(format!("track_unpublished:{participant}:{track}")),
+            other => c.signals.push(format!("{other:?}")),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Three str0m peers in one room, on a virtual clock: everyone receives the
+//! others' audio and video; a leave removes tracks; a late subscriber gets a
+//! keyframe promptly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::World;
+use str0m::media::MediaKind;
+
+#[test]
+fn three_peers_receive_each_others_audio_and_video() {
+    let mut w = World::new();
+    let a = w.join("room1", "alice", true);
+    let b = w.join("room1", "bob", true);
+    let c = w.join("room1", "carol", true);
+
+    let ok = w.run_until(Duration::from_secs(10), |w| {
+        (0..3).all(|i| {
+            (0..3).filter(|j| *j != i).all(|j| {
+                let from = w.clients[j].id;
+                w.clients[i].frames_from(from, MediaKind::Audio) >= 20
+                    && w.clients[i].frames_from(from, MediaKind::Video) >= 10
+            })
+        })
+    });
+    for cl in &w.clients {
+        eprintln!("{} {:?} {:?}", cl.name, cl.id, cl.received);
+    }
+    assert!(ok, "every peer receives both others' audio and video");
+    // Nobody receives their own media back.
+    for i in [a, b, c] {
+        let own = w.clients[i].id;
+        assert_eq!(w.clients[i].frames_from(own, MediaKind::Audio), 0);
+        assert_eq!(w.clients[i].frames_from(own, MediaKind::Video), 0);
+    }
+    let stats = w.sfu.stats();
+    assert_eq!(stats.participants, 3);
+    assert_eq!(stats.rooms, 1);
+    assert!(stats.media_forwarded > 0);
+}
+
+#[test]
+fn a_leave_removes_its_tracks_from_the_others() {
+    let mut w = World::new();
+    let a = w.join("room1", "alice", true);
+    let b = w.join("room1", "bob", true);
+    let c = w.join("room1", "carol", true);
+    assert!(w.run_until(Duration::from_secs(10), |w| {
+        w.clients[a].active_sources().len() == 2 && w.clients[b].active_sources().len() == 2
+    }));
+    let carol = w.clients[c].id;
+    w.leave(c);
+    w.run_for(Duration::from_millis(500));
+
+    for i in [a, b] {
+        let cl = &w.clients[i];
+        assert!(
+            cl.signals.contains(&format!("participant_left:{carol}")),
+            "{} was told carol left: {:?}",
+            cl.name,
+            cl.signals
+        );
+        assert!(
+            !cl.active_sources().contains(&carol.to_string()),
+            "{} has no m-line from carol any more: {:?}",
+            cl.name,
+            cl.active_sources()
+        );
+    }
+    // Media between the two who stayed keeps flowing.
+    let before = w.clients[a].frames_from(w.clients[b].id, MediaKind::Video);
+    w.run_for(Duration::from_secs(1));
+    assert!(w.clients[a].frames_from(w.clients[b].id, MediaKind::Video) > before + 10);
+    assert_eq!(w.sfu.stats().participants, 2);
+}
+
+#[test]
+fn a_late_subscriber_triggers_a_keyframe_request() {
+    let mut w = World::new();
+    let a = w.join("room1", "alice", true);
+    let b = w.join("room1", "bob", true);
+    assert!(w.run_until(Duration::from_secs(10), |w| {
+        w.clients[b].frames_from(w.clients[a].id, MediaKind::Video) > 5
+    }));
+    // Let the throttle window pass so the next request is not held back.
+    w.run_for(Duration::from_secs(2));
+    let before = w.clients[a].keyframe_requests;
+
+    let c = w.join("room1", "carol", false);
+    let joined_at = w.now;
+    let ok = w.run_until(Duration::from_secs(3), |w| {
+        w.clients[a].keyframe_requests > before
+    });
+    assert!(ok, "the publisher was asked for a keyframe");
+    assert!(
+        w.now - joined_at < Duration::from_secs(2),
+        "promptly: {:?}",
+        w.now - joined_at
+    );
+    assert!(w.run_until(Duration::from_secs(3), |w| {
+        w.clients[c].frames_from(w.clients[a].id, MediaKind::Video) > 3
+    }));
+}
+
+#[test]
+fn keyframe_requests_from_many_subscribers_are_throttled() {
+    let mut w = World::new();
+    let a = w.join("room1", "alice", true);
+    assert!(w.run_until(Duration::from_secs(5), |w| w.clients[a].connected));
+    w.run_for(Duration::from_secs(1));
+    let before = w.clients[a].keyframe_requests;
+    // Eight subscribers arrive within 100 ms.
+    for i in 0..8 {
+        w.join("room1", &format!("viewer{i}"), false);
+        w.run_for(Duration::from_millis(10));
+    }
+    w.run_for(Duration::from_secs(3));
+    let sent = w.clients[a].keyframe_requests - before;
+    assert!(sent >= 1, "at least one keyframe request");
+    // 500 ms throttle over ~3 s: a handful at most, not one per subscriber and retry.
+    assert!(sent <= 8, "requests were throttled: {sent}");
+    assert!(w.sfu.stats().keyframe_requests_throttled > 0);
+}
