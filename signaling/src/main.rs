@@ -1,1 +1,192 @@
-fn main() {}
+//! The `vela` binary: runs the server, or prints an access token.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vela_config::{CliOverrides, Config};
+use vela_signaling::token::{TokenKeys, VideoGrant};
+
+/// A WebRTC SFU with signaling, WHIP and WHEP.
+#[derive(Parser, Debug)]
+#[command(name = "vela", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// A TOML configuration file (see config/default.toml).
+    #[arg(long, global = true, env = "VELA_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP and WebSocket listen address, e.g. 0.0.0.0:7880.
+    #[arg(long, global = true)]
+    http: Option<SocketAddr>,
+    /// The UDP port for all media (0 picks a free one).
+    #[arg(long, global = true)]
+    udp_port: Option<u16>,
+    /// An address advertised to clients as an ICE host candidate (repeatable);
+    /// by default every local address.
+    #[arg(long = "node-ip", global = true)]
+    node_ips: Vec<IpAddr>,
+    /// Log filter, e.g. info or vela_media_core=debug.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print an access token for a room.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The room the token admits to.
+    #[arg(long)]
+    room: String,
+    /// The participant identity.
+    #[arg(long)]
+    identity: String,
+    /// The display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Do not grant publishing.
+    #[arg(long)]
+    no_publish: bool,
+    /// Do not grant subscribing.
+    #[arg(long)]
+    no_subscribe: bool,
+    /// Lifetime in seconds (default: auth.token_ttl_secs).
+    #[arg(long)]
+    ttl: Option<u64>,
+}
+
+fn load(common: &Common) -> Result<Config, String> {
+    let cli = CliOverrides {
+        http: common.http,
+        udp_port: common.udp_port,
+        node_ips: common.node_ips.clone(),
+        log_level: common.log_level.clone(),
+    };
+    Config::load(common.config.as_deref(), std::env::vars(), &cli)
+        .map_err(|e| format!("configuration error: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli.common) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vela: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Token(args)) => token(&config, &args),
+        None | Some(Command::Serve) => serve(config),
+    }
+}
+
+fn token(config: &Config, args: &TokenArgs) -> ExitCode {
+    if let Err(e) = vela_media::core::RoomId::new(&args.room) {
+        eprintln!("vela: {e}");
+        return ExitCode::from(2);
+    }
+    let (key, secret) = config.auth.effective_key();
+    if config.auth.is_development() {
+        eprintln!("vela: warning: signing with the development key (no auth.api_key configured)");
+    }
+    let grant = VideoGrant {
+        room: Some(args.room.clone()),
+        room_join: true,
+        can_publish: Some(!args.no_publish),
+        can_subscribe: Some(!args.no_subscribe),
+    };
+    let ttl = Duration::from_secs(args.ttl.unwrap_or(config.auth.token_ttl_secs));
+    match TokenKeys::new(key, secret).issue(&args.identity, args.name.as_deref(), grant, ttl) {
+        Ok(t) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{t}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vela: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let filter = std::env::var("VELA_LOG").unwrap_or_else(|_| config.server.log_level.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vela: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let server = match vela_signaling::spawn(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            "vela is up: open http://{}/ in two browser tabs",
+            display_addr(server.http_addr)
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        tracing::info!("bye");
+        ExitCode::SUCCESS
+    })
+}
+
+fn display_addr(a: SocketAddr) -> String {
+    if a.ip().is_unspecified() {
+        format!("127.0.0.1:{}", a.port())
+    } else {
+        a.to_string()
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

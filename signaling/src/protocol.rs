@@ -1,0 +1,138 @@
+//! The WebSocket messages (docs/protocol.md).
+
+use serde::{Deserialize, Serialize};
+use vela_media::core::{
+    LeaveReason, ParticipantId, ParticipantInfo, TrackId, TrackInfo, TrackKind,
+};
+
+/// A message from the client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Join the room named in the token.
+    Join {
+        /// The access token.
+        token: String,
+        /// A display name overriding the token's.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// The client's SDP offer.
+    Offer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// The client's answer to the server's offer.
+    Answer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// A trickled ICE candidate.
+    Candidate {
+        /// The `candidate:...` value.
+        candidate: String,
+        /// The m-line it belongs to; accepted as browsers send it, but the
+        /// server needs only the candidate (one transport, bundled).
+        #[serde(default)]
+        #[allow(dead_code)]
+        sdp_mid: Option<String>,
+    },
+    /// The client muted or unmuted a track.
+    Mute {
+        /// The track's id; empty to name it by kind.
+        #[serde(default)]
+        track_id: Option<String>,
+        /// The track's kind, when no id is given.
+        #[serde(default)]
+        kind: Option<String>,
+        /// Muted now.
+        muted: bool,
+    },
+    /// Leave the room.
+    Leave,
+    /// Heartbeat.
+    Ping,
+}
+
+/// A message to the client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// The join succeeded.
+    Joined {
+        /// The room.
+        room: &'a str,
+        /// This participant.
+        participant: &'a ParticipantInfo,
+        /// The others already there.
+        participants: &'a [ParticipantInfo],
+    },
+    /// The answer to the client's offer.
+    Answer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// A server offer.
+    Offer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// Someone joined.
+    ParticipantJoined {
+        /// Who.
+        participant: &'a ParticipantInfo,
+    },
+    /// Someone left.
+    ParticipantLeft {
+        /// Who.
+        participant_id: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A track was published.
+    TrackPublished {
+        /// By whom.
+        participant_id: ParticipantId,
+        /// The track.
+        track: &'a TrackInfo,
+    },
+    /// A track is gone.
+    TrackUnpublished {
+        /// Whose.
+        participant_id: ParticipantId,
+        /// Which.
+        track_id: TrackId,
+    },
+    /// A track was muted or unmuted.
+    TrackMuted {
+        /// Whose.
+        participant_id: ParticipantId,
+        /// Which.
+        track_id: TrackId,
+        /// Muted now.
+        muted: bool,
+    },
+    /// The session ended.
+    Left {
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// The last message was refused.
+    Error {
+        /// An HTTP-like status.
+        code: u16,
+        /// Why.
+        message: &'a str,
+    },
+    /// Heartbeat answer.
+    Pong,
+}
+
+/// Parses a track kind as the protocol spells it.
+pub fn parse_kind(s: &str) -> Option<TrackKind> {
+    match s {
+        "audio" => Some(TrackKind::Audio),
+        "video" => Some(TrackKind::Video),
+        _ => None,
+    }
+}

@@ -1,0 +1,233 @@
+//! The HTTP server: state, routes, start and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use vela_config::Config;
+use vela_media::core::{ParticipantId, RoomId, SfuConfig};
+use vela_media::{MediaHandle, MediaSockets};
+
+use crate::api_error::ApiError;
+use crate::token::{Claims, TokenKeys, VideoGrant};
+use crate::{session, whip};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The media port could not be opened.
+    #[error(transparent)]
+    Media(#[from] vela_media::BindError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A WHIP or WHEP session, addressed by its Location.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpSession {
+    pub room: RoomId,
+    pub identity: String,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub config: Arc<Config>,
+    pub keys: TokenKeys,
+    pub media: MediaHandle,
+    pub http_sessions: Arc<Mutex<HashMap<ParticipantId, HttpSession>>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Verifies a token and its grant to join `room`.
+    pub fn authorize(&self, token: &str, room: &RoomId) -> Result<Claims, ApiError> {
+        let claims = self.keys.verify(token)?;
+        if !claims.video.room_join {
+            return Err(ApiError::forbidden("token has no roomJoin grant"));
+        }
+        match claims.video.room.as_deref() {
+            Some(r) if r == room.as_str() => Ok(claims),
+            _ => Err(ApiError::forbidden(format!(
+                "token is not valid for room {room}"
+            ))),
+        }
+    }
+}
+
+/// A running server.
+pub struct RunningServer {
+    /// Where HTTP and WebSocket clients connect.
+    pub http_addr: SocketAddr,
+    /// The media port (first advertised address).
+    pub udp_addr: SocketAddr,
+    /// A handle to the media driver.
+    pub media: MediaHandle,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<()>,
+    driver: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Closes every peer and session, stops the listeners, and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.media.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
+    }
+}
+
+/// Binds the media port and the HTTP listener as configured and starts serving.
+pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
+    let ips = if config.media.node_ips.is_empty() {
+        vela_media::local_addresses()
+    } else {
+        config.media.node_ips.clone()
+    };
+    let sockets = MediaSockets::bind(&ips, config.media.udp_port, config.media.bind_ip).await?;
+    let advertised = sockets.advertised();
+    tracing::info!(candidates = ?advertised, "media port open");
+    let udp_addr = advertised[0];
+    let sfu_config = SfuConfig::new(advertised)
+        .set_connect_timeout(Duration::from_millis(config.media.connect_timeout_ms))
+        .set_keyframe_interval(Duration::from_millis(
+            config.media.keyframe_request_interval_ms,
+        ))
+        .set_max_participants_per_room(config.limits.max_participants_per_room);
+    let (media, driver) = vela_media::spawn(sockets, sfu_config);
+
+    let listener = TcpListener::bind(config.server.http)
+        .await
+        .map_err(|source| StartError::Http {
+            addr: config.server.http,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+        addr: config.server.http,
+        source,
+    })?;
+
+    let (key, secret) = config.auth.effective_key();
+    if config.auth.is_development() {
+        tracing::warn!(
+            api_key = key,
+            "no API key configured: using the development key; anyone can mint tokens via /api/dev-token. Set auth.api_key and auth.api_secret in production."
+        );
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState {
+        keys: TokenKeys::new(key, secret),
+        config: Arc::new(config),
+        media: media.clone(),
+        http_sessions: Arc::default(),
+        shutdown: shutdown_rx.clone(),
+    };
+    let app = router(state);
+    tracing::info!(%http_addr, "http listening");
+    let mut stop = shutdown_rx;
+    let http = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    Ok(RunningServer {
+        http_addr,
+        udp_addr,
+        media,
+        shutdown: shutdown_tx,
+        http,
+        driver,
+    })
+}
+
+fn router(state: AppState) -> Router {
+    let limit = state.config.limits.max_message_bytes;
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/dev-token", get(dev_token))
+        .route("/ws", get(session::upgrade))
+        .route("/whip/{room}", post(whip::whip))
+        .route("/whep/{room}", post(whip::whep))
+        .route(
+            "/whip/{room}/{session}",
+            delete(whip::end).patch(whip::patch),
+        )
+        .route(
+            "/whep/{room}/{session}",
+            delete(whip::end).patch(whip::patch),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../static/index.html"))
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    room: String,
+    identity: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Mints tokens for the web page, only while the development key is in use.
+async fn dev_token(
+    State(state): State<AppState>,
+    Query(q): Query<DevTokenQuery>,
+) -> Result<Response, ApiError> {
+    if !state.config.auth.is_development() {
+        return Err(ApiError::not_found(
+            "development tokens are off: this server has an API key",
+        ));
+    }
+    let room = RoomId::new(&q.room).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if q.identity.is_empty() || q.identity.len() > 128 {
+        return Err(ApiError::bad_request(
+            "identity must be 1 to 128 characters",
+        ));
+    }
+    let grant = VideoGrant {
+        room: Some(room.to_string()),
+        room_join: true,
+        can_publish: Some(true),
+        can_subscribe: Some(true),
+    };
+    let token = state.keys.issue(
+        &q.identity,
+        q.name.as_deref(),
+        grant,
+        Duration::from_secs(state.config.auth.token_ttl_secs),
+    )?;
+    Ok((
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({ "token": token })),
+    )
+        .into_response())
+}

@@ -1,0 +1,526 @@
+//! Shared harness for the end-to-end browser tests: a vela server on
+//! 127.0.0.1, one chromedriver and headless Chromium sessions with the fake
+//! camera and microphone (see /work/shared/design/TESTING.md).
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
+//! `chromium` and `chromium-driver`). Without them a test fails with a clear
+//! message; it never skips.
+//!
+//! Everything the browsers write (profile, caches, $HOME, $TMPDIR) goes to a
+//! fresh directory under the system temp dir, removed at the end. Every test
+//! runs under a time limit; the sessions, chromedriver, every Chromium
+//! process it started and the server are torn down on success, failure and
+//! timeout alike.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{Value, json};
+
+/// The Chromium binary (Debian package `chromium`).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+/// The chromedriver binary (Debian package `chromium-driver`).
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Any error a scenario can hit; the message ends up in the test failure.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+/// The result of a scenario step.
+pub type TestResult<T = ()> = Result<T, Error>;
+
+/// How long a browser session may take to close at the end.
+const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+/// Interval between two checks of a polled condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Chromium flags known to work here (TESTING.md); `--user-data-dir` is added per browser.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--window-size=1280,720",
+];
+
+/// Installed in every page: keeps console output, uncaught errors and
+/// unhandled rejections in `window.__velaLogs` for failure reports.
+const CONSOLE_HOOK: &str = r#"
+if (!window.__velaLogs) {
+  const logs = (window.__velaLogs = []);
+  const text = (a) => {
+    if (typeof a === 'string') return a;
+    if (a instanceof Error) return a.stack || a.message;
+    try { return JSON.stringify(a); } catch (e) { return String(a); }
+  };
+  const push = (level, args) => {
+    logs.push(new Date().toISOString().slice(11, 23) + ' ' + level + ': ' + args.map(text).join(' '));
+    if (logs.length > 200) logs.shift();
+  };
+  for (const level of ['error', 'warn', 'info', 'log']) {
+    const original = console[level].bind(console);
+    console[level] = (...args) => { push(level, args); original(...args); };
+  }
+  window.addEventListener('error', (e) => push('uncaught', [e.message]));
+  window.addEventListener('unhandledrejection', (e) => push('unhandledrejection', [e.reason]));
+}
+return true;
+"#;
+
+/// Collected from every browser when a test fails.
+const DIAGNOSTICS: &str = r#"
+const out = {
+  url: location.href,
+  status: (document.querySelector('#status') || {}).textContent || null,
+  logs: window.__velaLogs || [],
+};
+const pcs = [];
+if (window.vela && window.vela.pc) pcs.push(['vela', window.vela.pc]);
+for (const key of ['whip', 'whep']) if (window[key] && window[key].pc) pcs.push([key, window[key].pc]);
+out.peerConnections = {};
+for (const [key, pc] of pcs) {
+  const inbound = [];
+  try {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp') inbound.push({ kind: s.kind, packetsReceived: s.packetsReceived, framesDecoded: s.framesDecoded });
+    });
+  } catch (e) { inbound.push(String(e)); }
+  out.peerConnections[key] = {
+    connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState,
+    signalingState: pc.signalingState, inbound,
+  };
+}
+if (window.vela) {
+  out.vela = { participantId: window.vela.participantId, joined: window.vela.joined };
+  try { out.vela.remoteTiles = window.vela.remoteTiles(); } catch (e) { out.vela.remoteTiles = String(e); }
+}
+return out;
+"#;
+
+/// One running test: the server, chromedriver and the browsers opened so far.
+pub struct Harness {
+    /// The server under test (taken at shutdown).
+    server: Option<vela_signaling::RunningServer>,
+    /// `http://127.0.0.1:<port>` of the server.
+    pub base_url: String,
+    /// Plain HTTP client for the test's own requests.
+    pub http: reqwest::Client,
+    driver: Driver,
+    browsers: Mutex<Vec<(String, Client)>>,
+}
+
+/// Runs `scenario` against a fresh server and chromedriver, with `limit` as
+/// the time limit for the whole scenario; panics (fails the test) if the
+/// scenario fails or times out. Cleans up in every case.
+pub async fn run<F>(test: &str, limit: Duration, scenario: F)
+where
+    F: for<'a> AsyncFnOnce(&'a Harness) -> TestResult,
+{
+    init_tracing();
+    check_binaries();
+
+    let server = vela_signaling::spawn(test_config())
+        .await
+        .expect("the vela server should start");
+    let base_url = format!("http://{}", server.http_addr);
+    eprintln!(
+        "[{test}] server at {base_url} (media UDP {})",
+        server.udp_addr
+    );
+    let driver = Driver::start().unwrap_or_else(|e| panic!("[{test}] chromedriver: {e}"));
+    let harness = Harness {
+        server: Some(server),
+        base_url,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("a reqwest client"),
+        driver,
+        browsers: Mutex::new(Vec::new()),
+    };
+
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(limit, async {
+        harness.driver.wait_ready(Duration::from_secs(20)).await?;
+        scenario(&harness).await
+    })
+    .await;
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("failed after {:.1?}: {e}", started.elapsed())),
+        Err(_) => Some(format!("timed out after {limit:?}")),
+    };
+    if let Some(failure) = &failure {
+        eprintln!("[{test}] {failure}");
+        harness.report().await;
+    } else {
+        eprintln!("[{test}] passed in {:.1?}", started.elapsed());
+    }
+    harness.teardown().await;
+    if let Some(failure) = failure {
+        panic!("[{test}] {failure}");
+    }
+}
+
+impl Harness {
+    /// `base_url` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Starts a new Chromium (own profile) and opens `path` of the server in it.
+    pub async fn open(&self, label: &str, path: &str) -> TestResult<Client> {
+        let client = self.new_browser(label).await?;
+        let url = self.url(path);
+        client
+            .goto(&url)
+            .await
+            .map_err(|e| format!("{label}: opening {url}: {e}"))?;
+        client
+            .execute(CONSOLE_HOOK, vec![])
+            .await
+            .map_err(|e| format!("{label}: installing the console hook: {e}"))?;
+        Ok(client)
+    }
+
+    /// Starts a new Chromium session with its own profile directory.
+    pub async fn new_browser(&self, label: &str) -> TestResult<Client> {
+        let profile = self.driver.new_profile_dir()?;
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+            "timeouts": { "script": 60_000, "pageLoad": 30_000, "implicit": 0 },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("capabilities are an object")
+        };
+        let client = ClientBuilder::rustls()
+            .map_err(|e| format!("fantoccini rustls connector: {e}"))?
+            .capabilities(capabilities)
+            .connect(&self.driver.url)
+            .await
+            .map_err(|e| format!("{label}: starting Chromium through chromedriver: {e}"))?;
+        self.browsers
+            .lock()
+            .expect("browser list lock")
+            .push((label.to_owned(), client.clone()));
+        Ok(client)
+    }
+
+    /// Asks the server for a development token (`GET /api/dev-token`).
+    pub async fn dev_token(&self, room: &str, identity: &str, name: &str) -> TestResult<String> {
+        let url = reqwest::Url::parse_with_params(
+            &self.url("/api/dev-token"),
+            [("room", room), ("identity", identity), ("name", name)],
+        )?;
+        let response = self.http.get(url).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        match body.get("token").and_then(Value::as_str) {
+            Some(token) if status.is_success() => Ok(token.to_owned()),
+            _ => Err(format!("GET /api/dev-token: HTTP {status}, body {body}").into()),
+        }
+    }
+
+    /// Prints what every browser shows, plus the tail of chromedriver's output.
+    async fn report(&self) {
+        let browsers = self.browsers.lock().expect("browser list lock").clone();
+        for (label, client) in browsers {
+            let seen =
+                tokio::time::timeout(Duration::from_secs(5), run_js(&client, DIAGNOSTICS, vec![]))
+                    .await;
+            match seen {
+                Ok(Ok(value)) => eprintln!(
+                    "[{label}] browser state:\n{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                ),
+                Ok(Err(e)) => eprintln!("[{label}] browser state unavailable: {e}"),
+                Err(_) => eprintln!("[{label}] browser state unavailable: no answer within 5 s"),
+            }
+        }
+        eprintln!("{}", self.driver.output_tail(60));
+    }
+
+    /// Closes every session, stops the server, then kills chromedriver and
+    /// whatever Chromium processes are left.
+    async fn teardown(mut self) {
+        let browsers = std::mem::take(&mut *self.browsers.lock().expect("browser list lock"));
+        for (label, client) in browsers {
+            match tokio::time::timeout(CLOSE_LIMIT, client.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("[{label}] closing the session: {e}"),
+                Err(_) => {
+                    eprintln!("[{label}] closing the session: no answer within {CLOSE_LIMIT:?}")
+                }
+            }
+        }
+        if let Some(server) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+                .await
+                .is_err()
+        {
+            eprintln!("server shutdown did not finish within 10 s");
+        }
+        // Dropping the driver kills chromedriver and any leftover Chromium.
+    }
+}
+
+/// The configuration the tests run the server with: loopback only, free
+/// ports, development keys (so `/api/dev-token` works).
+pub fn test_config() -> vela_config::Config {
+    let mut config = vela_config::Config::default();
+    config.server.http = "127.0.0.1:0".parse().expect("socket address");
+    config.media.udp_port = 0;
+    config.media.bind_ip = "127.0.0.1".parse().expect("IP address");
+    config.media.node_ips = vec!["127.0.0.1".parse().expect("IP address")];
+    config
+}
+
+/// Runs `body` as the body of an `async` JavaScript function in the page;
+/// its arguments are available as `args`. Returns what the function returns
+/// (JSON), or an error with the exception's message and stack.
+pub async fn run_js(client: &Client, body: &str, args: Vec<Value>) -> TestResult<Value> {
+    let script = format!(
+        r#"const __done = arguments[arguments.length - 1];
+const __args = Array.prototype.slice.call(arguments, 0, arguments.length - 1);
+(async (args) => {{
+{body}
+}})(__args).then(
+  (value) => __done({{ ok: true, value: value === undefined ? null : value }}),
+  (e) => __done({{ ok: false, error: String((e && (e.stack || e.message)) || e) }}),
+);"#
+    );
+    let result = client.execute_async(&script, args).await?;
+    if result.get("ok") == Some(&Value::Bool(true)) {
+        Ok(result.get("value").cloned().unwrap_or(Value::Null))
+    } else {
+        let error = result
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| result.to_string(), str::to_owned);
+        Err(format!("JavaScript error: {error}").into())
+    }
+}
+
+/// Checks `check` every 250 ms until it returns `Ok(Ok(value))`, for at most
+/// `limit`. `Ok(Err(state))` means "not yet" and describes what was seen;
+/// the last such state is part of the timeout error. `Err` stops at once.
+pub async fn poll<T, F>(what: &str, limit: Duration, mut check: F) -> TestResult<T>
+where
+    F: AsyncFnMut() -> TestResult<Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        let state = match check().await? {
+            Ok(value) => return Ok(value),
+            Err(state) => state,
+        };
+        if started.elapsed() >= limit {
+            return Err(format!("{what}: not reached within {limit:?}; last seen: {state}").into());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Fails when a subscriber is already installed: fine.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+fn check_binaries() {
+    for (binary, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+        assert!(
+            Path::new(binary).is_file(),
+            "{binary} is missing: the browser tests need Debian's `{package}` \
+             (apt-get install -y --no-install-recommends chromium chromium-driver)"
+        );
+    }
+}
+
+/// A chromedriver child process and the temporary directory that holds
+/// everything it and its browsers write. Dropping it kills chromedriver and
+/// every process still running with that directory in its environment, then
+/// removes the directory.
+struct Driver {
+    child: Mutex<Child>,
+    /// `http://127.0.0.1:<port>`
+    url: String,
+    dir: PathBuf,
+    output: PathBuf,
+    profiles: AtomicUsize,
+}
+
+impl Driver {
+    fn start() -> TestResult<Driver> {
+        let dir = unique_temp_dir()?;
+        let mut env = Vec::new();
+        for (var, sub) in [
+            ("HOME", "home"),
+            ("TMPDIR", "tmp"),
+            ("XDG_CONFIG_HOME", "config"),
+            ("XDG_CACHE_HOME", "cache"),
+        ] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path)?;
+            env.push((var, path));
+        }
+        let port = free_port()?;
+        let output = dir.join("chromedriver.log");
+        let log = std::fs::File::create(&output)?;
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {CHROMEDRIVER}: {e}"))?;
+        Ok(Driver {
+            child: Mutex::new(child),
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            output,
+            profiles: AtomicUsize::new(0),
+        })
+    }
+
+    /// Waits until chromedriver's `/status` says it is ready.
+    async fn wait_ready(&self, limit: Duration) -> TestResult {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.lock().expect("chromedriver lock").try_wait()? {
+                return Err(format!(
+                    "chromedriver exited at start ({status})\n{}",
+                    self.output_tail(20)
+                )
+                .into());
+            }
+            if let Ok(response) = http.get(format!("{}/status", self.url)).send().await
+                && let Ok(body) = response.json::<Value>().await
+                && body["value"]["ready"] == Value::Bool(true)
+            {
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "chromedriver did not become ready within {limit:?}\n{}",
+                    self.output_tail(20)
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn new_profile_dir(&self) -> TestResult<PathBuf> {
+        let n = self.profiles.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("profile-{n}"));
+        std::fs::create_dir_all(&path)?;
+        Ok(path)
+    }
+
+    /// The last `lines` lines chromedriver (and Chromium) printed.
+    fn output_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.output).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let mut out = format!("--- last lines of {} ---\n", self.output.display());
+        for line in &all[all.len().saturating_sub(lines)..] {
+            let _ = writeln!(out, "{line}");
+        }
+        out
+    }
+
+    /// Processes (other than ours) whose environment mentions our directory:
+    /// chromedriver and the Chromium processes it started.
+    fn leftover_processes(&self) -> Vec<u32> {
+        let marker = self.dir.to_string_lossy().into_owned();
+        let me = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != me)
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    env.split(|&b| b == 0)
+                        .any(|var| String::from_utf8_lossy(var).contains(&marker))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for _ in 0..3 {
+            let pids = self.leftover_processes();
+            if pids.is_empty() {
+                break;
+            }
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(pids.iter().map(u32::to_string))
+                .stderr(Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for _ in 0..5 {
+            if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A new, empty directory under the system temp dir.
+fn unique_temp_dir() -> TestResult<PathBuf> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "vela-browser-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A TCP port that was free a moment ago.
+fn free_port() -> TestResult<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
