@@ -1,0 +1,453 @@
+//! Shared pieces of the signaling tests: a server on loopback and a str0m
+//! client that publishes or views over real UDP.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use vela_config::Config;
+use vela_signaling::RunningServer;
+
+/// A session client that made its offer and waits for the answer.
+pub struct PendingSession {
+    rtc: Rtc,
+    socket: UdpSocket,
+    pending: str0m::change::SdpPendingOffer,
+    mids: Option<(Mid, Mid)>,
+}
+
+impl PendingSession {
+    /// Applies the server's answer and starts the connection.
+    pub fn start(mut self, answer: SdpAnswer, reneg: Renegotiation) -> Peer {
+        self.rtc
+            .sdp_api()
+            .accept_answer(self.pending, answer)
+            .unwrap();
+        Peer::run(self.rtc, self.socket, self.mids, None, Some(reneg))
+    }
+}
+
+pub fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A configuration for a server on loopback with free ports and the dev key.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.server.http = "127.0.0.1:0".parse().unwrap();
+    c.media.udp_port = 0;
+    c.media.bind_ip = "127.0.0.1".parse().unwrap();
+    c.media.node_ips = vec!["127.0.0.1".parse().unwrap()];
+    c
+}
+
+pub async fn start() -> RunningServer {
+    init_log();
+    vela_signaling::spawn(test_config()).await.unwrap()
+}
+
+pub fn base(s: &RunningServer) -> String {
+    format!("http://{}", s.http_addr)
+}
+
+/// A dev token for `identity` in `room`.
+pub async fn dev_token(s: &RunningServer, room: &str, identity: &str) -> String {
+    let url = format!("{}/api/dev-token?room={room}&identity={identity}", base(s));
+    let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Counters a [`Peer`] keeps while it runs.
+#[derive(Default)]
+pub struct PeerStats {
+    pub connected: AtomicBool,
+    pub audio_frames: AtomicU64,
+    pub video_frames: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+/// A str0m client on its own UDP socket, driven by a task.
+pub struct Peer {
+    pub stats: Arc<PeerStats>,
+    pub location: Option<String>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Server offers in, client answers out: renegotiation for WebSocket sessions.
+pub type Renegotiation = (
+    mpsc::UnboundedReceiver<SdpOffer>,
+    mpsc::UnboundedSender<SdpAnswer>,
+);
+
+impl Peer {
+    /// Offers to `url` (WHIP when `publish`, WHEP otherwise) and runs the connection.
+    pub async fn http(url: &str, token: &str, publish: bool) -> Result<Peer, (u16, String)> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let mut rtc = Rtc::builder().build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let dir = if publish {
+            Direction::SendOnly
+        } else {
+            Direction::RecvOnly
+        };
+        let mut change = rtc.sdp_api();
+        let audio = change.add_media(MediaKind::Audio, dir, None, None, None);
+        let video = change.add_media(MediaKind::Video, dir, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/sdp")
+            .body(offer.to_sdp_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = resp.text().await.unwrap();
+        if status != 201 {
+            return Err((status, body));
+        }
+        let answer = SdpAnswer::from_sdp_string(&body).unwrap();
+        rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        let mids = if publish { Some((audio, video)) } else { None };
+        Ok(Self::run(rtc, socket, mids, location, None))
+    }
+
+    /// A client for a WebSocket session: returns its offer, and starts once
+    /// `answer` is given to the returned closure.
+    pub async fn session(publish: bool) -> (SdpOffer, PendingSession) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let mut rtc = Rtc::builder().build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        let mids = if publish {
+            let a = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            let v = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            Some((a, v))
+        } else {
+            change.add_channel("vela".into());
+            None
+        };
+        let (offer, pending) = change.apply().unwrap();
+        (
+            offer,
+            PendingSession {
+                rtc,
+                socket,
+                pending,
+                mids,
+            },
+        )
+    }
+
+    fn run(
+        mut rtc: Rtc,
+        socket: UdpSocket,
+        publish: Option<(Mid, Mid)>,
+        location: Option<String>,
+        mut reneg: Option<Renegotiation>,
+    ) -> Peer {
+        let stats = Arc::new(PeerStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (stats.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let local = socket.local_addr().unwrap();
+            let mut buf = vec![0u8; 2048];
+            let start = Instant::now();
+            let mut next_audio = start;
+            let mut next_video = start;
+            let mut frame = 0u64;
+            let mut force_key = true;
+            while !sp.load(Ordering::Relaxed) && rtc.is_alive() {
+                let timeout = loop {
+                    match rtc.poll_output() {
+                        Ok(Output::Timeout(t)) => break t,
+                        Ok(Output::Transmit(t)) => {
+                            let _ = socket.send_to(&t.contents, t.destination).await;
+                        }
+                        Ok(Output::Event(e)) => match e {
+                            Event::Connected => st.connected.store(true, Ordering::Relaxed),
+                            Event::MediaData(d) => {
+                                match rtc.media(d.mid).map(|m| m.kind()) {
+                                    Some(MediaKind::Audio) => {
+                                        st.audio_frames.fetch_add(1, Ordering::Relaxed)
+                                    }
+                                    _ => st.video_frames.fetch_add(1, Ordering::Relaxed),
+                                };
+                            }
+                            Event::KeyframeRequest(_) => {
+                                st.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                                force_key = true;
+                            }
+                            _ => {}
+                        },
+                        Err(_) => return,
+                    }
+                };
+                let now = Instant::now();
+                let media_due = next_audio.min(next_video);
+                let wake = if publish.is_some() && st.connected.load(Ordering::Relaxed) {
+                    timeout.min(media_due)
+                } else {
+                    timeout
+                };
+                let wait = wake
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1));
+                let offers = async {
+                    match reneg.as_mut() {
+                        Some((rx, _)) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    Some(offer) = offers => {
+                        if let Ok(answer) = rtc.sdp_api().accept_offer(offer)
+                            && let Some((_, tx)) = &reneg {
+                                let _ = tx.send(answer);
+                            }
+                    }
+                    r = socket.recv_from(&mut buf) => {
+                        if let Ok((n, src)) = r
+                            && let Ok(rcv) = Receive::new(Protocol::Udp, src, local, &buf[..n]) {
+                                let _ = rtc.handle_input(Input::Receive(Instant::now(), rcv));
+                            }
+                    }
+                    _ = tokio::time::sleep(wait) => {
+                        let now = Instant::now();
+                        if let Some((a, v)) = publish
+                            && st.connected.load(Ordering::Relaxed) {
+                                if now >= next_audio {
+                                    next_audio += Duration::from_millis(20);
+                                    frame += 1;
+                                    if let Some(w) = rtc.writer(a) {
+                                        let pt = w.payload_params().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt());
+                                        if let Some(pt) = pt {
+                                            let t = MediaTime::from_millis(frame * 20).rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ);
+                                            let _ = w.write(pt, now, t, vec![0xfc, 0xff, 0xfe, frame as u8]);
+                                        }
+                                    }
+                                }
+                                if now >= next_video {
+                                    next_video += Duration::from_millis(50);
+                                    if let Some(w) = rtc.writer(v) {
+                                        let pt = w.payload_params().find(|p| p.spec().codec == Codec::Vp8).map(|p| p.pt());
+                                        if let Some(pt) = pt {
+                                            let key = std::mem::take(&mut force_key);
+                                            let mut f = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                                            f.resize(1000, frame as u8);
+                                            let t = MediaTime::from_90khz(frame * 4500);
+                                            let _ = w.write(pt, now, t, f);
+                                        }
+                                    }
+                                }
+                            }
+                        let _ = rtc.handle_input(Input::Timeout(Instant::now()));
+                    }
+                }
+            }
+        });
+        Peer {
+            stats,
+            location,
+            stop,
+            task,
+        }
+    }
+
+    pub fn video_frames(&self) -> u64 {
+        self.stats.video_frames.load(Ordering::Relaxed)
+    }
+
+    pub fn audio_frames(&self) -> u64 {
+        self.stats.audio_frames.load(Ordering::Relaxed)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.stats.connected.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `cond` holds, up to `limit`.
+    pub async fn wait(&self, limit: Duration, cond: impl Fn(&Peer) -> bool) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if cond(self) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cond(self)
+    }
+
+    pub async fn close(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
+
+/// A WebSocket signaling client speaking JSON.
+pub struct Ws {
+    pub inner: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Ws {
+    pub async fn connect(s: &RunningServer) -> Ws {
+        let url = format!("ws://{}/ws", s.http_addr);
+        let (inner, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Ws { inner }
+    }
+
+    pub async fn send(&mut self, v: serde_json::Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, t: String) {
+        use futures_util::SinkExt;
+        self.inner
+            .send(tokio_tungstenite::tungstenite::Message::Text(t.into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message, `None` when the socket closed (or after 10 s).
+    pub async fn recv(&mut self) -> Option<serde_json::Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.inner.next())
+                .await
+                .ok()??;
+            match m {
+                Ok(Message::Text(t)) => return serde_json::from_str(&t).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Skips messages until one of `type` arrives.
+    pub async fn expect(&mut self, ty: &str) -> serde_json::Value {
+        loop {
+            let m = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("socket closed waiting for {ty}"));
+            if m["type"] == ty {
+                return m;
+            }
+        }
+    }
+
+    /// The close frame's code, once the server closes.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.inner.next())
+                .await
+                .ok()??;
+            match m {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// A participant over a WebSocket session plus a str0m connection.
+pub struct SessionClient {
+    pub ws: Ws,
+    pub id: String,
+    pub joined: serde_json::Value,
+    pub peer: Peer,
+    offers: mpsc::UnboundedSender<SdpOffer>,
+    answers: mpsc::UnboundedReceiver<SdpAnswer>,
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl SessionClient {
+    /// Joins `room` as `identity` and starts media.
+    pub async fn join(
+        s: &RunningServer,
+        room: &str,
+        identity: &str,
+        publish: bool,
+    ) -> SessionClient {
+        let token = dev_token(s, room, identity).await;
+        let mut ws = Ws::connect(s).await;
+        ws.send(serde_json::json!({"type": "join", "token": token}))
+            .await;
+        let joined = ws.expect("joined").await;
+        let id = joined["participant"]["id"].as_str().unwrap().to_owned();
+        let (offer, pending) = Peer::session(publish).await;
+        ws.send(serde_json::json!({"type": "offer", "sdp": offer.to_sdp_string()}))
+            .await;
+        let answer = ws.expect("answer").await;
+        let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
+        let (otx, orx) = mpsc::unbounded_channel();
+        let (atx, arx) = mpsc::unbounded_channel();
+        let peer = pending.start(answer, (orx, atx));
+        SessionClient {
+            ws,
+            id,
+            joined,
+            peer,
+            offers: otx,
+            answers: arx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Handles signaling for up to `d`: answers server offers, records events.
+    pub async fn pump(&mut self, d: Duration) {
+        let end = tokio::time::Instant::now() + d;
+        loop {
+            use futures_util::StreamExt;
+            use tokio_tungstenite::tungstenite::Message;
+            tokio::select! {
+                m = self.ws.inner.next() => {
+                    let Some(Ok(Message::Text(t))) = m else { return };
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "offer" {
+                        let o = SdpOffer::from_sdp_string(v["sdp"].as_str().unwrap()).unwrap();
+                        let _ = self.offers.send(o);
+                    }
+                    self.seen.push(v);
+                }
+                Some(a) = self.answers.recv() => {
+                    self.ws.send(serde_json::json!({"type": "answer", "sdp": a.to_sdp_string()})).await;
+                }
+                _ = tokio::time::sleep_until(end) => return,
+            }
+        }
+    }
+
+    pub fn saw(&self, ty: &str, field: &str, value: &str) -> bool {
+        self.seen
+            .iter()
+            .any(|v| v["type"] == ty && v[field].as_str() == Some(value))
+    }
+}

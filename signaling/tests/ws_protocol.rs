@@ -1,0 +1,135 @@
+//! The WebSocket protocol end to end: sessions join, publish, are offered each
+//! other's tracks, receive media over UDP, and leave.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{SessionClient, Ws, dev_token, start};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sessions_see_and_receive_each_other_then_one_leaves() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let s = start().await;
+        let mut a = SessionClient::join(&s, "ws1", "alice", true).await;
+        assert_eq!(a.joined["room"], "ws1");
+        assert_eq!(a.joined["participants"].as_array().unwrap().len(), 0);
+        let mut b = SessionClient::join(&s, "ws1", "bob", true).await;
+        assert_eq!(b.joined["participants"][0]["identity"], "alice");
+        let mut c = SessionClient::join(&s, "ws1", "carol", true).await;
+        assert_eq!(c.joined["participants"].as_array().unwrap().len(), 2);
+
+        // Answer the server's offers for a while; media starts flowing.
+        for _ in 0..40 {
+            tokio::join!(
+                a.pump(Duration::from_millis(100)),
+                b.pump(Duration::from_millis(100)),
+                c.pump(Duration::from_millis(100))
+            );
+            // Each receives two publishers: two audio and two video m-lines.
+            if [&a, &b, &c]
+                .iter()
+                .all(|x| x.peer.video_frames() > 40 && x.peer.audio_frames() > 80)
+            {
+                break;
+            }
+        }
+        for x in [&a, &b, &c] {
+            assert!(
+                x.peer.video_frames() > 40 && x.peer.audio_frames() > 80,
+                "{} got video {} audio {}",
+                x.id,
+                x.peer.video_frames(),
+                x.peer.audio_frames()
+            );
+            assert!(
+                x.seen.iter().any(|v| v["type"] == "offer"),
+                "server renegotiated"
+            );
+        }
+        assert!(a.saw("participant_joined", "type", "participant_joined"));
+        assert!(a.seen.iter().any(|v| v["type"] == "track_published"
+            && v["participant_id"] == b.id.as_str()
+            && v["track"]["kind"] == "video"));
+
+        // Mute by kind is announced to the others.
+        a.ws.send(serde_json::json!({"type": "mute", "kind": "audio", "muted": true}))
+            .await;
+        // Carol leaves.
+        c.ws.send(serde_json::json!({"type": "leave"})).await;
+        let left = c.ws.expect("left").await;
+        assert_eq!(left["reason"], "client_leave");
+        tokio::join!(
+            a.pump(Duration::from_millis(700)),
+            b.pump(Duration::from_millis(700))
+        );
+        for x in [&a, &b] {
+            assert!(
+                x.saw("participant_left", "participant_id", &c.id),
+                "{:?}",
+                x.seen
+            );
+            assert!(x.saw("track_unpublished", "participant_id", &c.id));
+        }
+        assert!(b.seen.iter().any(|v| v["type"] == "track_muted"
+            && v["participant_id"] == a.id.as_str()
+            && v["muted"] == true));
+        // The two who stayed keep receiving each other.
+        let before = a.peer.video_frames();
+        tokio::join!(
+            a.pump(Duration::from_secs(1)),
+            b.pump(Duration::from_secs(1))
+        );
+        assert!(a.peer.video_frames() > before + 10);
+
+        let stats = s.media.stats().await.unwrap();
+        assert_eq!(stats.participants, 2);
+        a.peer.close().await;
+        b.peer.close().await;
+        c.peer.close().await;
+        s.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_identity_replaces_the_older_session() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let s = start().await;
+        let token = dev_token(&s, "dup", "alice").await;
+        let mut first = Ws::connect(&s).await;
+        first
+            .send(serde_json::json!({"type": "join", "token": token}))
+            .await;
+        first.expect("joined").await;
+        let mut second = Ws::connect(&s).await;
+        second
+            .send(serde_json::json!({"type": "join", "token": token}))
+            .await;
+        second.expect("joined").await;
+        let left = first.expect("left").await;
+        assert_eq!(left["reason"], "duplicate_identity");
+        s.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_every_session() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let s = start().await;
+        let token = dev_token(&s, "bye", "alice").await;
+        let mut ws = Ws::connect(&s).await;
+        ws.send(serde_json::json!({"type": "join", "token": token}))
+            .await;
+        ws.expect("joined").await;
+        let stop = tokio::spawn(s.shutdown());
+        let left = ws.expect("left").await;
+        assert_eq!(left["reason"], "server_shutdown");
+        stop.await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
