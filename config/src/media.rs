@@ -12,7 +12,7 @@ use crate::ConfigError;
 pub struct MediaConfig {
     /// UDP port for ICE/DTLS/SRTP; 0 picks a free port.
     pub udp_port: u16,
-    /// Address the UDP socket binds.
+    /// Address that receives traffic for node addresses that are not local (1:1 NAT).
     pub bind_ip: IpAddr,
     /// Addresses advertised as ICE candidates; empty = every local address.
     pub node_ips: Vec<IpAddr>,

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. Installs what the tests need on Debian
+# (Chromium and ChromeDriver for the browser tests) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} (needs root and Debian's package index)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# Every test carries its own timeout; this is the backstop for the whole run.
+timeout --kill-after=30 1500 cargo test --workspace --all-targets --locked "$@"
