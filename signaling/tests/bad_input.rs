@@ -300,6 +300,7 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
     .expect("test timed out");
 }
 
+#[allow(clippy::unwrap_used)]
 fn state_token(
     _s: &vela_signaling::RunningServer,
     room: &str,

@@ -257,22 +257,20 @@ impl World {
                         }
                         RtcOutput::Event(e) => match e {
                             Event::Connected => c.connected = true,
-                            Event::MediaAdded(m) => {
-                                if m.direction.is_receiving() {
-                                    let from = c
-                                        .rtc
-                                        .media(m.mid)
-                                        .map(|x| x.stream_id().to_string())
-                                        .unwrap_or_default();
-                                    c.received.insert(
-                                        m.mid,
-                                        Received {
-                                            kind: m.kind,
-                                            from,
-                                            frames: 0,
-                                        },
-                                    );
-                                }
+                            Event::MediaAdded(m) if m.direction.is_receiving() => {
+                                let from = c
+                                    .rtc
+                                    .media(m.mid)
+                                    .map(|x| x.stream_id().to_string())
+                                    .unwrap_or_default();
+                                c.received.insert(
+                                    m.mid,
+                                    Received {
+                                        kind: m.kind,
+                                        from,
+                                        frames: 0,
+                                    },
+                                );
                             }
                             Event::MediaData(d) => {
                                 if let Some(r) = c.received.get_mut(&d.mid) {
