@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use vela_config::Config;
 use vela_media::core::{ParticipantId, RoomId, SfuConfig};
 use vela_media::{MediaHandle, MediaSockets};
@@ -54,6 +55,8 @@ pub(crate) struct AppState {
     pub media: MediaHandle,
     pub http_sessions: Arc<Mutex<HashMap<ParticipantId, HttpSession>>>,
     pub shutdown: watch::Receiver<bool>,
+    /// Live WebSocket sessions, so shutdown can wait for their goodbyes.
+    pub sessions: TaskTracker,
 }
 
 impl AppState {
@@ -81,6 +84,7 @@ pub struct RunningServer {
     /// A handle to the media driver.
     pub media: MediaHandle,
     shutdown: watch::Sender<bool>,
+    sessions: TaskTracker,
     http: JoinHandle<()>,
     driver: JoinHandle<()>,
 }
@@ -90,6 +94,9 @@ impl RunningServer {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         self.media.shutdown().await;
+        // Upgraded WebSockets outlive the HTTP server: wait for their `left`.
+        self.sessions.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
     }
@@ -133,7 +140,9 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         );
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let sessions = TaskTracker::new();
     let state = AppState {
+        sessions: sessions.clone(),
         keys: TokenKeys::new(key, secret),
         config: Arc::new(config),
         media: media.clone(),
@@ -158,6 +167,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         udp_addr,
         media,
         shutdown: shutdown_tx,
+        sessions,
         http,
         driver,
     })

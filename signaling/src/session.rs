@@ -22,9 +22,10 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// `GET /ws`: upgrades to a signaling session.
 pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     let limit = state.config.limits.max_message_bytes;
+    let tracker = state.sessions.clone();
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| run(state, socket))
+        .on_upgrade(move |socket| tracker.track_future(run(state, socket)))
 }
 
 async fn send(ws: &mut WebSocket, msg: &ServerMessage<'_>) -> bool {
