@@ -5,6 +5,8 @@
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver`; see `browser/mod.rs`.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod browser;
 
 use std::time::Duration;

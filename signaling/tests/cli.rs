@@ -1,6 +1,8 @@
 //! The `vela` binary as an operator uses it: the token subcommand, refused
 //! configuration, and graceful shutdown on SIGTERM and SIGINT.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -1,6 +1,8 @@
 //! WHIP publishes and WHEP views, over HTTP and real UDP on loopback, with a
 //! str0m client on each side.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The WebSocket protocol end to end: sessions join, publish, are offered each
 //! other's tracks, receive media over UDP, and leave.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! others' audio and video; a leave removes tracks; a late subscriber gets a
 //! keyframe promptly.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::time::Duration;
