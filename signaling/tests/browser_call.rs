@@ -90,6 +90,14 @@ async fn scenario(h: &Harness) -> TestResult {
     )
     .await?;
     eprintln!("media flowing: {}", describe(&seen));
+    // For a person to look at the call: VELA_SCREENSHOT_DIR=/tmp/shots.
+    if let Ok(dir) = std::env::var("VELA_SCREENSHOT_DIR") {
+        for p in &joined {
+            let png = p.client.screenshot().await?;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(format!("{dir}/{}.png", p.name), png)?;
+        }
+    }
 
     // Every tile shows the other participant's name.
     for p in &joined {

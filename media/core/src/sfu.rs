@@ -147,7 +147,8 @@ enum Action {
 pub struct Sfu {
     config: SfuConfig,
     now: Instant,
-    next_id: u64,
+    next_participant: u64,
+    next_track: u64,
     peers: HashMap<ParticipantId, Peer>,
     rooms: HashMap<RoomId, Room>,
     /// Which participant publishes each track.
@@ -169,7 +170,8 @@ impl Sfu {
         Sfu {
             config,
             now,
-            next_id: 1,
+            next_participant: 1,
+            next_track: 1,
             peers: HashMap::new(),
             rooms: HashMap::new(),
             tracks: HashMap::new(),
@@ -269,8 +271,8 @@ impl Sfu {
             return Err(JoinError::RoomFull(room.to_string()));
         }
 
-        let id = ParticipantId(self.next_id);
-        self.next_id += 1;
+        let id = ParticipantId(self.next_participant);
+        self.next_participant += 1;
         let name = name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| identity.clone());
@@ -671,8 +673,8 @@ impl Sfu {
     }
 
     fn publish(&mut self, pid: ParticipantId, mid: Mid, kind: MediaKind) {
-        let id = TrackId(self.next_id);
-        self.next_id += 1;
+        let id = TrackId(self.next_track);
+        self.next_track += 1;
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
