@@ -2,7 +2,7 @@
 //! and receives.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
@@ -38,6 +38,8 @@ pub(crate) struct Peer {
     pub rtc_timeout: Instant,
     /// Set when the peer is to be removed on its next drive.
     pub closing: Option<LeaveReason>,
+    /// Cumulative NACK counts last reported per m-line: (mid, received, sent).
+    pub nack_totals: Vec<(Mid, u64, u64)>,
 }
 
 impl Peer {
@@ -63,6 +65,8 @@ impl Peer {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true)
+            // Stats feed the NACK counters (and later, layer choice).
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         for addr in candidates {
             match Candidate::host(*addr, "udp") {
@@ -90,7 +94,30 @@ impl Peer {
             joined_at: now,
             rtc_timeout: now,
             closing: None,
+            nack_totals: Vec::new(),
         }
+    }
+
+    /// Updates the NACK totals of `mid`; returns the increase (received, sent).
+    pub fn nack_delta(&mut self, mid: Mid, received: Option<u64>, sent: Option<u64>) -> (u64, u64) {
+        let i = match self.nack_totals.iter().position(|(m, _, _)| *m == mid) {
+            Some(i) => i,
+            None => {
+                self.nack_totals.push((mid, 0, 0));
+                self.nack_totals.len() - 1
+            }
+        };
+        let e = &mut self.nack_totals[i];
+        let mut d = (0, 0);
+        if let Some(r) = received {
+            d.0 = r.saturating_sub(e.1);
+            e.1 = e.1.max(r);
+        }
+        if let Some(s) = sent {
+            d.1 = s.saturating_sub(e.2);
+            e.2 = e.2.max(s);
+        }
+        d
     }
 
     /// How others see this participant.

@@ -630,6 +630,15 @@ impl Sfu {
                         }
                         self.actions.push(Action::Forward(d));
                     }
+                    Event::MediaEgressStats(st) => {
+                        // NACKs from this subscriber, answered from the send buffer.
+                        self.stats.nacks_received +=
+                            peer.nack_delta(st.mid, Some(st.nacks), None).0;
+                    }
+                    Event::MediaIngressStats(st) => {
+                        // NACKs to this publisher for packets lost on its way in.
+                        self.stats.nacks_sent += peer.nack_delta(st.mid, None, Some(st.nacks)).1;
+                    }
                     Event::KeyframeRequest(r) => {
                         if let Some(src) = peer.source_of(r.mid) {
                             self.actions.push(Action::Keyframe(src));

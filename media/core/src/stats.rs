@@ -15,6 +15,11 @@ pub struct SfuStats {
     pub media_received: u64,
     /// Media frames written to subscribers.
     pub media_forwarded: u64,
+    /// NACKs received from subscribers (each answered by a retransmission when
+    /// the packet is still in the send buffer).
+    pub nacks_received: u64,
+    /// NACKs sent to publishers for packets lost on the way in.
+    pub nacks_sent: u64,
     /// Keyframe requests sent to publishers.
     pub keyframe_requests: u64,
     /// Keyframe requests held back by the per-publisher throttle.

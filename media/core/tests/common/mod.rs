@@ -77,6 +77,12 @@ pub struct World {
     pub clients: Vec<Client>,
     pub events: Vec<vela_media_core::RoomEvent>,
     to_server: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Fraction of server-to-client datagrams dropped (seeded, repeatable).
+    pub downlink_loss: f64,
+    /// Fraction of client-to-server datagrams dropped.
+    pub uplink_loss: f64,
+    rng: u64,
+    pub dropped: u64,
     next_audio: Instant,
     next_video: Instant,
 }
@@ -106,6 +112,10 @@ impl World {
             clients: Vec::new(),
             events: Vec::new(),
             to_server: VecDeque::new(),
+            downlink_loss: 0.0,
+            uplink_loss: 0.0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            dropped: 0,
             next_audio: now,
             next_video: now,
         }
@@ -192,6 +202,22 @@ impl World {
             self.run_for(Duration::from_millis(20));
         }
         cond(self)
+    }
+
+    /// xorshift64*: a repeatable coin for the emulated loss.
+    fn lose(&mut self, p: f64) -> bool {
+        if p <= 0.0 {
+            return false;
+        }
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+        let lost = (x as f64 / (1u64 << 53) as f64) < p;
+        if lost {
+            self.dropped += 1;
+        }
+        lost
     }
 
     fn produce_media(&mut self) {
@@ -288,6 +314,11 @@ impl World {
             }
             while let Some((src, data)) = self.to_server.pop_front() {
                 moved = true;
+                // Only media is impaired: the handshake is not what these tests study.
+                let media = data.first().is_some_and(|b| (128..192).contains(b));
+                if media && self.lose(self.uplink_loss) {
+                    continue;
+                }
                 self.sfu.handle_receive(self.now, src, self.server, &data);
             }
             loop {
@@ -295,6 +326,10 @@ impl World {
                     Output::Timeout(_) => break,
                     Output::Transmit(t) => {
                         moved = true;
+                        let media = t.contents.first().is_some_and(|b| (128..192).contains(b));
+                        if media && self.lose(self.downlink_loss) {
+                            continue;
+                        }
                         if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
                             if !c.rtc.is_alive() {
                                 continue;
