@@ -2,6 +2,7 @@
 //! access tokens, in front of the media driver.
 
 mod api_error;
+mod metrics;
 mod protocol;
 mod server;
 mod session;

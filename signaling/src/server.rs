@@ -21,7 +21,7 @@ use vela_media::{MediaHandle, MediaSockets};
 
 use crate::api_error::ApiError;
 use crate::token::{Claims, TokenKeys, VideoGrant};
-use crate::{session, whip};
+use crate::{metrics, session, whip};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +178,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/dev-token", get(dev_token))
         .route("/ws", get(session::upgrade))
         .route("/whip/{room}", post(whip::whip))

@@ -86,6 +86,24 @@ async fn three_sessions_see_and_receive_each_other_then_one_leaves() {
 
         let stats = s.media.stats().await.unwrap();
         assert_eq!(stats.participants, 2);
+        let metrics = reqwest::get(format!("http://{}/metrics", s.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("vela_{name} ")))
+                .unwrap_or_else(|| panic!("{name} in {metrics}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(value("participants"), 2);
+        assert_eq!(value("rooms"), 1);
+        assert!(value("packets_forwarded_total") > 200);
+        assert!(value("packets_forwarded_total") >= value("media_frames_forwarded_total"));
         a.peer.close().await;
         b.peer.close().await;
         c.peer.close().await;

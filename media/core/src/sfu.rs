@@ -143,6 +143,13 @@ enum Action {
     Keyframe(TrackId),
 }
 
+/// How many RTP packets carried a frame.
+fn packets_of(d: &MediaData) -> u64 {
+    (**d.seq_range.end())
+        .saturating_sub(**d.seq_range.start())
+        .saturating_add(1)
+}
+
 /// The selective forwarding unit.
 pub struct Sfu {
     config: SfuConfig,
@@ -623,6 +630,7 @@ impl Sfu {
                     }
                     Event::MediaData(d) => {
                         self.stats.media_received += 1;
+                        self.stats.packets_received += packets_of(&d);
                         if !d.contiguous
                             && let Some(p) = peer.publication_by_mid(d.mid)
                         {
@@ -845,6 +853,7 @@ impl Sfu {
         else {
             return;
         };
+        let packets = packets_of(&data);
         let mut fanout = std::mem::take(&mut self.fanout);
         fanout.clear();
         fanout.extend_from_slice(&p.subscribers);
@@ -862,6 +871,8 @@ impl Sfu {
             match w.write(pt, data.network_time, data.time, data.data.clone()) {
                 Ok(()) => {
                     self.stats.media_forwarded += 1;
+                    self.stats.packets_forwarded += packets;
+                    self.stats.bytes_forwarded += data.data.len() as u64;
                     self.mark_dirty(s.participant);
                 }
                 Err(e) => {

@@ -15,6 +15,12 @@ pub struct SfuStats {
     pub media_received: u64,
     /// Media frames written to subscribers.
     pub media_forwarded: u64,
+    /// RTP packets of the frames received from publishers.
+    pub packets_received: u64,
+    /// RTP packets of the frames written to subscribers (one per subscriber).
+    pub packets_forwarded: u64,
+    /// Payload bytes written to subscribers.
+    pub bytes_forwarded: u64,
     /// NACKs received from subscribers (each answered by a retransmission when
     /// the packet is still in the send buffer).
     pub nacks_received: u64,
