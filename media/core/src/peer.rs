@@ -38,6 +38,8 @@ pub(crate) struct Peer {
     pub rtc_timeout: Instant,
     /// Set when the peer is to be removed on its next drive.
     pub closing: Option<LeaveReason>,
+    /// Subscriptions changed since the last server offer.
+    pub needs_negotiation: bool,
     /// Cumulative NACK counts last reported per m-line: (mid, received, sent).
     pub nack_totals: Vec<(Mid, u64, u64)>,
 }
@@ -95,6 +97,7 @@ impl Peer {
             rtc_timeout: now,
             closing: None,
             nack_totals: Vec::new(),
+            needs_negotiation: false,
         }
     }
 
@@ -160,6 +163,7 @@ impl Peer {
             .accept_offer(offer)
             .map_err(|e| SignalError::Sdp(e.to_string()))?;
         if self.pending.take().is_some() {
+            self.needs_negotiation = true;
             for s in &mut self.subscriptions {
                 s.state = match s.state {
                     SubscriptionState::Negotiating(_) => SubscriptionState::ToOpen,
@@ -169,6 +173,8 @@ impl Peer {
             }
         }
         self.ready = true;
+        // Tracks queued before the first offer can now be offered.
+        self.needs_negotiation |= !self.subscriptions.is_empty();
         Ok(answer)
     }
 
@@ -188,7 +194,10 @@ impl Peer {
                     opened.push((src, m));
                 }
                 // The source went away while the offer was in flight.
-                (SubscriptionState::Negotiating(m), None) => s.state = SubscriptionState::ToStop(m),
+                (SubscriptionState::Negotiating(m), None) => {
+                    s.state = SubscriptionState::ToStop(m);
+                    self.needs_negotiation = true;
+                }
                 _ => {}
             }
         }
@@ -199,9 +208,15 @@ impl Peer {
 
     /// Builds the next server offer if subscriptions changed and no offer is in flight.
     pub fn negotiate(&mut self) -> Option<SdpOffer> {
-        if self.kind != PeerKind::Session || !self.ready || self.pending.is_some() {
+        // Checked on every drive, so on the per-packet path: keep it a flag test.
+        if !self.needs_negotiation
+            || self.kind != PeerKind::Session
+            || !self.ready
+            || self.pending.is_some()
+        {
             return None;
         }
+        self.needs_negotiation = false;
         // Subscriptions whose source is gone: never offered ones are dropped,
         // open ones are stopped.
         self.subscriptions

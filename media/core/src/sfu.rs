@@ -743,6 +743,7 @@ impl Sfu {
                         kind,
                         state: SubscriptionState::ToOpen,
                     });
+                    other.needs_negotiation = true;
                     self.mark_dirty(m);
                 }
                 PeerKind::Whep => self.bind_viewer(m, kind),
@@ -959,6 +960,7 @@ impl Sfu {
                 {
                     s.source = None;
                     s.publisher = None;
+                    other.needs_negotiation = true;
                     rebind.push(s.kind);
                 }
             }
