@@ -40,6 +40,10 @@ pub(crate) struct Peer {
     pub closing: Option<LeaveReason>,
     /// Subscriptions changed since the last server offer.
     pub needs_negotiation: bool,
+    /// Queued to be driven (in the SFU's dirty list).
+    pub dirty: bool,
+    /// The deadline last put in the SFU's timer heap.
+    pub deadline: Option<Instant>,
     /// Cumulative NACK counts last reported per m-line: (mid, received, sent).
     pub nack_totals: Vec<(Mid, u64, u64)>,
 }
@@ -98,6 +102,8 @@ impl Peer {
             closing: None,
             nack_totals: Vec::new(),
             needs_negotiation: false,
+            dirty: false,
+            deadline: None,
         }
     }
 
@@ -121,6 +127,21 @@ impl Peer {
             e.2 = e.2.max(s);
         }
         d
+    }
+
+    /// The next instant this peer needs a timeout: its `Rtc`'s, the connect
+    /// deadline, or a held-back keyframe request.
+    pub fn next_deadline(&self, connect_timeout: Duration, keyframe_interval: Duration) -> Instant {
+        let mut t = self.rtc_timeout;
+        if !self.connected {
+            t = t.min(self.joined_at + connect_timeout);
+        }
+        for p in &self.published {
+            if let Some(d) = p.keyframes.due(keyframe_interval) {
+                t = t.min(d);
+            }
+        }
+        t
     }
 
     /// How others see this participant.

@@ -1,6 +1,7 @@
 //! The SFU: rooms of peers, datagram routing and media forwarding.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,8 @@ pub struct Sfu {
     router: Router,
     /// Peers with work to do: input arrived, or media was written to them.
     dirty: Vec<ParticipantId>,
+    /// Peer deadlines, earliest first; entries a peer has since moved are skipped.
+    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(ParticipantId, Signal)>,
     events: VecDeque<RoomEvent>,
@@ -184,6 +187,7 @@ impl Sfu {
             tracks: HashMap::new(),
             router: Router::default(),
             dirty: Vec::new(),
+            timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             events: VecDeque::new(),
@@ -230,7 +234,10 @@ impl Sfu {
     }
 
     fn mark_dirty(&mut self, p: ParticipantId) {
-        if !self.dirty.contains(&p) {
+        if let Some(peer) = self.peers.get_mut(&p)
+            && !peer.dirty
+        {
+            peer.dirty = true;
             self.dirty.push(p);
         }
     }
@@ -516,36 +523,38 @@ impl Sfu {
         let now = self.now;
         let interval = self.config.keyframe_interval;
         let connect_timeout = self.config.connect_timeout;
-        let mut due = Vec::new();
-        for peer in self.peers.values_mut() {
-            let mut touched = false;
-            if now >= peer.rtc_timeout {
-                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                    tracing::debug!(participant = %peer.id, error = %e, "timeout input failed");
-                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
-                }
-                touched = true;
+        // Only peers whose deadline passed are touched, not every peer.
+        while let Some(Reverse((t, pid))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(&pid) else {
+                continue;
+            };
+            if peer.deadline != Some(t) {
+                continue; // superseded by a later entry
+            }
+            peer.deadline = None;
+            if now >= peer.rtc_timeout
+                && let Err(e) = peer.rtc.handle_input(Input::Timeout(now))
+            {
+                tracing::debug!(participant = %pid, error = %e, "timeout input failed");
+                peer.closing.get_or_insert(LeaveReason::ConnectionLost);
             }
             if !peer.connected && now >= peer.joined_at + connect_timeout {
-                tracing::info!(participant = %peer.id, "never connected; removing");
+                tracing::info!(participant = %pid, "never connected; removing");
                 peer.closing.get_or_insert(LeaveReason::ConnectionLost);
-                touched = true;
             }
             for p in &mut peer.published {
-                if p.keyframes.poll(now, interval) {
-                    if let Some(mut w) = peer.rtc.writer(p.mid) {
-                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
-                        self.stats.keyframe_requests += 1;
-                    }
-                    touched = true;
+                if p.keyframes.poll(now, interval)
+                    && let Some(mut w) = peer.rtc.writer(p.mid)
+                {
+                    let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                    self.stats.keyframe_requests += 1;
                 }
             }
-            if touched {
-                due.push(peer.id);
-            }
-        }
-        for p in due {
-            self.mark_dirty(p);
+            self.mark_dirty(pid);
         }
     }
 
@@ -562,6 +571,9 @@ impl Sfu {
                 return Output::Event(e);
             }
             if let Some(p) = self.dirty.pop() {
+                if let Some(peer) = self.peers.get_mut(&p) {
+                    peer.dirty = false;
+                }
                 self.drive(p);
                 continue;
             }
@@ -569,21 +581,26 @@ impl Sfu {
         }
     }
 
-    fn next_timeout(&self) -> Instant {
-        let interval = self.config.keyframe_interval;
-        let mut t = self.now + Duration::from_secs(1);
-        for peer in self.peers.values() {
-            t = t.min(peer.rtc_timeout);
-            if !peer.connected {
-                t = t.min(peer.joined_at + self.config.connect_timeout);
+    fn next_timeout(&mut self) -> Instant {
+        while let Some(Reverse((t, pid))) = self.timers.peek().copied() {
+            if self.peers.get(&pid).is_some_and(|p| p.deadline == Some(t)) {
+                return t.max(self.now);
             }
-            for p in &peer.published {
-                if let Some(d) = p.keyframes.due(interval) {
-                    t = t.min(d);
-                }
-            }
+            self.timers.pop(); // stale
         }
-        t.max(self.now)
+        self.now + Duration::from_secs(1)
+    }
+
+    /// Puts a peer's next deadline in the timer heap if it changed.
+    fn schedule(&mut self, pid: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let d = peer.next_deadline(self.config.connect_timeout, self.config.keyframe_interval);
+        if peer.deadline != Some(d) {
+            peer.deadline = Some(d);
+            self.timers.push(Reverse((d, pid)));
+        }
     }
 
     /// Polls one peer until its `Rtc` has nothing more, then does the
@@ -686,6 +703,8 @@ impl Sfu {
         self.actions = actions;
         if let Some(reason) = closing {
             self.remove_participant(pid, reason);
+        } else {
+            self.schedule(pid);
         }
     }
 
@@ -874,7 +893,10 @@ impl Sfu {
                     self.stats.media_forwarded += 1;
                     self.stats.packets_forwarded += packets;
                     self.stats.bytes_forwarded += data.data.len() as u64;
-                    self.mark_dirty(s.participant);
+                    if !sub.dirty {
+                        sub.dirty = true;
+                        self.dirty.push(s.participant);
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(participant = %s.participant, error = %e, "write failed");
