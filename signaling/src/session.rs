@@ -87,7 +87,7 @@ async fn run(state: AppState, mut ws: WebSocket) {
         }
     };
     let (room, joined, signals) = joined;
-    let id = joined.participant.id;
+    let id = joined.connection;
     let span = tracing::info_span!("session", room = %room, participant = %id);
     serve(state, ws, room, joined, signals)
         .instrument(span)
@@ -101,7 +101,7 @@ async fn serve(
     joined: Joined,
     signals: SignalReceiver,
 ) {
-    let id = joined.participant.id;
+    let id = joined.connection;
     tracing::info!(identity = %joined.participant.identity, "session joined");
     let ok = send(
         &mut ws,

@@ -92,7 +92,7 @@ async fn start(
         })
         .with_offer(offer);
     let (joined, mut signals) = state.media.join(req).await?;
-    let id = joined.participant.id;
+    let id = joined.connection;
     let answer = joined
         .answer
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no answer"))?;

@@ -11,11 +11,23 @@ use str0m::{Candidate, IceCreds, Rtc};
 use crate::error::SignalError;
 use crate::id::{ParticipantId, RoomId, TrackId};
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions};
-use crate::track::{Publication, Subscription, SubscriptionState};
+use crate::track::{KeyframeThrottle, Publication, Subscription, SubscriptionState};
 
 /// A participant and its connection.
 pub(crate) struct Peer {
+    /// This connection's key; signals for it go to its own client.
     pub id: ParticipantId,
+    /// The participant others see: `id`, or after a handover the predecessor's.
+    pub public_id: ParticipantId,
+    /// The connection this one is taking over (a handover in progress).
+    pub takes_over: Option<ParticipantId>,
+    /// Tracks this connection publishes that will replace the predecessor's
+    /// tracks of the same kind at their first decodable frame.
+    pub pending_takeover: Vec<(Mid, MediaKind)>,
+    /// Throttles keyframe requests for tracks waiting to take over.
+    pub handover_keyframes: KeyframeThrottle,
+    /// When ICE and DTLS completed.
+    pub connected_at: Option<Instant>,
     pub room: RoomId,
     pub identity: String,
     pub name: String,
@@ -84,6 +96,11 @@ impl Peer {
         }
         Peer {
             id,
+            public_id: id,
+            takes_over: None,
+            pending_takeover: Vec::new(),
+            handover_keyframes: KeyframeThrottle::default(),
+            connected_at: None,
             room,
             identity,
             name,
@@ -147,7 +164,7 @@ impl Peer {
     /// How others see this participant.
     pub fn info(&self) -> ParticipantInfo {
         ParticipantInfo {
-            id: self.id,
+            id: self.public_id,
             identity: self.identity.clone(),
             name: self.name.clone(),
             tracks: self.published.iter().map(Publication::info).collect(),

@@ -109,7 +109,10 @@ impl JoinRequest {
 /// A successful join.
 #[derive(Debug)]
 pub struct Joined {
-    /// The new participant.
+    /// The key of this connection for later calls ([`Sfu::handle_offer`] and
+    /// the like) and for its signals; the participant's id except after a handover.
+    pub connection: ParticipantId,
+    /// The new participant, as others see it.
     pub participant: ParticipantInfo,
     /// The visible participants already in the room.
     pub others: Vec<ParticipantInfo>,
@@ -143,6 +146,10 @@ enum Action {
     Forward(MediaData),
     Keyframe(TrackId),
 }
+
+/// How long after a handover's new connection is up the old one may keep
+/// tracks the new one has not replaced.
+const HANDOVER_GRACE: Duration = Duration::from_secs(3);
 
 /// How many RTP packets carried a frame.
 fn packets_of(d: &MediaData) -> u64 {
@@ -245,6 +252,45 @@ impl Sfu {
     /// Puts a participant in a room.
     pub fn handle_join(&mut self, now: Instant, req: JoinRequest) -> Result<Joined, JoinError> {
         self.advance(now);
+        self.admit(req, None)
+    }
+
+    /// Moves a participant's call to a new connection (another device of the
+    /// same identity) without the others seeing a leave and a join.
+    ///
+    /// The new connection receives everyone else's tracks. Each track it
+    /// publishes replaces the old connection's track of the same kind at its
+    /// first decodable frame (audio at once, video at a keyframe), keeping the
+    /// track id and the others' m-lines; then the old connection is closed
+    /// with [`LeaveReason::HandedOver`].
+    pub fn handle_handover(
+        &mut self,
+        now: Instant,
+        from: ParticipantId,
+        req: JoinRequest,
+    ) -> Result<Joined, JoinError> {
+        self.advance(now);
+        let Some(old) = self.peers.get(&from) else {
+            return Err(JoinError::NotPermitted("no such participant to take over"));
+        };
+        if old.identity != req.identity || old.room != req.room || !old.is_visible() {
+            return Err(JoinError::NotPermitted(
+                "a handover needs the same identity in the same room",
+            ));
+        }
+        if req.kind != PeerKind::Session {
+            return Err(JoinError::NotPermitted(
+                "a handover needs a signaling session",
+            ));
+        }
+        self.admit(req, Some(from))
+    }
+
+    fn admit(
+        &mut self,
+        req: JoinRequest,
+        takes_over: Option<ParticipantId>,
+    ) -> Result<Joined, JoinError> {
         let JoinRequest {
             room,
             identity,
@@ -265,8 +311,9 @@ impl Sfu {
             }
             _ => {}
         }
-        // The same identity joining again replaces its older session (not for viewers).
-        let replaced = if kind == PeerKind::Whep {
+        // The same identity joining again replaces its older session (not for
+        // viewers, nor during a handover).
+        let replaced = if kind == PeerKind::Whep || takes_over.is_some() {
             None
         } else {
             self.rooms.get(&room).and_then(|r| {
@@ -280,6 +327,7 @@ impl Sfu {
         let limit = self.config.max_participants_per_room as usize;
         if let Some(r) = self.rooms.get(&room)
             && limit > 0
+            && takes_over.is_none()
             && r.participants.len() - usize::from(replaced.is_some()) >= limit
         {
             return Err(JoinError::RoomFull(room.to_string()));
@@ -307,6 +355,11 @@ impl Sfu {
             ),
             None => None,
         };
+        if let Some(old) = takes_over.and_then(|o| self.peers.get(&o)) {
+            peer.public_id = old.public_id;
+            peer.takes_over = takes_over;
+        }
+        let public_id = peer.public_id;
         let _span = tracing::info_span!("join", room = %room, participant = %id).entered();
         if let Some(old) = replaced {
             self.remove_participant(old, LeaveReason::DuplicateIdentity);
@@ -320,14 +373,16 @@ impl Sfu {
         let existing: Vec<ParticipantId> = room_entry.participants.clone();
         room_entry.participants.push(id);
 
-        // A session subscribes to every track already in the room.
+        // A session subscribes to every track already in the room (but its own).
         if kind == PeerKind::Session && permissions.subscribe {
             for other in &existing {
-                if let Some(o) = self.peers.get(other) {
+                if let Some(o) = self.peers.get(other)
+                    && o.public_id != public_id
+                {
                     for p in &o.published {
                         peer.subscriptions.push(Subscription {
                             source: Some(p.id),
-                            publisher: Some(o.id),
+                            publisher: Some(o.public_id),
                             kind: p.kind,
                             state: SubscriptionState::ToOpen,
                         });
@@ -345,10 +400,12 @@ impl Sfu {
         let others: Vec<ParticipantInfo> = existing
             .iter()
             .filter_map(|p| self.peers.get(p))
-            .filter(|p| p.is_visible())
+            .filter(|p| p.is_visible() && p.public_id != public_id)
             .map(Peer::info)
             .collect();
-        if visible {
+        if let Some(from) = takes_over {
+            tracing::info!(%from, "handover started");
+        } else if visible {
             for other in &existing {
                 self.signals
                     .push_back((*other, Signal::ParticipantJoined(info.clone())));
@@ -360,6 +417,7 @@ impl Sfu {
             });
         }
         Ok(Joined {
+            connection: id,
             participant: info,
             others,
             answer,
@@ -447,8 +505,9 @@ impl Sfu {
         p.muted = muted;
         let id = p.id;
         let room = peer.room.clone();
+        let public_id = peer.public_id;
         self.signal_room(&room, Some(participant), |_| Signal::TrackMuted {
-            participant,
+            participant: public_id,
             track: id,
             muted,
         });
@@ -623,6 +682,7 @@ impl Sfu {
                 Ok(str0m::Output::Event(e)) => match e {
                     Event::Connected => {
                         peer.connected = true;
+                        peer.connected_at = Some(self.now);
                         connected_now = true;
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -704,6 +764,7 @@ impl Sfu {
         if let Some(reason) = closing {
             self.remove_participant(pid, reason);
         } else {
+            self.check_handover(pid);
             self.schedule(pid);
         }
     }
@@ -718,6 +779,22 @@ impl Sfu {
             tracing::warn!(participant = %pid, %mid, "track ignored: no publish permission");
             return;
         }
+        if let Some(old) = peer.takes_over
+            && self
+                .peers
+                .get(&old)
+                .is_some_and(|o| o.published.iter().any(|p| p.kind == kind))
+        {
+            // Replaces the old connection's track once media flows.
+            if let Some(peer) = self.peers.get_mut(&pid) {
+                peer.pending_takeover.push((mid, kind));
+            }
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let public_id = peer.public_id;
         let publication = Publication::new(id, mid, kind);
         let info = publication.info();
         peer.published.push(publication);
@@ -726,7 +803,7 @@ impl Sfu {
         tracing::info!(participant = %pid, track = %id, ?kind, "track published");
         self.events.push_back(RoomEvent::TrackPublished {
             room: room.clone(),
-            participant: pid,
+            participant: public_id,
             track: id,
             kind: kind.into(),
         });
@@ -736,17 +813,17 @@ impl Sfu {
             .map(|r| r.participants.clone())
             .unwrap_or_default();
         for m in members {
-            if m == pid {
-                continue;
-            }
             let Some(other) = self.peers.get_mut(&m) else {
                 continue;
             };
+            if other.public_id == public_id {
+                continue;
+            }
             if other.is_visible() || other.kind == PeerKind::Whep {
                 self.signals.push_back((
                     m,
                     Signal::TrackPublished {
-                        participant: pid,
+                        participant: public_id,
                         track: info.clone(),
                     },
                 ));
@@ -758,7 +835,7 @@ impl Sfu {
                 PeerKind::Session => {
                     other.subscriptions.push(Subscription {
                         source: Some(id),
-                        publisher: Some(pid),
+                        publisher: Some(public_id),
                         kind,
                         state: SubscriptionState::ToOpen,
                     });
@@ -866,6 +943,14 @@ impl Sfu {
         {
             return;
         }
+        if self
+            .peers
+            .get(&publisher)
+            .is_some_and(|p| p.pending_takeover.iter().any(|(m, _)| *m == data.mid))
+            && !self.take_over_track(publisher, &data)
+        {
+            return;
+        }
         let Some(p) = self
             .peers
             .get_mut(&publisher)
@@ -906,6 +991,97 @@ impl Sfu {
         self.fanout = fanout;
     }
 
+    /// Moves the old connection's track of this frame's kind to the new
+    /// connection, if the frame can start a picture (audio always, video at a
+    /// keyframe). True when the frame is to be forwarded.
+    fn take_over_track(&mut self, new: ParticipantId, data: &MediaData) -> bool {
+        let Some(peer) = self.peers.get_mut(&new) else {
+            return false;
+        };
+        let Some(pos) = peer
+            .pending_takeover
+            .iter()
+            .position(|(m, _)| *m == data.mid)
+        else {
+            return false;
+        };
+        let kind = peer.pending_takeover[pos].1;
+        if kind == MediaKind::Video && !data.is_keyframe() {
+            // Keep the old picture until the new device sends a keyframe.
+            let now = self.now;
+            let interval = self.config.keyframe_interval;
+            if peer.handover_keyframes.request(now, interval)
+                && let Some(mut w) = peer.rtc.writer(data.mid)
+            {
+                let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                self.stats.keyframe_requests += 1;
+            }
+            return false;
+        }
+        peer.pending_takeover.swap_remove(pos);
+        let Some(old) = peer.takes_over else {
+            return false;
+        };
+        let Some(o) = self.peers.get_mut(&old) else {
+            return false;
+        };
+        let Some(i) = o.published.iter().position(|p| p.kind == kind) else {
+            return false;
+        };
+        let mut publication = o.published.remove(i);
+        publication.mid = data.mid;
+        publication.keyframes = Default::default();
+        let track = publication.id;
+        self.tracks.insert(track, new);
+        if let Some(peer) = self.peers.get_mut(&new) {
+            peer.published.push(publication);
+        }
+        tracing::info!(%track, from = %old, to = %new, "track handed over");
+        self.check_handover(new);
+        true
+    }
+
+    /// Ends a handover once the new connection carries everything it will:
+    /// all the old connection's tracks, or a grace period after connecting.
+    fn check_handover(&mut self, new: ParticipantId) {
+        let Some(peer) = self.peers.get(&new) else {
+            return;
+        };
+        let Some(old) = peer.takes_over else {
+            return;
+        };
+        let Some(connected_at) = peer.connected_at else {
+            return;
+        };
+        let old_done = self.peers.get(&old).is_none_or(|o| o.published.is_empty());
+        let grace_over = self.now >= connected_at + HANDOVER_GRACE;
+        if !old_done && !grace_over {
+            return;
+        }
+        let public = peer.public_id;
+        let room = peer.room.clone();
+        if let Some(peer) = self.peers.get_mut(&new) {
+            peer.takes_over = None;
+        }
+        tracing::info!(from = %old, to = %new, "handover complete");
+        self.events.push_back(RoomEvent::ParticipantHandedOver {
+            room,
+            participant: public,
+            to: new,
+        });
+        self.remove_participant(old, LeaveReason::HandedOver);
+        // Tracks of kinds the old connection did not have, or that never
+        // produced a frame in time, become tracks of their own.
+        let pending = self
+            .peers
+            .get_mut(&new)
+            .map(|p| std::mem::take(&mut p.pending_takeover))
+            .unwrap_or_default();
+        for (mid, kind) in pending {
+            self.publish(new, mid, kind);
+        }
+    }
+
     fn signal_room(
         &mut self,
         room: &RoomId,
@@ -944,6 +1120,15 @@ impl Sfu {
         if let Some(r) = self.rooms.get_mut(&room) {
             r.remove(pid);
         }
+        let public = peer.public_id;
+        // Another connection of the same participant (a handover) stays: the
+        // others see no leave.
+        let successor = self.rooms.get(&room).and_then(|r| {
+            r.participants
+                .iter()
+                .copied()
+                .find(|m| self.peers.get(m).is_some_and(|p| p.public_id == public))
+        });
         // What it received: stop feeding it.
         for s in &peer.subscriptions {
             if let (Some(src), Some(mid)) = (s.source, s.mid())
@@ -967,7 +1152,7 @@ impl Sfu {
             self.tracks.remove(&p.id);
             self.events.push_back(RoomEvent::TrackUnpublished {
                 room: room.clone(),
-                participant: pid,
+                participant: public,
                 track: p.id,
             });
         }
@@ -975,6 +1160,9 @@ impl Sfu {
             let Some(other) = self.peers.get_mut(m) else {
                 continue;
             };
+            if other.public_id == public {
+                continue;
+            }
             let mut rebind = Vec::new();
             for s in &mut other.subscriptions {
                 if let Some(src) = s.source
@@ -991,18 +1179,20 @@ impl Sfu {
                     self.signals.push_back((
                         *m,
                         Signal::TrackUnpublished {
-                            participant: pid,
+                            participant: public,
                             track: p.id,
                         },
                     ));
                 }
-                self.signals.push_back((
-                    *m,
-                    Signal::ParticipantLeft {
-                        participant: pid,
-                        reason,
-                    },
-                ));
+                if successor.is_none() {
+                    self.signals.push_back((
+                        *m,
+                        Signal::ParticipantLeft {
+                            participant: public,
+                            reason,
+                        },
+                    ));
+                }
             }
             let whep = other.kind == PeerKind::Whep;
             self.mark_dirty(*m);
@@ -1013,12 +1203,29 @@ impl Sfu {
             }
         }
         self.signals.push_back((pid, Signal::Left { reason }));
-        if peer.is_visible() {
+        if peer.is_visible() && successor.is_none() {
             self.events.push_back(RoomEvent::ParticipantLeft {
                 room: room.clone(),
-                participant: pid,
+                participant: public,
                 reason,
             });
+        }
+        // The old connection of a handover died first: the new one's tracks
+        // become tracks of their own.
+        if let Some(next) = successor
+            && self.peers.get(&next).and_then(|p| p.takes_over) == Some(pid)
+        {
+            let pending = self
+                .peers
+                .get_mut(&next)
+                .map(|p| {
+                    p.takes_over = None;
+                    std::mem::take(&mut p.pending_takeover)
+                })
+                .unwrap_or_default();
+            for (mid, kind) in pending {
+                self.publish(next, mid, kind);
+            }
         }
         if members.is_empty() {
             self.rooms.remove(&room);

@@ -101,6 +101,8 @@ pub enum LeaveReason {
     Removed,
     /// The server is shutting down.
     ServerShutdown,
+    /// Another device of the same participant took over the call.
+    HandedOver,
 }
 
 impl LeaveReason {
@@ -112,6 +114,7 @@ impl LeaveReason {
             LeaveReason::ConnectionLost => "connection_lost",
             LeaveReason::Removed => "removed",
             LeaveReason::ServerShutdown => "server_shutdown",
+            LeaveReason::HandedOver => "handed_over",
         }
     }
 }
@@ -199,6 +202,15 @@ pub enum RoomEvent {
         participant: ParticipantId,
         /// Why.
         reason: LeaveReason,
+    },
+    /// A participant's call moved to another connection (device); others saw no leave.
+    ParticipantHandedOver {
+        /// The room.
+        room: RoomId,
+        /// The participant, as others know it.
+        participant: ParticipantId,
+        /// The connection that took over.
+        to: ParticipantId,
     },
     /// A track was published.
     TrackPublished {

@@ -120,7 +120,7 @@ impl Driver {
             Command::Join(req, sink, reply) => {
                 let r = self.sfu.handle_join(now, *req);
                 if let Ok(j) = &r {
-                    self.sinks.insert(j.participant.id, sink);
+                    self.sinks.insert(j.connection, sink);
                 }
                 let _ = reply.send(r.map_err(MediaError::from));
             }

@@ -22,6 +22,12 @@ pub struct Received {
     /// The publisher's participant id, from the msid stream id.
     pub from: String,
     pub frames: u64,
+    /// The sending client's tag (its index in the world), from the last frame.
+    pub last_tag: Option<u8>,
+    /// When the last frame arrived (virtual time).
+    pub last_at: Option<Instant>,
+    /// The longest time between two frames.
+    pub max_gap: Duration,
 }
 
 /// A str0m peer standing in for a browser.
@@ -123,17 +129,35 @@ impl World {
 
     /// A session client joins `room`, publishing audio and video if asked.
     pub fn join(&mut self, room: &str, name: &str, publish: bool) -> usize {
+        self.join_with(room, name, publish, None)
+    }
+
+    /// A new client (device) of `from`'s identity takes over its call.
+    pub fn handover(&mut self, room: &str, from: usize, name: &str) -> usize {
+        self.join_with(room, name, true, Some(from))
+    }
+
+    fn join_with(&mut self, room: &str, name: &str, publish: bool, from: Option<usize>) -> usize {
         let n = self.clients.len() as u8 + 2;
         let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
         let mut rtc = Rtc::builder().build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        let joined = self
-            .sfu
-            .handle_join(
+        let joined = match from {
+            None => self.sfu.handle_join(
                 self.now,
                 JoinRequest::new(RoomId::new(room).unwrap(), name, PeerKind::Session),
-            )
-            .unwrap();
+            ),
+            Some(f) => self.sfu.handle_handover(
+                self.now,
+                self.clients[f].id,
+                JoinRequest::new(
+                    RoomId::new(room).unwrap(),
+                    self.clients[f].name.clone(),
+                    PeerKind::Session,
+                ),
+            ),
+        }
+        .unwrap();
         let mut change = rtc.sdp_api();
         let (mut audio, mut video) = (None, None);
         if publish {
@@ -145,14 +169,18 @@ impl World {
         let (offer, pending) = change.apply().unwrap();
         let answer = self
             .sfu
-            .handle_offer(self.now, joined.participant.id, offer)
+            .handle_offer(self.now, joined.connection, offer)
             .unwrap();
         rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        let name = match from {
+            Some(f) => self.clients[f].name.clone(),
+            None => name.to_owned(),
+        };
         self.clients.push(Client {
-            name: name.into(),
+            name,
             rtc,
             addr,
-            id: joined.participant.id,
+            id: joined.connection,
             audio,
             video,
             pending: None,
@@ -230,7 +258,8 @@ impl World {
             self.next_video += Duration::from_millis(50);
         }
         let now = self.now;
-        for c in &mut self.clients {
+        for (tag, c) in self.clients.iter_mut().enumerate() {
+            let tag = tag as u8;
             if !c.connected || !c.rtc.is_alive() {
                 continue;
             }
@@ -244,7 +273,7 @@ impl World {
                     .pt();
                 let t = MediaTime::from_millis(c.frame * 20)
                     .rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ);
-                w.write(pt, now, t, vec![0xfc, 0xff, 0xfe, c.frame as u8])
+                w.write(pt, now, t, vec![0xfc, 0xff, 0xfe, c.frame as u8, tag])
                     .unwrap();
             }
             if video_due && let Some(mid) = c.video {
@@ -257,7 +286,8 @@ impl World {
                 // A VP8 frame tag: bit 0 clear marks a keyframe.
                 let key = std::mem::take(&mut c.force_keyframe);
                 let mut frame = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
-                frame.resize(1200, c.frame as u8);
+                // The last byte names the sender.
+                frame.resize(1200, tag);
                 let t = MediaTime::from_90khz(c.frame * 4500);
                 w.write(pt, now, t, frame).unwrap();
             }
@@ -295,12 +325,20 @@ impl World {
                                         kind: m.kind,
                                         from,
                                         frames: 0,
+                                        last_tag: None,
+                                        last_at: None,
+                                        max_gap: Duration::ZERO,
                                     },
                                 );
                             }
                             Event::MediaData(d) => {
                                 if let Some(r) = c.received.get_mut(&d.mid) {
                                     r.frames += 1;
+                                    r.last_tag = d.data.last().copied();
+                                    if let Some(t) = r.last_at {
+                                        r.max_gap = r.max_gap.max(self.now - t);
+                                    }
+                                    r.last_at = Some(self.now);
                                 }
                             }
                             Event::KeyframeRequest(_) => {
