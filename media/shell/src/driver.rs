@@ -124,6 +124,13 @@ impl Driver {
                 }
                 let _ = reply.send(r.map_err(MediaError::from));
             }
+            Command::Handover(from, req, sink, reply) => {
+                let r = self.sfu.handle_handover(now, from, *req);
+                if let Ok(j) = &r {
+                    self.sinks.insert(j.connection, sink);
+                }
+                let _ = reply.send(r.map_err(MediaError::from));
+            }
             Command::Offer(p, offer, reply) => {
                 let _ = reply.send(self.sfu.handle_offer(now, p, *offer).map_err(Into::into));
             }

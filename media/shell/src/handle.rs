@@ -74,6 +74,20 @@ impl MediaHandle {
         Ok((joined, srx))
     }
 
+    /// Moves `from`'s call to a new connection (another device); its signals
+    /// arrive on the receiver. See [`vela_media_core::Sfu::handle_handover`].
+    pub async fn handover(
+        &self,
+        from: ParticipantId,
+        req: JoinRequest,
+    ) -> Result<(Joined, SignalReceiver), MediaError> {
+        let (stx, srx) = mpsc::unbounded_channel();
+        let joined = self
+            .call(|r| Command::Handover(from, Box::new(req), stx, r))
+            .await?;
+        Ok((joined, srx))
+    }
+
     /// Hands a client's offer to its connection; returns the answer.
     pub async fn offer(&self, p: ParticipantId, offer: SdpOffer) -> Result<SdpAnswer, MediaError> {
         self.call(|r| Command::Offer(p, Box::new(offer), r)).await
