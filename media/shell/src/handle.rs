@@ -34,6 +34,12 @@ pub(crate) enum Command {
         mpsc::UnboundedSender<Signal>,
         Reply<Joined>,
     ),
+    Handover(
+        ParticipantId,
+        Box<JoinRequest>,
+        mpsc::UnboundedSender<Signal>,
+        Reply<Joined>,
+    ),
     Offer(ParticipantId, Box<SdpOffer>, Reply<SdpAnswer>),
     Answer(ParticipantId, Box<SdpAnswer>, Reply<()>),
     Candidate(ParticipantId, String, Reply<()>),
