@@ -20,6 +20,7 @@ mod room;
 mod router;
 mod sfu;
 mod signal;
+mod speaker;
 mod stats;
 mod track;
 
@@ -29,6 +30,7 @@ pub use sfu::{JoinRequest, Joined, Output, Sfu, SfuConfig};
 pub use signal::{
     LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, Signal, TrackInfo, TrackKind,
 };
+pub use speaker::Speaker;
 pub use stats::SfuStats;
 
 /// Re-exported str0m types that appear in this crate's API.

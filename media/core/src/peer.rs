@@ -58,6 +58,8 @@ pub(crate) struct Peer {
     pub deadline: Option<Instant>,
     /// Cumulative NACK counts last reported per m-line: (mid, received, sent).
     pub nack_totals: Vec<(Mid, u64, u64)>,
+    /// The account and device behind the participant (see `JoinRequest::with_account`).
+    pub account: Option<(String, String)>,
 }
 
 impl Peer {
@@ -118,6 +120,7 @@ impl Peer {
             rtc_timeout: now,
             closing: None,
             nack_totals: Vec::new(),
+            account: None,
             needs_negotiation: false,
             dirty: false,
             deadline: None,
@@ -167,6 +170,8 @@ impl Peer {
             id: self.public_id,
             identity: self.identity.clone(),
             name: self.name.clone(),
+            account: self.account.as_ref().map(|(a, _)| a.clone()),
+            device: self.account.as_ref().map(|(_, d)| d.clone()),
             tracks: self.published.iter().map(Publication::info).collect(),
         }
     }

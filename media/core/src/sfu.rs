@@ -26,6 +26,7 @@ pub struct SfuConfig {
     connect_timeout: Duration,
     keyframe_interval: Duration,
     max_participants_per_room: u32,
+    speaker_interval: Duration,
 }
 
 impl SfuConfig {
@@ -36,7 +37,14 @@ impl SfuConfig {
             connect_timeout: Duration::from_secs(30),
             keyframe_interval: Duration::from_millis(500),
             max_participants_per_room: 0,
+            speaker_interval: Duration::from_millis(200),
         }
+    }
+
+    /// How often at most the speaking list is sent to a room.
+    pub fn set_speaker_interval(mut self, d: Duration) -> Self {
+        self.speaker_interval = d;
+        self
     }
 
     /// A peer that has not connected (ICE and DTLS) by then is removed.
@@ -72,6 +80,7 @@ pub struct JoinRequest {
     kind: PeerKind,
     permissions: Permissions,
     offer: Option<SdpOffer>,
+    account: Option<(String, String)>,
 }
 
 impl JoinRequest {
@@ -84,7 +93,15 @@ impl JoinRequest {
             kind,
             permissions: Permissions::default(),
             offer: None,
+            account: None,
         }
+    }
+
+    /// The account and device the participant joined as; others see them
+    /// in [`ParticipantInfo`].
+    pub fn with_account(mut self, account: impl Into<String>, device: impl Into<String>) -> Self {
+        self.account = Some((account.into(), device.into()));
+        self
     }
 
     /// The display name (the identity when not set).
@@ -173,6 +190,8 @@ pub struct Sfu {
     dirty: Vec<ParticipantId>,
     /// Peer deadlines, earliest first; entries a peer has since moved are skipped.
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    /// When the rooms' speaker detectors next want a poll.
+    speaker_due: Option<Instant>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(ParticipantId, Signal)>,
     events: VecDeque<RoomEvent>,
@@ -195,6 +214,7 @@ impl Sfu {
             router: Router::default(),
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
+            speaker_due: None,
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             events: VecDeque::new(),
@@ -298,6 +318,7 @@ impl Sfu {
             kind,
             permissions,
             offer,
+            account,
         } = req;
         match kind {
             PeerKind::Whip if !permissions.publish => {
@@ -348,6 +369,7 @@ impl Sfu {
             permissions,
             &self.config.candidates,
         );
+        peer.account = account;
         let answer = match offer {
             Some(o) => Some(
                 peer.accept_offer(o)
@@ -368,7 +390,7 @@ impl Sfu {
         let room_entry = self.rooms.entry(room.clone()).or_insert_with(|| {
             self.events
                 .push_back(RoomEvent::RoomStarted { room: room.clone() });
-            Room::default()
+            Room::new(self.config.speaker_interval)
         });
         let existing: Vec<ParticipantId> = room_entry.participants.clone();
         room_entry.participants.push(id);
@@ -580,6 +602,9 @@ impl Sfu {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         let now = self.now;
+        if self.speaker_due.is_some_and(|t| t <= now) {
+            self.poll_speakers(now);
+        }
         let interval = self.config.keyframe_interval;
         let connect_timeout = self.config.connect_timeout;
         // Only peers whose deadline passed are touched, not every peer.
@@ -641,13 +666,35 @@ impl Sfu {
     }
 
     fn next_timeout(&mut self) -> Instant {
+        let mut next = self.now + Duration::from_secs(1);
         while let Some(Reverse((t, pid))) = self.timers.peek().copied() {
             if self.peers.get(&pid).is_some_and(|p| p.deadline == Some(t)) {
-                return t.max(self.now);
+                next = t;
+                break;
             }
             self.timers.pop(); // stale
         }
-        self.now + Duration::from_secs(1)
+        if let Some(t) = self.speaker_due {
+            next = next.min(t);
+        }
+        next.max(self.now)
+    }
+
+    /// Sends each room's speaking list where it changed.
+    fn poll_speakers(&mut self, now: Instant) {
+        let mut due: Option<Instant> = None;
+        for room in self.rooms.values_mut() {
+            if let Some(list) = room.speakers.poll(now) {
+                for p in &room.participants {
+                    self.signals
+                        .push_back((*p, Signal::ActiveSpeakers(list.clone())));
+                }
+            }
+            if let Some(t) = room.speakers.next_poll() {
+                due = Some(due.map_or(t, |d| d.min(t)));
+            }
+        }
+        self.speaker_due = due;
     }
 
     /// Puts a peer's next deadline in the timer heap if it changed.
@@ -708,6 +755,15 @@ impl Sfu {
                     Event::MediaData(d) => {
                         self.stats.media_received += 1;
                         self.stats.packets_received += packets_of(&d);
+                        if let Some(level) = d.ext_vals.audio_level
+                            && let Some(room) = self.rooms.get_mut(&peer.room)
+                        {
+                            room.speakers.observe(peer.public_id, level, self.now);
+                            let due = self.now + self.config.speaker_interval;
+                            if self.speaker_due.is_none_or(|t| t > due) {
+                                self.speaker_due = Some(due);
+                            }
+                        }
                         if !d.contiguous
                             && let Some(p) = peer.publication_by_mid(d.mid)
                         {
@@ -1129,6 +1185,11 @@ impl Sfu {
                 .copied()
                 .find(|m| self.peers.get(m).is_some_and(|p| p.public_id == public))
         });
+        if successor.is_none()
+            && let Some(r) = self.rooms.get_mut(&room)
+        {
+            r.speakers.remove(public);
+        }
         // What it received: stop feeding it.
         for s in &peer.subscriptions {
             if let (Some(src), Some(mid)) = (s.source, s.mid())

@@ -83,6 +83,12 @@ pub struct ParticipantInfo {
     pub identity: String,
     /// The display name.
     pub name: String,
+    /// The signaling service's account behind the participant, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The account's device the participant joined from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// The tracks it publishes.
     pub tracks: Vec<TrackInfo>,
 }
@@ -157,6 +163,8 @@ pub enum Signal {
         /// Muted now.
         muted: bool,
     },
+    /// Who is speaking now, loudest first (sent at most once per speaker interval).
+    ActiveSpeakers(Vec<crate::speaker::Speaker>),
     /// This participant was removed from its room; nothing more follows.
     Left {
         /// Why.

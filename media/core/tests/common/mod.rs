@@ -45,6 +45,8 @@ pub struct Client {
     pub left: Option<LeaveReason>,
     pub connected: bool,
     pub timeout: Instant,
+    /// The RFC 6464 level its audio packets carry (-dBov; -127 is silence).
+    pub audio_level: i8,
     frame: u64,
     force_keyframe: bool,
 }
@@ -190,6 +192,7 @@ impl World {
             left: None,
             connected: false,
             timeout: self.now,
+            audio_level: -127,
             frame: 0,
             force_keyframe: true,
         });
@@ -273,7 +276,8 @@ impl World {
                     .pt();
                 let t = MediaTime::from_millis(c.frame * 20)
                     .rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ);
-                w.write(pt, now, t, vec![0xfc, 0xff, 0xfe, c.frame as u8, tag])
+                w.audio_level(c.audio_level, c.audio_level > -60)
+                    .write(pt, now, t, vec![0xfc, 0xff, 0xfe, c.frame as u8, tag])
                     .unwrap();
             }
             if video_due && let Some(mid) = c.video {
@@ -405,6 +409,10 @@ impl World {
                 c.signals.push("offer".into());
                 // Mark new receiving m-lines now, so media is counted from the first frame.
                 self.sfu.handle_answer(self.now, p, answer).unwrap();
+            }
+            Signal::ActiveSpeakers(list) => {
+                let ids: Vec<String> = list.iter().map(|s| s.participant.to_string()).collect();
+                c.signals.push(format!("speakers:{}", ids.join(",")));
             }
             Signal::Left { reason } => {
                 c.left = Some(reason);
