@@ -15,6 +15,7 @@
 
 mod error;
 mod id;
+mod layer_selector;
 mod peer;
 mod room;
 mod router;
@@ -32,6 +33,7 @@ pub use signal::{
 };
 pub use speaker::Speaker;
 pub use stats::SfuStats;
+pub use track::TrackSettings;
 
 /// Re-exported str0m types that appear in this crate's API.
 pub use str0m::change::{SdpAnswer, SdpOffer};

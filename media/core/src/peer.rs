@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, IceCreds, Rtc};
@@ -50,6 +51,8 @@ pub(crate) struct Peer {
     pub rtc_timeout: Instant,
     /// Set when the peer is to be removed on its next drive.
     pub closing: Option<LeaveReason>,
+    /// The latest send bandwidth estimate towards this peer (bits/s).
+    pub bwe_estimate: Option<u64>,
     /// Subscriptions changed since the last server offer.
     pub needs_negotiation: bool,
     /// Queued to be driven (in the SFU's dirty list).
@@ -74,10 +77,11 @@ impl Peer {
         kind: PeerKind,
         permissions: Permissions,
         candidates: &[SocketAddr],
+        bandwidth_estimation: bool,
     ) -> Self {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut rtc = Rtc::builder()
+        let mut builder = Rtc::builder()
             // The server has public addresses: ICE-lite answers checks and never sends them.
             .set_ice_lite(true)
             .set_local_ice_credentials(creds)
@@ -85,9 +89,13 @@ impl Peer {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true)
-            // Stats feed the NACK counters (and later, layer choice).
-            .set_stats_interval(Some(Duration::from_secs(1)))
-            .build(now);
+            // Stats feed the NACK counters.
+            .set_stats_interval(Some(Duration::from_secs(1)));
+        if bandwidth_estimation {
+            // The send estimate (TWCC) picks simulcast layers for this peer.
+            builder = builder.enable_bwe(Some(Bitrate::kbps(1_000)));
+        }
+        let mut rtc = builder.build(now);
         for addr in candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
@@ -122,6 +130,7 @@ impl Peer {
             nack_totals: Vec::new(),
             account: None,
             needs_negotiation: false,
+            bwe_estimate: None,
             dirty: false,
             deadline: None,
         }

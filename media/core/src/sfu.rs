@@ -5,6 +5,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
@@ -12,12 +13,15 @@ use str0m::{Candidate, Event, IceConnectionState, Input};
 
 use crate::error::{JoinError, SignalError};
 use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::layer_selector::{Demand, allocate, layer_for_size};
 use crate::peer::Peer;
 use crate::room::Room;
 use crate::router::{Route, Router};
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, Signal};
 use crate::stats::SfuStats;
-use crate::track::{Publication, Subscriber, Subscription, SubscriptionState};
+use crate::track::{
+    Layer, Publication, Subscriber, Subscription, SubscriptionState, TrackSettings, rid_rank,
+};
 
 /// Settings of the core.
 #[derive(Debug, Clone)]
@@ -27,6 +31,7 @@ pub struct SfuConfig {
     keyframe_interval: Duration,
     max_participants_per_room: u32,
     speaker_interval: Duration,
+    bandwidth_estimation: bool,
 }
 
 impl SfuConfig {
@@ -38,7 +43,15 @@ impl SfuConfig {
             keyframe_interval: Duration::from_millis(500),
             max_participants_per_room: 0,
             speaker_interval: Duration::from_millis(200),
+            bandwidth_estimation: true,
         }
+    }
+
+    /// Whether subscribers' send bandwidth is estimated (TWCC) and caps their
+    /// simulcast layers; without it every subscriber gets a fixed budget.
+    pub fn set_bandwidth_estimation(mut self, on: bool) -> Self {
+        self.bandwidth_estimation = on;
+        self
     }
 
     /// How often at most the speaking list is sent to a room.
@@ -158,7 +171,7 @@ pub enum Output {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Action {
-    Publish(Mid, MediaKind),
+    Publish(Mid, MediaKind, Vec<str0m::media::Rid>),
     Bind(MediaKind),
     Forward(MediaData),
     Keyframe(TrackId),
@@ -167,6 +180,13 @@ enum Action {
 /// How long after a handover's new connection is up the old one may keep
 /// tracks the new one has not replaced.
 const HANDOVER_GRACE: Duration = Duration::from_secs(3);
+
+/// How often simulcast layers are re-allocated to subscribers.
+const LAYER_INTERVAL: Duration = Duration::from_millis(500);
+/// A subscriber's budget before its bandwidth estimate arrives.
+const DEFAULT_BUDGET: u64 = 2_500_000;
+/// What one audio track is assumed to take of a budget.
+const AUDIO_BITRATE: u64 = 48_000;
 
 /// How many RTP packets carried a frame.
 fn packets_of(d: &MediaData) -> u64 {
@@ -192,11 +212,12 @@ pub struct Sfu {
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
     /// When the rooms' speaker detectors next want a poll.
     speaker_due: Option<Instant>,
+    /// When simulcast layers are next allocated.
+    layers_due: Instant,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(ParticipantId, Signal)>,
     events: VecDeque<RoomEvent>,
     actions: Vec<Action>,
-    fanout: Vec<Subscriber>,
     stats: SfuStats,
 }
 
@@ -215,11 +236,11 @@ impl Sfu {
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
             speaker_due: None,
+            layers_due: now,
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             events: VecDeque::new(),
             actions: Vec::new(),
-            fanout: Vec::new(),
             stats: SfuStats::default(),
         }
     }
@@ -368,6 +389,7 @@ impl Sfu {
             kind,
             permissions,
             &self.config.candidates,
+            self.config.bandwidth_estimation,
         );
         peer.account = account;
         let answer = match offer {
@@ -407,6 +429,7 @@ impl Sfu {
                             publisher: Some(o.public_id),
                             kind: p.kind,
                             state: SubscriptionState::ToOpen,
+                            settings: TrackSettings::default(),
                         });
                     }
                 }
@@ -536,6 +559,205 @@ impl Sfu {
         Ok(id)
     }
 
+    /// A subscriber's wishes for one remote track: on or off (a hidden tile,
+    /// an unsubscribed track) and the size it renders it at (adaptive stream).
+    pub fn handle_track_settings(
+        &mut self,
+        participant: ParticipantId,
+        track: TrackId,
+        settings: TrackSettings,
+    ) -> Result<(), SignalError> {
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let sub = peer
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.source == Some(track))
+            .ok_or(SignalError::UnknownTrack)?;
+        let was_enabled = sub.settings.enabled;
+        sub.settings = settings;
+        let mid = sub.mid();
+        let publisher = self.tracks.get(&track).copied();
+        if let (Some(mid), Some(publisher)) = (mid, publisher)
+            && let Some(p) = self
+                .peers
+                .get_mut(&publisher)
+                .and_then(|p| p.publication(track))
+            && let Some(s) = p
+                .subscribers
+                .iter_mut()
+                .find(|s| s.participant == participant && s.mid == mid)
+        {
+            s.paused = !settings.enabled;
+            if settings.enabled && !was_enabled {
+                // Resume where a picture can start.
+                s.current = None;
+                if !p.layers.is_empty() {
+                    s.target = Some(0);
+                }
+                self.request_keyframe(track);
+            }
+        }
+        self.allocate_layers(participant);
+        self.update_layer_needs();
+        Ok(())
+    }
+
+    fn allocate_all_layers(&mut self) {
+        let all: Vec<ParticipantId> = self.peers.keys().copied().collect();
+        for p in all {
+            self.allocate_layers(p);
+        }
+        self.update_layer_needs();
+    }
+
+    /// Chooses the simulcast layer of each video `subscriber` receives.
+    fn allocate_layers(&mut self, subscriber: ParticipantId) {
+        struct Item {
+            track: TrackId,
+            publisher: ParticipantId,
+            mid: Mid,
+            bitrates: Vec<u64>,
+            max_layer: Option<usize>,
+            current: Option<usize>,
+        }
+        let Some(peer) = self.peers.get(&subscriber) else {
+            return;
+        };
+        let mut items: Vec<Item> = Vec::new();
+        let mut audio = 0u64;
+        for s in &peer.subscriptions {
+            let (Some(track), SubscriptionState::Open(mid)) = (s.source, s.state) else {
+                continue;
+            };
+            if s.kind == MediaKind::Audio {
+                audio += 1;
+                continue;
+            }
+            let Some(publisher) = self.tracks.get(&track).copied() else {
+                continue;
+            };
+            let Some(p) = self
+                .peers
+                .get(&publisher)
+                .and_then(|p| p.published.iter().find(|p| p.id == track))
+            else {
+                continue;
+            };
+            if p.layers.len() < 2 {
+                continue;
+            }
+            let n = p.layers.len();
+            let max_layer = match (s.settings.enabled, s.settings.width, s.settings.height) {
+                (false, _, _) => None,
+                (true, Some(w), Some(h)) => Some(layer_for_size(w, h, p.full_width, n)),
+                (true, _, _) => Some(n - 1),
+            };
+            let current = p
+                .subscribers
+                .iter()
+                .find(|x| x.participant == subscriber && x.mid == mid)
+                .and_then(|x| x.current.map(usize::from));
+            items.push(Item {
+                track,
+                publisher,
+                mid,
+                bitrates: p.layers.iter().map(|l| l.bitrate).collect(),
+                max_layer,
+                current,
+            });
+        }
+        if items.is_empty() {
+            return;
+        }
+        let budget = peer
+            .bwe_estimate
+            .unwrap_or(DEFAULT_BUDGET)
+            .saturating_sub(audio * AUDIO_BITRATE);
+        let demands: Vec<Demand<'_>> = items
+            .iter()
+            .map(|i| Demand {
+                bitrates: &i.bitrates,
+                max_layer: i.max_layer,
+                current: i.current,
+            })
+            .collect();
+        let choice = allocate(budget, &demands);
+        // Ask the estimator to probe up to what the sizes would use.
+        let (mut min, mut desired) = (audio * AUDIO_BITRATE, audio * AUDIO_BITRATE);
+        for i in &items {
+            if let Some(m) = i.max_layer {
+                min += i.bitrates.first().copied().unwrap_or(0);
+                desired += i.bitrates.get(m).copied().unwrap_or(0);
+            }
+        }
+        if let Some(peer) = self.peers.get_mut(&subscriber) {
+            peer.rtc.bwe().set_bitrate(
+                Bitrate::bps(min.max(100_000)),
+                Bitrate::bps(desired.max(300_000)),
+            );
+        }
+        for (i, c) in items.iter().zip(choice) {
+            let Some(p) = self
+                .peers
+                .get_mut(&i.publisher)
+                .and_then(|p| p.publication(i.track))
+            else {
+                continue;
+            };
+            if let Some(s) = p
+                .subscribers
+                .iter_mut()
+                .find(|x| x.participant == subscriber && x.mid == i.mid)
+            {
+                let target = c.map(|c| c as u8);
+                if s.target != target {
+                    tracing::debug!(participant = %subscriber, track = %i.track, from = ?s.target, to = ?target, "layer target");
+                    self.stats.layer_switches += 1;
+                }
+                s.target = target;
+            }
+        }
+    }
+
+    /// Tells publishers which simulcast layers anyone needs, when that changed.
+    fn update_layer_needs(&mut self) {
+        for peer in self.peers.values_mut() {
+            for p in &mut peer.published {
+                if p.layers.len() < 2 {
+                    continue;
+                }
+                // Layers up to the highest one in use stay on, so a switch
+                // down finds its layer running.
+                let top = p
+                    .subscribers
+                    .iter()
+                    .filter(|s| !s.paused)
+                    .filter_map(|s| s.target.max(s.current))
+                    .max();
+                let mask: u32 = match top {
+                    Some(t) => (1u32 << (u32::from(t) + 1)) - 1,
+                    None => 0,
+                };
+                if p.layers_signalled == Some(mask) {
+                    continue;
+                }
+                p.layers_signalled = Some(mask);
+                let rids = p
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, l)| l.rid.to_string())
+                    .collect();
+                self.signals
+                    .push_back((peer.id, Signal::LayersNeeded { track: p.id, rids }));
+            }
+        }
+    }
+
     /// A participant leaves (client request, WebSocket closed, DELETE).
     pub fn handle_leave(&mut self, now: Instant, participant: ParticipantId, reason: LeaveReason) {
         self.advance(now);
@@ -604,6 +826,10 @@ impl Sfu {
         let now = self.now;
         if self.speaker_due.is_some_and(|t| t <= now) {
             self.poll_speakers(now);
+        }
+        if now >= self.layers_due {
+            self.layers_due = now + LAYER_INTERVAL;
+            self.allocate_all_layers();
         }
         let interval = self.config.keyframe_interval;
         let connect_timeout = self.config.connect_timeout;
@@ -677,6 +903,9 @@ impl Sfu {
         if let Some(t) = self.speaker_due {
             next = next.min(t);
         }
+        if !self.peers.is_empty() {
+            next = next.min(self.layers_due);
+        }
         next.max(self.now)
     }
 
@@ -741,13 +970,18 @@ impl Sfu {
                             continue;
                         }
                         if m.direction.is_receiving() {
-                            self.actions.push(Action::Publish(m.mid, m.kind));
+                            let rids = m
+                                .simulcast
+                                .map(|s| s.send.into_iter().chain(s.recv).map(|l| l.rid).collect())
+                                .unwrap_or_default();
+                            self.actions.push(Action::Publish(m.mid, m.kind, rids));
                         } else if m.direction.is_sending() && peer.kind == PeerKind::Whep {
                             peer.subscriptions.push(Subscription {
                                 source: None,
                                 publisher: None,
                                 kind: m.kind,
                                 state: SubscriptionState::Open(m.mid),
+                                settings: TrackSettings::default(),
                             });
                             self.actions.push(Action::Bind(m.kind));
                         }
@@ -770,6 +1004,10 @@ impl Sfu {
                             self.actions.push(Action::Keyframe(p.id));
                         }
                         self.actions.push(Action::Forward(d));
+                    }
+                    Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                        tracing::debug!(participant = %pid, estimate = estimate.as_u64(), "bandwidth estimate");
+                        peer.bwe_estimate = Some(estimate.as_u64());
                     }
                     Event::MediaEgressStats(st) => {
                         // NACKs from this subscriber, answered from the send buffer.
@@ -810,7 +1048,7 @@ impl Sfu {
         let mut actions = std::mem::take(&mut self.actions);
         for a in actions.drain(..) {
             match a {
-                Action::Publish(mid, kind) => self.publish(pid, mid, kind),
+                Action::Publish(mid, kind, rids) => self.publish(pid, mid, kind, &rids),
                 Action::Bind(kind) => self.bind_viewer(pid, kind),
                 Action::Forward(d) => self.forward(pid, d),
                 Action::Keyframe(track) => self.request_keyframe(track),
@@ -825,7 +1063,13 @@ impl Sfu {
         }
     }
 
-    fn publish(&mut self, pid: ParticipantId, mid: Mid, kind: MediaKind) {
+    fn publish(
+        &mut self,
+        pid: ParticipantId,
+        mid: Mid,
+        kind: MediaKind,
+        rids: &[str0m::media::Rid],
+    ) {
         let id = TrackId(self.next_track);
         self.next_track += 1;
         let Some(peer) = self.peers.get_mut(&pid) else {
@@ -851,7 +1095,11 @@ impl Sfu {
             return;
         };
         let public_id = peer.public_id;
-        let publication = Publication::new(id, mid, kind);
+        let mut publication = Publication::new(id, mid, kind);
+        let mut rids = rids.to_vec();
+        rids.dedup();
+        rids.sort_by_key(|r| rid_rank(r));
+        publication.layers = rids.into_iter().map(Layer::new).collect();
         let info = publication.info();
         peer.published.push(publication);
         let room = peer.room.clone();
@@ -894,6 +1142,7 @@ impl Sfu {
                         publisher: Some(public_id),
                         kind,
                         state: SubscriptionState::ToOpen,
+                        settings: TrackSettings::default(),
                     });
                     other.needs_negotiation = true;
                     self.mark_dirty(m);
@@ -952,10 +1201,11 @@ impl Sfu {
         else {
             return;
         };
-        p.subscribers.push(Subscriber {
-            participant: subscriber,
-            mid,
-        });
+        // Simulcast starts on the lowest layer, for a quick first picture;
+        // the allocation raises it as bandwidth and size allow.
+        let target = if p.layers.is_empty() { None } else { Some(0) };
+        p.subscribers
+            .push(Subscriber::new(subscriber, mid, p.epoch, target));
         // A new subscriber can only start decoding on a keyframe.
         if p.kind == MediaKind::Video {
             self.request_keyframe(track);
@@ -993,12 +1243,6 @@ impl Sfu {
 
     /// Writes one media frame of `publisher` to all its subscribers.
     fn forward(&mut self, publisher: ParticipantId, data: MediaData) {
-        // Simulcast layers other than the top one are not forwarded yet.
-        if let Some(rid) = data.rid
-            && !matches!(&*rid, "h" | "f" | "hi" | "high")
-        {
-            return;
-        }
         if self
             .peers
             .get(&publisher)
@@ -1007,6 +1251,7 @@ impl Sfu {
         {
             return;
         }
+        let now = self.now;
         let Some(p) = self
             .peers
             .get_mut(&publisher)
@@ -1014,11 +1259,37 @@ impl Sfu {
         else {
             return;
         };
+        let layer = p.layer_of(data.rid);
+        if let Some(l) = layer {
+            p.layers[l].measure(now, data.data.len());
+        }
+        let epoch = p.epoch;
+        let keyframe = data.is_keyframe();
+        // Taken out so subscribers' choices can be updated while writing to
+        // other peers; put back below. No allocation: the Vec moves.
+        let mut subscribers = std::mem::take(&mut p.subscribers);
         let packets = packets_of(&data);
-        let mut fanout = std::mem::take(&mut self.fanout);
-        fanout.clear();
-        fanout.extend_from_slice(&p.subscribers);
-        for s in &fanout {
+        // Layers some subscriber waits to switch to (bit per layer).
+        let mut want_keyframe: u32 = 0;
+        for s in &mut subscribers {
+            if s.paused {
+                continue;
+            }
+            if let Some(l) = layer {
+                let l = l as u8;
+                if s.target != s.current {
+                    // Switch only where the new layer's picture can start.
+                    if s.target == Some(l) && keyframe {
+                        s.current = s.target;
+                        s.rebase();
+                    } else if let Some(t) = s.target {
+                        want_keyframe |= 1 << t.min(31);
+                    }
+                }
+                if s.current != Some(l) {
+                    continue;
+                }
+            }
             let Some(sub) = self.peers.get_mut(&s.participant) else {
                 continue;
             };
@@ -1029,7 +1300,8 @@ impl Sfu {
             let Some(pt) = w.match_params(data.params) else {
                 continue;
             };
-            match w.write(pt, data.network_time, data.time, data.data.clone()) {
+            let time = s.map_time(epoch, data.time, data.network_time);
+            match w.write(pt, data.network_time, time, data.data.clone()) {
                 Ok(()) => {
                     self.stats.media_forwarded += 1;
                     self.stats.packets_forwarded += packets;
@@ -1044,7 +1316,29 @@ impl Sfu {
                 }
             }
         }
-        self.fanout = fanout;
+        let Some(peer) = self.peers.get_mut(&publisher) else {
+            return;
+        };
+        let interval = self.config.keyframe_interval;
+        let Some(p) = peer.published.iter_mut().find(|p| p.mid == data.mid) else {
+            return;
+        };
+        p.subscribers = subscribers;
+        if want_keyframe != 0 {
+            let mid = p.mid;
+            for (i, l) in p.layers.iter_mut().enumerate() {
+                if want_keyframe & (1 << i.min(31)) != 0 && l.keyframes.request(now, interval) {
+                    if let Some(mut w) = peer.rtc.writer(mid) {
+                        let _ = w.request_keyframe(Some(l.rid), KeyframeRequestKind::Pli);
+                        self.stats.keyframe_requests += 1;
+                    }
+                    if !peer.dirty {
+                        peer.dirty = true;
+                        self.dirty.push(publisher);
+                    }
+                }
+            }
+        }
     }
 
     /// Moves the old connection's track of this frame's kind to the new
@@ -1087,6 +1381,8 @@ impl Sfu {
         let mut publication = o.published.remove(i);
         publication.mid = data.mid;
         publication.keyframes = Default::default();
+        // Subscribers re-base their timestamps on the new source.
+        publication.epoch = publication.epoch.wrapping_add(1);
         let track = publication.id;
         self.tracks.insert(track, new);
         if let Some(peer) = self.peers.get_mut(&new) {
@@ -1134,7 +1430,7 @@ impl Sfu {
             .map(|p| std::mem::take(&mut p.pending_takeover))
             .unwrap_or_default();
         for (mid, kind) in pending {
-            self.publish(new, mid, kind);
+            self.publish(new, mid, kind, &[]);
         }
     }
 
@@ -1285,7 +1581,7 @@ impl Sfu {
                 })
                 .unwrap_or_default();
             for (mid, kind) in pending {
-                self.publish(next, mid, kind);
+                self.publish(next, mid, kind, &[]);
             }
         }
         if members.is_empty() {

@@ -163,6 +163,14 @@ pub enum Signal {
         /// Muted now.
         muted: bool,
     },
+    /// To a publisher: the simulcast layers of its track anyone needs now;
+    /// it may stop sending the others until they are needed again.
+    LayersNeeded {
+        /// The track.
+        track: TrackId,
+        /// The rids to keep sending.
+        rids: Vec<String>,
+    },
     /// Who is speaking now, loudest first (sent at most once per speaker interval).
     ActiveSpeakers(Vec<crate::speaker::Speaker>),
     /// This participant was removed from its room; nothing more follows.

@@ -30,6 +30,8 @@ pub struct SfuStats {
     pub keyframe_requests: u64,
     /// Keyframe requests held back by the per-publisher throttle.
     pub keyframe_requests_throttled: u64,
+    /// Simulcast layer changes chosen for subscribers.
+    pub layer_switches: u64,
     /// Participants currently in a room.
     pub participants: u64,
     /// Rooms currently open.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use str0m::media::{MediaKind, Mid};
+use str0m::media::{MediaKind, MediaTime, Mid, Rid};
 
 use crate::id::{ParticipantId, TrackId};
 use crate::signal::TrackInfo;
@@ -18,6 +18,70 @@ pub(crate) struct Publication {
     /// Open subscriptions: who receives it, on which of their m-lines.
     pub subscribers: Vec<Subscriber>,
     pub keyframes: KeyframeThrottle,
+    /// Simulcast layers, lowest first; empty for a single-layer track.
+    pub layers: Vec<Layer>,
+    /// Bumped when the media source changes (a handover), so subscribers
+    /// re-base their timestamps.
+    pub epoch: u32,
+    /// Width of the top layer, for mapping rendered sizes to layers.
+    pub full_width: u32,
+    /// The layers last announced to the publisher as needed (bit per layer).
+    pub layers_signalled: Option<u32>,
+}
+
+/// One simulcast layer of a publication.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub rid: Rid,
+    /// Bits/s over the last measuring window.
+    pub bitrate: u64,
+    window_start: Option<Instant>,
+    window_bytes: u64,
+    pub keyframes: KeyframeThrottle,
+}
+
+/// How long a bitrate measuring window is.
+const RATE_WINDOW: Duration = Duration::from_millis(500);
+
+impl Layer {
+    pub fn new(rid: Rid) -> Self {
+        Layer {
+            rid,
+            bitrate: 0,
+            window_start: None,
+            window_bytes: 0,
+            keyframes: KeyframeThrottle::default(),
+        }
+    }
+
+    /// Counts a frame's bytes toward the layer's bitrate.
+    pub fn measure(&mut self, now: Instant, bytes: usize) {
+        let start = *self.window_start.get_or_insert(now);
+        self.window_bytes += bytes as u64;
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            let bps = (self.window_bytes * 8) as f64 / elapsed.as_secs_f64();
+            // Smooth across windows: keyframes make single windows spiky.
+            self.bitrate = if self.bitrate == 0 {
+                bps as u64
+            } else {
+                (self.bitrate as f64 * 0.5 + bps * 0.5) as u64
+            };
+            self.window_start = Some(now);
+            self.window_bytes = 0;
+        }
+    }
+}
+
+/// Rank of a simulcast rid by its conventional name (q/l lowest, f/h highest);
+/// unknown names keep their SDP order.
+pub(crate) fn rid_rank(rid: &str) -> u8 {
+    match rid {
+        "q" | "l" | "low" | "0" => 0,
+        "h" | "m" | "mid" | "1" => 1,
+        "f" | "hi" | "high" | "2" => 2,
+        _ => 1,
+    }
 }
 
 impl Publication {
@@ -29,7 +93,33 @@ impl Publication {
             muted: false,
             subscribers: Vec::new(),
             keyframes: KeyframeThrottle::default(),
+            layers: Vec::new(),
+            epoch: 0,
+            full_width: 1280,
+            layers_signalled: None,
         }
+    }
+
+    /// The layer index of a frame's rid, adding layers not announced in SDP.
+    pub fn layer_of(&mut self, rid: Option<Rid>) -> Option<usize> {
+        let rid = rid?;
+        if let Some(i) = self.layers.iter().position(|l| l.rid == rid) {
+            return Some(i);
+        }
+        let rank = rid_rank(&rid);
+        let at = self
+            .layers
+            .iter()
+            .position(|l| rid_rank(&l.rid) > rank)
+            .unwrap_or(self.layers.len());
+        self.layers.insert(at, Layer::new(rid));
+        // Indices shifted: subscribers' choices refer to the old order.
+        for s in &mut self.subscribers {
+            let shift = |x: Option<u8>| x.map(|v| if usize::from(v) >= at { v + 1 } else { v });
+            s.current = shift(s.current);
+            s.target = shift(s.target);
+        }
+        Some(at)
     }
 
     pub fn info(&self) -> TrackInfo {
@@ -41,12 +131,62 @@ impl Publication {
     }
 }
 
-/// One receiver of a publication.
+/// One receiver of a publication, with its layer choice and timestamp mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Subscriber {
     pub participant: ParticipantId,
     /// The m-line on the subscriber's connection.
     pub mid: Mid,
+    /// The simulcast layer forwarded now (`None`: waiting for a keyframe).
+    pub current: Option<u8>,
+    /// The layer to switch to at its next keyframe.
+    pub target: Option<u8>,
+    /// The subscriber does not want this track now (hidden tile, unsubscribed).
+    pub paused: bool,
+    /// Added to the source's timestamps, so they stay continuous across
+    /// layer switches and handovers.
+    offset: i64,
+    /// The last timestamp sent, and when.
+    last_out: Option<(u64, Instant)>,
+    /// The publication epoch the offset was computed for.
+    epoch: u32,
+}
+
+impl Subscriber {
+    pub fn new(participant: ParticipantId, mid: Mid, epoch: u32, target: Option<u8>) -> Self {
+        Subscriber {
+            participant,
+            mid,
+            current: None,
+            target,
+            paused: false,
+            offset: 0,
+            last_out: None,
+            epoch,
+        }
+    }
+
+    /// Forces the next frame to re-base its timestamp (a new layer or source).
+    pub fn rebase(&mut self) {
+        self.epoch = self.epoch.wrapping_add(0x8000_0000);
+    }
+
+    /// The subscriber-side timestamp of a frame; continuous across source changes.
+    pub fn map_time(&mut self, epoch: u32, t: MediaTime, wallclock: Instant) -> MediaTime {
+        let ticks = t.numer() as i64;
+        let freq = t.frequency();
+        if self.epoch != epoch {
+            if let Some((last, at)) = self.last_out {
+                let elapsed = wallclock.saturating_duration_since(at).as_secs_f64();
+                let step = ((elapsed * f64::from(freq.get())) as i64).max(1);
+                self.offset = last as i64 + step - ticks;
+            }
+            self.epoch = epoch;
+        }
+        let out = (ticks + self.offset).max(0) as u64;
+        self.last_out = Some((out, wallclock));
+        MediaTime::new(out, freq)
+    }
 }
 
 /// A subscriber's outgoing m-line and the negotiation state it is in.
@@ -58,6 +198,29 @@ pub(crate) struct Subscription {
     pub publisher: Option<ParticipantId>,
     pub kind: MediaKind,
     pub state: SubscriptionState,
+    /// What the subscriber asked for this track.
+    pub settings: TrackSettings,
+}
+
+/// A subscriber's wishes for one remote track (adaptive stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackSettings {
+    /// Receive it at all (a hidden tile or an unsubscribed track says no).
+    pub enabled: bool,
+    /// The size it is rendered at, if known; picks the simulcast layer.
+    pub width: Option<u32>,
+    /// See `width`.
+    pub height: Option<u32>,
+}
+
+impl Default for TrackSettings {
+    fn default() -> Self {
+        TrackSettings {
+            enabled: true,
+            width: None,
+            height: None,
+        }
+    }
 }
 
 /// Where an outgoing m-line is in its offer/answer life.

@@ -22,6 +22,11 @@ pub struct Received {
     /// The publisher's participant id, from the msid stream id.
     pub from: String,
     pub frames: u64,
+    /// Size of the last frame (tells the simulcast layer in these tests).
+    pub last_size: usize,
+    /// Frames whose timestamp did not advance past the previous one.
+    pub time_regressions: u64,
+    last_time: Option<u64>,
     /// The sending client's tag (its index in the world), from the last frame.
     pub last_tag: Option<u8>,
     /// When the last frame arrived (virtual time).
@@ -47,6 +52,9 @@ pub struct Client {
     pub timeout: Instant,
     /// The RFC 6464 level its audio packets carry (-dBov; -127 is silence).
     pub audio_level: i8,
+    /// Publishes video as three simulcast layers q, h, f.
+    pub simulcast: bool,
+    force_keyframe_rids: Vec<String>,
     frame: u64,
     force_keyframe: bool,
 }
@@ -131,15 +139,27 @@ impl World {
 
     /// A session client joins `room`, publishing audio and video if asked.
     pub fn join(&mut self, room: &str, name: &str, publish: bool) -> usize {
-        self.join_with(room, name, publish, None)
+        self.join_with(room, name, publish, None, false)
+    }
+
+    /// A session client that publishes audio and three-layer simulcast video.
+    pub fn join_simulcast(&mut self, room: &str, name: &str) -> usize {
+        self.join_with(room, name, true, None, true)
     }
 
     /// A new client (device) of `from`'s identity takes over its call.
     pub fn handover(&mut self, room: &str, from: usize, name: &str) -> usize {
-        self.join_with(room, name, true, Some(from))
+        self.join_with(room, name, true, Some(from), false)
     }
 
-    fn join_with(&mut self, room: &str, name: &str, publish: bool, from: Option<usize>) -> usize {
+    fn join_with(
+        &mut self,
+        room: &str,
+        name: &str,
+        publish: bool,
+        from: Option<usize>,
+        simulcast: bool,
+    ) -> usize {
         let n = self.clients.len() as u8 + 2;
         let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
         let mut rtc = Rtc::builder().build(self.now);
@@ -164,7 +184,15 @@ impl World {
         let (mut audio, mut video) = (None, None);
         if publish {
             audio = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-            video = Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+            let layers = simulcast.then(|| {
+                let mut s = str0m::media::Simulcast::new();
+                for rid in ["q", "h", "f"] {
+                    s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+                }
+                s
+            });
+            video =
+                Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers));
         } else {
             change.add_channel("vela".into());
         }
@@ -193,6 +221,8 @@ impl World {
             connected: false,
             timeout: self.now,
             audio_level: -127,
+            simulcast,
+            force_keyframe_rids: vec!["q".into(), "h".into(), "f".into()],
             frame: 0,
             force_keyframe: true,
         });
@@ -281,19 +311,39 @@ impl World {
                     .unwrap();
             }
             if video_due && let Some(mid) = c.video {
-                let w = c.rtc.writer(mid).unwrap();
-                let pt = w
-                    .payload_params()
-                    .find(|p| p.spec().codec == Codec::Vp8)
-                    .unwrap()
-                    .pt();
-                // A VP8 frame tag: bit 0 clear marks a keyframe.
-                let key = std::mem::take(&mut c.force_keyframe);
-                let mut frame = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
-                // The last byte names the sender.
-                frame.resize(1200, tag);
-                let t = MediaTime::from_90khz(c.frame * 4500);
-                w.write(pt, now, t, frame).unwrap();
+                // Simulcast layers differ in size: 300, 800 and 2000 bytes a frame.
+                let layers: &[(&str, usize)] = if c.simulcast {
+                    &[("q", 300), ("h", 800), ("f", 2000)]
+                } else {
+                    &[("", 1200)]
+                };
+                for (rid, size) in layers {
+                    let mut w = c.rtc.writer(mid).unwrap();
+                    let pt = w
+                        .payload_params()
+                        .find(|p| p.spec().codec == Codec::Vp8)
+                        .unwrap()
+                        .pt();
+                    let key = if rid.is_empty() {
+                        std::mem::take(&mut c.force_keyframe)
+                    } else {
+                        let k = c.force_keyframe_rids.iter().any(|r| r == rid);
+                        c.force_keyframe_rids.retain(|r| r != rid);
+                        k
+                    };
+                    if !rid.is_empty() {
+                        w = w.rid((*rid).into());
+                    }
+                    // A VP8 frame tag: bit 0 clear marks a keyframe.
+                    let mut frame =
+                        vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                    // The last byte names the sender.
+                    frame.resize(*size, tag);
+                    // Each layer has a clock of its own, as browsers' do.
+                    let base = rid.bytes().map(u64::from).sum::<u64>() * 1_000_000;
+                    let t = MediaTime::from_90khz(base + c.frame * 4500);
+                    w.write(pt, now, t, frame).unwrap();
+                }
             }
         }
     }
@@ -329,6 +379,9 @@ impl World {
                                         kind: m.kind,
                                         from,
                                         frames: 0,
+                                        last_size: 0,
+                                        time_regressions: 0,
+                                        last_time: None,
                                         last_tag: None,
                                         last_at: None,
                                         max_gap: Duration::ZERO,
@@ -338,6 +391,12 @@ impl World {
                             Event::MediaData(d) => {
                                 if let Some(r) = c.received.get_mut(&d.mid) {
                                     r.frames += 1;
+                                    r.last_size = d.data.len();
+                                    let t = d.time.numer();
+                                    if r.last_time.is_some_and(|l| t <= l) {
+                                        r.time_regressions += 1;
+                                    }
+                                    r.last_time = Some(t);
                                     r.last_tag = d.data.last().copied();
                                     if let Some(t) = r.last_at {
                                         r.max_gap = r.max_gap.max(self.now - t);
@@ -345,9 +404,16 @@ impl World {
                                     r.last_at = Some(self.now);
                                 }
                             }
-                            Event::KeyframeRequest(_) => {
+                            Event::KeyframeRequest(r) => {
                                 c.keyframe_requests += 1;
                                 c.force_keyframe = true;
+                                match r.rid {
+                                    Some(rid) => c.force_keyframe_rids.push(rid.to_string()),
+                                    None => {
+                                        c.force_keyframe_rids =
+                                            vec!["q".into(), "h".into(), "f".into()]
+                                    }
+                                }
                             }
                             _ => {}
                         },
@@ -409,6 +475,9 @@ impl World {
                 c.signals.push("offer".into());
                 // Mark new receiving m-lines now, so media is counted from the first frame.
                 self.sfu.handle_answer(self.now, p, answer).unwrap();
+            }
+            Signal::LayersNeeded { rids, .. } => {
+                c.signals.push(format!("layers:{}", rids.join(",")))
             }
             Signal::ActiveSpeakers(list) => {
                 let ids: Vec<String> = list.iter().map(|s| s.participant.to_string()).collect();
