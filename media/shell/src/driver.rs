@@ -144,6 +144,10 @@ impl Driver {
                 let r = self.sfu.handle_mute(p, track, kind.map(Into::into), muted);
                 let _ = reply.send(r.map_err(Into::into));
             }
+            Command::TrackSettings(p, track, settings, reply) => {
+                let r = self.sfu.handle_track_settings(p, track, settings);
+                let _ = reply.send(r.map_err(Into::into));
+            }
             Command::Leave(p, reason) => self.sfu.handle_leave(now, p, reason),
             Command::Participants(room, reply) => {
                 let _ = reply.send(self.sfu.participants(&room));

@@ -3,7 +3,7 @@
 use tokio::sync::{mpsc, oneshot};
 use vela_media_core::{
     JoinError, JoinRequest, Joined, LeaveReason, ParticipantId, ParticipantInfo, RoomId, SdpAnswer,
-    SdpOffer, SfuStats, Signal, SignalError, TrackId, TrackKind,
+    SdpOffer, SfuStats, Signal, SignalError, TrackId, TrackKind, TrackSettings,
 };
 
 /// The signals for one participant, in order; ends after [`Signal::Left`].
@@ -50,6 +50,7 @@ pub(crate) enum Command {
         bool,
         Reply<TrackId>,
     ),
+    TrackSettings(ParticipantId, TrackId, TrackSettings, Reply<()>),
     Leave(ParticipantId, LeaveReason),
     Participants(RoomId, oneshot::Sender<Vec<ParticipantInfo>>),
     Stats(oneshot::Sender<SfuStats>),
@@ -118,6 +119,17 @@ impl MediaHandle {
         muted: bool,
     ) -> Result<TrackId, MediaError> {
         self.call(|r| Command::Mute(p, track, kind, muted, r)).await
+    }
+
+    /// A subscriber's wishes for a remote track: on or off, and its rendered size.
+    pub async fn track_settings(
+        &self,
+        p: ParticipantId,
+        track: TrackId,
+        settings: TrackSettings,
+    ) -> Result<(), MediaError> {
+        self.call(|r| Command::TrackSettings(p, track, settings, r))
+            .await
     }
 
     /// Removes a participant; a no-op if it is gone already.
