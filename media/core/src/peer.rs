@@ -29,14 +29,18 @@ pub(crate) struct Peer {
     pub handover_keyframes: KeyframeThrottle,
     /// When ICE and DTLS completed.
     pub connected_at: Option<Instant>,
+    /// When a datagram from the client last arrived; a client silent for
+    /// longer than the reconnect timeout is gone.
+    pub last_received: Instant,
     pub room: RoomId,
     pub identity: String,
     pub name: String,
     pub kind: PeerKind,
     pub permissions: Permissions,
     pub rtc: Rtc,
-    /// The server's ICE ufrag on this connection; the router's key.
-    pub ufrag: String,
+    /// The server's ICE ufrags on this connection (one more per ICE restart);
+    /// the router's keys.
+    pub ufrags: Vec<String>,
     /// Source addresses seen from this peer; the router's keys.
     pub addrs: Vec<SocketAddr>,
     pub published: Vec<Publication>,
@@ -111,13 +115,14 @@ impl Peer {
             pending_takeover: Vec::new(),
             handover_keyframes: KeyframeThrottle::default(),
             connected_at: None,
+            last_received: now,
             room,
             identity,
             name,
             kind,
             permissions,
             rtc,
-            ufrag,
+            ufrags: vec![ufrag],
             addrs: Vec::new(),
             published: Vec::new(),
             subscriptions: Vec::new(),
@@ -225,6 +230,12 @@ impl Peer {
             }
         }
         self.ready = true;
+        // An ICE restart by the client gives this side new credentials too.
+        let ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
+        if !self.ufrags.contains(&ufrag) {
+            tracing::info!(participant = %self.id, "ice restart");
+            self.ufrags.push(ufrag);
+        }
         // Tracks queued before the first offer can now be offered.
         self.needs_negotiation |= !self.subscriptions.is_empty();
         Ok(answer)

@@ -53,10 +53,12 @@ impl Router {
         self.by_addr.insert(addr, participant);
     }
 
-    /// Forgets a participant's ufrag and addresses.
-    pub fn remove(&mut self, ufrag: &str, addrs: &[SocketAddr], participant: ParticipantId) {
-        if self.by_ufrag.get(ufrag) == Some(&participant) {
-            self.by_ufrag.remove(ufrag);
+    /// Forgets a participant's ufrags and addresses.
+    pub fn remove(&mut self, ufrags: &[String], addrs: &[SocketAddr], participant: ParticipantId) {
+        for u in ufrags {
+            if self.by_ufrag.get(u) == Some(&participant) {
+                self.by_ufrag.remove(u);
+            }
         }
         for a in addrs {
             if self.by_addr.get(a) == Some(&participant) {

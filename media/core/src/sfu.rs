@@ -32,6 +32,7 @@ pub struct SfuConfig {
     max_participants_per_room: u32,
     speaker_interval: Duration,
     bandwidth_estimation: bool,
+    reconnect_timeout: Duration,
 }
 
 impl SfuConfig {
@@ -44,7 +45,15 @@ impl SfuConfig {
             max_participants_per_room: 0,
             speaker_interval: Duration::from_millis(200),
             bandwidth_estimation: true,
+            reconnect_timeout: Duration::from_secs(15),
         }
+    }
+
+    /// How long a participant whose connection dropped is kept for it to
+    /// come back (same participant, same subscriptions) before it is removed.
+    pub fn set_reconnect_timeout(mut self, d: Duration) -> Self {
+        self.reconnect_timeout = d;
+        self
     }
 
     /// Whether subscribers' send bandwidth is estimated (TWCC) and caps their
@@ -436,7 +445,9 @@ impl Sfu {
             }
         }
         let info = peer.info();
-        self.router.add_ufrag(peer.ufrag.clone(), id);
+        for u in &peer.ufrags {
+            self.router.add_ufrag(u.clone(), id);
+        }
         let visible = peer.is_visible();
         tracing::info!(identity = %info.identity, ?kind, "participant joined");
         self.peers.insert(id, peer);
@@ -483,6 +494,9 @@ impl Sfu {
             .get_mut(&participant)
             .ok_or(SignalError::UnknownParticipant)?;
         let answer = peer.accept_offer(offer)?;
+        if let Some(u) = peer.ufrags.last() {
+            self.router.add_ufrag(u.clone(), participant);
+        }
         self.mark_dirty(participant);
         Ok(answer)
     }
@@ -603,6 +617,24 @@ impl Sfu {
         self.allocate_layers(participant);
         self.update_layer_needs();
         Ok(())
+    }
+
+    /// Removes connected clients that have sent nothing for the reconnect
+    /// timeout. Shorter outages (a network change, a blip) are survived: the
+    /// client comes back as the same participant and nobody sees a leave.
+    fn sweep_silent(&mut self, now: Instant) {
+        let timeout = self.config.reconnect_timeout;
+        let mut gone = Vec::new();
+        for peer in self.peers.values_mut() {
+            if peer.connected && now.saturating_duration_since(peer.last_received) > timeout {
+                tracing::info!(participant = %peer.id, "silent past the reconnect timeout; removing");
+                peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                gone.push(peer.id);
+            }
+        }
+        for p in gone {
+            self.mark_dirty(p);
+        }
     }
 
     fn allocate_all_layers(&mut self) {
@@ -807,6 +839,7 @@ impl Sfu {
         }
         match peer.rtc.handle_input(input) {
             Ok(()) => {
+                peer.last_received = self.now;
                 if matches!(route, Route::Stun(_)) && !peer.addrs.contains(&source) {
                     peer.addrs.push(source);
                     self.router.add_addr(source, pid);
@@ -830,6 +863,7 @@ impl Sfu {
         if now >= self.layers_due {
             self.layers_due = now + LAYER_INTERVAL;
             self.allocate_all_layers();
+            self.sweep_silent(now);
         }
         let interval = self.config.keyframe_interval;
         let connect_timeout = self.config.connect_timeout;
@@ -856,6 +890,7 @@ impl Sfu {
                 tracing::info!(participant = %pid, "never connected; removing");
                 peer.closing.get_or_insert(LeaveReason::ConnectionLost);
             }
+
             for p in &mut peer.published {
                 if p.keyframes.poll(now, interval)
                     && let Some(mut w) = peer.rtc.writer(p.mid)
@@ -961,9 +996,15 @@ impl Sfu {
                         peer.connected_at = Some(self.now);
                         connected_now = true;
                     }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        peer.closing.get_or_insert(LeaveReason::ConnectionLost);
-                    }
+                    Event::IceConnectionStateChange(state) => match state {
+                        // Not gone yet: a short outage or a new network may bring
+                        // it back (the client restarts ICE).
+                        // The reconnect timeout, not this, decides removal.
+                        IceConnectionState::Disconnected => {
+                            tracing::info!(participant = %pid, "ice disconnected; waiting for the client to return");
+                        }
+                        other => tracing::debug!(participant = %pid, state = ?other, "ice state"),
+                    },
                     Event::MediaAdded(m) => {
                         let ours = peer.subscriptions.iter().any(|s| s.mid() == Some(m.mid));
                         if ours {
@@ -1456,7 +1497,7 @@ impl Sfu {
         };
         let _span = tracing::info_span!("leave", room = %peer.room, participant = %pid).entered();
         tracing::info!(reason = reason.as_str(), "participant left");
-        self.router.remove(&peer.ufrag, &peer.addrs, pid);
+        self.router.remove(&peer.ufrags, &peer.addrs, pid);
         self.dirty.retain(|p| *p != pid);
         // Send DTLS close_notify and RTCP BYE so the client learns at once.
         if peer.rtc.close().is_ok() {

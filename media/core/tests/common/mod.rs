@@ -52,6 +52,8 @@ pub struct Client {
     pub timeout: Instant,
     /// The RFC 6464 level its audio packets carry (-dBov; -127 is silence).
     pub audio_level: i8,
+    /// Its network is down: nothing it sends or is sent arrives.
+    pub offline: bool,
     /// Publishes video as three simulcast layers q, h, f.
     pub simulcast: bool,
     force_keyframe_rids: Vec<String>,
@@ -221,12 +223,28 @@ impl World {
             connected: false,
             timeout: self.now,
             audio_level: -127,
+            offline: false,
             simulcast,
             force_keyframe_rids: vec!["q".into(), "h".into(), "f".into()],
             frame: 0,
             force_keyframe: true,
         });
         self.clients.len() - 1
+    }
+
+    /// The client moves to a new address (another network) and restarts ICE.
+    pub fn change_network(&mut self, idx: usize) {
+        let n = 100 + idx as u8;
+        let addr: SocketAddr = format!("127.0.0.{n}:6000").parse().unwrap();
+        let c = &mut self.clients[idx];
+        c.addr = addr;
+        c.rtc
+            .add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut change = c.rtc.sdp_api();
+        change.ice_restart(true);
+        let (offer, pending) = change.apply().unwrap();
+        let answer = self.sfu.handle_offer(self.now, c.id, offer).unwrap();
+        c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
     }
 
     pub fn leave(&mut self, idx: usize) {
@@ -363,7 +381,9 @@ impl World {
                             break;
                         }
                         RtcOutput::Transmit(t) => {
-                            self.to_server.push_back((c.addr, t.contents.to_vec()));
+                            if !c.offline {
+                                self.to_server.push_back((c.addr, t.contents.to_vec()));
+                            }
                         }
                         RtcOutput::Event(e) => match e {
                             Event::Connected => c.connected = true,
@@ -439,7 +459,7 @@ impl World {
                             continue;
                         }
                         if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
-                            if !c.rtc.is_alive() {
+                            if !c.rtc.is_alive() || c.offline {
                                 continue;
                             }
                             let r =
