@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what the tests need on Debian
-# (Chromium and ChromeDriver for the browser tests) when it is missing.
+# (Chromium and ChromeDriver for the browser tests, iproute2 and nftables for
+# the impaired-link tests) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Impaired-link tests: namespaces and rate caps (iproute2), loss and outages (nftables).
+command -v tc >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} (needs root and Debian's package index)"
   SUDO=""
