@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what the tests need on Debian
 # (Chromium and ChromeDriver for the browser tests, iproute2 and nftables for
-# the impaired-link tests) when it is missing.
+# the impaired-link tests, cmake for libopus) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # Impaired-link tests: namespaces and rate caps (iproute2), loss and outages (nftables).
 command -v tc >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# The load generator's Opus encoder (the opus crate builds libopus with cmake).
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} (needs root and Debian's package index)"
   SUDO=""

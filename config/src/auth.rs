@@ -22,6 +22,14 @@ pub struct AuthConfig {
     pub api_secret: String,
     /// Lifetime, in seconds, of tokens printed by the `token` subcommand.
     pub token_ttl_secs: u64,
+    /// Lifetime, in seconds, of the access token a login returns.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime, in seconds, of a refresh token (each use gives a new one).
+    pub refresh_token_ttl_secs: u64,
+    /// Whether anyone may create an account (`POST /api/v1/accounts`).
+    pub allow_registration: bool,
+    /// Usernames that hold the admin role (given at registration and login).
+    pub admins: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -30,6 +38,10 @@ impl Default for AuthConfig {
             api_key: String::new(),
             api_secret: String::new(),
             token_ttl_secs: 6 * 60 * 60,
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 60 * 60,
+            allow_registration: true,
+            admins: Vec::new(),
         }
     }
 }
@@ -76,6 +88,26 @@ impl AuthConfig {
             return Err(ConfigError::invalid(
                 "auth.token_ttl_secs",
                 "must be at least 60",
+            ));
+        }
+        if !(10..=86_400).contains(&self.access_token_ttl_secs) {
+            return Err(ConfigError::invalid(
+                "auth.access_token_ttl_secs",
+                "must be between 10 and 86400",
+            ));
+        }
+        if self.refresh_token_ttl_secs < self.access_token_ttl_secs
+            || self.refresh_token_ttl_secs > 366 * 86_400
+        {
+            return Err(ConfigError::invalid(
+                "auth.refresh_token_ttl_secs",
+                "must be at least auth.access_token_ttl_secs and at most 31622400 (366 days)",
+            ));
+        }
+        if let Some(name) = self.admins.iter().find(|n| n.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "auth.admins",
+                format!("{name:?} is not a username"),
             ));
         }
         Ok(())

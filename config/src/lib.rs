@@ -13,7 +13,9 @@ mod env;
 mod error;
 mod limits;
 mod media;
+mod presence;
 mod server;
+mod store;
 
 use std::path::Path;
 
@@ -24,7 +26,9 @@ pub use cli::CliOverrides;
 pub use error::ConfigError;
 pub use limits::LimitsConfig;
 pub use media::MediaConfig;
+pub use presence::PresenceConfig;
 pub use server::ServerConfig;
+pub use store::StoreConfig;
 
 /// The whole server configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -38,6 +42,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Resource limits (`[limits]`).
     pub limits: LimitsConfig,
+    /// The database (`[store]`).
+    pub store: StoreConfig,
+    /// Presence (`[presence]`).
+    pub presence: PresenceConfig,
 }
 
 impl Config {
@@ -112,6 +120,8 @@ impl Config {
         self.media.validate()?;
         self.auth.validate()?;
         self.limits.validate()?;
+        self.store.validate()?;
+        self.presence.validate()?;
         Ok(())
     }
 }

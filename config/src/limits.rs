@@ -13,10 +13,14 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest WebSocket message or HTTP SDP body accepted, in bytes.
+    /// Largest WebSocket message or HTTP body (SDP or JSON) accepted, in bytes.
     pub max_message_bytes: usize,
     /// Most participants in one room; 0 = unlimited.
     pub max_participants_per_room: u32,
+    /// Failed logins allowed per account in any minute; more get 429.
+    pub login_attempts_per_minute: u32,
+    /// Failed logins allowed per client address in any minute; more get 429.
+    pub login_attempts_per_minute_per_address: u32,
 }
 
 impl Default for LimitsConfig {
@@ -24,6 +28,8 @@ impl Default for LimitsConfig {
         Self {
             max_message_bytes: 64 * 1024,
             max_participants_per_room: 0,
+            login_attempts_per_minute: 10,
+            login_attempts_per_minute_per_address: 30,
         }
     }
 }
@@ -36,6 +42,20 @@ impl LimitsConfig {
                 "limits.max_message_bytes",
                 format!("must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES} (16 MiB)"),
             ));
+        }
+        for (key, value) in [
+            (
+                "limits.login_attempts_per_minute",
+                self.login_attempts_per_minute,
+            ),
+            (
+                "limits.login_attempts_per_minute_per_address",
+                self.login_attempts_per_minute_per_address,
+            ),
+        ] {
+            if !(1..=10_000).contains(&value) {
+                return Err(ConfigError::invalid(key, "must be between 1 and 10000"));
+            }
         }
         Ok(())
     }

@@ -52,6 +52,14 @@ fn defaults() {
     assert_eq!(config.auth.token_ttl_secs, 21_600);
     assert_eq!(config.limits.max_message_bytes, 65_536);
     assert_eq!(config.limits.max_participants_per_room, 0);
+    assert_eq!(config.limits.login_attempts_per_minute, 10);
+    assert_eq!(config.limits.login_attempts_per_minute_per_address, 30);
+    assert_eq!(config.auth.access_token_ttl_secs, 900);
+    assert_eq!(config.auth.refresh_token_ttl_secs, 2_592_000);
+    assert!(config.auth.allow_registration);
+    assert!(config.auth.admins.is_empty());
+    assert_eq!(config.store.path, "vela.sqlite");
+    assert_eq!(config.presence.heartbeat_timeout_ms, 30_000);
     config.validate().expect("defaults are valid");
 }
 
@@ -275,6 +283,28 @@ fn invalid_values_name_their_key() {
             "[limits]\nmax_message_bytes = 16777217\n",
             "limits.max_message_bytes",
         ),
+        (
+            "[limits]\nlogin_attempts_per_minute = 0\n",
+            "limits.login_attempts_per_minute",
+        ),
+        (
+            "[limits]\nlogin_attempts_per_minute_per_address = 10001\n",
+            "limits.login_attempts_per_minute_per_address",
+        ),
+        ("[store]\npath = \"\"\n", "store.path"),
+        (
+            "[presence]\nheartbeat_timeout_ms = 99\n",
+            "presence.heartbeat_timeout_ms",
+        ),
+        (
+            "[auth]\naccess_token_ttl_secs = 9\n",
+            "auth.access_token_ttl_secs",
+        ),
+        (
+            "[auth]\naccess_token_ttl_secs = 600\nrefresh_token_ttl_secs = 599\n",
+            "auth.refresh_token_ttl_secs",
+        ),
+        ("[auth]\nadmins = [\" \"]\n", "auth.admins"),
     ];
     for (text, key) in cases {
         assert_eq!(
@@ -321,4 +351,29 @@ fn effective_key() {
         auth.effective_key(),
         ("prod", "0123456789abcdef0123456789abcdef")
     );
+}
+
+#[test]
+fn accounts_settings_from_file_and_env() {
+    let text = "[store]\npath = \"/tmp/x.sqlite\"\n[presence]\nheartbeat_timeout_ms = 300\n";
+    let vars = env(&[
+        ("VELA_STORE_PATH", "/var/lib/vela/v.sqlite"),
+        ("VELA_AUTH_ADMINS", "root, alice"),
+        ("VELA_AUTH_ALLOW_REGISTRATION", "false"),
+        ("VELA_LIMITS_LOGIN_ATTEMPTS_PER_MINUTE", "3"),
+    ]);
+    let config = load_str(text, vars, &CliOverrides::default()).expect("load");
+    assert_eq!(config.store.path, "/var/lib/vela/v.sqlite");
+    assert_eq!(config.presence.heartbeat_timeout_ms, 300);
+    assert_eq!(config.auth.admins, vec!["root", "alice"]);
+    assert!(!config.auth.allow_registration);
+    assert_eq!(config.limits.login_attempts_per_minute, 3);
+    match Config::load(
+        None,
+        env(&[("VELA_PRESENCE_HEARTBEAT_TIMEOUT_MS", "soon")]),
+        &CliOverrides::default(),
+    ) {
+        Err(ConfigError::Env { var, .. }) => assert_eq!(var, "VELA_PRESENCE_HEARTBEAT_TIMEOUT_MS"),
+        other => panic!("expected Env, got {other:?}"),
+    }
 }

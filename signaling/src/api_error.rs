@@ -8,7 +8,9 @@ use vela_media::core::{JoinError, SignalError};
 
 use crate::token::TokenError;
 
-/// An error answered to an HTTP client as `{"error": code, "message": reason}`.
+/// An error answered to an HTTP client as `{"error": code, "message": reason}`,
+/// plus `"field"` when one input field is to blame and `"current"` (the
+/// current record) on a version conflict.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
@@ -16,6 +18,12 @@ pub struct ApiError {
     pub status: StatusCode,
     /// Why.
     pub message: String,
+    /// The input field at fault, for validation errors.
+    pub field: Option<String>,
+    /// The current state of a record an edit conflicted with.
+    pub current: Option<serde_json::Value>,
+    /// Seconds until a rate-limited request may be retried.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,7 +32,44 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            field: None,
+            current: None,
+            retry_after: None,
         }
+    }
+
+    /// 400 naming the input field at fault: `"<field>: <message>"`.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let mut e = Self::bad_request(format!("{field}: {message}"));
+        e.field = Some(field.to_owned());
+        e
+    }
+
+    /// 401 Unauthorized.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 409 Conflict.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 429 Too Many Requests, retry after `secs`.
+    pub fn too_many(secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many attempts; retry in {secs} s"),
+        );
+        e.retry_after = Some(secs);
+        e
+    }
+
+    /// 500, logged; the client sees only that something failed.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
 
     /// 400 Bad Request.
@@ -64,12 +109,30 @@ impl From<MediaError> for ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.status.as_u16(),
             "message": self.message,
         });
-        (self.status, Json(body)).into_response()
+        if let Some(field) = self.field {
+            body["field"] = field.into();
+        }
+        if let Some(current) = self.current {
+            body["current"] = current;
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -1,11 +1,23 @@
 //! Signaling for the vela SFU: HTTP + WebSocket sessions, WHIP/WHEP and
-//! access tokens, in front of the media driver.
+//! access tokens, in front of the media driver; accounts, devices, presence
+//! and the network address book (docs/api.md).
 
+pub mod account;
+mod api;
 mod api_error;
+mod auth;
+pub mod contact;
+pub mod device;
+pub mod hub;
+pub mod ids;
+pub mod link;
 mod metrics;
+pub mod presence;
 mod protocol;
+pub mod rate_limit;
 mod server;
 mod session;
+pub mod store;
 pub mod token;
 mod whip;
 

@@ -9,10 +9,14 @@ use vela_media::core::{
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// Join the room named in the token.
+    /// Join a room: the one named in a room token, or `room` with an
+    /// account access token.
     Join {
-        /// The access token.
+        /// A room token, or the access token of a signed-in device.
         token: String,
+        /// The room; required with an access token, and must match a room token's.
+        #[serde(default)]
+        room: Option<String>,
         /// A display name overriding the token's.
         #[serde(default)]
         name: Option<String>,

@@ -16,12 +16,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use vela_config::Config;
-use vela_media::core::{ParticipantId, RoomId, SfuConfig};
+use vela_media::core::{JoinRequest, ParticipantId, PeerKind, Permissions, RoomId, SfuConfig};
 use vela_media::{MediaHandle, MediaSockets};
 
 use crate::api_error::ApiError;
-use crate::token::{Claims, TokenKeys, VideoGrant};
-use crate::{metrics, session, whip};
+use crate::auth::LoginLimiter;
+use crate::hub::Hub;
+use crate::ids::{AccountId, DeviceId};
+use crate::presence::PresenceHandle;
+use crate::store::Store;
+use crate::token::{Claims, Credential, TokenKeys, VideoGrant};
+use crate::{account, api, metrics, session, whip};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +35,14 @@ pub enum StartError {
     /// The media port could not be opened.
     #[error(transparent)]
     Media(#[from] vela_media::BindError),
+    /// The database could not be opened or migrated.
+    #[error("cannot open the store at {path}: {source}")]
+    Store {
+        /// The configured path.
+        path: String,
+        /// The cause.
+        source: crate::store::StoreError,
+    },
     /// The HTTP address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Http {
@@ -44,7 +57,8 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub(crate) struct HttpSession {
     pub room: RoomId,
-    pub identity: String,
+    /// Who may end it: the room token's identity, or `account:<id>`.
+    pub owner: String,
 }
 
 /// What every handler shares.
@@ -57,12 +71,54 @@ pub(crate) struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Live WebSocket sessions, so shutdown can wait for their goodbyes.
     pub sessions: TaskTracker,
+    /// Accounts, devices, contacts.
+    pub store: Store,
+    /// Live connections per account and device.
+    pub hub: Hub,
+    /// The presence task.
+    pub presence: PresenceHandle,
+    /// Failed-login counters.
+    pub login_limiter: Arc<LoginLimiter>,
+}
+
+/// Who joins a room, and with what rights, after checking the token.
+#[derive(Debug, Clone)]
+pub(crate) struct RoomGrant {
+    /// The participant identity.
+    pub identity: String,
+    /// The display name.
+    pub name: String,
+    /// What the participant may do.
+    pub permissions: Permissions,
+    /// The account and device, for an account access token.
+    pub account: Option<(AccountId, DeviceId)>,
+}
+
+impl RoomGrant {
+    /// Who may end the participant's WHIP/WHEP session: the same identity
+    /// (room tokens) or the same account (access tokens).
+    pub fn owner(&self) -> String {
+        match self.account {
+            Some((a, _)) => format!("account:{a}"),
+            None => self.identity.clone(),
+        }
+    }
+
+    /// The join request for this grant.
+    pub fn join_request(&self, room: RoomId, kind: PeerKind) -> JoinRequest {
+        let req = JoinRequest::new(room, self.identity.clone(), kind)
+            .with_name(self.name.clone())
+            .with_permissions(self.permissions);
+        match self.account {
+            Some((a, d)) => req.with_account(a.to_string(), d.to_string()),
+            None => req,
+        }
+    }
 }
 
 impl AppState {
-    /// Verifies a token and its grant to join `room`.
-    pub fn authorize(&self, token: &str, room: &RoomId) -> Result<Claims, ApiError> {
-        let claims = self.keys.verify(token)?;
+    /// Checks a room token's grant to join `room`.
+    fn check_room_claims(claims: Claims, room: &RoomId) -> Result<Claims, ApiError> {
         if !claims.video.room_join {
             return Err(ApiError::forbidden("token has no roomJoin grant"));
         }
@@ -71,6 +127,48 @@ impl AppState {
             _ => Err(ApiError::forbidden(format!(
                 "token is not valid for room {room}"
             ))),
+        }
+    }
+
+    /// Verifies a room token for `room`, or the access token of a signed-in
+    /// device (any room, with the account's permissions).
+    pub async fn authorize_room(&self, token: &str, room: &RoomId) -> Result<RoomGrant, ApiError> {
+        match self.keys.verify_credential(token)? {
+            Credential::Room(claims) => {
+                let claims = Self::check_room_claims(claims, room)?;
+                Ok(RoomGrant {
+                    identity: claims.sub.clone(),
+                    name: claims.display_name().to_owned(),
+                    permissions: Permissions {
+                        publish: claims.can_publish(),
+                        subscribe: claims.can_subscribe(),
+                    },
+                    account: None,
+                })
+            }
+            Credential::Access(_) => {
+                let claims = self.authenticate(token).await?;
+                if !claims.has(account::PERM_ROOMS_JOIN) {
+                    return Err(ApiError::forbidden("this account may not join rooms"));
+                }
+                let name = self
+                    .store
+                    .account(claims.acc)
+                    .await?
+                    .map_or_else(|| claims.name.clone(), |a| a.display_name);
+                Ok(RoomGrant {
+                    // One participant per device: two devices of an account
+                    // are two participants; the same device joining again
+                    // replaces its older session.
+                    identity: format!("{}/{}", claims.name, claims.dev),
+                    name,
+                    permissions: Permissions {
+                        publish: claims.has(account::PERM_ROOMS_PUBLISH),
+                        subscribe: claims.has(account::PERM_ROOMS_SUBSCRIBE),
+                    },
+                    account: Some((claims.acc, claims.dev)),
+                })
+            }
         }
     }
 }
@@ -87,6 +185,8 @@ pub struct RunningServer {
     sessions: TaskTracker,
     http: JoinHandle<()>,
     driver: JoinHandle<()>,
+    presence: JoinHandle<()>,
+    store: Store,
 }
 
 impl RunningServer {
@@ -99,11 +199,20 @@ impl RunningServer {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.presence).await;
+        self.store.close().await;
     }
 }
 
 /// Binds the media port and the HTTP listener as configured and starts serving.
 pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
+    let store = Store::open(&config.store.path)
+        .await
+        .map_err(|source| StartError::Store {
+            path: config.store.path.clone(),
+            source,
+        })?;
+    tracing::info!(path = %config.store.path, "store open");
     let ips = if config.media.node_ips.is_empty() {
         vela_media::local_addresses()
     } else {
@@ -141,23 +250,40 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sessions = TaskTracker::new();
+    let hub = Hub::default();
+    let (presence, presence_task) = PresenceHandle::spawn(
+        Duration::from_millis(config.presence.heartbeat_timeout_ms),
+        store.clone(),
+        hub.clone(),
+        shutdown_rx.clone(),
+    );
     let state = AppState {
         sessions: sessions.clone(),
         keys: TokenKeys::new(key, secret),
+        login_limiter: Arc::new(LoginLimiter::new(
+            config.limits.login_attempts_per_minute,
+            config.limits.login_attempts_per_minute_per_address,
+        )),
         config: Arc::new(config),
         media: media.clone(),
         http_sessions: Arc::default(),
         shutdown: shutdown_rx.clone(),
+        store: store.clone(),
+        hub,
+        presence,
     };
     let app = router(state);
     tracing::info!(%http_addr, "http listening");
     let mut stop = shutdown_rx;
     let http = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let r = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "http server failed");
         }
@@ -170,6 +296,8 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         sessions,
         http,
         driver,
+        presence: presence_task,
+        store,
     })
 }
 
@@ -180,6 +308,8 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics))
         .route("/api/dev-token", get(dev_token))
+        .route("/api/openapi.json", get(api::openapi))
+        .merge(api::routes())
         .route("/ws", get(session::upgrade))
         .route("/whip/{room}", post(whip::whip))
         .route("/whep/{room}", post(whip::whep))

@@ -5,16 +5,19 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use tokio::sync::mpsc;
 use tracing::Instrument;
 use vela_media::SignalReceiver;
 use vela_media::core::{
-    JoinRequest, Joined, LeaveReason, ParticipantId, PeerKind, Permissions, RoomId, SdpAnswer,
-    SdpOffer, Signal,
+    Joined, LeaveReason, ParticipantId, PeerKind, RoomId, SdpAnswer, SdpOffer, Signal,
 };
 
 use crate::api_error::ApiError;
+use crate::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
+use crate::ids::{AccountId, DeviceId};
 use crate::protocol::{ClientMessage, ServerMessage, parse_kind};
 use crate::server::AppState;
+use crate::token::Credential;
 
 /// How long a new socket may take to send `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,7 +42,8 @@ async fn send_error(ws: &mut WebSocket, code: u16, message: &str) -> bool {
     send(ws, &ServerMessage::Error { code, message }).await
 }
 
-async fn close(ws: &mut WebSocket, code: u16, reason: &'static str) {
+/// Sends a close frame.
+pub(crate) async fn close(ws: &mut WebSocket, code: u16, reason: &'static str) {
     let _ = ws
         .send(Message::Close(Some(CloseFrame {
             code,
@@ -49,7 +53,7 @@ async fn close(ws: &mut WebSocket, code: u16, reason: &'static str) {
 }
 
 /// Reads the next text message; `Err` carries a close code and reason.
-async fn next_text(ws: &mut WebSocket) -> Result<Option<String>, (u16, &'static str)> {
+pub(crate) async fn next_text(ws: &mut WebSocket) -> Result<Option<String>, (u16, &'static str)> {
     loop {
         match ws.recv().await {
             None | Some(Ok(Message::Close(_))) => return Ok(None),
@@ -86,10 +90,10 @@ async fn run(state: AppState, mut ws: WebSocket) {
             return close(&mut ws, 1008, "join refused").await;
         }
     };
-    let (room, joined, signals) = joined;
+    let (room, joined, signals, account) = joined;
     let id = joined.connection;
     let span = tracing::info_span!("session", room = %room, participant = %id);
-    serve(state, ws, room, joined, signals)
+    serve(state, ws, room, joined, signals, account)
         .instrument(span)
         .await;
 }
@@ -100,9 +104,36 @@ async fn serve(
     room: RoomId,
     joined: Joined,
     signals: SignalReceiver,
+    account: Option<(AccountId, DeviceId)>,
 ) {
     let id = joined.connection;
     tracing::info!(identity = %joined.participant.identity, "session joined");
+    // A session of a signed-in device: revoking the device or disabling the
+    // account ends it, and the account shows as in a call meanwhile.
+    let mut kill = account.map(|(a, d)| {
+        let (registration, rx) = state.hub.register(a, d, ConnKind::Room);
+        state.presence.call_started(a, d);
+        (registration, rx)
+    });
+    if let Some((a, d)) = account
+        && !matches!(
+            state.store.session_state(a, d).await,
+            Ok(crate::store::SessionState::Active)
+        )
+    {
+        // Revoked between the token check and the registration.
+        state.media.leave(id, LeaveReason::Removed).await;
+        send(
+            &mut ws,
+            &ServerMessage::Left {
+                reason: LeaveReason::Removed,
+            },
+        )
+        .await;
+        close(&mut ws, CLOSE_REVOKED, "session revoked").await;
+        state.presence.call_ended(d);
+        return;
+    }
     let ok = send(
         &mut ws,
         &ServerMessage::Joined {
@@ -113,45 +144,66 @@ async fn serve(
     )
     .await;
     let reason = if ok {
-        session_loop(&state, &mut ws, id, signals).await
+        session_loop(
+            &state,
+            &mut ws,
+            id,
+            signals,
+            kill.as_mut().map(|(_, rx)| rx),
+        )
+        .await
     } else {
-        None
+        Some(LeaveReason::ClientLeave)
     };
     // Whatever ended the session, the participant leaves the room.
     if let Some(reason) = reason {
         state.media.leave(id, reason).await;
     }
+    drop(kill);
+    if let Some((_, d)) = account {
+        state.presence.call_ended(d);
+    }
     tracing::info!("session closed");
 }
 
-type Join = (RoomId, Joined, SignalReceiver);
+type Join = (
+    RoomId,
+    Joined,
+    SignalReceiver,
+    Option<(AccountId, DeviceId)>,
+);
 
 async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     let msg: ClientMessage = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request(format!("malformed message: {e}")))?;
-    let ClientMessage::Join { token, name } = msg else {
+    let ClientMessage::Join { token, name, room } = msg else {
         return Err(ApiError::bad_request("the first message must be join"));
     };
-    let claims = state.keys.verify(&token)?;
-    let room = claims
-        .video
-        .room
-        .as_deref()
-        .ok_or_else(|| ApiError::forbidden("token names no room"))?;
-    let room = RoomId::new(room).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let claims = state.authorize(&token, &room)?;
+    // The room: the message's `room`, else the room token's.
+    let room = match (room, state.keys.verify_credential(&token)?) {
+        (Some(r), _) => r,
+        (None, Credential::Room(claims)) => claims
+            .video
+            .room
+            .ok_or_else(|| ApiError::forbidden("token names no room"))?,
+        (None, Credential::Access(_)) => {
+            return Err(ApiError::invalid(
+                "room",
+                "is required when joining with an account access token",
+            ));
+        }
+    };
+    let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let grant = state.authorize_room(&token, &room).await?;
     let name = name
         .filter(|n| !n.trim().is_empty())
         .map(|n| n.chars().take(64).collect::<String>())
-        .unwrap_or_else(|| claims.display_name().to_owned());
-    let req = JoinRequest::new(room.clone(), claims.sub.clone(), PeerKind::Session)
-        .with_name(name)
-        .with_permissions(Permissions {
-            publish: claims.can_publish(),
-            subscribe: claims.can_subscribe(),
-        });
+        .unwrap_or_else(|| grant.name.clone());
+    let req = grant
+        .join_request(room.clone(), PeerKind::Session)
+        .with_name(name);
     let (joined, signals) = state.media.join(req).await?;
-    Ok((room, joined, signals))
+    Ok((room, joined, signals, grant.account))
 }
 
 /// Runs until the session ends; returns the reason to leave the room with, or
@@ -161,10 +213,29 @@ async fn session_loop(
     ws: &mut WebSocket,
     id: ParticipantId,
     mut signals: SignalReceiver,
+    mut kill: Option<&mut mpsc::Receiver<HubMsg>>,
 ) -> Option<LeaveReason> {
     let mut shutdown = state.shutdown.clone();
     loop {
+        let killed = async {
+            match kill.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            msg = killed => {
+                // The device was signed out or the account disabled.
+                let (code, reason) = match msg {
+                    Some(HubMsg::Event(_)) => continue,
+                    Some(HubMsg::Close { code, reason, .. }) => (code, reason),
+                    None => (1011, "closed"),
+                };
+                state.media.leave(id, LeaveReason::Removed).await;
+                send(ws, &ServerMessage::Left { reason: LeaveReason::Removed }).await;
+                close(ws, code, reason).await;
+                return None;
+            }
             incoming = next_text(ws) => match incoming {
                 Ok(Some(text)) => {
                     if let Some(reason) = handle_message(state, ws, id, &text).await {

@@ -4,30 +4,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use vela_media::core::{JoinRequest, LeaveReason, PeerKind, Permissions, RoomId, SdpOffer, Signal};
+use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
 
 use crate::api_error::ApiError;
+use crate::auth::bearer;
+use crate::hub::{ConnKind, HubMsg};
 use crate::server::{AppState, HttpSession};
-
-fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let v = headers.get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing Authorization: Bearer token",
-        )
-    })?;
-    let v = v
-        .to_str()
-        .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, "malformed Authorization header"))?;
-    v.strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Authorization must be a Bearer token",
-            )
-        })
-}
 
 fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<SdpOffer, ApiError> {
     let ct = headers
@@ -82,15 +64,9 @@ async fn start(
     kind: PeerKind,
 ) -> Result<Response, ApiError> {
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let claims = state.authorize(bearer(&headers)?, &room)?;
+    let grant = state.authorize_room(bearer(&headers)?, &room).await?;
     let offer = sdp_body(&headers, &body)?;
-    let req = JoinRequest::new(room.clone(), claims.sub.clone(), kind)
-        .with_name(claims.display_name())
-        .with_permissions(Permissions {
-            publish: claims.can_publish(),
-            subscribe: claims.can_subscribe(),
-        })
-        .with_offer(offer);
+    let req = grant.join_request(room.clone(), kind).with_offer(offer);
     let (joined, mut signals) = state.media.join(req).await?;
     let id = joined.connection;
     let answer = joined
@@ -100,16 +76,43 @@ async fn start(
         id,
         HttpSession {
             room: room.clone(),
-            identity: claims.sub.clone(),
+            owner: grant.owner(),
         },
     );
+    // A signed-in device's session ends when the device is signed out or
+    // the account disabled, and shows the account as in a call meanwhile.
+    let mut kill = grant.account.map(|(a, d)| {
+        state.presence.call_started(a, d);
+        state.hub.register(a, d, ConnKind::Room)
+    });
     // WHIP/WHEP clients have no signaling channel: drain theirs until it ends.
     let sessions = state.http_sessions.clone();
+    let (media, presence) = (state.media.clone(), state.presence.clone());
+    let device = grant.account.map(|(_, d)| d);
     tokio::spawn(async move {
-        while let Some(s) = signals.recv().await {
-            if matches!(s, Signal::Left { .. }) {
-                break;
+        loop {
+            let killed = async {
+                match kill.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                s = signals.recv() => match s {
+                    None | Some(Signal::Left { .. }) => break,
+                    Some(_) => {}
+                },
+                msg = killed => {
+                    if !matches!(msg, Some(HubMsg::Event(_))) {
+                        media.leave(id, LeaveReason::Removed).await;
+                        break;
+                    }
+                }
             }
+        }
+        drop(kill);
+        if let Some(d) = device {
+            presence.call_ended(d);
         }
         if let Ok(mut m) = sessions.lock() {
             m.remove(&id);
@@ -121,7 +124,7 @@ async fn start(
         "whep"
     };
     let location = format!("/{prefix}/{room}/{id}");
-    tracing::info!(room = %room, participant = %id, identity = %claims.sub, "{prefix} session started");
+    tracing::info!(room = %room, participant = %id, identity = %grant.identity, "{prefix} session started");
     Ok((
         StatusCode::CREATED,
         [
@@ -147,7 +150,7 @@ pub(crate) async fn end(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let claims = state.authorize(bearer(&headers)?, &room)?;
+    let grant = state.authorize_room(bearer(&headers)?, &room).await?;
     let id = session
         .parse()
         .map_err(|_| ApiError::not_found("no such session"))?;
@@ -161,7 +164,7 @@ pub(crate) async fn end(
     if s.room != room {
         return Err(ApiError::not_found("no such session"));
     }
-    if s.identity != claims.sub {
+    if s.owner != grant.owner() {
         return Err(ApiError::forbidden(
             "the session belongs to another identity",
         ));

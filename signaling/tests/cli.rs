@@ -19,6 +19,8 @@ fn vela() -> Command {
             c.env_remove(k);
         }
     }
+    // Keep the server's database out of the working directory.
+    c.env("VELA_STORE_PATH", ":memory:");
     c
 }
 

@@ -37,7 +37,8 @@ fn count(sock: &UdpSocket) -> u32 {
 fn loss_and_outage_drop_what_they_should() {
     let link = Link::new().expect("network namespaces need root, ip, tc and nft");
     let sock = UdpSocket::bind((link.host_ip, 0)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let port = sock.local_addr().unwrap().port();
 
     send_from_ns(&link, port, 200);
@@ -46,7 +47,10 @@ fn loss_and_outage_drop_what_they_should() {
     link.loss(30).unwrap();
     send_from_ns(&link, port, 400);
     let got = count(&sock);
-    assert!((180..=340).contains(&got), "about 30% lost: got {got} of 400");
+    assert!(
+        (180..=340).contains(&got),
+        "about 30% lost: got {got} of 400"
+    );
 
     link.outage(true).unwrap();
     send_from_ns(&link, port, 50);

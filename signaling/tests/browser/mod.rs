@@ -291,6 +291,7 @@ pub fn test_config() -> vela_config::Config {
     config.media.udp_port = 0;
     config.media.bind_ip = "127.0.0.1".parse().expect("IP address");
     config.media.node_ips = vec!["127.0.0.1".parse().expect("IP address")];
+    config.store.path = ":memory:".into();
     config
 }
 

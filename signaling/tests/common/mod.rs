@@ -51,6 +51,8 @@ pub fn test_config() -> Config {
     c.media.udp_port = 0;
     c.media.bind_ip = "127.0.0.1".parse().unwrap();
     c.media.node_ips = vec!["127.0.0.1".parse().unwrap()];
+    // Nothing to keep: the durability test names a file of its own.
+    c.store.path = ":memory:".into();
     c
 }
 
@@ -450,4 +452,374 @@ impl SessionClient {
             .iter()
             .any(|v| v["type"] == ty && v[field].as_str() == Some(value))
     }
+}
+
+// ----- accounts, devices and the device socket -----
+
+/// A server with `config` tweaked by `f` (in-memory store unless `f` says otherwise).
+pub async fn start_with(f: impl FnOnce(&mut Config)) -> RunningServer {
+    init_log();
+    let mut c = test_config();
+    f(&mut c);
+    vela_signaling::spawn(c).await.unwrap()
+}
+
+/// An HTTP client for the account API of one server.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+/// A response: status and JSON body (`Null` when empty or not JSON), plus headers.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    /// The body, after checking the status.
+    #[track_caller]
+    pub fn ok(self, status: u16) -> serde_json::Value {
+        assert_eq!(self.status, status, "{:?}", self.body);
+        self.body
+    }
+
+    /// Checks an error response: status, and the field it names (if any).
+    #[track_caller]
+    pub fn err(self, status: u16, field: Option<&str>) -> serde_json::Value {
+        assert_eq!(self.status, status, "{:?}", self.body);
+        assert_eq!(self.body["error"], status, "{:?}", self.body);
+        assert!(self.body["message"].is_string(), "{:?}", self.body);
+        assert_eq!(self.body["field"].as_str(), field, "{:?}", self.body);
+        self.body
+    }
+}
+
+impl Api {
+    pub fn new(s: &RunningServer) -> Api {
+        Api {
+            base: base(s),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    /// Sends `method path` with an optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Resp {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call("GET", path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: serde_json::Value) -> Resp {
+        self.call("POST", path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: serde_json::Value) -> Resp {
+        self.call("PUT", path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Resp {
+        self.call("DELETE", path, Some(token), None).await
+    }
+
+    /// Registers `username` with `password`; returns the account.
+    pub async fn register(&self, username: &str, password: &str) -> serde_json::Value {
+        self.post(
+            "/api/v1/accounts",
+            None,
+            serde_json::json!({"username": username, "password": password}),
+        )
+        .await
+        .ok(201)
+    }
+
+    /// Logs in as a new device.
+    pub async fn login(&self, username: &str, password: &str, kind: &str, label: &str) -> Login {
+        let v = self
+            .post(
+                "/api/v1/auth/login",
+                None,
+                serde_json::json!({
+                    "username": username, "password": password,
+                    "device": {"kind": kind, "label": label},
+                }),
+            )
+            .await
+            .ok(200);
+        Login::from(v)
+    }
+
+    /// Registers and logs in one device.
+    pub async fn user(&self, username: &str, kind: &str) -> Login {
+        self.register(username, "correct horse battery").await;
+        self.login(
+            username,
+            "correct horse battery",
+            kind,
+            &format!("{username}'s {kind}"),
+        )
+        .await
+    }
+
+    /// Makes `a` and `b` mutual contacts (a asks, b accepts).
+    pub async fn link(&self, a: &Login, b: &Login) {
+        let r = self
+            .post(
+                "/api/v1/contact-requests",
+                Some(&a.access),
+                serde_json::json!({"username": b.username}),
+            )
+            .await
+            .ok(201);
+        let id = r["request"]["id"].as_i64().unwrap();
+        self.post(
+            &format!("/api/v1/contact-requests/{id}/accept"),
+            Some(&b.access),
+            serde_json::json!({}),
+        )
+        .await
+        .ok(200);
+    }
+}
+
+/// A logged-in device.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub access: String,
+    pub refresh: String,
+    pub account: i64,
+    pub device: i64,
+    pub username: String,
+    pub body: serde_json::Value,
+}
+
+impl From<serde_json::Value> for Login {
+    fn from(v: serde_json::Value) -> Login {
+        Login {
+            access: v["access_token"].as_str().unwrap().to_owned(),
+            refresh: v["refresh_token"].as_str().unwrap().to_owned(),
+            account: v["account"]["id"].as_i64().unwrap(),
+            device: v["device"]["id"].as_i64().unwrap(),
+            username: v["account"]["username"].as_str().unwrap().to_owned(),
+            body: v,
+        }
+    }
+}
+
+impl Ws {
+    /// Connects to another WebSocket path of the server.
+    pub async fn connect_path(s: &RunningServer, path: &str) -> Ws {
+        let url = format!("ws://{}{path}", s.http_addr);
+        let (inner, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Ws { inner }
+    }
+}
+
+/// What a [`DeviceClient`] saw: a message, or the close code.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    Msg(serde_json::Value),
+    Closed(Option<u16>),
+}
+
+enum DeviceCmd {
+    Send(String),
+    Heartbeat(Option<Duration>),
+}
+
+/// A device socket (`/api/v1/ws`) driven by a task that sends heartbeats
+/// and collects what the server pushes.
+pub struct DeviceClient {
+    pub ready: serde_json::Value,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    cmds: mpsc::UnboundedSender<DeviceCmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeviceClient {
+    /// Connects, authenticates with `token`, waits for `ready`; then sends a
+    /// heartbeat every `heartbeat` (none when `None`).
+    pub async fn connect(
+        s: &RunningServer,
+        token: &str,
+        heartbeat: Option<Duration>,
+    ) -> DeviceClient {
+        let mut ws = Ws::connect_path(s, "/api/v1/ws").await;
+        ws.send(serde_json::json!({"type": "auth", "token": token}))
+            .await;
+        let ready = ws.expect("ready").await;
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let (cmds, mut cmd_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            use futures_util::{SinkExt, StreamExt};
+            use tokio_tungstenite::tungstenite::Message;
+            let mut every = heartbeat;
+            let mut next = tokio::time::Instant::now() + every.unwrap_or(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    m = ws.inner.next() => match m {
+                        Some(Ok(Message::Text(t))) => {
+                            let _ = seen_tx.send(Seen::Msg(serde_json::from_str(&t).unwrap()));
+                        }
+                        Some(Ok(Message::Close(f))) => {
+                            let _ = seen_tx.send(Seen::Closed(f.map(|f| u16::from(f.code))));
+                            return;
+                        }
+                        Some(Ok(_)) => {}
+                        None | Some(Err(_)) => {
+                            let _ = seen_tx.send(Seen::Closed(None));
+                            return;
+                        }
+                    },
+                    c = cmd_rx.recv() => match c {
+                        Some(DeviceCmd::Send(t)) => { let _ = ws.inner.send(Message::Text(t.into())).await; }
+                        Some(DeviceCmd::Heartbeat(h)) => {
+                            every = h;
+                            next = tokio::time::Instant::now() + every.unwrap_or(Duration::from_secs(3600));
+                        }
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(next) => {
+                        if let Some(e) = every {
+                            let _ = ws.inner.send(Message::Text(r#"{"type":"heartbeat"}"#.into())).await;
+                            next = tokio::time::Instant::now() + e;
+                        } else {
+                            next = tokio::time::Instant::now() + Duration::from_secs(3600);
+                        }
+                    }
+                }
+            }
+        });
+        DeviceClient {
+            ready,
+            seen,
+            cmds,
+            task,
+        }
+    }
+
+    pub fn send(&self, v: serde_json::Value) {
+        let _ = self.cmds.send(DeviceCmd::Send(v.to_string()));
+    }
+
+    pub fn heartbeat(&self, every: Option<Duration>) {
+        let _ = self.cmds.send(DeviceCmd::Heartbeat(every));
+    }
+
+    /// The next thing seen, within `d`.
+    pub async fn next_within(&mut self, d: Duration) -> Option<Seen> {
+        tokio::time::timeout(d, self.seen.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Skips messages until one satisfies `pred` (5 s at most).
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Seen::Msg(m)) if pred(&m) => return m,
+                Some(Seen::Msg(_)) => continue,
+                Some(Seen::Closed(c)) => panic!("socket closed ({c:?}) waiting for {what}"),
+                None => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Waits for a message of type `ty`.
+    pub async fn expect(&mut self, ty: &str) -> serde_json::Value {
+        self.wait_for(ty, |m| m["type"] == ty).await
+    }
+
+    /// Waits for a presence push of `account` with `status`.
+    pub async fn expect_presence(&mut self, account: i64, status: &str) -> serde_json::Value {
+        self.wait_for(&format!("presence {account} {status}"), |m| {
+            m["type"] == "presence" && m["account_id"] == account && m["status"] == status
+        })
+        .await
+    }
+
+    /// Everything seen within `d` (stops early on close).
+    pub async fn collect(&mut self, d: Duration) -> Vec<Seen> {
+        let end = tokio::time::Instant::now() + d;
+        let mut out = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            match self.next_within(left).await {
+                Some(s @ Seen::Closed(_)) => {
+                    out.push(s);
+                    return out;
+                }
+                Some(s) => out.push(s),
+                None => return out,
+            }
+        }
+    }
+
+    /// Waits for the server to close the socket; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Seen::Closed(c)) => return c,
+                Some(Seen::Msg(_)) => continue,
+                None => panic!("socket not closed"),
+            }
+        }
+    }
+
+    /// Drops the connection abruptly (no close frame), like a lost network.
+    pub fn drop_connection(self) {
+        self.task.abort();
+    }
+}
+
+/// The presence messages about `account` among `seen`.
+pub fn presences_of(seen: &[Seen], account: i64) -> Vec<String> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Msg(m) if m["type"] == "presence" && m["account_id"] == account => {
+                m["status"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -58,7 +58,17 @@ impl Link {
         let host = format!("{}/30", link.host_ip);
         let nsip = format!("{}/30", link.ns_ip);
         run(&["ip", "netns", "add", &link.ns])?;
-        run(&["ip", "link", "add", &link.host_dev, "type", "veth", "peer", "name", &link.ns_dev])?;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &link.host_dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.ns_dev,
+        ])?;
         run(&["ip", "link", "set", &link.ns_dev, "netns", &link.ns])?;
         run(&["ip", "addr", "add", &host, "dev", &link.host_dev])?;
         run(&["ip", "link", "set", &link.host_dev, "up"])?;
@@ -94,7 +104,9 @@ impl Link {
             let rate = format!("{k}kbit");
             // A queue of about 200 ms at the capped rate, as a real bottleneck has.
             let burst = format!("{}", (k * 1000 / 8 / 50).max(3000));
-            let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "200ms"];
+            let tbf = [
+                "root", "tbf", "rate", &rate, "burst", &burst, "latency", "200ms",
+            ];
             let mut a = vec!["tc", "qdisc", "add", "dev", &self.host_dev];
             a.extend_from_slice(&tbf);
             run(&a)?;
@@ -111,8 +123,10 @@ impl Link {
         if percent > 0 {
             let p = percent.to_string();
             for chain in ["in", "out"] {
-                self.exec(&["nft", "add", "rule", "inet", "vela", chain, "meta", "l4proto", "udp",
-                    "numgen", "random", "mod", "100", "<", &p, "drop"])?;
+                self.exec(&[
+                    "nft", "add", "rule", "inet", "vela", chain, "meta", "l4proto", "udp",
+                    "numgen", "random", "mod", "100", "<", &p, "drop",
+                ])?;
             }
         }
         Ok(())
@@ -123,7 +137,9 @@ impl Link {
         self.flush()?;
         if down {
             for chain in ["in", "out"] {
-                self.exec(&["nft", "add", "rule", "inet", "vela", chain, "meta", "l4proto", "udp", "drop"])?;
+                self.exec(&[
+                    "nft", "add", "rule", "inet", "vela", chain, "meta", "l4proto", "udp", "drop",
+                ])?;
             }
         }
         Ok(())

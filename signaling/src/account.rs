@@ -1,0 +1,244 @@
+//! Accounts: usernames, passwords (argon2id), roles and permissions.
+
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
+
+use crate::api_error::ApiError;
+use crate::ids::AccountId;
+
+/// Shortest password accepted, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest password accepted, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// What an account is allowed to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Every account.
+    User,
+    /// May list, disable and enable accounts.
+    Admin,
+}
+
+impl Role {
+    /// The role as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a stored role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Join rooms with an access token.
+pub const PERM_ROOMS_JOIN: &str = "rooms:join";
+/// Publish tracks in rooms.
+pub const PERM_ROOMS_PUBLISH: &str = "rooms:publish";
+/// Receive tracks in rooms.
+pub const PERM_ROOMS_SUBSCRIBE: &str = "rooms:subscribe";
+/// Manage one's own address book, contact requests and presence.
+pub const PERM_CONTACTS: &str = "contacts:write";
+/// Administer accounts.
+pub const PERM_ACCOUNTS_ADMIN: &str = "accounts:admin";
+
+/// The permissions that `roles` grant, in a stable order.
+pub fn permissions(roles: &[Role]) -> Vec<&'static str> {
+    let mut p = vec![
+        PERM_ROOMS_JOIN,
+        PERM_ROOMS_PUBLISH,
+        PERM_ROOMS_SUBSCRIBE,
+        PERM_CONTACTS,
+    ];
+    if roles.contains(&Role::Admin) {
+        p.push(PERM_ACCOUNTS_ADMIN);
+    }
+    p
+}
+
+/// An account as its owner and admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Account {
+    /// The account's id.
+    pub id: AccountId,
+    /// The unique login name (lowercase).
+    pub username: String,
+    /// The name others see.
+    pub display_name: String,
+    /// Its roles; always includes `user`.
+    pub roles: Vec<Role>,
+    /// Disabled by an admin: no login, no tokens, no connections.
+    pub disabled: bool,
+    /// When it was created (ms since the epoch).
+    pub created_at: i64,
+}
+
+impl Account {
+    /// Whether the account holds the admin role.
+    pub fn is_admin(&self) -> bool {
+        self.roles.contains(&Role::Admin)
+    }
+}
+
+/// Another account as a contact sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountSummary {
+    /// The account's id.
+    pub id: AccountId,
+    /// Its username.
+    pub username: String,
+    /// Its display name.
+    pub display_name: String,
+}
+
+/// Checks and normalizes a username: 3 to 32 of `a-z 0-9 . _ -`, starting
+/// with a letter or digit; letters are lowered.
+pub fn normalize_username(field: &str, raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim().to_ascii_lowercase();
+    let ok = (3..=32).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(name)
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "must be 3 to 32 characters of a-z 0-9 . _ - starting with a letter or digit",
+        ))
+    }
+}
+
+/// Checks a new password's length.
+pub fn check_password(field: &str, password: &str) -> Result<(), ApiError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at least {MIN_PASSWORD_CHARS} characters"),
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a display name: 1 to 64 characters after trimming, no control characters.
+pub fn check_display_name(field: &str, raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim();
+    let n = name.chars().count();
+    if n == 0 || n > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must be 1 to 64 characters without control characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Hashes a password with argon2id (default parameters, random salt), off
+/// the async threads.
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt)
+            .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+        let salt =
+            SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password hashing task failed: {e}")))?
+}
+
+/// A hash to check against when the account does not exist, so that an
+/// unknown username takes as long as a wrong password.
+fn dummy_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        let salt = SaltString::encode_b64(b"vela-dummy-salt!").expect("a 16-byte salt encodes");
+        Argon2::default()
+            .hash_password(b"not-a-password-anyone-has", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Checks `password` against `hash` (or against a dummy hash when `None`,
+/// which always fails), off the async threads.
+pub async fn verify_password(password: String, hash: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
+        let Ok(parsed) = PasswordHash::new(&hash) else {
+            return false;
+        };
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+            && known
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_normalized_and_checked() {
+        assert_eq!(normalize_username("u", " Alice.B ").expect("ok"), "alice.b");
+        for bad in ["ab", "-abc", "a b c", "ålice", &"x".repeat(33)] {
+            let e = normalize_username("username", bad).expect_err(bad);
+            assert_eq!(e.field.as_deref(), Some("username"));
+        }
+    }
+
+    #[test]
+    fn passwords_and_display_names_are_checked() {
+        assert!(check_password("password", "short").is_err());
+        assert!(check_password("password", "long enough").is_ok());
+        assert!(check_password("password", &"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
+        assert_eq!(check_display_name("d", "  Bob  ").expect("ok"), "Bob");
+        assert!(check_display_name("d", "   ").is_err());
+        assert!(check_display_name("d", "a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn admins_get_the_admin_permission() {
+        assert!(!permissions(&[Role::User]).contains(&PERM_ACCOUNTS_ADMIN));
+        assert!(permissions(&[Role::User, Role::Admin]).contains(&PERM_ACCOUNTS_ADMIN));
+    }
+
+    #[tokio::test]
+    async fn argon2id_hashes_verify() {
+        let h = hash_password("correct horse".into()).await.expect("hash");
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password("correct horse".into(), Some(h.clone())).await);
+        assert!(!verify_password("wrong horse".into(), Some(h)).await);
+        assert!(!verify_password("not-a-password-anyone-has".into(), None).await);
+    }
+}

@@ -1,0 +1,335 @@
+//! Sign-up, login, token refresh, logout and the own account.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::Body;
+use super::devices::revoke_device;
+use crate::account::{
+    self, Account, Role, check_display_name, check_password, hash_password, normalize_username,
+    verify_password,
+};
+use crate::api_error::ApiError;
+use crate::auth::{Authed, new_refresh_token, refresh_hash};
+use crate::device::{Device, DeviceKind, check_label};
+use crate::ids::{AccountId, DeviceId, now_ms};
+use crate::server::AppState;
+use crate::store::{RefreshOutcome, StoreError};
+use crate::token::AccessClaims;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegisterBody {
+    username: String,
+    password: String,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+/// `POST /api/v1/accounts`: sign up.
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    Body(b): Body<RegisterBody>,
+) -> Result<Response, ApiError> {
+    if !state.config.auth.allow_registration {
+        return Err(ApiError::forbidden("sign-up is closed on this server"));
+    }
+    let username = normalize_username("username", &b.username)?;
+    check_password("password", &b.password)?;
+    let display_name = match b.display_name.as_deref() {
+        Some(d) => check_display_name("display_name", d)?,
+        None => username.clone(),
+    };
+    let mut roles = vec![Role::User];
+    if is_configured_admin(&state, &username) {
+        roles.push(Role::Admin);
+    }
+    let hash = hash_password(b.password).await?;
+    let account = match state
+        .store
+        .create_account(&username, &display_name, &hash, &roles, now_ms())
+        .await
+    {
+        Ok(a) => a,
+        Err(StoreError::Conflict) => {
+            let mut e = ApiError::conflict("username: is taken");
+            e.field = Some("username".into());
+            return Err(e);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(account = %account.id, username = %account.username, "account created");
+    Ok((StatusCode::CREATED, Json(account)).into_response())
+}
+
+fn is_configured_admin(state: &AppState, username: &str) -> bool {
+    state
+        .config
+        .auth
+        .admins
+        .iter()
+        .any(|a| a.trim().eq_ignore_ascii_case(username))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeviceBody {
+    kind: DeviceKind,
+    label: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginBody {
+    username: String,
+    password: String,
+    device: DeviceBody,
+}
+
+/// What login and refresh return.
+#[derive(Serialize)]
+pub(crate) struct Session {
+    access_token: String,
+    token_type: &'static str,
+    /// Seconds the access token is valid for.
+    expires_in: u64,
+    refresh_token: String,
+    /// Seconds the refresh token is valid for (if unused).
+    refresh_expires_in: u64,
+    account: Account,
+    device: Device,
+}
+
+/// Issues an access token and a new refresh token for `device`.
+async fn issue_session(
+    state: &AppState,
+    account: Account,
+    device: Device,
+) -> Result<Session, ApiError> {
+    let ttl = state.config.auth.access_token_ttl_secs;
+    let refresh_ttl = state.config.auth.refresh_token_ttl_secs;
+    let access_token = access_token(state, &account, device.id)?;
+    let (refresh_token, hash) = new_refresh_token()?;
+    let refresh_ms = i64::try_from(refresh_ttl.saturating_mul(1000)).unwrap_or(i64::MAX);
+    state
+        .store
+        .insert_refresh_token(device.id, &hash, now_ms().saturating_add(refresh_ms))
+        .await?;
+    Ok(Session {
+        access_token,
+        token_type: "Bearer",
+        expires_in: ttl,
+        refresh_token,
+        refresh_expires_in: refresh_ttl,
+        account,
+        device,
+    })
+}
+
+fn access_token(state: &AppState, account: &Account, device: DeviceId) -> Result<String, ApiError> {
+    let claims = AccessClaims {
+        iss: String::new(),
+        sub: account.id.to_string(),
+        typ: String::new(),
+        acc: account.id,
+        dev: device,
+        name: account.username.clone(),
+        roles: account
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect(),
+        perms: account::permissions(&account.roles)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        iat: 0,
+        exp: 0,
+        nbf: 0,
+    };
+    Ok(state.keys.issue_access(
+        claims,
+        Duration::from_secs(state.config.auth.access_token_ttl_secs),
+    )?)
+}
+
+/// `POST /api/v1/auth/login`: password login; registers a device.
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(b): Body<LoginBody>,
+) -> Result<Json<Session>, ApiError> {
+    let label = check_label("device.label", &b.device.label)?;
+    let username = b.username.trim().to_ascii_lowercase();
+    let addr = peer.ip();
+    state.login_limiter.check(&username, addr)?;
+    let found = state.store.account_by_username(&username).await?;
+    let hash = found.as_ref().map(|(_, h)| h.clone());
+    if !verify_password(b.password, hash).await {
+        state.login_limiter.failed(&username, addr);
+        tracing::warn!(username = %username, %addr, "failed login");
+        return Err(ApiError::unauthorized("invalid username or password"));
+    }
+    let Some((mut account, _)) = found else {
+        return Err(ApiError::unauthorized("invalid username or password"));
+    };
+    if account.disabled {
+        return Err(ApiError::forbidden("this account is disabled"));
+    }
+    state.login_limiter.succeeded(&username);
+    if is_configured_admin(&state, &account.username) && !account.is_admin() {
+        account.roles.push(Role::Admin);
+        state.store.set_roles(account.id, &account.roles).await?;
+    }
+    let device = state
+        .store
+        .create_device(account.id, b.device.kind, &label, now_ms())
+        .await?;
+    tracing::info!(account = %account.id, device = %device.id, kind = device.kind.as_str(), "login");
+    Ok(Json(issue_session(&state, account, device).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /api/v1/auth/refresh`: trades a refresh token for a new access
+/// token and a new refresh token. Presenting a used refresh token again
+/// signs the device out (the token may have been stolen).
+pub(crate) async fn refresh(
+    State(state): State<AppState>,
+    Body(b): Body<RefreshBody>,
+) -> Result<Json<Session>, ApiError> {
+    let old = refresh_hash(&b.refresh_token);
+    let (new_token, new_hash) = new_refresh_token()?;
+    let ttl_ms = i64::try_from(
+        state
+            .config
+            .auth
+            .refresh_token_ttl_secs
+            .saturating_mul(1000),
+    )
+    .unwrap_or(i64::MAX);
+    let now = now_ms();
+    let outcome = state
+        .store
+        .rotate_refresh_token(&old, &new_hash, now.saturating_add(ttl_ms), now)
+        .await?;
+    match outcome {
+        RefreshOutcome::Rotated { account, device } => {
+            let (Some(account), Some(device)) = (
+                state.store.account(account).await?,
+                state.store.device(account, device).await?,
+            ) else {
+                return Err(ApiError::unauthorized("invalid or expired refresh token"));
+            };
+            let access_token = access_token(&state, &account, device.id)?;
+            Ok(Json(Session {
+                access_token,
+                token_type: "Bearer",
+                expires_in: state.config.auth.access_token_ttl_secs,
+                refresh_token: new_token,
+                refresh_expires_in: state.config.auth.refresh_token_ttl_secs,
+                account,
+                device,
+            }))
+        }
+        RefreshOutcome::Reused { account, device } => {
+            tracing::warn!(%account, %device, "refresh token reused: signing the device out");
+            revoke_device(&state, account, device, "refresh_token_reused").await?;
+            Err(ApiError::unauthorized(
+                "this refresh token was already used: the device has been signed out",
+            ))
+        }
+        RefreshOutcome::Invalid => Err(ApiError::unauthorized("invalid or expired refresh token")),
+    }
+}
+
+/// `POST /api/v1/auth/logout`: signs this device out.
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    auth: Authed,
+) -> Result<StatusCode, ApiError> {
+    revoke_device(&state, auth.account(), auth.device(), "logged_out").await?;
+    tracing::info!(account = %auth.account(), device = %auth.device(), "logout");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn load_account(state: &AppState, id: AccountId) -> Result<Account, ApiError> {
+    state
+        .store
+        .account(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such account"))
+}
+
+/// `GET /api/v1/me`.
+pub(crate) async fn me(
+    State(state): State<AppState>,
+    auth: Authed,
+) -> Result<Json<Account>, ApiError> {
+    Ok(Json(load_account(&state, auth.account()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateMeBody {
+    display_name: String,
+}
+
+/// `PATCH /api/v1/me`: changes the display name.
+pub(crate) async fn update_me(
+    State(state): State<AppState>,
+    auth: Authed,
+    Body(b): Body<UpdateMeBody>,
+) -> Result<Json<Account>, ApiError> {
+    let name = check_display_name("display_name", &b.display_name)?;
+    state.store.set_display_name(auth.account(), &name).await?;
+    Ok(Json(load_account(&state, auth.account()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+/// `PUT /api/v1/me/password`: changes the password and signs every other
+/// device out.
+pub(crate) async fn change_password(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    auth: Authed,
+    Body(b): Body<PasswordBody>,
+) -> Result<StatusCode, ApiError> {
+    check_password("new_password", &b.new_password)?;
+    let username = auth.0.name.clone();
+    state.login_limiter.check(&username, peer.ip())?;
+    let hash = state.store.password_hash(auth.account()).await?;
+    if !verify_password(b.current_password, hash).await {
+        state.login_limiter.failed(&username, peer.ip());
+        let mut e = ApiError::forbidden("current_password: is wrong");
+        e.field = Some("current_password".into());
+        return Err(e);
+    }
+    let hash = hash_password(b.new_password).await?;
+    state.store.set_password_hash(auth.account(), &hash).await?;
+    let others = state
+        .store
+        .revoke_other_devices(auth.account(), auth.device(), now_ms())
+        .await?;
+    for d in others {
+        super::devices::disconnect_device(&state, auth.account(), d, "password_changed");
+    }
+    tracing::info!(account = %auth.account(), "password changed; other devices signed out");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,254 @@
+//! The account API under `/api/v1` (reference: docs/api.md and the OpenAPI
+//! document served at `/api/openapi.json`).
+
+mod accounts;
+mod admin;
+mod contacts;
+mod devices;
+mod links;
+mod presence;
+pub(crate) mod ws;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post, put};
+use serde::de::DeserializeOwned;
+
+use crate::api_error::ApiError;
+use crate::server::AppState;
+
+/// Every HTTP operation of the account API, as `(method, path)`; the
+/// OpenAPI document must describe each (checked by a test).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const OPERATIONS: &[(&str, &str)] = &[
+    ("post", "/api/v1/accounts"),
+    ("post", "/api/v1/auth/login"),
+    ("post", "/api/v1/auth/refresh"),
+    ("post", "/api/v1/auth/logout"),
+    ("get", "/api/v1/me"),
+    ("patch", "/api/v1/me"),
+    ("put", "/api/v1/me/password"),
+    ("get", "/api/v1/devices"),
+    ("patch", "/api/v1/devices/{id}"),
+    ("delete", "/api/v1/devices/{id}"),
+    ("get", "/api/v1/presence"),
+    ("put", "/api/v1/presence"),
+    ("get", "/api/v1/presence/{account_id}"),
+    ("get", "/api/v1/contacts"),
+    ("post", "/api/v1/contacts"),
+    ("get", "/api/v1/contacts/changes"),
+    ("get", "/api/v1/contacts/{id}"),
+    ("put", "/api/v1/contacts/{id}"),
+    ("delete", "/api/v1/contacts/{id}"),
+    ("get", "/api/v1/contact-requests"),
+    ("post", "/api/v1/contact-requests"),
+    ("post", "/api/v1/contact-requests/{id}/accept"),
+    ("delete", "/api/v1/contact-requests/{id}"),
+    ("get", "/api/v1/mutual-contacts"),
+    ("delete", "/api/v1/mutual-contacts/{account_id}"),
+    ("get", "/api/v1/admin/accounts"),
+    ("post", "/api/v1/admin/accounts/{id}/disable"),
+    ("post", "/api/v1/admin/accounts/{id}/enable"),
+    ("get", "/api/v1/ws"),
+    ("get", "/api/openapi.json"),
+];
+
+/// The routes of the account API.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/accounts", post(accounts::register))
+        .route("/api/v1/auth/login", post(accounts::login))
+        .route("/api/v1/auth/refresh", post(accounts::refresh))
+        .route("/api/v1/auth/logout", post(accounts::logout))
+        .route("/api/v1/me", get(accounts::me).patch(accounts::update_me))
+        .route("/api/v1/me/password", put(accounts::change_password))
+        .route("/api/v1/devices", get(devices::list))
+        .route(
+            "/api/v1/devices/{id}",
+            patch(devices::rename).delete(devices::revoke),
+        )
+        .route(
+            "/api/v1/presence",
+            get(presence::overview).put(presence::set),
+        )
+        .route("/api/v1/presence/{account_id}", get(presence::get_one))
+        .route(
+            "/api/v1/contacts",
+            get(contacts::list).post(contacts::create),
+        )
+        .route("/api/v1/contacts/changes", get(contacts::changes))
+        .route(
+            "/api/v1/contacts/{id}",
+            get(contacts::get_one)
+                .put(contacts::update)
+                .delete(contacts::remove),
+        )
+        .route(
+            "/api/v1/contact-requests",
+            get(links::list_requests).post(links::send_request),
+        )
+        .route(
+            "/api/v1/contact-requests/{id}/accept",
+            post(links::accept_request),
+        )
+        .route(
+            "/api/v1/contact-requests/{id}",
+            delete(links::delete_request),
+        )
+        .route("/api/v1/mutual-contacts", get(links::list_mutual))
+        .route(
+            "/api/v1/mutual-contacts/{account_id}",
+            delete(links::remove_mutual),
+        )
+        .route("/api/v1/admin/accounts", get(admin::list))
+        .route("/api/v1/admin/accounts/{id}/disable", post(admin::disable))
+        .route("/api/v1/admin/accounts/{id}/enable", post(admin::enable))
+        .route("/api/v1/ws", get(ws::upgrade))
+}
+
+/// `GET /api/openapi.json`: the OpenAPI 3.1 document of the HTTP API.
+pub(crate) async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+/// A JSON request body. Errors are JSON too: 415 without a JSON content
+/// type, 413 over `limits.max_message_bytes`, 400 naming the field for
+/// malformed, missing, unknown or mistyped fields.
+pub(crate) struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().starts_with("application/json"));
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+            ));
+        }
+        parse(&bytes).map(Body)
+    }
+}
+
+/// Parses JSON, naming the field at fault in errors.
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner().to_string();
+        // A missing field is reported at its parent: add its name.
+        let missing = inner
+            .split('`')
+            .nth(1)
+            .filter(|_| inner.starts_with("missing field"));
+        let path = e.path().to_string();
+        let field = match missing {
+            Some(name) if path == "." => name.to_owned(),
+            Some(name) => format!("{path}.{name}"),
+            None => path,
+        };
+        if field == "." || e.inner().is_syntax() || e.inner().is_eof() {
+            ApiError::bad_request(format!("malformed JSON: {inner}"))
+        } else {
+            ApiError::invalid(&field, inner)
+        }
+    })
+}
+
+/// A push message: `value`'s fields plus `"type": ty`.
+pub(crate) fn event(ty: &str, value: serde_json::Value) -> std::sync::Arc<str> {
+    let mut v = match value {
+        serde_json::Value::Object(m) => serde_json::Value::Object(m),
+        other => serde_json::json!({ "data": other }),
+    };
+    v["type"] = ty.into();
+    std::sync::Arc::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        kind: String,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        inner: Inner,
+    }
+
+    fn field(json: &str) -> Option<String> {
+        parse::<Outer>(json.as_bytes()).expect_err(json).field
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        assert_eq!(field(r#"{"inner":{"kind":"x"}}"#).as_deref(), Some("name"));
+        assert_eq!(
+            field(r#"{"name":1,"inner":{"kind":"x"}}"#).as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            field(r#"{"name":"a","inner":{}}"#).as_deref(),
+            Some("inner.kind")
+        );
+        assert_eq!(
+            field(r#"{"name":"a","inner":{"kind":"x","extra":1}}"#).as_deref(),
+            Some("inner.extra")
+        );
+        let e = parse::<Outer>(b"{nope").expect_err("syntax");
+        assert_eq!(e.field, None);
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_operation() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        for (method, path) in OPERATIONS {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "openapi.json lacks {method} {path}");
+            assert!(op["summary"].is_string(), "{method} {path} has no summary");
+            assert!(
+                op["responses"].is_object(),
+                "{method} {path} has no responses"
+            );
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .map(|p| {
+                p.as_object()
+                    .map_or(0, |m| m.keys().filter(|k| *k != "parameters").count())
+            })
+            .sum();
+        assert_eq!(
+            documented,
+            OPERATIONS.len(),
+            "openapi.json documents operations the server lacks"
+        );
+    }
+}

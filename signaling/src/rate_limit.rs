@@ -1,0 +1,100 @@
+//! A sliding-window limiter, sans-IO: time is an input.
+//!
+//! Logins use two: failed attempts per account and per client address.
+//! When either key has used up its allowance within the window, every
+//! further attempt on it is refused (429) until the oldest one ages out,
+//! even with the right password.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Counts events per key within a sliding window.
+#[derive(Debug)]
+pub struct RateLimiter<K> {
+    limit: usize,
+    window: Duration,
+    events: HashMap<K, VecDeque<Instant>>,
+}
+
+impl<K: Eq + Hash + Clone> RateLimiter<K> {
+    /// At most `limit` events per key within any `window`.
+    pub fn new(limit: u32, window: Duration) -> Self {
+        RateLimiter {
+            limit: limit.max(1) as usize,
+            window,
+            events: HashMap::new(),
+        }
+    }
+
+    /// `Err(wait)` when `key` has no allowance left at `now`; `wait` is
+    /// how long until it has.
+    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
+        let Some(q) = self.events.get_mut(key) else {
+            return Ok(());
+        };
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            q.pop_front();
+        }
+        if q.len() < self.limit {
+            return Ok(());
+        }
+        let oldest = q.front().copied().unwrap_or(now);
+        Err((oldest + self.window).saturating_duration_since(now))
+    }
+
+    /// Records an event for `key` at `now`.
+    pub fn record(&mut self, key: K, now: Instant) {
+        let window = self.window;
+        let q = self.events.entry(key).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        q.push_back(now);
+        if self.events.len() > 10_000 {
+            self.prune(now);
+        }
+    }
+
+    /// Forgets the events of `key` (after a successful login).
+    pub fn clear(&mut self, key: &K) {
+        self.events.remove(key);
+    }
+
+    /// Drops every key with no event inside the window.
+    pub fn prune(&mut self, now: Instant) {
+        let window = self.window;
+        self.events
+            .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_slides() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut rl = RateLimiter::new(3, s(60));
+        for i in 0..3 {
+            assert!(rl.check(&"k", t0 + s(i)).is_ok());
+            rl.record("k", t0 + s(i));
+        }
+        assert_eq!(rl.check(&"k", t0 + s(10)), Err(s(50)));
+        assert!(rl.check(&"other", t0 + s(10)).is_ok());
+        // The first event ages out at 60 s: one more is allowed.
+        assert!(rl.check(&"k", t0 + s(60)).is_ok());
+        rl.record("k", t0 + s(60));
+        assert_eq!(rl.check(&"k", t0 + s(60)), Err(s(1)));
+        rl.clear(&"k");
+        assert!(rl.check(&"k", t0 + s(60)).is_ok());
+        rl.record("x", t0);
+        rl.prune(t0 + s(61));
+        assert!(rl.events.is_empty());
+    }
+}

@@ -1,0 +1,106 @@
+//! Storage: the only module that speaks SQL.
+//!
+//! Everything persistent (accounts, devices, refresh tokens, the address
+//! book, contact requests and links, presence texts and last-seen times)
+//! goes through [`Store`]. Today the backend is SQLite (one file, WAL mode)
+//! through sqlx; the schema lives in `signaling/migrations/` and is applied
+//! at start. Every statement is a constant string with bound parameters.
+//! A PostgreSQL backend can follow behind the same methods. The statements
+//! mostly use what both accept (`RETURNING`, `ON CONFLICT`, `UNION`); what a
+//! port must change is the `?` placeholders (`$1` there), `instr()` (`strpos`),
+//! integer booleans, the migrations' `AUTOINCREMENT`, and `BEGIN IMMEDIATE`
+//! for write transactions, made in one place, [`Store::write_tx`].
+
+mod accounts;
+mod contacts;
+mod links;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+pub use accounts::{RefreshOutcome, SessionState, StoredPresence};
+pub use contacts::{ContactChanges, ContactWriteError};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A unique value (a username, a pending request) already exists.
+    #[error("already exists")]
+    Conflict,
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// Maps a unique-constraint violation to [`StoreError::Conflict`].
+fn unique(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Db(e),
+    }
+}
+
+/// The database handle; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database at `path` and applies the
+    /// migrations. `:memory:` opens a private in-memory database.
+    pub async fn open(path: &str) -> Result<Store, StoreError> {
+        let memory = path == ":memory:";
+        let options = if memory {
+            SqliteConnectOptions::from_str("sqlite::memory:")?
+        } else {
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+        }
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5));
+        let pool = if memory {
+            // One connection that lives as long as the pool: the database with it.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(4)
+        }
+        .connect_with(options)
+        .await?;
+        sqlx::migrate!().run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Waits for running statements and closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A transaction that takes the write lock at once, so two writers queue
+    /// (busy timeout) instead of one failing when it upgrades from reading.
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

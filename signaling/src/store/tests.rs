@@ -1,0 +1,253 @@
+//! The store against SQLite: in memory, and a file with concurrent writers.
+
+use super::*;
+use crate::account::Role;
+use crate::contact::{ContactBody, ContactFields, ContactFilter};
+use crate::device::DeviceKind;
+use crate::ids::{AccountId, ContactId};
+
+fn fields(name: &str) -> ContactFields {
+    ContactBody {
+        version: None,
+        display_name: name.into(),
+        phones: vec![],
+        emails: vec![],
+        groups: vec!["work".into()],
+        linked_account: None,
+        favorite: false,
+        notes: String::new(),
+    }
+    .validate()
+    .expect("valid")
+}
+
+async fn account(s: &Store, name: &str) -> AccountId {
+    s.create_account(name, name, "hash", &[Role::User], 1)
+        .await
+        .expect("create")
+        .id
+}
+
+#[tokio::test]
+async fn revisions_versions_and_tombstones() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    assert!(matches!(
+        s.create_account("ann", "x", "h", &[Role::User], 1).await,
+        Err(StoreError::Conflict)
+    ));
+    let c1 = s.create_contact(a, &fields("Carl"), 10).await.expect("c1");
+    let c2 = s.create_contact(a, &fields("Dora"), 11).await.expect("c2");
+    assert_eq!((c1.version, c1.revision, c2.revision), (1, 1, 2));
+    // Another account's book has its own revisions and sees nothing of a's.
+    let other = s.create_contact(b, &fields("Eve"), 12).await.expect("b's");
+    assert_eq!(other.revision, 1);
+    assert!(s.contact(b, c1.id).await.expect("read").is_none());
+    assert!(matches!(
+        s.update_contact(b, c1.id, 1, &fields("X"), 13).await,
+        Err(ContactWriteError::NotFound)
+    ));
+
+    let c1b = s
+        .update_contact(a, c1.id, 1, &fields("Carl B"), 20)
+        .await
+        .expect("update");
+    assert_eq!((c1b.version, c1b.revision), (2, 3));
+    // A stale update changes nothing, not even the revision.
+    match s.update_contact(a, c1.id, 1, &fields("Lost"), 21).await {
+        Err(ContactWriteError::Stale { based_on, current }) => {
+            assert_eq!(based_on, 1);
+            assert_eq!(*current, c1b);
+        }
+        other => panic!("expected Stale, got {other:?}"),
+    }
+    assert_eq!(s.contacts_revision(a).await.expect("rev"), 3);
+    let t = s.delete_contact(a, c2.id, None, 30).await.expect("delete");
+    assert!(t.deleted && t.fields.is_none());
+    assert_eq!((t.version, t.revision), (2, 4));
+    assert!(matches!(
+        s.delete_contact(a, c2.id, None, 31).await,
+        Err(ContactWriteError::NotFound)
+    ));
+
+    let page = s.contact_changes(a, 2, 100).await.expect("changes");
+    assert_eq!(page.revision, 4);
+    let ids: Vec<(ContactId, bool)> = page.changes.iter().map(|c| (c.id, c.deleted)).collect();
+    assert_eq!(ids, vec![(c1.id, false), (c2.id, true)]);
+    // From 0: live entries only.
+    let full = s.contact_changes(a, 0, 100).await.expect("full");
+    assert_eq!(full.changes.len(), 1);
+    // Paging: one at a time.
+    let p1 = s.contact_changes(a, 2, 1).await.expect("page");
+    assert!(p1.has_more);
+    assert_eq!(p1.revision, 3);
+    let p2 = s.contact_changes(a, p1.revision, 1).await.expect("page");
+    assert!(!p2.has_more);
+    assert_eq!(p2.revision, 4);
+
+    let (list, rev) = s
+        .list_contacts(
+            a,
+            &ContactFilter {
+                q: Some("carl".into()),
+                favorite: None,
+                group: Some("work".into()),
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!((list.len(), rev), (1, 4));
+
+    // Linking a missing account is refused; linking a real one shows its username.
+    let mut linked = fields("Bob");
+    linked.linked_account = Some(AccountId(999));
+    assert!(matches!(
+        s.create_contact(a, &linked, 40).await,
+        Err(ContactWriteError::NoSuchLinkedAccount)
+    ));
+    linked.linked_account = Some(b);
+    let l = s.create_contact(a, &linked, 41).await.expect("linked");
+    assert_eq!(l.linked_username.as_deref(), Some("bob"));
+}
+
+#[tokio::test]
+async fn devices_refresh_tokens_and_links() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    let d = s
+        .create_device(a, DeviceKind::Phone, "Pixel", 5)
+        .await
+        .expect("device");
+    assert_eq!(
+        s.session_state(a, d.id).await.expect("state"),
+        SessionState::Active
+    );
+    assert_eq!(
+        s.session_state(b, d.id).await.expect("state"),
+        SessionState::Unknown
+    );
+    s.insert_refresh_token(d.id, b"t1", 1000)
+        .await
+        .expect("insert");
+    assert_eq!(
+        s.rotate_refresh_token(b"t1", b"t2", 2000, 10)
+            .await
+            .expect("rotate"),
+        RefreshOutcome::Rotated {
+            account: a,
+            device: d.id
+        }
+    );
+    assert_eq!(
+        s.rotate_refresh_token(b"t1", b"t3", 2000, 11)
+            .await
+            .expect("reuse"),
+        RefreshOutcome::Reused {
+            account: a,
+            device: d.id
+        }
+    );
+    assert_eq!(
+        s.rotate_refresh_token(b"t2", b"t4", 3000, 2000)
+            .await
+            .expect("expired"),
+        RefreshOutcome::Invalid
+    );
+    assert!(s.revoke_device(a, d.id, 50).await.expect("revoke"));
+    assert!(!s.revoke_device(a, d.id, 51).await.expect("again"));
+    assert_eq!(
+        s.session_state(a, d.id).await.expect("state"),
+        SessionState::Revoked
+    );
+    assert!(s.devices(a).await.expect("list").is_empty());
+
+    use crate::link::RequestOutcome;
+    let r = match s.create_request(a, b, "hi", 60).await.expect("request") {
+        RequestOutcome::Pending(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        s.create_request(a, b, "again", 61).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        s.accept_request(r.id, a, 62)
+            .await
+            .expect("wrong side")
+            .is_none()
+    );
+    assert!(
+        s.accept_request(r.id, b, 62)
+            .await
+            .expect("accept")
+            .is_some()
+    );
+    assert!(s.is_mutual(b, a).await.expect("mutual"));
+    assert_eq!(s.mutual_ids(a).await.expect("ids"), vec![b]);
+    assert!(matches!(
+        s.create_request(b, a, "", 63).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(s.remove_mutual(b, a).await.expect("remove"));
+    // Crossed requests link at once.
+    assert!(matches!(
+        s.create_request(a, b, "", 64).await,
+        Ok(RequestOutcome::Pending(_))
+    ));
+    assert!(matches!(
+        s.create_request(b, a, "", 65).await,
+        Ok(RequestOutcome::Mutual)
+    ));
+    assert!(s.is_mutual(a, b).await.expect("mutual"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_on_a_file_queue_and_one_edit_wins() {
+    let dir = std::env::temp_dir().join(format!("vela-store-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("concurrent.sqlite");
+    let _ = std::fs::remove_file(&path);
+    let s = Store::open(path.to_str().expect("utf-8"))
+        .await
+        .expect("open");
+    let a = account(&s, "ann").await;
+    let c = s
+        .create_contact(a, &fields("Base"), 1)
+        .await
+        .expect("create");
+    // Twenty concurrent edits of version 1: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.update_contact(a, c.id, 1, &fields(&format!("Edit {i}")), 2)
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(_) => won += 1,
+            Err(ContactWriteError::Stale { current, .. }) => assert_eq!(current.version, 2),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(s.contacts_revision(a).await.expect("rev"), 2);
+    // And twenty concurrent creates all land, with distinct revisions.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_contact(a, &fields(&format!("New {i}")), 3).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("create");
+    }
+    assert_eq!(s.contacts_revision(a).await.expect("rev"), 22);
+    s.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

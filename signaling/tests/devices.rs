@@ -1,0 +1,171 @@
+//! Devices: each login is one; a user lists, renames and revokes them, and
+//! revoking closes the device's live connections at once.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, DeviceClient, Ws, start};
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_rename_and_revoke_devices() {
+    tokio::time::timeout(LIMIT, async {
+        let s = start().await;
+        let api = Api::new(&s);
+        let phone = api.user("jane", "phone").await;
+        let desk = api
+            .login("jane", "correct horse battery", "desktop", "Work PC")
+            .await;
+        let web = api
+            .login("jane", "correct horse battery", "web", "Firefox")
+            .await;
+        let other = api.user("kim", "web").await;
+
+        let mut desk_sock = DeviceClient::connect(&s, &desk.access, None).await;
+        assert_eq!(desk_sock.ready["device_id"], desk.device);
+        let _web_sock = DeviceClient::connect(&s, &web.access, None).await;
+        // The desktop is also in a room with its access token.
+        let mut desk_room = Ws::connect(&s).await;
+        desk_room
+            .send(json!({"type": "join", "token": desk.access, "room": "standup"}))
+            .await;
+        desk_room.expect("joined").await;
+
+        let list = api.get("/api/v1/devices", &phone.access).await.ok(200);
+        let devices = list["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 3);
+        let find = |id: i64| devices.iter().find(|d| d["id"] == id).unwrap().clone();
+        assert_eq!(find(phone.device)["current"], true);
+        assert_eq!(find(phone.device)["connected"], false);
+        assert_eq!(find(desk.device)["current"], false);
+        assert_eq!(find(desk.device)["kind"], "desktop");
+        assert_eq!(find(desk.device)["label"], "Work PC");
+        assert_eq!(find(desk.device)["connected"], true);
+        assert_eq!(find(desk.device)["status"], "in_call");
+        assert_eq!(find(web.device)["status"], "online");
+
+        let renamed = api
+            .call(
+                "PATCH",
+                &format!("/api/v1/devices/{}", web.device),
+                Some(&phone.access),
+                Some(json!({"label": "Firefox on Linux"})),
+            )
+            .await
+            .ok(200);
+        assert_eq!(renamed["label"], "Firefox on Linux");
+        api.call(
+            "PATCH",
+            &format!("/api/v1/devices/{}", web.device),
+            Some(&phone.access),
+            Some(json!({"label": ""})),
+        )
+        .await
+        .err(400, Some("label"));
+
+        // Someone else's device, or one that does not exist: 404.
+        api.delete(&format!("/api/v1/devices/{}", desk.device), &other.access)
+            .await
+            .err(404, None);
+        api.delete("/api/v1/devices/99999", &phone.access)
+            .await
+            .err(404, None);
+        api.delete("/api/v1/devices/nope", &phone.access)
+            .await
+            .err(404, None);
+
+        // Revoke the desktop from the phone: its socket and its room session close now.
+        api.delete(&format!("/api/v1/devices/{}", desk.device), &phone.access)
+            .await
+            .ok(204);
+        let m = desk_sock.expect("session_revoked").await;
+        assert_eq!(m["device_id"], desk.device);
+        assert_eq!(desk_sock.closed().await, Some(4002));
+        assert_eq!(desk_room.expect("left").await["reason"], "removed");
+        assert_eq!(desk_room.close_code().await, Some(4002));
+        api.get("/api/v1/me", &desk.access).await.err(401, None);
+        api.post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": desk.refresh}),
+        )
+        .await
+        .err(401, None);
+        api.delete(&format!("/api/v1/devices/{}", desk.device), &phone.access)
+            .await
+            .err(404, None);
+        // A revoked device cannot open a socket either.
+        let mut ws = Ws::connect_path(&s, "/api/v1/ws").await;
+        ws.send(json!({"type": "auth", "token": desk.access})).await;
+        assert_eq!(ws.expect("error").await["code"], 401);
+
+        let list = api.get("/api/v1/devices", &phone.access).await.ok(200);
+        let ids: Vec<i64> = list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![phone.device, web.device]);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_socket_checks_its_token_and_input() {
+    tokio::time::timeout(LIMIT, async {
+        let s = start().await;
+        let api = Api::new(&s);
+        let me = api.user("lena", "web").await;
+        // A bad token: error, then close 4001.
+        let mut ws = Ws::connect_path(&s, "/api/v1/ws").await;
+        ws.send(json!({"type": "auth", "token": "nope"})).await;
+        assert_eq!(ws.expect("error").await["code"], 401);
+        assert_eq!(ws.close_code().await, Some(4001));
+        // Anything but auth first.
+        let mut ws = Ws::connect_path(&s, "/api/v1/ws").await;
+        ws.send(json!({"type": "heartbeat"})).await;
+        ws.expect("error").await;
+        assert_eq!(ws.close_code().await, Some(4001));
+        // A header works as well as the first message.
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{}/api/v1/ws", s.http_addr),
+            )
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", me.access).parse().unwrap(),
+        );
+        let (inner, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut ws = Ws { inner };
+        let ready = ws.expect("ready").await;
+        assert_eq!(ready["account_id"], me.account);
+        assert_eq!(ready["presence"]["status"], "online");
+        assert!(ready["heartbeat_interval_ms"].as_u64().unwrap() > 0);
+        ws.send(json!({"type": "heartbeat"})).await;
+        ws.expect("pong").await;
+        ws.send_text("{bad json".into()).await;
+        assert_eq!(ws.expect("error").await["code"], 400);
+        ws.send(json!({"type": "set_presence", "status": "sleeping"}))
+            .await;
+        assert_eq!(ws.expect("error").await["field"], "status");
+        ws.send(json!({"type": "set_presence", "text": "x".repeat(141)}))
+            .await;
+        assert_eq!(ws.expect("error").await["field"], "text");
+        ws.send(json!({"type": "auth", "token": me.access})).await;
+        ws.expect("error").await;
+        ws.send(json!({"type": "ping"})).await;
+        ws.expect("pong").await;
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,160 @@
+//! Durability: stop the server and start it again on the same SQLite file;
+//! accounts, devices, tokens, contacts and revisions, links, requests and
+//! presence texts are all still there.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, DeviceClient, Login, start_with};
+use serde_json::json;
+
+const PW: &str = "correct horse battery";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!(
+        "vela-durability-{}-{}",
+        std::process::id(),
+        vela_signaling::ids::now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vela.sqlite").to_str().unwrap().to_owned();
+    let config = |p: String| move |c: &mut vela_config::Config| c.store.path = p;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        // ----- first life -----
+        let s = start_with(config(path.clone())).await;
+        let api = Api::new(&s);
+        let alice = api.user("alice", "phone").await;
+        let desk = api.login("alice", PW, "desktop", "Old PC").await;
+        let bob = api.user("bob", "web").await;
+        let carol = api.user("carol", "web").await;
+        api.link(&alice, &bob).await;
+        api.post("/api/v1/contact-requests", Some(&carol.access), json!({"username": "alice"}))
+            .await
+            .ok(201);
+        let mut ids = Vec::new();
+        for name in ["Ann", "Ben", "Cat"] {
+            let c = api
+                .post(
+                    "/api/v1/contacts",
+                    Some(&alice.access),
+                    json!({"display_name": name, "phones": [{"value": "+1 555 0100"}], "linked_account": bob.account}),
+                )
+                .await
+                .ok(201);
+            ids.push(c["id"].as_i64().unwrap());
+        }
+        api.put(
+            &format!("/api/v1/contacts/{}", ids[0]),
+            &alice.access,
+            json!({"display_name": "Ann B", "version": 1, "favorite": true}),
+        )
+        .await
+        .ok(200);
+        api.delete(&format!("/api/v1/contacts/{}", ids[1]), &alice.access)
+            .await
+            .ok(200);
+        api.put("/api/v1/presence", &alice.access, json!({"text": "on holiday"}))
+            .await
+            .ok(200);
+        api.delete(&format!("/api/v1/devices/{}", desk.device), &alice.access)
+            .await
+            .ok(204);
+        let sock = DeviceClient::connect(&s, &alice.access, None).await;
+        let before_shutdown = vela_signaling::ids::now_ms();
+        s.shutdown().await;
+        drop(sock);
+
+        // ----- second life, same file -----
+        let s = start_with(config(path.clone())).await;
+        let api = Api::new(&s);
+        // The old access token still works (same key, device not revoked).
+        let me = api.get("/api/v1/me", &alice.access).await.ok(200);
+        assert_eq!(me["username"], "alice");
+        // The revoked device stays revoked.
+        api.get("/api/v1/me", &desk.access).await.err(401, None);
+        api.post("/api/v1/auth/refresh", None, json!({"refresh_token": desk.refresh}))
+            .await
+            .err(401, None);
+        // The refresh token rotates as before.
+        let refreshed = Login::from(
+            api.post("/api/v1/auth/refresh", None, json!({"refresh_token": alice.refresh}))
+                .await
+                .ok(200),
+        );
+        assert_eq!(refreshed.device, alice.device);
+        // The password still works; the username is still taken.
+        let again = api.login("alice", PW, "web", "New tab").await;
+        api.post("/api/v1/accounts", None, json!({"username": "alice", "password": PW}))
+            .await
+            .err(409, Some("username"));
+        let devices = api.get("/api/v1/devices", &again.access).await.ok(200);
+        let labels: Vec<&str> = devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(labels, vec!["alice's phone", "New tab"]);
+
+        // Contacts, versions, revisions and the tombstone.
+        let list = api.get("/api/v1/contacts", &again.access).await.ok(200);
+        assert_eq!(list["revision"], 5);
+        let names: Vec<&str> = list["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["display_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["Ann B", "Cat"]);
+        let ann = &list["contacts"][0];
+        assert_eq!((ann["version"].as_i64(), ann["favorite"].as_bool()), (Some(2), Some(true)));
+        assert_eq!(list["contacts"][1]["linked_username"], "bob");
+        let changes = api
+            .get("/api/v1/contacts/changes?since=3", &again.access)
+            .await
+            .ok(200);
+        let summary: Vec<(i64, bool)> = changes["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["id"].as_i64().unwrap(), c["deleted"].as_bool().unwrap_or(false)))
+            .collect();
+        assert_eq!(summary, vec![(ids[0], false), (ids[1], true)]);
+        // A stale version is still stale; the next change is revision 6.
+        api.put(
+            &format!("/api/v1/contacts/{}", ids[0]),
+            &again.access,
+            json!({"display_name": "Lost", "version": 1}),
+        )
+        .await
+        .err(409, None);
+        let c = api
+            .post("/api/v1/contacts", Some(&again.access), json!({"display_name": "Dan"}))
+            .await
+            .ok(201);
+        assert_eq!(c["revision"], 6);
+
+        // The link, the pending request, the status text and last-seen time.
+        let p = api
+            .get(&format!("/api/v1/presence/{}", alice.account), &bob.access)
+            .await
+            .ok(200);
+        assert_eq!(p["status"], "offline");
+        assert_eq!(p["text"], "on holiday");
+        let last_seen = p["last_seen"].as_i64().unwrap();
+        assert!(last_seen >= before_shutdown - 1000, "{last_seen} vs {before_shutdown}");
+        api.get(&format!("/api/v1/presence/{}", alice.account), &carol.access)
+            .await
+            .err(404, None);
+        let requests = api.get("/api/v1/contact-requests", &again.access).await.ok(200);
+        assert_eq!(requests["incoming"][0]["from"]["username"], "carol");
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
