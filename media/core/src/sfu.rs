@@ -323,9 +323,16 @@ impl Sfu {
         let Some(old) = self.peers.get(&from) else {
             return Err(JoinError::NotPermitted("no such participant to take over"));
         };
-        if old.identity != req.identity || old.room != req.room || !old.is_visible() {
+        // The same person: the same account (from another device), or for
+        // participants without accounts, the same identity.
+        let same = match (&old.account, &req.account) {
+            (Some((a, _)), Some((b, _))) => a == b,
+            (None, None) => old.identity == req.identity,
+            _ => false,
+        };
+        if !same || old.room != req.room || !old.is_visible() {
             return Err(JoinError::NotPermitted(
-                "a handover needs the same identity in the same room",
+                "a handover needs the same account (or identity) in the same room",
             ));
         }
         if req.kind != PeerKind::Session {
@@ -409,7 +416,10 @@ impl Sfu {
             None => None,
         };
         if let Some(old) = takes_over.and_then(|o| self.peers.get(&o)) {
+            // Others keep seeing the same participant: id, identity, name.
             peer.public_id = old.public_id;
+            peer.identity = old.identity.clone();
+            peer.name = old.name.clone();
             peer.takes_over = takes_over;
         }
         let public_id = peer.public_id;

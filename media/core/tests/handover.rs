@@ -108,3 +108,18 @@ fn a_failed_handover_leaves_the_call_on_the_first_device() {
     assert_eq!(w.clients[a].left, None);
     assert_eq!(w.sfu.stats().participants, 2);
 }
+
+#[test]
+fn a_handover_needs_the_same_account() {
+    use vela_media_core::{JoinRequest, PeerKind, RoomId};
+    let mut w = World::new();
+    let a = w.join("call", "alice", true);
+    let room = RoomId::new("call").unwrap();
+    let from = w.clients[a].id;
+    // Another identity without an account: refused.
+    let other = JoinRequest::new(room.clone(), "mallory", PeerKind::Session);
+    assert!(w.sfu.handle_handover(w.now, from, other).is_err());
+    // An account cannot take over a participant without one.
+    let acct = JoinRequest::new(room, "alice", PeerKind::Session).with_account("A1", "D2");
+    assert!(w.sfu.handle_handover(w.now, from, acct).is_err());
+}
