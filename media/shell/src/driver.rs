@@ -15,6 +15,9 @@ use crate::socket::MediaSockets;
 
 /// Big enough for any datagram WebRTC sends (MTU-sized, with headroom).
 const RECV_BUF: usize = 2048;
+/// Datagrams taken from a socket before the core's output is drained; bounds
+/// the delay this adds to the first of them.
+const RECV_BATCH: usize = 32;
 
 struct Driver {
     sfu: Sfu,
@@ -55,6 +58,17 @@ pub(crate) async fn run(sfu: Sfu, sockets: MediaSockets, mut rx: mpsc::Receiver<
                 Ok((source, n)) => {
                     let destination = d.sockets.sockets[i].1;
                     d.sfu.handle_receive(Instant::now(), source, destination, &buf[..n]);
+                    // Take what else is queued before draining, so each peer is
+                    // polled once per burst rather than once per datagram.
+                    let socket = &d.sockets.sockets[i].0;
+                    for _ in 1..RECV_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => {
+                                d.sfu.handle_receive(Instant::now(), source, destination, &buf[..n]);
+                            }
+                            Err(_) => break,
+                        }
+                    }
                 }
                 // ICMP port unreachable from a gone client, and the like.
                 Err(e) => tracing::debug!(error = %e, "udp receive failed"),
