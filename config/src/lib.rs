@@ -8,6 +8,7 @@
 //! describes settings; it never imports the engines that use them.
 
 mod auth;
+mod calls;
 mod cli;
 mod env;
 mod error;
@@ -22,6 +23,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthConfig, DEV_API_KEY, DEV_API_SECRET, MIN_API_SECRET_BYTES};
+pub use calls::CallsConfig;
 pub use cli::CliOverrides;
 pub use error::ConfigError;
 pub use limits::LimitsConfig;
@@ -46,6 +48,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Presence (`[presence]`).
     pub presence: PresenceConfig,
+    /// Calls between accounts (`[calls]`).
+    pub calls: CallsConfig,
 }
 
 impl Config {
@@ -122,6 +126,7 @@ impl Config {
         self.limits.validate()?;
         self.store.validate()?;
         self.presence.validate()?;
+        self.calls.validate()?;
         Ok(())
     }
 }

@@ -20,6 +20,9 @@ pub struct MediaConfig {
     pub connect_timeout_ms: u64,
     /// Minimum interval between keyframe requests sent to one publisher.
     pub keyframe_request_interval_ms: u64,
+    /// How long a participant whose connection dropped (WebSocket or media)
+    /// is kept for it to come back as the same participant.
+    pub reconnect_timeout_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -30,6 +33,7 @@ impl Default for MediaConfig {
             node_ips: Vec::new(),
             connect_timeout_ms: 30_000,
             keyframe_request_interval_ms: 500,
+            reconnect_timeout_ms: 15_000,
         }
     }
 }
@@ -57,6 +61,12 @@ impl MediaConfig {
             return Err(ConfigError::invalid(
                 "media.keyframe_request_interval_ms",
                 "must be between 50 and 10000",
+            ));
+        }
+        if !(1000..=600_000).contains(&self.reconnect_timeout_ms) {
+            return Err(ConfigError::invalid(
+                "media.reconnect_timeout_ms",
+                "must be between 1000 and 600000",
             ));
         }
         Ok(())

@@ -47,6 +47,7 @@ fn defaults() {
     assert!(config.media.node_ips.is_empty());
     assert_eq!(config.media.connect_timeout_ms, 30_000);
     assert_eq!(config.media.keyframe_request_interval_ms, 500);
+    assert_eq!(config.media.reconnect_timeout_ms, 15_000);
     assert_eq!(config.auth.api_key, "");
     assert_eq!(config.auth.api_secret, "");
     assert_eq!(config.auth.token_ttl_secs, 21_600);
@@ -269,6 +270,10 @@ fn invalid_values_name_their_key() {
             "[media]\nkeyframe_request_interval_ms = 10001\n",
             "media.keyframe_request_interval_ms",
         ),
+        (
+            "[media]\nreconnect_timeout_ms = 999\n",
+            "media.reconnect_timeout_ms",
+        ),
         ("[media]\nnode_ips = [\"0.0.0.0\"]\n", "media.node_ips"),
         ("[auth]\ntoken_ttl_secs = 59\n", "auth.token_ttl_secs"),
         (
@@ -376,4 +381,34 @@ fn accounts_settings_from_file_and_env() {
         Err(ConfigError::Env { var, .. }) => assert_eq!(var, "VELA_PRESENCE_HEARTBEAT_TIMEOUT_MS"),
         other => panic!("expected Env, got {other:?}"),
     }
+}
+
+#[test]
+fn calls_settings_are_checked() {
+    let config = Config::default();
+    assert_eq!(config.calls.ring_timeout_ms, 30_000);
+    for (text, key) in [
+        ("[calls]\nring_timeout_ms = 99\n", "calls.ring_timeout_ms"),
+        (
+            "[calls]\nring_timeout_ms = 600001\n",
+            "calls.ring_timeout_ms",
+        ),
+        ("[calls]\nmax_participants = 1\n", "calls.max_participants"),
+    ] {
+        assert_eq!(
+            invalid_key(load_str(text, no_env(), &CliOverrides::default())),
+            key,
+            "{text}"
+        );
+    }
+    let c = load_str(
+        "[calls]\nring_timeout_ms = 500\n",
+        env(&[("VELA_CALLS_MAX_PARTICIPANTS", "3")]),
+        &CliOverrides::default(),
+    )
+    .expect("load");
+    assert_eq!(
+        (c.calls.ring_timeout_ms, c.calls.max_participants),
+        (500, 3)
+    );
 }

@@ -53,6 +53,14 @@ db_id!(
     /// A pending contact request.
     RequestId
 );
+db_id!(
+    /// A call (one ringing, running or ended call between accounts).
+    CallId
+);
+db_id!(
+    /// An entry of an account's call history.
+    CallRecordId
+);
 
 /// Milliseconds since the Unix epoch, the unit of every stored time.
 pub fn now_ms() -> i64 {

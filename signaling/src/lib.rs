@@ -6,6 +6,7 @@ pub mod account;
 mod api;
 mod api_error;
 mod auth;
+pub mod call;
 pub mod contact;
 pub mod device;
 pub mod hub;

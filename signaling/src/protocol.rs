@@ -20,6 +20,10 @@ pub enum ClientMessage {
         /// A display name overriding the token's.
         #[serde(default)]
         name: Option<String>,
+        /// Take over this participant (the same account's, on another
+        /// device) instead of joining as a new one: a call handover.
+        #[serde(default)]
+        take_over: Option<String>,
     },
     /// The client's SDP offer.
     Offer {
@@ -56,6 +60,27 @@ pub enum ClientMessage {
     Leave,
     /// Heartbeat.
     Ping,
+    /// A subscriber's wishes for a remote track: receive it or not, and the
+    /// size it is rendered at (adaptive stream).
+    TrackSettings {
+        /// The remote track.
+        track_id: String,
+        /// Receive it (false: muted locally, unsubscribed or hidden).
+        enabled: bool,
+        /// Rendered width in CSS pixels, if known.
+        #[serde(default)]
+        width: Option<u32>,
+        /// Rendered height in CSS pixels, if known.
+        #[serde(default)]
+        height: Option<u32>,
+    },
+    /// Instead of `join` on a new socket: continue a session whose socket dropped.
+    Resume {
+        /// The participant id of the `joined` message.
+        participant_id: String,
+        /// The `resume_token` of the `joined` message.
+        resume_token: String,
+    },
 }
 
 /// A message to the client.
@@ -70,6 +95,8 @@ pub enum ServerMessage<'a> {
         participant: &'a ParticipantInfo,
         /// The others already there.
         participants: &'a [ParticipantInfo],
+        /// Lets a new socket take this session over (`resume`) if this one drops.
+        resume_token: &'a str,
     },
     /// The answer to the client's offer.
     Answer {
@@ -130,6 +157,28 @@ pub enum ServerMessage<'a> {
     },
     /// Heartbeat answer.
     Pong,
+    /// Who speaks now, loudest first (at most five times a second).
+    ActiveSpeakers {
+        /// The speakers.
+        speakers: Vec<SpeakerEntry>,
+    },
+    /// To a publisher: the simulcast layers (rids) of its track that anyone
+    /// needs; it may pause the others.
+    LayersNeeded {
+        /// The track.
+        track_id: TrackId,
+        /// The rids to keep sending.
+        rids: &'a [String],
+    },
+}
+
+/// One entry of `active_speakers`.
+#[derive(Debug, Serialize)]
+pub struct SpeakerEntry {
+    /// Who.
+    pub participant_id: ParticipantId,
+    /// Linear audio level, 0.0 to 1.0.
+    pub level: f32,
 }
 
 /// Parses a track kind as the protocol spells it.

@@ -79,6 +79,10 @@ pub(crate) struct AppState {
     pub presence: PresenceHandle,
     /// Failed-login counters.
     pub login_limiter: Arc<LoginLimiter>,
+    /// The calls task.
+    pub calls: crate::call::CallsHandle,
+    /// Room sessions a new socket may take over (`resume`).
+    pub resumable: session::Resumable,
 }
 
 /// Who joins a room, and with what rights, after checking the token.
@@ -186,6 +190,7 @@ pub struct RunningServer {
     http: JoinHandle<()>,
     driver: JoinHandle<()>,
     presence: JoinHandle<()>,
+    calls: JoinHandle<()>,
     store: Store,
 }
 
@@ -200,6 +205,7 @@ impl RunningServer {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.presence).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.calls).await;
         self.store.close().await;
     }
 }
@@ -227,7 +233,8 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         .set_keyframe_interval(Duration::from_millis(
             config.media.keyframe_request_interval_ms,
         ))
-        .set_max_participants_per_room(config.limits.max_participants_per_room);
+        .set_max_participants_per_room(config.limits.max_participants_per_room)
+        .set_reconnect_timeout(Duration::from_millis(config.media.reconnect_timeout_ms));
     let (media, driver) = vela_media::spawn(sockets, sfu_config);
 
     let listener = TcpListener::bind(config.server.http)
@@ -257,7 +264,20 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         hub.clone(),
         shutdown_rx.clone(),
     );
+    let (calls, calls_task) = crate::call::CallsHandle::spawn(
+        &config.calls,
+        store.clone(),
+        hub.clone(),
+        media.clone(),
+        shutdown_rx.clone(),
+    )
+    .await
+    .map_err(|source| StartError::Store {
+        path: config.store.path.clone(),
+        source,
+    })?;
     let state = AppState {
+        calls,
         sessions: sessions.clone(),
         keys: TokenKeys::new(key, secret),
         login_limiter: Arc::new(LoginLimiter::new(
@@ -271,6 +291,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         store: store.clone(),
         hub,
         presence,
+        resumable: Default::default(),
     };
     let app = router(state);
     tracing::info!(%http_addr, "http listening");
@@ -297,6 +318,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         http,
         driver,
         presence: presence_task,
+        calls: calls_task,
         store,
     })
 }

@@ -1,5 +1,7 @@
 //! A signaling session: one WebSocket per participant (docs/protocol.md).
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -9,13 +11,14 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 use vela_media::SignalReceiver;
 use vela_media::core::{
-    Joined, LeaveReason, ParticipantId, PeerKind, RoomId, SdpAnswer, SdpOffer, Signal,
+    Joined, LeaveReason, ParticipantId, ParticipantInfo, PeerKind, RoomId, SdpAnswer, SdpOffer,
+    Signal, TrackSettings,
 };
 
 use crate::api_error::ApiError;
 use crate::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::ids::{AccountId, DeviceId};
-use crate::protocol::{ClientMessage, ServerMessage, parse_kind};
+use crate::protocol::{ClientMessage, ServerMessage, SpeakerEntry, parse_kind};
 use crate::server::AppState;
 use crate::token::Credential;
 
@@ -76,13 +79,20 @@ pub(crate) async fn next_text(ws: &mut WebSocket) -> Result<Option<String>, (u16
 }
 
 async fn run(state: AppState, mut ws: WebSocket) {
-    // The first message must be `join`.
+    // The first message must be `join` (or `resume`).
     let first = match tokio::time::timeout(JOIN_TIMEOUT, next_text(&mut ws)).await {
         Err(_) => return close(&mut ws, 1008, "join expected").await,
         Ok(Err((code, reason))) => return close(&mut ws, code, reason).await,
         Ok(Ok(None)) => return,
         Ok(Ok(Some(t))) => t,
     };
+    if let Ok(ClientMessage::Resume {
+        participant_id,
+        resume_token,
+    }) = serde_json::from_str::<ClientMessage>(&first)
+    {
+        return resume(&state, ws, &participant_id, &resume_token).await;
+    }
     let joined = match join(&state, &first).await {
         Ok(j) => j,
         Err(e) => {
@@ -98,15 +108,100 @@ async fn run(state: AppState, mut ws: WebSocket) {
         .await;
 }
 
+/// Sessions a new socket may take over with `resume`, by the participant id
+/// the client knows.
+#[derive(Clone, Default)]
+pub(crate) struct Resumable(Arc<Mutex<HashMap<ParticipantId, ResumeEntry>>>);
+
+struct ResumeEntry {
+    connection: ParticipantId,
+    token: String,
+    tx: mpsc::Sender<WebSocket>,
+}
+
+impl Resumable {
+    fn insert(&self, participant: ParticipantId, entry: ResumeEntry) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(participant, entry);
+        }
+    }
+
+    fn remove(&self, participant: ParticipantId, connection: ParticipantId) {
+        if let Ok(mut m) = self.0.lock()
+            && m.get(&participant)
+                .is_some_and(|e| e.connection == connection)
+        {
+            m.remove(&participant);
+        }
+    }
+
+    /// Where to hand a new socket, if `token` is the participant's.
+    fn sender(&self, participant: ParticipantId, token: &str) -> Option<mpsc::Sender<WebSocket>> {
+        let m = self.0.lock().ok()?;
+        let e = m.get(&participant)?;
+        let same = e.token.len() == token.len()
+            && e.token
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        same.then(|| e.tx.clone())
+    }
+}
+
+fn new_resume_token() -> Option<String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A new socket asks to continue a session: hands it to the session's task.
+async fn resume(state: &AppState, ws: WebSocket, participant: &str, token: &str) {
+    let tx = participant
+        .parse::<ParticipantId>()
+        .ok()
+        .and_then(|p| state.resumable.sender(p, token));
+    let refused = match tx {
+        None => Some(ws),
+        Some(tx) => tx.send(ws).await.err().map(|e| e.0),
+    };
+    if let Some(mut ws) = refused {
+        send_error(&mut ws, 404, "no session to resume").await;
+        close(&mut ws, 1008, "resume refused").await;
+    }
+}
+
+/// The signals of a session and what a resumed socket must be told again.
+struct Link {
+    signals: SignalReceiver,
+    /// Signals that arrived while no socket was attached.
+    buffered: VecDeque<Signal>,
+    /// The last server offer, until the client's answer arrives.
+    pending_offer: Option<String>,
+}
+
+/// How a socket's part of a session ended.
+enum Outcome {
+    /// The session is over; leave with this reason (`None`: already removed).
+    Ended(Option<LeaveReason>),
+    /// The socket dropped; the session waits for a `resume`.
+    Dropped,
+    /// A new socket resumed the session while this one was still open.
+    Replaced(Box<WebSocket>),
+}
+
 async fn serve(
     state: AppState,
-    mut ws: WebSocket,
+    ws: WebSocket,
     room: RoomId,
     joined: Joined,
     signals: SignalReceiver,
     account: Option<(AccountId, DeviceId)>,
 ) {
+    let mut ws = ws;
     let id = joined.connection;
+    let public = joined.participant.id;
     tracing::info!(identity = %joined.participant.identity, "session joined");
     // A session of a signed-in device: revoking the device or disabling the
     // account ends it, and the account shows as in a call meanwhile.
@@ -115,12 +210,15 @@ async fn serve(
         state.presence.call_started(a, d);
         (registration, rx)
     });
-    if let Some((a, d)) = account
-        && !matches!(
+    let revoked = match account {
+        Some((a, d)) => !matches!(
             state.store.session_state(a, d).await,
             Ok(crate::store::SessionState::Active)
-        )
-    {
+        ),
+        None => false,
+    };
+    let token = new_resume_token();
+    if revoked || token.is_none() {
         // Revoked between the token check and the registration.
         state.media.leave(id, LeaveReason::Removed).await;
         send(
@@ -131,30 +229,85 @@ async fn serve(
         )
         .await;
         close(&mut ws, CLOSE_REVOKED, "session revoked").await;
-        state.presence.call_ended(d);
+        if let Some((_, d)) = account {
+            state.presence.call_ended(d);
+        }
         return;
     }
-    let ok = send(
-        &mut ws,
-        &ServerMessage::Joined {
-            room: room.as_str(),
-            participant: &joined.participant,
-            participants: &joined.others,
+    let token = token.unwrap_or_default();
+    // A call room's session: the call learns the participant id, and its end.
+    let _call = state
+        .calls
+        .track_session(room.as_str(), account, id, public);
+    let (resume_tx, mut resume_rx) = mpsc::channel(1);
+    state.resumable.insert(
+        public,
+        ResumeEntry {
+            connection: id,
+            token: token.clone(),
+            tx: resume_tx,
         },
-    )
-    .await;
-    let reason = if ok {
-        session_loop(
+    );
+    let mut link = Link {
+        signals,
+        buffered: VecDeque::new(),
+        pending_offer: None,
+    };
+    let mut first = Some(joined);
+    let reason = loop {
+        let ok = greet(
             &state,
             &mut ws,
-            id,
-            signals,
-            kill.as_mut().map(|(_, rx)| rx),
+            &room,
+            public,
+            &token,
+            first.take(),
+            &mut link,
         )
-        .await
-    } else {
-        Some(LeaveReason::ClientLeave)
+        .await;
+        let outcome = if ok {
+            session_loop(
+                &state,
+                &mut ws,
+                id,
+                &mut link,
+                &mut resume_rx,
+                kill.as_mut().map(|(_, rx)| rx),
+            )
+            .await
+        } else {
+            Outcome::Dropped
+        };
+        match outcome {
+            Outcome::Ended(reason) => break reason,
+            Outcome::Replaced(new) => {
+                tracing::info!("session resumed on a new socket");
+                close(&mut ws, 1000, "resumed elsewhere").await;
+                ws = *new;
+            }
+            Outcome::Dropped => {
+                tracing::info!("socket dropped; keeping the session for a resume");
+                // Finish the close handshake (if the peer is still there) so
+                // the client learns at once and resumes.
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    use futures_util::SinkExt as _;
+                    let _ = ws.flush().await;
+                    let _ = ws.close().await;
+                })
+                .await;
+                // Closed for good: the client sees the end of the socket now.
+                drop(ws);
+                match detached(&state, id, &mut link, &mut resume_rx, &mut kill).await {
+                    Ok(new) => {
+                        tracing::info!("session resumed");
+                        ws = new;
+                    }
+                    Err(reason) => break reason,
+                }
+            }
+        }
     };
+    state.resumable.remove(public, id);
     // Whatever ended the session, the participant leaves the room.
     if let Some(reason) = reason {
         state.media.leave(id, reason).await;
@@ -164,6 +317,112 @@ async fn serve(
         state.presence.call_ended(d);
     }
     tracing::info!("session closed");
+}
+
+/// Sends `joined` to a new socket: the join's answer, or on a resume the
+/// room as it is now, the unanswered offer and what arrived meanwhile.
+async fn greet(
+    state: &AppState,
+    ws: &mut WebSocket,
+    room: &RoomId,
+    public: ParticipantId,
+    token: &str,
+    first: Option<Joined>,
+    link: &mut Link,
+) -> bool {
+    if let Some(joined) = first {
+        return send(
+            ws,
+            &ServerMessage::Joined {
+                room: room.as_str(),
+                participant: &joined.participant,
+                participants: &joined.others,
+                resume_token: token,
+            },
+        )
+        .await;
+    }
+    let all = state
+        .media
+        .participants(room.clone())
+        .await
+        .unwrap_or_default();
+    let Some(me) = all.iter().find(|p| p.id == public).cloned() else {
+        // Gone from the room: the `left` signal follows.
+        return true;
+    };
+    let others: Vec<ParticipantInfo> = all.into_iter().filter(|p| p.id != public).collect();
+    let ok = send(
+        ws,
+        &ServerMessage::Joined {
+            room: room.as_str(),
+            participant: &me,
+            participants: &others,
+            resume_token: token,
+        },
+    )
+    .await;
+    if !ok {
+        return false;
+    }
+    if let Some(sdp) = link.pending_offer.clone()
+        && !send(ws, &ServerMessage::Offer { sdp }).await
+    {
+        return false;
+    }
+    while let Some(signal) = link.buffered.pop_front() {
+        if !forward_signal(ws, signal, &mut link.pending_offer).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits, without a socket, for a `resume` (`Ok`) or the end of the session
+/// (`Err` with the reason to leave with, `None` when already removed).
+async fn detached(
+    state: &AppState,
+    id: ParticipantId,
+    link: &mut Link,
+    resume_rx: &mut mpsc::Receiver<WebSocket>,
+    kill: &mut Option<(crate::hub::Registration, mpsc::Receiver<HubMsg>)>,
+) -> Result<WebSocket, Option<LeaveReason>> {
+    let mut shutdown = state.shutdown.clone();
+    let deadline = tokio::time::sleep(Duration::from_millis(
+        state.config.media.reconnect_timeout_ms,
+    ));
+    tokio::pin!(deadline);
+    loop {
+        let killed = async {
+            match kill.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            new = resume_rx.recv() => {
+                if let Some(ws) = new {
+                    return Ok(ws);
+                }
+            }
+            () = &mut deadline => {
+                tracing::info!("no resume within the reconnect timeout");
+                return Err(Some(LeaveReason::ConnectionLost));
+            }
+            msg = killed => {
+                if let Some(HubMsg::Event(_)) = msg {
+                    continue;
+                }
+                state.media.leave(id, LeaveReason::Removed).await;
+                return Err(None);
+            }
+            signal = link.signals.recv() => match signal {
+                None | Some(Signal::Left { .. }) => return Err(None),
+                Some(s) => link.buffered.push_back(s),
+            },
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Err(None),
+        }
+    }
 }
 
 type Join = (
@@ -176,7 +435,13 @@ type Join = (
 async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     let msg: ClientMessage = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request(format!("malformed message: {e}")))?;
-    let ClientMessage::Join { token, name, room } = msg else {
+    let ClientMessage::Join {
+        token,
+        name,
+        room,
+        take_over,
+    } = msg
+    else {
         return Err(ApiError::bad_request("the first message must be join"));
     };
     // The room: the message's `room`, else the room token's.
@@ -195,6 +460,14 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     };
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let grant = state.authorize_room(&token, &room).await?;
+    // Call rooms admit the call's members only; `take_over` hands a call over.
+    let from = crate::call::service::room_access(
+        state,
+        room.as_str(),
+        grant.account,
+        take_over.as_deref(),
+    )
+    .await?;
     let name = name
         .filter(|n| !n.trim().is_empty())
         .map(|n| n.chars().take(64).collect::<String>())
@@ -202,19 +475,22 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     let req = grant
         .join_request(room.clone(), PeerKind::Session)
         .with_name(name);
-    let (joined, signals) = state.media.join(req).await?;
+    let (joined, signals) = match from {
+        Some(from) => state.media.handover(from, req).await?,
+        None => state.media.join(req).await?,
+    };
     Ok((room, joined, signals, grant.account))
 }
 
-/// Runs until the session ends; returns the reason to leave the room with, or
-/// `None` when the server already removed the participant.
+/// Runs until the socket's part of the session ends.
 async fn session_loop(
     state: &AppState,
     ws: &mut WebSocket,
     id: ParticipantId,
-    mut signals: SignalReceiver,
+    link: &mut Link,
+    resume_rx: &mut mpsc::Receiver<WebSocket>,
     mut kill: Option<&mut mpsc::Receiver<HubMsg>>,
-) -> Option<LeaveReason> {
+) -> Outcome {
     let mut shutdown = state.shutdown.clone();
     loop {
         let killed = async {
@@ -234,52 +510,70 @@ async fn session_loop(
                 state.media.leave(id, LeaveReason::Removed).await;
                 send(ws, &ServerMessage::Left { reason: LeaveReason::Removed }).await;
                 close(ws, code, reason).await;
-                return None;
+                return Outcome::Ended(None);
+            }
+            new = resume_rx.recv() => {
+                if let Some(new) = new {
+                    return Outcome::Replaced(Box::new(new));
+                }
             }
             incoming = next_text(ws) => match incoming {
                 Ok(Some(text)) => {
-                    if let Some(reason) = handle_message(state, ws, id, &text).await {
-                        return Some(reason);
+                    if handle_message(state, ws, id, &text, &mut link.pending_offer)
+                        .await
+                        .is_some()
+                    {
+                        return Outcome::Dropped;
                     }
                 }
-                Ok(None) => return Some(LeaveReason::ClientLeave),
-                Err((code, reason)) => {
+                Ok(None) => return Outcome::Dropped,
+                // A message the protocol refuses ends the session; a broken
+                // connection may come back.
+                Err((code, reason)) if code == 1009 || code == 1003 => {
                     close(ws, code, reason).await;
-                    return Some(LeaveReason::ClientLeave);
+                    return Outcome::Ended(Some(LeaveReason::ClientLeave));
                 }
+                Err(_) => return Outcome::Dropped,
             },
-            signal = signals.recv() => {
+            signal = link.signals.recv() => {
                 let Some(signal) = signal else {
                     close(ws, 1011, "media server stopped").await;
-                    return None;
+                    return Outcome::Ended(None);
                 };
                 if let Signal::Left { reason } = signal {
                     send(ws, &ServerMessage::Left { reason }).await;
                     close(ws, 1000, "left").await;
-                    return None;
+                    return Outcome::Ended(None);
                 }
-                if !forward_signal(ws, signal).await {
-                    return Some(LeaveReason::ClientLeave);
+                if !forward_signal(ws, signal, &mut link.pending_offer).await {
+                    return Outcome::Dropped;
                 }
             }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                 // The media driver sends `left` to everyone as it shuts down.
-                let wait = tokio::time::timeout(Duration::from_secs(2), signals.recv()).await;
+                let wait = tokio::time::timeout(Duration::from_secs(2), link.signals.recv()).await;
                 if let Ok(Some(Signal::Left { reason })) = wait {
                     send(ws, &ServerMessage::Left { reason }).await;
                 }
                 close(ws, 1001, "server shutting down").await;
-                return None;
+                return Outcome::Ended(None);
             }
         }
     }
 }
 
-async fn forward_signal(ws: &mut WebSocket, signal: Signal) -> bool {
+async fn forward_signal(
+    ws: &mut WebSocket,
+    signal: Signal,
+    pending_offer: &mut Option<String>,
+) -> bool {
+    let speakers;
     let msg = match &signal {
-        Signal::Offer(o) => ServerMessage::Offer {
-            sdp: o.to_sdp_string(),
-        },
+        Signal::Offer(o) => {
+            let sdp = o.to_sdp_string();
+            *pending_offer = Some(sdp.clone());
+            ServerMessage::Offer { sdp }
+        }
         Signal::ParticipantJoined(p) => ServerMessage::ParticipantJoined { participant: p },
         Signal::ParticipantLeft {
             participant,
@@ -305,6 +599,20 @@ async fn forward_signal(ws: &mut WebSocket, signal: Signal) -> bool {
             track_id: *track,
             muted: *muted,
         },
+        Signal::LayersNeeded { track, rids } => ServerMessage::LayersNeeded {
+            track_id: *track,
+            rids,
+        },
+        Signal::ActiveSpeakers(list) => {
+            speakers = list
+                .iter()
+                .map(|s| SpeakerEntry {
+                    participant_id: s.participant,
+                    level: s.level,
+                })
+                .collect();
+            ServerMessage::ActiveSpeakers { speakers }
+        }
         Signal::Left { reason } => ServerMessage::Left { reason: *reason },
         _ => return true,
     };
@@ -317,6 +625,7 @@ async fn handle_message(
     ws: &mut WebSocket,
     id: ParticipantId,
     text: &str,
+    pending_offer: &mut Option<String>,
 ) -> Option<LeaveReason> {
     let msg: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
@@ -352,7 +661,10 @@ async fn handle_message(
                 .media
                 .answer(id, answer)
                 .await
-                .map(|()| None)
+                .map(|()| {
+                    *pending_offer = None;
+                    None
+                })
                 .map_err(Into::into),
         },
         ClientMessage::Candidate { candidate, .. } => state
@@ -393,6 +705,29 @@ async fn handle_message(
             return None;
         }
         ClientMessage::Ping => Ok(Some(ServerMessage::Pong)),
+        ClientMessage::Resume { .. } => Err(ApiError::bad_request("already joined")),
+        ClientMessage::TrackSettings {
+            track_id,
+            enabled,
+            width,
+            height,
+        } => match track_id.parse() {
+            Err(_) => Err(ApiError::bad_request("malformed track_id")),
+            Ok(track) => state
+                .media
+                .track_settings(
+                    id,
+                    track,
+                    TrackSettings {
+                        enabled,
+                        width,
+                        height,
+                    },
+                )
+                .await
+                .map(|()| None)
+                .map_err(Into::into),
+        },
     };
     match result {
         Ok(Some(reply)) => {

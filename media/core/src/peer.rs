@@ -57,6 +57,9 @@ pub(crate) struct Peer {
     pub closing: Option<LeaveReason>,
     /// The latest send bandwidth estimate towards this peer (bits/s).
     pub bwe_estimate: Option<u64>,
+    /// When the desired send rate next dips for one allocation round, so
+    /// that the round after raises it again: str0m probes on increases only.
+    pub probe_dip_due: Option<Instant>,
     /// Subscriptions changed since the last server offer.
     pub needs_negotiation: bool,
     /// Queued to be driven (in the SFU's dirty list).
@@ -136,6 +139,7 @@ impl Peer {
             account: None,
             needs_negotiation: false,
             bwe_estimate: None,
+            probe_dip_due: None,
             dirty: false,
             deadline: None,
         }

@@ -190,12 +190,69 @@ enum Action {
 /// tracks the new one has not replaced.
 const HANDOVER_GRACE: Duration = Duration::from_secs(3);
 
+/// A connected client silent this long that sends again is treated as back
+/// from an outage (its pictures are restarted with keyframes).
+const RETURN_AFTER: Duration = Duration::from_millis(1000);
+
+/// How often a subscriber whose estimate is below its demand is probed again.
+const PROBE_REPEAT: Duration = Duration::from_secs(1);
+
 /// How often simulcast layers are re-allocated to subscribers.
 const LAYER_INTERVAL: Duration = Duration::from_millis(500);
 /// A subscriber's budget before its bandwidth estimate arrives.
 const DEFAULT_BUDGET: u64 = 2_500_000;
 /// What one audio track is assumed to take of a budget.
 const AUDIO_BITRATE: u64 = 48_000;
+
+/// What each simulcast layer of `p` costs, lowest first: its measured
+/// bitrate, or for a layer never measured because the publisher was told to
+/// pause it, a nominal one, so that a subscriber can still ask for it (which
+/// resumes it). A layer never seen though it may be sent stays at 0 (absent).
+fn layer_costs(p: &Publication) -> Vec<u64> {
+    let top = p.layers.len().saturating_sub(1);
+    p.layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let paused = p.layers_signalled.is_some_and(|m| m & (1 << i) == 0);
+            if l.bitrate > 0 || !paused {
+                l.bitrate
+            } else {
+                match top - i {
+                    0 => 1_200_000,
+                    1 => 500_000,
+                    _ => 150_000,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The layers (rids) to ask a keyframe of: for a simulcast track the layers
+/// its subscribers receive or switch to, every layer if none is in use yet
+/// (str0m needs the rid: a request without one reaches no simulcast layer);
+/// `[None]` for a single-layer track.
+fn keyframe_rids(p: &Publication) -> Vec<Option<str0m::media::Rid>> {
+    if p.layers.is_empty() {
+        return vec![None];
+    }
+    let used: Vec<Option<str0m::media::Rid>> = p
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            p.subscribers.iter().any(|s| {
+                s.current.map(usize::from) == Some(*i) || s.target.map(usize::from) == Some(*i)
+            })
+        })
+        .map(|(_, l)| Some(l.rid))
+        .collect();
+    if used.is_empty() {
+        p.layers.iter().map(|l| Some(l.rid)).collect()
+    } else {
+        used
+    }
+}
 
 /// How many RTP packets carried a frame.
 fn packets_of(d: &MediaData) -> u64 {
@@ -706,7 +763,7 @@ impl Sfu {
                 track,
                 publisher,
                 mid,
-                bitrates: p.layers.iter().map(|l| l.bitrate).collect(),
+                bitrates: layer_costs(p),
                 max_layer,
                 current,
             });
@@ -735,11 +792,25 @@ impl Sfu {
                 desired += i.bitrates.get(m).copied().unwrap_or(0);
             }
         }
+        let now = self.now;
         if let Some(peer) = self.peers.get_mut(&subscriber) {
-            peer.rtc.bwe().set_bitrate(
-                Bitrate::bps(min.max(100_000)),
-                Bitrate::bps(desired.max(300_000)),
-            );
+            let min = min.max(100_000);
+            let mut desired = desired.max(300_000);
+            // While the estimate stays below what the sizes would use (a cap
+            // that may have been lifted), probe again every few seconds:
+            // str0m probes when the desired rate rises, so it dips for one
+            // round and rises at the next.
+            if peer.bwe_estimate.is_some_and(|e| e < desired) {
+                if peer.probe_dip_due.is_none_or(|t| now >= t) {
+                    peer.probe_dip_due = Some(now + PROBE_REPEAT);
+                    desired = min.min(desired);
+                }
+            } else {
+                peer.probe_dip_due = None;
+            }
+            peer.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(min), Bitrate::bps(desired));
         }
         for (i, c) in items.iter().zip(choice) {
             let Some(p) = self
@@ -847,9 +918,23 @@ impl Sfu {
                 return;
             }
         }
+        let silent_for = self.now.saturating_duration_since(peer.last_received);
+        let mut returned: Vec<TrackId> = Vec::new();
         match peer.rtc.handle_input(input) {
             Ok(()) => {
                 peer.last_received = self.now;
+                if peer.connected && silent_for >= RETURN_AFTER {
+                    // Back from an outage: what it received meanwhile is lost;
+                    // a keyframe of each video it receives restarts its pictures
+                    // at once, instead of after repairing seconds of gap.
+                    tracing::info!(participant = %pid, silent_ms = silent_for.as_millis() as u64, "client back after silence");
+                    returned = peer
+                        .subscriptions
+                        .iter()
+                        .filter(|s| s.kind == MediaKind::Video && s.settings.enabled)
+                        .filter_map(|s| s.source)
+                        .collect();
+                }
                 if matches!(route, Route::Stun(_)) && !peer.addrs.contains(&source) {
                     peer.addrs.push(source);
                     self.router.add_addr(source, pid);
@@ -859,6 +944,9 @@ impl Sfu {
                 self.stats.datagrams_rejected += 1;
                 tracing::debug!(participant = %pid, error = %e, "datagram refused");
             }
+        }
+        for t in returned {
+            self.request_keyframe(t);
         }
         self.mark_dirty(pid);
     }
@@ -905,8 +993,10 @@ impl Sfu {
                 if p.keyframes.poll(now, interval)
                     && let Some(mut w) = peer.rtc.writer(p.mid)
                 {
-                    let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
-                    self.stats.keyframe_requests += 1;
+                    for rid in keyframe_rids(p) {
+                        let _ = w.request_keyframe(rid, KeyframeRequestKind::Pli);
+                        self.stats.keyframe_requests += 1;
+                    }
                 }
             }
             self.mark_dirty(pid);
@@ -1283,10 +1373,15 @@ impl Sfu {
             return;
         }
         let mid = p.mid;
+        let rids = keyframe_rids(p);
         if let Some(mut w) = peer.rtc.writer(mid) {
-            match w.request_keyframe(None, KeyframeRequestKind::Pli) {
-                Ok(()) => self.stats.keyframe_requests += 1,
-                Err(e) => tracing::debug!(track = %track, error = %e, "keyframe request failed"),
+            for rid in rids {
+                match w.request_keyframe(rid, KeyframeRequestKind::Pli) {
+                    Ok(()) => self.stats.keyframe_requests += 1,
+                    Err(e) => {
+                        tracing::debug!(track = %track, error = %e, "keyframe request failed")
+                    }
+                }
             }
         }
         self.mark_dirty(publisher);

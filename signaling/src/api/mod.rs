@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod calls;
 mod contacts;
 mod devices;
 mod links;
@@ -54,6 +55,20 @@ pub(crate) const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/api/v1/admin/accounts/{id}/enable"),
     ("get", "/api/v1/ws"),
     ("get", "/api/openapi.json"),
+    ("post", "/api/v1/calls"),
+    ("get", "/api/v1/calls/active"),
+    ("get", "/api/v1/calls/history"),
+    ("get", "/api/v1/calls/missed-count"),
+    ("post", "/api/v1/calls/missed/seen"),
+    ("get", "/api/v1/calls/settings"),
+    ("put", "/api/v1/calls/settings"),
+    ("get", "/api/v1/calls/{id}"),
+    ("post", "/api/v1/calls/{id}/accept"),
+    ("post", "/api/v1/calls/{id}/decline"),
+    ("post", "/api/v1/calls/{id}/cancel"),
+    ("post", "/api/v1/calls/{id}/leave"),
+    ("post", "/api/v1/calls/{id}/invite"),
+    ("post", "/api/v1/calls/{id}/messages"),
 ];
 
 /// The routes of the account API.
@@ -107,6 +122,41 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/admin/accounts/{id}/disable", post(admin::disable))
         .route("/api/v1/admin/accounts/{id}/enable", post(admin::enable))
         .route("/api/v1/ws", get(ws::upgrade))
+        .merge(call_routes())
+}
+
+/// The routes of the calls API.
+fn call_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/calls", post(calls::invite))
+        .route("/api/v1/calls/active", get(calls::active))
+        .route("/api/v1/calls/history", get(calls::history))
+        .route("/api/v1/calls/missed-count", get(calls::missed_count))
+        .route("/api/v1/calls/missed/seen", post(calls::missed_seen))
+        .route(
+            "/api/v1/calls/settings",
+            get(calls::settings).put(calls::set_settings),
+        )
+        .route("/api/v1/calls/{id}", get(calls::get_one))
+        .route("/api/v1/calls/{id}/accept", post(calls::accept))
+        .route("/api/v1/calls/{id}/decline", post(calls::decline))
+        .route("/api/v1/calls/{id}/cancel", post(calls::cancel))
+        .route("/api/v1/calls/{id}/leave", post(calls::leave))
+        .route("/api/v1/calls/{id}/invite", post(calls::add))
+        .route("/api/v1/calls/{id}/messages", post(calls::message))
+        .route("/calls.js", get(calls_js))
+}
+
+/// `GET /calls.js`: the web page's calls (loaded by `/`).
+async fn calls_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../static/calls.js"),
+    )
+        .into_response()
 }
 
 /// `GET /api/openapi.json`: the OpenAPI 3.1 document of the HTTP API.

@@ -1,7 +1,8 @@
 //! Storage: the only module that speaks SQL.
 //!
 //! Everything persistent (accounts, devices, refresh tokens, the address
-//! book, contact requests and links, presence texts and last-seen times)
+//! book, contact requests and links, presence texts and last-seen times,
+//! call settings and call history)
 //! goes through [`Store`]. Today the backend is SQLite (one file, WAL mode)
 //! through sqlx; the schema lives in `signaling/migrations/` and is applied
 //! at start. Every statement is a constant string with bound parameters.
@@ -12,6 +13,7 @@
 //! for write transactions, made in one place, [`Store::write_tx`].
 
 mod accounts;
+mod calls;
 mod contacts;
 mod links;
 
@@ -24,6 +26,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 pub use accounts::{RefreshOutcome, SessionState, StoredPresence};
+pub use calls::CallRecord;
 pub use contacts::{ContactChanges, ContactWriteError};
 
 /// Why a store operation failed.

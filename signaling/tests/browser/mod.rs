@@ -131,13 +131,27 @@ pub async fn run<F>(test: &str, limit: Duration, scenario: F)
 where
     F: for<'a> AsyncFnOnce(&'a Harness) -> TestResult,
 {
+    run_with(test, limit, test_config(), scenario).await;
+}
+
+/// [`run`] with a server configured by `config` (e.g. reachable from a
+/// network namespace: see [`netns_config`]).
+pub async fn run_with<F>(test: &str, limit: Duration, config: vela_config::Config, scenario: F)
+where
+    F: for<'a> AsyncFnOnce(&'a Harness) -> TestResult,
+{
     init_tracing();
     check_binaries();
 
-    let server = vela_signaling::spawn(test_config())
+    let server = vela_signaling::spawn(config)
         .await
         .expect("the vela server should start");
-    let base_url = format!("http://{}", server.http_addr);
+    // A server listening on every address is still reached on loopback here.
+    let mut local = server.http_addr;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let base_url = format!("http://{local}");
     eprintln!(
         "[{test}] server at {base_url} (media UDP {})",
         server.udp_addr
@@ -201,12 +215,72 @@ impl Harness {
 
     /// Starts a new Chromium session with its own profile directory.
     pub async fn new_browser(&self, label: &str) -> TestResult<Client> {
+        self.new_browser_in(label, None).await
+    }
+
+    /// Starts a Chromium inside network namespace `ns` (`ip netns exec`) and
+    /// opens `path` of the server at `host` (an address of the server's
+    /// host reachable from the namespace). The page is then not on
+    /// localhost: the origin is declared secure so the camera works.
+    pub async fn open_in_netns(
+        &self,
+        label: &str,
+        ns: &str,
+        host: std::net::IpAddr,
+        path: &str,
+    ) -> TestResult<Client> {
+        let port = self
+            .server
+            .as_ref()
+            .map(|s| s.http_addr.port())
+            .ok_or("no server")?;
+        let origin = format!("http://{host}:{port}");
+        let client = self
+            .new_browser_in(label, Some((ns, origin.as_str())))
+            .await?;
+        let url = format!("{origin}{path}");
+        client
+            .goto(&url)
+            .await
+            .map_err(|e| format!("{label}: opening {url}: {e}"))?;
+        client
+            .execute(CONSOLE_HOOK, vec![])
+            .await
+            .map_err(|e| format!("{label}: installing the console hook: {e}"))?;
+        Ok(client)
+    }
+
+    /// Starts a Chromium session; with `netns = Some((namespace, origin))`
+    /// the browser runs inside that namespace and treats `origin` as secure.
+    async fn new_browser_in(&self, label: &str, netns: Option<(&str, &str)>) -> TestResult<Client> {
         let profile = self.driver.new_profile_dir()?;
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
+        let binary = match netns {
+            None => CHROMIUM.to_owned(),
+            Some((ns, origin)) => {
+                // chromedriver starts the wrapper, which starts Chromium in the
+                // namespace; DevTools then runs over a pipe, not a (namespaced) port.
+                let wrapper = profile.with_extension("sh");
+                std::fs::write(
+                    &wrapper,
+                    format!(
+                        "#!/bin/sh
+exec ip netns exec {ns} {CHROMIUM} \"$@\"\n"
+                    ),
+                )?;
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+                args.push("--remote-debugging-pipe".into());
+                args.push(format!(
+                    "--unsafely-treat-insecure-origin-as-secure={origin}"
+                ));
+                wrapper.display().to_string()
+            }
+        };
         let capabilities = json!({
             "browserName": "chrome",
-            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+            "goog:chromeOptions": { "binary": binary, "args": args },
             "timeouts": { "script": 60_000, "pageLoad": 30_000, "implicit": 0 },
         });
         let Value::Object(capabilities) = capabilities else {
@@ -292,6 +366,17 @@ pub fn test_config() -> vela_config::Config {
     config.media.bind_ip = "127.0.0.1".parse().expect("IP address");
     config.media.node_ips = vec!["127.0.0.1".parse().expect("IP address")];
     config.store.path = ":memory:".into();
+    config
+}
+
+/// [`test_config`] for a test with participants in network namespaces: HTTP
+/// on every address, media advertised on loopback and on each of `hosts`
+/// (the host side of the namespaces' links).
+pub fn netns_config(hosts: &[std::net::IpAddr]) -> vela_config::Config {
+    let mut config = test_config();
+    config.server.http = "0.0.0.0:0".parse().expect("socket address");
+    config.media.bind_ip = "0.0.0.0".parse().expect("IP address");
+    config.media.node_ips.extend_from_slice(hosts);
     config
 }
 

@@ -1,0 +1,594 @@
+//! The calls state machine on a virtual clock.
+
+use super::*;
+
+const RING: Duration = Duration::from_secs(30);
+const T0: i64 = 1_000_000;
+
+fn person(n: i64) -> Person {
+    Person {
+        account_id: AccountId(n),
+        username: format!("user{n}"),
+        display_name: format!("User {n}"),
+    }
+}
+
+fn inv(n: i64) -> Invitee {
+    Invitee {
+        person: person(n),
+        filtered: false,
+    }
+}
+
+const A: AccountId = AccountId(1);
+const B: AccountId = AccountId(2);
+const C: AccountId = AccountId(3);
+const DA: DeviceId = DeviceId(10);
+const DB1: DeviceId = DeviceId(20);
+const DB2: DeviceId = DeviceId(21);
+const DC: DeviceId = DeviceId(30);
+
+fn machine() -> Calls {
+    Calls::new(CallId(1), RING, 8)
+}
+
+fn drain(c: &mut Calls) -> Vec<Output> {
+    std::iter::from_fn(|| c.poll_output()).collect()
+}
+
+/// The pushes to `to`, as event type names.
+fn pushes(out: &[Output], to: AccountId) -> Vec<&'static str> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Push(a, e) if *a == to => Some(kind(e)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kind(e: &Event) -> &'static str {
+    match e {
+        Event::CallRinging { .. } => "call_ringing",
+        Event::CallOutgoing { .. } => "call_outgoing",
+        Event::CallAnswered { .. } => "call_answered",
+        Event::CallRingingStopped { .. } => "call_ringing_stopped",
+        Event::CallDeclined { .. } => "call_declined",
+        Event::CallUpdated { .. } => "call_updated",
+        Event::CallEnded { .. } => "call_ended",
+        Event::CallMessage { .. } => "call_message",
+    }
+}
+
+fn ended(out: &[Output], to: AccountId) -> Option<Outcome> {
+    out.iter().find_map(|o| match o {
+        Output::Push(a, e) if *a == to => match &**e {
+            Event::CallEnded { outcome, .. } => Some(*outcome),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn records(out: &[Output]) -> Vec<Record> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Record(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn record_of(out: &[Output], a: AccountId) -> Record {
+    records(out)
+        .into_iter()
+        .find(|r| r.account_id == a)
+        .unwrap_or_else(|| panic!("no record for {a}"))
+}
+
+fn kicks(out: &[Output]) -> Vec<ParticipantId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Kick(p) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A calls B (1:1, video); returns the call id.
+fn call_ab(c: &mut Calls) -> CallId {
+    let call = c
+        .handle_invite(T0, person(1), DA, vec![inv(2)], true)
+        .expect("invite");
+    call.id
+}
+
+#[test]
+fn invite_rings_the_callee_and_shows_outgoing_to_the_caller() {
+    let mut c = machine();
+    let call = c
+        .handle_invite(T0, person(1), DA, vec![inv(2)], true)
+        .expect("invite");
+    assert_eq!(call.room, "call-1");
+    assert_eq!(call.state, CallState::Ringing);
+    let out = drain(&mut c);
+    assert_eq!(pushes(&out, B), vec!["call_ringing"]);
+    assert_eq!(pushes(&out, A), vec!["call_outgoing"]);
+    let Output::Push(_, e) = &out[0] else {
+        panic!("a push first")
+    };
+    let Event::CallRinging { caller, .. } = &**e else {
+        panic!("ringing first: {e:?}")
+    };
+    assert_eq!(caller.display_name, "User 1");
+    assert_eq!(c.poll_timeout(), Some(T0 + 30_000));
+    assert!(c.in_call(A) && !c.in_call(B));
+}
+
+#[test]
+fn first_accept_wins_and_the_other_devices_stop_ringing() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    drain(&mut c);
+    let call = c
+        .handle_accept(T0 + 1000, id, B, DB1, Some("tab1".into()))
+        .expect("accept");
+    assert_eq!(call.state, CallState::Active);
+    let out = drain(&mut c);
+    assert_eq!(
+        pushes(&out, B),
+        vec!["call_answered", "call_ringing_stopped"]
+    );
+    assert_eq!(pushes(&out, A), vec!["call_answered"]);
+    // The second device (or tab) is too late.
+    assert_eq!(
+        c.handle_accept(T0 + 1001, id, B, DB2, None).map(|_| ()),
+        Err(CallError::Conflict("answered on another device"))
+    );
+    assert_eq!(
+        c.handle_accept(T0 + 1001, id, B, DB1, Some("tab2".into()))
+            .map(|_| ()),
+        Err(CallError::Conflict("answered on another device"))
+    );
+    // The same client again: the same answer.
+    assert!(
+        c.handle_accept(T0 + 1002, id, B, DB1, Some("tab1".into()))
+            .is_ok()
+    );
+    // The room admits the answering device, and the caller's.
+    assert_eq!(c.authorize_join("call-1", B, DB1, None), Ok(None));
+    assert_eq!(c.authorize_join("call-1", A, DA, None), Ok(None));
+    assert!(matches!(
+        c.authorize_join("call-1", B, DB2, None),
+        Err(CallError::Forbidden(_))
+    ));
+    assert!(matches!(
+        c.authorize_join("call-1", C, DC, None),
+        Err(CallError::Forbidden(_))
+    ));
+}
+
+#[test]
+fn two_accepts_at_once_exactly_one_wins() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    let first = c.handle_accept(T0, id, B, DB2, None);
+    let second = c.handle_accept(T0, id, B, DB1, None);
+    assert!(first.is_ok());
+    assert!(second.is_err());
+    let call = c.call(id, B).expect("call");
+    assert_eq!(call.member(B).and_then(|m| m.device_id), Some(DB2));
+}
+
+#[test]
+fn decline_ends_a_one_to_one_call_on_both_sides() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    drain(&mut c);
+    c.handle_decline(T0 + 500, id, B).expect("decline");
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, B), Some(Outcome::Declined));
+    assert_eq!(ended(&out, A), Some(Outcome::Declined));
+    assert!(pushes(&out, A).contains(&"call_declined"));
+    assert_eq!(record_of(&out, B).outcome, Outcome::Declined);
+    assert_eq!(record_of(&out, B).direction, Direction::Incoming);
+    let ra = record_of(&out, A);
+    assert_eq!(
+        (ra.outcome, ra.direction),
+        (Outcome::Declined, Direction::Outgoing)
+    );
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
+    // Too late for anything else.
+    assert_eq!(
+        c.handle_accept(T0 + 600, id, B, DB1, None).map(|_| ()),
+        Err(CallError::Conflict("the call has ended"))
+    );
+    assert!(!c.in_call(A));
+}
+
+#[test]
+fn cancel_stops_the_ringing_everywhere() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    drain(&mut c);
+    assert!(matches!(
+        c.handle_cancel(T0, id, B),
+        Err(CallError::Forbidden(_))
+    ));
+    c.handle_cancel(T0 + 100, id, A).expect("cancel");
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, A), Some(Outcome::Cancelled));
+    assert_eq!(ended(&out, B), Some(Outcome::Cancelled));
+    assert_eq!(record_of(&out, B).outcome, Outcome::Cancelled);
+}
+
+#[test]
+fn cancel_racing_accept_ends_in_one_state() {
+    // Accept first: the cancel is refused and the call goes on.
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    assert_eq!(
+        c.handle_cancel(T0, id, A).map(|_| ()),
+        Err(CallError::Conflict("already answered; leave instead"))
+    );
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
+    // Cancel first: the accept is refused and the call is over.
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_cancel(T0, id, A).expect("cancel");
+    assert_eq!(
+        c.handle_accept(T0, id, B, DB1, None).map(|_| ()),
+        Err(CallError::Conflict("the call has ended"))
+    );
+    assert_eq!(c.call(id, B).map(|c| c.state), Some(CallState::Ended));
+}
+
+#[test]
+fn no_answer_in_time_is_missed() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    drain(&mut c);
+    c.handle_timeout(T0 + 29_999);
+    assert!(drain(&mut c).is_empty());
+    c.handle_timeout(T0 + 30_000);
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, B), Some(Outcome::Missed));
+    assert_eq!(ended(&out, A), Some(Outcome::Missed));
+    assert_eq!(record_of(&out, B).outcome, Outcome::Missed);
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
+    // The ended call is forgotten after a while.
+    assert!(c.poll_timeout().is_some());
+    c.handle_timeout(T0 + 30_000 + KEEP_ENDED_MS);
+    assert!(c.call(id, A).is_none());
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn a_callee_in_another_call_is_busy() {
+    let mut c = machine();
+    let first = call_ab(&mut c);
+    c.handle_accept(T0, first, B, DB1, None).expect("accept");
+    drain(&mut c);
+    let call = c
+        .handle_invite(T0 + 10, person(3), DC, vec![inv(2)], false)
+        .expect("invite");
+    assert_eq!(call.state, CallState::Ended);
+    let out = drain(&mut c);
+    assert!(!pushes(&out, B).contains(&"call_ringing"));
+    assert_eq!(ended(&out, B), Some(Outcome::Busy));
+    assert_eq!(ended(&out, C), Some(Outcome::Busy));
+    assert_eq!(record_of(&out, B).outcome, Outcome::Busy);
+    assert_eq!(record_of(&out, C).outcome, Outcome::Busy);
+    // A caller in a call cannot place another.
+    assert!(matches!(
+        c.handle_invite(T0, person(1), DA, vec![inv(3)], false),
+        Err(CallError::Conflict(_))
+    ));
+}
+
+#[test]
+fn a_filtered_call_does_not_ring_and_the_caller_hears_unavailable() {
+    let mut c = machine();
+    let call = c
+        .handle_invite(
+            T0,
+            person(1),
+            DA,
+            vec![Invitee {
+                person: person(2),
+                filtered: true,
+            }],
+            false,
+        )
+        .expect("invite");
+    assert_eq!(call.state, CallState::Ended);
+    let json = serde_json::to_value(&call).expect("json");
+    assert_eq!(json["members"][1]["state"], "unavailable");
+    let out = drain(&mut c);
+    assert!(pushes(&out, B).is_empty(), "nothing reaches the callee");
+    assert_eq!(ended(&out, A), Some(Outcome::Unavailable));
+    assert_eq!(record_of(&out, B).outcome, Outcome::Filtered);
+    assert_eq!(record_of(&out, A).outcome, Outcome::Unavailable);
+}
+
+#[test]
+fn bad_invites_are_refused() {
+    let mut c = machine();
+    assert!(matches!(
+        c.handle_invite(T0, person(1), DA, vec![], false),
+        Err(CallError::Invalid(_))
+    ));
+    assert!(matches!(
+        c.handle_invite(T0, person(1), DA, vec![inv(1)], false),
+        Err(CallError::Invalid(_))
+    ));
+    let many: Vec<Invitee> = (2..=9).map(inv).collect();
+    assert!(matches!(
+        c.handle_invite(T0, person(1), DA, many, false),
+        Err(CallError::Invalid(_))
+    ));
+    assert!(c.call(CallId(1), A).is_none());
+    assert!(c.call(CallId(1), C).is_none());
+}
+
+#[test]
+fn answered_call_hangup_records_duration_and_device() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0 + 2_000, id, B, DB2, None)
+        .expect("accept");
+    drain(&mut c);
+    assert!(matches!(
+        c.handle_leave(T0, id, C),
+        Err(CallError::NotFound)
+    ));
+    c.handle_leave(T0 + 62_000, id, B).expect("leave");
+    let out = drain(&mut c);
+    let rb = record_of(&out, B);
+    assert_eq!(rb.outcome, Outcome::Answered);
+    assert_eq!(rb.device_id, Some(DB2));
+    assert_eq!(rb.answered_at, Some(T0 + 2_000));
+    assert_eq!(rb.ended_at, T0 + 62_000);
+    let ra = record_of(&out, A);
+    assert_eq!(ra.outcome, Outcome::Answered);
+    assert_eq!(ra.device_id, Some(DA));
+    assert_eq!(ra.participants, vec![person(2)]);
+    assert_eq!(ended(&out, A), Some(Outcome::Answered));
+}
+
+#[test]
+fn caller_hanging_up_before_an_answer_cancels() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    drain(&mut c);
+    c.handle_leave(T0 + 5, id, A).expect("leave");
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, B), Some(Outcome::Cancelled));
+    assert_eq!(record_of(&out, A).outcome, Outcome::Cancelled);
+}
+
+#[test]
+fn group_call_each_invitee_on_their_own_and_the_last_leaves() {
+    let mut c = machine();
+    let call = c
+        .handle_invite(T0, person(1), DA, vec![inv(2), inv(3), inv(4)], true)
+        .expect("invite");
+    let id = call.id;
+    let out = drain(&mut c);
+    for who in [B, C, AccountId(4)] {
+        assert_eq!(pushes(&out, who), vec!["call_ringing"]);
+    }
+    c.handle_decline(T0 + 1, id, AccountId(4)).expect("decline");
+    c.handle_accept(T0 + 2, id, B, DB1, None).expect("b");
+    c.handle_accept(T0 + 3, id, C, DC, None).expect("c");
+    drain(&mut c);
+    // A leaves: B and C go on.
+    c.handle_leave(T0 + 10, id, A).expect("a leaves");
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, A), Some(Outcome::Answered));
+    assert_eq!(ended(&out, B), None);
+    assert_eq!(c.call(id, B).map(|c| c.state), Some(CallState::Active));
+    // B leaves: C is alone, the call ends.
+    c.handle_leave(T0 + 20, id, B).expect("b leaves");
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, C), Some(Outcome::Answered));
+    assert_eq!(c.call(id, C).map(|c| c.state), Some(CallState::Ended));
+}
+
+#[test]
+fn adding_a_third_person_to_a_running_call() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    drain(&mut c);
+    assert!(matches!(
+        c.handle_add(T0, id, C, vec![inv(4)]),
+        Err(CallError::NotFound)
+    ));
+    let call = c.handle_add(T0 + 5, id, B, vec![inv(3)]).expect("add");
+    assert_eq!(call.room, "call-1");
+    let out = drain(&mut c);
+    assert_eq!(pushes(&out, C).first(), Some(&"call_ringing"));
+    assert!(pushes(&out, A).contains(&"call_updated"));
+    assert!(matches!(
+        c.handle_add(T0 + 6, id, A, vec![inv(3)]),
+        Err(CallError::Conflict(_))
+    ));
+    // B leaves while C still rings: A waits for C.
+    c.handle_leave(T0 + 7, id, B).expect("leave");
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
+    c.handle_accept(T0 + 8, id, C, DC, None).expect("c accepts");
+    assert_eq!(c.authorize_join("call-1", C, DC, None), Ok(None));
+    // C misses nothing: the call is answered, A and C are in it.
+    let call = c.call(id, A).expect("call");
+    assert_eq!(call.count(MemberState::Joined), 2);
+    // A re-adds B, who declines; the call goes on.
+    c.handle_add(T0 + 9, id, A, vec![inv(2)]).expect("re-add");
+    c.handle_decline(T0 + 10, id, B).expect("decline");
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
+}
+
+#[test]
+fn an_added_person_who_misses_does_not_end_the_call() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    c.handle_add(T0 + 1, id, A, vec![inv(3)]).expect("add");
+    drain(&mut c);
+    c.handle_timeout(T0 + 1 + 30_000);
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, C), Some(Outcome::Missed));
+    assert_eq!(ended(&out, A), None);
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
+}
+
+#[test]
+fn handover_keeps_the_call_and_records_the_move() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    drain(&mut c);
+    assert_eq!(
+        c.call(id, A)
+            .and_then(|c| c.member(B))
+            .and_then(|m| m.participant_id),
+        Some(ParticipantId(2))
+    );
+    // B's other device takes over participant PA2.
+    assert_eq!(
+        c.authorize_join("call-1", B, DB2, Some(ParticipantId(2))),
+        Ok(Some(ParticipantId(2)))
+    );
+    assert!(matches!(
+        c.authorize_join("call-1", B, DB2, Some(ParticipantId(1))),
+        Err(CallError::Forbidden(_))
+    ));
+    c.handle_room_joined("call-1", B, DB2, ParticipantId(3), ParticipantId(2));
+    let out = drain(&mut c);
+    assert!(pushes(&out, B).contains(&"call_updated"));
+    // The old connection drops out: nothing ends.
+    c.handle_room_left(T0 + 10, ParticipantId(2));
+    assert!(drain(&mut c).is_empty());
+    let m = c.call(id, A).and_then(|c| c.member(B)).expect("b").clone();
+    assert_eq!(m.device_id, Some(DB2));
+    assert_eq!(m.participant_id, Some(ParticipantId(2)));
+    // A second handover names the same participant, and reaches the new connection.
+    assert_eq!(
+        c.authorize_join("call-1", B, DB1, Some(ParticipantId(2))),
+        Ok(Some(ParticipantId(3)))
+    );
+    // The new connection leaving is the member leaving.
+    c.handle_room_left(T0 + 20, ParticipantId(3));
+    let out = drain(&mut c);
+    let rb = record_of(&out, B);
+    assert_eq!(rb.device_id, Some(DB1));
+    assert_eq!(rb.handed_over_to, vec![DB2]);
+    assert_eq!(ended(&out, A), Some(Outcome::Answered));
+    assert_eq!(kicks(&out), vec![ParticipantId(1)]);
+}
+
+#[test]
+fn a_failed_handover_leaves_the_call_on_the_old_device() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    c.handle_room_joined("call-1", B, DB2, ParticipantId(3), ParticipantId(2));
+    c.handle_room_left(T0 + 1, ParticipantId(3));
+    let m = c.call(id, A).and_then(|c| c.member(B)).expect("b").clone();
+    assert_eq!(m.device_id, Some(DB1));
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
+}
+
+#[test]
+fn leaving_through_the_api_removes_the_room_connection() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    drain(&mut c);
+    c.handle_leave(T0 + 5, id, B).expect("leave");
+    let out = drain(&mut c);
+    assert_eq!(kicks(&out), vec![ParticipantId(2), ParticipantId(1)]);
+    // A's connection closing afterwards changes nothing.
+    c.handle_room_left(T0 + 6, ParticipantId(1));
+    assert!(drain(&mut c).is_empty());
+}
+
+#[test]
+fn the_caller_closing_the_room_before_an_answer_cancels() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    drain(&mut c);
+    c.handle_room_left(T0 + 3, ParticipantId(1));
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, B), Some(Outcome::Cancelled));
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
+}
+
+#[test]
+fn chat_reaches_everyone_in_the_call_in_order() {
+    let mut c = machine();
+    let call = c
+        .handle_invite(T0, person(1), DA, vec![inv(2), inv(3)], false)
+        .expect("invite");
+    let id = call.id;
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    drain(&mut c);
+    assert!(matches!(
+        c.handle_message(T0, id, C, DC, "hi".into()),
+        Err(CallError::Conflict(_))
+    ));
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        let m = c
+            .handle_message(T0 + i as i64, id, A, DA, (*text).into())
+            .expect("message");
+        assert_eq!(m.seq, i as u64 + 1);
+    }
+    let out = drain(&mut c);
+    let texts = |to: AccountId| -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Push(a, e) if *a == to => match &**e {
+                    Event::CallMessage { message } => Some(message.text.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(texts(A), vec!["one", "two", "three"]);
+    assert_eq!(texts(B), vec!["one", "two", "three"]);
+    assert!(texts(C).is_empty(), "a ringing invitee gets no chat");
+    assert_eq!(c.call(id, B).map(|c| c.messages().count()), Some(3));
+}
+
+#[test]
+fn accepting_while_in_another_call_is_refused() {
+    let mut c = machine();
+    let first = call_ab(&mut c);
+    // C calls A... A is in a call (placed it), so A is busy; instead C calls D,
+    // and D, ringing, first joins another call.
+    let second = c
+        .handle_invite(T0, person(3), DC, vec![inv(4)], false)
+        .expect("invite")
+        .id;
+    c.handle_add(T0, first, A, vec![inv(4)]).expect("add d");
+    c.handle_accept(T0, first, AccountId(4), DeviceId(40), None)
+        .expect("d joins the first");
+    assert_eq!(
+        c.handle_accept(T0, second, AccountId(4), DeviceId(40), None)
+            .map(|_| ()),
+        Err(CallError::Conflict(
+            "you are already in a call; leave it first"
+        ))
+    );
+    assert!(matches!(
+        c.handle_accept(T0, first, A, DA, None),
+        Err(CallError::Conflict("you placed this call"))
+    ));
+}

@@ -1,0 +1,200 @@
+//! Shared pieces of the call tests: a server with a short ring timeout,
+//! people with several devices, and the call API.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vela_signaling::RunningServer;
+
+use crate::common::{Api, DeviceClient, Login, Seen, start_with};
+
+pub const PW: &str = "correct horse battery";
+
+/// Every call test runs under this limit.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// A server whose invitees ring for `ring_ms`.
+pub async fn server(ring_ms: u64) -> (RunningServer, Api) {
+    let s = start_with(|c| c.calls.ring_timeout_ms = ring_ms).await;
+    let api = Api::new(&s);
+    (s, api)
+}
+
+/// Another device of an existing user.
+pub async fn another_device(api: &Api, user: &Login, label: &str) -> Login {
+    api.login(&user.username, PW, "desktop", label).await
+}
+
+/// A device socket with heartbeats.
+pub async fn socket(s: &RunningServer, l: &Login) -> DeviceClient {
+    DeviceClient::connect(s, &l.access, Some(Duration::from_secs(1))).await
+}
+
+/// `POST /api/v1/calls`; returns the response.
+pub async fn invite(api: &Api, from: &Login, to: &[i64], video: bool) -> crate::common::Resp {
+    api.post(
+        "/api/v1/calls",
+        Some(&from.access),
+        json!({"to": to, "video": video}),
+    )
+    .await
+}
+
+/// Places a call that must succeed; returns its id.
+pub async fn call(api: &Api, from: &Login, to: &[i64]) -> i64 {
+    let v = invite(api, from, to, true).await.ok(201);
+    v["call"]["id"].as_i64().unwrap()
+}
+
+/// `POST /api/v1/calls/{id}/{action}` with an empty JSON body.
+pub async fn act(api: &Api, who: &Login, id: i64, action: &str) -> crate::common::Resp {
+    api.post(
+        &format!("/api/v1/calls/{id}/{action}"),
+        Some(&who.access),
+        json!({}),
+    )
+    .await
+}
+
+/// Waits for a push of `ty` about call `id`.
+pub async fn expect_call(dev: &mut DeviceClient, ty: &str, id: i64) -> Value {
+    dev.wait_for(&format!("{ty} of call {id}"), |m| {
+        m["type"] == ty && (m["call"]["id"] == id || m["message"]["call_id"] == id)
+    })
+    .await
+}
+
+/// The `call_ended` outcome `dev` is told for call `id`.
+pub async fn ended(dev: &mut DeviceClient, id: i64) -> String {
+    expect_call(dev, "call_ended", id).await["outcome"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Nothing about call `id` of type `ty` arrives within `d`.
+pub async fn none_of(dev: &mut DeviceClient, ty: &str, id: i64, d: Duration) {
+    for s in dev.collect(d).await {
+        if let Seen::Msg(m) = s {
+            assert!(
+                !(m["type"] == ty && m["call"]["id"] == id),
+                "unexpected {ty}: {m}"
+            );
+        }
+    }
+}
+
+/// The newest history entries of `who`.
+pub async fn history(api: &Api, who: &Login) -> Vec<Value> {
+    let v = api.get("/api/v1/calls/history", &who.access).await.ok(200);
+    v["calls"].as_array().unwrap().clone()
+}
+
+/// The newest history entry of `who` for call `id` (waits for it a little).
+pub async fn record(api: &Api, who: &Login, id: i64) -> Value {
+    for _ in 0..50 {
+        if let Some(r) = history(api, who)
+            .await
+            .into_iter()
+            .find(|r| r["call_id"] == id)
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no history entry of call {id} for {}", who.username)
+}
+
+/// The state of `account` in a call object.
+pub fn member_state(call: &Value, account: i64) -> String {
+    call["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["account_id"] == account)
+        .map(|m| m["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// A room session of a signed-in device with a str0m connection.
+pub struct CallSession {
+    pub ws: crate::common::Ws,
+    pub id: String,
+    pub joined: Value,
+    pub peer: crate::common::Peer,
+    offers: tokio::sync::mpsc::UnboundedSender<str0m::change::SdpOffer>,
+    answers: tokio::sync::mpsc::UnboundedReceiver<str0m::change::SdpAnswer>,
+    pub seen: Vec<Value>,
+}
+
+impl CallSession {
+    /// Joins `room` with an access token (taking over `take_over`, if
+    /// given) and starts media; `Err` carries the server's `error`.
+    pub async fn join(
+        s: &RunningServer,
+        token: &str,
+        room: &str,
+        take_over: Option<&str>,
+        publish: bool,
+    ) -> Result<CallSession, Value> {
+        use str0m::change::SdpAnswer;
+        let mut ws = crate::common::Ws::connect(s).await;
+        let mut msg = json!({"type": "join", "token": token, "room": room});
+        if let Some(t) = take_over {
+            msg["take_over"] = t.into();
+        }
+        ws.send(msg).await;
+        let first = ws.recv().await.expect("an answer to join");
+        if first["type"] != "joined" {
+            return Err(first);
+        }
+        let id = first["participant"]["id"].as_str().unwrap().to_owned();
+        let (offer, pending) = crate::common::Peer::session(publish).await;
+        ws.send(json!({"type": "offer", "sdp": offer.to_sdp_string()}))
+            .await;
+        let answer = ws.expect("answer").await;
+        let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
+        let (otx, orx) = tokio::sync::mpsc::unbounded_channel();
+        let (atx, arx) = tokio::sync::mpsc::unbounded_channel();
+        let peer = pending.start(answer, (orx, atx));
+        Ok(CallSession {
+            ws,
+            id,
+            joined: first,
+            peer,
+            offers: otx,
+            answers: arx,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Handles signaling for up to `d`: answers server offers, records events.
+    pub async fn pump(&mut self, d: Duration) {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let end = tokio::time::Instant::now() + d;
+        loop {
+            tokio::select! {
+                m = self.ws.inner.next() => {
+                    let Some(Ok(Message::Text(t))) = m else { return };
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "offer" {
+                        let o = str0m::change::SdpOffer::from_sdp_string(v["sdp"].as_str().unwrap()).unwrap();
+                        let _ = self.offers.send(o);
+                    }
+                    self.seen.push(v);
+                }
+                Some(a) = self.answers.recv() => {
+                    self.ws.send(json!({"type": "answer", "sdp": a.to_sdp_string()})).await;
+                }
+                _ = tokio::time::sleep_until(end) => return,
+            }
+        }
+    }
+
+    /// Whether a message of type `ty` was seen.
+    pub fn saw(&self, ty: &str) -> bool {
+        self.seen.iter().any(|v| v["type"] == ty)
+    }
+}

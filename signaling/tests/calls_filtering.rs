@@ -1,0 +1,115 @@
+//! Do-not-disturb with a whitelist: a filtered call does not ring, the
+//! caller hears "unavailable", the callee's history says "filtered".
+
+#![allow(clippy::unwrap_used)]
+
+mod calls;
+mod common;
+
+use std::time::Duration;
+
+use calls::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn do_not_disturb_filters_everyone_but_the_whitelist() {
+    tokio::time::timeout(LIMIT, async {
+        let (s, api) = server(10_000).await;
+        let ann = api.user("ann", "phone").await;
+        let ben = api.user("ben", "phone").await;
+        let cat = api.user("cat", "phone").await;
+        let ben_desk = another_device(&api, &ben, "desk").await;
+        api.link(&ann, &ben).await; // Ann and Ben: mutual contacts.
+        let mut b = socket(&s, &ben).await;
+        let mut b2 = socket(&s, &ben_desk).await;
+        let mut a = socket(&s, &ann).await;
+        let mut c = socket(&s, &cat).await;
+
+        let v = api.get("/api/v1/calls/settings", &ben.access).await.ok(200);
+        assert_eq!(v, json!({"dnd": false, "allow": "nobody"}));
+        api.put("/api/v1/calls/settings", &ben.access, json!({"dnd": true}))
+            .await
+            .ok(200);
+        // Every device of the account learns the setting.
+        b2.wait_for("call_settings", |m| {
+            m["type"] == "call_settings" && m["dnd"] == true
+        })
+        .await;
+        api.put(
+            "/api/v1/calls/settings",
+            &ben.access,
+            json!({"allow": "everyone"}),
+        )
+        .await
+        .err(400, Some("allow"));
+
+        // Nobody allowed: even a mutual contact is filtered.
+        let v = invite(&api, &ann, &[ben.account], true).await.ok(201);
+        let id = v["call"]["id"].as_i64().unwrap();
+        assert_eq!(v["call"]["state"], "ended");
+        assert_eq!(member_state(&v["call"], ben.account), "unavailable");
+        assert_eq!(ended(&mut a, id).await, "unavailable");
+        none_of(&mut b, "call_ringing", id, Duration::from_millis(200)).await;
+        let r = record(&api, &ben, id).await;
+        assert_eq!(
+            (r["outcome"].as_str(), r["unseen"].as_bool()),
+            (Some("filtered"), Some(false))
+        );
+        assert_eq!(record(&api, &ann, id).await["outcome"], "unavailable");
+
+        // Contacts: Ann (mutual) rings; Cat (a stranger) does not...
+        api.put(
+            "/api/v1/calls/settings",
+            &ben.access,
+            json!({"allow": "contacts"}),
+        )
+        .await
+        .ok(200);
+        let id = call(&api, &ann, &[ben.account]).await;
+        expect_call(&mut b, "call_ringing", id).await;
+        act(&api, &ann, id, "cancel").await.ok(200);
+        let v = invite(&api, &cat, &[ben.account], false).await.ok(201);
+        let cid = v["call"]["id"].as_i64().unwrap();
+        assert_eq!(ended(&mut c, cid).await, "unavailable");
+        assert_eq!(record(&api, &ben, cid).await["outcome"], "filtered");
+        // ... until Ben puts Cat in his address book (as a favorite).
+        api.post(
+            "/api/v1/contacts",
+            Some(&ben.access),
+            json!({"display_name": "Cat", "linked_account": cat.account, "favorite": true}),
+        )
+        .await
+        .ok(201);
+        let cid = call(&api, &cat, &[ben.account]).await;
+        expect_call(&mut b, "call_ringing", cid).await;
+        act(&api, &cat, cid, "cancel").await.ok(200);
+
+        // Favorites: Cat rings, Ann (a contact but no favorite) does not.
+        api.put(
+            "/api/v1/calls/settings",
+            &ben.access,
+            json!({"allow": "favorites"}),
+        )
+        .await
+        .ok(200);
+        let cid = call(&api, &cat, &[ben.account]).await;
+        expect_call(&mut b, "call_ringing", cid).await;
+        act(&api, &cat, cid, "cancel").await.ok(200);
+        let v = invite(&api, &ann, &[ben.account], false).await.ok(201);
+        assert_eq!(member_state(&v["call"], ben.account), "unavailable");
+
+        // Do-not-disturb off: everyone rings again.
+        api.put(
+            "/api/v1/calls/settings",
+            &ben_desk.access,
+            json!({"dnd": false}),
+        )
+        .await
+        .ok(200);
+        let id = call(&api, &ann, &[ben.account]).await;
+        expect_call(&mut b2, "call_ringing", id).await;
+        s.shutdown().await;
+    })
+    .await
+    .expect("time limit");
+}
