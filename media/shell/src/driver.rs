@@ -18,6 +18,8 @@ const RECV_BUF: usize = 2048;
 /// Datagrams taken from a socket before the core's output is drained; bounds
 /// the delay this adds to the first of them.
 const RECV_BATCH: usize = 32;
+/// Due timeouts handled in a row before the sockets and commands are polled.
+const MAX_IMMEDIATE_TIMEOUTS: u32 = 64;
 
 struct Driver {
     sfu: Sfu,
@@ -34,8 +36,20 @@ pub(crate) async fn run(sfu: Sfu, sockets: MediaSockets, mut rx: mpsc::Receiver<
         send_errors: 0,
     };
     let mut buf = vec![0u8; RECV_BUF];
+    // Timeouts already due (str0m's pacer asks for "now" after each packet it
+    // releases) run at once: tokio's sleep rounds up to its next millisecond
+    // tick, which would pace packets by timer ticks instead of CPU. Bounded,
+    // so the sockets and commands are still served.
+    let mut immediate = 0u32;
     loop {
         let timeout = d.drain().await;
+        let now = Instant::now();
+        if timeout <= now && immediate < MAX_IMMEDIATE_TIMEOUTS {
+            immediate += 1;
+            d.sfu.handle_timeout(now);
+            continue;
+        }
+        immediate = 0;
         let sockets = &d.sockets.sockets;
         let recv = poll_fn(|cx| {
             for (i, (s, _)) in sockets.iter().enumerate() {

@@ -1,0 +1,470 @@
+//! `vela-loadtest`: run a scenario against a vela server, sweep for its
+//! capacity, or serve as the raw UDP relay floor.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vela_loadtest::media::VideoSpec;
+use vela_loadtest::report::{RunReport, SweepReport};
+use vela_loadtest::scenario::{Load, MediaMix, Scenario};
+use vela_loadtest::server_probe::{ServerProcess, wait_ready};
+use vela_loadtest::sweep::{SweepConfig, sweep};
+use vela_loadtest::{RelayMode, RunConfig, Target, run};
+use vela_signaling::token::TokenKeys;
+
+#[derive(Parser)]
+#[command(
+    name = "vela-loadtest",
+    version,
+    about = "Synthetic WebRTC participants (str0m) against a vela server: forwarded packets/s, \
+             server CPU per packet against a raw UDP relay floor, latency, loss, join time, memory."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one scenario and report.
+    Run(Common),
+    /// Raise the load until frame loss passes a limit or p99 does: the capacity.
+    Sweep {
+        #[command(flatten)]
+        common: Common,
+        /// First value of the swept variable (rooms; subscribers for S4/S6).
+        #[arg(long, default_value_t = 1)]
+        start: u32,
+        /// Growth factor between steps.
+        #[arg(long, default_value_t = 2.0)]
+        factor: f64,
+        /// Largest value tried.
+        #[arg(long, default_value_t = 256)]
+        max: u32,
+        /// Bisection steps after the first failing step.
+        #[arg(long, default_value_t = 2)]
+        refine: u32,
+        /// Frame loss limit, percent.
+        #[arg(long, default_value_t = 0.1)]
+        loss_limit: f64,
+        /// p99 latency limit, milliseconds.
+        #[arg(long, default_value_t = 5.0)]
+        p99_limit_ms: f64,
+    },
+    /// Medians (and ranges) of several `run` JSON reports, as a Markdown table.
+    Summarize {
+        /// Run reports (`run-*.json`); runs with the same description form a row.
+        files: Vec<PathBuf>,
+    },
+    /// The raw UDP relay (the floor); `run` and `sweep` start it themselves.
+    Relay {
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
+        /// Simulcast rids forwarded (others dropped); repeatable.
+        #[arg(long = "forward-rid")]
+        forward_rid: Vec<String>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Scenario (PERFORMANCE.md): s1 1:1 audio, s2 10-party audio, s3 10-party
+    /// simulcast video, s4 fan-out, s5 join storm, s6 fan-out with 2% loss.
+    #[arg(long, short, value_enum, default_value_t = Scenario::S2)]
+    scenario: Scenario,
+    /// Number of rooms.
+    #[arg(long)]
+    rooms: Option<u32>,
+    /// Participants per room (S4/S6: subscribers per room).
+    #[arg(long)]
+    participants: Option<u32>,
+    /// Publishers per room.
+    #[arg(long)]
+    publishers: Option<u32>,
+    /// What publishers send.
+    #[arg(long, value_enum)]
+    media: Option<MediaMix>,
+    /// Publish-only participants use WHIP, subscribe-only ones WHEP.
+    #[arg(long)]
+    whip_whep: bool,
+    /// Joins per second (default 50).
+    #[arg(long)]
+    join_rate: Option<f64>,
+    /// Spread all joins over this many seconds (overrides --join-rate).
+    #[arg(long)]
+    ramp: Option<f64>,
+    /// Percent of RTP/RTCP datagrams the generator drops each way (S6: 2).
+    #[arg(long)]
+    loss: Option<f64>,
+    /// Measuring window, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Wait after everyone connected before measuring, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Simulcast rids, lowest layer first.
+    #[arg(long, default_value = "q,h,f")]
+    rids: String,
+    /// Simulcast layer bitrates, kbit/s, lowest first.
+    #[arg(long, default_value = "150,500,1700")]
+    video_kbps: String,
+    /// Send one unnamed video layer (at the top bitrate) instead of simulcast.
+    #[arg(long)]
+    no_simulcast: bool,
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Periodic keyframe interval, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    keyframe_interval: f64,
+    /// Opus bitrate, kbit/s.
+    #[arg(long, default_value_t = 32)]
+    audio_kbps: u32,
+    /// Largest datagram the publishers aim for (bytes).
+    #[arg(long, default_value_t = 1200)]
+    mtu: usize,
+    /// Seed for media variation and simulated loss.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds between forced layer switches (S3 default 10; 0: none). Each
+    /// WebSocket subscriber then asks for one remote video track large and
+    /// the others small (`track_settings`), moving the large one each time.
+    #[arg(long)]
+    layer_switch: Option<f64>,
+    /// Test the server at this URL instead of starting one.
+    #[arg(long)]
+    server_url: Option<String>,
+    /// The pid of the server at --server-url (for CPU and memory).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The `vela` binary to start (default: next to this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// CPUs for the started server and the relay (`taskset -c`); empty: no pinning.
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// Extra argument for the started server (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// API key for minting tokens (default: the development key).
+    #[arg(long, env = "VELA_AUTH_API_KEY")]
+    api_key: Option<String>,
+    /// API secret for minting tokens.
+    #[arg(long, env = "VELA_AUTH_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
+    /// Skip the raw UDP relay floor.
+    #[arg(long)]
+    no_relay: bool,
+    /// Directory for the JSON report and the SVG chart.
+    #[arg(long, default_value = "loadtest-out")]
+    out: PathBuf,
+    /// Base name of the output files (default: from the scenario).
+    #[arg(long)]
+    name: Option<String>,
+    /// A label stored in the report; `summarize` groups runs by it.
+    #[arg(long)]
+    label: Option<String>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl Common {
+    fn load(&self) -> Load {
+        let mut l = Load::defaults(self.scenario);
+        if let Some(v) = self.rooms {
+            l.rooms = v;
+        }
+        if let Some(v) = self.participants {
+            l.participants = v;
+            if !l.sweeps_subscribers() && self.publishers.is_none() {
+                l.publishers = v;
+            }
+        }
+        if let Some(v) = self.publishers {
+            l.publishers = v;
+        }
+        if let Some(v) = self.media {
+            l.media = v;
+        }
+        l.whip_whep = self.whip_whep;
+        if let Some(v) = self.join_rate {
+            l.join_rate = v;
+        }
+        if let Some(v) = self.loss {
+            l.loss_pct = v;
+        }
+        if let Some(r) = self.ramp {
+            let n = l.plan("x").len() as f64;
+            l.join_rate = if r > 0.0 { n / r } else { 0.0 };
+        }
+        l
+    }
+
+    fn video(&self) -> Result<VideoSpec, String> {
+        let kbps: Vec<u32> = self
+            .video_kbps
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("bad --video-kbps {v}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let rids: Vec<&str> = self.rids.split(',').map(str::trim).collect();
+        let mut spec = if self.no_simulcast {
+            VideoSpec::single(*kbps.last().ok_or("empty --video-kbps")?, self.fps)
+        } else {
+            let (Ok(r), Ok(k)) = (
+                <[&str; 3]>::try_from(rids.as_slice()),
+                <[u32; 3]>::try_from(kbps.as_slice()),
+            ) else {
+                return Err("--rids and --video-kbps need three values each".into());
+            };
+            VideoSpec::simulcast(r, k, self.fps)
+        };
+        spec.keyframe_interval = Duration::from_secs_f64(self.keyframe_interval.max(0.1));
+        // RTP header, header extensions (mid, rid, abs-send-time, twcc) and SRTP tag.
+        spec.max_payload = self.mtu.saturating_sub(12 + 24 + 16).max(200);
+        Ok(spec)
+    }
+
+    fn config(&self) -> Result<RunConfig, String> {
+        let mut c = RunConfig::new(self.load());
+        c.video = self.video()?;
+        c.audio_kbps = self.audio_kbps;
+        c.duration = Duration::from_secs_f64(self.duration.max(1.0));
+        c.warmup = Duration::from_secs_f64(self.warmup.max(0.0));
+        if c.load.loss_pct > 0.0 {
+            c.drain = Duration::from_millis(1500);
+        }
+        c.progress = !self.quiet;
+        c.seed = self.seed;
+        c.label = self.label.clone();
+        if let Some(s) = self.layer_switch {
+            c.layer_switch = (s > 0.0).then(|| Duration::from_secs_f64(s));
+        }
+        c.relay = if self.no_relay {
+            RelayMode::Off
+        } else {
+            RelayMode::Process {
+                exe: std::env::current_exe().map_err(|e| e.to_string())?,
+                cpus: self.cpus(),
+            }
+        };
+        Ok(c)
+    }
+
+    fn cpus(&self) -> Option<String> {
+        (!self.server_cpus.trim().is_empty()).then(|| self.server_cpus.trim().to_owned())
+    }
+
+    fn keys(&self) -> TokenKeys {
+        match (&self.api_key, &self.api_secret) {
+            (Some(k), Some(s)) => TokenKeys::new(k, s),
+            _ => TokenKeys::new(vela_config::DEV_API_KEY, vela_config::DEV_API_SECRET),
+        }
+    }
+
+    /// The server to test: attached, or started (and returned to stop later).
+    async fn target(&self) -> Result<(Target, Option<ServerProcess>), String> {
+        if let Some(url) = &self.server_url {
+            return Ok((
+                Target {
+                    http_base: url.trim_end_matches('/').to_owned(),
+                    pid: self.server_pid,
+                    keys: self.keys(),
+                },
+                None,
+            ));
+        }
+        let bin = match &self.server_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| e.to_string())?
+                .with_file_name("vela"),
+        };
+        if !bin.exists() {
+            return Err(format!(
+                "no server binary at {} (cargo build --release -p vela-signaling, or --server-bin / --server-url)",
+                bin.display()
+            ));
+        }
+        let server = ServerProcess::spawn(&bin, self.cpus().as_deref(), &self.server_args)
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let http = reqwest::Client::new();
+        if !wait_ready(&http, &server.http_base, Duration::from_secs(15)).await {
+            server.stop();
+            return Err("the server did not answer /metrics within 15 s".into());
+        }
+        Ok((
+            Target {
+                http_base: server.http_base.clone(),
+                pid: Some(server.pid),
+                keys: self.keys(),
+            },
+            Some(server),
+        ))
+    }
+
+    fn file(&self, kind: &str, ext: &str) -> PathBuf {
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{kind}-{}", format!("{:?}", self.scenario).to_lowercase()));
+        self.out.join(format!("{name}.{ext}"))
+    }
+}
+
+fn write_out(path: &Path, contents: &str) -> Result<(), String> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    std::fs::write(path, contents).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn say(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+async fn cmd_run(c: Common) -> Result<RunReport, String> {
+    let cfg = c.config()?;
+    let (target, server) = c.target().await?;
+    let r = run(&cfg, &target).await.map_err(|e| e.to_string());
+    if let Some(s) = server {
+        s.stop();
+    }
+    let r = r?;
+    say(&r.table());
+    let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
+    let (jp, sp) = (c.file("run", "json"), c.file("run", "svg"));
+    write_out(&jp, &json)?;
+    write_out(&sp, &r.chart())?;
+    say(&format!("wrote {} and {}\n", jp.display(), sp.display()));
+    Ok(r)
+}
+
+async fn cmd_sweep(c: Common, sc: SweepConfig) -> Result<SweepReport, String> {
+    let cfg = c.config()?;
+    let (target, server) = c.target().await?;
+    let r = sweep(&cfg, &sc, &target, |s| {
+        say(&format!(
+            "step {:>4}: {:>9.0} fwd pps, p99 {:>6} µs, loss {:.3}% -> {}\n",
+            s.scale,
+            s.report.server.forwarded_pps,
+            s.report.server.latency.all.p99_us,
+            s.report.server.loss.loss_pct,
+            if s.passed {
+                "pass".to_owned()
+            } else {
+                format!("FAIL ({})", s.reason.clone().unwrap_or_default())
+            }
+        ));
+    })
+    .await
+    .map_err(|e| e.to_string());
+    if let Some(s) = server {
+        s.stop();
+    }
+    let r = r?;
+    say(&r.table());
+    let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
+    let (jp, sp) = (c.file("sweep", "json"), c.file("sweep", "svg"));
+    write_out(&jp, &json)?;
+    write_out(&sp, &r.chart())?;
+    say(&format!("wrote {} and {}\n", jp.display(), sp.display()));
+    Ok(r)
+}
+
+fn cmd_relay(bind: SocketAddr, rids: Vec<String>) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    let addr = socket.local_addr().map_err(|e| e.to_string())?;
+    say(&format!("listening {addr}\n"));
+    let stop = AtomicBool::new(false);
+    vela_loadtest::relay::serve(&socket, &rids, &stop).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VELA_LOADTEST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = match cli.cmd {
+        Cmd::Relay { bind, forward_rid } => cmd_relay(bind, forward_rid),
+        Cmd::Summarize { files } => vela_loadtest::report::summarize(&files).map(|t| say(&t)),
+        cmd => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("vela-loadtest: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async move {
+                let work = async move {
+                    match cmd {
+                        Cmd::Run(c) => cmd_run(c).await.map(|_| ()),
+                        Cmd::Sweep {
+                            common,
+                            start,
+                            factor,
+                            max,
+                            refine,
+                            loss_limit,
+                            p99_limit_ms,
+                        } => {
+                            let sc = SweepConfig {
+                                start,
+                                factor: factor.max(1.01),
+                                max,
+                                refine,
+                                loss_limit_pct: loss_limit,
+                                p99_limit_ms,
+                            };
+                            cmd_sweep(common, sc).await.map(|_| ())
+                        }
+                        Cmd::Relay { .. } | Cmd::Summarize { .. } => Ok(()),
+                    }
+                };
+                // SIGINT or SIGTERM: drop the run, which stops the server
+                // and relay this process started.
+                let term = async {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(mut s) => {
+                            s.recv().await;
+                        }
+                        Err(_) => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = work => r,
+                    _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+                    _ = term => Err("terminated".into()),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vela-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

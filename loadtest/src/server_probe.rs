@@ -1,0 +1,359 @@
+//! What the server looks like from outside: CPU time and RSS from /proc,
+//! counters from `GET /metrics`, kernel UDP drops from /proc/net/snmp; and
+//! starting the `vela` binary pinned to a core.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`).
+pub fn clk_tck() -> u64 {
+    static TCK: OnceLock<u64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// CPU time (user + system, all threads, in microseconds) of `pid`.
+pub fn cpu_us(pid: u32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesized command name; utime and stime are 14 and 15.
+    let rest = s
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("bad stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| -> io::Result<u64> {
+        f.get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::other("bad stat field"))
+    };
+    // rest starts at field 3 (state): utime is field 14 => index 11.
+    let ticks = num(11)? + num(12)?;
+    Ok(ticks * 1_000_000 / clk_tck())
+}
+
+/// CPU time of `pid` in nanoseconds from the scheduler: the sum of
+/// `se.sum_exec_runtime` over its live threads (/proc/PID/task/*/sched).
+/// Precise, but misses threads that exited; None when unavailable.
+pub fn cpu_ns_precise(pid: u32) -> Option<u64> {
+    let mut total = 0.0f64;
+    let mut any = false;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(s) = std::fs::read_to_string(t.path().join("sched")) else {
+            continue;
+        };
+        if let Some(v) = s
+            .lines()
+            .find(|l| l.starts_with("se.sum_exec_runtime"))
+            .and_then(|l| l.rsplit(':').next()?.trim().parse::<f64>().ok())
+        {
+            total += v;
+            any = true;
+        }
+    }
+    // Milliseconds with a fractional part.
+    any.then_some((total * 1e6) as u64)
+}
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kb(pid: u32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| io::Error::other("no VmRSS"))
+}
+
+/// A CPU time reading.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    /// When.
+    pub at: Instant,
+    /// Cumulative CPU microseconds from /proc/PID/stat (clock-tick resolution).
+    pub cpu_us: u64,
+    /// Cumulative CPU nanoseconds of live threads from the scheduler.
+    pub precise_ns: Option<u64>,
+}
+
+impl CpuSample {
+    /// Reads `pid` now (zero if unreadable).
+    pub fn take(pid: u32) -> CpuSample {
+        CpuSample {
+            at: Instant::now(),
+            cpu_us: cpu_us(pid).unwrap_or(0),
+            precise_ns: cpu_ns_precise(pid),
+        }
+    }
+
+    /// CPU microseconds spent since `earlier`: the scheduler's nanosecond
+    /// figure when it agrees with the tick count within two ticks and 5% (no thread
+    /// exited in between), the tick count otherwise.
+    pub fn since(&self, earlier: &CpuSample) -> u64 {
+        let ticks = self.cpu_us.saturating_sub(earlier.cpu_us);
+        let tick_us = 1_000_000 / clk_tck();
+        match (self.precise_ns, earlier.precise_ns) {
+            (Some(a), Some(b)) if a >= b => {
+                let p = (a - b) / 1000;
+                let slack = 2 * tick_us + ticks / 20;
+                if p + slack >= ticks && p <= ticks + slack {
+                    p
+                } else {
+                    ticks
+                }
+            }
+            _ => ticks,
+        }
+    }
+
+    /// Share of one core since `earlier`, percent.
+    pub fn percent_since(&self, earlier: &CpuSample) -> f64 {
+        let wall = self.at.saturating_duration_since(earlier.at).as_micros() as f64;
+        if wall <= 0.0 {
+            0.0
+        } else {
+            self.since(earlier) as f64 * 100.0 / wall
+        }
+    }
+}
+
+/// Kernel UDP counters (/proc/net/snmp, all sockets of the machine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UdpCounters {
+    /// InErrors.
+    pub in_errors: u64,
+    /// RcvbufErrors: datagrams dropped because a receive buffer was full.
+    pub rcvbuf_errors: u64,
+    /// SndbufErrors.
+    pub sndbuf_errors: u64,
+}
+
+impl UdpCounters {
+    /// Reads /proc/net/snmp (zeros if unreadable).
+    pub fn read() -> UdpCounters {
+        let Ok(s) = std::fs::read_to_string("/proc/net/snmp") else {
+            return UdpCounters::default();
+        };
+        let mut lines = s.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(h), Some(v)) = (lines.next(), lines.next()) else {
+            return UdpCounters::default();
+        };
+        let map: HashMap<&str, u64> = h
+            .split_whitespace()
+            .zip(v.split_whitespace())
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect();
+        UdpCounters {
+            in_errors: map.get("InErrors").copied().unwrap_or(0),
+            rcvbuf_errors: map.get("RcvbufErrors").copied().unwrap_or(0),
+            sndbuf_errors: map.get("SndbufErrors").copied().unwrap_or(0),
+        }
+    }
+
+    /// Increase since `earlier`.
+    pub fn since(&self, earlier: &UdpCounters) -> UdpCounters {
+        UdpCounters {
+            in_errors: self.in_errors.saturating_sub(earlier.in_errors),
+            rcvbuf_errors: self.rcvbuf_errors.saturating_sub(earlier.rcvbuf_errors),
+            sndbuf_errors: self.sndbuf_errors.saturating_sub(earlier.sndbuf_errors),
+        }
+    }
+}
+
+/// Parsed `GET /metrics`: metric name (with labels, as written) to value.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    /// Parses Prometheus text format (comments skipped).
+    pub fn parse(text: &str) -> Metrics {
+        Metrics(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.trim().to_owned(), v.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// The value of `name` (0 when absent).
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// Increase of `name` since `earlier`.
+    pub fn delta(&self, earlier: &Metrics, name: &str) -> f64 {
+        (self.get(name) - earlier.get(name)).max(0.0)
+    }
+}
+
+/// Fetches `{base}/metrics`.
+pub async fn scrape(client: &reqwest::Client, base: &str) -> Result<Metrics, reqwest::Error> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(Metrics::parse(&text))
+}
+
+/// Waits until `{base}/metrics` answers, up to `limit`.
+pub async fn wait_ready(client: &reqwest::Client, base: &str, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if scrape(client, base).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A `vela` server this tool started.
+pub struct ServerProcess {
+    child: Child,
+    /// Its pid (taskset execs, so this is the server itself).
+    pub pid: u32,
+    /// `http://127.0.0.1:PORT`.
+    pub http_base: String,
+    /// Its media port.
+    pub udp: SocketAddr,
+    /// Its working directory (a fresh one: its own SQLite store), removed at stop.
+    pub dir: std::path::PathBuf,
+}
+
+fn free_ports() -> io::Result<(u16, u16)> {
+    let t = TcpListener::bind("127.0.0.1:0")?;
+    let u = UdpSocket::bind("127.0.0.1:0")?;
+    Ok((t.local_addr()?.port(), u.local_addr()?.port()))
+}
+
+impl ServerProcess {
+    /// Starts `bin --http 127.0.0.1:P --udp-port U --node-ip 127.0.0.1` in a
+    /// fresh temporary directory (so it opens a store of its own), pinned
+    /// with `taskset -c cpus` when given, logging at `VELA_LOG=warn` unless
+    /// `VELA_LOG` is set.
+    pub fn spawn(bin: &Path, cpus: Option<&str>, extra_args: &[String]) -> io::Result<Self> {
+        let (http, udp) = free_ports()?;
+        let dir = std::env::temp_dir().join(format!("vela-loadtest-{}-{http}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        // Absolute, since the server runs in another directory (a bare name
+        // is left to PATH).
+        let bin = std::fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
+        let bin = bin.as_path();
+        let mut cmd = match cpus {
+            Some(c) => {
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(c).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--http")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--udp-port")
+            .arg(udp.to_string())
+            .arg("--node-ip")
+            .arg("127.0.0.1")
+            .args(extra_args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if std::env::var_os("VELA_LOG").is_none() {
+            cmd.env("VELA_LOG", "warn");
+        }
+        let child = cmd.spawn()?;
+        Ok(ServerProcess {
+            pid: child.id(),
+            child,
+            http_base: format!("http://127.0.0.1:{http}"),
+            udp: SocketAddr::from(([127, 0, 0, 1], udp)),
+            dir,
+        })
+    }
+
+    /// Asks the server to stop (SIGTERM via `kill`), then waits up to 5 s.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.terminate();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_proc() {
+        let pid = std::process::id();
+        assert!(rss_kb(pid).unwrap_or(0) > 0);
+        assert!(cpu_us(pid).is_ok());
+        let a = CpuSample::take(pid);
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        let b = CpuSample::take(pid);
+        assert!(b.since(&a) > 0);
+    }
+
+    #[test]
+    fn parses_metrics() {
+        let m = Metrics::parse(
+            "# HELP x y\n# TYPE x counter\nvela_packets_forwarded_total 42\nvela_rooms 3\n",
+        );
+        assert_eq!(m.get("vela_packets_forwarded_total"), 42.0);
+        assert_eq!(m.get("vela_rooms"), 3.0);
+        assert_eq!(m.get("nope"), 0.0);
+    }
+}

@@ -1,0 +1,116 @@
+//! Smoke runs of the load generator against an in-process server: everyone
+//! joins, every receiver gets media from every publisher, nothing is lost;
+//! the raw relay floor carries the same pattern. Not a timing test.
+
+#![allow(clippy::unwrap_used, missing_docs)] // Tests fail loudly on purpose.
+
+use std::time::Duration;
+
+use vela_loadtest::report::RunReport;
+use vela_loadtest::{Load, MediaMix, RelayMode, RunConfig, Scenario, Target, run};
+use vela_signaling::RunningServer;
+use vela_signaling::token::TokenKeys;
+
+async fn server() -> (RunningServer, Target) {
+    let mut c = vela_config::Config::default();
+    c.server.http = "127.0.0.1:0".parse().unwrap();
+    c.media.udp_port = 0;
+    c.media.bind_ip = "127.0.0.1".parse().unwrap();
+    c.media.node_ips = vec!["127.0.0.1".parse().unwrap()];
+    c.store.path = ":memory:".into();
+    let s = vela_signaling::spawn(c).await.unwrap();
+    let t = Target {
+        http_base: format!("http://{}", s.http_addr),
+        pid: None,
+        keys: TokenKeys::new(vela_config::DEV_API_KEY, vela_config::DEV_API_SECRET),
+    };
+    (s, t)
+}
+
+fn short(load: Load) -> RunConfig {
+    let mut cfg = RunConfig::new(load);
+    cfg.duration = Duration::from_secs(2);
+    cfg.warmup = Duration::from_secs(1);
+    // Generous: a debug-build server on a busy CI machine may hold frames a
+    // while; what is still queued after the drain counts as lost.
+    cfg.drain = Duration::from_secs(2);
+    cfg.relay = RelayMode::Thread;
+    cfg
+}
+
+fn assert_clean(r: &RunReport, routes: u64) {
+    eprintln!("{}", r.table());
+    eprintln!(
+        "layers {:?}\nlossy routes {:#?}",
+        r.server.video_frames_by_layer, r.server.lossy_routes
+    );
+    let s = &r.server;
+    assert_eq!(s.join.joined, s.join.attempted, "{:?}", s.join.errors);
+    assert_eq!(s.join.connected, s.join.attempted, "all connected");
+    assert_eq!(s.loss.routes_expected, routes);
+    assert_eq!(
+        s.loss.routes_missing, 0,
+        "every receiver got every publisher"
+    );
+    assert!(s.loss.frames_expected > 0);
+    assert_eq!(s.loss.frames_lost, 0, "{:?}", s.loss);
+    // Duplicates are not asserted: the server may forward a frame number
+    // twice when it switches a subscriber up a simulcast layer.
+    assert!(s.forwarded_pps > 0.0 && s.receivers_pps > 0.0);
+    assert!(s.latency.all.count > 0);
+    let relay = r.relay.as_ref().unwrap();
+    assert_eq!(relay.loss.routes_missing, 0, "relay routes");
+    assert_eq!(relay.loss.frames_lost, 0, "relay loss {:?}", relay.loss);
+    assert!(relay.forwarded_pps > 0.0 && relay.latency.all.count > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_with_audio_and_simulcast_video() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (s, target) = server().await;
+        let mut load = Load::defaults(Scenario::S2);
+        load.rooms = 2;
+        load.participants = 3;
+        load.publishers = 3;
+        load.media = MediaMix::Av;
+        let r = run(&short(load), &target).await.unwrap();
+        // 2 rooms x 3 receivers x 2 other publishers x (audio + video).
+        assert_clean(&r, 24);
+        assert!(r.server.latency.audio.count > 0 && r.server.latency.video.count > 0);
+        s.shutdown().await;
+    })
+    .await
+    .expect("smoke run timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_over_whip_and_whep() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (s, target) = server().await;
+        let mut load = Load::defaults(Scenario::S4);
+        load.participants = 3;
+        load.whip_whep = true;
+        let r = run(&short(load), &target).await.unwrap();
+        // 3 viewers x (audio + video) of the one publisher.
+        assert_clean(&r, 6);
+        s.shutdown().await;
+    })
+    .await
+    .expect("smoke run timed out");
+}
+
+#[test]
+fn relay_process_answers_and_stops() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_vela-loadtest"));
+    let relay = vela_loadtest::relay::Relay::spawn_process(exe, None, &["h".into()]).unwrap();
+    assert!(relay.separate && relay.pid != std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = rt
+        .block_on(vela_loadtest::relay::query(relay.addr))
+        .unwrap();
+    assert_eq!(c, vela_loadtest::relay::RelayCounters::default());
+    relay.stop();
+}
