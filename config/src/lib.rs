@@ -17,6 +17,7 @@ mod media;
 mod presence;
 mod server;
 mod store;
+mod webhooks;
 
 use std::path::Path;
 
@@ -31,6 +32,7 @@ pub use media::MediaConfig;
 pub use presence::PresenceConfig;
 pub use server::ServerConfig;
 pub use store::StoreConfig;
+pub use webhooks::WebhooksConfig;
 
 /// The whole server configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -50,6 +52,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Calls between accounts (`[calls]`).
     pub calls: CallsConfig,
+    /// Where events are posted (`[webhooks]`).
+    pub webhooks: WebhooksConfig,
 }
 
 impl Config {
@@ -127,6 +131,7 @@ impl Config {
         self.store.validate()?;
         self.presence.validate()?;
         self.calls.validate()?;
+        self.webhooks.validate()?;
         Ok(())
     }
 }

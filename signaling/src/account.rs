@@ -53,6 +53,9 @@ pub const PERM_ROOMS_SUBSCRIBE: &str = "rooms:subscribe";
 pub const PERM_CONTACTS: &str = "contacts:write";
 /// Administer accounts.
 pub const PERM_ACCOUNTS_ADMIN: &str = "accounts:admin";
+/// Administer every room through the server API (as the roomCreate,
+/// roomList and roomAdmin grants of a service token).
+pub const PERM_ROOMS_ADMIN: &str = "rooms:admin";
 
 /// The permissions that `roles` grant, in a stable order.
 pub fn permissions(roles: &[Role]) -> Vec<&'static str> {
@@ -64,6 +67,7 @@ pub fn permissions(roles: &[Role]) -> Vec<&'static str> {
     ];
     if roles.contains(&Role::Admin) {
         p.push(PERM_ACCOUNTS_ADMIN);
+        p.push(PERM_ROOMS_ADMIN);
     }
     p
 }

@@ -100,7 +100,12 @@ impl From<MediaError> for ApiError {
             MediaError::Join(JoinError::NotPermitted(_)) => StatusCode::FORBIDDEN,
             MediaError::Join(JoinError::RoomFull(_)) => StatusCode::CONFLICT,
             MediaError::Join(_) => StatusCode::BAD_REQUEST,
-            MediaError::Signal(SignalError::UnknownParticipant) => StatusCode::NOT_FOUND,
+            MediaError::Signal(
+                SignalError::UnknownParticipant
+                | SignalError::UnknownRoom
+                | SignalError::UnknownTrack,
+            ) => StatusCode::NOT_FOUND,
+            MediaError::Signal(SignalError::NotPermitted(_)) => StatusCode::FORBIDDEN,
             MediaError::Signal(SignalError::NoPendingOffer) => StatusCode::CONFLICT,
             MediaError::Signal(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::SERVICE_UNAVAILABLE,

@@ -12,7 +12,7 @@ pub mod device;
 pub mod hub;
 pub mod ids;
 pub mod link;
-mod metrics;
+pub mod metrics;
 pub mod presence;
 mod protocol;
 pub mod rate_limit;
@@ -20,6 +20,7 @@ mod server;
 mod session;
 pub mod store;
 pub mod token;
+pub mod webhook;
 mod whip;
 
 pub use api_error::ApiError;

@@ -64,6 +64,16 @@ struct TokenArgs {
     /// Do not grant subscribing.
     #[arg(long)]
     no_subscribe: bool,
+    /// Grant roomAdmin on the room: the server API's participant operations
+    /// and moderation in the web page.
+    #[arg(long)]
+    admin: bool,
+    /// Grant roomCreate: create and delete rooms through the server API.
+    #[arg(long)]
+    create: bool,
+    /// Grant roomList: list rooms through the server API.
+    #[arg(long)]
+    list: bool,
     /// Lifetime in seconds (default: auth.token_ttl_secs).
     #[arg(long)]
     ttl: Option<u64>,
@@ -109,6 +119,10 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
         room_join: true,
         can_publish: Some(!args.no_publish),
         can_subscribe: Some(!args.no_subscribe),
+        room_admin: args.admin,
+        room_create: args.create,
+        room_list: args.list,
+        ..VideoGrant::default()
     };
     let ttl = Duration::from_secs(args.ttl.unwrap_or(config.auth.token_ttl_secs));
     match TokenKeys::new(key, secret).issue(&args.identity, args.name.as_deref(), grant, ttl) {

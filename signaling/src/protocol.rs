@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use vela_media::core::{
-    LeaveReason, ParticipantId, ParticipantInfo, TrackId, TrackInfo, TrackKind,
+    LeaveReason, ParticipantId, ParticipantInfo, Permissions, TrackId, TrackInfo, TrackKind,
 };
 
 /// A message from the client.
@@ -74,6 +74,17 @@ pub enum ClientMessage {
         #[serde(default)]
         height: Option<u32>,
     },
+    /// A data message to the others in the room (needs canPublishData).
+    Data {
+        /// The payload, base64 (standard alphabet).
+        payload: String,
+        /// A topic the receivers can filter on.
+        #[serde(default)]
+        topic: Option<String>,
+        /// Identities to send to; empty or absent: everyone else.
+        #[serde(default)]
+        destination_identities: Vec<String>,
+    },
     /// Instead of `join` on a new socket: continue a session whose socket dropped.
     Resume {
         /// The participant id of the `joined` message.
@@ -97,6 +108,9 @@ pub enum ServerMessage<'a> {
         participants: &'a [ParticipantInfo],
         /// Lets a new socket take this session over (`resume`) if this one drops.
         resume_token: &'a str,
+        /// The token may moderate this room (roomAdmin): the server API's
+        /// participant operations accept it.
+        can_admin: bool,
     },
     /// The answer to the client's offer.
     Answer {
@@ -142,6 +156,23 @@ pub enum ServerMessage<'a> {
         track_id: TrackId,
         /// Muted now.
         muted: bool,
+    },
+    /// A data message from another participant, or from the server API
+    /// (`participant_id` absent).
+    Data {
+        /// The sender.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        participant_id: Option<ParticipantId>,
+        /// The sender's topic.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        /// The payload, base64 (standard alphabet).
+        payload: String,
+    },
+    /// What this participant may do changed (the server API).
+    PermissionsChanged {
+        /// The new permissions.
+        permissions: Permissions,
     },
     /// The session ended.
     Left {

@@ -83,6 +83,8 @@ pub(crate) struct AppState {
     pub calls: crate::call::CallsHandle,
     /// Room sessions a new socket may take over (`resume`).
     pub resumable: session::Resumable,
+    /// Counters kept outside the media core (join times, webhooks).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Who joins a room, and with what rights, after checking the token.
@@ -96,6 +98,8 @@ pub(crate) struct RoomGrant {
     pub permissions: Permissions,
     /// The account and device, for an account access token.
     pub account: Option<(AccountId, DeviceId)>,
+    /// May moderate the room (roomAdmin, or an account with rooms:admin).
+    pub admin: bool,
 }
 
 impl RoomGrant {
@@ -146,8 +150,10 @@ impl AppState {
                     permissions: Permissions {
                         publish: claims.can_publish(),
                         subscribe: claims.can_subscribe(),
+                        publish_data: claims.can_publish_data(),
                     },
                     account: None,
+                    admin: claims.video.room_admin,
                 })
             }
             Credential::Access(_) => {
@@ -169,8 +175,10 @@ impl AppState {
                     permissions: Permissions {
                         publish: claims.has(account::PERM_ROOMS_PUBLISH),
                         subscribe: claims.has(account::PERM_ROOMS_SUBSCRIBE),
+                        publish_data: claims.has(account::PERM_ROOMS_PUBLISH),
                     },
                     account: Some((claims.acc, claims.dev)),
+                    admin: claims.has(account::PERM_ROOMS_ADMIN),
                 })
             }
         }
@@ -191,6 +199,7 @@ pub struct RunningServer {
     driver: JoinHandle<()>,
     presence: JoinHandle<()>,
     calls: JoinHandle<()>,
+    webhooks: JoinHandle<()>,
     store: Store,
 }
 
@@ -206,6 +215,8 @@ impl RunningServer {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.presence).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.calls).await;
+        // Queued webhooks (the rooms just finished) get a last chance.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.webhooks).await;
         self.store.close().await;
     }
 }
@@ -235,7 +246,8 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         ))
         .set_max_participants_per_room(config.limits.max_participants_per_room)
         .set_reconnect_timeout(Duration::from_millis(config.media.reconnect_timeout_ms));
-    let (media, driver) = vela_media::spawn(sockets, sfu_config);
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(crate::webhook::ROOM_EVENT_QUEUE);
+    let (media, driver) = vela_media::spawn_with_events(sockets, sfu_config, events_tx);
 
     let listener = TcpListener::bind(config.server.http)
         .await
@@ -264,11 +276,21 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         hub.clone(),
         shutdown_rx.clone(),
     );
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (webhooks, webhooks_task) = crate::webhook::spawn(
+        &config.webhooks,
+        key,
+        secret,
+        metrics.clone(),
+        events_rx,
+        shutdown_rx.clone(),
+    );
     let (calls, calls_task) = crate::call::CallsHandle::spawn(
         &config.calls,
         store.clone(),
         hub.clone(),
         media.clone(),
+        webhooks,
         shutdown_rx.clone(),
     )
     .await
@@ -292,6 +314,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         hub,
         presence,
         resumable: Default::default(),
+        metrics,
     };
     let app = router(state);
     tracing::info!(%http_addr, "http listening");
@@ -319,6 +342,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         driver,
         presence: presence_task,
         calls: calls_task,
+        webhooks: webhooks_task,
         store,
     })
 }
@@ -328,6 +352,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/api/dev-token", get(dev_token))
         .route("/api/openapi.json", get(api::openapi))
@@ -345,6 +370,24 @@ fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// `GET /readyz`: 200 when new work can be taken (store answering, media
+/// driver running, not shutting down), else 503 with the reason.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let not_ready = |why: &'static str| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    if *state.shutdown.borrow() {
+        return not_ready("shutting down");
+    }
+    let media = tokio::time::timeout(Duration::from_secs(2), state.media.stats()).await;
+    if !matches!(media, Ok(Ok(_))) {
+        return not_ready("media driver not answering");
+    }
+    let store = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    if !matches!(store, Ok(Ok(()))) {
+        return not_ready("store not answering");
+    }
+    "ready".into_response()
 }
 
 async fn index() -> Html<&'static str> {
@@ -380,6 +423,7 @@ async fn dev_token(
         room_join: true,
         can_publish: Some(true),
         can_subscribe: Some(true),
+        ..VideoGrant::default()
     };
     let token = state.keys.issue(
         &q.identity,

@@ -100,10 +100,9 @@ async fn run(state: AppState, mut ws: WebSocket) {
             return close(&mut ws, 1008, "join refused").await;
         }
     };
-    let (room, joined, signals, account) = joined;
-    let id = joined.connection;
-    let span = tracing::info_span!("session", room = %room, participant = %id);
-    serve(state, ws, room, joined, signals, account)
+    let id = joined.1.connection;
+    let span = tracing::info_span!("session", room = %joined.0, participant = %id);
+    serve(state, ws, joined)
         .instrument(span)
         .await;
 }
@@ -191,14 +190,8 @@ enum Outcome {
     Replaced(Box<WebSocket>),
 }
 
-async fn serve(
-    state: AppState,
-    ws: WebSocket,
-    room: RoomId,
-    joined: Joined,
-    signals: SignalReceiver,
-    account: Option<(AccountId, DeviceId)>,
-) {
+async fn serve(state: AppState, ws: WebSocket, join: Join) {
+    let (room, joined, signals, account, admin) = join;
     let mut ws = ws;
     let id = joined.connection;
     let public = joined.participant.id;
@@ -258,8 +251,7 @@ async fn serve(
         let ok = greet(
             &state,
             &mut ws,
-            &room,
-            public,
+            (&room, public, admin),
             &token,
             first.take(),
             &mut link,
@@ -324,8 +316,7 @@ async fn serve(
 async fn greet(
     state: &AppState,
     ws: &mut WebSocket,
-    room: &RoomId,
-    public: ParticipantId,
+    (room, public, can_admin): (&RoomId, ParticipantId, bool),
     token: &str,
     first: Option<Joined>,
     link: &mut Link,
@@ -338,6 +329,7 @@ async fn greet(
                 participant: &joined.participant,
                 participants: &joined.others,
                 resume_token: token,
+                can_admin,
             },
         )
         .await;
@@ -359,6 +351,7 @@ async fn greet(
             participant: &me,
             participants: &others,
             resume_token: token,
+            can_admin,
         },
     )
     .await;
@@ -425,11 +418,13 @@ async fn detached(
     }
 }
 
+/// A join's room, result, signals, account and roomAdmin grant.
 type Join = (
     RoomId,
     Joined,
     SignalReceiver,
     Option<(AccountId, DeviceId)>,
+    bool,
 );
 
 async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
@@ -479,7 +474,7 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
         Some(from) => state.media.handover(from, req).await?,
         None => state.media.join(req).await?,
     };
-    Ok((room, joined, signals, grant.account))
+    Ok((room, joined, signals, grant.account, grant.admin))
 }
 
 /// Runs until the socket's part of the session ends.
@@ -614,6 +609,19 @@ async fn forward_signal(
             ServerMessage::ActiveSpeakers { speakers }
         }
         Signal::Left { reason } => ServerMessage::Left { reason: *reason },
+        Signal::Data {
+            from,
+            topic,
+            payload,
+        } => {
+            use base64::Engine as _;
+            ServerMessage::Data {
+                participant_id: *from,
+                topic: topic.as_deref(),
+                payload: base64::engine::general_purpose::STANDARD.encode(payload),
+            }
+        }
+        Signal::PermissionsChanged(p) => ServerMessage::PermissionsChanged { permissions: *p },
         _ => return true,
     };
     send(ws, &msg).await
@@ -705,6 +713,11 @@ async fn handle_message(
             return None;
         }
         ClientMessage::Ping => Ok(Some(ServerMessage::Pong)),
+        ClientMessage::Data {
+            payload,
+            topic,
+            destination_identities,
+        } => send_data(state, id, payload, topic, destination_identities).await,
         ClientMessage::Resume { .. } => Err(ApiError::bad_request("already joined")),
         ClientMessage::TrackSettings {
             track_id,
@@ -741,4 +754,49 @@ async fn handle_message(
         }
     }
     None
+}
+
+/// Largest data message payload, after base64 decoding.
+pub(crate) const MAX_DATA_BYTES: usize = 16 * 1024;
+
+/// Decodes a data message's payload (base64) and checks its size.
+pub(crate) fn decode_payload(payload: &str) -> Result<std::sync::Arc<[u8]>, ApiError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|_| ApiError::invalid("payload", "is not base64"))?;
+    if bytes.len() > MAX_DATA_BYTES {
+        return Err(ApiError::invalid(
+            "payload",
+            format!("is larger than {MAX_DATA_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes.into())
+}
+
+/// A participant's data message to the others in its room.
+async fn send_data(
+    state: &AppState,
+    id: ParticipantId,
+    payload: String,
+    topic: Option<String>,
+    destinations: Vec<String>,
+) -> Result<Option<ServerMessage<'static>>, ApiError> {
+    let payload = decode_payload(&payload)?;
+    let message = vela_media::core::DataMessage {
+        topic: topic.filter(|t| !t.is_empty()).map(std::sync::Arc::from),
+        payload,
+        destinations,
+    };
+    let sent = state
+        .media
+        .with(move |sfu, _| {
+            let room = sfu
+                .room_of(id)
+                .cloned()
+                .ok_or(vela_media::core::SignalError::UnknownParticipant)?;
+            sfu.handle_data(&room, Some(id), message)
+        })
+        .await?;
+    sent.map(|_| None).map_err(|e| vela_media::MediaError::from(e).into())
 }

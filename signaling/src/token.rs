@@ -27,6 +27,18 @@ pub struct VideoGrant {
     /// May receive tracks; absent means allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_subscribe: Option<bool>,
+    /// May send data messages; absent means allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_publish_data: Option<bool>,
+    /// Server API: may create and delete rooms.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub room_create: bool,
+    /// Server API: may list rooms.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub room_list: bool,
+    /// Server API: may moderate `room` (participants, tracks, data, tokens).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub room_admin: bool,
 }
 
 /// The claims of an access token.
@@ -256,6 +268,11 @@ impl Claims {
     pub fn can_subscribe(&self) -> bool {
         self.video.can_subscribe.unwrap_or(true)
     }
+
+    /// May send data messages.
+    pub fn can_publish_data(&self) -> bool {
+        self.video.can_publish_data.unwrap_or(true)
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +285,7 @@ mod tests {
             room_join: true,
             can_publish: Some(false),
             can_subscribe: None,
+            ..VideoGrant::default()
         }
     }
 

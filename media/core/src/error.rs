@@ -37,4 +37,10 @@ pub enum SignalError {
     /// No published track of this participant matches.
     #[error("unknown track")]
     UnknownTrack,
+    /// No such room.
+    #[error("unknown room")]
+    UnknownRoom,
+    /// The participant's permissions do not allow it.
+    #[error("not permitted: {0}")]
+    NotPermitted(&'static str),
 }

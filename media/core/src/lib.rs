@@ -27,9 +27,11 @@ mod track;
 
 pub use error::{JoinError, SignalError};
 pub use id::{IdParseError, ParticipantId, RoomId, TrackId};
-pub use sfu::{JoinRequest, Joined, Output, Sfu, SfuConfig};
+pub use room::RoomOptions;
+pub use sfu::{DataMessage, JoinRequest, Joined, Output, Sfu, SfuConfig};
 pub use signal::{
-    LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, Signal, TrackInfo, TrackKind,
+    LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
+    TrackKind,
 };
 pub use speaker::Speaker;
 pub use stats::SfuStats;

@@ -70,6 +70,9 @@ pub(crate) struct Peer {
     pub nack_totals: Vec<(Mid, u64, u64)>,
     /// The account and device behind the participant (see `JoinRequest::with_account`).
     pub account: Option<(String, String)>,
+    /// Incoming m-lines not published for lack of the publish permission;
+    /// published if the permission is granted later.
+    pub withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
 }
 
 impl Peer {
@@ -137,6 +140,7 @@ impl Peer {
             closing: None,
             nack_totals: Vec::new(),
             account: None,
+            withheld: Vec::new(),
             needs_negotiation: false,
             bwe_estimate: None,
             probe_dip_due: None,
@@ -191,6 +195,7 @@ impl Peer {
             account: self.account.as_ref().map(|(a, _)| a.clone()),
             device: self.account.as_ref().map(|(_, d)| d.clone()),
             tracks: self.published.iter().map(Publication::info).collect(),
+            permissions: self.permissions,
         }
     }
 

@@ -15,10 +15,14 @@ use crate::error::{JoinError, SignalError};
 use crate::id::{ParticipantId, RoomId, TrackId};
 use crate::layer_selector::{Demand, allocate, layer_for_size};
 use crate::peer::Peer;
-use crate::room::Room;
+use crate::room::{Room, RoomOptions};
 use crate::router::{Route, Router};
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, Signal};
 use crate::stats::SfuStats;
+mod room_service;
+
+pub use room_service::DataMessage;
+
 use crate::track::{
     Layer, Publication, Subscriber, Subscription, SubscriptionState, TrackSettings, rid_rank,
 };
@@ -280,6 +284,8 @@ pub struct Sfu {
     speaker_due: Option<Instant>,
     /// When simulcast layers are next allocated.
     layers_due: Instant,
+    /// The earliest moment an empty room with a timeout closes.
+    rooms_due: Option<Instant>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(ParticipantId, Signal)>,
     events: VecDeque<RoomEvent>,
@@ -303,6 +309,7 @@ impl Sfu {
             timers: BinaryHeap::new(),
             speaker_due: None,
             layers_due: now,
+            rooms_due: None,
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             events: VecDeque::new(),
@@ -316,6 +323,7 @@ impl Sfu {
         SfuStats {
             participants: self.peers.len() as u64,
             rooms: self.rooms.len() as u64,
+            tracks: self.tracks.len() as u64,
             ..self.stats
         }
     }
@@ -439,7 +447,12 @@ impl Sfu {
                 })
             })
         };
-        let limit = self.config.max_participants_per_room as usize;
+        let limit = self
+            .rooms
+            .get(&room)
+            .map(|r| r.options.max_participants)
+            .filter(|n| *n > 0)
+            .unwrap_or(self.config.max_participants_per_room) as usize;
         if let Some(r) = self.rooms.get(&room)
             && limit > 0
             && takes_over.is_none()
@@ -485,11 +498,13 @@ impl Sfu {
             self.remove_participant(old, LeaveReason::DuplicateIdentity);
         }
 
+        let now = self.now;
         let room_entry = self.rooms.entry(room.clone()).or_insert_with(|| {
             self.events
                 .push_back(RoomEvent::RoomStarted { room: room.clone() });
-            Room::new(self.config.speaker_interval)
+            Room::new(self.config.speaker_interval, now, RoomOptions::default())
         });
+        room_entry.empty_since = None;
         let existing: Vec<ParticipantId> = room_entry.participants.clone();
         room_entry.participants.push(id);
 
@@ -535,8 +550,7 @@ impl Sfu {
             }
             self.events.push_back(RoomEvent::ParticipantJoined {
                 room,
-                participant: id,
-                identity: info.identity.clone(),
+                participant: info.clone(),
             });
         }
         Ok(Joined {
@@ -628,8 +642,10 @@ impl Sfu {
             .iter_mut()
             .find(|p| Some(p.id) == track || (track.is_none() && Some(p.kind) == kind))
             .ok_or(SignalError::UnknownTrack)?;
+        let changed = p.muted != muted;
         p.muted = muted;
         let id = p.id;
+        let video = p.kind == MediaKind::Video;
         let room = peer.room.clone();
         let public_id = peer.public_id;
         self.signal_room(&room, Some(participant), |_| Signal::TrackMuted {
@@ -637,6 +653,18 @@ impl Sfu {
             track: id,
             muted,
         });
+        if changed {
+            self.events.push_back(RoomEvent::TrackMuted {
+                room,
+                participant: public_id,
+                track: id,
+                muted,
+            });
+            // Subscribers dropped its frames while muted: start a picture.
+            if !muted && video {
+                self.request_keyframe(id);
+            }
+        }
         Ok(id)
     }
 
@@ -958,6 +986,9 @@ impl Sfu {
         if self.speaker_due.is_some_and(|t| t <= now) {
             self.poll_speakers(now);
         }
+        if self.rooms_due.is_some_and(|t| t <= now) {
+            self.close_empty_rooms(now);
+        }
         if now >= self.layers_due {
             self.layers_due = now + LAYER_INTERVAL;
             self.allocate_all_layers();
@@ -1040,6 +1071,9 @@ impl Sfu {
         }
         if !self.peers.is_empty() {
             next = next.min(self.layers_due);
+        }
+        if let Some(t) = self.rooms_due {
+            next = next.min(t);
         }
         next.max(self.now)
     }
@@ -1182,7 +1216,8 @@ impl Sfu {
             tracing::info!(participant = %pid, room = %peer.room, "media connected");
             self.events.push_back(RoomEvent::ParticipantConnected {
                 room: peer.room.clone(),
-                participant: pid,
+                participant: peer.public_id,
+                join_time: self.now.saturating_duration_since(peer.joined_at),
             });
         }
 
@@ -1217,7 +1252,8 @@ impl Sfu {
             return;
         };
         if !peer.permissions.publish {
-            tracing::warn!(participant = %pid, %mid, "track ignored: no publish permission");
+            tracing::info!(participant = %pid, %mid, "track withheld: no publish permission");
+            peer.withheld.push((mid, kind, rids.to_vec()));
             return;
         }
         if let Some(old) = peer.takes_over
@@ -1405,6 +1441,11 @@ impl Sfu {
         else {
             return;
         };
+        // A muted track is not forwarded, whether or not its publisher
+        // still sends (the server API's mute does not rely on the client).
+        if p.muted {
+            return;
+        }
         let layer = p.layer_of(data.rid);
         if let Some(l) = layer {
             p.layers[l].measure(now, data.data.len());
@@ -1646,48 +1687,16 @@ impl Sfu {
             }
         }
         // What it published: everyone's subscriptions lose their source.
+        let tracks: Vec<TrackId> = peer.published.iter().map(|p| p.id).collect();
+        self.drop_publications(&room, public, peer.is_visible(), &tracks);
         let members = self
             .rooms
             .get(&room)
             .map(|r| r.participants.clone())
             .unwrap_or_default();
-        for p in &peer.published {
-            self.tracks.remove(&p.id);
-            self.events.push_back(RoomEvent::TrackUnpublished {
-                room: room.clone(),
-                participant: public,
-                track: p.id,
-            });
-        }
-        for m in &members {
-            let Some(other) = self.peers.get_mut(m) else {
-                continue;
-            };
-            if other.public_id == public {
-                continue;
-            }
-            let mut rebind = Vec::new();
-            for s in &mut other.subscriptions {
-                if let Some(src) = s.source
-                    && peer.published.iter().any(|p| p.id == src)
-                {
-                    s.source = None;
-                    s.publisher = None;
-                    other.needs_negotiation = true;
-                    rebind.push(s.kind);
-                }
-            }
-            if peer.is_visible() {
-                for p in &peer.published {
-                    self.signals.push_back((
-                        *m,
-                        Signal::TrackUnpublished {
-                            participant: public,
-                            track: p.id,
-                        },
-                    ));
-                }
-                if successor.is_none() {
+        if peer.is_visible() && successor.is_none() {
+            for m in &members {
+                if self.peers.get(m).is_some_and(|o| o.public_id != public) {
                     self.signals.push_back((
                         *m,
                         Signal::ParticipantLeft {
@@ -1695,13 +1704,6 @@ impl Sfu {
                             reason,
                         },
                     ));
-                }
-            }
-            let whep = other.kind == PeerKind::Whep;
-            self.mark_dirty(*m);
-            if whep {
-                for kind in rebind {
-                    self.bind_viewer(*m, kind);
                 }
             }
         }
@@ -1731,8 +1733,88 @@ impl Sfu {
             }
         }
         if members.is_empty() {
-            self.rooms.remove(&room);
-            self.events.push_back(RoomEvent::RoomFinished { room });
+            self.room_emptied(room);
         }
+    }
+
+    /// Tracks of `public` are gone (its connection left, or it may no longer
+    /// publish): subscribers stop receiving them and are told.
+    fn drop_publications(
+        &mut self,
+        room: &RoomId,
+        public: ParticipantId,
+        visible: bool,
+        tracks: &[TrackId],
+    ) {
+        if tracks.is_empty() {
+            return;
+        }
+        for t in tracks {
+            self.tracks.remove(t);
+            self.events.push_back(RoomEvent::TrackUnpublished {
+                room: room.clone(),
+                participant: public,
+                track: *t,
+            });
+        }
+        let members = self
+            .rooms
+            .get(room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        for m in &members {
+            let Some(other) = self.peers.get_mut(m) else {
+                continue;
+            };
+            if other.public_id == public {
+                continue;
+            }
+            let mut rebind = Vec::new();
+            for s in &mut other.subscriptions {
+                if let Some(src) = s.source
+                    && tracks.contains(&src)
+                {
+                    s.source = None;
+                    s.publisher = None;
+                    other.needs_negotiation = true;
+                    rebind.push(s.kind);
+                }
+            }
+            if visible {
+                for t in tracks {
+                    self.signals.push_back((
+                        *m,
+                        Signal::TrackUnpublished {
+                            participant: public,
+                            track: *t,
+                        },
+                    ));
+                }
+            }
+            let whep = other.kind == PeerKind::Whep;
+            self.mark_dirty(*m);
+            if whep {
+                for kind in rebind {
+                    self.bind_viewer(*m, kind);
+                }
+            }
+        }
+    }
+
+    /// The last participant left: the room closes now, or after its empty timeout.
+    fn room_emptied(&mut self, room: RoomId) {
+        let now = self.now;
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        if r.options.empty_timeout.is_some() {
+            r.empty_since = Some(now);
+            if let Some(t) = r.closes_at() {
+                self.rooms_due = Some(self.rooms_due.map_or(t, |d| d.min(t)));
+            }
+            return;
+        }
+        self.rooms.remove(&room);
+        self.events.push_back(RoomEvent::RoomFinished { room });
     }
 }

@@ -1,5 +1,7 @@
 //! What the core tells participants and the outside world.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use str0m::change::SdpOffer;
 use str0m::media::MediaKind;
@@ -46,12 +48,14 @@ pub enum PeerKind {
 }
 
 /// What a participant may do in its room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Permissions {
     /// May publish tracks.
     pub publish: bool,
     /// May receive other participants' tracks.
     pub subscribe: bool,
+    /// May send data messages to others.
+    pub publish_data: bool,
 }
 
 impl Default for Permissions {
@@ -59,6 +63,7 @@ impl Default for Permissions {
         Permissions {
             publish: true,
             subscribe: true,
+            publish_data: true,
         }
     }
 }
@@ -91,6 +96,30 @@ pub struct ParticipantInfo {
     pub device: Option<String>,
     /// The tracks it publishes.
     pub tracks: Vec<TrackInfo>,
+    /// What it may do.
+    pub permissions: Permissions,
+}
+
+/// A room as the server API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomInfo {
+    /// The room's name.
+    pub name: RoomId,
+    /// Visible participants now.
+    pub num_participants: u32,
+    /// Participants that publish at least one track.
+    pub num_publishers: u32,
+    /// Published tracks.
+    pub num_tracks: u32,
+    /// The participant limit (0: the server's default).
+    pub max_participants: u32,
+    /// How long the room stays open while empty, in seconds (`None`: it
+    /// closes when the last participant leaves).
+    pub empty_timeout_secs: Option<u64>,
+    /// Free text for the integration.
+    pub metadata: String,
+    /// Seconds since the room opened.
+    pub age_secs: u64,
 }
 
 /// Why a participant left a room.
@@ -109,6 +138,8 @@ pub enum LeaveReason {
     ServerShutdown,
     /// Another device of the same participant took over the call.
     HandedOver,
+    /// The room was deleted through the server API.
+    RoomDeleted,
 }
 
 impl LeaveReason {
@@ -121,6 +152,7 @@ impl LeaveReason {
             LeaveReason::Removed => "removed",
             LeaveReason::ServerShutdown => "server_shutdown",
             LeaveReason::HandedOver => "handed_over",
+            LeaveReason::RoomDeleted => "room_deleted",
         }
     }
 }
@@ -173,6 +205,17 @@ pub enum Signal {
     },
     /// Who is speaking now, loudest first (sent at most once per speaker interval).
     ActiveSpeakers(Vec<crate::speaker::Speaker>),
+    /// A data message from another participant (`from`) or the server API.
+    Data {
+        /// The sender, `None` for the server.
+        from: Option<ParticipantId>,
+        /// The sender's topic, if any.
+        topic: Option<Arc<str>>,
+        /// The payload, shared between recipients.
+        payload: Arc<[u8]>,
+    },
+    /// What this participant may do changed (server API).
+    PermissionsChanged(Permissions),
     /// This participant was removed from its room; nothing more follows.
     Left {
         /// Why.
@@ -198,10 +241,8 @@ pub enum RoomEvent {
     ParticipantJoined {
         /// The room.
         room: RoomId,
-        /// The participant.
-        participant: ParticipantId,
-        /// Its identity.
-        identity: String,
+        /// The participant as others see it.
+        participant: ParticipantInfo,
     },
     /// A participant's media connection is up (ICE and DTLS done).
     ParticipantConnected {
@@ -209,6 +250,8 @@ pub enum RoomEvent {
         room: RoomId,
         /// The participant.
         participant: ParticipantId,
+        /// From the join to ICE and DTLS done.
+        join_time: std::time::Duration,
     },
     /// A participant left.
     ParticipantLeft {
@@ -238,6 +281,17 @@ pub enum RoomEvent {
         track: TrackId,
         /// Audio or video.
         kind: TrackKind,
+    },
+    /// A track was muted or unmuted (by its publisher or the server API).
+    TrackMuted {
+        /// The room.
+        room: RoomId,
+        /// The publisher.
+        participant: ParticipantId,
+        /// The track.
+        track: TrackId,
+        /// Muted now.
+        muted: bool,
     },
     /// A track was unpublished.
     TrackUnpublished {

@@ -36,4 +36,6 @@ pub struct SfuStats {
     pub participants: u64,
     /// Rooms currently open.
     pub rooms: u64,
+    /// Published tracks now.
+    pub tracks: u64,
 }

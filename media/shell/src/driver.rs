@@ -26,14 +26,24 @@ struct Driver {
     sockets: MediaSockets,
     sinks: HashMap<ParticipantId, mpsc::UnboundedSender<Signal>>,
     send_errors: u64,
+    /// Where room events go (webhooks, metrics); never waited on.
+    events: Option<mpsc::Sender<RoomEvent>>,
+    events_dropped: u64,
 }
 
-pub(crate) async fn run(sfu: Sfu, sockets: MediaSockets, mut rx: mpsc::Receiver<Command>) {
+pub(crate) async fn run(
+    sfu: Sfu,
+    sockets: MediaSockets,
+    mut rx: mpsc::Receiver<Command>,
+    events: Option<mpsc::Sender<RoomEvent>>,
+) {
     let mut d = Driver {
         sfu,
         sockets,
         sinks: HashMap::new(),
         send_errors: 0,
+        events,
+        events_dropped: 0,
     };
     let mut buf = vec![0u8; RECV_BUF];
     // Timeouts already due (str0m's pacer asks for "now" after each packet it
@@ -103,7 +113,7 @@ impl Driver {
                 Output::Timeout(t) => return t,
                 Output::Transmit(t) => self.send(t).await,
                 Output::Signal(p, s) => self.deliver(p, s),
-                Output::Event(e) => log_event(&e),
+                Output::Event(e) => self.event(e),
                 _ => {}
             }
         }
@@ -128,6 +138,20 @@ impl Driver {
         if let Err(e) = r {
             self.send_errors += 1;
             tracing::debug!(destination = %t.destination, error = %e, "udp send failed");
+        }
+    }
+
+    /// Hands a room event on without waiting: a full queue drops it (counted)
+    /// rather than stall media.
+    fn event(&mut self, e: RoomEvent) {
+        tracing::debug!(event = ?e, "room event");
+        if let Some(tx) = &self.events
+            && tx.try_send(e).is_err()
+        {
+            self.events_dropped += 1;
+            if self.events_dropped.is_power_of_two() {
+                tracing::warn!(dropped = self.events_dropped, "room event queue full; events dropped");
+            }
         }
     }
 
@@ -180,6 +204,7 @@ impl Driver {
             Command::Participants(room, reply) => {
                 let _ = reply.send(self.sfu.participants(&room));
             }
+            Command::With(f) => f(&mut self.sfu, now),
             Command::Stats(reply) => {
                 let _ = reply.send(self.sfu.stats());
             }
@@ -192,8 +217,4 @@ impl Driver {
         }
         false
     }
-}
-
-fn log_event(e: &RoomEvent) {
-    tracing::debug!(event = ?e, "room event");
 }

@@ -1,9 +1,11 @@
 //! The control channel: what signaling asks of the media driver.
 
+use std::time::Instant;
+
 use tokio::sync::{mpsc, oneshot};
 use vela_media_core::{
     JoinError, JoinRequest, Joined, LeaveReason, ParticipantId, ParticipantInfo, RoomId, SdpAnswer,
-    SdpOffer, SfuStats, Signal, SignalError, TrackId, TrackKind, TrackSettings,
+    SdpOffer, Sfu, SfuStats, Signal, SignalError, TrackId, TrackKind, TrackSettings,
 };
 
 /// The signals for one participant, in order; ends after [`Signal::Left`].
@@ -27,7 +29,6 @@ pub enum MediaError {
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
 
 /// Requests to the driver task.
-#[derive(Debug)]
 pub(crate) enum Command {
     Join(
         Box<JoinRequest>,
@@ -53,6 +54,8 @@ pub(crate) enum Command {
     TrackSettings(ParticipantId, TrackId, TrackSettings, Reply<()>),
     Leave(ParticipantId, LeaveReason),
     Participants(RoomId, oneshot::Sender<Vec<ParticipantInfo>>),
+    /// Runs a closure on the core (the server API's operations).
+    With(Box<dyn FnOnce(&mut Sfu, Instant) + Send>),
     Stats(oneshot::Sender<SfuStats>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -142,6 +145,25 @@ impl MediaHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Participants(room, tx))
+            .await
+            .map_err(|_| MediaError::Stopped)?;
+        rx.await.map_err(|_| MediaError::Stopped)
+    }
+
+    /// Runs `f` on the core, on the driver task, and returns its result; the
+    /// core's outputs are carried out afterwards. For the server API's
+    /// operations (`Sfu::handle_create_room` and the like): keep `f` short,
+    /// media waits while it runs.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Sfu, Instant) -> T + Send + 'static,
+    ) -> Result<T, MediaError> {
+        let (tx, rx) = oneshot::channel();
+        let run = move |sfu: &mut Sfu, now: Instant| {
+            let _ = tx.send(f(sfu, now));
+        };
+        self.tx
+            .send(Command::With(Box::new(run)))
             .await
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)

@@ -50,6 +50,7 @@ impl CallsHandle {
         store: Store,
         hub: Hub,
         media: MediaHandle,
+        webhooks: crate::webhook::WebhookHandle,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(CallsHandle, JoinHandle<()>), crate::store::StoreError> {
         let first = store.next_call_id().await?;
@@ -59,7 +60,13 @@ impl CallsHandle {
             config.max_participants as usize,
         );
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(calls, rx, store, hub, media, shutdown));
+        let out = Outlets {
+            store,
+            hub,
+            media,
+            webhooks,
+        };
+        let task = tokio::spawn(run(calls, rx, out, shutdown));
         Ok((CallsHandle { tx }, task))
     }
 
@@ -262,12 +269,18 @@ pub(crate) async fn room_access(
         .await
 }
 
-async fn run(
-    mut calls: Calls,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+/// Where the state machine's outputs go.
+struct Outlets {
     store: Store,
     hub: Hub,
     media: MediaHandle,
+    webhooks: crate::webhook::WebhookHandle,
+}
+
+async fn run(
+    mut calls: Calls,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    out: Outlets,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -285,22 +298,28 @@ async fn run(
             job = rx.recv() => {
                 let Some(job) = job else { break };
                 let reply = job(&mut calls, now_ms());
-                carry_out(&mut calls, &store, &hub, &media).await;
+                carry_out(&mut calls, &out).await;
                 reply();
             }
             _ = sleep => {
                 calls.handle_timeout(now_ms());
-                carry_out(&mut calls, &store, &hub, &media).await;
+                carry_out(&mut calls, &out).await;
             }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         }
     }
     calls.handle_shutdown(now_ms());
-    carry_out(&mut calls, &store, &hub, &media).await;
+    carry_out(&mut calls, &out).await;
 }
 
 /// Does what the state machine asked: pushes, history entries, removals.
-async fn carry_out(calls: &mut Calls, store: &Store, hub: &Hub, media: &MediaHandle) {
+async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
+    let Outlets {
+        store,
+        hub,
+        media,
+        webhooks,
+    } = outlets;
     while let Some(out) = calls.poll_output() {
         match out {
             Output::Push(account, event) => match serde_json::to_string(&*event) {
@@ -327,6 +346,7 @@ async fn carry_out(calls: &mut Calls, store: &Store, hub: &Hub, media: &MediaHan
                 }
             }
             Output::Kick(connection) => media.leave(connection, LeaveReason::Removed).await,
+            Output::Notice(n) => webhooks.call(n),
         }
     }
 }

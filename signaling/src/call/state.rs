@@ -309,6 +309,41 @@ pub enum Output {
     Record(Record),
     /// Remove this room connection (its member left or the call ended).
     Kick(ParticipantId),
+    /// Tell integrations (webhooks).
+    Notice(Notice),
+}
+
+/// A call event for integrations (webhooks): once per happening, not per device.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// An account's devices started ringing.
+    Ringing {
+        /// The call.
+        call: Box<Call>,
+        /// Who is rung.
+        account: AccountId,
+    },
+    /// A member answered.
+    Answered {
+        /// The call.
+        call: Box<Call>,
+        /// Who.
+        account: AccountId,
+        /// On which device.
+        device: DeviceId,
+    },
+    /// The call ended for everyone.
+    Ended {
+        /// The call.
+        call: Box<Call>,
+    },
+    /// A member did not answer in time.
+    Missed {
+        /// The call.
+        call: Box<Call>,
+        /// Who.
+        account: AccountId,
+    },
 }
 
 /// Why a call operation was refused.
@@ -590,11 +625,15 @@ impl Calls {
                     self.push(
                         who,
                         Event::CallRinging {
-                            call: snapshot,
+                            call: snapshot.clone(),
                             caller,
                             waiting: false,
                         },
                     );
+                    self.out.push_back(Output::Notice(Notice::Ringing {
+                        call: Box::new(snapshot),
+                        account: who,
+                    }));
                 }
                 MemberState::Busy => self.finish(now, id, i, Outcome::Busy, true),
                 _ => self.finish(now, id, i, Outcome::Filtered, false),
@@ -659,6 +698,11 @@ impl Calls {
         }
         let snapshot = call.clone();
         let to = call.involved();
+        self.out.push_back(Output::Notice(Notice::Answered {
+            call: Box::new(snapshot.clone()),
+            account,
+            device,
+        }));
         self.push_all(&to, || Event::CallAnswered {
             call: snapshot.clone(),
             account_id: account,
@@ -1043,6 +1087,12 @@ impl Calls {
             handed_over_to: call.members[i].moves.clone(),
         };
         let snapshot = call.clone();
+        if outcome == Outcome::Missed {
+            self.out.push_back(Output::Notice(Notice::Missed {
+                call: Box::new(snapshot.clone()),
+                account,
+            }));
+        }
         if tell {
             self.push(
                 account,
@@ -1093,6 +1143,11 @@ impl Calls {
                 self.out.push_back(Output::Kick(c));
             }
             self.finish(now, id, i, outcome, true);
+        }
+        if let Some(call) = self.calls.get(&id) {
+            self.out.push_back(Output::Notice(Notice::Ended {
+                call: Box::new(call.clone()),
+            }));
         }
     }
 

@@ -93,6 +93,12 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// Answers when the database does (readiness checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Waits for running statements and closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;

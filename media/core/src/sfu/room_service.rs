@@ -1,0 +1,394 @@
+//! What the server API asks of rooms and participants: open and close
+//! rooms, list them, remove or mute a participant, change its permissions,
+//! send data. Participants are named by identity, as integrations know them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::media::MediaKind;
+
+use super::Sfu;
+use crate::error::SignalError;
+use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::room::{Room, RoomOptions};
+use crate::signal::{
+    LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
+};
+use crate::track::{Subscription, SubscriptionState, TrackSettings};
+
+/// A data message for [`Sfu::handle_data`].
+#[derive(Debug, Clone)]
+pub struct DataMessage {
+    /// The sender's topic, if any.
+    pub topic: Option<Arc<str>>,
+    /// The payload, shared between recipients.
+    pub payload: Arc<[u8]>,
+    /// Identities to deliver to; empty means everyone else in the room.
+    pub destinations: Vec<String>,
+}
+
+impl Sfu {
+    /// Opens a room ahead of its participants; a room that exists already is
+    /// returned as it is.
+    pub fn handle_create_room(&mut self, now: Instant, room: RoomId, options: RoomOptions) -> RoomInfo {
+        self.advance(now);
+        let now = self.now;
+        if !self.rooms.contains_key(&room) {
+            tracing::info!(%room, ?options, "room created");
+            let r = Room::new(self.config.speaker_interval, now, options);
+            if let Some(t) = r.closes_at() {
+                self.rooms_due = Some(self.rooms_due.map_or(t, |d| d.min(t)));
+            }
+            self.rooms.insert(room.clone(), r);
+            self.events
+                .push_back(RoomEvent::RoomStarted { room: room.clone() });
+        }
+        self.room_info(&room).unwrap_or_else(|| RoomInfo {
+            name: room,
+            num_participants: 0,
+            num_publishers: 0,
+            num_tracks: 0,
+            max_participants: 0,
+            empty_timeout_secs: None,
+            metadata: String::new(),
+            age_secs: 0,
+        })
+    }
+
+    /// Closes a room: everyone in it leaves with [`LeaveReason::RoomDeleted`].
+    /// False when there is no such room.
+    pub fn handle_delete_room(&mut self, now: Instant, room: &RoomId) -> bool {
+        self.advance(now);
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        // Closed when the last one leaves, whatever its timeout.
+        r.options.empty_timeout = None;
+        let members = r.participants.clone();
+        tracing::info!(%room, participants = members.len(), "room deleted");
+        if members.is_empty() {
+            self.rooms.remove(room);
+            self.events
+                .push_back(RoomEvent::RoomFinished { room: room.clone() });
+        }
+        for p in members {
+            self.remove_participant(p, LeaveReason::RoomDeleted);
+        }
+        true
+    }
+
+    /// Every open room, by name.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let mut names: Vec<&RoomId> = self.rooms.keys().collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.into_iter().filter_map(|n| self.room_info(n)).collect()
+    }
+
+    /// One room as the API shows it.
+    pub fn room_info(&self, room: &RoomId) -> Option<RoomInfo> {
+        let r = self.rooms.get(room)?;
+        let visible = || {
+            r.participants
+                .iter()
+                .filter_map(|p| self.peers.get(p))
+                .filter(|p| p.is_visible() && p.takes_over.is_none())
+        };
+        Some(RoomInfo {
+            name: room.clone(),
+            num_participants: visible().count() as u32,
+            num_publishers: visible().filter(|p| !p.published.is_empty()).count() as u32,
+            num_tracks: r
+                .participants
+                .iter()
+                .filter_map(|p| self.peers.get(p))
+                .map(|p| p.published.len() as u32)
+                .sum(),
+            max_participants: r.options.max_participants,
+            empty_timeout_secs: r.options.empty_timeout.map(|d| d.as_secs()),
+            metadata: r.options.metadata.clone(),
+            age_secs: self.now.saturating_duration_since(r.created).as_secs(),
+        })
+    }
+
+    /// A participant of a room by identity.
+    pub fn participant(&self, room: &RoomId, identity: &str) -> Option<ParticipantInfo> {
+        let conns = self.connections_of(room, identity).ok()?;
+        // During a handover the track list is the union of both connections.
+        let mut info = self.peers.get(conns.first()?)?.info();
+        for c in conns.iter().skip(1) {
+            if let Some(p) = self.peers.get(c) {
+                info.tracks
+                    .extend(p.published.iter().map(crate::track::Publication::info));
+            }
+        }
+        Some(info)
+    }
+
+    /// The connections (one, two during a handover) of a visible participant.
+    fn connections_of(&self, room: &RoomId, identity: &str) -> Result<Vec<ParticipantId>, SignalError> {
+        let r = self.rooms.get(room).ok_or(SignalError::UnknownRoom)?;
+        let conns: Vec<ParticipantId> = r
+            .participants
+            .iter()
+            .copied()
+            .filter(|p| {
+                self.peers
+                    .get(p)
+                    .is_some_and(|p| p.identity == identity && p.is_visible())
+            })
+            .collect();
+        if conns.is_empty() {
+            return Err(SignalError::UnknownParticipant);
+        }
+        Ok(conns)
+    }
+
+    /// Removes a participant (every connection of it) with [`LeaveReason::Removed`].
+    pub fn handle_remove_participant(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        identity: &str,
+    ) -> Result<(), SignalError> {
+        self.advance(now);
+        for c in self.connections_of(room, identity)? {
+            self.remove_participant(c, LeaveReason::Removed);
+        }
+        Ok(())
+    }
+
+    /// Mutes or unmutes a participant's published track for everyone; the
+    /// publisher is told too, so its client can show it and stop sending.
+    pub fn handle_mute_track(
+        &mut self,
+        room: &RoomId,
+        identity: &str,
+        track: TrackId,
+        muted: bool,
+    ) -> Result<TrackInfo, SignalError> {
+        let conns = self.connections_of(room, identity)?;
+        let owner = conns
+            .iter()
+            .copied()
+            .find(|c| {
+                self.peers
+                    .get(c)
+                    .is_some_and(|p| p.published.iter().any(|t| t.id == track))
+            })
+            .ok_or(SignalError::UnknownTrack)?;
+        self.handle_mute(owner, Some(track), None, muted)?;
+        let public = self.peers.get(&owner).map_or(owner, |p| p.public_id);
+        for c in conns {
+            self.signals.push_back((
+                c,
+                Signal::TrackMuted {
+                    participant: public,
+                    track,
+                    muted,
+                },
+            ));
+        }
+        self.peers
+            .get(&owner)
+            .and_then(|p| p.published.iter().find(|t| t.id == track))
+            .map(crate::track::Publication::info)
+            .ok_or(SignalError::UnknownTrack)
+    }
+
+    /// Changes what a participant may do, at once: without `publish` its
+    /// tracks are unpublished (and come back if it is granted again); without
+    /// `subscribe` it stops receiving; with it again it receives everything.
+    pub fn handle_update_permissions(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        identity: &str,
+        permissions: Permissions,
+    ) -> Result<ParticipantInfo, SignalError> {
+        self.advance(now);
+        let conns = self.connections_of(room, identity)?;
+        for c in &conns {
+            self.apply_permissions(*c, permissions);
+        }
+        tracing::info!(%room, identity, ?permissions, "permissions changed");
+        self.participant(room, identity)
+            .ok_or(SignalError::UnknownParticipant)
+    }
+
+    fn apply_permissions(&mut self, pid: ParticipantId, new: Permissions) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let old = peer.permissions;
+        peer.permissions = new;
+        let room = peer.room.clone();
+        let public = peer.public_id;
+        let visible = peer.is_visible();
+        if old.publish && !new.publish {
+            // Its m-lines stay; what arrives on them is dropped until granted again.
+            let withdrawn: Vec<_> = peer
+                .published
+                .drain(..)
+                .map(|p| {
+                    let rids = p.layers.iter().map(|l| l.rid).collect();
+                    (p.id, (p.mid, p.kind, rids))
+                })
+                .collect();
+            let tracks: Vec<TrackId> = withdrawn.iter().map(|(id, _)| *id).collect();
+            peer.withheld.extend(withdrawn.into_iter().map(|(_, w)| w));
+            self.drop_publications(&room, public, visible, &tracks);
+        } else if !old.publish && new.publish {
+            let withheld = std::mem::take(&mut peer.withheld);
+            for (mid, kind, rids) in withheld {
+                self.publish(pid, mid, kind, &rids);
+            }
+        }
+        if old.subscribe && !new.subscribe {
+            self.stop_receiving(pid);
+        } else if !old.subscribe && new.subscribe {
+            self.receive_everything(pid);
+        }
+        if let Some(peer) = self.peers.get(&pid)
+            && peer.kind == PeerKind::Session
+        {
+            self.signals
+                .push_back((pid, Signal::PermissionsChanged(new)));
+        }
+        self.mark_dirty(pid);
+    }
+
+    /// Stops forwarding anything to `pid`; its m-lines are stopped at the
+    /// next renegotiation.
+    fn stop_receiving(&mut self, pid: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let mut stopped = Vec::new();
+        for s in &mut peer.subscriptions {
+            if let Some(src) = s.source.take() {
+                s.publisher = None;
+                if let Some(mid) = s.mid() {
+                    stopped.push((src, mid));
+                }
+            }
+        }
+        peer.needs_negotiation = true;
+        for (src, mid) in stopped {
+            if let Some(publisher) = self.tracks.get(&src).copied()
+                && let Some(p) = self
+                    .peers
+                    .get_mut(&publisher)
+                    .and_then(|p| p.publication(src))
+            {
+                p.subscribers
+                    .retain(|x| !(x.participant == pid && x.mid == mid));
+            }
+        }
+    }
+
+    /// Subscribes a session to every track in its room it does not receive yet.
+    fn receive_everything(&mut self, pid: ParticipantId) {
+        let Some(peer) = self.peers.get(&pid) else {
+            return;
+        };
+        if peer.kind != PeerKind::Session {
+            return;
+        }
+        let public = peer.public_id;
+        let members = self
+            .rooms
+            .get(&peer.room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        let mut wanted: Vec<(TrackId, ParticipantId, MediaKind)> = Vec::new();
+        for m in members {
+            if let Some(o) = self.peers.get(&m)
+                && o.public_id != public
+            {
+                wanted.extend(o.published.iter().map(|p| (p.id, o.public_id, p.kind)));
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        for (track, publisher, kind) in wanted {
+            if peer.subscriptions.iter().any(|s| s.source == Some(track)) {
+                continue;
+            }
+            peer.subscriptions.push(Subscription {
+                source: Some(track),
+                publisher: Some(publisher),
+                kind,
+                state: SubscriptionState::ToOpen,
+                settings: TrackSettings::default(),
+            });
+            peer.needs_negotiation = true;
+        }
+    }
+
+    /// Sends a data message to the room's sessions (all but the sender, or
+    /// the named identities); `from` is a participant's connection, `None`
+    /// for the server API. Returns how many connections it went to.
+    pub fn handle_data(
+        &mut self,
+        room: &RoomId,
+        from: Option<ParticipantId>,
+        message: DataMessage,
+    ) -> Result<usize, SignalError> {
+        let sender = match from {
+            Some(f) => {
+                let p = self.peers.get(&f).ok_or(SignalError::UnknownParticipant)?;
+                if !p.permissions.publish_data {
+                    return Err(SignalError::NotPermitted("sending data needs canPublishData"));
+                }
+                Some(p.public_id)
+            }
+            None => None,
+        };
+        let r = self.rooms.get(room).ok_or(SignalError::UnknownRoom)?;
+        let mut n = 0;
+        for m in &r.participants {
+            let Some(p) = self.peers.get(m) else {
+                continue;
+            };
+            if p.kind != PeerKind::Session
+                || Some(p.public_id) == sender
+                || !(message.destinations.is_empty()
+                    || message.destinations.iter().any(|d| *d == p.identity))
+            {
+                continue;
+            }
+            self.signals.push_back((
+                *m,
+                Signal::Data {
+                    from: sender,
+                    topic: message.topic.clone(),
+                    payload: message.payload.clone(),
+                },
+            ));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Closes rooms that stayed empty past their timeout.
+    pub(super) fn close_empty_rooms(&mut self, now: Instant) {
+        let due: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.participants.is_empty() && r.closes_at().is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for room in due {
+            tracing::info!(%room, "empty room closed after its timeout");
+            self.rooms.remove(&room);
+            self.events.push_back(RoomEvent::RoomFinished { room });
+        }
+        self.rooms_due = self
+            .rooms
+            .values()
+            .filter(|r| r.participants.is_empty())
+            .filter_map(Room::closes_at)
+            .min();
+    }
+}
