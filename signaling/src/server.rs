@@ -400,6 +400,9 @@ struct DevTokenQuery {
     identity: String,
     #[serde(default)]
     name: Option<String>,
+    /// `1` or `true`: the token may moderate the room (roomAdmin).
+    #[serde(default)]
+    admin: Option<String>,
 }
 
 /// Mints tokens for the web page, only while the development key is in use.
@@ -423,6 +426,7 @@ async fn dev_token(
         room_join: true,
         can_publish: Some(true),
         can_subscribe: Some(true),
+        room_admin: matches!(q.admin.as_deref(), Some("1" | "true")),
         ..VideoGrant::default()
     };
     let token = state.keys.issue(

@@ -8,6 +8,7 @@ mod contacts;
 mod devices;
 mod links;
 mod presence;
+mod rooms;
 pub(crate) mod ws;
 
 use axum::Router;
@@ -69,6 +70,17 @@ pub(crate) const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/api/v1/calls/{id}/leave"),
     ("post", "/api/v1/calls/{id}/invite"),
     ("post", "/api/v1/calls/{id}/messages"),
+    ("post", "/api/v1/rooms"),
+    ("get", "/api/v1/rooms"),
+    ("get", "/api/v1/rooms/{room}"),
+    ("delete", "/api/v1/rooms/{room}"),
+    ("get", "/api/v1/rooms/{room}/participants"),
+    ("get", "/api/v1/rooms/{room}/participants/{identity}"),
+    ("patch", "/api/v1/rooms/{room}/participants/{identity}"),
+    ("delete", "/api/v1/rooms/{room}/participants/{identity}"),
+    ("post", "/api/v1/rooms/{room}/participants/{identity}/tracks/{track}/mute"),
+    ("post", "/api/v1/rooms/{room}/data"),
+    ("post", "/api/v1/tokens"),
 ];
 
 /// The routes of the account API.
@@ -123,6 +135,30 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/admin/accounts/{id}/enable", post(admin::enable))
         .route("/api/v1/ws", get(ws::upgrade))
         .merge(call_routes())
+        .merge(room_routes())
+}
+
+/// The routes of the server API (rooms, moderation, tokens).
+fn room_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/rooms", post(rooms::create).get(rooms::list))
+        .route(
+            "/api/v1/rooms/{room}",
+            get(rooms::get_one).delete(rooms::delete),
+        )
+        .route("/api/v1/rooms/{room}/participants", get(rooms::participants))
+        .route(
+            "/api/v1/rooms/{room}/participants/{identity}",
+            get(rooms::participant)
+                .patch(rooms::update)
+                .delete(rooms::remove),
+        )
+        .route(
+            "/api/v1/rooms/{room}/participants/{identity}/tracks/{track}/mute",
+            post(rooms::mute),
+        )
+        .route("/api/v1/rooms/{room}/data", post(rooms::send_data))
+        .route("/api/v1/tokens", post(rooms::mint_token))
 }
 
 /// The routes of the calls API.
