@@ -399,10 +399,24 @@ impl SessionClient {
         publish: bool,
     ) -> SessionClient {
         let token = dev_token(s, room, identity).await;
+        SessionClient::join_with(s, &token, publish)
+            .await
+            .unwrap_or_else(|e| panic!("join refused: {e}"))
+    }
+
+    /// Joins with `token` and starts media; `Err` is the server's refusal.
+    pub async fn join_with(
+        s: &RunningServer,
+        token: &str,
+        publish: bool,
+    ) -> Result<SessionClient, serde_json::Value> {
         let mut ws = Ws::connect(s).await;
         ws.send(serde_json::json!({"type": "join", "token": token}))
             .await;
-        let joined = ws.expect("joined").await;
+        let joined = ws.recv().await.unwrap_or_default();
+        if joined["type"] != "joined" {
+            return Err(joined);
+        }
         let id = joined["participant"]["id"].as_str().unwrap().to_owned();
         let (offer, pending) = Peer::session(publish).await;
         ws.send(serde_json::json!({"type": "offer", "sdp": offer.to_sdp_string()}))
@@ -412,7 +426,7 @@ impl SessionClient {
         let (otx, orx) = mpsc::unbounded_channel();
         let (atx, arx) = mpsc::unbounded_channel();
         let peer = pending.start(answer, (orx, atx));
-        SessionClient {
+        Ok(SessionClient {
             ws,
             id,
             joined,
@@ -420,7 +434,7 @@ impl SessionClient {
             offers: otx,
             answers: arx,
             seen: Vec::new(),
-        }
+        })
     }
 
     /// Handles signaling for up to `d`: answers server offers, records events.
