@@ -1087,7 +1087,9 @@ impl Calls {
             handed_over_to: call.members[i].moves.clone(),
         };
         let snapshot = call.clone();
-        if outcome == Outcome::Missed {
+        // The callee who did not answer (the caller's record of an
+        // unanswered call says missed too, but nobody missed a call there).
+        if outcome == Outcome::Missed && account != call.caller {
             self.out.push_back(Output::Notice(Notice::Missed {
                 call: Box::new(snapshot.clone()),
                 account,
