@@ -61,6 +61,7 @@ impl SignalContext {
             room_join: true,
             can_publish: Some(true),
             can_subscribe: Some(true),
+            ..VideoGrant::default()
         };
         Ok(self.keys.issue(
             &p.identity,

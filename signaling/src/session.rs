@@ -102,9 +102,7 @@ async fn run(state: AppState, mut ws: WebSocket) {
     };
     let id = joined.1.connection;
     let span = tracing::info_span!("session", room = %joined.0, participant = %id);
-    serve(state, ws, joined)
-        .instrument(span)
-        .await;
+    serve(state, ws, joined).instrument(span).await;
 }
 
 /// Sessions a new socket may take over with `resume`, by the participant id
@@ -798,5 +796,6 @@ async fn send_data(
             sfu.handle_data(&room, Some(id), message)
         })
         .await?;
-    sent.map(|_| None).map_err(|e| vela_media::MediaError::from(e).into())
+    sent.map(|_| None)
+        .map_err(|e| vela_media::MediaError::from(e).into())
 }

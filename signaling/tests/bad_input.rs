@@ -14,6 +14,7 @@ fn grant(room: &str, publish: bool) -> VideoGrant {
         room_join: true,
         can_publish: Some(publish),
         can_subscribe: Some(true),
+        ..VideoGrant::default()
     }
 }
 

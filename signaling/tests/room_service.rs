@@ -59,7 +59,11 @@ async fn every_operation_needs_its_grant() {
                 "/api/v1/rooms/ops/participants/alice/tracks/1/mute",
                 Some(json!({"muted": true})),
             ),
-            ("POST", "/api/v1/rooms/ops/data", Some(json!({"payload": b64("x")}))),
+            (
+                "POST",
+                "/api/v1/rooms/ops/data",
+                Some(json!({"payload": b64("x")})),
+            ),
             (
                 "POST",
                 "/api/v1/tokens",
@@ -85,22 +89,51 @@ async fn every_operation_needs_its_grant() {
         let api_user = api.user("carol", "web").await;
         for (method, path, body) in &ops {
             let r = api.call(method, path, None, body.clone()).await;
-            assert_eq!(r.status, 401, "{method} {path} without a token: {:?}", r.body);
-            let r = api.call(method, path, Some("not-a-jwt"), body.clone()).await;
+            assert_eq!(
+                r.status, 401,
+                "{method} {path} without a token: {:?}",
+                r.body
+            );
+            let r = api
+                .call(method, path, Some("not-a-jwt"), body.clone())
+                .await;
             assert_eq!(r.status, 401, "{method} {path} with garbage: {:?}", r.body);
             for t in [&join_only, &admin_elsewhere, &api_user.access] {
                 let r = api.call(method, path, Some(t), body.clone()).await;
-                assert_eq!(r.status, 403, "{method} {path} with the wrong grant: {:?}", r.body);
+                assert_eq!(
+                    r.status, 403,
+                    "{method} {path} with the wrong grant: {:?}",
+                    r.body
+                );
                 assert!(r.body["message"].is_string());
             }
         }
         // roomList does not let one create, roomCreate does not let one moderate.
-        let list = token("svc", VideoGrant { room_list: true, ..VideoGrant::default() });
-        api.call("POST", "/api/v1/rooms", Some(&list), Some(json!({"name": "x"})))
+        let list = token(
+            "svc",
+            VideoGrant {
+                room_list: true,
+                ..VideoGrant::default()
+            },
+        );
+        api.call(
+            "POST",
+            "/api/v1/rooms",
+            Some(&list),
+            Some(json!({"name": "x"})),
+        )
+        .await
+        .err(403, None);
+        let create = token(
+            "svc",
+            VideoGrant {
+                room_create: true,
+                ..VideoGrant::default()
+            },
+        );
+        api.get("/api/v1/rooms/ops/participants", &create)
             .await
             .err(403, None);
-        let create = token("svc", VideoGrant { room_create: true, ..VideoGrant::default() });
-        api.get("/api/v1/rooms/ops/participants", &create).await.err(403, None);
         s.shutdown().await;
     })
     .await
@@ -332,14 +365,22 @@ async fn an_admin_account_moderates_any_room_and_readyz_answers() {
         let s = common::start_with(|c| c.auth.admins = vec!["root".into()]).await;
         let api = Api::new(&s);
         let root = api.user("root", "web").await;
-        api.post("/api/v1/rooms", Some(&root.access), json!({"name": "any", "empty_timeout": 0}))
-            .await
-            .ok(200);
+        api.post(
+            "/api/v1/rooms",
+            Some(&root.access),
+            json!({"name": "any", "empty_timeout": 0}),
+        )
+        .await
+        .ok(200);
         let rooms = api.get("/api/v1/rooms", &root.access).await.ok(200);
         assert_eq!(rooms["rooms"][0]["name"], "any");
         assert!(rooms["rooms"][0]["empty_timeout_secs"].is_null());
-        api.get("/api/v1/rooms/any/participants", &root.access).await.ok(200);
-        let ready = reqwest::get(format!("http://{}/readyz", s.http_addr)).await.unwrap();
+        api.get("/api/v1/rooms/any/participants", &root.access)
+            .await
+            .ok(200);
+        let ready = reqwest::get(format!("http://{}/readyz", s.http_addr))
+            .await
+            .unwrap();
         assert_eq!(ready.status(), 200);
         s.shutdown().await;
     })

@@ -205,9 +205,18 @@ async fn a_scripted_session_arrives_in_order_signed_and_after_retries() {
             assert_eq!(r.bad_signatures, 0, "every delivery is signed");
             let e = &r.events;
             assert!(e.iter().all(|e| e["room"]["name"] == "hooks"));
-            assert!(e.iter().all(|e| e["id"].as_str().unwrap().starts_with("EV_")));
-            assert!(e.iter().all(|e| e["created_at"].as_u64().unwrap() > 1_700_000_000));
-            let left: Vec<&Value> = e.iter().filter(|e| e["event"] == "participant_left").collect();
+            assert!(
+                e.iter()
+                    .all(|e| e["id"].as_str().unwrap().starts_with("EV_"))
+            );
+            assert!(
+                e.iter()
+                    .all(|e| e["created_at"].as_u64().unwrap() > 1_700_000_000)
+            );
+            let left: Vec<&Value> = e
+                .iter()
+                .filter(|e| e["event"] == "participant_left")
+                .collect();
             assert_eq!(left[0]["reason"], "client_leave");
             assert_eq!(left[1]["reason"], "room_deleted");
         }
@@ -253,7 +262,12 @@ async fn call_events_and_a_receiver_that_never_answers() {
             r.events
                 .iter()
                 .filter(|e| e["event"].as_str().unwrap().starts_with("call_"))
-                .map(|e| (e["event"].as_str().unwrap().to_owned(), e["call"]["id"].as_i64().unwrap()))
+                .map(|e| {
+                    (
+                        e["event"].as_str().unwrap().to_owned(),
+                        e["call"]["id"].as_i64().unwrap(),
+                    )
+                })
                 .collect()
         };
         for _ in 0..100 {
@@ -262,27 +276,36 @@ async fn call_events_and_a_receiver_that_never_answers() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let r = got.lock().unwrap();
-        let seen = call_events(&r);
-        let want: Vec<(String, i64)> = [
-            ("call_ringing", id),
-            ("call_answered", id),
-            ("call_ended", id),
-            ("call_ringing", missed),
-            ("call_missed", missed),
-            ("call_ended", missed),
-        ]
-        .iter()
-        .map(|(e, i)| ((*e).to_owned(), *i))
-        .collect();
-        assert_eq!(seen, want);
-        let ringing = r.events.iter().find(|e| e["event"] == "call_ringing").unwrap();
-        assert_eq!(ringing["account_id"], ben.account);
-        let answered = r.events.iter().find(|e| e["event"] == "call_answered").unwrap();
-        assert_eq!(answered["account_id"], ben.account);
-        assert!(answered["device_id"].is_i64());
-        assert_eq!(r.bad_signatures, 0);
-        drop(r);
+        {
+            let r = got.lock().unwrap();
+            let seen = call_events(&r);
+            let want: Vec<(String, i64)> = [
+                ("call_ringing", id),
+                ("call_answered", id),
+                ("call_ended", id),
+                ("call_ringing", missed),
+                ("call_missed", missed),
+                ("call_ended", missed),
+            ]
+            .iter()
+            .map(|(e, i)| ((*e).to_owned(), *i))
+            .collect();
+            assert_eq!(seen, want);
+            let ringing = r
+                .events
+                .iter()
+                .find(|e| e["event"] == "call_ringing")
+                .unwrap();
+            assert_eq!(ringing["account_id"], ben.account);
+            let answered = r
+                .events
+                .iter()
+                .find(|e| e["event"] == "call_answered")
+                .unwrap();
+            assert_eq!(answered["account_id"], ben.account);
+            assert!(answered["device_id"].is_i64());
+            assert_eq!(r.bad_signatures, 0);
+        }
         // The dead destination: each event tried twice, then counted as failed.
         let mut failures = 0.0;
         for _ in 0..60 {

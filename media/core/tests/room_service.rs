@@ -50,7 +50,10 @@ fn a_created_room_waits_for_its_empty_timeout_and_enforces_its_limit() {
         w.clients[a].active_sources().len() == 1
     }));
     let r = w.sfu.room_info(&room("r1")).unwrap();
-    assert_eq!((r.num_participants, r.num_publishers, r.num_tracks), (2, 2, 4));
+    assert_eq!(
+        (r.num_participants, r.num_publishers, r.num_tracks),
+        (2, 2, 4)
+    );
     // The room's own limit, not the server's, refuses a third.
     let third = w.sfu.handle_join(
         w.now,
@@ -95,8 +98,10 @@ fn deleting_a_room_removes_everyone() {
     let mut w = World::new();
     let a = w.join("r1", "alice", true);
     let b = w.join("r1", "bob", true);
-    assert!(w.run_until(Duration::from_secs(5), |w| w.clients[a].connected
-        && w.clients[b].connected));
+    assert!(
+        w.run_until(Duration::from_secs(5), |w| w.clients[a].connected
+            && w.clients[b].connected)
+    );
     assert!(w.sfu.handle_delete_room(w.now, &room("r1")));
     w.run_for(Duration::from_millis(100));
     assert_eq!(w.clients[a].left, Some(LeaveReason::RoomDeleted));
@@ -115,7 +120,8 @@ fn removing_a_participant_by_identity() {
     let bob = w.clients[b].id;
     assert!(w.sfu.participant(&room("r1"), "bob").is_some());
     assert!(matches!(
-        w.sfu.handle_remove_participant(w.now, &room("r1"), "nobody"),
+        w.sfu
+            .handle_remove_participant(w.now, &room("r1"), "nobody"),
         Err(SignalError::UnknownParticipant)
     ));
     assert!(matches!(
@@ -168,10 +174,11 @@ fn a_muted_track_is_not_forwarded_and_resumes_with_a_keyframe() {
     // The publisher and the others were told.
     let told = |c: &common::Client| c.signals.iter().any(|s| s.contains("TrackMuted"));
     assert!(told(&w.clients[a]) && told(&w.clients[b]));
-    assert!(w.events.iter().any(|e| matches!(
-        e,
-        RoomEvent::TrackMuted { muted: true, .. }
-    )));
+    assert!(
+        w.events
+            .iter()
+            .any(|e| matches!(e, RoomEvent::TrackMuted { muted: true, .. }))
+    );
 
     let requests = w.clients[a].keyframe_requests;
     w.sfu
@@ -180,7 +187,10 @@ fn a_muted_track_is_not_forwarded_and_resumes_with_a_keyframe() {
     assert!(w.run_until(Duration::from_secs(3), |w| {
         w.clients[b].frames_from(alice, MediaKind::Video) > frames + 5
     }));
-    assert!(w.clients[a].keyframe_requests > requests, "unmute asks for a keyframe");
+    assert!(
+        w.clients[a].keyframe_requests > requests,
+        "unmute asks for a keyframe"
+    );
     assert!(matches!(
         w.sfu.handle_mute_track(&room("r1"), "bob", video.id, true),
         Err(SignalError::UnknownTrack)
@@ -213,7 +223,12 @@ fn permissions_change_live() {
             .iter()
             .any(|s| s.starts_with(&format!("track_unpublished:{alice}")))
     );
-    assert!(w.clients[a].signals.iter().any(|s| s.contains("PermissionsChanged")));
+    assert!(
+        w.clients[a]
+            .signals
+            .iter()
+            .any(|s| s.contains("PermissionsChanged"))
+    );
     let heard = w.clients[b].frames_from(alice, MediaKind::Audio);
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.clients[b].frames_from(alice, MediaKind::Audio), heard);
@@ -241,15 +256,15 @@ fn permissions_change_live() {
     w.sfu
         .handle_update_permissions(w.now, &room("r1"), "bob", no_subscribe)
         .unwrap();
-    assert!(w.run_until(Duration::from_secs(3), |w| w.clients[b]
-        .active_sources()
-        .is_empty()));
+    assert!(w.run_until(Duration::from_secs(3), |w| {
+        w.clients[b].active_sources().is_empty()
+    }));
     w.sfu
         .handle_update_permissions(w.now, &room("r1"), "bob", Permissions::default())
         .unwrap();
-    assert!(w.run_until(Duration::from_secs(5), |w| w.clients[b]
-        .active_sources()
-        .contains(&alice.to_string())));
+    assert!(w.run_until(Duration::from_secs(5), |w| {
+        w.clients[b].active_sources().contains(&alice.to_string())
+    }));
 }
 
 #[test]
@@ -265,9 +280,15 @@ fn data_goes_to_everyone_else_or_to_named_identities() {
         destinations: dest.iter().map(|s| s.to_string()).collect(),
     };
     let from_alice = Some(w.clients[a].id);
-    let n = w.sfu.handle_data(&room("r1"), from_alice, msg(&[])).unwrap();
+    let n = w
+        .sfu
+        .handle_data(&room("r1"), from_alice, msg(&[]))
+        .unwrap();
     assert_eq!(n, 2, "not back to the sender");
-    let n = w.sfu.handle_data(&room("r1"), None, msg(&["carol"])).unwrap();
+    let n = w
+        .sfu
+        .handle_data(&room("r1"), None, msg(&["carol"]))
+        .unwrap();
     assert_eq!(n, 1);
     w.run_for(Duration::from_millis(50));
     let data = |i: usize| {

@@ -150,7 +150,10 @@ impl Driver {
         {
             self.events_dropped += 1;
             if self.events_dropped.is_power_of_two() {
-                tracing::warn!(dropped = self.events_dropped, "room event queue full; events dropped");
+                tracing::warn!(
+                    dropped = self.events_dropped,
+                    "room event queue full; events dropped"
+                );
             }
         }
     }

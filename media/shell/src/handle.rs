@@ -26,6 +26,9 @@ pub enum MediaError {
     Stopped,
 }
 
+/// Work run on the core by the driver task.
+pub(crate) type CoreJob = Box<dyn FnOnce(&mut Sfu, Instant) + Send>;
+
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
 
 /// Requests to the driver task.
@@ -55,7 +58,7 @@ pub(crate) enum Command {
     Leave(ParticipantId, LeaveReason),
     Participants(RoomId, oneshot::Sender<Vec<ParticipantInfo>>),
     /// Runs a closure on the core (the server API's operations).
-    With(Box<dyn FnOnce(&mut Sfu, Instant) + Send>),
+    With(CoreJob),
     Stats(oneshot::Sender<SfuStats>),
     Shutdown(oneshot::Sender<()>),
 }

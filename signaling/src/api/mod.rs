@@ -78,7 +78,10 @@ pub(crate) const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/api/v1/rooms/{room}/participants/{identity}"),
     ("patch", "/api/v1/rooms/{room}/participants/{identity}"),
     ("delete", "/api/v1/rooms/{room}/participants/{identity}"),
-    ("post", "/api/v1/rooms/{room}/participants/{identity}/tracks/{track}/mute"),
+    (
+        "post",
+        "/api/v1/rooms/{room}/participants/{identity}/tracks/{track}/mute",
+    ),
     ("post", "/api/v1/rooms/{room}/data"),
     ("post", "/api/v1/tokens"),
 ];
@@ -146,7 +149,10 @@ fn room_routes() -> Router<AppState> {
             "/api/v1/rooms/{room}",
             get(rooms::get_one).delete(rooms::delete),
         )
-        .route("/api/v1/rooms/{room}/participants", get(rooms::participants))
+        .route(
+            "/api/v1/rooms/{room}/participants",
+            get(rooms::participants),
+        )
         .route(
             "/api/v1/rooms/{room}/participants/{identity}",
             get(rooms::participant)

@@ -141,7 +141,8 @@ pub(crate) async fn create(
     Body(body): Body<CreateRoom>,
 ) -> Result<Json<RoomInfo>, ApiError> {
     admin.require_create()?;
-    let room = room_id(&body.name).map_err(|_| ApiError::invalid("name", "is not a valid room name"))?;
+    let room =
+        room_id(&body.name).map_err(|_| ApiError::invalid("name", "is not a valid room name"))?;
     if crate::call::is_call_room(room.as_str()) {
         return Err(ApiError::invalid(
             "name",
@@ -150,7 +151,10 @@ pub(crate) async fn create(
     }
     let max_participants = body.max_participants.unwrap_or(0);
     if max_participants > 100_000 {
-        return Err(ApiError::invalid("max_participants", "must be at most 100000"));
+        return Err(ApiError::invalid(
+            "max_participants",
+            "must be at most 100000",
+        ));
     }
     let empty_timeout = body.empty_timeout.unwrap_or(DEFAULT_EMPTY_TIMEOUT_SECS);
     if empty_timeout > MAX_EMPTY_TIMEOUT_SECS {
@@ -432,10 +436,7 @@ pub(crate) async fn mint_token(
         admin.require_admin(&room)?;
     }
     if body.identity.is_empty() || body.identity.chars().count() > 128 {
-        return Err(ApiError::invalid(
-            "identity",
-            "must be 1 to 128 characters",
-        ));
+        return Err(ApiError::invalid("identity", "must be 1 to 128 characters"));
     }
     if body.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
         return Err(ApiError::invalid("name", "must be at most 128 characters"));

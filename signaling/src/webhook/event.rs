@@ -249,7 +249,10 @@ mod tests {
             )
             .expect("event");
         let who = left.participant.expect("participant");
-        assert_eq!((who.identity.as_str(), left.reason), ("alice", Some("removed")));
+        assert_eq!(
+            (who.identity.as_str(), left.reason),
+            ("alice", Some("removed"))
+        );
         assert!(t.participants.is_empty());
     }
 }

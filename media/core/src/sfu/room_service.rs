@@ -30,7 +30,12 @@ pub struct DataMessage {
 impl Sfu {
     /// Opens a room ahead of its participants; a room that exists already is
     /// returned as it is.
-    pub fn handle_create_room(&mut self, now: Instant, room: RoomId, options: RoomOptions) -> RoomInfo {
+    pub fn handle_create_room(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        options: RoomOptions,
+    ) -> RoomInfo {
         self.advance(now);
         let now = self.now;
         if !self.rooms.contains_key(&room) {
@@ -81,7 +86,10 @@ impl Sfu {
     pub fn rooms(&self) -> Vec<RoomInfo> {
         let mut names: Vec<&RoomId> = self.rooms.keys().collect();
         names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        names.into_iter().filter_map(|n| self.room_info(n)).collect()
+        names
+            .into_iter()
+            .filter_map(|n| self.room_info(n))
+            .collect()
     }
 
     /// One room as the API shows it.
@@ -125,7 +133,11 @@ impl Sfu {
     }
 
     /// The connections (one, two during a handover) of a visible participant.
-    fn connections_of(&self, room: &RoomId, identity: &str) -> Result<Vec<ParticipantId>, SignalError> {
+    fn connections_of(
+        &self,
+        room: &RoomId,
+        identity: &str,
+    ) -> Result<Vec<ParticipantId>, SignalError> {
         let r = self.rooms.get(room).ok_or(SignalError::UnknownRoom)?;
         let conns: Vec<ParticipantId> = r
             .participants
@@ -339,7 +351,9 @@ impl Sfu {
             Some(f) => {
                 let p = self.peers.get(&f).ok_or(SignalError::UnknownParticipant)?;
                 if !p.permissions.publish_data {
-                    return Err(SignalError::NotPermitted("sending data needs canPublishData"));
+                    return Err(SignalError::NotPermitted(
+                        "sending data needs canPublishData",
+                    ));
                 }
                 Some(p.public_id)
             }
@@ -353,8 +367,7 @@ impl Sfu {
             };
             if p.kind != PeerKind::Session
                 || Some(p.public_id) == sender
-                || !(message.destinations.is_empty()
-                    || message.destinations.iter().any(|d| *d == p.identity))
+                || !(message.destinations.is_empty() || message.destinations.contains(&p.identity))
             {
                 continue;
             }
