@@ -154,6 +154,8 @@ pub enum ServerMessage<'a> {
         participant_id: ParticipantId,
         /// Which.
         track_id: TrackId,
+        /// Audio or video.
+        kind: TrackKind,
         /// Muted now.
         muted: bool,
     },

@@ -586,10 +586,12 @@ async fn forward_signal(
         Signal::TrackMuted {
             participant,
             track,
+            kind,
             muted,
         } => ServerMessage::TrackMuted {
             participant_id: *participant,
             track_id: *track,
+            kind: *kind,
             muted: *muted,
         },
         Signal::LayersNeeded { track, rids } => ServerMessage::LayersNeeded {

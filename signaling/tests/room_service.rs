@@ -258,6 +258,8 @@ async fn rooms_participants_moderation_data_and_tokens() {
         pump(&mut a, &mut b, Duration::from_millis(500)).await;
         assert!(a.saw("track_muted", "track_id", &audio), "the publisher is told");
         assert!(b.saw("track_muted", "track_id", &audio));
+        let own = a.seen.iter().find(|v| v["type"] == "track_muted").unwrap();
+        assert_eq!(own["kind"], "audio", "the publisher learns which of its tracks");
         let heard = b.peer.audio_frames();
         pump(&mut a, &mut b, Duration::from_secs(1)).await;
         assert_eq!(b.peer.audio_frames(), heard, "nothing forwarded while muted");

@@ -646,11 +646,13 @@ impl Sfu {
         p.muted = muted;
         let id = p.id;
         let video = p.kind == MediaKind::Video;
+        let kind = p.kind.into();
         let room = peer.room.clone();
         let public_id = peer.public_id;
         self.signal_room(&room, Some(participant), |_| Signal::TrackMuted {
             participant: public_id,
             track: id,
+            kind,
             muted,
         });
         if changed {

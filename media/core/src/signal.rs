@@ -186,12 +186,14 @@ pub enum Signal {
         /// The track.
         track: TrackId,
     },
-    /// A publisher muted or unmuted a track.
+    /// A publisher (or the server API) muted or unmuted a track.
     TrackMuted {
         /// The publisher.
         participant: ParticipantId,
         /// The track.
         track: TrackId,
+        /// Its kind, so a publisher told of its own track knows which one.
+        kind: TrackKind,
         /// Muted now.
         muted: bool,
     },

@@ -190,12 +190,18 @@ impl Sfu {
             .ok_or(SignalError::UnknownTrack)?;
         self.handle_mute(owner, Some(track), None, muted)?;
         let public = self.peers.get(&owner).map_or(owner, |p| p.public_id);
+        let kind = self
+            .peers
+            .get(&owner)
+            .and_then(|p| p.published.iter().find(|t| t.id == track))
+            .map_or(crate::signal::TrackKind::Audio, |t| t.kind.into());
         for c in conns {
             self.signals.push_back((
                 c,
                 Signal::TrackMuted {
                     participant: public,
                     track,
+                    kind,
                     muted,
                 },
             ));
