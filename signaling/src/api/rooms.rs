@@ -89,10 +89,11 @@ impl FromRequestParts<AppState> for Admin {
             Credential::Room(c) => Ok(Admin {
                 create: c.video.room_create,
                 list: c.video.room_list,
-                admin_of: c.video.room_admin.then_some(c.video.room.clone()).map(|r| {
-                    // roomAdmin applies to the token's room only; without one, to none.
-                    Some(r.unwrap_or_default())
-                }),
+                // roomAdmin applies to the token's room only; without one, to none.
+                admin_of: c
+                    .video
+                    .room_admin
+                    .then(|| Some(c.video.room.clone().unwrap_or_default())),
             }),
             Credential::Access(_) => {
                 let claims = state.authenticate(token).await?;

@@ -95,7 +95,8 @@ async fn run(
     grace: Duration,
 ) {
     let mut translator = Translator::default();
-    let dispatch = |e: WebhookEvent| {
+    let dispatch = |e: Option<WebhookEvent>| {
+        let Some(e) = e else { return };
         if destinations.is_empty() {
             return;
         }
@@ -112,46 +113,35 @@ async fn run(
             Err(err) => tracing::error!(error = %err, "cannot serialize a webhook event"),
         }
     };
+    // After shutdown, the media driver's last events (everyone left, rooms
+    // finished) still come in as it stops: take them for a moment more.
+    let mut drain_until = None;
     loop {
+        let stopping = async {
+            match drain_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                }
+            }
+        };
         tokio::select! {
             e = room_events.recv() => match e {
                 Some(e) => {
                     if let RoomEvent::ParticipantConnected { join_time, .. } = &e {
                         metrics.observe_join_time(*join_time);
                     }
-                    if let Some(w) = translator.room_event(e, now_secs()) {
-                        dispatch(w);
-                    }
+                    dispatch(translator.room_event(e, now_secs()));
                 }
                 None => break,
             },
-            n = calls.recv() => {
-                if let Some(n) = n {
-                    dispatch(translator.call_notice(n, now_secs()));
+            Some(n) = calls.recv() => dispatch(Some(translator.call_notice(n, now_secs()))),
+            () = stopping => match drain_until {
+                Some(_) => break,
+                None => {
+                    drain_until = Some(tokio::time::Instant::now() + Duration::from_millis(500));
                 }
-            }
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
-        }
-    }
-    // The media driver's last events (everyone left, rooms finished) come
-    // in as it shuts down: take them for a moment.
-    let drain_until = tokio::time::Instant::now() + Duration::from_millis(500);
-    loop {
-        tokio::select! {
-            e = room_events.recv() => match e {
-                Some(e) => {
-                    if let Some(w) = translator.room_event(e, now_secs()) {
-                        dispatch(w);
-                    }
-                }
-                None => break,
             },
-            n = calls.recv() => {
-                if let Some(n) = n {
-                    dispatch(translator.call_notice(n, now_secs()));
-                }
-            }
-            () = tokio::time::sleep_until(drain_until) => break,
         }
     }
     let tasks: Vec<JoinHandle<()>> = destinations.into_iter().map(Destination::close).collect();
