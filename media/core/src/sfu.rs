@@ -1,10 +1,11 @@
 //! The SFU: rooms of peers, datagram routing and media forwarding.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
@@ -267,10 +268,11 @@ pub struct Sfu {
     now: Instant,
     next_participant: u64,
     next_track: u64,
-    peers: HashMap<ParticipantId, Peer>,
-    rooms: HashMap<RoomId, Room>,
+    // Looked up several times per packet: FxHash, not SipHash.
+    peers: FxHashMap<ParticipantId, Peer>,
+    rooms: FxHashMap<RoomId, Room>,
     /// Which participant publishes each track.
-    tracks: HashMap<TrackId, ParticipantId>,
+    tracks: FxHashMap<TrackId, ParticipantId>,
     router: Router,
     /// Peers with work to do: input arrived, or media was written to them.
     dirty: Vec<ParticipantId>,
@@ -295,9 +297,9 @@ impl Sfu {
             now,
             next_participant: 1,
             next_track: 1,
-            peers: HashMap::new(),
-            rooms: HashMap::new(),
-            tracks: HashMap::new(),
+            peers: FxHashMap::default(),
+            rooms: FxHashMap::default(),
+            tracks: FxHashMap::default(),
             router: Router::default(),
             dirty: Vec::new(),
             timers: BinaryHeap::new(),

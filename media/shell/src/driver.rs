@@ -1,11 +1,11 @@
 //! The driver task: the only owner of the sockets and the core.
 
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
 use std::task::Poll;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use vela_media_core::{Output, ParticipantId, RoomEvent, Sfu, Signal, Transmit};
 
@@ -21,7 +21,7 @@ struct Driver {
     sockets: MediaSockets,
     /// One send queue per socket, same order.
     senders: Vec<Sender>,
-    sinks: HashMap<ParticipantId, mpsc::UnboundedSender<Signal>>,
+    sinks: FxHashMap<ParticipantId, mpsc::UnboundedSender<Signal>>,
 }
 
 pub(crate) async fn run(sfu: Sfu, sockets: MediaSockets, mut rx: mpsc::Receiver<Command>) {
@@ -30,7 +30,7 @@ pub(crate) async fn run(sfu: Sfu, sockets: MediaSockets, mut rx: mpsc::Receiver<
         sfu,
         sockets,
         senders,
-        sinks: HashMap::new(),
+        sinks: FxHashMap::default(),
     };
     let mut receiver = Receiver::new();
     // Timeouts already due (str0m's pacer asks for "now" after each packet it
