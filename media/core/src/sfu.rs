@@ -10,7 +10,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::{Candidate, Event, IceConnectionState, Input};
+use str0m::{Candidate, Event, IceConnectionState, Input, RtcConfig};
 
 use crate::error::{JoinError, SignalError};
 use crate::id::{ParticipantId, RoomId, TrackId};
@@ -265,6 +265,8 @@ fn packets_of(d: &MediaData) -> u64 {
 /// The selective forwarding unit.
 pub struct Sfu {
     config: SfuConfig,
+    /// What every peer's `Rtc` is built from (shared certificate and settings).
+    rtc_config: RtcConfig,
     now: Instant,
     next_participant: u64,
     next_track: u64,
@@ -293,6 +295,7 @@ impl Sfu {
     /// An empty SFU; `now` starts its clock.
     pub fn new(config: SfuConfig, now: Instant) -> Self {
         Sfu {
+            rtc_config: crate::peer::rtc_config(config.bandwidth_estimation),
             config,
             now,
             next_participant: 1,
@@ -464,7 +467,7 @@ impl Sfu {
             kind,
             permissions,
             &self.config.candidates,
-            self.config.bandwidth_estimation,
+            &self.rtc_config,
         );
         peer.account = account;
         let answer = match offer {
