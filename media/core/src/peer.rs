@@ -95,12 +95,7 @@ pub(crate) fn rtc_config(bandwidth_estimation: bool) -> RtcConfig {
         .enable_vp8(true)
         .enable_h264(true)
         // Stats feed the NACK counters.
-        .set_stats_interval(Some(Duration::from_secs(1)))
-        // Audio is forwarded frame by frame and not repaired: waiting for a
-        // lost packet (the default holds up to 15, 300 ms of Opus) only
-        // delays every later frame for every subscriber. 3 packets absorb
-        // reordering on the way in.
-        .set_reordering_size_audio(AUDIO_REORDERING_PACKETS);
+        .set_stats_interval(Some(Duration::from_secs(1)));
     if let Some(cert) = cert {
         builder = builder.set_dtls_cert(cert);
     }
@@ -110,9 +105,6 @@ pub(crate) fn rtc_config(bandwidth_estimation: bool) -> RtcConfig {
     }
     builder
 }
-
-/// Audio packets str0m holds back waiting for a missing one (60 ms of Opus).
-const AUDIO_REORDERING_PACKETS: usize = 3;
 
 impl Peer {
     /// A new peer with a fresh `Rtc` from the shared `config`, advertising `candidates`.
