@@ -195,6 +195,10 @@ const HANDOVER_GRACE: Duration = Duration::from_secs(3);
 /// from an outage (its pictures are restarted with keyframes).
 const RETURN_AFTER: Duration = Duration::from_millis(1000);
 
+/// Due `Rtc` timeouts run inside one drive of a peer before it goes back to
+/// the timer heap.
+const INLINE_TIMEOUTS: u32 = 16;
+
 /// How often a subscriber whose estimate is below its demand is probed again.
 const PROBE_REPEAT: Duration = Duration::from_secs(1);
 
@@ -1088,8 +1092,24 @@ impl Sfu {
             self.signals.push_back((pid, Signal::Offer(offer)));
         }
         let mut connected_now = false;
+        let mut inline_timeouts = 0u32;
         loop {
             match peer.rtc.poll_output() {
+                // Already due: str0m packetizes written media on a timeout and
+                // its pacer asks for "now" after each packet it releases. Run
+                // it here instead of a round trip through the timer heap and
+                // the shell's loop per packet; bounded, in case a deadline
+                // stays due without progress.
+                Ok(str0m::Output::Timeout(t))
+                    if t <= self.now && inline_timeouts < INLINE_TIMEOUTS =>
+                {
+                    inline_timeouts += 1;
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(self.now)) {
+                        tracing::debug!(participant = %pid, error = %e, "timeout input failed");
+                        peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                        break;
+                    }
+                }
                 Ok(str0m::Output::Timeout(t)) => {
                     peer.rtc_timeout = t;
                     break;
