@@ -274,8 +274,10 @@ pub struct Sfu {
     now: Instant,
     next_participant: u64,
     next_track: u64,
-    // Looked up several times per packet: FxHash, not SipHash.
-    peers: FxHashMap<ParticipantId, Peer>,
+    // Looked up several times per packet: FxHash, not SipHash. Boxed: a
+    // peer (its `Rtc` inline) is ~10 KB, and a table's free buckets and the
+    // old table during a resize would cost that much each.
+    peers: FxHashMap<ParticipantId, Box<Peer>>,
     rooms: FxHashMap<RoomId, Room>,
     /// Which participant publishes each track.
     tracks: FxHashMap<TrackId, ParticipantId>,
@@ -338,7 +340,7 @@ impl Sfu {
                     .iter()
                     .filter_map(|p| self.peers.get(p))
                     .filter(|p| p.is_visible())
-                    .map(Peer::info)
+                    .map(|p| p.info())
                     .collect()
             })
             .unwrap_or_default()
@@ -526,14 +528,14 @@ impl Sfu {
         }
         let visible = peer.is_visible();
         tracing::info!(identity = %info.identity, ?kind, "participant joined");
-        self.peers.insert(id, peer);
+        self.peers.insert(id, Box::new(peer));
         self.mark_dirty(id);
 
         let others: Vec<ParticipantInfo> = existing
             .iter()
             .filter_map(|p| self.peers.get(p))
             .filter(|p| p.is_visible() && p.public_id != public_id)
-            .map(Peer::info)
+            .map(|p| p.info())
             .collect();
         if let Some(from) = takes_over {
             tracing::info!(%from, "handover started");
