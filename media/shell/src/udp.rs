@@ -55,9 +55,7 @@ impl Receiver {
     pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let fd = socket.as_raw_fd();
         let Receiver { bufs, meta } = self;
-        // Datagrams taken by a call that also found the queue empty.
-        let mut drained = None;
-        let r = socket.try_io(Interest::READABLE, || {
+        socket.try_io(Interest::READABLE, || {
             // nix's headers hold raw pointers (not `Send`), so they cannot
             // live in the driver's future: two small allocations per call.
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
@@ -70,9 +68,8 @@ impl Receiver {
                 None,
             )
             .map_err(io::Error::from)?;
-            let (mut n, mut taken) = (0, 0);
+            let mut n = 0;
             for r in results {
-                taken += 1;
                 // A truncated datagram (larger than any WebRTC sends) or one
                 // without a usable source is dropped here; the core would
                 // reject it anyway.
@@ -84,20 +81,8 @@ impl Receiver {
                     n += 1;
                 }
             }
-            if taken < RECV_BATCH {
-                // The kernel stopped short: the queue is empty. Saying so
-                // clears tokio's readiness now (unless a datagram arrived
-                // meanwhile), which saves the next wake-up a call that
-                // would only find the queue empty.
-                drained = Some(n);
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
             Ok(n)
-        });
-        match (r, drained) {
-            (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            (r, _) => r,
-        }
+        })
     }
 
     /// The `i`th datagram of the last batch and its source.
