@@ -25,12 +25,20 @@ use crate::token::Credential;
 /// How long a new socket may take to send `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Initial read buffer of a signaling WebSocket (tungstenite's advice for
+/// many mostly idle connections).
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 /// `GET /ws`: upgrades to a signaling session.
 pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     let limit = state.config.limits.max_message_bytes;
     let tracker = state.sessions.clone();
+    // tungstenite's default read buffer is 128 KiB, allocated and zero-filled
+    // per socket: half the memory of an idle participant. Signaling messages
+    // are small; the buffer grows for a large SDP.
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| tracker.track_future(run(state, socket)))
 }
 

@@ -2,12 +2,14 @@
 //! and receives.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::crypto::CryptoProvider;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
 use crate::error::SignalError;
 use crate::id::{ParticipantId, RoomId, TrackId};
@@ -75,8 +77,40 @@ pub(crate) struct Peer {
     pub withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
 }
 
+/// The `Rtc` settings every peer shares, built once per SFU and cloned per
+/// peer.
+///
+/// One DTLS certificate serves all peers (its fingerprint goes in each SDP
+/// answer, which is all DTLS-SRTP needs): generating a key pair and a
+/// certificate per join cost CPU at every join and memory for every peer.
+/// The crypto provider is resolved once instead of per `Rtc`.
+pub(crate) fn rtc_config(bandwidth_estimation: bool) -> RtcConfig {
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(str0m::crypto::from_feature_flags);
+    let cert = provider.dtls_provider.generate_certificate();
+    let mut builder = Rtc::builder()
+        .set_crypto_provider(Arc::new(provider))
+        // The server has public addresses: ICE-lite answers checks and never sends them.
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .enable_h264(true)
+        // Stats feed the NACK counters.
+        .set_stats_interval(Some(Duration::from_secs(1)));
+    if let Some(cert) = cert {
+        builder = builder.set_dtls_cert(cert);
+    }
+    if bandwidth_estimation {
+        // The send estimate (TWCC) picks simulcast layers for this peer.
+        builder = builder.enable_bwe(Some(Bitrate::kbps(1_000)));
+    }
+    builder
+}
+
 impl Peer {
-    /// A new peer with a fresh `Rtc` advertising `candidates`.
+    /// A new peer with a fresh `Rtc` from the shared `config`, advertising `candidates`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         now: Instant,
@@ -87,24 +121,11 @@ impl Peer {
         kind: PeerKind,
         permissions: Permissions,
         candidates: &[SocketAddr],
-        bandwidth_estimation: bool,
+        config: &RtcConfig,
     ) -> Self {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut builder = Rtc::builder()
-            // The server has public addresses: ICE-lite answers checks and never sends them.
-            .set_ice_lite(true)
-            .set_local_ice_credentials(creds)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .enable_h264(true)
-            // Stats feed the NACK counters.
-            .set_stats_interval(Some(Duration::from_secs(1)));
-        if bandwidth_estimation {
-            // The send estimate (TWCC) picks simulcast layers for this peer.
-            builder = builder.enable_bwe(Some(Bitrate::kbps(1_000)));
-        }
+        let builder = config.clone().set_local_ice_credentials(creds);
         let mut rtc = builder.build(now);
         for addr in candidates {
             match Candidate::host(*addr, "udp") {

@@ -4,8 +4,9 @@
 //! new address names the server's ICE ufrag in its USERNAME, which is a second
 //! hash lookup; no datagram scans the peers.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+
+use rustc_hash::FxHashMap;
 
 use str0m::ice::StunMessage;
 
@@ -23,10 +24,14 @@ pub(crate) enum Route {
 }
 
 /// The address and ufrag tables.
+///
+/// FxHash: one lookup per datagram. Only addresses that passed a STUN check
+/// and the server's own ufrags are inserted, so a sender cannot flood the
+/// tables with colliding keys.
 #[derive(Debug, Default)]
 pub(crate) struct Router {
-    by_addr: HashMap<SocketAddr, ParticipantId>,
-    by_ufrag: HashMap<String, ParticipantId>,
+    by_addr: FxHashMap<SocketAddr, ParticipantId>,
+    by_ufrag: FxHashMap<String, ParticipantId>,
 }
 
 impl Router {

@@ -1,15 +1,16 @@
 //! The SFU: rooms of peers, datagram routing and media forwarding.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::{Candidate, Event, IceConnectionState, Input};
+use str0m::{Candidate, Event, IceConnectionState, Input, RtcConfig};
 
 use crate::error::{JoinError, SignalError};
 use crate::id::{ParticipantId, RoomId, TrackId};
@@ -198,6 +199,10 @@ const HANDOVER_GRACE: Duration = Duration::from_secs(3);
 /// from an outage (its pictures are restarted with keyframes).
 const RETURN_AFTER: Duration = Duration::from_millis(1000);
 
+/// Due `Rtc` timeouts run inside one drive of a peer before it goes back to
+/// the timer heap.
+const INLINE_TIMEOUTS: u32 = 16;
+
 /// How often a subscriber whose estimate is below its demand is probed again.
 const PROBE_REPEAT: Duration = Duration::from_secs(1);
 
@@ -268,13 +273,18 @@ fn packets_of(d: &MediaData) -> u64 {
 /// The selective forwarding unit.
 pub struct Sfu {
     config: SfuConfig,
+    /// What every peer's `Rtc` is built from (shared certificate and settings).
+    rtc_config: RtcConfig,
     now: Instant,
     next_participant: u64,
     next_track: u64,
-    peers: HashMap<ParticipantId, Peer>,
-    rooms: HashMap<RoomId, Room>,
+    // Looked up several times per packet: FxHash, not SipHash. Boxed: a
+    // peer (its `Rtc` inline) is ~10 KB, and a table's free buckets and the
+    // old table during a resize would cost that much each.
+    peers: FxHashMap<ParticipantId, Box<Peer>>,
+    rooms: FxHashMap<RoomId, Room>,
     /// Which participant publishes each track.
-    tracks: HashMap<TrackId, ParticipantId>,
+    tracks: FxHashMap<TrackId, ParticipantId>,
     router: Router,
     /// Peers with work to do: input arrived, or media was written to them.
     dirty: Vec<ParticipantId>,
@@ -297,13 +307,14 @@ impl Sfu {
     /// An empty SFU; `now` starts its clock.
     pub fn new(config: SfuConfig, now: Instant) -> Self {
         Sfu {
+            rtc_config: crate::peer::rtc_config(config.bandwidth_estimation),
             config,
             now,
             next_participant: 1,
             next_track: 1,
-            peers: HashMap::new(),
-            rooms: HashMap::new(),
-            tracks: HashMap::new(),
+            peers: FxHashMap::default(),
+            rooms: FxHashMap::default(),
+            tracks: FxHashMap::default(),
             router: Router::default(),
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
@@ -337,7 +348,7 @@ impl Sfu {
                     .iter()
                     .filter_map(|p| self.peers.get(p))
                     .filter(|p| p.is_visible())
-                    .map(Peer::info)
+                    .map(|p| p.info())
                     .collect()
             })
             .unwrap_or_default()
@@ -475,7 +486,7 @@ impl Sfu {
             kind,
             permissions,
             &self.config.candidates,
-            self.config.bandwidth_estimation,
+            &self.rtc_config,
         );
         peer.account = account;
         let answer = match offer {
@@ -532,14 +543,14 @@ impl Sfu {
         }
         let visible = peer.is_visible();
         tracing::info!(identity = %info.identity, ?kind, "participant joined");
-        self.peers.insert(id, peer);
+        self.peers.insert(id, Box::new(peer));
         self.mark_dirty(id);
 
         let others: Vec<ParticipantInfo> = existing
             .iter()
             .filter_map(|p| self.peers.get(p))
             .filter(|p| p.is_visible() && p.public_id != public_id)
-            .map(Peer::info)
+            .map(|p| p.info())
             .collect();
         if let Some(from) = takes_over {
             tracing::info!(%from, "handover started");
@@ -1119,8 +1130,24 @@ impl Sfu {
             self.signals.push_back((pid, Signal::Offer(offer)));
         }
         let mut connected_now = false;
+        let mut inline_timeouts = 0u32;
         loop {
             match peer.rtc.poll_output() {
+                // Already due: str0m packetizes written media on a timeout and
+                // its pacer asks for "now" after each packet it releases. Run
+                // it here instead of a round trip through the timer heap and
+                // the shell's loop per packet; bounded, in case a deadline
+                // stays due without progress.
+                Ok(str0m::Output::Timeout(t))
+                    if t <= self.now && inline_timeouts < INLINE_TIMEOUTS =>
+                {
+                    inline_timeouts += 1;
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(self.now)) {
+                        tracing::debug!(participant = %pid, error = %e, "timeout input failed");
+                        peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                        break;
+                    }
+                }
                 Ok(str0m::Output::Timeout(t)) => {
                     peer.rtc_timeout = t;
                     break;

@@ -1,31 +1,27 @@
 //! The driver task: the only owner of the sockets and the core.
 
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
 use std::task::Poll;
 use std::time::Instant;
 
-use tokio::io::ReadBuf;
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use vela_media_core::{Output, ParticipantId, RoomEvent, Sfu, Signal, Transmit};
 
 use crate::handle::{Command, MediaError};
 use crate::socket::MediaSockets;
+use crate::udp::{Receiver, Sender};
 
-/// Big enough for any datagram WebRTC sends (MTU-sized, with headroom).
-const RECV_BUF: usize = 2048;
-/// Datagrams taken from a socket before the core's output is drained; bounds
-/// the delay this adds to the first of them.
-const RECV_BATCH: usize = 32;
 /// Due timeouts handled in a row before the sockets and commands are polled.
 const MAX_IMMEDIATE_TIMEOUTS: u32 = 64;
 
 struct Driver {
     sfu: Sfu,
     sockets: MediaSockets,
-    sinks: HashMap<ParticipantId, mpsc::UnboundedSender<Signal>>,
-    send_errors: u64,
+    /// One send queue per socket, same order.
+    senders: Vec<Sender>,
+    sinks: FxHashMap<ParticipantId, mpsc::UnboundedSender<Signal>>,
     /// Where room events go (webhooks, metrics); never waited on.
     events: Option<mpsc::Sender<RoomEvent>>,
     events_dropped: u64,
@@ -37,15 +33,16 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Command>,
     events: Option<mpsc::Sender<RoomEvent>>,
 ) {
+    let senders = sockets.sockets.iter().map(|_| Sender::new()).collect();
     let mut d = Driver {
         sfu,
         sockets,
-        sinks: HashMap::new(),
-        send_errors: 0,
+        senders,
+        sinks: FxHashMap::default(),
         events,
         events_dropped: 0,
     };
-    let mut buf = vec![0u8; RECV_BUF];
+    let mut receiver = Receiver::new();
     // Timeouts already due (str0m's pacer asks for "now" after each packet it
     // releases) run at once: tokio's sleep rounds up to its next millisecond
     // tick, which would pace packets by timer ticks instead of CPU. Bounded,
@@ -61,11 +58,10 @@ pub(crate) async fn run(
         }
         immediate = 0;
         let sockets = &d.sockets.sockets;
-        let recv = poll_fn(|cx| {
+        let readable = poll_fn(|cx| {
             for (i, (s, _)) in sockets.iter().enumerate() {
-                let mut rb = ReadBuf::new(&mut buf);
-                if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
-                    return Poll::Ready((i, r.map(|src| (src, rb.filled().len()))));
+                if let Poll::Ready(r) = s.poll_recv_ready(cx) {
+                    return Poll::Ready((i, r));
                 }
             }
             Poll::Pending
@@ -78,39 +74,43 @@ pub(crate) async fn run(
                     break;
                 }
             }
-            (i, r) = recv => match r {
-                Ok((source, n)) => {
-                    let destination = d.sockets.sockets[i].1;
-                    d.sfu.handle_receive(Instant::now(), source, destination, &buf[..n]);
-                    // Take what else is queued before draining, so each peer is
-                    // polled once per burst rather than once per datagram.
-                    let socket = &d.sockets.sockets[i].0;
-                    for _ in 1..RECV_BATCH {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => {
-                                d.sfu.handle_receive(Instant::now(), source, destination, &buf[..n]);
-                            }
-                            Err(_) => break,
+            (i, r) = readable => {
+                let (socket, destination) = &d.sockets.sockets[i];
+                // Everything queued, up to a batch, in one system call; each
+                // peer is then polled once per burst rather than per datagram.
+                match r.and_then(|()| receiver.try_recv(socket)) {
+                    Ok(n) => {
+                        let now = Instant::now();
+                        for k in 0..n {
+                            let (source, datagram) = receiver.datagram(k);
+                            d.sfu.handle_receive(now, source, *destination, datagram);
                         }
                     }
+                    // Readiness was stale; tokio cleared it.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // ICMP port unreachable from a gone client, and the like.
+                    Err(e) => tracing::debug!(error = %e, "udp receive failed"),
                 }
-                // ICMP port unreachable from a gone client, and the like.
-                Err(e) => tracing::debug!(error = %e, "udp receive failed"),
-            },
+            }
             _ = tokio::time::sleep_until(timeout.into()) => {
                 d.sfu.handle_timeout(Instant::now());
             }
         }
     }
-    tracing::info!(send_errors = d.send_errors, "media driver stopped");
+    let send_errors: u64 = d.senders.iter().map(|s| s.errors).sum();
+    tracing::info!(send_errors, "media driver stopped");
 }
 
 impl Driver {
-    /// Carries out the core's outputs until it only waits for time.
+    /// Carries out the core's outputs until it only waits for time; the
+    /// datagrams go out in batches (see `udp`), the last at the end.
     async fn drain(&mut self) -> Instant {
         loop {
             match self.sfu.poll_output() {
-                Output::Timeout(t) => return t,
+                Output::Timeout(t) => {
+                    self.flush().await;
+                    return t;
+                }
                 Output::Transmit(t) => self.send(t).await,
                 Output::Signal(p, s) => self.deliver(p, s),
                 Output::Event(e) => self.event(e),
@@ -119,25 +119,26 @@ impl Driver {
         }
     }
 
+    /// Queues a datagram on the socket of its source address (the first
+    /// socket if none matches); sends that queue when it is full.
     async fn send(&mut self, t: Transmit) {
-        let Some((socket, _)) = self
-            .sockets
-            .sockets
+        let sockets = &self.sockets.sockets;
+        let i = sockets
             .iter()
-            .find(|(_, a)| *a == t.source)
-            .or_else(|| self.sockets.sockets.first())
-        else {
+            .position(|(_, a)| *a == t.source)
+            .unwrap_or(0);
+        let (Some((socket, _)), Some(sender)) = (sockets.get(i), self.senders.get_mut(i)) else {
             return;
         };
-        let r = match socket.try_send_to(&t.contents, t.destination) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                socket.send_to(&t.contents, t.destination).await
-            }
-            r => r,
-        };
-        if let Err(e) = r {
-            self.send_errors += 1;
-            tracing::debug!(destination = %t.destination, error = %e, "udp send failed");
+        if sender.push(t) {
+            sender.flush(socket).await;
+        }
+    }
+
+    /// Sends every queued datagram.
+    async fn flush(&mut self) {
+        for ((socket, _), sender) in self.sockets.sockets.iter().zip(&mut self.senders) {
+            sender.flush(socket).await;
         }
     }
 

@@ -9,6 +9,7 @@
 mod driver;
 mod handle;
 mod socket;
+mod udp;
 
 pub use handle::{MediaError, MediaHandle, SignalReceiver};
 pub use socket::{BindError, MediaSockets, local_addresses};
