@@ -519,24 +519,6 @@ impl Sfu {
         let existing: Vec<ParticipantId> = room_entry.participants.clone();
         room_entry.participants.push(id);
 
-        // A session subscribes to every track already in the room (but its own).
-        if kind == PeerKind::Session && permissions.subscribe {
-            for other in &existing {
-                if let Some(o) = self.peers.get(other)
-                    && o.public_id != public_id
-                {
-                    for p in &o.published {
-                        peer.subscriptions.push(Subscription {
-                            source: Some(p.id),
-                            publisher: Some(o.public_id),
-                            kind: p.kind,
-                            state: SubscriptionState::ToOpen,
-                            settings: TrackSettings::default(),
-                        });
-                    }
-                }
-            }
-        }
         let info = peer.info();
         for u in &peer.ufrags {
             self.router.add_ufrag(u.clone(), id);
@@ -544,6 +526,10 @@ impl Sfu {
         let visible = peer.is_visible();
         tracing::info!(identity = %info.identity, ?kind, "participant joined");
         self.peers.insert(id, Box::new(peer));
+        // A session subscribes to every track already in the room (but its own).
+        if permissions.subscribe {
+            self.subscribe_to_room(id);
+        }
         self.mark_dirty(id);
 
         let others: Vec<ParticipantInfo> = existing
@@ -1704,15 +1690,8 @@ impl Sfu {
         }
         // What it received: stop feeding it.
         for s in &peer.subscriptions {
-            if let (Some(src), Some(mid)) = (s.source, s.mid())
-                && let Some(publisher) = self.tracks.get(&src).copied()
-                && let Some(p) = self
-                    .peers
-                    .get_mut(&publisher)
-                    .and_then(|p| p.publication(src))
-            {
-                p.subscribers
-                    .retain(|x| !(x.participant == pid && x.mid == mid));
+            if let (Some(src), Some(mid)) = (s.source, s.mid()) {
+                self.stop_feeding(src, pid, mid);
             }
         }
         // What it published: everyone's subscriptions lose their source.
@@ -1763,6 +1742,19 @@ impl Sfu {
         }
         if members.is_empty() {
             self.room_emptied(room);
+        }
+    }
+
+    /// Track `src` stops being written to `subscriber`'s m-line `mid`.
+    fn stop_feeding(&mut self, src: TrackId, subscriber: ParticipantId, mid: Mid) {
+        if let Some(publisher) = self.tracks.get(&src).copied()
+            && let Some(p) = self
+                .peers
+                .get_mut(&publisher)
+                .and_then(|p| p.publication(src))
+        {
+            p.subscribers
+                .retain(|x| !(x.participant == subscriber && x.mid == mid));
         }
     }
 

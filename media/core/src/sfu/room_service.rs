@@ -264,7 +264,7 @@ impl Sfu {
         if old.subscribe && !new.subscribe {
             self.stop_receiving(pid);
         } else if !old.subscribe && new.subscribe {
-            self.receive_everything(pid);
+            self.subscribe_to_room(pid);
         }
         if let Some(peer) = self.peers.get(&pid)
             && peer.kind == PeerKind::Session
@@ -292,20 +292,13 @@ impl Sfu {
         }
         peer.needs_negotiation = true;
         for (src, mid) in stopped {
-            if let Some(publisher) = self.tracks.get(&src).copied()
-                && let Some(p) = self
-                    .peers
-                    .get_mut(&publisher)
-                    .and_then(|p| p.publication(src))
-            {
-                p.subscribers
-                    .retain(|x| !(x.participant == pid && x.mid == mid));
-            }
+            self.stop_feeding(src, pid, mid);
         }
     }
 
-    /// Subscribes a session to every track in its room it does not receive yet.
-    fn receive_everything(&mut self, pid: ParticipantId) {
+    /// Subscribes a session to every track in its room (but its own) it
+    /// does not receive yet.
+    pub(super) fn subscribe_to_room(&mut self, pid: ParticipantId) {
         let Some(peer) = self.peers.get(&pid) else {
             return;
         };
