@@ -24,6 +24,8 @@ pub(super) struct Destination {
     tx: mpsc::Sender<Arc<Payload>>,
     task: JoinHandle<()>,
     metrics: Arc<Metrics>,
+    /// Events dropped on a full queue (logged at powers of two, not each).
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 /// How a destination posts.
@@ -65,6 +67,7 @@ impl Destination {
             tx,
             task,
             metrics,
+            dropped: Default::default(),
         }
     }
 
@@ -72,7 +75,13 @@ impl Destination {
     pub fn queue(&self, p: Arc<Payload>) {
         if self.tx.try_send(p).is_err() {
             self.metrics.webhook_failed();
-            tracing::warn!(url = %self.url, "webhook queue full; event dropped");
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(url = %self.url, dropped = n, "webhook queue full; events dropped");
+            }
         }
     }
 
