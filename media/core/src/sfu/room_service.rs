@@ -37,27 +37,18 @@ impl Sfu {
         options: RoomOptions,
     ) -> RoomInfo {
         self.advance(now);
-        let now = self.now;
-        if !self.rooms.contains_key(&room) {
-            tracing::info!(%room, ?options, "room created");
-            let r = Room::new(self.config.speaker_interval, now, options);
-            if let Some(t) = r.closes_at() {
-                self.rooms_due = Some(self.rooms_due.map_or(t, |d| d.min(t)));
-            }
-            self.rooms.insert(room.clone(), r);
-            self.events
-                .push_back(RoomEvent::RoomStarted { room: room.clone() });
+        if let Some(r) = self.rooms.get(&room) {
+            return self.describe(&room, r);
         }
-        self.room_info(&room).unwrap_or_else(|| RoomInfo {
-            name: room,
-            num_participants: 0,
-            num_publishers: 0,
-            num_tracks: 0,
-            max_participants: 0,
-            empty_timeout_secs: None,
-            metadata: String::new(),
-            age_secs: 0,
-        })
+        tracing::info!(%room, ?options, "room created");
+        let r = Room::new(self.config.speaker_interval, self.now, options);
+        if let Some(t) = r.closes_at() {
+            self.rooms_due = Some(self.rooms_due.map_or(t, |d| d.min(t)));
+        }
+        let info = self.describe(&room, &r);
+        self.rooms.insert(room.clone(), r);
+        self.events.push_back(RoomEvent::RoomStarted { room });
+        info
     }
 
     /// Closes a room: everyone in it leaves with [`LeaveReason::RoomDeleted`].
@@ -84,24 +75,27 @@ impl Sfu {
 
     /// Every open room, by name.
     pub fn rooms(&self) -> Vec<RoomInfo> {
-        let mut names: Vec<&RoomId> = self.rooms.keys().collect();
-        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        names
+        let mut rooms: Vec<(&RoomId, &Room)> = self.rooms.iter().collect();
+        rooms.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        rooms
             .into_iter()
-            .filter_map(|n| self.room_info(n))
+            .map(|(n, r)| self.describe(n, r))
             .collect()
     }
 
     /// One room as the API shows it.
     pub fn room_info(&self, room: &RoomId) -> Option<RoomInfo> {
-        let r = self.rooms.get(room)?;
+        self.rooms.get(room).map(|r| self.describe(room, r))
+    }
+
+    fn describe(&self, room: &RoomId, r: &Room) -> RoomInfo {
         let visible = || {
             r.participants
                 .iter()
                 .filter_map(|p| self.peers.get(p))
                 .filter(|p| p.is_visible() && p.takes_over.is_none())
         };
-        Some(RoomInfo {
+        RoomInfo {
             name: room.clone(),
             num_participants: visible().count() as u32,
             num_publishers: visible().filter(|p| !p.published.is_empty()).count() as u32,
@@ -115,7 +109,7 @@ impl Sfu {
             empty_timeout_secs: r.options.empty_timeout.map(|d| d.as_secs()),
             metadata: r.options.metadata.clone(),
             age_secs: self.now.saturating_duration_since(r.created).as_secs(),
-        })
+        }
     }
 
     /// A participant of a room by identity.
