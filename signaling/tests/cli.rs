@@ -6,7 +6,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Ws;
 use vela_signaling::token::TokenKeys;
@@ -110,45 +110,61 @@ fn bad_configuration_stops_the_start_naming_the_key() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn shutdown_on(signal: &str) {
-    let port = free_port();
+/// Starts the server on an OS-chosen port with an in-memory store, so tests
+/// running at once never share a port or a database file, and returns the
+/// child with the address it logged. An early exit fails with its log.
+async fn start_server() -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vela"))
         .args([
             "--http",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--udp-port",
             "0",
             "--node-ip",
             "127.0.0.1",
         ])
-        .env("VELA_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("VELA_STORE_PATH", ":memory:")
+        .env("VELA_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
-    let token = loop {
-        if let Ok(r) = reqwest::get(format!("{base}/api/dev-token?room=sig&identity=a")).await {
-            let v: serde_json::Value = r.json().await.unwrap();
-            break v["token"].as_str().unwrap().to_owned();
+    // The server logs to standard output.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(rest) = line.split("http_addr=").nth(1) {
+                return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        None
+    })
+    .await;
+    let Ok(Some(addr)) = addr else {
+        panic!("server did not start; its log:\n{log}");
     };
-    let (inner, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+async fn shutdown_on(signal: &str) {
+    let (mut child, addr) = start_server().await;
+    let base = format!("http://{addr}");
+    let v: serde_json::Value = reqwest::get(format!("{base}/api/dev-token?room=sig&identity=a"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+    let (inner, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
     let mut ws = Ws { inner };
