@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::{Candidate, Event, IceConnectionState, Input, RtcConfig};
+use str0m::rtp::{ExtensionValues, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, Input, RtcConfig, RtcError};
 
 use crate::error::{JoinError, SignalError};
 use crate::id::{ParticipantId, RoomId, TrackId};
@@ -264,6 +265,44 @@ fn keyframe_rids(p: &Publication) -> Vec<Option<str0m::media::Rid>> {
 }
 
 /// How many RTP packets carried a frame.
+/// Writes one audio frame to a subscriber's m-line as one RTP packet with
+/// the m-line's own sequence numbers, carrying the publisher's audio level.
+fn write_audio(
+    sub: &mut Peer,
+    mid: Mid,
+    pt: Pt,
+    time: MediaTime,
+    data: &MediaData,
+) -> Result<(), RtcError> {
+    let seq = sub
+        .subscriptions
+        .iter_mut()
+        .find(|s| s.mid() == Some(mid))
+        .ok_or(RtcError::NoSenderSource)?
+        .take_seq();
+    let ext = ExtensionValues {
+        audio_level: data.ext_vals.audio_level,
+        voice_activity: data.ext_vals.voice_activity,
+        ..Default::default()
+    };
+    let mut api = sub.rtc.direct_api();
+    let tx = api
+        .stream_tx_by_mid(mid, None)
+        .ok_or(RtcError::NoSenderSource)?;
+    tx.write_rtp(
+        RtpWrite::new(
+            pt,
+            seq,
+            time.numer() as u32,
+            data.network_time,
+            data.data.clone(),
+        )
+        .marker(data.audio_start_of_talk_spurt)
+        .ext_vals(ext),
+    );
+    Ok(())
+}
+
 fn packets_of(d: &MediaData) -> u64 {
     (**d.seq_range.end())
         .saturating_sub(**d.seq_range.start())
@@ -1166,13 +1205,12 @@ impl Sfu {
                                 .unwrap_or_default();
                             self.actions.push(Action::Publish(m.mid, m.kind, rids));
                         } else if m.direction.is_sending() && peer.kind == PeerKind::Whep {
-                            peer.subscriptions.push(Subscription {
-                                source: None,
-                                publisher: None,
-                                kind: m.kind,
-                                state: SubscriptionState::Open(m.mid),
-                                settings: TrackSettings::default(),
-                            });
+                            peer.subscriptions.push(Subscription::new(
+                                None,
+                                None,
+                                m.kind,
+                                SubscriptionState::Open(m.mid),
+                            ));
                             self.actions.push(Action::Bind(m.kind));
                         }
                     }
@@ -1329,13 +1367,12 @@ impl Sfu {
             }
             match other.kind {
                 PeerKind::Session => {
-                    other.subscriptions.push(Subscription {
-                        source: Some(id),
-                        publisher: Some(public_id),
+                    other.subscriptions.push(Subscription::new(
+                        Some(id),
+                        Some(public_id),
                         kind,
-                        state: SubscriptionState::ToOpen,
-                        settings: TrackSettings::default(),
-                    });
+                        SubscriptionState::ToOpen,
+                    ));
                     other.needs_negotiation = true;
                     self.mark_dirty(m);
                 }
@@ -1466,6 +1503,7 @@ impl Sfu {
             p.layers[l].measure(now, data.data.len());
         }
         let epoch = p.epoch;
+        let direct = p.kind == MediaKind::Audio;
         let keyframe = data.is_keyframe();
         // Taken out so subscribers' choices can be updated while writing to
         // other peers; put back below. No allocation: the Vec moves.
@@ -1503,7 +1541,14 @@ impl Sfu {
                 continue;
             };
             let time = s.map_time(epoch, data.time, data.network_time);
-            match w.write(pt, data.network_time, time, data.data.clone()) {
+            let written = if direct {
+                // An audio frame is one RTP packet: written straight to the
+                // send stream, it skips str0m's payloader and its copy.
+                write_audio(sub, s.mid, pt, time, &data)
+            } else {
+                w.write(pt, data.network_time, time, data.data.clone())
+            };
+            match written {
                 Ok(()) => {
                     self.stats.media_forwarded += 1;
                     self.stats.packets_forwarded += packets;

@@ -1,8 +1,10 @@
 //! Published tracks, subscriptions to them, and the keyframe-request throttle.
 
+use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, MediaTime, Mid, Rid};
+use str0m::rtp::SeqNo;
 
 use crate::id::{ParticipantId, TrackId};
 use crate::signal::TrackInfo;
@@ -200,6 +202,10 @@ pub(crate) struct Subscription {
     pub state: SubscriptionState,
     /// What the subscriber asked for this track.
     pub settings: TrackSettings,
+    /// The next RTP sequence number of audio written straight to this
+    /// m-line's stream (see `Sfu::forward`); kept here, not per source, so
+    /// the sequence stays continuous when the source changes.
+    next_seq: u64,
 }
 
 /// A subscriber's wishes for one remote track (adaptive stream).
@@ -239,6 +245,33 @@ pub(crate) enum SubscriptionState {
 }
 
 impl Subscription {
+    /// A subscription in `state`, fed by `source` once there is one.
+    pub fn new(
+        source: Option<TrackId>,
+        publisher: Option<ParticipantId>,
+        kind: MediaKind,
+        state: SubscriptionState,
+    ) -> Self {
+        // A random start (RFC 3550 5.1), low enough that the SRTP rollover
+        // counter starts at 0 as the receiver assumes.
+        let next_seq = RandomState::new().hash_one(source) & 0x7fff;
+        Subscription {
+            source,
+            publisher,
+            kind,
+            state,
+            settings: TrackSettings::default(),
+            next_seq,
+        }
+    }
+
+    /// Takes the next sequence number for a packet written to this m-line.
+    pub fn take_seq(&mut self) -> SeqNo {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq.into()
+    }
+
     /// The m-line, once there is one.
     pub fn mid(&self) -> Option<Mid> {
         match self.state {

@@ -37,6 +37,16 @@ fn three_peers_receive_each_others_audio_and_video() {
         assert_eq!(w.clients[i].frames_from(own, MediaKind::Audio), 0);
         assert_eq!(w.clients[i].frames_from(own, MediaKind::Video), 0);
     }
+    // Each subscriber's stream is one unbroken RTP sequence, and audio
+    // keeps the publisher's level for the receiver's meters.
+    for cl in &w.clients {
+        for r in cl.received.values() {
+            assert_eq!(r.seq_breaks, 0, "{} from {}: {r:?}", cl.name, r.from);
+            if r.kind == MediaKind::Audio {
+                assert_eq!(r.last_audio_level, Some(-127), "{r:?}");
+            }
+        }
+    }
     let stats = w.sfu.stats();
     assert_eq!(stats.participants, 3);
     assert_eq!(stats.rooms, 1);

@@ -14,7 +14,7 @@ use crate::room::{Room, RoomOptions};
 use crate::signal::{
     LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
 };
-use crate::track::{Subscription, SubscriptionState, TrackSettings};
+use crate::track::{Subscription, SubscriptionState};
 
 /// A data message for [`Sfu::handle_data`].
 #[derive(Debug, Clone)]
@@ -320,13 +320,12 @@ impl Sfu {
             if peer.subscriptions.iter().any(|s| s.source == Some(track)) {
                 continue;
             }
-            peer.subscriptions.push(Subscription {
-                source: Some(track),
-                publisher: Some(publisher),
+            peer.subscriptions.push(Subscription::new(
+                Some(track),
+                Some(publisher),
                 kind,
-                state: SubscriptionState::ToOpen,
-                settings: TrackSettings::default(),
-            });
+                SubscriptionState::ToOpen,
+            ));
             peer.needs_negotiation = true;
         }
     }

@@ -33,6 +33,12 @@ pub struct Received {
     pub last_at: Option<Instant>,
     /// The longest time between two frames.
     pub max_gap: Duration,
+    /// Frames whose first RTP sequence number did not follow the previous
+    /// frame's last (a hole or a jump in what the server sent).
+    pub seq_breaks: u64,
+    last_seq: Option<u64>,
+    /// The audio level (-dBov) the last frame's header extension carried.
+    pub last_audio_level: Option<i8>,
 }
 
 /// A str0m peer standing in for a browser.
@@ -405,6 +411,9 @@ impl World {
                                         last_tag: None,
                                         last_at: None,
                                         max_gap: Duration::ZERO,
+                                        seq_breaks: 0,
+                                        last_seq: None,
+                                        last_audio_level: None,
                                     },
                                 );
                             }
@@ -418,6 +427,13 @@ impl World {
                                     }
                                     r.last_time = Some(t);
                                     r.last_tag = d.data.last().copied();
+                                    let (first, last) =
+                                        (**d.seq_range.start(), **d.seq_range.end());
+                                    if r.last_seq.is_some_and(|l| first != l + 1) {
+                                        r.seq_breaks += 1;
+                                    }
+                                    r.last_seq = Some(last);
+                                    r.last_audio_level = d.ext_vals.audio_level;
                                     if let Some(t) = r.last_at {
                                         r.max_gap = r.max_gap.max(self.now - t);
                                     }
