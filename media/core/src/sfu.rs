@@ -1158,11 +1158,13 @@ impl Sfu {
         let mut inline_timeouts = 0u32;
         loop {
             match peer.rtc.poll_output() {
-                // Already due: str0m packetizes written media on a timeout and
-                // its pacer asks for "now" after each packet it releases. Run
-                // it here instead of a round trip through the timer heap and
-                // the shell's loop per packet; bounded, in case a deadline
-                // stays due without progress.
+                // Already due: str0m packetizes written media on a timeout.
+                // Run it here instead of a round trip through the timer heap
+                // and the shell's loop; bounded, in case a deadline stays due
+                // without progress. (The pacer's wake-up 1 µs after each
+                // packet it releases goes through the heap: running it here
+                // too measured no difference, str0m's own timeout being the
+                // cost.)
                 Ok(str0m::Output::Timeout(t))
                     if t <= self.now && inline_timeouts < INLINE_TIMEOUTS =>
                 {
