@@ -15,11 +15,10 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fantoccini::{Client, ClientBuilder};
@@ -327,7 +326,7 @@ exec ip netns exec {ns} {CHROMIUM} \"$@\"\n"
         let client = ClientBuilder::rustls()
             .map_err(|e| format!("fantoccini rustls connector: {e}"))?
             .capabilities(capabilities)
-            .connect(&self.driver.url)
+            .connect(self.driver.url.get().ok_or("chromedriver is not ready")?)
             .await
             .map_err(|e| format!("{label}: starting Chromium through chromedriver: {e}"))?;
         self.browsers
@@ -490,8 +489,8 @@ fn check_binaries() {
 /// removes the directory.
 struct Driver {
     child: Mutex<Child>,
-    /// `http://127.0.0.1:<port>`
-    url: String,
+    /// `http://127.0.0.1:<port>`, once chromedriver has said its port.
+    url: OnceLock<String>,
     dir: PathBuf,
     output: PathBuf,
     profiles: AtomicUsize,
@@ -511,11 +510,12 @@ impl Driver {
             std::fs::create_dir_all(&path)?;
             env.push((var, path));
         }
-        let port = free_port()?;
         let output = dir.join("chromedriver.log");
         let log = std::fs::File::create(&output)?;
+        // Port 0: chromedriver takes a free port and names it in its log, so
+        // tests running at once never race for one.
         let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
+            .arg("--port=0")
             .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -524,7 +524,7 @@ impl Driver {
             .map_err(|e| format!("starting {CHROMEDRIVER}: {e}"))?;
         Ok(Driver {
             child: Mutex::new(child),
-            url: format!("http://127.0.0.1:{port}"),
+            url: OnceLock::new(),
             dir,
             output,
             profiles: AtomicUsize::new(0),
@@ -546,7 +546,18 @@ impl Driver {
                 )
                 .into());
             }
-            if let Ok(response) = http.get(format!("{}/status", self.url)).send().await
+            if self.url.get().is_none()
+                && let Some(port) = std::fs::read_to_string(&self.output)
+                    .ok()
+                    .as_deref()
+                    .and_then(|log| log.split("started successfully on port ").nth(1))
+                    .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|port| port.parse::<u16>().ok())
+            {
+                let _ = self.url.set(format!("http://127.0.0.1:{port}"));
+            }
+            if let Some(url) = self.url.get()
+                && let Ok(response) = http.get(format!("{url}/status")).send().await
                 && let Ok(body) = response.json::<Value>().await
                 && body["value"]["ready"] == Value::Bool(true)
             {
@@ -642,9 +653,4 @@ fn unique_temp_dir() -> TestResult<PathBuf> {
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-/// A TCP port that was free a moment ago.
-fn free_port() -> TestResult<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
