@@ -148,6 +148,16 @@ async fn a_scripted_session_arrives_in_order_signed_and_after_retries() {
         let mut a = SessionClient::join(&s, "hooks", "alice", true).await;
         a.pump(Duration::from_millis(600)).await;
         let mut b = SessionClient::join(&s, "hooks", "bob", true).await;
+        // Carol joins the room but her media never connects: as in LiveKit,
+        // she never becomes a participant to the webhooks (no
+        // participant_joined, and so no participant_left either).
+        let carol_token = common::dev_token(&s, "hooks", "carol").await;
+        let mut carol = common::Ws::connect(&s).await;
+        carol
+            .send(json!({"type": "join", "token": carol_token}))
+            .await;
+        carol.expect("joined").await;
+        carol.send(json!({"type": "leave"})).await;
         for _ in 0..40 {
             tokio::join!(
                 a.pump(Duration::from_millis(100)),

@@ -98,17 +98,32 @@ impl WebhookEvent {
 
 /// Turns room events into webhook events; remembers who is in which room
 /// so that later events (a leave, a track) name the participant.
+///
+/// As in LiveKit, `participant_joined` is sent when the participant's media
+/// connects (ICE and DTLS done), not when its join is accepted; its tracks
+/// published before that are sent right after it. A participant that never
+/// connects sends nothing.
 #[derive(Debug, Default)]
 pub(crate) struct Translator {
-    participants: HashMap<(RoomId, ParticipantId), ParticipantRef>,
+    participants: HashMap<(RoomId, ParticipantId), Member>,
     tracks: HashMap<TrackId, TrackKind>,
+}
+
+/// A participant of a room as webhooks see it.
+#[derive(Debug)]
+struct Member {
+    who: ParticipantRef,
+    /// `participant_joined` was sent (its media connected).
+    active: bool,
+    /// Its track events from before that, to follow `participant_joined`.
+    held: Vec<WebhookEvent>,
 }
 
 impl Translator {
     fn who(&self, room: &RoomId, p: ParticipantId) -> ParticipantRef {
         self.participants
             .get(&(room.clone(), p))
-            .cloned()
+            .map(|m| m.who.clone())
             .unwrap_or_else(|| ParticipantRef {
                 id: p,
                 identity: String::new(),
@@ -117,18 +132,30 @@ impl Translator {
             })
     }
 
-    /// The webhook event for a room event, if it has one.
-    pub fn room_event(&mut self, e: RoomEvent, now: u64) -> Option<WebhookEvent> {
+    /// Sends a participant's event now if its `participant_joined` went out,
+    /// holds it until then otherwise.
+    fn emit(&mut self, room: &RoomId, p: ParticipantId, w: WebhookEvent) -> Vec<WebhookEvent> {
+        match self.participants.get_mut(&(room.clone(), p)) {
+            Some(m) if !m.active => {
+                m.held.push(w);
+                Vec::new()
+            }
+            _ => vec![w],
+        }
+    }
+
+    /// The webhook events for a room event, in order (often none or one).
+    pub fn room_event(&mut self, e: RoomEvent, now: u64) -> Vec<WebhookEvent> {
         let ev = |name, room: &RoomId| {
             let mut w = WebhookEvent::new(name, now);
             w.room = Some(RoomRef { name: room.clone() });
             w
         };
         match e {
-            RoomEvent::RoomStarted { room } => Some(ev("room_started", &room)),
+            RoomEvent::RoomStarted { room } => vec![ev("room_started", &room)],
             RoomEvent::RoomFinished { room } => {
                 self.participants.retain(|(r, _), _| *r != room);
-                Some(ev("room_finished", &room))
+                vec![ev("room_finished", &room)]
             }
             RoomEvent::ParticipantJoined { room, participant } => {
                 let ParticipantInfo {
@@ -144,21 +171,46 @@ impl Translator {
                     name,
                     account,
                 };
-                self.participants.insert((room.clone(), id), who.clone());
+                // A second connection of the same participant (a handover)
+                // keeps what the first one started.
+                self.participants.entry((room, id)).or_insert(Member {
+                    who,
+                    active: false,
+                    held: Vec::new(),
+                });
+                Vec::new()
+            }
+            RoomEvent::ParticipantConnected {
+                room, participant, ..
+            } => {
+                let Some(m) = self.participants.get_mut(&(room.clone(), participant)) else {
+                    return Vec::new();
+                };
+                if m.active {
+                    return Vec::new();
+                }
+                m.active = true;
                 let mut w = ev("participant_joined", &room);
-                w.participant = Some(who);
-                Some(w)
+                w.participant = Some(m.who.clone());
+                let mut out = vec![w];
+                out.append(&mut m.held);
+                out
             }
             RoomEvent::ParticipantLeft {
                 room,
                 participant,
                 reason,
             } => {
+                let Some(m) = self.participants.remove(&(room.clone(), participant)) else {
+                    return Vec::new();
+                };
+                if !m.active {
+                    return Vec::new();
+                }
                 let mut w = ev("participant_left", &room);
-                w.participant = Some(self.who(&room, participant));
+                w.participant = Some(m.who);
                 w.reason = Some(reason.as_str());
-                self.participants.remove(&(room, participant));
-                Some(w)
+                vec![w]
             }
             RoomEvent::TrackPublished {
                 room,
@@ -173,22 +225,28 @@ impl Translator {
                     id: track,
                     kind: Some(kind),
                 });
-                Some(w)
+                self.emit(&room, participant, w)
             }
             RoomEvent::TrackUnpublished {
                 room,
                 participant,
                 track,
             } => {
+                let kind = self.tracks.remove(&track);
+                if let Some(m) = self.participants.get_mut(&(room.clone(), participant))
+                    && !m.active
+                {
+                    // Never announced: forget it rather than report both.
+                    m.held
+                        .retain(|w| w.track.as_ref().is_none_or(|t| t.id != track));
+                    return Vec::new();
+                }
                 let mut w = ev("track_unpublished", &room);
                 w.participant = Some(self.who(&room, participant));
-                w.track = Some(TrackRef {
-                    id: track,
-                    kind: self.tracks.remove(&track),
-                });
-                Some(w)
+                w.track = Some(TrackRef { id: track, kind });
+                vec![w]
             }
-            _ => None,
+            _ => Vec::new(),
         }
     }
 
@@ -215,44 +273,91 @@ impl Translator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use vela_media::core::{LeaveReason, Permissions};
 
+    fn joined(room: &RoomId, id: u64, identity: &str) -> RoomEvent {
+        RoomEvent::ParticipantJoined {
+            room: room.clone(),
+            participant: ParticipantInfo {
+                id: ParticipantId(id),
+                identity: identity.into(),
+                name: identity.to_uppercase(),
+                account: None,
+                device: None,
+                tracks: vec![],
+                permissions: Permissions::default(),
+            },
+        }
+    }
+
+    fn connected(room: &RoomId, id: u64) -> RoomEvent {
+        RoomEvent::ParticipantConnected {
+            room: room.clone(),
+            participant: ParticipantId(id),
+            join_time: Duration::from_millis(5),
+        }
+    }
+
+    fn published(room: &RoomId, id: u64, track: u64) -> RoomEvent {
+        RoomEvent::TrackPublished {
+            room: room.clone(),
+            participant: ParticipantId(id),
+            track: TrackId(track),
+            kind: TrackKind::Audio,
+        }
+    }
+
+    fn left(room: &RoomId, id: u64) -> RoomEvent {
+        RoomEvent::ParticipantLeft {
+            room: room.clone(),
+            participant: ParticipantId(id),
+            reason: LeaveReason::Removed,
+        }
+    }
+
+    fn names(v: Vec<WebhookEvent>) -> Vec<&'static str> {
+        v.into_iter().map(|e| e.event).collect()
+    }
+
     #[test]
-    fn a_leave_names_the_participant_that_joined() {
+    fn a_participant_joins_when_its_media_connects_and_its_tracks_follow() {
         let mut t = Translator::default();
         let room = RoomId::new("r").expect("room");
-        let p = ParticipantId(7);
-        let joined = t.room_event(
-            RoomEvent::ParticipantJoined {
-                room: room.clone(),
-                participant: ParticipantInfo {
-                    id: p,
-                    identity: "alice".into(),
-                    name: "Alice".into(),
-                    account: None,
-                    device: None,
-                    tracks: vec![],
-                    permissions: Permissions::default(),
-                },
-            },
-            1,
-        );
-        assert_eq!(joined.map(|e| e.event), Some("participant_joined"));
-        let left = t
-            .room_event(
-                RoomEvent::ParticipantLeft {
-                    room: room.clone(),
-                    participant: p,
-                    reason: LeaveReason::Removed,
-                },
-                2,
-            )
-            .expect("event");
-        let who = left.participant.expect("participant");
+        assert!(t.room_event(joined(&room, 7, "alice"), 1).is_empty());
+        assert!(t.room_event(published(&room, 7, 70), 1).is_empty());
+        let out = t.room_event(connected(&room, 7), 2);
+        assert_eq!(names(out), ["participant_joined", "track_published"]);
+        // Later tracks go out at once; a second connect (a handover) is silent.
         assert_eq!(
-            (who.identity.as_str(), left.reason),
-            ("alice", Some("removed"))
+            names(t.room_event(published(&room, 7, 71), 3)),
+            ["track_published"]
         );
+        assert!(t.room_event(joined(&room, 7, "alice"), 4).is_empty());
+        assert!(t.room_event(connected(&room, 7), 4).is_empty());
+        let out = t.room_event(left(&room, 7), 5);
+        let leave = out.into_iter().next().expect("participant_left");
+        let who = leave.participant.expect("participant");
+        assert_eq!(
+            (leave.event, who.identity.as_str(), leave.reason),
+            ("participant_left", "alice", Some("removed"))
+        );
+        assert!(t.participants.is_empty());
+    }
+
+    #[test]
+    fn a_participant_that_never_connects_sends_nothing() {
+        let mut t = Translator::default();
+        let room = RoomId::new("r").expect("room");
+        assert!(t.room_event(joined(&room, 8, "bob"), 1).is_empty());
+        assert!(t.room_event(published(&room, 8, 80), 1).is_empty());
+        let unpublished = RoomEvent::TrackUnpublished {
+            room: room.clone(),
+            participant: ParticipantId(8),
+            track: TrackId(80),
+        };
+        assert!(t.room_event(unpublished, 2).is_empty());
+        assert!(t.room_event(left(&room, 8), 3).is_empty());
         assert!(t.participants.is_empty());
     }
 }

@@ -95,8 +95,7 @@ async fn run(
     grace: Duration,
 ) {
     let mut translator = Translator::default();
-    let dispatch = |e: Option<WebhookEvent>| {
-        let Some(e) = e else { return };
+    let dispatch = |e: WebhookEvent| {
         if destinations.is_empty() {
             return;
         }
@@ -131,11 +130,13 @@ async fn run(
                     if let RoomEvent::ParticipantConnected { join_time, .. } = &e {
                         metrics.observe_join_time(*join_time);
                     }
-                    dispatch(translator.room_event(e, now_secs()));
+                    for w in translator.room_event(e, now_secs()) {
+                        dispatch(w);
+                    }
                 }
                 None => break,
             },
-            Some(n) = calls.recv() => dispatch(Some(translator.call_notice(n, now_secs()))),
+            Some(n) = calls.recv() => dispatch(translator.call_notice(n, now_secs())),
             () = stopping => match drain_until {
                 Some(_) => break,
                 None => {
