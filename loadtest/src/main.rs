@@ -55,6 +55,10 @@ enum Cmd {
         /// p99 latency limit, milliseconds.
         #[arg(long, default_value_t = 5.0)]
         p99_limit_ms: f64,
+        /// Runs per step; a step passes when most of its runs pass (use 3 on
+        /// a shared machine).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// Medians (and ranges) of several `run` JSON reports, as a Markdown table.
     Summarize {
@@ -427,6 +431,7 @@ fn main() -> ExitCode {
                             refine,
                             loss_limit,
                             p99_limit_ms,
+                            repeat,
                         } => {
                             let sc = SweepConfig {
                                 start,
@@ -435,6 +440,7 @@ fn main() -> ExitCode {
                                 refine,
                                 loss_limit_pct: loss_limit,
                                 p99_limit_ms,
+                                repeat,
                             };
                             cmd_sweep(common, sc).await.map(|_| ())
                         }

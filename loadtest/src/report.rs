@@ -657,7 +657,11 @@ pub struct SweepStep {
     pub passed: bool,
     /// Why it failed.
     pub reason: Option<String>,
-    /// The run.
+    /// How many runs the step had (`--repeat`).
+    pub runs: u32,
+    /// How many of them passed.
+    pub passes: u32,
+    /// The run shown: the median p99 of the runs that agree with the verdict.
     pub report: RunReport,
 }
 
@@ -718,10 +722,15 @@ impl SweepReport {
                 r.server.latency.all.p99_us,
                 r.server.loss.loss_pct,
                 r.generator.cpu_pct,
-                if s.passed {
-                    "pass".to_owned()
-                } else {
-                    format!("FAIL: {}", s.reason.clone().unwrap_or_default())
+                match (s.passed, s.runs) {
+                    (true, 1) => "pass".to_owned(),
+                    (true, n) => format!("pass ({}/{n} runs)", s.passes),
+                    (false, 1) => format!("FAIL: {}", s.reason.clone().unwrap_or_default()),
+                    (false, n) => format!(
+                        "FAIL ({}/{n} runs passed): {}",
+                        s.passes,
+                        s.reason.clone().unwrap_or_default()
+                    ),
                 }
             );
         }
