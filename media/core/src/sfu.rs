@@ -264,7 +264,6 @@ fn keyframe_rids(p: &Publication) -> Vec<Option<str0m::media::Rid>> {
     }
 }
 
-/// How many RTP packets carried a frame.
 /// Writes one audio frame to a subscriber's m-line as one RTP packet with
 /// the m-line's own sequence numbers, carrying the publisher's audio level.
 fn write_audio(
@@ -303,6 +302,7 @@ fn write_audio(
     Ok(())
 }
 
+/// How many RTP packets carried a frame.
 fn packets_of(d: &MediaData) -> u64 {
     (**d.seq_range.end())
         .saturating_sub(**d.seq_range.start())
