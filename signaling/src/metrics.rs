@@ -207,6 +207,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         "Simulcast layer changes chosen for subscribers.",
         s.layer_switches,
     );
+    put(
+        "rtc_timeouts_total",
+        "counter",
+        "Timeouts run on participants' WebRTC stacks (per forwarded packet: the SFU's main fixed cost).",
+        s.rtc_timeouts,
+    );
     state.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

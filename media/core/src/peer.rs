@@ -113,6 +113,19 @@ pub(crate) fn rtc_config(bandwidth_estimation: bool) -> RtcConfig {
 }
 
 impl Peer {
+    /// Whether it sends or receives any video (video is paced, padded and
+    /// NACKed; audio is none of these).
+    pub fn has_video(&self) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|s| s.kind == MediaKind::Video)
+            || self.published.iter().any(|p| p.kind == MediaKind::Video)
+            || self
+                .withheld
+                .iter()
+                .any(|(_, kind, _)| *kind == MediaKind::Video)
+    }
+
     /// A new peer with a fresh `Rtc` from the shared `config`, advertising `candidates`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(

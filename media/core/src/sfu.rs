@@ -11,7 +11,9 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpWrite};
-use str0m::{Candidate, Event, IceConnectionState, Input, RtcConfig, RtcError};
+use str0m::{
+    Candidate, Event, IceConnectionState, Input, PacerReason, Reason, RtcConfig, RtcError,
+};
 
 use crate::error::{JoinError, SignalError};
 use crate::id::{ParticipantId, RoomId, TrackId};
@@ -203,6 +205,13 @@ const RETURN_AFTER: Duration = Duration::from_millis(1000);
 /// Due `Rtc` timeouts run inside one drive of a peer before it goes back to
 /// the timer heap.
 const INLINE_TIMEOUTS: u32 = 16;
+
+/// How long str0m's pacer's look at the queues after an audio packet may
+/// wait for the next write to an audio-only peer (see `Sfu::drive`): a bit
+/// over one 20 ms audio frame, so that even a single source's next packet
+/// comes first. The deadlines it may hide for that long are audio's RTCP
+/// reports and TWCC feedback, stats and keep-alives: none is that tight.
+const PACER_LOOK_DEFER: Duration = Duration::from_millis(25);
 
 /// How often a subscriber whose estimate is below its demand is probed again.
 const PROBE_REPEAT: Duration = Duration::from_secs(1);
@@ -1047,11 +1056,12 @@ impl Sfu {
                 continue; // superseded by a later entry
             }
             peer.deadline = None;
-            if now >= peer.rtc_timeout
-                && let Err(e) = peer.rtc.handle_input(Input::Timeout(now))
-            {
-                tracing::debug!(participant = %pid, error = %e, "timeout input failed");
-                peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+            if now >= peer.rtc_timeout {
+                self.stats.rtc_timeouts += 1;
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(participant = %pid, error = %e, "timeout input failed");
+                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                }
             }
             if !peer.connected && now >= peer.joined_at + connect_timeout {
                 tracing::info!(participant = %pid, "never connected; removing");
@@ -1169,6 +1179,7 @@ impl Sfu {
                     if t <= self.now && inline_timeouts < INLINE_TIMEOUTS =>
                 {
                     inline_timeouts += 1;
+                    self.stats.rtc_timeouts += 1;
                     if let Err(e) = peer.rtc.handle_input(Input::Timeout(self.now)) {
                         tracing::debug!(participant = %pid, error = %e, "timeout input failed");
                         peer.closing.get_or_insert(LeaveReason::ConnectionLost);
@@ -1177,6 +1188,16 @@ impl Sfu {
                 }
                 Ok(str0m::Output::Timeout(t)) => {
                     peer.rtc_timeout = t;
+                    // str0m's pacer asks for a timeout right after each packet
+                    // it releases, only to take a fresh look at the queues. With
+                    // no video either way nothing is paced or padded, so that
+                    // look can wait for the next write (which needs a timeout
+                    // anyway): half the timeouts per audio packet.
+                    if peer.rtc.last_timeout_reason() == Reason::Pacer(PacerReason::Immediate)
+                        && !peer.has_video()
+                    {
+                        peer.rtc_timeout = t + PACER_LOOK_DEFER;
+                    }
                     break;
                 }
                 Ok(str0m::Output::Transmit(t)) => self.transmits.push_back(t),

@@ -32,6 +32,9 @@ pub struct SfuStats {
     pub keyframe_requests_throttled: u64,
     /// Simulcast layer changes chosen for subscribers.
     pub layer_switches: u64,
+    /// Timeouts run on participants' WebRTC stacks (str0m `handle_timeout`),
+    /// the largest fixed cost per forwarded packet.
+    pub rtc_timeouts: u64,
     /// Participants currently in a room.
     pub participants: u64,
     /// Rooms currently open.

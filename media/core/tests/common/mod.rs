@@ -120,6 +120,15 @@ pub fn init_log() {
         .try_init();
 }
 
+/// What a joining test client publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Nothing,
+    Audio,
+    AudioVideo,
+    Simulcast,
+}
+
 impl World {
     pub fn new() -> World {
         Self::with_config(|c| c)
@@ -147,27 +156,37 @@ impl World {
 
     /// A session client joins `room`, publishing audio and video if asked.
     pub fn join(&mut self, room: &str, name: &str, publish: bool) -> usize {
-        self.join_with(room, name, publish, None, false)
+        let publish = if publish {
+            Publish::AudioVideo
+        } else {
+            Publish::Nothing
+        };
+        self.join_with(room, name, publish, None)
+    }
+
+    /// A session client that publishes audio only.
+    pub fn join_audio(&mut self, room: &str, name: &str) -> usize {
+        self.join_with(room, name, Publish::Audio, None)
     }
 
     /// A session client that publishes audio and three-layer simulcast video.
     pub fn join_simulcast(&mut self, room: &str, name: &str) -> usize {
-        self.join_with(room, name, true, None, true)
+        self.join_with(room, name, Publish::Simulcast, None)
     }
 
     /// A new client (device) of `from`'s identity takes over its call.
     pub fn handover(&mut self, room: &str, from: usize, name: &str) -> usize {
-        self.join_with(room, name, true, Some(from), false)
+        self.join_with(room, name, Publish::AudioVideo, Some(from))
     }
 
     fn join_with(
         &mut self,
         room: &str,
         name: &str,
-        publish: bool,
+        publish: Publish,
         from: Option<usize>,
-        simulcast: bool,
     ) -> usize {
+        let simulcast = publish == Publish::Simulcast;
         let n = self.clients.len() as u8 + 2;
         let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
         let mut rtc = Rtc::builder().build(self.now);
@@ -190,8 +209,10 @@ impl World {
         .unwrap();
         let mut change = rtc.sdp_api();
         let (mut audio, mut video) = (None, None);
-        if publish {
+        if publish != Publish::Nothing {
             audio = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        }
+        if matches!(publish, Publish::AudioVideo | Publish::Simulcast) {
             let layers = simulcast.then(|| {
                 let mut s = str0m::media::Simulcast::new();
                 for rid in ["q", "h", "f"] {
@@ -201,7 +222,8 @@ impl World {
             });
             video =
                 Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers));
-        } else {
+        }
+        if publish == Publish::Nothing {
             change.add_channel("vela".into());
         }
         let (offer, pending) = change.apply().unwrap();
