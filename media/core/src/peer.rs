@@ -75,6 +75,9 @@ pub(crate) struct Peer {
     /// Incoming m-lines not published for lack of the publish permission;
     /// published if the permission is granted later.
     pub withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
+    /// Audio packets written to its `Rtc` and not yet seen going out (see
+    /// `Sfu::drive`: the pacer's look after a packet waits only when zero).
+    pub audio_unsent: u32,
 }
 
 /// The `Rtc` settings every peer shares, built once per SFU and cloned per
@@ -178,6 +181,7 @@ impl Peer {
             nack_totals: Vec::new(),
             account: None,
             withheld: Vec::new(),
+            audio_unsent: 0,
             needs_negotiation: false,
             bwe_estimate: None,
             probe_dip_due: None,

@@ -308,7 +308,17 @@ fn write_audio(
         .marker(data.audio_start_of_talk_spurt)
         .ext_vals(ext),
     );
+    sub.audio_unsent += 1;
     Ok(())
+}
+
+/// Whether an outgoing datagram is RTP (not RTCP, STUN or DTLS): version 2
+/// and a payload type outside RTCP's 64-95 (RFC 5761 section 4).
+fn is_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [b0, b1, ..] => b0 >> 6 == 2 && !(64..96).contains(&(b1 & 0x7f)),
+        _ => false,
+    }
 }
 
 /// How many RTP packets carried a frame.
@@ -1190,17 +1200,26 @@ impl Sfu {
                     peer.rtc_timeout = t;
                     // str0m's pacer asks for a timeout right after each packet
                     // it releases, only to take a fresh look at the queues. With
-                    // no video either way nothing is paced or padded, so that
-                    // look can wait for the next write (which needs a timeout
-                    // anyway): half the timeouts per audio packet.
-                    if peer.rtc.last_timeout_reason() == Reason::Pacer(PacerReason::Immediate)
-                        && !peer.has_video()
-                    {
-                        peer.rtc_timeout = t + PACER_LOOK_DEFER;
+                    // no video either way nothing is paced or padded, so when
+                    // no other packet waits, that look can wait for the next
+                    // write (which needs a timeout anyway): half the timeouts
+                    // per audio packet.
+                    if peer.rtc.last_timeout_reason() == Reason::Pacer(PacerReason::Immediate) {
+                        if peer.audio_unsent == 0 && !peer.has_video() {
+                            peer.rtc_timeout = t + PACER_LOOK_DEFER;
+                        }
+                    } else if t > self.now {
+                        // The pacer's last look released nothing: all went out.
+                        peer.audio_unsent = 0;
                     }
                     break;
                 }
-                Ok(str0m::Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(str0m::Output::Transmit(t)) => {
+                    if is_rtp(&t.contents) {
+                        peer.audio_unsent = peer.audio_unsent.saturating_sub(1);
+                    }
+                    self.transmits.push_back(t);
+                }
                 Ok(str0m::Output::Event(e)) => match e {
                     Event::Connected => {
                         peer.connected = true;
@@ -1905,5 +1924,24 @@ impl Sfu {
         }
         self.rooms.remove(&room);
         self.events.push_back(RoomEvent::RoomFinished { room });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_rtp;
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        // Opus (PT 111) with and without the marker bit.
+        assert!(is_rtp(&[0x80, 111, 0, 1]));
+        assert!(is_rtp(&[0x80, 0x80 | 111, 0, 1]));
+        // RTCP receiver report (201) and transport feedback (205).
+        assert!(!is_rtp(&[0x81, 201, 0, 7]));
+        assert!(!is_rtp(&[0x8f, 205, 0, 4]));
+        // A STUN binding response and a DTLS record.
+        assert!(!is_rtp(&[0x01, 0x01, 0, 0]));
+        assert!(!is_rtp(&[22, 0xfe, 0xfd]));
+        assert!(!is_rtp(&[0x80]));
     }
 }

@@ -39,6 +39,9 @@ pub struct Received {
     last_seq: Option<u64>,
     /// The audio level (-dBov) the last frame's header extension carried.
     pub last_audio_level: Option<i8>,
+    /// The longest an audio frame took from the publisher's write to here
+    /// (the write's virtual time rides in the payload).
+    pub max_audio_delay: Duration,
 }
 
 /// A str0m peer standing in for a browser.
@@ -109,6 +112,8 @@ pub struct World {
     pub dropped: u64,
     next_audio: Instant,
     next_video: Instant,
+    /// Virtual time zero, for the send times carried in audio payloads.
+    start: Instant,
 }
 
 pub fn init_log() {
@@ -151,6 +156,7 @@ impl World {
             dropped: 0,
             next_audio: now,
             next_video: now,
+            start: now,
         }
     }
 
@@ -336,7 +342,7 @@ impl World {
         if video_due {
             self.next_video += Duration::from_millis(50);
         }
-        let now = self.now;
+        let (now, start) = (self.now, self.start);
         for (tag, c) in self.clients.iter_mut().enumerate() {
             let tag = tag as u8;
             if !c.connected || !c.rtc.is_alive() {
@@ -352,8 +358,12 @@ impl World {
                     .pt();
                 let t = MediaTime::from_millis(c.frame * 20)
                     .rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ);
+                // An Opus TOC and filler, the send time, and the sender's tag last.
+                let mut payload = vec![0xfc, 0xff, 0xfe, c.frame as u8];
+                payload.extend_from_slice(&((now - start).as_nanos() as u64).to_le_bytes());
+                payload.push(tag);
                 w.audio_level(c.audio_level, c.audio_level > -60)
-                    .write(pt, now, t, vec![0xfc, 0xff, 0xfe, c.frame as u8, tag])
+                    .write(pt, now, t, payload)
                     .unwrap();
             }
             if video_due && let Some(mid) = c.video {
@@ -396,6 +406,7 @@ impl World {
 
     /// Moves packets and signals until nothing is left to move.
     pub fn pump(&mut self) {
+        let start = self.start;
         for _ in 0..200 {
             let mut moved = false;
             for c in &mut self.clients {
@@ -436,6 +447,7 @@ impl World {
                                         seq_breaks: 0,
                                         last_seq: None,
                                         last_audio_level: None,
+                                        max_audio_delay: Duration::ZERO,
                                     },
                                 );
                             }
@@ -456,6 +468,13 @@ impl World {
                                     }
                                     r.last_seq = Some(last);
                                     r.last_audio_level = d.ext_vals.audio_level;
+                                    if r.kind == MediaKind::Audio
+                                        && let Some(sent) = d.data.get(4..12)
+                                    {
+                                        let sent = u64::from_le_bytes(sent.try_into().unwrap());
+                                        let delay = self.now - (start + Duration::from_nanos(sent));
+                                        r.max_audio_delay = r.max_audio_delay.max(delay);
+                                    }
                                     if let Some(t) = r.last_at {
                                         r.max_gap = r.max_gap.max(self.now - t);
                                     }
