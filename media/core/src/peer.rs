@@ -78,6 +78,8 @@ pub(crate) struct Peer {
     /// Audio packets written to its `Rtc` and not yet seen going out (see
     /// `Sfu::drive`: the pacer's look after a packet waits only when zero).
     pub audio_unsent: u32,
+    /// Media was written to its `Rtc` since its last timeout.
+    pub written: bool,
 }
 
 /// The `Rtc` settings every peer shares, built once per SFU and cloned per
@@ -182,6 +184,7 @@ impl Peer {
             account: None,
             withheld: Vec::new(),
             audio_unsent: 0,
+            written: false,
             needs_negotiation: false,
             bwe_estimate: None,
             probe_dip_due: None,

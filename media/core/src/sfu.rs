@@ -312,6 +312,19 @@ fn write_audio(
     Ok(())
 }
 
+/// Runs a due timeout on a peer's `Rtc`; a failure closes the peer and
+/// returns false.
+fn run_rtc_timeout(peer: &mut Peer, now: Instant, stats: &mut SfuStats) -> bool {
+    stats.rtc_timeouts += 1;
+    peer.written = false;
+    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+        tracing::debug!(participant = %peer.id, error = %e, "timeout input failed");
+        peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+        return false;
+    }
+    true
+}
+
 /// Whether an outgoing datagram is RTP (not RTCP, STUN or DTLS): version 2
 /// and a payload type outside RTCP's 64-95 (RFC 5761 section 4).
 fn is_rtp(datagram: &[u8]) -> bool {
@@ -1067,11 +1080,7 @@ impl Sfu {
             }
             peer.deadline = None;
             if now >= peer.rtc_timeout {
-                self.stats.rtc_timeouts += 1;
-                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                    tracing::debug!(participant = %pid, error = %e, "timeout input failed");
-                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
-                }
+                run_rtc_timeout(peer, now, &mut self.stats);
             }
             if !peer.connected && now >= peer.joined_at + connect_timeout {
                 tracing::info!(participant = %pid, "never connected; removing");
@@ -1176,6 +1185,13 @@ impl Sfu {
         }
         let mut connected_now = false;
         let mut inline_timeouts = 0u32;
+        // Media written to it goes out only after a timeout (str0m queues
+        // it for its pacer): run that now instead of learning it from a
+        // `poll_output`, one fewer per forwarded packet.
+        if peer.written {
+            inline_timeouts += 1;
+            run_rtc_timeout(peer, self.now, &mut self.stats);
+        }
         loop {
             match peer.rtc.poll_output() {
                 // Already due: str0m packetizes written media on a timeout.
@@ -1189,10 +1205,7 @@ impl Sfu {
                     if t <= self.now && inline_timeouts < INLINE_TIMEOUTS =>
                 {
                     inline_timeouts += 1;
-                    self.stats.rtc_timeouts += 1;
-                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(self.now)) {
-                        tracing::debug!(participant = %pid, error = %e, "timeout input failed");
-                        peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                    if !run_rtc_timeout(peer, self.now, &mut self.stats) {
                         break;
                     }
                 }
@@ -1575,23 +1588,36 @@ impl Sfu {
             let Some(sub) = self.peers.get_mut(&s.participant) else {
                 continue;
             };
-            let Some(w) = sub.rtc.writer(s.mid) else {
-                continue;
-            };
-            // The subscriber may have negotiated other payload types, or not this codec.
-            let Some(pt) = w.match_params(data.params) else {
-                continue;
+            // The subscriber may have negotiated other payload types, or not
+            // this codec. An m-line's payload types stay fixed once
+            // negotiated, so the match is kept per publisher payload type.
+            let pt = match s.pt_map {
+                Some((from, to)) if from == data.pt => to,
+                _ => {
+                    let Some(to) = sub
+                        .rtc
+                        .writer(s.mid)
+                        .and_then(|w| w.match_params(data.params))
+                    else {
+                        continue;
+                    };
+                    s.pt_map = Some((data.pt, to));
+                    to
+                }
             };
             let time = s.map_time(epoch, data.time, data.network_time);
             let written = if direct {
                 // An audio frame is one RTP packet: written straight to the
                 // send stream, it skips str0m's payloader and its copy.
                 write_audio(sub, s.mid, pt, time, &data)
-            } else {
+            } else if let Some(w) = sub.rtc.writer(s.mid) {
                 w.write(pt, data.network_time, time, data.data.clone())
+            } else {
+                continue;
             };
             match written {
                 Ok(()) => {
+                    sub.written = true;
                     self.stats.media_forwarded += 1;
                     self.stats.packets_forwarded += packets;
                     self.stats.bytes_forwarded += data.data.len() as u64;

@@ -3,7 +3,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
-use str0m::media::{MediaKind, MediaTime, Mid, Rid};
+use str0m::media::{MediaKind, MediaTime, Mid, Pt, Rid};
 use str0m::rtp::SeqNo;
 
 use crate::id::{ParticipantId, TrackId};
@@ -152,6 +152,10 @@ pub(crate) struct Subscriber {
     last_out: Option<(u64, Instant)>,
     /// The publication epoch the offset was computed for.
     epoch: u32,
+    /// The publisher's payload type last forwarded and the subscriber's
+    /// that matched it: matching codec parameters per packet costs more
+    /// than the rest of an audio write.
+    pub pt_map: Option<(Pt, Pt)>,
 }
 
 impl Subscriber {
@@ -165,6 +169,7 @@ impl Subscriber {
             offset: 0,
             last_out: None,
             epoch,
+            pt_map: None,
         }
     }
 
