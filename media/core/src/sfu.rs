@@ -1590,9 +1590,9 @@ impl Sfu {
             };
             // The subscriber may have negotiated other payload types, or not
             // this codec. An m-line's payload types stay fixed once
-            // negotiated, so the match is kept per publisher payload type.
+            // negotiated, so the match is kept per source payload type.
             let pt = match s.pt_map {
-                Some((from, to)) if from == data.pt => to,
+                Some((e, from, to)) if e == epoch && from == data.pt => to,
                 _ => {
                     let Some(to) = sub
                         .rtc
@@ -1601,7 +1601,7 @@ impl Sfu {
                     else {
                         continue;
                     };
-                    s.pt_map = Some((data.pt, to));
+                    s.pt_map = Some((epoch, data.pt, to));
                     to
                 }
             };

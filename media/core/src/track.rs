@@ -152,10 +152,11 @@ pub(crate) struct Subscriber {
     last_out: Option<(u64, Instant)>,
     /// The publication epoch the offset was computed for.
     epoch: u32,
-    /// The publisher's payload type last forwarded and the subscriber's
-    /// that matched it: matching codec parameters per packet costs more
-    /// than the rest of an audio write.
-    pub pt_map: Option<(Pt, Pt)>,
+    /// The publication epoch and payload type last forwarded, and the
+    /// subscriber's payload type that matched it: matching codec parameters
+    /// per packet costs more than the rest of an audio write. The epoch
+    /// keys it too, since a handover's new device may number codecs its own way.
+    pub pt_map: Option<(u32, Pt, Pt)>,
 }
 
 impl Subscriber {
