@@ -154,7 +154,7 @@ pub(crate) struct Subscriber {
     epoch: u32,
     /// The publication epoch and payload type last forwarded, and the
     /// subscriber's payload type that matched it: matching codec parameters
-    /// per packet costs more than the rest of an audio write. The epoch
+    /// per packet cost nearly as much as the audio write itself. The epoch
     /// keys it too, since a handover's new device may number codecs its own way.
     pub pt_map: Option<(u32, Pt, Pt)>,
 }

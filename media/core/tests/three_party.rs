@@ -1,6 +1,6 @@
 //! Three str0m peers in one room, on a virtual clock: everyone receives the
 //! others' audio and video; a leave removes tracks; a late subscriber gets a
-//! keyframe promptly.
+//! keyframe promptly. Also: an audio-only room's cost in `Rtc` timeouts.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
