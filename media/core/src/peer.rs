@@ -64,7 +64,7 @@ pub(crate) struct Peer {
     pub probe_dip_due: Option<Instant>,
     /// Subscriptions changed since the last server offer.
     pub needs_negotiation: bool,
-    /// Queued to be driven (in the SFU's dirty list).
+    /// Queued to be driven (in one of the SFU's queues of peers to drive).
     pub dirty: bool,
     /// The deadline last put in the SFU's timer heap.
     pub deadline: Option<Instant>,

@@ -213,6 +213,9 @@ const INLINE_TIMEOUTS: u32 = 16;
 /// reports and TWCC feedback, stats and keep-alives: none is that tight.
 const PACER_LOOK_DEFER: Duration = Duration::from_millis(25);
 
+/// How soon after releasing a packet str0m's pacer looks at its queues again.
+const PACER_NEXT_LOOK: Duration = Duration::from_micros(1);
+
 /// How often a subscriber whose estimate is below its demand is probed again.
 const PROBE_REPEAT: Duration = Duration::from_secs(1);
 
@@ -357,8 +360,13 @@ pub struct Sfu {
     /// Which participant publishes each track.
     tracks: FxHashMap<TrackId, ParticipantId>,
     router: Router,
-    /// Peers with work to do: input arrived, or media was written to them.
-    dirty: Vec<ParticipantId>,
+    /// Peers input arrived for, oldest first: a burst of datagrams is fanned
+    /// out in arrival order, so the first to arrive waits least.
+    dirty: VecDeque<ParticipantId>,
+    /// Peers the last fan-out wrote media to: driven before the next input,
+    /// so a packet leaves for all its subscribers before the next one is
+    /// worked on.
+    written: Vec<ParticipantId>,
     /// Peer deadlines, earliest first; entries a peer has since moved are skipped.
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
     /// When the rooms' speaker detectors next want a poll.
@@ -387,7 +395,8 @@ impl Sfu {
             rooms: FxHashMap::default(),
             tracks: FxHashMap::default(),
             router: Router::default(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
+            written: Vec::new(),
             timers: BinaryHeap::new(),
             speaker_due: None,
             layers_due: now,
@@ -442,7 +451,7 @@ impl Sfu {
             && !peer.dirty
         {
             peer.dirty = true;
-            self.dirty.push(p);
+            self.dirty.push_back(p);
         }
     }
 
@@ -1113,9 +1122,11 @@ impl Sfu {
             if let Some(e) = self.events.pop_front() {
                 return Output::Event(e);
             }
-            if let Some(p) = self.dirty.pop() {
-                if let Some(peer) = self.peers.get_mut(&p) {
-                    peer.dirty = false;
+            if let Some(p) = self.written.pop().or_else(|| self.dirty.pop_front()) {
+                match self.peers.get_mut(&p) {
+                    Some(peer) if peer.dirty => peer.dirty = false,
+                    // Gone, or driven already from the other queue.
+                    _ => continue,
                 }
                 self.drive(p);
                 continue;
@@ -1197,15 +1208,17 @@ impl Sfu {
                 // Already due: str0m packetizes written media on a timeout.
                 // Run it here instead of a round trip through the timer heap
                 // and the shell's loop; bounded, in case a deadline stays due
-                // without progress. (The pacer's wake-up 1 µs after each
-                // packet it releases goes through the heap: running it here
-                // too measured no difference, str0m's own timeout being the
-                // cost.)
+                // without progress. So is the pacer's wake-up 1 µs after a
+                // packet it released while audio written to this peer still
+                // waits: str0m releases one packet per timeout, and the rest
+                // of a burst's packets should not wait for the timer heap.
                 Ok(str0m::Output::Timeout(t))
-                    if t <= self.now && inline_timeouts < INLINE_TIMEOUTS =>
+                    if inline_timeouts < INLINE_TIMEOUTS
+                        && (t <= self.now
+                            || (peer.audio_unsent > 0 && t <= self.now + PACER_NEXT_LOOK)) =>
                 {
                     inline_timeouts += 1;
-                    if !run_rtc_timeout(peer, self.now, &mut self.stats) {
+                    if !run_rtc_timeout(peer, t.max(self.now), &mut self.stats) {
                         break;
                     }
                 }
@@ -1617,14 +1630,18 @@ impl Sfu {
             };
             match written {
                 Ok(()) => {
-                    sub.written = true;
+                    // Driven right after this fan-out even when input for it
+                    // waits further back in the queue: str0m's pacer would
+                    // release two packets written before one drive in its
+                    // own order, not theirs.
+                    if !sub.written {
+                        sub.written = true;
+                        sub.dirty = true;
+                        self.written.push(s.participant);
+                    }
                     self.stats.media_forwarded += 1;
                     self.stats.packets_forwarded += packets;
                     self.stats.bytes_forwarded += data.data.len() as u64;
-                    if !sub.dirty {
-                        sub.dirty = true;
-                        self.dirty.push(s.participant);
-                    }
                 }
                 Err(e) => {
                     tracing::debug!(participant = %s.participant, error = %e, "write failed");
@@ -1649,7 +1666,7 @@ impl Sfu {
                     }
                     if !peer.dirty {
                         peer.dirty = true;
-                        self.dirty.push(publisher);
+                        self.written.push(publisher);
                     }
                 }
             }
@@ -1773,6 +1790,7 @@ impl Sfu {
         tracing::info!(reason = reason.as_str(), "participant left");
         self.router.remove(&peer.ufrags, &peer.addrs, pid);
         self.dirty.retain(|p| *p != pid);
+        self.written.retain(|p| *p != pid);
         // Send DTLS close_notify and RTCP BYE so the client learns at once.
         if peer.rtc.close().is_ok() {
             for _ in 0..32 {

@@ -68,6 +68,8 @@ pub struct Client {
     force_keyframe_rids: Vec<String>,
     frame: u64,
     force_keyframe: bool,
+    /// The SSRC of each RTP packet the SFU sent it, in order.
+    pub rtp_ssrcs: Vec<u32>,
 }
 
 impl Client {
@@ -103,6 +105,8 @@ pub struct World {
     pub now: Instant,
     pub clients: Vec<Client>,
     pub events: Vec<vela_media_core::RoomEvent>,
+    /// The source of each RTP packet the SFU was given, in order.
+    pub rtp_in: Vec<SocketAddr>,
     to_server: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Fraction of server-to-client datagrams dropped (seeded, repeatable).
     pub downlink_loss: f64,
@@ -114,6 +118,19 @@ pub struct World {
     next_video: Instant,
     /// Virtual time zero, for the send times carried in audio payloads.
     start: Instant,
+}
+
+/// The SSRC of an RTP datagram (in the clear, SRTP or not); None for RTCP
+/// (RFC 5761), STUN and DTLS.
+pub fn rtp_ssrc(datagram: &[u8]) -> Option<u32> {
+    match *datagram {
+        [b0, b1, _, _, _, _, _, _, s0, s1, s2, s3, ..]
+            if b0 >> 6 == 2 && !(64..96).contains(&(b1 & 0x7f)) =>
+        {
+            Some(u32::from_be_bytes([s0, s1, s2, s3]))
+        }
+        _ => None,
+    }
 }
 
 pub fn init_log() {
@@ -149,6 +166,7 @@ impl World {
             now,
             clients: Vec::new(),
             events: Vec::new(),
+            rtp_in: Vec::new(),
             to_server: VecDeque::new(),
             downlink_loss: 0.0,
             uplink_loss: 0.0,
@@ -262,6 +280,7 @@ impl World {
             force_keyframe_rids: vec!["q".into(), "h".into(), "f".into()],
             frame: 0,
             force_keyframe: true,
+            rtp_ssrcs: Vec::new(),
         });
         self.clients.len() - 1
     }
@@ -504,6 +523,9 @@ impl World {
                 if media && self.lose(self.uplink_loss) {
                     continue;
                 }
+                if rtp_ssrc(&data).is_some() {
+                    self.rtp_in.push(src);
+                }
                 self.sfu.handle_receive(self.now, src, self.server, &data);
             }
             loop {
@@ -518,6 +540,9 @@ impl World {
                         if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
                             if !c.rtc.is_alive() || c.offline {
                                 continue;
+                            }
+                            if let Some(ssrc) = rtp_ssrc(&t.contents) {
+                                c.rtp_ssrcs.push(ssrc);
                             }
                             let r =
                                 Receive::new(Protocol::Udp, t.source, t.destination, &t.contents)
