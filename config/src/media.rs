@@ -12,6 +12,9 @@ use crate::ConfigError;
 pub struct MediaConfig {
     /// UDP port for ICE/DTLS/SRTP; 0 picks a free port.
     pub udp_port: u16,
+    /// Media shards: each a core of its own with its own UDP port
+    /// (`udp_port`, `udp_port + 1`, ...) and rooms; 0 = one per CPU core.
+    pub shards: u16,
     /// Address that receives traffic for node addresses that are not local (1:1 NAT).
     pub bind_ip: IpAddr,
     /// Addresses advertised as ICE candidates; empty = every local address.
@@ -29,6 +32,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             udp_port: 7882,
+            shards: 1,
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             node_ips: Vec::new(),
             connect_timeout_ms: 30_000,
@@ -38,7 +42,20 @@ impl Default for MediaConfig {
     }
 }
 
+/// The most media shards a node runs.
+pub const MAX_SHARDS: u16 = 256;
+
 impl MediaConfig {
+    /// How many media shards to run: `shards`, or with 0 one per CPU core.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(usize::from(MAX_SHARDS)),
+            n => usize::from(n),
+        }
+    }
+
     /// Checks the rules that serde cannot express.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(ip) = self
@@ -49,6 +66,24 @@ impl MediaConfig {
             return Err(ConfigError::invalid(
                 "media.node_ips",
                 format!("{ip} cannot be advertised (unspecified or multicast address)"),
+            ));
+        }
+        if self.shards > MAX_SHARDS {
+            return Err(ConfigError::invalid(
+                "media.shards",
+                format!("must be at most {MAX_SHARDS} (0 = one per CPU core)"),
+            ));
+        }
+        if self.udp_port != 0
+            && u32::from(self.udp_port) + u32::from(self.shards.max(1)) - 1 > u32::from(u16::MAX)
+        {
+            return Err(ConfigError::invalid(
+                "media.shards",
+                format!(
+                    "shards take ports {}..{}, past 65535",
+                    self.udp_port,
+                    u32::from(self.udp_port) + u32::from(self.shards) - 1
+                ),
             ));
         }
         if self.connect_timeout_ms < 1000 {

@@ -412,3 +412,38 @@ fn calls_settings_are_checked() {
         (500, 3)
     );
 }
+
+#[test]
+fn shards_default_to_one_and_zero_means_one_per_core() {
+    let config = load_str("", no_env(), &CliOverrides::default()).unwrap();
+    assert_eq!(config.media.shards, 1);
+    assert_eq!(config.media.shard_count(), 1);
+    let config = load_str("[media]\nshards = 0\n", no_env(), &CliOverrides::default()).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(config.media.shard_count(), cores);
+    let config = load_str(
+        "",
+        env(&[("VELA_MEDIA_SHARDS", "3")]),
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config.media.shard_count(), 3);
+}
+
+#[test]
+fn shards_must_fit_their_ports() {
+    for text in [
+        "[media]\nshards = 257\n",
+        "[media]\nudp_port = 65535\nshards = 2\n",
+    ] {
+        assert_eq!(
+            invalid_key(load_str(text, no_env(), &CliOverrides::default())),
+            "media.shards",
+            "{text}"
+        );
+    }
+    let ok = "[media]\nudp_port = 65534\nshards = 2\n";
+    assert!(load_str(ok, no_env(), &CliOverrides::default()).is_ok());
+    let ephemeral = "[media]\nudp_port = 0\nshards = 256\n";
+    assert!(load_str(ephemeral, no_env(), &CliOverrides::default()).is_ok());
+}

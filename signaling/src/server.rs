@@ -189,7 +189,7 @@ impl AppState {
 pub struct RunningServer {
     /// Where HTTP and WebSocket clients connect.
     pub http_addr: SocketAddr,
-    /// The media port (first advertised address).
+    /// The media port of the first shard (its first advertised address).
     pub udp_addr: SocketAddr,
     /// A handle to the media driver.
     pub media: MediaHandle,
@@ -235,19 +235,31 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     } else {
         config.media.node_ips.clone()
     };
-    let sockets = MediaSockets::bind(&ips, config.media.udp_port, config.media.bind_ip).await?;
-    let advertised = sockets.advertised();
-    tracing::info!(candidates = ?advertised, "media port open");
-    let udp_addr = advertised[0];
-    let sfu_config = SfuConfig::new(advertised)
-        .set_connect_timeout(Duration::from_millis(config.media.connect_timeout_ms))
-        .set_keyframe_interval(Duration::from_millis(
-            config.media.keyframe_request_interval_ms,
-        ))
-        .set_max_participants_per_room(config.limits.max_participants_per_room)
-        .set_reconnect_timeout(Duration::from_millis(config.media.reconnect_timeout_ms));
+    // A shard per core asked for, each on its own port: no datagram has to
+    // cross to another core to find its room.
+    let n = config.media.shard_count();
+    let mut shards = Vec::with_capacity(n);
+    for k in 0..n {
+        let port = match config.media.udp_port {
+            0 => 0,
+            p => p + k as u16, // validated to fit
+        };
+        let sockets = MediaSockets::bind(&ips, port, config.media.bind_ip).await?;
+        let advertised = sockets.advertised();
+        tracing::info!(shard = k, candidates = ?advertised, "media port open");
+        let sfu_config = SfuConfig::new(advertised)
+            .set_connect_timeout(Duration::from_millis(config.media.connect_timeout_ms))
+            .set_keyframe_interval(Duration::from_millis(
+                config.media.keyframe_request_interval_ms,
+            ))
+            .set_max_participants_per_room(config.limits.max_participants_per_room)
+            .set_reconnect_timeout(Duration::from_millis(config.media.reconnect_timeout_ms))
+            .set_id_space(k as u64 + 1, n as u64);
+        shards.push((sockets, sfu_config));
+    }
+    let udp_addr = shards[0].0.advertised()[0];
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(crate::webhook::ROOM_EVENT_QUEUE);
-    let (media, driver) = vela_media::spawn_with_events(sockets, sfu_config, events_tx);
+    let (media, driver) = vela_media::spawn_shards(shards, Some(events_tx));
 
     let listener = TcpListener::bind(config.server.http)
         .await

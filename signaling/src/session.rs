@@ -798,7 +798,7 @@ async fn send_data(
     };
     let sent = state
         .media
-        .with(move |sfu, _| {
+        .with_participant(id, move |sfu, _| {
             let room = sfu
                 .room_of(id)
                 .cloned()

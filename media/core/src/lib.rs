@@ -28,7 +28,7 @@ mod track;
 pub use error::{JoinError, SignalError};
 pub use id::{IdParseError, ParticipantId, RoomId, TrackId};
 pub use room::RoomOptions;
-pub use sfu::{DataMessage, JoinRequest, Joined, Output, Sfu, SfuConfig};
+pub use sfu::{DataMessage, JoinRequest, Joined, Output, Sfu, SfuConfig, id_shard};
 pub use signal::{
     LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
     TrackKind,

@@ -41,6 +41,8 @@ pub struct SfuConfig {
     speaker_interval: Duration,
     bandwidth_estimation: bool,
     reconnect_timeout: Duration,
+    /// First participant and track number, and the step between numbers.
+    id_space: (u64, u64),
 }
 
 impl SfuConfig {
@@ -54,7 +56,16 @@ impl SfuConfig {
             speaker_interval: Duration::from_millis(200),
             bandwidth_estimation: true,
             reconnect_timeout: Duration::from_secs(15),
+            id_space: (1, 1),
         }
+    }
+
+    /// Numbers participants and tracks `first`, `first + step`, ...: cores
+    /// sharing a node (one per CPU core) take `1..=n` and step `n`, so their
+    /// ids never collide and an id names its core (see [`id_shard`]).
+    pub fn set_id_space(mut self, first: u64, step: u64) -> Self {
+        self.id_space = (first.max(1), step.max(1));
+        self
     }
 
     /// How long a participant whose connection dropped is kept for it to
@@ -146,6 +157,11 @@ impl JoinRequest {
         self
     }
 
+    /// The room to join.
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
     /// The client's SDP offer (required for WHIP and WHEP).
     pub fn with_offer(mut self, offer: SdpOffer) -> Self {
         self.offer = Some(offer);
@@ -192,6 +208,13 @@ enum Action {
     Bind(MediaKind),
     Forward(MediaData),
     Keyframe(TrackId),
+}
+
+/// Which of `shards` cores numbered with [`SfuConfig::set_id_space`]`(k + 1,
+/// shards)` made participant or track number `id`: `k`.
+pub fn id_shard(id: u64, shards: usize) -> usize {
+    let n = shards.max(1) as u64;
+    (id.saturating_sub(1) % n) as usize
 }
 
 /// How long after a handover's new connection is up the old one may keep
@@ -385,12 +408,13 @@ pub struct Sfu {
 impl Sfu {
     /// An empty SFU; `now` starts its clock.
     pub fn new(config: SfuConfig, now: Instant) -> Self {
+        let first_id = config.id_space.0;
         Sfu {
             rtc_config: crate::peer::rtc_config(config.bandwidth_estimation),
             config,
             now,
-            next_participant: 1,
-            next_track: 1,
+            next_participant: first_id,
+            next_track: first_id,
             peers: FxHashMap::default(),
             rooms: FxHashMap::default(),
             tracks: FxHashMap::default(),
@@ -553,7 +577,7 @@ impl Sfu {
         }
 
         let id = ParticipantId(self.next_participant);
-        self.next_participant += 1;
+        self.next_participant += self.config.id_space.1;
         let name = name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| identity.clone());
@@ -1368,7 +1392,7 @@ impl Sfu {
         rids: &[str0m::media::Rid],
     ) {
         let id = TrackId(self.next_track);
-        self.next_track += 1;
+        self.next_track += self.config.id_space.1;
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };

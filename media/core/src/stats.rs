@@ -42,3 +42,47 @@ pub struct SfuStats {
     /// Published tracks now.
     pub tracks: u64,
 }
+
+impl std::ops::AddAssign for SfuStats {
+    /// Adds another core's counters (a node's cores, one total).
+    fn add_assign(&mut self, o: SfuStats) {
+        let SfuStats {
+            datagrams_received,
+            datagrams_malformed,
+            datagrams_unrouted,
+            datagrams_rejected,
+            media_received,
+            media_forwarded,
+            packets_received,
+            packets_forwarded,
+            bytes_forwarded,
+            nacks_received,
+            nacks_sent,
+            keyframe_requests,
+            keyframe_requests_throttled,
+            layer_switches,
+            rtc_timeouts,
+            participants,
+            rooms,
+            tracks,
+        } = o;
+        self.datagrams_received += datagrams_received;
+        self.datagrams_malformed += datagrams_malformed;
+        self.datagrams_unrouted += datagrams_unrouted;
+        self.datagrams_rejected += datagrams_rejected;
+        self.media_received += media_received;
+        self.media_forwarded += media_forwarded;
+        self.packets_received += packets_received;
+        self.packets_forwarded += packets_forwarded;
+        self.bytes_forwarded += bytes_forwarded;
+        self.nacks_received += nacks_received;
+        self.nacks_sent += nacks_sent;
+        self.keyframe_requests += keyframe_requests;
+        self.keyframe_requests_throttled += keyframe_requests_throttled;
+        self.layer_switches += layer_switches;
+        self.rtc_timeouts += rtc_timeouts;
+        self.participants += participants;
+        self.rooms += rooms;
+        self.tracks += tracks;
+    }
+}

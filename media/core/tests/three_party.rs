@@ -161,7 +161,11 @@ fn a_burst_of_datagrams_is_forwarded_in_arrival_order() {
             .find(|(_, r)| r.from == p && r.kind == MediaKind::Audio)
             .map(|(m, _)| *m)
             .unwrap();
-        *c.rtc.direct_api().stream_rx_by_mid(mid, None).unwrap().ssrc()
+        *c.rtc
+            .direct_api()
+            .stream_rx_by_mid(mid, None)
+            .unwrap()
+            .ssrc()
     };
     let (sa, sb) = (ssrc_from(&mut w, alice), ssrc_from(&mut w, bob));
     let (addr_a, addr_b) = (w.clients[alice].addr, w.clients[bob].addr);
@@ -171,7 +175,11 @@ fn a_burst_of_datagrams_is_forwarded_in_arrival_order() {
     let arrived: String = w
         .rtp_in
         .iter()
-        .filter_map(|s| (*s == addr_a).then_some('a').or((*s == addr_b).then_some('b')))
+        .filter_map(|s| {
+            (*s == addr_a)
+                .then_some('a')
+                .or((*s == addr_b).then_some('b'))
+        })
         .collect();
     let forwarded: String = w.clients[dave]
         .rtp_ssrcs

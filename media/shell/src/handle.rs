@@ -1,11 +1,13 @@
 //! The control channel: what signaling asks of the media driver.
 
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use vela_media_core::{
     JoinError, JoinRequest, Joined, LeaveReason, ParticipantId, ParticipantInfo, RoomId, SdpAnswer,
-    SdpOffer, Sfu, SfuStats, Signal, SignalError, TrackId, TrackKind, TrackSettings,
+    SdpOffer, Sfu, SfuStats, Signal, SignalError, TrackId, TrackKind, TrackSettings, id_shard,
 };
 
 /// The signals for one participant, in order; ends after [`Signal::Left`].
@@ -63,27 +65,57 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// A cheap, cloneable handle to the media driver.
+/// A cheap, cloneable handle to the media drivers: one per shard (a core
+/// with its own socket and rooms; every participant of a room is on the
+/// room's shard).
 #[derive(Debug, Clone)]
 pub struct MediaHandle {
-    tx: mpsc::Sender<Command>,
+    shards: Arc<[mpsc::Sender<Command>]>,
 }
 
 impl MediaHandle {
-    pub(crate) fn new(tx: mpsc::Sender<Command>) -> Self {
-        MediaHandle { tx }
+    pub(crate) fn new(shards: Vec<mpsc::Sender<Command>>) -> Self {
+        MediaHandle {
+            shards: shards.into(),
+        }
     }
 
-    async fn call<T>(&self, f: impl FnOnce(Reply<T>) -> Command) -> Result<T, MediaError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(f(tx)).await.map_err(|_| MediaError::Stopped)?;
+    /// How many shards serve media.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard that serves `room`: a stable hash of its name, so any node
+    /// process and any request agree without a table.
+    pub fn shard_of_room(&self, room: &RoomId) -> usize {
+        let mut h = rustc_hash::FxHasher::default();
+        room.as_str().hash(&mut h);
+        (h.finish() % self.shards.len().max(1) as u64) as usize
+    }
+
+    fn room_tx(&self, room: &RoomId) -> &mpsc::Sender<Command> {
+        &self.shards[self.shard_of_room(room)]
+    }
+
+    /// The driver of the shard that numbered this participant.
+    fn participant_tx(&self, p: ParticipantId) -> &mpsc::Sender<Command> {
+        &self.shards[id_shard(p.0, self.shards.len())]
+    }
+
+    async fn call<T>(
+        tx: &mpsc::Sender<Command>,
+        f: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        tx.send(f(reply)).await.map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)?
     }
 
     /// Puts a participant in a room; its signals arrive on the receiver.
     pub async fn join(&self, req: JoinRequest) -> Result<(Joined, SignalReceiver), MediaError> {
         let (stx, srx) = mpsc::unbounded_channel();
-        let joined = self.call(|r| Command::Join(Box::new(req), stx, r)).await?;
+        let tx = self.room_tx(req.room());
+        let joined = Self::call(tx, |r| Command::Join(Box::new(req), stx, r)).await?;
         Ok((joined, srx))
     }
 
@@ -95,25 +127,33 @@ impl MediaHandle {
         req: JoinRequest,
     ) -> Result<(Joined, SignalReceiver), MediaError> {
         let (stx, srx) = mpsc::unbounded_channel();
-        let joined = self
-            .call(|r| Command::Handover(from, Box::new(req), stx, r))
-            .await?;
+        let tx = self.participant_tx(from);
+        let joined = Self::call(tx, |r| Command::Handover(from, Box::new(req), stx, r)).await?;
         Ok((joined, srx))
     }
 
     /// Hands a client's offer to its connection; returns the answer.
     pub async fn offer(&self, p: ParticipantId, offer: SdpOffer) -> Result<SdpAnswer, MediaError> {
-        self.call(|r| Command::Offer(p, Box::new(offer), r)).await
+        Self::call(self.participant_tx(p), |r| {
+            Command::Offer(p, Box::new(offer), r)
+        })
+        .await
     }
 
     /// Hands a client's answer to the server's offer.
     pub async fn answer(&self, p: ParticipantId, answer: SdpAnswer) -> Result<(), MediaError> {
-        self.call(|r| Command::Answer(p, Box::new(answer), r)).await
+        Self::call(self.participant_tx(p), |r| {
+            Command::Answer(p, Box::new(answer), r)
+        })
+        .await
     }
 
     /// Adds a client's trickled ICE candidate.
     pub async fn candidate(&self, p: ParticipantId, candidate: String) -> Result<(), MediaError> {
-        self.call(|r| Command::Candidate(p, candidate, r)).await
+        Self::call(self.participant_tx(p), |r| {
+            Command::Candidate(p, candidate, r)
+        })
+        .await
     }
 
     /// Marks a published track muted or not (by id, or the first of a kind).
@@ -124,7 +164,10 @@ impl MediaHandle {
         kind: Option<TrackKind>,
         muted: bool,
     ) -> Result<TrackId, MediaError> {
-        self.call(|r| Command::Mute(p, track, kind, muted, r)).await
+        Self::call(self.participant_tx(p), |r| {
+            Command::Mute(p, track, kind, muted, r)
+        })
+        .await
     }
 
     /// A subscriber's wishes for a remote track: on or off, and its rendered size.
@@ -134,59 +177,95 @@ impl MediaHandle {
         track: TrackId,
         settings: TrackSettings,
     ) -> Result<(), MediaError> {
-        self.call(|r| Command::TrackSettings(p, track, settings, r))
-            .await
+        Self::call(self.participant_tx(p), |r| {
+            Command::TrackSettings(p, track, settings, r)
+        })
+        .await
     }
 
     /// Removes a participant; a no-op if it is gone already.
     pub async fn leave(&self, p: ParticipantId, reason: LeaveReason) {
-        let _ = self.tx.send(Command::Leave(p, reason)).await;
+        let _ = self.participant_tx(p).send(Command::Leave(p, reason)).await;
     }
 
     /// The visible participants of a room.
     pub async fn participants(&self, room: RoomId) -> Result<Vec<ParticipantInfo>, MediaError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
+        self.room_tx(&room)
             .send(Command::Participants(room, tx))
             .await
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)
     }
 
-    /// Runs `f` on the core, on the driver task, and returns its result; the
-    /// core's outputs are carried out afterwards. For the server API's
-    /// operations (`Sfu::handle_create_room` and the like): keep `f` short,
-    /// media waits while it runs.
-    pub async fn with<T: Send + 'static>(
-        &self,
+    async fn run_on<T: Send + 'static>(
+        tx: &mpsc::Sender<Command>,
         f: impl FnOnce(&mut Sfu, Instant) -> T + Send + 'static,
     ) -> Result<T, MediaError> {
-        let (tx, rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         let run = move |sfu: &mut Sfu, now: Instant| {
-            let _ = tx.send(f(sfu, now));
+            let _ = reply.send(f(sfu, now));
         };
-        self.tx
-            .send(Command::With(Box::new(run)))
+        tx.send(Command::With(Box::new(run)))
             .await
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)
     }
 
-    /// The core's counters.
-    pub async fn stats(&self) -> Result<SfuStats, MediaError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Stats(tx))
-            .await
-            .map_err(|_| MediaError::Stopped)?;
-        rx.await.map_err(|_| MediaError::Stopped)
+    /// Runs `f` on the core of `room`'s shard, on its driver task, and
+    /// returns its result; the core's outputs are carried out afterwards. For
+    /// the server API's operations (`Sfu::handle_create_room` and the like):
+    /// keep `f` short, media waits while it runs.
+    pub async fn with_room<T: Send + 'static>(
+        &self,
+        room: &RoomId,
+        f: impl FnOnce(&mut Sfu, Instant) -> T + Send + 'static,
+    ) -> Result<T, MediaError> {
+        Self::run_on(self.room_tx(room), f).await
     }
 
-    /// Closes every peer, sends their goodbyes and stops the driver.
-    pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
+    /// Like [`MediaHandle::with_room`], on the core of `p`'s shard.
+    pub async fn with_participant<T: Send + 'static>(
+        &self,
+        p: ParticipantId,
+        f: impl FnOnce(&mut Sfu, Instant) -> T + Send + 'static,
+    ) -> Result<T, MediaError> {
+        Self::run_on(self.participant_tx(p), f).await
+    }
+
+    /// Like [`MediaHandle::with_room`], on every shard's core, in shard order.
+    pub async fn with_each<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Sfu, Instant) -> T + Clone + Send + 'static,
+    ) -> Result<Vec<T>, MediaError> {
+        let mut out = Vec::with_capacity(self.shards.len());
+        for tx in self.shards.iter() {
+            out.push(Self::run_on(tx, f.clone()).await?);
         }
+        Ok(out)
+    }
+
+    /// The cores' counters, added up over the shards.
+    pub async fn stats(&self) -> Result<SfuStats, MediaError> {
+        let mut total = SfuStats::default();
+        for tx in self.shards.iter() {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Command::Stats(reply))
+                .await
+                .map_err(|_| MediaError::Stopped)?;
+            total += rx.await.map_err(|_| MediaError::Stopped)?;
+        }
+        Ok(total)
+    }
+
+    /// Closes every peer, sends their goodbyes and stops the drivers.
+    pub async fn shutdown(&self) {
+        let waits = self.shards.iter().map(|tx| async move {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Command::Shutdown(reply)).await.is_ok() {
+                let _ = rx.await;
+            }
+        });
+        futures_util::future::join_all(waits).await;
     }
 }

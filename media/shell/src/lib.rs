@@ -1,10 +1,12 @@
 //! Tokio shell of the vela SFU.
 //!
-//! One driver task owns the UDP sockets (one per advertised address, all on
-//! the same port) and the [`vela_media_core::Sfu`]; everything else talks to
-//! it through a [`MediaHandle`]. The driver feeds the core datagrams, commands
-//! and timeouts, and carries out what the core asks: send datagrams, deliver
-//! signals to participants.
+//! A driver task per shard owns the shard's UDP sockets (one per advertised
+//! address, all on the shard's port) and its [`vela_media_core::Sfu`];
+//! everything else talks to the drivers through a [`MediaHandle`], which
+//! finds a room's or participant's shard. A driver feeds its core datagrams,
+//! commands and timeouts, and carries out what the core asks: send
+//! datagrams, deliver signals to participants. One shard is one core's work:
+//! shards share nothing on the media path.
 
 mod driver;
 mod handle;
@@ -23,7 +25,7 @@ use vela_media_core::{RoomEvent, Sfu, SfuConfig};
 /// Starts the driver task on bound sockets; the config's candidates should be
 /// the sockets' advertised addresses.
 pub fn spawn(sockets: MediaSockets, config: SfuConfig) -> (MediaHandle, JoinHandle<()>) {
-    start(sockets, config, None)
+    spawn_shards(vec![(sockets, config)], None)
 }
 
 /// Like [`spawn`], and the core's room events go to `events`; when that
@@ -33,16 +35,31 @@ pub fn spawn_with_events(
     config: SfuConfig,
     events: tokio::sync::mpsc::Sender<RoomEvent>,
 ) -> (MediaHandle, JoinHandle<()>) {
-    start(sockets, config, Some(events))
+    spawn_shards(vec![(sockets, config)], Some(events))
 }
 
-fn start(
-    sockets: MediaSockets,
-    config: SfuConfig,
+/// Starts one driver task per shard, each with its own sockets (its own
+/// port) and core; a room lives on one shard ([`MediaHandle::shard_of_room`]).
+/// Shard `k` of `n` must number its ids with
+/// [`SfuConfig::set_id_space`]`(k + 1, n)`, which is how the handle finds a
+/// participant's shard. The tasks run in parallel on the runtime's threads.
+/// The returned task ends when every driver has stopped.
+pub fn spawn_shards(
+    shards: Vec<(MediaSockets, SfuConfig)>,
     events: Option<tokio::sync::mpsc::Sender<RoomEvent>>,
 ) -> (MediaHandle, JoinHandle<()>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let sfu = Sfu::new(config, Instant::now());
-    let task = tokio::spawn(driver::run(sfu, sockets, rx, events));
-    (MediaHandle::new(tx), task)
+    let mut txs = Vec::with_capacity(shards.len());
+    let mut tasks = Vec::with_capacity(shards.len());
+    for (sockets, config) in shards {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let sfu = Sfu::new(config, Instant::now());
+        tasks.push(tokio::spawn(driver::run(sfu, sockets, rx, events.clone())));
+        txs.push(tx);
+    }
+    let all = tokio::spawn(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    (MediaHandle::new(txs), all)
 }

@@ -178,7 +178,9 @@ pub(crate) async fn create(
     };
     let info = state
         .media
-        .with(move |sfu, now| sfu.handle_create_room(now, room, options))
+        .with_room(&room.clone(), move |sfu, now| {
+            sfu.handle_create_room(now, room, options)
+        })
         .await?;
     Ok(Json(info))
 }
@@ -199,7 +201,15 @@ pub(crate) async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin.require_list()?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let mut rooms = state.media.with(|sfu, _| sfu.rooms()).await?;
+    // Each shard has its rooms; listed together, by name.
+    let mut rooms: Vec<_> = state
+        .media
+        .with_each(|sfu, _| sfu.rooms())
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    rooms.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(names) = q.names.filter(|n| !n.is_empty()) {
         let names: Vec<&str> = names.split(',').map(str::trim).collect();
         rooms.retain(|r| names.contains(&r.name.as_str()));
@@ -218,7 +228,10 @@ pub(crate) async fn get_one(
         admin.require_admin(&room)?;
     }
     let r = room.clone();
-    let info = state.media.with(move |sfu, _| sfu.room_info(&r)).await?;
+    let info = state
+        .media
+        .with_room(&room, move |sfu, _| sfu.room_info(&r))
+        .await?;
     info.map(Json).ok_or_else(|| no_room(&room))
 }
 
@@ -233,7 +246,7 @@ pub(crate) async fn delete(
     let r = room.clone();
     let found = state
         .media
-        .with(move |sfu, now| sfu.handle_delete_room(now, &r))
+        .with_room(&room, move |sfu, now| sfu.handle_delete_room(now, &r))
         .await?;
     if !found {
         return Err(no_room(&room));
@@ -252,7 +265,9 @@ pub(crate) async fn participants(
     let r = room.clone();
     let list = state
         .media
-        .with(move |sfu, _| sfu.room_info(&r).map(|_| sfu.participants(&r)))
+        .with_room(&room, move |sfu, _| {
+            sfu.room_info(&r).map(|_| sfu.participants(&r))
+        })
         .await?
         .ok_or_else(|| no_room(&room))?;
     Ok(Json(serde_json::json!({ "participants": list })))
@@ -270,7 +285,9 @@ pub(crate) async fn participant(
     let who = identity.clone();
     let (exists, info) = state
         .media
-        .with(move |sfu, _| (sfu.room_info(&r).is_some(), sfu.participant(&r, &who)))
+        .with_room(&room, move |sfu, _| {
+            (sfu.room_info(&r).is_some(), sfu.participant(&r, &who))
+        })
         .await?;
     if !exists {
         return Err(no_room(&room));
@@ -290,7 +307,9 @@ pub(crate) async fn remove(
     admin.require_admin(&room)?;
     state
         .media
-        .with(move |sfu, now| sfu.handle_remove_participant(now, &room, &identity))
+        .with_room(&room.clone(), move |sfu, now| {
+            sfu.handle_remove_participant(now, &room, &identity)
+        })
         .await?
         .map_err(refused)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -326,7 +345,7 @@ pub(crate) async fn update(
     let p = body.permission;
     let info = state
         .media
-        .with(move |sfu, now| {
+        .with_room(&room.clone(), move |sfu, now| {
             let current = sfu
                 .participant(&room, &identity)
                 .ok_or(SignalError::UnknownParticipant)?
@@ -364,7 +383,9 @@ pub(crate) async fn mute(
         .map_err(|_| ApiError::not_found("no such track"))?;
     let info = state
         .media
-        .with(move |sfu, _| sfu.handle_mute_track(&room, &identity, track, body.muted))
+        .with_room(&room.clone(), move |sfu, _| {
+            sfu.handle_mute_track(&room, &identity, track, body.muted)
+        })
         .await?
         .map_err(refused)?;
     Ok(Json(info))
@@ -401,7 +422,9 @@ pub(crate) async fn send_data(
     };
     let n = state
         .media
-        .with(move |sfu, _| sfu.handle_data(&room, None, message))
+        .with_room(&room.clone(), move |sfu, _| {
+            sfu.handle_data(&room, None, message)
+        })
         .await?
         .map_err(refused)?;
     Ok(Json(serde_json::json!({ "recipients": n })))

@@ -384,6 +384,8 @@ pub struct SessionClient {
     pub ws: Ws,
     pub id: String,
     pub joined: serde_json::Value,
+    /// The server's answer to the first offer.
+    pub answer_sdp: String,
     pub peer: Peer,
     offers: mpsc::UnboundedSender<SdpOffer>,
     answers: mpsc::UnboundedReceiver<SdpAnswer>,
@@ -422,7 +424,8 @@ impl SessionClient {
         ws.send(serde_json::json!({"type": "offer", "sdp": offer.to_sdp_string()}))
             .await;
         let answer = ws.expect("answer").await;
-        let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
+        let answer_sdp = answer["sdp"].as_str().unwrap().to_owned();
+        let answer = SdpAnswer::from_sdp_string(&answer_sdp).unwrap();
         let (otx, orx) = mpsc::unbounded_channel();
         let (atx, arx) = mpsc::unbounded_channel();
         let peer = pending.start(answer, (orx, atx));
@@ -430,6 +433,7 @@ impl SessionClient {
             ws,
             id,
             joined,
+            answer_sdp,
             peer,
             offers: otx,
             answers: arx,
