@@ -74,7 +74,11 @@ pub struct MediaHandle {
 }
 
 impl MediaHandle {
-    pub(crate) fn new(shards: Vec<mpsc::Sender<Command>>) -> Self {
+    pub(crate) fn new(mut shards: Vec<mpsc::Sender<Command>>) -> Self {
+        if shards.is_empty() {
+            // No driver: a closed channel, so every call fails with `Stopped`.
+            shards.push(mpsc::channel(1).0);
+        }
         MediaHandle {
             shards: shards.into(),
         }
@@ -90,7 +94,7 @@ impl MediaHandle {
     pub fn shard_of_room(&self, room: &RoomId) -> usize {
         let mut h = rustc_hash::FxHasher::default();
         room.as_str().hash(&mut h);
-        (h.finish() % self.shards.len().max(1) as u64) as usize
+        (h.finish() % self.shards.len() as u64) as usize
     }
 
     fn room_tx(&self, room: &RoomId) -> &mpsc::Sender<Command> {
@@ -267,5 +271,49 @@ impl MediaHandle {
             }
         });
         futures_util::future::join_all(waits).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(shards: usize) -> (MediaHandle, Vec<mpsc::Receiver<Command>>) {
+        let (txs, rxs) = (0..shards).map(|_| mpsc::channel(8)).unzip();
+        (MediaHandle::new(txs), rxs)
+    }
+
+    #[test]
+    fn rooms_spread_over_shards_the_same_way_every_time() {
+        let (a, _ra) = handle(4);
+        let (b, _rb) = handle(4);
+        let mut used = [0u32; 4];
+        for i in 0..200 {
+            let room = RoomId::new(&format!("room-{i}")).unwrap();
+            let k = a.shard_of_room(&room);
+            assert_eq!(k, b.shard_of_room(&room), "{room}");
+            used[k] += 1;
+        }
+        assert!(used.iter().all(|n| *n >= 25), "{used:?}");
+    }
+
+    #[tokio::test]
+    async fn a_participant_is_asked_on_the_shard_that_numbered_it() {
+        let (h, mut rxs) = handle(3);
+        // Shard k numbers k+1, k+4, ...: PA5 is shard 1's.
+        h.leave(ParticipantId(5), LeaveReason::ClientLeave).await;
+        assert!(matches!(rxs[1].try_recv(), Ok(Command::Leave(p, _)) if p == ParticipantId(5)));
+        assert!(rxs[0].try_recv().is_err() && rxs[2].try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn without_a_driver_every_call_fails_as_stopped() {
+        let h = MediaHandle::new(Vec::new());
+        assert!(matches!(h.stats().await, Err(MediaError::Stopped)));
+        let room = RoomId::new("r").unwrap();
+        assert!(matches!(
+            h.participants(room).await,
+            Err(MediaError::Stopped)
+        ));
     }
 }
