@@ -249,3 +249,27 @@ fn audio_only_peers_cost_about_one_rtc_timeout_per_forwarded_packet() {
         }
     }
 }
+
+#[test]
+fn a_shard_numbers_participants_and_tracks_in_its_own_id_space() {
+    // Shard 1 of 3 (set_id_space(2, 3)): 2, 5, 8, ...; id_shard names it.
+    let mut w = World::with_config(|c| c.set_id_space(2, 3));
+    let a = w.join("room1", "alice", true);
+    let b = w.join("room1", "bob", true);
+    assert!(w.run_until(Duration::from_secs(10), |w| {
+        w.clients[b].frames_from(w.clients[a].id, MediaKind::Video) > 5
+    }));
+    let ids: Vec<u64> = w.clients.iter().map(|c| c.id.0).collect();
+    assert_eq!(ids, [2, 5]);
+    let mut numbers: Vec<u64> = w
+        .sfu
+        .participants(&"room1".parse().unwrap())
+        .iter()
+        .flat_map(|p| p.tracks.iter().map(|t| t.id.0))
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, [2, 5, 8, 11]);
+    for n in ids.iter().chain(&numbers) {
+        assert_eq!(vela_media_core::id_shard(*n, 3), 1, "{n}");
+    }
+}
