@@ -1,5 +1,8 @@
 //! End to end: three headless Chromium participants join one room through the
 //! page served at `/` (`window.vela`), see and hear each other, and one leaves.
+//! The server runs two media shards and the room is on the second, so the
+//! browsers use that shard's own port (every other browser test runs the
+//! default single shard).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver`; see `browser/mod.rs`.
 
@@ -14,7 +17,6 @@ use browser::{Harness, TestResult, poll, run_js};
 use fantoccini::Client;
 use serde_json::{Value, json};
 
-const ROOM: &str = "e2e";
 const NAMES: [&str; 3] = ["P1", "P2", "P3"];
 /// Frames each participant must have decoded from every other one.
 const MIN_FRAMES: u64 = 10;
@@ -49,7 +51,9 @@ return window.vela.joined;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_participants_see_and_hear_each_other_then_one_leaves() {
-    browser::run("browser_call", Duration::from_secs(120), scenario).await;
+    let mut config = browser::test_config();
+    config.media.shards = 2;
+    browser::run_with("browser_call", Duration::from_secs(120), config, scenario).await;
 }
 
 struct Participant {
@@ -58,15 +62,25 @@ struct Participant {
     id: String,
 }
 
+/// A room name of the second media shard.
+fn second_shard_room(h: &Harness) -> TestResult<String> {
+    let media = h.media().ok_or("no server")?;
+    (0..100)
+        .map(|i| format!("e2e{i}"))
+        .find(|r| vela_media::core::RoomId::new(r).is_ok_and(|r| media.shard_of_room(&r) == 1))
+        .ok_or_else(|| "no room name on shard 1".into())
+}
+
 async fn scenario(h: &Harness) -> TestResult {
+    let room = second_shard_room(h)?;
     let mut participants = Vec::new();
     for name in NAMES {
-        let client = h.open(name, &format!("/?room={ROOM}&name={name}")).await?;
+        let client = h.open(name, &format!("/?room={room}&name={name}")).await?;
         participants.push((name, client));
     }
     let mut joined = Vec::new();
     for (name, client) in participants {
-        let id = run_js(&client, JOIN, vec![json!(ROOM), json!(name)])
+        let id = run_js(&client, JOIN, vec![json!(room), json!(name)])
             .await
             .map_err(|e| format!("{name}: join: {e}"))?;
         let id = id

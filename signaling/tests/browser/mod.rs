@@ -230,6 +230,11 @@ where
 }
 
 impl Harness {
+    /// The server's media drivers (to find a room's shard).
+    pub fn media(&self) -> Option<&vela_media::MediaHandle> {
+        self.server.as_ref().map(|s| &s.media)
+    }
+
     /// `base_url` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
