@@ -120,12 +120,7 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
         }
 
         // The metrics add the shards up.
-        let metrics = reqwest::get(format!("http://{}/metrics", s.http_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::scrape_metrics(&s).await;
         assert!(metrics.contains("\nvela_rooms 2\n"), "{metrics}");
         assert!(metrics.contains("\nvela_participants 4\n"), "{metrics}");
 

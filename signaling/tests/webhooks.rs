@@ -106,15 +106,6 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap()
 }
 
-async fn scrape(s: &vela_signaling::RunningServer) -> String {
-    reqwest::get(format!("http://{}/metrics", s.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_session_arrives_in_order_signed_and_after_retries() {
     tokio::time::timeout(LIMIT, async {
@@ -138,7 +129,7 @@ async fn a_scripted_session_arrives_in_order_signed_and_after_retries() {
                 Duration::from_secs(600),
             )
             .unwrap();
-        let before = scrape(&s).await;
+        let before = common::scrape_metrics(&s).await;
 
         // The script: a room is made, alice and bob join and publish (audio
         // then video), alice leaves, the room is deleted under bob.
@@ -168,7 +159,7 @@ async fn a_scripted_session_arrives_in_order_signed_and_after_retries() {
             }
         }
         // During the call: the counters move, the join times are recorded.
-        let during = scrape(&s).await;
+        let during = common::scrape_metrics(&s).await;
         for m in [
             "vela_packets_forwarded_total",
             "vela_bytes_forwarded_total",
@@ -231,7 +222,7 @@ async fn a_scripted_session_arrives_in_order_signed_and_after_retries() {
             assert_eq!(left[1]["reason"], "room_deleted");
         }
         assert_eq!(flaky.lock().unwrap().refused, 3);
-        let after = scrape(&s).await;
+        let after = common::scrape_metrics(&s).await;
         assert!(metric(&after, "vela_webhook_retries_total") >= 3.0);
         assert_eq!(metric(&after, "vela_webhook_failures_total"), 0.0);
         assert!(metric(&after, "vela_webhooks_delivered_total") >= 28.0);
@@ -319,7 +310,10 @@ async fn call_events_and_a_receiver_that_never_answers() {
         // The dead destination: each event tried twice, then counted as failed.
         let mut failures = 0.0;
         for _ in 0..60 {
-            failures = metric(&scrape(&s).await, "vela_webhook_failures_total");
+            failures = metric(
+                &common::scrape_metrics(&s).await,
+                "vela_webhook_failures_total",
+            );
             if failures >= 6.0 {
                 break;
             }

@@ -86,12 +86,7 @@ async fn three_sessions_see_and_receive_each_other_then_one_leaves() {
 
         let stats = s.media.stats().await.unwrap();
         assert_eq!(stats.participants, 2);
-        let metrics = reqwest::get(format!("http://{}/metrics", s.http_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::scrape_metrics(&s).await;
         let value = |name: &str| -> u64 {
             metrics
                 .lines()

@@ -56,6 +56,16 @@ pub fn test_config() -> Config {
     c
 }
 
+/// The server's `/metrics` text.
+pub async fn scrape_metrics(s: &RunningServer) -> String {
+    reqwest::get(format!("http://{}/metrics", s.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn start() -> RunningServer {
     init_log();
     vela_signaling::spawn(test_config()).await.unwrap()
