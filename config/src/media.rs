@@ -74,15 +74,15 @@ impl MediaConfig {
                 format!("must be at most {MAX_SHARDS} (0 = one per CPU core)"),
             ));
         }
-        if self.udp_port != 0
-            && u32::from(self.udp_port) + u32::from(self.shards.max(1)) - 1 > u32::from(u16::MAX)
-        {
+        // With 0 the count is this machine's cores: checked as started.
+        let last_port = u32::from(self.udp_port) + self.shard_count() as u32 - 1;
+        if self.udp_port != 0 && last_port > u32::from(u16::MAX) {
             return Err(ConfigError::invalid(
                 "media.shards",
                 format!(
-                    "shards take ports {}..{}, past 65535",
-                    self.udp_port,
-                    u32::from(self.udp_port) + u32::from(self.shards) - 1
+                    "{} shards take ports {}..{last_port}, past 65535",
+                    self.shard_count(),
+                    self.udp_port
                 ),
             ));
         }

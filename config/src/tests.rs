@@ -442,6 +442,15 @@ fn shards_must_fit_their_ports() {
             "{text}"
         );
     }
+    // One per core: the ports of all this machine's cores must fit too.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores > 1 {
+        let text = "[media]\nudp_port = 65535\nshards = 0\n";
+        assert_eq!(
+            invalid_key(load_str(text, no_env(), &CliOverrides::default())),
+            "media.shards"
+        );
+    }
     let ok = "[media]\nudp_port = 65534\nshards = 2\n";
     assert!(load_str(ok, no_env(), &CliOverrides::default()).is_ok());
     let ephemeral = "[media]\nudp_port = 0\nshards = 256\n";
