@@ -16,6 +16,7 @@ use std::time::Duration;
 use browser::{Harness, TestResult, poll, run_js};
 use fantoccini::Client;
 use serde_json::{Value, json};
+use vela_media::core::{RoomId, RoomOptions};
 
 const NAMES: [&str; 3] = ["P1", "P2", "P3"];
 /// Frames each participant must have decoded from every other one.
@@ -62,17 +63,22 @@ struct Participant {
     id: String,
 }
 
-/// A room name of the second media shard.
-fn second_shard_room(h: &Harness) -> TestResult<String> {
+/// Opens an empty room first, so the next new room (the call's) goes to the
+/// second media shard.
+async fn fill_first_shard(h: &Harness) -> TestResult {
     let media = h.media().ok_or("no server")?;
-    (0..100)
-        .map(|i| format!("e2e{i}"))
-        .find(|r| vela_media::core::RoomId::new(r).is_ok_and(|r| media.shard_of_room(&r) == 1))
-        .ok_or_else(|| "no room name on shard 1".into())
+    let lobby = RoomId::new("lobby")?;
+    media
+        .with_room(&lobby.clone(), |sfu, now| {
+            sfu.handle_create_room(now, lobby, RoomOptions::default());
+        })
+        .await?;
+    Ok(())
 }
 
 async fn scenario(h: &Harness) -> TestResult {
-    let room = second_shard_room(h)?;
+    fill_first_shard(h).await?;
+    let room = "e2e".to_owned();
     let mut participants = Vec::new();
     for name in NAMES {
         let client = h.open(name, &format!("/?room={room}&name={name}")).await?;
@@ -89,6 +95,12 @@ async fn scenario(h: &Harness) -> TestResult {
             .to_owned();
         eprintln!("{name} joined as {id}");
         joined.push(Participant { name, client, id });
+    }
+    let shard = h
+        .media()
+        .and_then(|m| m.shard_of_room(&RoomId::new(&room).ok()?));
+    if shard != Some(1) {
+        return Err(format!("the room is on shard {shard:?}, not the second").into());
     }
     let ids: Vec<&str> = joined.iter().map(|p| p.id.as_str()).collect();
     if ids[0] == ids[1] || ids[1] == ids[2] || ids[0] == ids[2] {

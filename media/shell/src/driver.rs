@@ -2,6 +2,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use tokio::sync::mpsc;
 use vela_media_core::{Output, ParticipantId, RoomEvent, Sfu, Signal, Transmit};
 
 use crate::handle::{Command, MediaError};
+use crate::placement::Placement;
 use crate::socket::MediaSockets;
 use crate::udp::{Receiver, Sender};
 
@@ -25,6 +27,10 @@ struct Driver {
     /// Where room events go (webhooks, metrics); never waited on.
     events: Option<mpsc::Sender<RoomEvent>>,
     events_dropped: u64,
+    /// This shard's index, and where the handle places rooms (with more than
+    /// one shard): told when a room opens or closes here and how many
+    /// participants this shard has.
+    placement: Option<(usize, Arc<Mutex<Placement>>)>,
 }
 
 pub(crate) async fn run(
@@ -32,6 +38,7 @@ pub(crate) async fn run(
     sockets: MediaSockets,
     mut rx: mpsc::Receiver<Command>,
     events: Option<mpsc::Sender<RoomEvent>>,
+    placement: Option<(usize, Arc<Mutex<Placement>>)>,
 ) {
     let senders = sockets.sockets.iter().map(|_| Sender::new()).collect();
     let mut d = Driver {
@@ -41,6 +48,7 @@ pub(crate) async fn run(
         sinks: FxHashMap::default(),
         events,
         events_dropped: 0,
+        placement,
     };
     let mut receiver = Receiver::new();
     // Timeouts already due (str0m's pacer asks for "now" after each packet it
@@ -146,6 +154,21 @@ impl Driver {
     /// rather than stall media.
     fn event(&mut self, e: RoomEvent) {
         tracing::debug!(event = ?e, "room event");
+        if let Some((shard, placement)) = &self.placement
+            && matches!(
+                e,
+                RoomEvent::RoomStarted { .. }
+                    | RoomEvent::RoomFinished { .. }
+                    | RoomEvent::ParticipantJoined { .. }
+                    | RoomEvent::ParticipantLeft { .. }
+            )
+        {
+            let participants = self.sfu.stats().participants;
+            placement
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(Instant::now(), *shard, &e, participants);
+        }
         if let Some(tx) = &self.events
             && tx.try_send(e).is_err()
         {

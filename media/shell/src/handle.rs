@@ -1,7 +1,6 @@
 //! The control channel: what signaling asks of the media driver.
 
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -9,6 +8,8 @@ use vela_media_core::{
     JoinError, JoinRequest, Joined, LeaveReason, ParticipantId, ParticipantInfo, RoomId, SdpAnswer,
     SdpOffer, Sfu, SfuStats, Signal, SignalError, TrackId, TrackKind, TrackSettings, id_shard,
 };
+
+use crate::placement::Placement;
 
 /// The signals for one participant, in order; ends after [`Signal::Left`].
 pub type SignalReceiver = mpsc::UnboundedReceiver<Signal>;
@@ -71,16 +72,22 @@ pub(crate) enum Command {
 #[derive(Debug, Clone)]
 pub struct MediaHandle {
     shards: Arc<[mpsc::Sender<Command>]>,
+    /// Where rooms are, with more than one shard (the drivers update it).
+    placement: Option<Arc<Mutex<Placement>>>,
 }
 
 impl MediaHandle {
-    pub(crate) fn new(mut shards: Vec<mpsc::Sender<Command>>) -> Self {
+    pub(crate) fn new(
+        mut shards: Vec<mpsc::Sender<Command>>,
+        placement: Option<Arc<Mutex<Placement>>>,
+    ) -> Self {
         if shards.is_empty() {
             // No driver: a closed channel, so every call fails with `Stopped`.
             shards.push(mpsc::channel(1).0);
         }
         MediaHandle {
             shards: shards.into(),
+            placement,
         }
     }
 
@@ -89,16 +96,29 @@ impl MediaHandle {
         self.shards.len()
     }
 
-    /// The shard that serves `room`: a stable hash of its name, so any node
-    /// process and any request agree without a table.
-    pub fn shard_of_room(&self, room: &RoomId) -> usize {
-        let mut h = rustc_hash::FxHasher::default();
-        room.as_str().hash(&mut h);
-        (h.finish() % self.shards.len() as u64) as usize
+    /// The shard that serves `room`, if the room is placed (with one shard,
+    /// always the first). A new room goes to the shard with the fewest
+    /// participants and stays there while it is open.
+    pub fn shard_of_room(&self, room: &RoomId) -> Option<usize> {
+        match &self.placement {
+            None => Some(0),
+            Some(p) => p
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .shard_of(room),
+        }
     }
 
+    /// The driver of `room`'s shard, placing the room if it is new.
     fn room_tx(&self, room: &RoomId) -> &mpsc::Sender<Command> {
-        &self.shards[self.shard_of_room(room)]
+        let k = match &self.placement {
+            None => 0,
+            Some(p) => p
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .place(Instant::now(), room),
+        };
+        &self.shards[k.min(self.shards.len() - 1)]
     }
 
     /// The driver of the shard that numbered this participant.
@@ -276,25 +296,37 @@ impl MediaHandle {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn handle(shards: usize) -> (MediaHandle, Vec<mpsc::Receiver<Command>>) {
         let (txs, rxs) = (0..shards).map(|_| mpsc::channel(8)).unzip();
-        (MediaHandle::new(txs), rxs)
+        (MediaHandle::new(txs, None), rxs)
     }
 
-    #[test]
-    fn rooms_spread_over_shards_the_same_way_every_time() {
-        let (a, _ra) = handle(4);
-        let (b, _rb) = handle(4);
-        let mut used = [0u32; 4];
-        for i in 0..200 {
-            let room = RoomId::new(&format!("room-{i}")).unwrap();
-            let k = a.shard_of_room(&room);
-            assert_eq!(k, b.shard_of_room(&room), "{room}");
-            used[k] += 1;
+    #[tokio::test]
+    async fn a_new_room_goes_to_a_shard_without_rooms_and_stays_there() {
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::channel(8)).unzip();
+        let h = MediaHandle::new(txs, Some(Arc::new(Mutex::new(Placement::new(2)))));
+        let (a, b) = (RoomId::new("a").unwrap(), RoomId::new("b").unwrap());
+        assert_eq!(h.shard_of_room(&a), None);
+        for room in [&a, &b, &a] {
+            let _ = h.participants(room.clone()).now_or_never();
         }
-        assert!(used.iter().all(|n| *n >= 25), "{used:?}");
+        assert_eq!(
+            (h.shard_of_room(&a), h.shard_of_room(&b)),
+            (Some(0), Some(1))
+        );
+        let asked = |rx: &mut mpsc::Receiver<Command>| {
+            std::iter::from_fn(|| match rx.try_recv() {
+                Ok(Command::Participants(r, _)) => Some(r),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(asked(&mut rxs[0]), [a.clone(), a]);
+        assert_eq!(asked(&mut rxs[1]), [b]);
     }
 
     #[tokio::test]
@@ -308,7 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_driver_every_call_fails_as_stopped() {
-        let h = MediaHandle::new(Vec::new());
+        let h = MediaHandle::new(Vec::new(), None);
         assert!(matches!(h.stats().await, Err(MediaError::Stopped)));
         let room = RoomId::new("r").unwrap();
         assert!(matches!(

@@ -10,6 +10,7 @@
 
 mod driver;
 mod handle;
+mod placement;
 mod socket;
 mod udp;
 
@@ -17,6 +18,7 @@ pub use handle::{MediaError, MediaHandle, SignalReceiver};
 pub use socket::{BindError, MediaSockets, local_addresses};
 pub use vela_media_core as core;
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::task::JoinHandle;
@@ -39,7 +41,8 @@ pub fn spawn_with_events(
 }
 
 /// Starts one driver task per shard, each with its own sockets (its own
-/// port) and core; a room lives on one shard ([`MediaHandle::shard_of_room`]).
+/// port) and core; a room lives on one shard, the least loaded when it
+/// opened ([`MediaHandle::shard_of_room`]).
 /// Shard `k` of `n` must number its ids with
 /// [`SfuConfig::set_id_space`]`(k + 1, n)`, which is how the handle finds a
 /// participant's shard. The tasks run in parallel on the runtime's threads.
@@ -50,10 +53,19 @@ pub fn spawn_shards(
 ) -> (MediaHandle, JoinHandle<()>) {
     let mut txs = Vec::with_capacity(shards.len());
     let mut tasks = Vec::with_capacity(shards.len());
-    for (sockets, config) in shards {
+    let placement =
+        (shards.len() > 1).then(|| Arc::new(Mutex::new(placement::Placement::new(shards.len()))));
+    for (k, (sockets, config)) in shards.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let sfu = Sfu::new(config, Instant::now());
-        tasks.push(tokio::spawn(driver::run(sfu, sockets, rx, events.clone())));
+        let place = placement.clone().map(|p| (k, p));
+        tasks.push(tokio::spawn(driver::run(
+            sfu,
+            sockets,
+            rx,
+            events.clone(),
+            place,
+        )));
         txs.push(tx);
     }
     let all = tokio::spawn(async move {
@@ -61,5 +73,5 @@ pub fn spawn_shards(
             let _ = t.await;
         }
     });
-    (MediaHandle::new(txs), all)
+    (MediaHandle::new(txs, placement), all)
 }
