@@ -213,6 +213,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         "Timeouts run on participants' WebRTC stacks (per forwarded packet: the SFU's main fixed cost).",
         s.rtc_timeouts,
     );
+    put(
+        "rtc_polls_total",
+        "counter",
+        "Outputs asked of participants' WebRTC stacks (each a walk over the stack).",
+        s.rtc_polls,
+    );
     state.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

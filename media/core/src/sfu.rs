@@ -1220,6 +1220,8 @@ impl Sfu {
         }
         let mut connected_now = false;
         let mut inline_timeouts = 0u32;
+        // Nothing of this peer is due but the media written to it.
+        let write_only = peer.written && peer.rtc_timeout > self.now + PACER_NEXT_LOOK;
         // Media written to it goes out only after a timeout (str0m queues
         // it for its pacer): run that now instead of learning it from a
         // `poll_output`, one fewer per forwarded packet.
@@ -1228,6 +1230,7 @@ impl Sfu {
             run_rtc_timeout(peer, self.now, &mut self.stats);
         }
         loop {
+            self.stats.rtc_polls += 1;
             match peer.rtc.poll_output() {
                 // Already due: str0m packetizes written media on a timeout.
                 // Run it here instead of a round trip through the timer heap
@@ -1265,10 +1268,21 @@ impl Sfu {
                     break;
                 }
                 Ok(str0m::Output::Transmit(t)) => {
-                    if is_rtp(&t.contents) {
+                    let rtp = is_rtp(&t.contents);
+                    if rtp {
                         peer.audio_unsent = peer.audio_unsent.saturating_sub(1);
                     }
                     self.transmits.push_back(t);
+                    // The last audio packet written to it went out on timeouts
+                    // run only for the writes. str0m hands out its feedback
+                    // before paced media, so nothing else waits, and its next
+                    // deadline is its pacer's look right after this packet,
+                    // deferred as below: the poll that would only say so, a
+                    // walk of the whole `Rtc` per packet, is skipped.
+                    if rtp && write_only && peer.audio_unsent == 0 && !peer.has_video() {
+                        peer.rtc_timeout = self.now + PACER_NEXT_LOOK + PACER_LOOK_DEFER;
+                        break;
+                    }
                 }
                 Ok(str0m::Output::Event(e)) => match e {
                     Event::Connected => {

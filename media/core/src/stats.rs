@@ -35,6 +35,10 @@ pub struct SfuStats {
     /// Timeouts run on participants' WebRTC stacks (str0m `handle_timeout`),
     /// the largest fixed cost per forwarded packet.
     pub rtc_timeouts: u64,
+    /// Outputs asked of participants' WebRTC stacks (str0m `poll_output`),
+    /// each a walk over the whole stack; the one that says only "wait"
+    /// included.
+    pub rtc_polls: u64,
     /// Participants currently in a room.
     pub participants: u64,
     /// Rooms currently open.
@@ -62,6 +66,7 @@ impl std::ops::AddAssign for SfuStats {
             keyframe_requests_throttled,
             layer_switches,
             rtc_timeouts,
+            rtc_polls,
             participants,
             rooms,
             tracks,
@@ -81,6 +86,7 @@ impl std::ops::AddAssign for SfuStats {
         self.keyframe_requests_throttled += keyframe_requests_throttled;
         self.layer_switches += layer_switches;
         self.rtc_timeouts += rtc_timeouts;
+        self.rtc_polls += rtc_polls;
         self.participants += participants;
         self.rooms += rooms;
         self.tracks += tracks;

@@ -223,6 +223,7 @@ fn audio_only_peers_cost_about_one_rtc_timeout_per_forwarded_packet() {
     let after = w.sfu.stats();
     let forwarded = after.packets_forwarded - before.packets_forwarded;
     let timeouts = after.rtc_timeouts - before.rtc_timeouts;
+    let polls = after.rtc_polls - before.rtc_polls;
     // 3 talkers x 4 receivers x 50 packets/s x 4 s.
     assert!(forwarded >= 2_350, "forwarded {forwarded}");
     // str0m's pacer asks for a second timeout after each packet it releases,
@@ -233,6 +234,14 @@ fn audio_only_peers_cost_about_one_rtc_timeout_per_forwarded_packet() {
     assert!(
         per_packet < 1.25,
         "{timeouts} timeouts for {forwarded} packets"
+    );
+    // And once the last packet written to a peer went out, the poll that
+    // would only return str0m's next deadline is skipped (2.6 polls per
+    // packet here without that, the talkers' input included).
+    let polls_per_packet = polls as f64 / forwarded as f64;
+    assert!(
+        polls_per_packet < 1.9,
+        "{polls} polls for {forwarded} packets"
     );
     // Folding must not hold a packet queued behind another one until the
     // next write (20 ms): the pacer releases one packet per timeout and this
