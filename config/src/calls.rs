@@ -4,10 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
 
-/// Smallest allowed `calls.ring_timeout_ms`.
-const MIN_RING_TIMEOUT_MS: u64 = 100;
-/// Largest allowed `calls.ring_timeout_ms` (ten minutes).
-const MAX_RING_TIMEOUT_MS: u64 = 600_000;
+/// Smallest allowed `calls.ring_timeout_ms` and `calls.join_timeout_ms`.
+const MIN_TIMEOUT_MS: u64 = 100;
+/// Largest allowed `calls.ring_timeout_ms` and `calls.join_timeout_ms` (ten minutes).
+const MAX_TIMEOUT_MS: u64 = 600_000;
 
 /// Call settings (`[calls]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -15,6 +15,9 @@ const MAX_RING_TIMEOUT_MS: u64 = 600_000;
 pub struct CallsConfig {
     /// How long an invitee's devices ring before the call counts as missed.
     pub ring_timeout_ms: u64,
+    /// How long a member in a call (an invitee from accepting, the caller
+    /// from the answer) has to join its room before they leave the call.
+    pub join_timeout_ms: u64,
     /// Most accounts in one call, the caller included.
     pub max_participants: u32,
 }
@@ -23,6 +26,7 @@ impl Default for CallsConfig {
     fn default() -> Self {
         Self {
             ring_timeout_ms: 30_000,
+            join_timeout_ms: 30_000,
             max_participants: 8,
         }
     }
@@ -31,11 +35,16 @@ impl Default for CallsConfig {
 impl CallsConfig {
     /// Checks the rules that serde cannot express.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if !(MIN_RING_TIMEOUT_MS..=MAX_RING_TIMEOUT_MS).contains(&self.ring_timeout_ms) {
-            return Err(ConfigError::invalid(
-                "calls.ring_timeout_ms",
-                format!("must be between {MIN_RING_TIMEOUT_MS} and {MAX_RING_TIMEOUT_MS}"),
-            ));
+        for (key, value) in [
+            ("calls.ring_timeout_ms", self.ring_timeout_ms),
+            ("calls.join_timeout_ms", self.join_timeout_ms),
+        ] {
+            if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&value) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}"),
+                ));
+            }
         }
         if !(2..=64).contains(&self.max_participants) {
             return Err(ConfigError::invalid(

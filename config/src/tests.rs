@@ -387,11 +387,17 @@ fn accounts_settings_from_file_and_env() {
 fn calls_settings_are_checked() {
     let config = Config::default();
     assert_eq!(config.calls.ring_timeout_ms, 30_000);
+    assert_eq!(config.calls.join_timeout_ms, 30_000);
     for (text, key) in [
         ("[calls]\nring_timeout_ms = 99\n", "calls.ring_timeout_ms"),
         (
             "[calls]\nring_timeout_ms = 600001\n",
             "calls.ring_timeout_ms",
+        ),
+        ("[calls]\njoin_timeout_ms = 99\n", "calls.join_timeout_ms"),
+        (
+            "[calls]\njoin_timeout_ms = 600001\n",
+            "calls.join_timeout_ms",
         ),
         ("[calls]\nmax_participants = 1\n", "calls.max_participants"),
     ] {

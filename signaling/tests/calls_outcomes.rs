@@ -1,6 +1,7 @@
 //! Calls between accounts, every outcome over the API and the device
 //! sockets: ring every device, first accept wins, answered elsewhere,
-//! decline, cancel, missed, busy; bad invites; history and missed calls.
+//! decline, cancel, missed, busy, accepted but never joined; bad invites;
+//! history and missed calls.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use calls::*;
-use common::Api;
+use common::{Api, start_with};
 use serde_json::json;
 
 #[tokio::test]
@@ -238,6 +239,41 @@ async fn a_callee_already_in_a_call_is_busy() {
         invite(&api, &ann, &[cat.account], false)
             .await
             .err(409, None);
+        s.shutdown().await;
+    })
+    .await
+    .expect("time limit");
+}
+
+#[tokio::test]
+async fn a_callee_who_accepts_and_never_joins_the_room_leaves_the_call() {
+    tokio::time::timeout(LIMIT, async {
+        let s = start_with(|c| c.calls.join_timeout_ms = 1_000).await;
+        let api = Api::new(&s);
+        let ann = api.user("ann", "phone").await;
+        let ben = api.user("ben", "phone").await;
+        let mut a = socket(&s, &ann).await;
+        let mut b = socket(&s, &ben).await;
+        let id = call(&api, &ann, &[ben.account]).await;
+        let mut in_room = CallSession::join(&s, &ann.access, &format!("call-{id}"), None, false)
+            .await
+            .unwrap();
+        act(&api, &ben, id, "accept").await.ok(200);
+        // Ben's client never joins the room: after calls.join_timeout_ms
+        // Ben is out of the call, and so the 1:1 call ends for both.
+        assert_eq!(ended(&mut b, id).await, "answered");
+        assert_eq!(ended(&mut a, id).await, "answered");
+        in_room.pump(Duration::from_millis(300)).await;
+        assert!(in_room.saw("left"), "ann is told to leave the room");
+        let v = api
+            .get(&format!("/api/v1/calls/{id}"), &ann.access)
+            .await
+            .ok(200);
+        assert_eq!(v["call"]["state"], "ended");
+        assert_eq!(member_state(&v["call"], ben.account), "left");
+        // Ben is not left busy: a new call rings.
+        let v = invite(&api, &ann, &[ben.account], false).await.ok(201);
+        assert_eq!(member_state(&v["call"], ben.account), "ringing");
         s.shutdown().await;
     })
     .await

@@ -57,6 +57,7 @@ impl CallsHandle {
         let calls = Calls::new(
             first,
             Duration::from_millis(config.ring_timeout_ms),
+            Duration::from_millis(config.join_timeout_ms),
             config.max_participants as usize,
         );
         let (tx, rx) = mpsc::unbounded_channel();

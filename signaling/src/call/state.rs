@@ -11,6 +11,10 @@
 //! - An invitee already in another call is **busy** (not rung; no call
 //!   waiting). An invitee whose do-not-disturb filters the caller is not rung
 //!   either (`filtered` for them, `unavailable` for everyone else).
+//! - A member in the call must join its room within `join_timeout` of
+//!   accepting (the caller: of the call being answered), else they leave
+//!   it (a client that accepted and then crashed does not keep the other
+//!   side waiting, or themselves busy).
 //! - A call ends when nobody is left in it, or when at most one person is
 //!   left in it and nobody is still being rung. So a 1:1 call ends when
 //!   either side hangs up; a group call goes on until the last but one leaves.
@@ -104,6 +108,9 @@ pub struct Member {
     pub participant_id: Option<ParticipantId>,
     #[serde(skip)]
     ring_deadline: Option<i64>,
+    /// When they leave the call if they have not joined its room by then.
+    #[serde(skip)]
+    join_deadline: Option<i64>,
     #[serde(skip)]
     client: Option<String>,
     #[serde(skip)]
@@ -370,18 +377,27 @@ pub struct Calls {
     calls: BTreeMap<CallId, Call>,
     next_id: i64,
     ring_timeout_ms: i64,
+    join_timeout_ms: i64,
     max_members: usize,
     out: VecDeque<Output>,
 }
 
 impl Calls {
     /// No calls; ids start at `first_id`; invitees ring for `ring_timeout`;
-    /// at most `max_members` accounts per call.
-    pub fn new(first_id: CallId, ring_timeout: Duration, max_members: usize) -> Self {
+    /// a member in a call joins its room within `join_timeout`; at most
+    /// `max_members` accounts per call.
+    pub fn new(
+        first_id: CallId,
+        ring_timeout: Duration,
+        join_timeout: Duration,
+        max_members: usize,
+    ) -> Self {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         Calls {
             calls: BTreeMap::new(),
             next_id: first_id.0.max(1),
-            ring_timeout_ms: i64::try_from(ring_timeout.as_millis()).unwrap_or(i64::MAX),
+            ring_timeout_ms: ms(ring_timeout),
+            join_timeout_ms: ms(join_timeout),
             max_members: max_members.max(2),
             out: VecDeque::new(),
         }
@@ -398,7 +414,8 @@ impl Calls {
             .calls
             .values()
             .flat_map(|c| c.members.iter())
-            .filter_map(|m| m.ring_deadline)
+            .flat_map(|m| [m.ring_deadline, m.join_deadline])
+            .flatten()
             .min();
         let prune = self
             .calls
@@ -509,6 +526,7 @@ impl Calls {
                 device_id: Some(device),
                 participant_id: None,
                 ring_deadline: None,
+                join_deadline: None,
                 client: None,
                 answered_device: Some(device),
                 connection: None,
@@ -599,6 +617,7 @@ impl Calls {
                 device_id: None,
                 participant_id: None,
                 ring_deadline: (state == MemberState::Ringing).then_some(deadline),
+                join_deadline: None,
                 client: None,
                 answered_device: None,
                 connection: None,
@@ -658,6 +677,7 @@ impl Calls {
                 && c.member(account)
                     .is_some_and(|m| m.state == MemberState::Joined)
         });
+        let join_by = now.saturating_add(self.join_timeout_ms);
         let call = self.live(id, account)?;
         let i = call.index(account).ok_or(CallError::NotFound)?;
         let m = &mut call.members[i];
@@ -684,6 +704,7 @@ impl Calls {
         m.answered_device = Some(device);
         m.client = client.clone();
         m.ring_deadline = None;
+        m.join_deadline = Some(join_by);
         if call.answered_at.is_none() {
             call.answered_at = Some(now);
             call.state = CallState::Active;
@@ -694,6 +715,9 @@ impl Calls {
                 .find(|m| m.person.account_id == caller)
             {
                 c.answered_at = Some(now);
+                if c.connection.is_none() {
+                    c.join_deadline = Some(join_by);
+                }
             }
         }
         let snapshot = call.clone();
@@ -839,24 +863,36 @@ impl Calls {
         Ok(message)
     }
 
-    /// Ends ringing that ran out of time (missed), and forgets old calls.
+    /// Ends ringing that ran out of time (missed) and the part of members
+    /// who never joined the room, and forgets old calls.
     pub fn handle_timeout(&mut self, now: i64) {
-        let due: Vec<(CallId, AccountId)> = self
-            .calls
-            .values()
-            .flat_map(|c| {
-                c.members
-                    .iter()
-                    .filter(|m| m.ring_deadline.is_some_and(|d| d <= now))
-                    .map(|m| (c.id, m.person.account_id))
-            })
-            .collect();
-        for (id, account) in due {
+        let due = |deadline: fn(&Member) -> Option<i64>| -> Vec<(CallId, AccountId)> {
+            self.calls
+                .values()
+                .flat_map(|c| {
+                    c.members
+                        .iter()
+                        .filter(move |m| deadline(m).is_some_and(|d| d <= now))
+                        .map(|m| (c.id, m.person.account_id))
+                })
+                .collect()
+        };
+        let missed = due(|m| m.ring_deadline);
+        let absent = due(|m| m.join_deadline);
+        for (id, account) in missed {
             let Some(i) = self.calls.get(&id).and_then(|c| c.index(account)) else {
                 continue;
             };
             self.finish(now, id, i, Outcome::Missed, true);
             self.changed(id, &[]);
+            self.settle(now, id);
+        }
+        for (id, account) in absent {
+            let Some(i) = self.calls.get(&id).and_then(|c| c.index(account)) else {
+                continue;
+            };
+            tracing::info!(call = %id, account = %account, "left the call: never joined its room");
+            self.leave(now, id, i, false);
             self.settle(now, id);
         }
         self.prune(now);
@@ -935,6 +971,7 @@ impl Calls {
         m.device_id = Some(device);
         m.connection = Some(connection);
         m.participant_id = Some(public);
+        m.join_deadline = None;
         let id = call.id;
         self.changed(id, &[]);
     }
@@ -1057,6 +1094,7 @@ impl Calls {
             }
         };
         m.ring_deadline = None;
+        m.join_deadline = None;
         m.connection = None;
         m.previous = None;
         let account = m.person.account_id;

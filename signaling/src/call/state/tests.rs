@@ -3,6 +3,7 @@
 use super::*;
 
 const RING: Duration = Duration::from_secs(30);
+const JOIN: Duration = Duration::from_secs(20);
 const T0: i64 = 1_000_000;
 
 fn person(n: i64) -> Person {
@@ -29,7 +30,7 @@ const DB2: DeviceId = DeviceId(21);
 const DC: DeviceId = DeviceId(30);
 
 fn machine() -> Calls {
-    Calls::new(CallId(1), RING, 8)
+    Calls::new(CallId(1), RING, JOIN, 8)
 }
 
 fn drain(c: &mut Calls) -> Vec<Output> {
@@ -433,12 +434,71 @@ fn an_added_person_who_misses_does_not_end_the_call() {
     let mut c = machine();
     let id = call_ab(&mut c);
     c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
     c.handle_add(T0 + 1, id, A, vec![inv(3)]).expect("add");
     drain(&mut c);
     c.handle_timeout(T0 + 1 + 30_000);
     let out = drain(&mut c);
     assert_eq!(ended(&out, C), Some(Outcome::Missed));
     assert_eq!(ended(&out, A), None);
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
+}
+
+#[test]
+fn a_member_who_accepts_and_never_joins_the_room_leaves_the_call() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    c.handle_accept(T0 + 5, id, B, DB1, None).expect("accept");
+    drain(&mut c);
+    let join_by = T0 + 5 + JOIN.as_millis() as i64;
+    assert_eq!(c.poll_timeout(), Some(join_by));
+    c.handle_timeout(join_by - 1);
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
+    // B's client never came: B leaves, and a 1:1 call with one side left ends.
+    c.handle_timeout(join_by);
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, B), Some(Outcome::Answered));
+    assert_eq!(ended(&out, A), Some(Outcome::Answered));
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
+    // Nor is B busy any longer.
+    assert!(!c.in_call(B));
+}
+
+#[test]
+fn a_caller_who_never_joins_the_room_leaves_once_answered() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    // Ringing does not start the caller's clock (the ring may outlast it).
+    c.handle_timeout(T0 + JOIN.as_millis() as i64 + 1);
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ringing));
+    let answer = T0 + JOIN.as_millis() as i64 + 2;
+    c.handle_accept(answer, id, B, DB1, None).expect("accept");
+    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    drain(&mut c);
+    c.handle_timeout(answer + JOIN.as_millis() as i64);
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, A), Some(Outcome::Answered));
+    assert_eq!(ended(&out, B), Some(Outcome::Answered));
+    // B was in the room: told to leave it.
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Kick(p) if *p == ParticipantId(2)))
+    );
+}
+
+#[test]
+fn members_in_the_room_have_no_join_deadline() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    drain(&mut c);
+    assert_eq!(c.poll_timeout(), None);
+    c.handle_timeout(T0 + 10 * JOIN.as_millis() as i64);
+    assert!(drain(&mut c).is_empty());
     assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
 }
 
