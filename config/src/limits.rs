@@ -21,6 +21,9 @@ pub struct LimitsConfig {
     pub login_attempts_per_minute: u32,
     /// Failed logins allowed per client address in any minute; more get 429.
     pub login_attempts_per_minute_per_address: u32,
+    /// Sign-ups allowed per client address in any hour (each hashes a
+    /// password, the costliest request); more get 429.
+    pub signups_per_hour_per_address: u32,
 }
 
 impl Default for LimitsConfig {
@@ -30,6 +33,7 @@ impl Default for LimitsConfig {
             max_participants_per_room: 0,
             login_attempts_per_minute: 10,
             login_attempts_per_minute_per_address: 30,
+            signups_per_hour_per_address: 20,
         }
     }
 }
@@ -51,6 +55,10 @@ impl LimitsConfig {
             (
                 "limits.login_attempts_per_minute_per_address",
                 self.login_attempts_per_minute_per_address,
+            ),
+            (
+                "limits.signups_per_hour_per_address",
+                self.signups_per_hour_per_address,
             ),
         ] {
             if !(1..=10_000).contains(&value) {

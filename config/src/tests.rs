@@ -296,6 +296,18 @@ fn invalid_values_name_their_key() {
             "[limits]\nlogin_attempts_per_minute_per_address = 10001\n",
             "limits.login_attempts_per_minute_per_address",
         ),
+        (
+            "[limits]\nsignups_per_hour_per_address = 0\n",
+            "limits.signups_per_hour_per_address",
+        ),
+        (
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.local\"]\n",
+            "server.trusted_proxies",
+        ),
+        (
+            "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "server.trusted_proxies",
+        ),
         ("[store]\npath = \"\"\n", "store.path"),
         (
             "[presence]\nheartbeat_timeout_ms = 99\n",
@@ -327,6 +339,27 @@ fn invalid_values_name_their_key() {
     // Bounds are inclusive.
     let ok = "[media]\nconnect_timeout_ms = 1000\nkeyframe_request_interval_ms = 10000\n[limits]\nmax_message_bytes = 16777216\n";
     load_str(ok, no_env(), &CliOverrides::default()).expect("bounds are valid");
+}
+
+#[test]
+fn trusted_proxies_are_addresses_or_ranges() {
+    let config = Config::default();
+    assert!(config.server.trusted_proxies.is_empty());
+    assert_eq!(config.limits.signups_per_hour_per_address, 20);
+    let c = load_str(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \" 127.0.0.1 \", \"::1\"]\n",
+        no_env(),
+        &CliOverrides::default(),
+    )
+    .expect("load");
+    let nets = c.server.trusted_proxy_nets();
+    assert_eq!(nets.len(), 3);
+    let inside = |a: &str| {
+        nets.iter()
+            .any(|n| n.contains(&a.parse::<std::net::IpAddr>().unwrap()))
+    };
+    assert!(inside("10.200.0.1") && inside("127.0.0.1") && inside("::1"));
+    assert!(!inside("127.0.0.2") && !inside("11.0.0.1"));
 }
 
 #[test]

@@ -93,6 +93,32 @@ pub fn refresh_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.trim().as_bytes()).to_vec()
 }
 
+/// Sign-ups per client address within any hour.
+#[derive(Debug)]
+pub struct SignupLimiter(Mutex<RateLimiter<IpAddr>>);
+
+impl SignupLimiter {
+    /// `per_hour` sign-ups allowed per address in any hour.
+    pub fn new(per_hour: u32) -> Self {
+        SignupLimiter(Mutex::new(RateLimiter::new(
+            per_hour,
+            Duration::from_secs(3600),
+        )))
+    }
+
+    /// Counts a sign-up from `addr`; 429 when the address has none left.
+    pub fn admit(&self, addr: IpAddr) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let Ok(mut l) = self.0.lock() else {
+            return Ok(());
+        };
+        l.check(&addr, now)
+            .map_err(|wait| ApiError::too_many(wait.as_secs().max(1)))?;
+        l.record(addr, now);
+        Ok(())
+    }
+}
+
 /// Failed-login counters per account (username) and per client address.
 #[derive(Debug)]
 pub struct LoginLimiter {

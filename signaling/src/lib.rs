@@ -7,6 +7,7 @@ mod api;
 mod api_error;
 mod auth;
 pub mod call;
+mod client_addr;
 pub mod contact;
 pub mod device;
 pub mod hub;

@@ -3,7 +3,7 @@
 //! Logins use two: failed attempts per account and per client address.
 //! When either key has used up its allowance within the window, every
 //! further attempt on it is refused (429) until the oldest one ages out,
-//! even with the right password.
+//! even with the right password. Sign-ups use one per client address.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;

@@ -20,7 +20,7 @@ use vela_media::core::{JoinRequest, ParticipantId, PeerKind, Permissions, RoomId
 use vela_media::{MediaHandle, MediaSockets};
 
 use crate::api_error::ApiError;
-use crate::auth::LoginLimiter;
+use crate::auth::{LoginLimiter, SignupLimiter};
 use crate::hub::Hub;
 use crate::ids::{AccountId, DeviceId};
 use crate::presence::PresenceHandle;
@@ -79,6 +79,10 @@ pub(crate) struct AppState {
     pub presence: PresenceHandle,
     /// Failed-login counters.
     pub login_limiter: Arc<LoginLimiter>,
+    /// Sign-ups per client address.
+    pub signup_limiter: Arc<SignupLimiter>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The calls task.
     pub calls: crate::call::CallsHandle,
     /// Room sessions a new socket may take over (`resume`).
@@ -318,6 +322,10 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
             config.limits.login_attempts_per_minute,
             config.limits.login_attempts_per_minute_per_address,
         )),
+        signup_limiter: Arc::new(SignupLimiter::new(
+            config.limits.signups_per_hour_per_address,
+        )),
+        trusted_proxies: config.server.trusted_proxy_nets().into(),
         config: Arc::new(config),
         media: media.clone(),
         http_sessions: Arc::default(),

@@ -1,5 +1,6 @@
 //! Accounts over HTTP: sign-up, login, refresh rotation and reuse
-//! detection, logout, password change, admin disable, and bad input.
+//! detection, logout, password change, admin disable, bad input, and the
+//! per-address limits behind a trusted reverse proxy or without one.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -211,6 +212,76 @@ async fn wrong_passwords_say_nothing_and_are_rate_limited() {
         api.post("/api/v1/auth/login", None, login("nobody", PW)).await.err(401, None);
         api.post("/api/v1/auth/login", None, login("nobody2", PW)).await.err(401, None);
         api.post("/api/v1/auth/login", None, login("frank", PW)).await.err(429, None);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_are_limited_per_client_address() {
+    tokio::time::timeout(LIMIT, async {
+        // Without trusted proxies, X-Forwarded-For changes nothing: every
+        // request here comes from 127.0.0.1.
+        let s = start_with(|c| c.limits.signups_per_hour_per_address = 2).await;
+        let api = Api::new(&s);
+        let body = |user: &str| json!({"username": user, "password": PW});
+        api.register("ann", PW).await;
+        // A taken name hashed a password too: it counts.
+        api.post("/api/v1/accounts", None, body("ann"))
+            .await
+            .err(409, Some("username"));
+        let spoofed = api.forwarded_for("203.0.113.7");
+        let r = spoofed.post("/api/v1/accounts", None, body("ben")).await;
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&retry), "{retry}");
+        r.err(429, None);
+        // Input refused before any hashing does not count, nor hit the limit.
+        spoofed
+            .post(
+                "/api/v1/accounts",
+                None,
+                json!({"username": "x y", "password": PW}),
+            )
+            .await
+            .err(400, Some("username"));
+        // Logging in is a different limit.
+        api.login("ann", PW, "web", "tab").await;
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits() {
+    tokio::time::timeout(LIMIT, async {
+        let s = start_with(|c| {
+            c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+            c.limits.signups_per_hour_per_address = 1;
+            c.limits.login_attempts_per_minute_per_address = 2;
+        })
+        .await;
+        let api = Api::new(&s);
+        let (one, two) = (
+            api.forwarded_for("203.0.113.7"),
+            api.forwarded_for("198.51.100.1, 127.0.0.1"),
+        );
+        one.register("ann", PW).await;
+        two.register("ben", PW).await;
+        let body = |user: &str| json!({"username": user, "password": PW});
+        one.post("/api/v1/accounts", None, body("cat")).await.err(429, None);
+        // The proxy's own address (no header) is a client of its own.
+        api.register("dan", PW).await;
+        // Failed logins, too, count per forwarded client.
+        let login = |user: &str, pw: &str| {
+            json!({"username": user, "password": pw, "device": device("web")})
+        };
+        for _ in 0..2 {
+            one.post("/api/v1/auth/login", None, login("nobody", "wrong")).await.err(401, None);
+        }
+        one.post("/api/v1/auth/login", None, login("ann", PW)).await.err(429, None);
+        two.login("ann", PW, "web", "tab").await;
         s.shutdown().await;
     })
     .await

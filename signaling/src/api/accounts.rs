@@ -1,10 +1,9 @@
 //! Sign-up, login, token refresh, logout and the own account.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -17,6 +16,7 @@ use crate::account::{
 };
 use crate::api_error::ApiError;
 use crate::auth::{Authed, new_refresh_token, refresh_hash};
+use crate::client_addr::ClientAddr;
 use crate::device::{Device, DeviceKind, check_label};
 use crate::ids::{AccountId, DeviceId, now_ms};
 use crate::server::AppState;
@@ -35,6 +35,7 @@ pub(crate) struct RegisterBody {
 /// `POST /api/v1/accounts`: sign up.
 pub(crate) async fn register(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Body(b): Body<RegisterBody>,
 ) -> Result<Response, ApiError> {
     if !state.config.auth.allow_registration {
@@ -49,6 +50,11 @@ pub(crate) async fn register(
     let mut roles = vec![Role::User];
     if is_configured_admin(&state, &username) {
         roles.push(Role::Admin);
+    }
+    // Counted before the password is hashed: that is the work to bound.
+    if let Err(e) = state.signup_limiter.admit(addr) {
+        tracing::warn!(%addr, "sign-ups from this address over the limit");
+        return Err(e);
     }
     let hash = hash_password(b.password).await?;
     let account = match state
@@ -162,12 +168,11 @@ fn access_token(state: &AppState, account: &Account, device: DeviceId) -> Result
 /// `POST /api/v1/auth/login`: password login; registers a device.
 pub(crate) async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     Body(b): Body<LoginBody>,
 ) -> Result<Json<Session>, ApiError> {
     let label = check_label("device.label", &b.device.label)?;
     let username = b.username.trim().to_ascii_lowercase();
-    let addr = peer.ip();
     state.login_limiter.check(&username, addr)?;
     let found = state.store.account_by_username(&username).await?;
     let hash = found.as_ref().map(|(_, h)| h.clone());
@@ -307,16 +312,16 @@ pub(crate) struct PasswordBody {
 /// device out.
 pub(crate) async fn change_password(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     auth: Authed,
     Body(b): Body<PasswordBody>,
 ) -> Result<StatusCode, ApiError> {
     check_password("new_password", &b.new_password)?;
     let username = auth.0.name.clone();
-    state.login_limiter.check(&username, peer.ip())?;
+    state.login_limiter.check(&username, addr)?;
     let hash = state.store.password_hash(auth.account()).await?;
     if !verify_password(b.current_password, hash).await {
-        state.login_limiter.failed(&username, peer.ip());
+        state.login_limiter.failed(&username, addr);
         let mut e = ApiError::forbidden("current_password: is wrong");
         e.field = Some("current_password".into());
         return Err(e);

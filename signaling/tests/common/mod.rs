@@ -534,6 +534,21 @@ impl Api {
         }
     }
 
+    /// The same server, every request saying (as a reverse proxy would)
+    /// that it comes from `client`.
+    pub fn forwarded_for(&self, client: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-forwarded-for", client.parse().unwrap());
+        Api {
+            base: self.base.clone(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+        }
+    }
+
     /// Sends `method path` with an optional bearer token and JSON body.
     pub async fn call(
         &self,
