@@ -245,8 +245,8 @@
   }
 
   // ---------- actions ----------
-  async function enter(room, takeOver) {
-    await join(room, '', '', takeOver ? { takeOver } : undefined);
+  async function enter(room, video, takeOver) {
+    await join(room, '', '', { takeOver, audioOnly: !video });
   }
 
   async function startCall(accountIds, video) {
@@ -256,8 +256,7 @@
     render();
     if (r.call.state === 'ended') return r.call;
     st.myCall = r.call.id;
-    await enter(r.room);
-    if (!video && typeof setMuted === 'function') setMuted('video', true);
+    await enter(r.room, r.call.video);
     render();
     return r.call;
   }
@@ -268,8 +267,7 @@
     st.calls.set(id, r.call);
     st.myCall = id;
     render();
-    await enter(r.room);
-    if (!r.call.video && typeof setMuted === 'function') setMuted('video', true);
+    await enter(r.room, r.call.video);
     render();
     return r.call;
   }
@@ -299,7 +297,7 @@
     const m = mine(fresh.call);
     if (!m || !m.participant_id) throw new Error('nothing to take over');
     st.myCall = id;
-    await enter(fresh.call.room, m.participant_id);
+    await enter(fresh.call.room, fresh.call.video, m.participant_id);
     render();
     return fresh.call;
   }

@@ -4,7 +4,8 @@
 //! elsewhere). Ben moves the call to the other tab, and Ann's received media
 //! resumes within one second (measured in her page from getStats every
 //! 100 ms), without Ben leaving and rejoining. Both histories show the call
-//! as answered, with the device that answered.
+//! as answered, with the device that answered. Then an audio call: audio
+//! flows and neither side opens its camera.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver`; see `browser/mod.rs`.
 
@@ -72,6 +73,18 @@ const s = await window.vela.stats();
 const video = Object.values(s.video).reduce((a, b) => a + b, 0);
 const audio = Object.values(s.audio).reduce((a, b) => a + b, 0);
 return { ok: video > 30 && audio > 50, video, audio, joined: window.vela.joined };
+"#;
+
+/// In an audio call: no camera track is sent, the camera button is off, and
+/// the other side's audio arrives.
+const AUDIO_ONLY: &str = r#"
+const pc = window.vela.pc;
+if (!pc || !window.vela.joined) return { ok: false, joined: window.vela.joined };
+const cameras = pc.getSenders().filter((x) => x.track && x.track.kind === 'video').length;
+const s = await window.vela.stats();
+const audio = Object.values(s.audio).reduce((a, b) => a + b, 0);
+const button = document.querySelector('#mute-video').disabled;
+return { ok: cameras === 0 && button && audio > 50, cameras, button, audio };
 "#;
 
 /// Starts sampling inbound video frames and audio packets every 100 ms.
@@ -317,5 +330,30 @@ async fn scenario(h: &Harness) -> TestResult {
             return Err(format!("ben's page shows {shown}").into());
         }
     }
+
+    // An audio call: neither side opens its camera.
+    let audio_call = run_js(
+        &ann,
+        "const c = await window.vela.call([args[0]], false); return c.id;",
+        vec![json!(ben_id)],
+    )
+    .await?;
+    until_tab(
+        "ben's tab rings for the audio call",
+        &tabs,
+        false,
+        "const c = window.vela.calls(); return { ok: c.ringing.length === 1 && c.ringing[0].video === false, c };",
+    )
+    .await?;
+    tabs.js(
+        false,
+        "await window.vela.acceptCall(args[0]); return true;",
+        vec![audio_call],
+    )
+    .await?;
+    let got = until("ann hears ben without cameras", &ann, AUDIO_ONLY, vec![]).await?;
+    eprintln!("audio call, ann: {got}");
+    until_tab("ben hears ann without cameras", &tabs, false, AUDIO_ONLY).await?;
+    run_js(&ann, "await window.vela.hangUp(); return true;", vec![]).await?;
     Ok(())
 }
