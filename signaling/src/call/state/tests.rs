@@ -33,6 +33,17 @@ fn machine() -> Calls {
     Calls::new(CallId(1), RING, JOIN, 8)
 }
 
+/// A calls B, B answers on DB1, both are in the room (PA1, PA2); the
+/// outputs so far drained.
+fn answered_in_room(c: &mut Calls) -> CallId {
+    let id = call_ab(c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    drain(c);
+    id
+}
+
 fn drain(c: &mut Calls) -> Vec<Output> {
     std::iter::from_fn(|| c.poll_output()).collect()
 }
@@ -432,10 +443,7 @@ fn adding_a_third_person_to_a_running_call() {
 #[test]
 fn an_added_person_who_misses_does_not_end_the_call() {
     let mut c = machine();
-    let id = call_ab(&mut c);
-    c.handle_accept(T0, id, B, DB1, None).expect("accept");
-    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
-    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    let id = answered_in_room(&mut c);
     c.handle_add(T0 + 1, id, A, vec![inv(3)]).expect("add");
     drain(&mut c);
     c.handle_timeout(T0 + 1 + 30_000);
@@ -491,11 +499,7 @@ fn a_caller_who_never_joins_the_room_leaves_once_answered() {
 #[test]
 fn members_in_the_room_have_no_join_deadline() {
     let mut c = machine();
-    let id = call_ab(&mut c);
-    c.handle_accept(T0, id, B, DB1, None).expect("accept");
-    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
-    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
-    drain(&mut c);
+    let id = answered_in_room(&mut c);
     assert_eq!(c.poll_timeout(), None);
     c.handle_timeout(T0 + 10 * JOIN.as_millis() as i64);
     assert!(drain(&mut c).is_empty());
@@ -505,11 +509,7 @@ fn members_in_the_room_have_no_join_deadline() {
 #[test]
 fn handover_keeps_the_call_and_records_the_move() {
     let mut c = machine();
-    let id = call_ab(&mut c);
-    c.handle_accept(T0, id, B, DB1, None).expect("accept");
-    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
-    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
-    drain(&mut c);
+    let id = answered_in_room(&mut c);
     assert_eq!(
         c.call(id, A)
             .and_then(|c| c.member(B))
@@ -565,11 +565,7 @@ fn a_failed_handover_leaves_the_call_on_the_old_device() {
 #[test]
 fn leaving_through_the_api_removes_the_room_connection() {
     let mut c = machine();
-    let id = call_ab(&mut c);
-    c.handle_accept(T0, id, B, DB1, None).expect("accept");
-    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
-    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
-    drain(&mut c);
+    let id = answered_in_room(&mut c);
     c.handle_leave(T0 + 5, id, B).expect("leave");
     let out = drain(&mut c);
     assert_eq!(kicks(&out), vec![ParticipantId(2), ParticipantId(1)]);
