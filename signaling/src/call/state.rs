@@ -888,7 +888,13 @@ impl Calls {
             self.settle(now, id);
         }
         for (id, account) in absent {
-            let Some(i) = self.calls.get(&id).and_then(|c| c.index(account)) else {
+            // Still due: an earlier one of these may have ended the call.
+            let Some(i) = self.calls.get(&id).and_then(|c| {
+                let i = c.index(account)?;
+                let m = &c.members[i];
+                (m.state == MemberState::Joined && m.join_deadline.is_some_and(|d| d <= now))
+                    .then_some(i)
+            }) else {
                 continue;
             };
             tracing::info!(call = %id, account = %account, "left the call: never joined its room");

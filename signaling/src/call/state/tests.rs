@@ -497,6 +497,33 @@ fn a_caller_who_never_joins_the_room_leaves_once_answered() {
 }
 
 #[test]
+fn when_nobody_joins_the_room_each_part_ends_once() {
+    let mut c = machine();
+    let id = call_ab(&mut c);
+    c.handle_accept(T0, id, B, DB1, None).expect("accept");
+    drain(&mut c);
+    // Both deadlines fall at once: the first to leave ends the call for the
+    // other, who must not leave it a second time.
+    c.handle_timeout(T0 + JOIN.as_millis() as i64);
+    let out = drain(&mut c);
+    for who in [A, B] {
+        let records = out
+            .iter()
+            .filter(|o| matches!(o, Output::Record(r) if r.account_id == who))
+            .count();
+        assert_eq!(records, 1, "{who:?}: {out:?}");
+        assert_eq!(
+            pushes(&out, who)
+                .iter()
+                .filter(|k| **k == "call_ended")
+                .count(),
+            1
+        );
+    }
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
+}
+
+#[test]
 fn members_in_the_room_have_no_join_deadline() {
     let mut c = machine();
     let id = answered_in_room(&mut c);
