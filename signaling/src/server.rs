@@ -22,7 +22,7 @@ use vela_media::{MediaHandle, MediaSockets};
 use crate::api_error::ApiError;
 use crate::auth::{LoginLimiter, SignupLimiter};
 use crate::hub::Hub;
-use crate::ids::{AccountId, DeviceId};
+use crate::ids::{AccountId, DeviceId, now_ms};
 use crate::presence::PresenceHandle;
 use crate::store::Store;
 use crate::token::{Claims, Credential, TokenKeys, VideoGrant};
@@ -336,6 +336,10 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         resumable: Default::default(),
         metrics,
     };
+    tokio::spawn(sign_out_expired_sessions(
+        state.clone(),
+        shutdown_rx.clone(),
+    ));
     let app = router(state);
     tracing::info!(%http_addr, "http listening");
     let mut stop = shutdown_rx;
@@ -365,6 +369,24 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         webhooks: webhooks_task,
         store,
     })
+}
+
+/// How often devices whose sessions ran out are signed out.
+const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Signs out expired device sessions at start and every
+/// [`SESSION_SWEEP_EVERY`], until shutdown.
+async fn sign_out_expired_sessions(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SESSION_SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = api::devices::sign_out_expired(&state, now_ms()).await {
+            tracing::warn!(error = ?e, "signing out expired sessions failed");
+        }
+    }
 }
 
 fn router(state: AppState) -> Router {

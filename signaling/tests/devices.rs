@@ -1,5 +1,6 @@
 //! Devices: each login is one; a user lists, renames and revokes them, and
-//! revoking closes the device's live connections at once.
+//! revoking closes the device's live connections at once; a device whose
+//! session ran out is signed out by the server.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -7,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, DeviceClient, Ws, start};
+use common::{Api, DeviceClient, Ws, start, start_with};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -116,6 +117,70 @@ async fn list_rename_and_revoke_devices() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_session_ran_out_is_signed_out() {
+    let dir = std::env::temp_dir().join(format!(
+        "vela-expired-{}-{}",
+        std::process::id(),
+        vela_signaling::ids::now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vela.sqlite").to_str().unwrap().to_owned();
+    let on_file = |p: String| move |c: &mut vela_config::Config| c.store.path = p;
+    tokio::time::timeout(LIMIT, async {
+        let s = start_with(on_file(path.clone())).await;
+        let api = Api::new(&s);
+        let old = api.user("jane", "phone").await;
+        s.shutdown().await;
+        // A month later: the phone never came back, its refresh token expired.
+        let db = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE devices SET last_active_at = 1")
+            .execute(&db)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE refresh_tokens SET expires_at = 2")
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+
+        // The server signs it out as it starts (and every 10 minutes).
+        let s = start_with(on_file(path.clone())).await;
+        let api = Api::new(&s);
+        let desk = api
+            .login("jane", "correct horse battery", "desktop", "Desk")
+            .await;
+        let mut listed = Vec::new();
+        for _ in 0..50 {
+            let list = api.get("/api/v1/devices", &desk.access).await.ok(200);
+            listed = list["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_i64().unwrap())
+                .collect();
+            if listed == [desk.device] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(listed, [desk.device], "the expired phone is gone");
+        api.post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": old.refresh}),
+        )
+        .await
+        .err(401, None);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,25 @@ pub(crate) async fn revoke_device(
     Ok(found)
 }
 
+/// Signs out, as `DELETE /devices/{id}` would (reason `session_expired`),
+/// every device whose session ran out: no refresh token left to use and
+/// its last access token expired. Then drops expired refresh tokens.
+/// Returns the devices signed out.
+pub(crate) async fn sign_out_expired(state: &AppState, now: i64) -> Result<usize, ApiError> {
+    let access_ms = i64::try_from(state.config.auth.access_token_ttl_secs.saturating_mul(1000))
+        .unwrap_or(i64::MAX);
+    // A minute more: a new device gets its first refresh token just after it
+    // is created.
+    let idle_before = now.saturating_sub(access_ms).saturating_sub(60_000);
+    let expired = state.store.expired_devices(now, idle_before).await?;
+    for (account, device) in &expired {
+        tracing::info!(%account, %device, "session expired: device signed out");
+        revoke_device(state, *account, *device, "session_expired").await?;
+    }
+    state.store.delete_expired_refresh_tokens(now).await?;
+    Ok(expired.len())
+}
+
 #[derive(Serialize)]
 pub(crate) struct DeviceView {
     #[serde(flatten)]

@@ -5,7 +5,7 @@ mod accounts;
 mod admin;
 mod calls;
 mod contacts;
-mod devices;
+pub(crate) mod devices;
 mod links;
 mod presence;
 mod rooms;

@@ -404,6 +404,43 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Devices nobody can use any more: not revoked, active last at
+    /// `idle_before` or earlier (so their access tokens have run out), and
+    /// without an unused refresh token valid at `now`.
+    pub async fn expired_devices(
+        &self,
+        now: i64,
+        idle_before: i64,
+    ) -> Result<Vec<(AccountId, DeviceId)>, StoreError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT d.account_id, d.id FROM devices d
+             WHERE d.revoked_at IS NULL AND d.last_active_at <= ?
+               AND NOT EXISTS (SELECT 1 FROM refresh_tokens t
+                               WHERE t.device_id = d.id AND t.rotated_at IS NULL
+                                 AND t.expires_at > ?)
+             ORDER BY d.id",
+        )
+        .bind(idle_before)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(a, d)| (AccountId(a), DeviceId(d)))
+            .collect())
+    }
+
+    /// Drops refresh tokens past their expiry (used ones are kept until then
+    /// to detect reuse); returns how many.
+    pub async fn delete_expired_refresh_tokens(&self, now: i64) -> Result<u64, StoreError> {
+        let n = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
     /// Revokes every live device of `account` except `keep`; returns them.
     pub async fn revoke_other_devices(
         &self,

@@ -203,6 +203,63 @@ async fn devices_refresh_tokens_and_links() {
     assert!(s.is_mutual(a, b).await.expect("mutual"));
 }
 
+#[tokio::test]
+async fn devices_whose_sessions_ran_out_are_found_and_their_tokens_dropped() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let device = |label: &'static str, at: i64| {
+        let s = &s;
+        async move {
+            s.create_device(a, DeviceKind::Web, label, at)
+                .await
+                .expect("device")
+                .id
+        }
+    };
+    // Idle since 100; its token expired at 500.
+    let gone = device("gone", 100).await;
+    s.insert_refresh_token(gone, b"g1", 500)
+        .await
+        .expect("token");
+    // Idle as long, but its token is good until 5000.
+    let kept = device("kept", 100).await;
+    s.insert_refresh_token(kept, b"k1", 5000)
+        .await
+        .expect("token");
+    // Its unused token expired, a used one is still "valid" (kept for reuse
+    // detection only): it cannot refresh either.
+    let used = device("used", 100).await;
+    s.insert_refresh_token(used, b"u1", 400)
+        .await
+        .expect("token");
+    s.insert_refresh_token(used, b"u0", 5000)
+        .await
+        .expect("token");
+    sqlx::query("UPDATE refresh_tokens SET rotated_at = 90 WHERE token_hash = ?")
+        .bind(&b"u0"[..])
+        .execute(&s.pool)
+        .await
+        .expect("mark used");
+    // Recently active (a login just now, its token not stored yet).
+    let fresh = device("fresh", 950).await;
+    // Already revoked.
+    let revoked = device("revoked", 100).await;
+    s.revoke_device(a, revoked, 200).await.expect("revoke");
+
+    let found = s.expired_devices(1000, 900).await.expect("expired");
+    assert_eq!(found, vec![(a, gone), (a, used)]);
+    let _ = (kept, fresh);
+    assert_eq!(
+        s.delete_expired_refresh_tokens(1000).await.expect("delete"),
+        2
+    );
+    // The kept device still refreshes.
+    assert!(matches!(
+        s.rotate_refresh_token(b"k1", b"k2", 9000, 1000).await,
+        Ok(RefreshOutcome::Rotated { .. })
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_on_a_file_queue_and_one_edit_wins() {
     let dir = std::env::temp_dir().join(format!("vela-store-test-{}", std::process::id()));
