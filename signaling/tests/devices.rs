@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, DeviceClient, Ws, start, start_with};
+use common::{Api, DeviceClient, StoreFile, Ws, start, start_with};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -121,21 +121,14 @@ async fn list_rename_and_revoke_devices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_whose_session_ran_out_is_signed_out() {
-    let dir = std::env::temp_dir().join(format!(
-        "vela-expired-{}-{}",
-        std::process::id(),
-        vela_signaling::ids::now_ms()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("vela.sqlite").to_str().unwrap().to_owned();
-    let on_file = |p: String| move |c: &mut vela_config::Config| c.store.path = p;
+    let file = StoreFile::new("expired");
     tokio::time::timeout(LIMIT, async {
-        let s = start_with(on_file(path.clone())).await;
+        let s = start_with(file.config()).await;
         let api = Api::new(&s);
         let old = api.user("jane", "phone").await;
         s.shutdown().await;
         // A month later: the phone never came back, its refresh token expired.
-        let db = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+        let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.path))
             .await
             .unwrap();
         sqlx::query("UPDATE devices SET last_active_at = 1")
@@ -149,7 +142,7 @@ async fn a_device_whose_session_ran_out_is_signed_out() {
         db.close().await;
 
         // The server signs it out as it starts (and every 10 minutes).
-        let s = start_with(on_file(path.clone())).await;
+        let s = start_with(file.config()).await;
         let api = Api::new(&s);
         let desk = api
             .login("jane", "correct horse battery", "desktop", "Desk")
@@ -180,7 +173,6 @@ async fn a_device_whose_session_ran_out_is_signed_out() {
     })
     .await
     .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,24 +8,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, DeviceClient, Login, start_with};
+use common::{Api, DeviceClient, Login, StoreFile, start_with};
 use serde_json::json;
 
 const PW: &str = "correct horse battery";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_survives_a_restart() {
-    let dir = std::env::temp_dir().join(format!(
-        "vela-durability-{}-{}",
-        std::process::id(),
-        vela_signaling::ids::now_ms()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("vela.sqlite").to_str().unwrap().to_owned();
-    let config = |p: String| move |c: &mut vela_config::Config| c.store.path = p;
+    let file = StoreFile::new("durability");
     tokio::time::timeout(Duration::from_secs(60), async {
         // ----- first life -----
-        let s = start_with(config(path.clone())).await;
+        let s = start_with(file.config()).await;
         let api = Api::new(&s);
         let alice = api.user("alice", "phone").await;
         let desk = api.login("alice", PW, "desktop", "Old PC").await;
@@ -69,7 +62,7 @@ async fn everything_survives_a_restart() {
         drop(sock);
 
         // ----- second life, same file -----
-        let s = start_with(config(path.clone())).await;
+        let s = start_with(file.config()).await;
         let api = Api::new(&s);
         // The old access token still works (same key, device not revoked).
         let me = api.get("/api/v1/me", &alice.access).await.ok(200);
@@ -156,5 +149,4 @@ async fn everything_survives_a_restart() {
     })
     .await
     .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -485,6 +485,40 @@ impl SessionClient {
 // ----- accounts, devices and the device socket -----
 
 /// A server with `config` tweaked by `f` (in-memory store unless `f` says otherwise).
+/// An SQLite store file in a fresh temporary directory, removed on drop:
+/// for servers started again on the same data.
+pub struct StoreFile {
+    dir: std::path::PathBuf,
+    /// The file's path, as `store.path` takes it.
+    pub path: String,
+}
+
+impl StoreFile {
+    /// A new directory named after `name`, the process and the time.
+    pub fn new(name: &str) -> StoreFile {
+        let dir = std::env::temp_dir().join(format!(
+            "vela-{name}-{}-{}",
+            std::process::id(),
+            vela_signaling::ids::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vela.sqlite").to_str().unwrap().to_owned();
+        StoreFile { dir, path }
+    }
+
+    /// The config change that puts a server's store on this file.
+    pub fn config(&self) -> impl FnOnce(&mut Config) + use<> {
+        let path = self.path.clone();
+        move |c: &mut Config| c.store.path = path
+    }
+}
+
+impl Drop for StoreFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub async fn start_with(f: impl FnOnce(&mut Config)) -> RunningServer {
     init_log();
     let mut c = test_config();
