@@ -21,5 +21,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+# A one-off build of the whole suite gains nothing from incremental caches,
+# which would double what it writes to disk; set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 # Every test carries its own timeout; this is the backstop for the whole run.
 timeout --kill-after=30 1500 cargo test --workspace --all-targets --locked "$@"
