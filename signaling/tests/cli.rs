@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::Ws;
@@ -110,52 +110,8 @@ fn bad_configuration_stops_the_start_naming_the_key() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Starts the server on an OS-chosen port with an in-memory store, so tests
-/// running at once never share a port or a database file, and returns the
-/// child with the address it logged. An early exit fails with its log.
-async fn start_server() -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vela"))
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--node-ip",
-            "127.0.0.1",
-        ])
-        .env("VELA_STORE_PATH", ":memory:")
-        .env("VELA_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The server logs to standard output.
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut log = String::new();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.push_str(&line);
-            log.push('\n');
-            if let Some(rest) = line.split("http_addr=").nth(1) {
-                return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-        None
-    })
-    .await;
-    let Ok(Some(addr)) = addr else {
-        panic!("server did not start; its log:\n{log}");
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
 async fn shutdown_on(signal: &str) {
-    let (mut child, addr) = start_server().await;
+    let (mut child, addr) = common::start_binary(":memory:").await;
     let base = format!("http://{addr}");
     let v: serde_json::Value = reqwest::get(format!("{base}/api/dev-token?room=sig&identity=a"))
         .await

@@ -1,9 +1,11 @@
 //! Durability: stop the server and start it again on the same SQLite file;
 //! accounts, devices, tokens, contacts and revisions, links, requests and
-//! presence texts are all still there.
+//! presence texts are all still there. Kill it instead, and the calls it
+//! had going on are in their members' histories after the next start.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod calls;
 mod common;
 
 use std::time::Duration;
@@ -149,4 +151,65 @@ async fn everything_survives_a_restart() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_going_on_when_the_server_is_killed_are_in_the_history_after() {
+    let file = StoreFile::new("crash");
+    tokio::time::timeout(Duration::from_secs(90), async {
+        // ----- first life: a separate process, killed -----
+        let (mut child, addr) = common::start_binary(&file.path).await;
+        let api = Api::at(format!("http://{addr}"));
+        let ann = api.user("ann", "phone").await;
+        let ben = api.user("ben", "phone").await;
+        let cat = api.user("cat", "phone").await;
+        let dan = api.user("dan", "phone").await;
+        // Ann calls Ben, who answers; Cat calls Dan, who is still rung.
+        let answered = calls::call(&api, &ann, &[ben.account]).await;
+        calls::act(&api, &ben, answered, "accept").await.ok(200);
+        let ringing = calls::call(&api, &cat, &[dan.account]).await;
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let killed_at = vela_signaling::ids::now_ms();
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+
+        // ----- second life, same file -----
+        let s = start_with(file.config()).await;
+        let api = Api::new(&s);
+        let ann_r = calls::record(&api, &ann, answered).await;
+        let ben_r = calls::record(&api, &ben, answered).await;
+        for (r, direction) in [(&ann_r, "outgoing"), (&ben_r, "incoming")] {
+            assert_eq!(r["outcome"], "answered", "{r}");
+            assert_eq!(r["direction"], direction, "{r}");
+            // Ended at the last heartbeat before the kill, after the answer.
+            let ended = r["ended_at"].as_i64().unwrap();
+            assert!(ended >= r["answered_at"].as_i64().unwrap(), "{r}");
+            assert!(ended <= killed_at, "{r}");
+        }
+        assert_eq!(ben_r["device_id"], ben.device);
+        // The unanswered call ends as a shutdown ends it: cancelled.
+        assert_eq!(
+            calls::record(&api, &cat, ringing).await["outcome"],
+            "cancelled"
+        );
+        assert_eq!(
+            calls::record(&api, &dan, ringing).await["outcome"],
+            "cancelled"
+        );
+        // Once each, and new calls take new ids.
+        assert_eq!(calls::history(&api, &ann).await.len(), 1);
+        assert_eq!(calls::history(&api, &dan).await.len(), 1);
+        let next = calls::call(&api, &ann, &[cat.account]).await;
+        assert!(next > ringing && next > answered);
+        s.shutdown().await;
+
+        // ----- third life: nothing left over to record again -----
+        let s = start_with(file.config()).await;
+        let api = Api::new(&s);
+        assert_eq!(calls::history(&api, &ann).await.len(), 2);
+        assert_eq!(calls::history(&api, &ben).await.len(), 1);
+        s.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
 }

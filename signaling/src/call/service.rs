@@ -2,6 +2,11 @@
 //! the wall clock, pushes its events to devices through the hub, stores
 //! history entries, and removes room connections it asks to.
 //!
+//! Calls live in memory, but what each would leave in the history is kept
+//! in the store as it changes (with a heartbeat of the task), so after a
+//! crash the next start records the calls it interrupted, ended at the last
+//! heartbeat, as a shutdown would have.
+//!
 //! Every operation goes through this one task, in arrival order, and its
 //! outputs (pushes, history) are carried out before the caller gets its
 //! answer: two accepts at the same instant, or a cancel against an accept,
@@ -21,6 +26,10 @@ use crate::api_error::ApiError;
 use crate::hub::Hub;
 use crate::ids::{AccountId, CallId, DeviceId, now_ms};
 use crate::store::Store;
+
+/// How often the task notes it is running: how much of an interrupted
+/// call's length a crash can cut off.
+const ALIVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Work for the task: runs on the state machine, returns what answers the caller.
 type Job = Box<dyn FnOnce(&mut Calls, i64) -> Box<dyn FnOnce() + Send> + Send>;
@@ -53,6 +62,16 @@ impl CallsHandle {
         webhooks: crate::webhook::WebhookHandle,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(CallsHandle, JoinHandle<()>), crate::store::StoreError> {
+        let recovered = store.recover_open_calls(now_ms()).await?;
+        if !recovered.is_empty() {
+            let calls: std::collections::BTreeSet<CallId> =
+                recovered.iter().map(|r| r.record.call_id).collect();
+            tracing::warn!(
+                calls = calls.len(),
+                entries = recovered.len(),
+                "recorded calls that a crash interrupted"
+            );
+        }
         let first = store.next_call_id().await?;
         let calls = Calls::new(
             first,
@@ -284,6 +303,8 @@ async fn run(
     out: Outlets,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut alive = tokio::time::interval(ALIVE_EVERY);
+    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = calls.poll_timeout();
         let sleep = async {
@@ -305,6 +326,11 @@ async fn run(
             _ = sleep => {
                 calls.handle_timeout(now_ms());
                 carry_out(&mut calls, &out).await;
+            }
+            _ = alive.tick() => {
+                if let Err(e) = out.store.mark_calls_alive(now_ms()).await {
+                    tracing::error!(error = %e, "cannot note that the calls service runs");
+                }
             }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         }
@@ -348,6 +374,15 @@ async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
             }
             Output::Kick(connection) => media.leave(connection, LeaveReason::Removed).await,
             Output::Notice(n) => webhooks.call(n),
+            Output::Journal(id, open) => {
+                let kept = match open {
+                    Some(records) => store.put_open_call(id, &records, now_ms()).await,
+                    None => store.remove_open_call(id).await,
+                };
+                if let Err(e) = kept {
+                    tracing::error!(call = %id, error = %e, "cannot keep an open call");
+                }
+            }
         }
     }
 }

@@ -30,10 +30,10 @@
 //! [`Calls::poll_output`]; call [`Calls::handle_timeout`] no later than
 //! [`Calls::poll_timeout`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vela_media::core::ParticipantId;
 
 use super::{Direction, Outcome, ROOM_PREFIX};
@@ -46,7 +46,7 @@ const KEEP_ENDED_MS: i64 = 10 * 60 * 1000;
 const KEEP_MESSAGES: usize = 200;
 
 /// An account as calls show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Person {
     /// The account.
     pub account_id: AccountId,
@@ -281,7 +281,7 @@ pub enum Event {
 }
 
 /// One account's history entry for a call, ready to store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Whose.
     pub account_id: AccountId,
@@ -318,6 +318,12 @@ pub enum Output {
     Kick(ParticipantId),
     /// Tell integrations (webhooks).
     Notice(Notice),
+    /// Call `id` changed: keep, durably, the history entries its members
+    /// would get if it ended now (`ended_at` the last moment known), so a
+    /// crash does not lose the call; `None` once it has ended (its entries
+    /// went out as [`Output::Record`] before this). Comes after the
+    /// outputs of the same change.
+    Journal(CallId, Option<Vec<Record>>),
 }
 
 /// A call event for integrations (webhooks): once per happening, not per device.
@@ -380,6 +386,8 @@ pub struct Calls {
     join_timeout_ms: i64,
     max_members: usize,
     out: VecDeque<Output>,
+    /// Calls changed since their last [`Output::Journal`].
+    dirty: BTreeSet<CallId>,
 }
 
 impl Calls {
@@ -400,12 +408,29 @@ impl Calls {
             join_timeout_ms: ms(join_timeout),
             max_members: max_members.max(2),
             out: VecDeque::new(),
+            dirty: BTreeSet::new(),
         }
     }
 
     /// The next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        if let Some(o) = self.out.pop_front() {
+            return Some(o);
+        }
+        // Journal once per change, after what the change output (a crash
+        // between a record and the journal then repeats, never loses, it).
+        let id = self.dirty.pop_first()?;
+        let open = self
+            .calls
+            .get(&id)
+            .filter(|c| c.state != CallState::Ended)
+            .map(open_records);
+        Some(Output::Journal(id, open))
+    }
+
+    /// Marks call `id` for journaling.
+    fn touch(&mut self, id: CallId) {
+        self.dirty.insert(id);
     }
 
     /// When [`Calls::handle_timeout`] is next due (ms since the epoch).
@@ -538,6 +563,7 @@ impl Calls {
             next_seq: 1,
         };
         self.calls.insert(id, call);
+        self.touch(id);
         self.add_members(now, id, me, invitees);
         if let Some(c) = self.calls.get(&id) {
             let c = c.clone();
@@ -742,6 +768,7 @@ impl Calls {
                 client_id: client,
             },
         );
+        self.touch(id);
         Ok(snapshot)
     }
 
@@ -1045,6 +1072,7 @@ impl Calls {
 
     /// Pushes `call_updated` to everyone involved (and `extra`).
     fn changed(&mut self, id: CallId, extra: &[AccountId]) {
+        self.touch(id);
         let Some(call) = self.calls.get(&id) else {
             return;
         };
@@ -1081,6 +1109,7 @@ impl Calls {
     /// Ends member `i`'s part: state, history record, and (if `tell`) a
     /// `call_ended` to its devices.
     fn finish(&mut self, now: i64, id: CallId, i: usize, outcome: Outcome, tell: bool) {
+        self.touch(id);
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -1104,32 +1133,7 @@ impl Calls {
         m.connection = None;
         m.previous = None;
         let account = m.person.account_id;
-        let record = Record {
-            account_id: account,
-            call_id: id,
-            direction: if account == call.caller {
-                Direction::Outgoing
-            } else {
-                Direction::Incoming
-            },
-            video: call.video,
-            participants: call
-                .members
-                .iter()
-                .filter(|o| o.person.account_id != account)
-                .map(|o| o.person.clone())
-                .collect(),
-            started_at: if account == call.caller {
-                call.created_at
-            } else {
-                call.members[i].invited_at
-            },
-            answered_at: call.members[i].answered_at,
-            ended_at: now,
-            outcome,
-            device_id: call.members[i].answered_device,
-            handed_over_to: call.members[i].moves.clone(),
-        };
+        let record = record(call, i, outcome, now);
         let snapshot = call.clone();
         // The callee who did not answer (the caller's record of an
         // unanswered call says missed too, but nobody missed a call there).
@@ -1168,6 +1172,7 @@ impl Calls {
 
     /// Ends the call for everyone still in it or ringing.
     fn end(&mut self, now: i64, id: CallId) {
+        self.touch(id);
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -1179,11 +1184,8 @@ impl Calls {
                 return;
             };
             let m = &call.members[i];
-            let outcome = match m.state {
-                MemberState::Ringing => Outcome::Cancelled,
-                MemberState::Joined if m.person.account_id == call.caller => caller_outcome(call),
-                MemberState::Joined => Outcome::Answered,
-                _ => continue,
+            let Some(outcome) = ending_outcome(call, m) else {
+                continue;
             };
             if let Some(c) = m.connection {
                 self.out.push_back(Output::Kick(c));
@@ -1215,6 +1217,67 @@ impl Calls {
         self.calls
             .retain(|_, c| c.ended_at.is_none_or(|e| e + KEEP_ENDED_MS > now));
     }
+}
+
+/// Member `i`'s history entry, its part ending `now` with `outcome`.
+fn record(call: &Call, i: usize, outcome: Outcome, now: i64) -> Record {
+    let m = &call.members[i];
+    let account = m.person.account_id;
+    Record {
+        account_id: account,
+        call_id: call.id,
+        direction: if account == call.caller {
+            Direction::Outgoing
+        } else {
+            Direction::Incoming
+        },
+        video: call.video,
+        participants: call
+            .members
+            .iter()
+            .filter(|o| o.person.account_id != account)
+            .map(|o| o.person.clone())
+            .collect(),
+        started_at: if account == call.caller {
+            call.created_at
+        } else {
+            m.invited_at
+        },
+        answered_at: m.answered_at,
+        ended_at: now,
+        outcome,
+        device_id: m.answered_device,
+        handed_over_to: m.moves.clone(),
+    }
+}
+
+/// How the call ends for `m` if it ends now (`None`: their part is over).
+fn ending_outcome(call: &Call, m: &Member) -> Option<Outcome> {
+    match m.state {
+        MemberState::Ringing => Some(Outcome::Cancelled),
+        MemberState::Joined if m.person.account_id == call.caller => Some(caller_outcome(call)),
+        MemberState::Joined => Some(Outcome::Answered),
+        _ => None,
+    }
+}
+
+/// The entries of everyone still in (or rung for) a call going on, as if it
+/// ended at the last moment the call itself records.
+fn open_records(call: &Call) -> Vec<Record> {
+    let last = call
+        .members
+        .iter()
+        .flat_map(|m| [Some(m.invited_at), m.answered_at])
+        .flatten()
+        .chain([call.created_at])
+        .max()
+        .unwrap_or(call.created_at);
+    (0..call.members.len())
+        .filter_map(|i| {
+            let outcome = ending_outcome(call, &call.members[i])?;
+            Some(record(call, i, outcome, last))
+        })
+        .collect()
 }
 
 /// How the call went for its caller.

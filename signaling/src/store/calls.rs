@@ -147,12 +147,106 @@ impl Store {
         Ok(hit.is_some())
     }
 
-    /// The first call id not used by any stored history entry.
+    /// The first call id not used by any history entry or open call.
     pub async fn next_call_id(&self) -> Result<CallId, StoreError> {
-        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(call_id) FROM call_history")
-            .fetch_one(&self.pool)
-            .await?;
+        let max: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(id) FROM (SELECT MAX(call_id) AS id FROM call_history
+                                  UNION ALL SELECT MAX(call_id) FROM open_calls)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(CallId(max.unwrap_or(0) + 1))
+    }
+
+    /// Keeps what call `id`'s members would get in their history if it
+    /// ended now (replacing what was kept before).
+    pub async fn put_open_call(
+        &self,
+        id: CallId,
+        records: &[Record],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(records).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO open_calls (call_id, records, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (call_id) DO UPDATE SET records = excluded.records,
+                                                 updated_at = excluded.updated_at",
+        )
+        .bind(id.0)
+        .bind(json)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets an open call (it ended; its entries are in the history).
+    pub async fn remove_open_call(&self, id: CallId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM open_calls WHERE call_id = ?")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Notes that the calls service is running at `now`.
+    pub async fn mark_calls_alive(&self, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO calls_alive (id, alive_at) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET alive_at = excluded.alive_at",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Turns the calls a crash left open into history entries: each ends
+    /// when the service was last known running (or its last change, if
+    /// later; never after `now`). Entries already stored (a crash between
+    /// a call's end and its row's removal) are not stored twice, so this
+    /// can run again after being interrupted. Returns the entries stored.
+    pub async fn recover_open_calls(&self, now: i64) -> Result<Vec<CallRecord>, StoreError> {
+        let alive: Option<i64> = sqlx::query_scalar("SELECT alive_at FROM calls_alive")
+            .fetch_optional(&self.pool)
+            .await?;
+        let rows: Vec<(i64, String, i64)> =
+            sqlx::query_as("SELECT call_id, records, updated_at FROM open_calls ORDER BY call_id")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut stored = Vec::new();
+        for (call_id, json, updated_at) in rows {
+            let records: Vec<Record> = match serde_json::from_str(&json) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Unreadable: keep the row for a person to look at, go on.
+                    tracing::error!(call = call_id, error = %e, "cannot read an open call");
+                    continue;
+                }
+            };
+            for mut r in records {
+                let ended = r.ended_at.max(updated_at).max(alive.unwrap_or(0)).min(now);
+                r.ended_at = ended.max(r.started_at).max(r.answered_at.unwrap_or(0));
+                // Skipped: entries already stored, and accounts deleted since.
+                let (account, already): (bool, bool) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?),
+                            EXISTS (SELECT 1 FROM call_history
+                                    WHERE account_id = ? AND call_id = ? AND started_at = ?)",
+                )
+                .bind(r.account_id.0)
+                .bind(r.account_id.0)
+                .bind(r.call_id.0)
+                .bind(r.started_at)
+                .fetch_one(&self.pool)
+                .await?;
+                if account && !already {
+                    stored.push(self.add_call_record(&r).await?);
+                }
+            }
+            self.remove_open_call(CallId(call_id)).await?;
+        }
+        Ok(stored)
     }
 
     /// Stores a history entry; missed calls start unseen.

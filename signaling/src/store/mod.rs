@@ -2,7 +2,7 @@
 //!
 //! Everything persistent (accounts, devices, refresh tokens, the address
 //! book, contact requests and links, presence texts and last-seen times,
-//! call settings and call history)
+//! call settings, call history and the calls going on)
 //! goes through [`Store`]. Today the backend is SQLite (one file, WAL mode)
 //! through sqlx; the schema lives in `signaling/migrations/` and is applied
 //! at start. Every statement is a constant string with bound parameters.

@@ -2,9 +2,10 @@
 
 use super::*;
 use crate::account::Role;
+use crate::call::{Direction, Outcome, Record};
 use crate::contact::{ContactBody, ContactFields, ContactFilter};
 use crate::device::DeviceKind;
-use crate::ids::{AccountId, ContactId};
+use crate::ids::{AccountId, CallId, ContactId};
 
 fn fields(name: &str) -> ContactFields {
     ContactBody {
@@ -307,4 +308,92 @@ async fn concurrent_writers_on_a_file_queue_and_one_edit_wins() {
     assert_eq!(s.contacts_revision(a).await.expect("rev"), 22);
     s.close().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn open_record(account: AccountId, call: i64, started: i64, answered: Option<i64>) -> Record {
+    Record {
+        account_id: account,
+        call_id: CallId(call),
+        direction: Direction::Incoming,
+        video: false,
+        participants: vec![],
+        started_at: started,
+        answered_at: answered,
+        ended_at: answered.unwrap_or(started),
+        outcome: if answered.is_some() {
+            Outcome::Answered
+        } else {
+            Outcome::Cancelled
+        },
+        device_id: None,
+        handed_over_to: vec![],
+    }
+}
+
+#[tokio::test]
+async fn calls_a_crash_left_open_become_history_once() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    // Call 7: ann answered at 1 500; call 8 rang for bob, replaced once, then
+    // ended normally (its row removed).
+    s.put_open_call(CallId(7), &[open_record(a, 7, 1_000, Some(1_500))], 1_600)
+        .await
+        .expect("put");
+    s.put_open_call(CallId(8), &[open_record(b, 8, 2_000, None)], 2_000)
+        .await
+        .expect("put");
+    s.put_open_call(CallId(8), &[open_record(b, 8, 2_000, None)], 2_100)
+        .await
+        .expect("replace");
+    s.remove_open_call(CallId(8)).await.expect("remove");
+    // Call 9: bob's entry was stored, then the crash came before its row went.
+    let r9 = open_record(b, 9, 3_000, Some(3_100));
+    s.put_open_call(CallId(9), std::slice::from_ref(&r9), 3_100)
+        .await
+        .expect("put");
+    s.add_call_record(&r9).await.expect("stored");
+    assert_eq!(s.next_call_id().await.expect("next"), CallId(10));
+    s.mark_calls_alive(60_000).await.expect("alive");
+
+    let stored = s.recover_open_calls(100_000).await.expect("recover");
+    // Only call 7, ended at the last heartbeat.
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].record.call_id, CallId(7));
+    assert_eq!(stored[0].record.ended_at, 60_000);
+    assert_eq!(stored[0].duration_ms, 58_500);
+    let history = s.call_history(a, None, 10).await.expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!(s.call_history(b, None, 10).await.expect("history").len(), 1);
+    // Nothing is left to recover; the ids stay past every call.
+    assert!(
+        s.recover_open_calls(200_000)
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    assert_eq!(s.next_call_id().await.expect("next"), CallId(10));
+}
+
+#[tokio::test]
+async fn an_open_call_ends_no_later_than_the_restart() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    // A heartbeat from a clock that was ahead: the entry still ends by `now`,
+    // and never before it was answered.
+    s.mark_calls_alive(90_000).await.expect("alive");
+    s.put_open_call(CallId(1), &[open_record(a, 1, 1_000, Some(5_000))], 5_000)
+        .await
+        .expect("put");
+    let stored = s.recover_open_calls(20_000).await.expect("recover");
+    assert_eq!(stored[0].record.ended_at, 20_000);
+    s.put_open_call(
+        CallId(2),
+        &[open_record(a, 2, 30_000, Some(40_000))],
+        40_000,
+    )
+    .await
+    .expect("put");
+    let stored = s.recover_open_calls(20_000).await.expect("recover");
+    assert_eq!(stored[0].record.ended_at, 40_000);
 }

@@ -484,6 +484,57 @@ impl SessionClient {
 
 // ----- accounts, devices and the device socket -----
 
+/// Starts the `vela` binary on an OS-chosen port with its store at
+/// `store_path` (`:memory:` or a file) and returns the child (killed on
+/// drop) with the HTTP address it logged. An early exit fails with its log.
+pub async fn start_binary(store_path: &str) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vela"));
+    // The test's own environment must not configure the server.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VELA_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--udp-port",
+            "0",
+            "--node-ip",
+            "127.0.0.1",
+        ])
+        .env("VELA_STORE_PATH", store_path)
+        .env("VELA_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The server logs to standard output.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(rest) = line.split("http_addr=").nth(1) {
+                return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+        None
+    })
+    .await;
+    let Ok(Some(addr)) = addr else {
+        panic!("server did not start; its log:\n{log}");
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
 /// A server with `config` tweaked by `f` (in-memory store unless `f` says otherwise).
 /// An SQLite store file in a fresh temporary directory, removed on drop:
 /// for servers started again on the same data.
@@ -562,8 +613,13 @@ impl Resp {
 
 impl Api {
     pub fn new(s: &RunningServer) -> Api {
+        Api::at(base(s))
+    }
+
+    /// The server at `base` (`http://host:port`).
+    pub fn at(base: String) -> Api {
         Api {
-            base: base(s),
+            base,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         }
     }

@@ -675,3 +675,75 @@ fn accepting_while_in_another_call_is_refused() {
         Err(CallError::Conflict("you placed this call"))
     ));
 }
+
+/// The last journal output for call `id` in `out` (`Some(None)`: it ended).
+fn journal(out: &[Output], id: CallId) -> Option<Option<Vec<Record>>> {
+    out.iter().rev().find_map(|o| match o {
+        Output::Journal(j, open) if *j == id => Some(open.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_call_going_on_is_journaled_as_the_history_it_would_leave() {
+    let mut c = machine();
+    let id = c
+        .handle_invite(T0, person(1), DA, vec![inv(2), inv(3)], false)
+        .expect("invite")
+        .id;
+    let out = drain(&mut c);
+    // One journal entry per change, after the change's other outputs.
+    let journals = out
+        .iter()
+        .filter(|o| matches!(o, Output::Journal(..)))
+        .count();
+    assert_eq!(journals, 1);
+    assert!(matches!(out.last(), Some(Output::Journal(..))));
+    // Ringing: cancelled for all, as a shutdown now would record it.
+    let open = journal(&out, id).flatten().expect("open");
+    let outcomes: Vec<(AccountId, Outcome)> =
+        open.iter().map(|r| (r.account_id, r.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (A, Outcome::Cancelled),
+            (B, Outcome::Cancelled),
+            (C, Outcome::Cancelled)
+        ]
+    );
+
+    // B answers on DB1 and moves to DB2; C declines (its entry is stored
+    // now and leaves the journal).
+    c.handle_accept(T0 + 2_000, id, B, DB1, None)
+        .expect("accept");
+    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    c.handle_room_joined("call-1", B, DB2, ParticipantId(5), ParticipantId(2));
+    c.handle_decline(T0 + 3_000, id, C).expect("decline");
+    let out = drain(&mut c);
+    assert_eq!(record_of(&out, C).outcome, Outcome::Declined);
+    let open = journal(&out, id).flatten().expect("open");
+    assert_eq!(open.len(), 2);
+    let b = open.iter().find(|r| r.account_id == B).expect("B");
+    assert_eq!(b.outcome, Outcome::Answered);
+    assert_eq!(b.answered_at, Some(T0 + 2_000));
+    assert_eq!(b.device_id, Some(DB1));
+    assert_eq!(b.handed_over_to, vec![DB2]);
+    let a = open.iter().find(|r| r.account_id == A).expect("A");
+    assert_eq!(a.outcome, Outcome::Answered);
+    // Ended at the last moment the call knows of (the answer), at least.
+    assert!(open.iter().all(|r| r.ended_at == T0 + 2_000));
+
+    // A chat message changes nothing a history entry holds: no journal.
+    c.handle_message(T0 + 4_000, id, B, DB2, "hi".into())
+        .expect("message");
+    let out = drain(&mut c);
+    assert_eq!(journal(&out, id), None);
+
+    // The end: entries out, then the journal forgets the call.
+    c.handle_leave(T0 + 9_000, id, A).expect("leave");
+    let out = drain(&mut c);
+    assert_eq!(records(&out).len(), 2);
+    assert_eq!(journal(&out, id), Some(None));
+    assert!(matches!(out.last(), Some(Output::Journal(_, None))));
+    assert!(drain(&mut c).is_empty());
+}
