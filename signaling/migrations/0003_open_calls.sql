@@ -1,16 +1,23 @@
--- Calls going on, so that a crash does not lose them from the history: for
--- each, the entries its members would get if it ended now (a JSON list of
--- records). A call's row goes when it ends; rows left at start are calls a
--- crash interrupted, and become history entries then.
+-- What a crash must not lose: the calls going on, and who was present.
+
+-- For each call going on, the entries its members would get in their
+-- history if it ended now (a JSON list of records). A call's row goes when
+-- it ends; rows left at start are calls a crash interrupted, and become
+-- history entries then.
 CREATE TABLE open_calls (
     call_id    INTEGER PRIMARY KEY,
     records    TEXT    NOT NULL,
     updated_at INTEGER NOT NULL
 );
 
--- When the calls service last said it was running (one row): an
--- interrupted call ended no later than this.
-CREATE TABLE calls_alive (
+-- When the server last said it was running (one row, a heartbeat): what a
+-- crash interrupted ended no later than this.
+CREATE TABLE node_alive (
     id       INTEGER PRIMARY KEY CHECK (id = 1),
     alive_at INTEGER NOT NULL
 );
+
+-- When the account came online, while it is present (cleared with its
+-- last-seen time when it goes offline): accounts still marked at start were
+-- present at a crash and were last seen at the last heartbeat.
+ALTER TABLE accounts ADD COLUMN present_since INTEGER;

@@ -286,6 +286,20 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sessions = TaskTracker::new();
     let hub = Hub::default();
+    // Before the first heartbeat of this run: who was present at a crash.
+    let recovered = store
+        .recover_presence(now_ms())
+        .await
+        .map_err(|source| StartError::Store {
+            path: config.store.path.clone(),
+            source,
+        })?;
+    if recovered > 0 {
+        tracing::warn!(
+            accounts = recovered,
+            "accounts present at a crash: last seen at the last heartbeat"
+        );
+    }
     let (presence, presence_task) = PresenceHandle::spawn(
         Duration::from_millis(config.presence.heartbeat_timeout_ms),
         store.clone(),
@@ -336,6 +350,8 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         resumable: Default::default(),
         metrics,
     };
+    // After the calls and presence a crash left were recovered.
+    tokio::spawn(heartbeat(store.clone(), shutdown_rx.clone()));
     tokio::spawn(sign_out_expired_sessions(
         state.clone(),
         shutdown_rx.clone(),
@@ -369,6 +385,27 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         webhooks: webhooks_task,
         store,
     })
+}
+
+/// How often the server notes in the store that it runs: how much of an
+/// interrupted call's length, or of a present account's last-seen time, a
+/// crash can cut off.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// Notes that the server runs at start and every [`HEARTBEAT_EVERY`], until
+/// shutdown.
+async fn heartbeat(store: Store, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = store.mark_alive(now_ms()).await {
+            tracing::warn!(error = %e, "cannot note the heartbeat");
+        }
+    }
 }
 
 /// How often devices whose sessions ran out are signed out.

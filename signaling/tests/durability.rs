@@ -1,7 +1,8 @@
 //! Durability: stop the server and start it again on the same SQLite file;
 //! accounts, devices, tokens, contacts and revisions, links, requests and
 //! presence texts are all still there. Kill it instead, and the calls it
-//! had going on are in their members' histories after the next start.
+//! had going on are in their members' histories after the next start, and
+//! who was present has a last-seen time.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -164,6 +165,21 @@ async fn calls_going_on_when_the_server_is_killed_are_in_the_history_after() {
         let ben = api.user("ben", "phone").await;
         let cat = api.user("cat", "phone").await;
         let dan = api.user("dan", "phone").await;
+        // Ann is online (a device socket) and Ben sees it.
+        api.link(&ann, &ben).await;
+        let online_at = vela_signaling::ids::now_ms();
+        let (inner, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/ws"))
+            .await
+            .unwrap();
+        let mut sock = common::Ws { inner };
+        sock.send(json!({"type": "auth", "token": ann.access}))
+            .await;
+        sock.expect("ready").await;
+        let p = api
+            .get(&format!("/api/v1/presence/{}", ann.account), &ben.access)
+            .await
+            .ok(200);
+        assert_eq!(p["status"], "online");
         // Ann calls Ben, who answers; Cat calls Dan, who is still rung.
         let answered = calls::call(&api, &ann, &[ben.account]).await;
         calls::act(&api, &ben, answered, "accept").await.ok(200);
@@ -187,6 +203,15 @@ async fn calls_going_on_when_the_server_is_killed_are_in_the_history_after() {
             assert!(ended <= killed_at, "{r}");
         }
         assert_eq!(ben_r["device_id"], ben.device);
+        // Ann was last seen between coming online and the kill.
+        let p = api
+            .get(&format!("/api/v1/presence/{}", ann.account), &ben.access)
+            .await
+            .ok(200);
+        assert_eq!(p["status"], "offline");
+        let last_seen = p["last_seen"].as_i64().unwrap();
+        assert!((online_at..=killed_at).contains(&last_seen), "{p}");
+        drop(sock);
         // The unanswered call ends as a shutdown ends it: cancelled.
         assert_eq!(
             calls::record(&api, &cat, ringing).await["outcome"],

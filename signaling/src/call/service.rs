@@ -3,9 +3,9 @@
 //! history entries, and removes room connections it asks to.
 //!
 //! Calls live in memory, but what each would leave in the history is kept
-//! in the store as it changes (with a heartbeat of the task), so after a
-//! crash the next start records the calls it interrupted, ended at the last
-//! heartbeat, as a shutdown would have.
+//! in the store as it changes, so after a crash the next start records the
+//! calls it interrupted, ended at the server's last heartbeat, as a
+//! shutdown would have.
 //!
 //! Every operation goes through this one task, in arrival order, and its
 //! outputs (pushes, history) are carried out before the caller gets its
@@ -26,10 +26,6 @@ use crate::api_error::ApiError;
 use crate::hub::Hub;
 use crate::ids::{AccountId, CallId, DeviceId, now_ms};
 use crate::store::Store;
-
-/// How often the task notes it is running: how much of an interrupted
-/// call's length a crash can cut off.
-const ALIVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Work for the task: runs on the state machine, returns what answers the caller.
 type Job = Box<dyn FnOnce(&mut Calls, i64) -> Box<dyn FnOnce() + Send> + Send>;
@@ -303,8 +299,6 @@ async fn run(
     out: Outlets,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut alive = tokio::time::interval(ALIVE_EVERY);
-    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = calls.poll_timeout();
         let sleep = async {
@@ -326,11 +320,6 @@ async fn run(
             _ = sleep => {
                 calls.handle_timeout(now_ms());
                 carry_out(&mut calls, &out).await;
-            }
-            _ = alive.tick() => {
-                if let Err(e) = out.store.mark_calls_alive(now_ms()).await {
-                    tracing::error!(error = %e, "cannot note that the calls service runs");
-                }
             }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         }

@@ -212,12 +212,21 @@ async fn publish(store: &Store, hub: &Hub, account: AccountId, status: Status) {
 
 async fn apply(store: &Store, hub: &Hub, change: Change) {
     tracing::debug!(account = %change.account, from = ?change.previous, to = ?change.status, "presence");
-    if change.status == Status::Offline
-        && let Err(e) = store
+    if change.status == Status::Offline {
+        if let Err(e) = store
             .set_last_seen(change.account, wall_ms(change.last_active))
             .await
+        {
+            tracing::error!(account = %change.account, error = %e, "cannot store last seen");
+        }
+    } else if change.previous == Status::Offline
+        && let Err(e) = store
+            .set_present(change.account, wall_ms(change.last_active))
+            .await
     {
-        tracing::error!(account = %change.account, error = %e, "cannot store last seen");
+        // Marked so that a crash leaves a last-seen time (the next start's
+        // `Store::recover_presence`).
+        tracing::error!(account = %change.account, error = %e, "cannot store presence");
     }
     publish(store, hub, change.account, change.status).await;
 }

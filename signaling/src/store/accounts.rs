@@ -277,14 +277,42 @@ impl Store {
         Ok(())
     }
 
-    /// Records when an account was last online.
+    /// Records when an account was last online (it is offline now).
     pub async fn set_last_seen(&self, id: AccountId, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE accounts SET last_seen_at = ? WHERE id = ?")
+        sqlx::query("UPDATE accounts SET last_seen_at = ?, present_since = NULL WHERE id = ?")
             .bind(at)
             .bind(id.0)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Notes that an account came online `at` (until [`Store::set_last_seen`]).
+    pub async fn set_present(&self, id: AccountId, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE accounts SET present_since = ? WHERE id = ?")
+            .bind(at)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Accounts a crash left present were last seen at the last heartbeat
+    /// (or when they came online, if later; never after `now`): sets that
+    /// and clears the mark. Returns how many.
+    pub async fn recover_presence(&self, now: i64) -> Result<u64, StoreError> {
+        let alive = self.last_alive().await?.unwrap_or(0);
+        let done = sqlx::query(
+            "UPDATE accounts
+             SET last_seen_at = MAX(COALESCE(last_seen_at, 0), MIN(MAX(present_since, ?), ?)),
+                 present_since = NULL
+             WHERE present_since IS NOT NULL",
+        )
+        .bind(alive)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// The summary of one account (`None` when there is no such account).

@@ -190,27 +190,13 @@ impl Store {
         Ok(())
     }
 
-    /// Notes that the calls service is running at `now`.
-    pub async fn mark_calls_alive(&self, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO calls_alive (id, alive_at) VALUES (1, ?)
-             ON CONFLICT (id) DO UPDATE SET alive_at = excluded.alive_at",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Turns the calls a crash left open into history entries: each ends
-    /// when the service was last known running (or its last change, if
+    /// when the server was last known running (or its last change, if
     /// later; never after `now`). Entries already stored (a crash between
     /// a call's end and its row's removal) are not stored twice, so this
     /// can run again after being interrupted. Returns the entries stored.
     pub async fn recover_open_calls(&self, now: i64) -> Result<Vec<CallRecord>, StoreError> {
-        let alive: Option<i64> = sqlx::query_scalar("SELECT alive_at FROM calls_alive")
-            .fetch_optional(&self.pool)
-            .await?;
+        let alive = self.last_alive().await?;
         let rows: Vec<(i64, String, i64)> =
             sqlx::query_as("SELECT call_id, records, updated_at FROM open_calls ORDER BY call_id")
                 .fetch_all(&self.pool)

@@ -104,6 +104,26 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Notes that the server is running at `now` (a heartbeat: what a crash
+    /// interrupts ended no later than the last one).
+    pub async fn mark_alive(&self, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_alive (id, alive_at) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET alive_at = excluded.alive_at",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last heartbeat ([`Store::mark_alive`]), if any.
+    async fn last_alive(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT alive_at FROM node_alive")
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// A transaction that takes the write lock at once, so two writers queue
     /// (busy timeout) instead of one failing when it upgrades from reading.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {

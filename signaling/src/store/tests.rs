@@ -354,7 +354,7 @@ async fn calls_a_crash_left_open_become_history_once() {
         .expect("put");
     s.add_call_record(&r9).await.expect("stored");
     assert_eq!(s.next_call_id().await.expect("next"), CallId(10));
-    s.mark_calls_alive(60_000).await.expect("alive");
+    s.mark_alive(60_000).await.expect("alive");
 
     let stored = s.recover_open_calls(100_000).await.expect("recover");
     // Only call 7, ended at the last heartbeat.
@@ -381,7 +381,7 @@ async fn an_open_call_ends_no_later_than_the_restart() {
     let a = account(&s, "ann").await;
     // A heartbeat from a clock that was ahead: the entry still ends by `now`,
     // and never before it was answered.
-    s.mark_calls_alive(90_000).await.expect("alive");
+    s.mark_alive(90_000).await.expect("alive");
     s.put_open_call(CallId(1), &[open_record(a, 1, 1_000, Some(5_000))], 5_000)
         .await
         .expect("put");
@@ -396,4 +396,28 @@ async fn an_open_call_ends_no_later_than_the_restart() {
     .expect("put");
     let stored = s.recover_open_calls(20_000).await.expect("recover");
     assert_eq!(stored[0].record.ended_at, 40_000);
+}
+
+#[tokio::test]
+async fn accounts_present_at_a_crash_get_a_last_seen_time() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    let c = account(&s, "cat").await;
+    // Ann came online before the last heartbeat, Bob after it; Cat went
+    // offline normally.
+    s.set_present(a, 1_000).await.expect("present");
+    s.set_present(b, 8_000).await.expect("present");
+    s.set_present(c, 1_000).await.expect("present");
+    s.set_last_seen(c, 2_000).await.expect("offline");
+    s.mark_alive(5_000).await.expect("alive");
+    assert_eq!(s.recover_presence(50_000).await.expect("recover"), 2);
+    let seen = |x| {
+        let s = s.clone();
+        async move { s.presence(x).await.expect("read").last_seen_at }
+    };
+    assert_eq!(seen(a).await, Some(5_000));
+    assert_eq!(seen(b).await, Some(8_000));
+    assert_eq!(seen(c).await, Some(2_000));
+    assert_eq!(s.recover_presence(60_000).await.expect("again"), 0);
 }
