@@ -1,20 +1,19 @@
 //! Accounts, devices and refresh tokens.
 
-use sqlx::FromRow;
-
 use super::{Store, StoreError, unique};
 use crate::account::{Account, AccountSummary, Role};
 use crate::device::{Device, DeviceKind};
 use crate::ids::{AccountId, DeviceId};
 
-#[derive(FromRow)]
-struct AccountRow {
-    id: i64,
-    username: String,
-    display_name: String,
-    roles: String,
-    disabled: bool,
-    created_at: i64,
+row! {
+    struct AccountRow {
+        id: i64,
+        username: String,
+        display_name: String,
+        roles: String,
+        disabled: bool,
+        created_at: i64,
+    }
 }
 
 impl AccountRow {
@@ -44,15 +43,16 @@ fn roles_text(roles: &[Role]) -> String {
         .join(",")
 }
 
-#[derive(FromRow)]
-struct DeviceRow {
-    id: i64,
-    account_id: i64,
-    kind: String,
-    label: String,
-    created_at: i64,
-    last_active_at: i64,
-    revoked_at: Option<i64>,
+row! {
+    struct DeviceRow {
+        id: i64,
+        account_id: i64,
+        kind: String,
+        label: String,
+        created_at: i64,
+        last_active_at: i64,
+        revoked_at: Option<i64>,
+    }
 }
 
 impl From<DeviceRow> for Device {
@@ -69,14 +69,15 @@ impl From<DeviceRow> for Device {
     }
 }
 
-#[derive(FromRow)]
-struct RefreshRow {
-    device_id: i64,
-    expires_at: i64,
-    rotated_at: Option<i64>,
-    disabled: bool,
-    revoked_at: Option<i64>,
-    account_id: i64,
+row! {
+    struct RefreshRow {
+        device_id: i64,
+        expires_at: i64,
+        rotated_at: Option<i64>,
+        disabled: bool,
+        revoked_at: Option<i64>,
+        account_id: i64,
+    }
 }
 
 /// Whether a token's account and device may still be used.

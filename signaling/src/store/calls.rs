@@ -1,7 +1,6 @@
 //! Call settings and call history.
 
 use serde::Serialize;
-use sqlx::FromRow;
 
 use super::{Store, StoreError};
 use crate::call::{Allow, CallSettings, Direction, Outcome, Person, Record};
@@ -21,21 +20,22 @@ pub struct CallRecord {
     pub duration_ms: i64,
 }
 
-#[derive(FromRow)]
-struct HistoryRow {
-    id: i64,
-    account_id: i64,
-    call_id: i64,
-    direction: String,
-    video: bool,
-    participants: String,
-    started_at: i64,
-    answered_at: Option<i64>,
-    ended_at: i64,
-    outcome: String,
-    device_id: Option<i64>,
-    handed_over_to: String,
-    seen: bool,
+row! {
+    struct HistoryRow {
+        id: i64,
+        account_id: i64,
+        call_id: i64,
+        direction: String,
+        video: bool,
+        participants: String,
+        started_at: i64,
+        answered_at: Option<i64>,
+        ended_at: i64,
+        outcome: String,
+        device_id: Option<i64>,
+        handed_over_to: String,
+        seen: bool,
+    }
 }
 
 #[derive(serde::Deserialize)]

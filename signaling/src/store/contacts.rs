@@ -1,6 +1,6 @@
 //! The address book: versions, revisions and tombstones.
 
-use sqlx::{FromRow, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 
 use super::{Store, StoreError};
 use crate::contact::{Contact, ContactFields, ContactFilter, Labeled};
@@ -52,22 +52,23 @@ pub struct ContactChanges {
     pub has_more: bool,
 }
 
-#[derive(FromRow)]
-struct ContactRow {
-    id: i64,
-    version: i64,
-    revision: i64,
-    deleted: bool,
-    display_name: String,
-    phones: String,
-    emails: String,
-    groups_json: String,
-    linked_account_id: Option<i64>,
-    favorite: bool,
-    notes: String,
-    created_at: i64,
-    updated_at: i64,
-    linked_username: Option<String>,
+row! {
+    struct ContactRow {
+        id: i64,
+        version: i64,
+        revision: i64,
+        deleted: bool,
+        display_name: String,
+        phones: String,
+        emails: String,
+        groups_json: String,
+        linked_account_id: Option<i64>,
+        favorite: bool,
+        notes: String,
+        created_at: i64,
+        updated_at: i64,
+        linked_username: Option<String>,
+    }
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {

@@ -1,23 +1,22 @@
 //! Contact requests and mutual contacts.
 
-use sqlx::FromRow;
-
 use super::{Store, StoreError};
 use crate::account::AccountSummary;
 use crate::ids::{AccountId, RequestId};
 use crate::link::{ContactRequest, RequestOutcome};
 
-#[derive(FromRow)]
-struct RequestRow {
-    id: i64,
-    message: String,
-    created_at: i64,
-    from_id: i64,
-    from_username: String,
-    from_display_name: String,
-    to_id: i64,
-    to_username: String,
-    to_display_name: String,
+row! {
+    struct RequestRow {
+        id: i64,
+        message: String,
+        created_at: i64,
+        from_id: i64,
+        from_username: String,
+        from_display_name: String,
+        to_id: i64,
+        to_username: String,
+        to_display_name: String,
+    }
 }
 
 impl From<RequestRow> for ContactRequest {

@@ -12,10 +12,32 @@
 //! integer booleans, the migrations' `AUTOINCREMENT`, and `BEGIN IMMEDIATE`
 //! for write transactions, made in one place, [`Store::write_tx`].
 
+/// A struct read from a result row, field by column name: what
+/// `#[derive(sqlx::FromRow)]` does, without sqlx's macros crate (which
+/// builds a second copy of sqlx and tokio for the compiler).
+macro_rules! row {
+    ($(#[$m:meta])* struct $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        struct $name {
+            $($field: $ty),*
+        }
+
+        impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for $name {
+            fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row;
+                Ok($name {
+                    $($field: row.try_get(stringify!($field))?),*
+                })
+            }
+        }
+    };
+}
+
 mod accounts;
 mod calls;
 mod contacts;
 mod links;
+mod migrations;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -89,7 +111,10 @@ impl Store {
         }
         .connect_with(options)
         .await?;
-        sqlx::migrate!().run(&pool).await?;
+        sqlx::migrate::Migrator::new(migrations::Embedded)
+            .await?
+            .run(&pool)
+            .await?;
         Ok(Store { pool })
     }
 
