@@ -1,12 +1,12 @@
 -- What a crash must not lose: the calls going on, and who was present.
 
--- For each call going on, the entries its members would get in their
--- history if it ended now (a JSON list of records). A call's row goes when
--- it ends; rows left at start are calls a crash interrupted, and become
--- history entries then.
+-- Each call going on (JSON: the call as its members see it, and the
+-- entries they would get in their history if it ended now). A call's row
+-- goes when it ends; rows left at start are calls a crash interrupted, and
+-- become history entries (and `call_ended` webhooks) then.
 CREATE TABLE open_calls (
     call_id    INTEGER PRIMARY KEY,
-    records    TEXT    NOT NULL,
+    body       TEXT    NOT NULL,
     updated_at INTEGER NOT NULL
 );
 

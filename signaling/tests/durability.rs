@@ -1,14 +1,15 @@
 //! Durability: stop the server and start it again on the same SQLite file;
 //! accounts, devices, tokens, contacts and revisions, links, requests and
 //! presence texts are all still there. Kill it instead, and the calls it
-//! had going on are in their members' histories after the next start, and
-//! who was present has a last-seen time.
+//! had going on are in their members' histories after the next start (and
+//! webhooks say they ended), and who was present has a last-seen time.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod calls;
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Api, DeviceClient, Login, StoreFile, start_with};
@@ -189,8 +190,14 @@ async fn calls_going_on_when_the_server_is_killed_are_in_the_history_after() {
         child.start_kill().unwrap();
         child.wait().await.unwrap();
 
-        // ----- second life, same file -----
-        let s = start_with(file.config()).await;
+        // ----- second life, same file, with a webhook receiver -----
+        let (hook, hooks) = receiver().await;
+        let on_file = file.config();
+        let s = start_with(move |c| {
+            on_file(c);
+            c.webhooks.urls = vec![hook];
+        })
+        .await;
         let api = Api::new(&s);
         let ann_r = calls::record(&api, &ann, answered).await;
         let ben_r = calls::record(&api, &ben, answered).await;
@@ -221,6 +228,33 @@ async fn calls_going_on_when_the_server_is_killed_are_in_the_history_after() {
             calls::record(&api, &dan, ringing).await["outcome"],
             "cancelled"
         );
+        // Integrations learn that both calls ended, as a shutdown would say.
+        let ended = |id: i64| {
+            hooks
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e["event"] == "call_ended" && e["call"]["id"] == id)
+                .cloned()
+        };
+        for _ in 0..100 {
+            if ended(answered).is_some() && ended(ringing).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let e = ended(answered).expect("call_ended for the answered call");
+        assert_eq!(e["call"]["state"], "ended", "{e}");
+        assert_eq!(e["call"]["ended_at"], ann_r["ended_at"], "{e}");
+        let states: Vec<&str> = e["call"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["left", "left"], "{e}");
+        let e = ended(ringing).expect("call_ended for the ringing call");
+        assert_eq!(e["call"]["members"][1]["state"], "cancelled", "{e}");
         // Once each, and new calls take new ids.
         assert_eq!(calls::history(&api, &ann).await.len(), 1);
         assert_eq!(calls::history(&api, &dan).await.len(), 1);
@@ -237,4 +271,28 @@ async fn calls_going_on_when_the_server_is_killed_are_in_the_history_after() {
     })
     .await
     .expect("test timed out");
+}
+
+/// A webhook receiver on loopback: the bodies it got.
+async fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let into = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let into = into.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    into.lock().unwrap().push(v);
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), got)
 }

@@ -77,6 +77,13 @@ macro_rules! numeric_id {
             }
         }
 
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
         impl FromStr for $name {
             type Err = IdParseError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -103,6 +110,15 @@ numeric_id!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_round_trip_through_json() {
+        let json = serde_json::to_string(&ParticipantId(7)).expect("json");
+        assert_eq!(json, "\"PA7\"");
+        let back: ParticipantId = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, ParticipantId(7));
+        assert!(serde_json::from_str::<ParticipantId>("\"TR7\"").is_err());
+    }
 
     #[test]
     fn ids_round_trip() {

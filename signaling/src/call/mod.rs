@@ -12,7 +12,7 @@ pub mod state;
 use serde::{Deserialize, Serialize};
 
 pub use service::CallsHandle;
-pub use state::{Call, CallError, Calls, Event, Notice, Output, Person, Record};
+pub use state::{Call, CallError, Calls, Event, Notice, OpenCall, Output, Person, Record};
 
 /// The prefix of every call room's name: `call-<call id>`.
 pub const ROOM_PREFIX: &str = "call-";

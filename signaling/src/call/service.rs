@@ -21,7 +21,7 @@ use vela_media::MediaHandle;
 use vela_media::core::{LeaveReason, ParticipantId};
 
 use super::is_call_room;
-use super::state::{Call, CallError, Calls, ChatMessage, Invitee, Output, Person};
+use super::state::{Call, CallError, Calls, ChatMessage, Invitee, Notice, Output, Person};
 use crate::api_error::ApiError;
 use crate::hub::Hub;
 use crate::ids::{AccountId, CallId, DeviceId, now_ms};
@@ -60,13 +60,17 @@ impl CallsHandle {
     ) -> Result<(CallsHandle, JoinHandle<()>), crate::store::StoreError> {
         let recovered = store.recover_open_calls(now_ms()).await?;
         if !recovered.is_empty() {
-            let calls: std::collections::BTreeSet<CallId> =
-                recovered.iter().map(|r| r.record.call_id).collect();
             tracing::warn!(
-                calls = calls.len(),
-                entries = recovered.len(),
+                calls = recovered.len(),
+                entries = recovered.iter().map(|c| c.stored.len()).sum::<usize>(),
                 "recorded calls that a crash interrupted"
             );
+        }
+        for c in recovered {
+            // Integrations learn that these calls are over.
+            webhooks.call(Notice::Ended {
+                call: Box::new(super::state::interrupted(c.call, c.ended_at)),
+            });
         }
         let first = store.next_call_id().await?;
         let calls = Calls::new(
@@ -365,7 +369,7 @@ async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
             Output::Notice(n) => webhooks.call(n),
             Output::Journal(id, open) => {
                 let kept = match open {
-                    Some(records) => store.put_open_call(id, &records, now_ms()).await,
+                    Some(open) => store.put_open_call(id, &open, now_ms()).await,
                     None => store.remove_open_call(id).await,
                 };
                 if let Err(e) = kept {

@@ -66,7 +66,7 @@ pub struct Invitee {
 }
 
 /// Where a member stands in a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberState {
     /// Being rung.
@@ -89,7 +89,7 @@ pub enum MemberState {
 }
 
 /// One account in a call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {
     /// Who.
     #[serde(flatten)]
@@ -126,7 +126,7 @@ pub struct Member {
 }
 
 /// Where a call stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {
     /// Nobody has answered yet.
@@ -154,8 +154,9 @@ pub struct ChatMessage {
     pub sent_at: i64,
 }
 
-/// A call, as its members see it.
-#[derive(Debug, Clone, Serialize)]
+/// A call, as its members see it (read back, it lacks what is not shown:
+/// the chat, each member's devices and deadlines).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Call {
     /// The call.
     pub id: CallId,
@@ -318,12 +319,21 @@ pub enum Output {
     Kick(ParticipantId),
     /// Tell integrations (webhooks).
     Notice(Notice),
-    /// Call `id` changed: keep, durably, the history entries its members
-    /// would get if it ended now (`ended_at` the last moment known), so a
-    /// crash does not lose the call; `None` once it has ended (its entries
-    /// went out as [`Output::Record`] before this). Comes after the
-    /// outputs of the same change.
-    Journal(CallId, Option<Vec<Record>>),
+    /// Call `id` changed: keep it durably, so a crash does not lose it;
+    /// `None` once it has ended (its entries went out as
+    /// [`Output::Record`] before this). Comes after the outputs of the same
+    /// change.
+    Journal(CallId, Option<Box<OpenCall>>),
+}
+
+/// A call going on, as kept against a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenCall {
+    /// The call as its members see it (for the `call_ended` webhook).
+    pub call: Call,
+    /// The history entries its members would get if it ended now
+    /// (`ended_at` the last moment known).
+    pub records: Vec<Record>,
 }
 
 /// A call event for integrations (webhooks): once per happening, not per device.
@@ -424,7 +434,12 @@ impl Calls {
             .calls
             .get(&id)
             .filter(|c| c.state != CallState::Ended)
-            .map(open_records);
+            .map(|c| {
+                Box::new(OpenCall {
+                    call: c.clone(),
+                    records: open_records(c),
+                })
+            });
         Some(Output::Journal(id, open))
     }
 
@@ -1114,20 +1129,7 @@ impl Calls {
             return;
         };
         let m = &mut call.members[i];
-        m.state = match outcome {
-            Outcome::Answered => MemberState::Left,
-            Outcome::Missed => MemberState::Missed,
-            Outcome::Declined => MemberState::Declined,
-            Outcome::Busy => MemberState::Busy,
-            Outcome::Filtered => MemberState::Filtered,
-            Outcome::Cancelled | Outcome::Unavailable => {
-                if m.state == MemberState::Joined {
-                    MemberState::Left
-                } else {
-                    MemberState::Cancelled
-                }
-            }
-        };
+        m.state = ended_state(outcome, m.state);
         m.ring_deadline = None;
         m.join_deadline = None;
         m.connection = None;
@@ -1249,6 +1251,34 @@ fn record(call: &Call, i: usize, outcome: Outcome, now: i64) -> Record {
         device_id: m.answered_device,
         handed_over_to: m.moves.clone(),
     }
+}
+
+/// Where a member in `state` stands once their part ended with `outcome`.
+fn ended_state(outcome: Outcome, state: MemberState) -> MemberState {
+    match outcome {
+        Outcome::Answered => MemberState::Left,
+        Outcome::Missed => MemberState::Missed,
+        Outcome::Declined => MemberState::Declined,
+        Outcome::Busy => MemberState::Busy,
+        Outcome::Filtered => MemberState::Filtered,
+        Outcome::Cancelled | Outcome::Unavailable if state == MemberState::Joined => {
+            MemberState::Left
+        }
+        Outcome::Cancelled | Outcome::Unavailable => MemberState::Cancelled,
+    }
+}
+
+/// `call` (as kept in an [`OpenCall`]) ended by a crash at `at`: as a
+/// shutdown then would have left it.
+pub fn interrupted(mut call: Call, at: i64) -> Call {
+    call.state = CallState::Ended;
+    call.ended_at = Some(at);
+    for i in 0..call.members.len() {
+        if let Some(outcome) = ending_outcome(&call, &call.members[i]) {
+            call.members[i].state = ended_state(outcome, call.members[i].state);
+        }
+    }
+    call
 }
 
 /// How the call ends for `m` if it ends now (`None`: their part is over).

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::call::{Allow, CallSettings, Direction, Outcome, Person, Record};
+use crate::call::{Allow, Call, CallSettings, Direction, OpenCall, Outcome, Person, Record};
 use crate::ids::{AccountId, CallId, CallRecordId, DeviceId};
 
 /// A stored history entry.
@@ -18,6 +18,17 @@ pub struct CallRecord {
     pub record: Record,
     /// `ended_at - answered_at` in ms (0 when never answered).
     pub duration_ms: i64,
+}
+
+/// A call a crash interrupted, recorded at the next start.
+#[derive(Debug)]
+pub struct InterruptedCall {
+    /// The call as it was last kept.
+    pub call: Call,
+    /// When it ended: the server's last heartbeat, or its last change.
+    pub ended_at: i64,
+    /// The history entries stored for it.
+    pub stored: Vec<CallRecord>,
 }
 
 row! {
@@ -158,19 +169,17 @@ impl Store {
         Ok(CallId(max.unwrap_or(0) + 1))
     }
 
-    /// Keeps what call `id`'s members would get in their history if it
-    /// ended now (replacing what was kept before).
+    /// Keeps call `id` as it is now (replacing what was kept before).
     pub async fn put_open_call(
         &self,
         id: CallId,
-        records: &[Record],
+        open: &OpenCall,
         now: i64,
     ) -> Result<(), StoreError> {
-        let json =
-            serde_json::to_string(records).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(open).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO open_calls (call_id, records, updated_at) VALUES (?, ?, ?)
-             ON CONFLICT (call_id) DO UPDATE SET records = excluded.records,
+            "INSERT INTO open_calls (call_id, body, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (call_id) DO UPDATE SET body = excluded.body,
                                                  updated_at = excluded.updated_at",
         )
         .bind(id.0)
@@ -194,26 +203,30 @@ impl Store {
     /// when the server was last known running (or its last change, if
     /// later; never after `now`). Entries already stored (a crash between
     /// a call's end and its row's removal) are not stored twice, so this
-    /// can run again after being interrupted. Returns the entries stored.
-    pub async fn recover_open_calls(&self, now: i64) -> Result<Vec<CallRecord>, StoreError> {
-        let alive = self.last_alive().await?;
+    /// can run again after being interrupted. Returns each call as it was
+    /// kept, when it ended, and the entries stored.
+    pub async fn recover_open_calls(&self, now: i64) -> Result<Vec<InterruptedCall>, StoreError> {
+        let alive = self.last_alive().await?.unwrap_or(0);
         let rows: Vec<(i64, String, i64)> =
-            sqlx::query_as("SELECT call_id, records, updated_at FROM open_calls ORDER BY call_id")
+            sqlx::query_as("SELECT call_id, body, updated_at FROM open_calls ORDER BY call_id")
                 .fetch_all(&self.pool)
                 .await?;
-        let mut stored = Vec::new();
+        let mut calls = Vec::new();
         for (call_id, json, updated_at) in rows {
-            let records: Vec<Record> = match serde_json::from_str(&json) {
-                Ok(r) => r,
+            let open: OpenCall = match serde_json::from_str(&json) {
+                Ok(o) => o,
                 Err(e) => {
                     // Unreadable: keep the row for a person to look at, go on.
                     tracing::error!(call = call_id, error = %e, "cannot read an open call");
                     continue;
                 }
             };
-            for mut r in records {
-                let ended = r.ended_at.max(updated_at).max(alive.unwrap_or(0)).min(now);
-                r.ended_at = ended.max(r.started_at).max(r.answered_at.unwrap_or(0));
+            let last = open.records.iter().map(|r| r.ended_at).max().unwrap_or(0);
+            // Never after the restart, never before what the call knew of.
+            let ended_at = last.max(updated_at).max(alive).min(now).max(last);
+            let mut stored = Vec::new();
+            for mut r in open.records {
+                r.ended_at = ended_at.max(r.started_at).max(r.answered_at.unwrap_or(0));
                 // Skipped: entries already stored, and accounts deleted since.
                 let (account, already): (bool, bool) = sqlx::query_as(
                     "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?),
@@ -231,8 +244,13 @@ impl Store {
                 }
             }
             self.remove_open_call(CallId(call_id)).await?;
+            calls.push(InterruptedCall {
+                call: open.call,
+                ended_at,
+                stored,
+            });
         }
-        Ok(stored)
+        Ok(calls)
     }
 
     /// Stores a history entry; missed calls start unseen.

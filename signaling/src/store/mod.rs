@@ -48,7 +48,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 pub use accounts::{RefreshOutcome, SessionState, StoredPresence};
-pub use calls::CallRecord;
+pub use calls::{CallRecord, InterruptedCall};
 pub use contacts::{ContactChanges, ContactWriteError};
 
 /// Why a store operation failed.

@@ -2,10 +2,11 @@
 
 use super::*;
 use crate::account::Role;
-use crate::call::{Direction, Outcome, Record};
+use crate::call::state::Invitee;
+use crate::call::{Calls, OpenCall, Output, Person};
 use crate::contact::{ContactBody, ContactFields, ContactFilter};
 use crate::device::DeviceKind;
-use crate::ids::{AccountId, CallId, ContactId};
+use crate::ids::{AccountId, CallId, ContactId, DeviceId};
 
 fn fields(name: &str) -> ContactFields {
     ContactBody {
@@ -310,24 +311,35 @@ async fn concurrent_writers_on_a_file_queue_and_one_edit_wins() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn open_record(account: AccountId, call: i64, started: i64, answered: Option<i64>) -> Record {
-    Record {
-        account_id: account,
-        call_id: CallId(call),
-        direction: Direction::Incoming,
-        video: false,
-        participants: vec![],
-        started_at: started,
-        answered_at: answered,
-        ended_at: answered.unwrap_or(started),
-        outcome: if answered.is_some() {
-            Outcome::Answered
-        } else {
-            Outcome::Cancelled
-        },
-        device_id: None,
-        handed_over_to: vec![],
+/// Call `id` from `a` to `b` placed at `at` (and answered at `answered`),
+/// as the calls machine keeps it.
+fn open_call(id: i64, a: AccountId, b: AccountId, at: i64, answered: Option<i64>) -> OpenCall {
+    let minute = std::time::Duration::from_secs(60);
+    let mut calls = Calls::new(CallId(id), minute, minute, 8);
+    let person = |x: AccountId| Person {
+        account_id: x,
+        username: format!("u{}", x.0),
+        display_name: String::new(),
+    };
+    let invitee = Invitee {
+        person: person(b),
+        filtered: false,
+    };
+    calls
+        .handle_invite(at, person(a), DeviceId(1), vec![invitee], false)
+        .expect("invite");
+    if let Some(t) = answered {
+        calls
+            .handle_accept(t, CallId(id), b, DeviceId(2), None)
+            .expect("accept");
     }
+    std::iter::from_fn(|| calls.poll_output())
+        .filter_map(|o| match o {
+            Output::Journal(_, Some(open)) => Some(*open),
+            _ => None,
+        })
+        .last()
+        .expect("journaled")
 }
 
 #[tokio::test]
@@ -335,36 +347,42 @@ async fn calls_a_crash_left_open_become_history_once() {
     let s = Store::open(":memory:").await.expect("open");
     let a = account(&s, "ann").await;
     let b = account(&s, "bob").await;
-    // Call 7: ann answered at 1 500; call 8 rang for bob, replaced once, then
-    // ended normally (its row removed).
-    s.put_open_call(CallId(7), &[open_record(a, 7, 1_000, Some(1_500))], 1_600)
+    // Call 7: answered at 1 500; call 8 rang, was kept twice, then ended
+    // normally (its row removed).
+    s.put_open_call(CallId(7), &open_call(7, a, b, 1_000, Some(1_500)), 1_600)
         .await
         .expect("put");
-    s.put_open_call(CallId(8), &[open_record(b, 8, 2_000, None)], 2_000)
+    let ringing = open_call(8, a, b, 2_000, None);
+    s.put_open_call(CallId(8), &ringing, 2_000)
         .await
         .expect("put");
-    s.put_open_call(CallId(8), &[open_record(b, 8, 2_000, None)], 2_100)
+    s.put_open_call(CallId(8), &ringing, 2_100)
         .await
         .expect("replace");
     s.remove_open_call(CallId(8)).await.expect("remove");
-    // Call 9: bob's entry was stored, then the crash came before its row went.
-    let r9 = open_record(b, 9, 3_000, Some(3_100));
-    s.put_open_call(CallId(9), std::slice::from_ref(&r9), 3_100)
-        .await
-        .expect("put");
-    s.add_call_record(&r9).await.expect("stored");
+    // Call 9: Bob's entry was stored, then the crash came before the row went.
+    let nine = open_call(9, a, b, 3_000, Some(3_100));
+    s.put_open_call(CallId(9), &nine, 3_100).await.expect("put");
+    let bobs = nine
+        .records
+        .iter()
+        .find(|r| r.account_id == b)
+        .expect("bob's");
+    s.add_call_record(bobs).await.expect("stored");
     assert_eq!(s.next_call_id().await.expect("next"), CallId(10));
     s.mark_alive(60_000).await.expect("alive");
 
-    let stored = s.recover_open_calls(100_000).await.expect("recover");
-    // Only call 7, ended at the last heartbeat.
-    assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].record.call_id, CallId(7));
-    assert_eq!(stored[0].record.ended_at, 60_000);
-    assert_eq!(stored[0].duration_ms, 58_500);
-    let history = s.call_history(a, None, 10).await.expect("history");
-    assert_eq!(history.len(), 1);
-    assert_eq!(s.call_history(b, None, 10).await.expect("history").len(), 1);
+    let calls = s.recover_open_calls(100_000).await.expect("recover");
+    // Calls 7 and 9, ended at the last heartbeat; of call 9 only Ann's entry.
+    let ids: Vec<CallId> = calls.iter().map(|c| c.call.id).collect();
+    assert_eq!(ids, vec![CallId(7), CallId(9)]);
+    assert!(calls.iter().all(|c| c.ended_at == 60_000));
+    assert_eq!(calls[0].stored.len(), 2);
+    assert!(calls[0].stored.iter().all(|r| r.duration_ms == 58_500));
+    assert_eq!(calls[1].stored.len(), 1);
+    assert_eq!(calls[1].stored[0].record.account_id, a);
+    assert_eq!(s.call_history(a, None, 10).await.expect("history").len(), 2);
+    assert_eq!(s.call_history(b, None, 10).await.expect("history").len(), 2);
     // Nothing is left to recover; the ids stay past every call.
     assert!(
         s.recover_open_calls(200_000)
@@ -379,23 +397,22 @@ async fn calls_a_crash_left_open_become_history_once() {
 async fn an_open_call_ends_no_later_than_the_restart() {
     let s = Store::open(":memory:").await.expect("open");
     let a = account(&s, "ann").await;
-    // A heartbeat from a clock that was ahead: the entry still ends by `now`,
+    let b = account(&s, "bob").await;
+    // A heartbeat from a clock that was ahead: the call still ends by `now`,
     // and never before it was answered.
     s.mark_alive(90_000).await.expect("alive");
-    s.put_open_call(CallId(1), &[open_record(a, 1, 1_000, Some(5_000))], 5_000)
+    s.put_open_call(CallId(1), &open_call(1, a, b, 1_000, Some(5_000)), 5_000)
         .await
         .expect("put");
-    let stored = s.recover_open_calls(20_000).await.expect("recover");
-    assert_eq!(stored[0].record.ended_at, 20_000);
-    s.put_open_call(
-        CallId(2),
-        &[open_record(a, 2, 30_000, Some(40_000))],
-        40_000,
-    )
-    .await
-    .expect("put");
-    let stored = s.recover_open_calls(20_000).await.expect("recover");
-    assert_eq!(stored[0].record.ended_at, 40_000);
+    let calls = s.recover_open_calls(20_000).await.expect("recover");
+    assert_eq!(calls[0].ended_at, 20_000);
+    assert_eq!(calls[0].stored[0].record.ended_at, 20_000);
+    s.put_open_call(CallId(2), &open_call(2, a, b, 30_000, Some(40_000)), 40_000)
+        .await
+        .expect("put");
+    let calls = s.recover_open_calls(20_000).await.expect("recover");
+    assert_eq!(calls[0].ended_at, 40_000);
+    assert_eq!(calls[0].stored[0].record.ended_at, 40_000);
 }
 
 #[tokio::test]

@@ -676,10 +676,11 @@ fn accepting_while_in_another_call_is_refused() {
     ));
 }
 
-/// The last journal output for call `id` in `out` (`Some(None)`: it ended).
+/// The records of the last journal output for call `id` in `out`
+/// (`Some(None)`: it ended).
 fn journal(out: &[Output], id: CallId) -> Option<Option<Vec<Record>>> {
     out.iter().rev().find_map(|o| match o {
-        Output::Journal(j, open) if *j == id => Some(open.clone()),
+        Output::Journal(j, open) if *j == id => Some(open.as_ref().map(|o| o.records.clone())),
         _ => None,
     })
 }
@@ -732,6 +733,27 @@ fn a_call_going_on_is_journaled_as_the_history_it_would_leave() {
     assert_eq!(a.outcome, Outcome::Answered);
     // Ended at the last moment the call knows of (the answer), at least.
     assert!(open.iter().all(|r| r.ended_at == T0 + 2_000));
+    // The call as kept reads back, and a crash ends it as a shutdown would.
+    let kept = out
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Journal(_, Some(open)) => Some(open.clone()),
+            _ => None,
+        })
+        .expect("kept");
+    let json = serde_json::to_string(&kept).expect("json");
+    let back: OpenCall = serde_json::from_str(&json).expect("read back");
+    assert_eq!(back.records, open);
+    let ended = interrupted(back.call, T0 + 5_000);
+    assert_eq!(ended.state, CallState::Ended);
+    assert_eq!(ended.ended_at, Some(T0 + 5_000));
+    let states: Vec<MemberState> = ended.members.iter().map(|m| m.state).collect();
+    assert_eq!(
+        states,
+        vec![MemberState::Left, MemberState::Left, MemberState::Declined]
+    );
+    assert_eq!(ended.members[1].participant_id, Some(ParticipantId(2)));
 
     // A chat message changes nothing a history entry holds: no journal.
     c.handle_message(T0 + 4_000, id, B, DB2, "hi".into())
