@@ -220,12 +220,12 @@ async fn apply(store: &Store, hub: &Hub, change: Change) {
             tracing::error!(account = %change.account, error = %e, "cannot store last seen");
         }
     } else if change.previous == Status::Offline
+        // Marked so that a crash leaves a last-seen time (the next start's
+        // `Store::recover_presence`).
         && let Err(e) = store
             .set_present(change.account, wall_ms(change.last_active))
             .await
     {
-        // Marked so that a crash leaves a last-seen time (the next start's
-        // `Store::recover_presence`).
         tracing::error!(account = %change.account, error = %e, "cannot store presence");
     }
     publish(store, hub, change.account, change.status).await;
