@@ -303,11 +303,12 @@ fn keyframe_rids(p: &Publication) -> Vec<Option<str0m::media::Rid>> {
 /// the m-line's own sequence numbers, carrying the publisher's audio level.
 fn write_audio(
     sub: &mut Peer,
-    mid: Mid,
+    s: &mut Subscriber,
     pt: Pt,
     time: MediaTime,
     data: &MediaData,
 ) -> Result<(), RtcError> {
+    let mid = s.mid;
     let seq = sub
         .subscriptions
         .iter_mut()
@@ -319,21 +320,31 @@ fn write_audio(
         voice_activity: data.ext_vals.voice_activity,
         ..Default::default()
     };
+    let rtp = RtpWrite::new(
+        pt,
+        seq,
+        time.numer() as u32,
+        data.network_time,
+        data.data.clone(),
+    )
+    .marker(data.audio_start_of_talk_spurt)
+    .ext_vals(ext);
     let mut api = sub.rtc.direct_api();
-    let tx = api
-        .stream_tx_by_mid(mid, None)
-        .ok_or(RtcError::NoSenderSource)?;
-    tx.write_rtp(
-        RtpWrite::new(
-            pt,
-            seq,
-            time.numer() as u32,
-            data.network_time,
-            data.data.clone(),
-        )
-        .marker(data.audio_start_of_talk_spurt)
-        .ext_vals(ext),
-    );
+    // By SSRC, one hash lookup, while the cached stream still serves the
+    // m-line; str0m finds one by m-line only by walking all send streams.
+    let cached = s
+        .tx_ssrc
+        .and_then(|ssrc| api.stream_tx(&ssrc))
+        .filter(|tx| tx.mid() == mid && tx.rid().is_none());
+    if let Some(tx) = cached {
+        tx.write_rtp(rtp);
+    } else {
+        let tx = api
+            .stream_tx_by_mid(mid, None)
+            .ok_or(RtcError::NoSenderSource)?;
+        s.tx_ssrc = Some(tx.ssrc());
+        tx.write_rtp(rtp);
+    }
     sub.audio_unsent += 1;
     Ok(())
 }
@@ -1660,7 +1671,7 @@ impl Sfu {
             let written = if direct {
                 // An audio frame is one RTP packet: written straight to the
                 // send stream, it skips str0m's payloader and its copy.
-                write_audio(sub, s.mid, pt, time, &data)
+                write_audio(sub, s, pt, time, &data)
             } else if let Some(w) = sub.rtc.writer(s.mid) {
                 w.write(pt, data.network_time, time, data.data.clone())
             } else {

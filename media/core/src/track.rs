@@ -4,7 +4,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, MediaTime, Mid, Pt, Rid};
-use str0m::rtp::SeqNo;
+use str0m::rtp::{SeqNo, Ssrc};
 
 use crate::id::{ParticipantId, TrackId};
 use crate::signal::TrackInfo;
@@ -157,6 +157,8 @@ pub(crate) struct Subscriber {
     /// per packet cost nearly as much as the audio write itself. The epoch
     /// keys it too, since a handover's new device may number codecs its own way.
     pub pt_map: Option<(u32, Pt, Pt)>,
+    /// The SSRC of `mid`'s send stream (audio, written directly).
+    pub tx_ssrc: Option<Ssrc>,
 }
 
 impl Subscriber {
@@ -171,6 +173,7 @@ impl Subscriber {
             last_out: None,
             epoch,
             pt_map: None,
+            tx_ssrc: None,
         }
     }
 

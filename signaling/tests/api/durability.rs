@@ -6,8 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-mod calls;
-mod common;
+use crate::calls;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod calls;
-mod common;
+use crate::calls;
+use crate::common;
 
 use calls::*;
 

@@ -1,7 +1,7 @@
 //! Every kind of bad input gets a clear error, and a call running beside it
 //! keeps going.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

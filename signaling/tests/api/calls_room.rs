@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod calls;
-mod common;
+use crate::calls;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-mod calls;
-mod common;
+use crate::calls;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod calls;
-mod common;
+use crate::calls;
+use crate::common;
 
 use std::time::Duration;
 

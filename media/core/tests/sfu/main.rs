@@ -1,0 +1,13 @@
+//! The SFU core driven by str0m clients in memory, without sockets: one test
+//! binary, so the suite links once instead of once per file.
+
+mod common;
+
+mod active_speaker;
+mod connect_timeout;
+mod handover;
+mod loss_repair;
+mod reconnect;
+mod room_service;
+mod simulcast;
+mod three_party;

@@ -1,0 +1,27 @@
+//! The service over its HTTP and WebSocket API, with synthetic str0m clients:
+//! one test binary, so the suite links once instead of once per file (the
+//! browser and network-namespace tests keep their own binaries).
+
+mod common;
+mod calls;
+
+mod accounts;
+mod bad_input;
+mod calls_filtering;
+mod calls_group;
+mod calls_outcomes;
+mod calls_races;
+mod calls_room;
+mod cli;
+mod contact_requests;
+mod contacts;
+mod devices;
+mod durability;
+mod presence;
+mod room_service;
+mod rooms_with_accounts;
+mod session_resume;
+mod shards;
+mod webhooks;
+mod whip_whep;
+mod ws_protocol;
