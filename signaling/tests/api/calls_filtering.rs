@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::calls;
-use crate::common;
 
 use std::time::Duration;
 

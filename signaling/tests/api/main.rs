@@ -2,8 +2,8 @@
 //! one test binary, so the suite links once instead of once per file (the
 //! browser and network-namespace tests keep their own binaries).
 
-mod common;
 mod calls;
+mod common;
 
 mod accounts;
 mod bad_input;
