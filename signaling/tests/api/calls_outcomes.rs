@@ -255,7 +255,7 @@ async fn a_callee_who_accepts_and_never_joins_the_room_leaves_the_call() {
         let mut a = socket(&s, &ann).await;
         let mut b = socket(&s, &ben).await;
         let id = call(&api, &ann, &[ben.account]).await;
-        let mut in_room = CallSession::join(&s, &ann.access, &format!("call-{id}"), None, false)
+        let mut in_room = join_room(&s, &ann.access, &format!("call-{id}"), None, false)
             .await
             .unwrap();
         act(&api, &ben, id, "accept").await.ok(200);
@@ -264,7 +264,7 @@ async fn a_callee_who_accepts_and_never_joins_the_room_leaves_the_call() {
         assert_eq!(ended(&mut b, id).await, "answered");
         assert_eq!(ended(&mut a, id).await, "answered");
         in_room.pump(Duration::from_millis(300)).await;
-        assert!(in_room.saw("left"), "ann is told to leave the room");
+        assert!(in_room.saw_type("left"), "ann is told to leave the room");
         let v = api
             .get(&format!("/api/v1/calls/{id}"), &ann.access)
             .await

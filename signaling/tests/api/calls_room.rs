@@ -60,34 +60,32 @@ async fn handover(shards: u16) {
     let room = v["room"].as_str().unwrap().to_owned();
     // Room tokens and strangers stay out; so does a device not in the call.
     let token = dev_token(&s, &room, "intruder").await;
-    let e = CallSession::join(&s, &token, &room, None, false)
+    let e = join_room(&s, &token, &room, None, false)
         .await
         .err()
         .unwrap();
     assert_eq!(e["code"], 403, "{e}");
-    let e = CallSession::join(&s, &cat.access, &room, None, false)
+    let e = join_room(&s, &cat.access, &room, None, false)
         .await
         .err()
         .unwrap();
     assert_eq!(e["code"], 403, "{e}");
-    let e = CallSession::join(&s, &ben.access, &room, None, false)
+    let e = join_room(&s, &ben.access, &room, None, false)
         .await
         .err()
         .unwrap();
     assert_eq!(e["code"], 403, "not answered yet: {e}");
 
-    let mut ann_s = CallSession::join(&s, &ann.access, &room, None, false)
+    let mut ann_s = join_room(&s, &ann.access, &room, None, false)
         .await
         .unwrap();
     act(&api, &ben, id, "accept").await.ok(200);
-    let e = CallSession::join(&s, &ben_desk.access, &room, None, true)
+    let e = join_room(&s, &ben_desk.access, &room, None, true)
         .await
         .err()
         .unwrap();
     assert_eq!(e["code"], 403, "the call is on the phone: {e}");
-    let mut phone = CallSession::join(&s, &ben.access, &room, None, true)
-        .await
-        .unwrap();
+    let mut phone = join_room(&s, &ben.access, &room, None, true).await.unwrap();
     assert_eq!(
         s.media.shard_of_room(&RoomId::new(&room).unwrap()),
         Some(usize::from(shards) - 1)
@@ -116,13 +114,13 @@ async fn handover(shards: u16) {
         .to_owned();
     // Only one's own participant can be taken over.
     let ann_pid = ann_s.id.clone();
-    let e = CallSession::join(&s, &ben_desk.access, &room, Some(&ann_pid), true)
+    let e = join_room(&s, &ben_desk.access, &room, Some(&ann_pid), true)
         .await
         .err()
         .unwrap();
     assert_eq!(e["code"], 403, "{e}");
 
-    let mut desk = CallSession::join(&s, &ben_desk.access, &room, Some(&pid), true)
+    let mut desk = join_room(&s, &ben_desk.access, &room, Some(&pid), true)
         .await
         .unwrap();
     assert_eq!(desk.joined["participant"]["id"], pid.as_str());
@@ -141,7 +139,7 @@ async fn handover(shards: u16) {
             longest = longest.max(last.0.elapsed());
             last = (Instant::now(), frames);
         }
-        if phone.saw("left") && watch.elapsed() > Duration::from_secs(3) {
+        if phone.saw_type("left") && watch.elapsed() > Duration::from_secs(3) {
             break;
         }
     }
@@ -153,7 +151,7 @@ async fn handover(shards: u16) {
         Some("handed_over".into())
     );
     assert!(
-        !ann_s.saw("participant_left"),
+        !ann_s.saw_type("participant_left"),
         "ann saw ben leave: {:?}",
         ann_s.seen
     );
@@ -176,7 +174,7 @@ async fn handover(shards: u16) {
     assert_eq!(record(&api, &ann, id).await["outcome"], "answered");
     ann_s.pump(Duration::from_millis(300)).await;
     assert!(
-        ann_s.saw("left"),
+        ann_s.saw_type("left"),
         "ann's session is closed when the call ends"
     );
     s.shutdown().await;

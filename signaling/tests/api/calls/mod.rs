@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use vela_signaling::RunningServer;
 
-use crate::common::{Api, DeviceClient, Login, Seen, start_with};
+use crate::common::{Api, DeviceClient, Login, Seen, SessionClient, start_with};
 
 pub const PW: &str = "correct horse battery";
 
@@ -117,84 +117,14 @@ pub fn member_state(call: &Value, account: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A room session of a signed-in device with a str0m connection.
-pub struct CallSession {
-    pub ws: crate::common::Ws,
-    pub id: String,
-    pub joined: Value,
-    pub peer: crate::common::Peer,
-    offers: tokio::sync::mpsc::UnboundedSender<str0m::change::SdpOffer>,
-    answers: tokio::sync::mpsc::UnboundedReceiver<str0m::change::SdpAnswer>,
-    pub seen: Vec<Value>,
-}
-
-impl CallSession {
-    /// Joins `room` with an access token (taking over `take_over`, if
-    /// given) and starts media; `Err` carries the server's `error`.
-    pub async fn join(
-        s: &RunningServer,
-        token: &str,
-        room: &str,
-        take_over: Option<&str>,
-        publish: bool,
-    ) -> Result<CallSession, Value> {
-        use str0m::change::SdpAnswer;
-        let mut ws = crate::common::Ws::connect(s).await;
-        let mut msg = json!({"type": "join", "token": token, "room": room});
-        if let Some(t) = take_over {
-            msg["take_over"] = t.into();
-        }
-        ws.send(msg).await;
-        let first = ws.recv().await.expect("an answer to join");
-        if first["type"] != "joined" {
-            return Err(first);
-        }
-        let id = first["participant"]["id"].as_str().unwrap().to_owned();
-        let (offer, pending) = crate::common::Peer::session(publish).await;
-        ws.send(json!({"type": "offer", "sdp": offer.to_sdp_string()}))
-            .await;
-        let answer = ws.expect("answer").await;
-        let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
-        let (otx, orx) = tokio::sync::mpsc::unbounded_channel();
-        let (atx, arx) = tokio::sync::mpsc::unbounded_channel();
-        let peer = pending.start(answer, (orx, atx));
-        Ok(CallSession {
-            ws,
-            id,
-            joined: first,
-            peer,
-            offers: otx,
-            answers: arx,
-            seen: Vec::new(),
-        })
-    }
-
-    /// Handles signaling for up to `d`: answers server offers, records events.
-    pub async fn pump(&mut self, d: Duration) {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::tungstenite::Message;
-        let end = tokio::time::Instant::now() + d;
-        loop {
-            tokio::select! {
-                m = self.ws.inner.next() => {
-                    let Some(Ok(Message::Text(t))) = m else { return };
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["type"] == "offer" {
-                        let o = str0m::change::SdpOffer::from_sdp_string(v["sdp"].as_str().unwrap()).unwrap();
-                        let _ = self.offers.send(o);
-                    }
-                    self.seen.push(v);
-                }
-                Some(a) = self.answers.recv() => {
-                    self.ws.send(json!({"type": "answer", "sdp": a.to_sdp_string()})).await;
-                }
-                _ = tokio::time::sleep_until(end) => return,
-            }
-        }
-    }
-
-    /// Whether a message of type `ty` was seen.
-    pub fn saw(&self, ty: &str) -> bool {
-        self.seen.iter().any(|v| v["type"] == ty)
-    }
+/// Joins the room `room` with an account's access token (taking over
+/// `take_over`, if given) and starts media; `Err` carries the server's `error`.
+pub async fn join_room(
+    s: &RunningServer,
+    token: &str,
+    room: &str,
+    take_over: Option<&str>,
+    publish: bool,
+) -> Result<SessionClient, Value> {
+    SessionClient::join_room(s, token, Some(room), take_over, publish).await
 }

@@ -422,9 +422,28 @@ impl SessionClient {
         token: &str,
         publish: bool,
     ) -> Result<SessionClient, serde_json::Value> {
+        SessionClient::join_room(s, token, None, None, publish).await
+    }
+
+    /// Joins with `token`, naming `room` (an account token names none) and
+    /// the participant to take over, if given, and starts media; `Err` is
+    /// the server's refusal.
+    pub async fn join_room(
+        s: &RunningServer,
+        token: &str,
+        room: Option<&str>,
+        take_over: Option<&str>,
+        publish: bool,
+    ) -> Result<SessionClient, serde_json::Value> {
         let mut ws = Ws::connect(s).await;
-        ws.send(serde_json::json!({"type": "join", "token": token}))
-            .await;
+        let mut msg = serde_json::json!({"type": "join", "token": token});
+        if let Some(r) = room {
+            msg["room"] = r.into();
+        }
+        if let Some(t) = take_over {
+            msg["take_over"] = t.into();
+        }
+        ws.send(msg).await;
         let joined = ws.recv().await.unwrap_or_default();
         if joined["type"] != "joined" {
             return Err(joined);
@@ -475,6 +494,12 @@ impl SessionClient {
         }
     }
 
+    /// Whether a message of type `ty` was seen.
+    pub fn saw_type(&self, ty: &str) -> bool {
+        self.seen.iter().any(|v| v["type"] == ty)
+    }
+
+    /// Whether a message of type `ty` with `field` equal to `value` was seen.
     pub fn saw(&self, ty: &str, field: &str, value: &str) -> bool {
         self.seen
             .iter()
