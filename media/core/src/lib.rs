@@ -13,6 +13,7 @@
 //! [`Output::Timeout`]. Call [`Sfu::handle_timeout`] no later than that
 //! instant.
 
+mod dtls;
 mod error;
 mod id;
 mod layer_selector;

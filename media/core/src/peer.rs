@@ -88,11 +88,13 @@ pub(crate) struct Peer {
 /// One DTLS certificate serves all peers (its fingerprint goes in each SDP
 /// answer, which is all DTLS-SRTP needs): generating a key pair and a
 /// certificate per join cost CPU at every join and memory for every peer.
-/// The crypto provider is resolved once instead of per `Rtc`.
+/// The crypto provider is resolved once instead of per `Rtc`, and its DTLS
+/// configuration is validated once instead of per peer (see `dtls`).
 pub(crate) fn rtc_config(bandwidth_estimation: bool) -> RtcConfig {
-    let provider = CryptoProvider::get_default()
+    let mut provider = CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(str0m::crypto::from_feature_flags);
+    provider.dtls_provider = crate::dtls::shared(provider.dtls_provider);
     let cert = provider.dtls_provider.generate_certificate();
     let mut builder = Rtc::builder()
         .set_crypto_provider(Arc::new(provider))
