@@ -136,6 +136,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         s.datagrams_malformed,
     );
     put(
+        "media_undecodable_total",
+        "counter",
+        "Received media frames dropped: their payload could not be depacketized.",
+        s.media_undecodable,
+    );
+    put(
         "datagrams_unrouted_total",
         "counter",
         "Datagrams dropped: no participant owns their source.",

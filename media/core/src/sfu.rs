@@ -1370,6 +1370,19 @@ impl Sfu {
                     }
                     _ => {}
                 },
+                // A frame whose payload its codec does not allow (str0m's
+                // depacketizer refused it, and dropped it): that frame is
+                // lost, not the connection. A video decoder then needs a
+                // keyframe.
+                Err(RtcError::Packet(mid, pt, e)) => {
+                    self.stats.media_undecodable += 1;
+                    tracing::debug!(participant = %pid, %mid, %pt, error = %e, "undecodable frame dropped");
+                    if let Some(p) = peer.publication_by_mid(mid)
+                        && p.kind == MediaKind::Video
+                    {
+                        self.actions.push(Action::Keyframe(p.id));
+                    }
+                }
                 Err(e) => {
                     tracing::info!(participant = %pid, error = %e, "connection failed");
                     peer.closing.get_or_insert(LeaveReason::ConnectionLost);

@@ -13,6 +13,9 @@ pub struct SfuStats {
     pub datagrams_rejected: u64,
     /// Media frames received from publishers.
     pub media_received: u64,
+    /// Received frames that could not be depacketized (a payload its codec
+    /// does not allow), dropped.
+    pub media_undecodable: u64,
     /// Media frames written to subscribers.
     pub media_forwarded: u64,
     /// RTP packets of the frames received from publishers.
@@ -56,6 +59,7 @@ impl std::ops::AddAssign for SfuStats {
             datagrams_unrouted,
             datagrams_rejected,
             media_received,
+            media_undecodable,
             media_forwarded,
             packets_received,
             packets_forwarded,
@@ -76,6 +80,7 @@ impl std::ops::AddAssign for SfuStats {
         self.datagrams_unrouted += datagrams_unrouted;
         self.datagrams_rejected += datagrams_rejected;
         self.media_received += media_received;
+        self.media_undecodable += media_undecodable;
         self.media_forwarded += media_forwarded;
         self.packets_received += packets_received;
         self.packets_forwarded += packets_forwarded;

@@ -6,6 +6,7 @@ mod common;
 mod active_speaker;
 mod connect_timeout;
 mod handover;
+mod hostile_media;
 mod loss_repair;
 mod reconnect;
 mod room_service;

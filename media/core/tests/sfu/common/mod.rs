@@ -70,6 +70,8 @@ pub struct Client {
     force_keyframe: bool,
     /// The SSRC of each RTP packet the SFU sent it, in order.
     pub rtp_ssrcs: Vec<u32>,
+    /// Frames it received that could not be depacketized.
+    pub undecodable: u64,
 }
 
 impl Client {
@@ -281,6 +283,7 @@ impl World {
             frame: 0,
             force_keyframe: true,
             rtp_ssrcs: Vec::new(),
+            undecodable: 0,
         });
         self.clients.len() - 1
     }
@@ -433,7 +436,15 @@ impl World {
                     continue;
                 }
                 loop {
-                    match c.rtc.poll_output().unwrap() {
+                    let output = match c.rtc.poll_output() {
+                        // A frame that cannot be depacketized: a browser drops it.
+                        Err(str0m::RtcError::Packet(..)) => {
+                            c.undecodable += 1;
+                            continue;
+                        }
+                        other => other.unwrap(),
+                    };
+                    match output {
                         RtcOutput::Timeout(t) => {
                             c.timeout = t;
                             break;
