@@ -1,9 +1,10 @@
 //! A participant that sends hostile media over its own, valid SRTP session:
-//! random and malformed VP8, H264 and Opus payloads, unknown payload types,
-//! sequence numbers and timestamps that jump and repeat. The server parses
-//! those payloads (depacketizing, keyframe detection, audio levels), so
-//! this is where a crafted packet could take down a shard. It must not, and
-//! the others' call must go on.
+//! random and malformed VP8, H264 and Opus payloads, sequence numbers and
+//! timestamps that jump and repeat, MID and RID header extensions that
+//! claim other m-lines and layers never offered. The server parses those
+//! payloads (depacketizing, keyframe detection, audio levels) and routes by
+//! those extensions, so this is where a crafted packet could take down a
+//! shard. It must not, and the others' call must go on.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -66,13 +67,14 @@ fn hostile_payload(codec: Codec, n: &mut Noise) -> Vec<u8> {
 }
 
 /// Writes `count` hostile RTP packets on the client's m-line `mid`: random
-/// payload types among those negotiated (and some not), payloads shaped for
-/// the codec of the type, markers, sequence numbers and timestamps that
-/// jump, repeat and go backwards, and random audio levels.
+/// payload types among those negotiated, payloads shaped for the codec of
+/// the type, markers, sequence numbers and timestamps that jump, repeat and
+/// go backwards, random audio levels, and MID and RID header extensions
+/// that claim the `other` m-line or layers that do not exist.
 fn send_hostile(
     w: &mut World,
     client: usize,
-    mid: Mid,
+    (mid, other): (Mid, Mid),
     (seq, time): (&mut u64, &mut u32),
     count: usize,
     n: &mut Noise,
@@ -89,10 +91,8 @@ fn send_hostile(
     let mut api = c.rtc.direct_api();
     let tx = api.stream_tx_by_mid(mid, None).unwrap();
     for _ in 0..count {
-        let (pt, codec) = match n.below(10) {
-            0 => (Pt::from(n.below(128) as u8), Codec::Null),
-            _ => pts[n.below(pts.len() as u64) as usize],
-        };
+        // (A payload type the m-line lacks never leaves str0m's sender.)
+        let (pt, codec) = pts[n.below(pts.len() as u64) as usize];
         // Mostly forward, as a receiver accepts; sometimes back, repeated
         // or far ahead.
         *seq = match n.below(20) {
@@ -106,9 +106,16 @@ fn send_hostile(
             1 => time.wrapping_sub(3_000),
             _ => time.wrapping_add(n.below(2) as u32 * 3_000),
         };
+        // Once the server has reported on the SSRC, str0m stops writing
+        // the m-line's own MID and RID: these then claim other m-lines,
+        // simulcast layers never offered, or nothing known.
+        let claims = [other.to_string(), mid.to_string(), "zz9".into()];
+        let layers = ["q", "h", "f", "x", ""];
         let ext = ExtensionValues {
             audio_level: Some(-(n.below(128) as i8)),
             voice_activity: Some(n.below(2) == 0),
+            mid: (n.below(8) == 0).then(|| claims[n.below(3) as usize].as_str().into()),
+            rid: (n.below(8) == 0).then(|| layers[n.below(5) as usize].into()),
             ..Default::default()
         };
         let payload = hostile_payload(codec, n);
@@ -150,7 +157,7 @@ fn hostile_media_from_a_participant_harms_nobody() {
         send_hostile(
             &mut w,
             hostile,
-            video,
+            (video, audio),
             (&mut vseq, &mut vtime),
             40,
             &mut noise,
@@ -158,7 +165,7 @@ fn hostile_media_from_a_participant_harms_nobody() {
         send_hostile(
             &mut w,
             hostile,
-            audio,
+            (audio, video),
             (&mut aseq, &mut atime),
             10,
             &mut noise,
