@@ -159,7 +159,7 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let server = match vela_signaling::spawn(config).await {
+        let mut server = match vela_signaling::spawn(config).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -170,11 +170,19 @@ fn serve(config: Config) -> ExitCode {
             "vela is up: open http://{}/ in two browser tabs",
             display_addr(server.http_addr)
         );
-        wait_for_signal().await;
+        let code = tokio::select! {
+            () = wait_for_signal() => ExitCode::SUCCESS,
+            failed = server.media_failure() => {
+                // Exit with an error, so that a supervisor restarts the
+                // server instead of it serving on without a shard.
+                tracing::error!(error = %failed, "a media driver failed");
+                ExitCode::FAILURE
+            }
+        };
         tracing::info!("shutting down");
         server.shutdown().await;
         tracing::info!("bye");
-        ExitCode::SUCCESS
+        code
     })
 }
 

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use vela_config::Config;
 use vela_media::core::{JoinRequest, ParticipantId, PeerKind, Permissions, RoomId, SfuConfig};
-use vela_media::{MediaHandle, MediaSockets};
+use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 
 use crate::api_error::ApiError;
 use crate::auth::{LoginLimiter, SignupLimiter};
@@ -200,7 +200,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     sessions: TaskTracker,
     http: JoinHandle<()>,
-    driver: JoinHandle<()>,
+    /// The media drivers' supervisor, until it has ended.
+    driver: Option<vela_media::MediaTask>,
     presence: JoinHandle<()>,
     calls: JoinHandle<()>,
     webhooks: JoinHandle<()>,
@@ -208,6 +209,28 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// Waits until a media driver fails (panics), taking its rooms with it;
+    /// pending for as long as the drivers run, or after they stopped as
+    /// asked. A server should then shut down and exit with an error, so that
+    /// it is restarted rather than left serving with rooms that are gone.
+    pub async fn media_failure(&mut self) -> DriverFailed {
+        let Some(driver) = self.driver.as_mut() else {
+            return std::future::pending().await;
+        };
+        let ended = driver.await;
+        self.driver = None;
+        match ended {
+            Ok(Err(failed)) => failed,
+            Ok(Ok(())) => std::future::pending().await,
+            // The supervisor itself cannot panic; a cancelled one means the
+            // runtime is going away.
+            Err(e) => DriverFailed {
+                shard: 0,
+                reason: format!("supervisor ended: {e}"),
+            },
+        }
+    }
+
     /// Closes every peer and session, stops the listeners, and waits for them.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -216,7 +239,9 @@ impl RunningServer {
         self.sessions.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.driver).await;
+        if let Some(driver) = self.driver {
+            let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.presence).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.calls).await;
         // Queued webhooks (the rooms just finished) get a last chance.
@@ -379,7 +404,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         shutdown: shutdown_tx,
         sessions,
         http,
-        driver,
+        driver: Some(driver),
         presence: presence_task,
         calls: calls_task,
         webhooks: webhooks_task,

@@ -12,10 +12,12 @@ mod driver;
 mod handle;
 mod placement;
 mod socket;
+mod supervisor;
 mod udp;
 
 pub use handle::{MediaError, MediaHandle, SignalReceiver};
 pub use socket::{BindError, MediaSockets, local_addresses};
+pub use supervisor::DriverFailed;
 pub use vela_media_core as core;
 
 use std::sync::{Arc, Mutex};
@@ -24,9 +26,13 @@ use std::time::Instant;
 use tokio::task::JoinHandle;
 use vela_media_core::{RoomEvent, Sfu, SfuConfig};
 
+/// Ends when every driver has stopped as asked, or with an error as soon as
+/// one has failed.
+pub type MediaTask = JoinHandle<Result<(), DriverFailed>>;
+
 /// Starts the driver task on bound sockets; the config's candidates should be
 /// the sockets' advertised addresses.
-pub fn spawn(sockets: MediaSockets, config: SfuConfig) -> (MediaHandle, JoinHandle<()>) {
+pub fn spawn(sockets: MediaSockets, config: SfuConfig) -> (MediaHandle, MediaTask) {
     spawn_shards(vec![(sockets, config)], None)
 }
 
@@ -36,7 +42,7 @@ pub fn spawn_with_events(
     sockets: MediaSockets,
     config: SfuConfig,
     events: tokio::sync::mpsc::Sender<RoomEvent>,
-) -> (MediaHandle, JoinHandle<()>) {
+) -> (MediaHandle, MediaTask) {
     spawn_shards(vec![(sockets, config)], Some(events))
 }
 
@@ -46,11 +52,12 @@ pub fn spawn_with_events(
 /// Shard `k` of `n` must number its ids with
 /// [`SfuConfig::set_id_space`]`(k + 1, n)`, which is how the handle finds a
 /// participant's shard. The tasks run in parallel on the runtime's threads.
-/// The returned task ends when every driver has stopped.
+/// The returned task ends when every driver has stopped, or as soon as one
+/// fails (panics), with the error.
 pub fn spawn_shards(
     shards: Vec<(MediaSockets, SfuConfig)>,
     events: Option<tokio::sync::mpsc::Sender<RoomEvent>>,
-) -> (MediaHandle, JoinHandle<()>) {
+) -> (MediaHandle, MediaTask) {
     let mut txs = Vec::with_capacity(shards.len());
     let mut tasks = Vec::with_capacity(shards.len());
     let placement =
@@ -68,10 +75,6 @@ pub fn spawn_shards(
         )));
         txs.push(tx);
     }
-    let all = tokio::spawn(async move {
-        for t in tasks {
-            let _ = t.await;
-        }
-    });
+    let all = tokio::spawn(supervisor::supervise(tasks));
     (MediaHandle::new(txs, placement), all)
 }

@@ -139,3 +139,33 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_shard_is_reported_and_not_ready() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut s = start_with(|c| c.media.shards = 2).await;
+        let room = RoomId::new("doomed").unwrap();
+        // A bug in the core (a panic on its driver task) takes the shard down.
+        let r = s
+            .media
+            .with_room(&room, |_, _| -> () { panic!("injected fault") })
+            .await;
+        assert!(r.is_err(), "the job's caller learns the shard stopped");
+        let failed = tokio::time::timeout(Duration::from_secs(5), s.media_failure())
+            .await
+            .expect("the failure is reported at once");
+        assert_eq!(failed.reason, "injected fault");
+        assert!(failed.shard < 2, "{failed:?}");
+        let ready = reqwest::get(format!("http://{}/readyz", s.http_addr))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        assert_eq!(ready.text().await.unwrap(), "media driver not answering");
+        // The server still shuts down in bounded time, the other shard too.
+        tokio::time::timeout(Duration::from_secs(30), s.shutdown())
+            .await
+            .expect("shutdown with a failed shard");
+    })
+    .await
+    .expect("test timed out");
+}
