@@ -17,6 +17,9 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Most participants in one room; 0 = unlimited.
     pub max_participants_per_room: u32,
+    /// Most tracks (sending audio and video m-lines) one participant may
+    /// offer; an offer with more is refused. 0 = unlimited.
+    pub max_tracks_per_participant: u32,
     /// Failed logins allowed per account in any minute; more get 429.
     pub login_attempts_per_minute: u32,
     /// Failed logins allowed per client address in any minute; more get 429.
@@ -31,6 +34,7 @@ impl Default for LimitsConfig {
         Self {
             max_message_bytes: 64 * 1024,
             max_participants_per_room: 0,
+            max_tracks_per_participant: 16,
             login_attempts_per_minute: 10,
             login_attempts_per_minute_per_address: 30,
             signups_per_hour_per_address: 20,

@@ -53,6 +53,7 @@ fn defaults() {
     assert_eq!(config.auth.token_ttl_secs, 21_600);
     assert_eq!(config.limits.max_message_bytes, 65_536);
     assert_eq!(config.limits.max_participants_per_room, 0);
+    assert_eq!(config.limits.max_tracks_per_participant, 16);
     assert_eq!(config.limits.login_attempts_per_minute, 10);
     assert_eq!(config.limits.login_attempts_per_minute_per_address, 30);
     assert_eq!(config.auth.access_token_ttl_secs, 900);

@@ -282,6 +282,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
                 config.media.keyframe_request_interval_ms,
             ))
             .set_max_participants_per_room(config.limits.max_participants_per_room)
+            .set_max_tracks_per_participant(config.limits.max_tracks_per_participant)
             .set_reconnect_timeout(Duration::from_millis(config.media.reconnect_timeout_ms))
             .set_id_space(k as u64 + 1, n as u64);
         shards.push((sockets, sfu_config));

@@ -43,4 +43,12 @@ pub enum SignalError {
     /// The participant's permissions do not allow it.
     #[error("not permitted: {0}")]
     NotPermitted(&'static str),
+    /// The offer sends more tracks than a participant may publish.
+    #[error("too many tracks: the offer sends {offered}, at most {limit} allowed")]
+    TooManyTracks {
+        /// Audio and video m-lines the offer sends on.
+        offered: usize,
+        /// `limits.max_tracks_per_participant`.
+        limit: u32,
+    },
 }

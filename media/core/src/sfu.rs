@@ -38,6 +38,7 @@ pub struct SfuConfig {
     connect_timeout: Duration,
     keyframe_interval: Duration,
     max_participants_per_room: u32,
+    max_tracks_per_participant: u32,
     speaker_interval: Duration,
     bandwidth_estimation: bool,
     reconnect_timeout: Duration,
@@ -53,6 +54,7 @@ impl SfuConfig {
             connect_timeout: Duration::from_secs(30),
             keyframe_interval: Duration::from_millis(500),
             max_participants_per_room: 0,
+            max_tracks_per_participant: 0,
             speaker_interval: Duration::from_millis(200),
             bandwidth_estimation: true,
             reconnect_timeout: Duration::from_secs(15),
@@ -103,6 +105,13 @@ impl SfuConfig {
     /// The most participants a room takes; 0 for no limit.
     pub fn set_max_participants_per_room(mut self, n: u32) -> Self {
         self.max_participants_per_room = n;
+        self
+    }
+
+    /// The most tracks (sending audio and video m-lines) one participant's
+    /// offer may carry; an offer with more is refused. 0 for no limit.
+    pub fn set_max_tracks_per_participant(mut self, n: u32) -> Self {
+        self.max_tracks_per_participant = n;
         self
     }
 
@@ -346,6 +355,24 @@ fn write_audio(
         tx.write_rtp(rtp);
     }
     sub.audio_unsent += 1;
+    Ok(())
+}
+
+/// Refuses an offer that sends on more audio and video m-lines than
+/// `limit` (0: no limit): each would be a track every subscriber gets an
+/// m-line for.
+fn check_tracks(offer: &SdpOffer, limit: u32) -> Result<(), SignalError> {
+    if limit == 0 {
+        return Ok(());
+    }
+    let offered = offer
+        .media_lines
+        .iter()
+        .filter(|m| m.typ.is_media() && !m.disabled && m.direction().is_sending())
+        .count();
+    if offered > limit as usize {
+        return Err(SignalError::TooManyTracks { offered, limit });
+    }
     Ok(())
 }
 
@@ -606,7 +633,8 @@ impl Sfu {
         peer.account = account;
         let answer = match offer {
             Some(o) => Some(
-                peer.accept_offer(o)
+                check_tracks(&o, self.config.max_tracks_per_participant)
+                    .and_then(|()| peer.accept_offer(o))
                     .map_err(|e| JoinError::Offer(e.to_string()))?,
             ),
             None => None,
@@ -686,6 +714,7 @@ impl Sfu {
             .peers
             .get_mut(&participant)
             .ok_or(SignalError::UnknownParticipant)?;
+        check_tracks(&offer, self.config.max_tracks_per_participant)?;
         let answer = peer.accept_offer(offer)?;
         if let Some(u) = peer.ufrags.last() {
             self.router.add_ufrag(u.clone(), participant);

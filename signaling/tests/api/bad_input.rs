@@ -143,6 +143,32 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
             400,
         )
         .await;
+        // More tracks than limits.max_tracks_per_participant (16).
+        let many_tracks = {
+            let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
+            let mut change = rtc.sdp_api();
+            for _ in 0..17 {
+                change.add_media(
+                    str0m::media::MediaKind::Audio,
+                    str0m::media::Direction::SendOnly,
+                    None,
+                    None,
+                    None,
+                );
+            }
+            change.apply().unwrap().0.to_sdp_string()
+        };
+        let body = check(
+            post(Some(t.clone()), "application/sdp", many_tracks)
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert!(
+            body.contains("too many tracks: the offer sends 17, at most 16"),
+            "{body}"
+        );
         let huge = "a=x\r\n".repeat(20_000);
         let r = post(Some(t.clone()), "application/sdp", huge)
             .await

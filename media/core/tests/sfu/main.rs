@@ -12,3 +12,4 @@ mod reconnect;
 mod room_service;
 mod simulcast;
 mod three_party;
+mod track_limit;
