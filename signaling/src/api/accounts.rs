@@ -330,7 +330,7 @@ pub(crate) async fn change_password(
     state.store.set_password_hash(auth.account(), &hash).await?;
     let others = state
         .store
-        .revoke_other_devices(auth.account(), auth.device(), now_ms())
+        .revoke_devices(auth.account(), Some(auth.device()), now_ms())
         .await?;
     for d in others {
         super::devices::disconnect_device(&state, auth.account(), d, "password_changed");

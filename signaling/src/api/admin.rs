@@ -4,14 +4,16 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use serde::Deserialize;
 
+use super::Body;
 use super::accounts::load_account;
-use crate::account::{Account, PERM_ACCOUNTS_ADMIN};
+use crate::account::{Account, PERM_ACCOUNTS_ADMIN, check_password, hash_password};
 use crate::api_error::ApiError;
 use crate::auth::Authed;
 use crate::hub::CLOSE_DISABLED;
-use crate::ids::AccountId;
+use crate::ids::{AccountId, now_ms};
 use crate::server::AppState;
 
 #[derive(Deserialize)]
@@ -91,4 +93,34 @@ pub(crate) async fn enable(
     }
     tracing::info!(account = %id, by = %auth.account(), "account enabled");
     Ok(Json(load_account(&state, id).await?))
+}
+
+/// The body of `PUT /api/v1/admin/accounts/{id}/password`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetBody {
+    new_password: String,
+}
+
+/// `PUT /api/v1/admin/accounts/{id}/password`: sets a forgotten password
+/// (there is no e-mail to reset it by) and signs every device of the
+/// account out, so that only the new password gets in.
+pub(crate) async fn reset_password(
+    State(state): State<AppState>,
+    auth: Authed,
+    Path(id): Path<String>,
+    Body(b): Body<ResetBody>,
+) -> Result<StatusCode, ApiError> {
+    auth.require(PERM_ACCOUNTS_ADMIN)?;
+    let id = account_id(&id)?;
+    load_account(&state, id).await?;
+    check_password("new_password", &b.new_password)?;
+    let hash = hash_password(b.new_password).await?;
+    state.store.set_password_hash(id, &hash).await?;
+    let devices = state.store.revoke_devices(id, None, now_ms()).await?;
+    for d in &devices {
+        super::devices::disconnect_device(&state, id, *d, "password_reset");
+    }
+    tracing::info!(account = %id, by = %auth.account(), devices = devices.len(), "password reset; every device signed out");
+    Ok(StatusCode::NO_CONTENT)
 }

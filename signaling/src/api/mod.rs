@@ -54,6 +54,7 @@ pub(crate) const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/api/v1/admin/accounts"),
     ("post", "/api/v1/admin/accounts/{id}/disable"),
     ("post", "/api/v1/admin/accounts/{id}/enable"),
+    ("put", "/api/v1/admin/accounts/{id}/password"),
     ("get", "/api/v1/ws"),
     ("get", "/api/openapi.json"),
     ("post", "/api/v1/calls"),
@@ -136,6 +137,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/admin/accounts", get(admin::list))
         .route("/api/v1/admin/accounts/{id}/disable", post(admin::disable))
         .route("/api/v1/admin/accounts/{id}/enable", post(admin::enable))
+        .route(
+            "/api/v1/admin/accounts/{id}/password",
+            put(admin::reset_password),
+        )
         .route("/api/v1/ws", get(ws::upgrade))
         .merge(call_routes())
         .merge(room_routes())

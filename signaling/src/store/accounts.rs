@@ -470,13 +470,16 @@ impl Store {
         Ok(n)
     }
 
-    /// Revokes every live device of `account` except `keep`; returns them.
-    pub async fn revoke_other_devices(
+    /// Revokes every live device of `account` but `keep` (all of them
+    /// without one) and drops their refresh tokens; returns them.
+    pub async fn revoke_devices(
         &self,
         account: AccountId,
-        keep: DeviceId,
+        keep: Option<DeviceId>,
         now: i64,
     ) -> Result<Vec<DeviceId>, StoreError> {
+        // Device ids start at 1: 0 keeps none.
+        let keep = keep.map_or(0, |d| d.0);
         let mut tx = self.write_tx().await?;
         let ids: Vec<i64> = sqlx::query_scalar(
             "UPDATE devices SET revoked_at = ?
@@ -485,7 +488,7 @@ impl Store {
         )
         .bind(now)
         .bind(account.0)
-        .bind(keep.0)
+        .bind(keep)
         .fetch_all(&mut *tx)
         .await?;
         sqlx::query(
@@ -493,7 +496,7 @@ impl Store {
              (SELECT id FROM devices WHERE account_id = ? AND id <> ?)",
         )
         .bind(account.0)
-        .bind(keep.0)
+        .bind(keep)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

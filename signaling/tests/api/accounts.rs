@@ -491,3 +491,65 @@ async fn the_openapi_document_is_served() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_resets_a_forgotten_password() {
+    tokio::time::timeout(LIMIT, async {
+        let s = start_with(|c| c.auth.admins = vec!["root".into()]).await;
+        let api = Api::new(&s);
+        let root = api.user("root", "desktop").await;
+        let june = api.user("june", "phone").await;
+        let laptop = api.login("june", PW, "desktop", "laptop").await;
+        let mut sock = DeviceClient::connect(&s, &laptop.access, None).await;
+        let path = format!("/api/v1/admin/accounts/{}/password", june.account);
+        let reset = |pw: &str| json!({"new_password": pw});
+
+        // Only an admin; a real account; a valid password.
+        api.put(&path, &june.access, reset("a new password"))
+            .await
+            .err(403, None);
+        api.put(
+            "/api/v1/admin/accounts/999/password",
+            &root.access,
+            reset("a new password"),
+        )
+        .await
+        .err(404, None);
+        api.put(&path, &root.access, reset("short"))
+            .await
+            .err(400, Some("new_password"));
+        api.get("/api/v1/me", &june.access).await.ok(200);
+
+        api.put(&path, &root.access, reset("a new password"))
+            .await
+            .ok(204);
+        // Every device is signed out, at once.
+        assert_eq!(
+            sock.expect("session_revoked").await["reason"],
+            "password_reset"
+        );
+        assert_eq!(sock.closed().await, Some(4002));
+        api.get("/api/v1/me", &june.access).await.err(401, None);
+        api.get("/api/v1/me", &laptop.access).await.err(401, None);
+        api.post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": june.refresh}),
+        )
+        .await
+        .err(401, None);
+        // Only the new password gets in; the admin stays signed in.
+        api.post(
+            "/api/v1/auth/login",
+            None,
+            json!({"username": "june", "password": PW, "device": device("web")}),
+        )
+        .await
+        .err(401, None);
+        api.login("june", "a new password", "web", "tab").await;
+        api.get("/api/v1/me", &root.access).await.ok(200);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
