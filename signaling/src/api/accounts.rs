@@ -326,15 +326,32 @@ pub(crate) async fn change_password(
         e.field = Some("current_password".into());
         return Err(e);
     }
-    let hash = hash_password(b.new_password).await?;
-    state.store.set_password_hash(auth.account(), &hash).await?;
-    let others = state
-        .store
-        .revoke_devices(auth.account(), Some(auth.device()), now_ms())
-        .await?;
-    for d in others {
-        super::devices::disconnect_device(&state, auth.account(), d, "password_changed");
-    }
+    set_password(
+        &state,
+        auth.account(),
+        b.new_password,
+        Some(auth.device()),
+        "password_changed",
+    )
+    .await?;
     tracing::info!(account = %auth.account(), "password changed; other devices signed out");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets a (checked) new password and signs out every device of the account
+/// but `keep`, their sockets told `reason`; returns how many.
+pub(crate) async fn set_password(
+    state: &AppState,
+    account: AccountId,
+    new_password: String,
+    keep: Option<DeviceId>,
+    reason: &str,
+) -> Result<usize, ApiError> {
+    let hash = hash_password(new_password).await?;
+    state.store.set_password_hash(account, &hash).await?;
+    let revoked = state.store.revoke_devices(account, keep, now_ms()).await?;
+    for d in &revoked {
+        super::devices::disconnect_device(state, account, *d, reason);
+    }
+    Ok(revoked.len())
 }

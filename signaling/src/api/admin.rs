@@ -8,12 +8,12 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::Body;
-use super::accounts::load_account;
-use crate::account::{Account, PERM_ACCOUNTS_ADMIN, check_password, hash_password};
+use super::accounts::{load_account, set_password};
+use crate::account::{Account, PERM_ACCOUNTS_ADMIN, check_password};
 use crate::api_error::ApiError;
 use crate::auth::Authed;
 use crate::hub::CLOSE_DISABLED;
-use crate::ids::{AccountId, now_ms};
+use crate::ids::AccountId;
 use crate::server::AppState;
 
 #[derive(Deserialize)]
@@ -115,12 +115,7 @@ pub(crate) async fn reset_password(
     let id = account_id(&id)?;
     load_account(&state, id).await?;
     check_password("new_password", &b.new_password)?;
-    let hash = hash_password(b.new_password).await?;
-    state.store.set_password_hash(id, &hash).await?;
-    let devices = state.store.revoke_devices(id, None, now_ms()).await?;
-    for d in &devices {
-        super::devices::disconnect_device(&state, id, *d, "password_reset");
-    }
-    tracing::info!(account = %id, by = %auth.account(), devices = devices.len(), "password reset; every device signed out");
+    let devices = set_password(&state, id, b.new_password, None, "password_reset").await?;
+    tracing::info!(account = %id, by = %auth.account(), devices, "password reset; every device signed out");
     Ok(StatusCode::NO_CONTENT)
 }
