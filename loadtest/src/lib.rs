@@ -9,6 +9,7 @@
 //! and the same packet pattern is sent through a raw UDP relay
 //! ([`relay`]) in the same run to give a floor for CPU per packet.
 
+pub mod attack;
 pub mod measure;
 pub mod media;
 pub mod participant;

@@ -65,6 +65,31 @@ enum Cmd {
         /// Run reports (`run-*.json`); runs with the same description form a row.
         files: Vec<PathBuf>,
     },
+    /// Hostile clients against a server this starts (RELIABILITY.md): its
+    /// memory, answers and readiness under a login storm, password guessing,
+    /// a data flood toward a reader that stalls, idle connections, or
+    /// unauthenticated WebSocket upgrades.
+    Attack {
+        /// What to try.
+        #[arg(value_enum)]
+        attack: vela_loadtest::attack::Attack,
+        /// Clients (login-storm, login-guess), messages (data-flood) or
+        /// connections (idle-connections, ws-upgrades).
+        #[arg(long, default_value_t = 400)]
+        count: u32,
+        /// The `vela` binary to start (default: next to this binary).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Run the server with this open-files limit (soft and hard, via prlimit).
+        #[arg(long)]
+        nofile: Option<u64>,
+        /// A setting for the server, `section.key=value` in TOML (repeatable).
+        #[arg(long = "set")]
+        settings: Vec<String>,
+        /// Seconds to keep watching the server after the attack.
+        #[arg(long, default_value_t = 30.0)]
+        settle: f64,
+    },
     /// The raw UDP relay (the floor); `run` and `sweep` start it themselves.
     Relay {
         /// Address to bind.
@@ -443,6 +468,24 @@ fn main() -> ExitCode {
                                 repeat,
                             };
                             cmd_sweep(common, sc).await.map(|_| ())
+                        }
+                        Cmd::Attack {
+                            attack,
+                            count,
+                            server_bin,
+                            nofile,
+                            settings,
+                            settle,
+                        } => {
+                            let cfg = vela_loadtest::attack::AttackConfig {
+                                bin: server_bin.unwrap_or_else(vela_loadtest::attack::default_bin),
+                                attack,
+                                count,
+                                nofile,
+                                settings,
+                                settle: Duration::from_secs_f64(settle.max(0.0)),
+                            };
+                            vela_loadtest::attack::run(cfg).await.map(|r| say(&r))
                         }
                         Cmd::Relay { .. } | Cmd::Summarize { .. } => Ok(()),
                     }
