@@ -28,8 +28,16 @@ pub struct AuthConfig {
     pub refresh_token_ttl_secs: u64,
     /// Whether anyone may create an account (`POST /api/v1/accounts`).
     pub allow_registration: bool,
-    /// Usernames that hold the admin role (given at registration and login).
+    /// Removed: admin rights are granted with `vela admin grant`, never by
+    /// name in the configuration (anyone could sign up as a listed name).
+    /// Still read, so that an old file gets a message saying so.
+    #[serde(default, skip_serializing)]
     pub admins: Vec<String>,
+    /// Listen beyond loopback with the development key (no `api_key`):
+    /// anyone who can reach the server could then mint admin tokens with
+    /// the public development secret. Off: the server listens on loopback
+    /// only while the development key is in use.
+    pub insecure_development_key_on_network: bool,
 }
 
 impl Default for AuthConfig {
@@ -42,6 +50,7 @@ impl Default for AuthConfig {
             refresh_token_ttl_secs: 30 * 24 * 60 * 60,
             allow_registration: true,
             admins: Vec::new(),
+            insecure_development_key_on_network: false,
         }
     }
 }
@@ -104,10 +113,10 @@ impl AuthConfig {
                 "must be at least auth.access_token_ttl_secs and at most 31622400 (366 days)",
             ));
         }
-        if let Some(name) = self.admins.iter().find(|n| n.trim().is_empty()) {
+        if !self.admins.is_empty() {
             return Err(ConfigError::invalid(
                 "auth.admins",
-                format!("{name:?} is not a username"),
+                "was removed: grant admin rights with `vela admin grant USERNAME` (README, \"Administration\")",
             ));
         }
         Ok(())

@@ -27,6 +27,13 @@ pub struct LimitsConfig {
     /// Sign-ups allowed per client address in any hour (each hashes a
     /// password, the costliest request); more get 429.
     pub signups_per_hour_per_address: u32,
+    /// Password hashes (argon2id, 19 MiB and tens of milliseconds each) run
+    /// at once; as many more wait, and further logins, sign-ups and password
+    /// changes get 503 with `Retry-After`. 0: two per CPU core.
+    pub password_hashes_at_once: u32,
+    /// Devices one account may have signed in; a login beyond it signs out
+    /// the least recently active one. 0 = unlimited.
+    pub max_devices_per_account: u32,
 }
 
 impl Default for LimitsConfig {
@@ -38,11 +45,22 @@ impl Default for LimitsConfig {
             login_attempts_per_minute: 10,
             login_attempts_per_minute_per_address: 30,
             signups_per_hour_per_address: 20,
+            password_hashes_at_once: 0,
+            max_devices_per_account: 100,
         }
     }
 }
 
 impl LimitsConfig {
+    /// How many password hashes may run at once: the setting, or two per
+    /// core of `cores` when it is 0.
+    pub fn password_hashes(&self, cores: usize) -> usize {
+        match self.password_hashes_at_once {
+            0 => cores.max(1) * 2,
+            n => n as usize,
+        }
+    }
+
     /// Checks the rules that serde cannot express.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
@@ -68,6 +86,12 @@ impl LimitsConfig {
             if !(1..=10_000).contains(&value) {
                 return Err(ConfigError::invalid(key, "must be between 1 and 10000"));
             }
+        }
+        if self.password_hashes_at_once > 1024 {
+            return Err(ConfigError::invalid(
+                "limits.password_hashes_at_once",
+                "must be at most 1024",
+            ));
         }
         Ok(())
     }

@@ -59,7 +59,8 @@ fn defaults() {
     assert_eq!(config.auth.access_token_ttl_secs, 900);
     assert_eq!(config.auth.refresh_token_ttl_secs, 2_592_000);
     assert!(config.auth.allow_registration);
-    assert!(config.auth.admins.is_empty());
+    assert!(!config.auth.insecure_development_key_on_network);
+    assert_eq!(config.limits.max_devices_per_account, 100);
     assert_eq!(config.store.path, "vela.sqlite");
     assert_eq!(config.presence.heartbeat_timeout_ms, 30_000);
     config.validate().expect("defaults are valid");
@@ -322,7 +323,7 @@ fn invalid_values_name_their_key() {
             "[auth]\naccess_token_ttl_secs = 600\nrefresh_token_ttl_secs = 599\n",
             "auth.refresh_token_ttl_secs",
         ),
-        ("[auth]\nadmins = [\" \"]\n", "auth.admins"),
+        ("[auth]\nadmins = [\"root\"]\n", "auth.admins"),
     ];
     for (text, key) in cases {
         assert_eq!(
@@ -397,14 +398,14 @@ fn accounts_settings_from_file_and_env() {
     let text = "[store]\npath = \"/tmp/x.sqlite\"\n[presence]\nheartbeat_timeout_ms = 300\n";
     let vars = env(&[
         ("VELA_STORE_PATH", "/var/lib/vela/v.sqlite"),
-        ("VELA_AUTH_ADMINS", "root, alice"),
+        ("VELA_AUTH_INSECURE_DEVELOPMENT_KEY_ON_NETWORK", "true"),
         ("VELA_AUTH_ALLOW_REGISTRATION", "false"),
         ("VELA_LIMITS_LOGIN_ATTEMPTS_PER_MINUTE", "3"),
     ]);
     let config = load_str(text, vars, &CliOverrides::default()).expect("load");
     assert_eq!(config.store.path, "/var/lib/vela/v.sqlite");
     assert_eq!(config.presence.heartbeat_timeout_ms, 300);
-    assert_eq!(config.auth.admins, vec!["root", "alice"]);
+    assert!(config.auth.insecure_development_key_on_network);
     assert!(!config.auth.allow_registration);
     assert_eq!(config.limits.login_attempts_per_minute, 3);
     match Config::load(

@@ -1,9 +1,6 @@
-//! Accounts: usernames, passwords (argon2id), roles and permissions.
+//! Accounts: usernames, password rules, roles and permissions (hashing:
+//! [`crate::password`]).
 
-use std::sync::OnceLock;
-
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
@@ -159,55 +156,6 @@ pub fn check_display_name(field: &str, raw: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
-/// Hashes a password with argon2id (default parameters, random salt), off
-/// the async threads.
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt)
-            .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
-        let salt =
-            SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("password hashing task failed: {e}")))?
-}
-
-/// A hash to check against when the account does not exist, so that an
-/// unknown username takes as long as a wrong password.
-fn dummy_hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| {
-        let salt = SaltString::encode_b64(b"vela-dummy-salt!").expect("a 16-byte salt encodes");
-        Argon2::default()
-            .hash_password(b"not-a-password-anyone-has", &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
-}
-
-/// Checks `password` against `hash` (or against a dummy hash when `None`,
-/// which always fails), off the async threads.
-pub async fn verify_password(password: String, hash: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-            && known
-    })
-    .await
-    .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,14 +183,5 @@ mod tests {
     fn admins_get_the_admin_permission() {
         assert!(!permissions(&[Role::User]).contains(&PERM_ACCOUNTS_ADMIN));
         assert!(permissions(&[Role::User, Role::Admin]).contains(&PERM_ACCOUNTS_ADMIN));
-    }
-
-    #[tokio::test]
-    async fn argon2id_hashes_verify() {
-        let h = hash_password("correct horse".into()).await.expect("hash");
-        assert!(h.starts_with("$argon2id$"), "{h}");
-        assert!(verify_password("correct horse".into(), Some(h.clone())).await);
-        assert!(!verify_password("wrong horse".into(), Some(h)).await);
-        assert!(!verify_password("not-a-password-anyone-has".into(), None).await);
     }
 }

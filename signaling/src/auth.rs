@@ -2,7 +2,7 @@
 //! extractor, refresh tokens and the login rate limits.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::account;
 use crate::api_error::ApiError;
 use crate::ids::{AccountId, DeviceId};
 use crate::rate_limit::RateLimiter;
@@ -20,11 +21,21 @@ use crate::token::AccessClaims;
 
 impl AppState {
     /// Verifies an account access token and that its device is not revoked
-    /// and its account not disabled (the store is asked every time).
+    /// and its account not disabled (the store is asked every time). The
+    /// roles and permissions are the account's now, not the token's: a
+    /// role granted or taken away counts from the next request.
     pub async fn authenticate(&self, token: &str) -> Result<AccessClaims, ApiError> {
-        let claims = self.keys.verify_access(token)?;
-        match self.store.session_state(claims.acc, claims.dev).await? {
-            SessionState::Active => Ok(claims),
+        let mut claims = self.keys.verify_access(token)?;
+        let (session, roles) = self.store.session(claims.acc, claims.dev).await?;
+        match session {
+            SessionState::Active => {
+                claims.perms = account::permissions(&roles)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                claims.roles = roles.iter().map(|r| r.as_str().to_owned()).collect();
+                Ok(claims)
+            }
             SessionState::Revoked => Err(ApiError::unauthorized("this device was signed out")),
             SessionState::Disabled => Err(ApiError::unauthorized("this account is disabled")),
             SessionState::Unknown => Err(ApiError::unauthorized("unknown account or device")),
@@ -119,11 +130,12 @@ impl SignupLimiter {
     }
 }
 
-/// Failed-login counters per account (username) and per client address.
+/// Login attempts per account (username) and per client address.
 #[derive(Debug)]
 pub struct LoginLimiter {
-    accounts: Mutex<RateLimiter<String>>,
-    addresses: Mutex<RateLimiter<IpAddr>>,
+    /// Both keys under one lock: an attempt is checked and counted against
+    /// both at once.
+    keys: Mutex<(RateLimiter<String>, RateLimiter<IpAddr>)>,
 }
 
 impl LoginLimiter {
@@ -131,44 +143,65 @@ impl LoginLimiter {
     pub fn new(per_account: u32, per_address: u32) -> Self {
         let minute = Duration::from_secs(60);
         LoginLimiter {
-            accounts: Mutex::new(RateLimiter::new(per_account, minute)),
-            addresses: Mutex::new(RateLimiter::new(per_address, minute)),
+            keys: Mutex::new((
+                RateLimiter::new(per_account, minute),
+                RateLimiter::new(per_address, minute),
+            )),
         }
     }
 
-    /// 429 when either the username or the address has no attempts left.
-    pub fn check(&self, username: &str, addr: IpAddr) -> Result<(), ApiError> {
+    /// Counts an attempt against the username and the address before the
+    /// password is checked, so that N guesses sent at once get at most the
+    /// limit's answers; 429 (counting nothing) when either has none left.
+    pub fn attempt(&self, username: &str, addr: IpAddr) -> Result<(), ApiError> {
         let now = Instant::now();
-        let a = self
-            .accounts
-            .lock()
-            .map_or(Ok(()), |mut l| l.check(&username.to_owned(), now));
-        let b = self
-            .addresses
-            .lock()
-            .map_or(Ok(()), |mut l| l.check(&addr, now));
-        match (a, b) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(w), Ok(())) | (Ok(()), Err(w)) => Err(ApiError::too_many(w.as_secs().max(1))),
-            (Err(w1), Err(w2)) => Err(ApiError::too_many(w1.max(w2).as_secs().max(1))),
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let (accounts, addresses) = &mut *keys;
+        let user = username.to_owned();
+        let wait = match (accounts.check(&user, now), addresses.check(&addr, now)) {
+            (Ok(()), Ok(())) => None,
+            (Err(w), Ok(())) | (Ok(()), Err(w)) => Some(w),
+            (Err(w1), Err(w2)) => Some(w1.max(w2)),
+        };
+        if let Some(w) = wait {
+            return Err(ApiError::too_many(w.as_secs().max(1)));
         }
+        accounts.record(user, now);
+        addresses.record(addr, now);
+        Ok(())
     }
 
-    /// Counts a failed attempt against both.
-    pub fn failed(&self, username: &str, addr: IpAddr) {
-        let now = Instant::now();
-        if let Ok(mut l) = self.accounts.lock() {
-            l.record(username.to_owned(), now);
-        }
-        if let Ok(mut l) = self.addresses.lock() {
-            l.record(addr, now);
-        }
+    /// The attempt was right: the account's failures are forgotten and the
+    /// address gets its attempt back (its earlier failures stay).
+    pub fn succeeded(&self, username: &str, addr: IpAddr) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.0.clear(&username.to_owned());
+        keys.1.unrecord(&addr);
     }
+}
 
-    /// A successful login clears the account's failures (not the address's).
-    pub fn succeeded(&self, username: &str) {
-        if let Ok(mut l) = self.accounts.lock() {
-            l.clear(&username.to_owned());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_count_before_the_check_and_success_gives_one_back() {
+        let l = LoginLimiter::new(3, 5);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        for _ in 0..3 {
+            assert!(l.attempt("alice", a).is_ok());
         }
+        let e = l.attempt("alice", a).expect_err("fourth");
+        assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.retry_after.is_some());
+        // Another account from the same address: two attempts left there.
+        assert!(l.attempt("bob", a).is_ok());
+        l.succeeded("bob", a);
+        assert!(l.attempt("bob", a).is_ok());
+        assert!(l.attempt("carol", a).is_ok());
+        assert!(l.attempt("dave", a).is_err(), "the address has used its 5");
+        // A right password clears the account, not the address's failures.
+        l.succeeded("alice", "192.0.2.2".parse().expect("ip"));
+        assert!(l.attempt("alice", "192.0.2.2".parse().expect("ip")).is_ok());
     }
 }

@@ -92,9 +92,14 @@ pub struct ContactBody {
     /// Groups.
     #[serde(default)]
     pub groups: Vec<String>,
-    /// The linked account's id.
+    /// The linked account's id: the own account, a mutual contact's, or
+    /// the one the entry already links.
     #[serde(default)]
     pub linked_account: Option<AccountId>,
+    /// The account to link, by username (any account; instead of
+    /// `linked_account`).
+    #[serde(default)]
+    pub linked_username: Option<String>,
     /// Favourite.
     #[serde(default)]
     pub favorite: bool,
@@ -212,6 +217,12 @@ impl ContactBody {
                 groups.push(g.to_owned());
             }
         }
+        if self.linked_account.is_some() && self.linked_username.is_some() {
+            return Err(ApiError::invalid(
+                "linked_username",
+                "give linked_account or linked_username, not both",
+            ));
+        }
         if self.notes.chars().count() > MAX_NOTES_CHARS {
             return Err(ApiError::invalid(
                 "notes",
@@ -253,6 +264,7 @@ mod tests {
             emails: vec![],
             groups: vec![],
             linked_account: None,
+            linked_username: None,
             favorite: false,
             notes: String::new(),
         }

@@ -14,6 +14,7 @@ pub mod hub;
 pub mod ids;
 pub mod link;
 pub mod metrics;
+pub mod password;
 pub mod presence;
 mod protocol;
 pub mod rate_limit;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use vela_config::{CliOverrides, Config};
+use vela_signaling::store::Store;
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
 /// A WebRTC SFU with signaling, WHIP and WHEP.
@@ -45,6 +46,27 @@ enum Command {
     Serve,
     /// Print an access token for a room.
     Token(TokenArgs),
+    /// Grant, take away or list admin rights, in the store of this
+    /// configuration (the server may be running; it reads roles on every
+    /// request).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Make an existing account an admin.
+    Grant {
+        /// The account's username.
+        username: String,
+    },
+    /// Take admin rights away from an account.
+    Revoke {
+        /// The account's username.
+        username: String,
+    },
+    /// List the admins.
+    List,
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +123,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Token(args)) => token(&config, &args),
+        Some(Command::Admin(cmd)) => admin(&config, cmd),
         None | Some(Command::Serve) => serve(config),
     }
 }
@@ -138,6 +161,98 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn admin(config: &Config, cmd: AdminCommand) -> ExitCode {
+    if config.store.path == ":memory:" {
+        eprintln!("vela: store.path is :memory:, which keeps no accounts between runs");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vela: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(admin_in_store(&config.store.path, cmd)) {
+        Ok(text) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vela: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn admin_in_store(path: &str, cmd: AdminCommand) -> Result<String, String> {
+    use vela_signaling::account::Role;
+    let store = Store::open(path)
+        .await
+        .map_err(|e| format!("cannot open the store at {path}: {e}"))?;
+    let result = async {
+        match cmd {
+            AdminCommand::List => {
+                let mut out = String::new();
+                let mut after = 0;
+                loop {
+                    let page = store
+                        .list_accounts(after, 500)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let Some(last) = page.last() else { break };
+                    after = last.id.0;
+                    for a in page.iter().filter(|a| a.is_admin()) {
+                        out.push_str(&format!("{}\t{}\n", a.id, a.username));
+                    }
+                }
+                Ok(out)
+            }
+            AdminCommand::Grant { username } => {
+                let (mut account, _) = find(&store, &username).await?;
+                if !account.roles.contains(&Role::Admin) {
+                    account.roles.push(Role::Admin);
+                    store
+                        .set_roles(account.id, &account.roles)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(format!("{} is an admin\n", account.username))
+            }
+            AdminCommand::Revoke { username } => {
+                let (mut account, _) = find(&store, &username).await?;
+                account.roles.retain(|r| *r != Role::Admin);
+                store
+                    .set_roles(account.id, &account.roles)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("{} is not an admin\n", account.username))
+            }
+        }
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+async fn find(
+    store: &Store,
+    username: &str,
+) -> Result<(vela_signaling::account::Account, String), String> {
+    let name = username.trim().to_ascii_lowercase();
+    store
+        .account_by_username(&name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no account named {name:?}"))
 }
 
 fn serve(config: Config) -> ExitCode {

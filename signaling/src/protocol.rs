@@ -24,6 +24,10 @@ pub enum ClientMessage {
         /// device) instead of joining as a new one: a call handover.
         #[serde(default)]
         take_over: Option<String>,
+        /// With `take_over` outside a call room: the taken-over session's
+        /// resume token, proof of being the same client.
+        #[serde(default)]
+        resume_token: Option<String>,
     },
     /// The client's SDP offer.
     Offer {

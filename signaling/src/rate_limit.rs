@@ -1,9 +1,11 @@
 //! A sliding-window limiter, sans-IO: time is an input.
 //!
-//! Logins use two: failed attempts per account and per client address.
-//! When either key has used up its allowance within the window, every
-//! further attempt on it is refused (429) until the oldest one ages out,
-//! even with the right password. Sign-ups use one per client address.
+//! Logins use two: attempts per account and per client address, each
+//! counted before the password is checked (so that concurrent guesses
+//! cannot outrun the count) and taken back when it was right. When either
+//! key has used up its allowance within the window, every further attempt
+//! on it is refused (429) until the oldest one ages out, even with the
+//! right password. Sign-ups use one per client address.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -59,6 +61,17 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         }
     }
 
+    /// Takes back the newest event of `key` (an attempt counted before it
+    /// was known to succeed).
+    pub fn unrecord(&mut self, key: &K) {
+        if let Some(q) = self.events.get_mut(key) {
+            q.pop_back();
+            if q.is_empty() {
+                self.events.remove(key);
+            }
+        }
+    }
+
     /// Forgets the events of `key` (after a successful login).
     pub fn clear(&mut self, key: &K) {
         self.events.remove(key);
@@ -91,6 +104,9 @@ mod tests {
         assert!(rl.check(&"k", t0 + s(60)).is_ok());
         rl.record("k", t0 + s(60));
         assert_eq!(rl.check(&"k", t0 + s(60)), Err(s(1)));
+        rl.unrecord(&"k");
+        assert!(rl.check(&"k", t0 + s(60)).is_ok());
+        rl.record("k", t0 + s(60));
         rl.clear(&"k");
         assert!(rl.check(&"k", t0 + s(60)).is_ok());
         rl.record("x", t0);

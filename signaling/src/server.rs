@@ -1,7 +1,7 @@
 //! The HTTP server: state, routes, start and graceful shutdown.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::api_error::ApiError;
 use crate::auth::{LoginLimiter, SignupLimiter};
 use crate::hub::Hub;
 use crate::ids::{AccountId, DeviceId, now_ms};
+use crate::password::PasswordHasher;
 use crate::presence::PresenceHandle;
 use crate::store::Store;
 use crate::token::{Claims, Credential, TokenKeys, VideoGrant};
@@ -81,6 +82,8 @@ pub(crate) struct AppState {
     pub login_limiter: Arc<LoginLimiter>,
     /// Sign-ups per client address.
     pub signup_limiter: Arc<SignupLimiter>,
+    /// The bounded pool every password hash runs on.
+    pub hasher: PasswordHasher,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The calls task.
@@ -231,6 +234,12 @@ impl RunningServer {
         }
     }
 
+    /// The store the server keeps its accounts in (tools and tests: e.g.
+    /// granting a role as `vela admin grant` does).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Closes every peer and session, stops the listeners, and waits for them.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -291,24 +300,15 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(crate::webhook::ROOM_EVENT_QUEUE);
     let (media, driver) = vela_media::spawn_shards(shards, Some(events_tx));
 
-    let listener = TcpListener::bind(config.server.http)
+    let bind = http_bind_addr(&config);
+    let listener = TcpListener::bind(bind)
         .await
-        .map_err(|source| StartError::Http {
-            addr: config.server.http,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Http {
-        addr: config.server.http,
-        source,
-    })?;
+        .map_err(|source| StartError::Http { addr: bind, source })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Http { addr: bind, source })?;
 
     let (key, secret) = config.auth.effective_key();
-    if config.auth.is_development() {
-        tracing::warn!(
-            api_key = key,
-            "no API key configured: using the development key; anyone can mint tokens via /api/dev-token. Set auth.api_key and auth.api_secret in production."
-        );
-    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sessions = TaskTracker::new();
     let hub = Hub::default();
@@ -365,6 +365,11 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         signup_limiter: Arc::new(SignupLimiter::new(
             config.limits.signups_per_hour_per_address,
         )),
+        hasher: PasswordHasher::new(
+            config
+                .limits
+                .password_hashes(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        ),
         trusted_proxies: config.server.trusted_proxy_nets().into(),
         config: Arc::new(config),
         media: media.clone(),
@@ -411,6 +416,39 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         webhooks: webhooks_task,
         store,
     })
+}
+
+/// Where HTTP listens: `server.http`, except that with the development key
+/// (whose secret is public: anyone reaching the server could mint admin
+/// tokens) it is loopback only unless explicitly allowed.
+fn http_bind_addr(config: &Config) -> SocketAddr {
+    let mut addr = config.server.http;
+    if !config.auth.is_development() {
+        return addr;
+    }
+    if config.auth.insecure_development_key_on_network {
+        tracing::warn!(
+            %addr,
+            "no API key configured, and auth.insecure_development_key_on_network is set: anyone who reaches this server can mint tokens (/api/dev-token) and admin tokens. Never in production."
+        );
+        return addr;
+    }
+    if !addr.ip().is_loopback() {
+        let loopback: IpAddr = match addr.ip() {
+            IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        };
+        tracing::warn!(
+            configured = %addr,
+            "no API key configured: the development key's secret is public, so this server listens on loopback only. Set auth.api_key and auth.api_secret to serve other hosts (or auth.insecure_development_key_on_network = true, never in production)."
+        );
+        addr.set_ip(loopback);
+    } else {
+        tracing::warn!(
+            "no API key configured: using the development key (loopback only); anyone on this host can mint tokens via /api/dev-token"
+        );
+    }
+    addr
 }
 
 /// How often the server notes in the store that it runs: how much of an

@@ -144,14 +144,26 @@ impl Resumable {
     fn sender(&self, participant: ParticipantId, token: &str) -> Option<mpsc::Sender<WebSocket>> {
         let m = self.0.lock().ok()?;
         let e = m.get(&participant)?;
-        let same = e.token.len() == token.len()
-            && e.token
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        same.then(|| e.tx.clone())
+        same_secret(&e.token, token).then(|| e.tx.clone())
     }
+
+    /// Whether `token` is the participant's resume token.
+    fn matches(&self, participant: ParticipantId, token: &str) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&participant).map(|e| same_secret(&e.token, token)))
+            .unwrap_or(false)
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn new_resume_token() -> Option<String> {
@@ -441,6 +453,7 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
         name,
         room,
         take_over,
+        resume_token,
     } = msg
     else {
         return Err(ApiError::bad_request("the first message must be join"));
@@ -469,6 +482,11 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
         take_over.as_deref(),
     )
     .await?;
+    if let Some(from) = from
+        && !crate::call::is_call_room(room.as_str())
+    {
+        check_take_over(state, &room, from, &grant, resume_token.as_deref()).await?;
+    }
     let name = name
         .filter(|n| !n.trim().is_empty())
         .map(|n| n.chars().take(64).collect::<String>())
@@ -481,6 +499,41 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
         None => state.media.join(req).await?,
     };
     Ok((room, joined, signals, grant.account, grant.admin))
+}
+
+/// Outside call rooms, taking a participant over needs proof of being the
+/// same client, not only a token for the same identity (which a room's
+/// moderator can mint): the session's resume token, or the same account
+/// and device.
+async fn check_take_over(
+    state: &AppState,
+    room: &RoomId,
+    from: ParticipantId,
+    grant: &crate::server::RoomGrant,
+    resume_token: Option<&str>,
+) -> Result<(), ApiError> {
+    let refused = || {
+        ApiError::forbidden(
+            "take_over needs the participant's resume_token, or the same account and device",
+        )
+    };
+    if let Some(t) = resume_token {
+        return if state.resumable.matches(from, t) {
+            Ok(())
+        } else {
+            Err(refused())
+        };
+    }
+    let Some((account, device)) = grant.account else {
+        return Err(refused());
+    };
+    let participants = state.media.participants(room.clone()).await?;
+    let same = participants.iter().any(|p| {
+        p.id == from
+            && p.account.as_deref() == Some(account.to_string().as_str())
+            && p.device.as_deref() == Some(device.to_string().as_str())
+    });
+    if same { Ok(()) } else { Err(refused()) }
 }
 
 /// Runs until the socket's part of the session ends.

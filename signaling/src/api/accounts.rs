@@ -4,21 +4,19 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::Body;
 use super::devices::revoke_device;
-use crate::account::{
-    self, Account, Role, check_display_name, check_password, hash_password, normalize_username,
-    verify_password,
-};
+use crate::account::{self, Account, Role, check_display_name, check_password, normalize_username};
 use crate::api_error::ApiError;
-use crate::auth::{Authed, new_refresh_token, refresh_hash};
+use crate::auth::{Authed, bearer, new_refresh_token, refresh_hash};
 use crate::client_addr::ClientAddr;
 use crate::device::{Device, DeviceKind, check_label};
 use crate::ids::{AccountId, DeviceId, now_ms};
+use crate::password::HashSlot;
 use crate::server::AppState;
 use crate::store::{RefreshOutcome, StoreError};
 use crate::token::AccessClaims;
@@ -32,13 +30,23 @@ pub(crate) struct RegisterBody {
     display_name: Option<String>,
 }
 
-/// `POST /api/v1/accounts`: sign up.
+/// `POST /api/v1/accounts`: sign up; or, with an admin's access token, an
+/// admin creates an account (also while sign-up is closed, and without the
+/// per-address sign-up limit).
 pub(crate) async fn register(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
     Body(b): Body<RegisterBody>,
 ) -> Result<Response, ApiError> {
-    if !state.config.auth.allow_registration {
+    let by_admin = if headers.contains_key(header::AUTHORIZATION) {
+        let claims = state.authenticate(bearer(&headers)?).await?;
+        Authed(claims).require(account::PERM_ACCOUNTS_ADMIN)?;
+        true
+    } else {
+        false
+    };
+    if !by_admin && !state.config.auth.allow_registration {
         return Err(ApiError::forbidden("sign-up is closed on this server"));
     }
     let username = normalize_username("username", &b.username)?;
@@ -47,16 +55,15 @@ pub(crate) async fn register(
         Some(d) => check_display_name("display_name", d)?,
         None => username.clone(),
     };
-    let mut roles = vec![Role::User];
-    if is_configured_admin(&state, &username) {
-        roles.push(Role::Admin);
-    }
+    // Admin rights are never taken by signing up (`vela admin grant`).
+    let roles = [Role::User];
+    let slot = state.hasher.reserve()?;
     // Counted before the password is hashed: that is the work to bound.
-    if let Err(e) = state.signup_limiter.admit(addr) {
+    if !by_admin && let Err(e) = state.signup_limiter.admit(addr) {
         tracing::warn!(%addr, "sign-ups from this address over the limit");
         return Err(e);
     }
-    let hash = hash_password(b.password).await?;
+    let hash = slot.hash(b.password).await?;
     let account = match state
         .store
         .create_account(&username, &display_name, &hash, &roles, now_ms())
@@ -72,15 +79,6 @@ pub(crate) async fn register(
     };
     tracing::info!(account = %account.id, username = %account.username, "account created");
     Ok((StatusCode::CREATED, Json(account)).into_response())
-}
-
-fn is_configured_admin(state: &AppState, username: &str) -> bool {
-    state
-        .config
-        .auth
-        .admins
-        .iter()
-        .any(|a| a.trim().eq_ignore_ascii_case(username))
 }
 
 #[derive(Deserialize)]
@@ -173,31 +171,51 @@ pub(crate) async fn login(
 ) -> Result<Json<Session>, ApiError> {
     let label = check_label("device.label", &b.device.label)?;
     let username = b.username.trim().to_ascii_lowercase();
-    state.login_limiter.check(&username, addr)?;
+    let slot = state.hasher.reserve()?;
+    state.login_limiter.attempt(&username, addr)?;
     let found = state.store.account_by_username(&username).await?;
     let hash = found.as_ref().map(|(_, h)| h.clone());
-    if !verify_password(b.password, hash).await {
-        state.login_limiter.failed(&username, addr);
+    if !slot.verify(b.password, hash).await? {
         tracing::warn!(username = %username, %addr, "failed login");
         return Err(ApiError::unauthorized("invalid username or password"));
     }
-    let Some((mut account, _)) = found else {
+    drop(slot);
+    let Some((account, _)) = found else {
         return Err(ApiError::unauthorized("invalid username or password"));
     };
     if account.disabled {
         return Err(ApiError::forbidden("this account is disabled"));
     }
-    state.login_limiter.succeeded(&username);
-    if is_configured_admin(&state, &account.username) && !account.is_admin() {
-        account.roles.push(Role::Admin);
-        state.store.set_roles(account.id, &account.roles).await?;
-    }
+    state.login_limiter.succeeded(&username, addr);
+    make_room_for_a_device(&state, account.id).await?;
     let device = state
         .store
         .create_device(account.id, b.device.kind, &label, now_ms())
         .await?;
     tracing::info!(account = %account.id, device = %device.id, kind = device.kind.as_str(), "login");
     Ok(Json(issue_session(&state, account, device).await?))
+}
+
+/// Before a login adds a device: with `limits.max_devices_per_account`
+/// signed in already, the least recently active ones are signed out
+/// (reason `device_limit`), so that logins cannot grow the store without
+/// bound and a user who lost a device can always sign in again.
+async fn make_room_for_a_device(state: &AppState, account: AccountId) -> Result<(), ApiError> {
+    let max = state.config.limits.max_devices_per_account as usize;
+    if max == 0 {
+        return Ok(());
+    }
+    let mut devices = state.store.devices(account).await?;
+    if devices.len() < max {
+        return Ok(());
+    }
+    devices.sort_by_key(|d| (d.last_active_at, d.id));
+    let excess = devices.len() + 1 - max;
+    for d in devices.iter().take(excess) {
+        tracing::info!(%account, device = %d.id, "device limit reached: signing out the least recently active device");
+        revoke_device(state, account, d.id, "device_limit").await?;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -318,16 +336,18 @@ pub(crate) async fn change_password(
 ) -> Result<StatusCode, ApiError> {
     check_password("new_password", &b.new_password)?;
     let username = auth.0.name.clone();
-    state.login_limiter.check(&username, addr)?;
+    let slot = state.hasher.reserve()?;
+    state.login_limiter.attempt(&username, addr)?;
     let hash = state.store.password_hash(auth.account()).await?;
-    if !verify_password(b.current_password, hash).await {
-        state.login_limiter.failed(&username, addr);
+    if !slot.verify(b.current_password, hash).await? {
         let mut e = ApiError::forbidden("current_password: is wrong");
         e.field = Some("current_password".into());
         return Err(e);
     }
+    state.login_limiter.succeeded(&username, addr);
     set_password(
         &state,
+        &slot,
         auth.account(),
         b.new_password,
         Some(auth.device()),
@@ -342,12 +362,13 @@ pub(crate) async fn change_password(
 /// but `keep`, their sockets told `reason`; returns how many.
 pub(crate) async fn set_password(
     state: &AppState,
+    slot: &HashSlot,
     account: AccountId,
     new_password: String,
     keep: Option<DeviceId>,
     reason: &str,
 ) -> Result<usize, ApiError> {
-    let hash = hash_password(new_password).await?;
+    let hash = slot.hash(new_password).await?;
     state.store.set_password_hash(account, &hash).await?;
     let revoked = state.store.revoke_devices(account, keep, now_ms()).await?;
     for d in &revoked {

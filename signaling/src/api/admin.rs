@@ -115,7 +115,8 @@ pub(crate) async fn reset_password(
     let id = account_id(&id)?;
     load_account(&state, id).await?;
     check_password("new_password", &b.new_password)?;
-    let devices = set_password(&state, id, b.new_password, None, "password_reset").await?;
+    let slot = state.hasher.reserve()?;
+    let devices = set_password(&state, &slot, id, b.new_password, None, "password_reset").await?;
     tracing::info!(account = %id, by = %auth.account(), devices, "password reset; every device signed out");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -61,6 +61,36 @@ fn write_error(e: ContactWriteError) -> ApiError {
     }
 }
 
+/// Resolves and checks the account a contact links. By id: the own
+/// account, a mutual contact's, or the one the entry links already
+/// (`current`); nobody else's, since the entry shows the linked username and
+/// ids are sequential: any account's name would be one request away.
+/// Unknown and not allowed are refused alike. By username: any account
+/// (whoever names it knows the name already).
+async fn resolve_link(
+    state: &AppState,
+    account: AccountId,
+    body: &ContactBody,
+    current: Option<AccountId>,
+) -> Result<Option<AccountId>, ApiError> {
+    if let Some(name) = &body.linked_username {
+        let name = name.trim().to_ascii_lowercase();
+        return match state.store.account_by_username(&name).await? {
+            Some((a, _)) => Ok(Some(a.id)),
+            None => Err(ApiError::invalid("linked_username", "no such account")),
+        };
+    }
+    match body.linked_account {
+        None => Ok(None),
+        Some(other) if other == account || Some(other) == current => Ok(Some(other)),
+        Some(other) if state.store.is_mutual(account, other).await? => Ok(Some(other)),
+        Some(_) => Err(ApiError::invalid(
+            "linked_account",
+            "no such account among your mutual contacts (link others by linked_username)",
+        )),
+    }
+}
+
 /// Tells every device of `account` about a change.
 fn push_change(state: &AppState, account: AccountId, c: &Contact) {
     let msg = if c.deleted {
@@ -150,7 +180,8 @@ pub(crate) async fn create(
     if b.version.is_some() {
         return Err(ApiError::invalid("version", "is not allowed when creating"));
     }
-    let fields = b.validate()?;
+    let mut fields = b.validate()?;
+    fields.linked_account = resolve_link(&state, auth.account(), &b, None).await?;
     let c = state
         .store
         .create_contact(auth.account(), &fields, now_ms())
@@ -192,7 +223,13 @@ pub(crate) async fn update(
             "is required: the version this edit is based on",
         ));
     };
-    let fields = b.validate()?;
+    let mut fields = b.validate()?;
+    let current = state
+        .store
+        .contact(auth.account(), id)
+        .await?
+        .and_then(|c| c.fields.and_then(|f| f.linked_account));
+    fields.linked_account = resolve_link(&state, auth.account(), &b, current).await?;
     let c = state
         .store
         .update_contact(auth.account(), id, based_on, &fields, now_ms())

@@ -49,7 +49,9 @@ pub(crate) async fn revoke_device(
     reason: &str,
 ) -> Result<bool, ApiError> {
     let found = state.store.revoke_device(account, device, now_ms()).await?;
-    disconnect_device(state, account, device, reason);
+    if found {
+        disconnect_device(state, account, device, reason);
+    }
     Ok(found)
 }
 

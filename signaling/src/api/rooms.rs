@@ -42,6 +42,19 @@ pub(crate) struct Admin {
     list: bool,
     /// `None`: every room (an admin account); else the token's room.
     admin_of: Option<Option<String>>,
+    /// A room token's own grants and expiry: what a token it mints may
+    /// carry at most. `None` for an admin account.
+    own: Option<OwnGrants>,
+}
+
+/// What a room token used on the server API may itself do.
+#[derive(Debug, Clone, Copy)]
+struct OwnGrants {
+    publish: bool,
+    subscribe: bool,
+    publish_data: bool,
+    /// Its expiry, seconds since the epoch.
+    exp: u64,
 }
 
 impl Admin {
@@ -50,6 +63,7 @@ impl Admin {
             create: true,
             list: true,
             admin_of: Some(None),
+            own: None,
         }
     }
 
@@ -94,6 +108,12 @@ impl FromRequestParts<AppState> for Admin {
                     .video
                     .room_admin
                     .then(|| Some(c.video.room.clone().unwrap_or_default())),
+                own: Some(OwnGrants {
+                    publish: c.can_publish(),
+                    subscribe: c.can_subscribe(),
+                    publish_data: c.can_publish_data(),
+                    exp: c.exp,
+                }),
             }),
             Credential::Access(_) => {
                 let claims = state.authenticate(token).await?;
@@ -449,6 +469,18 @@ pub(crate) struct TokenBody {
     room_admin: Option<bool>,
 }
 
+/// A grant the minted token asks for (`None`: the default, allowed), capped
+/// by the minting token's own: asking for more than it has is refused.
+fn capped(field: &str, asked: Option<bool>, own: bool) -> Result<bool, ApiError> {
+    match asked {
+        Some(true) if !own => Err(ApiError::forbidden(format!(
+            "{field}: cannot grant what the token itself lacks"
+        ))),
+        Some(v) => Ok(v && own),
+        None => Ok(own),
+    }
+}
+
 /// `POST /api/v1/tokens`: a join token for an identity with no account here.
 pub(crate) async fn mint_token(
     State(state): State<AppState>,
@@ -465,22 +497,43 @@ pub(crate) async fn mint_token(
     if body.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
         return Err(ApiError::invalid("name", "must be at most 128 characters"));
     }
-    let ttl = body.ttl_secs.unwrap_or(state.config.auth.token_ttl_secs);
+    let mut ttl = body.ttl_secs.unwrap_or(state.config.auth.token_ttl_secs);
     if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
         return Err(ApiError::invalid(
             "ttl_secs",
             format!("must be between 1 and {MAX_TOKEN_TTL_SECS}"),
         ));
     }
-    let grant = VideoGrant {
+    let room_admin = body.room_admin.unwrap_or(false);
+    if room_admin {
+        // roomCreate alone does not make its holder a moderator.
+        admin.require_admin(&room)?;
+    }
+    let mut grant = VideoGrant {
         room: Some(room.to_string()),
         room_join: true,
         can_publish: body.can_publish,
         can_subscribe: body.can_subscribe,
         can_publish_data: body.can_publish_data,
-        room_admin: body.room_admin.unwrap_or(false),
+        room_admin,
         ..VideoGrant::default()
     };
+    // A token minted with a room token carries no more than that token:
+    // its grants, and an expiry no later than its own.
+    if let Some(own) = admin.own {
+        grant.can_publish = Some(capped("can_publish", body.can_publish, own.publish)?);
+        grant.can_subscribe = Some(capped("can_subscribe", body.can_subscribe, own.subscribe)?);
+        grant.can_publish_data = Some(capped(
+            "can_publish_data",
+            body.can_publish_data,
+            own.publish_data,
+        )?);
+        let left = own.exp.saturating_sub(crate::token::now_secs());
+        if left == 0 {
+            return Err(ApiError::unauthorized("the token has expired"));
+        }
+        ttl = ttl.min(left);
+    }
     let token = state.keys.issue(
         &body.identity,
         body.name.as_deref(),

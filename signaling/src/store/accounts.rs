@@ -16,19 +16,24 @@ row! {
     }
 }
 
+/// Stored roles, always with `user`, sorted.
+fn parse_roles(text: &str) -> Vec<Role> {
+    let mut roles: Vec<Role> = text.split(',').filter_map(Role::parse).collect();
+    if !roles.contains(&Role::User) {
+        roles.insert(0, Role::User);
+    }
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
 impl AccountRow {
     fn into_account(self) -> Account {
-        let mut roles: Vec<Role> = self.roles.split(',').filter_map(Role::parse).collect();
-        if !roles.contains(&Role::User) {
-            roles.insert(0, Role::User);
-        }
-        roles.sort();
-        roles.dedup();
         Account {
             id: AccountId(self.id),
             username: self.username,
             display_name: self.display_name,
-            roles,
+            roles: parse_roles(&self.roles),
             disabled: self.disabled,
             created_at: self.created_at,
         }
@@ -425,10 +430,16 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query("DELETE FROM refresh_tokens WHERE device_id = ?")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
+        // Only the account's own device: the id alone would let anyone sign
+        // out anyone (device ids are sequential).
+        sqlx::query(
+            "DELETE FROM refresh_tokens WHERE device_id IN
+             (SELECT id FROM devices WHERE id = ? AND account_id = ?)",
+        )
+        .bind(id.0)
+        .bind(account.0)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(n == 1)
     }
@@ -509,8 +520,20 @@ impl Store {
         account: AccountId,
         device: DeviceId,
     ) -> Result<SessionState, StoreError> {
-        let row: Option<(bool, Option<i64>)> = sqlx::query_as(
-            "SELECT a.disabled, d.revoked_at FROM devices d JOIN accounts a ON a.id = d.account_id
+        Ok(self.session(account, device).await?.0)
+    }
+
+    /// Whether a token for this account and device may be used, and the
+    /// account's roles now (whatever the token says: a demotion counts at
+    /// once).
+    pub async fn session(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+    ) -> Result<(SessionState, Vec<Role>), StoreError> {
+        let row: Option<(bool, Option<i64>, String)> = sqlx::query_as(
+            "SELECT a.disabled, d.revoked_at, a.roles FROM devices d
+             JOIN accounts a ON a.id = d.account_id
              WHERE d.id = ? AND d.account_id = ?",
         )
         .bind(device.0)
@@ -518,10 +541,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            None => SessionState::Unknown,
-            Some((true, _)) => SessionState::Disabled,
-            Some((false, Some(_))) => SessionState::Revoked,
-            Some((false, None)) => SessionState::Active,
+            None => (SessionState::Unknown, Vec::new()),
+            Some((true, _, _)) => (SessionState::Disabled, Vec::new()),
+            Some((false, Some(_), _)) => (SessionState::Revoked, Vec::new()),
+            Some((false, None, roles)) => (SessionState::Active, parse_roles(&roles)),
         })
     }
 

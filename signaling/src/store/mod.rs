@@ -64,6 +64,9 @@ pub enum StoreError {
     /// The schema could not be brought up to date.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database file could not be created.
+    #[error("cannot create the database file: {0}")]
+    Io(std::io::Error),
     /// A stored value could not be read back.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
@@ -74,6 +77,35 @@ fn unique(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
         _ => StoreError::Db(e),
+    }
+}
+
+/// Creates the database file readable by its owner only (it holds
+/// password hashes and everyone's address book); SQLite gives its `-wal`
+/// and `-shm` files the same mode. An existing file is left as it is, with
+/// a warning when others may read it.
+fn create_private(path: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    path,
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the store file is readable by other users: chmod 600 it"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Io(e)),
     }
 }
 
@@ -88,6 +120,9 @@ impl Store {
     /// migrations. `:memory:` opens a private in-memory database.
     pub async fn open(path: &str) -> Result<Store, StoreError> {
         let memory = path == ":memory:";
+        if !memory {
+            create_private(path)?;
+        }
         let options = if memory {
             SqliteConnectOptions::from_str("sqlite::memory:")?
         } else {

@@ -16,6 +16,7 @@ fn fields(name: &str) -> ContactFields {
         emails: vec![],
         groups: vec!["work".into()],
         linked_account: None,
+        linked_username: None,
         favorite: false,
         notes: String::new(),
     }

@@ -402,9 +402,9 @@ async fn changing_the_password_signs_other_devices_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_disables_an_account_and_its_connections_close() {
     tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.auth.admins = vec!["root".into()]).await;
+        let s = start_with(|_| {}).await;
         let api = Api::new(&s);
-        let root = api.user("root", "desktop").await;
+        let root = api.admin(&s, "root", "desktop").await;
         assert_eq!(root.body["account"]["roles"], json!(["user", "admin"]));
         let ivy = api.user("ivy", "phone").await;
         let mut sock = DeviceClient::connect(&s, &ivy.access, None).await;
@@ -495,9 +495,9 @@ async fn the_openapi_document_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_resets_a_forgotten_password() {
     tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.auth.admins = vec!["root".into()]).await;
+        let s = start_with(|_| {}).await;
         let api = Api::new(&s);
-        let root = api.user("root", "desktop").await;
+        let root = api.admin(&s, "root", "desktop").await;
         let june = api.user("june", "phone").await;
         let laptop = api.login("june", PW, "desktop", "laptop").await;
         let mut sock = DeviceClient::connect(&s, &laptop.access, None).await;

@@ -75,7 +75,7 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
         api.post(
             "/api/v1/contacts",
             Some(&ben.access),
-            json!({"display_name": "Cat", "linked_account": cat.account, "favorite": true}),
+            json!({"display_name": "Cat", "linked_username": cat.username, "favorite": true}),
         )
         .await
         .ok(201);

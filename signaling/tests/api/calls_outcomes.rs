@@ -285,11 +285,10 @@ async fn bad_invites_and_strangers() {
     tokio::time::timeout(LIMIT, async {
         let s = common::start_with(|c| {
             c.calls.ring_timeout_ms = 10_000;
-            c.auth.admins = vec!["root".into()];
         })
         .await;
         let api = Api::new(&s);
-        let root = api.user("root", "desktop").await;
+        let root = api.admin(&s, "root", "desktop").await;
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
         let eve = api.user("eve", "phone").await;

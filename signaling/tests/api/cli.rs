@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::Ws;
 use vela_signaling::token::TokenKeys;
 
-fn vela() -> Command {
+pub(crate) fn vela() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vela"));
     // The test's own environment must not configure the server.
     for (k, _) in std::env::vars() {

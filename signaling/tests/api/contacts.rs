@@ -47,17 +47,43 @@ async fn create_read_update_delete_and_validation() {
         let path = format!("/api/v1/contacts/{id}");
         assert_eq!(api.get(&path, t).await.ok(200), c);
 
-        // Linked to the account of a user here.
-        let mut b = json!({"display_name": "Ned", "linked_account": other.account});
+        // Linked to the account of a user here: by username (anyone), not by
+        // id (that would tell any account's name by its id), and an unknown
+        // id is refused alike.
+        let by_id = json!({"display_name": "Ned", "linked_account": other.account});
+        api.post("/api/v1/contacts", Some(t), by_id)
+            .await
+            .err(400, Some("linked_account"));
+        let b = json!({"display_name": "Ned", "linked_username": "Ned"});
         let linked = api
             .post("/api/v1/contacts", Some(t), b.clone())
             .await
             .ok(201);
         assert_eq!(linked["linked_username"], "ned");
-        b["linked_account"] = json!(424242);
-        api.post("/api/v1/contacts", Some(t), b)
-            .await
-            .err(400, Some("linked_account"));
+        assert_eq!(linked["linked_account"], other.account);
+        // An edit may keep the link by its id.
+        let lid = linked["id"].as_i64().unwrap();
+        api.put(
+            &format!("/api/v1/contacts/{lid}"),
+            t,
+            json!({"display_name": "Ned B", "version": 1, "linked_account": other.account}),
+        )
+        .await
+        .ok(200);
+        api.post(
+            "/api/v1/contacts",
+            Some(t),
+            json!({"display_name": "X", "linked_account": 424242}),
+        )
+        .await
+        .err(400, Some("linked_account"));
+        api.post(
+            "/api/v1/contacts",
+            Some(t),
+            json!({"display_name": "X", "linked_username": "nobody-here"}),
+        )
+        .await
+        .err(400, Some("linked_username"));
 
         // Validation names the field.
         for (body, field) in [
@@ -98,7 +124,7 @@ async fn create_read_update_delete_and_validation() {
         // List with filters.
         let all = api.get("/api/v1/contacts", t).await.ok(200);
         assert_eq!(all["contacts"].as_array().unwrap().len(), 2);
-        assert_eq!(all["revision"], 2);
+        assert_eq!(all["revision"], 3);
         let fav = api.get("/api/v1/contacts?favorite=true", t).await.ok(200);
         assert_eq!(fav["contacts"].as_array().unwrap().len(), 1);
         let q = api
@@ -123,7 +149,7 @@ async fn create_read_update_delete_and_validation() {
         let u = api.put(&path, t, edit.clone()).await.ok(200);
         assert_eq!(
             (u["version"].as_i64(), u["revision"].as_i64()),
-            (Some(2), Some(3))
+            (Some(2), Some(4))
         );
         assert_eq!(u["display_name"], "Ann Jones");
         // Stale: 409 with the current record.
@@ -148,7 +174,7 @@ async fn create_read_update_delete_and_validation() {
         assert!(tomb.get("display_name").is_none());
         assert_eq!(
             (tomb["version"].as_i64(), tomb["revision"].as_i64()),
-            (Some(3), Some(4))
+            (Some(3), Some(5))
         );
         api.get(&path, t).await.err(404, None);
         api.put(&path, t, edit).await.err(404, None);

@@ -226,3 +226,113 @@ async fn the_device_socket_checks_its_token_and_input() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_another_accounts_device_changes_nothing() {
+    tokio::time::timeout(LIMIT, async {
+        let s = start().await;
+        let api = Api::new(&s);
+        let bob = api.user("bob", "phone").await;
+        let eve = api.user("eve", "web").await;
+        let watcher = api.user("wes", "web").await;
+        api.link(&bob, &watcher).await;
+        let mut bob_sock =
+            DeviceClient::connect(&s, &bob.access, Some(Duration::from_secs(1))).await;
+        let mut wes_sock =
+            DeviceClient::connect(&s, &watcher.access, Some(Duration::from_secs(1))).await;
+        let p = api
+            .get(
+                &format!("/api/v1/presence/{}", bob.account),
+                &watcher.access,
+            )
+            .await
+            .ok(200);
+        assert_eq!(p["status"], "online", "{p}");
+
+        // Eve tries to sign out Bob's device (ids are sequential): 404, and
+        // nothing of Bob's changes.
+        let path = format!("/api/v1/devices/{}", bob.device);
+        api.delete(&path, &eve.access).await.err(404, None);
+        api.call(
+            "PATCH",
+            &path,
+            Some(&eve.access),
+            Some(json!({"label": "pwned"})),
+        )
+        .await
+        .err(404, None);
+        // Bob's connection stays open and his contacts see no change.
+        let seen = bob_sock.collect(Duration::from_millis(700)).await;
+        assert!(
+            seen.iter().all(|x| !matches!(x, common::Seen::Closed(_))),
+            "{seen:?}"
+        );
+        let seen = wes_sock.collect(Duration::from_millis(700)).await;
+        assert!(
+            common::presences_of(&seen, bob.account).is_empty(),
+            "bob's presence changed: {seen:?}"
+        );
+        let p = api
+            .get(
+                &format!("/api/v1/presence/{}", bob.account),
+                &watcher.access,
+            )
+            .await
+            .ok(200);
+        assert_eq!(p["status"], "online", "{p}");
+        // His token, refresh token and device are as they were.
+        let list = api.get("/api/v1/devices", &bob.access).await.ok(200);
+        assert_eq!(list["devices"][0]["label"], "bob's phone");
+        let r = api
+            .post(
+                "/api/v1/auth/refresh",
+                None,
+                json!({"refresh_token": bob.refresh}),
+            )
+            .await
+            .ok(200);
+        assert!(r["access_token"].is_string());
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_beyond_the_device_limit_signs_out_the_least_recently_active() {
+    tokio::time::timeout(LIMIT, async {
+        let s = start_with(|c| c.limits.max_devices_per_account = 3).await;
+        let api = Api::new(&s);
+        let first = api.user("dana", "phone").await;
+        let second = api.login("dana", "correct horse battery", "web", "b").await;
+        let third = api.login("dana", "correct horse battery", "web", "c").await;
+        // The first device is used again, so the second is the stalest.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let first = common::Login::from(
+            api.post(
+                "/api/v1/auth/refresh",
+                None,
+                json!({"refresh_token": first.refresh}),
+            )
+            .await
+            .ok(200),
+        );
+        let mut second_sock = DeviceClient::connect(&s, &second.access, None).await;
+        let fourth = api.login("dana", "correct horse battery", "web", "d").await;
+        let revoked = second_sock.expect("session_revoked").await;
+        assert_eq!(revoked["reason"], "device_limit");
+        assert_eq!(second_sock.closed().await, Some(4002));
+        let list = api.get("/api/v1/devices", &fourth.access).await.ok(200);
+        let ids: Vec<i64> = list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![first.device, third.device, fourth.device]);
+        api.get("/api/v1/me", &second.access).await.err(401, None);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}

@@ -364,9 +364,9 @@ async fn rooms_participants_moderation_data_and_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_account_moderates_any_room_and_readyz_answers() {
     tokio::time::timeout(LIMIT, async {
-        let s = common::start_with(|c| c.auth.admins = vec!["root".into()]).await;
+        let s = common::start_with(|_| {}).await;
         let api = Api::new(&s);
-        let root = api.user("root", "web").await;
+        let root = api.admin(&s, "root", "web").await;
         api.post(
             "/api/v1/rooms",
             Some(&root.access),

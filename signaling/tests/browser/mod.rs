@@ -417,6 +417,9 @@ pub fn test_config() -> vela_config::Config {
 pub fn netns_config(hosts: &[std::net::IpAddr]) -> vela_config::Config {
     let mut config = test_config();
     config.server.http = "0.0.0.0:0".parse().expect("socket address");
+    // The pages in the namespaces reach HTTP over their links, with the
+    // development key (dev tokens): allowed explicitly.
+    config.auth.insecure_development_key_on_network = true;
     config.media.bind_ip = "0.0.0.0".parse().expect("IP address");
     config.media.node_ips.extend_from_slice(hosts);
     config

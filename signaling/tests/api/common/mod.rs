@@ -747,6 +747,26 @@ impl Api {
         .await
     }
 
+    /// A user made an admin in the server's store before it logs in (as
+    /// `vela admin grant` does).
+    pub async fn admin(&self, server: &RunningServer, username: &str, kind: &str) -> Login {
+        use vela_signaling::account::Role;
+        let account = self.register(username, "correct horse battery").await;
+        let id = vela_signaling::ids::AccountId(account["id"].as_i64().unwrap());
+        server
+            .store()
+            .set_roles(id, &[Role::User, Role::Admin])
+            .await
+            .unwrap();
+        self.login(
+            username,
+            "correct horse battery",
+            kind,
+            &format!("{username}'s {kind}"),
+        )
+        .await
+    }
+
     /// Makes `a` and `b` mutual contacts (a asks, b accepts).
     pub async fn link(&self, a: &Login, b: &Login) {
         let r = self

@@ -1,0 +1,61 @@
+//! Safe defaults: with the development key (whose secret is public) the
+//! server listens on loopback only unless told otherwise; the store file is
+//! readable by its owner only.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{StoreFile, start_with};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_key_listens_on_loopback_only() {
+    tokio::time::timeout(LIMIT, async {
+        let any = |c: &mut vela_config::Config| c.server.http = "0.0.0.0:0".parse().unwrap();
+        let s = start_with(any).await;
+        assert!(s.http_addr.ip().is_loopback(), "{}", s.http_addr);
+        s.shutdown().await;
+
+        let s = start_with(|c| {
+            any(c);
+            c.auth.insecure_development_key_on_network = true;
+        })
+        .await;
+        assert!(s.http_addr.ip().is_unspecified(), "{}", s.http_addr);
+        s.shutdown().await;
+
+        let s = start_with(|c| {
+            any(c);
+            c.auth.api_key = "prod".into();
+            c.auth.api_secret = "0123456789abcdef0123456789abcdef".into();
+        })
+        .await;
+        assert!(s.http_addr.ip().is_unspecified(), "{}", s.http_addr);
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::time::timeout(LIMIT, async {
+        let file = StoreFile::new("private");
+        let s = start_with(file.config()).await;
+        // Something written, so the WAL exists too.
+        common::Api::new(&s).user("pat", "web").await;
+        for suffix in ["", "-wal", "-shm"] {
+            let path = format!("{}{suffix}", file.path);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{path}: {mode:o}");
+        }
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
