@@ -16,6 +16,10 @@ pub enum JoinError {
     /// A WHIP or WHEP join must carry an offer.
     #[error("an SDP offer is required")]
     OfferRequired,
+    /// The new connection's WebRTC stack failed (panicked: a bug) while
+    /// taking the offer; nothing of the join remains.
+    #[error("the connection failed")]
+    ConnectionFailed,
 }
 
 /// Why an offer, answer, candidate or other signal was refused.
@@ -51,4 +55,14 @@ pub enum SignalError {
         /// `limits.max_tracks_per_participant`.
         limit: u32,
     },
+    /// The participant's WebRTC stack failed (panicked: a bug); the
+    /// participant is being removed as one whose connection was lost.
+    #[error("the connection failed")]
+    ConnectionFailed,
+}
+
+impl From<crate::isolation::Poisoned> for SignalError {
+    fn from(_: crate::isolation::Poisoned) -> Self {
+        SignalError::ConnectionFailed
+    }
 }

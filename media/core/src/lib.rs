@@ -16,6 +16,7 @@
 mod dtls;
 mod error;
 mod id;
+mod isolation;
 mod layer_selector;
 mod peer;
 mod room;
@@ -28,6 +29,8 @@ mod track;
 
 pub use error::{JoinError, SignalError};
 pub use id::{IdParseError, ParticipantId, RoomId, TrackId};
+#[cfg(feature = "test-hooks")]
+pub use isolation::RtcCall;
 pub use room::RoomOptions;
 pub use sfu::{DataMessage, JoinRequest, Joined, Output, Sfu, SfuConfig, id_shard};
 pub use signal::{

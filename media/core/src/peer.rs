@@ -13,6 +13,7 @@ use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
 use crate::error::SignalError;
 use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::isolation::{PeerRtc, RtcCall};
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions};
 use crate::track::{KeyframeThrottle, Publication, Subscription, SubscriptionState};
 
@@ -39,7 +40,8 @@ pub(crate) struct Peer {
     pub name: String,
     pub kind: PeerKind,
     pub permissions: Permissions,
-    pub rtc: Rtc,
+    /// Its str0m `Rtc`, behind the wall that keeps a panic in it to this peer.
+    pub rtc: PeerRtc,
     /// The server's ICE ufrags on this connection (one more per ICE restart);
     /// the router's keys.
     pub ufrags: Vec<String>,
@@ -149,15 +151,18 @@ impl Peer {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
         let builder = config.clone().set_local_ice_credentials(creds);
-        let mut rtc = builder.build(now);
-        for addr in candidates {
-            match Candidate::host(*addr, "udp") {
-                Ok(c) => {
-                    rtc.add_local_candidate(c);
+        let mut rtc = PeerRtc::build(|| builder.build(now));
+        // A panic here leaves it poisoned: the join is refused (see `Sfu::admit`).
+        let _ = rtc.call(RtcCall::Build, |rtc| {
+            for addr in candidates {
+                match Candidate::host(*addr, "udp") {
+                    Ok(c) => {
+                        rtc.add_local_candidate(c);
+                    }
+                    Err(e) => tracing::warn!(%addr, error = %e, "unusable host candidate"),
                 }
-                Err(e) => tracing::warn!(%addr, error = %e, "unusable host candidate"),
             }
-        }
+        });
         Peer {
             id,
             public_id: id,
@@ -269,11 +274,13 @@ impl Peer {
     /// Accepts a client offer. Any server offer in flight is void: its changes
     /// go back to be offered again.
     pub fn accept_offer(&mut self, offer: SdpOffer) -> Result<SdpAnswer, SignalError> {
-        let answer = self
+        let (answer, ufrag) = self
             .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| SignalError::Sdp(e.to_string()))?;
+            .call(RtcCall::Sdp, |rtc| {
+                let answer = rtc.sdp_api().accept_offer(offer)?;
+                Ok((answer, rtc.direct_api().local_ice_credentials().ufrag))
+            })?
+            .map_err(|e: str0m::RtcError| SignalError::Sdp(e.to_string()))?;
         if self.pending.take().is_some() {
             self.needs_negotiation = true;
             for s in &mut self.subscriptions {
@@ -286,7 +293,6 @@ impl Peer {
         }
         self.ready = true;
         // An ICE restart by the client gives this side new credentials too.
-        let ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
         if !self.ufrags.contains(&ufrag) {
             tracing::info!(participant = %self.id, "ice restart");
             self.ufrags.push(ufrag);
@@ -301,8 +307,9 @@ impl Peer {
     pub fn accept_answer(&mut self, answer: SdpAnswer) -> Result<Vec<(TrackId, Mid)>, SignalError> {
         let pending = self.pending.take().ok_or(SignalError::NoPendingOffer)?;
         self.rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
+            .call(RtcCall::Sdp, |rtc| {
+                rtc.sdp_api().accept_answer(pending, answer)
+            })?
             .map_err(|e| SignalError::Sdp(e.to_string()))?;
         let mut opened = Vec::new();
         for s in &mut self.subscriptions {
@@ -344,37 +351,45 @@ impl Peer {
                 s.state = SubscriptionState::ToStop(m);
             }
         }
-        let mut change = self.rtc.sdp_api();
-        let mut touched = false;
-        for s in &mut self.subscriptions {
-            match s.state {
-                SubscriptionState::ToOpen => {
-                    // msid carries the publisher's participant id as stream id
-                    // and the track id, so clients map media to people.
-                    let Some(src) = s.source else { continue };
-                    let stream_id = s.publisher.map(|p| p.to_string());
-                    let mid = change.add_media(
-                        s.kind,
-                        Direction::SendOnly,
-                        stream_id,
-                        Some(src.to_string()),
-                        None,
-                    );
-                    s.state = SubscriptionState::Negotiating(mid);
-                    touched = true;
+        let subscriptions = &mut self.subscriptions;
+        // A poisoned `Rtc` offers nothing; the peer is on its way out.
+        let (offer, pending) = self
+            .rtc
+            .call(RtcCall::Sdp, |rtc| {
+                let mut change = rtc.sdp_api();
+                let mut touched = false;
+                for s in subscriptions.iter_mut() {
+                    match s.state {
+                        SubscriptionState::ToOpen => {
+                            // msid carries the publisher's participant id as stream id
+                            // and the track id, so clients map media to people.
+                            let Some(src) = s.source else { continue };
+                            let stream_id = s.publisher.map(|p| p.to_string());
+                            let mid = change.add_media(
+                                s.kind,
+                                Direction::SendOnly,
+                                stream_id,
+                                Some(src.to_string()),
+                                None,
+                            );
+                            s.state = SubscriptionState::Negotiating(mid);
+                            touched = true;
+                        }
+                        SubscriptionState::ToStop(mid) => {
+                            change.stop_media(mid);
+                            s.state = SubscriptionState::NegotiatingStop(mid);
+                            touched = true;
+                        }
+                        _ => {}
+                    }
                 }
-                SubscriptionState::ToStop(mid) => {
-                    change.stop_media(mid);
-                    s.state = SubscriptionState::NegotiatingStop(mid);
-                    touched = true;
+                if !touched || !change.has_changes() {
+                    return None;
                 }
-                _ => {}
-            }
-        }
-        if !touched || !change.has_changes() {
-            return None;
-        }
-        let (offer, pending) = change.apply()?;
+                change.apply()
+            })
+            .ok()
+            .flatten()?;
         self.pending = Some(pending);
         Some(offer)
     }

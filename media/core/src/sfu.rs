@@ -12,11 +12,12 @@ use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{
-    Candidate, Event, IceConnectionState, Input, PacerReason, Reason, RtcConfig, RtcError,
+    Candidate, Event, IceConnectionState, Input, PacerReason, Reason, Rtc, RtcConfig, RtcError,
 };
 
 use crate::error::{JoinError, SignalError};
 use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::isolation::{Poisoned, RtcCall};
 use crate::layer_selector::{Demand, allocate, layer_for_size};
 use crate::peer::Peer;
 use crate::room::{Room, RoomOptions};
@@ -308,18 +309,19 @@ fn keyframe_rids(p: &Publication) -> Vec<Option<str0m::media::Rid>> {
     }
 }
 
-/// Writes one audio frame to a subscriber's m-line as one RTP packet with
-/// the m-line's own sequence numbers, carrying the publisher's audio level.
+/// Writes one audio frame to a subscriber's m-line (its `rtc` and
+/// `subscriptions`) as one RTP packet with the m-line's own sequence
+/// numbers, carrying the publisher's audio level.
 fn write_audio(
-    sub: &mut Peer,
+    rtc: &mut Rtc,
+    subscriptions: &mut [Subscription],
     s: &mut Subscriber,
     pt: Pt,
     time: MediaTime,
     data: &MediaData,
 ) -> Result<(), RtcError> {
     let mid = s.mid;
-    let seq = sub
-        .subscriptions
+    let seq = subscriptions
         .iter_mut()
         .find(|s| s.mid() == Some(mid))
         .ok_or(RtcError::NoSenderSource)?
@@ -338,7 +340,7 @@ fn write_audio(
     )
     .marker(data.audio_start_of_talk_spurt)
     .ext_vals(ext);
-    let mut api = sub.rtc.direct_api();
+    let mut api = rtc.direct_api();
     // By SSRC, one hash lookup, while the cached stream still serves the
     // m-line; str0m finds one by m-line only by walking all send streams.
     let cached = s
@@ -354,7 +356,6 @@ fn write_audio(
         s.tx_ssrc = Some(tx.ssrc());
         tx.write_rtp(rtp);
     }
-    sub.audio_unsent += 1;
     Ok(())
 }
 
@@ -376,17 +377,47 @@ fn check_tracks(offer: &SdpOffer, limit: u32) -> Result<(), SignalError> {
     Ok(())
 }
 
-/// Runs a due timeout on a peer's `Rtc`; a failure closes the peer and
-/// returns false.
+/// Runs a due timeout on a peer's `Rtc`; a failure (or a panic) closes the
+/// peer and returns false.
 fn run_rtc_timeout(peer: &mut Peer, now: Instant, stats: &mut SfuStats) -> bool {
     stats.rtc_timeouts += 1;
     peer.written = false;
-    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-        tracing::debug!(participant = %peer.id, error = %e, "timeout input failed");
-        peer.closing.get_or_insert(LeaveReason::ConnectionLost);
-        return false;
+    match peer.rtc.call(RtcCall::Timeout, |rtc| {
+        rtc.handle_input(Input::Timeout(now))
+    }) {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(participant = %peer.id, error = %e, "timeout input failed");
+            peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+            false
+        }
+        // Removed at its next drive (queued by every caller).
+        Err(Poisoned) => false,
     }
-    true
+}
+
+/// Queues a peer to be driven (after a call into it found it poisoned: its
+/// drive removes it), where the SFU's `mark_dirty` cannot be called because
+/// the peer is borrowed.
+fn requeue(queue: &mut VecDeque<ParticipantId>, peer: &mut Peer) {
+    if !peer.dirty {
+        peer.dirty = true;
+        queue.push_back(peer.id);
+    }
+}
+
+/// Logs and counts a peer whose `Rtc` panicked, as it is closed.
+fn report_panic(stats: &mut SfuStats, peer: &Peer) {
+    if let Some(p) = peer.rtc.panic() {
+        stats.peers_panicked += 1;
+        tracing::error!(
+            room = %peer.room,
+            participant = %peer.id,
+            call = p.call.as_str(),
+            panic = %p.message,
+            "participant's WebRTC stack panicked: closed alone, the room goes on"
+        );
+    }
 }
 
 /// Whether an outgoing datagram is RTP (not RTCP, STUN or DTLS): version 2
@@ -494,6 +525,18 @@ impl Sfu {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Test only: the next call of kind `on` into the WebRTC stack of
+    /// connection `participant` panics inside it, as a bug in str0m would.
+    /// False when there is no such connection.
+    #[cfg(feature = "test-hooks")]
+    pub fn inject_panic(&mut self, participant: ParticipantId, on: RtcCall) -> bool {
+        let Some(peer) = self.peers.get_mut(&participant) else {
+            return false;
+        };
+        peer.rtc.inject_panic(on);
+        true
     }
 
     /// The room a participant is in.
@@ -635,10 +678,19 @@ impl Sfu {
             Some(o) => Some(
                 check_tracks(&o, self.config.max_tracks_per_participant)
                     .and_then(|()| peer.accept_offer(o))
-                    .map_err(|e| JoinError::Offer(e.to_string()))?,
+                    .map_err(|e| match e {
+                        SignalError::ConnectionFailed => JoinError::ConnectionFailed,
+                        e => JoinError::Offer(e.to_string()),
+                    }),
             ),
             None => None,
         };
+        // Its `Rtc` panicked (building it, or on the offer): it never joins.
+        if peer.rtc.is_poisoned() {
+            report_panic(&mut self.stats, &peer);
+            return Err(JoinError::ConnectionFailed);
+        }
+        let answer = answer.transpose()?;
         if let Some(old) = takes_over.and_then(|o| self.peers.get(&o)) {
             // Others keep seeing the same participant: id, identity, name.
             peer.public_id = old.public_id;
@@ -715,7 +767,15 @@ impl Sfu {
             .get_mut(&participant)
             .ok_or(SignalError::UnknownParticipant)?;
         check_tracks(&offer, self.config.max_tracks_per_participant)?;
-        let answer = peer.accept_offer(offer)?;
+        let answer = match peer.accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                if peer.rtc.is_poisoned() {
+                    self.mark_dirty(participant);
+                }
+                return Err(e);
+            }
+        };
         if let Some(u) = peer.ufrags.last() {
             self.router.add_ufrag(u.clone(), participant);
         }
@@ -735,7 +795,15 @@ impl Sfu {
             .peers
             .get_mut(&participant)
             .ok_or(SignalError::UnknownParticipant)?;
-        let opened = peer.accept_answer(answer)?;
+        let opened = match peer.accept_answer(answer) {
+            Ok(o) => o,
+            Err(e) => {
+                if peer.rtc.is_poisoned() {
+                    self.mark_dirty(participant);
+                }
+                return Err(e);
+            }
+        };
         for (source, mid) in opened {
             self.add_subscriber(source, participant, mid);
         }
@@ -761,9 +829,12 @@ impl Sfu {
         }
         let c =
             Candidate::from_sdp_string(line).map_err(|e| SignalError::Candidate(e.to_string()))?;
-        peer.rtc.add_remote_candidate(c);
+        let added = peer
+            .rtc
+            .call(RtcCall::Candidate, |rtc| rtc.add_remote_candidate(c));
+        // Driven either way: a poisoned peer is removed by its drive.
         self.mark_dirty(participant);
-        Ok(())
+        Ok(added?)
     }
 
     /// A publisher muted or unmuted one of its tracks (by id, or the first of `kind`).
@@ -979,9 +1050,13 @@ impl Sfu {
             } else {
                 peer.probe_dip_due = None;
             }
-            peer.rtc
-                .bwe()
-                .set_bitrate(Bitrate::bps(min), Bitrate::bps(desired));
+            let set = peer.rtc.call(RtcCall::Bandwidth, |rtc| {
+                rtc.bwe()
+                    .set_bitrate(Bitrate::bps(min), Bitrate::bps(desired))
+            });
+            if set.is_err() {
+                requeue(&mut self.dirty, peer);
+            }
         }
         for (i, c) in items.iter().zip(choice) {
             let Some(p) = self
@@ -1082,17 +1157,22 @@ impl Sfu {
             return;
         };
         let input = Input::Receive(self.now, receive);
-        if matches!(route, Route::Stun(_)) {
+        let stun = matches!(route, Route::Stun(_));
+        let handled = peer.rtc.call(RtcCall::Input, |rtc| {
             // A new address: str0m checks the message integrity before we trust it.
-            if !peer.rtc.accepts(&input) {
+            if stun && !rtc.accepts(&input) {
+                return None;
+            }
+            Some(rtc.handle_input(input))
+        });
+        let silent_for = self.now.saturating_duration_since(peer.last_received);
+        let mut returned: Vec<TrackId> = Vec::new();
+        match handled {
+            Ok(None) => {
                 self.stats.datagrams_rejected += 1;
                 return;
             }
-        }
-        let silent_for = self.now.saturating_duration_since(peer.last_received);
-        let mut returned: Vec<TrackId> = Vec::new();
-        match peer.rtc.handle_input(input) {
-            Ok(()) => {
+            Ok(Some(Ok(()))) => {
                 peer.last_received = self.now;
                 if peer.connected && silent_for >= RETURN_AFTER {
                     // Back from an outage: what it received meanwhile is lost;
@@ -1106,15 +1186,17 @@ impl Sfu {
                         .filter_map(|s| s.source)
                         .collect();
                 }
-                if matches!(route, Route::Stun(_)) && !peer.addrs.contains(&source) {
+                if stun && !peer.addrs.contains(&source) {
                     peer.addrs.push(source);
                     self.router.add_addr(source, pid);
                 }
             }
-            Err(e) => {
+            Ok(Some(Err(e))) => {
                 self.stats.datagrams_rejected += 1;
                 tracing::debug!(participant = %pid, error = %e, "datagram refused");
             }
+            // Its drive, queued below, removes it.
+            Err(Poisoned) => {}
         }
         for t in returned {
             self.request_keyframe(t);
@@ -1160,14 +1242,18 @@ impl Sfu {
                 peer.closing.get_or_insert(LeaveReason::ConnectionLost);
             }
 
+            let stats = &mut self.stats;
             for p in &mut peer.published {
-                if p.keyframes.poll(now, interval)
-                    && let Some(mut w) = peer.rtc.writer(p.mid)
-                {
-                    for rid in keyframe_rids(p) {
-                        let _ = w.request_keyframe(rid, KeyframeRequestKind::Pli);
-                        self.stats.keyframe_requests += 1;
-                    }
+                if p.keyframes.poll(now, interval) {
+                    // A poisoned peer is removed by its drive, queued below.
+                    let _ = peer.rtc.call(RtcCall::Keyframe, |rtc| {
+                        if let Some(mut w) = rtc.writer(p.mid) {
+                            for rid in keyframe_rids(p) {
+                                let _ = w.request_keyframe(rid, KeyframeRequestKind::Pli);
+                                stats.keyframe_requests += 1;
+                            }
+                        }
+                    });
                 }
             }
             self.mark_dirty(pid);
@@ -1242,6 +1328,12 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
+        // It panicked after its drive looked (during the cross-peer work):
+        // driven again, it goes.
+        if peer.rtc.is_poisoned() {
+            requeue(&mut self.dirty, peer);
+            return;
+        }
         let d = peer.next_deadline(self.config.connect_timeout, self.config.keyframe_interval);
         if peer.deadline != Some(d) {
             peer.deadline = Some(d);
@@ -1255,6 +1347,12 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
+        // Its `Rtc` panicked (wherever it was called from): it goes, as a
+        // connection lost, without another call into it.
+        if peer.rtc.is_poisoned() {
+            self.remove_participant(pid, LeaveReason::ConnectionLost);
+            return;
+        }
         if let Some(offer) = peer.negotiate() {
             self.signals.push_back((pid, Signal::Offer(offer)));
         }
@@ -1271,7 +1369,10 @@ impl Sfu {
         }
         loop {
             self.stats.rtc_polls += 1;
-            match peer.rtc.poll_output() {
+            let Ok(output) = peer.rtc.call(RtcCall::Poll, |rtc| rtc.poll_output()) else {
+                break; // poisoned: removed below
+            };
+            match output {
                 // Already due: str0m packetizes written media on a timeout.
                 // Run it here instead of a round trip through the timer heap
                 // and the shell's loop; bounded, in case a deadline stays due
@@ -1297,7 +1398,10 @@ impl Sfu {
                     // no other packet waits, that look can wait for the next
                     // write (which needs a timeout anyway): half the timeouts
                     // per audio packet.
-                    if peer.rtc.last_timeout_reason() == Reason::Pacer(PacerReason::Immediate) {
+                    let reason = peer
+                        .rtc
+                        .call(RtcCall::Poll, |rtc| rtc.last_timeout_reason());
+                    if reason == Ok(Reason::Pacer(PacerReason::Immediate)) {
                         if peer.audio_unsent == 0 && !peer.has_video() {
                             peer.rtc_timeout = t + PACER_LOOK_DEFER;
                         }
@@ -1419,11 +1523,14 @@ impl Sfu {
                 }
             }
         }
-        let closing = peer.closing.or(if peer.rtc.is_alive() {
+        // Not alive includes poisoned.
+        let alive = peer.rtc.call(RtcCall::Poll, |rtc| rtc.is_alive());
+        let closing = peer.closing.or(if alive == Ok(true) {
             None
         } else {
             Some(LeaveReason::ConnectionLost)
         });
+        let poisoned = alive.is_err();
         if connected_now {
             tracing::info!(participant = %pid, room = %peer.room, "media connected");
             self.events.push_back(RoomEvent::ParticipantConnected {
@@ -1434,6 +1541,10 @@ impl Sfu {
         }
 
         let mut actions = std::mem::take(&mut self.actions);
+        if poisoned {
+            // Nothing more comes of a peer that panicked.
+            actions.clear();
+        }
         for a in actions.drain(..) {
             match a {
                 Action::Publish(mid, kind, rids) => self.publish(pid, mid, kind, &rids),
@@ -1621,16 +1732,20 @@ impl Sfu {
         }
         let mid = p.mid;
         let rids = keyframe_rids(p);
-        if let Some(mut w) = peer.rtc.writer(mid) {
-            for rid in rids {
-                match w.request_keyframe(rid, KeyframeRequestKind::Pli) {
-                    Ok(()) => self.stats.keyframe_requests += 1,
-                    Err(e) => {
-                        tracing::debug!(track = %track, error = %e, "keyframe request failed")
+        let stats = &mut self.stats;
+        // Driven below either way: a poisoned peer is removed by its drive.
+        let _ = peer.rtc.call(RtcCall::Keyframe, |rtc| {
+            if let Some(mut w) = rtc.writer(mid) {
+                for rid in rids {
+                    match w.request_keyframe(rid, KeyframeRequestKind::Pli) {
+                        Ok(()) => stats.keyframe_requests += 1,
+                        Err(e) => {
+                            tracing::debug!(track = %track, error = %e, "keyframe request failed")
+                        }
                     }
                 }
             }
-        }
+        });
         self.mark_dirty(publisher);
     }
 
@@ -1692,35 +1807,52 @@ impl Sfu {
             let Some(sub) = self.peers.get_mut(&s.participant) else {
                 continue;
             };
-            // The subscriber may have negotiated other payload types, or not
-            // this codec. An m-line's payload types stay fixed once
-            // negotiated, so the match is kept per source payload type.
-            let pt = match s.pt_map {
-                Some((e, from, to)) if e == epoch && from == data.pt => to,
-                _ => {
-                    let Some(to) = sub
-                        .rtc
-                        .writer(s.mid)
-                        .and_then(|w| w.match_params(data.params))
-                    else {
-                        continue;
-                    };
-                    s.pt_map = Some((epoch, data.pt, to));
-                    to
+            let Peer {
+                rtc, subscriptions, ..
+            } = &mut **sub;
+            // A panic in the subscriber's `Rtc` is the subscriber's: it is
+            // closed, the publisher and the other subscribers go on.
+            let written = rtc.call(RtcCall::Forward, |rtc| {
+                // The subscriber may have negotiated other payload types, or not
+                // this codec. An m-line's payload types stay fixed once
+                // negotiated, so the match is kept per source payload type.
+                let pt = match s.pt_map {
+                    Some((e, from, to)) if e == epoch && from == data.pt => to,
+                    _ => {
+                        let to = rtc
+                            .writer(s.mid)
+                            .and_then(|w| w.match_params(data.params))?;
+                        s.pt_map = Some((epoch, data.pt, to));
+                        to
+                    }
+                };
+                let time = s.map_time(epoch, data.time, data.network_time);
+                Some(if direct {
+                    // An audio frame is one RTP packet: written straight to the
+                    // send stream, it skips str0m's payloader and its copy.
+                    write_audio(rtc, subscriptions, s, pt, time, &data)
+                } else {
+                    rtc.writer(s.mid)?
+                        .write(pt, data.network_time, time, data.data.clone())
+                })
+            });
+            let written = match written {
+                Ok(Some(w)) => w,
+                Ok(None) => continue,
+                Err(Poisoned) => {
+                    // Its drive removes it, right after this fan-out.
+                    if !sub.dirty {
+                        sub.dirty = true;
+                        self.written.push(s.participant);
+                    }
+                    continue;
                 }
-            };
-            let time = s.map_time(epoch, data.time, data.network_time);
-            let written = if direct {
-                // An audio frame is one RTP packet: written straight to the
-                // send stream, it skips str0m's payloader and its copy.
-                write_audio(sub, s, pt, time, &data)
-            } else if let Some(w) = sub.rtc.writer(s.mid) {
-                w.write(pt, data.network_time, time, data.data.clone())
-            } else {
-                continue;
             };
             match written {
                 Ok(()) => {
+                    if direct {
+                        sub.audio_unsent += 1;
+                    }
                     // Driven right after this fan-out even when input for it
                     // waits further back in the queue: str0m's pacer would
                     // release two packets written before one drive in its
@@ -1751,10 +1883,14 @@ impl Sfu {
             let mid = p.mid;
             for (i, l) in p.layers.iter_mut().enumerate() {
                 if want_keyframe & (1 << i.min(31)) != 0 && l.keyframes.request(now, interval) {
-                    if let Some(mut w) = peer.rtc.writer(mid) {
-                        let _ = w.request_keyframe(Some(l.rid), KeyframeRequestKind::Pli);
-                        self.stats.keyframe_requests += 1;
-                    }
+                    let stats = &mut self.stats;
+                    // Driven below either way: poisoned, its drive removes it.
+                    let _ = peer.rtc.call(RtcCall::Keyframe, |rtc| {
+                        if let Some(mut w) = rtc.writer(mid) {
+                            let _ = w.request_keyframe(Some(l.rid), KeyframeRequestKind::Pli);
+                            stats.keyframe_requests += 1;
+                        }
+                    });
                     if !peer.dirty {
                         peer.dirty = true;
                         self.written.push(publisher);
@@ -1783,11 +1919,17 @@ impl Sfu {
             // Keep the old picture until the new device sends a keyframe.
             let now = self.now;
             let interval = self.config.keyframe_interval;
-            if peer.handover_keyframes.request(now, interval)
-                && let Some(mut w) = peer.rtc.writer(data.mid)
-            {
-                let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
-                self.stats.keyframe_requests += 1;
+            if peer.handover_keyframes.request(now, interval) {
+                let stats = &mut self.stats;
+                let asked = peer.rtc.call(RtcCall::Keyframe, |rtc| {
+                    if let Some(mut w) = rtc.writer(data.mid) {
+                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                        stats.keyframe_requests += 1;
+                    }
+                });
+                if asked.is_err() {
+                    requeue(&mut self.dirty, peer);
+                }
             }
             return false;
         }
@@ -1882,16 +2024,22 @@ impl Sfu {
         self.router.remove(&peer.ufrags, &peer.addrs, pid);
         self.dirty.retain(|p| *p != pid);
         self.written.retain(|p| *p != pid);
-        // Send DTLS close_notify and RTCP BYE so the client learns at once.
-        if peer.rtc.close().is_ok() {
-            for _ in 0..32 {
-                match peer.rtc.poll_output() {
-                    Ok(str0m::Output::Transmit(t)) => self.transmits.push_back(t),
-                    Ok(str0m::Output::Event(_)) => {}
-                    Ok(str0m::Output::Timeout(_)) | Err(_) => break,
+        // Send DTLS close_notify and RTCP BYE so the client learns at once;
+        // not if its `Rtc` panicked (it is dropped, never called again). A
+        // client that gets no goodbye learns from its signaling's `left`.
+        let transmits = &mut self.transmits;
+        let _ = peer.rtc.call(RtcCall::Close, |rtc| {
+            if rtc.close().is_ok() {
+                for _ in 0..32 {
+                    match rtc.poll_output() {
+                        Ok(str0m::Output::Transmit(t)) => transmits.push_back(t),
+                        Ok(str0m::Output::Event(_)) => {}
+                        Ok(str0m::Output::Timeout(_)) | Err(_) => break,
+                    }
                 }
             }
-        }
+        });
+        report_panic(&mut self.stats, &peer);
         let room = peer.room.clone();
         if let Some(r) = self.rooms.get_mut(&room) {
             r.remove(pid);

@@ -42,6 +42,9 @@ pub struct SfuStats {
     /// each a walk over the whole stack; the one that says only "wait"
     /// included.
     pub rtc_polls: u64,
+    /// Participants whose WebRTC stack (str0m) panicked: each was closed
+    /// alone as a lost connection, its room went on. A bug to report.
+    pub peers_panicked: u64,
     /// Participants currently in a room.
     pub participants: u64,
     /// Rooms currently open.
@@ -71,6 +74,7 @@ impl std::ops::AddAssign for SfuStats {
             layer_switches,
             rtc_timeouts,
             rtc_polls,
+            peers_panicked,
             participants,
             rooms,
             tracks,
@@ -92,6 +96,7 @@ impl std::ops::AddAssign for SfuStats {
         self.layer_switches += layer_switches;
         self.rtc_timeouts += rtc_timeouts;
         self.rtc_polls += rtc_polls;
+        self.peers_panicked += peers_panicked;
         self.participants += participants;
         self.rooms += rooms;
         self.tracks += tracks;

@@ -8,6 +8,7 @@ mod connect_timeout;
 mod handover;
 mod hostile_media;
 mod loss_repair;
+mod peer_panic;
 mod reconnect;
 mod room_service;
 mod simulcast;
