@@ -99,6 +99,12 @@ impl From<MediaError> for ApiError {
         let status = match &e {
             MediaError::Join(JoinError::NotPermitted(_)) => StatusCode::FORBIDDEN,
             MediaError::Join(JoinError::RoomFull(_)) => StatusCode::CONFLICT,
+            // The connection's WebRTC stack panicked (a server bug): the
+            // request may be fine, the server is not.
+            MediaError::Join(JoinError::ConnectionFailed)
+            | MediaError::Signal(SignalError::ConnectionFailed) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             MediaError::Join(_) => StatusCode::BAD_REQUEST,
             MediaError::Signal(
                 SignalError::UnknownParticipant

@@ -225,6 +225,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         "Outputs asked of participants' WebRTC stacks (each a walk over the stack).",
         s.rtc_polls,
     );
+    put(
+        "media_peers_panicked_total",
+        "counter",
+        "Participants whose WebRTC stack panicked (a bug): each closed alone as a lost connection.",
+        s.peers_panicked,
+    );
     state.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -20,6 +20,7 @@ mod devices;
 mod durability;
 mod moderators;
 mod password_storms;
+mod peer_panic;
 mod presence;
 mod room_service;
 mod rooms_with_accounts;
