@@ -220,6 +220,16 @@ enum Action {
     Keyframe(TrackId),
 }
 
+/// What a peer's `Rtc` made of a datagram.
+enum Taken {
+    /// Not STUN, DTLS, RTP or RTCP, or failed to parse.
+    Malformed,
+    /// From a new address, and not a STUN request that proves the peer.
+    Refused,
+    /// Given to the `Rtc`, with its verdict.
+    Handled(Result<(), RtcError>),
+}
+
 /// Which of `shards` cores numbered with [`SfuConfig::set_id_space`]`(k + 1,
 /// shards)` made participant or track number `id`: `k`.
 pub fn id_shard(id: u64, shards: usize) -> usize {
@@ -1148,31 +1158,37 @@ impl Sfu {
             self.stats.datagrams_unrouted += 1;
             return;
         };
-        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, datagram) else {
-            self.stats.datagrams_malformed += 1;
-            return;
-        };
         let Some(peer) = self.peers.get_mut(&pid) else {
             self.stats.datagrams_unrouted += 1;
             return;
         };
-        let input = Input::Receive(self.now, receive);
         let stun = matches!(route, Route::Stun(_));
+        let now = self.now;
+        // Parsed inside the wall too: str0m's parsing is the peer's input.
+        // (And the input, 400 bytes, is built where it is used, not moved in.)
         let handled = peer.rtc.call(RtcCall::Input, |rtc| {
+            let Ok(receive) = Receive::new(Protocol::Udp, source, destination, datagram) else {
+                return Taken::Malformed;
+            };
+            let input = Input::Receive(now, receive);
             // A new address: str0m checks the message integrity before we trust it.
             if stun && !rtc.accepts(&input) {
-                return None;
+                return Taken::Refused;
             }
-            Some(rtc.handle_input(input))
+            Taken::Handled(rtc.handle_input(input))
         });
         let silent_for = self.now.saturating_duration_since(peer.last_received);
         let mut returned: Vec<TrackId> = Vec::new();
         match handled {
-            Ok(None) => {
+            Ok(Taken::Malformed) => {
+                self.stats.datagrams_malformed += 1;
+                return;
+            }
+            Ok(Taken::Refused) => {
                 self.stats.datagrams_rejected += 1;
                 return;
             }
-            Ok(Some(Ok(()))) => {
+            Ok(Taken::Handled(Ok(()))) => {
                 peer.last_received = self.now;
                 if peer.connected && silent_for >= RETURN_AFTER {
                     // Back from an outage: what it received meanwhile is lost;
@@ -1191,7 +1207,7 @@ impl Sfu {
                     self.router.add_addr(source, pid);
                 }
             }
-            Ok(Some(Err(e))) => {
+            Ok(Taken::Handled(Err(e))) => {
                 self.stats.datagrams_rejected += 1;
                 tracing::debug!(participant = %pid, error = %e, "datagram refused");
             }
