@@ -34,6 +34,16 @@ pub struct LimitsConfig {
     /// Devices one account may have signed in; a login beyond it signs out
     /// the least recently active one. 0 = unlimited.
     pub max_devices_per_account: u32,
+    /// Data messages one participant may send per second (a burst of as
+    /// many is allowed); more are refused with an `error`. 0 = unlimited.
+    pub data_messages_per_second: u32,
+    /// Data message bytes (decoded payloads) one participant may send per
+    /// second, likewise. 0 = unlimited.
+    pub data_bytes_per_second: u32,
+    /// Messages the server may hold for one participant's socket (room
+    /// events, data, offers) while it is slow to read them; a participant
+    /// that falls this far behind is disconnected (close code 1013).
+    pub max_queued_messages: u32,
 }
 
 impl Default for LimitsConfig {
@@ -47,6 +57,9 @@ impl Default for LimitsConfig {
             signups_per_hour_per_address: 20,
             password_hashes_at_once: 0,
             max_devices_per_account: 100,
+            data_messages_per_second: 100,
+            data_bytes_per_second: 1024 * 1024,
+            max_queued_messages: 1024,
         }
     }
 }
@@ -91,6 +104,12 @@ impl LimitsConfig {
             return Err(ConfigError::invalid(
                 "limits.password_hashes_at_once",
                 "must be at most 1024",
+            ));
+        }
+        if !(16..=1_000_000).contains(&self.max_queued_messages) {
+            return Err(ConfigError::invalid(
+                "limits.max_queued_messages",
+                "must be between 16 and 1000000",
             ));
         }
         Ok(())

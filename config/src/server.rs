@@ -19,6 +19,16 @@ pub struct ServerConfig {
     /// names the client; from anyone else the header is ignored. Empty: the
     /// client is always the connection's peer.
     pub trusted_proxies: Vec<String>,
+    /// Most HTTP and WebSocket connections open at once; further ones are
+    /// closed as they are accepted. 0: the open-files limit less a reserve.
+    pub max_connections: u32,
+    /// A connection must send a whole request head within this many
+    /// milliseconds of connecting (or of its last response: an idle
+    /// keep-alive connection is closed after it).
+    pub header_timeout_ms: u64,
+    /// A new WebSocket must authenticate (`join` or `resume` on `/ws`,
+    /// `auth` on `/api/v1/ws`) within this many milliseconds.
+    pub auth_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -27,6 +37,9 @@ impl Default for ServerConfig {
             http: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7880)),
             log_level: "info".to_owned(),
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            header_timeout_ms: 10_000,
+            auth_timeout_ms: 10_000,
         }
     }
 }
@@ -38,6 +51,18 @@ impl ServerConfig {
             return Err(ConfigError::invalid(
                 "server.log_level",
                 "must not be empty",
+            ));
+        }
+        if !(100..=600_000).contains(&self.header_timeout_ms) {
+            return Err(ConfigError::invalid(
+                "server.header_timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if !(100..=600_000).contains(&self.auth_timeout_ms) {
+            return Err(ConfigError::invalid(
+                "server.auth_timeout_ms",
+                "must be between 100 and 600000",
             ));
         }
         for p in &self.trusted_proxies {

@@ -61,6 +61,7 @@ fn defaults() {
     assert!(config.auth.allow_registration);
     assert!(!config.auth.insecure_development_key_on_network);
     assert_eq!(config.limits.max_devices_per_account, 100);
+    assert_eq!(config.server.max_connections, 10_000);
     assert_eq!(config.store.path, "vela.sqlite");
     assert_eq!(config.presence.heartbeat_timeout_ms, 30_000);
     config.validate().expect("defaults are valid");
@@ -324,6 +325,15 @@ fn invalid_values_name_their_key() {
             "auth.refresh_token_ttl_secs",
         ),
         ("[auth]\nadmins = [\"root\"]\n", "auth.admins"),
+        (
+            "[limits]\nmax_queued_messages = 1\n",
+            "limits.max_queued_messages",
+        ),
+        (
+            "[server]\nheader_timeout_ms = 0\n",
+            "server.header_timeout_ms",
+        ),
+        ("[server]\nauth_timeout_ms = 0\n", "server.auth_timeout_ms"),
     ];
     for (text, key) in cases {
         assert_eq!(

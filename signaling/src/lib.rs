@@ -13,6 +13,7 @@ pub mod device;
 pub mod hub;
 pub mod ids;
 pub mod link;
+pub mod listener;
 pub mod metrics;
 pub mod password;
 pub mod presence;

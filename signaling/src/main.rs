@@ -263,6 +263,12 @@ fn serve(config: Config) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // A socket per client: the usual soft limit (1024) is far too low, and
+    // running out fails accept for everyone.
+    match vela_signaling::listener::raise_open_files_limit() {
+        Ok(n) => tracing::info!(open_files = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -231,6 +231,25 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         "Participants whose WebRTC stack panicked (a bug): each closed alone as a lost connection.",
         s.peers_panicked,
     );
+    let c = &state.connections;
+    put(
+        "http_connections",
+        "gauge",
+        "HTTP and WebSocket connections open.",
+        c.open(),
+    );
+    put(
+        "http_connections_refused_total",
+        "counter",
+        "Connections closed as accepted: server.max_connections reached.",
+        c.refused(),
+    );
+    put(
+        "http_connections_timed_out_total",
+        "counter",
+        "Connections closed for not sending a request head within server.header_timeout_ms (idle keep-alive ones included).",
+        c.timed_out(),
+    );
     state.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

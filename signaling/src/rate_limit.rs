@@ -85,9 +85,64 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     }
 }
 
+/// A token bucket, sans-IO: `rate` per second refill, holding at most one
+/// second's worth (the burst).
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// Full at `now`; `rate` 0 means no limit.
+    pub fn new(rate: u32, now: Instant) -> Self {
+        TokenBucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: now,
+        }
+    }
+
+    /// Takes `n` tokens at `now`; `false` (taking nothing) when there are
+    /// not that many. Asking for more than a whole second's worth is
+    /// allowed once the bucket is full.
+    pub fn take(&mut self, n: f64, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        let need = n.min(self.rate);
+        if self.tokens + 1e-9 < need {
+            return false;
+        }
+        self.tokens -= need;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, t0);
+        assert!((0..10).all(|_| b.take(1.0, t0)));
+        assert!(!b.take(1.0, t0));
+        // A tenth of a second refills one.
+        assert!(b.take(1.0, t0 + Duration::from_millis(100)));
+        assert!(!b.take(1.0, t0 + Duration::from_millis(100)));
+        // Refills cap at one second's worth.
+        let later = t0 + Duration::from_secs(60);
+        assert!((0..10).all(|_| b.take(1.0, later)));
+        assert!(!b.take(1.0, later));
+        let mut free = TokenBucket::new(0, t0);
+        assert!((0..1000).all(|_| free.take(1e6, t0)));
+    }
 
     #[test]
     fn the_window_slides() {

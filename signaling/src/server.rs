@@ -23,6 +23,7 @@ use crate::api_error::ApiError;
 use crate::auth::{LoginLimiter, SignupLimiter};
 use crate::hub::Hub;
 use crate::ids::{AccountId, DeviceId, now_ms};
+use crate::listener::{ConnectionStats, ListenerLimits};
 use crate::password::PasswordHasher;
 use crate::presence::PresenceHandle;
 use crate::store::Store;
@@ -92,6 +93,8 @@ pub(crate) struct AppState {
     pub resumable: session::Resumable,
     /// Counters kept outside the media core (join times, webhooks).
     pub metrics: Arc<metrics::Metrics>,
+    /// HTTP connections open, refused and timed out.
+    pub connections: Arc<ConnectionStats>,
 }
 
 /// Who joins a room, and with what rights, after checking the token.
@@ -299,6 +302,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let udp_addr = shards[0].0.advertised()[0];
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(crate::webhook::ROOM_EVENT_QUEUE);
     let (media, driver) = vela_media::spawn_shards(shards, Some(events_tx));
+    let media = media.with_signal_queue(config.limits.max_queued_messages as usize);
 
     let bind = http_bind_addr(&config);
     let listener = TcpListener::bind(bind)
@@ -380,6 +384,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         presence,
         resumable: Default::default(),
         metrics,
+        connections: Arc::default(),
     };
     // After the calls and presence a crash left were recovered.
     tokio::spawn(heartbeat(store.clone(), shutdown_rx.clone()));
@@ -387,22 +392,20 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         state.clone(),
         shutdown_rx.clone(),
     ));
+    let limits = ListenerLimits::new(
+        state.config.server.max_connections,
+        Duration::from_millis(state.config.server.header_timeout_ms),
+    );
+    let connections = state.connections.clone();
     let app = router(state);
-    tracing::info!(%http_addr, "http listening");
-    let mut stop = shutdown_rx;
-    let http = tokio::spawn(async move {
-        let r = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
+    tracing::info!(%http_addr, max_connections = limits.max_connections, "http listening");
+    let http = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        limits,
+        connections,
+        shutdown_rx,
+    ));
     Ok(RunningServer {
         http_addr,
         udp_addr,

@@ -19,32 +19,57 @@ use crate::api_error::ApiError;
 use crate::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::ids::{AccountId, DeviceId};
 use crate::protocol::{ClientMessage, ServerMessage, SpeakerEntry, parse_kind};
+use crate::rate_limit::TokenBucket;
 use crate::server::AppState;
 use crate::token::Credential;
-
-/// How long a new socket may take to send `join`.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Initial read buffer of a signaling WebSocket (tungstenite's advice for
 /// many mostly idle connections).
 const WS_READ_BUFFER: usize = 4 * 1024;
 
-/// `GET /ws`: upgrades to a signaling session.
-pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+/// Most bytes a WebSocket may have written but not yet sent.
+const WS_MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// How long one message may take to be written to a socket: a client that
+/// reads slower than that is dropped rather than hold its task.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The limits both WebSockets (`/ws` and `/api/v1/ws`) share.
+pub(crate) fn limited(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let limit = state.config.limits.max_message_bytes;
-    let tracker = state.sessions.clone();
     // tungstenite's default read buffer is 128 KiB, allocated and zero-filled
-    // per socket: half the memory of an idle participant. Signaling messages
-    // are small; the buffer grows for a large SDP.
+    // per socket: half the memory of an idle participant. Messages are
+    // small; the buffer grows for a large SDP, up to the message limit.
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| tracker.track_future(run(state, socket)))
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER.max(limit * 2))
+}
+
+/// How long a new socket may take to authenticate (`join`, `resume`, `auth`).
+pub(crate) fn auth_timeout(state: &AppState) -> Duration {
+    Duration::from_millis(state.config.server.auth_timeout_ms)
+}
+
+/// `GET /ws`: upgrades to a signaling session.
+pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let tracker = state.sessions.clone();
+    limited(ws, &state).on_upgrade(move |socket| tracker.track_future(run(state, socket)))
+}
+
+/// Sends a text message within [`WRITE_TIMEOUT`]; `false` when the socket
+/// is gone or too slow.
+pub(crate) async fn send_text(ws: &mut WebSocket, text: String) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn send(ws: &mut WebSocket, msg: &ServerMessage<'_>) -> bool {
     match serde_json::to_string(msg) {
-        Ok(text) => ws.send(Message::Text(text.into())).await.is_ok(),
+        Ok(text) => send_text(ws, text).await,
         Err(_) => false,
     }
 }
@@ -55,12 +80,11 @@ async fn send_error(ws: &mut WebSocket, code: u16, message: &str) -> bool {
 
 /// Sends a close frame.
 pub(crate) async fn close(ws: &mut WebSocket, code: u16, reason: &'static str) {
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame)).await;
 }
 
 /// Reads the next text message; `Err` carries a close code and reason.
@@ -88,7 +112,7 @@ pub(crate) async fn next_text(ws: &mut WebSocket) -> Result<Option<String>, (u16
 
 async fn run(state: AppState, mut ws: WebSocket) {
     // The first message must be `join` (or `resume`).
-    let first = match tokio::time::timeout(JOIN_TIMEOUT, next_text(&mut ws)).await {
+    let first = match tokio::time::timeout(auth_timeout(&state), next_text(&mut ws)).await {
         Err(_) => return close(&mut ws, 1008, "join expected").await,
         Ok(Err((code, reason))) => return close(&mut ws, code, reason).await,
         Ok(Ok(None)) => return,
@@ -196,6 +220,37 @@ struct Link {
     buffered: VecDeque<Signal>,
     /// The last server offer, until the client's answer arrives.
     pending_offer: Option<String>,
+    /// What the participant may still send as data messages.
+    data: DataAllowance,
+}
+
+/// A participant's data messages per second and bytes per second
+/// (`limits.data_messages_per_second`, `limits.data_bytes_per_second`),
+/// each with a second's worth as burst.
+struct DataAllowance {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+}
+
+impl DataAllowance {
+    fn new(state: &AppState) -> Self {
+        let now = std::time::Instant::now();
+        DataAllowance {
+            messages: TokenBucket::new(state.config.limits.data_messages_per_second, now),
+            bytes: TokenBucket::new(state.config.limits.data_bytes_per_second, now),
+        }
+    }
+
+    /// Takes one message of `len` bytes, or refuses it (taking nothing).
+    fn take(&mut self, len: usize) -> bool {
+        let now = std::time::Instant::now();
+        let mut probe = self.messages.clone();
+        if !probe.take(1.0, now) || !self.bytes.take(len as f64, now) {
+            return false;
+        }
+        self.messages = probe;
+        true
+    }
 }
 
 /// How a socket's part of a session ended.
@@ -263,6 +318,7 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
         signals,
         buffered: VecDeque::new(),
         pending_offer: None,
+        data: DataAllowance::new(&state),
     };
     let mut first = Some(joined);
     let reason = loop {
@@ -429,7 +485,15 @@ async fn detached(
             }
             signal = link.signals.recv() => match signal {
                 None | Some(Signal::Left { .. }) => return Err(None),
-                Some(s) => link.buffered.push_back(s),
+                Some(s) => {
+                    // Bounded like the queue in front of it: a session that
+                    // would miss more than that cannot be resumed whole.
+                    if link.buffered.len() >= state.config.limits.max_queued_messages as usize {
+                        tracing::info!("too much arrived while detached: the session ends");
+                        return Err(Some(LeaveReason::TooSlow));
+                    }
+                    link.buffered.push_back(s);
+                }
             },
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Err(None),
         }
@@ -573,7 +637,7 @@ async fn session_loop(
             }
             incoming = next_text(ws) => match incoming {
                 Ok(Some(text)) => {
-                    if handle_message(state, ws, id, &text, &mut link.pending_offer)
+                    if handle_message(state, ws, id, &text, &mut link.pending_offer, &mut link.data)
                         .await
                         .is_some()
                     {
@@ -596,7 +660,11 @@ async fn session_loop(
                 };
                 if let Signal::Left { reason } = signal {
                     send(ws, &ServerMessage::Left { reason }).await;
-                    close(ws, 1000, "left").await;
+                    if reason == LeaveReason::TooSlow {
+                        close(ws, 1013, "too slow to keep up").await;
+                    } else {
+                        close(ws, 1000, "left").await;
+                    }
                     return Outcome::Ended(None);
                 }
                 if !forward_signal(ws, signal, &mut link.pending_offer).await {
@@ -695,6 +763,7 @@ async fn handle_message(
     id: ParticipantId,
     text: &str,
     pending_offer: &mut Option<String>,
+    data: &mut DataAllowance,
 ) -> Option<LeaveReason> {
     let msg: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
@@ -778,7 +847,7 @@ async fn handle_message(
             payload,
             topic,
             destination_identities,
-        } => send_data(state, id, payload, topic, destination_identities).await,
+        } => send_data(state, id, payload, topic, destination_identities, data).await,
         ClientMessage::Resume { .. } => Err(ApiError::bad_request("already joined")),
         ClientMessage::TrackSettings {
             track_id,
@@ -842,8 +911,17 @@ async fn send_data(
     payload: String,
     topic: Option<String>,
     destinations: Vec<String>,
+    allowance: &mut DataAllowance,
 ) -> Result<Option<ServerMessage<'static>>, ApiError> {
     let payload = decode_payload(&payload)?;
+    if !allowance.take(payload.len()) {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "data messages over the limit (limits.data_messages_per_second, limits.data_bytes_per_second): dropped",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
     let message = vela_media::core::DataMessage {
         topic: topic.filter(|t| !t.is_empty()).map(std::sync::Arc::from),
         payload,

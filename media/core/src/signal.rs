@@ -140,6 +140,9 @@ pub enum LeaveReason {
     HandedOver,
     /// The room was deleted through the server API.
     RoomDeleted,
+    /// Its connection could not keep up with what the room sent it: the
+    /// messages waiting for it reached the limit.
+    TooSlow,
 }
 
 impl LeaveReason {
@@ -153,6 +156,7 @@ impl LeaveReason {
             LeaveReason::ServerShutdown => "server_shutdown",
             LeaveReason::HandedOver => "handed_over",
             LeaveReason::RoomDeleted => "room_deleted",
+            LeaveReason::TooSlow => "too_slow",
         }
     }
 }

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
-use vela_media_core::{Output, ParticipantId, RoomEvent, Sfu, Signal, Transmit};
+use vela_media_core::{LeaveReason, Output, ParticipantId, RoomEvent, Sfu, Signal, Transmit};
 
-use crate::handle::{Command, MediaError};
+use crate::handle::{Command, MediaError, SignalSink};
 use crate::placement::Placement;
 use crate::socket::MediaSockets;
 use crate::udp::{Receiver, Sender};
@@ -23,7 +23,9 @@ struct Driver {
     sockets: MediaSockets,
     /// One send queue per socket, same order.
     senders: Vec<Sender>,
-    sinks: FxHashMap<ParticipantId, mpsc::UnboundedSender<Signal>>,
+    sinks: FxHashMap<ParticipantId, SignalSink>,
+    /// Participants whose signal queue overflowed: they leave as too slow.
+    too_slow: Vec<ParticipantId>,
     /// Where room events go (webhooks, metrics); never waited on.
     events: Option<mpsc::Sender<RoomEvent>>,
     events_dropped: u64,
@@ -46,6 +48,7 @@ pub(crate) async fn run(
         sockets,
         senders,
         sinks: FxHashMap::default(),
+        too_slow: Vec::new(),
         events,
         events_dropped: 0,
         placement,
@@ -116,6 +119,14 @@ impl Driver {
         loop {
             match self.sfu.poll_output() {
                 Output::Timeout(t) => {
+                    if !self.too_slow.is_empty() {
+                        // Their leaving tells the others: poll again.
+                        let now = Instant::now();
+                        for p in std::mem::take(&mut self.too_slow) {
+                            self.sfu.handle_leave(now, p, LeaveReason::TooSlow);
+                        }
+                        continue;
+                    }
                     self.flush().await;
                     return t;
                 }
@@ -182,10 +193,18 @@ impl Driver {
         }
     }
 
+    /// Queues a signal for its participant. A participant whose queue is
+    /// full is too slow for its room: no more is queued for it (its
+    /// receiver ends with `left`, reason `too_slow`) and it leaves.
     fn deliver(&mut self, p: ParticipantId, s: Signal) {
         let left = matches!(s, Signal::Left { .. });
-        if let Some(sink) = self.sinks.get(&p) {
-            let _ = sink.send(s);
+        if let Some(sink) = self.sinks.get(&p)
+            && !sink.deliver(s)
+        {
+            tracing::warn!(participant = %p, "signal queue full: the participant is too slow and leaves");
+            self.sinks.remove(&p);
+            self.too_slow.push(p);
+            return;
         }
         if left {
             self.sinks.remove(&p);

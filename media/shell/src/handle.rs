@@ -1,5 +1,6 @@
 //! The control channel: what signaling asks of the media driver.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -11,8 +12,67 @@ use vela_media_core::{
 
 use crate::placement::Placement;
 
+/// Signals held for one participant by default before it counts as too
+/// slow ([`MediaHandle::with_signal_queue`]).
+pub const DEFAULT_SIGNAL_QUEUE: usize = 1024;
+
+/// Where the driver delivers one participant's signals.
+#[derive(Debug)]
+pub(crate) struct SignalSink {
+    tx: mpsc::Sender<Signal>,
+    too_slow: Arc<AtomicBool>,
+}
+
+impl SignalSink {
+    /// Queues `s`; `false` when the queue is full (the participant is too
+    /// slow: nothing more is queued, and its receiver ends with a `left`).
+    pub(crate) fn deliver(&self, s: Signal) -> bool {
+        match self.tx.try_send(s) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.too_slow.store(true, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
 /// The signals for one participant, in order; ends after [`Signal::Left`].
-pub type SignalReceiver = mpsc::UnboundedReceiver<Signal>;
+/// At most the handle's signal queue waits: a participant that falls that
+/// far behind leaves the room ([`LeaveReason::TooSlow`]), and its receiver
+/// yields what was queued, then that `left`.
+#[derive(Debug)]
+pub struct SignalReceiver {
+    rx: mpsc::Receiver<Signal>,
+    too_slow: Arc<AtomicBool>,
+}
+
+impl SignalReceiver {
+    fn pair(capacity: usize) -> (SignalSink, SignalReceiver) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let too_slow = Arc::new(AtomicBool::new(false));
+        (
+            SignalSink {
+                tx,
+                too_slow: too_slow.clone(),
+            },
+            SignalReceiver { rx, too_slow },
+        )
+    }
+
+    /// The next signal; `None` once the participant is gone and everything
+    /// was received.
+    pub async fn recv(&mut self) -> Option<Signal> {
+        match self.rx.recv().await {
+            Some(s) => Some(s),
+            None if self.too_slow.swap(false, Ordering::Relaxed) => Some(Signal::Left {
+                reason: LeaveReason::TooSlow,
+            }),
+            None => None,
+        }
+    }
+}
 
 /// Why a media operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,17 +96,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
 
 /// Requests to the driver task.
 pub(crate) enum Command {
-    Join(
-        Box<JoinRequest>,
-        mpsc::UnboundedSender<Signal>,
-        Reply<Joined>,
-    ),
-    Handover(
-        ParticipantId,
-        Box<JoinRequest>,
-        mpsc::UnboundedSender<Signal>,
-        Reply<Joined>,
-    ),
+    Join(Box<JoinRequest>, SignalSink, Reply<Joined>),
+    Handover(ParticipantId, Box<JoinRequest>, SignalSink, Reply<Joined>),
     Offer(ParticipantId, Box<SdpOffer>, Reply<SdpAnswer>),
     Answer(ParticipantId, Box<SdpAnswer>, Reply<()>),
     Candidate(ParticipantId, String, Reply<()>),
@@ -74,6 +125,8 @@ pub struct MediaHandle {
     shards: Arc<[mpsc::Sender<Command>]>,
     /// Where rooms are, with more than one shard (the drivers update it).
     placement: Option<Arc<Mutex<Placement>>>,
+    /// Signals held for one participant before it counts as too slow.
+    signal_queue: usize,
 }
 
 impl MediaHandle {
@@ -88,7 +141,16 @@ impl MediaHandle {
         MediaHandle {
             shards: shards.into(),
             placement,
+            signal_queue: DEFAULT_SIGNAL_QUEUE,
         }
+    }
+
+    /// Holds at most `n` signals for each participant joined through this
+    /// handle (and its clones) while it is slow to take them; one that falls
+    /// that far behind leaves its room ([`LeaveReason::TooSlow`]).
+    pub fn with_signal_queue(mut self, n: usize) -> Self {
+        self.signal_queue = n.max(1);
+        self
     }
 
     /// How many shards serve media.
@@ -137,7 +199,7 @@ impl MediaHandle {
 
     /// Puts a participant in a room; its signals arrive on the receiver.
     pub async fn join(&self, req: JoinRequest) -> Result<(Joined, SignalReceiver), MediaError> {
-        let (stx, srx) = mpsc::unbounded_channel();
+        let (stx, srx) = SignalReceiver::pair(self.signal_queue);
         let tx = self.room_tx(req.room());
         let joined = Self::call(tx, |r| Command::Join(Box::new(req), stx, r)).await?;
         Ok((joined, srx))
@@ -150,7 +212,7 @@ impl MediaHandle {
         from: ParticipantId,
         req: JoinRequest,
     ) -> Result<(Joined, SignalReceiver), MediaError> {
-        let (stx, srx) = mpsc::unbounded_channel();
+        let (stx, srx) = SignalReceiver::pair(self.signal_queue);
         let tx = self.participant_tx(from);
         let joined = Self::call(tx, |r| Command::Handover(from, Box::new(req), stx, r)).await?;
         Ok((joined, srx))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -16,12 +16,10 @@ use crate::api_error::ApiError;
 use crate::auth::{Authed, bearer};
 use crate::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::server::AppState;
-use crate::session::{close, next_text};
+use crate::session::{auth_timeout, close, limited, next_text, send_text};
 use crate::store::SessionState;
 use crate::token::AccessClaims;
 
-/// How long a new socket may take to send `auth`.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Close code: the token was refused.
 const CLOSE_AUTH_FAILED: u16 = 4001;
 /// Close code: nothing heard for twice the heartbeat timeout.
@@ -92,15 +90,12 @@ pub(crate) async fn upgrade(
     } else {
         None
     };
-    let limit = state.config.limits.max_message_bytes;
     let tracker = state.sessions.clone();
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| tracker.track_future(run(state, socket, pre)))
+    limited(ws, &state).on_upgrade(move |socket| tracker.track_future(run(state, socket, pre)))
 }
 
 async fn send_json(ws: &mut WebSocket, v: &serde_json::Value) -> bool {
-    ws.send(Message::Text(v.to_string().into())).await.is_ok()
+    send_text(ws, v.to_string()).await
 }
 
 async fn send_error(ws: &mut WebSocket, e: &ApiError) -> bool {
@@ -132,7 +127,7 @@ async fn run(state: AppState, mut ws: WebSocket, pre: Option<AccessClaims>) {
 type AuthFailure = (u16, &'static str, Option<ApiError>);
 
 async fn authenticate(state: &AppState, ws: &mut WebSocket) -> Result<AccessClaims, AuthFailure> {
-    let first = match tokio::time::timeout(AUTH_TIMEOUT, next_text(ws)).await {
+    let first = match tokio::time::timeout(auth_timeout(state), next_text(ws)).await {
         Err(_) => return Err((1008, "auth expected", None)),
         Ok(Err((code, reason))) => return Err((code, reason, None)),
         Ok(Ok(None)) => return Err((1000, "closed", None)),
@@ -216,13 +211,13 @@ async fn serve(state: AppState, mut ws: WebSocket, claims: AccessClaims) {
             },
             push = pushes.recv() => match push {
                 Some(HubMsg::Event(text)) => {
-                    if ws.send(Message::Text(text.as_ref().into())).await.is_err() {
+                    if !send_text(&mut ws, text.as_ref().to_owned()).await {
                         break;
                     }
                 }
                 Some(HubMsg::Close { event, code, reason }) => {
                     if let Some(text) = event {
-                        let _ = ws.send(Message::Text(text.as_ref().into())).await;
+                        send_text(&mut ws, text.as_ref().to_owned()).await;
                     }
                     close(&mut ws, code, reason).await;
                     break;

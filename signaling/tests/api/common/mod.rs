@@ -513,8 +513,27 @@ impl SessionClient {
 /// `store_path` (`:memory:` or a file) and returns the child (killed on
 /// drop) with the HTTP address it logged. An early exit fails with its log.
 pub async fn start_binary(store_path: &str) -> (tokio::process::Child, String) {
+    start_binary_with(store_path, &[], None).await
+}
+
+/// [`start_binary`] with more `VELA_*` variables, and under an open-files
+/// limit `(soft, hard)` when given (via `prlimit`).
+pub async fn start_binary_with(
+    store_path: &str,
+    env: &[(&str, &str)],
+    nofile: Option<(u64, u64)>,
+) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vela"));
+    let mut cmd = match nofile {
+        Some((soft, hard)) => {
+            let mut c = tokio::process::Command::new("prlimit");
+            c.arg(format!("--nofile={soft}:{hard}"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_vela"));
+            c
+        }
+        None => tokio::process::Command::new(env!("CARGO_BIN_EXE_vela")),
+    };
     // The test's own environment must not configure the server.
     for (k, _) in std::env::vars() {
         if k.starts_with("VELA_") {
@@ -531,6 +550,7 @@ pub async fn start_binary(store_path: &str) -> (tokio::process::Child, String) {
             "127.0.0.1",
         ])
         .env("VELA_STORE_PATH", store_path)
+        .envs(env.iter().copied())
         .env("VELA_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
@@ -560,7 +580,19 @@ pub async fn start_binary(store_path: &str) -> (tokio::process::Child, String) {
     (child, addr)
 }
 
-/// A server with `config` tweaked by `f` (in-memory store unless `f` says otherwise).
+/// The resident memory of process `pid`, in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// An SQLite store file in a fresh temporary directory, removed on drop:
 /// for servers started again on the same data.
 pub struct StoreFile {
@@ -815,7 +847,12 @@ impl From<serde_json::Value> for Login {
 impl Ws {
     /// Connects to another WebSocket path of the server.
     pub async fn connect_path(s: &RunningServer, path: &str) -> Ws {
-        let url = format!("ws://{}{path}", s.http_addr);
+        Ws::connect_addr(&s.http_addr.to_string(), path).await
+    }
+
+    /// Connects to `path` on the server at `addr` (`host:port`).
+    pub async fn connect_addr(addr: &str, path: &str) -> Ws {
+        let url = format!("ws://{addr}{path}");
         let (inner, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         Ws { inner }
     }
