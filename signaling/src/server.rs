@@ -59,8 +59,18 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub(crate) struct HttpSession {
     pub room: RoomId,
-    /// Who may end it: the room token's identity, or `account:<id>`.
-    pub owner: String,
+    /// Who may end it.
+    pub owner: SessionOwner,
+}
+
+/// Who may end a WHIP or WHEP session. Typed, not a string: a room token's
+/// identity is whatever its minter chose, and must never name an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SessionOwner {
+    /// A room token's identity.
+    Identity(String),
+    /// Any device of this account.
+    Account(AccountId),
 }
 
 /// What every handler shares.
@@ -115,10 +125,10 @@ pub(crate) struct RoomGrant {
 impl RoomGrant {
     /// Who may end the participant's WHIP/WHEP session: the same identity
     /// (room tokens) or the same account (access tokens).
-    pub fn owner(&self) -> String {
+    pub fn owner(&self) -> SessionOwner {
         match self.account {
-            Some((a, _)) => format!("account:{a}"),
-            None => self.identity.clone(),
+            Some((a, _)) => SessionOwner::Account(a),
+            None => SessionOwner::Identity(self.identity.clone()),
         }
     }
 
