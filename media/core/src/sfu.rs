@@ -653,6 +653,16 @@ impl Sfu {
                 })
             })
         };
+        // An account's device is replaced by that device only: a room token's
+        // identity is whatever its minter chose, and may spell an account's.
+        if let Some(old) = replaced.and_then(|p| self.peers.get(&p))
+            && old.account.is_some()
+            && old.account != account
+        {
+            return Err(JoinError::NotPermitted(
+                "the identity belongs to a signed-in device in this room",
+            ));
+        }
         let limit = self
             .rooms
             .get(&room)
