@@ -7,6 +7,7 @@ mod common;
 
 mod accounts;
 mod admins;
+mod authorization;
 mod bad_input;
 mod calls_filtering;
 mod calls_group;
