@@ -981,11 +981,12 @@ impl World {
         self.settle().await;
     }
 
-    /// Waits (5 s at most) until the room has `n` participants, each with
-    /// all its tracks (two when publishing), and every peer connected.
+    /// Waits (20 s at most: joins are slow on a loaded machine) until the
+    /// room has `n` participants, each with all its tracks (two when
+    /// publishing), and every peer connected.
     async fn wait_room(&mut self, n: usize) {
         let tracks = if self.media { 2 } else { 0 };
-        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        let end = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let r = self
                 .api
