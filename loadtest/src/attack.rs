@@ -466,7 +466,9 @@ async fn data_flood(server: &Server, count: u32) -> Result<String, String> {
     let (mut tx, mut rx) = source.split();
     let errors = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(std::sync::Mutex::new(None::<String>));
-    let (e2, c2) = (errors.clone(), closed.clone());
+    // Set before the sender closes its socket: a close after it is its echo.
+    let closing = Arc::new(AtomicBool::new(false));
+    let (e2, c2, closing2) = (errors.clone(), closed.clone(), closing.clone());
     // The sender reads its own socket (errors, data from others) all along.
     let reader = tokio::spawn(async move {
         while let Some(m) = rx.next().await {
@@ -475,7 +477,9 @@ async fn data_flood(server: &Server, count: u32) -> Result<String, String> {
                     e2.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Message::Close(f)) => {
-                    if let Ok(mut c) = c2.lock() {
+                    if !closing2.load(Ordering::Relaxed)
+                        && let Ok(mut c) = c2.lock()
+                    {
                         *c = Some(format!("{f:?}"));
                     }
                     break;
@@ -505,6 +509,7 @@ async fn data_flood(server: &Server, count: u32) -> Result<String, String> {
     }
     let send_secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    closing.store(true, Ordering::Relaxed);
     let _ = tx.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     // What the sink finds when it finally reads: the messages that reached
