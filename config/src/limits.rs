@@ -40,6 +40,10 @@ pub struct LimitsConfig {
     /// Data message bytes (decoded payloads) one participant may send per
     /// second, likewise. 0 = unlimited.
     pub data_bytes_per_second: u32,
+    /// Messages one WebSocket (room session or device socket) may send per
+    /// second, a second's worth as burst; more are refused unread with an
+    /// `error` 429. 0 = unlimited.
+    pub messages_per_second: u32,
     /// Messages the server may hold for one participant's socket (room
     /// events, data, offers) while it is slow to read them; a participant
     /// that falls this far behind is disconnected (close code 1013).
@@ -59,6 +63,7 @@ impl Default for LimitsConfig {
             max_devices_per_account: 100,
             data_messages_per_second: 100,
             data_bytes_per_second: 1024 * 1024,
+            messages_per_second: 100,
             max_queued_messages: 1024,
         }
     }

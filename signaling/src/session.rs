@@ -222,6 +222,9 @@ struct Link {
     pending_offer: Option<String>,
     /// What the participant may still send as data messages.
     data: DataAllowance,
+    /// Messages of any kind the socket may still send (amplification: a
+    /// mute or an offer is work for the whole room).
+    messages: TokenBucket,
 }
 
 /// A participant's data messages per second and bytes per second
@@ -319,6 +322,10 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
         buffered: VecDeque::new(),
         pending_offer: None,
         data: DataAllowance::new(&state),
+        messages: TokenBucket::new(
+            state.config.limits.messages_per_second,
+            std::time::Instant::now(),
+        ),
     };
     let mut first = Some(joined);
     let reason = loop {
@@ -637,6 +644,12 @@ async fn session_loop(
             }
             incoming = next_text(ws) => match incoming {
                 Ok(Some(text)) => {
+                    if !link.messages.take(1.0, std::time::Instant::now()) {
+                        if !send_error(ws, 429, "too many messages (limits.messages_per_second): dropped").await {
+                            return Outcome::Dropped;
+                        }
+                        continue;
+                    }
                     if handle_message(state, ws, id, &text, &mut link.pending_offer, &mut link.data)
                         .await
                         .is_some()

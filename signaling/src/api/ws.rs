@@ -15,6 +15,7 @@ use super::presence::{SetPresence, apply};
 use crate::api_error::ApiError;
 use crate::auth::{Authed, bearer};
 use crate::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
+use crate::rate_limit::TokenBucket;
 use crate::server::AppState;
 use crate::session::{auth_timeout, close, limited, next_text, send_text};
 use crate::store::SessionState;
@@ -194,11 +195,26 @@ async fn serve(state: AppState, mut ws: WebSocket, claims: AccessClaims) {
     let mut shutdown = state.shutdown.clone();
     let idle = timeout * 2;
     let mut deadline = tokio::time::Instant::now() + idle;
+    // A presence change is pushed to every contact's devices: bounded.
+    let mut allowance = TokenBucket::new(
+        state.config.limits.messages_per_second,
+        std::time::Instant::now(),
+    );
     loop {
         tokio::select! {
             incoming = next_text(&mut ws) => match incoming {
                 Ok(Some(text)) => {
                     deadline = tokio::time::Instant::now() + idle;
+                    if !allowance.take(1.0, std::time::Instant::now()) {
+                        let e = ApiError::new(
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            "too many messages (limits.messages_per_second): dropped",
+                        );
+                        if !send_error(&mut ws, &e).await {
+                            break;
+                        }
+                        continue;
+                    }
                     if !handle(&state, &mut ws, &auth, &text).await {
                         break;
                     }

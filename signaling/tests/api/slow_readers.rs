@@ -1,8 +1,8 @@
 //! Participants that do not read, and participants that send too much:
 //! what the server holds for one participant is bounded (a participant that
 //! falls `limits.max_queued_messages` behind leaves as `too_slow`, also
-//! while detached waiting for a resume), and data messages are rate limited
-//! per participant.
+//! while detached waiting for a resume), data messages are rate limited per
+//! participant, and so are messages of any kind on both sockets.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -231,6 +231,47 @@ async fn a_detached_session_holds_a_bounded_backlog() {
         }
         let reason = left_reason(&mut watcher, &gone_id, Duration::from_secs(10)).await;
         assert_eq!(reason.as_deref(), Some("too_slow"));
+        s.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sockets_refuse_messages_beyond_their_rate() {
+    tokio::time::timeout(LIMIT, async {
+        let s = start_with(|c| c.limits.messages_per_second = 20).await;
+        let addr = s.http_addr.to_string();
+        let (mut room, _) = join_at(&addr, "a", "r").await;
+        let api = common::Api::new(&s);
+        let dev = api.user("dee", "web").await;
+        let mut device = Ws::connect_path(&s, "/api/v1/ws").await;
+        device
+            .send(json!({"type": "auth", "token": dev.access}))
+            .await;
+        device.expect("ready").await;
+        for (ws, ping) in [(&mut room, "ping"), (&mut device, "heartbeat")] {
+            for _ in 0..100 {
+                ws.send(json!({"type": ping})).await;
+            }
+            let (mut pongs, mut refused) = (0, 0);
+            while pongs + refused < 100 {
+                let m = tokio::time::timeout(Duration::from_secs(5), ws.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                match m["type"].as_str() {
+                    Some("pong") => pongs += 1,
+                    Some("error") => {
+                        assert_eq!(m["code"], 429, "{m}");
+                        refused += 1;
+                    }
+                    _ => {}
+                }
+            }
+            // The burst of 20, and what a second's refill gave meanwhile.
+            assert!((20..=40).contains(&pongs), "{ping}: {pongs} answered");
+        }
         s.shutdown().await;
     })
     .await
