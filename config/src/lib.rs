@@ -81,6 +81,17 @@ impl Config {
         Self::load_from(origin.as_deref().zip(text.as_deref()), env, cli)
     }
 
+    /// [`Config::load_from`] for the fuzz targets (fuzz/): no file system.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn load_text(
+        file: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cli: &CliOverrides,
+    ) -> Result<Config, ConfigError> {
+        Self::load_from(file, env, cli)
+    }
+
     /// [`Config::load`] with the file given as `(origin, text)`.
     fn load_from(
         file: Option<(&str, &str)>,

@@ -10,6 +10,9 @@ pub mod call;
 mod client_addr;
 pub mod contact;
 pub mod device;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hub;
 pub mod ids;
 pub mod link;

@@ -41,7 +41,7 @@ pub(crate) struct AddBody {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct AcceptBody {
+pub(crate) struct AcceptBody {
     #[serde(default)]
     client_id: Option<String>,
 }

@@ -3,12 +3,12 @@
 
 mod accounts;
 mod admin;
-mod calls;
+pub(crate) mod calls;
 mod contacts;
 pub(crate) mod devices;
 mod links;
 mod presence;
-mod rooms;
+pub(crate) mod rooms;
 pub(crate) mod ws;
 
 use axum::Router;

@@ -28,7 +28,7 @@ const CLOSE_IDLE: u16 = 4008;
 
 /// A message from a device.
 #[derive(Debug)]
-enum DeviceMessage {
+pub(crate) enum DeviceMessage {
     /// The first message (unless the upgrade carried `Authorization`).
     Auth(AuthBody),
     /// Keeps the device present; answered with `pong`. `ping` is the same.
@@ -39,7 +39,7 @@ enum DeviceMessage {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuthBody {
+pub(crate) struct AuthBody {
     token: String,
 }
 
@@ -48,7 +48,7 @@ struct AuthBody {
 struct Empty {}
 
 /// Parses a device message; errors name the field at fault.
-fn parse_message(text: &str) -> Result<DeviceMessage, ApiError> {
+pub(crate) fn parse_message(text: &str) -> Result<DeviceMessage, ApiError> {
     let mut v: serde_json::Value = super::parse(text.as_bytes())?;
     let Some(obj) = v.as_object_mut() else {
         return Err(ApiError::bad_request("a message is a JSON object"));
