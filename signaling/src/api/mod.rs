@@ -258,7 +258,10 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             Some(name) => format!("{path}.{name}"),
             None => path,
         };
-        if field == "." || e.inner().is_syntax() || e.inner().is_eof() {
+        // The body itself, or a path through an empty key (`""`, `a.`),
+        // names no field.
+        let unnamed = field.is_empty() || field.ends_with('.') || field.contains("..");
+        if unnamed || e.inner().is_syntax() || e.inner().is_eof() {
             ApiError::bad_request(format!("malformed JSON: {inner}"))
         } else {
             ApiError::invalid(&field, inner)
@@ -317,6 +320,27 @@ mod tests {
         let e = parse::<Outer>(b"{nope").expect_err("syntax");
         assert_eq!(e.field, None);
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    /// Found by the `api_json` fuzz target: an unknown key that is empty
+    /// made `field` empty (or `inner.`) and the message start with ": ".
+    #[test]
+    fn an_empty_key_names_no_field() {
+        for json in [
+            r#"{"":1}"#,
+            r#"{"name":"a","inner":{"":1}}"#,
+            r#"{"name":"a","inner":{"kind":"x","":1}}"#,
+        ] {
+            let e = parse::<Outer>(json.as_bytes()).expect_err(json);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{json}");
+            assert_eq!(e.field, None, "{json}");
+            assert!(
+                e.message.contains("unknown field ``"),
+                "{json}: {}",
+                e.message
+            );
+            assert!(!e.message.starts_with(':'), "{json}: {}", e.message);
+        }
     }
 
     #[test]
