@@ -233,7 +233,6 @@ def sfu_datagrams():
         "shaped": b"".join([shaped(0, bytes([0, 0x25, 0, 0]) + bytes([0, 0x08, 0, 20]) + bytes(20)),
             shaped(0x80 | 0x10, bytes([0x80, 0x28, 0, 4]) + bytes(4)), shaped(1, bytes(11) + u16(10) + bytes(10)),
             shaped(2, bytes(40)), shaped(6, bytes(40)), shaped(3, bytes(8) + u32(1)), shaped(0x23, bytes(16)), shaped(0xC3, bytes(12))]),
-        "empty": b"",
     }
     for name, data in seeds.items():
         put("sfu_datagrams", name, data)
