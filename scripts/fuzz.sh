@@ -11,8 +11,9 @@
 #
 # Needs only stable Rust and a C++ compiler (libFuzzer is built from the
 # libfuzzer-sys crate): the instrumentation flags are the ones cargo-fuzz
-# passes with `--sanitizer none`, without -Z flags. With cargo-fuzz
-# installed, `cd fuzz && cargo fuzz run <target> -s none` works too.
+# passes with `--sanitizer none`, without -Z flags. fuzz/ has cargo-fuzz's
+# layout and per-target binaries too, for `cargo fuzz run <target> -s none`
+# (cargo-fuzz is not needed here, and was not tried).
 #
 # Environment: VELA_FUZZ_ARGS (more libFuzzer flags).
 set -euo pipefail

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. Installs what the tests need on Debian
-# (Chromium and ChromeDriver for the browser tests, iproute2 and nftables for
-# the impaired-link tests, cmake for libopus) when it is missing.
+# Runs every test of the workspace, then the fuzz targets briefly
+# (scripts/fuzz.sh; VELA_SKIP_FUZZ=1 skips them). Installs what the tests
+# need on Debian (Chromium and ChromeDriver for the browser tests, iproute2
+# and nftables for the impaired-link tests, cmake for libopus, g++ for
+# libFuzzer) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,10 @@ command -v tc >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 # The load generator's Opus encoder (the opus crate builds libopus with cmake).
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+# libFuzzer, built from the libfuzzer-sys crate for scripts/fuzz.sh, is C++.
+if [ "${VELA_SKIP_FUZZ:-0}" != 1 ]; then
+  command -v c++ >/dev/null 2>&1 || need+=(g++)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} (needs root and Debian's package index)"
   SUDO=""
@@ -27,3 +33,9 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # Every test carries its own timeout; this is the backstop for the whole run.
 timeout --kill-after=30 1500 cargo test --workspace --all-targets --locked "$@"
+
+# Then each fuzz target for 30 s on its committed corpus (RELIABILITY.md,
+# "Fuzzing"); VELA_SKIP_FUZZ=1 skips it. The build is its own (instrumented).
+if [ "${VELA_SKIP_FUZZ:-0}" != 1 ]; then
+  timeout --kill-after=30 1200 ./scripts/fuzz.sh all "${VELA_FUZZ_SECONDS:-30}"
+fi
