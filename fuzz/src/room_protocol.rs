@@ -4,6 +4,9 @@
 //! command to one `Sfu::handle_*` call): `join` (room token checked with the
 //! server's `TokenKeys`), `offer`, `answer`, `candidate`, `mute`,
 //! `track_settings`, `data`, `leave`, `ping`, `resume`, in any order.
+//! The server's random resume tokens are `resume-PA<n>` here (the
+//! session's participant id), so inputs can `resume` a session and
+//! `take_over` a participant (which outside call rooms needs its token).
 //! The socket and the channel to the driver are not in the loop.
 //!
 //! Input: text, one message a line. A line `@N <message>` is session N's
@@ -49,6 +52,8 @@ enum Session {
     /// Joined as this connection.
     Joined {
         id: ParticipantId,
+        /// The participant id the others (and `resume`) know it by.
+        public: ParticipantId,
         /// The server's offer not answered yet.
         pending_offer: Option<String>,
         /// The browser standing in for the client, once it offered or answered.
@@ -64,6 +69,8 @@ struct World {
     net: Net,
     keys: TokenKeys,
     sessions: [Session; SESSIONS],
+    /// Sessions a `resume` may continue: participant, resume token.
+    resumable: Vec<(ParticipantId, String)>,
 }
 
 /// Runs one input.
@@ -78,6 +85,7 @@ pub fn run(data: &[u8]) {
         net: Net::default(),
         keys: TokenKeys::new(API_KEY, API_SECRET),
         sessions: [Session::New, Session::New, Session::New, Session::New],
+        resumable: Vec::new(),
     };
     for line in text.lines().take(MAX_LINES) {
         let (who, line) = match line.strip_prefix('@').and_then(|r| r.split_once(' ')) {
@@ -201,15 +209,20 @@ impl World {
         match self.sessions[who] {
             Session::Closed => {}
             Session::New => {
-                // Nobody's resume token is known here: a `resume` is refused.
-                let next = match decode_client_message(text) {
-                    Ok(ClientMessage::Resume { .. }) => None,
-                    _ => self.join(text).ok(),
-                };
+                if let Ok(ClientMessage::Resume {
+                    participant_id,
+                    resume_token,
+                }) = decode_client_message(text)
+                {
+                    self.resume(who, &participant_id, &resume_token);
+                    return;
+                }
+                let next = self.join(text).ok();
                 crate::debug!("session {who}: join -> {next:?}");
                 self.sessions[who] = match next {
-                    Some(id) => Session::Joined {
+                    Some((id, public)) => Session::Joined {
                         id,
+                        public,
                         pending_offer: None,
                         client: None,
                     },
@@ -220,14 +233,34 @@ impl World {
         }
     }
 
+    /// `session::resume`: a new socket continues the session whose
+    /// participant and resume token it names; the old socket is closed.
+    fn resume(&mut self, who: usize, participant: &str, token: &str) {
+        let found = participant
+            .parse::<ParticipantId>()
+            .ok()
+            .filter(|p| self.resumable.iter().any(|(q, t)| q == p && t == token))
+            .and_then(|p| {
+                self.sessions
+                    .iter()
+                    .position(|s| matches!(s, Session::Joined { public, .. } if *public == p))
+            });
+        crate::debug!("session {who}: resume -> {found:?}");
+        self.sessions[who] = match found {
+            Some(old) => std::mem::replace(&mut self.sessions[old], Session::Closed),
+            None => Session::Closed,
+        };
+    }
+
     /// `session::join` for a room token; an account's access token would
     /// need the store, and is refused here.
-    fn join(&mut self, text: &str) -> Result<ParticipantId, ()> {
+    fn join(&mut self, text: &str) -> Result<(ParticipantId, ParticipantId), ()> {
         let Ok(ClientMessage::Join {
             token,
             room,
             name,
             take_over,
+            resume_token,
         }) = decode_client_message(text)
         else {
             return Err(());
@@ -249,6 +282,15 @@ impl World {
         if vela_signaling::fuzz::is_call_room(room.as_str()) {
             return Err(());
         }
+        // `session::check_take_over`: the taken-over session's resume token
+        // (a room token has no account and device to match instead).
+        if let Some(from) = take_over {
+            let proof = resume_token
+                .is_some_and(|t| self.resumable.iter().any(|(p, rt)| *p == from && *rt == t));
+            if !proof {
+                return Err(());
+            }
+        }
         let name = name
             .filter(|n| !n.trim().is_empty())
             .map(|n| n.chars().take(64).collect::<String>())
@@ -264,9 +306,19 @@ impl World {
             Some(from) => self.sfu.handle_handover(self.now, from, req),
             None => self.sfu.handle_join(self.now, req),
         };
-        joined
-            .map(|j| j.connection)
-            .map_err(|e| crate::debug!("  join refused: {e}"))
+        match joined {
+            Ok(j) => {
+                let public = j.participant.id;
+                if !self.resumable.iter().any(|(p, _)| *p == public) {
+                    self.resumable.push((public, format!("resume-{public}")));
+                }
+                Ok((j.connection, public))
+            }
+            Err(e) => {
+                crate::debug!("  join refused: {e}");
+                Err(())
+            }
+        }
     }
 
     /// `session::handle_message` with the driver's mapping to the core.
@@ -373,6 +425,7 @@ impl World {
             id,
             pending_offer,
             client,
+            ..
         } = &mut self.sessions[who]
         else {
             return None;
