@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, then the fuzz targets briefly
 # (scripts/fuzz.sh; VELA_SKIP_FUZZ=1 skips them). Installs what the tests
-# need on Debian (Chromium and ChromeDriver for the browser tests, iproute2
-# and nftables for the impaired-link tests, cmake for libopus, g++ for
+# need on Debian (Chromium and ChromeDriver for the browser tests, Firefox
+# ESR, Node.js and puppeteer-core for the Firefox ones, iproute2 and
+# nftables for the impaired-link tests, cmake for libopus, g++ for
 # libFuzzer) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,10 @@ cd "$(dirname "$0")/.."
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Firefox tests: Debian's Firefox ESR, driven from Node.js (puppeteer-core, below).
+[ -x /usr/bin/firefox-esr ] || need+=(firefox-esr)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # Impaired-link tests: namespaces and rate caps (iproute2), loss and outages (nftables).
 command -v tc >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
@@ -25,6 +30,14 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# puppeteer-core drives /usr/bin/firefox-esr (it downloads no browser); its
+# version is pinned by the committed package-lock.json.
+node_dir=signaling/tests/browser/node
+if [ ! -f "$node_dir/node_modules/puppeteer-core/package.json" ]; then
+  echo "installing puppeteer-core in $node_dir (npm ci)"
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # A one-off build of the whole suite gains nothing from incremental caches,

@@ -1,10 +1,13 @@
 //! Shared harness for the end-to-end browser tests: a vela server on
 //! 127.0.0.1, one chromedriver and headless Chromium sessions with the fake
-//! camera and microphone (see /work/shared/design/TESTING.md).
+//! camera and microphone (see /work/shared/design/TESTING.md), and headless
+//! Firefox pages beside them ([`firefox`]). Scenarios drive any page through
+//! [`Page`] ([`run_js`]).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
-//! `chromium` and `chromium-driver`). Without them a test fails with a clear
-//! message; it never skips.
+//! `chromium` and `chromium-driver`); the Firefox tests also need
+//! `firefox-esr`, Node.js and `npm ci` in `browser/node`. Without them a test
+//! fails with a clear message; it never skips.
 //!
 //! Everything the browsers write (profile, caches, $HOME, $TMPDIR) goes to a
 //! fresh directory under the system temp dir, removed at the end. Every test
@@ -13,6 +16,9 @@
 //! timeout alike.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod firefox;
+pub mod whip_whep;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -121,6 +127,28 @@ pub struct Harness {
     pub http: reqwest::Client,
     driver: Driver,
     browsers: Mutex<Vec<(String, Client)>>,
+    firefoxes: Mutex<Vec<firefox::Firefox>>,
+}
+
+/// A page in a browser the harness started: Chromium (a WebDriver session)
+/// or Firefox.
+pub trait Page {
+    /// Runs `body` as the body of an `async` JavaScript function in the page,
+    /// with its arguments in `args`; what the function returns (JSON), or an
+    /// error with the exception's message and stack.
+    fn eval(&self, body: &str, args: Vec<Value>) -> impl Future<Output = TestResult<Value>>;
+}
+
+impl Page for Client {
+    async fn eval(&self, body: &str, args: Vec<Value>) -> TestResult<Value> {
+        chromium_js(self, body, args).await
+    }
+}
+
+impl Page for firefox::Firefox {
+    async fn eval(&self, body: &str, args: Vec<Value>) -> TestResult<Value> {
+        firefox::Firefox::eval(self, body, args).await
+    }
 }
 
 /// Runs `scenario` against a fresh server and chromedriver, with `limit` as
@@ -206,6 +234,7 @@ where
             .expect("a reqwest client"),
         driver,
         browsers: Mutex::new(Vec::new()),
+        firefoxes: Mutex::new(Vec::new()),
     };
 
     let started = Instant::now();
@@ -292,6 +321,43 @@ impl Harness {
         Ok(client)
     }
 
+    /// Starts a headless Firefox inside network namespace `ns` and opens
+    /// `path` of the server at `host` (the server's address on the
+    /// namespace's link, treated as a secure origin so the camera works).
+    /// Firefox needs a default route in `ns` to gather ICE candidates.
+    pub async fn open_firefox(
+        &self,
+        label: &str,
+        ns: &str,
+        host: std::net::IpAddr,
+        path: &str,
+    ) -> TestResult<firefox::Firefox> {
+        let port = self
+            .server
+            .as_ref()
+            .map(|s| s.http_addr.port())
+            .ok_or("no server")?;
+        let profile = self.driver.new_profile_dir()?;
+        let browser = firefox::Firefox::start(
+            label,
+            &profile,
+            &self.driver.env,
+            Some(ns),
+            &host.to_string(),
+        )
+        .await?;
+        self.firefoxes
+            .lock()
+            .expect("browser list lock")
+            .push(browser.clone());
+        browser.goto(&format!("http://{host}:{port}{path}")).await?;
+        browser
+            .eval(CONSOLE_HOOK, vec![])
+            .await
+            .map_err(|e| format!("{label}: installing the console hook: {e}"))?;
+        Ok(browser)
+    }
+
     /// Starts a Chromium session; with `netns = Some((namespace, origin))`
     /// the browser runs inside that namespace and treats `origin` as secure.
     async fn new_browser_in(&self, label: &str, netns: Option<(&str, &str)>) -> TestResult<Client> {
@@ -372,6 +438,22 @@ exec ip netns exec {ns} {CHROMIUM} \"$@\"\n"
                 Err(_) => eprintln!("[{label}] browser state unavailable: no answer within 5 s"),
             }
         }
+        let firefoxes = self.firefoxes.lock().expect("browser list lock").clone();
+        for browser in firefoxes {
+            let label = browser.label().to_owned();
+            match browser
+                .eval_within(Duration::from_secs(5), DIAGNOSTICS, vec![])
+                .await
+            {
+                Ok(value) => eprintln!(
+                    "[{label}] browser state ({}):\n{}",
+                    browser.version(),
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                ),
+                Err(e) => eprintln!("[{label}] browser state unavailable: {e}"),
+            }
+            eprintln!("{}", browser.log_tail(40));
+        }
         eprintln!("{}", self.driver.output_tail(60));
     }
 
@@ -388,6 +470,12 @@ exec ip netns exec {ns} {CHROMIUM} \"$@\"\n"
                 }
             }
         }
+        let firefoxes = std::mem::take(&mut *self.firefoxes.lock().expect("browser list lock"));
+        for browser in firefoxes {
+            if let Err(e) = browser.close(CLOSE_LIMIT).await {
+                eprintln!("[{}] closing Firefox: {e}", browser.label());
+            }
+        }
         if let Some(server) = self.server.take()
             && tokio::time::timeout(Duration::from_secs(10), server.shutdown())
                 .await
@@ -395,7 +483,7 @@ exec ip netns exec {ns} {CHROMIUM} \"$@\"\n"
         {
             eprintln!("server shutdown did not finish within 10 s");
         }
-        // Dropping the driver kills chromedriver and any leftover Chromium.
+        // Dropping the driver kills chromedriver and any leftover Chromium or Firefox.
     }
 }
 
@@ -428,7 +516,12 @@ pub fn netns_config(hosts: &[std::net::IpAddr]) -> vela_config::Config {
 /// Runs `body` as the body of an `async` JavaScript function in the page;
 /// its arguments are available as `args`. Returns what the function returns
 /// (JSON), or an error with the exception's message and stack.
-pub async fn run_js(client: &Client, body: &str, args: Vec<Value>) -> TestResult<Value> {
+pub async fn run_js(page: &impl Page, body: &str, args: Vec<Value>) -> TestResult<Value> {
+    page.eval(body, args).await
+}
+
+/// [`run_js`] in Chromium, through chromedriver.
+async fn chromium_js(client: &Client, body: &str, args: Vec<Value>) -> TestResult<Value> {
     let script = format!(
         r#"const __done = arguments[arguments.length - 1];
 const __args = Array.prototype.slice.call(arguments, 0, arguments.length - 1);
@@ -497,6 +590,8 @@ fn check_binaries() {
 /// removes the directory.
 struct Driver {
     child: Mutex<Child>,
+    /// HOME, TMPDIR and the XDG folders for the browsers, all in `dir`.
+    env: Vec<(&'static str, PathBuf)>,
     /// `http://127.0.0.1:<port>`, once chromedriver has said its port.
     url: OnceLock<String>,
     dir: PathBuf,
@@ -524,7 +619,7 @@ impl Driver {
         // tests running at once never race for one.
         let child = Command::new(CHROMEDRIVER)
             .arg("--port=0")
-            .envs(env)
+            .envs(env.clone())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -532,6 +627,7 @@ impl Driver {
             .map_err(|e| format!("starting {CHROMEDRIVER}: {e}"))?;
         Ok(Driver {
             child: Mutex::new(child),
+            env,
             url: OnceLock::new(),
             dir,
             output,

@@ -1,6 +1,8 @@
 //! A network namespace joined to the host by a veth pair, for tests that
 //! impair one participant's link: a rate cap (tc tbf), random loss and
 //! outages (nftables). The kernel here has no netem, so these stand in for it.
+//! [`Link::routed`] makes one with a default route, for Firefox, which
+//! gathers no ICE candidates without one.
 //!
 //! Needs root (CI runs as root) and the `ip`, `tc` and `nft` commands; the
 //! test script installs `nftables`. Everything is torn down on drop.
@@ -41,19 +43,70 @@ fn run(args: &[&str]) -> Result<(), String> {
 /// Links made by this process get distinct subnets and names.
 static NEXT: AtomicU8 = AtomicU8::new(0);
 
+/// The documentation ranges (RFC 5737) a routed link may take a /30 of.
+/// This machine's own uplink may be on one of them (192.0.2.0/24 here), so
+/// a range the host already has an address or route in is skipped.
+const DOC_RANGES: [[u8; 3]; 3] = [[198, 51, 100], [203, 0, 113], [192, 0, 2]];
+
 impl Link {
     /// Creates the namespace, the veth pair and addresses in 10.213.N.0/30.
     pub fn new() -> Result<Link, String> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id() % 10_000;
-        let tag = format!("{pid}x{n}");
         let subnet = (pid % 200) as u8 + n;
+        Link::create(
+            n,
+            Ipv4Addr::new(10, 213, subnet, 1),
+            Ipv4Addr::new(10, 213, subnet, 2),
+        )
+    }
+
+    /// A link whose namespace has a default route over it (Firefox gathers
+    /// ICE candidates only then), on a /30 of a documentation range that the
+    /// host does not use. Nothing leaves the namespace but for the host's
+    /// end of the link: its output to any other address is dropped.
+    pub fn routed() -> Result<Link, String> {
+        let used = host_ipv4_config()?;
+        let range = DOC_RANGES
+            .iter()
+            .find(|r| !used.contains(&format!("{}.{}.{}.", r[0], r[1], r[2])))
+            .ok_or("every documentation range is in use on this host")?;
+        // A /30 no other link on this host has (tests of other processes may run).
+        let pid = std::process::id();
+        let first = (pid % 64) as u8;
+        let (host_ip, ns_ip) = (0..64u8)
+            .map(|i| (first + i) % 64 * 4)
+            .map(|base| {
+                (
+                    Ipv4Addr::new(range[0], range[1], range[2], base + 1),
+                    Ipv4Addr::new(range[0], range[1], range[2], base + 2),
+                )
+            })
+            .find(|(h, _)| !used.contains(&format!(" {h}/")))
+            .ok_or("no free /30 in the documentation range")?;
+        let link = Link::create(NEXT.fetch_add(1, Ordering::Relaxed), host_ip, ns_ip)?;
+        let via = link.host_ip.to_string();
+        link.exec(&["ip", "route", "add", "default", "via", &via])?;
+        let spec = "{ type filter hook output priority 0; policy drop; }";
+        link.exec(&["nft", "add", "chain", "inet", "vela", "confine", spec])?;
+        link.exec(&[
+            "nft", "add", "rule", "inet", "vela", "confine", "oif", "lo", "accept",
+        ])?;
+        link.exec(&[
+            "nft", "add", "rule", "inet", "vela", "confine", "ip", "daddr", &via, "accept",
+        ])?;
+        Ok(link)
+    }
+
+    fn create(n: u8, host_ip: Ipv4Addr, ns_ip: Ipv4Addr) -> Result<Link, String> {
+        let pid = std::process::id() % 10_000;
+        let tag = format!("{pid}x{n}");
         let link = Link {
             ns: format!("vela-{tag}"),
             host_dev: format!("vh{tag}"),
             ns_dev: format!("vn{tag}"),
-            host_ip: Ipv4Addr::new(10, 213, subnet, 1),
-            ns_ip: Ipv4Addr::new(10, 213, subnet, 2),
+            host_ip,
+            ns_ip,
         };
         let host = format!("{}/30", link.host_ip);
         let nsip = format!("{}/30", link.ns_ip);
@@ -151,6 +204,19 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// The host's IPv4 addresses and routes, as `ip` prints them.
+fn host_ipv4_config() -> Result<String, String> {
+    let mut text = String::new();
+    for args in [["-4", "-o", "addr"], ["-4", "route", "show"]] {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(text)
 }
 
 impl Drop for Link {

@@ -9,10 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use fantoccini::Client;
 use serde_json::{Value, json};
 
-use crate::browser::{Harness, TestResult, run_js};
+use crate::browser::{Harness, Page, TestResult, run_js};
 
 /// Fails clearly when the test cannot create network namespaces.
 pub fn require_root() {
@@ -43,7 +42,7 @@ fn which(tool: &str) -> bool {
 }
 
 /// `window.vela.join(room, name)`; returns the participant id.
-pub async fn join(client: &Client, room: &str, name: &str) -> TestResult<String> {
+pub async fn join(client: &impl Page, room: &str, name: &str) -> TestResult<String> {
     let id = run_js(
         client,
         r#"const [room, name] = args;
@@ -70,7 +69,7 @@ pub struct Inbound {
 }
 
 /// What `client` receives of `from`'s video (zeros before anything arrived).
-pub async fn inbound(client: &Client, from: &str) -> TestResult<Inbound> {
+pub async fn inbound(client: &impl Page, from: &str) -> TestResult<Inbound> {
     let v = run_js(client, "return await window.vela.videoStats();", vec![]).await?;
     let s = &v[from];
     Ok(Inbound {
@@ -83,7 +82,7 @@ pub async fn inbound(client: &Client, from: &str) -> TestResult<Inbound> {
 }
 
 /// The publisher's outbound video per rid: `{rid: {bytesSent, frameWidth, ...}}`.
-pub async fn outbound(client: &Client) -> TestResult<Value> {
+pub async fn outbound(client: &impl Page) -> TestResult<Value> {
     run_js(client, "return await window.vela.outboundStats();", vec![]).await
 }
 
@@ -107,7 +106,7 @@ pub async fn metric(h: &Harness, name: &str) -> TestResult<u64> {
 }
 
 /// Shows `pid`'s tile in `client` at `width` CSS pixels (`None`: the grid's size).
-pub async fn tile_width(client: &Client, pid: &str, width: Option<u32>) -> TestResult {
+pub async fn tile_width(client: &impl Page, pid: &str, width: Option<u32>) -> TestResult {
     let ok = run_js(
         client,
         "return window.vela.setTileLayout(args[0], args[1], false);",
@@ -122,7 +121,7 @@ pub async fn tile_width(client: &Client, pid: &str, width: Option<u32>) -> TestR
 
 /// Waits until `client` decodes `from`'s video `frames` more frames than now.
 pub async fn frames_grow(
-    client: &Client,
+    client: &impl Page,
     from: &str,
     frames: u64,
     limit: Duration,
@@ -147,7 +146,7 @@ pub async fn frames_grow(
 
 /// Participant ids that saw someone leave (`participant_left` messages are
 /// recorded by the page's tiles: a remote tile disappears).
-pub async fn remote_ids(client: &Client) -> TestResult<Vec<String>> {
+pub async fn remote_ids(client: &impl Page) -> TestResult<Vec<String>> {
     let v = run_js(
         client,
         "return window.vela.remoteTiles().map((t) => t.participantId);",
@@ -165,7 +164,7 @@ pub async fn remote_ids(client: &Client) -> TestResult<Vec<String>> {
 
 /// Starts recording the signaling messages the page receives (in
 /// `window.__velaMsgs`), to check later that no `participant_left` came.
-pub async fn record_messages(client: &Client) -> TestResult {
+pub async fn record_messages(client: &impl Page) -> TestResult {
     run_js(
         client,
         r#"if (!window.__velaMsgs) {
@@ -181,7 +180,7 @@ return true;"#,
 }
 
 /// The types of the messages recorded by [`record_messages`].
-pub async fn recorded(client: &Client) -> TestResult<Vec<String>> {
+pub async fn recorded(client: &impl Page) -> TestResult<Vec<String>> {
     let v = run_js(client, "return window.__velaMsgs || [];", vec![]).await?;
     Ok(v.as_array()
         .map(|a| {
