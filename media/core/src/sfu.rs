@@ -269,18 +269,30 @@ const DEFAULT_BUDGET: u64 = 2_500_000;
 /// What one audio track is assumed to take of a budget.
 const AUDIO_BITRATE: u64 = 48_000;
 
+/// How long a layer just asked for may take to arrive before it counts as
+/// one the publisher cannot send. A browser starts a layer when its own send
+/// estimate allows, which took Firefox up to several seconds here; judged
+/// absent sooner, the layer was paused again at the next allocation and
+/// never started (layers_needed flipping every 500 ms).
+const LAYER_START_GRACE: Duration = Duration::from_secs(5);
+
 /// What each simulcast layer of `p` costs, lowest first: its measured
 /// bitrate, or for a layer never measured because the publisher was told to
-/// pause it, a nominal one, so that a subscriber can still ask for it (which
-/// resumes it). A layer never seen though it may be sent stays at 0 (absent).
-fn layer_costs(p: &Publication) -> Vec<u64> {
+/// pause it, or was asked for it less than [`LAYER_START_GRACE`] ago, a
+/// nominal one, so that a subscriber can still ask for it (which resumes it)
+/// and keep asking while it starts. A layer never seen though it may be sent
+/// for longer stays at 0 (absent).
+fn layer_costs(p: &Publication, now: Instant) -> Vec<u64> {
     let top = p.layers.len().saturating_sub(1);
     p.layers
         .iter()
         .enumerate()
         .map(|(i, l)| {
             let paused = p.layers_signalled.is_some_and(|m| m & (1 << i) == 0);
-            if l.bitrate > 0 || !paused {
+            let starting = l
+                .asked_at
+                .is_some_and(|t| now.saturating_duration_since(t) < LAYER_START_GRACE);
+            if l.bitrate > 0 || !(paused || starting) {
                 l.bitrate
             } else {
                 match top - i {
@@ -1025,7 +1037,7 @@ impl Sfu {
                 track,
                 publisher,
                 mid,
-                bitrates: layer_costs(p),
+                bitrates: layer_costs(p, self.now),
                 max_layer,
                 current,
             });
@@ -1122,6 +1134,12 @@ impl Sfu {
                 };
                 if p.layers_signalled == Some(mask) {
                     continue;
+                }
+                let before = p.layers_signalled.unwrap_or(0);
+                for (i, l) in p.layers.iter_mut().enumerate() {
+                    if mask & !before & (1 << i) != 0 {
+                        l.asked_at = Some(self.now);
+                    }
                 }
                 p.layers_signalled = Some(mask);
                 let rids = p
@@ -2238,7 +2256,35 @@ impl Sfu {
 
 #[cfg(test)]
 mod tests {
-    use super::is_rtp;
+    use super::{LAYER_START_GRACE, is_rtp, layer_costs};
+    use crate::id::TrackId;
+    use crate::track::{Layer, Publication};
+    use std::time::{Duration, Instant};
+    use str0m::media::{MediaKind, Mid};
+
+    #[test]
+    fn a_layer_asked_for_keeps_a_nominal_cost_while_it_starts() {
+        let t0 = Instant::now();
+        let mut p = Publication::new(TrackId(1), Mid::from("1"), MediaKind::Video);
+        p.layers = ["q", "h", "f"].map(|r| Layer::new(r.into())).into();
+        // Only q was ever sent (Firefox starts with one layer) and only q is asked for.
+        p.layers[0].bitrate = 150_000;
+        p.layers_signalled = Some(0b001);
+        assert_eq!(layer_costs(&p, t0), [150_000, 500_000, 1_200_000]);
+        // Now all three are asked for: h and f are not there yet, but may come.
+        p.layers_signalled = Some(0b111);
+        for l in &mut p.layers[1..] {
+            l.asked_at = Some(t0);
+        }
+        let soon = t0 + LAYER_START_GRACE - Duration::from_millis(1);
+        assert_eq!(layer_costs(&p, soon), [150_000, 500_000, 1_200_000]);
+        // h arrived; f never did: the publisher cannot send it.
+        p.layers[1].bitrate = 450_000;
+        assert_eq!(
+            layer_costs(&p, t0 + LAYER_START_GRACE),
+            [150_000, 450_000, 0]
+        );
+    }
 
     #[test]
     fn rtp_is_told_from_rtcp_stun_and_dtls() {

@@ -40,6 +40,8 @@ pub(crate) struct Layer {
     window_start: Option<Instant>,
     window_bytes: u64,
     pub keyframes: KeyframeThrottle,
+    /// When the publisher was last asked to resume (or start) this layer.
+    pub asked_at: Option<Instant>,
 }
 
 /// How long a bitrate measuring window is.
@@ -53,6 +55,7 @@ impl Layer {
             window_start: None,
             window_bytes: 0,
             keyframes: KeyframeThrottle::default(),
+            asked_at: None,
         }
     }
 
