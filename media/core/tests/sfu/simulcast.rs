@@ -119,3 +119,31 @@ fn layers_follow_size_switch_at_keyframes_and_pause_when_unneeded() {
     assert_eq!(last_layers(&w, a).as_deref(), Some("layers:q,h,f"));
     assert_eq!(video(&w, b, a).unwrap().time_regressions, 0);
 }
+
+#[test]
+fn layers_are_ranked_by_rid_whatever_their_order_in_the_offer() {
+    // Some Firefox versions list their encodings highest first: `f;h;q`.
+    let mut w = World::with_config(|c| c.set_bandwidth_estimation(false));
+    let a = w.join_simulcast_high_first("hf", "alice");
+    let b = w.join("hf", "bob", false);
+    let bob = w.clients[b].id;
+    assert!(w.run_until(Duration::from_secs(5), |w| {
+        video(w, b, a).is_some_and(|r| r.last_size == 2000)
+    }));
+    assert_eq!(last_layers(&w, a).as_deref(), Some("layers:q,h,f"));
+
+    // A small tile: the quarter layer `q` (300 bytes a frame), and the
+    // publisher is asked for `q` alone.
+    let track = video_track(&w, b, a);
+    let small = TrackSettings {
+        enabled: true,
+        width: Some(320),
+        height: Some(180),
+    };
+    w.sfu.handle_track_settings(bob, track, small).unwrap();
+    assert!(w.run_until(Duration::from_secs(3), |w| {
+        video(w, b, a).is_some_and(|r| r.last_size == 300)
+    }));
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(last_layers(&w, a).as_deref(), Some("layers:q"));
+}

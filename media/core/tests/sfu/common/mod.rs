@@ -151,6 +151,9 @@ enum Publish {
     Audio,
     AudioVideo,
     Simulcast,
+    /// Simulcast with the layers listed highest first in the SDP, as some
+    /// Firefox versions list them.
+    SimulcastHighFirst,
 }
 
 impl World {
@@ -200,6 +203,11 @@ impl World {
         self.join_with(room, name, Publish::Simulcast, None)
     }
 
+    /// [`World::join_simulcast`] with the layers listed `f;h;q` in the offer.
+    pub fn join_simulcast_high_first(&mut self, room: &str, name: &str) -> usize {
+        self.join_with(room, name, Publish::SimulcastHighFirst, None)
+    }
+
     /// A new client (device) of `from`'s identity takes over its call.
     pub fn handover(&mut self, room: &str, from: usize, name: &str) -> usize {
         self.join_with(room, name, Publish::AudioVideo, Some(from))
@@ -212,7 +220,7 @@ impl World {
         publish: Publish,
         from: Option<usize>,
     ) -> usize {
-        let simulcast = publish == Publish::Simulcast;
+        let simulcast = matches!(publish, Publish::Simulcast | Publish::SimulcastHighFirst);
         let n = self.clients.len() as u8 + 2;
         let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
         let mut rtc = Rtc::builder().build(self.now);
@@ -238,10 +246,15 @@ impl World {
         if publish != Publish::Nothing {
             audio = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
         }
-        if matches!(publish, Publish::AudioVideo | Publish::Simulcast) {
+        if publish != Publish::Nothing && publish != Publish::Audio {
+            let rids = if publish == Publish::SimulcastHighFirst {
+                ["f", "h", "q"]
+            } else {
+                ["q", "h", "f"]
+            };
             let layers = simulcast.then(|| {
                 let mut s = str0m::media::Simulcast::new();
-                for rid in ["q", "h", "f"] {
+                for rid in rids {
                     s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
                 }
                 s
