@@ -859,6 +859,17 @@ impl Sfu {
             // End of candidates.
             return Ok(());
         }
+        // A host address hidden behind an mDNS name (`<uuid>.local`, as
+        // browsers send): nothing to resolve it with, and nothing lost, since
+        // the server is ICE-lite and learns the address from the client's
+        // checks. Accepted and ignored rather than refused.
+        if line
+            .split_whitespace()
+            .nth(4)
+            .is_some_and(|addr| addr.to_ascii_lowercase().ends_with(".local"))
+        {
+            return Ok(());
+        }
         let c =
             Candidate::from_sdp_string(line).map_err(|e| SignalError::Candidate(e.to_string()))?;
         let added = peer
