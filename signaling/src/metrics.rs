@@ -1,5 +1,5 @@
-//! `GET /metrics`: the media counters, the join-time histogram and the
-//! webhook counters in Prometheus text format.
+//! `GET /metrics`: the media counters, the join-time histogram, the
+//! webhook counters and the runtime's task count in Prometheus text format.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -249,6 +249,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         "counter",
         "Connections closed for not sending a request head within server.header_timeout_ms (idle keep-alive ones included).",
         c.timed_out(),
+    );
+    // Tasks alive in the server's runtime (sessions, sockets, timers): a
+    // number that keeps growing under steady load is a leak.
+    put(
+        "runtime_tasks",
+        "gauge",
+        "Tasks alive in the server's tokio runtime.",
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as u64,
     );
     state.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
