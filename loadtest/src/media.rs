@@ -351,7 +351,10 @@ impl VideoSource {
             let tid = TEMPORAL_PATTERN[st.pattern % 4];
             let sync = matches!(st.pattern % 4, 1 | 2);
             st.pattern += 1;
-            if tid == 0 && !key {
+            // Every base-layer frame, keyframes included, takes the next
+            // TL0PICIDX (RFC 7741): a keyframe reusing the previous one
+            // makes a receiver's depacketizer see two frames as one.
+            if tid == 0 {
                 st.tl0_pic_idx = st.tl0_pic_idx.wrapping_add(1);
             }
             let mean = f64::from(layer.kbps) * 1000.0 / 8.0 / f64::from(spec.fps.max(1));
@@ -594,6 +597,31 @@ mod tests {
         let next = src.next(&spec, 9, 2000);
         assert!(!next[2].key);
         assert_eq!(next[2].packets[0].payload[VP8_DESCRIPTOR_LEN] & 1, 1);
+    }
+
+    #[test]
+    fn each_base_layer_frame_takes_the_next_tl0picidx() {
+        let spec = VideoSpec::simulcast(["l", "m", "h"], [150, 500, 1700], 30);
+        let mut src = VideoSource::new(&spec, 3);
+        let mut last: [Option<u8>; 3] = [None; 3];
+        for n in 0..200u32 {
+            // Keyframe requests at odd places in the L1T3 pattern.
+            if n % 7 == 3 {
+                src.request_keyframe(Some((n % 3) as usize));
+            }
+            for f in src.next(&spec, 1, u64::from(n)) {
+                let d = &f.packets[0].payload;
+                let (tl0, tid) = (d[4], d[5] >> 6);
+                if tid == 0 {
+                    if let Some(prev) = last[f.layer] {
+                        assert_eq!(tl0, prev.wrapping_add(1), "frame {n} layer {}", f.layer);
+                    }
+                    last[f.layer] = Some(tl0);
+                } else {
+                    assert_eq!(Some(tl0), last[f.layer], "frame {n} layer {}", f.layer);
+                }
+            }
+        }
     }
 
     #[test]
