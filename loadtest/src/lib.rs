@@ -19,6 +19,7 @@ pub mod run;
 pub mod scenario;
 pub mod server_probe;
 pub mod signal;
+pub mod soak;
 pub mod sweep;
 
 pub use run::{RelayMode, RunConfig, RunError, Target, run};

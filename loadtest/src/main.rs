@@ -13,6 +13,9 @@ use vela_loadtest::media::VideoSpec;
 use vela_loadtest::report::{RunReport, SweepReport};
 use vela_loadtest::scenario::{Load, MediaMix, Scenario};
 use vela_loadtest::server_probe::{ServerProcess, wait_ready};
+use vela_loadtest::soak::accounts::AccountLoad;
+use vela_loadtest::soak::figures::{SoakReport, read_log};
+use vela_loadtest::soak::{SoakConfig, soak};
 use vela_loadtest::sweep::{SweepConfig, sweep};
 use vela_loadtest::{RelayMode, RunConfig, Target, run};
 use vela_signaling::token::TokenKeys;
@@ -90,6 +93,9 @@ enum Cmd {
         #[arg(long, default_value_t = 30.0)]
         settle: f64,
     },
+    /// Hold a few rooms with churn and account traffic for a long time,
+    /// sampling the server's memory, file descriptors, threads and tasks.
+    Soak(SoakArgs),
     /// The raw UDP relay (the floor); `run` and `sweep` start it themselves.
     Relay {
         /// Address to bind.
@@ -99,6 +105,76 @@ enum Cmd {
         #[arg(long = "forward-rid")]
         forward_rid: Vec<String>,
     },
+}
+
+#[derive(Args, Clone)]
+struct SoakArgs {
+    /// Minutes of load.
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Minutes of warm-up left out of the slopes (at most half the run).
+    #[arg(long, default_value_t = 5.0)]
+    warmup_minutes: f64,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10.0)]
+    sample_secs: f64,
+    /// Rooms held.
+    #[arg(long, default_value_t = 3)]
+    rooms: u32,
+    /// WebSocket participants per room (audio + simulcast video, receiving the others).
+    #[arg(long, default_value_t = 4)]
+    participants: u32,
+    /// Seconds between churn steps: one participant leaves, a new one joins.
+    #[arg(long, default_value_t = 5.0)]
+    churn_secs: f64,
+    /// Seconds between room cycles: one room empties (it closes) and opens again.
+    #[arg(long, default_value_t = 120.0)]
+    room_cycle_secs: f64,
+    /// Seconds between WHIP publisher + WHEP viewer arrivals.
+    #[arg(long, default_value_t = 20.0)]
+    whip_whep_secs: f64,
+    /// Seconds a WHIP publisher and a WHEP viewer stay.
+    #[arg(long, default_value_t = 12.0)]
+    whip_whep_stay_secs: f64,
+    /// People signed up at the start.
+    #[arg(long, default_value_t = 12)]
+    people: usize,
+    /// Seconds between account actions.
+    #[arg(long, default_value_t = 1.0)]
+    account_secs: f64,
+    /// Seconds between device socket openings (at most 6 open at once).
+    #[arg(long, default_value_t = 3.0)]
+    socket_secs: f64,
+    /// Seconds between calls placed (at most 2 at once).
+    #[arg(long, default_value_t = 20.0)]
+    call_secs: f64,
+    /// Simulcast layer bitrates, kbit/s, lowest first.
+    #[arg(long, default_value = "150,500,1700")]
+    video_kbps: String,
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Seed for choices and media.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The `vela` binary to start (default: next to this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// CPUs for the started server (`taskset -c`); empty: no pinning.
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// Extra argument for the started server (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Directory for soak.json, soak.svg and soak.md.
+    #[arg(long, default_value = "loadtest-out/soak")]
+    out: PathBuf,
+    /// The server's log (default: server.log in --out).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// No line per sample.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args, Clone)]
@@ -413,6 +489,143 @@ async fn cmd_sweep(c: Common, sc: SweepConfig) -> Result<SweepReport, String> {
     Ok(r)
 }
 
+/// The server's ring timeout, as the soak configures it.
+const SOAK_RING_TIMEOUT_MS: u64 = 8_000;
+
+async fn cmd_soak(a: SoakArgs) -> Result<(), String> {
+    let minutes = a.minutes.max(0.5);
+    let warmup = (a.warmup_minutes * 60.0).clamp(0.0, minutes * 30.0);
+    let kbps: Vec<u32> = a
+        .video_kbps
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("bad --video-kbps {v}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let Ok(kbps) = <[u32; 3]>::try_from(kbps.as_slice()) else {
+        return Err("--video-kbps needs three values".into());
+    };
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
+    let cfg = SoakConfig {
+        duration: Duration::from_secs_f64(minutes * 60.0),
+        warmup: Duration::from_secs_f64(warmup),
+        sample_every: secs(a.sample_secs),
+        rooms: a.rooms.max(1),
+        per_room: a.participants.max(1),
+        churn_every: secs(a.churn_secs),
+        room_cycle_every: secs(a.room_cycle_secs),
+        whip_whep_every: secs(a.whip_whep_secs),
+        whip_whep_stay: secs(a.whip_whep_stay_secs),
+        accounts: AccountLoad {
+            people: a.people.max(2),
+            max_people: 200,
+            every: secs(a.account_secs),
+            socket_every: secs(a.socket_secs),
+            max_sockets: 6,
+            call_every: secs(a.call_secs),
+            call_hold: Duration::from_secs(8),
+            ring_timeout: Duration::from_millis(SOAK_RING_TIMEOUT_MS),
+        },
+        video: VideoSpec::simulcast(["q", "h", "f"], kbps, a.fps),
+        audio_kbps: 32,
+        seed: a.seed,
+        progress: !a.quiet,
+    };
+    let bin = match &a.server_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("vela"),
+    };
+    if !bin.exists() {
+        return Err(format!(
+            "no server binary at {} (cargo build --release -p vela-signaling, or --server-bin)",
+            bin.display()
+        ));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let log = a.log.clone().unwrap_or_else(|| a.out.join("server.log"));
+    let cpus = (!a.server_cpus.trim().is_empty()).then(|| a.server_cpus.trim().to_owned());
+    let ring = SOAK_RING_TIMEOUT_MS.to_string();
+    // A key of its own, as in production (the development key warns).
+    let mut rng = fastrand::Rng::with_seed(a.seed ^ u64::from(std::process::id()));
+    let api_key = format!("soak{:08x}", rng.u32(..));
+    let api_secret: String = (0..48).map(|_| rng.alphanumeric()).collect();
+    // Sign-ups come from many addresses behind loopback as their proxy (the
+    // per-address sign-up limit stays as configured); info-level logging,
+    // so the log tells what happened around a warning.
+    let env = [
+        ("VELA_SERVER_TRUSTED_PROXIES", "127.0.0.1"),
+        ("VELA_CALLS_RING_TIMEOUT_MS", ring.as_str()),
+        ("VELA_LOG", "info"),
+        ("VELA_AUTH_API_KEY", api_key.as_str()),
+        ("VELA_AUTH_API_SECRET", api_secret.as_str()),
+    ];
+    let server = ServerProcess::spawn_with(&bin, cpus.as_deref(), &a.server_args, &env, Some(&log))
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let http = reqwest::Client::new();
+    if !wait_ready(&http, &server.http_base, Duration::from_secs(15)).await {
+        server.stop();
+        return Err(format!(
+            "the server did not answer /metrics within 15 s (log: {})",
+            log.display()
+        ));
+    }
+    let target = Target {
+        http_base: server.http_base.clone(),
+        pid: Some(server.pid),
+        keys: TokenKeys::new(&api_key, &api_secret),
+    };
+    let started = vela_loadtest::soak::figures::utc_now();
+    let load = format!(
+        "{} rooms x {} participants (audio + {}/{}/{} kbit/s simulcast video at {} fps), one replaced every {} s, a room reopened every {} s, WHIP+WHEP every {} s; {} people (account action every {} s, device socket every {} s, call every {} s)",
+        cfg.rooms,
+        cfg.per_room,
+        kbps[0],
+        kbps[1],
+        kbps[2],
+        a.fps,
+        a.churn_secs,
+        a.room_cycle_secs,
+        a.whip_whep_secs,
+        cfg.accounts.people,
+        a.account_secs,
+        a.socket_secs,
+        a.call_secs
+    );
+    let run = soak(&cfg, &target).await;
+    let exit = server.stop();
+    let run = run.map_err(|e| e.to_string())?;
+    let log_summary = read_log(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut report = SoakReport::new(
+        run,
+        load,
+        minutes,
+        warmup,
+        log_summary,
+        exit.and_then(|s| s.code()),
+    );
+    report.started = started;
+    let md = report.markdown();
+    say(&md);
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    write_out(&a.out.join("soak.json"), &json)?;
+    write_out(&a.out.join("soak.svg"), &report.chart())?;
+    write_out(&a.out.join("soak.md"), &md)?;
+    say(&format!(
+        "wrote soak.json, soak.svg and soak.md in {}; server log {}\n",
+        a.out.display(),
+        log.display()
+    ));
+    if report.passed {
+        Ok(())
+    } else {
+        Err("soak checks failed (see soak.md)".into())
+    }
+}
+
 fn cmd_relay(bind: SocketAddr, rids: Vec<String>) -> Result<(), String> {
     let socket = std::net::UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
     let addr = socket.local_addr().map_err(|e| e.to_string())?;
@@ -487,6 +700,7 @@ fn main() -> ExitCode {
                             };
                             vela_loadtest::attack::run(cfg).await.map(|r| say(&r))
                         }
+                        Cmd::Soak(a) => cmd_soak(a).await,
                         Cmd::Relay { .. } | Cmd::Summarize { .. } => Ok(()),
                     }
                 };

@@ -122,6 +122,12 @@ pub struct Counters {
     pub skipped_frames: u64,
     /// Connections str0m reported failed.
     pub rtc_errors: u64,
+    /// Participants removed (after they left).
+    pub departed: u64,
+    /// Of those, how many had connected (ICE and DTLS).
+    pub departed_connected: u64,
+    /// Of those, how many had received media.
+    pub departed_with_media: u64,
 }
 
 /// A progress snapshot; the interval resets with each one.
@@ -495,6 +501,10 @@ impl Core {
                     && let Some(mut c) = self.clients[slot].take()
                 {
                     self.stats.departed_holes += holes(&c);
+                    let n = &mut self.stats.counters;
+                    n.departed += 1;
+                    n.departed_connected += u64::from(c.connected_at.is_some());
+                    n.departed_with_media += u64::from(c.first_media_at.is_some());
                     match &mut c.link {
                         Link::Rtc(rtc) => rtc.disconnect(),
                         Link::Raw { relay, .. } => {

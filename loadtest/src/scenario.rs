@@ -183,6 +183,7 @@ impl Load {
                     subscribe: subscribes,
                     signaling,
                     join_at: Duration::ZERO,
+                    access_token: None,
                 });
             }
         }
@@ -219,6 +220,10 @@ pub struct Planned {
     pub signaling: Signaling,
     /// When it joins, after the run starts.
     pub join_at: Duration,
+    /// An account's access token to join with (naming the room), instead of
+    /// a room token signed here: a call's members join its room so.
+    #[serde(skip)]
+    pub access_token: Option<String>,
 }
 
 /// The routes (receiver, sending track) a plan implies: every subscriber

@@ -253,6 +253,18 @@ impl ServerProcess {
     /// with `taskset -c cpus` when given, logging at `VELA_LOG=warn` unless
     /// `VELA_LOG` is set.
     pub fn spawn(bin: &Path, cpus: Option<&str>, extra_args: &[String]) -> io::Result<Self> {
+        Self::spawn_with(bin, cpus, extra_args, &[], None)
+    }
+
+    /// As [`ServerProcess::spawn`], with extra environment variables, and
+    /// its log (standard output and error) written to `log` when given.
+    pub fn spawn_with(
+        bin: &Path,
+        cpus: Option<&str>,
+        extra_args: &[String],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> io::Result<Self> {
         let (http, udp) = free_ports()?;
         let dir = std::env::temp_dir().join(format!("vela-loadtest-{}-{http}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -276,12 +288,20 @@ impl ServerProcess {
             .arg("127.0.0.1")
             .args(extra_args)
             .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stdin(Stdio::null());
+        match log {
+            Some(path) => {
+                let f = std::fs::File::create(path)?;
+                cmd.stdout(f.try_clone()?).stderr(f).env("NO_COLOR", "1");
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+            }
+        }
         if std::env::var_os("VELA_LOG").is_none() {
             cmd.env("VELA_LOG", "warn");
         }
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn()?;
         Ok(ServerProcess {
             pid: child.id(),
@@ -292,19 +312,22 @@ impl ServerProcess {
         })
     }
 
-    /// Asks the server to stop (SIGTERM via `kill`), then waits up to 5 s.
-    pub fn stop(mut self) {
-        self.stop_inner();
+    /// Asks the server to stop (SIGTERM via `kill`), then waits up to 5 s
+    /// (then kills it). Returns how it ended: `None` when it had to be
+    /// killed or could not be waited for.
+    pub fn stop(mut self) -> Option<std::process::ExitStatus> {
+        self.stop_inner()
     }
 
-    fn stop_inner(&mut self) {
-        self.terminate();
+    fn stop_inner(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.terminate();
         let _ = std::fs::remove_dir_all(&self.dir);
+        status
     }
 
-    fn terminate(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return Some(s);
         }
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -312,20 +335,56 @@ impl ServerProcess {
             .status();
         let end = Instant::now() + Duration::from_secs(5);
         while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
     }
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        self.stop_inner();
+        let _ = self.stop_inner();
     }
+}
+
+/// Open file descriptors of `pid` (entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> io::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
+/// Open file descriptors of `pid` by what they point at: `socket`, `pipe`,
+/// `anon_inode:[eventfd]`, or a file's name (without its directory).
+pub fn fd_kinds(pid: u32) -> io::Result<std::collections::BTreeMap<String, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy();
+        let kind = match t.split_once(":[") {
+            Some((k @ ("socket" | "pipe"), _)) => k.to_owned(),
+            Some(_) => t.into_owned(),
+            None => target
+                .file_name()
+                .map_or_else(|| t.into_owned(), |n| n.to_string_lossy().into_owned()),
+        };
+        *out.entry(kind).or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+/// Threads of `pid` (`Threads:` in /proc/PID/status).
+pub fn threads(pid: u32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads"))
 }
 
 #[cfg(test)]
@@ -336,6 +395,13 @@ mod tests {
     fn reads_own_proc() {
         let pid = std::process::id();
         assert!(rss_kb(pid).unwrap_or(0) > 0);
+        // stdin, stdout, stderr at least; the test harness runs threads.
+        assert!(open_fds(pid).unwrap_or(0) >= 3);
+        // Other tests of this process open and close files meanwhile: only
+        // what is always there is checked.
+        let kinds = fd_kinds(pid).unwrap_or_default();
+        assert!(kinds.values().sum::<u64>() >= 3, "{kinds:?}");
+        assert!(threads(pid).unwrap_or(0) >= 1);
         assert!(cpu_us(pid).is_ok());
         let a = CpuSample::take(pid);
         let mut x = 0u64;

@@ -56,6 +56,9 @@ impl SignalContext {
     }
 
     fn token(&self, p: &Planned) -> Result<String, Error> {
+        if let Some(t) = &p.access_token {
+            return Ok(t.clone());
+        }
         let grant = VideoGrant {
             room: Some(p.room.clone()),
             room_join: true,
@@ -215,7 +218,12 @@ async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<(Ws, Joined), Error
         tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(ctx.ws_url()))
             .await
             .map_err(|_| "websocket connect timed out")??;
-    send_json(&mut ws, serde_json::json!({"type": "join", "token": token})).await?;
+    let mut join = serde_json::json!({"type": "join", "token": token});
+    if p.access_token.is_some() {
+        // An access token names no room: the join does.
+        join["room"] = p.room.clone().into();
+    }
+    send_json(&mut ws, join).await?;
     let joined = expect(&mut ws, "joined").await?;
     let videos = joined["participants"]
         .as_array()
@@ -386,7 +394,12 @@ async fn ws_session(
                             engine.set_layers(p.id, rids);
                         }
                     } else if v["type"] == "left" {
-                        tracing::warn!(id = p.id, msg = %v, "server ended the session");
+                        if p.access_token.is_some() {
+                            // A call member: the call's end closes its room session.
+                            tracing::debug!(id = p.id, msg = %v, "server ended the session");
+                        } else {
+                            tracing::warn!(id = p.id, msg = %v, "server ended the session");
+                        }
                         break;
                     }
                 }
@@ -526,6 +539,7 @@ mod tests {
             subscribe: false,
             signaling: Signaling::Ws,
             join_at: Duration::ZERO,
+            access_token: None,
         };
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let caddr = sock.local_addr().unwrap();
