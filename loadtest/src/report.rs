@@ -534,9 +534,6 @@ fn tick(v: f64) -> String {
 
 /// Stacked panels sharing an x axis, as a standalone SVG document.
 pub fn svg_chart(title: &str, x_label: &str, panels: &[Panel]) -> String {
-    let (w, ph, left, right, top) = (860.0, 260.0, 70.0, 160.0, 40.0);
-    let gap = 50.0;
-    let h = top + panels.len() as f64 * (ph + gap) + 30.0;
     let xmax = nice_max(
         panels
             .iter()
@@ -545,6 +542,15 @@ pub fn svg_chart(title: &str, x_label: &str, panels: &[Panel]) -> String {
             .map(|p| p.0)
             .fold(0.0, f64::max),
     );
+    svg_chart_to(title, x_label, panels, xmax)
+}
+
+/// [`svg_chart`] with the x axis from 0 to `xmax` (five ticks).
+pub fn svg_chart_to(title: &str, x_label: &str, panels: &[Panel], xmax: f64) -> String {
+    let (w, ph, left, right, top) = (860.0, 260.0, 70.0, 160.0, 40.0);
+    let gap = 50.0;
+    let h = top + panels.len() as f64 * (ph + gap) + 30.0;
+    let xmax = if xmax > 0.0 { xmax } else { 1.0 };
     let pw = w - left - right;
     let mut o = String::new();
     let _ = writeln!(

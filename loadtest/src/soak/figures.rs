@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{SoakRun, SoakSample};
-use crate::report::{Panel, Series, svg_chart};
+use crate::report::{Panel, Series, svg_chart_to};
 
 /// Memory may grow at most this much per 10 minutes after warm-up.
 pub const RSS_SLOPE_LIMIT_MB: f64 = 1.0;
@@ -461,10 +461,17 @@ impl SoakReport {
                 }],
             },
         ];
-        svg_chart(
-            &format!("Soak: {} ({:.0} min)", self.load, self.minutes),
+        // Whole 5 minutes on the axis (the settled point is just past the end).
+        let last = self.run.samples.last().map_or(0.0, |s| s.t_s / 60.0);
+        let xmax = ((last / 5.0).ceil() * 5.0).max(5.0);
+        svg_chart_to(
+            &format!(
+                "Soak, {:.0} min: rooms with churn, WHIP/WHEP, accounts, device sockets, calls",
+                self.minutes
+            ),
             "minutes (first point: idle before; last: idle after everyone left)",
             &panels,
+            xmax,
         )
     }
 
