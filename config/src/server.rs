@@ -35,7 +35,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             http: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7880)),
-            log_level: "info".to_owned(),
+            // str0m warns about what a peer sends wrong, some of it once per
+            // packet or frame: a client could fill the log at will.
+            log_level: "info,str0m=error".to_owned(),
             trusted_proxies: Vec::new(),
             max_connections: 10_000,
             header_timeout_ms: 10_000,

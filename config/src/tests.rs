@@ -41,7 +41,7 @@ fn defaults() {
         config.server.http,
         "0.0.0.0:7880".parse::<SocketAddr>().expect("addr")
     );
-    assert_eq!(config.server.log_level, "info");
+    assert_eq!(config.server.log_level, "info,str0m=error");
     assert_eq!(config.media.udp_port, 7882);
     assert_eq!(config.media.bind_ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert!(config.media.node_ips.is_empty());
@@ -154,7 +154,7 @@ fn env_overrides_file() {
     );
     assert_eq!(config.auth.api_key, "12345");
     assert_eq!(config.limits.max_participants_per_room, 50);
-    assert_eq!(config.server.log_level, "info");
+    assert_eq!(config.server.log_level, "info,str0m=error");
 }
 
 #[test]
