@@ -17,7 +17,7 @@ use super::receive::{holes, on_event};
 use super::send::send;
 use super::{
     AudioOut, Client, Command, Core, Counters, EngineConfig, Final, JoinTiming, LayerOut, Link,
-    NewClient, Snapshot, Stats, Transport, VideoOut, WAKER, is_rtp_or_rtcp,
+    NewClient, Snapshot, Stats, Transport, VideoOut, WAKER, simulated_loss,
 };
 use crate::measure::Window;
 use crate::media::{AudioSource, VideoSource};
@@ -369,11 +369,7 @@ impl Core {
                         break;
                     }
                     Ok(Output::Transmit(t)) => {
-                        let drop = c.connected
-                            && self.cfg.loss_pct > 0.0
-                            && is_rtp_or_rtcp(&t.contents)
-                            && self.rng.f64() * 100.0 < self.cfg.loss_pct;
-                        if drop {
+                        if simulated_loss(&self.cfg, &mut self.rng, c.connected, &t.contents) {
                             self.stats.counters.dropped_out += 1;
                         } else {
                             send(

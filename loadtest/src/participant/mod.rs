@@ -369,13 +369,48 @@ struct Core {
     pending: std::collections::VecDeque<usize>,
 }
 
-/// RTP or RTCP (RFC 7983's first byte 128..=191): what the loss
-/// simulation drops, never STUN or DTLS.
-fn is_rtp_or_rtcp(b: &[u8]) -> bool {
-    b.first().is_some_and(|x| (128..192).contains(x))
+/// The loss simulation (S6), each way: once connected, an RTP or RTCP
+/// datagram (RFC 7983's first byte 128..=191; never STUN or DTLS, which
+/// would only slow the join) is dropped with probability `loss_pct`.
+fn simulated_loss(cfg: &EngineConfig, rng: &mut fastrand::Rng, connected: bool, b: &[u8]) -> bool {
+    connected
+        && cfg.loss_pct > 0.0
+        && b.first().is_some_and(|x| (128..192).contains(x))
+        && rng.f64() * 100.0 < cfg.loss_pct
 }
 
 /// `t` on the trailers' clock.
 fn micros(t: Instant, epoch: Instant) -> u64 {
     t.saturating_duration_since(epoch).as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_simulation_drops_only_media_once_connected() {
+        let opus = Arc::new(OpusLibrary::generate(1, 32_000).expect("opus"));
+        let mut cfg = EngineConfig {
+            epoch: Instant::now(),
+            loss_pct: 20.0,
+            seed: 1,
+            opus,
+            video: Arc::new(crate::scenario::default_video()),
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (rtp, stun, dtls) = ([0x80u8, 96], [0x00u8, 1], [22u8, 254]);
+        let dropped = (0..10_000)
+            .filter(|_| simulated_loss(&cfg, &mut rng, true, &rtp))
+            .count();
+        assert!((1_500..2_500).contains(&dropped), "{dropped} of 10000");
+        for _ in 0..1_000 {
+            assert!(!simulated_loss(&cfg, &mut rng, false, &rtp));
+            assert!(!simulated_loss(&cfg, &mut rng, true, &stun));
+            assert!(!simulated_loss(&cfg, &mut rng, true, &dtls));
+            assert!(!simulated_loss(&cfg, &mut rng, true, &[]));
+        }
+        cfg.loss_pct = 0.0;
+        assert!((0..1_000).all(|_| !simulated_loss(&cfg, &mut rng, true, &rtp)));
+    }
 }

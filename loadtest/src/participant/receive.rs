@@ -13,7 +13,7 @@ use webrtc_util::marshal::Unmarshal;
 
 use super::send::start_media;
 use super::{
-    Client, Core, EngineConfig, Link, RAW_PT_VP8, RxStream, Stats, is_rtp_or_rtcp, micros,
+    Client, Core, EngineConfig, Link, RAW_PT_VP8, RxStream, Stats, micros, simulated_loss,
 };
 use crate::media::{TailAssembler, Trailer};
 use crate::relay;
@@ -34,11 +34,7 @@ impl Core {
             let now = Instant::now();
             self.stats.counters.datagrams_in += 1;
             let data = &self.buf[..n];
-            if c.connected
-                && self.cfg.loss_pct > 0.0
-                && is_rtp_or_rtcp(data)
-                && self.rng.f64() * 100.0 < self.cfg.loss_pct
-            {
+            if simulated_loss(&self.cfg, &mut self.rng, c.connected, data) {
                 self.stats.counters.dropped_in += 1;
                 continue;
             }
