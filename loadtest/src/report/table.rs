@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use super::{RunReport, SweepReport};
-use crate::measure::LatencySummary;
+use super::{RelayFigures, RunReport, SweepReport};
+use crate::measure::{LatencySummary, LossSummary};
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
@@ -31,214 +31,172 @@ pub fn group(v: f64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
+/// The run table's lines: a label, the SFU's figure, the relay's, a ratio.
+struct Rows(String);
+
+impl Rows {
+    fn row(&mut self, k: &str, sfu: &str, relay: &str, ratio: &str) {
+        let _ = writeln!(self.0, "{k:<34}{sfu:>22}{relay:>22}{ratio:>10}");
+    }
+
+    /// A figure the relay has no counterpart for.
+    fn sfu(&mut self, k: &str, sfu: &str) {
+        self.row(k, sfu, "", "");
+    }
+}
+
 impl RunReport {
     /// The summary table.
     pub fn table(&self) -> String {
         let s = &self.server;
-        let r = self.relay.as_ref();
-        let mut o = String::new();
+        // The relay's figure, `-` when the floor was not measured.
+        let relay = |f: &dyn Fn(&RelayFigures) -> String| self.relay.as_ref().map_or("-".into(), f);
+        let mut o = Rows(String::new());
         let _ = writeln!(
-            o,
+            o.0,
             "\n{}  ({} participants, {:.1} s measured)",
             self.description, self.participants, self.duration_s
         );
-        let _ = writeln!(
-            o,
-            "{:<34}{:>22}{:>22}{:>10}",
-            "", "vela SFU", "raw UDP relay", "ratio"
-        );
-        let row = |o: &mut String, k: &str, a: String, b: String, c: String| {
-            let _ = writeln!(o, "{k:<34}{a:>22}{b:>22}{c:>10}");
-        };
-        row(
-            &mut o,
+        o.row("", "vela SFU", "raw UDP relay", "ratio");
+        o.row(
             "forwarded packets/s",
-            group(s.forwarded_pps),
-            r.map_or("-".into(), |r| group(r.forwarded_pps)),
-            String::new(),
+            &group(s.forwarded_pps),
+            &relay(&|r| group(r.forwarded_pps)),
+            "",
         );
-        row(
-            &mut o,
-            "  received by the generator /s",
-            group(s.receivers_pps),
-            String::new(),
-            String::new(),
-        );
-        row(
-            &mut o,
+        o.sfu("  received by the generator /s", &group(s.receivers_pps));
+        o.row(
             "server CPU % of one core",
-            opt(s.cpu_pct, 1),
-            opt(r.and_then(|r| r.cpu_pct), 1),
-            String::new(),
+            &opt(s.cpu_pct, 1),
+            &opt(self.relay.as_ref().and_then(|r| r.cpu_pct), 1),
+            "",
         );
-        row(
-            &mut o,
+        o.row(
             "CPU µs per forwarded packet",
-            opt(s.cpu_us_per_packet, 2),
-            opt(r.and_then(|r| r.cpu_us_per_packet), 2),
-            self.cpu_ratio_to_relay
+            &opt(s.cpu_us_per_packet, 2),
+            &opt(self.relay.as_ref().and_then(|r| r.cpu_us_per_packet), 2),
+            &self
+                .cpu_ratio_to_relay
                 .map_or("-".into(), |x| format!("{x:.1}x")),
         );
-        row(
-            &mut o,
+        o.row(
             "packets/s per core at 100%",
-            s.pps_per_core.map_or("-".into(), group),
-            r.and_then(|r| r.cpu_us_per_packet)
+            &s.pps_per_core.map_or("-".into(), group),
+            &self
+                .relay
+                .as_ref()
+                .and_then(|r| r.cpu_us_per_packet)
                 .map_or("-".into(), |u| group(1e6 / u)),
-            String::new(),
+            "",
         );
-        row(
-            &mut o,
+        o.row(
             "latency p50/p99/p99.9 µs (all)",
-            lat(&s.latency.all),
-            r.map_or("-".into(), |r| lat(&r.latency.all)),
-            String::new(),
+            &lat(&s.latency.all),
+            &relay(&|r| lat(&r.latency.all)),
+            "",
         );
-        row(
-            &mut o,
+        o.row(
             "  audio",
-            lat(&s.latency.audio),
-            r.map_or("-".into(), |r| lat(&r.latency.audio)),
-            String::new(),
+            &lat(&s.latency.audio),
+            &relay(&|r| lat(&r.latency.audio)),
+            "",
         );
-        row(
-            &mut o,
+        o.row(
             "  video",
-            lat(&s.latency.video),
-            r.map_or("-".into(), |r| lat(&r.latency.video)),
-            String::new(),
+            &lat(&s.latency.video),
+            &relay(&|r| lat(&r.latency.video)),
+            "",
         );
         if let (Some(a), Some(b)) = (self.added_latency_p50_us, self.added_latency_p99_us) {
-            row(
-                &mut o,
-                "added latency p50 / p99 µs",
-                format!("{a} / {b}"),
-                String::new(),
-                String::new(),
-            );
+            o.sfu("added latency p50 / p99 µs", &format!("{a} / {b}"));
         }
-        row(
-            &mut o,
-            "frame loss % (lost / expected)",
+        let loss = |l: &LossSummary| {
             format!(
                 "{:.3} ({}/{})",
-                s.loss.loss_pct, s.loss.frames_lost, s.loss.frames_expected
-            ),
-            r.map_or("-".into(), |r| {
-                format!(
-                    "{:.3} ({}/{})",
-                    r.loss.loss_pct, r.loss.frames_lost, r.loss.frames_expected
-                )
-            }),
-            String::new(),
+                l.loss_pct, l.frames_lost, l.frames_expected
+            )
+        };
+        o.row(
+            "frame loss % (lost / expected)",
+            &loss(&s.loss),
+            &relay(&|r| loss(&r.loss)),
+            "",
         );
         if s.loss_video.frames_expected > 0 && s.loss_audio.frames_expected > 0 {
-            row(
-                &mut o,
+            o.sfu(
                 "  audio / video loss %",
-                format!(
+                &format!(
                     "{:.3} / {:.3}",
                     s.loss_audio.loss_pct, s.loss_video.loss_pct
                 ),
-                String::new(),
-                String::new(),
             );
         }
-        row(
-            &mut o,
+        o.row(
             "duplicates / reordered / holes",
-            format!(
+            &format!(
                 "{} / {} / {}",
                 s.loss.duplicates, s.loss.reordered, s.loss.packet_holes
             ),
-            r.map_or("-".into(), |r| {
-                format!("{} / {}", r.loss.duplicates, r.loss.reordered)
-            }),
-            String::new(),
+            &relay(&|r| format!("{} / {}", r.loss.duplicates, r.loss.reordered)),
+            "",
         );
-        row(
-            &mut o,
+        let jitter = |l: &LossSummary| format!("{:.0} / {:.0}", l.jitter_mean_us, l.jitter_max_us);
+        o.row(
             "jitter mean / max µs",
-            format!("{:.0} / {:.0}", s.loss.jitter_mean_us, s.loss.jitter_max_us),
-            r.map_or("-".into(), |r| {
-                format!("{:.0} / {:.0}", r.loss.jitter_mean_us, r.loss.jitter_max_us)
-            }),
-            String::new(),
+            &jitter(&s.loss),
+            &relay(&|r| jitter(&r.loss)),
+            "",
         );
-        row(
-            &mut o,
-            "routes with media",
+        let routes = |l: &LossSummary| {
             format!(
                 "{}/{}",
-                s.loss.routes_expected - s.loss.routes_missing,
-                s.loss.routes_expected
-            ),
-            r.map_or("-".into(), |r| {
-                format!(
-                    "{}/{}",
-                    r.loss.routes_expected - r.loss.routes_missing,
-                    r.loss.routes_expected
-                )
-            }),
-            String::new(),
+                l.routes_expected - l.routes_missing,
+                l.routes_expected
+            )
+        };
+        o.row(
+            "routes with media",
+            &routes(&s.loss),
+            &relay(&|r| routes(&r.loss)),
+            "",
         );
         let j = &s.join;
-        row(
-            &mut o,
+        o.sfu(
             "joined / connected",
-            format!("{}/{} / {}", j.joined, j.attempted, j.connected),
-            String::new(),
-            String::new(),
+            &format!("{}/{} / {}", j.joined, j.attempted, j.connected),
         );
-        row(
-            &mut o,
+        o.sfu(
             "join ms p50/p99: answer",
-            format!("{:.1} / {:.1}", j.answer_p50_ms, j.answer_p99_ms),
-            String::new(),
-            String::new(),
+            &format!("{:.1} / {:.1}", j.answer_p50_ms, j.answer_p99_ms),
         );
-        row(
-            &mut o,
+        o.sfu(
             "  connected (ICE+DTLS)",
-            format!("{:.1} / {:.1}", j.connected_p50_ms, j.connected_p99_ms),
-            String::new(),
-            String::new(),
+            &format!("{:.1} / {:.1}", j.connected_p50_ms, j.connected_p99_ms),
         );
-        row(
-            &mut o,
+        o.sfu(
             "  first media",
-            format!("{:.1} / {:.1}", j.first_media_p50_ms, j.first_media_p99_ms),
-            String::new(),
-            String::new(),
+            &format!("{:.1} / {:.1}", j.first_media_p50_ms, j.first_media_p99_ms),
         );
-        row(
-            &mut o,
+        o.sfu(
             "server RSS KiB per participant",
-            format!(
+            &format!(
                 "{:.0} ({} -> {})",
                 s.memory.per_participant_kb, s.memory.rss_before_kb, s.memory.rss_active_kb
             ),
-            String::new(),
-            String::new(),
         );
-        row(
-            &mut o,
+        o.sfu(
             "kernel UDP rcvbuf/sndbuf drops",
-            format!(
+            &format!(
                 "{} / {}",
                 s.kernel_udp.rcvbuf_errors, s.kernel_udp.sndbuf_errors
             ),
-            String::new(),
-            String::new(),
         );
         let g = &self.generator;
-        row(
-            &mut o,
+        o.sfu(
             "generator CPU % / lag p99 µs",
-            format!("{:.1} / {}", g.cpu_pct, g.lag_p99_us),
-            String::new(),
-            String::new(),
+            &format!("{:.1} / {}", g.cpu_pct, g.lag_p99_us),
         );
+        let mut o = o.0;
         let _ = writeln!(
             o,
             "{}",
