@@ -6,9 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
-use crate::server_probe::rss_kb;
+use crate::server_probe::{ServerLog, ServerOptions, ServerProcess, rss_kb};
 
 /// The API key and secret the attacked server runs with (a configured key,
 /// as in production: no development tokens).
@@ -57,33 +56,6 @@ pub struct AttackConfig {
     pub settle: Duration,
 }
 
-struct Server {
-    child: Child,
-    pid: u32,
-    base: String,
-    http: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status();
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn config_text(settings: &[String]) -> Result<String, String> {
     let mut sections: BTreeMap<String, Vec<String>> = BTreeMap::new();
     sections.entry("auth".into()).or_default().extend([
@@ -113,54 +85,18 @@ fn config_text(settings: &[String]) -> Result<String, String> {
     Ok(text)
 }
 
-fn spawn(cfg: &AttackConfig) -> Result<Server, String> {
-    let err = |e: std::io::Error| e.to_string();
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(err)?;
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map_err(err)?;
-    let dir = std::env::temp_dir().join(format!(
-        "vela-attack-{}-{}",
-        std::process::id(),
-        http.port()
-    ));
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    let config = dir.join("vela.toml");
-    std::fs::write(&config, config_text(&cfg.settings)?).map_err(err)?;
-    let bin = std::fs::canonicalize(&cfg.bin).map_err(|e| format!("{}: {e}", cfg.bin.display()))?;
-    let mut cmd = match cfg.nofile {
-        Some(n) => {
-            let mut c = Command::new("prlimit");
-            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--http")
-        .arg(http.to_string())
-        .arg("--udp-port")
-        .arg(udp.port().to_string())
-        .arg("--node-ip")
-        .arg("127.0.0.1")
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if std::env::var_os("VELA_LOG").is_none() {
-        cmd.env("VELA_LOG", "error");
+/// The server under attack: `cfg.bin` with a configured key, the settings,
+/// the open-files limit, and its log discarded (thousands of refused
+/// requests would flood the terminal).
+fn spawn(cfg: &AttackConfig) -> Result<ServerProcess, String> {
+    let mut o = ServerOptions::new(&cfg.bin)
+        .config(config_text(&cfg.settings)?)
+        .log_level("error")
+        .log(ServerLog::Discard);
+    if let Some(n) = cfg.nofile {
+        o = o.nofile(n);
     }
-    let child = cmd.spawn().map_err(err)?;
-    Ok(Server {
-        pid: child.id(),
-        child,
-        base: format!("http://{http}"),
-        http,
-        dir,
-    })
+    ServerProcess::spawn(&o).map_err(|e| format!("starting {}: {e}", cfg.bin.display()))
 }
 
 async fn ready(client: &reqwest::Client, base: &str) -> Option<u16> {
@@ -247,7 +183,7 @@ pub async fn run(cfg: AttackConfig) -> Result<String, String> {
     let server = spawn(&cfg)?;
     let client = reqwest::Client::new();
     let up = Instant::now();
-    while ready(&client, &server.base).await != Some(200) {
+    while ready(&client, &server.http_base).await != Some(200) {
         if up.elapsed() > Duration::from_secs(20) {
             return Err("the server did not become ready within 20 s".into());
         }
@@ -272,7 +208,7 @@ pub async fn run(cfg: AttackConfig) -> Result<String, String> {
             format!(", settings {}", cfg.settings.join(" "))
         }
     );
-    let watch = Watch::start(server.pid, &server.base);
+    let watch = Watch::start(server.pid, &server.http_base);
     let started = Instant::now();
     let detail = match cfg.attack {
         Attack::LoginStorm => login_storm(&server, cfg.count).await?,
@@ -293,7 +229,7 @@ pub async fn run(cfg: AttackConfig) -> Result<String, String> {
     }
     let (peak, failures, checks) = watch.stop().await;
     let after = rss_kb(server.pid).unwrap_or(0);
-    let alive = ready(&client, &server.base).await;
+    let alive = ready(&client, &server.http_base).await;
     let mb = |kb: u64| kb as f64 / 1024.0;
     let _ = writeln!(out, "{detail}");
     let _ = writeln!(
@@ -355,8 +291,8 @@ async fn post_status(
 
 /// `count` concurrent failed logins (unknown usernames), each from its own
 /// loopback address (127.0.1.x, 127.0.2.x, ...).
-async fn login_storm(server: &Server, count: u32) -> Result<String, String> {
-    let url = format!("{}/api/v1/auth/login", server.base);
+async fn login_storm(server: &ServerProcess, count: u32) -> Result<String, String> {
+    let url = format!("{}/api/v1/auth/login", server.http_base);
     let start = Instant::now();
     let tasks: Vec<_> = (0..count)
         .map(|i| {
@@ -393,18 +329,18 @@ async fn login_storm(server: &Server, count: u32) -> Result<String, String> {
 }
 
 /// One account, then `count` concurrent wrong passwords for it from one address.
-async fn login_guess(server: &Server, count: u32) -> Result<String, String> {
+async fn login_guess(server: &ServerProcess, count: u32) -> Result<String, String> {
     let client = reqwest::Client::new();
     let signup = post_status(
         &client,
-        &format!("{}/api/v1/accounts", server.base),
+        &format!("{}/api/v1/accounts", server.http_base),
         &serde_json::json!({"username": "victim", "password": "the right password"}),
     )
     .await?;
     if signup != 201 {
         return Err(format!("sign-up answered {signup}"));
     }
-    let url = format!("{}/api/v1/auth/login", server.base);
+    let url = format!("{}/api/v1/auth/login", server.http_base);
     let tasks: Vec<_> = (0..count)
         .map(|i| {
             let (client, url) = (client.clone(), url.clone());
@@ -439,7 +375,7 @@ fn room_token(identity: &str, room: &str) -> Result<String, String> {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn join(server: &Server, identity: &str) -> Result<Ws, String> {
+async fn join(server: &ServerProcess, identity: &str) -> Result<Ws, String> {
     let url = format!("ws://{}/ws", server.http);
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -460,7 +396,7 @@ async fn join(server: &Server, identity: &str) -> Result<Ws, String> {
 
 /// A participant joins and never reads its socket again; another sends it
 /// `count` data messages of 16 KiB as fast as its socket takes them.
-async fn data_flood(server: &Server, count: u32) -> Result<String, String> {
+async fn data_flood(server: &ServerProcess, count: u32) -> Result<String, String> {
     let sink = join(server, "sink").await?;
     let source = join(server, "source").await?;
     let (mut tx, mut rx) = source.split();
@@ -554,7 +490,11 @@ async fn data_flood(server: &Server, count: u32) -> Result<String, String> {
 }
 
 /// `count` TCP connections that never send a byte, held for `hold`.
-async fn idle_connections(server: &Server, count: u32, hold: Duration) -> Result<String, String> {
+async fn idle_connections(
+    server: &ServerProcess,
+    count: u32,
+    hold: Duration,
+) -> Result<String, String> {
     let mut conns = Vec::new();
     let mut failed = 0u32;
     for _ in 0..count {
@@ -590,7 +530,7 @@ async fn idle_connections(server: &Server, count: u32, hold: Duration) -> Result
 }
 
 /// `count` WebSocket upgrades of `/api/v1/ws` that never authenticate.
-async fn ws_upgrades(server: &Server, count: u32, hold: Duration) -> Result<String, String> {
+async fn ws_upgrades(server: &ServerProcess, count: u32, hold: Duration) -> Result<String, String> {
     let before = rss_kb(server.pid).unwrap_or(0);
     let mut socks = Vec::new();
     let mut failed = 0;
@@ -627,12 +567,4 @@ async fn ws_upgrades(server: &Server, count: u32, hold: Duration) -> Result<Stri
         socks.len(),
         hold.min(Duration::from_secs(60)).as_secs_f64()
     ))
-}
-
-/// The default `vela` binary: next to this one.
-pub fn default_bin() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("vela")))
-        .unwrap_or_else(|| Path::new("vela").to_path_buf())
 }

@@ -12,7 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use vela_loadtest::media::VideoSpec;
 use vela_loadtest::report::{RunReport, SweepReport};
 use vela_loadtest::scenario::{Load, MediaMix, Scenario};
-use vela_loadtest::server_probe::{ServerProcess, wait_ready};
+use vela_loadtest::server_probe::{
+    ServerLog, ServerOptions, ServerProcess, default_server_bin, wait_ready,
+};
 use vela_loadtest::soak::accounts::AccountLoad;
 use vela_loadtest::soak::figures::{SoakReport, read_log};
 use vela_loadtest::soak::{SoakConfig, soak};
@@ -389,20 +391,19 @@ impl Common {
                 None,
             ));
         }
-        let bin = match &self.server_bin {
-            Some(b) => b.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| e.to_string())?
-                .with_file_name("vela"),
-        };
+        let bin = self.server_bin.clone().unwrap_or_else(default_server_bin);
         if !bin.exists() {
             return Err(format!(
                 "no server binary at {} (cargo build --release -p vela-signaling, or --server-bin / --server-url)",
                 bin.display()
             ));
         }
-        let server = ServerProcess::spawn(&bin, self.cpus().as_deref(), &self.server_args)
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let mut opts = ServerOptions::new(&bin).args(&self.server_args);
+        if let Some(c) = self.cpus() {
+            opts = opts.cpus(&c);
+        }
+        let server =
+            ServerProcess::spawn(&opts).map_err(|e| format!("starting {}: {e}", bin.display()))?;
         let http = reqwest::Client::new();
         if !wait_ready(&http, &server.http_base, Duration::from_secs(15)).await {
             server.stop();
@@ -533,12 +534,7 @@ async fn cmd_soak(a: SoakArgs) -> Result<(), String> {
         seed: a.seed,
         progress: !a.quiet,
     };
-    let bin = match &a.server_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("vela"),
-    };
+    let bin = a.server_bin.clone().unwrap_or_else(default_server_bin);
     if !bin.exists() {
         return Err(format!(
             "no server binary at {} (cargo build --release -p vela-signaling, or --server-bin)",
@@ -556,15 +552,19 @@ async fn cmd_soak(a: SoakArgs) -> Result<(), String> {
     // Sign-ups come from many addresses behind loopback as their proxy (the
     // per-address sign-up limit stays as configured); info-level logging,
     // so the log tells what happened around a warning.
-    let env = [
-        ("VELA_SERVER_TRUSTED_PROXIES", "127.0.0.1"),
-        ("VELA_CALLS_RING_TIMEOUT_MS", ring.as_str()),
-        ("VELA_LOG", "info"),
-        ("VELA_AUTH_API_KEY", api_key.as_str()),
-        ("VELA_AUTH_API_SECRET", api_secret.as_str()),
-    ];
-    let server = ServerProcess::spawn_with(&bin, cpus.as_deref(), &a.server_args, &env, Some(&log))
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let mut opts = ServerOptions::new(&bin)
+        .args(&a.server_args)
+        .env("VELA_SERVER_TRUSTED_PROXIES", "127.0.0.1")
+        .env("VELA_CALLS_RING_TIMEOUT_MS", &ring)
+        .env("VELA_LOG", "info")
+        .env("VELA_AUTH_API_KEY", &api_key)
+        .env("VELA_AUTH_API_SECRET", &api_secret)
+        .log(ServerLog::File(log.clone()));
+    if let Some(c) = &cpus {
+        opts = opts.cpus(c);
+    }
+    let server =
+        ServerProcess::spawn(&opts).map_err(|e| format!("starting {}: {e}", bin.display()))?;
     let http = reqwest::Client::new();
     if !wait_ready(&http, &server.http_base, Duration::from_secs(15)).await {
         server.stop();
@@ -691,7 +691,7 @@ fn main() -> ExitCode {
                             settle,
                         } => {
                             let cfg = vela_loadtest::attack::AttackConfig {
-                                bin: server_bin.unwrap_or_else(vela_loadtest::attack::default_bin),
+                                bin: server_bin.unwrap_or_else(default_server_bin),
                                 attack,
                                 count,
                                 nofile,

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -211,14 +211,7 @@ impl Relay {
         cpus: Option<&str>,
         forward_rids: &[String],
     ) -> io::Result<Relay> {
-        let mut cmd = match cpus {
-            Some(c) => {
-                let mut cmd = Command::new("taskset");
-                cmd.arg("-c").arg(c).arg(exe);
-                cmd
-            }
-            None => Command::new(exe),
-        };
+        let mut cmd = crate::server_probe::launcher(exe, cpus, None);
         cmd.arg("relay").arg("--bind").arg("127.0.0.1:0");
         for r in forward_rids {
             cmd.arg("--forward-rid").arg(r);

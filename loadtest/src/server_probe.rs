@@ -1,11 +1,13 @@
 //! What the server looks like from outside: CPU time and RSS from /proc,
 //! counters from `GET /metrics`, kernel UDP drops from /proc/net/snmp; and
-//! starting the `vela` binary pinned to a core.
+//! starting the `vela` binary ([`ServerProcess`]) pinned to a core, with a
+//! configuration file or an open-files limit when asked.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -228,17 +230,137 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, limit: Duration) -
     false
 }
 
-/// A `vela` server this tool started.
+/// The `vela` binary next to this one (where cargo builds both).
+pub fn default_server_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("vela")))
+        .unwrap_or_else(|| PathBuf::from("vela"))
+}
+
+/// A command running `exe` with its open-files limit set by `prlimit` and
+/// pinned by `taskset -c` when asked; each execs the next, so the child's pid
+/// is `exe`'s (its CPU time and memory are what /proc shows for that pid).
+pub fn launcher(exe: &Path, cpus: Option<&str>, nofile: Option<u64>) -> Command {
+    let mut argv: Vec<OsString> = Vec::new();
+    if let Some(n) = nofile {
+        argv.extend([
+            "prlimit".into(),
+            format!("--nofile={n}:{n}").into(),
+            "--".into(),
+        ]);
+    }
+    if let Some(c) = cpus {
+        argv.extend(["taskset".into(), "-c".into(), c.into()]);
+    }
+    argv.push(exe.into());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
+
+/// Where a started server's log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerLog {
+    /// To this process's standard error.
+    Inherit,
+    /// Nowhere.
+    Discard,
+    /// Its standard output and error to this file (created or truncated),
+    /// without colours.
+    File(PathBuf),
+}
+
+/// How to start a `vela` server: [`ServerOptions::new`], then setters.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    bin: PathBuf,
+    cpus: Option<String>,
+    nofile: Option<u64>,
+    config: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log_level: String,
+    log: ServerLog,
+}
+
+impl ServerOptions {
+    /// `bin` (a bare name is looked up in PATH), unpinned, with the
+    /// inherited open-files limit, no configuration file, and its log on
+    /// this process's standard error at `warn`.
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        ServerOptions {
+            bin: bin.into(),
+            cpus: None,
+            nofile: None,
+            config: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            log_level: "warn".into(),
+            log: ServerLog::Inherit,
+        }
+    }
+
+    /// Pins it to these CPUs (`taskset -c` list).
+    pub fn cpus(mut self, cpus: &str) -> Self {
+        self.cpus = Some(cpus.to_owned());
+        self
+    }
+
+    /// Its open-files limit, soft and hard (`prlimit --nofile`).
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
+    }
+
+    /// A configuration file with this TOML, written in its directory and
+    /// passed as `--config`.
+    pub fn config(mut self, toml: impl Into<String>) -> Self {
+        self.config = Some(toml.into());
+        self
+    }
+
+    /// Arguments after the ones [`ServerProcess::spawn`] passes (a later
+    /// flag wins).
+    pub fn args(mut self, args: &[String]) -> Self {
+        self.args.extend_from_slice(args);
+        self
+    }
+
+    /// An environment variable for it, set after `VELA_LOG` (so it may set
+    /// that one too, whatever this process's environment says).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Its `VELA_LOG` filter unless this process's environment sets one.
+    pub fn log_level(mut self, filter: &str) -> Self {
+        self.log_level = filter.to_owned();
+        self
+    }
+
+    /// Where its log goes.
+    pub fn log(mut self, log: ServerLog) -> Self {
+        self.log = log;
+        self
+    }
+}
+
+/// A `vela` server this tool started; stopped when dropped.
 pub struct ServerProcess {
     child: Child,
-    /// Its pid (taskset execs, so this is the server itself).
+    /// Its pid (prlimit and taskset exec, so this is the server itself).
     pub pid: u32,
+    /// Its HTTP address (`127.0.0.1:PORT`).
+    pub http: SocketAddr,
     /// `http://127.0.0.1:PORT`.
     pub http_base: String,
     /// Its media port.
     pub udp: SocketAddr,
     /// Its working directory (a fresh one: its own SQLite store), removed at stop.
-    pub dir: std::path::PathBuf,
+    pub dir: PathBuf,
 }
 
 fn free_ports() -> io::Result<(u16, u16)> {
@@ -248,65 +370,64 @@ fn free_ports() -> io::Result<(u16, u16)> {
 }
 
 impl ServerProcess {
-    /// Starts `bin --http 127.0.0.1:P --udp-port U --node-ip 127.0.0.1` in a
-    /// fresh temporary directory (so it opens a store of its own), pinned
-    /// with `taskset -c cpus` when given, logging at `VELA_LOG=warn` unless
-    /// `VELA_LOG` is set.
-    pub fn spawn(bin: &Path, cpus: Option<&str>, extra_args: &[String]) -> io::Result<Self> {
-        Self::spawn_with(bin, cpus, extra_args, &[], None)
-    }
-
-    /// As [`ServerProcess::spawn`], with extra environment variables, and
-    /// its log (standard output and error) written to `log` when given.
-    pub fn spawn_with(
-        bin: &Path,
-        cpus: Option<&str>,
-        extra_args: &[String],
-        env: &[(&str, &str)],
-        log: Option<&Path>,
-    ) -> io::Result<Self> {
+    /// Starts `bin --http 127.0.0.1:P --udp-port U --node-ip 127.0.0.1`
+    /// (after `--config FILE` when there is one, before the extra
+    /// arguments) on free ports, in a fresh temporary directory so it opens
+    /// a store of its own.
+    pub fn spawn(o: &ServerOptions) -> io::Result<Self> {
+        // Standard output and error; a log file is opened first, so there
+        // is nothing to clean up when it cannot be.
+        let (stdout, stderr) = match &o.log {
+            ServerLog::Inherit => (Stdio::null(), Stdio::inherit()),
+            ServerLog::Discard => (Stdio::null(), Stdio::null()),
+            ServerLog::File(path) => {
+                let f = std::fs::File::create(path)?;
+                (Stdio::from(f.try_clone()?), Stdio::from(f))
+            }
+        };
         let (http, udp) = free_ports()?;
         let dir = std::env::temp_dir().join(format!("vela-loadtest-{}-{http}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         // Absolute, since the server runs in another directory (a bare name
         // is left to PATH).
-        let bin = std::fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
-        let bin = bin.as_path();
-        let mut cmd = match cpus {
-            Some(c) => {
-                let mut cmd = Command::new("taskset");
-                cmd.arg("-c").arg(c).arg(bin);
-                cmd
-            }
-            None => Command::new(bin),
-        };
+        let bin = std::fs::canonicalize(&o.bin).unwrap_or_else(|_| o.bin.clone());
+        let mut cmd = launcher(&bin, o.cpus.as_deref(), o.nofile);
+        if let Some(toml) = &o.config {
+            let file = dir.join("vela.toml");
+            std::fs::write(&file, toml)?;
+            cmd.arg("--config").arg(file);
+        }
         cmd.arg("--http")
             .arg(format!("127.0.0.1:{http}"))
             .arg("--udp-port")
             .arg(udp.to_string())
             .arg("--node-ip")
             .arg("127.0.0.1")
-            .args(extra_args)
+            .args(&o.args)
             .current_dir(&dir)
-            .stdin(Stdio::null());
-        match log {
-            Some(path) => {
-                let f = std::fs::File::create(path)?;
-                cmd.stdout(f.try_clone()?).stderr(f).env("NO_COLOR", "1");
-            }
-            None => {
-                cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
-            }
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        if matches!(o.log, ServerLog::File(_)) {
+            cmd.env("NO_COLOR", "1");
         }
         if std::env::var_os("VELA_LOG").is_none() {
-            cmd.env("VELA_LOG", "warn");
+            cmd.env("VELA_LOG", &o.log_level);
         }
-        cmd.envs(env.iter().copied());
-        let child = cmd.spawn()?;
+        cmd.envs(o.env.iter().map(|(k, v)| (k, v)));
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let http = SocketAddr::from(([127, 0, 0, 1], http));
         Ok(ServerProcess {
             pid: child.id(),
             child,
-            http_base: format!("http://127.0.0.1:{http}"),
+            http,
+            http_base: format!("http://{http}"),
             udp: SocketAddr::from(([127, 0, 0, 1], udp)),
             dir,
         })
@@ -411,6 +532,110 @@ mod tests {
         assert!(x != 1);
         let b = CpuSample::take(pid);
         assert!(b.since(&a) > 0);
+    }
+
+    /// A stand-in for `vela` that writes down how it was started, then
+    /// waits to be stopped: the options reach the process the pid names.
+    #[test]
+    fn starts_the_server_as_asked() {
+        let tmp = std::env::temp_dir().join(format!("vela-probe-test-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let bin = tmp.join("fake-vela");
+        let report = tmp.join("started");
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\n\
+             { echo \"pid $$\"; echo \"args $*\"; echo \"nofile $(ulimit -n)\";\n\
+               echo \"log $VELA_LOG\"; echo \"extra $EXTRA\"; echo \"cwd $(pwd)\";\n\
+               grep Cpus_allowed_list /proc/$$/status; cat vela.toml; } > \"$REPORT.part\"\n\
+             mv \"$REPORT.part\" \"$REPORT\"\n\
+             exec sleep 30\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A CPU this process may use (a container may not offer CPU 0).
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        let cpu = own
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .and_then(|l| l.trim().split([',', '-']).next())
+            .unwrap()
+            .to_owned();
+        let o = ServerOptions::new(&bin)
+            .cpus(&cpu)
+            .nofile(123)
+            .config("[auth]\napi_key = \"k\"\n")
+            .args(&["--log-level".into(), "info".into()])
+            .log_level("error")
+            .env("EXTRA", "yes")
+            .env("REPORT", report.to_str().unwrap())
+            .log(ServerLog::Discard);
+        let server = ServerProcess::spawn(&o).unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while !report.exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(&report).unwrap();
+        let (pid, dir) = (server.pid, server.dir.clone());
+        assert!(text.contains(&format!("pid {pid}\n")), "{text}");
+        let port = server.http.port();
+        let args = format!(
+            "args --config {}/vela.toml --http 127.0.0.1:{port} --udp-port {} --node-ip 127.0.0.1 --log-level info\n",
+            dir.display(),
+            server.udp.port()
+        );
+        assert!(text.contains(&args), "{text}");
+        assert_eq!(server.http_base, format!("http://127.0.0.1:{port}"));
+        assert!(text.contains("nofile 123\n"), "{text}");
+        // The filter given, unless whoever runs the test set VELA_LOG.
+        let log = std::env::var("VELA_LOG").unwrap_or_else(|_| "error".into());
+        assert!(text.contains(&format!("log {log}\n")), "{text}");
+        assert!(text.contains("extra yes\n"), "{text}");
+        assert!(text.contains(&format!("cwd {}\n", dir.display())), "{text}");
+        assert!(
+            text.contains(&format!("Cpus_allowed_list:\t{cpu}\n")),
+            "{text}"
+        );
+        assert!(text.contains("[auth]\napi_key = \"k\"\n"), "{text}");
+        server.stop();
+        assert!(!dir.exists(), "its directory is removed");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "it is gone");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// A log file gets both streams, without colours; `stop` says how the
+    /// process ended (here: it exits by itself on SIGTERM with code 3).
+    #[test]
+    fn logs_to_a_file_and_reports_the_exit() {
+        let tmp = std::env::temp_dir().join(format!("vela-probe-log-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let bin = tmp.join("fake-vela");
+        let log = tmp.join("server.log");
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\n\
+             trap 'exit 3' TERM\n\
+             echo \"out NO_COLOR=$NO_COLOR\"; echo err >&2; echo ready > ready\n\
+             while :; do sleep 0.05; done\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let server =
+            ServerProcess::spawn(&ServerOptions::new(&bin).log(ServerLog::File(log.clone())))
+                .unwrap();
+        let ready = server.dir.join("ready");
+        let end = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(ready.exists(), "the stand-in started");
+        let status = server.stop();
+        assert_eq!(status.and_then(|s| s.code()), Some(3), "{status:?}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text, "out NO_COLOR=1\nerr\n");
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]
