@@ -106,10 +106,6 @@ pub async fn participant(
     }
 }
 
-/// A client `Rtc` in RTP mode (the engine writes the packets itself) with
-/// its offer: sendonly audio/video (video simulcast) to publish; recvonly
-/// audio+video for WHEP; a data channel for a WebSocket subscriber with
-/// nothing to send (the server adds m-lines for others' tracks later).
 /// A client `Rtc` with its pending offer and the m-lines it publishes on.
 struct Built {
     rtc: Rtc,
@@ -119,6 +115,10 @@ struct Built {
     video: Option<Mid>,
 }
 
+/// A client `Rtc` in RTP mode (the engine writes the packets itself) with
+/// its offer: sendonly audio/video (video simulcast) to publish; recvonly
+/// audio+video for WHEP; a data channel for a WebSocket subscriber with
+/// nothing to send (the server adds m-lines for others' tracks later).
 fn build(p: &Planned, video: &VideoSpec, socket: &std::net::UdpSocket) -> Result<Built, Error> {
     let addr = socket.local_addr()?;
     let mut rtc = Rtc::builder()
@@ -203,16 +203,17 @@ async fn expect(ws: &mut Ws, ty: &str) -> Result<serde_json::Value, Error> {
     .map_err(|_| -> Error { format!("timed out waiting for {ty}").into() })?
 }
 
+/// A connection answered by the server, for the engine.
 struct Joined {
-    /// Video tracks of the others at join time.
-    videos: Vec<String>,
     rtc: Rtc,
     socket: std::net::UdpSocket,
     audio: Option<Mid>,
     video: Option<Mid>,
 }
 
-async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<(Ws, Joined), Error> {
+/// Joins over the room socket: the socket and the others' video tracks at
+/// join time, and the answered connection.
+async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<((Ws, Vec<String>), Joined), Error> {
     let token = ctx.token(p)?;
     let (mut ws, _) =
         tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(ctx.ws_url()))
@@ -251,9 +252,8 @@ async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<(Ws, Joined), Error
     rtc.sdp_api()
         .accept_answer(pending, SdpAnswer::from_sdp_string(sdp)?)?;
     Ok((
-        ws,
+        (ws, videos),
         Joined {
-            videos,
             rtc,
             socket,
             audio,
@@ -290,7 +290,28 @@ impl LayerChoice {
     }
 }
 
-fn hand_over(p: &Planned, j: Joined, engine: &Engine, started: Instant, answered: Instant) {
+/// Reports a join's outcome; once answered, hands the connection to the
+/// engine and returns what the session keeps (its socket or its WHIP/WHEP
+/// resource).
+fn hand_over<T>(
+    p: &Planned,
+    started: Instant,
+    joined: Result<(T, Joined), Error>,
+    engine: &Engine,
+    out: &mpsc::UnboundedSender<JoinOutcome>,
+) -> Option<T> {
+    let (keep, j) = match joined {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = out.send(JoinOutcome {
+                id: p.id,
+                error: Some(e.to_string()),
+                answer: started.elapsed(),
+            });
+            return None;
+        }
+    };
+    let answered = Instant::now();
     engine.add(NewClient {
         id: p.id,
         socket: j.socket,
@@ -300,6 +321,12 @@ fn hand_over(p: &Planned, j: Joined, engine: &Engine, started: Instant, answered
         join_started: started,
         answered,
     });
+    let _ = out.send(JoinOutcome {
+        id: p.id,
+        error: None,
+        answer: answered - started,
+    });
+    Some(keep)
 }
 
 async fn ws_session(
@@ -310,20 +337,12 @@ async fn ws_session(
     out: &mpsc::UnboundedSender<JoinOutcome>,
 ) {
     let started = Instant::now();
-    let (mut ws, joined) = match ws_join(&p, ctx).await {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = out.send(JoinOutcome {
-                id: p.id,
-                error: Some(e.to_string()),
-                answer: started.elapsed(),
-            });
-            return;
-        }
+    let joined = ws_join(&p, ctx).await;
+    let Some((mut ws, videos)) = hand_over(&p, started, joined, engine, out) else {
+        return;
     };
-    let answered = Instant::now();
     let mut choice = LayerChoice {
-        tracks: joined.videos.clone(),
+        tracks: videos,
         large: p.id as usize,
         high: ctx
             .video
@@ -336,12 +355,6 @@ async fn ws_session(
             .first()
             .map_or((320, 180), |l| (l.width, l.height)),
     };
-    hand_over(&p, joined, engine, started, answered);
-    let _ = out.send(JoinOutcome {
-        id: p.id,
-        error: None,
-        answer: answered - started,
-    });
     let switching = ctx.layer_switch.filter(|_| p.subscribe);
     let mut switch = tokio::time::interval(switching.unwrap_or(Duration::from_secs(3600)));
     switch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -468,10 +481,8 @@ async fn http_session(
         rtc.sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(&body)?)?;
         Ok::<_, Error>((
-            token,
-            location,
+            (token, location),
             Joined {
-                videos: Vec::new(),
                 rtc,
                 socket,
                 audio,
@@ -480,24 +491,9 @@ async fn http_session(
         ))
     }
     .await;
-    let (token, location, joined) = match r {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = out.send(JoinOutcome {
-                id: p.id,
-                error: Some(e.to_string()),
-                answer: started.elapsed(),
-            });
-            return;
-        }
+    let Some((token, location)) = hand_over(&p, started, r, engine, out) else {
+        return;
     };
-    let answered = Instant::now();
-    hand_over(&p, joined, engine, started, answered);
-    let _ = out.send(JoinOutcome {
-        id: p.id,
-        error: None,
-        answer: answered - started,
-    });
     let _ = leave.wait_for(|v| *v).await;
     if let Some(loc) = location {
         let url = if loc.starts_with("http") {
