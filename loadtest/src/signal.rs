@@ -106,9 +106,11 @@ pub async fn participant(
     }
 }
 
-/// A client `Rtc` with its pending offer and the m-lines it publishes on.
+/// A client `Rtc` with its socket, its pending offer and the m-lines it
+/// publishes on.
 struct Built {
     rtc: Rtc,
+    socket: std::net::UdpSocket,
     offer: SdpOffer,
     pending: SdpPendingOffer,
     audio: Option<Mid>,
@@ -119,7 +121,8 @@ struct Built {
 /// its offer: sendonly audio/video (video simulcast) to publish; recvonly
 /// audio+video for WHEP; a data channel for a WebSocket subscriber with
 /// nothing to send (the server adds m-lines for others' tracks later).
-fn build(p: &Planned, video: &VideoSpec, socket: &std::net::UdpSocket) -> Result<Built, Error> {
+fn build(p: &Planned, video: &VideoSpec) -> Result<Built, Error> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let addr = socket.local_addr()?;
     let mut rtc = Rtc::builder()
         .set_rtp_mode(true)
@@ -167,11 +170,28 @@ fn build(p: &Planned, video: &VideoSpec, socket: &std::net::UdpSocket) -> Result
     let (offer, pending) = change.apply().ok_or("nothing to offer")?;
     Ok(Built {
         rtc,
+        socket,
         offer,
         pending,
         audio,
         video: vid,
     })
+}
+
+impl Built {
+    /// Applies the server's SDP answer: the connection is ready for the
+    /// engine.
+    fn answered(mut self, sdp: &str) -> Result<Joined, Error> {
+        self.rtc
+            .sdp_api()
+            .accept_answer(self.pending, SdpAnswer::from_sdp_string(sdp)?)?;
+        Ok(Joined {
+            rtc: self.rtc,
+            socket: self.socket,
+            audio: self.audio,
+            video: self.video,
+        })
+    }
 }
 
 async fn send_json(ws: &mut Ws, v: serde_json::Value) -> Result<(), Error> {
@@ -234,32 +254,50 @@ async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<((Ws, Vec<String>),
         .filter(|t| t["kind"] == "video")
         .filter_map(|t| t["id"].as_str().map(str::to_owned))
         .collect();
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let Built {
-        mut rtc,
-        offer,
-        pending,
-        audio,
-        video,
-    } = build(p, &ctx.video, &socket)?;
+    let built = build(p, &ctx.video)?;
     send_json(
         &mut ws,
-        serde_json::json!({"type": "offer", "sdp": offer.to_sdp_string()}),
+        serde_json::json!({"type": "offer", "sdp": built.offer.to_sdp_string()}),
     )
     .await?;
     let answer = expect(&mut ws, "answer").await?;
     let sdp = answer["sdp"].as_str().ok_or("answer without sdp")?;
-    rtc.sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(sdp)?)?;
-    Ok((
-        (ws, videos),
-        Joined {
-            rtc,
-            socket,
-            audio,
-            video,
-        },
-    ))
+    Ok(((ws, videos), built.answered(sdp)?))
+}
+
+/// Joins over WHIP or WHEP: the token and the session's Location (to delete
+/// it at the end), and the answered connection.
+async fn http_join(
+    p: &Planned,
+    ctx: &SignalContext,
+) -> Result<((String, Option<String>), Joined), Error> {
+    let token = ctx.token(p)?;
+    let built = build(p, &ctx.video)?;
+    let path = if p.signaling == Signaling::Whip {
+        "whip"
+    } else {
+        "whep"
+    };
+    let resp = ctx
+        .http
+        .post(format!("{}/{path}/{}", ctx.http_base, p.room))
+        .bearer_auth(&token)
+        .header("content-type", "application/sdp")
+        .body(built.offer.to_sdp_string())
+        .timeout(STEP_TIMEOUT)
+        .send()
+        .await?;
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.text().await?;
+    if status.as_u16() != 201 {
+        return Err(format!("{path}: {status} {body}").into());
+    }
+    Ok(((token, location), built.answered(&body)?))
 }
 
 /// S3's layer choice: which remote video track is large, and the settings
@@ -444,54 +482,8 @@ async fn http_session(
     out: &mpsc::UnboundedSender<JoinOutcome>,
 ) {
     let started = Instant::now();
-    let r = async {
-        let token = ctx.token(&p)?;
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let Built {
-            mut rtc,
-            offer,
-            pending,
-            audio,
-            video,
-        } = build(&p, &ctx.video, &socket)?;
-        let path = if p.signaling == Signaling::Whip {
-            "whip"
-        } else {
-            "whep"
-        };
-        let resp = ctx
-            .http
-            .post(format!("{}/{path}/{}", ctx.http_base, p.room))
-            .bearer_auth(&token)
-            .header("content-type", "application/sdp")
-            .body(offer.to_sdp_string())
-            .timeout(STEP_TIMEOUT)
-            .send()
-            .await?;
-        let status = resp.status();
-        let location = resp
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = resp.text().await?;
-        if status.as_u16() != 201 {
-            return Err(format!("{path}: {status} {body}").into());
-        }
-        rtc.sdp_api()
-            .accept_answer(pending, SdpAnswer::from_sdp_string(&body)?)?;
-        Ok::<_, Error>((
-            (token, location),
-            Joined {
-                rtc,
-                socket,
-                audio,
-                video,
-            },
-        ))
-    }
-    .await;
-    let Some((token, location)) = hand_over(&p, started, r, engine, out) else {
+    let joined = http_join(&p, ctx).await;
+    let Some((token, location)) = hand_over(&p, started, joined, engine, out) else {
         return;
     };
     let _ = leave.wait_for(|v| *v).await;
@@ -537,16 +529,16 @@ mod tests {
             join_at: Duration::ZERO,
             access_token: None,
         };
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let caddr = sock.local_addr().unwrap();
         let saddr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
         let Built {
             rtc: mut client,
+            socket,
             offer,
             pending,
             video: vmid,
             ..
-        } = build(&p, &video, &sock).unwrap();
+        } = build(&p, &video).unwrap();
+        let caddr = socket.local_addr().unwrap();
         let now = Instant::now();
         let mut server = Rtc::builder()
             .set_ice_lite(true)
