@@ -362,22 +362,7 @@ impl World {
             "login" => {
                 let kind = ["phone", "desktop", "web"][self.rng.usize(..3)];
                 let p = &self.people[i];
-                let body = json!({
-                    "username": p.name, "password": PASSWORD,
-                    "device": {"kind": kind, "label": "soak"},
-                });
-                let addr = p.addr.clone();
-                if let Some((_, v)) = api
-                    .act_from(
-                        action,
-                        M::POST,
-                        "/api/v1/auth/login",
-                        None,
-                        Some(body),
-                        &[200],
-                        Some(&addr),
-                    )
-                    .await
+                if let Some(v) = self.log_in(&p.name, &p.addr, kind, "soak").await
                     && let Some(s) = Session::from_body(&v)
                 {
                     self.people[i].others.push(s);
@@ -511,23 +496,7 @@ impl World {
         else {
             return;
         };
-        let body = json!({
-            "username": name, "password": PASSWORD,
-            "device": {"kind": "phone", "label": "primary"},
-        });
-        let Some((_, v)) = self
-            .api
-            .act_from(
-                "login",
-                M::POST,
-                "/api/v1/auth/login",
-                None,
-                Some(body),
-                &[200],
-                Some(&addr),
-            )
-            .await
-        else {
+        let Some(v) = self.log_in(&name, &addr, "phone", "primary").await else {
             return;
         };
         let (Some(account), Some(primary)) = (acc["id"].as_i64(), Session::from_body(&v)) else {
@@ -543,6 +512,28 @@ impl World {
             others: Vec::new(),
             contacts: Vec::new(),
         });
+    }
+
+    /// Logs `name` in from `addr` on a new device (counted as `login`): the
+    /// answer's body.
+    async fn log_in(&self, name: &str, addr: &str, kind: &str, label: &str) -> Option<Value> {
+        let body = json!({
+            "username": name, "password": PASSWORD,
+            "device": {"kind": kind, "label": label},
+        });
+        let (_, v) = self
+            .api
+            .act_from(
+                "login",
+                reqwest::Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(body),
+                &[200],
+                Some(addr),
+            )
+            .await?;
+        Some(v)
     }
 
     /// `a` asks `b`, `b` accepts: mutual contacts.
