@@ -159,15 +159,8 @@ struct SoakArgs {
     /// Seed for choices and media.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The `vela` binary to start (default: next to this binary).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// CPUs for the started server (`taskset -c`); empty: no pinning.
-    #[arg(long, default_value = "0")]
-    server_cpus: String,
-    /// Extra argument for the started server (repeatable).
-    #[arg(long = "server-arg", allow_hyphen_values = true)]
-    server_args: Vec<String>,
+    #[command(flatten)]
+    start: StartArgs,
     /// Directory for soak.json, soak.svg and soak.md.
     #[arg(long, default_value = "loadtest-out/soak")]
     out: PathBuf,
@@ -177,6 +170,56 @@ struct SoakArgs {
     /// No line per sample.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// How to start the server (run, sweep and soak start one).
+#[derive(Args, Clone)]
+struct StartArgs {
+    /// The `vela` binary to start (default: next to this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// CPUs for the started server, and for run's and sweep's relay
+    /// (`taskset -c`); empty: no pinning.
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// Extra argument for the started server (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+}
+
+impl StartArgs {
+    fn cpus(&self) -> Option<String> {
+        (!self.server_cpus.trim().is_empty()).then(|| self.server_cpus.trim().to_owned())
+    }
+
+    /// The server's binary (it must exist; `other` names the flags that
+    /// would do instead), CPUs and arguments.
+    fn options(&self, other: &str) -> Result<ServerOptions, String> {
+        let bin = self.server_bin.clone().unwrap_or_else(default_server_bin);
+        if !bin.exists() {
+            return Err(format!(
+                "no server binary at {} (cargo build --release -p vela-signaling, or {other})",
+                bin.display()
+            ));
+        }
+        let mut opts = ServerOptions::new(bin).args(&self.server_args);
+        if let Some(c) = self.cpus() {
+            opts = opts.cpus(&c);
+        }
+        Ok(opts)
+    }
+}
+
+/// Starts the server and waits up to 15 s for it to answer `/metrics`.
+async fn start_server(opts: &ServerOptions) -> Result<ServerProcess, String> {
+    let server = ServerProcess::spawn(opts)
+        .map_err(|e| format!("starting {}: {e}", opts.bin().display()))?;
+    let http = reqwest::Client::new();
+    if !wait_ready(&http, &server.http_base, Duration::from_secs(15)).await {
+        server.stop();
+        return Err("the server did not answer /metrics within 15 s".into());
+    }
+    Ok(server)
 }
 
 #[derive(Args, Clone)]
@@ -250,15 +293,8 @@ struct Common {
     /// The pid of the server at --server-url (for CPU and memory).
     #[arg(long)]
     server_pid: Option<u32>,
-    /// The `vela` binary to start (default: next to this binary).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// CPUs for the started server and the relay (`taskset -c`); empty: no pinning.
-    #[arg(long, default_value = "0")]
-    server_cpus: String,
-    /// Extra argument for the started server (repeatable).
-    #[arg(long = "server-arg", allow_hyphen_values = true)]
-    server_args: Vec<String>,
+    #[command(flatten)]
+    start: StartArgs,
     /// API key for minting tokens (default: the development key).
     #[arg(long, env = "VELA_AUTH_API_KEY")]
     api_key: Option<String>,
@@ -362,14 +398,10 @@ impl Common {
         } else {
             RelayMode::Process {
                 exe: std::env::current_exe().map_err(|e| e.to_string())?,
-                cpus: self.cpus(),
+                cpus: self.start.cpus(),
             }
         };
         Ok(c)
-    }
-
-    fn cpus(&self) -> Option<String> {
-        (!self.server_cpus.trim().is_empty()).then(|| self.server_cpus.trim().to_owned())
     }
 
     fn keys(&self) -> TokenKeys {
@@ -391,24 +423,7 @@ impl Common {
                 None,
             ));
         }
-        let bin = self.server_bin.clone().unwrap_or_else(default_server_bin);
-        if !bin.exists() {
-            return Err(format!(
-                "no server binary at {} (cargo build --release -p vela-signaling, or --server-bin / --server-url)",
-                bin.display()
-            ));
-        }
-        let mut opts = ServerOptions::new(&bin).args(&self.server_args);
-        if let Some(c) = self.cpus() {
-            opts = opts.cpus(&c);
-        }
-        let server =
-            ServerProcess::spawn(&opts).map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let http = reqwest::Client::new();
-        if !wait_ready(&http, &server.http_base, Duration::from_secs(15)).await {
-            server.stop();
-            return Err("the server did not answer /metrics within 15 s".into());
-        }
+        let server = start_server(&self.start.options("--server-bin / --server-url")?).await?;
         Ok((
             Target {
                 http_base: server.http_base.clone(),
@@ -425,6 +440,23 @@ impl Common {
             .clone()
             .unwrap_or_else(|| format!("{kind}-{}", format!("{:?}", self.scenario).to_lowercase()));
         self.out.join(format!("{name}.{ext}"))
+    }
+
+    /// Prints a `kind` report's table and writes its JSON and SVG files.
+    fn publish(
+        &self,
+        kind: &str,
+        table: &str,
+        report: &impl serde::Serialize,
+        chart: &str,
+    ) -> Result<(), String> {
+        say(table);
+        let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+        let (jp, sp) = (self.file(kind, "json"), self.file(kind, "svg"));
+        write_out(&jp, &json)?;
+        write_out(&sp, chart)?;
+        say(&format!("wrote {} and {}\n", jp.display(), sp.display()));
+        Ok(())
     }
 }
 
@@ -449,12 +481,7 @@ async fn cmd_run(c: Common) -> Result<RunReport, String> {
         s.stop();
     }
     let r = r?;
-    say(&r.table());
-    let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
-    let (jp, sp) = (c.file("run", "json"), c.file("run", "svg"));
-    write_out(&jp, &json)?;
-    write_out(&sp, &r.chart())?;
-    say(&format!("wrote {} and {}\n", jp.display(), sp.display()));
+    c.publish("run", &r.table(), &r, &r.chart())?;
     Ok(r)
 }
 
@@ -481,12 +508,7 @@ async fn cmd_sweep(c: Common, sc: SweepConfig) -> Result<SweepReport, String> {
         s.stop();
     }
     let r = r?;
-    say(&r.table());
-    let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
-    let (jp, sp) = (c.file("sweep", "json"), c.file("sweep", "svg"));
-    write_out(&jp, &json)?;
-    write_out(&sp, &r.chart())?;
-    say(&format!("wrote {} and {}\n", jp.display(), sp.display()));
+    c.publish("sweep", &r.table(), &r, &r.chart())?;
     Ok(r)
 }
 
@@ -534,16 +556,9 @@ async fn cmd_soak(a: SoakArgs) -> Result<(), String> {
         seed: a.seed,
         progress: !a.quiet,
     };
-    let bin = a.server_bin.clone().unwrap_or_else(default_server_bin);
-    if !bin.exists() {
-        return Err(format!(
-            "no server binary at {} (cargo build --release -p vela-signaling, or --server-bin)",
-            bin.display()
-        ));
-    }
+    let opts = a.start.options("--server-bin")?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let log = a.log.clone().unwrap_or_else(|| a.out.join("server.log"));
-    let cpus = (!a.server_cpus.trim().is_empty()).then(|| a.server_cpus.trim().to_owned());
     let ring = SOAK_RING_TIMEOUT_MS.to_string();
     // A key of its own, as in production (the development key warns).
     let mut rng = fastrand::Rng::with_seed(a.seed ^ u64::from(std::process::id()));
@@ -552,27 +567,16 @@ async fn cmd_soak(a: SoakArgs) -> Result<(), String> {
     // Sign-ups come from many addresses behind loopback as their proxy (the
     // per-address sign-up limit stays as configured); info-level logging,
     // so the log tells what happened around a warning.
-    let mut opts = ServerOptions::new(&bin)
-        .args(&a.server_args)
+    let opts = opts
         .env("VELA_SERVER_TRUSTED_PROXIES", "127.0.0.1")
         .env("VELA_CALLS_RING_TIMEOUT_MS", &ring)
         .env("VELA_LOG", "info")
         .env("VELA_AUTH_API_KEY", &api_key)
         .env("VELA_AUTH_API_SECRET", &api_secret)
         .log(ServerLog::File(log.clone()));
-    if let Some(c) = &cpus {
-        opts = opts.cpus(c);
-    }
-    let server =
-        ServerProcess::spawn(&opts).map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    let http = reqwest::Client::new();
-    if !wait_ready(&http, &server.http_base, Duration::from_secs(15)).await {
-        server.stop();
-        return Err(format!(
-            "the server did not answer /metrics within 15 s (log: {})",
-            log.display()
-        ));
-    }
+    let server = start_server(&opts)
+        .await
+        .map_err(|e| format!("{e} (log: {})", log.display()))?;
     let target = Target {
         http_base: server.http_base.clone(),
         pid: Some(server.pid),

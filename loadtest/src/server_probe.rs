@@ -302,6 +302,11 @@ impl ServerOptions {
         }
     }
 
+    /// The binary it starts.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// Pins it to these CPUs (`taskset -c` list).
     pub fn cpus(mut self, cpus: &str) -> Self {
         self.cpus = Some(cpus.to_owned());
