@@ -351,15 +351,7 @@ impl Common {
     }
 
     fn video(&self) -> Result<VideoSpec, String> {
-        let kbps: Vec<u32> = self
-            .video_kbps
-            .split(',')
-            .map(|v| {
-                v.trim()
-                    .parse()
-                    .map_err(|_| format!("bad --video-kbps {v}"))
-            })
-            .collect::<Result<_, _>>()?;
+        let kbps = kbps_list(&self.video_kbps)?;
         let rids: Vec<&str> = self.rids.split(',').map(str::trim).collect();
         let mut spec = if self.no_simulcast {
             VideoSpec::single(*kbps.last().ok_or("empty --video-kbps")?, self.fps)
@@ -460,6 +452,17 @@ impl Common {
     }
 }
 
+/// `--video-kbps`: bitrates, comma separated.
+fn kbps_list(list: &str) -> Result<Vec<u32>, String> {
+    list.split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("bad --video-kbps {v}"))
+        })
+        .collect()
+}
+
 fn write_out(path: &Path, contents: &str) -> Result<(), String> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -518,15 +521,7 @@ const SOAK_RING_TIMEOUT_MS: u64 = 8_000;
 async fn cmd_soak(a: SoakArgs) -> Result<(), String> {
     let minutes = a.minutes.max(0.5);
     let warmup = (a.warmup_minutes * 60.0).clamp(0.0, minutes * 30.0);
-    let kbps: Vec<u32> = a
-        .video_kbps
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse()
-                .map_err(|_| format!("bad --video-kbps {v}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let kbps = kbps_list(&a.video_kbps)?;
     let Ok(kbps) = <[u32; 3]>::try_from(kbps.as_slice()) else {
         return Err("--video-kbps needs three values".into());
     };

@@ -539,26 +539,31 @@ mod tests {
         assert!(b.since(&a) > 0);
     }
 
+    /// A directory of its own for a test, and in it an executable
+    /// stand-in for `vela` running `script` (sh).
+    fn stand_in(test: &str, script: &str) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = std::env::temp_dir().join(format!("vela-probe-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let bin = tmp.join("fake-vela");
+        std::fs::write(&bin, format!("#!/bin/sh\n{script}")).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (tmp, bin)
+    }
+
     /// A stand-in for `vela` that writes down how it was started, then
     /// waits to be stopped: the options reach the process the pid names.
     #[test]
     fn starts_the_server_as_asked() {
-        let tmp = std::env::temp_dir().join(format!("vela-probe-test-{}", std::process::id()));
-        std::fs::create_dir_all(&tmp).unwrap();
-        let bin = tmp.join("fake-vela");
-        let report = tmp.join("started");
-        std::fs::write(
-            &bin,
-            "#!/bin/sh\n\
-             { echo \"pid $$\"; echo \"args $*\"; echo \"nofile $(ulimit -n)\";\n\
+        let (tmp, bin) = stand_in(
+            "start",
+            "{ echo \"pid $$\"; echo \"args $*\"; echo \"nofile $(ulimit -n)\";\n\
                echo \"log $VELA_LOG\"; echo \"extra $EXTRA\"; echo \"cwd $(pwd)\";\n\
                grep Cpus_allowed_list /proc/$$/status; cat vela.toml; } > \"$REPORT.part\"\n\
              mv \"$REPORT.part\" \"$REPORT\"\n\
              exec sleep 30\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
+        let report = tmp.join("started");
         // A CPU this process may use (a container may not offer CPU 0).
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         let cpu = own
@@ -613,20 +618,13 @@ mod tests {
     /// process ended (here: it exits by itself on SIGTERM with code 3).
     #[test]
     fn logs_to_a_file_and_reports_the_exit() {
-        let tmp = std::env::temp_dir().join(format!("vela-probe-log-{}", std::process::id()));
-        std::fs::create_dir_all(&tmp).unwrap();
-        let bin = tmp.join("fake-vela");
-        let log = tmp.join("server.log");
-        std::fs::write(
-            &bin,
-            "#!/bin/sh\n\
-             trap 'exit 3' TERM\n\
+        let (tmp, bin) = stand_in(
+            "log",
+            "trap 'exit 3' TERM\n\
              echo \"out NO_COLOR=$NO_COLOR\"; echo err >&2; echo ready > ready\n\
              while :; do sleep 0.05; done\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
+        let log = tmp.join("server.log");
         let server =
             ServerProcess::spawn(&ServerOptions::new(&bin).log(ServerLog::File(log.clone())))
                 .unwrap();
