@@ -11,9 +11,9 @@ use axum::http::request::Parts;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::account;
+use crate::domain::account;
 use crate::api_error::ApiError;
-use crate::ids::{AccountId, DeviceId};
+use crate::domain::ids::{AccountId, DeviceId};
 use crate::rate_limit::RateLimiter;
 use crate::server::AppState;
 use crate::store::SessionState;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crate::api::{calls, rooms};
 use crate::api_error::ApiError;
-use crate::contact::ContactBody;
+use crate::domain::contact::ContactBody;
 
-pub use crate::call::is_call_room;
+pub use crate::domain::call::is_call_room;
 pub use crate::protocol::{ClientMessage, parse_kind};
 
 /// Decodes a room socket message as the session does.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::ids::{AccountId, DeviceId};
+use crate::domain::ids::{AccountId, DeviceId};
 
 /// WebSocket close code when the device was signed out (revoked, logged
 /// out, password changed, refresh token reused).

@@ -22,10 +22,10 @@ use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 use crate::api_error::ApiError;
 use crate::auth::{LoginLimiter, SignupLimiter};
 use crate::hub::Hub;
-use crate::ids::{AccountId, DeviceId, now_ms};
+use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::listener::{ConnectionStats, ListenerLimits};
 use crate::password::PasswordHasher;
-use crate::presence::PresenceHandle;
+use crate::services::presence::PresenceHandle;
 use crate::store::Store;
 use crate::token::{Claims, Credential, TokenKeys, VideoGrant};
 use crate::{account, api, metrics, session, whip};
@@ -98,7 +98,7 @@ pub(crate) struct AppState {
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The calls task.
-    pub calls: crate::call::CallsHandle,
+    pub calls: crate::services::calls::CallsHandle,
     /// Room sessions a new socket may take over (`resume`).
     pub resumable: session::Resumable,
     /// Counters kept outside the media core (join times, webhooks).
@@ -355,7 +355,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         events_rx,
         shutdown_rx.clone(),
     );
-    let (calls, calls_task) = crate::call::CallsHandle::spawn(
+    let (calls, calls_task) = crate::services::calls::CallsHandle::spawn(
         &config.calls,
         store.clone(),
         hub.clone(),

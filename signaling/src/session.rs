@@ -17,7 +17,7 @@ use vela_media::core::{
 
 use crate::api_error::ApiError;
 use crate::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
-use crate::ids::{AccountId, DeviceId};
+use crate::domain::ids::{AccountId, DeviceId};
 use crate::protocol::{ClientMessage, ServerMessage, SpeakerEntry, parse_kind};
 use crate::rate_limit::TokenBucket;
 use crate::server::AppState;
@@ -546,7 +546,7 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let grant = state.authorize_room(&token, &room).await?;
     // Call rooms admit the call's members only; `take_over` hands a call over.
-    let from = crate::call::service::room_access(
+    let from = crate::services::calls::room_access(
         state,
         room.as_str(),
         grant.account,
@@ -554,7 +554,7 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     )
     .await?;
     if let Some(from) = from
-        && !crate::call::is_call_room(room.as_str())
+        && !crate::domain::call::is_call_room(room.as_str())
     {
         check_take_over(state, &room, from, &grant, resume_token.as_deref()).await?;
     }

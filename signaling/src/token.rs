@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AccountId, DeviceId};
+use crate::domain::ids::{AccountId, DeviceId};
 
 /// The room grants of a token (LiveKit's `video` claim).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::Body;
 use super::devices::revoke_device;
-use crate::account::{self, Account, Role, check_display_name, check_password, normalize_username};
+use crate::domain::account::{self, Account, Role, check_display_name, check_password, normalize_username};
 use crate::api_error::ApiError;
 use crate::auth::{Authed, bearer, new_refresh_token, refresh_hash};
 use crate::client_addr::ClientAddr;
-use crate::device::{Device, DeviceKind, check_label};
-use crate::ids::{AccountId, DeviceId, now_ms};
+use crate::domain::device::{Device, DeviceKind, check_label};
+use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::password::HashSlot;
 use crate::server::AppState;
 use crate::store::{RefreshOutcome, StoreError};

@@ -9,11 +9,11 @@ use serde::Deserialize;
 
 use super::Body;
 use super::accounts::{load_account, set_password};
-use crate::account::{Account, PERM_ACCOUNTS_ADMIN, check_password};
+use crate::domain::account::{Account, PERM_ACCOUNTS_ADMIN, check_password};
 use crate::api_error::ApiError;
 use crate::auth::Authed;
 use crate::hub::CLOSE_DISABLED;
-use crate::ids::AccountId;
+use crate::domain::ids::AccountId;
 use crate::server::AppState;
 
 #[derive(Deserialize)]

@@ -9,12 +9,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{Body, event};
-use crate::account::PERM_ROOMS_JOIN;
+use crate::domain::account::PERM_ROOMS_JOIN;
 use crate::api_error::ApiError;
 use crate::auth::Authed;
-use crate::call::state::Invitee;
-use crate::call::{Allow, CallSettings, Person};
-use crate::ids::{AccountId, CallId, CallRecordId};
+use crate::domain::call::state::Invitee;
+use crate::domain::call::{Allow, CallSettings, Person};
+use crate::domain::ids::{AccountId, CallId, CallRecordId};
 use crate::server::AppState;
 
 /// Longest chat message, in characters.

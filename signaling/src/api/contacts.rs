@@ -8,11 +8,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{Body, event};
-use crate::account::PERM_CONTACTS;
+use crate::domain::account::PERM_CONTACTS;
 use crate::api_error::ApiError;
 use crate::auth::Authed;
-use crate::contact::{Contact, ContactBody, ContactFilter};
-use crate::ids::{AccountId, ContactId, now_ms};
+use crate::domain::contact::{Contact, ContactBody, ContactFilter};
+use crate::domain::ids::{AccountId, ContactId, now_ms};
 use crate::server::AppState;
 use crate::store::ContactWriteError;
 

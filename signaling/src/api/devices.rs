@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::Body;
 use crate::api_error::ApiError;
 use crate::auth::Authed;
-use crate::device::{Device, check_label};
-use crate::ids::{AccountId, DeviceId, now_ms};
-use crate::presence::Status;
+use crate::domain::device::{Device, check_label};
+use crate::domain::ids::{AccountId, DeviceId, now_ms};
+use crate::domain::presence::Status;
 use crate::server::AppState;
 
 use crate::hub::CLOSE_REVOKED;

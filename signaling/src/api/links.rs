@@ -7,12 +7,12 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{Body, event};
-use crate::account::{AccountSummary, PERM_CONTACTS, normalize_username};
+use crate::domain::account::{AccountSummary, PERM_CONTACTS, normalize_username};
 use crate::api_error::ApiError;
 use crate::auth::Authed;
-use crate::ids::{AccountId, RequestId, now_ms};
-use crate::link::RequestOutcome;
-use crate::presence::Presence;
+use crate::domain::ids::{AccountId, RequestId, now_ms};
+use crate::domain::link::RequestOutcome;
+use crate::services::presence::Presence;
 use crate::server::AppState;
 use crate::store::StoreError;
 

@@ -5,11 +5,12 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 
 use super::Body;
-use crate::account::PERM_CONTACTS;
+use crate::domain::account::PERM_CONTACTS;
 use crate::api_error::ApiError;
 use crate::auth::Authed;
-use crate::ids::AccountId;
-use crate::presence::{DeviceStatus, Presence};
+use crate::domain::ids::AccountId;
+use crate::domain::presence::DeviceStatus;
+use crate::services::presence::Presence;
 use crate::server::AppState;
 
 /// Longest status text, in characters.

@@ -20,7 +20,7 @@ use vela_media::core::{
 };
 
 use super::Body;
-use crate::account::PERM_ROOMS_ADMIN;
+use crate::domain::account::PERM_ROOMS_ADMIN;
 use crate::api_error::ApiError;
 use crate::auth::bearer;
 use crate::server::AppState;
@@ -164,7 +164,7 @@ pub(crate) async fn create(
     admin.require_create()?;
     let room =
         room_id(&body.name).map_err(|_| ApiError::invalid("name", "is not a valid room name"))?;
-    if crate::call::is_call_room(room.as_str()) {
+    if crate::domain::call::is_call_room(room.as_str()) {
         return Err(ApiError::invalid(
             "name",
             "rooms named call-* belong to calls",

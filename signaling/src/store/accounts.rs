@@ -1,9 +1,9 @@
 //! Accounts, devices and refresh tokens.
 
 use super::{Store, StoreError, unique};
-use crate::account::{Account, AccountSummary, Role};
-use crate::device::{Device, DeviceKind};
-use crate::ids::{AccountId, DeviceId};
+use crate::domain::account::{Account, AccountSummary, Role};
+use crate::domain::device::{Device, DeviceKind};
+use crate::domain::ids::{AccountId, DeviceId};
 
 row! {
     struct AccountRow {

@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::call::{Allow, Call, CallSettings, Direction, OpenCall, Outcome, Person, Record};
-use crate::ids::{AccountId, CallId, CallRecordId, DeviceId};
+use crate::domain::call::{Allow, Call, CallSettings, Direction, OpenCall, Outcome, Person, Record};
+use crate::domain::ids::{AccountId, CallId, CallRecordId, DeviceId};
 
 /// A stored history entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

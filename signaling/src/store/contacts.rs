@@ -3,8 +3,8 @@
 use sqlx::{Sqlite, Transaction};
 
 use super::{Store, StoreError};
-use crate::contact::{Contact, ContactFields, ContactFilter, Labeled};
-use crate::ids::{AccountId, ContactId};
+use crate::domain::contact::{Contact, ContactFields, ContactFilter, Labeled};
+use crate::domain::ids::{AccountId, ContactId};
 
 /// Why an update or delete of an address book entry was not applied.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,9 @@
 //! Contact requests and mutual contacts.
 
 use super::{Store, StoreError};
-use crate::account::AccountSummary;
-use crate::ids::{AccountId, RequestId};
-use crate::link::{ContactRequest, RequestOutcome};
+use crate::domain::account::AccountSummary;
+use crate::domain::ids::{AccountId, RequestId};
+use crate::domain::link::{ContactRequest, RequestOutcome};
 
 row! {
     struct RequestRow {

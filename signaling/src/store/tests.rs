@@ -1,12 +1,12 @@
 //! The store against SQLite: in memory, and a file with concurrent writers.
 
 use super::*;
-use crate::account::Role;
-use crate::call::state::Invitee;
-use crate::call::{Calls, OpenCall, Output, Person};
-use crate::contact::{ContactBody, ContactFields, ContactFilter};
-use crate::device::DeviceKind;
-use crate::ids::{AccountId, CallId, ContactId, DeviceId};
+use crate::domain::account::Role;
+use crate::domain::call::state::Invitee;
+use crate::domain::call::{Calls, OpenCall, Output, Person};
+use crate::domain::contact::{ContactBody, ContactFields, ContactFilter};
+use crate::domain::device::DeviceKind;
+use crate::domain::ids::{AccountId, CallId, ContactId, DeviceId};
 
 fn fields(name: &str) -> ContactFields {
     ContactBody {
@@ -166,7 +166,7 @@ async fn devices_refresh_tokens_and_links() {
     );
     assert!(s.devices(a).await.expect("list").is_empty());
 
-    use crate::link::RequestOutcome;
+    use crate::domain::link::RequestOutcome;
     let r = match s.create_request(a, b, "hi", 60).await.expect("request") {
         RequestOutcome::Pending(r) => r,
         other => panic!("{other:?}"),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use vela_media::core::{ParticipantId, ParticipantInfo, RoomEvent, RoomId, TrackId, TrackKind};
 
-use crate::call::state::{Call, Notice};
+use crate::domain::call::state::{Call, Notice};
 
 /// One webhook delivery's body.
 #[derive(Debug, Clone, Serialize)]
@@ -35,10 +35,10 @@ pub struct WebhookEvent {
     pub call: Option<Call>,
     /// The account rung, answering or missing the call.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub account_id: Option<crate::ids::AccountId>,
+    pub account_id: Option<crate::domain::ids::AccountId>,
     /// The device that answered.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<crate::ids::DeviceId>,
+    pub device_id: Option<crate::domain::ids::DeviceId>,
 }
 
 /// A room in an event.

@@ -16,7 +16,7 @@ use vela_media::core::RoomEvent;
 
 pub use event::{ParticipantRef, RoomRef, TrackRef, WebhookEvent};
 
-use crate::call::Notice;
+use crate::domain::call::Notice;
 use crate::metrics::Metrics;
 use delivery::{Destination, Payload};
 use event::Translator;

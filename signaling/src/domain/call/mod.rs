@@ -6,12 +6,10 @@
 //! the one task that owns it, so every call operation is serialized and
 //! races (two accepts, a cancel against an accept) resolve in arrival order.
 
-pub mod service;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
 
-pub use service::CallsHandle;
 pub use state::{Call, CallError, Calls, Event, Notice, OpenCall, Output, Person, Record};
 
 /// The prefix of every call room's name: `call-<call id>`.

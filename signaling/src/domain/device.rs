@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
-use crate::ids::{AccountId, DeviceId};
+use crate::domain::ids::{AccountId, DeviceId};
 
 /// What sort of terminal a device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use vela_media::core::ParticipantId;
 
 use super::{Direction, Outcome, ROOM_PREFIX};
-use crate::ids::{AccountId, CallId, DeviceId};
+use crate::domain::ids::{AccountId, CallId, DeviceId};
 
 /// How long an ended call stays known (for late accepts and cancels, which
 /// then get a clear "the call has ended").

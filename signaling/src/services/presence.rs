@@ -9,9 +9,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::tracker::{Change, DeviceStatus, PresenceTracker, Status};
+use crate::domain::presence::{Change, DeviceStatus, PresenceTracker, Status};
 use crate::hub::Hub;
-use crate::ids::{AccountId, DeviceId};
+use crate::domain::ids::{AccountId, DeviceId};
 use crate::store::Store;
 
 /// An account's presence as its owner and mutual contacts see it.

@@ -20,11 +20,11 @@ use tokio::task::JoinHandle;
 use vela_media::MediaHandle;
 use vela_media::core::{LeaveReason, ParticipantId};
 
-use super::is_call_room;
-use super::state::{Call, CallError, Calls, ChatMessage, Invitee, Notice, Output, Person};
+use crate::domain::call::is_call_room;
+use crate::domain::call::state::{Call, CallError, Calls, ChatMessage, Invitee, Notice, Output, Person};
 use crate::api_error::ApiError;
 use crate::hub::Hub;
-use crate::ids::{AccountId, CallId, DeviceId, now_ms};
+use crate::domain::ids::{AccountId, CallId, DeviceId, now_ms};
 use crate::store::Store;
 
 /// Work for the task: runs on the state machine, returns what answers the caller.
@@ -69,7 +69,7 @@ impl CallsHandle {
         for c in recovered {
             // Integrations learn that these calls are over.
             webhooks.call(Notice::Ended {
-                call: Box::new(super::state::interrupted(c.call, c.ended_at)),
+                call: Box::new(crate::domain::call::state::interrupted(c.call, c.ended_at)),
             });
         }
         let first = store.next_call_id().await?;

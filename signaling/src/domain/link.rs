@@ -8,8 +8,8 @@
 
 use serde::Serialize;
 
-use crate::account::AccountSummary;
-use crate::ids::RequestId;
+use crate::domain::account::AccountSummary;
+use crate::domain::ids::RequestId;
 
 /// A pending contact request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
-use crate::ids::AccountId;
+use crate::domain::ids::AccountId;
 
 /// Shortest password accepted, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;

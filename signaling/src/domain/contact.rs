@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
-use crate::ids::{AccountId, ContactId};
+use crate::domain::ids::{AccountId, ContactId};
 
 /// Most phone numbers (and, separately, e-mail addresses) on one entry.
 const MAX_VALUES: usize = 20;
