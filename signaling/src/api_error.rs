@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use vela_media::MediaError;
 use vela_media::core::{JoinError, SignalError};
 
-use crate::token::TokenError;
+use crate::services::token::TokenError;
 
 /// An error answered to an HTTP client as `{"error": code, "message": reason}`,
 /// plus `"field"` when one input field is to blame and `"current"` (the
@@ -120,8 +120,8 @@ impl From<MediaError> for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<crate::services::store::StoreError> for ApiError {
+    fn from(e: crate::services::store::StoreError) -> Self {
         ApiError::internal(e)
     }
 }

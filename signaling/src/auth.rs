@@ -14,10 +14,10 @@ use sha2::{Digest, Sha256};
 use crate::domain::account;
 use crate::api_error::ApiError;
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::rate_limit::RateLimiter;
+use crate::services::rate_limit::RateLimiter;
 use crate::server::AppState;
-use crate::store::SessionState;
-use crate::token::AccessClaims;
+use crate::services::store::SessionState;
+use crate::services::token::AccessClaims;
 
 impl AppState {
     /// Verifies an account access token and that its device is not revoked

@@ -12,19 +12,13 @@ mod client_addr;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
-pub mod hub;
 pub mod listener;
-pub mod metrics;
-pub mod password;
 mod protocol;
-pub mod rate_limit;
 mod server;
 mod session;
-pub mod store;
-pub mod token;
-pub mod webhook;
 mod whip;
 
 pub use api_error::ApiError;
 pub use domain::{account, ids};
+pub use services::{password, store, token, webhook};
 pub use server::{RunningServer, StartError, spawn};

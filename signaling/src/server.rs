@@ -21,14 +21,16 @@ use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 
 use crate::api_error::ApiError;
 use crate::auth::{LoginLimiter, SignupLimiter};
-use crate::hub::Hub;
+use crate::services::hub::Hub;
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::listener::{ConnectionStats, ListenerLimits};
-use crate::password::PasswordHasher;
+use crate::services::password::PasswordHasher;
 use crate::services::presence::PresenceHandle;
-use crate::store::Store;
-use crate::token::{Claims, Credential, TokenKeys, VideoGrant};
-use crate::{account, api, metrics, session, whip};
+use crate::services::store::Store;
+use crate::services::token::{Claims, Credential, TokenKeys, VideoGrant};
+use crate::domain::account;
+use crate::services::metrics;
+use crate::{api, session, whip};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +45,7 @@ pub enum StartError {
         /// The configured path.
         path: String,
         /// The cause.
-        source: crate::store::StoreError,
+        source: crate::services::store::StoreError,
     },
     /// The HTTP address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -310,7 +312,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         shards.push((sockets, sfu_config));
     }
     let udp_addr = shards[0].0.advertised()[0];
-    let (events_tx, events_rx) = tokio::sync::mpsc::channel(crate::webhook::ROOM_EVENT_QUEUE);
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(crate::services::webhook::ROOM_EVENT_QUEUE);
     let (media, driver) = vela_media::spawn_shards(shards, Some(events_tx));
     let media = media.with_signal_queue(config.limits.max_queued_messages as usize);
 
@@ -347,7 +349,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         shutdown_rx.clone(),
     );
     let metrics = Arc::new(metrics::Metrics::default());
-    let (webhooks, webhooks_task) = crate::webhook::spawn(
+    let (webhooks, webhooks_task) = crate::services::webhook::spawn(
         &config.webhooks,
         key,
         secret,

@@ -16,12 +16,12 @@ use vela_media::core::{
 };
 
 use crate::api_error::ApiError;
-use crate::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
+use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::domain::ids::{AccountId, DeviceId};
 use crate::protocol::{ClientMessage, ServerMessage, SpeakerEntry, parse_kind};
-use crate::rate_limit::TokenBucket;
+use crate::services::rate_limit::TokenBucket;
 use crate::server::AppState;
-use crate::token::Credential;
+use crate::services::token::Credential;
 
 /// Initial read buffer of a signaling WebSocket (tungstenite's advice for
 /// many mostly idle connections).
@@ -282,7 +282,7 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
     let revoked = match account {
         Some((a, d)) => !matches!(
             state.store.session_state(a, d).await,
-            Ok(crate::store::SessionState::Active)
+            Ok(crate::services::store::SessionState::Active)
         ),
         None => false,
     };
@@ -459,7 +459,7 @@ async fn detached(
     id: ParticipantId,
     link: &mut Link,
     resume_rx: &mut mpsc::Receiver<WebSocket>,
-    kill: &mut Option<(crate::hub::Registration, mpsc::Receiver<HubMsg>)>,
+    kill: &mut Option<(crate::services::hub::Registration, mpsc::Receiver<HubMsg>)>,
 ) -> Result<WebSocket, Option<LeaveReason>> {
     let mut shutdown = state.shutdown.clone();
     let deadline = tokio::time::sleep(Duration::from_millis(

@@ -8,7 +8,7 @@ use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
 
 use crate::api_error::ApiError;
 use crate::auth::bearer;
-use crate::hub::{ConnKind, HubMsg};
+use crate::services::hub::{ConnKind, HubMsg};
 use crate::server::{AppState, HttpSession};
 
 fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<SdpOffer, ApiError> {

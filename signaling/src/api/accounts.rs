@@ -16,10 +16,10 @@ use crate::auth::{Authed, bearer, new_refresh_token, refresh_hash};
 use crate::client_addr::ClientAddr;
 use crate::domain::device::{Device, DeviceKind, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
-use crate::password::HashSlot;
+use crate::services::password::HashSlot;
 use crate::server::AppState;
-use crate::store::{RefreshOutcome, StoreError};
-use crate::token::AccessClaims;
+use crate::services::store::{RefreshOutcome, StoreError};
+use crate::services::token::AccessClaims;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

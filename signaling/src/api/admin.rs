@@ -12,7 +12,7 @@ use super::accounts::{load_account, set_password};
 use crate::domain::account::{Account, PERM_ACCOUNTS_ADMIN, check_password};
 use crate::api_error::ApiError;
 use crate::auth::Authed;
-use crate::hub::CLOSE_DISABLED;
+use crate::services::hub::CLOSE_DISABLED;
 use crate::domain::ids::AccountId;
 use crate::server::AppState;
 

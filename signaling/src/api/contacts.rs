@@ -14,7 +14,7 @@ use crate::auth::Authed;
 use crate::domain::contact::{Contact, ContactBody, ContactFilter};
 use crate::domain::ids::{AccountId, ContactId, now_ms};
 use crate::server::AppState;
-use crate::store::ContactWriteError;
+use crate::services::store::ContactWriteError;
 
 /// Most changes returned by one `changes` call.
 const MAX_CHANGES: i64 = 1000;

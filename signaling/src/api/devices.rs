@@ -15,7 +15,7 @@ use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::domain::presence::Status;
 use crate::server::AppState;
 
-use crate::hub::CLOSE_REVOKED;
+use crate::services::hub::CLOSE_REVOKED;
 
 /// Closes every live connection of `device` (after a `session_revoked`
 /// push) and takes it out of presence. The store is already updated.

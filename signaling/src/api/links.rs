@@ -14,7 +14,7 @@ use crate::domain::ids::{AccountId, RequestId, now_ms};
 use crate::domain::link::RequestOutcome;
 use crate::services::presence::Presence;
 use crate::server::AppState;
-use crate::store::StoreError;
+use crate::services::store::StoreError;
 
 /// A mutual contact with its presence.
 #[derive(Serialize)]

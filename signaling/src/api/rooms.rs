@@ -24,7 +24,7 @@ use crate::domain::account::PERM_ROOMS_ADMIN;
 use crate::api_error::ApiError;
 use crate::auth::bearer;
 use crate::server::AppState;
-use crate::token::{Credential, VideoGrant};
+use crate::services::token::{Credential, VideoGrant};
 
 /// The empty timeout of a room created without one (LiveKit's default).
 const DEFAULT_EMPTY_TIMEOUT_SECS: u64 = 300;
@@ -528,7 +528,7 @@ pub(crate) async fn mint_token(
             body.can_publish_data,
             own.publish_data,
         )?);
-        let left = own.exp.saturating_sub(crate::token::now_secs());
+        let left = own.exp.saturating_sub(crate::services::token::now_secs());
         if left == 0 {
             return Err(ApiError::unauthorized("the token has expired"));
         }

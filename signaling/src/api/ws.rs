@@ -14,12 +14,12 @@ use super::links::mutual_list;
 use super::presence::{SetPresence, apply};
 use crate::api_error::ApiError;
 use crate::auth::{Authed, bearer};
-use crate::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
-use crate::rate_limit::TokenBucket;
+use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
+use crate::services::rate_limit::TokenBucket;
 use crate::server::AppState;
 use crate::session::{auth_timeout, close, limited, next_text, send_text};
-use crate::store::SessionState;
-use crate::token::AccessClaims;
+use crate::services::store::SessionState;
+use crate::services::token::AccessClaims;
 
 /// Close code: the token was refused.
 const CLOSE_AUTH_FAILED: u16 = 4001;

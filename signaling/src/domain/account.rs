@@ -1,5 +1,5 @@
 //! Accounts: usernames, password rules, roles and permissions (hashing:
-//! [`crate::password`]).
+//! [`crate::services::password`]).
 
 use serde::{Deserialize, Serialize};
 

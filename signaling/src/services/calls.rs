@@ -23,9 +23,9 @@ use vela_media::core::{LeaveReason, ParticipantId};
 use crate::domain::call::is_call_room;
 use crate::domain::call::state::{Call, CallError, Calls, ChatMessage, Invitee, Notice, Output, Person};
 use crate::api_error::ApiError;
-use crate::hub::Hub;
+use crate::services::hub::Hub;
 use crate::domain::ids::{AccountId, CallId, DeviceId, now_ms};
-use crate::store::Store;
+use crate::services::store::Store;
 
 /// Work for the task: runs on the state machine, returns what answers the caller.
 type Job = Box<dyn FnOnce(&mut Calls, i64) -> Box<dyn FnOnce() + Send> + Send>;
@@ -55,9 +55,9 @@ impl CallsHandle {
         store: Store,
         hub: Hub,
         media: MediaHandle,
-        webhooks: crate::webhook::WebhookHandle,
+        webhooks: crate::services::webhook::WebhookHandle,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<(CallsHandle, JoinHandle<()>), crate::store::StoreError> {
+    ) -> Result<(CallsHandle, JoinHandle<()>), crate::services::store::StoreError> {
         let recovered = store.recover_open_calls(now_ms()).await?;
         if !recovered.is_empty() {
             tracing::warn!(
@@ -294,7 +294,7 @@ struct Outlets {
     store: Store,
     hub: Hub,
     media: MediaHandle,
-    webhooks: crate::webhook::WebhookHandle,
+    webhooks: crate::services::webhook::WebhookHandle,
 }
 
 async fn run(

@@ -3,4 +3,11 @@
 //! own error type; none knows of HTTP or WebSockets.
 
 pub mod calls;
+pub mod hub;
+pub mod metrics;
+pub mod password;
 pub mod presence;
+pub mod rate_limit;
+pub mod store;
+pub mod token;
+pub mod webhook;

@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::domain::presence::{Change, DeviceStatus, PresenceTracker, Status};
-use crate::hub::Hub;
+use crate::services::hub::Hub;
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::store::Store;
+use crate::services::store::Store;
 
 /// An account's presence as its owner and mutual contacts see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -144,7 +144,7 @@ impl PresenceHandle {
     }
 
     /// The full presence of one account.
-    pub async fn presence(&self, account: AccountId) -> Result<Presence, crate::store::StoreError> {
+    pub async fn presence(&self, account: AccountId) -> Result<Presence, crate::services::store::StoreError> {
         let status = self
             .statuses(vec![account])
             .await
@@ -158,7 +158,7 @@ impl PresenceHandle {
     pub async fn presences(
         &self,
         accounts: &[AccountId],
-    ) -> Result<Vec<Presence>, crate::store::StoreError> {
+    ) -> Result<Vec<Presence>, crate::services::store::StoreError> {
         let statuses = self.statuses(accounts.to_vec()).await;
         let mut out = Vec::with_capacity(accounts.len());
         for (a, s) in accounts.iter().zip(statuses) {
@@ -172,7 +172,7 @@ async fn compose(
     store: &Store,
     account: AccountId,
     status: Status,
-) -> Result<Presence, crate::store::StoreError> {
+) -> Result<Presence, crate::services::store::StoreError> {
     let stored = store.presence(account).await?;
     Ok(Presence {
         account_id: account,

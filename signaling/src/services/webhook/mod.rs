@@ -17,7 +17,7 @@ use vela_media::core::RoomEvent;
 pub use event::{ParticipantRef, RoomRef, TrackRef, WebhookEvent};
 
 use crate::domain::call::Notice;
-use crate::metrics::Metrics;
+use crate::services::metrics::Metrics;
 use delivery::{Destination, Payload};
 use event::Translator;
 

@@ -16,15 +16,15 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 const FILES: &[(&str, &str)] = &[
     (
         "0001_accounts_devices_contacts.sql",
-        include_str!("../../migrations/0001_accounts_devices_contacts.sql"),
+        include_str!("../../../migrations/0001_accounts_devices_contacts.sql"),
     ),
     (
         "0002_calls.sql",
-        include_str!("../../migrations/0002_calls.sql"),
+        include_str!("../../../migrations/0002_calls.sql"),
     ),
     (
         "0003_open_calls.sql",
-        include_str!("../../migrations/0003_open_calls.sql"),
+        include_str!("../../../migrations/0003_open_calls.sql"),
     ),
 ];
 

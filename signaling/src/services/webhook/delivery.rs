@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use vela_config::WebhooksConfig;
 
 use super::{now_secs, sign};
-use crate::metrics::Metrics;
+use crate::services::metrics::Metrics;
 
 /// A serialized event, shared between destinations.
 #[derive(Debug)]
