@@ -5,20 +5,14 @@
 pub mod domain;
 pub mod services;
 
-mod api;
-mod api_error;
-mod auth;
-mod client_addr;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
-pub mod listener;
-mod protocol;
 mod server;
-mod session;
-mod whip;
+mod transports;
 
-pub use api_error::ApiError;
 pub use domain::{account, ids};
-pub use services::{password, store, token, webhook};
 pub use server::{RunningServer, StartError, spawn};
+pub use services::{password, store, token, webhook};
+pub use transports::error::ApiError;
+pub use transports::http::listener;

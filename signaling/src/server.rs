@@ -19,18 +19,20 @@ use vela_config::Config;
 use vela_media::core::{JoinRequest, ParticipantId, PeerKind, Permissions, RoomId, SfuConfig};
 use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 
-use crate::api_error::ApiError;
-use crate::auth::{LoginLimiter, SignupLimiter};
-use crate::services::hub::Hub;
+use crate::domain::account;
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
-use crate::listener::{ConnectionStats, ListenerLimits};
+use crate::services::auth::{LoginLimiter, SignupLimiter};
+use crate::services::hub::Hub;
+use crate::services::metrics;
 use crate::services::password::PasswordHasher;
 use crate::services::presence::PresenceHandle;
 use crate::services::store::Store;
 use crate::services::token::{Claims, Credential, TokenKeys, VideoGrant};
-use crate::domain::account;
-use crate::services::metrics;
-use crate::{api, session, whip};
+use crate::transports::error::ApiError;
+use crate::transports::http as api;
+use crate::transports::http::listener::{ConnectionStats, ListenerLimits};
+use crate::transports::room_socket as session;
+use crate::transports::whip;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -312,7 +314,8 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         shards.push((sockets, sfu_config));
     }
     let udp_addr = shards[0].0.advertised()[0];
-    let (events_tx, events_rx) = tokio::sync::mpsc::channel(crate::services::webhook::ROOM_EVENT_QUEUE);
+    let (events_tx, events_rx) =
+        tokio::sync::mpsc::channel(crate::services::webhook::ROOM_EVENT_QUEUE);
     let (media, driver) = vela_media::spawn_shards(shards, Some(events_tx));
     let media = media.with_signal_queue(config.limits.max_queued_messages as usize);
 
@@ -411,7 +414,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let connections = state.connections.clone();
     let app = router(state);
     tracing::info!(%http_addr, max_connections = limits.max_connections, "http listening");
-    let http = tokio::spawn(crate::listener::serve(
+    let http = tokio::spawn(crate::transports::http::listener::serve(
         listener,
         app,
         limits,

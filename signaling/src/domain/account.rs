@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api_error::ApiError;
 use crate::domain::ids::AccountId;
+use crate::transports::error::ApiError;
 
 /// Shortest password accepted, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;

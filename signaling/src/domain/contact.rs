@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api_error::ApiError;
 use crate::domain::ids::{AccountId, ContactId};
+use crate::transports::error::ApiError;
 
 /// Most phone numbers (and, separately, e-mail addresses) on one entry.
 const MAX_VALUES: usize = 20;

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api_error::ApiError;
 use crate::domain::ids::{AccountId, DeviceId};
+use crate::transports::error::ApiError;
 
 /// What sort of terminal a device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,11 +21,13 @@ use vela_media::MediaHandle;
 use vela_media::core::{LeaveReason, ParticipantId};
 
 use crate::domain::call::is_call_room;
-use crate::domain::call::state::{Call, CallError, Calls, ChatMessage, Invitee, Notice, Output, Person};
-use crate::api_error::ApiError;
-use crate::services::hub::Hub;
+use crate::domain::call::state::{
+    Call, CallError, Calls, ChatMessage, Invitee, Notice, Output, Person,
+};
 use crate::domain::ids::{AccountId, CallId, DeviceId, now_ms};
+use crate::services::hub::Hub;
 use crate::services::store::Store;
+use crate::transports::error::ApiError;
 
 /// Work for the task: runs on the state machine, returns what answers the caller.
 type Job = Box<dyn FnOnce(&mut Calls, i64) -> Box<dyn FnOnce() + Send> + Send>;
@@ -353,7 +355,7 @@ async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
                         let unseen = stored.unseen;
                         hub.push(
                             account,
-                            &crate::api::event(
+                            &crate::transports::http::event(
                                 "call_history",
                                 serde_json::json!({ "record": stored }),
                             ),
@@ -385,7 +387,7 @@ pub(crate) async fn push_missed(store: &Store, hub: &Hub, account: AccountId) {
     match store.missed_count(account).await {
         Ok(count) => hub.push(
             account,
-            &crate::api::event("missed_calls", serde_json::json!({ "count": count })),
+            &crate::transports::http::event("missed_calls", serde_json::json!({ "count": count })),
         ),
         Err(e) => tracing::error!(%account, error = %e, "cannot count missed calls"),
     }

@@ -2,6 +2,7 @@
 //! Each owns its state (the store, a task, a registry) and answers with its
 //! own error type; none knows of HTTP or WebSockets.
 
+pub mod auth;
 pub mod calls;
 pub mod hub;
 pub mod metrics;

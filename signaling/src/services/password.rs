@@ -18,7 +18,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use axum::http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::api_error::ApiError;
+use crate::transports::error::ApiError;
 
 /// Seconds a client refused for a busy pool is told to wait.
 const BUSY_RETRY_AFTER_SECS: u64 = 1;

@@ -9,9 +9,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::domain::ids::{AccountId, DeviceId};
 use crate::domain::presence::{Change, DeviceStatus, PresenceTracker, Status};
 use crate::services::hub::Hub;
-use crate::domain::ids::{AccountId, DeviceId};
 use crate::services::store::Store;
 
 /// An account's presence as its owner and mutual contacts see it.
@@ -144,7 +144,10 @@ impl PresenceHandle {
     }
 
     /// The full presence of one account.
-    pub async fn presence(&self, account: AccountId) -> Result<Presence, crate::services::store::StoreError> {
+    pub async fn presence(
+        &self,
+        account: AccountId,
+    ) -> Result<Presence, crate::services::store::StoreError> {
         let status = self
             .statuses(vec![account])
             .await

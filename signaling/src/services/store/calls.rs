@@ -3,7 +3,9 @@
 use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::domain::call::{Allow, Call, CallSettings, Direction, OpenCall, Outcome, Person, Record};
+use crate::domain::call::{
+    Allow, Call, CallSettings, Direction, OpenCall, Outcome, Person, Record,
+};
 use crate::domain::ids::{AccountId, CallId, CallRecordId, DeviceId};
 
 /// A stored history entry.

@@ -21,10 +21,10 @@ use vela_media::core::{
 
 use super::Body;
 use crate::domain::account::PERM_ROOMS_ADMIN;
-use crate::api_error::ApiError;
-use crate::auth::bearer;
 use crate::server::AppState;
+use crate::services::auth::bearer;
 use crate::services::token::{Credential, VideoGrant};
+use crate::transports::error::ApiError;
 
 /// The empty timeout of a room created without one (LiveKit's default).
 const DEFAULT_EMPTY_TIMEOUT_SECS: u64 = 300;
@@ -436,7 +436,7 @@ pub(crate) async fn send_data(
         return Err(ApiError::invalid("topic", "must be at most 256 bytes"));
     }
     let message = DataMessage {
-        payload: crate::session::decode_payload(&body.payload)?,
+        payload: crate::transports::room_socket::decode_payload(&body.payload)?,
         topic: body.topic.filter(|t| !t.is_empty()).map(Into::into),
         destinations: body.destination_identities,
     };

@@ -8,13 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{Body, event};
 use crate::domain::account::{AccountSummary, PERM_CONTACTS, normalize_username};
-use crate::api_error::ApiError;
-use crate::auth::Authed;
 use crate::domain::ids::{AccountId, RequestId, now_ms};
 use crate::domain::link::RequestOutcome;
-use crate::services::presence::Presence;
 use crate::server::AppState;
+use crate::services::auth::Authed;
+use crate::services::presence::Presence;
 use crate::services::store::StoreError;
+use crate::transports::error::ApiError;
 
 /// A mutual contact with its presence.
 #[derive(Serialize)]

@@ -12,12 +12,12 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::domain::account;
-use crate::api_error::ApiError;
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::services::rate_limit::RateLimiter;
 use crate::server::AppState;
+use crate::services::rate_limit::RateLimiter;
 use crate::services::store::SessionState;
 use crate::services::token::AccessClaims;
+use crate::transports::error::ApiError;
 
 impl AppState {
     /// Verifies an account access token and that its device is not revoked

@@ -6,10 +6,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
 
-use crate::api_error::ApiError;
-use crate::auth::bearer;
-use crate::services::hub::{ConnKind, HubMsg};
 use crate::server::{AppState, HttpSession};
+use crate::services::auth::bearer;
+use crate::services::hub::{ConnKind, HubMsg};
+use crate::transports::error::ApiError;
 
 fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<SdpOffer, ApiError> {
     let ct = headers

@@ -10,16 +10,16 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use super::links::mutual_list;
-use super::presence::{SetPresence, apply};
-use crate::api_error::ApiError;
-use crate::auth::{Authed, bearer};
+use crate::server::AppState;
+use crate::services::auth::{Authed, bearer};
 use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::services::rate_limit::TokenBucket;
-use crate::server::AppState;
-use crate::session::{auth_timeout, close, limited, next_text, send_text};
 use crate::services::store::SessionState;
 use crate::services::token::AccessClaims;
+use crate::transports::error::ApiError;
+use crate::transports::http::links::mutual_list;
+use crate::transports::http::presence::{SetPresence, apply};
+use crate::transports::room_socket::{auth_timeout, close, limited, next_text, send_text};
 
 /// Close code: the token was refused.
 const CLOSE_AUTH_FAILED: u16 = 4001;
@@ -49,7 +49,7 @@ struct Empty {}
 
 /// Parses a device message; errors name the field at fault.
 pub(crate) fn parse_message(text: &str) -> Result<DeviceMessage, ApiError> {
-    let mut v: serde_json::Value = super::parse(text.as_bytes())?;
+    let mut v: serde_json::Value = crate::transports::http::parse(text.as_bytes())?;
     let Some(obj) = v.as_object_mut() else {
         return Err(ApiError::bad_request("a message is a JSON object"));
     };
@@ -60,11 +60,12 @@ pub(crate) fn parse_message(text: &str) -> Result<DeviceMessage, ApiError> {
     // The fields besides `type`, checked against the message's own shape.
     let rest = serde_json::Value::Object(std::mem::take(obj)).to_string();
     match ty.as_str() {
-        "auth" => super::parse(rest.as_bytes()).map(DeviceMessage::Auth),
-        "heartbeat" | "ping" => {
-            super::parse::<Empty>(rest.as_bytes()).map(|_| DeviceMessage::Heartbeat)
+        "auth" => crate::transports::http::parse(rest.as_bytes()).map(DeviceMessage::Auth),
+        "heartbeat" | "ping" => crate::transports::http::parse::<Empty>(rest.as_bytes())
+            .map(|_| DeviceMessage::Heartbeat),
+        "set_presence" => {
+            crate::transports::http::parse(rest.as_bytes()).map(DeviceMessage::SetPresence)
         }
-        "set_presence" => super::parse(rest.as_bytes()).map(DeviceMessage::SetPresence),
         _ => Err(ApiError::invalid(
             "type",
             format!("unknown message type {ty:?}"),

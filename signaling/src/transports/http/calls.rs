@@ -10,12 +10,12 @@ use serde::Deserialize;
 
 use super::{Body, event};
 use crate::domain::account::PERM_ROOMS_JOIN;
-use crate::api_error::ApiError;
-use crate::auth::Authed;
 use crate::domain::call::state::Invitee;
 use crate::domain::call::{Allow, CallSettings, Person};
 use crate::domain::ids::{AccountId, CallId, CallRecordId};
 use crate::server::AppState;
+use crate::services::auth::Authed;
+use crate::transports::error::ApiError;
 
 /// Longest chat message, in characters.
 const MAX_MESSAGE_CHARS: usize = 2000;

@@ -8,12 +8,12 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::Body;
-use crate::api_error::ApiError;
-use crate::auth::Authed;
 use crate::domain::device::{Device, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::domain::presence::Status;
 use crate::server::AppState;
+use crate::services::auth::Authed;
+use crate::transports::error::ApiError;
 
 use crate::services::hub::CLOSE_REVOKED;
 

@@ -4,12 +4,13 @@
 mod accounts;
 mod admin;
 pub(crate) mod calls;
+pub(crate) mod client_addr;
 mod contacts;
 pub(crate) mod devices;
-mod links;
-mod presence;
+pub(crate) mod links;
+pub mod listener;
+pub(crate) mod presence;
 pub(crate) mod rooms;
-pub(crate) mod ws;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use serde::de::DeserializeOwned;
 
-use crate::api_error::ApiError;
 use crate::server::AppState;
+use crate::transports::error::ApiError;
 
 /// Every HTTP operation of the account API, as `(method, path)`; the
 /// OpenAPI document must describe each (checked by a test).
@@ -141,7 +142,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/v1/admin/accounts/{id}/password",
             put(admin::reset_password),
         )
-        .route("/api/v1/ws", get(ws::upgrade))
+        .route("/api/v1/ws", get(crate::transports::device_socket::upgrade))
         .merge(call_routes())
         .merge(room_routes())
 }
@@ -201,7 +202,7 @@ async fn calls_js() -> Response {
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        include_str!("../../static/calls.js"),
+        include_str!("../../../static/calls.js"),
     )
         .into_response()
 }

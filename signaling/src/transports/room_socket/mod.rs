@@ -1,5 +1,7 @@
 //! A signaling session: one WebSocket per participant (docs/protocol.md).
 
+pub(crate) mod protocol;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,13 +17,15 @@ use vela_media::core::{
     Signal, TrackSettings,
 };
 
-use crate::api_error::ApiError;
-use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::protocol::{ClientMessage, ServerMessage, SpeakerEntry, parse_kind};
-use crate::services::rate_limit::TokenBucket;
 use crate::server::AppState;
+use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
+use crate::services::rate_limit::TokenBucket;
 use crate::services::token::Credential;
+use crate::transports::error::ApiError;
+use crate::transports::room_socket::protocol::{
+    ClientMessage, ServerMessage, SpeakerEntry, parse_kind,
+};
 
 /// Initial read buffer of a signaling WebSocket (tungstenite's advice for
 /// many mostly idle connections).
@@ -790,7 +794,7 @@ async fn handle_message(
         ClientMessage::Offer { sdp } => match SdpOffer::from_sdp_string(&sdp) {
             Err(e) => Err(ApiError::bad_request(format!(
                 "malformed SDP offer: {}",
-                crate::whip::sdp_reason(&e)
+                crate::transports::whip::sdp_reason(&e)
             ))),
             Ok(offer) => state
                 .media
@@ -806,7 +810,7 @@ async fn handle_message(
         ClientMessage::Answer { sdp } => match SdpAnswer::from_sdp_string(&sdp) {
             Err(e) => Err(ApiError::bad_request(format!(
                 "malformed SDP answer: {}",
-                crate::whip::sdp_reason(&e)
+                crate::transports::whip::sdp_reason(&e)
             ))),
             Ok(answer) => state
                 .media

@@ -6,12 +6,12 @@ use serde::Deserialize;
 
 use super::Body;
 use crate::domain::account::PERM_CONTACTS;
-use crate::api_error::ApiError;
-use crate::auth::Authed;
 use crate::domain::ids::AccountId;
 use crate::domain::presence::DeviceStatus;
-use crate::services::presence::Presence;
 use crate::server::AppState;
+use crate::services::auth::Authed;
+use crate::services::presence::Presence;
+use crate::transports::error::ApiError;
 
 /// Longest status text, in characters.
 pub(crate) const MAX_STATUS_TEXT: usize = 140;

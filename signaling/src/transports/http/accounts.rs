@@ -10,16 +10,18 @@ use serde::{Deserialize, Serialize};
 
 use super::Body;
 use super::devices::revoke_device;
-use crate::domain::account::{self, Account, Role, check_display_name, check_password, normalize_username};
-use crate::api_error::ApiError;
-use crate::auth::{Authed, bearer, new_refresh_token, refresh_hash};
-use crate::client_addr::ClientAddr;
+use crate::domain::account::{
+    self, Account, Role, check_display_name, check_password, normalize_username,
+};
 use crate::domain::device::{Device, DeviceKind, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
-use crate::services::password::HashSlot;
 use crate::server::AppState;
+use crate::services::auth::{Authed, bearer, new_refresh_token, refresh_hash};
+use crate::services::password::HashSlot;
 use crate::services::store::{RefreshOutcome, StoreError};
 use crate::services::token::AccessClaims;
+use crate::transports::error::ApiError;
+use crate::transports::http::client_addr::ClientAddr;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
