@@ -13,11 +13,11 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::account;
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::server::AppState;
 use crate::services::rate_limit::RateLimiter;
 use crate::services::store::SessionState;
 use crate::services::token::AccessClaims;
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 impl AppState {
     /// Verifies an account access token and that its device is not revoked

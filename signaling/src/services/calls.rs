@@ -265,7 +265,7 @@ impl Drop for SessionGuard {
 /// as the client gave it): call rooms admit only the call's members (see
 /// [`Calls::authorize_join`]). Returns the connection to hand over from.
 pub(crate) async fn room_access(
-    state: &crate::server::AppState,
+    state: &crate::transports::state::AppState,
     room: &str,
     account: Option<(AccountId, DeviceId)>,
     take_over: Option<&str>,

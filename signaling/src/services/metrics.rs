@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::server::AppState;
+use crate::transports::state::AppState;
 
 /// Upper bounds of the join-time histogram's buckets, in milliseconds.
 const JOIN_BUCKETS_MS: [u64; 9] = [25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];

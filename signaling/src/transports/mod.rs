@@ -7,4 +7,5 @@ pub mod device_socket;
 pub mod error;
 pub mod http;
 pub mod room_socket;
+pub mod state;
 pub mod whip;

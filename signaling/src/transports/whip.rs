@@ -6,10 +6,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
 
-use crate::server::{AppState, HttpSession};
 use crate::services::auth::bearer;
 use crate::services::hub::{ConnKind, HubMsg};
 use crate::transports::error::ApiError;
+use crate::transports::state::{AppState, HttpSession};
 
 fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<SdpOffer, ApiError> {
     let ct = headers

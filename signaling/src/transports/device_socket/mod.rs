@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::server::AppState;
 use crate::services::auth::{Authed, bearer};
 use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::services::rate_limit::TokenBucket;
@@ -20,6 +19,7 @@ use crate::transports::error::ApiError;
 use crate::transports::http::links::mutual_list;
 use crate::transports::http::presence::{SetPresence, apply};
 use crate::transports::room_socket::{auth_timeout, close, limited, next_text, send_text};
+use crate::transports::state::AppState;
 
 /// Close code: the token was refused.
 const CLOSE_AUTH_FAILED: u16 = 4001;

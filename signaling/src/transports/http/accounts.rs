@@ -15,13 +15,13 @@ use crate::domain::account::{
 };
 use crate::domain::device::{Device, DeviceKind, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
-use crate::server::AppState;
 use crate::services::auth::{Authed, bearer, new_refresh_token, refresh_hash};
 use crate::services::password::HashSlot;
 use crate::services::store::{RefreshOutcome, StoreError};
 use crate::services::token::AccessClaims;
 use crate::transports::error::ApiError;
 use crate::transports::http::client_addr::ClientAddr;
+use crate::transports::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

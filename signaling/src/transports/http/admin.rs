@@ -11,10 +11,10 @@ use super::Body;
 use super::accounts::{load_account, set_password};
 use crate::domain::account::{Account, PERM_ACCOUNTS_ADMIN, check_password};
 use crate::domain::ids::AccountId;
-use crate::server::AppState;
 use crate::services::auth::Authed;
 use crate::services::hub::CLOSE_DISABLED;
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,9 +13,9 @@ use crate::domain::account::PERM_ROOMS_JOIN;
 use crate::domain::call::state::Invitee;
 use crate::domain::call::{Allow, CallSettings, Person};
 use crate::domain::ids::{AccountId, CallId, CallRecordId};
-use crate::server::AppState;
 use crate::services::auth::Authed;
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 /// Longest chat message, in characters.
 const MAX_MESSAGE_CHARS: usize = 2000;

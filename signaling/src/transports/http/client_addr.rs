@@ -8,8 +8,8 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use ipnet::IpNet;
 
-use crate::server::AppState;
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 /// The address a request came from, as the per-address limits count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use super::{Body, event};
 use crate::domain::account::PERM_CONTACTS;
 use crate::domain::contact::{Contact, ContactBody, ContactFilter};
 use crate::domain::ids::{AccountId, ContactId, now_ms};
-use crate::server::AppState;
 use crate::services::auth::Authed;
 use crate::services::store::ContactWriteError;
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 /// Most changes returned by one `changes` call.
 const MAX_CHANGES: i64 = 1000;

@@ -10,11 +10,11 @@ use super::{Body, event};
 use crate::domain::account::{AccountSummary, PERM_CONTACTS, normalize_username};
 use crate::domain::ids::{AccountId, RequestId, now_ms};
 use crate::domain::link::RequestOutcome;
-use crate::server::AppState;
 use crate::services::auth::Authed;
 use crate::services::presence::Presence;
 use crate::services::store::StoreError;
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 /// A mutual contact with its presence.
 #[derive(Serialize)]

@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use serde::de::DeserializeOwned;
 
-use crate::server::AppState;
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 /// Every HTTP operation of the account API, as `(method, path)`; the
 /// OpenAPI document must describe each (checked by a test).

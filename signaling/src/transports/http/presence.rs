@@ -8,10 +8,10 @@ use super::Body;
 use crate::domain::account::PERM_CONTACTS;
 use crate::domain::ids::AccountId;
 use crate::domain::presence::DeviceStatus;
-use crate::server::AppState;
 use crate::services::auth::Authed;
 use crate::services::presence::Presence;
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 /// Longest status text, in characters.
 pub(crate) const MAX_STATUS_TEXT: usize = 140;

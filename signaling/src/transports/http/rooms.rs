@@ -21,10 +21,10 @@ use vela_media::core::{
 
 use super::Body;
 use crate::domain::account::PERM_ROOMS_ADMIN;
-use crate::server::AppState;
 use crate::services::auth::bearer;
 use crate::services::token::{Credential, VideoGrant};
 use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
 
 /// The empty timeout of a room created without one (LiveKit's default).
 const DEFAULT_EMPTY_TIMEOUT_SECS: u64 = 300;

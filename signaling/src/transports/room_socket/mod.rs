@@ -18,7 +18,6 @@ use vela_media::core::{
 };
 
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::server::AppState;
 use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::services::rate_limit::TokenBucket;
 use crate::services::token::Credential;
@@ -26,6 +25,7 @@ use crate::transports::error::ApiError;
 use crate::transports::room_socket::protocol::{
     ClientMessage, ServerMessage, SpeakerEntry, parse_kind,
 };
+use crate::transports::state::AppState;
 
 /// Initial read buffer of a signaling WebSocket (tungstenite's advice for
 /// many mostly idle connections).
@@ -584,7 +584,7 @@ async fn check_take_over(
     state: &AppState,
     room: &RoomId,
     from: ParticipantId,
-    grant: &crate::server::RoomGrant,
+    grant: &crate::transports::state::RoomGrant,
     resume_token: Option<&str>,
 ) -> Result<(), ApiError> {
     let refused = || {
