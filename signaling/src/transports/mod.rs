@@ -3,6 +3,7 @@
 //! WHIP/WHEP, each a thin layer that parses, checks access, calls services
 //! and answers.
 
+pub mod auth;
 pub mod device_socket;
 pub mod error;
 pub mod http;

@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
 
-use crate::services::auth::bearer;
 use crate::services::hub::{ConnKind, HubMsg};
+use crate::transports::auth::bearer;
 use crate::transports::error::ApiError;
 use crate::transports::state::{AppState, HttpSession};
 

@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::services::auth::{Authed, bearer};
 use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::services::rate_limit::TokenBucket;
 use crate::services::store::SessionState;
 use crate::services::token::AccessClaims;
+use crate::transports::auth::{Authed, bearer};
 use crate::transports::error::ApiError;
 use crate::transports::http::links::mutual_list;
 use crate::transports::http::presence::{SetPresence, apply};

@@ -15,10 +15,11 @@ use crate::domain::account::{
 };
 use crate::domain::device::{Device, DeviceKind, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
-use crate::services::auth::{Authed, bearer, new_refresh_token, refresh_hash};
+use crate::services::auth::{new_refresh_token, refresh_hash};
 use crate::services::password::HashSlot;
 use crate::services::store::{RefreshOutcome, StoreError};
 use crate::services::token::AccessClaims;
+use crate::transports::auth::{Authed, bearer};
 use crate::transports::error::ApiError;
 use crate::transports::http::client_addr::ClientAddr;
 use crate::transports::state::AppState;

@@ -11,8 +11,8 @@ use super::Body;
 use super::accounts::{load_account, set_password};
 use crate::domain::account::{Account, PERM_ACCOUNTS_ADMIN, check_password};
 use crate::domain::ids::AccountId;
-use crate::services::auth::Authed;
 use crate::services::hub::CLOSE_DISABLED;
+use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
 

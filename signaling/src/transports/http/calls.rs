@@ -13,7 +13,7 @@ use crate::domain::account::PERM_ROOMS_JOIN;
 use crate::domain::call::state::Invitee;
 use crate::domain::call::{Allow, CallSettings, Person};
 use crate::domain::ids::{AccountId, CallId, CallRecordId};
-use crate::services::auth::Authed;
+use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
 

@@ -11,8 +11,8 @@ use super::{Body, event};
 use crate::domain::account::PERM_CONTACTS;
 use crate::domain::contact::{Contact, ContactBody, ContactFilter};
 use crate::domain::ids::{AccountId, ContactId, now_ms};
-use crate::services::auth::Authed;
 use crate::services::store::ContactWriteError;
+use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
 

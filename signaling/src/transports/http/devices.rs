@@ -11,7 +11,7 @@ use super::Body;
 use crate::domain::device::{Device, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::domain::presence::Status;
-use crate::services::auth::Authed;
+use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
 

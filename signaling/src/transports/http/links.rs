@@ -10,9 +10,9 @@ use super::{Body, event};
 use crate::domain::account::{AccountSummary, PERM_CONTACTS, normalize_username};
 use crate::domain::ids::{AccountId, RequestId, now_ms};
 use crate::domain::link::RequestOutcome;
-use crate::services::auth::Authed;
 use crate::services::presence::Presence;
 use crate::services::store::StoreError;
+use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
 

@@ -8,8 +8,8 @@ use super::Body;
 use crate::domain::account::PERM_CONTACTS;
 use crate::domain::ids::AccountId;
 use crate::domain::presence::DeviceStatus;
-use crate::services::auth::Authed;
 use crate::services::presence::Presence;
+use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
 

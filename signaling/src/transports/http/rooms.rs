@@ -21,8 +21,8 @@ use vela_media::core::{
 
 use super::Body;
 use crate::domain::account::PERM_ROOMS_ADMIN;
-use crate::services::auth::bearer;
 use crate::services::token::{Credential, VideoGrant};
+use crate::transports::auth::bearer;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
 
