@@ -363,7 +363,7 @@ fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(api::metrics::metrics))
         .route("/api/dev-token", get(dev_token))
         .route("/api/openapi.json", get(api::openapi))
         .merge(api::routes())

@@ -9,6 +9,7 @@ mod contacts;
 pub(crate) mod devices;
 pub(crate) mod links;
 pub mod listener;
+pub(crate) mod metrics;
 pub(crate) mod presence;
 pub(crate) mod rooms;
 
