@@ -87,9 +87,10 @@ impl Route {
 pub fn api_body(route: Route, body: &[u8]) -> Result<(), ApiError> {
     use crate::transports::http::parse;
     match route {
-        Route::ContactCreate | Route::ContactUpdate => {
-            parse::<ContactBody>(body)?.validate().map(|_| ())
-        }
+        Route::ContactCreate | Route::ContactUpdate => parse::<ContactBody>(body)?
+            .validate()
+            .map(|_| ())
+            .map_err(ApiError::from),
         Route::CallInvite => parse::<calls::InviteBody>(body).map(|_| ()),
         Route::CallAccept => parse::<calls::AcceptBody>(body).map(|_| ()),
         Route::CallAdd => parse::<calls::AddBody>(body).map(|_| ()),

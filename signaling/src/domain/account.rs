@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Invalid;
 use crate::domain::ids::AccountId;
-use crate::transports::error::ApiError;
 
 /// Shortest password accepted, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;
@@ -106,7 +106,7 @@ pub struct AccountSummary {
 
 /// Checks and normalizes a username: 3 to 32 of `a-z 0-9 . _ -`, starting
 /// with a letter or digit; letters are lowered.
-pub fn normalize_username(field: &str, raw: &str) -> Result<String, ApiError> {
+pub fn normalize_username(field: &str, raw: &str) -> Result<String, Invalid> {
     let name = raw.trim().to_ascii_lowercase();
     let ok = (3..=32).contains(&name.len())
         && name.bytes().all(|b| {
@@ -119,7 +119,7 @@ pub fn normalize_username(field: &str, raw: &str) -> Result<String, ApiError> {
     if ok {
         Ok(name)
     } else {
-        Err(ApiError::invalid(
+        Err(Invalid::new(
             field,
             "must be 3 to 32 characters of a-z 0-9 . _ - starting with a letter or digit",
         ))
@@ -127,15 +127,15 @@ pub fn normalize_username(field: &str, raw: &str) -> Result<String, ApiError> {
 }
 
 /// Checks a new password's length.
-pub fn check_password(field: &str, password: &str) -> Result<(), ApiError> {
+pub fn check_password(field: &str, password: &str) -> Result<(), Invalid> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(ApiError::invalid(
+        return Err(Invalid::new(
             field,
             format!("must be at least {MIN_PASSWORD_CHARS} characters"),
         ));
     }
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(ApiError::invalid(
+        return Err(Invalid::new(
             field,
             format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
         ));
@@ -144,11 +144,11 @@ pub fn check_password(field: &str, password: &str) -> Result<(), ApiError> {
 }
 
 /// Checks a display name: 1 to 64 characters after trimming, no control characters.
-pub fn check_display_name(field: &str, raw: &str) -> Result<String, ApiError> {
+pub fn check_display_name(field: &str, raw: &str) -> Result<String, Invalid> {
     let name = raw.trim();
     let n = name.chars().count();
     if n == 0 || n > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
+        return Err(Invalid::new(
             field,
             "must be 1 to 64 characters without control characters",
         ));
@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(normalize_username("u", " Alice.B ").expect("ok"), "alice.b");
         for bad in ["ab", "-abc", "a b c", "ålice", &"x".repeat(33)] {
             let e = normalize_username("username", bad).expect_err(bad);
-            assert_eq!(e.field.as_deref(), Some("username"));
+            assert_eq!(e.field, "username");
         }
     }
 

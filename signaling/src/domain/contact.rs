@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Invalid;
 use crate::domain::ids::{AccountId, ContactId};
-use crate::transports::error::ApiError;
 
 /// Most phone numbers (and, separately, e-mail addresses) on one entry.
 const MAX_VALUES: usize = 20;
@@ -108,10 +108,10 @@ pub struct ContactBody {
     pub notes: String,
 }
 
-fn check_label(field: &str, label: &str) -> Result<String, ApiError> {
+fn check_label(field: &str, label: &str) -> Result<String, Invalid> {
     let l = label.trim();
     if l.chars().count() > 32 || l.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
+        return Err(Invalid::new(
             field,
             "must be at most 32 characters without control characters",
         ));
@@ -121,7 +121,7 @@ fn check_label(field: &str, label: &str) -> Result<String, ApiError> {
 
 /// Checks a phone number: 3 to 32 characters of digits, spaces and `+ - ( ) .`,
 /// with 3 to 20 digits.
-fn check_phone(field: &str, raw: &str) -> Result<String, ApiError> {
+fn check_phone(field: &str, raw: &str) -> Result<String, Invalid> {
     let v = raw.trim();
     let digits = v.chars().filter(char::is_ascii_digit).count();
     let ok = (3..=32).contains(&v.len())
@@ -131,7 +131,7 @@ fn check_phone(field: &str, raw: &str) -> Result<String, ApiError> {
     if ok {
         Ok(v.to_owned())
     } else {
-        Err(ApiError::invalid(
+        Err(Invalid::new(
             field,
             "must be a phone number: 3 to 20 digits, with only spaces and + - ( ) . besides",
         ))
@@ -139,7 +139,7 @@ fn check_phone(field: &str, raw: &str) -> Result<String, ApiError> {
 }
 
 /// Checks an e-mail address: `local@domain.tld`, at most 254 characters, no spaces.
-fn check_email(field: &str, raw: &str) -> Result<String, ApiError> {
+fn check_email(field: &str, raw: &str) -> Result<String, Invalid> {
     let v = raw.trim();
     let ok = v.len() <= 254
         && !v.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -157,20 +157,17 @@ fn check_email(field: &str, raw: &str) -> Result<String, ApiError> {
     if ok {
         Ok(v.to_owned())
     } else {
-        Err(ApiError::invalid(field, "must be an e-mail address"))
+        Err(Invalid::new(field, "must be an e-mail address"))
     }
 }
 
 fn check_values(
     field: &str,
     values: &[Labeled],
-    check: fn(&str, &str) -> Result<String, ApiError>,
-) -> Result<Vec<Labeled>, ApiError> {
+    check: fn(&str, &str) -> Result<String, Invalid>,
+) -> Result<Vec<Labeled>, Invalid> {
     if values.len() > MAX_VALUES {
-        return Err(ApiError::invalid(
-            field,
-            format!("at most {MAX_VALUES} entries"),
-        ));
+        return Err(Invalid::new(field, format!("at most {MAX_VALUES} entries")));
     }
     values
         .iter()
@@ -186,11 +183,11 @@ fn check_values(
 
 impl ContactBody {
     /// Checks every field; the error names the first bad one.
-    pub fn validate(&self) -> Result<ContactFields, ApiError> {
+    pub fn validate(&self) -> Result<ContactFields, Invalid> {
         let name = self.display_name.trim();
         let n = name.chars().count();
         if n == 0 || n > 128 || name.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
+            return Err(Invalid::new(
                 "display_name",
                 "must be 1 to 128 characters without control characters",
             ));
@@ -198,7 +195,7 @@ impl ContactBody {
         let phones = check_values("phones", &self.phones, check_phone)?;
         let emails = check_values("emails", &self.emails, check_email)?;
         if self.groups.len() > MAX_GROUPS {
-            return Err(ApiError::invalid(
+            return Err(Invalid::new(
                 "groups",
                 format!("at most {MAX_GROUPS} groups"),
             ));
@@ -208,7 +205,7 @@ impl ContactBody {
             let g = g.trim();
             let n = g.chars().count();
             if n == 0 || n > 64 || g.chars().any(char::is_control) {
-                return Err(ApiError::invalid(
+                return Err(Invalid::new(
                     &format!("groups[{i}]"),
                     "must be 1 to 64 characters without control characters",
                 ));
@@ -218,13 +215,13 @@ impl ContactBody {
             }
         }
         if self.linked_account.is_some() && self.linked_username.is_some() {
-            return Err(ApiError::invalid(
+            return Err(Invalid::new(
                 "linked_username",
                 "give linked_account or linked_username, not both",
             ));
         }
         if self.notes.chars().count() > MAX_NOTES_CHARS {
-            return Err(ApiError::invalid(
+            return Err(Invalid::new(
                 "notes",
                 format!("must be at most {MAX_NOTES_CHARS} characters"),
             ));
@@ -273,8 +270,8 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         assert_eq!(
-            body(" ").validate().expect_err("empty").field.as_deref(),
-            Some("display_name")
+            body(" ").validate().expect_err("empty").field,
+            "display_name"
         );
         let mut b = body("Ann");
         b.phones = vec![
@@ -288,8 +285,8 @@ mod tests {
             },
         ];
         assert_eq!(
-            b.validate().expect_err("bad phone").field.as_deref(),
-            Some("phones[1].value")
+            b.validate().expect_err("bad phone").field,
+            "phones[1].value"
         );
         let mut b = body("Ann");
         b.emails = vec![Labeled {
@@ -297,23 +294,17 @@ mod tests {
             value: "ann@example".into(),
         }];
         assert_eq!(
-            b.validate().expect_err("bad email").field.as_deref(),
-            Some("emails[0].value")
+            b.validate().expect_err("bad email").field,
+            "emails[0].value"
         );
         let mut b = body("Ann");
         b.groups = vec!["work".into(), " work ".into(), "".into()];
-        assert_eq!(
-            b.validate().expect_err("empty group").field.as_deref(),
-            Some("groups[2]")
-        );
+        assert_eq!(b.validate().expect_err("empty group").field, "groups[2]");
         b.groups.pop();
         assert_eq!(b.validate().expect("ok").groups, vec!["work"]);
         let mut b = body("Ann");
         b.notes = "x".repeat(MAX_NOTES_CHARS + 1);
-        assert_eq!(
-            b.validate().expect_err("long notes").field.as_deref(),
-            Some("notes")
-        );
+        assert_eq!(b.validate().expect_err("long notes").field, "notes");
     }
 
     #[test]

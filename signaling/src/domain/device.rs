@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Invalid;
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::transports::error::ApiError;
 
 /// What sort of terminal a device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,11 +62,11 @@ pub struct Device {
 }
 
 /// Checks a device label: 1 to 64 characters after trimming, no control characters.
-pub fn check_label(field: &str, raw: &str) -> Result<String, ApiError> {
+pub fn check_label(field: &str, raw: &str) -> Result<String, Invalid> {
     let label = raw.trim();
     let n = label.chars().count();
     if n == 0 || n > 64 || label.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
+        return Err(Invalid::new(
             field,
             "must be 1 to 64 characters without control characters",
         ));

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use vela_media::MediaError;
 use vela_media::core::{JoinError, SignalError};
 
+use crate::domain::Invalid;
 use crate::services::token::TokenError;
 
 /// An error answered to an HTTP client as `{"error": code, "message": reason}`,
@@ -85,6 +86,12 @@ impl ApiError {
     /// 404 Not Found.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::invalid(&e.field, e.message)
     }
 }
 
