@@ -15,13 +15,22 @@ use argon2::password_hash::{
     self, PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString,
 };
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use axum::http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-
-use crate::transports::error::ApiError;
 
 /// Seconds a client refused for a busy pool is told to wait.
 const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
+/// Why a password could not be hashed or checked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    /// Every place in the pool is taken: retry after this many seconds
+    /// (503 with `Retry-After`).
+    #[error("the server is busy checking passwords; retry in {0} s")]
+    Busy(u64),
+    /// The pool or argon2 failed (a server fault).
+    #[error("{0}")]
+    Failed(String),
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -89,7 +98,7 @@ impl PasswordHasher {
 
     /// Takes a place in the pool, or refuses at once with 503 when every
     /// place is taken.
-    pub fn reserve(&self) -> Result<HashSlot, ApiError> {
+    pub fn reserve(&self) -> Result<HashSlot, PasswordError> {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Ok(HashSlot {
                 hasher: self.clone(),
@@ -97,7 +106,7 @@ impl PasswordHasher {
             }),
             Err(_) => {
                 tracing::warn!("password hashing pool busy: request refused");
-                Err(busy())
+                Err(PasswordError::Busy(BUSY_RETRY_AFTER_SECS))
             }
         }
     }
@@ -107,7 +116,7 @@ impl PasswordHasher {
         &self,
         permit: Arc<OwnedSemaphorePermit>,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, PasswordError> {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
             let out = f();
@@ -119,15 +128,15 @@ impl PasswordHasher {
         // The queue holds as many jobs as there are slots: never full.
         self.jobs
             .try_send(job)
-            .map_err(|e| ApiError::internal(format!("password hashing queue: {e}")))?;
+            .map_err(|e| PasswordError::Failed(format!("password hashing queue: {e}")))?;
         rx.await
-            .map_err(|_| ApiError::internal("password hashing thread failed"))
+            .map_err(|_| PasswordError::Failed("password hashing thread failed".to_owned()))
     }
 }
 
 impl HashSlot {
     /// Hashes a password with argon2id (default parameters, random salt).
-    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         self.hasher
             .run(self.permit.clone(), move || hash_now(password.as_bytes()))
             .await?
@@ -136,22 +145,17 @@ impl HashSlot {
     /// Checks `password` against `hash`, or against a dummy hash when
     /// `None` (always false), so that an unknown username takes as long as
     /// a wrong password.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+    pub async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, PasswordError> {
         self.hasher
             .run(self.permit.clone(), move || {
                 verify_now(password.as_bytes(), hash.as_deref())
             })
             .await
     }
-}
-
-fn busy() -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("the server is busy checking passwords; retry in {BUSY_RETRY_AFTER_SECS} s"),
-    );
-    e.retry_after = Some(BUSY_RETRY_AFTER_SECS);
-    e
 }
 
 /// Argon2's working memory is allocated larger than glibc's largest mmap
@@ -216,15 +220,15 @@ impl password_hash::PasswordHasher for MappedArgon2 {
     }
 }
 
-fn hash_now(password: &[u8]) -> Result<String, ApiError> {
+fn hash_now(password: &[u8]) -> Result<String, PasswordError> {
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    getrandom::fill(&mut salt).map_err(|e| PasswordError::Failed(format!("no randomness: {e}")))?;
     let salt =
-        SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
+        SaltString::encode_b64(&salt).map_err(|e| PasswordError::Failed(format!("salt: {e}")))?;
     MappedArgon2
         .hash_password(password, &salt)
         .map(|h| h.to_string())
-        .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))
+        .map_err(|e| PasswordError::Failed(format!("password hashing failed: {e}")))
 }
 
 /// A hash that no password matches in practice, computed once.
@@ -294,8 +298,7 @@ mod tests {
         // Two running plus two waiting.
         let held: Vec<HashSlot> = (0..4).map(|_| pool.reserve().expect("slot")).collect();
         let e = pool.reserve().expect_err("a fifth is refused");
-        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.retry_after, Some(BUSY_RETRY_AFTER_SECS));
+        assert_eq!(e, PasswordError::Busy(BUSY_RETRY_AFTER_SECS));
         drop(held);
         assert!(pool.reserve().is_ok());
     }

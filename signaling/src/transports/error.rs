@@ -7,6 +7,7 @@ use vela_media::MediaError;
 use vela_media::core::{JoinError, SignalError};
 
 use crate::domain::Invalid;
+use crate::services::password::PasswordError;
 use crate::services::token::TokenError;
 
 /// An error answered to an HTTP client as `{"error": code, "message": reason}`,
@@ -95,6 +96,19 @@ impl From<Invalid> for ApiError {
     }
 }
 
+impl From<PasswordError> for ApiError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy(secs) => {
+                let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                a.retry_after = Some(secs);
+                a
+            }
+            PasswordError::Failed(detail) => ApiError::internal(detail),
+        }
+    }
+}
+
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, e.to_string())
@@ -152,5 +166,21 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_password_pool_is_503_with_retry_after() {
+        let e = ApiError::from(PasswordError::Busy(1));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(1));
+        assert_eq!(
+            e.message,
+            "the server is busy checking passwords; retry in 1 s"
+        );
     }
 }
