@@ -7,6 +7,7 @@ use vela_media::MediaError;
 use vela_media::core::{JoinError, SignalError};
 
 use crate::domain::Invalid;
+use crate::services::auth::{NoRandomness, TooMany};
 use crate::services::password::PasswordError;
 use crate::services::token::TokenError;
 
@@ -96,6 +97,18 @@ impl From<Invalid> for ApiError {
     }
 }
 
+impl From<TooMany> for ApiError {
+    fn from(e: TooMany) -> Self {
+        ApiError::too_many(e.retry_after)
+    }
+}
+
+impl From<NoRandomness> for ApiError {
+    fn from(e: NoRandomness) -> Self {
+        ApiError::internal(e)
+    }
+}
+
 impl From<PasswordError> for ApiError {
     fn from(e: PasswordError) -> Self {
         match e {
@@ -172,6 +185,14 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_many_attempts_is_429_with_retry_after() {
+        let e = ApiError::from(TooMany { retry_after: 7 });
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after, Some(7));
+        assert_eq!(e.message, "too many attempts; retry in 7 s");
+    }
 
     #[test]
     fn a_busy_password_pool_is_503_with_retry_after() {

@@ -64,7 +64,7 @@ pub(crate) async fn register(
     // Counted before the password is hashed: that is the work to bound.
     if !by_admin && let Err(e) = state.signup_limiter.admit(addr) {
         tracing::warn!(%addr, "sign-ups from this address over the limit");
-        return Err(e);
+        return Err(e.into());
     }
     let hash = slot.hash(b.password).await?;
     let account = match state
