@@ -1,6 +1,6 @@
 //! The room socket (`GET /ws`): the `ClientMessage` decoder, and sessions
 //! sending any sequence of messages, applied to a real core as
-//! `session.rs` applies them through the media handle (the driver maps each
+//! `signaling/src/transports/room_socket/` applies them through the media handle (the driver maps each
 //! command to one `Sfu::handle_*` call): `join` (room token checked with the
 //! server's `TokenKeys`), `offer`, `answer`, `candidate`, `mute`,
 //! `track_settings`, `data`, `leave`, `ping`, `resume`, in any order.

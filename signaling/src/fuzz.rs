@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use crate::api::{calls, rooms};
-use crate::api_error::ApiError;
-use crate::contact::ContactBody;
+use crate::domain::contact::ContactBody;
+use crate::transports::error::ApiError;
+use crate::transports::http::{calls, rooms};
 
-pub use crate::call::is_call_room;
-pub use crate::protocol::{ClientMessage, parse_kind};
+pub use crate::domain::call::is_call_room;
+pub use crate::transports::room_socket::protocol::{ClientMessage, parse_kind};
 
 /// Decodes a room socket message as the session does.
 pub fn decode_client_message(text: &str) -> Result<ClientMessage, serde_json::Error> {
@@ -19,18 +19,18 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, serde_json::Er
 /// A data message's payload: base64, checked for size (the session's and
 /// the server API's check).
 pub fn decode_payload(payload: &str) -> Result<Arc<[u8]>, ApiError> {
-    crate::session::decode_payload(payload)
+    crate::transports::room_socket::decode_payload(payload)
 }
 
 /// The SDP parser's error as the session and WHIP report it.
 pub fn sdp_reason(e: &impl std::fmt::Display) -> String {
-    crate::whip::sdp_reason(e)
+    crate::transports::whip::sdp_reason(e)
 }
 
 /// Parses a device socket message (`GET /api/v1/ws`); the message in its
 /// `Debug` form.
 pub fn parse_device_message(text: &str) -> Result<String, ApiError> {
-    crate::api::ws::parse_message(text).map(|m| format!("{m:?}"))
+    crate::transports::device_socket::parse_message(text).map(|m| format!("{m:?}"))
 }
 
 /// The routes of the contacts, calls and room-service APIs that take a JSON body.
@@ -85,11 +85,12 @@ impl Route {
 /// address book entry's `validate`). The handlers' other checks live in
 /// the handlers, beside the store and the media core.
 pub fn api_body(route: Route, body: &[u8]) -> Result<(), ApiError> {
-    use crate::api::parse;
+    use crate::transports::http::parse;
     match route {
-        Route::ContactCreate | Route::ContactUpdate => {
-            parse::<ContactBody>(body)?.validate().map(|_| ())
-        }
+        Route::ContactCreate | Route::ContactUpdate => parse::<ContactBody>(body)?
+            .validate()
+            .map(|_| ())
+            .map_err(ApiError::from),
         Route::CallInvite => parse::<calls::InviteBody>(body).map(|_| ()),
         Route::CallAccept => parse::<calls::AcceptBody>(body).map(|_| ()),
         Route::CallAdd => parse::<calls::AddBody>(body).map(|_| ()),

@@ -2,32 +2,17 @@
 //! access tokens, in front of the media driver; accounts, devices, presence
 //! and the network address book (docs/api.md).
 
-pub mod account;
-mod api;
-mod api_error;
-mod auth;
-pub mod call;
-mod client_addr;
-pub mod contact;
-pub mod device;
+pub mod domain;
+pub mod services;
+
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
-pub mod hub;
-pub mod ids;
-pub mod link;
-pub mod listener;
-pub mod metrics;
-pub mod password;
-pub mod presence;
-mod protocol;
-pub mod rate_limit;
 mod server;
-mod session;
-pub mod store;
-pub mod token;
-pub mod webhook;
-mod whip;
+mod transports;
 
-pub use api_error::ApiError;
+pub use domain::{account, ids};
 pub use server::{RunningServer, StartError, spawn};
+pub use services::{password, store, token, webhook};
+pub use transports::error::ApiError;
+pub use transports::http::listener;

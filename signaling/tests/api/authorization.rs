@@ -14,7 +14,7 @@
 //! token still works.
 //!
 //! The table is checked against the OpenAPI document, which a unit test in
-//! `signaling/src/api/mod.rs` checks against the server's list of
+//! `signaling/src/transports/http/mod.rs` checks against the server's list of
 //! operations: a new mutating operation fails
 //! `the_table_covers_every_mutating_operation` until it has a row here.
 
@@ -276,7 +276,8 @@ fn callers(kind: Kind) -> &'static [Caller] {
 
 #[test]
 fn the_table_covers_every_mutating_operation() {
-    let doc: Value = serde_json::from_str(include_str!("../../src/api/openapi.json")).unwrap();
+    let doc: Value =
+        serde_json::from_str(include_str!("../../src/transports/http/openapi.json")).unwrap();
     let mut documented = BTreeSet::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {

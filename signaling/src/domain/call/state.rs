@@ -1,0 +1,1341 @@
+//! The calls state machine, sans-IO: plain synchronous code; time (wall
+//! clock milliseconds) is an input.
+//!
+//! # Rules
+//! - A call has members: the caller (in the call from the start, on the
+//!   device that called) and invitees. An invitee rings on every device
+//!   until one device accepts (first wins: the account is then in the call
+//!   on that device, its other devices stop ringing with
+//!   `answered_elsewhere`), a device declines, the caller cancels, or
+//!   `ring_timeout` passes (missed).
+//! - An invitee already in another call is **busy** (not rung; no call
+//!   waiting). An invitee whose do-not-disturb filters the caller is not rung
+//!   either (`filtered` for them, `unavailable` for everyone else).
+//! - A member in the call must join its room within `join_timeout` of
+//!   accepting (the caller: of the call being answered), else they leave
+//!   it (a client that accepted and then crashed does not keep the other
+//!   side waiting, or themselves busy).
+//! - A call ends when nobody is left in it, or when at most one person is
+//!   left in it and nobody is still being rung. So a 1:1 call ends when
+//!   either side hangs up; a group call goes on until the last but one leaves.
+//! - Every member's part ends with a [`Record`] for its history: declined,
+//!   missed, busy and filtered at once; the others when they leave or the
+//!   call ends.
+//! - The call room (`call-<id>`) admits only members in the call, on the
+//!   device they are in the call on, or another of their devices that takes
+//!   over the participant ([`Calls::authorize_join`]).
+//!
+//! # Run-loop contract
+//! Feed inputs with the `handle_*` methods, then drain
+//! [`Calls::poll_output`]; call [`Calls::handle_timeout`] no later than
+//! [`Calls::poll_timeout`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vela_media::core::ParticipantId;
+
+use super::{Direction, Outcome, ROOM_PREFIX};
+use crate::domain::ids::{AccountId, CallId, DeviceId};
+
+/// How long an ended call stays known (for late accepts and cancels, which
+/// then get a clear "the call has ended").
+const KEEP_ENDED_MS: i64 = 10 * 60 * 1000;
+/// Chat messages kept per call (for devices that join late).
+const KEEP_MESSAGES: usize = 200;
+
+/// An account as calls show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// The account.
+    pub account_id: AccountId,
+    /// Its username.
+    pub username: String,
+    /// Its display name.
+    pub display_name: String,
+}
+
+/// An account to ring, as the service resolved it.
+#[derive(Debug, Clone)]
+pub struct Invitee {
+    /// Who.
+    pub person: Person,
+    /// Their do-not-disturb filters the caller.
+    pub filtered: bool,
+}
+
+/// Where a member stands in a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Being rung.
+    Ringing,
+    /// In the call.
+    Joined,
+    /// Was in the call and left.
+    Left,
+    /// Declined.
+    Declined,
+    /// Did not answer in time.
+    Missed,
+    /// Was in another call.
+    Busy,
+    /// Filtered by do-not-disturb; shown to everyone as `unavailable`.
+    #[serde(rename = "unavailable")]
+    Filtered,
+    /// The call was cancelled while ringing.
+    Cancelled,
+}
+
+/// One account in a call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// Who.
+    #[serde(flatten)]
+    pub person: Person,
+    /// Where they stand.
+    pub state: MemberState,
+    /// Who invited them (the caller invites themself).
+    pub invited_by: AccountId,
+    /// When they were invited.
+    pub invited_at: i64,
+    /// When they answered (the caller: when the call started).
+    pub answered_at: Option<i64>,
+    /// The device they are in the call on.
+    pub device_id: Option<DeviceId>,
+    /// The room participant id others see them as, once in the room.
+    pub participant_id: Option<ParticipantId>,
+    #[serde(skip)]
+    ring_deadline: Option<i64>,
+    /// When they leave the call if they have not joined its room by then.
+    #[serde(skip)]
+    join_deadline: Option<i64>,
+    #[serde(skip)]
+    client: Option<String>,
+    #[serde(skip)]
+    answered_device: Option<DeviceId>,
+    /// The live room connection (differs from the participant id after a handover).
+    #[serde(skip)]
+    connection: Option<ParticipantId>,
+    /// The connection being taken over, while a handover runs.
+    #[serde(skip)]
+    previous: Option<(ParticipantId, DeviceId)>,
+    #[serde(skip)]
+    moves: Vec<DeviceId>,
+}
+
+/// Where a call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    /// Nobody has answered yet.
+    Ringing,
+    /// Someone answered.
+    Active,
+    /// Over.
+    Ended,
+}
+
+/// A chat message in a call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessage {
+    /// The call.
+    pub call_id: CallId,
+    /// Its position in the call's chat, from 1.
+    pub seq: u64,
+    /// The sender.
+    pub from: Person,
+    /// The sender's device.
+    pub device_id: DeviceId,
+    /// The text.
+    pub text: String,
+    /// When it was sent.
+    pub sent_at: i64,
+}
+
+/// A call, as its members see it (read back, it lacks what is not shown:
+/// the chat, each member's devices and deadlines).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Call {
+    /// The call.
+    pub id: CallId,
+    /// Its room (join it on `/ws` with an access token).
+    pub room: String,
+    /// Video (else audio only).
+    pub video: bool,
+    /// Who called.
+    pub caller: AccountId,
+    /// Where it stands.
+    pub state: CallState,
+    /// When it was placed.
+    pub created_at: i64,
+    /// When someone first answered.
+    pub answered_at: Option<i64>,
+    /// When it ended.
+    pub ended_at: Option<i64>,
+    /// Everyone invited, the caller first.
+    pub members: Vec<Member>,
+    #[serde(skip)]
+    cancelled: bool,
+    #[serde(skip)]
+    messages: VecDeque<ChatMessage>,
+    #[serde(skip)]
+    next_seq: u64,
+}
+
+impl Call {
+    /// The member for `account`.
+    pub fn member(&self, account: AccountId) -> Option<&Member> {
+        self.members.iter().find(|m| m.person.account_id == account)
+    }
+
+    fn index(&self, account: AccountId) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.person.account_id == account)
+    }
+
+    fn count(&self, state: MemberState) -> usize {
+        self.members.iter().filter(|m| m.state == state).count()
+    }
+
+    /// The accounts still involved (ringing or in the call).
+    fn involved(&self) -> Vec<AccountId> {
+        self.members
+            .iter()
+            .filter(|m| matches!(m.state, MemberState::Ringing | MemberState::Joined))
+            .map(|m| m.person.account_id)
+            .collect()
+    }
+
+    /// The chat so far (the last messages).
+    pub fn messages(&self) -> impl Iterator<Item = &ChatMessage> {
+        self.messages.iter()
+    }
+}
+
+/// A push for every device of one account.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Incoming call: ring.
+    CallRinging {
+        /// The call.
+        call: Call,
+        /// Who calls (or added this account to the call).
+        caller: Person,
+        /// Always false: a callee already in a call is busy, not rung.
+        waiting: bool,
+    },
+    /// This account placed a call (shown on its other devices).
+    CallOutgoing {
+        /// The call.
+        call: Call,
+    },
+    /// A member answered.
+    CallAnswered {
+        /// The call.
+        call: Call,
+        /// Who.
+        account_id: AccountId,
+        /// On which device.
+        device_id: DeviceId,
+        /// The accepting client's own id, if it gave one.
+        client_id: Option<String>,
+    },
+    /// This account's ringing stopped because one of its devices answered.
+    CallRingingStopped {
+        /// The call.
+        call: Call,
+        /// `answered_elsewhere`.
+        reason: &'static str,
+        /// The device that answered.
+        device_id: DeviceId,
+        /// The accepting client's own id, if it gave one.
+        client_id: Option<String>,
+    },
+    /// A member declined.
+    CallDeclined {
+        /// The call.
+        call: Call,
+        /// Who.
+        account_id: AccountId,
+    },
+    /// Something else changed: members, states, devices, participant ids.
+    CallUpdated {
+        /// The call.
+        call: Call,
+    },
+    /// The call is over for this account.
+    CallEnded {
+        /// The call.
+        call: Call,
+        /// How it ended for this account.
+        outcome: Outcome,
+    },
+    /// A chat message.
+    CallMessage {
+        /// The message.
+        message: ChatMessage,
+    },
+}
+
+/// One account's history entry for a call, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Whose.
+    pub account_id: AccountId,
+    /// The call.
+    pub call_id: CallId,
+    /// Placed or received.
+    pub direction: Direction,
+    /// Video or audio only.
+    pub video: bool,
+    /// The other people in the call.
+    pub participants: Vec<Person>,
+    /// When the call was placed (or this account was added to it).
+    pub started_at: i64,
+    /// When this account's call was answered.
+    pub answered_at: Option<i64>,
+    /// When it ended for this account.
+    pub ended_at: i64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The device that answered (or placed) the call.
+    pub device_id: Option<DeviceId>,
+    /// Devices the call was handed over to, in order.
+    pub handed_over_to: Vec<DeviceId>,
+}
+
+/// What the state machine asks of its service.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Push to every device of the account.
+    Push(AccountId, Box<Event>),
+    /// Store a history entry.
+    Record(Record),
+    /// Remove this room connection (its member left or the call ended).
+    Kick(ParticipantId),
+    /// Tell integrations (webhooks).
+    Notice(Notice),
+    /// Call `id` changed: keep it durably, so a crash does not lose it;
+    /// `None` once it has ended (its entries went out as
+    /// [`Output::Record`] before this). Comes after the outputs of the same
+    /// change.
+    Journal(CallId, Option<Box<OpenCall>>),
+}
+
+/// A call going on, as kept against a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenCall {
+    /// The call as its members see it (for the `call_ended` webhook).
+    pub call: Call,
+    /// The history entries its members would get if it ended now
+    /// (`ended_at` the last moment known).
+    pub records: Vec<Record>,
+}
+
+/// A call event for integrations (webhooks): once per happening, not per device.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// An account's devices started ringing.
+    Ringing {
+        /// The call.
+        call: Box<Call>,
+        /// Who is rung.
+        account: AccountId,
+    },
+    /// A member answered.
+    Answered {
+        /// The call.
+        call: Box<Call>,
+        /// Who.
+        account: AccountId,
+        /// On which device.
+        device: DeviceId,
+    },
+    /// The call ended for everyone.
+    Ended {
+        /// The call.
+        call: Box<Call>,
+    },
+    /// A member did not answer in time.
+    Missed {
+        /// The call.
+        call: Box<Call>,
+        /// Who.
+        account: AccountId,
+    },
+}
+
+/// Why a call operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No such call for this account (404).
+    #[error("no such call")]
+    NotFound,
+    /// Not possible in the call's current state (409).
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// Not allowed for this account or device (403).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Bad input (400).
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// Every call.
+#[derive(Debug)]
+pub struct Calls {
+    calls: BTreeMap<CallId, Call>,
+    next_id: i64,
+    ring_timeout_ms: i64,
+    join_timeout_ms: i64,
+    max_members: usize,
+    out: VecDeque<Output>,
+    /// Calls changed since their last [`Output::Journal`].
+    dirty: BTreeSet<CallId>,
+}
+
+impl Calls {
+    /// No calls; ids start at `first_id`; invitees ring for `ring_timeout`;
+    /// a member in a call joins its room within `join_timeout`; at most
+    /// `max_members` accounts per call.
+    pub fn new(
+        first_id: CallId,
+        ring_timeout: Duration,
+        join_timeout: Duration,
+        max_members: usize,
+    ) -> Self {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Calls {
+            calls: BTreeMap::new(),
+            next_id: first_id.0.max(1),
+            ring_timeout_ms: ms(ring_timeout),
+            join_timeout_ms: ms(join_timeout),
+            max_members: max_members.max(2),
+            out: VecDeque::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(o) = self.out.pop_front() {
+            return Some(o);
+        }
+        // Journal once per change, after what the change output (a crash
+        // between a record and the journal then repeats, never loses, it).
+        let id = self.dirty.pop_first()?;
+        let open = self
+            .calls
+            .get(&id)
+            .filter(|c| c.state != CallState::Ended)
+            .map(|c| {
+                Box::new(OpenCall {
+                    call: c.clone(),
+                    records: open_records(c),
+                })
+            });
+        Some(Output::Journal(id, open))
+    }
+
+    /// Marks call `id` for journaling.
+    fn touch(&mut self, id: CallId) {
+        self.dirty.insert(id);
+    }
+
+    /// When [`Calls::handle_timeout`] is next due (ms since the epoch).
+    pub fn poll_timeout(&self) -> Option<i64> {
+        let ring = self
+            .calls
+            .values()
+            .flat_map(|c| c.members.iter())
+            .flat_map(|m| [m.ring_deadline, m.join_deadline])
+            .flatten()
+            .min();
+        let prune = self
+            .calls
+            .values()
+            .filter_map(|c| c.ended_at)
+            .min()
+            .map(|e| e + KEEP_ENDED_MS);
+        match (ring, prune) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// `account`'s view of a call it is (or was) a member of.
+    pub fn call(&self, id: CallId, account: AccountId) -> Option<&Call> {
+        self.calls.get(&id).filter(|c| c.member(account).is_some())
+    }
+
+    /// The calls `account` is ringing for or in.
+    pub fn active_for(&self, account: AccountId) -> Vec<&Call> {
+        self.calls
+            .values()
+            .filter(|c| c.state != CallState::Ended)
+            .filter(|c| {
+                c.member(account)
+                    .is_some_and(|m| matches!(m.state, MemberState::Ringing | MemberState::Joined))
+            })
+            .collect()
+    }
+
+    /// Whether `account` is in a call now (answered or placed, not ended).
+    pub fn in_call(&self, account: AccountId) -> bool {
+        self.calls.values().any(|c| {
+            c.state != CallState::Ended
+                && c.member(account)
+                    .is_some_and(|m| m.state == MemberState::Joined)
+        })
+    }
+
+    fn push(&mut self, to: AccountId, event: Event) {
+        self.out.push_back(Output::Push(to, Box::new(event)));
+    }
+
+    fn push_all(&mut self, to: &[AccountId], f: impl Fn() -> Event) {
+        for a in to {
+            self.push(*a, f());
+        }
+    }
+
+    fn live(&mut self, id: CallId, account: AccountId) -> Result<&mut Call, CallError> {
+        let call = self
+            .calls
+            .get_mut(&id)
+            .filter(|c| c.member(account).is_some())
+            .ok_or(CallError::NotFound)?;
+        if call.state == CallState::Ended {
+            return Err(CallError::Conflict("the call has ended"));
+        }
+        Ok(call)
+    }
+
+    /// Places a call from `caller` (on `device`) to `invitees`, audio and
+    /// video or audio only. Returns the call as the caller sees it.
+    pub fn handle_invite(
+        &mut self,
+        now: i64,
+        caller: Person,
+        device: DeviceId,
+        invitees: Vec<Invitee>,
+        video: bool,
+    ) -> Result<Call, CallError> {
+        self.prune(now);
+        if invitees.is_empty() {
+            return Err(CallError::Invalid("invite at least one account"));
+        }
+        if invitees
+            .iter()
+            .any(|i| i.person.account_id == caller.account_id)
+        {
+            return Err(CallError::Invalid("you cannot call yourself"));
+        }
+        if invitees.len() + 1 > self.max_members {
+            return Err(CallError::Invalid("too many people for one call"));
+        }
+        if self.in_call(caller.account_id) {
+            return Err(CallError::Conflict(
+                "you are already in a call; leave it first",
+            ));
+        }
+        let id = CallId(self.next_id);
+        self.next_id += 1;
+        let me = caller.account_id;
+        let call = Call {
+            id,
+            room: format!("{ROOM_PREFIX}{id}"),
+            video,
+            caller: me,
+            state: CallState::Ringing,
+            created_at: now,
+            answered_at: None,
+            ended_at: None,
+            members: vec![Member {
+                person: caller,
+                state: MemberState::Joined,
+                invited_by: me,
+                invited_at: now,
+                answered_at: None,
+                device_id: Some(device),
+                participant_id: None,
+                ring_deadline: None,
+                join_deadline: None,
+                client: None,
+                answered_device: Some(device),
+                connection: None,
+                previous: None,
+                moves: Vec::new(),
+            }],
+            cancelled: false,
+            messages: VecDeque::new(),
+            next_seq: 1,
+        };
+        self.calls.insert(id, call);
+        self.touch(id);
+        self.add_members(now, id, me, invitees);
+        if let Some(c) = self.calls.get(&id) {
+            let c = c.clone();
+            self.push(me, Event::CallOutgoing { call: c });
+        }
+        self.settle(now, id);
+        self.calls.get(&id).cloned().ok_or(CallError::NotFound)
+    }
+
+    /// Adds `invitees` to call `id` on behalf of `by` (who is in it).
+    pub fn handle_add(
+        &mut self,
+        now: i64,
+        id: CallId,
+        by: AccountId,
+        invitees: Vec<Invitee>,
+    ) -> Result<Call, CallError> {
+        self.prune(now);
+        let max = self.max_members;
+        let call = self.live(id, by)?;
+        if call.member(by).map(|m| m.state) != Some(MemberState::Joined) {
+            return Err(CallError::Conflict(
+                "only people in the call can add others",
+            ));
+        }
+        if invitees.is_empty() {
+            return Err(CallError::Invalid("invite at least one account"));
+        }
+        if invitees.iter().any(|i| i.person.account_id == by) {
+            return Err(CallError::Invalid("you cannot call yourself"));
+        }
+        if invitees.iter().any(|i| {
+            call.member(i.person.account_id)
+                .is_some_and(|m| matches!(m.state, MemberState::Ringing | MemberState::Joined))
+        }) {
+            return Err(CallError::Conflict("already in the call or being rung"));
+        }
+        let new = invitees
+            .iter()
+            .filter(|i| call.member(i.person.account_id).is_none())
+            .count();
+        if call.members.len() + new > max {
+            return Err(CallError::Invalid("too many people for one call"));
+        }
+        self.add_members(now, id, by, invitees);
+        self.changed(id, &[]);
+        self.settle(now, id);
+        self.calls.get(&id).cloned().ok_or(CallError::NotFound)
+    }
+
+    fn add_members(&mut self, now: i64, id: CallId, by: AccountId, invitees: Vec<Invitee>) {
+        let deadline = now.saturating_add(self.ring_timeout_ms);
+        let mut seen = Vec::new();
+        for inv in invitees {
+            let who = inv.person.account_id;
+            if seen.contains(&who) {
+                continue;
+            }
+            seen.push(who);
+            let busy = self.in_call(who);
+            let Some(call) = self.calls.get_mut(&id) else {
+                return;
+            };
+            let state = if inv.filtered {
+                MemberState::Filtered
+            } else if busy {
+                MemberState::Busy
+            } else {
+                MemberState::Ringing
+            };
+            let member = Member {
+                person: inv.person,
+                state,
+                invited_by: by,
+                invited_at: now,
+                answered_at: None,
+                device_id: None,
+                participant_id: None,
+                ring_deadline: (state == MemberState::Ringing).then_some(deadline),
+                join_deadline: None,
+                client: None,
+                answered_device: None,
+                connection: None,
+                previous: None,
+                moves: Vec::new(),
+            };
+            let i = match call.index(who) {
+                Some(i) => {
+                    call.members[i] = member;
+                    i
+                }
+                None => {
+                    call.members.push(member);
+                    call.members.len() - 1
+                }
+            };
+            match state {
+                MemberState::Ringing => {
+                    let caller = call
+                        .member(by)
+                        .map(|m| m.person.clone())
+                        .unwrap_or_else(|| call.members[i].person.clone());
+                    let snapshot = call.clone();
+                    self.push(
+                        who,
+                        Event::CallRinging {
+                            call: snapshot.clone(),
+                            caller,
+                            waiting: false,
+                        },
+                    );
+                    self.out.push_back(Output::Notice(Notice::Ringing {
+                        call: Box::new(snapshot),
+                        account: who,
+                    }));
+                }
+                MemberState::Busy => self.finish(now, id, i, Outcome::Busy, true),
+                _ => self.finish(now, id, i, Outcome::Filtered, false),
+            }
+        }
+    }
+
+    /// `account` accepts on `device` (`client` tells apart several clients,
+    /// e.g. browser tabs, of one device). The first accept wins.
+    pub fn handle_accept(
+        &mut self,
+        now: i64,
+        id: CallId,
+        account: AccountId,
+        device: DeviceId,
+        client: Option<String>,
+    ) -> Result<Call, CallError> {
+        self.prune(now);
+        let elsewhere = self.calls.iter().any(|(cid, c)| {
+            *cid != id
+                && c.state != CallState::Ended
+                && c.member(account)
+                    .is_some_and(|m| m.state == MemberState::Joined)
+        });
+        let join_by = now.saturating_add(self.join_timeout_ms);
+        let call = self.live(id, account)?;
+        let i = call.index(account).ok_or(CallError::NotFound)?;
+        let m = &mut call.members[i];
+        match m.state {
+            _ if m.invited_by == account => {
+                return Err(CallError::Conflict("you placed this call"));
+            }
+            MemberState::Ringing => {}
+            MemberState::Joined if m.answered_device == Some(device) && m.client == client => {
+                // The same client asking again (a retry): the same answer.
+                return Ok(call.clone());
+            }
+            MemberState::Joined => return Err(CallError::Conflict("answered on another device")),
+            _ => return Err(CallError::Conflict("the call is no longer ringing")),
+        }
+        if elsewhere {
+            return Err(CallError::Conflict(
+                "you are already in a call; leave it first",
+            ));
+        }
+        m.state = MemberState::Joined;
+        m.answered_at = Some(now);
+        m.device_id = Some(device);
+        m.answered_device = Some(device);
+        m.client = client.clone();
+        m.ring_deadline = None;
+        m.join_deadline = Some(join_by);
+        if call.answered_at.is_none() {
+            call.answered_at = Some(now);
+            call.state = CallState::Active;
+            let caller = call.caller;
+            if let Some(c) = call
+                .members
+                .iter_mut()
+                .find(|m| m.person.account_id == caller)
+            {
+                c.answered_at = Some(now);
+                if c.connection.is_none() {
+                    c.join_deadline = Some(join_by);
+                }
+            }
+        }
+        let snapshot = call.clone();
+        let to = call.involved();
+        self.out.push_back(Output::Notice(Notice::Answered {
+            call: Box::new(snapshot.clone()),
+            account,
+            device,
+        }));
+        self.push_all(&to, || Event::CallAnswered {
+            call: snapshot.clone(),
+            account_id: account,
+            device_id: device,
+            client_id: client.clone(),
+        });
+        self.push(
+            account,
+            Event::CallRingingStopped {
+                call: snapshot.clone(),
+                reason: "answered_elsewhere",
+                device_id: device,
+                client_id: client,
+            },
+        );
+        self.touch(id);
+        Ok(snapshot)
+    }
+
+    /// `account` declines (from any of its devices).
+    pub fn handle_decline(
+        &mut self,
+        now: i64,
+        id: CallId,
+        account: AccountId,
+    ) -> Result<Call, CallError> {
+        self.prune(now);
+        let call = self.live(id, account)?;
+        let i = call.index(account).ok_or(CallError::NotFound)?;
+        match call.members[i].state {
+            MemberState::Ringing => {}
+            MemberState::Joined => {
+                return Err(CallError::Conflict("already answered; leave instead"));
+            }
+            _ => return Err(CallError::Conflict("the call is no longer ringing")),
+        }
+        self.finish(now, id, i, Outcome::Declined, true);
+        if let Some(call) = self.calls.get(&id) {
+            let snapshot = call.clone();
+            let to = call.involved();
+            self.push_all(&to, || Event::CallDeclined {
+                call: snapshot.clone(),
+                account_id: account,
+            });
+        }
+        self.settle(now, id);
+        self.snapshot(id)
+    }
+
+    /// The caller hangs up before anyone answered: the call ends for all.
+    pub fn handle_cancel(
+        &mut self,
+        now: i64,
+        id: CallId,
+        account: AccountId,
+    ) -> Result<Call, CallError> {
+        self.prune(now);
+        let call = self.live(id, account)?;
+        if call.caller != account {
+            return Err(CallError::Forbidden("only the caller can cancel"));
+        }
+        if call.answered_at.is_some() {
+            return Err(CallError::Conflict("already answered; leave instead"));
+        }
+        call.cancelled = true;
+        self.end(now, id);
+        self.snapshot(id)
+    }
+
+    /// `account` hangs up. Before anyone answered, the caller hanging up cancels.
+    pub fn handle_leave(
+        &mut self,
+        now: i64,
+        id: CallId,
+        account: AccountId,
+    ) -> Result<Call, CallError> {
+        self.prune(now);
+        let call = self.live(id, account)?;
+        let i = call.index(account).ok_or(CallError::NotFound)?;
+        match call.members[i].state {
+            MemberState::Joined => {}
+            MemberState::Ringing => {
+                return Err(CallError::Conflict("not answered; decline instead"));
+            }
+            _ => return Err(CallError::Conflict("not in the call")),
+        }
+        if call.caller == account && call.answered_at.is_none() {
+            call.cancelled = true;
+            self.end(now, id);
+            return self.snapshot(id);
+        }
+        self.leave(now, id, i, true);
+        self.settle(now, id);
+        self.snapshot(id)
+    }
+
+    /// A chat message from `account` (in the call) on `device`.
+    pub fn handle_message(
+        &mut self,
+        now: i64,
+        id: CallId,
+        account: AccountId,
+        device: DeviceId,
+        text: String,
+    ) -> Result<ChatMessage, CallError> {
+        let call = self.live(id, account)?;
+        let Some(m) = call
+            .member(account)
+            .filter(|m| m.state == MemberState::Joined)
+        else {
+            return Err(CallError::Conflict("only people in the call can chat"));
+        };
+        let message = ChatMessage {
+            call_id: id,
+            seq: call.next_seq,
+            from: m.person.clone(),
+            device_id: device,
+            text,
+            sent_at: now,
+        };
+        call.next_seq += 1;
+        call.messages.push_back(message.clone());
+        if call.messages.len() > KEEP_MESSAGES {
+            call.messages.pop_front();
+        }
+        let to: Vec<AccountId> = call
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Joined)
+            .map(|m| m.person.account_id)
+            .collect();
+        self.push_all(&to, || Event::CallMessage {
+            message: message.clone(),
+        });
+        Ok(message)
+    }
+
+    /// Ends ringing that ran out of time (missed) and the part of members
+    /// who never joined the room, and forgets old calls.
+    pub fn handle_timeout(&mut self, now: i64) {
+        let due = |deadline: fn(&Member) -> Option<i64>| -> Vec<(CallId, AccountId)> {
+            self.calls
+                .values()
+                .flat_map(|c| {
+                    c.members
+                        .iter()
+                        .filter(move |m| deadline(m).is_some_and(|d| d <= now))
+                        .map(|m| (c.id, m.person.account_id))
+                })
+                .collect()
+        };
+        let missed = due(|m| m.ring_deadline);
+        let absent = due(|m| m.join_deadline);
+        for (id, account) in missed {
+            let Some(i) = self.calls.get(&id).and_then(|c| c.index(account)) else {
+                continue;
+            };
+            self.finish(now, id, i, Outcome::Missed, true);
+            self.changed(id, &[]);
+            self.settle(now, id);
+        }
+        for (id, account) in absent {
+            // Still due: an earlier one of these may have ended the call.
+            let Some(i) = self.calls.get(&id).and_then(|c| {
+                let i = c.index(account)?;
+                let m = &c.members[i];
+                (m.state == MemberState::Joined && m.join_deadline.is_some_and(|d| d <= now))
+                    .then_some(i)
+            }) else {
+                continue;
+            };
+            tracing::info!(call = %id, account = %account, "left the call: never joined its room");
+            self.leave(now, id, i, false);
+            self.settle(now, id);
+        }
+        self.prune(now);
+    }
+
+    /// Who may join `room` (a call room): a member in the call, on the device
+    /// it is in the call on; or with `take_over` naming its participant, on
+    /// any of its devices. Returns the connection to hand over from.
+    pub fn authorize_join(
+        &self,
+        room: &str,
+        account: AccountId,
+        device: DeviceId,
+        take_over: Option<ParticipantId>,
+    ) -> Result<Option<ParticipantId>, CallError> {
+        let Some(call) = self
+            .calls
+            .values()
+            .find(|c| c.room == room && c.state != CallState::Ended)
+        else {
+            return Err(CallError::Forbidden("no such call going on"));
+        };
+        let Some(m) = call
+            .member(account)
+            .filter(|m| m.state == MemberState::Joined)
+        else {
+            return Err(CallError::Forbidden("you are not in this call"));
+        };
+        match take_over {
+            None if m.device_id == Some(device) => Ok(None),
+            None => Err(CallError::Forbidden(
+                "the call is on another of your devices: join with take_over",
+            )),
+            Some(p) if m.participant_id == Some(p) || m.connection == Some(p) => {
+                m.connection.map(Some).ok_or(CallError::Conflict(
+                    "nothing to take over yet: your call has not joined the room",
+                ))
+            }
+            Some(_) => Err(CallError::Forbidden(
+                "take_over must name your own participant in the call",
+            )),
+        }
+    }
+
+    /// A room connection of `account`'s `device` joined `room` as `public`
+    /// (its participant id) on `connection`.
+    pub fn handle_room_joined(
+        &mut self,
+        room: &str,
+        account: AccountId,
+        device: DeviceId,
+        connection: ParticipantId,
+        public: ParticipantId,
+    ) {
+        let Some(call) = self
+            .calls
+            .values_mut()
+            .find(|c| c.room == room && c.state != CallState::Ended)
+        else {
+            return;
+        };
+        let Some(i) = call.index(account) else {
+            return;
+        };
+        let m = &mut call.members[i];
+        if m.state != MemberState::Joined {
+            return;
+        }
+        if m.device_id != Some(device) {
+            m.moves.push(device);
+        }
+        m.previous = match (m.connection, m.device_id) {
+            (Some(c), Some(d)) if public != connection => Some((c, d)),
+            _ => None,
+        };
+        m.device_id = Some(device);
+        m.connection = Some(connection);
+        m.participant_id = Some(public);
+        m.join_deadline = None;
+        let id = call.id;
+        self.changed(id, &[]);
+    }
+
+    /// A room connection ended: if it was a member's, the member left.
+    pub fn handle_room_left(&mut self, now: i64, connection: ParticipantId) {
+        let mut hit = None;
+        for call in self.calls.values_mut() {
+            if call.state == CallState::Ended {
+                continue;
+            }
+            for (i, m) in call.members.iter_mut().enumerate() {
+                if m.previous.map(|p| p.0) == Some(connection) {
+                    // The old connection of a handover: the call goes on.
+                    m.previous = None;
+                    return;
+                }
+                if m.connection == Some(connection) && m.state == MemberState::Joined {
+                    if let Some((prev, dev)) = m.previous.take() {
+                        // A handover that failed: the old device keeps the call.
+                        m.connection = Some(prev);
+                        m.device_id = Some(dev);
+                        m.moves.pop();
+                        hit = Some((call.id, None));
+                    } else {
+                        hit = Some((call.id, Some(i)));
+                    }
+                    break;
+                }
+            }
+            if hit.is_some() {
+                break;
+            }
+        }
+        match hit {
+            Some((id, None)) => self.changed(id, &[]),
+            Some((id, Some(i))) => {
+                let (caller, answered) = self
+                    .calls
+                    .get(&id)
+                    .map(|c| {
+                        (
+                            c.members[i].person.account_id == c.caller,
+                            c.answered_at.is_some(),
+                        )
+                    })
+                    .unwrap_or((false, true));
+                if caller && !answered {
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.cancelled = true;
+                    }
+                    self.end(now, id);
+                } else {
+                    self.leave(now, id, i, false);
+                    self.settle(now, id);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn snapshot(&self, id: CallId) -> Result<Call, CallError> {
+        self.calls.get(&id).cloned().ok_or(CallError::NotFound)
+    }
+
+    /// Pushes `call_updated` to everyone involved (and `extra`).
+    fn changed(&mut self, id: CallId, extra: &[AccountId]) {
+        self.touch(id);
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let snapshot = call.clone();
+        let mut to = call.involved();
+        for a in extra {
+            if !to.contains(a) {
+                to.push(*a);
+            }
+        }
+        self.push_all(&to, || Event::CallUpdated {
+            call: snapshot.clone(),
+        });
+    }
+
+    /// A member in the call leaves it.
+    fn leave(&mut self, now: i64, id: CallId, i: usize, kick: bool) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let outcome = if call.members[i].person.account_id == call.caller {
+            caller_outcome(call)
+        } else {
+            Outcome::Answered
+        };
+        let connection = call.members[i].connection;
+        if kick && let Some(c) = connection {
+            self.out.push_back(Output::Kick(c));
+        }
+        self.finish(now, id, i, outcome, true);
+        self.changed(id, &[]);
+    }
+
+    /// Ends member `i`'s part: state, history record, and (if `tell`) a
+    /// `call_ended` to its devices.
+    fn finish(&mut self, now: i64, id: CallId, i: usize, outcome: Outcome, tell: bool) {
+        self.touch(id);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let m = &mut call.members[i];
+        m.state = ended_state(outcome, m.state);
+        m.ring_deadline = None;
+        m.join_deadline = None;
+        m.connection = None;
+        m.previous = None;
+        let account = m.person.account_id;
+        let record = record(call, i, outcome, now);
+        let snapshot = call.clone();
+        // The callee who did not answer (the caller's record of an
+        // unanswered call says missed too, but nobody missed a call there).
+        if outcome == Outcome::Missed && account != call.caller {
+            self.out.push_back(Output::Notice(Notice::Missed {
+                call: Box::new(snapshot.clone()),
+                account,
+            }));
+        }
+        if tell {
+            self.push(
+                account,
+                Event::CallEnded {
+                    call: snapshot,
+                    outcome,
+                },
+            );
+        }
+        self.out.push_back(Output::Record(record));
+    }
+
+    /// Ends the call if nobody is in it, or at most one person with nobody ringing.
+    fn settle(&mut self, now: i64, id: CallId) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if call.state == CallState::Ended {
+            return;
+        }
+        let joined = call.count(MemberState::Joined);
+        let ringing = call.count(MemberState::Ringing);
+        if joined == 0 || (ringing == 0 && joined <= 1) {
+            self.end(now, id);
+        }
+    }
+
+    /// Ends the call for everyone still in it or ringing.
+    fn end(&mut self, now: i64, id: CallId) {
+        self.touch(id);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.state = CallState::Ended;
+        call.ended_at = Some(now);
+        let caller_first: Vec<usize> = (0..call.members.len()).collect();
+        for i in caller_first {
+            let Some(call) = self.calls.get(&id) else {
+                return;
+            };
+            let m = &call.members[i];
+            let Some(outcome) = ending_outcome(call, m) else {
+                continue;
+            };
+            if let Some(c) = m.connection {
+                self.out.push_back(Output::Kick(c));
+            }
+            self.finish(now, id, i, outcome, true);
+        }
+        if let Some(call) = self.calls.get(&id) {
+            self.out.push_back(Output::Notice(Notice::Ended {
+                call: Box::new(call.clone()),
+            }));
+        }
+    }
+
+    /// The server stops: every call still going on ends (and leaves its history).
+    pub fn handle_shutdown(&mut self, now: i64) {
+        let live: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| c.state != CallState::Ended)
+            .map(|c| c.id)
+            .collect();
+        for id in live {
+            self.end(now, id);
+        }
+    }
+
+    /// Forgets calls that ended long ago.
+    fn prune(&mut self, now: i64) {
+        self.calls
+            .retain(|_, c| c.ended_at.is_none_or(|e| e + KEEP_ENDED_MS > now));
+    }
+}
+
+/// Member `i`'s history entry, its part ending `now` with `outcome`.
+fn record(call: &Call, i: usize, outcome: Outcome, now: i64) -> Record {
+    let m = &call.members[i];
+    let account = m.person.account_id;
+    Record {
+        account_id: account,
+        call_id: call.id,
+        direction: if account == call.caller {
+            Direction::Outgoing
+        } else {
+            Direction::Incoming
+        },
+        video: call.video,
+        participants: call
+            .members
+            .iter()
+            .filter(|o| o.person.account_id != account)
+            .map(|o| o.person.clone())
+            .collect(),
+        started_at: if account == call.caller {
+            call.created_at
+        } else {
+            m.invited_at
+        },
+        answered_at: m.answered_at,
+        ended_at: now,
+        outcome,
+        device_id: m.answered_device,
+        handed_over_to: m.moves.clone(),
+    }
+}
+
+/// Where a member in `state` stands once their part ended with `outcome`.
+fn ended_state(outcome: Outcome, state: MemberState) -> MemberState {
+    match outcome {
+        Outcome::Answered => MemberState::Left,
+        Outcome::Missed => MemberState::Missed,
+        Outcome::Declined => MemberState::Declined,
+        Outcome::Busy => MemberState::Busy,
+        Outcome::Filtered => MemberState::Filtered,
+        Outcome::Cancelled | Outcome::Unavailable if state == MemberState::Joined => {
+            MemberState::Left
+        }
+        Outcome::Cancelled | Outcome::Unavailable => MemberState::Cancelled,
+    }
+}
+
+/// `call` (as kept in an [`OpenCall`]) ended by a crash at `at`: as a
+/// shutdown then would have left it.
+pub fn interrupted(mut call: Call, at: i64) -> Call {
+    call.state = CallState::Ended;
+    call.ended_at = Some(at);
+    for i in 0..call.members.len() {
+        if let Some(outcome) = ending_outcome(&call, &call.members[i]) {
+            call.members[i].state = ended_state(outcome, call.members[i].state);
+        }
+    }
+    call
+}
+
+/// How the call ends for `m` if it ends now (`None`: their part is over).
+fn ending_outcome(call: &Call, m: &Member) -> Option<Outcome> {
+    match m.state {
+        MemberState::Ringing => Some(Outcome::Cancelled),
+        MemberState::Joined if m.person.account_id == call.caller => Some(caller_outcome(call)),
+        MemberState::Joined => Some(Outcome::Answered),
+        _ => None,
+    }
+}
+
+/// The entries of everyone still in (or rung for) a call going on, as if it
+/// ended at the last moment the call itself records.
+fn open_records(call: &Call) -> Vec<Record> {
+    let last = call
+        .members
+        .iter()
+        .flat_map(|m| [Some(m.invited_at), m.answered_at])
+        .flatten()
+        .chain([call.created_at])
+        .max()
+        .unwrap_or(call.created_at);
+    (0..call.members.len())
+        .filter_map(|i| {
+            let outcome = ending_outcome(call, &call.members[i])?;
+            Some(record(call, i, outcome, last))
+        })
+        .collect()
+}
+
+/// How the call went for its caller.
+fn caller_outcome(call: &Call) -> Outcome {
+    if call.answered_at.is_some() {
+        return Outcome::Answered;
+    }
+    if call.cancelled {
+        return Outcome::Cancelled;
+    }
+    let others: Vec<MemberState> = call
+        .members
+        .iter()
+        .filter(|m| m.person.account_id != call.caller)
+        .map(|m| m.state)
+        .collect();
+    for (state, outcome) in [
+        (MemberState::Missed, Outcome::Missed),
+        (MemberState::Declined, Outcome::Declined),
+        (MemberState::Busy, Outcome::Busy),
+        (MemberState::Filtered, Outcome::Unavailable),
+    ] {
+        if others.contains(&state) {
+            return outcome;
+        }
+    }
+    Outcome::Cancelled
+}
+
+#[cfg(test)]
+mod tests;

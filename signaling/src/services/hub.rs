@@ -1,0 +1,246 @@
+//! Who is connected: account -> device -> live connections.
+//!
+//! Device sockets (`/api/v1/ws`) receive pushes (presence, address book
+//! changes, contact requests) through the hub; room sessions joined with an
+//! account token register too, so that revoking a device or disabling an
+//! account closes every connection it has at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::domain::ids::{AccountId, DeviceId};
+
+/// WebSocket close code when the device was signed out (revoked, logged
+/// out, password changed, refresh token reused).
+pub const CLOSE_REVOKED: u16 = 4002;
+/// WebSocket close code when the account was disabled.
+pub const CLOSE_DISABLED: u16 = 4003;
+
+/// How many pushes may wait for one slow connection before it is dropped.
+const QUEUE: usize = 256;
+
+/// A message for one connection.
+#[derive(Debug, Clone)]
+pub enum HubMsg {
+    /// A JSON text to send as is.
+    Event(Arc<str>),
+    /// Send `event` (if any), then close the socket with `code` and `reason`.
+    Close {
+        /// A last JSON message, e.g. `session_revoked`.
+        event: Option<Arc<str>>,
+        /// The WebSocket close code.
+        code: u16,
+        /// The close reason.
+        reason: &'static str,
+    },
+}
+
+/// What a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A device socket: gets pushes.
+    Device,
+    /// A room session (WebSocket, WHIP or WHEP): only closed.
+    Room,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    device: DeviceId,
+    kind: ConnKind,
+    tx: mpsc::Sender<HubMsg>,
+}
+
+/// The registry of live connections; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Hub {
+    conns: Arc<Mutex<HashMap<AccountId, Vec<Conn>>>>,
+    next: Arc<AtomicU64>,
+}
+
+/// Keeps a connection registered; unregisters it when dropped.
+#[derive(Debug)]
+pub struct Registration {
+    hub: Hub,
+    account: AccountId,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.remove(self.account, |c| c.id == self.id);
+    }
+}
+
+impl Hub {
+    /// Registers a connection of `device`; its messages arrive on the receiver.
+    pub fn register(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+        kind: ConnKind,
+    ) -> (Registration, mpsc::Receiver<HubMsg>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.conns.lock() {
+            m.entry(account).or_default().push(Conn {
+                id,
+                device,
+                kind,
+                tx,
+            });
+        }
+        (
+            Registration {
+                hub: self.clone(),
+                account,
+                id,
+            },
+            rx,
+        )
+    }
+
+    fn remove(&self, account: AccountId, pred: impl Fn(&Conn) -> bool) -> Vec<Conn> {
+        let Ok(mut m) = self.conns.lock() else {
+            return Vec::new();
+        };
+        let Some(list) = m.get_mut(&account) else {
+            return Vec::new();
+        };
+        let (gone, kept): (Vec<Conn>, Vec<Conn>) = std::mem::take(list).into_iter().partition(pred);
+        *list = kept;
+        if list.is_empty() {
+            m.remove(&account);
+        }
+        gone
+    }
+
+    /// Pushes `text` to every device socket of `account`. A connection whose
+    /// queue is full is dropped (its socket then closes).
+    pub fn push(&self, account: AccountId, text: &Arc<str>) {
+        let full: Vec<u64> = {
+            let Ok(m) = self.conns.lock() else { return };
+            let Some(list) = m.get(&account) else { return };
+            list.iter()
+                .filter(|c| c.kind == ConnKind::Device)
+                .filter(|c| c.tx.try_send(HubMsg::Event(text.clone())).is_err())
+                .map(|c| c.id)
+                .collect()
+        };
+        if !full.is_empty() {
+            tracing::warn!(%account, dropped = full.len(), "push queue full: dropping slow connections");
+            self.remove(account, |c| full.contains(&c.id));
+        }
+    }
+
+    /// Pushes `text` to the device sockets of several accounts.
+    pub fn push_all(&self, accounts: &[AccountId], text: &Arc<str>) {
+        for a in accounts {
+            self.push(*a, text);
+        }
+    }
+
+    /// Closes every connection of `device` (after sending `event` to its
+    /// device sockets); returns how many there were.
+    pub fn close_device(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+        event: Option<Arc<str>>,
+        code: u16,
+        reason: &'static str,
+    ) -> usize {
+        let gone = self.remove(account, |c| c.device == device);
+        Self::close(gone, event, code, reason)
+    }
+
+    /// Closes every connection of `account`; returns how many there were.
+    pub fn close_account(
+        &self,
+        account: AccountId,
+        event: Option<Arc<str>>,
+        code: u16,
+        reason: &'static str,
+    ) -> usize {
+        let gone = self.remove(account, |_| true);
+        Self::close(gone, event, code, reason)
+    }
+
+    fn close(gone: Vec<Conn>, event: Option<Arc<str>>, code: u16, reason: &'static str) -> usize {
+        for c in &gone {
+            let event = (c.kind == ConnKind::Device)
+                .then(|| event.clone())
+                .flatten();
+            // A full queue drops the sender: the connection closes all the same.
+            let _ = c.tx.try_send(HubMsg::Close {
+                event,
+                code,
+                reason,
+            });
+        }
+        gone.len()
+    }
+
+    /// The devices of `account` with a device socket open.
+    pub fn connected_devices(&self, account: AccountId) -> Vec<DeviceId> {
+        let Ok(m) = self.conns.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<DeviceId> = m
+            .get(&account)
+            .map(|l| {
+                l.iter()
+                    .filter(|c| c.kind == ConnKind::Device)
+                    .map(|c| c.device)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pushes_reach_device_sockets_and_closes_reach_everything() {
+        let hub = Hub::default();
+        let (a, b) = (AccountId(1), AccountId(2));
+        let (_r1, mut phone) = hub.register(a, DeviceId(1), ConnKind::Device);
+        let (_r2, mut room) = hub.register(a, DeviceId(1), ConnKind::Room);
+        let (_r3, mut desk) = hub.register(a, DeviceId(2), ConnKind::Device);
+        let (_r4, mut other) = hub.register(b, DeviceId(3), ConnKind::Device);
+        hub.push(a, &Arc::from("hi"));
+        assert!(matches!(phone.recv().await, Some(HubMsg::Event(t)) if &*t == "hi"));
+        assert!(matches!(desk.recv().await, Some(HubMsg::Event(_))));
+        assert!(room.try_recv().is_err());
+        assert!(other.try_recv().is_err());
+        assert_eq!(hub.connected_devices(a), vec![DeviceId(1), DeviceId(2)]);
+
+        let n = hub.close_device(a, DeviceId(1), Some(Arc::from("bye")), 4001, "revoked");
+        assert_eq!(n, 2);
+        assert!(matches!(
+            phone.recv().await,
+            Some(HubMsg::Close {
+                event: Some(_),
+                code: 4001,
+                ..
+            })
+        ));
+        assert!(matches!(
+            room.recv().await,
+            Some(HubMsg::Close { event: None, .. })
+        ));
+        assert_eq!(hub.connected_devices(a), vec![DeviceId(2)]);
+        drop(_r3);
+        assert!(hub.connected_devices(a).is_empty());
+        assert_eq!(hub.close_account(b, None, 4002, "disabled"), 1);
+    }
+}

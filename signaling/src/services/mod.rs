@@ -1,0 +1,14 @@
+//! The services: what the transports use and the server wires together.
+//! Each owns its state (the store, a task, a registry) and answers with its
+//! own error type; none knows of HTTP or WebSockets.
+
+pub mod auth;
+pub mod calls;
+pub mod hub;
+pub mod metrics;
+pub mod password;
+pub mod presence;
+pub mod rate_limit;
+pub mod store;
+pub mod token;
+pub mod webhook;

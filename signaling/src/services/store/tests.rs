@@ -1,0 +1,441 @@
+//! The store against SQLite: in memory, and a file with concurrent writers.
+
+use super::*;
+use crate::domain::account::Role;
+use crate::domain::call::state::Invitee;
+use crate::domain::call::{Calls, OpenCall, Output, Person};
+use crate::domain::contact::{ContactBody, ContactFields, ContactFilter};
+use crate::domain::device::DeviceKind;
+use crate::domain::ids::{AccountId, CallId, ContactId, DeviceId};
+
+fn fields(name: &str) -> ContactFields {
+    ContactBody {
+        version: None,
+        display_name: name.into(),
+        phones: vec![],
+        emails: vec![],
+        groups: vec!["work".into()],
+        linked_account: None,
+        linked_username: None,
+        favorite: false,
+        notes: String::new(),
+    }
+    .validate()
+    .expect("valid")
+}
+
+async fn account(s: &Store, name: &str) -> AccountId {
+    s.create_account(name, name, "hash", &[Role::User], 1)
+        .await
+        .expect("create")
+        .id
+}
+
+#[tokio::test]
+async fn revisions_versions_and_tombstones() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    assert!(matches!(
+        s.create_account("ann", "x", "h", &[Role::User], 1).await,
+        Err(StoreError::Conflict)
+    ));
+    let c1 = s.create_contact(a, &fields("Carl"), 10).await.expect("c1");
+    let c2 = s.create_contact(a, &fields("Dora"), 11).await.expect("c2");
+    assert_eq!((c1.version, c1.revision, c2.revision), (1, 1, 2));
+    // Another account's book has its own revisions and sees nothing of a's.
+    let other = s.create_contact(b, &fields("Eve"), 12).await.expect("b's");
+    assert_eq!(other.revision, 1);
+    assert!(s.contact(b, c1.id).await.expect("read").is_none());
+    assert!(matches!(
+        s.update_contact(b, c1.id, 1, &fields("X"), 13).await,
+        Err(ContactWriteError::NotFound)
+    ));
+
+    let c1b = s
+        .update_contact(a, c1.id, 1, &fields("Carl B"), 20)
+        .await
+        .expect("update");
+    assert_eq!((c1b.version, c1b.revision), (2, 3));
+    // A stale update changes nothing, not even the revision.
+    match s.update_contact(a, c1.id, 1, &fields("Lost"), 21).await {
+        Err(ContactWriteError::Stale { based_on, current }) => {
+            assert_eq!(based_on, 1);
+            assert_eq!(*current, c1b);
+        }
+        other => panic!("expected Stale, got {other:?}"),
+    }
+    assert_eq!(s.contacts_revision(a).await.expect("rev"), 3);
+    let t = s.delete_contact(a, c2.id, None, 30).await.expect("delete");
+    assert!(t.deleted && t.fields.is_none());
+    assert_eq!((t.version, t.revision), (2, 4));
+    assert!(matches!(
+        s.delete_contact(a, c2.id, None, 31).await,
+        Err(ContactWriteError::NotFound)
+    ));
+
+    let page = s.contact_changes(a, 2, 100).await.expect("changes");
+    assert_eq!(page.revision, 4);
+    let ids: Vec<(ContactId, bool)> = page.changes.iter().map(|c| (c.id, c.deleted)).collect();
+    assert_eq!(ids, vec![(c1.id, false), (c2.id, true)]);
+    // From 0: live entries only.
+    let full = s.contact_changes(a, 0, 100).await.expect("full");
+    assert_eq!(full.changes.len(), 1);
+    // Paging: one at a time.
+    let p1 = s.contact_changes(a, 2, 1).await.expect("page");
+    assert!(p1.has_more);
+    assert_eq!(p1.revision, 3);
+    let p2 = s.contact_changes(a, p1.revision, 1).await.expect("page");
+    assert!(!p2.has_more);
+    assert_eq!(p2.revision, 4);
+
+    let (list, rev) = s
+        .list_contacts(
+            a,
+            &ContactFilter {
+                q: Some("carl".into()),
+                favorite: None,
+                group: Some("work".into()),
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!((list.len(), rev), (1, 4));
+
+    // Linking a missing account is refused; linking a real one shows its username.
+    let mut linked = fields("Bob");
+    linked.linked_account = Some(AccountId(999));
+    assert!(matches!(
+        s.create_contact(a, &linked, 40).await,
+        Err(ContactWriteError::NoSuchLinkedAccount)
+    ));
+    linked.linked_account = Some(b);
+    let l = s.create_contact(a, &linked, 41).await.expect("linked");
+    assert_eq!(l.linked_username.as_deref(), Some("bob"));
+}
+
+#[tokio::test]
+async fn devices_refresh_tokens_and_links() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    let d = s
+        .create_device(a, DeviceKind::Phone, "Pixel", 5)
+        .await
+        .expect("device");
+    assert_eq!(
+        s.session_state(a, d.id).await.expect("state"),
+        SessionState::Active
+    );
+    assert_eq!(
+        s.session_state(b, d.id).await.expect("state"),
+        SessionState::Unknown
+    );
+    s.insert_refresh_token(d.id, b"t1", 1000)
+        .await
+        .expect("insert");
+    assert_eq!(
+        s.rotate_refresh_token(b"t1", b"t2", 2000, 10)
+            .await
+            .expect("rotate"),
+        RefreshOutcome::Rotated {
+            account: a,
+            device: d.id
+        }
+    );
+    assert_eq!(
+        s.rotate_refresh_token(b"t1", b"t3", 2000, 11)
+            .await
+            .expect("reuse"),
+        RefreshOutcome::Reused {
+            account: a,
+            device: d.id
+        }
+    );
+    assert_eq!(
+        s.rotate_refresh_token(b"t2", b"t4", 3000, 2000)
+            .await
+            .expect("expired"),
+        RefreshOutcome::Invalid
+    );
+    assert!(s.revoke_device(a, d.id, 50).await.expect("revoke"));
+    assert!(!s.revoke_device(a, d.id, 51).await.expect("again"));
+    assert_eq!(
+        s.session_state(a, d.id).await.expect("state"),
+        SessionState::Revoked
+    );
+    assert!(s.devices(a).await.expect("list").is_empty());
+
+    use crate::domain::link::RequestOutcome;
+    let r = match s.create_request(a, b, "hi", 60).await.expect("request") {
+        RequestOutcome::Pending(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        s.create_request(a, b, "again", 61).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        s.accept_request(r.id, a, 62)
+            .await
+            .expect("wrong side")
+            .is_none()
+    );
+    assert!(
+        s.accept_request(r.id, b, 62)
+            .await
+            .expect("accept")
+            .is_some()
+    );
+    assert!(s.is_mutual(b, a).await.expect("mutual"));
+    assert_eq!(s.mutual_ids(a).await.expect("ids"), vec![b]);
+    assert!(matches!(
+        s.create_request(b, a, "", 63).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(s.remove_mutual(b, a).await.expect("remove"));
+    // Crossed requests link at once.
+    assert!(matches!(
+        s.create_request(a, b, "", 64).await,
+        Ok(RequestOutcome::Pending(_))
+    ));
+    assert!(matches!(
+        s.create_request(b, a, "", 65).await,
+        Ok(RequestOutcome::Mutual)
+    ));
+    assert!(s.is_mutual(a, b).await.expect("mutual"));
+}
+
+#[tokio::test]
+async fn devices_whose_sessions_ran_out_are_found_and_their_tokens_dropped() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let device = |label: &'static str, at: i64| {
+        let s = &s;
+        async move {
+            s.create_device(a, DeviceKind::Web, label, at)
+                .await
+                .expect("device")
+                .id
+        }
+    };
+    // Idle since 100; its token expired at 500.
+    let gone = device("gone", 100).await;
+    s.insert_refresh_token(gone, b"g1", 500)
+        .await
+        .expect("token");
+    // Idle as long, but its token is good until 5000.
+    let kept = device("kept", 100).await;
+    s.insert_refresh_token(kept, b"k1", 5000)
+        .await
+        .expect("token");
+    // Its unused token expired, a used one is still "valid" (kept for reuse
+    // detection only): it cannot refresh either.
+    let used = device("used", 100).await;
+    s.insert_refresh_token(used, b"u1", 400)
+        .await
+        .expect("token");
+    s.insert_refresh_token(used, b"u0", 5000)
+        .await
+        .expect("token");
+    sqlx::query("UPDATE refresh_tokens SET rotated_at = 90 WHERE token_hash = ?")
+        .bind(&b"u0"[..])
+        .execute(&s.pool)
+        .await
+        .expect("mark used");
+    // Recently active (a login just now, its token not stored yet).
+    let fresh = device("fresh", 950).await;
+    // Already revoked.
+    let revoked = device("revoked", 100).await;
+    s.revoke_device(a, revoked, 200).await.expect("revoke");
+
+    let found = s.expired_devices(1000, 900).await.expect("expired");
+    assert_eq!(found, vec![(a, gone), (a, used)]);
+    let _ = (kept, fresh);
+    assert_eq!(
+        s.delete_expired_refresh_tokens(1000).await.expect("delete"),
+        2
+    );
+    // The kept device still refreshes.
+    assert!(matches!(
+        s.rotate_refresh_token(b"k1", b"k2", 9000, 1000).await,
+        Ok(RefreshOutcome::Rotated { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_on_a_file_queue_and_one_edit_wins() {
+    let dir = std::env::temp_dir().join(format!("vela-store-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("concurrent.sqlite");
+    let _ = std::fs::remove_file(&path);
+    let s = Store::open(path.to_str().expect("utf-8"))
+        .await
+        .expect("open");
+    let a = account(&s, "ann").await;
+    let c = s
+        .create_contact(a, &fields("Base"), 1)
+        .await
+        .expect("create");
+    // Twenty concurrent edits of version 1: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.update_contact(a, c.id, 1, &fields(&format!("Edit {i}")), 2)
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(_) => won += 1,
+            Err(ContactWriteError::Stale { current, .. }) => assert_eq!(current.version, 2),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(s.contacts_revision(a).await.expect("rev"), 2);
+    // And twenty concurrent creates all land, with distinct revisions.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_contact(a, &fields(&format!("New {i}")), 3).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("create");
+    }
+    assert_eq!(s.contacts_revision(a).await.expect("rev"), 22);
+    s.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Call `id` from `a` to `b` placed at `at` (and answered at `answered`),
+/// as the calls machine keeps it.
+fn open_call(id: i64, a: AccountId, b: AccountId, at: i64, answered: Option<i64>) -> OpenCall {
+    let minute = std::time::Duration::from_secs(60);
+    let mut calls = Calls::new(CallId(id), minute, minute, 8);
+    let person = |x: AccountId| Person {
+        account_id: x,
+        username: format!("u{}", x.0),
+        display_name: String::new(),
+    };
+    let invitee = Invitee {
+        person: person(b),
+        filtered: false,
+    };
+    calls
+        .handle_invite(at, person(a), DeviceId(1), vec![invitee], false)
+        .expect("invite");
+    if let Some(t) = answered {
+        calls
+            .handle_accept(t, CallId(id), b, DeviceId(2), None)
+            .expect("accept");
+    }
+    std::iter::from_fn(|| calls.poll_output())
+        .filter_map(|o| match o {
+            Output::Journal(_, Some(open)) => Some(*open),
+            _ => None,
+        })
+        .last()
+        .expect("journaled")
+}
+
+#[tokio::test]
+async fn calls_a_crash_left_open_become_history_once() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    // Call 7: answered at 1 500; call 8 rang, was kept twice, then ended
+    // normally (its row removed).
+    s.put_open_call(CallId(7), &open_call(7, a, b, 1_000, Some(1_500)), 1_600)
+        .await
+        .expect("put");
+    let ringing = open_call(8, a, b, 2_000, None);
+    s.put_open_call(CallId(8), &ringing, 2_000)
+        .await
+        .expect("put");
+    s.put_open_call(CallId(8), &ringing, 2_100)
+        .await
+        .expect("replace");
+    s.remove_open_call(CallId(8)).await.expect("remove");
+    // Call 9: Bob's entry was stored, then the crash came before the row went.
+    let nine = open_call(9, a, b, 3_000, Some(3_100));
+    s.put_open_call(CallId(9), &nine, 3_100).await.expect("put");
+    let bobs = nine
+        .records
+        .iter()
+        .find(|r| r.account_id == b)
+        .expect("bob's");
+    s.add_call_record(bobs).await.expect("stored");
+    assert_eq!(s.next_call_id().await.expect("next"), CallId(10));
+    s.mark_alive(60_000).await.expect("alive");
+
+    let calls = s.recover_open_calls(100_000).await.expect("recover");
+    // Calls 7 and 9, ended at the last heartbeat; of call 9 only Ann's entry.
+    let ids: Vec<CallId> = calls.iter().map(|c| c.call.id).collect();
+    assert_eq!(ids, vec![CallId(7), CallId(9)]);
+    assert!(calls.iter().all(|c| c.ended_at == 60_000));
+    assert_eq!(calls[0].stored.len(), 2);
+    assert!(calls[0].stored.iter().all(|r| r.duration_ms == 58_500));
+    assert_eq!(calls[1].stored.len(), 1);
+    assert_eq!(calls[1].stored[0].record.account_id, a);
+    assert_eq!(s.call_history(a, None, 10).await.expect("history").len(), 2);
+    assert_eq!(s.call_history(b, None, 10).await.expect("history").len(), 2);
+    // Nothing is left to recover; the ids stay past every call.
+    assert!(
+        s.recover_open_calls(200_000)
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    assert_eq!(s.next_call_id().await.expect("next"), CallId(10));
+}
+
+#[tokio::test]
+async fn an_open_call_ends_no_later_than_the_restart() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    // A heartbeat from a clock that was ahead: the call still ends by `now`,
+    // and never before it was answered.
+    s.mark_alive(90_000).await.expect("alive");
+    s.put_open_call(CallId(1), &open_call(1, a, b, 1_000, Some(5_000)), 5_000)
+        .await
+        .expect("put");
+    let calls = s.recover_open_calls(20_000).await.expect("recover");
+    assert_eq!(calls[0].ended_at, 20_000);
+    assert_eq!(calls[0].stored[0].record.ended_at, 20_000);
+    s.put_open_call(CallId(2), &open_call(2, a, b, 30_000, Some(40_000)), 40_000)
+        .await
+        .expect("put");
+    let calls = s.recover_open_calls(20_000).await.expect("recover");
+    assert_eq!(calls[0].ended_at, 40_000);
+    assert_eq!(calls[0].stored[0].record.ended_at, 40_000);
+}
+
+#[tokio::test]
+async fn accounts_present_at_a_crash_get_a_last_seen_time() {
+    let s = Store::open(":memory:").await.expect("open");
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    let c = account(&s, "cat").await;
+    // Ann came online before the last heartbeat, Bob after it; Cat went
+    // offline normally.
+    s.set_present(a, 1_000).await.expect("present");
+    s.set_present(b, 8_000).await.expect("present");
+    s.set_present(c, 1_000).await.expect("present");
+    s.set_last_seen(c, 2_000).await.expect("offline");
+    s.mark_alive(5_000).await.expect("alive");
+    assert_eq!(s.recover_presence(50_000).await.expect("recover"), 2);
+    let seen = |x| {
+        let s = s.clone();
+        async move { s.presence(x).await.expect("read").last_seen_at }
+    };
+    assert_eq!(seen(a).await, Some(5_000));
+    assert_eq!(seen(b).await, Some(8_000));
+    assert_eq!(seen(c).await, Some(2_000));
+    assert_eq!(s.recover_presence(60_000).await.expect("again"), 0);
+}

@@ -1,0 +1,544 @@
+//! The server API for integrations (LiveKit's RoomService, as REST):
+//! rooms, their participants, moderation, data messages and join tokens.
+//!
+//! Authorised by a JWT signed with the API key and secret carrying admin
+//! grants: `roomCreate` (create, delete), `roomList` (list, get), and
+//! `roomAdmin` for the token's `room` (participants, tracks, data, tokens);
+//! or an account access token with `rooms:admin` (every grant, every room).
+//! No token: 401; the wrong grant: 403.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use vela_media::core::{
+    DataMessage, ParticipantInfo, Permissions, RoomId, RoomInfo, RoomOptions, SignalError, TrackId,
+};
+
+use super::Body;
+use crate::domain::account::PERM_ROOMS_ADMIN;
+use crate::services::token::{Credential, VideoGrant};
+use crate::transports::auth::bearer;
+use crate::transports::error::ApiError;
+use crate::transports::state::AppState;
+
+/// The empty timeout of a room created without one (LiveKit's default).
+const DEFAULT_EMPTY_TIMEOUT_SECS: u64 = 300;
+/// The longest empty timeout (a week).
+const MAX_EMPTY_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// The longest room metadata.
+const MAX_METADATA: usize = 4096;
+/// The longest lifetime of a minted token (a day).
+const MAX_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+/// The admin grants of a server API request.
+#[derive(Debug, Clone)]
+pub(crate) struct Admin {
+    create: bool,
+    list: bool,
+    /// `None`: every room (an admin account); else the token's room.
+    admin_of: Option<Option<String>>,
+    /// A room token's own grants and expiry: what a token it mints may
+    /// carry at most. `None` for an admin account.
+    own: Option<OwnGrants>,
+}
+
+/// What a room token used on the server API may itself do.
+#[derive(Debug, Clone, Copy)]
+struct OwnGrants {
+    publish: bool,
+    subscribe: bool,
+    publish_data: bool,
+    /// Its expiry, seconds since the epoch.
+    exp: u64,
+}
+
+impl Admin {
+    fn all() -> Self {
+        Admin {
+            create: true,
+            list: true,
+            admin_of: Some(None),
+            own: None,
+        }
+    }
+
+    fn require_create(&self) -> Result<(), ApiError> {
+        if self.create {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("needs the roomCreate grant"))
+        }
+    }
+
+    fn require_list(&self) -> Result<(), ApiError> {
+        if self.list {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("needs the roomList grant"))
+        }
+    }
+
+    fn require_admin(&self, room: &RoomId) -> Result<(), ApiError> {
+        match &self.admin_of {
+            Some(None) => Ok(()),
+            Some(Some(r)) if r == room.as_str() => Ok(()),
+            _ => Err(ApiError::forbidden(format!(
+                "needs the roomAdmin grant for room {room}"
+            ))),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?;
+        match state.keys.verify_credential(token)? {
+            Credential::Room(c) => Ok(Admin {
+                create: c.video.room_create,
+                list: c.video.room_list,
+                // roomAdmin applies to the token's room only; without one, to none.
+                admin_of: c
+                    .video
+                    .room_admin
+                    .then(|| Some(c.video.room.clone().unwrap_or_default())),
+                own: Some(OwnGrants {
+                    publish: c.can_publish(),
+                    subscribe: c.can_subscribe(),
+                    publish_data: c.can_publish_data(),
+                    exp: c.exp,
+                }),
+            }),
+            Credential::Access(_) => {
+                let claims = state.authenticate(token).await?;
+                if claims.has(PERM_ROOMS_ADMIN) {
+                    Ok(Admin::all())
+                } else {
+                    Err(ApiError::forbidden(format!(
+                        "needs the {PERM_ROOMS_ADMIN} permission"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+fn room_id(raw: &str) -> Result<RoomId, ApiError> {
+    RoomId::new(raw).map_err(|e| ApiError::invalid("room", e.to_string()))
+}
+
+fn no_room(room: &RoomId) -> ApiError {
+    ApiError::not_found(format!("no room {room}"))
+}
+
+/// Maps the core's refusal to the API's error.
+fn refused(e: SignalError) -> ApiError {
+    ApiError::from(vela_media::MediaError::from(e))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateRoom {
+    name: String,
+    #[serde(default)]
+    max_participants: Option<u32>,
+    /// Seconds; 0 closes the room as its last participant leaves.
+    #[serde(default)]
+    empty_timeout: Option<u64>,
+    #[serde(default)]
+    metadata: Option<String>,
+}
+
+/// `POST /api/v1/rooms`: opens a room (or returns the existing one).
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    admin: Admin,
+    Body(body): Body<CreateRoom>,
+) -> Result<Json<RoomInfo>, ApiError> {
+    admin.require_create()?;
+    let room =
+        room_id(&body.name).map_err(|_| ApiError::invalid("name", "is not a valid room name"))?;
+    if crate::domain::call::is_call_room(room.as_str()) {
+        return Err(ApiError::invalid(
+            "name",
+            "rooms named call-* belong to calls",
+        ));
+    }
+    let max_participants = body.max_participants.unwrap_or(0);
+    if max_participants > 100_000 {
+        return Err(ApiError::invalid(
+            "max_participants",
+            "must be at most 100000",
+        ));
+    }
+    let empty_timeout = body.empty_timeout.unwrap_or(DEFAULT_EMPTY_TIMEOUT_SECS);
+    if empty_timeout > MAX_EMPTY_TIMEOUT_SECS {
+        return Err(ApiError::invalid(
+            "empty_timeout",
+            format!("must be at most {MAX_EMPTY_TIMEOUT_SECS} seconds"),
+        ));
+    }
+    let metadata = body.metadata.unwrap_or_default();
+    if metadata.len() > MAX_METADATA {
+        return Err(ApiError::invalid(
+            "metadata",
+            format!("must be at most {MAX_METADATA} bytes"),
+        ));
+    }
+    let options = RoomOptions {
+        max_participants,
+        empty_timeout: (empty_timeout > 0).then(|| Duration::from_secs(empty_timeout)),
+        metadata,
+    };
+    let info = state
+        .media
+        .with_room(&room.clone(), move |sfu, now| {
+            sfu.handle_create_room(now, room, options)
+        })
+        .await?;
+    Ok(Json(info))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Comma-separated room names to list; absent: all.
+    #[serde(default)]
+    names: Option<String>,
+}
+
+/// `GET /api/v1/rooms?names=a,b`: open rooms.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    admin: Admin,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin.require_list()?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // Each shard has its rooms; listed together, by name.
+    let mut rooms: Vec<_> = state
+        .media
+        .with_each(|sfu, _| sfu.rooms())
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    rooms.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(names) = q.names.filter(|n| !n.is_empty()) {
+        let names: Vec<&str> = names.split(',').map(str::trim).collect();
+        rooms.retain(|r| names.contains(&r.name.as_str()));
+    }
+    Ok(Json(serde_json::json!({ "rooms": rooms })))
+}
+
+/// `GET /api/v1/rooms/{room}`.
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(room): Path<String>,
+) -> Result<Json<RoomInfo>, ApiError> {
+    let room = room_id(&room)?;
+    if admin.require_list().is_err() {
+        admin.require_admin(&room)?;
+    }
+    let r = room.clone();
+    let info = state
+        .media
+        .with_room(&room, move |sfu, _| sfu.room_info(&r))
+        .await?;
+    info.map(Json).ok_or_else(|| no_room(&room))
+}
+
+/// `DELETE /api/v1/rooms/{room}`: everyone in it leaves (`room_deleted`).
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    admin.require_create()?;
+    let room = room_id(&room)?;
+    let r = room.clone();
+    let found = state
+        .media
+        .with_room(&room, move |sfu, now| sfu.handle_delete_room(now, &r))
+        .await?;
+    if !found {
+        return Err(no_room(&room));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/v1/rooms/{room}/participants`.
+pub(crate) async fn participants(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let room = room_id(&room)?;
+    admin.require_admin(&room)?;
+    let r = room.clone();
+    let list = state
+        .media
+        .with_room(&room, move |sfu, _| {
+            sfu.room_info(&r).map(|_| sfu.participants(&r))
+        })
+        .await?
+        .ok_or_else(|| no_room(&room))?;
+    Ok(Json(serde_json::json!({ "participants": list })))
+}
+
+/// `GET /api/v1/rooms/{room}/participants/{identity}`.
+pub(crate) async fn participant(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((room, identity)): Path<(String, String)>,
+) -> Result<Json<ParticipantInfo>, ApiError> {
+    let room = room_id(&room)?;
+    admin.require_admin(&room)?;
+    let r = room.clone();
+    let who = identity.clone();
+    let (exists, info) = state
+        .media
+        .with_room(&room, move |sfu, _| {
+            (sfu.room_info(&r).is_some(), sfu.participant(&r, &who))
+        })
+        .await?;
+    if !exists {
+        return Err(no_room(&room));
+    }
+    info.map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no participant {identity} in {room}")))
+}
+
+/// `DELETE /api/v1/rooms/{room}/participants/{identity}`: removes it
+/// (`left` with reason `removed`).
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((room, identity)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let room = room_id(&room)?;
+    admin.require_admin(&room)?;
+    state
+        .media
+        .with_room(&room.clone(), move |sfu, now| {
+            sfu.handle_remove_participant(now, &room, &identity)
+        })
+        .await?
+        .map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateParticipant {
+    permission: PermissionBody,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermissionBody {
+    #[serde(default)]
+    can_publish: Option<bool>,
+    #[serde(default)]
+    can_subscribe: Option<bool>,
+    #[serde(default)]
+    can_publish_data: Option<bool>,
+}
+
+/// `PATCH /api/v1/rooms/{room}/participants/{identity}`: changes its
+/// permissions at once (fields left out keep their value).
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((room, identity)): Path<(String, String)>,
+    Body(body): Body<UpdateParticipant>,
+) -> Result<Json<ParticipantInfo>, ApiError> {
+    let room = room_id(&room)?;
+    admin.require_admin(&room)?;
+    let p = body.permission;
+    let info = state
+        .media
+        .with_room(&room.clone(), move |sfu, now| {
+            let current = sfu
+                .participant(&room, &identity)
+                .ok_or(SignalError::UnknownParticipant)?
+                .permissions;
+            let new = Permissions {
+                publish: p.can_publish.unwrap_or(current.publish),
+                subscribe: p.can_subscribe.unwrap_or(current.subscribe),
+                publish_data: p.can_publish_data.unwrap_or(current.publish_data),
+            };
+            sfu.handle_update_permissions(now, &room, &identity, new)
+        })
+        .await?
+        .map_err(refused)?;
+    Ok(Json(info))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MuteBody {
+    muted: bool,
+}
+
+/// `POST /api/v1/rooms/{room}/participants/{identity}/tracks/{track}/mute`:
+/// mutes or unmutes a published track for everyone.
+pub(crate) async fn mute(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((room, identity, track)): Path<(String, String, String)>,
+    Body(body): Body<MuteBody>,
+) -> Result<Json<vela_media::core::TrackInfo>, ApiError> {
+    let room = room_id(&room)?;
+    admin.require_admin(&room)?;
+    let track: TrackId = track
+        .parse()
+        .map_err(|_| ApiError::not_found("no such track"))?;
+    let info = state
+        .media
+        .with_room(&room.clone(), move |sfu, _| {
+            sfu.handle_mute_track(&room, &identity, track, body.muted)
+        })
+        .await?
+        .map_err(refused)?;
+    Ok(Json(info))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DataBody {
+    /// Base64.
+    payload: String,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    destination_identities: Vec<String>,
+}
+
+/// `POST /api/v1/rooms/{room}/data`: a data message from the server to
+/// everyone in the room, or to the named identities.
+pub(crate) async fn send_data(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(room): Path<String>,
+    Body(body): Body<DataBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let room = room_id(&room)?;
+    admin.require_admin(&room)?;
+    if body.topic.as_ref().is_some_and(|t| t.len() > 256) {
+        return Err(ApiError::invalid("topic", "must be at most 256 bytes"));
+    }
+    let message = DataMessage {
+        payload: crate::transports::room_socket::decode_payload(&body.payload)?,
+        topic: body.topic.filter(|t| !t.is_empty()).map(Into::into),
+        destinations: body.destination_identities,
+    };
+    let n = state
+        .media
+        .with_room(&room.clone(), move |sfu, _| {
+            sfu.handle_data(&room, None, message)
+        })
+        .await?
+        .map_err(refused)?;
+    Ok(Json(serde_json::json!({ "recipients": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenBody {
+    identity: String,
+    room: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    can_publish: Option<bool>,
+    #[serde(default)]
+    can_subscribe: Option<bool>,
+    #[serde(default)]
+    can_publish_data: Option<bool>,
+    #[serde(default)]
+    room_admin: Option<bool>,
+}
+
+/// A grant the minted token asks for (`None`: the default, allowed), capped
+/// by the minting token's own: asking for more than it has is refused.
+fn capped(field: &str, asked: Option<bool>, own: bool) -> Result<bool, ApiError> {
+    match asked {
+        Some(true) if !own => Err(ApiError::forbidden(format!(
+            "{field}: cannot grant what the token itself lacks"
+        ))),
+        Some(v) => Ok(v && own),
+        None => Ok(own),
+    }
+}
+
+/// `POST /api/v1/tokens`: a join token for an identity with no account here.
+pub(crate) async fn mint_token(
+    State(state): State<AppState>,
+    admin: Admin,
+    Body(body): Body<TokenBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let room = room_id(&body.room)?;
+    if admin.require_create().is_err() {
+        admin.require_admin(&room)?;
+    }
+    if body.identity.is_empty() || body.identity.chars().count() > 128 {
+        return Err(ApiError::invalid("identity", "must be 1 to 128 characters"));
+    }
+    if body.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
+        return Err(ApiError::invalid("name", "must be at most 128 characters"));
+    }
+    let mut ttl = body.ttl_secs.unwrap_or(state.config.auth.token_ttl_secs);
+    if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
+        return Err(ApiError::invalid(
+            "ttl_secs",
+            format!("must be between 1 and {MAX_TOKEN_TTL_SECS}"),
+        ));
+    }
+    let room_admin = body.room_admin.unwrap_or(false);
+    if room_admin {
+        // roomCreate alone does not make its holder a moderator.
+        admin.require_admin(&room)?;
+    }
+    let mut grant = VideoGrant {
+        room: Some(room.to_string()),
+        room_join: true,
+        can_publish: body.can_publish,
+        can_subscribe: body.can_subscribe,
+        can_publish_data: body.can_publish_data,
+        room_admin,
+        ..VideoGrant::default()
+    };
+    // A token minted with a room token carries no more than that token:
+    // its grants, and an expiry no later than its own.
+    if let Some(own) = admin.own {
+        grant.can_publish = Some(capped("can_publish", body.can_publish, own.publish)?);
+        grant.can_subscribe = Some(capped("can_subscribe", body.can_subscribe, own.subscribe)?);
+        grant.can_publish_data = Some(capped(
+            "can_publish_data",
+            body.can_publish_data,
+            own.publish_data,
+        )?);
+        let left = own.exp.saturating_sub(crate::services::token::now_secs());
+        if left == 0 {
+            return Err(ApiError::unauthorized("the token has expired"));
+        }
+        ttl = ttl.min(left);
+    }
+    let token = state.keys.issue(
+        &body.identity,
+        body.name.as_deref(),
+        grant,
+        Duration::from_secs(ttl),
+    )?;
+    Ok(Json(serde_json::json!({ "token": token, "ttl_secs": ttl })))
+}

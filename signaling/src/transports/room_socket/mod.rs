@@ -1,0 +1,959 @@
+//! A signaling session: one WebSocket per participant (docs/protocol.md).
+
+pub(crate) mod protocol;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use vela_media::SignalReceiver;
+use vela_media::core::{
+    Joined, LeaveReason, ParticipantId, ParticipantInfo, PeerKind, RoomId, SdpAnswer, SdpOffer,
+    Signal, TrackSettings,
+};
+
+use crate::domain::ids::{AccountId, DeviceId};
+use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
+use crate::services::rate_limit::TokenBucket;
+use crate::services::token::Credential;
+use crate::transports::error::ApiError;
+use crate::transports::room_socket::protocol::{
+    ClientMessage, ServerMessage, SpeakerEntry, parse_kind,
+};
+use crate::transports::state::AppState;
+
+/// Initial read buffer of a signaling WebSocket (tungstenite's advice for
+/// many mostly idle connections).
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// Most bytes a WebSocket may have written but not yet sent.
+const WS_MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// How long one message may take to be written to a socket: a client that
+/// reads slower than that is dropped rather than hold its task.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The limits both WebSockets (`/ws` and `/api/v1/ws`) share.
+pub(crate) fn limited(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+    let limit = state.config.limits.max_message_bytes;
+    // tungstenite's default read buffer is 128 KiB, allocated and zero-filled
+    // per socket: half the memory of an idle participant. Messages are
+    // small; the buffer grows for a large SDP, up to the message limit.
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER.max(limit * 2))
+}
+
+/// How long a new socket may take to authenticate (`join`, `resume`, `auth`).
+pub(crate) fn auth_timeout(state: &AppState) -> Duration {
+    Duration::from_millis(state.config.server.auth_timeout_ms)
+}
+
+/// `GET /ws`: upgrades to a signaling session.
+pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let tracker = state.sessions.clone();
+    limited(ws, &state).on_upgrade(move |socket| tracker.track_future(run(state, socket)))
+}
+
+/// Sends a text message within [`WRITE_TIMEOUT`]; `false` when the socket
+/// is gone or too slow.
+pub(crate) async fn send_text(ws: &mut WebSocket, text: String) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn send(ws: &mut WebSocket, msg: &ServerMessage<'_>) -> bool {
+    match serde_json::to_string(msg) {
+        Ok(text) => send_text(ws, text).await,
+        Err(_) => false,
+    }
+}
+
+async fn send_error(ws: &mut WebSocket, code: u16, message: &str) -> bool {
+    send(ws, &ServerMessage::Error { code, message }).await
+}
+
+/// Sends a close frame.
+pub(crate) async fn close(ws: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame)).await;
+}
+
+/// Reads the next text message; `Err` carries a close code and reason.
+pub(crate) async fn next_text(ws: &mut WebSocket) -> Result<Option<String>, (u16, &'static str)> {
+    loop {
+        match ws.recv().await {
+            None | Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
+            Some(Ok(Message::Binary(_))) => {
+                return Err((1003, "binary messages are not supported"));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                let too_big = e.to_string().to_lowercase().contains("too long")
+                    || e.to_string().to_lowercase().contains("size");
+                return Err(if too_big {
+                    (1009, "message too big")
+                } else {
+                    (1002, "protocol error")
+                });
+            }
+        }
+    }
+}
+
+async fn run(state: AppState, mut ws: WebSocket) {
+    // The first message must be `join` (or `resume`).
+    let first = match tokio::time::timeout(auth_timeout(&state), next_text(&mut ws)).await {
+        Err(_) => return close(&mut ws, 1008, "join expected").await,
+        Ok(Err((code, reason))) => return close(&mut ws, code, reason).await,
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(t))) => t,
+    };
+    if let Ok(ClientMessage::Resume {
+        participant_id,
+        resume_token,
+    }) = serde_json::from_str::<ClientMessage>(&first)
+    {
+        return resume(&state, ws, &participant_id, &resume_token).await;
+    }
+    let joined = match join(&state, &first).await {
+        Ok(j) => j,
+        Err(e) => {
+            send_error(&mut ws, e.status.as_u16(), &e.message).await;
+            return close(&mut ws, 1008, "join refused").await;
+        }
+    };
+    let id = joined.1.connection;
+    let span = tracing::info_span!("session", room = %joined.0, participant = %id);
+    serve(state, ws, joined).instrument(span).await;
+}
+
+/// Sessions a new socket may take over with `resume`, by the participant id
+/// the client knows.
+#[derive(Clone, Default)]
+pub(crate) struct Resumable(Arc<Mutex<HashMap<ParticipantId, ResumeEntry>>>);
+
+struct ResumeEntry {
+    connection: ParticipantId,
+    token: String,
+    tx: mpsc::Sender<WebSocket>,
+}
+
+impl Resumable {
+    fn insert(&self, participant: ParticipantId, entry: ResumeEntry) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(participant, entry);
+        }
+    }
+
+    fn remove(&self, participant: ParticipantId, connection: ParticipantId) {
+        if let Ok(mut m) = self.0.lock()
+            && m.get(&participant)
+                .is_some_and(|e| e.connection == connection)
+        {
+            m.remove(&participant);
+        }
+    }
+
+    /// Where to hand a new socket, if `token` is the participant's.
+    fn sender(&self, participant: ParticipantId, token: &str) -> Option<mpsc::Sender<WebSocket>> {
+        let m = self.0.lock().ok()?;
+        let e = m.get(&participant)?;
+        same_secret(&e.token, token).then(|| e.tx.clone())
+    }
+
+    /// Whether `token` is the participant's resume token.
+    fn matches(&self, participant: ParticipantId, token: &str) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&participant).map(|e| same_secret(&e.token, token)))
+            .unwrap_or(false)
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn new_resume_token() -> Option<String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A new socket asks to continue a session: hands it to the session's task.
+async fn resume(state: &AppState, ws: WebSocket, participant: &str, token: &str) {
+    let tx = participant
+        .parse::<ParticipantId>()
+        .ok()
+        .and_then(|p| state.resumable.sender(p, token));
+    let refused = match tx {
+        None => Some(ws),
+        Some(tx) => tx.send(ws).await.err().map(|e| e.0),
+    };
+    if let Some(mut ws) = refused {
+        send_error(&mut ws, 404, "no session to resume").await;
+        close(&mut ws, 1008, "resume refused").await;
+    }
+}
+
+/// The signals of a session and what a resumed socket must be told again.
+struct Link {
+    signals: SignalReceiver,
+    /// Signals that arrived while no socket was attached.
+    buffered: VecDeque<Signal>,
+    /// The last server offer, until the client's answer arrives.
+    pending_offer: Option<String>,
+    /// What the participant may still send as data messages.
+    data: DataAllowance,
+    /// Messages of any kind the socket may still send (amplification: a
+    /// mute or an offer is work for the whole room).
+    messages: TokenBucket,
+}
+
+/// A participant's data messages per second and bytes per second
+/// (`limits.data_messages_per_second`, `limits.data_bytes_per_second`),
+/// each with a second's worth as burst.
+struct DataAllowance {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+}
+
+impl DataAllowance {
+    fn new(state: &AppState) -> Self {
+        let now = std::time::Instant::now();
+        DataAllowance {
+            messages: TokenBucket::new(state.config.limits.data_messages_per_second, now),
+            bytes: TokenBucket::new(state.config.limits.data_bytes_per_second, now),
+        }
+    }
+
+    /// Takes one message of `len` bytes, or refuses it (taking nothing).
+    fn take(&mut self, len: usize) -> bool {
+        let now = std::time::Instant::now();
+        let mut probe = self.messages.clone();
+        if !probe.take(1.0, now) || !self.bytes.take(len as f64, now) {
+            return false;
+        }
+        self.messages = probe;
+        true
+    }
+}
+
+/// How a socket's part of a session ended.
+enum Outcome {
+    /// The session is over; leave with this reason (`None`: already removed).
+    Ended(Option<LeaveReason>),
+    /// The socket dropped; the session waits for a `resume`.
+    Dropped,
+    /// A new socket resumed the session while this one was still open.
+    Replaced(Box<WebSocket>),
+}
+
+async fn serve(state: AppState, ws: WebSocket, join: Join) {
+    let (room, joined, signals, account, admin) = join;
+    let mut ws = ws;
+    let id = joined.connection;
+    let public = joined.participant.id;
+    tracing::info!(identity = %joined.participant.identity, "session joined");
+    // A session of a signed-in device: revoking the device or disabling the
+    // account ends it, and the account shows as in a call meanwhile.
+    let mut kill = account.map(|(a, d)| {
+        let (registration, rx) = state.hub.register(a, d, ConnKind::Room);
+        state.presence.call_started(a, d);
+        (registration, rx)
+    });
+    let revoked = match account {
+        Some((a, d)) => !matches!(
+            state.store.session_state(a, d).await,
+            Ok(crate::services::store::SessionState::Active)
+        ),
+        None => false,
+    };
+    let token = new_resume_token();
+    if revoked || token.is_none() {
+        // Revoked between the token check and the registration.
+        state.media.leave(id, LeaveReason::Removed).await;
+        send(
+            &mut ws,
+            &ServerMessage::Left {
+                reason: LeaveReason::Removed,
+            },
+        )
+        .await;
+        close(&mut ws, CLOSE_REVOKED, "session revoked").await;
+        if let Some((_, d)) = account {
+            state.presence.call_ended(d);
+        }
+        return;
+    }
+    let token = token.unwrap_or_default();
+    // A call room's session: the call learns the participant id, and its end.
+    let _call = state
+        .calls
+        .track_session(room.as_str(), account, id, public);
+    let (resume_tx, mut resume_rx) = mpsc::channel(1);
+    state.resumable.insert(
+        public,
+        ResumeEntry {
+            connection: id,
+            token: token.clone(),
+            tx: resume_tx,
+        },
+    );
+    let mut link = Link {
+        signals,
+        buffered: VecDeque::new(),
+        pending_offer: None,
+        data: DataAllowance::new(&state),
+        messages: TokenBucket::new(
+            state.config.limits.messages_per_second,
+            std::time::Instant::now(),
+        ),
+    };
+    let mut first = Some(joined);
+    let reason = loop {
+        let ok = greet(
+            &state,
+            &mut ws,
+            (&room, public, admin),
+            &token,
+            first.take(),
+            &mut link,
+        )
+        .await;
+        let outcome = if ok {
+            session_loop(
+                &state,
+                &mut ws,
+                id,
+                &mut link,
+                &mut resume_rx,
+                kill.as_mut().map(|(_, rx)| rx),
+            )
+            .await
+        } else {
+            Outcome::Dropped
+        };
+        match outcome {
+            Outcome::Ended(reason) => break reason,
+            Outcome::Replaced(new) => {
+                tracing::info!("session resumed on a new socket");
+                close(&mut ws, 1000, "resumed elsewhere").await;
+                ws = *new;
+            }
+            Outcome::Dropped => {
+                tracing::info!("socket dropped; keeping the session for a resume");
+                // Finish the close handshake (if the peer is still there) so
+                // the client learns at once and resumes.
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    use futures_util::SinkExt as _;
+                    let _ = ws.flush().await;
+                    let _ = ws.close().await;
+                })
+                .await;
+                // Closed for good: the client sees the end of the socket now.
+                drop(ws);
+                match detached(&state, id, &mut link, &mut resume_rx, &mut kill).await {
+                    Ok(new) => {
+                        tracing::info!("session resumed");
+                        ws = new;
+                    }
+                    Err(reason) => break reason,
+                }
+            }
+        }
+    };
+    state.resumable.remove(public, id);
+    // Whatever ended the session, the participant leaves the room.
+    if let Some(reason) = reason {
+        state.media.leave(id, reason).await;
+    }
+    drop(kill);
+    if let Some((_, d)) = account {
+        state.presence.call_ended(d);
+    }
+    tracing::info!("session closed");
+}
+
+/// Sends `joined` to a new socket: the join's answer, or on a resume the
+/// room as it is now, the unanswered offer and what arrived meanwhile.
+async fn greet(
+    state: &AppState,
+    ws: &mut WebSocket,
+    (room, public, can_admin): (&RoomId, ParticipantId, bool),
+    token: &str,
+    first: Option<Joined>,
+    link: &mut Link,
+) -> bool {
+    if let Some(joined) = first {
+        return send(
+            ws,
+            &ServerMessage::Joined {
+                room: room.as_str(),
+                participant: &joined.participant,
+                participants: &joined.others,
+                resume_token: token,
+                can_admin,
+            },
+        )
+        .await;
+    }
+    let all = state
+        .media
+        .participants(room.clone())
+        .await
+        .unwrap_or_default();
+    let Some(me) = all.iter().find(|p| p.id == public).cloned() else {
+        // Gone from the room: the `left` signal follows.
+        return true;
+    };
+    let others: Vec<ParticipantInfo> = all.into_iter().filter(|p| p.id != public).collect();
+    let ok = send(
+        ws,
+        &ServerMessage::Joined {
+            room: room.as_str(),
+            participant: &me,
+            participants: &others,
+            resume_token: token,
+            can_admin,
+        },
+    )
+    .await;
+    if !ok {
+        return false;
+    }
+    if let Some(sdp) = link.pending_offer.clone()
+        && !send(ws, &ServerMessage::Offer { sdp }).await
+    {
+        return false;
+    }
+    while let Some(signal) = link.buffered.pop_front() {
+        if !forward_signal(ws, signal, &mut link.pending_offer).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits, without a socket, for a `resume` (`Ok`) or the end of the session
+/// (`Err` with the reason to leave with, `None` when already removed).
+async fn detached(
+    state: &AppState,
+    id: ParticipantId,
+    link: &mut Link,
+    resume_rx: &mut mpsc::Receiver<WebSocket>,
+    kill: &mut Option<(crate::services::hub::Registration, mpsc::Receiver<HubMsg>)>,
+) -> Result<WebSocket, Option<LeaveReason>> {
+    let mut shutdown = state.shutdown.clone();
+    let deadline = tokio::time::sleep(Duration::from_millis(
+        state.config.media.reconnect_timeout_ms,
+    ));
+    tokio::pin!(deadline);
+    loop {
+        let killed = async {
+            match kill.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            new = resume_rx.recv() => {
+                if let Some(ws) = new {
+                    return Ok(ws);
+                }
+            }
+            () = &mut deadline => {
+                tracing::info!("no resume within the reconnect timeout");
+                return Err(Some(LeaveReason::ConnectionLost));
+            }
+            msg = killed => {
+                if let Some(HubMsg::Event(_)) = msg {
+                    continue;
+                }
+                state.media.leave(id, LeaveReason::Removed).await;
+                return Err(None);
+            }
+            signal = link.signals.recv() => match signal {
+                None | Some(Signal::Left { .. }) => return Err(None),
+                Some(s) => {
+                    // Bounded like the queue in front of it: a session that
+                    // would miss more than that cannot be resumed whole.
+                    if link.buffered.len() >= state.config.limits.max_queued_messages as usize {
+                        tracing::info!("too much arrived while detached: the session ends");
+                        return Err(Some(LeaveReason::TooSlow));
+                    }
+                    link.buffered.push_back(s);
+                }
+            },
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Err(None),
+        }
+    }
+}
+
+/// A join's room, result, signals, account and roomAdmin grant.
+type Join = (
+    RoomId,
+    Joined,
+    SignalReceiver,
+    Option<(AccountId, DeviceId)>,
+    bool,
+);
+
+async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
+    let msg: ClientMessage = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("malformed message: {e}")))?;
+    let ClientMessage::Join {
+        token,
+        name,
+        room,
+        take_over,
+        resume_token,
+    } = msg
+    else {
+        return Err(ApiError::bad_request("the first message must be join"));
+    };
+    // The room: the message's `room`, else the room token's.
+    let room = match (room, state.keys.verify_credential(&token)?) {
+        (Some(r), _) => r,
+        (None, Credential::Room(claims)) => claims
+            .video
+            .room
+            .ok_or_else(|| ApiError::forbidden("token names no room"))?,
+        (None, Credential::Access(_)) => {
+            return Err(ApiError::invalid(
+                "room",
+                "is required when joining with an account access token",
+            ));
+        }
+    };
+    let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let grant = state.authorize_room(&token, &room).await?;
+    // Call rooms admit the call's members only; `take_over` hands a call over.
+    let from = crate::services::calls::room_access(
+        state,
+        room.as_str(),
+        grant.account,
+        take_over.as_deref(),
+    )
+    .await?;
+    if let Some(from) = from
+        && !crate::domain::call::is_call_room(room.as_str())
+    {
+        check_take_over(state, &room, from, &grant, resume_token.as_deref()).await?;
+    }
+    let name = name
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| n.chars().take(64).collect::<String>())
+        .unwrap_or_else(|| grant.name.clone());
+    let req = grant
+        .join_request(room.clone(), PeerKind::Session)
+        .with_name(name);
+    let (joined, signals) = match from {
+        Some(from) => state.media.handover(from, req).await?,
+        None => state.media.join(req).await?,
+    };
+    Ok((room, joined, signals, grant.account, grant.admin))
+}
+
+/// Outside call rooms, taking a participant over needs proof of being the
+/// same client, not only a token for the same identity (which a room's
+/// moderator can mint): the session's resume token, or the same account
+/// and device.
+async fn check_take_over(
+    state: &AppState,
+    room: &RoomId,
+    from: ParticipantId,
+    grant: &crate::transports::state::RoomGrant,
+    resume_token: Option<&str>,
+) -> Result<(), ApiError> {
+    let refused = || {
+        ApiError::forbidden(
+            "take_over needs the participant's resume_token, or the same account and device",
+        )
+    };
+    if let Some(t) = resume_token {
+        return if state.resumable.matches(from, t) {
+            Ok(())
+        } else {
+            Err(refused())
+        };
+    }
+    let Some((account, device)) = grant.account else {
+        return Err(refused());
+    };
+    let participants = state.media.participants(room.clone()).await?;
+    let same = participants.iter().any(|p| {
+        p.id == from
+            && p.account.as_deref() == Some(account.to_string().as_str())
+            && p.device.as_deref() == Some(device.to_string().as_str())
+    });
+    if same { Ok(()) } else { Err(refused()) }
+}
+
+/// Runs until the socket's part of the session ends.
+async fn session_loop(
+    state: &AppState,
+    ws: &mut WebSocket,
+    id: ParticipantId,
+    link: &mut Link,
+    resume_rx: &mut mpsc::Receiver<WebSocket>,
+    mut kill: Option<&mut mpsc::Receiver<HubMsg>>,
+) -> Outcome {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let killed = async {
+            match kill.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = killed => {
+                // The device was signed out or the account disabled.
+                let (code, reason) = match msg {
+                    Some(HubMsg::Event(_)) => continue,
+                    Some(HubMsg::Close { code, reason, .. }) => (code, reason),
+                    None => (1011, "closed"),
+                };
+                state.media.leave(id, LeaveReason::Removed).await;
+                send(ws, &ServerMessage::Left { reason: LeaveReason::Removed }).await;
+                close(ws, code, reason).await;
+                return Outcome::Ended(None);
+            }
+            new = resume_rx.recv() => {
+                if let Some(new) = new {
+                    return Outcome::Replaced(Box::new(new));
+                }
+            }
+            incoming = next_text(ws) => match incoming {
+                Ok(Some(text)) => {
+                    if !link.messages.take(1.0, std::time::Instant::now()) {
+                        if !send_error(ws, 429, "too many messages (limits.messages_per_second): dropped").await {
+                            return Outcome::Dropped;
+                        }
+                        continue;
+                    }
+                    if handle_message(state, ws, id, &text, &mut link.pending_offer, &mut link.data)
+                        .await
+                        .is_some()
+                    {
+                        return Outcome::Dropped;
+                    }
+                }
+                Ok(None) => return Outcome::Dropped,
+                // A message the protocol refuses ends the session; a broken
+                // connection may come back.
+                Err((code, reason)) if code == 1009 || code == 1003 => {
+                    close(ws, code, reason).await;
+                    return Outcome::Ended(Some(LeaveReason::ClientLeave));
+                }
+                Err(_) => return Outcome::Dropped,
+            },
+            signal = link.signals.recv() => {
+                let Some(signal) = signal else {
+                    close(ws, 1011, "media server stopped").await;
+                    return Outcome::Ended(None);
+                };
+                if let Signal::Left { reason } = signal {
+                    send(ws, &ServerMessage::Left { reason }).await;
+                    if reason == LeaveReason::TooSlow {
+                        close(ws, 1013, "too slow to keep up").await;
+                    } else {
+                        close(ws, 1000, "left").await;
+                    }
+                    return Outcome::Ended(None);
+                }
+                if !forward_signal(ws, signal, &mut link.pending_offer).await {
+                    return Outcome::Dropped;
+                }
+            }
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                // The media driver sends `left` to everyone as it shuts down.
+                let wait = tokio::time::timeout(Duration::from_secs(2), link.signals.recv()).await;
+                if let Ok(Some(Signal::Left { reason })) = wait {
+                    send(ws, &ServerMessage::Left { reason }).await;
+                }
+                close(ws, 1001, "server shutting down").await;
+                return Outcome::Ended(None);
+            }
+        }
+    }
+}
+
+async fn forward_signal(
+    ws: &mut WebSocket,
+    signal: Signal,
+    pending_offer: &mut Option<String>,
+) -> bool {
+    let speakers;
+    let msg = match &signal {
+        Signal::Offer(o) => {
+            let sdp = o.to_sdp_string();
+            *pending_offer = Some(sdp.clone());
+            ServerMessage::Offer { sdp }
+        }
+        Signal::ParticipantJoined(p) => ServerMessage::ParticipantJoined { participant: p },
+        Signal::ParticipantLeft {
+            participant,
+            reason,
+        } => ServerMessage::ParticipantLeft {
+            participant_id: *participant,
+            reason: *reason,
+        },
+        Signal::TrackPublished { participant, track } => ServerMessage::TrackPublished {
+            participant_id: *participant,
+            track,
+        },
+        Signal::TrackUnpublished { participant, track } => ServerMessage::TrackUnpublished {
+            participant_id: *participant,
+            track_id: *track,
+        },
+        Signal::TrackMuted {
+            participant,
+            track,
+            kind,
+            muted,
+        } => ServerMessage::TrackMuted {
+            participant_id: *participant,
+            track_id: *track,
+            kind: *kind,
+            muted: *muted,
+        },
+        Signal::LayersNeeded { track, rids } => ServerMessage::LayersNeeded {
+            track_id: *track,
+            rids,
+        },
+        Signal::ActiveSpeakers(list) => {
+            speakers = list
+                .iter()
+                .map(|s| SpeakerEntry {
+                    participant_id: s.participant,
+                    level: s.level,
+                })
+                .collect();
+            ServerMessage::ActiveSpeakers { speakers }
+        }
+        Signal::Left { reason } => ServerMessage::Left { reason: *reason },
+        Signal::Data {
+            from,
+            topic,
+            payload,
+        } => {
+            use base64::Engine as _;
+            ServerMessage::Data {
+                participant_id: *from,
+                topic: topic.as_deref(),
+                payload: base64::engine::general_purpose::STANDARD.encode(payload),
+            }
+        }
+        Signal::PermissionsChanged(p) => ServerMessage::PermissionsChanged { permissions: *p },
+        _ => return true,
+    };
+    send(ws, &msg).await
+}
+
+/// Handles one client message; returns a reason when the session is to end.
+async fn handle_message(
+    state: &AppState,
+    ws: &mut WebSocket,
+    id: ParticipantId,
+    text: &str,
+    pending_offer: &mut Option<String>,
+    data: &mut DataAllowance,
+) -> Option<LeaveReason> {
+    let msg: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            send_error(ws, 400, &format!("malformed message: {e}")).await;
+            return None;
+        }
+    };
+    let result: Result<Option<ServerMessage<'static>>, ApiError> = match msg {
+        ClientMessage::Join { .. } => Err(ApiError::bad_request("already joined")),
+        ClientMessage::Offer { sdp } => match SdpOffer::from_sdp_string(&sdp) {
+            Err(e) => Err(ApiError::bad_request(format!(
+                "malformed SDP offer: {}",
+                crate::transports::whip::sdp_reason(&e)
+            ))),
+            Ok(offer) => state
+                .media
+                .offer(id, offer)
+                .await
+                .map(|a| {
+                    Some(ServerMessage::Answer {
+                        sdp: a.to_sdp_string(),
+                    })
+                })
+                .map_err(Into::into),
+        },
+        ClientMessage::Answer { sdp } => match SdpAnswer::from_sdp_string(&sdp) {
+            Err(e) => Err(ApiError::bad_request(format!(
+                "malformed SDP answer: {}",
+                crate::transports::whip::sdp_reason(&e)
+            ))),
+            Ok(answer) => state
+                .media
+                .answer(id, answer)
+                .await
+                .map(|()| {
+                    *pending_offer = None;
+                    None
+                })
+                .map_err(Into::into),
+        },
+        ClientMessage::Candidate { candidate, .. } => state
+            .media
+            .candidate(id, candidate)
+            .await
+            .map(|()| None)
+            .map_err(Into::into),
+        ClientMessage::Mute {
+            track_id,
+            kind,
+            muted,
+        } => {
+            let track = track_id.filter(|t| !t.is_empty());
+            let track = match track.map(|t| t.parse()) {
+                Some(Err(_)) => {
+                    send_error(ws, 400, "malformed track_id").await;
+                    return None;
+                }
+                Some(Ok(t)) => Some(t),
+                None => None,
+            };
+            let kind = kind.as_deref().and_then(parse_kind);
+            if track.is_none() && kind.is_none() {
+                send_error(ws, 400, "mute needs track_id or kind").await;
+                return None;
+            }
+            state
+                .media
+                .mute(id, track, kind, muted)
+                .await
+                .map(|_| None)
+                .map_err(Into::into)
+        }
+        ClientMessage::Leave => {
+            state.media.leave(id, LeaveReason::ClientLeave).await;
+            // The `left` signal follows from the driver and ends the loop.
+            return None;
+        }
+        ClientMessage::Ping => Ok(Some(ServerMessage::Pong)),
+        ClientMessage::Data {
+            payload,
+            topic,
+            destination_identities,
+        } => send_data(state, id, payload, topic, destination_identities, data).await,
+        ClientMessage::Resume { .. } => Err(ApiError::bad_request("already joined")),
+        ClientMessage::TrackSettings {
+            track_id,
+            enabled,
+            width,
+            height,
+        } => match track_id.parse() {
+            Err(_) => Err(ApiError::bad_request("malformed track_id")),
+            Ok(track) => state
+                .media
+                .track_settings(
+                    id,
+                    track,
+                    TrackSettings {
+                        enabled,
+                        width,
+                        height,
+                    },
+                )
+                .await
+                .map(|()| None)
+                .map_err(Into::into),
+        },
+    };
+    match result {
+        Ok(Some(reply)) => {
+            if !send(ws, &reply).await {
+                return Some(LeaveReason::ClientLeave);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            send_error(ws, e.status.as_u16(), &e.message).await;
+        }
+    }
+    None
+}
+
+/// Largest data message payload, after base64 decoding.
+pub(crate) const MAX_DATA_BYTES: usize = 16 * 1024;
+
+/// Decodes a data message's payload (base64) and checks its size.
+pub(crate) fn decode_payload(payload: &str) -> Result<std::sync::Arc<[u8]>, ApiError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|_| ApiError::invalid("payload", "is not base64"))?;
+    if bytes.len() > MAX_DATA_BYTES {
+        return Err(ApiError::invalid(
+            "payload",
+            format!("is larger than {MAX_DATA_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes.into())
+}
+
+/// A participant's data message to the others in its room.
+async fn send_data(
+    state: &AppState,
+    id: ParticipantId,
+    payload: String,
+    topic: Option<String>,
+    destinations: Vec<String>,
+    allowance: &mut DataAllowance,
+) -> Result<Option<ServerMessage<'static>>, ApiError> {
+    let payload = decode_payload(&payload)?;
+    if !allowance.take(payload.len()) {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "data messages over the limit (limits.data_messages_per_second, limits.data_bytes_per_second): dropped",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
+    let message = vela_media::core::DataMessage {
+        topic: topic.filter(|t| !t.is_empty()).map(std::sync::Arc::from),
+        payload,
+        destinations,
+    };
+    let sent = state
+        .media
+        .with_participant(id, move |sfu, _| {
+            let room = sfu
+                .room_of(id)
+                .cloned()
+                .ok_or(vela_media::core::SignalError::UnknownParticipant)?;
+            sfu.handle_data(&room, Some(id), message)
+        })
+        .await?;
+    sent.map(|_| None)
+        .map_err(|e| vela_media::MediaError::from(e).into())
+}

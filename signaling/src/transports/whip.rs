@@ -1,0 +1,189 @@
+//! WHIP (RFC 9725) and WHEP: one HTTP request publishes or views a room.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
+
+use crate::services::hub::{ConnKind, HubMsg};
+use crate::transports::auth::bearer;
+use crate::transports::error::ApiError;
+use crate::transports::state::{AppState, HttpSession};
+
+fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<SdpOffer, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.trim().starts_with("application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/sdp",
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("SDP is not UTF-8"))?;
+    SdpOffer::from_sdp_string(text)
+        .map_err(|e| ApiError::bad_request(format!("malformed SDP offer: {}", sdp_reason(&e))))
+}
+
+/// The parser's message without its internal pointer offsets.
+pub(crate) fn sdp_reason(e: &impl std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .filter(|l| !l.contains("PointerOffset") && !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `POST /whip/{room}`: publish.
+pub(crate) async fn whip(
+    state: State<AppState>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    start(state, path, headers, body, PeerKind::Whip).await
+}
+
+/// `POST /whep/{room}`: view.
+pub(crate) async fn whep(
+    state: State<AppState>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    start(state, path, headers, body, PeerKind::Whep).await
+}
+
+async fn start(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: PeerKind,
+) -> Result<Response, ApiError> {
+    let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let grant = state.authorize_room(bearer(&headers)?, &room).await?;
+    crate::services::calls::room_access(&state, room.as_str(), grant.account, None).await?;
+    let offer = sdp_body(&headers, &body)?;
+    let req = grant.join_request(room.clone(), kind).with_offer(offer);
+    let (joined, mut signals) = state.media.join(req).await?;
+    let id = joined.connection;
+    let answer = joined
+        .answer
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no answer"))?;
+    state.http_sessions.lock().map_err(|_| poisoned())?.insert(
+        id,
+        HttpSession {
+            room: room.clone(),
+            owner: grant.owner(),
+        },
+    );
+    // A signed-in device's session ends when the device is signed out or
+    // the account disabled, and shows the account as in a call meanwhile.
+    let mut kill = grant.account.map(|(a, d)| {
+        state.presence.call_started(a, d);
+        state.hub.register(a, d, ConnKind::Room)
+    });
+    // WHIP/WHEP clients have no signaling channel: drain theirs until it ends.
+    let sessions = state.http_sessions.clone();
+    let (media, presence) = (state.media.clone(), state.presence.clone());
+    let device = grant.account.map(|(_, d)| d);
+    tokio::spawn(async move {
+        loop {
+            let killed = async {
+                match kill.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                s = signals.recv() => match s {
+                    None | Some(Signal::Left { .. }) => break,
+                    Some(_) => {}
+                },
+                msg = killed => {
+                    if !matches!(msg, Some(HubMsg::Event(_))) {
+                        media.leave(id, LeaveReason::Removed).await;
+                        break;
+                    }
+                }
+            }
+        }
+        drop(kill);
+        if let Some(d) = device {
+            presence.call_ended(d);
+        }
+        if let Ok(mut m) = sessions.lock() {
+            m.remove(&id);
+        }
+    });
+    let prefix = if kind == PeerKind::Whip {
+        "whip"
+    } else {
+        "whep"
+    };
+    let location = format!("/{prefix}/{room}/{id}");
+    tracing::info!(room = %room, participant = %id, identity = %grant.identity, "{prefix} session started");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        answer.to_sdp_string(),
+    )
+        .into_response())
+}
+
+fn poisoned() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "session table unavailable",
+    )
+}
+
+/// `DELETE /whip/{room}/{session}` (and WHEP): end the session.
+pub(crate) async fn end(
+    State(state): State<AppState>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let grant = state.authorize_room(bearer(&headers)?, &room).await?;
+    let id = session
+        .parse()
+        .map_err(|_| ApiError::not_found("no such session"))?;
+    let s = state
+        .http_sessions
+        .lock()
+        .map_err(|_| poisoned())?
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("no such session"))?;
+    if s.room != room {
+        return Err(ApiError::not_found("no such session"));
+    }
+    if s.owner != grant.owner() {
+        return Err(ApiError::forbidden(
+            "the session belongs to another identity",
+        ));
+    }
+    state.media.leave(id, LeaveReason::ClientLeave).await;
+    if let Ok(mut m) = state.http_sessions.lock() {
+        m.remove(&id);
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PATCH` (trickle ICE or ICE restart): not supported; the server is ICE-lite
+/// and learns the client's address from its checks.
+pub(crate) async fn patch() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "DELETE")],
+        "trickle ICE and ICE restart are not supported on this resource",
+    )
+        .into_response()
+}
