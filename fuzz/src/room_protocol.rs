@@ -359,7 +359,7 @@ impl World {
                 }
             }
             ClientMessage::Candidate { candidate, .. } => {
-                let r = sfu.handle_candidate(id, &candidate);
+                let r = sfu.handle_candidate(now, id, &candidate);
                 crate::debug!("  {r:?}");
             }
             ClientMessage::Mute {
@@ -376,7 +376,7 @@ impl World {
                 if track.is_none() && kind.is_none() {
                     return;
                 }
-                let r = sfu.handle_mute(id, track, kind.map(Into::into), muted);
+                let r = sfu.handle_mute(now, id, track, kind.map(Into::into), muted);
                 crate::debug!("  {r:?}");
             }
             ClientMessage::Leave => sfu.handle_leave(now, id, LeaveReason::ClientLeave),
@@ -392,7 +392,7 @@ impl World {
                         width,
                         height,
                     };
-                    let r = sfu.handle_track_settings(id, track, settings);
+                    let r = sfu.handle_track_settings(now, id, track, settings);
                     crate::debug!("  {r:?}");
                 }
             }
@@ -410,7 +410,7 @@ impl World {
                     destinations: destination_identities,
                 };
                 if let Some(room) = sfu.room_of(id).cloned() {
-                    let r = sfu.handle_data(&room, Some(id), message);
+                    let r = sfu.handle_data(now, &room, Some(id), message);
                     crate::debug!("  {r:?}");
                 }
             }

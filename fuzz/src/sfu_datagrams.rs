@@ -448,7 +448,7 @@ impl World {
                     height: (flags & 4 != 0).then(|| u32::from(b.u16().unwrap_or(0))),
                 };
                 if let Some(sub) = self.subscriber.id {
-                    let _ = self.sfu.handle_track_settings(sub, track, settings);
+                    let _ = self.sfu.handle_track_settings(self.now, sub, track, settings);
                 }
             }
         }

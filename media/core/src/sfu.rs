@@ -846,9 +846,11 @@ impl Sfu {
     /// Adds a trickled ICE candidate of the client (`candidate:...`, no `a=`).
     pub fn handle_candidate(
         &mut self,
+        now: Instant,
         participant: ParticipantId,
         candidate: &str,
     ) -> Result<(), SignalError> {
+        self.advance(now);
         let peer = self
             .peers
             .get_mut(&participant)
@@ -883,11 +885,13 @@ impl Sfu {
     /// A publisher muted or unmuted one of its tracks (by id, or the first of `kind`).
     pub fn handle_mute(
         &mut self,
+        now: Instant,
         participant: ParticipantId,
         track: Option<TrackId>,
         kind: Option<MediaKind>,
         muted: bool,
     ) -> Result<TrackId, SignalError> {
+        self.advance(now);
         let peer = self
             .peers
             .get_mut(&participant)
@@ -929,10 +933,12 @@ impl Sfu {
     /// an unsubscribed track) and the size it renders it at (adaptive stream).
     pub fn handle_track_settings(
         &mut self,
+        now: Instant,
         participant: ParticipantId,
         track: TrackId,
         settings: TrackSettings,
     ) -> Result<(), SignalError> {
+        self.advance(now);
         let peer = self
             .peers
             .get_mut(&participant)

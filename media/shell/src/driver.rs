@@ -236,14 +236,16 @@ impl Driver {
                 let _ = reply.send(self.sfu.handle_answer(now, p, *answer).map_err(Into::into));
             }
             Command::Candidate(p, c, reply) => {
-                let _ = reply.send(self.sfu.handle_candidate(p, &c).map_err(Into::into));
+                let _ = reply.send(self.sfu.handle_candidate(now, p, &c).map_err(Into::into));
             }
             Command::Mute(p, track, kind, muted, reply) => {
-                let r = self.sfu.handle_mute(p, track, kind.map(Into::into), muted);
+                let r = self
+                    .sfu
+                    .handle_mute(now, p, track, kind.map(Into::into), muted);
                 let _ = reply.send(r.map_err(Into::into));
             }
             Command::TrackSettings(p, track, settings, reply) => {
-                let r = self.sfu.handle_track_settings(p, track, settings);
+                let r = self.sfu.handle_track_settings(now, p, track, settings);
                 let _ = reply.send(r.map_err(Into::into));
             }
             Command::Leave(p, reason) => self.sfu.handle_leave(now, p, reason),

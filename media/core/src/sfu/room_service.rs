@@ -167,11 +167,13 @@ impl Sfu {
     /// publisher is told too, so its client can show it and stop sending.
     pub fn handle_mute_track(
         &mut self,
+        now: Instant,
         room: &RoomId,
         identity: &str,
         track: TrackId,
         muted: bool,
     ) -> Result<TrackInfo, SignalError> {
+        self.advance(now);
         let conns = self.connections_of(room, identity)?;
         let owner = conns
             .iter()
@@ -182,7 +184,7 @@ impl Sfu {
                     .is_some_and(|p| p.published.iter().any(|t| t.id == track))
             })
             .ok_or(SignalError::UnknownTrack)?;
-        self.handle_mute(owner, Some(track), None, muted)?;
+        self.handle_mute(now, owner, Some(track), None, muted)?;
         let public = self.peers.get(&owner).map_or(owner, |p| p.public_id);
         let kind = self
             .peers
@@ -335,10 +337,12 @@ impl Sfu {
     /// for the server API. Returns how many connections it went to.
     pub fn handle_data(
         &mut self,
+        now: Instant,
         room: &RoomId,
         from: Option<ParticipantId>,
         message: DataMessage,
     ) -> Result<usize, SignalError> {
+        self.advance(now);
         let sender = match from {
             Some(f) => {
                 let p = self.peers.get(&f).ok_or(SignalError::UnknownParticipant)?;

@@ -160,7 +160,7 @@ fn a_muted_track_is_not_forwarded_and_resumes_with_a_keyframe() {
         .unwrap();
     let info = w
         .sfu
-        .handle_mute_track(&room("r1"), "alice", video.id, true)
+        .handle_mute_track(w.now, &room("r1"), "alice", video.id, true)
         .unwrap();
     assert!(info.muted);
     w.run_for(Duration::from_millis(100));
@@ -182,7 +182,7 @@ fn a_muted_track_is_not_forwarded_and_resumes_with_a_keyframe() {
 
     let requests = w.clients[a].keyframe_requests;
     w.sfu
-        .handle_mute_track(&room("r1"), "alice", video.id, false)
+        .handle_mute_track(w.now, &room("r1"), "alice", video.id, false)
         .unwrap();
     assert!(w.run_until(Duration::from_secs(3), |w| {
         w.clients[b].frames_from(alice, MediaKind::Video) > frames + 5
@@ -192,7 +192,8 @@ fn a_muted_track_is_not_forwarded_and_resumes_with_a_keyframe() {
         "unmute asks for a keyframe"
     );
     assert!(matches!(
-        w.sfu.handle_mute_track(&room("r1"), "bob", video.id, true),
+        w.sfu
+            .handle_mute_track(w.now, &room("r1"), "bob", video.id, true),
         Err(SignalError::UnknownTrack)
     ));
 }
@@ -282,12 +283,12 @@ fn data_goes_to_everyone_else_or_to_named_identities() {
     let from_alice = Some(w.clients[a].id);
     let n = w
         .sfu
-        .handle_data(&room("r1"), from_alice, msg(&[]))
+        .handle_data(w.now, &room("r1"), from_alice, msg(&[]))
         .unwrap();
     assert_eq!(n, 2, "not back to the sender");
     let n = w
         .sfu
-        .handle_data(&room("r1"), None, msg(&["carol"]))
+        .handle_data(w.now, &room("r1"), None, msg(&["carol"]))
         .unwrap();
     assert_eq!(n, 1);
     w.run_for(Duration::from_millis(50));
@@ -312,11 +313,11 @@ fn data_goes_to_everyone_else_or_to_named_identities() {
         )
         .unwrap();
     assert!(matches!(
-        w.sfu.handle_data(&room("r1"), from_alice, msg(&[])),
+        w.sfu.handle_data(w.now, &room("r1"), from_alice, msg(&[])),
         Err(SignalError::NotPermitted(_))
     ));
     assert!(matches!(
-        w.sfu.handle_data(&room("nope"), None, msg(&[])),
+        w.sfu.handle_data(w.now, &room("nope"), None, msg(&[])),
         Err(SignalError::UnknownRoom)
     ));
 }

@@ -68,7 +68,9 @@ fn layers_follow_size_switch_at_keyframes_and_pause_when_unneeded() {
         width: Some(320),
         height: Some(180),
     };
-    w.sfu.handle_track_settings(bob, track, small).unwrap();
+    w.sfu
+        .handle_track_settings(w.now, bob, track, small)
+        .unwrap();
     assert!(w.run_until(Duration::from_secs(3), |w| {
         video(w, b, a).is_some_and(|r| r.last_size == 300)
     }));
@@ -91,7 +93,7 @@ fn layers_follow_size_switch_at_keyframes_and_pause_when_unneeded() {
         enabled: false,
         ..small
     };
-    w.sfu.handle_track_settings(bob, track, off).unwrap();
+    w.sfu.handle_track_settings(w.now, bob, track, off).unwrap();
     w.run_for(Duration::from_millis(200));
     let frames = video(&w, b, a).unwrap().frames;
     w.run_for(Duration::from_secs(1));
@@ -112,7 +114,7 @@ fn layers_follow_size_switch_at_keyframes_and_pause_when_unneeded() {
         width: Some(1280),
         height: Some(720),
     };
-    w.sfu.handle_track_settings(bob, track, big).unwrap();
+    w.sfu.handle_track_settings(w.now, bob, track, big).unwrap();
     assert!(w.run_until(Duration::from_secs(5), |w| {
         video(w, b, a).is_some_and(|r| r.last_size == 2000)
     }));
@@ -140,7 +142,9 @@ fn layers_are_ranked_by_rid_whatever_their_order_in_the_offer() {
         width: Some(320),
         height: Some(180),
     };
-    w.sfu.handle_track_settings(bob, track, small).unwrap();
+    w.sfu
+        .handle_track_settings(w.now, bob, track, small)
+        .unwrap();
     assert!(w.run_until(Duration::from_secs(3), |w| {
         video(w, b, a).is_some_and(|r| r.last_size == 300)
     }));

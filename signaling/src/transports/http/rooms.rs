@@ -403,8 +403,8 @@ pub(crate) async fn mute(
         .map_err(|_| ApiError::not_found("no such track"))?;
     let info = state
         .media
-        .with_room(&room.clone(), move |sfu, _| {
-            sfu.handle_mute_track(&room, &identity, track, body.muted)
+        .with_room(&room.clone(), move |sfu, now| {
+            sfu.handle_mute_track(now, &room, &identity, track, body.muted)
         })
         .await?
         .map_err(refused)?;
@@ -442,8 +442,8 @@ pub(crate) async fn send_data(
     };
     let n = state
         .media
-        .with_room(&room.clone(), move |sfu, _| {
-            sfu.handle_data(&room, None, message)
+        .with_room(&room.clone(), move |sfu, now| {
+            sfu.handle_data(now, &room, None, message)
         })
         .await?
         .map_err(refused)?;

@@ -946,12 +946,12 @@ async fn send_data(
     };
     let sent = state
         .media
-        .with_participant(id, move |sfu, _| {
+        .with_participant(id, move |sfu, now| {
             let room = sfu
                 .room_of(id)
                 .cloned()
                 .ok_or(vela_media::core::SignalError::UnknownParticipant)?;
-            sfu.handle_data(&room, Some(id), message)
+            sfu.handle_data(now, &room, Some(id), message)
         })
         .await?;
     sent.map(|_| None)
