@@ -1,0 +1,101 @@
+//! The core's settings, and how ids name the core that made them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    pub(super) candidates: Vec<SocketAddr>,
+    pub(super) connect_timeout: Duration,
+    pub(super) keyframe_interval: Duration,
+    pub(super) max_participants_per_room: u32,
+    pub(super) max_tracks_per_participant: u32,
+    pub(super) speaker_interval: Duration,
+    pub(super) bandwidth_estimation: bool,
+    pub(super) reconnect_timeout: Duration,
+    /// First participant and track number, and the step between numbers.
+    pub(super) id_space: (u64, u64),
+}
+
+impl SfuConfig {
+    /// A configuration advertising these host candidates (address and UDP port).
+    pub fn new(candidates: Vec<SocketAddr>) -> Self {
+        SfuConfig {
+            candidates,
+            connect_timeout: Duration::from_secs(30),
+            keyframe_interval: Duration::from_millis(500),
+            max_participants_per_room: 0,
+            max_tracks_per_participant: 0,
+            speaker_interval: Duration::from_millis(200),
+            bandwidth_estimation: true,
+            reconnect_timeout: Duration::from_secs(15),
+            id_space: (1, 1),
+        }
+    }
+
+    /// Numbers participants and tracks `first`, `first + step`, ...: cores
+    /// sharing a node (one per CPU core) take `1..=n` and step `n`, so their
+    /// ids never collide and an id names its core (see [`id_shard`]).
+    pub fn set_id_space(mut self, first: u64, step: u64) -> Self {
+        self.id_space = (first.max(1), step.max(1));
+        self
+    }
+
+    /// How long a participant whose connection dropped is kept for it to
+    /// come back (same participant, same subscriptions) before it is removed.
+    pub fn set_reconnect_timeout(mut self, d: Duration) -> Self {
+        self.reconnect_timeout = d;
+        self
+    }
+
+    /// Whether subscribers' send bandwidth is estimated (TWCC) and caps their
+    /// simulcast layers; without it every subscriber gets a fixed budget.
+    pub fn set_bandwidth_estimation(mut self, on: bool) -> Self {
+        self.bandwidth_estimation = on;
+        self
+    }
+
+    /// How often at most the speaking list is sent to a room.
+    pub fn set_speaker_interval(mut self, d: Duration) -> Self {
+        self.speaker_interval = d;
+        self
+    }
+
+    /// A peer that has not connected (ICE and DTLS) by then is removed.
+    pub fn set_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// The minimum interval between keyframe requests to one publisher track.
+    pub fn set_keyframe_interval(mut self, d: Duration) -> Self {
+        self.keyframe_interval = d;
+        self
+    }
+
+    /// The most participants a room takes; 0 for no limit.
+    pub fn set_max_participants_per_room(mut self, n: u32) -> Self {
+        self.max_participants_per_room = n;
+        self
+    }
+
+    /// The most tracks (sending audio and video m-lines) one participant's
+    /// offer may carry; an offer with more is refused. 0 for no limit.
+    pub fn set_max_tracks_per_participant(mut self, n: u32) -> Self {
+        self.max_tracks_per_participant = n;
+        self
+    }
+
+    /// The host candidates advertised to clients.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.candidates
+    }
+}
+
+/// Which of `shards` cores numbered with [`SfuConfig::set_id_space`]`(k + 1,
+/// shards)` made participant or track number `id`: `k`.
+pub fn id_shard(id: u64, shards: usize) -> usize {
+    let n = shards.max(1) as u64;
+    (id.saturating_sub(1) % n) as usize
+}

@@ -1,0 +1,316 @@
+//! Driving one peer: polling its `Rtc` until it has nothing more, then the
+//! cross-peer work that turned up (publish, forward, keyframes).
+
+use std::cmp::Reverse;
+use std::time::Duration;
+
+use str0m::bwe::BweKind;
+use str0m::media::{MediaData, MediaKind, Mid};
+use str0m::{Event, IceConnectionState, PacerReason, Reason, RtcError};
+
+use super::{Sfu, requeue, run_rtc_timeout};
+use crate::id::{ParticipantId, TrackId};
+use crate::isolation::RtcCall;
+use crate::signal::{LeaveReason, PeerKind, RoomEvent, Signal};
+use crate::track::{Subscription, SubscriptionState};
+
+/// Cross-peer work found while driving one peer, done after its borrow ends.
+// Boxing the frame would allocate per packet; the actions Vec is reused instead.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(super) enum Action {
+    Publish(Mid, MediaKind, Vec<str0m::media::Rid>),
+    Bind(MediaKind),
+    Forward(MediaData),
+    Keyframe(TrackId),
+}
+
+/// Due `Rtc` timeouts run inside one drive of a peer before it goes back to
+/// the timer heap.
+const INLINE_TIMEOUTS: u32 = 16;
+
+/// How long str0m's pacer's look at the queues after an audio packet may
+/// wait for the next write to an audio-only peer (see `Sfu::drive`): a bit
+/// over one 20 ms audio frame, so that even a single source's next packet
+/// comes first. The deadlines it may hide for that long are audio's RTCP
+/// reports and TWCC feedback, stats and keep-alives: none is that tight.
+const PACER_LOOK_DEFER: Duration = Duration::from_millis(25);
+
+/// How soon after releasing a packet str0m's pacer looks at its queues again.
+const PACER_NEXT_LOOK: Duration = Duration::from_micros(1);
+
+/// Whether an outgoing datagram is RTP (not RTCP, STUN or DTLS): version 2
+/// and a payload type outside RTCP's 64-95 (RFC 5761 section 4).
+fn is_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [b0, b1, ..] => b0 >> 6 == 2 && !(64..96).contains(&(b1 & 0x7f)),
+        _ => false,
+    }
+}
+
+/// How many RTP packets carried a frame.
+pub(super) fn packets_of(d: &MediaData) -> u64 {
+    (**d.seq_range.end())
+        .saturating_sub(**d.seq_range.start())
+        .saturating_add(1)
+}
+
+impl Sfu {
+    /// Puts a peer's next deadline in the timer heap if it changed.
+    pub(super) fn schedule(&mut self, pid: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        // It panicked after its drive looked (during the cross-peer work):
+        // driven again, it goes.
+        if peer.rtc.is_poisoned() {
+            requeue(&mut self.dirty, peer);
+            return;
+        }
+        let d = peer.next_deadline(self.config.connect_timeout, self.config.keyframe_interval);
+        if peer.deadline != Some(d) {
+            peer.deadline = Some(d);
+            self.timers.push(Reverse((d, pid)));
+        }
+    }
+
+    /// Polls one peer until its `Rtc` has nothing more, then does the
+    /// cross-peer work that turned up.
+    pub(super) fn drive(&mut self, pid: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        // Its `Rtc` panicked (wherever it was called from): it goes, as a
+        // connection lost, without another call into it.
+        if peer.rtc.is_poisoned() {
+            self.remove_participant(pid, LeaveReason::ConnectionLost);
+            return;
+        }
+        if let Some(offer) = peer.negotiate() {
+            self.signals.push_back((pid, Signal::Offer(offer)));
+        }
+        let mut connected_now = false;
+        let mut inline_timeouts = 0u32;
+        // Nothing of this peer is due but the media written to it.
+        let write_only = peer.written && peer.rtc_timeout > self.now + PACER_NEXT_LOOK;
+        // Media written to it goes out only after a timeout (str0m queues
+        // it for its pacer): run that now instead of learning it from a
+        // `poll_output`, one fewer per forwarded packet.
+        if peer.written {
+            inline_timeouts += 1;
+            run_rtc_timeout(peer, self.now, &mut self.stats);
+        }
+        loop {
+            self.stats.rtc_polls += 1;
+            let Ok(output) = peer.rtc.call(RtcCall::Poll, |rtc| rtc.poll_output()) else {
+                break; // poisoned: removed below
+            };
+            match output {
+                // Already due: str0m packetizes written media on a timeout.
+                // Run it here instead of a round trip through the timer heap
+                // and the shell's loop; bounded, in case a deadline stays due
+                // without progress. So is the pacer's wake-up 1 µs after a
+                // packet it released while audio written to this peer still
+                // waits: str0m releases one packet per timeout, and the rest
+                // of a burst's packets should not wait for the timer heap.
+                Ok(str0m::Output::Timeout(t))
+                    if inline_timeouts < INLINE_TIMEOUTS
+                        && (t <= self.now
+                            || (peer.audio_unsent > 0 && t <= self.now + PACER_NEXT_LOOK)) =>
+                {
+                    inline_timeouts += 1;
+                    if !run_rtc_timeout(peer, t.max(self.now), &mut self.stats) {
+                        break;
+                    }
+                }
+                Ok(str0m::Output::Timeout(t)) => {
+                    peer.rtc_timeout = t;
+                    // str0m's pacer asks for a timeout right after each packet
+                    // it releases, only to take a fresh look at the queues. With
+                    // no video either way nothing is paced or padded, so when
+                    // no other packet waits, that look can wait for the next
+                    // write (which needs a timeout anyway): half the timeouts
+                    // per audio packet.
+                    let reason = peer
+                        .rtc
+                        .call(RtcCall::Poll, |rtc| rtc.last_timeout_reason());
+                    if reason == Ok(Reason::Pacer(PacerReason::Immediate)) {
+                        if peer.audio_unsent == 0 && !peer.has_video() {
+                            peer.rtc_timeout = t + PACER_LOOK_DEFER;
+                        }
+                    } else if t > self.now {
+                        // The pacer's last look released nothing: all went out.
+                        peer.audio_unsent = 0;
+                    }
+                    break;
+                }
+                Ok(str0m::Output::Transmit(t)) => {
+                    let rtp = is_rtp(&t.contents);
+                    if rtp {
+                        peer.audio_unsent = peer.audio_unsent.saturating_sub(1);
+                    }
+                    self.transmits.push_back(t);
+                    // The last audio packet written to it went out on timeouts
+                    // run only for the writes. str0m hands out its feedback
+                    // before paced media, so nothing else waits, and its next
+                    // deadline is its pacer's look right after this packet,
+                    // deferred as below: the poll that would only say so, a
+                    // walk of the whole `Rtc` per packet, is skipped.
+                    if rtp && write_only && peer.audio_unsent == 0 && !peer.has_video() {
+                        peer.rtc_timeout = self.now + PACER_NEXT_LOOK + PACER_LOOK_DEFER;
+                        break;
+                    }
+                }
+                Ok(str0m::Output::Event(e)) => match e {
+                    Event::Connected => {
+                        peer.connected = true;
+                        peer.connected_at = Some(self.now);
+                        connected_now = true;
+                    }
+                    Event::IceConnectionStateChange(state) => match state {
+                        // Not gone yet: a short outage or a new network may bring
+                        // it back (the client restarts ICE).
+                        // The reconnect timeout, not this, decides removal.
+                        IceConnectionState::Disconnected => {
+                            tracing::info!(participant = %pid, "ice disconnected; waiting for the client to return");
+                        }
+                        other => tracing::debug!(participant = %pid, state = ?other, "ice state"),
+                    },
+                    Event::MediaAdded(m) => {
+                        let ours = peer.subscriptions.iter().any(|s| s.mid() == Some(m.mid));
+                        if ours {
+                            continue;
+                        }
+                        if m.direction.is_receiving() {
+                            let rids = m
+                                .simulcast
+                                .map(|s| s.send.into_iter().chain(s.recv).map(|l| l.rid).collect())
+                                .unwrap_or_default();
+                            self.actions.push(Action::Publish(m.mid, m.kind, rids));
+                        } else if m.direction.is_sending() && peer.kind == PeerKind::Whep {
+                            peer.subscriptions.push(Subscription::new(
+                                None,
+                                None,
+                                m.kind,
+                                SubscriptionState::Open(m.mid),
+                            ));
+                            self.actions.push(Action::Bind(m.kind));
+                        }
+                    }
+                    Event::MediaData(d) => {
+                        self.stats.media_received += 1;
+                        self.stats.packets_received += packets_of(&d);
+                        if let Some(level) = d.ext_vals.audio_level
+                            && let Some(room) = self.rooms.get_mut(&peer.room)
+                        {
+                            room.speakers.observe(peer.public_id, level, self.now);
+                            let due = self.now + self.config.speaker_interval;
+                            if self.speaker_due.is_none_or(|t| t > due) {
+                                self.speaker_due = Some(due);
+                            }
+                        }
+                        if !d.contiguous
+                            && let Some(p) = peer.publication_by_mid(d.mid)
+                        {
+                            self.actions.push(Action::Keyframe(p.id));
+                        }
+                        self.actions.push(Action::Forward(d));
+                    }
+                    Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                        tracing::debug!(participant = %pid, estimate = estimate.as_u64(), "bandwidth estimate");
+                        peer.bwe_estimate = Some(estimate.as_u64());
+                    }
+                    Event::MediaEgressStats(st) => {
+                        // NACKs from this subscriber, answered from the send buffer.
+                        self.stats.nacks_received +=
+                            peer.nack_delta(st.mid, Some(st.nacks), None).0;
+                    }
+                    Event::MediaIngressStats(st) => {
+                        // NACKs to this publisher for packets lost on its way in.
+                        self.stats.nacks_sent += peer.nack_delta(st.mid, None, Some(st.nacks)).1;
+                    }
+                    Event::KeyframeRequest(r) => {
+                        if let Some(src) = peer.source_of(r.mid) {
+                            self.actions.push(Action::Keyframe(src));
+                        }
+                    }
+                    _ => {}
+                },
+                // A frame whose payload its codec does not allow (str0m's
+                // depacketizer refused it, and dropped it): that frame is
+                // lost, not the connection. A video decoder then needs a
+                // keyframe.
+                Err(RtcError::Packet(mid, pt, e)) => {
+                    self.stats.media_undecodable += 1;
+                    tracing::debug!(participant = %pid, %mid, %pt, error = %e, "undecodable frame dropped");
+                    if let Some(p) = peer.publication_by_mid(mid)
+                        && p.kind == MediaKind::Video
+                    {
+                        self.actions.push(Action::Keyframe(p.id));
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(participant = %pid, error = %e, "connection failed");
+                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                    break;
+                }
+            }
+        }
+        // Not alive includes poisoned.
+        let alive = peer.rtc.call(RtcCall::Poll, |rtc| rtc.is_alive());
+        let closing = peer.closing.or(if alive == Ok(true) {
+            None
+        } else {
+            Some(LeaveReason::ConnectionLost)
+        });
+        let poisoned = alive.is_err();
+        if connected_now {
+            tracing::info!(participant = %pid, room = %peer.room, "media connected");
+            self.events.push_back(RoomEvent::ParticipantConnected {
+                room: peer.room.clone(),
+                participant: peer.public_id,
+                join_time: self.now.saturating_duration_since(peer.joined_at),
+            });
+        }
+
+        let mut actions = std::mem::take(&mut self.actions);
+        if poisoned {
+            // Nothing more comes of a peer that panicked.
+            actions.clear();
+        }
+        for a in actions.drain(..) {
+            match a {
+                Action::Publish(mid, kind, rids) => self.publish(pid, mid, kind, &rids),
+                Action::Bind(kind) => self.bind_viewer(pid, kind),
+                Action::Forward(d) => self.forward(pid, d),
+                Action::Keyframe(track) => self.request_keyframe(track),
+            }
+        }
+        self.actions = actions;
+        if let Some(reason) = closing {
+            self.remove_participant(pid, reason);
+        } else {
+            self.check_handover(pid);
+            self.schedule(pid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_rtp;
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        // Opus (PT 111) with and without the marker bit.
+        assert!(is_rtp(&[0x80, 111, 0, 1]));
+        assert!(is_rtp(&[0x80, 0x80 | 111, 0, 1]));
+        // RTCP receiver report (201) and transport feedback (205).
+        assert!(!is_rtp(&[0x81, 201, 0, 7]));
+        assert!(!is_rtp(&[0x8f, 205, 0, 4]));
+        // A STUN binding response and a DTLS record.
+        assert!(!is_rtp(&[0x01, 0x01, 0, 0]));
+        assert!(!is_rtp(&[22, 0xfe, 0xfd]));
+        assert!(!is_rtp(&[0x80]));
+    }
+}

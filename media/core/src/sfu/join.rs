@@ -1,0 +1,397 @@
+//! Joining a room, and a handover: one participant moving to a new connection.
+
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind};
+
+use super::negotiation::check_tracks;
+use super::{Sfu, report_panic, requeue};
+use crate::error::{JoinError, SignalError};
+use crate::id::{ParticipantId, RoomId};
+use crate::isolation::RtcCall;
+use crate::peer::Peer;
+use crate::room::{Room, RoomOptions};
+use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, Signal};
+
+/// A request to put a participant in a room.
+#[derive(Debug)]
+pub struct JoinRequest {
+    room: RoomId,
+    identity: String,
+    name: Option<String>,
+    kind: PeerKind,
+    permissions: Permissions,
+    offer: Option<SdpOffer>,
+    account: Option<(String, String)>,
+}
+
+impl JoinRequest {
+    /// A join of `identity` to `room` over `kind`, with all permissions and no offer.
+    pub fn new(room: RoomId, identity: impl Into<String>, kind: PeerKind) -> Self {
+        JoinRequest {
+            room,
+            identity: identity.into(),
+            name: None,
+            kind,
+            permissions: Permissions::default(),
+            offer: None,
+            account: None,
+        }
+    }
+
+    /// The account and device the participant joined as; others see them
+    /// in [`ParticipantInfo`].
+    pub fn with_account(mut self, account: impl Into<String>, device: impl Into<String>) -> Self {
+        self.account = Some((account.into(), device.into()));
+        self
+    }
+
+    /// The display name (the identity when not set).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// What the participant may do.
+    pub fn with_permissions(mut self, p: Permissions) -> Self {
+        self.permissions = p;
+        self
+    }
+
+    /// The room to join.
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// The client's SDP offer (required for WHIP and WHEP).
+    pub fn with_offer(mut self, offer: SdpOffer) -> Self {
+        self.offer = Some(offer);
+        self
+    }
+}
+
+/// A successful join.
+#[derive(Debug)]
+pub struct Joined {
+    /// The key of this connection for later calls ([`Sfu::handle_offer`] and
+    /// the like) and for its signals; the participant's id except after a handover.
+    pub connection: ParticipantId,
+    /// The new participant, as others see it.
+    pub participant: ParticipantInfo,
+    /// The visible participants already in the room.
+    pub others: Vec<ParticipantInfo>,
+    /// The answer to the join's offer, if it had one.
+    pub answer: Option<SdpAnswer>,
+    /// An older session of the same identity that this join closed.
+    pub replaced: Option<ParticipantId>,
+}
+
+/// How long after a handover's new connection is up the old one may keep
+/// tracks the new one has not replaced.
+const HANDOVER_GRACE: Duration = Duration::from_secs(3);
+
+impl Sfu {
+    /// Puts a participant in a room.
+    pub fn handle_join(&mut self, now: Instant, req: JoinRequest) -> Result<Joined, JoinError> {
+        self.advance(now);
+        self.admit(req, None)
+    }
+
+    /// Moves a participant's call to a new connection (another device of the
+    /// same identity) without the others seeing a leave and a join.
+    ///
+    /// The new connection receives everyone else's tracks. Each track it
+    /// publishes replaces the old connection's track of the same kind at its
+    /// first decodable frame (audio at once, video at a keyframe), keeping the
+    /// track id and the others' m-lines; then the old connection is closed
+    /// with [`LeaveReason::HandedOver`].
+    pub fn handle_handover(
+        &mut self,
+        now: Instant,
+        from: ParticipantId,
+        req: JoinRequest,
+    ) -> Result<Joined, JoinError> {
+        self.advance(now);
+        let Some(old) = self.peers.get(&from) else {
+            return Err(JoinError::NotPermitted("no such participant to take over"));
+        };
+        // The same person: the same account (from another device), or for
+        // participants without accounts, the same identity.
+        let same = match (&old.account, &req.account) {
+            (Some((a, _)), Some((b, _))) => a == b,
+            (None, None) => old.identity == req.identity,
+            _ => false,
+        };
+        if !same || old.room != req.room || !old.is_visible() {
+            return Err(JoinError::NotPermitted(
+                "a handover needs the same account (or identity) in the same room",
+            ));
+        }
+        if req.kind != PeerKind::Session {
+            return Err(JoinError::NotPermitted(
+                "a handover needs a signaling session",
+            ));
+        }
+        self.admit(req, Some(from))
+    }
+
+    pub(super) fn admit(
+        &mut self,
+        req: JoinRequest,
+        takes_over: Option<ParticipantId>,
+    ) -> Result<Joined, JoinError> {
+        let JoinRequest {
+            room,
+            identity,
+            name,
+            kind,
+            permissions,
+            offer,
+            account,
+        } = req;
+        match kind {
+            PeerKind::Whip if !permissions.publish => {
+                return Err(JoinError::NotPermitted("publishing needs canPublish"));
+            }
+            PeerKind::Whep if !permissions.subscribe => {
+                return Err(JoinError::NotPermitted("viewing needs canSubscribe"));
+            }
+            PeerKind::Whip | PeerKind::Whep if offer.is_none() => {
+                return Err(JoinError::OfferRequired);
+            }
+            _ => {}
+        }
+        // The same identity joining again replaces its older session (not for
+        // viewers, nor during a handover).
+        let replaced = if kind == PeerKind::Whep || takes_over.is_some() {
+            None
+        } else {
+            self.rooms.get(&room).and_then(|r| {
+                r.participants.iter().copied().find(|p| {
+                    self.peers
+                        .get(p)
+                        .is_some_and(|p| p.identity == identity && p.is_visible())
+                })
+            })
+        };
+        // An account's device is replaced by that device only: a room token's
+        // identity is whatever its minter chose, and may spell an account's.
+        if let Some(old) = replaced.and_then(|p| self.peers.get(&p))
+            && old.account.is_some()
+            && old.account != account
+        {
+            return Err(JoinError::NotPermitted(
+                "the identity belongs to a signed-in device in this room",
+            ));
+        }
+        let limit = self
+            .rooms
+            .get(&room)
+            .map(|r| r.options.max_participants)
+            .filter(|n| *n > 0)
+            .unwrap_or(self.config.max_participants_per_room) as usize;
+        if let Some(r) = self.rooms.get(&room)
+            && limit > 0
+            && takes_over.is_none()
+            && r.participants.len() - usize::from(replaced.is_some()) >= limit
+        {
+            return Err(JoinError::RoomFull(room.to_string()));
+        }
+
+        let id = ParticipantId(self.next_participant);
+        self.next_participant += self.config.id_space.1;
+        let name = name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| identity.clone());
+        let mut peer = Peer::new(
+            self.now,
+            id,
+            room.clone(),
+            identity,
+            name,
+            kind,
+            permissions,
+            &self.config.candidates,
+            &self.rtc_config,
+        );
+        peer.account = account;
+        let answer = match offer {
+            Some(o) => Some(
+                check_tracks(&o, self.config.max_tracks_per_participant)
+                    .and_then(|()| peer.accept_offer(o))
+                    .map_err(|e| match e {
+                        SignalError::ConnectionFailed => JoinError::ConnectionFailed,
+                        e => JoinError::Offer(e.to_string()),
+                    }),
+            ),
+            None => None,
+        };
+        // Its `Rtc` panicked (building it, or on the offer): it never joins.
+        if peer.rtc.is_poisoned() {
+            report_panic(&mut self.stats, &peer);
+            return Err(JoinError::ConnectionFailed);
+        }
+        let answer = answer.transpose()?;
+        if let Some(old) = takes_over.and_then(|o| self.peers.get(&o)) {
+            // Others keep seeing the same participant: id, identity, name.
+            peer.public_id = old.public_id;
+            peer.identity = old.identity.clone();
+            peer.name = old.name.clone();
+            peer.takes_over = takes_over;
+        }
+        let public_id = peer.public_id;
+        let _span = tracing::info_span!("join", room = %room, participant = %id).entered();
+        if let Some(old) = replaced {
+            self.remove_participant(old, LeaveReason::DuplicateIdentity);
+        }
+
+        let now = self.now;
+        let room_entry = self.rooms.entry(room.clone()).or_insert_with(|| {
+            self.events
+                .push_back(RoomEvent::RoomStarted { room: room.clone() });
+            Room::new(self.config.speaker_interval, now, RoomOptions::default())
+        });
+        room_entry.empty_since = None;
+        let existing: Vec<ParticipantId> = room_entry.participants.clone();
+        room_entry.participants.push(id);
+
+        let info = peer.info();
+        for u in &peer.ufrags {
+            self.router.add_ufrag(u.clone(), id);
+        }
+        let visible = peer.is_visible();
+        tracing::info!(identity = %info.identity, ?kind, "participant joined");
+        self.peers.insert(id, Box::new(peer));
+        // A session subscribes to every track already in the room (but its own).
+        if permissions.subscribe {
+            self.subscribe_to_room(id);
+        }
+        self.mark_dirty(id);
+
+        let others: Vec<ParticipantInfo> = existing
+            .iter()
+            .filter_map(|p| self.peers.get(p))
+            .filter(|p| p.is_visible() && p.public_id != public_id)
+            .map(|p| p.info())
+            .collect();
+        if let Some(from) = takes_over {
+            tracing::info!(%from, "handover started");
+        } else if visible {
+            for other in &existing {
+                self.signals
+                    .push_back((*other, Signal::ParticipantJoined(info.clone())));
+            }
+            self.events.push_back(RoomEvent::ParticipantJoined {
+                room,
+                participant: info.clone(),
+            });
+        }
+        Ok(Joined {
+            connection: id,
+            participant: info,
+            others,
+            answer,
+            replaced,
+        })
+    }
+
+    /// Moves the old connection's track of this frame's kind to the new
+    /// connection, if the frame can start a picture (audio always, video at a
+    /// keyframe). True when the frame is to be forwarded.
+    pub(super) fn take_over_track(&mut self, new: ParticipantId, data: &MediaData) -> bool {
+        let Some(peer) = self.peers.get_mut(&new) else {
+            return false;
+        };
+        let Some(pos) = peer
+            .pending_takeover
+            .iter()
+            .position(|(m, _)| *m == data.mid)
+        else {
+            return false;
+        };
+        let kind = peer.pending_takeover[pos].1;
+        if kind == MediaKind::Video && !data.is_keyframe() {
+            // Keep the old picture until the new device sends a keyframe.
+            let now = self.now;
+            let interval = self.config.keyframe_interval;
+            if peer.handover_keyframes.request(now, interval) {
+                let stats = &mut self.stats;
+                let asked = peer.rtc.call(RtcCall::Keyframe, |rtc| {
+                    if let Some(mut w) = rtc.writer(data.mid) {
+                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                        stats.keyframe_requests += 1;
+                    }
+                });
+                if asked.is_err() {
+                    requeue(&mut self.dirty, peer);
+                }
+            }
+            return false;
+        }
+        peer.pending_takeover.swap_remove(pos);
+        let Some(old) = peer.takes_over else {
+            return false;
+        };
+        let Some(o) = self.peers.get_mut(&old) else {
+            return false;
+        };
+        let Some(i) = o.published.iter().position(|p| p.kind == kind) else {
+            return false;
+        };
+        let mut publication = o.published.remove(i);
+        publication.mid = data.mid;
+        publication.keyframes = Default::default();
+        // Subscribers re-base their timestamps on the new source.
+        publication.epoch = publication.epoch.wrapping_add(1);
+        let track = publication.id;
+        self.tracks.insert(track, new);
+        if let Some(peer) = self.peers.get_mut(&new) {
+            peer.published.push(publication);
+        }
+        tracing::info!(%track, from = %old, to = %new, "track handed over");
+        self.check_handover(new);
+        true
+    }
+
+    /// Ends a handover once the new connection carries everything it will:
+    /// all the old connection's tracks, or a grace period after connecting.
+    pub(super) fn check_handover(&mut self, new: ParticipantId) {
+        let Some(peer) = self.peers.get(&new) else {
+            return;
+        };
+        let Some(old) = peer.takes_over else {
+            return;
+        };
+        let Some(connected_at) = peer.connected_at else {
+            return;
+        };
+        let old_done = self.peers.get(&old).is_none_or(|o| o.published.is_empty());
+        let grace_over = self.now >= connected_at + HANDOVER_GRACE;
+        if !old_done && !grace_over {
+            return;
+        }
+        let public = peer.public_id;
+        let room = peer.room.clone();
+        if let Some(peer) = self.peers.get_mut(&new) {
+            peer.takes_over = None;
+        }
+        tracing::info!(from = %old, to = %new, "handover complete");
+        self.events.push_back(RoomEvent::ParticipantHandedOver {
+            room,
+            participant: public,
+            to: new,
+        });
+        self.remove_participant(old, LeaveReason::HandedOver);
+        // Tracks of kinds the old connection did not have, or that never
+        // produced a frame in time, become tracks of their own.
+        let pending = self
+            .peers
+            .get_mut(&new)
+            .map(|p| std::mem::take(&mut p.pending_takeover))
+            .unwrap_or_default();
+        for (mid, kind) in pending {
+            self.publish(new, mid, kind, &[]);
+        }
+    }
+}

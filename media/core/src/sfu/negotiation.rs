@@ -1,0 +1,127 @@
+//! SDP offers and answers, and trickled ICE candidates.
+
+use std::time::Instant;
+
+use str0m::Candidate;
+use str0m::change::{SdpAnswer, SdpOffer};
+
+use super::Sfu;
+use crate::error::SignalError;
+use crate::id::ParticipantId;
+use crate::isolation::RtcCall;
+
+/// Refuses an offer that sends on more audio and video m-lines than
+/// `limit` (0: no limit): each would be a track every subscriber gets an
+/// m-line for.
+pub(super) fn check_tracks(offer: &SdpOffer, limit: u32) -> Result<(), SignalError> {
+    if limit == 0 {
+        return Ok(());
+    }
+    let offered = offer
+        .media_lines
+        .iter()
+        .filter(|m| m.typ.is_media() && !m.disabled && m.direction().is_sending())
+        .count();
+    if offered > limit as usize {
+        return Err(SignalError::TooManyTracks { offered, limit });
+    }
+    Ok(())
+}
+
+impl Sfu {
+    /// Accepts a client's SDP offer and returns the answer.
+    pub fn handle_offer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        offer: SdpOffer,
+    ) -> Result<SdpAnswer, SignalError> {
+        self.advance(now);
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SignalError::UnknownParticipant)?;
+        check_tracks(&offer, self.config.max_tracks_per_participant)?;
+        let answer = match peer.accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                if peer.rtc.is_poisoned() {
+                    self.mark_dirty(participant);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(u) = peer.ufrags.last() {
+            self.router.add_ufrag(u.clone(), participant);
+        }
+        self.mark_dirty(participant);
+        Ok(answer)
+    }
+
+    /// Accepts a client's answer to the server's offer.
+    pub fn handle_answer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        answer: SdpAnswer,
+    ) -> Result<(), SignalError> {
+        self.advance(now);
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let opened = match peer.accept_answer(answer) {
+            Ok(o) => o,
+            Err(e) => {
+                if peer.rtc.is_poisoned() {
+                    self.mark_dirty(participant);
+                }
+                return Err(e);
+            }
+        };
+        for (source, mid) in opened {
+            self.add_subscriber(source, participant, mid);
+        }
+        self.mark_dirty(participant);
+        Ok(())
+    }
+
+    /// Adds a trickled ICE candidate of the client (`candidate:...`, no `a=`).
+    pub fn handle_candidate(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        candidate: &str,
+    ) -> Result<(), SignalError> {
+        self.advance(now);
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let line = candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if line.is_empty() {
+            // End of candidates.
+            return Ok(());
+        }
+        // A host address hidden behind an mDNS name (`<uuid>.local`, as
+        // browsers send): nothing to resolve it with, and nothing lost, since
+        // the server is ICE-lite and learns the address from the client's
+        // checks. Accepted and ignored rather than refused.
+        if line
+            .split_whitespace()
+            .nth(4)
+            .is_some_and(|addr| addr.to_ascii_lowercase().ends_with(".local"))
+        {
+            return Ok(());
+        }
+        let c =
+            Candidate::from_sdp_string(line).map_err(|e| SignalError::Candidate(e.to_string()))?;
+        let added = peer
+            .rtc
+            .call(RtcCall::Candidate, |rtc| rtc.add_remote_candidate(c));
+        // Driven either way: a poisoned peer is removed by its drive.
+        self.mark_dirty(participant);
+        Ok(added?)
+    }
+}
