@@ -2,16 +2,22 @@
 //! cross-peer work that turned up (publish, forward, keyframes).
 
 use std::cmp::Reverse;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use str0m::bwe::BweKind;
 use str0m::media::{MediaData, MediaKind, Mid};
+use str0m::net::Transmit;
 use str0m::{Event, IceConnectionState, PacerReason, Reason, RtcError};
 
 use super::{Sfu, requeue, run_rtc_timeout};
-use crate::id::{ParticipantId, TrackId};
+use crate::id::{ParticipantId, RoomId, TrackId};
 use crate::isolation::RtcCall;
+use crate::peer::Peer;
+use crate::room::Room;
 use crate::signal::{LeaveReason, PeerKind, RoomEvent, Signal};
+use crate::stats::SfuStats;
 use crate::track::{Subscription, SubscriptionState};
 
 /// Cross-peer work found while driving one peer, done after its borrow ends.
@@ -89,181 +95,25 @@ impl Sfu {
         if let Some(offer) = peer.negotiate() {
             self.signals.push_back((pid, Signal::Offer(offer)));
         }
-        let mut connected_now = false;
-        let mut inline_timeouts = 0u32;
-        // Nothing of this peer is due but the media written to it.
-        let write_only = peer.written && peer.rtc_timeout > self.now + PACER_NEXT_LOOK;
-        // Media written to it goes out only after a timeout (str0m queues
-        // it for its pacer): run that now instead of learning it from a
-        // `poll_output`, one fewer per forwarded packet.
-        if peer.written {
-            inline_timeouts += 1;
-            run_rtc_timeout(peer, self.now, &mut self.stats);
-        }
-        loop {
-            self.stats.rtc_polls += 1;
-            let Ok(output) = peer.rtc.call(RtcCall::Poll, |rtc| rtc.poll_output()) else {
-                break; // poisoned: removed below
-            };
-            match output {
-                // Already due: str0m packetizes written media on a timeout.
-                // Run it here instead of a round trip through the timer heap
-                // and the shell's loop; bounded, in case a deadline stays due
-                // without progress. So is the pacer's wake-up 1 µs after a
-                // packet it released while audio written to this peer still
-                // waits: str0m releases one packet per timeout, and the rest
-                // of a burst's packets should not wait for the timer heap.
-                Ok(str0m::Output::Timeout(t))
-                    if inline_timeouts < INLINE_TIMEOUTS
-                        && (t <= self.now
-                            || (peer.audio_unsent > 0 && t <= self.now + PACER_NEXT_LOOK)) =>
-                {
-                    inline_timeouts += 1;
-                    if !run_rtc_timeout(peer, t.max(self.now), &mut self.stats) {
-                        break;
-                    }
-                }
-                Ok(str0m::Output::Timeout(t)) => {
-                    peer.rtc_timeout = t;
-                    // str0m's pacer asks for a timeout right after each packet
-                    // it releases, only to take a fresh look at the queues. With
-                    // no video either way nothing is paced or padded, so when
-                    // no other packet waits, that look can wait for the next
-                    // write (which needs a timeout anyway): half the timeouts
-                    // per audio packet.
-                    let reason = peer
-                        .rtc
-                        .call(RtcCall::Poll, |rtc| rtc.last_timeout_reason());
-                    if reason == Ok(Reason::Pacer(PacerReason::Immediate)) {
-                        if peer.audio_unsent == 0 && !peer.has_video() {
-                            peer.rtc_timeout = t + PACER_LOOK_DEFER;
-                        }
-                    } else if t > self.now {
-                        // The pacer's last look released nothing: all went out.
-                        peer.audio_unsent = 0;
-                    }
-                    break;
-                }
-                Ok(str0m::Output::Transmit(t)) => {
-                    let rtp = is_rtp(&t.contents);
-                    if rtp {
-                        peer.audio_unsent = peer.audio_unsent.saturating_sub(1);
-                    }
-                    self.transmits.push_back(t);
-                    // The last audio packet written to it went out on timeouts
-                    // run only for the writes. str0m hands out its feedback
-                    // before paced media, so nothing else waits, and its next
-                    // deadline is its pacer's look right after this packet,
-                    // deferred as below: the poll that would only say so, a
-                    // walk of the whole `Rtc` per packet, is skipped.
-                    if rtp && write_only && peer.audio_unsent == 0 && !peer.has_video() {
-                        peer.rtc_timeout = self.now + PACER_NEXT_LOOK + PACER_LOOK_DEFER;
-                        break;
-                    }
-                }
-                Ok(str0m::Output::Event(e)) => match e {
-                    Event::Connected => {
-                        peer.connected = true;
-                        peer.connected_at = Some(self.now);
-                        connected_now = true;
-                    }
-                    Event::IceConnectionStateChange(state) => match state {
-                        // Not gone yet: a short outage or a new network may bring
-                        // it back (the client restarts ICE).
-                        // The reconnect timeout, not this, decides removal.
-                        IceConnectionState::Disconnected => {
-                            tracing::info!(participant = %pid, "ice disconnected; waiting for the client to return");
-                        }
-                        other => tracing::debug!(participant = %pid, state = ?other, "ice state"),
-                    },
-                    Event::MediaAdded(m) => {
-                        let ours = peer.subscriptions.iter().any(|s| s.mid() == Some(m.mid));
-                        if ours {
-                            continue;
-                        }
-                        if m.direction.is_receiving() {
-                            let rids = m
-                                .simulcast
-                                .map(|s| s.send.into_iter().chain(s.recv).map(|l| l.rid).collect())
-                                .unwrap_or_default();
-                            self.actions.push(Action::Publish(m.mid, m.kind, rids));
-                        } else if m.direction.is_sending() && peer.kind == PeerKind::Whep {
-                            peer.subscriptions.push(Subscription::new(
-                                None,
-                                None,
-                                m.kind,
-                                SubscriptionState::Open(m.mid),
-                            ));
-                            self.actions.push(Action::Bind(m.kind));
-                        }
-                    }
-                    Event::MediaData(d) => {
-                        self.stats.media_received += 1;
-                        self.stats.packets_received += packets_of(&d);
-                        if let Some(level) = d.ext_vals.audio_level
-                            && let Some(room) = self.rooms.get_mut(&peer.room)
-                        {
-                            room.speakers.observe(peer.public_id, level, self.now);
-                            let due = self.now + self.config.speaker_interval;
-                            if self.speaker_due.is_none_or(|t| t > due) {
-                                self.speaker_due = Some(due);
-                            }
-                        }
-                        if !d.contiguous
-                            && let Some(p) = peer.publication_by_mid(d.mid)
-                        {
-                            self.actions.push(Action::Keyframe(p.id));
-                        }
-                        self.actions.push(Action::Forward(d));
-                    }
-                    Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-                        tracing::debug!(participant = %pid, estimate = estimate.as_u64(), "bandwidth estimate");
-                        peer.bwe_estimate = Some(estimate.as_u64());
-                    }
-                    Event::MediaEgressStats(st) => {
-                        // NACKs from this subscriber, answered from the send buffer.
-                        self.stats.nacks_received +=
-                            peer.nack_delta(st.mid, Some(st.nacks), None).0;
-                    }
-                    Event::MediaIngressStats(st) => {
-                        // NACKs to this publisher for packets lost on its way in.
-                        self.stats.nacks_sent += peer.nack_delta(st.mid, None, Some(st.nacks)).1;
-                    }
-                    Event::KeyframeRequest(r) => {
-                        if let Some(src) = peer.source_of(r.mid) {
-                            self.actions.push(Action::Keyframe(src));
-                        }
-                    }
-                    _ => {}
-                },
-                // A frame whose payload its codec does not allow (str0m's
-                // depacketizer refused it, and dropped it): that frame is
-                // lost, not the connection. A video decoder then needs a
-                // keyframe.
-                Err(RtcError::Packet(mid, pt, e)) => {
-                    self.stats.media_undecodable += 1;
-                    tracing::debug!(participant = %pid, %mid, %pt, error = %e, "undecodable frame dropped");
-                    if let Some(p) = peer.publication_by_mid(mid)
-                        && p.kind == MediaKind::Video
-                    {
-                        self.actions.push(Action::Keyframe(p.id));
-                    }
-                }
-                Err(e) => {
-                    tracing::info!(participant = %pid, error = %e, "connection failed");
-                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
-                    break;
-                }
-            }
-        }
-        // Not alive includes poisoned.
-        let alive = peer.rtc.call(RtcCall::Poll, |rtc| rtc.is_alive());
-        let closing = peer.closing.or(if alive == Ok(true) {
-            None
-        } else {
-            Some(LeaveReason::ConnectionLost)
-        });
-        let poisoned = alive.is_err();
+        // The peer stays borrowed for the whole poll (one lookup per drive);
+        // what the poll writes besides it is borrowed field by field.
+        let mut poll = PeerPoll {
+            pid,
+            now: self.now,
+            speaker_interval: self.config.speaker_interval,
+            stats: &mut self.stats,
+            transmits: &mut self.transmits,
+            actions: &mut self.actions,
+            rooms: &mut self.rooms,
+            speaker_due: &mut self.speaker_due,
+            inline_timeouts: 0,
+            write_only: false,
+            connected_now: false,
+        };
+        poll.flush_written(peer);
+        poll.run(peer);
+        let connected_now = poll.connected_now;
+        let (closing, poisoned) = verdict(peer);
         if connected_now {
             tracing::info!(participant = %pid, room = %peer.room, "media connected");
             self.events.push_back(RoomEvent::ParticipantConnected {
@@ -272,10 +122,20 @@ impl Sfu {
                 join_time: self.now.saturating_duration_since(peer.joined_at),
             });
         }
+        // Nothing more comes of a peer that panicked.
+        self.run_actions(pid, poisoned);
+        if let Some(reason) = closing {
+            self.remove_participant(pid, reason);
+        } else {
+            self.check_handover(pid);
+            self.schedule(pid);
+        }
+    }
 
+    /// Does the cross-peer work a drive of `pid` found (or drops it).
+    fn run_actions(&mut self, pid: ParticipantId, discard: bool) {
         let mut actions = std::mem::take(&mut self.actions);
-        if poisoned {
-            // Nothing more comes of a peer that panicked.
+        if discard {
             actions.clear();
         }
         for a in actions.drain(..) {
@@ -286,13 +146,228 @@ impl Sfu {
                 Action::Keyframe(track) => self.request_keyframe(track),
             }
         }
+        // Kept for the next drive: its capacity is reused.
         self.actions = actions;
-        if let Some(reason) = closing {
-            self.remove_participant(pid, reason);
-        } else {
-            self.check_handover(pid);
-            self.schedule(pid);
+    }
+}
+
+/// Whether a peer goes after its poll (why), and whether its `Rtc` panicked.
+fn verdict(peer: &mut Peer) -> (Option<LeaveReason>, bool) {
+    // Not alive includes poisoned.
+    let alive = peer.rtc.call(RtcCall::Poll, |rtc| rtc.is_alive());
+    let closing = peer.closing.or(if alive == Ok(true) {
+        None
+    } else {
+        Some(LeaveReason::ConnectionLost)
+    });
+    (closing, alive.is_err())
+}
+
+/// One drive's poll of a peer's `Rtc`: what it writes to besides the peer
+/// (disjoint borrows of the SFU's fields), and where it stands.
+struct PeerPoll<'a> {
+    pid: ParticipantId,
+    now: Instant,
+    speaker_interval: Duration,
+    stats: &'a mut SfuStats,
+    transmits: &'a mut VecDeque<Transmit>,
+    actions: &'a mut Vec<Action>,
+    rooms: &'a mut FxHashMap<RoomId, Room>,
+    speaker_due: &'a mut Option<Instant>,
+    /// `Rtc` timeouts run in this drive, at most [`INLINE_TIMEOUTS`].
+    inline_timeouts: u32,
+    /// Nothing of this peer was due but the media written to it.
+    write_only: bool,
+    /// ICE and DTLS completed during this poll.
+    connected_now: bool,
+}
+
+impl PeerPoll<'_> {
+    /// Media written to the peer goes out only after a timeout (str0m queues
+    /// it for its pacer): run that now instead of learning it from a
+    /// `poll_output`, one fewer per forwarded packet.
+    fn flush_written(&mut self, peer: &mut Peer) {
+        self.write_only = peer.written && peer.rtc_timeout > self.now + PACER_NEXT_LOOK;
+        if peer.written {
+            self.inline_timeouts += 1;
+            run_rtc_timeout(peer, self.now, self.stats);
         }
+    }
+
+    /// Polls the `Rtc` until it has nothing more (or fails).
+    fn run(&mut self, peer: &mut Peer) {
+        loop {
+            self.stats.rtc_polls += 1;
+            let Ok(output) = peer.rtc.call(RtcCall::Poll, |rtc| rtc.poll_output()) else {
+                break; // poisoned: removed by the drive
+            };
+            let more = match output {
+                Ok(str0m::Output::Timeout(t)) => self.on_timeout(peer, t),
+                Ok(str0m::Output::Transmit(t)) => self.on_transmit(peer, t),
+                Ok(str0m::Output::Event(e)) => {
+                    self.on_event(peer, e);
+                    true
+                }
+                // A frame whose payload its codec does not allow (str0m's
+                // depacketizer refused it, and dropped it): that frame is
+                // lost, not the connection. A video decoder then needs a
+                // keyframe.
+                Err(RtcError::Packet(mid, pt, e)) => {
+                    self.stats.media_undecodable += 1;
+                    tracing::debug!(participant = %self.pid, %mid, %pt, error = %e, "undecodable frame dropped");
+                    if let Some(p) = peer.publication_by_mid(mid)
+                        && p.kind == MediaKind::Video
+                    {
+                        self.actions.push(Action::Keyframe(p.id));
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::info!(participant = %self.pid, error = %e, "connection failed");
+                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                    false
+                }
+            };
+            if !more {
+                break;
+            }
+        }
+    }
+
+    /// The `Rtc`'s next deadline; false when the poll is over.
+    fn on_timeout(&mut self, peer: &mut Peer, t: Instant) -> bool {
+        // Already due: str0m packetizes written media on a timeout. Run it
+        // here instead of a round trip through the timer heap and the
+        // shell's loop; bounded, in case a deadline stays due without
+        // progress. So is the pacer's wake-up 1 µs after a packet it
+        // released while audio written to this peer still waits: str0m
+        // releases one packet per timeout, and the rest of a burst's packets
+        // should not wait for the timer heap.
+        if self.inline_timeouts < INLINE_TIMEOUTS
+            && (t <= self.now || (peer.audio_unsent > 0 && t <= self.now + PACER_NEXT_LOOK))
+        {
+            self.inline_timeouts += 1;
+            return run_rtc_timeout(peer, t.max(self.now), self.stats);
+        }
+        peer.rtc_timeout = t;
+        // str0m's pacer asks for a timeout right after each packet it
+        // releases, only to take a fresh look at the queues. With no video
+        // either way nothing is paced or padded, so when no other packet
+        // waits, that look can wait for the next write (which needs a
+        // timeout anyway): half the timeouts per audio packet.
+        let reason = peer
+            .rtc
+            .call(RtcCall::Poll, |rtc| rtc.last_timeout_reason());
+        if reason == Ok(Reason::Pacer(PacerReason::Immediate)) {
+            if peer.audio_unsent == 0 && !peer.has_video() {
+                peer.rtc_timeout = t + PACER_LOOK_DEFER;
+            }
+        } else if t > self.now {
+            // The pacer's last look released nothing: all went out.
+            peer.audio_unsent = 0;
+        }
+        false
+    }
+
+    /// A datagram to send; false when the poll is over.
+    fn on_transmit(&mut self, peer: &mut Peer, t: Transmit) -> bool {
+        let rtp = is_rtp(&t.contents);
+        if rtp {
+            peer.audio_unsent = peer.audio_unsent.saturating_sub(1);
+        }
+        self.transmits.push_back(t);
+        // The last audio packet written to it went out on timeouts run only
+        // for the writes. str0m hands out its feedback before paced media,
+        // so nothing else waits, and its next deadline is its pacer's look
+        // right after this packet, deferred as below: the poll that would
+        // only say so, a walk of the whole `Rtc` per packet, is skipped.
+        if rtp && self.write_only && peer.audio_unsent == 0 && !peer.has_video() {
+            peer.rtc_timeout = self.now + PACER_NEXT_LOOK + PACER_LOOK_DEFER;
+            return false;
+        }
+        true
+    }
+
+    fn on_event(&mut self, peer: &mut Peer, e: Event) {
+        let pid = self.pid;
+        match e {
+            Event::Connected => {
+                peer.connected = true;
+                peer.connected_at = Some(self.now);
+                self.connected_now = true;
+            }
+            Event::IceConnectionStateChange(state) => match state {
+                // Not gone yet: a short outage or a new network may bring it
+                // back (the client restarts ICE). The reconnect timeout, not
+                // this, decides removal.
+                IceConnectionState::Disconnected => {
+                    tracing::info!(participant = %pid, "ice disconnected; waiting for the client to return");
+                }
+                other => tracing::debug!(participant = %pid, state = ?other, "ice state"),
+            },
+            Event::MediaAdded(m) => {
+                let ours = peer.subscriptions.iter().any(|s| s.mid() == Some(m.mid));
+                if ours {
+                    return;
+                }
+                if m.direction.is_receiving() {
+                    let rids = m
+                        .simulcast
+                        .map(|s| s.send.into_iter().chain(s.recv).map(|l| l.rid).collect())
+                        .unwrap_or_default();
+                    self.actions.push(Action::Publish(m.mid, m.kind, rids));
+                } else if m.direction.is_sending() && peer.kind == PeerKind::Whep {
+                    peer.subscriptions.push(Subscription::new(
+                        None,
+                        None,
+                        m.kind,
+                        SubscriptionState::Open(m.mid),
+                    ));
+                    self.actions.push(Action::Bind(m.kind));
+                }
+            }
+            Event::MediaData(d) => self.on_media(peer, d),
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                tracing::debug!(participant = %pid, estimate = estimate.as_u64(), "bandwidth estimate");
+                peer.bwe_estimate = Some(estimate.as_u64());
+            }
+            Event::MediaEgressStats(st) => {
+                // NACKs from this subscriber, answered from the send buffer.
+                self.stats.nacks_received += peer.nack_delta(st.mid, Some(st.nacks), None).0;
+            }
+            Event::MediaIngressStats(st) => {
+                // NACKs to this publisher for packets lost on its way in.
+                self.stats.nacks_sent += peer.nack_delta(st.mid, None, Some(st.nacks)).1;
+            }
+            Event::KeyframeRequest(r) => {
+                if let Some(src) = peer.source_of(r.mid) {
+                    self.actions.push(Action::Keyframe(src));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A frame from the publisher: its audio level to the room's speaker
+    /// detector, the frame to be forwarded after the poll.
+    fn on_media(&mut self, peer: &mut Peer, d: MediaData) {
+        self.stats.media_received += 1;
+        self.stats.packets_received += packets_of(&d);
+        if let Some(level) = d.ext_vals.audio_level
+            && let Some(room) = self.rooms.get_mut(&peer.room)
+        {
+            room.speakers.observe(peer.public_id, level, self.now);
+            let due = self.now + self.speaker_interval;
+            if self.speaker_due.is_none_or(|t| t > due) {
+                *self.speaker_due = Some(due);
+            }
+        }
+        if !d.contiguous
+            && let Some(p) = peer.publication_by_mid(d.mid)
+        {
+            self.actions.push(Action::Keyframe(p.id));
+        }
+        self.actions.push(Action::Forward(d));
     }
 }
 
