@@ -12,7 +12,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
-use vela_media_core::{Output, ParticipantId, Sfu, Signal};
+use vela_media_core::{ConnectionId, Output, Sfu, Signal};
 
 use crate::world::SERVER;
 
@@ -56,8 +56,8 @@ pub struct Client {
     pub rtc: Rtc,
     /// Its addresses; the first is where it started.
     pub addrs: Vec<SocketAddr>,
-    /// Its participant (connection) id, once joined.
-    pub id: Option<ParticipantId>,
+    /// Its connection id, once joined.
+    pub id: Option<ConnectionId>,
     pub timeout: Instant,
     pub connected: bool,
     /// Told `left` by the server.
@@ -217,7 +217,7 @@ impl Net {
         sfu: &mut Sfu,
         now: Instant,
         clients: &mut [&mut Client],
-    ) -> Vec<(ParticipantId, Signal)> {
+    ) -> Vec<(ConnectionId, Signal)> {
         let mut signals = Vec::new();
         for _ in 0..50 {
             let mut moved = false;

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vela_media_core::{
-    DataMessage, JoinRequest, LeaveReason, ParticipantId, PeerKind, Permissions, RoomId, SdpAnswer,
-    SdpOffer, Sfu, Signal, TrackSettings,
+    ConnectionId, DataMessage, JoinRequest, LeaveReason, ParticipantId, PeerKind, Permissions,
+    RoomId, SdpAnswer, SdpOffer, Sfu, Signal, TrackSettings,
 };
 use vela_signaling::fuzz::{ClientMessage, decode_client_message, decode_payload, parse_kind};
 use vela_signaling::token::{Credential, TokenKeys};
@@ -51,7 +51,7 @@ enum Session {
     New,
     /// Joined as this connection.
     Joined {
-        id: ParticipantId,
+        id: ConnectionId,
         /// The participant id the others (and `resume`) know it by.
         public: ParticipantId,
         /// The server's offer not answered yet.
@@ -254,7 +254,7 @@ impl World {
 
     /// `session::join` for a room token; an account's access token would
     /// need the store, and is refused here.
-    fn join(&mut self, text: &str) -> Result<(ParticipantId, ParticipantId), ()> {
+    fn join(&mut self, text: &str) -> Result<(ConnectionId, ParticipantId), ()> {
         let Ok(ClientMessage::Join {
             token,
             room,
@@ -276,17 +276,21 @@ impl World {
         }
         // `call::service::room_access`: call rooms admit accounts only.
         let take_over = match take_over.filter(|t| !t.is_empty()) {
-            Some(t) => Some(t.parse::<ParticipantId>().map_err(|_| ())?),
+            Some(t) => Some(t.parse::<ConnectionId>().map_err(|_| ())?),
             None => None,
         };
         if vela_signaling::fuzz::is_call_room(room.as_str()) {
             return Err(());
         }
         // `session::check_take_over`: the taken-over session's resume token
-        // (a room token has no account and device to match instead).
+        // (a room token has no account and device to match instead); the
+        // client names the participant by its connection's number.
         if let Some(from) = take_over {
-            let proof = resume_token
-                .is_some_and(|t| self.resumable.iter().any(|(p, rt)| *p == from && *rt == t));
+            let proof = resume_token.is_some_and(|t| {
+                self.resumable
+                    .iter()
+                    .any(|(p, rt)| p.0 == from.0 && *rt == t)
+            });
             if !proof {
                 return Err(());
             }
@@ -322,7 +326,7 @@ impl World {
     }
 
     /// `session::handle_message` with the driver's mapping to the core.
-    fn handle_message(&mut self, who: usize, id: ParticipantId, text: &str) {
+    fn handle_message(&mut self, who: usize, id: ConnectionId, text: &str) {
         let msg = match decode_client_message(text) {
             Ok(m) => m,
             Err(e) => {

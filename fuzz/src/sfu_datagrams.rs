@@ -34,7 +34,7 @@ use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, Ssrc};
 use vela_media_core::{
-    JoinRequest, ParticipantId, PeerKind, RoomId, Sfu, Signal, TrackId, TrackSettings,
+    ConnectionId, JoinRequest, PeerKind, RoomId, Sfu, Signal, TrackId, TrackSettings,
 };
 
 use crate::net::{self, Client, Net, RIDS, addr};
@@ -448,7 +448,9 @@ impl World {
                     height: (flags & 4 != 0).then(|| u32::from(b.u16().unwrap_or(0))),
                 };
                 if let Some(sub) = self.subscriber.id {
-                    let _ = self.sfu.handle_track_settings(self.now, sub, track, settings);
+                    let _ = self
+                        .sfu
+                        .handle_track_settings(self.now, sub, track, settings);
                 }
             }
         }
@@ -578,7 +580,7 @@ impl World {
         }
     }
 
-    fn signal(&mut self, p: ParticipantId, s: Signal) {
+    fn signal(&mut self, p: ConnectionId, s: Signal) {
         let c = if Some(p) == self.publisher.id {
             &mut self.publisher
         } else if Some(p) == self.subscriber.id {

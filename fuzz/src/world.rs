@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use vela_media_core::{Output, ParticipantId, Sfu, SfuConfig, Signal};
+use vela_media_core::{ConnectionId, Output, Sfu, SfuConfig, Signal};
 
 /// The server's media address in every target.
 pub const SERVER: SocketAddr = SocketAddr::new(
@@ -26,7 +26,7 @@ pub fn sfu(now: Instant) -> Sfu {
 
 /// Drains the core's outputs as the shell does, until it waits for time;
 /// the signals, in order (datagrams go nowhere, events are dropped).
-pub fn drain(sfu: &mut Sfu) -> Vec<(ParticipantId, Signal)> {
+pub fn drain(sfu: &mut Sfu) -> Vec<(ConnectionId, Signal)> {
     let mut signals = Vec::new();
     // Bounded: a core that never settles is a finding too.
     for _ in 0..100_000 {

@@ -1,4 +1,4 @@
-//! Typed identifiers for rooms, participants and tracks.
+//! Typed identifiers for rooms, participants, connections and tracks.
 
 use std::fmt;
 use std::str::FromStr;
@@ -99,6 +99,16 @@ macro_rules! numeric_id {
 numeric_id!(
     /// A participant in a room, unique for the lifetime of the server (`PA<n>`).
     ParticipantId,
+    "PA"
+);
+numeric_id!(
+    /// One connection of a participant to the SFU (`PA<n>`, numbered with
+    /// participants): the key of every per-connection call and signal.
+    ///
+    /// A participant's first connection has the participant's number; a
+    /// handover moves the participant to a new connection with a new number,
+    /// while the room goes on seeing the same [`ParticipantId`].
+    ConnectionId,
     "PA"
 );
 numeric_id!(

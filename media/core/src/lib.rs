@@ -28,7 +28,7 @@ mod stats;
 mod track;
 
 pub use error::{JoinError, SignalError};
-pub use id::{IdParseError, ParticipantId, RoomId, TrackId};
+pub use id::{ConnectionId, IdParseError, ParticipantId, RoomId, TrackId};
 #[cfg(feature = "test-hooks")]
 pub use isolation::RtcCall;
 pub use room::RoomOptions;

@@ -12,7 +12,7 @@ use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
 use crate::error::SignalError;
-use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::id::{ConnectionId, ParticipantId, RoomId, TrackId};
 use crate::isolation::{PeerRtc, RtcCall};
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions};
 use crate::track::{KeyframeThrottle, Publication, Subscription, SubscriptionState};
@@ -20,11 +20,11 @@ use crate::track::{KeyframeThrottle, Publication, Subscription, SubscriptionStat
 /// A participant and its connection.
 pub(crate) struct Peer {
     /// This connection's key; signals for it go to its own client.
-    pub id: ParticipantId,
+    pub id: ConnectionId,
     /// The participant others see: `id`, or after a handover the predecessor's.
     pub public_id: ParticipantId,
     /// The connection this one is taking over (a handover in progress).
-    pub takes_over: Option<ParticipantId>,
+    pub takes_over: Option<ConnectionId>,
     /// Tracks this connection publishes that will replace the predecessor's
     /// tracks of the same kind at their first decodable frame.
     pub pending_takeover: Vec<(Mid, MediaKind)>,
@@ -139,7 +139,7 @@ impl Peer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         now: Instant,
-        id: ParticipantId,
+        id: ConnectionId,
         room: RoomId,
         identity: String,
         name: String,
@@ -165,7 +165,9 @@ impl Peer {
         });
         Peer {
             id,
-            public_id: id,
+            // A new participant takes its first connection's number (a
+            // handover's connection is given its predecessor's participant).
+            public_id: ParticipantId(id.0),
             takes_over: None,
             pending_takeover: Vec::new(),
             handover_keyframes: KeyframeThrottle::default(),

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::id::ParticipantId;
+use crate::id::ConnectionId;
 use crate::speaker::SpeakerDetector;
 
 /// How a room created through the server API behaves.
@@ -20,7 +20,7 @@ pub struct RoomOptions {
 /// The participants of one room, in joining order, and who speaks.
 #[derive(Debug)]
 pub(crate) struct Room {
-    pub participants: Vec<ParticipantId>,
+    pub participants: Vec<ConnectionId>,
     pub speakers: SpeakerDetector,
     pub options: RoomOptions,
     pub created: Instant,
@@ -40,7 +40,7 @@ impl Room {
         }
     }
 
-    pub fn remove(&mut self, participant: ParticipantId) {
+    pub fn remove(&mut self, participant: ConnectionId) {
         self.participants.retain(|p| *p != participant);
     }
 

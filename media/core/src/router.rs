@@ -10,15 +10,15 @@ use rustc_hash::FxHashMap;
 
 use str0m::ice::StunMessage;
 
-use crate::id::ParticipantId;
+use crate::id::ConnectionId;
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     /// From an address a participant owns.
-    Known(ParticipantId),
+    Known(ConnectionId),
     /// A STUN message naming a participant's ufrag, from an address not yet known.
-    Stun(ParticipantId),
+    Stun(ConnectionId),
     /// Nobody's.
     Unknown,
 }
@@ -30,8 +30,8 @@ pub(crate) enum Route {
 /// tables with colliding keys.
 #[derive(Debug, Default)]
 pub(crate) struct Router {
-    by_addr: FxHashMap<SocketAddr, ParticipantId>,
-    by_ufrag: FxHashMap<String, ParticipantId>,
+    by_addr: FxHashMap<SocketAddr, ConnectionId>,
+    by_ufrag: FxHashMap<String, ConnectionId>,
 }
 
 impl Router {
@@ -50,16 +50,16 @@ impl Router {
         Route::Unknown
     }
 
-    pub fn add_ufrag(&mut self, ufrag: String, participant: ParticipantId) {
+    pub fn add_ufrag(&mut self, ufrag: String, participant: ConnectionId) {
         self.by_ufrag.insert(ufrag, participant);
     }
 
-    pub fn add_addr(&mut self, addr: SocketAddr, participant: ParticipantId) {
+    pub fn add_addr(&mut self, addr: SocketAddr, participant: ConnectionId) {
         self.by_addr.insert(addr, participant);
     }
 
     /// Forgets a participant's ufrags and addresses.
-    pub fn remove(&mut self, ufrags: &[String], addrs: &[SocketAddr], participant: ParticipantId) {
+    pub fn remove(&mut self, ufrags: &[String], addrs: &[SocketAddr], participant: ConnectionId) {
         for u in ufrags {
             if self.by_ufrag.get(u) == Some(&participant) {
                 self.by_ufrag.remove(u);

@@ -22,7 +22,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Input, RtcConfig, RtcError};
 
-use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::id::{ConnectionId, RoomId, TrackId};
 use crate::isolation::{Poisoned, RtcCall};
 use crate::peer::Peer;
 use crate::room::Room;
@@ -53,8 +53,8 @@ use layers::LAYER_INTERVAL;
 pub enum Output {
     /// Send this datagram.
     Transmit(Transmit),
-    /// Deliver this to a participant's signaling connection.
-    Signal(ParticipantId, Signal),
+    /// Deliver this to the signaling channel of this connection's client.
+    Signal(ConnectionId, Signal),
     /// Something happened in a room.
     Event(RoomEvent),
     /// Nothing more to do until this instant (or until the next input).
@@ -97,7 +97,7 @@ fn run_rtc_timeout(peer: &mut Peer, now: Instant, stats: &mut SfuStats) -> bool 
 /// Queues a peer to be driven (after a call into it found it poisoned: its
 /// drive removes it), where the SFU's `mark_dirty` cannot be called because
 /// the peer is borrowed.
-fn requeue(queue: &mut VecDeque<ParticipantId>, peer: &mut Peer) {
+fn requeue(queue: &mut VecDeque<ConnectionId>, peer: &mut Peer) {
     if !peer.dirty {
         peer.dirty = true;
         queue.push_back(peer.id);
@@ -129,20 +129,20 @@ pub struct Sfu {
     // Looked up several times per packet: FxHash, not SipHash. Boxed: a
     // peer (its `Rtc` inline) is ~10 KB, and a table's free buckets and the
     // old table during a resize would cost that much each.
-    peers: FxHashMap<ParticipantId, Box<Peer>>,
+    peers: FxHashMap<ConnectionId, Box<Peer>>,
     rooms: FxHashMap<RoomId, Room>,
-    /// Which participant publishes each track.
-    tracks: FxHashMap<TrackId, ParticipantId>,
+    /// Which connection publishes each track.
+    tracks: FxHashMap<TrackId, ConnectionId>,
     router: Router,
     /// Peers input arrived for, oldest first: a burst of datagrams is fanned
     /// out in arrival order, so the first to arrive waits least.
-    dirty: VecDeque<ParticipantId>,
+    dirty: VecDeque<ConnectionId>,
     /// Peers the last fan-out wrote media to: driven before the next input,
     /// so a packet leaves for all its subscribers before the next one is
     /// worked on.
-    written: Vec<ParticipantId>,
+    written: Vec<ConnectionId>,
     /// Peer deadlines, earliest first; entries a peer has since moved are skipped.
-    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    timers: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
     /// When the rooms' speaker detectors next want a poll.
     speaker_due: Option<Instant>,
     /// When simulcast layers are next allocated.
@@ -150,7 +150,7 @@ pub struct Sfu {
     /// The earliest moment an empty room with a timeout closes.
     rooms_due: Option<Instant>,
     transmits: VecDeque<Transmit>,
-    signals: VecDeque<(ParticipantId, Signal)>,
+    signals: VecDeque<(ConnectionId, Signal)>,
     events: VecDeque<RoomEvent>,
     actions: Vec<Action>,
     stats: SfuStats,
@@ -213,7 +213,7 @@ impl Sfu {
     /// connection `participant` panics inside it, as a bug in str0m would.
     /// False when there is no such connection.
     #[cfg(feature = "test-hooks")]
-    pub fn inject_panic(&mut self, participant: ParticipantId, on: RtcCall) -> bool {
+    pub fn inject_panic(&mut self, participant: ConnectionId, on: RtcCall) -> bool {
         let Some(peer) = self.peers.get_mut(&participant) else {
             return false;
         };
@@ -221,8 +221,8 @@ impl Sfu {
         true
     }
 
-    /// The room a participant is in.
-    pub fn room_of(&self, participant: ParticipantId) -> Option<&RoomId> {
+    /// The room a connection is in.
+    pub fn room_of(&self, participant: ConnectionId) -> Option<&RoomId> {
         self.peers.get(&participant).map(|p| &p.room)
     }
 
@@ -429,7 +429,7 @@ impl Sfu {
         }
     }
 
-    fn mark_dirty(&mut self, p: ParticipantId) {
+    fn mark_dirty(&mut self, p: ConnectionId) {
         if let Some(peer) = self.peers.get_mut(&p)
             && !peer.dirty
         {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use str0m::change::SdpOffer;
 use str0m::media::MediaKind;
 
-use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::id::{ConnectionId, ParticipantId, RoomId, TrackId};
 
 /// The kind of media a track carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -275,7 +275,7 @@ pub enum RoomEvent {
         /// The participant, as others know it.
         participant: ParticipantId,
         /// The connection that took over.
-        to: ParticipantId,
+        to: ConnectionId,
     },
     /// A track was published.
     TrackPublished {

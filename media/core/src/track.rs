@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{MediaKind, MediaTime, Mid, Pt, Rid};
 use str0m::rtp::{SeqNo, Ssrc};
 
-use crate::id::{ParticipantId, TrackId};
+use crate::id::{ConnectionId, ParticipantId, TrackId};
 use crate::signal::TrackInfo;
 
 /// A track a participant publishes, with everyone who receives it.
@@ -139,7 +139,7 @@ impl Publication {
 /// One receiver of a publication, with its layer choice and timestamp mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Subscriber {
-    pub participant: ParticipantId,
+    pub participant: ConnectionId,
     /// The m-line on the subscriber's connection.
     pub mid: Mid,
     /// The simulcast layer forwarded now (`None`: waiting for a keyframe).
@@ -165,7 +165,7 @@ pub(crate) struct Subscriber {
 }
 
 impl Subscriber {
-    pub fn new(participant: ParticipantId, mid: Mid, epoch: u32, target: Option<u8>) -> Self {
+    pub fn new(participant: ConnectionId, mid: Mid, epoch: u32, target: Option<u8>) -> Self {
         Subscriber {
             participant,
             mid,

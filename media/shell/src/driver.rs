@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
-use vela_media_core::{LeaveReason, Output, ParticipantId, RoomEvent, Sfu, Signal, Transmit};
+use vela_media_core::{ConnectionId, LeaveReason, Output, RoomEvent, Sfu, Signal, Transmit};
 
 use crate::handle::{Command, MediaError, SignalSink};
 use crate::placement::Placement;
@@ -23,9 +23,9 @@ struct Driver {
     sockets: MediaSockets,
     /// One send queue per socket, same order.
     senders: Vec<Sender>,
-    sinks: FxHashMap<ParticipantId, SignalSink>,
+    sinks: FxHashMap<ConnectionId, SignalSink>,
     /// Participants whose signal queue overflowed: they leave as too slow.
-    too_slow: Vec<ParticipantId>,
+    too_slow: Vec<ConnectionId>,
     /// Where room events go (webhooks, metrics); never waited on.
     events: Option<mpsc::Sender<RoomEvent>>,
     events_dropped: u64,
@@ -196,7 +196,7 @@ impl Driver {
     /// Queues a signal for its participant. A participant whose queue is
     /// full is too slow for its room: no more is queued for it (its
     /// receiver ends with `left`, reason `too_slow`) and it leaves.
-    fn deliver(&mut self, p: ParticipantId, s: Signal) {
+    fn deliver(&mut self, p: ConnectionId, s: Signal) {
         let left = matches!(s, Signal::Left { .. });
         if let Some(sink) = self.sinks.get(&p)
             && !sink.deliver(s)

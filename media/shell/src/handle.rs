@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use vela_media_core::{
-    JoinError, JoinRequest, Joined, LeaveReason, ParticipantId, ParticipantInfo, RoomId, SdpAnswer,
+    ConnectionId, JoinError, JoinRequest, Joined, LeaveReason, ParticipantInfo, RoomId, SdpAnswer,
     SdpOffer, Sfu, SfuStats, Signal, SignalError, TrackId, TrackKind, TrackSettings, id_shard,
 };
 
@@ -97,19 +97,19 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
 /// Requests to the driver task.
 pub(crate) enum Command {
     Join(Box<JoinRequest>, SignalSink, Reply<Joined>),
-    Handover(ParticipantId, Box<JoinRequest>, SignalSink, Reply<Joined>),
-    Offer(ParticipantId, Box<SdpOffer>, Reply<SdpAnswer>),
-    Answer(ParticipantId, Box<SdpAnswer>, Reply<()>),
-    Candidate(ParticipantId, String, Reply<()>),
+    Handover(ConnectionId, Box<JoinRequest>, SignalSink, Reply<Joined>),
+    Offer(ConnectionId, Box<SdpOffer>, Reply<SdpAnswer>),
+    Answer(ConnectionId, Box<SdpAnswer>, Reply<()>),
+    Candidate(ConnectionId, String, Reply<()>),
     Mute(
-        ParticipantId,
+        ConnectionId,
         Option<TrackId>,
         Option<TrackKind>,
         bool,
         Reply<TrackId>,
     ),
-    TrackSettings(ParticipantId, TrackId, TrackSettings, Reply<()>),
-    Leave(ParticipantId, LeaveReason),
+    TrackSettings(ConnectionId, TrackId, TrackSettings, Reply<()>),
+    Leave(ConnectionId, LeaveReason),
     Participants(RoomId, oneshot::Sender<Vec<ParticipantInfo>>),
     /// Runs a closure on the core (the server API's operations).
     With(CoreJob),
@@ -183,8 +183,8 @@ impl MediaHandle {
         &self.shards[k.min(self.shards.len() - 1)]
     }
 
-    /// The driver of the shard that numbered this participant.
-    fn participant_tx(&self, p: ParticipantId) -> &mpsc::Sender<Command> {
+    /// The driver of the shard that numbered this connection.
+    fn connection_tx(&self, p: ConnectionId) -> &mpsc::Sender<Command> {
         &self.shards[id_shard(p.0, self.shards.len())]
     }
 
@@ -209,34 +209,34 @@ impl MediaHandle {
     /// arrive on the receiver. See [`vela_media_core::Sfu::handle_handover`].
     pub async fn handover(
         &self,
-        from: ParticipantId,
+        from: ConnectionId,
         req: JoinRequest,
     ) -> Result<(Joined, SignalReceiver), MediaError> {
         let (stx, srx) = SignalReceiver::pair(self.signal_queue);
-        let tx = self.participant_tx(from);
+        let tx = self.connection_tx(from);
         let joined = Self::call(tx, |r| Command::Handover(from, Box::new(req), stx, r)).await?;
         Ok((joined, srx))
     }
 
     /// Hands a client's offer to its connection; returns the answer.
-    pub async fn offer(&self, p: ParticipantId, offer: SdpOffer) -> Result<SdpAnswer, MediaError> {
-        Self::call(self.participant_tx(p), |r| {
+    pub async fn offer(&self, p: ConnectionId, offer: SdpOffer) -> Result<SdpAnswer, MediaError> {
+        Self::call(self.connection_tx(p), |r| {
             Command::Offer(p, Box::new(offer), r)
         })
         .await
     }
 
     /// Hands a client's answer to the server's offer.
-    pub async fn answer(&self, p: ParticipantId, answer: SdpAnswer) -> Result<(), MediaError> {
-        Self::call(self.participant_tx(p), |r| {
+    pub async fn answer(&self, p: ConnectionId, answer: SdpAnswer) -> Result<(), MediaError> {
+        Self::call(self.connection_tx(p), |r| {
             Command::Answer(p, Box::new(answer), r)
         })
         .await
     }
 
     /// Adds a client's trickled ICE candidate.
-    pub async fn candidate(&self, p: ParticipantId, candidate: String) -> Result<(), MediaError> {
-        Self::call(self.participant_tx(p), |r| {
+    pub async fn candidate(&self, p: ConnectionId, candidate: String) -> Result<(), MediaError> {
+        Self::call(self.connection_tx(p), |r| {
             Command::Candidate(p, candidate, r)
         })
         .await
@@ -245,12 +245,12 @@ impl MediaHandle {
     /// Marks a published track muted or not (by id, or the first of a kind).
     pub async fn mute(
         &self,
-        p: ParticipantId,
+        p: ConnectionId,
         track: Option<TrackId>,
         kind: Option<TrackKind>,
         muted: bool,
     ) -> Result<TrackId, MediaError> {
-        Self::call(self.participant_tx(p), |r| {
+        Self::call(self.connection_tx(p), |r| {
             Command::Mute(p, track, kind, muted, r)
         })
         .await
@@ -259,19 +259,20 @@ impl MediaHandle {
     /// A subscriber's wishes for a remote track: on or off, and its rendered size.
     pub async fn track_settings(
         &self,
-        p: ParticipantId,
+        p: ConnectionId,
         track: TrackId,
         settings: TrackSettings,
     ) -> Result<(), MediaError> {
-        Self::call(self.participant_tx(p), |r| {
+        Self::call(self.connection_tx(p), |r| {
             Command::TrackSettings(p, track, settings, r)
         })
         .await
     }
 
-    /// Removes a participant; a no-op if it is gone already.
-    pub async fn leave(&self, p: ParticipantId, reason: LeaveReason) {
-        let _ = self.participant_tx(p).send(Command::Leave(p, reason)).await;
+    /// Closes a connection (its participant leaves, unless handed over); a
+    /// no-op if it is gone already.
+    pub async fn leave(&self, p: ConnectionId, reason: LeaveReason) {
+        let _ = self.connection_tx(p).send(Command::Leave(p, reason)).await;
     }
 
     /// The visible participants of a room.
@@ -313,10 +314,10 @@ impl MediaHandle {
     /// Like [`MediaHandle::with_room`], on the core of `p`'s shard.
     pub async fn with_participant<T: Send + 'static>(
         &self,
-        p: ParticipantId,
+        p: ConnectionId,
         f: impl FnOnce(&mut Sfu, Instant) -> T + Send + 'static,
     ) -> Result<T, MediaError> {
-        Self::run_on(self.participant_tx(p), f).await
+        Self::run_on(self.connection_tx(p), f).await
     }
 
     /// Like [`MediaHandle::with_room`], on every shard's core, in shard order.
@@ -392,11 +393,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_participant_is_asked_on_the_shard_that_numbered_it() {
+    async fn a_connection_is_asked_on_the_shard_that_numbered_it() {
         let (h, mut rxs) = handle(3);
         // Shard k numbers k+1, k+4, ...: PA5 is shard 1's.
-        h.leave(ParticipantId(5), LeaveReason::ClientLeave).await;
-        assert!(matches!(rxs[1].try_recv(), Ok(Command::Leave(p, _)) if p == ParticipantId(5)));
+        h.leave(ConnectionId(5), LeaveReason::ClientLeave).await;
+        assert!(matches!(rxs[1].try_recv(), Ok(Command::Leave(p, _)) if p == ConnectionId(5)));
         assert!(rxs[0].try_recv().is_err() && rxs[2].try_recv().is_err());
     }
 

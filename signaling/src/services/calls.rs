@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use vela_media::MediaHandle;
-use vela_media::core::{LeaveReason, ParticipantId};
+use vela_media::core::{ConnectionId, LeaveReason, ParticipantId};
 
 use crate::domain::call::is_call_room;
 use crate::domain::call::state::{
@@ -210,8 +210,8 @@ impl CallsHandle {
         room: String,
         account: AccountId,
         device: DeviceId,
-        take_over: Option<ParticipantId>,
-    ) -> Result<Option<ParticipantId>, ApiError> {
+        take_over: Option<ConnectionId>,
+    ) -> Result<Option<ConnectionId>, ApiError> {
         Ok(self
             .ask(move |c, _| c.authorize_join(&room, account, device, take_over))
             .await??)
@@ -223,7 +223,7 @@ impl CallsHandle {
         &self,
         room: &str,
         account: Option<(AccountId, DeviceId)>,
-        connection: ParticipantId,
+        connection: ConnectionId,
         public: ParticipantId,
     ) -> Option<SessionGuard> {
         let (account, device) = account?;
@@ -247,7 +247,7 @@ impl CallsHandle {
 #[derive(Debug)]
 pub struct SessionGuard {
     tx: mpsc::UnboundedSender<Job>,
-    connection: ParticipantId,
+    connection: ConnectionId,
 }
 
 impl Drop for SessionGuard {
@@ -269,10 +269,10 @@ pub(crate) async fn room_access(
     room: &str,
     account: Option<(AccountId, DeviceId)>,
     take_over: Option<&str>,
-) -> Result<Option<ParticipantId>, ApiError> {
+) -> Result<Option<ConnectionId>, ApiError> {
     let take_over = match take_over.filter(|t| !t.is_empty()) {
         Some(t) => Some(
-            t.parse::<ParticipantId>()
+            t.parse::<ConnectionId>()
                 .map_err(|_| ApiError::invalid("take_over", "is not a participant id"))?,
         ),
         None => None,

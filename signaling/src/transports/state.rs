@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use vela_config::Config;
 use vela_media::MediaHandle;
-use vela_media::core::{JoinRequest, ParticipantId, PeerKind, Permissions, RoomId};
+use vela_media::core::{ConnectionId, JoinRequest, PeerKind, Permissions, RoomId};
 
 use crate::domain::account;
 use crate::domain::ids::{AccountId, DeviceId};
@@ -49,7 +49,7 @@ pub(crate) struct AppState {
     pub config: Arc<Config>,
     pub keys: TokenKeys,
     pub media: MediaHandle,
-    pub http_sessions: Arc<Mutex<HashMap<ParticipantId, HttpSession>>>,
+    pub http_sessions: Arc<Mutex<HashMap<ConnectionId, HttpSession>>>,
     pub shutdown: watch::Receiver<bool>,
     /// Live WebSocket sessions, so shutdown can wait for their goodbyes.
     pub sessions: TaskTracker,

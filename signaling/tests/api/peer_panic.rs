@@ -11,7 +11,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::{SessionClient, start};
-use vela_media::core::{ParticipantId, RoomId, RtcCall};
+use vela_media::core::{ConnectionId, RoomId, RtcCall};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_one_peer_closes_it_alone_and_is_counted() {
@@ -41,7 +41,8 @@ async fn a_panic_in_one_peer_closes_it_alone_and_is_counted() {
         }
 
         // Carol's next datagram makes her WebRTC stack panic.
-        let carol: ParticipantId = c.id.parse().unwrap();
+        // Her only connection has her participant's number (`PA<n>`).
+        let carol: ConnectionId = c.id.parse().unwrap();
         let room = RoomId::new("pp1").unwrap();
         let injected = s
             .media

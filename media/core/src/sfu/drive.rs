@@ -12,7 +12,7 @@ use str0m::net::Transmit;
 use str0m::{Event, IceConnectionState, PacerReason, Reason, RtcError};
 
 use super::{Sfu, requeue, run_rtc_timeout};
-use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::id::{ConnectionId, RoomId, TrackId};
 use crate::isolation::RtcCall;
 use crate::peer::Peer;
 use crate::room::Room;
@@ -63,7 +63,7 @@ pub(super) fn packets_of(d: &MediaData) -> u64 {
 
 impl Sfu {
     /// Puts a peer's next deadline in the timer heap if it changed.
-    pub(super) fn schedule(&mut self, pid: ParticipantId) {
+    pub(super) fn schedule(&mut self, pid: ConnectionId) {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -82,7 +82,7 @@ impl Sfu {
 
     /// Polls one peer until its `Rtc` has nothing more, then does the
     /// cross-peer work that turned up.
-    pub(super) fn drive(&mut self, pid: ParticipantId) {
+    pub(super) fn drive(&mut self, pid: ConnectionId) {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -133,7 +133,7 @@ impl Sfu {
     }
 
     /// Does the cross-peer work a drive of `pid` found (or drops it).
-    fn run_actions(&mut self, pid: ParticipantId, discard: bool) {
+    fn run_actions(&mut self, pid: ConnectionId, discard: bool) {
         let mut actions = std::mem::take(&mut self.actions);
         if discard {
             actions.clear();
@@ -166,7 +166,7 @@ fn verdict(peer: &mut Peer) -> (Option<LeaveReason>, bool) {
 /// One drive's poll of a peer's `Rtc`: what it writes to besides the peer
 /// (disjoint borrows of the SFU's fields), and where it stands.
 struct PeerPoll<'a> {
-    pid: ParticipantId,
+    pid: ConnectionId,
     now: Instant,
     speaker_interval: Duration,
     stats: &'a mut SfuStats,

@@ -7,7 +7,7 @@ use str0m::{Rtc, RtcError};
 
 use super::Sfu;
 use super::drive::packets_of;
-use crate::id::{ParticipantId, TrackId};
+use crate::id::{ConnectionId, TrackId};
 use crate::isolation::{Poisoned, RtcCall};
 use crate::peer::Peer;
 use crate::track::{Publication, Subscriber, Subscription};
@@ -90,7 +90,7 @@ fn write_audio(
 
 impl Sfu {
     /// Starts forwarding `track` to `subscriber` on its m-line `mid`.
-    pub(super) fn add_subscriber(&mut self, track: TrackId, subscriber: ParticipantId, mid: Mid) {
+    pub(super) fn add_subscriber(&mut self, track: TrackId, subscriber: ConnectionId, mid: Mid) {
         let Some(publisher) = self.tracks.get(&track).copied() else {
             return;
         };
@@ -113,7 +113,7 @@ impl Sfu {
     }
 
     /// Feeds free m-lines of a WHEP viewer from the room's tracks of `kind`.
-    pub(super) fn bind_viewer(&mut self, viewer: ParticipantId, kind: MediaKind) {
+    pub(super) fn bind_viewer(&mut self, viewer: ConnectionId, kind: MediaKind) {
         let Some(room) = self.peers.get(&viewer).map(|p| p.room.clone()) else {
             return;
         };
@@ -128,10 +128,10 @@ impl Sfu {
                 p.published
                     .iter()
                     .find(|t| t.kind == kind)
-                    .map(|t| (p.id, t.id))
+                    .map(|t| (p.public_id, t.id))
             })
         });
-        let Some((publisher, track)) = candidate else {
+        let Some((public, track)) = candidate else {
             return;
         };
         let Some(v) = self.peers.get_mut(&viewer) else {
@@ -141,7 +141,7 @@ impl Sfu {
             return;
         };
         slot.source = Some(track);
-        slot.publisher = Some(publisher);
+        slot.publisher = Some(public);
         let Some(mid) = slot.mid() else {
             return;
         };
@@ -149,7 +149,7 @@ impl Sfu {
     }
 
     /// Track `src` stops being written to `subscriber`'s m-line `mid`.
-    pub(super) fn stop_feeding(&mut self, src: TrackId, subscriber: ParticipantId, mid: Mid) {
+    pub(super) fn stop_feeding(&mut self, src: TrackId, subscriber: ConnectionId, mid: Mid) {
         if let Some(publisher) = self.tracks.get(&src).copied()
             && let Some(p) = self
                 .peers
@@ -200,7 +200,7 @@ impl Sfu {
     }
 
     /// Writes one media frame of `publisher` to all its subscribers.
-    pub(super) fn forward(&mut self, publisher: ParticipantId, data: MediaData) {
+    pub(super) fn forward(&mut self, publisher: ConnectionId, data: MediaData) {
         if self
             .peers
             .get(&publisher)

@@ -8,7 +8,7 @@ use str0m::media::{KeyframeRequestKind, MediaData, MediaKind};
 use super::negotiation::check_tracks;
 use super::{Sfu, report_panic, requeue};
 use crate::error::{JoinError, SignalError};
-use crate::id::{ParticipantId, RoomId};
+use crate::id::{ConnectionId, RoomId};
 use crate::isolation::RtcCall;
 use crate::peer::Peer;
 use crate::room::{Room, RoomOptions};
@@ -75,16 +75,18 @@ impl JoinRequest {
 #[derive(Debug)]
 pub struct Joined {
     /// The key of this connection for later calls ([`Sfu::handle_offer`] and
-    /// the like) and for its signals; the participant's id except after a handover.
-    pub connection: ParticipantId,
+    /// the like) and for its signals. Its number is the participant's, except
+    /// after a handover (see [`ConnectionId`]).
+    pub connection: ConnectionId,
     /// The new participant, as others see it.
     pub participant: ParticipantInfo,
     /// The visible participants already in the room.
     pub others: Vec<ParticipantInfo>,
     /// The answer to the join's offer, if it had one.
     pub answer: Option<SdpAnswer>,
-    /// An older session of the same identity that this join closed.
-    pub replaced: Option<ParticipantId>,
+    /// The connection of an older session of the same identity that this join
+    /// closed.
+    pub replaced: Option<ConnectionId>,
 }
 
 /// How long after a handover's new connection is up the old one may keep
@@ -109,7 +111,7 @@ impl Sfu {
     pub fn handle_handover(
         &mut self,
         now: Instant,
-        from: ParticipantId,
+        from: ConnectionId,
         req: JoinRequest,
     ) -> Result<Joined, JoinError> {
         self.advance(now);
@@ -139,7 +141,7 @@ impl Sfu {
     pub(super) fn admit(
         &mut self,
         req: JoinRequest,
-        takes_over: Option<ParticipantId>,
+        takes_over: Option<ConnectionId>,
     ) -> Result<Joined, JoinError> {
         let JoinRequest {
             room,
@@ -199,7 +201,7 @@ impl Sfu {
             return Err(JoinError::RoomFull(room.to_string()));
         }
 
-        let id = ParticipantId(self.next_participant);
+        let id = ConnectionId(self.next_participant);
         self.next_participant += self.config.id_space.1;
         let name = name
             .filter(|n| !n.is_empty())
@@ -253,7 +255,7 @@ impl Sfu {
             Room::new(self.config.speaker_interval, now, RoomOptions::default())
         });
         room_entry.empty_since = None;
-        let existing: Vec<ParticipantId> = room_entry.participants.clone();
+        let existing: Vec<ConnectionId> = room_entry.participants.clone();
         room_entry.participants.push(id);
 
         let info = peer.info();
@@ -299,7 +301,7 @@ impl Sfu {
     /// Moves the old connection's track of this frame's kind to the new
     /// connection, if the frame can start a picture (audio always, video at a
     /// keyframe). True when the frame is to be forwarded.
-    pub(super) fn take_over_track(&mut self, new: ParticipantId, data: &MediaData) -> bool {
+    pub(super) fn take_over_track(&mut self, new: ConnectionId, data: &MediaData) -> bool {
         let Some(peer) = self.peers.get_mut(&new) else {
             return false;
         };
@@ -356,7 +358,7 @@ impl Sfu {
 
     /// Ends a handover once the new connection carries everything it will:
     /// all the old connection's tracks, or a grace period after connecting.
-    pub(super) fn check_handover(&mut self, new: ParticipantId) {
+    pub(super) fn check_handover(&mut self, new: ConnectionId) {
         let Some(peer) = self.peers.get(&new) else {
             return;
         };

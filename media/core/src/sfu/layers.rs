@@ -8,7 +8,7 @@ use str0m::media::{MediaKind, Mid};
 
 use super::{Sfu, requeue};
 use crate::error::SignalError;
-use crate::id::{ParticipantId, TrackId};
+use crate::id::{ConnectionId, TrackId};
 use crate::isolation::RtcCall;
 use crate::layer_selector::{Demand, allocate, layer_for_size};
 use crate::signal::Signal;
@@ -68,7 +68,7 @@ impl Sfu {
     pub fn handle_track_settings(
         &mut self,
         now: Instant,
-        participant: ParticipantId,
+        participant: ConnectionId,
         track: TrackId,
         settings: TrackSettings,
     ) -> Result<(), SignalError> {
@@ -112,7 +112,7 @@ impl Sfu {
     }
 
     pub(super) fn allocate_all_layers(&mut self) {
-        let all: Vec<ParticipantId> = self.peers.keys().copied().collect();
+        let all: Vec<ConnectionId> = self.peers.keys().copied().collect();
         for p in all {
             self.allocate_layers(p);
         }
@@ -120,10 +120,10 @@ impl Sfu {
     }
 
     /// Chooses the simulcast layer of each video `subscriber` receives.
-    pub(super) fn allocate_layers(&mut self, subscriber: ParticipantId) {
+    pub(super) fn allocate_layers(&mut self, subscriber: ConnectionId) {
         struct Item {
             track: TrackId,
-            publisher: ParticipantId,
+            publisher: ConnectionId,
             mid: Mid,
             bitrates: Vec<u64>,
             max_layer: Option<usize>,

@@ -7,7 +7,7 @@ use str0m::media::{MediaKind, Mid};
 
 use super::{Sfu, report_panic};
 use crate::error::SignalError;
-use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::id::{ConnectionId, ParticipantId, RoomId, TrackId};
 use crate::isolation::RtcCall;
 use crate::signal::{LeaveReason, PeerKind, RoomEvent, Signal};
 use crate::track::{Layer, Publication, Subscription, SubscriptionState, rid_rank};
@@ -15,7 +15,7 @@ use crate::track::{Layer, Publication, Subscription, SubscriptionState, rid_rank
 impl Sfu {
     pub(super) fn publish(
         &mut self,
-        pid: ParticipantId,
+        pid: ConnectionId,
         mid: Mid,
         kind: MediaKind,
         rids: &[str0m::media::Rid],
@@ -107,7 +107,7 @@ impl Sfu {
     pub fn handle_mute(
         &mut self,
         now: Instant,
-        participant: ParticipantId,
+        participant: ConnectionId,
         track: Option<TrackId>,
         kind: Option<MediaKind>,
         muted: bool,
@@ -151,7 +151,7 @@ impl Sfu {
     }
 
     /// A participant leaves (client request, WebSocket closed, DELETE).
-    pub fn handle_leave(&mut self, now: Instant, participant: ParticipantId, reason: LeaveReason) {
+    pub fn handle_leave(&mut self, now: Instant, participant: ConnectionId, reason: LeaveReason) {
         self.advance(now);
         self.remove_participant(participant, reason);
     }
@@ -160,7 +160,7 @@ impl Sfu {
     /// to send their goodbyes.
     pub fn handle_shutdown(&mut self, now: Instant) {
         self.advance(now);
-        let all: Vec<ParticipantId> = self.peers.keys().copied().collect();
+        let all: Vec<ConnectionId> = self.peers.keys().copied().collect();
         for p in all {
             self.remove_participant(p, LeaveReason::ServerShutdown);
         }
@@ -184,7 +184,7 @@ impl Sfu {
         }
     }
 
-    pub(super) fn remove_participant(&mut self, pid: ParticipantId, reason: LeaveReason) {
+    pub(super) fn remove_participant(&mut self, pid: ConnectionId, reason: LeaveReason) {
         let Some(mut peer) = self.peers.remove(&pid) else {
             return;
         };
@@ -368,8 +368,8 @@ impl Sfu {
     pub(super) fn signal_room(
         &mut self,
         room: &RoomId,
-        except: Option<ParticipantId>,
-        mut f: impl FnMut(ParticipantId) -> Signal,
+        except: Option<ConnectionId>,
+        mut f: impl FnMut(ConnectionId) -> Signal,
     ) {
         let Some(r) = self.rooms.get(room) else {
             return;

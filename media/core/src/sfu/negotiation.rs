@@ -7,7 +7,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 
 use super::Sfu;
 use crate::error::SignalError;
-use crate::id::ParticipantId;
+use crate::id::ConnectionId;
 use crate::isolation::RtcCall;
 
 /// Refuses an offer that sends on more audio and video m-lines than
@@ -33,7 +33,7 @@ impl Sfu {
     pub fn handle_offer(
         &mut self,
         now: Instant,
-        participant: ParticipantId,
+        participant: ConnectionId,
         offer: SdpOffer,
     ) -> Result<SdpAnswer, SignalError> {
         self.advance(now);
@@ -62,7 +62,7 @@ impl Sfu {
     pub fn handle_answer(
         &mut self,
         now: Instant,
-        participant: ParticipantId,
+        participant: ConnectionId,
         answer: SdpAnswer,
     ) -> Result<(), SignalError> {
         self.advance(now);
@@ -90,7 +90,7 @@ impl Sfu {
     pub fn handle_candidate(
         &mut self,
         now: Instant,
-        participant: ParticipantId,
+        participant: ConnectionId,
         candidate: &str,
     ) -> Result<(), SignalError> {
         self.advance(now);

@@ -9,7 +9,7 @@ use str0m::media::MediaKind;
 
 use super::Sfu;
 use crate::error::SignalError;
-use crate::id::{ParticipantId, RoomId, TrackId};
+use crate::id::{ConnectionId, ParticipantId, RoomId, TrackId};
 use crate::room::{Room, RoomOptions};
 use crate::signal::{
     LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
@@ -131,9 +131,9 @@ impl Sfu {
         &self,
         room: &RoomId,
         identity: &str,
-    ) -> Result<Vec<ParticipantId>, SignalError> {
+    ) -> Result<Vec<ConnectionId>, SignalError> {
         let r = self.rooms.get(room).ok_or(SignalError::UnknownRoom)?;
-        let conns: Vec<ParticipantId> = r
+        let conns: Vec<ConnectionId> = r
             .participants
             .iter()
             .copied()
@@ -185,7 +185,10 @@ impl Sfu {
             })
             .ok_or(SignalError::UnknownTrack)?;
         self.handle_mute(now, owner, Some(track), None, muted)?;
-        let public = self.peers.get(&owner).map_or(owner, |p| p.public_id);
+        let public = self
+            .peers
+            .get(&owner)
+            .map_or(ParticipantId(owner.0), |p| p.public_id);
         let kind = self
             .peers
             .get(&owner)
@@ -229,7 +232,7 @@ impl Sfu {
             .ok_or(SignalError::UnknownParticipant)
     }
 
-    fn apply_permissions(&mut self, pid: ParticipantId, new: Permissions) {
+    fn apply_permissions(&mut self, pid: ConnectionId, new: Permissions) {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -273,7 +276,7 @@ impl Sfu {
 
     /// Stops forwarding anything to `pid`; its m-lines are stopped at the
     /// next renegotiation.
-    fn stop_receiving(&mut self, pid: ParticipantId) {
+    fn stop_receiving(&mut self, pid: ConnectionId) {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -294,7 +297,7 @@ impl Sfu {
 
     /// Subscribes a session to every track in its room (but its own) it
     /// does not receive yet.
-    pub(super) fn subscribe_to_room(&mut self, pid: ParticipantId) {
+    pub(super) fn subscribe_to_room(&mut self, pid: ConnectionId) {
         let Some(peer) = self.peers.get(&pid) else {
             return;
         };
@@ -339,7 +342,7 @@ impl Sfu {
         &mut self,
         now: Instant,
         room: &RoomId,
-        from: Option<ParticipantId>,
+        from: Option<ConnectionId>,
         message: DataMessage,
     ) -> Result<usize, SignalError> {
         self.advance(now);

@@ -119,7 +119,7 @@ fn a_handover_needs_the_same_account() {
     let mut w = World::new();
     let a = w.join("call", "alice", true);
     let room = RoomId::new("call").unwrap();
-    let from = w.clients[a].id;
+    let from = w.clients[a].conn;
     // Another identity without an account: refused.
     let other = JoinRequest::new(room.clone(), "mallory", PeerKind::Session);
     assert!(w.sfu.handle_handover(w.now, from, other).is_err());

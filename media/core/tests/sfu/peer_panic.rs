@@ -129,14 +129,14 @@ fn assert_closed_alone(w: &mut World) {
 #[test]
 fn a_panic_on_a_subscribers_input_closes_it_alone() {
     let mut w = three_party();
-    assert!(w.sfu.inject_panic(w.clients[CAROL].id, RtcCall::Input));
+    assert!(w.sfu.inject_panic(w.clients[CAROL].conn, RtcCall::Input));
     assert_closed_alone(&mut w);
 }
 
 #[test]
 fn a_panic_on_a_subscribers_timeout_closes_it_alone() {
     let mut w = three_party();
-    assert!(w.sfu.inject_panic(w.clients[CAROL].id, RtcCall::Timeout));
+    assert!(w.sfu.inject_panic(w.clients[CAROL].conn, RtcCall::Timeout));
     assert_closed_alone(&mut w);
 }
 
@@ -144,14 +144,14 @@ fn a_panic_on_a_subscribers_timeout_closes_it_alone() {
 fn a_panic_while_forwarding_to_a_subscriber_closes_the_subscriber_not_the_publisher() {
     let mut w = three_party();
     // The next frame of Alice's or Bob's written into Carol's `Rtc` panics.
-    assert!(w.sfu.inject_panic(w.clients[CAROL].id, RtcCall::Forward));
+    assert!(w.sfu.inject_panic(w.clients[CAROL].conn, RtcCall::Forward));
     assert_closed_alone(&mut w);
 }
 
 #[test]
 fn a_panic_on_an_offer_refuses_it_and_closes_that_participant_alone() {
     let mut w = three_party();
-    let carol = w.clients[CAROL].id;
+    let carol = w.clients[CAROL].conn;
     assert!(w.sfu.inject_panic(carol, RtcCall::Sdp));
     // Carol renegotiates (an ICE restart, as after a network change).
     let mut change = w.clients[CAROL].rtc.sdp_api();

@@ -280,7 +280,7 @@ fn data_goes_to_everyone_else_or_to_named_identities() {
         payload: Arc::from(&b"hi"[..]),
         destinations: dest.iter().map(|s| s.to_string()).collect(),
     };
-    let from_alice = Some(w.clients[a].id);
+    let from_alice = Some(w.clients[a].conn);
     let n = w
         .sfu
         .handle_data(w.now, &room("r1"), from_alice, msg(&[]))

@@ -49,7 +49,7 @@ fn layers_follow_size_switch_at_keyframes_and_pause_when_unneeded() {
     let mut w = World::with_config(|c| c.set_bandwidth_estimation(false));
     let a = w.join_simulcast("sc", "alice");
     let b = w.join("sc", "bob", false);
-    let bob = w.clients[b].id;
+    let bob = w.clients[b].conn;
 
     // Bob starts low and is raised to the top layer (no bandwidth limit here).
     assert!(w.run_until(Duration::from_secs(5), |w| {
@@ -128,7 +128,7 @@ fn layers_are_ranked_by_rid_whatever_their_order_in_the_offer() {
     let mut w = World::with_config(|c| c.set_bandwidth_estimation(false));
     let a = w.join_simulcast_high_first("hf", "alice");
     let b = w.join("hf", "bob", false);
-    let bob = w.clients[b].id;
+    let bob = w.clients[b].conn;
     assert!(w.run_until(Duration::from_secs(5), |w| {
         video(w, b, a).is_some_and(|r| r.last_size == 2000)
     }));

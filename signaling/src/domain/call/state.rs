@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use vela_media::core::ParticipantId;
+use vela_media::core::{ConnectionId, ParticipantId};
 
 use super::{Direction, Outcome, ROOM_PREFIX};
 use crate::domain::ids::{AccountId, CallId, DeviceId};
@@ -117,10 +117,10 @@ pub struct Member {
     answered_device: Option<DeviceId>,
     /// The live room connection (differs from the participant id after a handover).
     #[serde(skip)]
-    connection: Option<ParticipantId>,
+    connection: Option<ConnectionId>,
     /// The connection being taken over, while a handover runs.
     #[serde(skip)]
-    previous: Option<(ParticipantId, DeviceId)>,
+    previous: Option<(ConnectionId, DeviceId)>,
     #[serde(skip)]
     moves: Vec<DeviceId>,
 }
@@ -316,7 +316,7 @@ pub enum Output {
     /// Store a history entry.
     Record(Record),
     /// Remove this room connection (its member left or the call ended).
-    Kick(ParticipantId),
+    Kick(ConnectionId),
     /// Tell integrations (webhooks).
     Notice(Notice),
     /// Call `id` changed: keep it durably, so a crash does not lose it;
@@ -954,8 +954,8 @@ impl Calls {
         room: &str,
         account: AccountId,
         device: DeviceId,
-        take_over: Option<ParticipantId>,
-    ) -> Result<Option<ParticipantId>, CallError> {
+        take_over: Option<ConnectionId>,
+    ) -> Result<Option<ConnectionId>, CallError> {
         let Some(call) = self
             .calls
             .values()
@@ -974,7 +974,8 @@ impl Calls {
             None => Err(CallError::Forbidden(
                 "the call is on another of your devices: join with take_over",
             )),
-            Some(p) if m.participant_id == Some(p) || m.connection == Some(p) => {
+            // The client names its participant or its connection, both `PA<n>`.
+            Some(c) if m.participant_id.is_some_and(|p| p.0 == c.0) || m.connection == Some(c) => {
                 m.connection.map(Some).ok_or(CallError::Conflict(
                     "nothing to take over yet: your call has not joined the room",
                 ))
@@ -992,7 +993,7 @@ impl Calls {
         room: &str,
         account: AccountId,
         device: DeviceId,
-        connection: ParticipantId,
+        connection: ConnectionId,
         public: ParticipantId,
     ) {
         let Some(call) = self
@@ -1013,7 +1014,8 @@ impl Calls {
             m.moves.push(device);
         }
         m.previous = match (m.connection, m.device_id) {
-            (Some(c), Some(d)) if public != connection => Some((c, d)),
+            // A new participant has its connection's number; a handover's does not.
+            (Some(c), Some(d)) if public.0 != connection.0 => Some((c, d)),
             _ => None,
         };
         m.device_id = Some(device);
@@ -1025,7 +1027,7 @@ impl Calls {
     }
 
     /// A room connection ended: if it was a member's, the member left.
-    pub fn handle_room_left(&mut self, now: i64, connection: ParticipantId) {
+    pub fn handle_room_left(&mut self, now: i64, connection: ConnectionId) {
         let mut hit = None;
         for call in self.calls.values_mut() {
             if call.state == CallState::Ended {

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 use vela_media::SignalReceiver;
 use vela_media::core::{
-    Joined, LeaveReason, ParticipantId, ParticipantInfo, PeerKind, RoomId, SdpAnswer, SdpOffer,
-    Signal, TrackSettings,
+    ConnectionId, Joined, LeaveReason, ParticipantId, ParticipantInfo, PeerKind, RoomId, SdpAnswer,
+    SdpOffer, Signal, TrackSettings,
 };
 
 use crate::domain::ids::{AccountId, DeviceId};
@@ -147,7 +147,7 @@ async fn run(state: AppState, mut ws: WebSocket) {
 pub(crate) struct Resumable(Arc<Mutex<HashMap<ParticipantId, ResumeEntry>>>);
 
 struct ResumeEntry {
-    connection: ParticipantId,
+    connection: ConnectionId,
     token: String,
     tx: mpsc::Sender<WebSocket>,
 }
@@ -159,7 +159,7 @@ impl Resumable {
         }
     }
 
-    fn remove(&self, participant: ParticipantId, connection: ParticipantId) {
+    fn remove(&self, participant: ParticipantId, connection: ConnectionId) {
         if let Ok(mut m) = self.0.lock()
             && m.get(&participant)
                 .is_some_and(|e| e.connection == connection)
@@ -460,7 +460,7 @@ async fn greet(
 /// (`Err` with the reason to leave with, `None` when already removed).
 async fn detached(
     state: &AppState,
-    id: ParticipantId,
+    id: ConnectionId,
     link: &mut Link,
     resume_rx: &mut mpsc::Receiver<WebSocket>,
     kill: &mut Option<(crate::services::hub::Registration, mpsc::Receiver<HubMsg>)>,
@@ -583,7 +583,7 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
 async fn check_take_over(
     state: &AppState,
     room: &RoomId,
-    from: ParticipantId,
+    from: ConnectionId,
     grant: &crate::transports::state::RoomGrant,
     resume_token: Option<&str>,
 ) -> Result<(), ApiError> {
@@ -592,6 +592,9 @@ async fn check_take_over(
             "take_over needs the participant's resume_token, or the same account and device",
         )
     };
+    // The client names the participant as `PA<n>`, its connection's number
+    // (the same until a handover).
+    let from = ParticipantId(from.0);
     if let Some(t) = resume_token {
         return if state.resumable.matches(from, t) {
             Ok(())
@@ -615,7 +618,7 @@ async fn check_take_over(
 async fn session_loop(
     state: &AppState,
     ws: &mut WebSocket,
-    id: ParticipantId,
+    id: ConnectionId,
     link: &mut Link,
     resume_rx: &mut mpsc::Receiver<WebSocket>,
     mut kill: Option<&mut mpsc::Receiver<HubMsg>>,
@@ -777,7 +780,7 @@ async fn forward_signal(
 async fn handle_message(
     state: &AppState,
     ws: &mut WebSocket,
-    id: ParticipantId,
+    id: ConnectionId,
     text: &str,
     pending_offer: &mut Option<String>,
     data: &mut DataAllowance,
@@ -924,7 +927,7 @@ pub(crate) fn decode_payload(payload: &str) -> Result<std::sync::Arc<[u8]>, ApiE
 /// A participant's data message to the others in its room.
 async fn send_data(
     state: &AppState,
-    id: ParticipantId,
+    id: ConnectionId,
     payload: String,
     topic: Option<String>,
     destinations: Vec<String>,

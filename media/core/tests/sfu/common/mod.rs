@@ -12,7 +12,8 @@ use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 use vela_media_core::{
-    JoinRequest, LeaveReason, Output, ParticipantId, PeerKind, RoomId, Sfu, SfuConfig, Signal,
+    ConnectionId, JoinRequest, LeaveReason, Output, ParticipantId, PeerKind, RoomId, Sfu,
+    SfuConfig, Signal,
 };
 
 /// Media one client received on one m-line.
@@ -49,7 +50,10 @@ pub struct Client {
     pub name: String,
     pub rtc: Rtc,
     pub addr: SocketAddr,
+    /// The participant the room sees (the predecessor's after a handover).
     pub id: ParticipantId,
+    /// Its connection (the key of the core's per-connection calls).
+    pub conn: ConnectionId,
     pub audio: Option<Mid>,
     pub video: Option<Mid>,
     pub pending: Option<SdpPendingOffer>,
@@ -232,7 +236,7 @@ impl World {
             ),
             Some(f) => self.sfu.handle_handover(
                 self.now,
-                self.clients[f].id,
+                self.clients[f].conn,
                 JoinRequest::new(
                     RoomId::new(room).unwrap(),
                     self.clients[f].name.clone(),
@@ -279,7 +283,8 @@ impl World {
             name,
             rtc,
             addr,
-            id: joined.connection,
+            id: joined.participant.id,
+            conn: joined.connection,
             audio,
             video,
             pending: None,
@@ -312,12 +317,12 @@ impl World {
         let mut change = c.rtc.sdp_api();
         change.ice_restart(true);
         let (offer, pending) = change.apply().unwrap();
-        let answer = self.sfu.handle_offer(self.now, c.id, offer).unwrap();
+        let answer = self.sfu.handle_offer(self.now, c.conn, offer).unwrap();
         c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
     }
 
     pub fn leave(&mut self, idx: usize) {
-        let id = self.clients[idx].id;
+        let id = self.clients[idx].conn;
         self.sfu
             .handle_leave(self.now, id, LeaveReason::ClientLeave);
         self.clients[idx].rtc.disconnect();
@@ -588,8 +593,8 @@ impl World {
         }
     }
 
-    fn signal(&mut self, p: ParticipantId, s: Signal) {
-        let Some(c) = self.clients.iter_mut().find(|c| c.id == p) else {
+    fn signal(&mut self, p: ConnectionId, s: Signal) {
+        let Some(c) = self.clients.iter_mut().find(|c| c.conn == p) else {
             return;
         };
         match s {

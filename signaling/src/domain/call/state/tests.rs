@@ -38,8 +38,8 @@ fn machine() -> Calls {
 fn answered_in_room(c: &mut Calls) -> CallId {
     let id = call_ab(c);
     c.handle_accept(T0, id, B, DB1, None).expect("accept");
-    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
-    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    c.handle_room_joined("call-1", A, DA, ConnectionId(1), ParticipantId(1));
+    c.handle_room_joined("call-1", B, DB1, ConnectionId(2), ParticipantId(2));
     drain(c);
     id
 }
@@ -97,7 +97,7 @@ fn record_of(out: &[Output], a: AccountId) -> Record {
         .unwrap_or_else(|| panic!("no record for {a}"))
 }
 
-fn kicks(out: &[Output]) -> Vec<ParticipantId> {
+fn kicks(out: &[Output]) -> Vec<ConnectionId> {
     out.iter()
         .filter_map(|o| match o {
             Output::Kick(p) => Some(*p),
@@ -457,7 +457,7 @@ fn an_added_person_who_misses_does_not_end_the_call() {
 fn a_member_who_accepts_and_never_joins_the_room_leaves_the_call() {
     let mut c = machine();
     let id = call_ab(&mut c);
-    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    c.handle_room_joined("call-1", A, DA, ConnectionId(1), ParticipantId(1));
     c.handle_accept(T0 + 5, id, B, DB1, None).expect("accept");
     drain(&mut c);
     let join_by = T0 + 5 + JOIN.as_millis() as i64;
@@ -483,7 +483,7 @@ fn a_caller_who_never_joins_the_room_leaves_once_answered() {
     assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ringing));
     let answer = T0 + JOIN.as_millis() as i64 + 2;
     c.handle_accept(answer, id, B, DB1, None).expect("accept");
-    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
+    c.handle_room_joined("call-1", B, DB1, ConnectionId(2), ParticipantId(2));
     drain(&mut c);
     c.handle_timeout(answer + JOIN.as_millis() as i64);
     let out = drain(&mut c);
@@ -492,7 +492,7 @@ fn a_caller_who_never_joins_the_room_leaves_once_answered() {
     // B was in the room: told to leave it.
     assert!(
         out.iter()
-            .any(|o| matches!(o, Output::Kick(p) if *p == ParticipantId(2)))
+            .any(|o| matches!(o, Output::Kick(p) if *p == ConnectionId(2)))
     );
 }
 
@@ -545,35 +545,35 @@ fn handover_keeps_the_call_and_records_the_move() {
     );
     // B's other device takes over participant PA2.
     assert_eq!(
-        c.authorize_join("call-1", B, DB2, Some(ParticipantId(2))),
-        Ok(Some(ParticipantId(2)))
+        c.authorize_join("call-1", B, DB2, Some(ConnectionId(2))),
+        Ok(Some(ConnectionId(2)))
     );
     assert!(matches!(
-        c.authorize_join("call-1", B, DB2, Some(ParticipantId(1))),
+        c.authorize_join("call-1", B, DB2, Some(ConnectionId(1))),
         Err(CallError::Forbidden(_))
     ));
-    c.handle_room_joined("call-1", B, DB2, ParticipantId(3), ParticipantId(2));
+    c.handle_room_joined("call-1", B, DB2, ConnectionId(3), ParticipantId(2));
     let out = drain(&mut c);
     assert!(pushes(&out, B).contains(&"call_updated"));
     // The old connection drops out: nothing ends.
-    c.handle_room_left(T0 + 10, ParticipantId(2));
+    c.handle_room_left(T0 + 10, ConnectionId(2));
     assert!(drain(&mut c).is_empty());
     let m = c.call(id, A).and_then(|c| c.member(B)).expect("b").clone();
     assert_eq!(m.device_id, Some(DB2));
     assert_eq!(m.participant_id, Some(ParticipantId(2)));
     // A second handover names the same participant, and reaches the new connection.
     assert_eq!(
-        c.authorize_join("call-1", B, DB1, Some(ParticipantId(2))),
-        Ok(Some(ParticipantId(3)))
+        c.authorize_join("call-1", B, DB1, Some(ConnectionId(2))),
+        Ok(Some(ConnectionId(3)))
     );
     // The new connection leaving is the member leaving.
-    c.handle_room_left(T0 + 20, ParticipantId(3));
+    c.handle_room_left(T0 + 20, ConnectionId(3));
     let out = drain(&mut c);
     let rb = record_of(&out, B);
     assert_eq!(rb.device_id, Some(DB1));
     assert_eq!(rb.handed_over_to, vec![DB2]);
     assert_eq!(ended(&out, A), Some(Outcome::Answered));
-    assert_eq!(kicks(&out), vec![ParticipantId(1)]);
+    assert_eq!(kicks(&out), vec![ConnectionId(1)]);
 }
 
 #[test]
@@ -581,9 +581,9 @@ fn a_failed_handover_leaves_the_call_on_the_old_device() {
     let mut c = machine();
     let id = call_ab(&mut c);
     c.handle_accept(T0, id, B, DB1, None).expect("accept");
-    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
-    c.handle_room_joined("call-1", B, DB2, ParticipantId(3), ParticipantId(2));
-    c.handle_room_left(T0 + 1, ParticipantId(3));
+    c.handle_room_joined("call-1", B, DB1, ConnectionId(2), ParticipantId(2));
+    c.handle_room_joined("call-1", B, DB2, ConnectionId(3), ParticipantId(2));
+    c.handle_room_left(T0 + 1, ConnectionId(3));
     let m = c.call(id, A).and_then(|c| c.member(B)).expect("b").clone();
     assert_eq!(m.device_id, Some(DB1));
     assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
@@ -595,9 +595,9 @@ fn leaving_through_the_api_removes_the_room_connection() {
     let id = answered_in_room(&mut c);
     c.handle_leave(T0 + 5, id, B).expect("leave");
     let out = drain(&mut c);
-    assert_eq!(kicks(&out), vec![ParticipantId(2), ParticipantId(1)]);
+    assert_eq!(kicks(&out), vec![ConnectionId(2), ConnectionId(1)]);
     // A's connection closing afterwards changes nothing.
-    c.handle_room_left(T0 + 6, ParticipantId(1));
+    c.handle_room_left(T0 + 6, ConnectionId(1));
     assert!(drain(&mut c).is_empty());
 }
 
@@ -605,9 +605,9 @@ fn leaving_through_the_api_removes_the_room_connection() {
 fn the_caller_closing_the_room_before_an_answer_cancels() {
     let mut c = machine();
     let id = call_ab(&mut c);
-    c.handle_room_joined("call-1", A, DA, ParticipantId(1), ParticipantId(1));
+    c.handle_room_joined("call-1", A, DA, ConnectionId(1), ParticipantId(1));
     drain(&mut c);
-    c.handle_room_left(T0 + 3, ParticipantId(1));
+    c.handle_room_left(T0 + 3, ConnectionId(1));
     let out = drain(&mut c);
     assert_eq!(ended(&out, B), Some(Outcome::Cancelled));
     assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
@@ -717,8 +717,8 @@ fn a_call_going_on_is_journaled_as_the_history_it_would_leave() {
     // now and leaves the journal).
     c.handle_accept(T0 + 2_000, id, B, DB1, None)
         .expect("accept");
-    c.handle_room_joined("call-1", B, DB1, ParticipantId(2), ParticipantId(2));
-    c.handle_room_joined("call-1", B, DB2, ParticipantId(5), ParticipantId(2));
+    c.handle_room_joined("call-1", B, DB1, ConnectionId(2), ParticipantId(2));
+    c.handle_room_joined("call-1", B, DB2, ConnectionId(5), ParticipantId(2));
     c.handle_decline(T0 + 3_000, id, C).expect("decline");
     let out = drain(&mut c);
     assert_eq!(record_of(&out, C).outcome, Outcome::Declined);
