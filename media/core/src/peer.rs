@@ -31,10 +31,10 @@ pub(crate) struct Peer {
     /// Throttles keyframe requests for tracks waiting to take over.
     pub handover_keyframes: KeyframeThrottle,
     /// When ICE and DTLS completed.
-    pub connected_at: Option<Instant>,
+    connected_at: Option<Instant>,
     /// When a datagram from the client last arrived; a client silent for
     /// longer than the reconnect timeout is gone.
-    pub last_received: Instant,
+    last_received: Instant,
     pub room: RoomId,
     pub identity: String,
     pub name: String,
@@ -50,28 +50,28 @@ pub(crate) struct Peer {
     pub published: Vec<Publication>,
     pub subscriptions: Vec<Subscription>,
     /// The server's offer waiting for an answer.
-    pub pending: Option<SdpPendingOffer>,
+    pending: Option<SdpPendingOffer>,
     /// The client's first offer was answered: the server may now offer.
-    pub ready: bool,
-    pub connected: bool,
-    pub joined_at: Instant,
+    ready: bool,
+    connected: bool,
+    joined_at: Instant,
     /// When the `Rtc` next wants a timeout.
     pub rtc_timeout: Instant,
     /// Set when the peer is to be removed on its next drive.
-    pub closing: Option<LeaveReason>,
+    closing: Option<LeaveReason>,
     /// The latest send bandwidth estimate towards this peer (bits/s).
-    pub bwe_estimate: Option<u64>,
+    bwe_estimate: Option<u64>,
     /// When the desired send rate next dips for one allocation round, so
     /// that the round after raises it again: str0m probes on increases only.
-    pub probe_dip_due: Option<Instant>,
+    probe_dip_due: Option<Instant>,
     /// Subscriptions changed since the last server offer.
     pub needs_negotiation: bool,
     /// Queued to be driven (in one of the SFU's queues of peers to drive).
-    pub dirty: bool,
+    dirty: bool,
     /// The deadline last put in the SFU's timer heap.
     pub deadline: Option<Instant>,
     /// Cumulative NACK counts last reported per m-line: (mid, received, sent).
-    pub nack_totals: Vec<(Mid, u64, u64)>,
+    nack_totals: Vec<(Mid, u64, u64)>,
     /// The account and device behind the participant (see `JoinRequest::with_account`).
     pub account: Option<(String, String)>,
     /// Incoming m-lines not published for lack of the publish permission;
@@ -83,6 +83,9 @@ pub(crate) struct Peer {
     /// Media was written to its `Rtc` since its last timeout.
     pub written: bool,
 }
+
+/// How often a subscriber whose estimate is below its demand is probed again.
+const PROBE_REPEAT: Duration = Duration::from_secs(1);
 
 /// The `Rtc` settings every peer shares, built once per SFU and cloned per
 /// peer.
@@ -200,6 +203,95 @@ impl Peer {
             dirty: false,
             deadline: None,
         }
+    }
+
+    /// ICE and DTLS completed at `now`.
+    pub fn on_connected(&mut self, now: Instant) {
+        self.connected = true;
+        self.connected_at = Some(now);
+    }
+
+    /// Whether ICE and DTLS completed (once; an outage does not undo it).
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// When ICE and DTLS completed.
+    pub fn connected_at(&self) -> Option<Instant> {
+        self.connected_at
+    }
+
+    /// When it joined.
+    pub fn joined_at(&self) -> Instant {
+        self.joined_at
+    }
+
+    /// How long its client has sent nothing (accepted) at `now`.
+    pub fn silence(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_received)
+    }
+
+    /// A datagram from its client was accepted at `now`.
+    pub fn heard_from(&mut self, now: Instant) {
+        self.last_received = now;
+    }
+
+    /// Connected once and silent for longer than `timeout` at `now`: gone.
+    pub fn silent_past(&self, now: Instant, timeout: Duration) -> bool {
+        self.connected && self.silence(now) > timeout
+    }
+
+    /// Never connected within `timeout` of joining.
+    pub fn connect_overdue(&self, now: Instant, timeout: Duration) -> bool {
+        !self.connected && now >= self.joined_at + timeout
+    }
+
+    /// To be removed at its next drive, for `reason` unless it has one already.
+    pub fn close(&mut self, reason: LeaveReason) {
+        self.closing.get_or_insert(reason);
+    }
+
+    /// Why it is to be removed at its next drive, if it is.
+    pub fn closing(&self) -> Option<LeaveReason> {
+        self.closing
+    }
+
+    /// Marks it queued to be driven; false if it was already (it must not
+    /// be queued twice).
+    pub fn enqueue(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
+    }
+
+    /// Takes it off the queue as it is driven; false if it was not queued
+    /// (driven already from the other queue).
+    pub fn dequeue(&mut self) -> bool {
+        std::mem::replace(&mut self.dirty, false)
+    }
+
+    /// The latest send bandwidth estimate towards it arrived (bits/s).
+    pub fn on_estimate(&mut self, bps: u64) {
+        self.bwe_estimate = Some(bps);
+    }
+
+    /// The latest send bandwidth estimate towards it (bits/s).
+    pub fn estimate(&self) -> Option<u64> {
+        self.bwe_estimate
+    }
+
+    /// The desired send rate to give its estimator: `desired`, except that
+    /// while the estimate stays below it (a cap that may have been lifted),
+    /// one round every [`PROBE_REPEAT`] dips to `min`, so that the round
+    /// after raises it again: str0m probes when the desired rate rises.
+    pub fn probe_rate(&mut self, now: Instant, min: u64, desired: u64) -> u64 {
+        if self.bwe_estimate.is_some_and(|e| e < desired) {
+            if self.probe_dip_due.is_none_or(|t| now >= t) {
+                self.probe_dip_due = Some(now + PROBE_REPEAT);
+                return min.min(desired);
+            }
+        } else {
+            self.probe_dip_due = None;
+        }
+        desired
     }
 
     /// Updates the NACK totals of `mid`; returns the increase (received, sent).

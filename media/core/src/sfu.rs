@@ -86,7 +86,7 @@ fn run_rtc_timeout(peer: &mut Peer, now: Instant, stats: &mut SfuStats) -> bool 
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::debug!(participant = %peer.id, error = %e, "timeout input failed");
-            peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+            peer.close(LeaveReason::ConnectionLost);
             false
         }
         // Removed at its next drive (queued by every caller).
@@ -98,8 +98,7 @@ fn run_rtc_timeout(peer: &mut Peer, now: Instant, stats: &mut SfuStats) -> bool 
 /// drive removes it), where the SFU's `mark_dirty` cannot be called because
 /// the peer is borrowed.
 fn requeue(queue: &mut VecDeque<ConnectionId>, peer: &mut Peer) {
-    if !peer.dirty {
-        peer.dirty = true;
+    if peer.enqueue() {
         queue.push_back(peer.id);
     }
 }
@@ -260,7 +259,7 @@ impl Sfu {
             }
             Taken::Handled(rtc.handle_input(input))
         });
-        let silent_for = self.now.saturating_duration_since(peer.last_received);
+        let silent_for = peer.silence(self.now);
         let mut returned: Vec<TrackId> = Vec::new();
         match handled {
             Ok(Taken::Malformed) => {
@@ -272,8 +271,8 @@ impl Sfu {
                 return;
             }
             Ok(Taken::Handled(Ok(()))) => {
-                peer.last_received = self.now;
-                if peer.connected && silent_for >= RETURN_AFTER {
+                peer.heard_from(self.now);
+                if peer.is_connected() && silent_for >= RETURN_AFTER {
                     // Back from an outage: what it received meanwhile is lost;
                     // a keyframe of each video it receives restarts its pictures
                     // at once, instead of after repairing seconds of gap.
@@ -336,9 +335,9 @@ impl Sfu {
             if now >= peer.rtc_timeout {
                 run_rtc_timeout(peer, now, &mut self.stats);
             }
-            if !peer.connected && now >= peer.joined_at + connect_timeout {
+            if peer.connect_overdue(now, connect_timeout) {
                 tracing::info!(participant = %pid, "never connected; removing");
-                peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                peer.close(LeaveReason::ConnectionLost);
             }
 
             let stats = &mut self.stats;
@@ -372,10 +371,9 @@ impl Sfu {
                 return Output::Event(e);
             }
             if let Some(p) = self.written.pop().or_else(|| self.dirty.pop_front()) {
-                match self.peers.get_mut(&p) {
-                    Some(peer) if peer.dirty => peer.dirty = false,
-                    // Gone, or driven already from the other queue.
-                    _ => continue,
+                // Gone, or driven already from the other queue.
+                if !self.peers.get_mut(&p).is_some_and(|peer| peer.dequeue()) {
+                    continue;
                 }
                 self.drive(p);
                 continue;
@@ -431,9 +429,8 @@ impl Sfu {
 
     fn mark_dirty(&mut self, p: ConnectionId) {
         if let Some(peer) = self.peers.get_mut(&p)
-            && !peer.dirty
+            && peer.enqueue()
         {
-            peer.dirty = true;
             self.dirty.push_back(p);
         }
     }

@@ -119,7 +119,7 @@ impl Sfu {
             self.events.push_back(RoomEvent::ParticipantConnected {
                 room: peer.room.clone(),
                 participant: peer.public_id,
-                join_time: self.now.saturating_duration_since(peer.joined_at),
+                join_time: self.now.saturating_duration_since(peer.joined_at()),
             });
         }
         // Nothing more comes of a peer that panicked.
@@ -155,7 +155,7 @@ impl Sfu {
 fn verdict(peer: &mut Peer) -> (Option<LeaveReason>, bool) {
     // Not alive includes poisoned.
     let alive = peer.rtc.call(RtcCall::Poll, |rtc| rtc.is_alive());
-    let closing = peer.closing.or(if alive == Ok(true) {
+    let closing = peer.closing().or(if alive == Ok(true) {
         None
     } else {
         Some(LeaveReason::ConnectionLost)
@@ -224,7 +224,7 @@ impl PeerPoll<'_> {
                 }
                 Err(e) => {
                     tracing::info!(participant = %self.pid, error = %e, "connection failed");
-                    peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                    peer.close(LeaveReason::ConnectionLost);
                     false
                 }
             };
@@ -292,8 +292,7 @@ impl PeerPoll<'_> {
         let pid = self.pid;
         match e {
             Event::Connected => {
-                peer.connected = true;
-                peer.connected_at = Some(self.now);
+                peer.on_connected(self.now);
                 self.connected_now = true;
             }
             Event::IceConnectionStateChange(state) => match state {
@@ -329,7 +328,7 @@ impl PeerPoll<'_> {
             Event::MediaData(d) => self.on_media(peer, d),
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 tracing::debug!(participant = %pid, estimate = estimate.as_u64(), "bandwidth estimate");
-                peer.bwe_estimate = Some(estimate.as_u64());
+                peer.on_estimate(estimate.as_u64());
             }
             Event::MediaEgressStats(st) => {
                 // NACKs from this subscriber, answered from the send buffer.

@@ -291,8 +291,7 @@ impl Sfu {
                 Ok(None) => continue,
                 Err(Poisoned) => {
                     // Its drive removes it, right after this fan-out.
-                    if !sub.dirty {
-                        sub.dirty = true;
+                    if sub.enqueue() {
                         self.written.push(s.participant);
                     }
                     continue;
@@ -309,7 +308,8 @@ impl Sfu {
                     // own order, not theirs.
                     if !sub.written {
                         sub.written = true;
-                        sub.dirty = true;
+                        // Queued here whether or not it waits in the other queue.
+                        sub.enqueue();
                         self.written.push(s.participant);
                     }
                     self.stats.media_forwarded += 1;
@@ -331,6 +331,7 @@ impl Sfu {
         p.subscribers = subscribers;
         if want_keyframe != 0 {
             let mid = p.mid;
+            let mut asked = false;
             for (i, l) in p.layers.iter_mut().enumerate() {
                 if want_keyframe & (1 << i.min(31)) != 0 && l.keyframes.request(now, interval) {
                     let stats = &mut self.stats;
@@ -341,11 +342,11 @@ impl Sfu {
                             stats.keyframe_requests += 1;
                         }
                     });
-                    if !peer.dirty {
-                        peer.dirty = true;
-                        self.written.push(publisher);
-                    }
+                    asked = true;
                 }
+            }
+            if asked && peer.enqueue() {
+                self.written.push(publisher);
             }
         }
     }

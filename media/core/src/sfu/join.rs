@@ -365,7 +365,7 @@ impl Sfu {
         let Some(old) = peer.takes_over else {
             return;
         };
-        let Some(connected_at) = peer.connected_at else {
+        let Some(connected_at) = peer.connected_at() else {
             return;
         };
         let old_done = self.peers.get(&old).is_none_or(|o| o.published.is_empty());

@@ -14,9 +14,6 @@ use crate::layer_selector::{Demand, allocate, layer_for_size};
 use crate::signal::Signal;
 use crate::track::{Publication, SubscriptionState, TrackSettings};
 
-/// How often a subscriber whose estimate is below its demand is probed again.
-const PROBE_REPEAT: Duration = Duration::from_secs(1);
-
 /// How often simulcast layers are re-allocated to subscribers.
 pub(super) const LAYER_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -179,7 +176,7 @@ impl Sfu {
             return;
         }
         let budget = peer
-            .bwe_estimate
+            .estimate()
             .unwrap_or(DEFAULT_BUDGET)
             .saturating_sub(audio * AUDIO_BITRATE);
         let demands: Vec<Demand<'_>> = items
@@ -202,19 +199,7 @@ impl Sfu {
         let now = self.now;
         if let Some(peer) = self.peers.get_mut(&subscriber) {
             let min = min.max(100_000);
-            let mut desired = desired.max(300_000);
-            // While the estimate stays below what the sizes would use (a cap
-            // that may have been lifted), probe again every few seconds:
-            // str0m probes when the desired rate rises, so it dips for one
-            // round and rises at the next.
-            if peer.bwe_estimate.is_some_and(|e| e < desired) {
-                if peer.probe_dip_due.is_none_or(|t| now >= t) {
-                    peer.probe_dip_due = Some(now + PROBE_REPEAT);
-                    desired = min.min(desired);
-                }
-            } else {
-                peer.probe_dip_due = None;
-            }
+            let desired = peer.probe_rate(now, min, desired.max(300_000));
             let set = peer.rtc.call(RtcCall::Bandwidth, |rtc| {
                 rtc.bwe()
                     .set_bitrate(Bitrate::bps(min), Bitrate::bps(desired))

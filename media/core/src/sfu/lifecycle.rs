@@ -173,9 +173,9 @@ impl Sfu {
         let timeout = self.config.reconnect_timeout;
         let mut gone = Vec::new();
         for peer in self.peers.values_mut() {
-            if peer.connected && now.saturating_duration_since(peer.last_received) > timeout {
+            if peer.silent_past(now, timeout) {
                 tracing::info!(participant = %peer.id, "silent past the reconnect timeout; removing");
-                peer.closing.get_or_insert(LeaveReason::ConnectionLost);
+                peer.close(LeaveReason::ConnectionLost);
                 gone.push(peer.id);
             }
         }
