@@ -68,11 +68,7 @@ struct Participant {
 async fn fill_first_shard(h: &Harness) -> TestResult {
     let media = h.media().ok_or("no server")?;
     let lobby = RoomId::new("lobby")?;
-    media
-        .with_room(&lobby.clone(), |sfu, now| {
-            sfu.handle_create_room(now, lobby, RoomOptions::default());
-        })
-        .await?;
+    media.create_room(&lobby, RoomOptions::default()).await?;
     Ok(())
 }
 

@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
-use vela_media_core::{ConnectionId, LeaveReason, Output, RoomEvent, Sfu, Signal, Transmit};
+use vela_media_core::{
+    ConnectionId, LeaveReason, Output, RoomEvent, RoomId, Sfu, Signal, SignalError, Transmit,
+};
 
-use crate::handle::{Command, MediaError, SignalSink};
+use crate::handle::{Command, MediaError, RoomCommand, SignalSink};
 use crate::placement::Placement;
 use crate::socket::MediaSockets;
 use crate::udp::{Receiver, Sender};
@@ -211,6 +213,56 @@ impl Driver {
         }
     }
 
+    /// The server API's operations on `room`.
+    fn room_command(&mut self, now: Instant, room: &RoomId, cmd: RoomCommand) {
+        let sfu = &mut self.sfu;
+        let known = |sfu: &Sfu| {
+            sfu.room_info(room)
+                .map(|_| ())
+                .ok_or(MediaError::Signal(SignalError::UnknownRoom))
+        };
+        match cmd {
+            RoomCommand::Create(options, reply) => {
+                let _ = reply.send(Ok(sfu.handle_create_room(now, room.clone(), options)));
+            }
+            RoomCommand::Delete(reply) => {
+                let _ = reply.send(Ok(sfu.handle_delete_room(now, room)));
+            }
+            RoomCommand::Info(reply) => {
+                let _ = reply.send(Ok(sfu.room_info(room)));
+            }
+            RoomCommand::Participants(reply) => {
+                let _ = reply.send(known(sfu).map(|()| sfu.participants(room)));
+            }
+            RoomCommand::Participant(identity, reply) => {
+                let _ = reply.send(known(sfu).map(|()| sfu.participant(room, &identity)));
+            }
+            RoomCommand::Remove(identity, reply) => {
+                let r = sfu.handle_remove_participant(now, room, &identity);
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            RoomCommand::UpdatePermissions(identity, update, reply) => {
+                // Read and changed in one command: nothing comes between.
+                let r = sfu
+                    .participant(room, &identity)
+                    .ok_or(SignalError::UnknownParticipant)
+                    .and_then(|p| {
+                        let new = update.apply(p.permissions);
+                        sfu.handle_update_permissions(now, room, &identity, new)
+                    });
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            RoomCommand::MuteTrack(identity, track, muted, reply) => {
+                let r = sfu.handle_mute_track(now, room, &identity, track, muted);
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            RoomCommand::Data(message, reply) => {
+                let r = sfu.handle_data(now, room, None, message);
+                let _ = reply.send(r.map_err(Into::into));
+            }
+        }
+    }
+
     /// Runs one command; true when the driver is to stop.
     async fn command(&mut self, cmd: Command) -> bool {
         let now = Instant::now();
@@ -252,6 +304,18 @@ impl Driver {
             Command::Participants(room, reply) => {
                 let _ = reply.send(self.sfu.participants(&room));
             }
+            Command::Room(room, cmd) => self.room_command(now, &room, cmd),
+            Command::DataFrom(from, message, reply) => {
+                let r = match self.sfu.room_of(from).cloned() {
+                    Some(room) => self.sfu.handle_data(now, &room, Some(from), message),
+                    None => Err(SignalError::UnknownParticipant),
+                };
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            Command::Rooms(reply) => {
+                let _ = reply.send(self.sfu.rooms());
+            }
+            #[cfg(feature = "test-hooks")]
             Command::With(f) => f(&mut self.sfu, now),
             Command::Stats(reply) => {
                 let _ = reply.send(self.sfu.stats());

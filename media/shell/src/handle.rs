@@ -5,9 +5,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
+#[cfg(feature = "test-hooks")]
+use vela_media_core::Sfu;
 use vela_media_core::{
-    ConnectionId, JoinError, JoinRequest, Joined, LeaveReason, ParticipantInfo, RoomId, SdpAnswer,
-    SdpOffer, Sfu, SfuStats, Signal, SignalError, TrackId, TrackKind, TrackSettings, id_shard,
+    ConnectionId, DataMessage, JoinError, JoinRequest, Joined, LeaveReason, ParticipantInfo,
+    Permissions, RoomId, RoomInfo, RoomOptions, SdpAnswer, SdpOffer, SfuStats, Signal, SignalError,
+    TrackId, TrackInfo, TrackKind, TrackSettings, id_shard,
 };
 
 use crate::placement::Placement;
@@ -89,7 +92,8 @@ pub enum MediaError {
     Stopped,
 }
 
-/// Work run on the core by the driver task.
+/// Work run on the core by the driver task (tests only).
+#[cfg(feature = "test-hooks")]
 pub(crate) type CoreJob = Box<dyn FnOnce(&mut Sfu, Instant) + Send>;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
@@ -111,10 +115,54 @@ pub(crate) enum Command {
     TrackSettings(ConnectionId, TrackId, TrackSettings, Reply<()>),
     Leave(ConnectionId, LeaveReason),
     Participants(RoomId, oneshot::Sender<Vec<ParticipantInfo>>),
-    /// Runs a closure on the core (the server API's operations).
+    /// The server API's operations on a room (see [`RoomCommand`]).
+    Room(RoomId, RoomCommand),
+    /// A data message from a connection's client to its room.
+    DataFrom(ConnectionId, DataMessage, Reply<usize>),
+    /// Runs a closure on the core (tests only).
+    #[cfg(feature = "test-hooks")]
     With(CoreJob),
+    /// Every room of the shard.
+    Rooms(oneshot::Sender<Vec<RoomInfo>>),
     Stats(oneshot::Sender<SfuStats>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// The server API's operations on one room, each with its reply.
+pub(crate) enum RoomCommand {
+    Create(RoomOptions, Reply<RoomInfo>),
+    Delete(Reply<bool>),
+    Info(Reply<Option<RoomInfo>>),
+    /// Fails with [`SignalError::UnknownRoom`] when there is no such room.
+    Participants(Reply<Vec<ParticipantInfo>>),
+    /// `None`: no such participant; fails when there is no such room.
+    Participant(String, Reply<Option<ParticipantInfo>>),
+    Remove(String, Reply<()>),
+    UpdatePermissions(String, PermissionsUpdate, Reply<ParticipantInfo>),
+    MuteTrack(String, TrackId, bool, Reply<TrackInfo>),
+    Data(DataMessage, Reply<usize>),
+}
+
+/// A change of a participant's permissions: what is `None` keeps its value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PermissionsUpdate {
+    /// May publish tracks.
+    pub publish: Option<bool>,
+    /// May receive others' tracks.
+    pub subscribe: Option<bool>,
+    /// May send data messages.
+    pub publish_data: Option<bool>,
+}
+
+impl PermissionsUpdate {
+    /// `current` with this change applied.
+    pub fn apply(self, current: Permissions) -> Permissions {
+        Permissions {
+            publish: self.publish.unwrap_or(current.publish),
+            subscribe: self.subscribe.unwrap_or(current.subscribe),
+            publish_data: self.publish_data.unwrap_or(current.publish_data),
+        }
+    }
 }
 
 /// A cheap, cloneable handle to the media drivers: one per shard (a core
@@ -285,51 +333,148 @@ impl MediaHandle {
         rx.await.map_err(|_| MediaError::Stopped)
     }
 
-    async fn run_on<T: Send + 'static>(
-        tx: &mpsc::Sender<Command>,
+    /// Asks a room's shard (placing the room if it is new).
+    async fn room_call<T>(
+        &self,
+        room: &RoomId,
+        f: impl FnOnce(Reply<T>) -> RoomCommand,
+    ) -> Result<T, MediaError> {
+        Self::call(self.room_tx(room), |r| Command::Room(room.clone(), f(r))).await
+    }
+
+    /// Opens a room with these options (or changes an open room's).
+    pub async fn create_room(
+        &self,
+        room: &RoomId,
+        options: RoomOptions,
+    ) -> Result<RoomInfo, MediaError> {
+        self.room_call(room, |r| RoomCommand::Create(options, r))
+            .await
+    }
+
+    /// Closes a room: everyone in it leaves. False if there was no such room.
+    pub async fn delete_room(&self, room: &RoomId) -> Result<bool, MediaError> {
+        self.room_call(room, RoomCommand::Delete).await
+    }
+
+    /// An open room.
+    pub async fn room(&self, room: &RoomId) -> Result<Option<RoomInfo>, MediaError> {
+        self.room_call(room, RoomCommand::Info).await
+    }
+
+    /// Every open room, of every shard (in no particular order).
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, MediaError> {
+        let mut all = Vec::new();
+        for tx in self.shards.iter() {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Command::Rooms(reply))
+                .await
+                .map_err(|_| MediaError::Stopped)?;
+            all.extend(rx.await.map_err(|_| MediaError::Stopped)?);
+        }
+        Ok(all)
+    }
+
+    /// The visible participants of a room; fails with
+    /// [`SignalError::UnknownRoom`] if there is no such room.
+    pub async fn room_participants(
+        &self,
+        room: &RoomId,
+    ) -> Result<Vec<ParticipantInfo>, MediaError> {
+        self.room_call(room, RoomCommand::Participants).await
+    }
+
+    /// A participant of a room by identity (`None`: not in it); fails with
+    /// [`SignalError::UnknownRoom`] if there is no such room.
+    pub async fn participant(
+        &self,
+        room: &RoomId,
+        identity: &str,
+    ) -> Result<Option<ParticipantInfo>, MediaError> {
+        let identity = identity.to_owned();
+        self.room_call(room, |r| RoomCommand::Participant(identity, r))
+            .await
+    }
+
+    /// Removes a participant (every connection of it) from a room.
+    pub async fn remove_participant(
+        &self,
+        room: &RoomId,
+        identity: &str,
+    ) -> Result<(), MediaError> {
+        let identity = identity.to_owned();
+        self.room_call(room, |r| RoomCommand::Remove(identity, r))
+            .await
+    }
+
+    /// Changes what a participant may do, at once; returns it as it is now.
+    pub async fn update_permissions(
+        &self,
+        room: &RoomId,
+        identity: &str,
+        update: PermissionsUpdate,
+    ) -> Result<ParticipantInfo, MediaError> {
+        let identity = identity.to_owned();
+        self.room_call(room, |r| {
+            RoomCommand::UpdatePermissions(identity, update, r)
+        })
+        .await
+    }
+
+    /// Mutes or unmutes a participant's published track for everyone.
+    pub async fn mute_track(
+        &self,
+        room: &RoomId,
+        identity: &str,
+        track: TrackId,
+        muted: bool,
+    ) -> Result<TrackInfo, MediaError> {
+        let identity = identity.to_owned();
+        self.room_call(room, |r| RoomCommand::MuteTrack(identity, track, muted, r))
+            .await
+    }
+
+    /// Sends a data message from the server to a room (everyone, or the
+    /// message's destinations); returns how many connections it went to.
+    pub async fn send_data(
+        &self,
+        room: &RoomId,
+        message: DataMessage,
+    ) -> Result<usize, MediaError> {
+        self.room_call(room, |r| RoomCommand::Data(message, r))
+            .await
+    }
+
+    /// Sends a data message from a connection's client to the others in its
+    /// room; returns how many connections it went to.
+    pub async fn send_data_from(
+        &self,
+        connection: ConnectionId,
+        message: DataMessage,
+    ) -> Result<usize, MediaError> {
+        Self::call(self.connection_tx(connection), |r| {
+            Command::DataFrom(connection, message, r)
+        })
+        .await
+    }
+
+    /// Test only: runs `f` on the core of `room`'s shard and returns its
+    /// result (the typed calls above are the API).
+    #[cfg(feature = "test-hooks")]
+    pub async fn with_room<T: Send + 'static>(
+        &self,
+        room: &RoomId,
         f: impl FnOnce(&mut Sfu, Instant) -> T + Send + 'static,
     ) -> Result<T, MediaError> {
         let (reply, rx) = oneshot::channel();
         let run = move |sfu: &mut Sfu, now: Instant| {
             let _ = reply.send(f(sfu, now));
         };
-        tx.send(Command::With(Box::new(run)))
+        self.room_tx(room)
+            .send(Command::With(Box::new(run)))
             .await
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)
-    }
-
-    /// Runs `f` on the core of `room`'s shard, on its driver task, and
-    /// returns its result; the core's outputs are carried out afterwards. For
-    /// the server API's operations (`Sfu::handle_create_room` and the like):
-    /// keep `f` short, media waits while it runs.
-    pub async fn with_room<T: Send + 'static>(
-        &self,
-        room: &RoomId,
-        f: impl FnOnce(&mut Sfu, Instant) -> T + Send + 'static,
-    ) -> Result<T, MediaError> {
-        Self::run_on(self.room_tx(room), f).await
-    }
-
-    /// Like [`MediaHandle::with_room`], on the core of `p`'s shard.
-    pub async fn with_participant<T: Send + 'static>(
-        &self,
-        p: ConnectionId,
-        f: impl FnOnce(&mut Sfu, Instant) -> T + Send + 'static,
-    ) -> Result<T, MediaError> {
-        Self::run_on(self.connection_tx(p), f).await
-    }
-
-    /// Like [`MediaHandle::with_room`], on every shard's core, in shard order.
-    pub async fn with_each<T: Send + 'static>(
-        &self,
-        f: impl Fn(&mut Sfu, Instant) -> T + Clone + Send + 'static,
-    ) -> Result<Vec<T>, MediaError> {
-        let mut out = Vec::with_capacity(self.shards.len());
-        for tx in self.shards.iter() {
-            out.push(Self::run_on(tx, f.clone()).await?);
-        }
-        Ok(out)
     }
 
     /// The cores' counters, added up over the shards.
@@ -399,6 +544,57 @@ mod tests {
         h.leave(ConnectionId(5), LeaveReason::ClientLeave).await;
         assert!(matches!(rxs[1].try_recv(), Ok(Command::Leave(p, _)) if p == ConnectionId(5)));
         assert!(rxs[0].try_recv().is_err() && rxs[2].try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_data_message_from_a_connection_goes_to_its_shard() {
+        let (h, mut rxs) = handle(3);
+        let message = DataMessage {
+            payload: vec![1u8].into(),
+            topic: None,
+            destinations: Vec::new(),
+        };
+        // Unanswered (no driver here): only where it was sent matters.
+        let _ = h.send_data_from(ConnectionId(6), message).now_or_never();
+        assert!(
+            matches!(rxs[2].try_recv(), Ok(Command::DataFrom(p, m, _)) if p == ConnectionId(6) && *m.payload == [1])
+        );
+        assert!(rxs[0].try_recv().is_err() && rxs[1].try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_room_command_goes_to_the_rooms_shard_and_a_listing_to_all() {
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::channel(8)).unzip();
+        let h = MediaHandle::new(txs, Some(Arc::new(Mutex::new(Placement::new(2)))));
+        let (a, b) = (RoomId::new("a").unwrap(), RoomId::new("b").unwrap());
+        let _ = h.room(&a).now_or_never();
+        let _ = h.delete_room(&b).now_or_never();
+        assert!(matches!(rxs[0].try_recv(), Ok(Command::Room(r, RoomCommand::Info(_))) if r == a));
+        assert!(
+            matches!(rxs[1].try_recv(), Ok(Command::Room(r, RoomCommand::Delete(_))) if r == b)
+        );
+        // The listing asks shard after shard: the first, unanswered here, holds it.
+        let _ = h.rooms().now_or_never();
+        assert!(matches!(rxs[0].try_recv(), Ok(Command::Rooms(_))));
+    }
+
+    #[test]
+    fn a_permissions_update_keeps_what_it_leaves_out() {
+        let current = Permissions {
+            publish: true,
+            subscribe: false,
+            publish_data: true,
+        };
+        let update = PermissionsUpdate {
+            subscribe: Some(true),
+            publish_data: Some(false),
+            ..PermissionsUpdate::default()
+        };
+        let new = update.apply(current);
+        assert_eq!(
+            (new.publish, new.subscribe, new.publish_data),
+            (true, true, false)
+        );
     }
 
     #[tokio::test]

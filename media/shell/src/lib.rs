@@ -15,7 +15,7 @@ mod socket;
 mod supervisor;
 mod udp;
 
-pub use handle::{MediaError, MediaHandle, SignalReceiver};
+pub use handle::{MediaError, MediaHandle, PermissionsUpdate, SignalReceiver};
 pub use socket::{BindError, MediaSockets, local_addresses};
 pub use supervisor::DriverFailed;
 pub use vela_media_core as core;

@@ -49,9 +49,7 @@ async fn handover(shards: u16) {
     if shards > 1 {
         let lobby = RoomId::new("lobby").unwrap();
         s.media
-            .with_room(&lobby.clone(), |sfu, now| {
-                sfu.handle_create_room(now, lobby, RoomOptions::default());
-            })
+            .create_room(&lobby, RoomOptions::default())
             .await
             .unwrap();
     }

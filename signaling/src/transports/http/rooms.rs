@@ -16,8 +16,9 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use vela_media::core::{
-    DataMessage, ParticipantInfo, Permissions, RoomId, RoomInfo, RoomOptions, SignalError, TrackId,
+    DataMessage, ParticipantInfo, RoomId, RoomInfo, RoomOptions, SignalError, TrackId,
 };
+use vela_media::{MediaError, PermissionsUpdate};
 
 use super::Body;
 use crate::domain::account::PERM_ROOMS_ADMIN;
@@ -137,11 +138,6 @@ fn no_room(room: &RoomId) -> ApiError {
     ApiError::not_found(format!("no room {room}"))
 }
 
-/// Maps the core's refusal to the API's error.
-fn refused(e: SignalError) -> ApiError {
-    ApiError::from(vela_media::MediaError::from(e))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateRoom {
@@ -196,12 +192,7 @@ pub(crate) async fn create(
         empty_timeout: (empty_timeout > 0).then(|| Duration::from_secs(empty_timeout)),
         metadata,
     };
-    let info = state
-        .media
-        .with_room(&room.clone(), move |sfu, now| {
-            sfu.handle_create_room(now, room, options)
-        })
-        .await?;
+    let info = state.media.create_room(&room, options).await?;
     Ok(Json(info))
 }
 
@@ -222,13 +213,7 @@ pub(crate) async fn list(
     admin.require_list()?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     // Each shard has its rooms; listed together, by name.
-    let mut rooms: Vec<_> = state
-        .media
-        .with_each(|sfu, _| sfu.rooms())
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut rooms = state.media.rooms().await?;
     rooms.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(names) = q.names.filter(|n| !n.is_empty()) {
         let names: Vec<&str> = names.split(',').map(str::trim).collect();
@@ -247,11 +232,7 @@ pub(crate) async fn get_one(
     if admin.require_list().is_err() {
         admin.require_admin(&room)?;
     }
-    let r = room.clone();
-    let info = state
-        .media
-        .with_room(&room, move |sfu, _| sfu.room_info(&r))
-        .await?;
+    let info = state.media.room(&room).await?;
     info.map(Json).ok_or_else(|| no_room(&room))
 }
 
@@ -263,11 +244,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     admin.require_create()?;
     let room = room_id(&room)?;
-    let r = room.clone();
-    let found = state
-        .media
-        .with_room(&room, move |sfu, now| sfu.handle_delete_room(now, &r))
-        .await?;
+    let found = state.media.delete_room(&room).await?;
     if !found {
         return Err(no_room(&room));
     }
@@ -282,14 +259,10 @@ pub(crate) async fn participants(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let room = room_id(&room)?;
     admin.require_admin(&room)?;
-    let r = room.clone();
-    let list = state
-        .media
-        .with_room(&room, move |sfu, _| {
-            sfu.room_info(&r).map(|_| sfu.participants(&r))
-        })
-        .await?
-        .ok_or_else(|| no_room(&room))?;
+    let list = match state.media.room_participants(&room).await {
+        Err(MediaError::Signal(SignalError::UnknownRoom)) => return Err(no_room(&room)),
+        r => r?,
+    };
     Ok(Json(serde_json::json!({ "participants": list })))
 }
 
@@ -301,17 +274,10 @@ pub(crate) async fn participant(
 ) -> Result<Json<ParticipantInfo>, ApiError> {
     let room = room_id(&room)?;
     admin.require_admin(&room)?;
-    let r = room.clone();
-    let who = identity.clone();
-    let (exists, info) = state
-        .media
-        .with_room(&room, move |sfu, _| {
-            (sfu.room_info(&r).is_some(), sfu.participant(&r, &who))
-        })
-        .await?;
-    if !exists {
-        return Err(no_room(&room));
-    }
+    let info = match state.media.participant(&room, &identity).await {
+        Err(MediaError::Signal(SignalError::UnknownRoom)) => return Err(no_room(&room)),
+        r => r?,
+    };
     info.map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no participant {identity} in {room}")))
 }
@@ -325,13 +291,7 @@ pub(crate) async fn remove(
 ) -> Result<Response, ApiError> {
     let room = room_id(&room)?;
     admin.require_admin(&room)?;
-    state
-        .media
-        .with_room(&room.clone(), move |sfu, now| {
-            sfu.handle_remove_participant(now, &room, &identity)
-        })
-        .await?
-        .map_err(refused)?;
+    state.media.remove_participant(&room, &identity).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -363,22 +323,15 @@ pub(crate) async fn update(
     let room = room_id(&room)?;
     admin.require_admin(&room)?;
     let p = body.permission;
+    let update = PermissionsUpdate {
+        publish: p.can_publish,
+        subscribe: p.can_subscribe,
+        publish_data: p.can_publish_data,
+    };
     let info = state
         .media
-        .with_room(&room.clone(), move |sfu, now| {
-            let current = sfu
-                .participant(&room, &identity)
-                .ok_or(SignalError::UnknownParticipant)?
-                .permissions;
-            let new = Permissions {
-                publish: p.can_publish.unwrap_or(current.publish),
-                subscribe: p.can_subscribe.unwrap_or(current.subscribe),
-                publish_data: p.can_publish_data.unwrap_or(current.publish_data),
-            };
-            sfu.handle_update_permissions(now, &room, &identity, new)
-        })
-        .await?
-        .map_err(refused)?;
+        .update_permissions(&room, &identity, update)
+        .await?;
     Ok(Json(info))
 }
 
@@ -403,11 +356,8 @@ pub(crate) async fn mute(
         .map_err(|_| ApiError::not_found("no such track"))?;
     let info = state
         .media
-        .with_room(&room.clone(), move |sfu, now| {
-            sfu.handle_mute_track(now, &room, &identity, track, body.muted)
-        })
-        .await?
-        .map_err(refused)?;
+        .mute_track(&room, &identity, track, body.muted)
+        .await?;
     Ok(Json(info))
 }
 
@@ -440,13 +390,7 @@ pub(crate) async fn send_data(
         topic: body.topic.filter(|t| !t.is_empty()).map(Into::into),
         destinations: body.destination_identities,
     };
-    let n = state
-        .media
-        .with_room(&room.clone(), move |sfu, now| {
-            sfu.handle_data(now, &room, None, message)
-        })
-        .await?
-        .map_err(refused)?;
+    let n = state.media.send_data(&room, message).await?;
     Ok(Json(serde_json::json!({ "recipients": n })))
 }
 

@@ -947,16 +947,6 @@ async fn send_data(
         payload,
         destinations,
     };
-    let sent = state
-        .media
-        .with_participant(id, move |sfu, now| {
-            let room = sfu
-                .room_of(id)
-                .cloned()
-                .ok_or(vela_media::core::SignalError::UnknownParticipant)?;
-            sfu.handle_data(now, &room, Some(id), message)
-        })
-        .await?;
-    sent.map(|_| None)
-        .map_err(|e| vela_media::MediaError::from(e).into())
+    state.media.send_data_from(id, message).await?;
+    Ok(None)
 }
