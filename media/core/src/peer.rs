@@ -24,12 +24,12 @@ pub(crate) struct Peer {
     /// The participant others see: `id`, or after a handover the predecessor's.
     pub public_id: ParticipantId,
     /// The connection this one is taking over (a handover in progress).
-    pub takes_over: Option<ConnectionId>,
+    takes_over: Option<ConnectionId>,
     /// Tracks this connection publishes that will replace the predecessor's
     /// tracks of the same kind at their first decodable frame.
-    pub pending_takeover: Vec<(Mid, MediaKind)>,
+    pending_takeover: Vec<(Mid, MediaKind)>,
     /// Throttles keyframe requests for tracks waiting to take over.
-    pub handover_keyframes: KeyframeThrottle,
+    handover_keyframes: KeyframeThrottle,
     /// When ICE and DTLS completed.
     connected_at: Option<Instant>,
     /// When a datagram from the client last arrived; a client silent for
@@ -203,6 +203,57 @@ impl Peer {
             dirty: false,
             deadline: None,
         }
+    }
+
+    /// The connection this one is taking over (a handover in progress).
+    pub fn takes_over(&self) -> Option<ConnectionId> {
+        self.takes_over
+    }
+
+    /// Starts taking over `old`'s call: others keep seeing the same
+    /// participant (id, identity, name).
+    pub fn take_over(&mut self, old: &Peer) {
+        self.public_id = old.public_id;
+        self.identity = old.identity.clone();
+        self.name = old.name.clone();
+        self.takes_over = Some(old.id);
+    }
+
+    /// Its track on `mid` is to replace the predecessor's track of `kind`
+    /// at its first decodable frame.
+    pub fn defer_track(&mut self, mid: Mid, kind: MediaKind) {
+        self.pending_takeover.push((mid, kind));
+    }
+
+    /// Whether frames on `mid` wait to take over a predecessor's track.
+    pub fn is_deferred(&self, mid: Mid) -> bool {
+        self.pending_takeover.iter().any(|(m, _)| *m == mid)
+    }
+
+    /// A frame arrived on a deferred m-line `mid`: the kind of track it
+    /// takes over, and `mid` stops waiting, when it can start a picture
+    /// (audio always, video at a keyframe); `None` until then.
+    pub fn ready_to_take_over(&mut self, mid: Mid, keyframe: bool) -> Option<MediaKind> {
+        let pos = self.pending_takeover.iter().position(|(m, _)| *m == mid)?;
+        let kind = self.pending_takeover[pos].1;
+        if kind == MediaKind::Video && !keyframe {
+            return None;
+        }
+        self.pending_takeover.swap_remove(pos);
+        Some(kind)
+    }
+
+    /// Whether the new device may be asked for a keyframe now (throttled
+    /// to one per `interval`) while its video waits to take over.
+    pub fn handover_keyframe_due(&mut self, now: Instant, interval: Duration) -> bool {
+        self.handover_keyframes.request(now, interval)
+    }
+
+    /// The handover is over (done, or its old connection gone): the tracks
+    /// still waiting, to become tracks of their own.
+    pub fn end_handover(&mut self) -> Vec<(Mid, MediaKind)> {
+        self.takes_over = None;
+        std::mem::take(&mut self.pending_takeover)
     }
 
     /// ICE and DTLS completed at `now`.

@@ -204,7 +204,7 @@ impl Sfu {
         if self
             .peers
             .get(&publisher)
-            .is_some_and(|p| p.pending_takeover.iter().any(|(m, _)| *m == data.mid))
+            .is_some_and(|p| p.is_deferred(data.mid))
             && !self.take_over_track(publisher, &data)
         {
             return;

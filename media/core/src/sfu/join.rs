@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind};
+use str0m::media::{KeyframeRequestKind, MediaData};
 
 use super::negotiation::check_tracks;
 use super::{Sfu, report_panic, requeue};
@@ -236,11 +236,7 @@ impl Sfu {
         }
         let answer = answer.transpose()?;
         if let Some(old) = takes_over.and_then(|o| self.peers.get(&o)) {
-            // Others keep seeing the same participant: id, identity, name.
-            peer.public_id = old.public_id;
-            peer.identity = old.identity.clone();
-            peer.name = old.name.clone();
-            peer.takes_over = takes_over;
+            peer.take_over(old);
         }
         let public_id = peer.public_id;
         let _span = tracing::info_span!("join", room = %room, participant = %id).entered();
@@ -305,19 +301,14 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&new) else {
             return false;
         };
-        let Some(pos) = peer
-            .pending_takeover
-            .iter()
-            .position(|(m, _)| *m == data.mid)
-        else {
+        if !peer.is_deferred(data.mid) {
             return false;
-        };
-        let kind = peer.pending_takeover[pos].1;
-        if kind == MediaKind::Video && !data.is_keyframe() {
+        }
+        let Some(kind) = peer.ready_to_take_over(data.mid, data.is_keyframe()) else {
             // Keep the old picture until the new device sends a keyframe.
             let now = self.now;
             let interval = self.config.keyframe_interval;
-            if peer.handover_keyframes.request(now, interval) {
+            if peer.handover_keyframe_due(now, interval) {
                 let stats = &mut self.stats;
                 let asked = peer.rtc.call(RtcCall::Keyframe, |rtc| {
                     if let Some(mut w) = rtc.writer(data.mid) {
@@ -330,9 +321,8 @@ impl Sfu {
                 }
             }
             return false;
-        }
-        peer.pending_takeover.swap_remove(pos);
-        let Some(old) = peer.takes_over else {
+        };
+        let Some(old) = peer.takes_over() else {
             return false;
         };
         let Some(o) = self.peers.get_mut(&old) else {
@@ -362,7 +352,7 @@ impl Sfu {
         let Some(peer) = self.peers.get(&new) else {
             return;
         };
-        let Some(old) = peer.takes_over else {
+        let Some(old) = peer.takes_over() else {
             return;
         };
         let Some(connected_at) = peer.connected_at() else {
@@ -375,9 +365,14 @@ impl Sfu {
         }
         let public = peer.public_id;
         let room = peer.room.clone();
-        if let Some(peer) = self.peers.get_mut(&new) {
-            peer.takes_over = None;
-        }
+        // Tracks of kinds the old connection did not have, or that never
+        // produced a frame in time, become tracks of their own (below, once
+        // the old connection is gone).
+        let pending = self
+            .peers
+            .get_mut(&new)
+            .map(|p| p.end_handover())
+            .unwrap_or_default();
         tracing::info!(from = %old, to = %new, "handover complete");
         self.events.push_back(RoomEvent::ParticipantHandedOver {
             room,
@@ -385,13 +380,6 @@ impl Sfu {
             to: new,
         });
         self.remove_participant(old, LeaveReason::HandedOver);
-        // Tracks of kinds the old connection did not have, or that never
-        // produced a frame in time, become tracks of their own.
-        let pending = self
-            .peers
-            .get_mut(&new)
-            .map(|p| std::mem::take(&mut p.pending_takeover))
-            .unwrap_or_default();
         for (mid, kind) in pending {
             self.publish(new, mid, kind, &[]);
         }

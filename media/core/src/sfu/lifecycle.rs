@@ -30,7 +30,7 @@ impl Sfu {
             peer.withheld.push((mid, kind, rids.to_vec()));
             return;
         }
-        if let Some(old) = peer.takes_over
+        if let Some(old) = peer.takes_over()
             && self
                 .peers
                 .get(&old)
@@ -38,7 +38,7 @@ impl Sfu {
         {
             // Replaces the old connection's track once media flows.
             if let Some(peer) = self.peers.get_mut(&pid) {
-                peer.pending_takeover.push((mid, kind));
+                peer.defer_track(mid, kind);
             }
             return;
         }
@@ -265,15 +265,12 @@ impl Sfu {
         // The old connection of a handover died first: the new one's tracks
         // become tracks of their own.
         if let Some(next) = successor
-            && self.peers.get(&next).and_then(|p| p.takes_over) == Some(pid)
+            && self.peers.get(&next).and_then(|p| p.takes_over()) == Some(pid)
         {
             let pending = self
                 .peers
                 .get_mut(&next)
-                .map(|p| {
-                    p.takes_over = None;
-                    std::mem::take(&mut p.pending_takeover)
-                })
+                .map(|p| p.end_handover())
                 .unwrap_or_default();
             for (mid, kind) in pending {
                 self.publish(next, mid, kind, &[]);

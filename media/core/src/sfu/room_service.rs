@@ -93,7 +93,7 @@ impl Sfu {
             r.participants
                 .iter()
                 .filter_map(|p| self.peers.get(p))
-                .filter(|p| p.is_visible() && p.takes_over.is_none())
+                .filter(|p| p.is_visible() && p.takes_over().is_none())
         };
         RoomInfo {
             name: room.clone(),
