@@ -44,9 +44,9 @@ pub(crate) struct Peer {
     pub rtc: PeerRtc,
     /// The server's ICE ufrags on this connection (one more per ICE restart);
     /// the router's keys.
-    pub ufrags: Vec<String>,
+    ufrags: Vec<String>,
     /// Source addresses seen from this peer; the router's keys.
-    pub addrs: Vec<SocketAddr>,
+    addrs: Vec<SocketAddr>,
     pub published: Vec<Publication>,
     pub subscriptions: Vec<Subscription>,
     /// The server's offer waiting for an answer.
@@ -65,18 +65,18 @@ pub(crate) struct Peer {
     /// that the round after raises it again: str0m probes on increases only.
     probe_dip_due: Option<Instant>,
     /// Subscriptions changed since the last server offer.
-    pub needs_negotiation: bool,
+    needs_negotiation: bool,
     /// Queued to be driven (in one of the SFU's queues of peers to drive).
     dirty: bool,
     /// The deadline last put in the SFU's timer heap.
-    pub deadline: Option<Instant>,
+    deadline: Option<Instant>,
     /// Cumulative NACK counts last reported per m-line: (mid, received, sent).
     nack_totals: Vec<(Mid, u64, u64)>,
     /// The account and device behind the participant (see `JoinRequest::with_account`).
     pub account: Option<(String, String)>,
     /// Incoming m-lines not published for lack of the publish permission;
     /// published if the permission is granted later.
-    pub withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
+    withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
     /// Audio packets written to its `Rtc` and not yet seen going out (see
     /// `Sfu::drive`: the pacer's look after a packet waits only when zero).
     pub audio_unsent: u32,
@@ -254,6 +254,65 @@ impl Peer {
     pub fn end_handover(&mut self) -> Vec<(Mid, MediaKind)> {
         self.takes_over = None;
         std::mem::take(&mut self.pending_takeover)
+    }
+
+    /// The server's ICE ufrags on this connection (the router's keys).
+    pub fn ufrags(&self) -> &[String] {
+        &self.ufrags
+    }
+
+    /// The source addresses its client was seen at (the router's keys).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Its client was proven at `addr` (a STUN check); true if that address
+    /// is new, to be routed to it.
+    pub fn learn_addr(&mut self, addr: SocketAddr) -> bool {
+        let new = !self.addrs.contains(&addr);
+        if new {
+            self.addrs.push(addr);
+        }
+        new
+    }
+
+    /// Its subscriptions changed: the server offers again at its next drive.
+    pub fn renegotiate(&mut self) {
+        self.needs_negotiation = true;
+    }
+
+    /// Its timer heap entry is now `d`; true if that changed (a new entry
+    /// goes in the heap, older ones are stale).
+    pub fn reschedule(&mut self, d: Instant) -> bool {
+        let changed = self.deadline != Some(d);
+        self.deadline = Some(d);
+        changed
+    }
+
+    /// Whether a timer heap entry at `t` is its current one.
+    pub fn is_deadline(&self, t: Instant) -> bool {
+        self.deadline == Some(t)
+    }
+
+    /// Its timer heap entry at `t` fired: true if it was the current one
+    /// (it then has none until rescheduled).
+    pub fn fire_deadline(&mut self, t: Instant) -> bool {
+        let current = self.deadline == Some(t);
+        if current {
+            self.deadline = None;
+        }
+        current
+    }
+
+    /// Its m-line `mid` is not published for lack of the publish permission;
+    /// published if it is granted later.
+    pub fn withhold(&mut self, mid: Mid, kind: MediaKind, rids: Vec<str0m::media::Rid>) {
+        self.withheld.push((mid, kind, rids));
+    }
+
+    /// The m-lines withheld, to publish now that it may.
+    pub fn take_withheld(&mut self) -> Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)> {
+        std::mem::take(&mut self.withheld)
     }
 
     /// ICE and DTLS completed at `now`.

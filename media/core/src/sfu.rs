@@ -284,8 +284,7 @@ impl Sfu {
                         .filter_map(|s| s.source)
                         .collect();
                 }
-                if stun && !peer.addrs.contains(&source) {
-                    peer.addrs.push(source);
+                if stun && peer.learn_addr(source) {
                     self.router.add_addr(source, pid);
                 }
             }
@@ -328,10 +327,9 @@ impl Sfu {
             let Some(peer) = self.peers.get_mut(&pid) else {
                 continue;
             };
-            if peer.deadline != Some(t) {
+            if !peer.fire_deadline(t) {
                 continue; // superseded by a later entry
             }
-            peer.deadline = None;
             if now >= peer.rtc_timeout {
                 run_rtc_timeout(peer, now, &mut self.stats);
             }
@@ -385,7 +383,7 @@ impl Sfu {
     fn next_timeout(&mut self) -> Instant {
         let mut next = self.now + Duration::from_secs(1);
         while let Some(Reverse((t, pid))) = self.timers.peek().copied() {
-            if self.peers.get(&pid).is_some_and(|p| p.deadline == Some(t)) {
+            if self.peers.get(&pid).is_some_and(|p| p.is_deadline(t)) {
                 next = t;
                 break;
             }

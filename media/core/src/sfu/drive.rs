@@ -74,8 +74,7 @@ impl Sfu {
             return;
         }
         let d = peer.next_deadline(self.config.connect_timeout, self.config.keyframe_interval);
-        if peer.deadline != Some(d) {
-            peer.deadline = Some(d);
+        if peer.reschedule(d) {
             self.timers.push(Reverse((d, pid)));
         }
     }

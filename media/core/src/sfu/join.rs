@@ -255,7 +255,7 @@ impl Sfu {
         room_entry.participants.push(id);
 
         let info = peer.info();
-        for u in &peer.ufrags {
+        for u in peer.ufrags() {
             self.router.add_ufrag(u.clone(), id);
         }
         let visible = peer.is_visible();

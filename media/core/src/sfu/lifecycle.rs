@@ -27,7 +27,7 @@ impl Sfu {
         };
         if !peer.permissions.publish {
             tracing::info!(participant = %pid, %mid, "track withheld: no publish permission");
-            peer.withheld.push((mid, kind, rids.to_vec()));
+            peer.withhold(mid, kind, rids.to_vec());
             return;
         }
         if let Some(old) = peer.takes_over()
@@ -94,7 +94,7 @@ impl Sfu {
                         kind,
                         SubscriptionState::ToOpen,
                     ));
-                    other.needs_negotiation = true;
+                    other.renegotiate();
                     self.mark_dirty(m);
                 }
                 PeerKind::Whep => self.bind_viewer(m, kind),
@@ -190,7 +190,7 @@ impl Sfu {
         };
         let _span = tracing::info_span!("leave", room = %peer.room, participant = %pid).entered();
         tracing::info!(reason = reason.as_str(), "participant left");
-        self.router.remove(&peer.ufrags, &peer.addrs, pid);
+        self.router.remove(peer.ufrags(), peer.addrs(), pid);
         self.dirty.retain(|p| *p != pid);
         self.written.retain(|p| *p != pid);
         // Send DTLS close_notify and RTCP BYE so the client learns at once;
@@ -320,9 +320,11 @@ impl Sfu {
                 {
                     s.source = None;
                     s.publisher = None;
-                    other.needs_negotiation = true;
                     rebind.push(s.kind);
                 }
+            }
+            if !rebind.is_empty() {
+                other.renegotiate();
             }
             if visible {
                 for t in tracks {

@@ -51,7 +51,7 @@ impl Sfu {
                 return Err(e);
             }
         };
-        if let Some(u) = peer.ufrags.last() {
+        if let Some(u) = peer.ufrags().last() {
             self.router.add_ufrag(u.clone(), participant);
         }
         self.mark_dirty(participant);

@@ -252,10 +252,12 @@ impl Sfu {
                 })
                 .collect();
             let tracks: Vec<TrackId> = withdrawn.iter().map(|(id, _)| *id).collect();
-            peer.withheld.extend(withdrawn.into_iter().map(|(_, w)| w));
+            for (_, (mid, kind, rids)) in withdrawn {
+                peer.withhold(mid, kind, rids);
+            }
             self.drop_publications(&room, public, visible, &tracks);
         } else if !old.publish && new.publish {
-            let withheld = std::mem::take(&mut peer.withheld);
+            let withheld = peer.take_withheld();
             for (mid, kind, rids) in withheld {
                 self.publish(pid, mid, kind, &rids);
             }
@@ -289,7 +291,7 @@ impl Sfu {
                 }
             }
         }
-        peer.needs_negotiation = true;
+        peer.renegotiate();
         for (src, mid) in stopped {
             self.stop_feeding(src, pid, mid);
         }
@@ -331,7 +333,7 @@ impl Sfu {
                 kind,
                 SubscriptionState::ToOpen,
             ));
-            peer.needs_negotiation = true;
+            peer.renegotiate();
         }
     }
 
