@@ -9,12 +9,13 @@ use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::CryptoProvider;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 
 use crate::error::SignalError;
 use crate::id::{ConnectionId, ParticipantId, RoomId, TrackId};
-use crate::isolation::{PeerRtc, RtcCall};
+use crate::isolation::{PeerRtc, Poisoned, RtcCall};
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions};
+use crate::stats::SfuStats;
 use crate::track::{KeyframeThrottle, Publication, Subscription, SubscriptionState};
 
 /// A participant and its connection.
@@ -56,7 +57,7 @@ pub(crate) struct Peer {
     connected: bool,
     joined_at: Instant,
     /// When the `Rtc` next wants a timeout.
-    pub rtc_timeout: Instant,
+    rtc_timeout: Instant,
     /// Set when the peer is to be removed on its next drive.
     closing: Option<LeaveReason>,
     /// The latest send bandwidth estimate towards this peer (bits/s).
@@ -79,10 +80,21 @@ pub(crate) struct Peer {
     withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
     /// Audio packets written to its `Rtc` and not yet seen going out (see
     /// `Sfu::drive`: the pacer's look after a packet waits only when zero).
-    pub audio_unsent: u32,
+    audio_unsent: u32,
     /// Media was written to its `Rtc` since its last timeout.
-    pub written: bool,
+    written: bool,
 }
+
+/// How long str0m's pacer's look at the queues after an audio packet may
+/// wait for the next write to an audio-only peer (see
+/// `Peer::set_rtc_timeout`): a bit over one 20 ms audio frame, so that even
+/// a single source's next packet comes first. The deadlines it may hide for
+/// that long are audio's RTCP reports and TWCC feedback, stats and
+/// keep-alives: none is that tight.
+const PACER_LOOK_DEFER: Duration = Duration::from_millis(25);
+
+/// How soon after releasing a packet str0m's pacer looks at its queues again.
+const PACER_NEXT_LOOK: Duration = Duration::from_micros(1);
 
 /// How often a subscriber whose estimate is below its demand is probed again.
 const PROBE_REPEAT: Duration = Duration::from_secs(1);
@@ -313,6 +325,94 @@ impl Peer {
     /// The m-lines withheld, to publish now that it may.
     pub fn take_withheld(&mut self) -> Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)> {
         std::mem::take(&mut self.withheld)
+    }
+
+    /// Runs its `Rtc`'s timeout at `now` (which also sends what was written
+    /// to it); a failure (or a panic) closes it and returns false.
+    pub fn run_timeout(&mut self, now: Instant, stats: &mut SfuStats) -> bool {
+        stats.rtc_timeouts += 1;
+        self.written = false;
+        match self.rtc.call(RtcCall::Timeout, |rtc| {
+            rtc.handle_input(Input::Timeout(now))
+        }) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(participant = %self.id, error = %e, "timeout input failed");
+                self.close(LeaveReason::ConnectionLost);
+                false
+            }
+            // Removed at its next drive (queued by every caller).
+            Err(Poisoned) => false,
+        }
+    }
+
+    /// Media was written to it (an audio frame when `audio`): true for the
+    /// first write since its last timeout (the timeout that sends it is to
+    /// run right after the fan-out).
+    pub fn on_written(&mut self, audio: bool) -> bool {
+        if audio {
+            self.audio_unsent += 1;
+        }
+        !std::mem::replace(&mut self.written, true)
+    }
+
+    /// Whether media was written to it since its last timeout.
+    pub fn has_written(&self) -> bool {
+        self.written
+    }
+
+    /// Media was written to it, and nothing else of it is due before its
+    /// pacer's next look.
+    pub fn only_writes_due(&self, now: Instant) -> bool {
+        self.written && self.rtc_timeout > now + PACER_NEXT_LOOK
+    }
+
+    /// Whether its `Rtc`'s deadline has come at `now`.
+    pub fn rtc_due(&self, now: Instant) -> bool {
+        now >= self.rtc_timeout
+    }
+
+    /// Whether its `Rtc`'s deadline `t` is to run at once, within the drive:
+    /// it is due, or it is the pacer's wake-up right after a packet while
+    /// audio written to it still waits (str0m releases one packet per
+    /// timeout, and the rest of a burst should not wait for the timer heap).
+    pub fn runs_inline(&self, t: Instant, now: Instant) -> bool {
+        t <= now || (self.audio_unsent > 0 && t <= now + PACER_NEXT_LOOK)
+    }
+
+    /// Its `Rtc`'s next deadline is `t`; `pacer_look` when that is only its
+    /// pacer's look at the queues right after a packet it released. With no
+    /// video either way nothing is paced or padded, so when no other packet
+    /// waits, that look can wait for the next write (which needs a timeout
+    /// anyway): half the timeouts per audio packet.
+    pub fn set_rtc_timeout(&mut self, t: Instant, now: Instant, pacer_look: bool) {
+        self.rtc_timeout = t;
+        if pacer_look {
+            if self.audio_unsent == 0 && !self.has_video() {
+                self.rtc_timeout = t + PACER_LOOK_DEFER;
+            }
+        } else if t > now {
+            // The pacer's last look released nothing: all went out.
+            self.audio_unsent = 0;
+        }
+    }
+
+    /// A datagram left it (`rtp`: a media packet), in a drive for
+    /// `write_only` (see [`Peer::only_writes_due`]): true when that was the
+    /// last audio packet written to it and the poll may stop. str0m hands
+    /// out its feedback before paced media, so nothing else waits, and its
+    /// next deadline is its pacer's look right after this packet, deferred
+    /// as in [`Peer::set_rtc_timeout`]: the poll that would only say so, a
+    /// walk of the whole `Rtc` per packet, is skipped.
+    pub fn on_sent(&mut self, rtp: bool, write_only: bool, now: Instant) -> bool {
+        if rtp {
+            self.audio_unsent = self.audio_unsent.saturating_sub(1);
+        }
+        if rtp && write_only && self.audio_unsent == 0 && !self.has_video() {
+            self.rtc_timeout = now + PACER_NEXT_LOOK + PACER_LOOK_DEFER;
+            return true;
+        }
+        false
     }
 
     /// ICE and DTLS completed at `now`.

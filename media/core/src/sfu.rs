@@ -75,25 +75,6 @@ enum Taken {
 /// from an outage (its pictures are restarted with keyframes).
 const RETURN_AFTER: Duration = Duration::from_millis(1000);
 
-/// Runs a due timeout on a peer's `Rtc`; a failure (or a panic) closes the
-/// peer and returns false.
-fn run_rtc_timeout(peer: &mut Peer, now: Instant, stats: &mut SfuStats) -> bool {
-    stats.rtc_timeouts += 1;
-    peer.written = false;
-    match peer.rtc.call(RtcCall::Timeout, |rtc| {
-        rtc.handle_input(Input::Timeout(now))
-    }) {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::debug!(participant = %peer.id, error = %e, "timeout input failed");
-            peer.close(LeaveReason::ConnectionLost);
-            false
-        }
-        // Removed at its next drive (queued by every caller).
-        Err(Poisoned) => false,
-    }
-}
-
 /// Queues a peer to be driven (after a call into it found it poisoned: its
 /// drive removes it), where the SFU's `mark_dirty` cannot be called because
 /// the peer is borrowed.
@@ -330,8 +311,8 @@ impl Sfu {
             if !peer.fire_deadline(t) {
                 continue; // superseded by a later entry
             }
-            if now >= peer.rtc_timeout {
-                run_rtc_timeout(peer, now, &mut self.stats);
+            if peer.rtc_due(now) {
+                peer.run_timeout(now, &mut self.stats);
             }
             if peer.connect_overdue(now, connect_timeout) {
                 tracing::info!(participant = %pid, "never connected; removing");

@@ -11,7 +11,7 @@ use str0m::media::{MediaData, MediaKind, Mid};
 use str0m::net::Transmit;
 use str0m::{Event, IceConnectionState, PacerReason, Reason, RtcError};
 
-use super::{Sfu, requeue, run_rtc_timeout};
+use super::{Sfu, requeue};
 use crate::id::{ConnectionId, RoomId, TrackId};
 use crate::isolation::RtcCall;
 use crate::peer::Peer;
@@ -34,16 +34,6 @@ pub(super) enum Action {
 /// Due `Rtc` timeouts run inside one drive of a peer before it goes back to
 /// the timer heap.
 const INLINE_TIMEOUTS: u32 = 16;
-
-/// How long str0m's pacer's look at the queues after an audio packet may
-/// wait for the next write to an audio-only peer (see `Sfu::drive`): a bit
-/// over one 20 ms audio frame, so that even a single source's next packet
-/// comes first. The deadlines it may hide for that long are audio's RTCP
-/// reports and TWCC feedback, stats and keep-alives: none is that tight.
-const PACER_LOOK_DEFER: Duration = Duration::from_millis(25);
-
-/// How soon after releasing a packet str0m's pacer looks at its queues again.
-const PACER_NEXT_LOOK: Duration = Duration::from_micros(1);
 
 /// Whether an outgoing datagram is RTP (not RTCP, STUN or DTLS): version 2
 /// and a payload type outside RTCP's 64-95 (RFC 5761 section 4).
@@ -186,10 +176,10 @@ impl PeerPoll<'_> {
     /// it for its pacer): run that now instead of learning it from a
     /// `poll_output`, one fewer per forwarded packet.
     fn flush_written(&mut self, peer: &mut Peer) {
-        self.write_only = peer.written && peer.rtc_timeout > self.now + PACER_NEXT_LOOK;
-        if peer.written {
+        self.write_only = peer.only_writes_due(self.now);
+        if peer.has_written() {
             self.inline_timeouts += 1;
-            run_rtc_timeout(peer, self.now, self.stats);
+            peer.run_timeout(self.now, self.stats);
         }
     }
 
@@ -238,53 +228,28 @@ impl PeerPoll<'_> {
         // Already due: str0m packetizes written media on a timeout. Run it
         // here instead of a round trip through the timer heap and the
         // shell's loop; bounded, in case a deadline stays due without
-        // progress. So is the pacer's wake-up 1 µs after a packet it
-        // released while audio written to this peer still waits: str0m
-        // releases one packet per timeout, and the rest of a burst's packets
-        // should not wait for the timer heap.
-        if self.inline_timeouts < INLINE_TIMEOUTS
-            && (t <= self.now || (peer.audio_unsent > 0 && t <= self.now + PACER_NEXT_LOOK))
-        {
+        // progress.
+        if self.inline_timeouts < INLINE_TIMEOUTS && peer.runs_inline(t, self.now) {
             self.inline_timeouts += 1;
-            return run_rtc_timeout(peer, t.max(self.now), self.stats);
+            return peer.run_timeout(t.max(self.now), self.stats);
         }
-        peer.rtc_timeout = t;
         // str0m's pacer asks for a timeout right after each packet it
-        // releases, only to take a fresh look at the queues. With no video
-        // either way nothing is paced or padded, so when no other packet
-        // waits, that look can wait for the next write (which needs a
-        // timeout anyway): half the timeouts per audio packet.
+        // releases, only to take a fresh look at the queues.
         let reason = peer
             .rtc
             .call(RtcCall::Poll, |rtc| rtc.last_timeout_reason());
-        if reason == Ok(Reason::Pacer(PacerReason::Immediate)) {
-            if peer.audio_unsent == 0 && !peer.has_video() {
-                peer.rtc_timeout = t + PACER_LOOK_DEFER;
-            }
-        } else if t > self.now {
-            // The pacer's last look released nothing: all went out.
-            peer.audio_unsent = 0;
-        }
+        let pacer_look = reason == Ok(Reason::Pacer(PacerReason::Immediate));
+        peer.set_rtc_timeout(t, self.now, pacer_look);
         false
     }
 
     /// A datagram to send; false when the poll is over.
     fn on_transmit(&mut self, peer: &mut Peer, t: Transmit) -> bool {
         let rtp = is_rtp(&t.contents);
-        if rtp {
-            peer.audio_unsent = peer.audio_unsent.saturating_sub(1);
-        }
         self.transmits.push_back(t);
         // The last audio packet written to it went out on timeouts run only
-        // for the writes. str0m hands out its feedback before paced media,
-        // so nothing else waits, and its next deadline is its pacer's look
-        // right after this packet, deferred as below: the poll that would
-        // only say so, a walk of the whole `Rtc` per packet, is skipped.
-        if rtp && self.write_only && peer.audio_unsent == 0 && !peer.has_video() {
-            peer.rtc_timeout = self.now + PACER_NEXT_LOOK + PACER_LOOK_DEFER;
-            return false;
-        }
-        true
+        // for the writes: the poll may stop there.
+        !peer.on_sent(rtp, self.write_only, self.now)
     }
 
     fn on_event(&mut self, peer: &mut Peer, e: Event) {

@@ -299,15 +299,11 @@ impl Sfu {
             };
             match written {
                 Ok(()) => {
-                    if direct {
-                        sub.audio_unsent += 1;
-                    }
                     // Driven right after this fan-out even when input for it
                     // waits further back in the queue: str0m's pacer would
                     // release two packets written before one drive in its
                     // own order, not theirs.
-                    if !sub.written {
-                        sub.written = true;
+                    if sub.on_written(direct) {
                         // Queued here whether or not it waits in the other queue.
                         sub.enqueue();
                         self.written.push(s.participant);
