@@ -21,9 +21,9 @@ use crate::track::{KeyframeThrottle, Publication, Subscription, SubscriptionStat
 /// A participant and its connection.
 pub(crate) struct Peer {
     /// This connection's key; signals for it go to its own client.
-    pub id: ConnectionId,
+    id: ConnectionId,
     /// The participant others see: `id`, or after a handover the predecessor's.
-    pub public_id: ParticipantId,
+    public_id: ParticipantId,
     /// The connection this one is taking over (a handover in progress).
     takes_over: Option<ConnectionId>,
     /// Tracks this connection publishes that will replace the predecessor's
@@ -36,11 +36,11 @@ pub(crate) struct Peer {
     /// When a datagram from the client last arrived; a client silent for
     /// longer than the reconnect timeout is gone.
     last_received: Instant,
-    pub room: RoomId,
-    pub identity: String,
-    pub name: String,
-    pub kind: PeerKind,
-    pub permissions: Permissions,
+    room: RoomId,
+    identity: String,
+    name: String,
+    kind: PeerKind,
+    permissions: Permissions,
     /// Its str0m `Rtc`, behind the wall that keeps a panic in it to this peer.
     pub rtc: PeerRtc,
     /// The server's ICE ufrags on this connection (one more per ICE restart);
@@ -74,7 +74,7 @@ pub(crate) struct Peer {
     /// Cumulative NACK counts last reported per m-line: (mid, received, sent).
     nack_totals: Vec<(Mid, u64, u64)>,
     /// The account and device behind the participant (see `JoinRequest::with_account`).
-    pub account: Option<(String, String)>,
+    account: Option<(String, String)>,
     /// Incoming m-lines not published for lack of the publish permission;
     /// published if the permission is granted later.
     withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
@@ -215,6 +215,52 @@ impl Peer {
             dirty: false,
             deadline: None,
         }
+    }
+
+    /// This connection's key; signals for it go to its own client.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The participant others see: its own, or after a handover the
+    /// predecessor's.
+    pub fn public_id(&self) -> ParticipantId {
+        self.public_id
+    }
+
+    /// The room it is in.
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// Its identity (from its token).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// What kind of client it is (a session, WHIP, WHEP).
+    pub fn kind(&self) -> PeerKind {
+        self.kind
+    }
+
+    /// What it may do.
+    pub fn permissions(&self) -> Permissions {
+        self.permissions
+    }
+
+    /// It may now do `new`; returns what it could do before.
+    pub fn set_permissions(&mut self, new: Permissions) -> Permissions {
+        std::mem::replace(&mut self.permissions, new)
+    }
+
+    /// The account and device behind it, if it joined as one.
+    pub fn account(&self) -> Option<&(String, String)> {
+        self.account.as_ref()
+    }
+
+    /// It joined as this account and device.
+    pub fn sign_in(&mut self, account: Option<(String, String)>) {
+        self.account = account;
     }
 
     /// The connection this one is taking over (a handover in progress).

@@ -80,7 +80,7 @@ const RETURN_AFTER: Duration = Duration::from_millis(1000);
 /// the peer is borrowed.
 fn requeue(queue: &mut VecDeque<ConnectionId>, peer: &mut Peer) {
     if peer.enqueue() {
-        queue.push_back(peer.id);
+        queue.push_back(peer.id());
     }
 }
 
@@ -89,8 +89,8 @@ fn report_panic(stats: &mut SfuStats, peer: &Peer) {
     if let Some(p) = peer.rtc.panic() {
         stats.peers_panicked += 1;
         tracing::error!(
-            room = %peer.room,
-            participant = %peer.id,
+            room = %peer.room(),
+            participant = %peer.id(),
             call = p.call.as_str(),
             panic = %p.message,
             "participant's WebRTC stack panicked: closed alone, the room goes on"
@@ -203,7 +203,7 @@ impl Sfu {
 
     /// The room a connection is in.
     pub fn room_of(&self, participant: ConnectionId) -> Option<&RoomId> {
-        self.peers.get(&participant).map(|p| &p.room)
+        self.peers.get(&participant).map(|p| p.room())
     }
 
     /// A datagram arrived on the media port.

@@ -104,10 +104,10 @@ impl Sfu {
         let connected_now = poll.connected_now;
         let (closing, poisoned) = verdict(peer);
         if connected_now {
-            tracing::info!(participant = %pid, room = %peer.room, "media connected");
+            tracing::info!(participant = %pid, room = %peer.room(), "media connected");
             self.events.push_back(RoomEvent::ParticipantConnected {
-                room: peer.room.clone(),
-                participant: peer.public_id,
+                room: peer.room().clone(),
+                participant: peer.public_id(),
                 join_time: self.now.saturating_duration_since(peer.joined_at()),
             });
         }
@@ -279,7 +279,7 @@ impl PeerPoll<'_> {
                         .map(|s| s.send.into_iter().chain(s.recv).map(|l| l.rid).collect())
                         .unwrap_or_default();
                     self.actions.push(Action::Publish(m.mid, m.kind, rids));
-                } else if m.direction.is_sending() && peer.kind == PeerKind::Whep {
+                } else if m.direction.is_sending() && peer.kind() == PeerKind::Whep {
                     peer.subscriptions.push(Subscription::new(
                         None,
                         None,
@@ -317,9 +317,9 @@ impl PeerPoll<'_> {
         self.stats.media_received += 1;
         self.stats.packets_received += packets_of(&d);
         if let Some(level) = d.ext_vals.audio_level
-            && let Some(room) = self.rooms.get_mut(&peer.room)
+            && let Some(room) = self.rooms.get_mut(peer.room())
         {
-            room.speakers.observe(peer.public_id, level, self.now);
+            room.speakers.observe(peer.public_id(), level, self.now);
             let due = self.now + self.speaker_interval;
             if self.speaker_due.is_none_or(|t| t > due) {
                 *self.speaker_due = Some(due);

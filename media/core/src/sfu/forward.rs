@@ -114,7 +114,7 @@ impl Sfu {
 
     /// Feeds free m-lines of a WHEP viewer from the room's tracks of `kind`.
     pub(super) fn bind_viewer(&mut self, viewer: ConnectionId, kind: MediaKind) {
-        let Some(room) = self.peers.get(&viewer).map(|p| p.room.clone()) else {
+        let Some(room) = self.peers.get(&viewer).map(|p| p.room().clone()) else {
             return;
         };
         let members = self
@@ -128,7 +128,7 @@ impl Sfu {
                 p.published
                     .iter()
                     .find(|t| t.kind == kind)
-                    .map(|t| (p.public_id, t.id))
+                    .map(|t| (p.public_id(), t.id))
             })
         });
         let Some((public, track)) = candidate else {

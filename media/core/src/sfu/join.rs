@@ -120,12 +120,12 @@ impl Sfu {
         };
         // The same person: the same account (from another device), or for
         // participants without accounts, the same identity.
-        let same = match (&old.account, &req.account) {
+        let same = match (old.account(), &req.account) {
             (Some((a, _)), Some((b, _))) => a == b,
-            (None, None) => old.identity == req.identity,
+            (None, None) => old.identity() == req.identity,
             _ => false,
         };
-        if !same || old.room != req.room || !old.is_visible() {
+        if !same || *old.room() != req.room || !old.is_visible() {
             return Err(JoinError::NotPermitted(
                 "a handover needs the same account (or identity) in the same room",
             ));
@@ -173,15 +173,15 @@ impl Sfu {
                 r.participants.iter().copied().find(|p| {
                     self.peers
                         .get(p)
-                        .is_some_and(|p| p.identity == identity && p.is_visible())
+                        .is_some_and(|p| p.identity() == identity && p.is_visible())
                 })
             })
         };
         // An account's device is replaced by that device only: a room token's
         // identity is whatever its minter chose, and may spell an account's.
         if let Some(old) = replaced.and_then(|p| self.peers.get(&p))
-            && old.account.is_some()
-            && old.account != account
+            && old.account().is_some()
+            && old.account() != account.as_ref()
         {
             return Err(JoinError::NotPermitted(
                 "the identity belongs to a signed-in device in this room",
@@ -217,7 +217,7 @@ impl Sfu {
             &self.config.candidates,
             &self.rtc_config,
         );
-        peer.account = account;
+        peer.sign_in(account);
         let answer = match offer {
             Some(o) => Some(
                 check_tracks(&o, self.config.max_tracks_per_participant)
@@ -238,7 +238,7 @@ impl Sfu {
         if let Some(old) = takes_over.and_then(|o| self.peers.get(&o)) {
             peer.take_over(old);
         }
-        let public_id = peer.public_id;
+        let public_id = peer.public_id();
         let _span = tracing::info_span!("join", room = %room, participant = %id).entered();
         if let Some(old) = replaced {
             self.remove_participant(old, LeaveReason::DuplicateIdentity);
@@ -270,7 +270,7 @@ impl Sfu {
         let others: Vec<ParticipantInfo> = existing
             .iter()
             .filter_map(|p| self.peers.get(p))
-            .filter(|p| p.is_visible() && p.public_id != public_id)
+            .filter(|p| p.is_visible() && p.public_id() != public_id)
             .map(|p| p.info())
             .collect();
         if let Some(from) = takes_over {
@@ -363,8 +363,8 @@ impl Sfu {
         if !old_done && !grace_over {
             return;
         }
-        let public = peer.public_id;
-        let room = peer.room.clone();
+        let public = peer.public_id();
+        let room = peer.room().clone();
         // Tracks of kinds the old connection did not have, or that never
         // produced a frame in time, become tracks of their own (below, once
         // the old connection is gone).

@@ -234,6 +234,7 @@ impl Sfu {
     /// Tells publishers which simulcast layers anyone needs, when that changed.
     pub(super) fn update_layer_needs(&mut self) {
         for peer in self.peers.values_mut() {
+            let id = peer.id();
             for p in &mut peer.published {
                 if p.layers.len() < 2 {
                     continue;
@@ -268,7 +269,7 @@ impl Sfu {
                     .map(|(_, l)| l.rid.to_string())
                     .collect();
                 self.signals
-                    .push_back((peer.id, Signal::LayersNeeded { track: p.id, rids }));
+                    .push_back((id, Signal::LayersNeeded { track: p.id, rids }));
             }
         }
     }

@@ -25,7 +25,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        if !peer.permissions.publish {
+        if !peer.permissions().publish {
             tracing::info!(participant = %pid, %mid, "track withheld: no publish permission");
             peer.withhold(mid, kind, rids.to_vec());
             return;
@@ -45,7 +45,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        let public_id = peer.public_id;
+        let public_id = peer.public_id();
         let mut publication = Publication::new(id, mid, kind);
         let mut rids = rids.to_vec();
         rids.dedup();
@@ -53,7 +53,7 @@ impl Sfu {
         publication.layers = rids.into_iter().map(Layer::new).collect();
         let info = publication.info();
         peer.published.push(publication);
-        let room = peer.room.clone();
+        let room = peer.room().clone();
         self.tracks.insert(id, pid);
         tracing::info!(participant = %pid, track = %id, ?kind, "track published");
         self.events.push_back(RoomEvent::TrackPublished {
@@ -71,10 +71,10 @@ impl Sfu {
             let Some(other) = self.peers.get_mut(&m) else {
                 continue;
             };
-            if other.public_id == public_id {
+            if other.public_id() == public_id {
                 continue;
             }
-            if other.is_visible() || other.kind == PeerKind::Whep {
+            if other.is_visible() || other.kind() == PeerKind::Whep {
                 self.signals.push_back((
                     m,
                     Signal::TrackPublished {
@@ -83,10 +83,10 @@ impl Sfu {
                     },
                 ));
             }
-            if !other.permissions.subscribe {
+            if !other.permissions().subscribe {
                 continue;
             }
-            match other.kind {
+            match other.kind() {
                 PeerKind::Session => {
                     other.subscriptions.push(Subscription::new(
                         Some(id),
@@ -127,8 +127,8 @@ impl Sfu {
         let id = p.id;
         let video = p.kind == MediaKind::Video;
         let kind = p.kind.into();
-        let room = peer.room.clone();
-        let public_id = peer.public_id;
+        let room = peer.room().clone();
+        let public_id = peer.public_id();
         self.signal_room(&room, Some(participant), |_| Signal::TrackMuted {
             participant: public_id,
             track: id,
@@ -174,9 +174,9 @@ impl Sfu {
         let mut gone = Vec::new();
         for peer in self.peers.values_mut() {
             if peer.silent_past(now, timeout) {
-                tracing::info!(participant = %peer.id, "silent past the reconnect timeout; removing");
+                tracing::info!(participant = %peer.id(), "silent past the reconnect timeout; removing");
                 peer.close(LeaveReason::ConnectionLost);
-                gone.push(peer.id);
+                gone.push(peer.id());
             }
         }
         for p in gone {
@@ -188,7 +188,7 @@ impl Sfu {
         let Some(mut peer) = self.peers.remove(&pid) else {
             return;
         };
-        let _span = tracing::info_span!("leave", room = %peer.room, participant = %pid).entered();
+        let _span = tracing::info_span!("leave", room = %peer.room(), participant = %pid).entered();
         tracing::info!(reason = reason.as_str(), "participant left");
         self.router.remove(peer.ufrags(), peer.addrs(), pid);
         self.dirty.retain(|p| *p != pid);
@@ -209,18 +209,18 @@ impl Sfu {
             }
         });
         report_panic(&mut self.stats, &peer);
-        let room = peer.room.clone();
+        let room = peer.room().clone();
         if let Some(r) = self.rooms.get_mut(&room) {
             r.remove(pid);
         }
-        let public = peer.public_id;
+        let public = peer.public_id();
         // Another connection of the same participant (a handover) stays: the
         // others see no leave.
         let successor = self.rooms.get(&room).and_then(|r| {
             r.participants
                 .iter()
                 .copied()
-                .find(|m| self.peers.get(m).is_some_and(|p| p.public_id == public))
+                .find(|m| self.peers.get(m).is_some_and(|p| p.public_id() == public))
         });
         if successor.is_none()
             && let Some(r) = self.rooms.get_mut(&room)
@@ -243,7 +243,7 @@ impl Sfu {
             .unwrap_or_default();
         if peer.is_visible() && successor.is_none() {
             for m in &members {
-                if self.peers.get(m).is_some_and(|o| o.public_id != public) {
+                if self.peers.get(m).is_some_and(|o| o.public_id() != public) {
                     self.signals.push_back((
                         *m,
                         Signal::ParticipantLeft {
@@ -310,7 +310,7 @@ impl Sfu {
             let Some(other) = self.peers.get_mut(m) else {
                 continue;
             };
-            if other.public_id == public {
+            if other.public_id() == public {
                 continue;
             }
             let mut rebind = Vec::new();
@@ -337,7 +337,7 @@ impl Sfu {
                     ));
                 }
             }
-            let whep = other.kind == PeerKind::Whep;
+            let whep = other.kind() == PeerKind::Whep;
             self.mark_dirty(*m);
             if whep {
                 for kind in rebind {

@@ -140,7 +140,7 @@ impl Sfu {
             .filter(|p| {
                 self.peers
                     .get(p)
-                    .is_some_and(|p| p.identity == identity && p.is_visible())
+                    .is_some_and(|p| p.identity() == identity && p.is_visible())
             })
             .collect();
         if conns.is_empty() {
@@ -188,7 +188,7 @@ impl Sfu {
         let public = self
             .peers
             .get(&owner)
-            .map_or(ParticipantId(owner.0), |p| p.public_id);
+            .map_or(ParticipantId(owner.0), |p| p.public_id());
         let kind = self
             .peers
             .get(&owner)
@@ -236,10 +236,9 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        let old = peer.permissions;
-        peer.permissions = new;
-        let room = peer.room.clone();
-        let public = peer.public_id;
+        let old = peer.set_permissions(new);
+        let room = peer.room().clone();
+        let public = peer.public_id();
         let visible = peer.is_visible();
         if old.publish && !new.publish {
             // Its m-lines stay; what arrives on them is dropped until granted again.
@@ -268,7 +267,7 @@ impl Sfu {
             self.subscribe_to_room(pid);
         }
         if let Some(peer) = self.peers.get(&pid)
-            && peer.kind == PeerKind::Session
+            && peer.kind() == PeerKind::Session
         {
             self.signals
                 .push_back((pid, Signal::PermissionsChanged(new)));
@@ -303,21 +302,21 @@ impl Sfu {
         let Some(peer) = self.peers.get(&pid) else {
             return;
         };
-        if peer.kind != PeerKind::Session {
+        if peer.kind() != PeerKind::Session {
             return;
         }
-        let public = peer.public_id;
+        let public = peer.public_id();
         let members = self
             .rooms
-            .get(&peer.room)
+            .get(peer.room())
             .map(|r| r.participants.clone())
             .unwrap_or_default();
         let mut wanted: Vec<(TrackId, ParticipantId, MediaKind)> = Vec::new();
         for m in members {
             if let Some(o) = self.peers.get(&m)
-                && o.public_id != public
+                && o.public_id() != public
             {
-                wanted.extend(o.published.iter().map(|p| (p.id, o.public_id, p.kind)));
+                wanted.extend(o.published.iter().map(|p| (p.id, o.public_id(), p.kind)));
             }
         }
         let Some(peer) = self.peers.get_mut(&pid) else {
@@ -351,12 +350,12 @@ impl Sfu {
         let sender = match from {
             Some(f) => {
                 let p = self.peers.get(&f).ok_or(SignalError::UnknownParticipant)?;
-                if !p.permissions.publish_data {
+                if !p.permissions().publish_data {
                     return Err(SignalError::NotPermitted(
                         "sending data needs canPublishData",
                     ));
                 }
-                Some(p.public_id)
+                Some(p.public_id())
             }
             None => None,
         };
@@ -366,9 +365,10 @@ impl Sfu {
             let Some(p) = self.peers.get(m) else {
                 continue;
             };
-            if p.kind != PeerKind::Session
-                || Some(p.public_id) == sender
-                || !(message.destinations.is_empty() || message.destinations.contains(&p.identity))
+            if p.kind() != PeerKind::Session
+                || Some(p.public_id()) == sender
+                || !(message.destinations.is_empty()
+                    || message.destinations.iter().any(|d| d == p.identity()))
             {
                 continue;
             }
