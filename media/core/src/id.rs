@@ -141,6 +141,17 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_reads_and_writes_as_the_participant_it_started() {
+        // Clients see one `PA<n>` form: nothing changed on the wire when
+        // connections got a type of their own.
+        assert_eq!(ConnectionId(9).to_string(), ParticipantId(9).to_string());
+        assert_eq!("PA9".parse::<ConnectionId>(), Ok(ConnectionId(9)));
+        let json = serde_json::to_string(&ConnectionId(9)).expect("json");
+        assert_eq!(json, "\"PA9\"");
+        assert!("TR9".parse::<ConnectionId>().is_err());
+    }
+
+    #[test]
     fn room_names_are_checked() {
         assert!(RoomId::new("demo-1.a_b").is_ok());
         assert!(RoomId::new("").is_err());
