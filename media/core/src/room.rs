@@ -17,10 +17,10 @@ pub struct RoomOptions {
     pub metadata: String,
 }
 
-/// The participants of one room, in joining order, and who speaks.
+/// The connections in one room, in joining order, and who speaks.
 #[derive(Debug)]
 pub(crate) struct Room {
-    pub participants: Vec<ConnectionId>,
+    pub connections: Vec<ConnectionId>,
     pub speakers: SpeakerDetector,
     pub options: RoomOptions,
     pub created: Instant,
@@ -32,7 +32,7 @@ pub(crate) struct Room {
 impl Room {
     pub fn new(speaker_interval: Duration, now: Instant, options: RoomOptions) -> Self {
         Room {
-            participants: Vec::new(),
+            connections: Vec::new(),
             speakers: SpeakerDetector::new(speaker_interval),
             empty_since: options.empty_timeout.map(|_| now),
             options,
@@ -41,7 +41,7 @@ impl Room {
     }
 
     pub fn remove(&mut self, participant: ConnectionId) {
-        self.participants.retain(|p| *p != participant);
+        self.connections.retain(|p| *p != participant);
     }
 
     /// When an empty room is to close, if it is empty and has a timeout.

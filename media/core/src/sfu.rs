@@ -179,7 +179,7 @@ impl Sfu {
         self.rooms
             .get(room)
             .map(|r| {
-                r.participants
+                r.connections
                     .iter()
                     .filter_map(|p| self.peers.get(p))
                     .filter(|p| p.is_visible())
@@ -387,7 +387,7 @@ impl Sfu {
         let mut due: Option<Instant> = None;
         for room in self.rooms.values_mut() {
             if let Some(list) = room.speakers.poll(now) {
-                for p in &room.participants {
+                for p in &room.connections {
                     self.signals
                         .push_back((*p, Signal::ActiveSpeakers(list.clone())));
                 }

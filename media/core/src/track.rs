@@ -139,7 +139,8 @@ impl Publication {
 /// One receiver of a publication, with its layer choice and timestamp mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Subscriber {
-    pub participant: ConnectionId,
+    /// The subscriber's connection.
+    pub connection: ConnectionId,
     /// The m-line on the subscriber's connection.
     pub mid: Mid,
     /// The simulcast layer forwarded now (`None`: waiting for a keyframe).
@@ -165,9 +166,9 @@ pub(crate) struct Subscriber {
 }
 
 impl Subscriber {
-    pub fn new(participant: ConnectionId, mid: Mid, epoch: u32, target: Option<u8>) -> Self {
+    pub fn new(connection: ConnectionId, mid: Mid, epoch: u32, target: Option<u8>) -> Self {
         Subscriber {
-            participant,
+            connection,
             mid,
             current: None,
             target,

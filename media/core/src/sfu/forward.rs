@@ -120,7 +120,7 @@ impl Sfu {
         let members = self
             .rooms
             .get(&room)
-            .map(|r| r.participants.clone())
+            .map(|r| r.connections.clone())
             .unwrap_or_default();
         // The first published track of this kind feeds the viewer.
         let candidate = members.iter().filter(|m| **m != viewer).find_map(|m| {
@@ -157,7 +157,7 @@ impl Sfu {
                 .and_then(|p| p.publication(src))
         {
             p.subscribers
-                .retain(|x| !(x.participant == subscriber && x.mid == mid));
+                .retain(|x| !(x.connection == subscriber && x.mid == mid));
         }
     }
 
@@ -254,7 +254,7 @@ impl Sfu {
                     continue;
                 }
             }
-            let Some(sub) = self.peers.get_mut(&s.participant) else {
+            let Some(sub) = self.peers.get_mut(&s.connection) else {
                 continue;
             };
             let Peer {
@@ -292,7 +292,7 @@ impl Sfu {
                 Err(Poisoned) => {
                     // Its drive removes it, right after this fan-out.
                     if sub.enqueue() {
-                        self.written.push(s.participant);
+                        self.written.push(s.connection);
                     }
                     continue;
                 }
@@ -306,14 +306,14 @@ impl Sfu {
                     if sub.on_written(direct) {
                         // Queued here whether or not it waits in the other queue.
                         sub.enqueue();
-                        self.written.push(s.participant);
+                        self.written.push(s.connection);
                     }
                     self.stats.media_forwarded += 1;
                     self.stats.packets_forwarded += packets;
                     self.stats.bytes_forwarded += data.data.len() as u64;
                 }
                 Err(e) => {
-                    tracing::debug!(participant = %s.participant, error = %e, "write failed");
+                    tracing::debug!(participant = %s.connection, error = %e, "write failed");
                 }
             }
         }

@@ -170,7 +170,7 @@ impl Sfu {
             None
         } else {
             self.rooms.get(&room).and_then(|r| {
-                r.participants.iter().copied().find(|p| {
+                r.connections.iter().copied().find(|p| {
                     self.peers
                         .get(p)
                         .is_some_and(|p| p.identity() == identity && p.is_visible())
@@ -196,7 +196,7 @@ impl Sfu {
         if let Some(r) = self.rooms.get(&room)
             && limit > 0
             && takes_over.is_none()
-            && r.participants.len() - usize::from(replaced.is_some()) >= limit
+            && r.connections.len() - usize::from(replaced.is_some()) >= limit
         {
             return Err(JoinError::RoomFull(room.to_string()));
         }
@@ -251,8 +251,8 @@ impl Sfu {
             Room::new(self.config.speaker_interval, now, RoomOptions::default())
         });
         room_entry.empty_since = None;
-        let existing: Vec<ConnectionId> = room_entry.participants.clone();
-        room_entry.participants.push(id);
+        let existing: Vec<ConnectionId> = room_entry.connections.clone();
+        room_entry.connections.push(id);
 
         let info = peer.info();
         for u in peer.ufrags() {

@@ -91,7 +91,7 @@ impl Sfu {
             && let Some(s) = p
                 .subscribers
                 .iter_mut()
-                .find(|s| s.participant == participant && s.mid == mid)
+                .find(|s| s.connection == participant && s.mid == mid)
         {
             s.paused = !settings.enabled;
             if settings.enabled && !was_enabled {
@@ -161,7 +161,7 @@ impl Sfu {
             let current = p
                 .subscribers
                 .iter()
-                .find(|x| x.participant == subscriber && x.mid == mid)
+                .find(|x| x.connection == subscriber && x.mid == mid)
                 .and_then(|x| x.current.map(usize::from));
             items.push(Item {
                 track,
@@ -219,7 +219,7 @@ impl Sfu {
             if let Some(s) = p
                 .subscribers
                 .iter_mut()
-                .find(|x| x.participant == subscriber && x.mid == i.mid)
+                .find(|x| x.connection == subscriber && x.mid == i.mid)
             {
                 let target = c.map(|c| c as u8);
                 if s.target != target {

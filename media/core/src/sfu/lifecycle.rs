@@ -65,7 +65,7 @@ impl Sfu {
         let members = self
             .rooms
             .get(&room)
-            .map(|r| r.participants.clone())
+            .map(|r| r.connections.clone())
             .unwrap_or_default();
         for m in members {
             let Some(other) = self.peers.get_mut(&m) else {
@@ -217,7 +217,7 @@ impl Sfu {
         // Another connection of the same participant (a handover) stays: the
         // others see no leave.
         let successor = self.rooms.get(&room).and_then(|r| {
-            r.participants
+            r.connections
                 .iter()
                 .copied()
                 .find(|m| self.peers.get(m).is_some_and(|p| p.public_id() == public))
@@ -239,7 +239,7 @@ impl Sfu {
         let members = self
             .rooms
             .get(&room)
-            .map(|r| r.participants.clone())
+            .map(|r| r.connections.clone())
             .unwrap_or_default();
         if peer.is_visible() && successor.is_none() {
             for m in &members {
@@ -304,7 +304,7 @@ impl Sfu {
         let members = self
             .rooms
             .get(room)
-            .map(|r| r.participants.clone())
+            .map(|r| r.connections.clone())
             .unwrap_or_default();
         for m in &members {
             let Some(other) = self.peers.get_mut(m) else {
@@ -373,7 +373,7 @@ impl Sfu {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
-        for p in &r.participants {
+        for p in &r.connections {
             if Some(*p) != except {
                 self.signals.push_back((*p, f(*p)));
             }

@@ -60,7 +60,7 @@ impl Sfu {
         };
         // Closed when the last one leaves, whatever its timeout.
         r.options.empty_timeout = None;
-        let members = r.participants.clone();
+        let members = r.connections.clone();
         tracing::info!(%room, participants = members.len(), "room deleted");
         if members.is_empty() {
             self.rooms.remove(room);
@@ -90,7 +90,7 @@ impl Sfu {
 
     fn describe(&self, room: &RoomId, r: &Room) -> RoomInfo {
         let visible = || {
-            r.participants
+            r.connections
                 .iter()
                 .filter_map(|p| self.peers.get(p))
                 .filter(|p| p.is_visible() && p.takes_over().is_none())
@@ -100,7 +100,7 @@ impl Sfu {
             num_participants: visible().count() as u32,
             num_publishers: visible().filter(|p| !p.published.is_empty()).count() as u32,
             num_tracks: r
-                .participants
+                .connections
                 .iter()
                 .filter_map(|p| self.peers.get(p))
                 .map(|p| p.published.len() as u32)
@@ -134,7 +134,7 @@ impl Sfu {
     ) -> Result<Vec<ConnectionId>, SignalError> {
         let r = self.rooms.get(room).ok_or(SignalError::UnknownRoom)?;
         let conns: Vec<ConnectionId> = r
-            .participants
+            .connections
             .iter()
             .copied()
             .filter(|p| {
@@ -309,7 +309,7 @@ impl Sfu {
         let members = self
             .rooms
             .get(peer.room())
-            .map(|r| r.participants.clone())
+            .map(|r| r.connections.clone())
             .unwrap_or_default();
         let mut wanted: Vec<(TrackId, ParticipantId, MediaKind)> = Vec::new();
         for m in members {
@@ -361,7 +361,7 @@ impl Sfu {
         };
         let r = self.rooms.get(room).ok_or(SignalError::UnknownRoom)?;
         let mut n = 0;
-        for m in &r.participants {
+        for m in &r.connections {
             let Some(p) = self.peers.get(m) else {
                 continue;
             };
@@ -390,7 +390,7 @@ impl Sfu {
         let due: Vec<RoomId> = self
             .rooms
             .iter()
-            .filter(|(_, r)| r.participants.is_empty() && r.closes_at().is_some_and(|t| t <= now))
+            .filter(|(_, r)| r.connections.is_empty() && r.closes_at().is_some_and(|t| t <= now))
             .map(|(id, _)| id.clone())
             .collect();
         for room in due {
@@ -401,7 +401,7 @@ impl Sfu {
         self.rooms_due = self
             .rooms
             .values()
-            .filter(|r| r.participants.is_empty())
+            .filter(|r| r.connections.is_empty())
             .filter_map(Room::closes_at)
             .min();
     }
