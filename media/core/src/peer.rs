@@ -79,7 +79,8 @@ pub(crate) struct Peer {
     /// published if the permission is granted later.
     withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
     /// Audio packets written to its `Rtc` and not yet seen going out (see
-    /// `Sfu::drive`: the pacer's look after a packet waits only when zero).
+    /// `Peer::set_rtc_timeout`: the pacer's look after a packet waits only
+    /// when zero).
     audio_unsent: u32,
     /// Media was written to its `Rtc` since its last timeout.
     written: bool,
