@@ -190,11 +190,11 @@ impl Sfu {
     }
 
     /// Test only: the next call of kind `on` into the WebRTC stack of
-    /// connection `participant` panics inside it, as a bug in str0m would.
+    /// `connection` panics inside it, as a bug in str0m would.
     /// False when there is no such connection.
     #[cfg(feature = "test-hooks")]
-    pub fn inject_panic(&mut self, participant: ConnectionId, on: RtcCall) -> bool {
-        let Some(peer) = self.peers.get_mut(&participant) else {
+    pub fn inject_panic(&mut self, connection: ConnectionId, on: RtcCall) -> bool {
+        let Some(peer) = self.peers.get_mut(&connection) else {
             return false;
         };
         peer.rtc.inject_panic(on);
@@ -202,8 +202,8 @@ impl Sfu {
     }
 
     /// The room a connection is in.
-    pub fn room_of(&self, participant: ConnectionId) -> Option<&RoomId> {
-        self.peers.get(&participant).map(|p| p.room())
+    pub fn room_of(&self, connection: ConnectionId) -> Option<&RoomId> {
+        self.peers.get(&connection).map(|p| p.room())
     }
 
     /// A datagram arrived on the media port.

@@ -65,14 +65,14 @@ impl Sfu {
     pub fn handle_track_settings(
         &mut self,
         now: Instant,
-        participant: ConnectionId,
+        connection: ConnectionId,
         track: TrackId,
         settings: TrackSettings,
     ) -> Result<(), SignalError> {
         self.advance(now);
         let peer = self
             .peers
-            .get_mut(&participant)
+            .get_mut(&connection)
             .ok_or(SignalError::UnknownParticipant)?;
         let sub = peer
             .subscriptions
@@ -91,7 +91,7 @@ impl Sfu {
             && let Some(s) = p
                 .subscribers
                 .iter_mut()
-                .find(|s| s.connection == participant && s.mid == mid)
+                .find(|s| s.connection == connection && s.mid == mid)
         {
             s.paused = !settings.enabled;
             if settings.enabled && !was_enabled {
@@ -103,7 +103,7 @@ impl Sfu {
                 self.request_keyframe(track);
             }
         }
-        self.allocate_layers(participant);
+        self.allocate_layers(connection);
         self.update_layer_needs();
         Ok(())
     }

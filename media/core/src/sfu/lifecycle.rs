@@ -107,7 +107,7 @@ impl Sfu {
     pub fn handle_mute(
         &mut self,
         now: Instant,
-        participant: ConnectionId,
+        connection: ConnectionId,
         track: Option<TrackId>,
         kind: Option<MediaKind>,
         muted: bool,
@@ -115,7 +115,7 @@ impl Sfu {
         self.advance(now);
         let peer = self
             .peers
-            .get_mut(&participant)
+            .get_mut(&connection)
             .ok_or(SignalError::UnknownParticipant)?;
         let p = peer
             .published
@@ -129,7 +129,7 @@ impl Sfu {
         let kind = p.kind.into();
         let room = peer.room().clone();
         let public_id = peer.public_id();
-        self.signal_room(&room, Some(participant), |_| Signal::TrackMuted {
+        self.signal_room(&room, Some(connection), |_| Signal::TrackMuted {
             participant: public_id,
             track: id,
             kind,
@@ -151,9 +151,9 @@ impl Sfu {
     }
 
     /// A participant leaves (client request, WebSocket closed, DELETE).
-    pub fn handle_leave(&mut self, now: Instant, participant: ConnectionId, reason: LeaveReason) {
+    pub fn handle_leave(&mut self, now: Instant, connection: ConnectionId, reason: LeaveReason) {
         self.advance(now);
-        self.remove_participant(participant, reason);
+        self.remove_participant(connection, reason);
     }
 
     /// Closes every peer (server shutdown); drain [`Sfu::poll_output`] afterwards

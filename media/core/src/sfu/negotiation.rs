@@ -33,28 +33,28 @@ impl Sfu {
     pub fn handle_offer(
         &mut self,
         now: Instant,
-        participant: ConnectionId,
+        connection: ConnectionId,
         offer: SdpOffer,
     ) -> Result<SdpAnswer, SignalError> {
         self.advance(now);
         let peer = self
             .peers
-            .get_mut(&participant)
+            .get_mut(&connection)
             .ok_or(SignalError::UnknownParticipant)?;
         check_tracks(&offer, self.config.max_tracks_per_participant)?;
         let answer = match peer.accept_offer(offer) {
             Ok(a) => a,
             Err(e) => {
                 if peer.rtc.is_poisoned() {
-                    self.mark_dirty(participant);
+                    self.mark_dirty(connection);
                 }
                 return Err(e);
             }
         };
         if let Some(u) = peer.ufrags().last() {
-            self.router.add_ufrag(u.clone(), participant);
+            self.router.add_ufrag(u.clone(), connection);
         }
-        self.mark_dirty(participant);
+        self.mark_dirty(connection);
         Ok(answer)
     }
 
@@ -62,27 +62,27 @@ impl Sfu {
     pub fn handle_answer(
         &mut self,
         now: Instant,
-        participant: ConnectionId,
+        connection: ConnectionId,
         answer: SdpAnswer,
     ) -> Result<(), SignalError> {
         self.advance(now);
         let peer = self
             .peers
-            .get_mut(&participant)
+            .get_mut(&connection)
             .ok_or(SignalError::UnknownParticipant)?;
         let opened = match peer.accept_answer(answer) {
             Ok(o) => o,
             Err(e) => {
                 if peer.rtc.is_poisoned() {
-                    self.mark_dirty(participant);
+                    self.mark_dirty(connection);
                 }
                 return Err(e);
             }
         };
         for (source, mid) in opened {
-            self.add_subscriber(source, participant, mid);
+            self.add_subscriber(source, connection, mid);
         }
-        self.mark_dirty(participant);
+        self.mark_dirty(connection);
         Ok(())
     }
 
@@ -90,13 +90,13 @@ impl Sfu {
     pub fn handle_candidate(
         &mut self,
         now: Instant,
-        participant: ConnectionId,
+        connection: ConnectionId,
         candidate: &str,
     ) -> Result<(), SignalError> {
         self.advance(now);
         let peer = self
             .peers
-            .get_mut(&participant)
+            .get_mut(&connection)
             .ok_or(SignalError::UnknownParticipant)?;
         let line = candidate.trim();
         let line = line.strip_prefix("a=").unwrap_or(line);
@@ -121,7 +121,7 @@ impl Sfu {
             .rtc
             .call(RtcCall::Candidate, |rtc| rtc.add_remote_candidate(c));
         // Driven either way: a poisoned peer is removed by its drive.
-        self.mark_dirty(participant);
+        self.mark_dirty(connection);
         Ok(added?)
     }
 }
