@@ -12,7 +12,6 @@
 //! answer: two accepts at the same instant, or a cancel against an accept,
 //! resolve one way, the same for every device.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,6 +25,7 @@ use crate::domain::call::state::{
 };
 use crate::domain::ids::{AccountId, CallId, DeviceId, now_ms};
 use crate::services::hub::Hub;
+use crate::services::push::Push;
 use crate::services::store::Store;
 use crate::transports::error::ApiError;
 
@@ -344,10 +344,7 @@ async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
     } = outlets;
     while let Some(out) = calls.poll_output() {
         match out {
-            Output::Push(account, event) => match serde_json::to_string(&*event) {
-                Ok(text) => hub.push(account, &Arc::from(text)),
-                Err(e) => tracing::error!(error = %e, "cannot serialize a call event"),
-            },
+            Output::Push(account, event) => hub.push(account, &Push::Call(event)),
             Output::Record(record) => {
                 let account = record.account_id;
                 match store.add_call_record(&record).await {
@@ -355,10 +352,9 @@ async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
                         let unseen = stored.unseen;
                         hub.push(
                             account,
-                            &crate::transports::http::event(
-                                "call_history",
-                                serde_json::json!({ "record": stored }),
-                            ),
+                            &Push::CallHistory {
+                                record: Box::new(stored),
+                            },
                         );
                         if unseen {
                             push_missed(store, hub, account).await;
@@ -385,10 +381,7 @@ async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
 /// Pushes the account's count of unseen missed calls to all its devices.
 pub(crate) async fn push_missed(store: &Store, hub: &Hub, account: AccountId) {
     match store.missed_count(account).await {
-        Ok(count) => hub.push(
-            account,
-            &crate::transports::http::event("missed_calls", serde_json::json!({ "count": count })),
-        ),
+        Ok(count) => hub.push(account, &Push::MissedCalls { count }),
         Err(e) => tracing::error!(%account, error = %e, "cannot count missed calls"),
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::domain::ids::{AccountId, DeviceId};
+use crate::services::push::Push;
 
 /// WebSocket close code when the device was signed out (revoked, logged
 /// out, password changed, refresh token reused).
@@ -22,14 +23,15 @@ pub const CLOSE_DISABLED: u16 = 4003;
 /// How many pushes may wait for one slow connection before it is dropped.
 const QUEUE: usize = 256;
 
-/// A message for one connection.
+/// A message for one connection. Pushes travel serialised: one text is
+/// shared by every connection a push goes to.
 #[derive(Debug, Clone)]
 pub enum HubMsg {
-    /// A JSON text to send as is.
+    /// An encoded [`Push`] to send as is.
     Event(Arc<str>),
     /// Send `event` (if any), then close the socket with `code` and `reason`.
     Close {
-        /// A last JSON message, e.g. `session_revoked`.
+        /// A last encoded [`Push`], e.g. `session_revoked`.
         event: Option<Arc<str>>,
         /// The WebSocket close code.
         code: u16,
@@ -119,9 +121,23 @@ impl Hub {
         gone
     }
 
-    /// Pushes `text` to every device socket of `account`. A connection whose
+    /// Pushes `push` to every device socket of `account`. A connection whose
     /// queue is full is dropped (its socket then closes).
-    pub fn push(&self, account: AccountId, text: &Arc<str>) {
+    pub fn push(&self, account: AccountId, push: &Push) {
+        if let Some(text) = push.encode() {
+            self.push_text(account, &text);
+        }
+    }
+
+    /// Pushes `push` to the device sockets of several accounts.
+    pub fn push_all(&self, accounts: &[AccountId], push: &Push) {
+        let Some(text) = push.encode() else { return };
+        for a in accounts {
+            self.push_text(*a, &text);
+        }
+    }
+
+    fn push_text(&self, account: AccountId, text: &Arc<str>) {
         let full: Vec<u64> = {
             let Ok(m) = self.conns.lock() else { return };
             let Some(list) = m.get(&account) else { return };
@@ -137,37 +153,31 @@ impl Hub {
         }
     }
 
-    /// Pushes `text` to the device sockets of several accounts.
-    pub fn push_all(&self, accounts: &[AccountId], text: &Arc<str>) {
-        for a in accounts {
-            self.push(*a, text);
-        }
-    }
-
     /// Closes every connection of `device` (after sending `event` to its
     /// device sockets); returns how many there were.
     pub fn close_device(
         &self,
         account: AccountId,
         device: DeviceId,
-        event: Option<Arc<str>>,
+        event: Option<&Push>,
         code: u16,
         reason: &'static str,
     ) -> usize {
         let gone = self.remove(account, |c| c.device == device);
-        Self::close(gone, event, code, reason)
+        Self::close(gone, event.and_then(Push::encode), code, reason)
     }
 
-    /// Closes every connection of `account`; returns how many there were.
+    /// Closes every connection of `account` (after sending `event` to its
+    /// device sockets); returns how many there were.
     pub fn close_account(
         &self,
         account: AccountId,
-        event: Option<Arc<str>>,
+        event: Option<&Push>,
         code: u16,
         reason: &'static str,
     ) -> usize {
         let gone = self.remove(account, |_| true);
-        Self::close(gone, event, code, reason)
+        Self::close(gone, event.and_then(Push::encode), code, reason)
     }
 
     fn close(gone: Vec<Conn>, event: Option<Arc<str>>, code: u16, reason: &'static str) -> usize {
@@ -208,6 +218,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::push::SignOutReason;
 
     #[tokio::test]
     async fn pushes_reach_device_sockets_and_closes_reach_everything() {
@@ -217,22 +228,28 @@ mod tests {
         let (_r2, mut room) = hub.register(a, DeviceId(1), ConnKind::Room);
         let (_r3, mut desk) = hub.register(a, DeviceId(2), ConnKind::Device);
         let (_r4, mut other) = hub.register(b, DeviceId(3), ConnKind::Device);
-        hub.push(a, &Arc::from("hi"));
-        assert!(matches!(phone.recv().await, Some(HubMsg::Event(t)) if &*t == "hi"));
-        assert!(matches!(desk.recv().await, Some(HubMsg::Event(_))));
+        hub.push(a, &Push::MissedCalls { count: 2 });
+        let text = r#"{"type":"missed_calls","count":2}"#;
+        assert!(matches!(phone.recv().await, Some(HubMsg::Event(t)) if &*t == text));
+        assert!(matches!(desk.recv().await, Some(HubMsg::Event(t)) if &*t == text));
         assert!(room.try_recv().is_err());
         assert!(other.try_recv().is_err());
         assert_eq!(hub.connected_devices(a), vec![DeviceId(1), DeviceId(2)]);
 
-        let n = hub.close_device(a, DeviceId(1), Some(Arc::from("bye")), 4001, "revoked");
+        let bye = Push::SessionRevoked {
+            device_id: DeviceId(1),
+            reason: SignOutReason::Revoked,
+        };
+        let n = hub.close_device(a, DeviceId(1), Some(&bye), 4001, "revoked");
         assert_eq!(n, 2);
+        let text = r#"{"type":"session_revoked","device_id":1,"reason":"revoked"}"#;
         assert!(matches!(
             phone.recv().await,
             Some(HubMsg::Close {
-                event: Some(_),
+                event: Some(t),
                 code: 4001,
                 ..
-            })
+            }) if &*t == text
         ));
         assert!(matches!(
             room.recv().await,

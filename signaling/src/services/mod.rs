@@ -8,6 +8,7 @@ pub mod hub;
 pub mod metrics;
 pub mod password;
 pub mod presence;
+pub mod push;
 pub mod rate_limit;
 pub mod store;
 pub mod token;

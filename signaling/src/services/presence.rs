@@ -2,7 +2,6 @@
 //! records last-seen times, and pushes each change to the account's own
 //! devices and to its mutual contacts (the only accounts allowed to see it).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -12,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::domain::ids::{AccountId, DeviceId};
 use crate::domain::presence::{Change, DeviceStatus, PresenceTracker, Status};
 use crate::services::hub::Hub;
+use crate::services::push::Push;
 use crate::services::store::Store;
 
 /// An account's presence as its owner and mutual contacts see it.
@@ -189,13 +189,6 @@ async fn compose(
     })
 }
 
-/// The `presence` push for `p`.
-pub fn presence_event(p: &Presence) -> Arc<str> {
-    let mut v = serde_json::to_value(p).unwrap_or_default();
-    v["type"] = "presence".into();
-    Arc::from(v.to_string())
-}
-
 /// Pushes an account's current presence to itself and its mutual contacts.
 async fn publish(store: &Store, hub: &Hub, account: AccountId, status: Status) {
     let p = match compose(store, account, status).await {
@@ -205,10 +198,10 @@ async fn publish(store: &Store, hub: &Hub, account: AccountId, status: Status) {
             return;
         }
     };
-    let event = presence_event(&p);
-    hub.push(account, &event);
+    let push = Push::Presence(p);
+    hub.push(account, &push);
     match store.mutual_ids(account).await {
-        Ok(ids) => hub.push_all(&ids, &event),
+        Ok(ids) => hub.push_all(&ids, &push),
         Err(e) => tracing::error!(%account, error = %e, "cannot read mutual contacts"),
     }
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
+use crate::services::push::{Push, SignOutReason};
 use crate::services::rate_limit::TokenBucket;
 use crate::services::store::SessionState;
 use crate::services::token::AccessClaims;
@@ -100,6 +101,13 @@ async fn send_json(ws: &mut WebSocket, v: &serde_json::Value) -> bool {
     send_text(ws, v.to_string()).await
 }
 
+async fn send_push(ws: &mut WebSocket, push: &Push) -> bool {
+    match push.encode() {
+        Some(text) => send_text(ws, text.as_ref().to_owned()).await,
+        None => false,
+    }
+}
+
 async fn send_error(ws: &mut WebSocket, e: &ApiError) -> bool {
     let mut v =
         serde_json::json!({"type": "error", "code": e.status.as_u16(), "message": e.message});
@@ -160,7 +168,11 @@ async fn serve(state: AppState, mut ws: WebSocket, claims: AccessClaims) {
         state.store.session_state(account, device).await,
         Ok(SessionState::Active)
     ) {
-        let _ = send_json(&mut ws, &serde_json::json!({"type": "session_revoked", "device_id": device, "reason": "revoked"})).await;
+        let revoked = Push::SessionRevoked {
+            device_id: device,
+            reason: SignOutReason::Revoked,
+        };
+        send_push(&mut ws, &revoked).await;
         return close(&mut ws, CLOSE_REVOKED, "session revoked").await;
     }
     state.presence.activity(account, device);

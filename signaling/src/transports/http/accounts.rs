@@ -17,6 +17,7 @@ use crate::domain::device::{Device, DeviceKind, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::services::auth::{new_refresh_token, refresh_hash};
 use crate::services::password::HashSlot;
+use crate::services::push::SignOutReason;
 use crate::services::store::{RefreshOutcome, StoreError};
 use crate::services::token::AccessClaims;
 use crate::transports::auth::{Authed, bearer};
@@ -216,7 +217,7 @@ async fn make_room_for_a_device(state: &AppState, account: AccountId) -> Result<
     let excess = devices.len() + 1 - max;
     for d in devices.iter().take(excess) {
         tracing::info!(%account, device = %d.id, "device limit reached: signing out the least recently active device");
-        revoke_device(state, account, d.id, "device_limit").await?;
+        revoke_device(state, account, d.id, SignOutReason::DeviceLimit).await?;
     }
     Ok(())
 }
@@ -270,7 +271,7 @@ pub(crate) async fn refresh(
         }
         RefreshOutcome::Reused { account, device } => {
             tracing::warn!(%account, %device, "refresh token reused: signing the device out");
-            revoke_device(&state, account, device, "refresh_token_reused").await?;
+            revoke_device(&state, account, device, SignOutReason::RefreshTokenReused).await?;
             Err(ApiError::unauthorized(
                 "this refresh token was already used: the device has been signed out",
             ))
@@ -284,7 +285,13 @@ pub(crate) async fn logout(
     State(state): State<AppState>,
     auth: Authed,
 ) -> Result<StatusCode, ApiError> {
-    revoke_device(&state, auth.account(), auth.device(), "logged_out").await?;
+    revoke_device(
+        &state,
+        auth.account(),
+        auth.device(),
+        SignOutReason::LoggedOut,
+    )
+    .await?;
     tracing::info!(account = %auth.account(), device = %auth.device(), "logout");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -354,7 +361,7 @@ pub(crate) async fn change_password(
         auth.account(),
         b.new_password,
         Some(auth.device()),
-        "password_changed",
+        SignOutReason::PasswordChanged,
     )
     .await?;
     tracing::info!(account = %auth.account(), "password changed; other devices signed out");
@@ -369,7 +376,7 @@ pub(crate) async fn set_password(
     account: AccountId,
     new_password: String,
     keep: Option<DeviceId>,
-    reason: &str,
+    reason: SignOutReason,
 ) -> Result<usize, ApiError> {
     let hash = slot.hash(new_password).await?;
     state.store.set_password_hash(account, &hash).await?;

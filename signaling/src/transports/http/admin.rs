@@ -1,7 +1,5 @@
 //! Account administration (admin role only).
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,6 +10,7 @@ use super::accounts::{load_account, set_password};
 use crate::domain::account::{Account, PERM_ACCOUNTS_ADMIN, check_password};
 use crate::domain::ids::AccountId;
 use crate::services::hub::CLOSE_DISABLED;
+use crate::services::push::{Push, SignOutReason};
 use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
@@ -71,10 +70,12 @@ pub(crate) async fn disable(
     if !state.store.set_disabled(id, true).await? {
         return Err(ApiError::not_found("no such account"));
     }
-    let event: Arc<str> = Arc::from(serde_json::json!({"type": "account_disabled"}).to_string());
-    let n = state
-        .hub
-        .close_account(id, Some(event), CLOSE_DISABLED, "account disabled");
+    let n = state.hub.close_account(
+        id,
+        Some(&Push::AccountDisabled),
+        CLOSE_DISABLED,
+        "account disabled",
+    );
     state.presence.account_removed(id);
     tracing::info!(account = %id, by = %auth.account(), connections = n, "account disabled");
     Ok(Json(load_account(&state, id).await?))
@@ -116,7 +117,15 @@ pub(crate) async fn reset_password(
     load_account(&state, id).await?;
     check_password("new_password", &b.new_password)?;
     let slot = state.hasher.reserve()?;
-    let devices = set_password(&state, &slot, id, b.new_password, None, "password_reset").await?;
+    let devices = set_password(
+        &state,
+        &slot,
+        id,
+        b.new_password,
+        None,
+        SignOutReason::PasswordReset,
+    )
+    .await?;
     tracing::info!(account = %id, by = %auth.account(), devices, "password reset; every device signed out");
     Ok(StatusCode::NO_CONTENT)
 }

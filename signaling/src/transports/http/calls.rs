@@ -8,11 +8,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{Body, event};
+use super::Body;
 use crate::domain::account::PERM_ROOMS_JOIN;
 use crate::domain::call::state::Invitee;
 use crate::domain::call::{Allow, CallSettings, Person};
 use crate::domain::ids::{AccountId, CallId, CallRecordId};
+use crate::services::push::Push;
 use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
@@ -338,10 +339,9 @@ pub(crate) async fn missed_seen(
     auth: Authed,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.mark_missed_seen(auth.account()).await?;
-    state.hub.push(
-        auth.account(),
-        &event("missed_calls", serde_json::json!({ "count": 0 })),
-    );
+    state
+        .hub
+        .push(auth.account(), &Push::MissedCalls { count: 0 });
     Ok(Json(serde_json::json!({ "count": 0 })))
 }
 
@@ -376,9 +376,6 @@ pub(crate) async fn set_settings(
         s.allow = a;
     }
     state.store.set_call_settings(auth.account(), s).await?;
-    state.hub.push(
-        auth.account(),
-        &event("call_settings", serde_json::to_value(s).unwrap_or_default()),
-    );
+    state.hub.push(auth.account(), &Push::CallSettings(s));
     Ok(Json(s))
 }

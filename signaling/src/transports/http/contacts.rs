@@ -7,10 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{Body, event};
+use super::Body;
 use crate::domain::account::PERM_CONTACTS;
 use crate::domain::contact::{Contact, ContactBody, ContactFilter};
 use crate::domain::ids::{AccountId, ContactId, now_ms};
+use crate::services::push::Push;
 use crate::services::store::ContactWriteError;
 use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
@@ -93,18 +94,19 @@ async fn resolve_link(
 
 /// Tells every device of `account` about a change.
 fn push_change(state: &AppState, account: AccountId, c: &Contact) {
-    let msg = if c.deleted {
-        event(
-            "contact_deleted",
-            serde_json::json!({ "revision": c.revision, "id": c.id, "version": c.version }),
-        )
+    let push = if c.deleted {
+        Push::ContactDeleted {
+            revision: c.revision,
+            id: c.id,
+            version: c.version,
+        }
     } else {
-        event(
-            "contact_changed",
-            serde_json::json!({ "revision": c.revision, "contact": c }),
-        )
+        Push::ContactChanged {
+            revision: c.revision,
+            contact: Box::new(c.clone()),
+        }
     };
-    state.hub.push(account, &msg);
+    state.hub.push(account, &push);
 }
 
 /// `GET /api/v1/contacts?q=&favorite=&group=`: the live entries and the revision.

@@ -1,7 +1,5 @@
 //! A user's devices: list, rename, revoke.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,6 +9,7 @@ use super::Body;
 use crate::domain::device::{Device, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::domain::presence::Status;
+use crate::services::push::{Push, SignOutReason};
 use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
@@ -23,21 +22,21 @@ pub(crate) fn disconnect_device(
     state: &AppState,
     account: AccountId,
     device: DeviceId,
-    reason: &str,
+    reason: SignOutReason,
 ) {
-    let event: Arc<str> = Arc::from(
-        serde_json::json!({"type": "session_revoked", "device_id": device, "reason": reason})
-            .to_string(),
-    );
+    let event = Push::SessionRevoked {
+        device_id: device,
+        reason,
+    };
     let n = state.hub.close_device(
         account,
         device,
-        Some(event),
+        Some(&event),
         CLOSE_REVOKED,
         "session revoked",
     );
     state.presence.device_removed(device);
-    tracing::info!(%account, %device, reason, connections = n, "device signed out");
+    tracing::info!(%account, %device, %reason, connections = n, "device signed out");
 }
 
 /// Revokes `device` in the store and disconnects it; `false` when there was
@@ -46,7 +45,7 @@ pub(crate) async fn revoke_device(
     state: &AppState,
     account: AccountId,
     device: DeviceId,
-    reason: &str,
+    reason: SignOutReason,
 ) -> Result<bool, ApiError> {
     let found = state.store.revoke_device(account, device, now_ms()).await?;
     if found {
@@ -68,7 +67,7 @@ pub(crate) async fn sign_out_expired(state: &AppState, now: i64) -> Result<usize
     let expired = state.store.expired_devices(now, idle_before).await?;
     for (account, device) in &expired {
         tracing::info!(%account, %device, "session expired: device signed out");
-        revoke_device(state, *account, *device, "session_expired").await?;
+        revoke_device(state, *account, *device, SignOutReason::SessionExpired).await?;
     }
     state.store.delete_expired_refresh_tokens(now).await?;
     Ok(expired.len())
@@ -145,7 +144,7 @@ pub(crate) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = device_id(&id)?;
-    if revoke_device(&state, auth.account(), id, "revoked").await? {
+    if revoke_device(&state, auth.account(), id, SignOutReason::Revoked).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such device"))

@@ -4,25 +4,17 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::{Body, event};
+use super::Body;
 use crate::domain::account::{AccountSummary, PERM_CONTACTS, normalize_username};
 use crate::domain::ids::{AccountId, RequestId, now_ms};
 use crate::domain::link::RequestOutcome;
-use crate::services::presence::Presence;
+use crate::services::push::{MutualContact, Push};
 use crate::services::store::StoreError;
 use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
-
-/// A mutual contact with its presence.
-#[derive(Serialize)]
-pub(crate) struct MutualContact {
-    #[serde(flatten)]
-    account: AccountSummary,
-    presence: Presence,
-}
 
 async fn mutual_view(state: &AppState, account: AccountSummary) -> Result<MutualContact, ApiError> {
     let presence = state.presence.presence(account.id).await?;
@@ -36,10 +28,9 @@ async fn announce_mutual(state: &AppState, a: AccountId, b: AccountId) -> Result
             let view = mutual_view(state, summary).await?;
             state.hub.push(
                 to,
-                &event(
-                    "mutual_contact_added",
-                    serde_json::json!({ "contact": view }),
-                ),
+                &Push::MutualContactAdded {
+                    contact: Box::new(view),
+                },
             );
         }
     }
@@ -93,9 +84,10 @@ pub(crate) async fn send_request(
         .await
     {
         Ok(RequestOutcome::Pending(request)) => {
-            let msg = event("contact_request", serde_json::json!({ "request": request }));
-            state.hub.push(to.id, &msg);
-            state.hub.push(auth.account(), &msg);
+            let push = Push::ContactRequest {
+                request: Box::new(request.clone()),
+            };
+            state.hub.push_all(&[to.id, auth.account()], &push);
             Ok((
                 StatusCode::CREATED,
                 Json(serde_json::json!({ "status": "pending", "request": request })),
@@ -159,9 +151,8 @@ pub(crate) async fn delete_request(
     let Some(request) = state.store.delete_request(id, auth.account()).await? else {
         return Err(ApiError::not_found("no such contact request"));
     };
-    let msg = event("contact_request_removed", serde_json::json!({ "id": id }));
-    state.hub.push(request.from.id, &msg);
-    state.hub.push(request.to.id, &msg);
+    let push = Push::ContactRequestRemoved { id };
+    state.hub.push_all(&[request.from.id, request.to.id], &push);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -201,13 +192,9 @@ pub(crate) async fn remove_mutual(
         return Err(not_found());
     }
     for (to, gone) in [(auth.account(), other), (other, auth.account())] {
-        state.hub.push(
-            to,
-            &event(
-                "mutual_contact_removed",
-                serde_json::json!({ "account_id": gone }),
-            ),
-        );
+        state
+            .hub
+            .push(to, &Push::MutualContactRemoved { account_id: gone });
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -271,16 +271,6 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// A push message: `value`'s fields plus `"type": ty`.
-pub(crate) fn event(ty: &str, value: serde_json::Value) -> std::sync::Arc<str> {
-    let mut v = match value {
-        serde_json::Value::Object(m) => serde_json::Value::Object(m),
-        other => serde_json::json!({ "data": other }),
-    };
-    v["type"] = ty.into();
-    std::sync::Arc::from(v.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
