@@ -19,10 +19,25 @@ use crate::domain::link::ContactRequest;
 use crate::services::presence::Presence;
 use crate::services::store::CallRecord;
 
-/// A message for a device socket.
+/// A message for a device socket: the hub's pushes, and the socket's own
+/// answers (`ready`, `pong`, `error`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Push {
+    /// Authenticated: the snapshot to start from.
+    Ready(Box<Ready>),
+    /// The answer to a `heartbeat`.
+    Pong,
+    /// The last message was refused; the socket stays open.
+    Error {
+        /// An HTTP status code: why.
+        code: u16,
+        /// What was wrong.
+        message: String,
+        /// The field at fault, if one was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    },
     /// The account's own or a mutual contact's presence changed.
     Presence(Presence),
     /// An address book entry was created or updated.
@@ -86,6 +101,23 @@ pub enum Push {
     /// machine's event, which carries its own `type`.
     #[serde(untagged)]
     Call(Box<CallEvent>),
+}
+
+/// The `ready` message's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ready {
+    /// The signed-in account.
+    pub account_id: AccountId,
+    /// This device.
+    pub device_id: DeviceId,
+    /// How often to send `heartbeat`.
+    pub heartbeat_interval_ms: u64,
+    /// The account's own presence.
+    pub presence: Presence,
+    /// The mutual contacts with their presence.
+    pub contacts: Vec<MutualContact>,
+    /// The address book's revision.
+    pub contacts_revision: i64,
 }
 
 /// Why a device was signed out (`session_revoked`'s `reason`).

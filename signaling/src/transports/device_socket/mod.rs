@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
-use crate::services::push::{Push, SignOutReason};
+use crate::services::push::{Push, Ready, SignOutReason};
 use crate::services::rate_limit::TokenBucket;
 use crate::services::store::SessionState;
 use crate::services::token::AccessClaims;
@@ -97,10 +97,6 @@ pub(crate) async fn upgrade(
     limited(ws, &state).on_upgrade(move |socket| tracker.track_future(run(state, socket, pre)))
 }
 
-async fn send_json(ws: &mut WebSocket, v: &serde_json::Value) -> bool {
-    send_text(ws, v.to_string()).await
-}
-
 async fn send_push(ws: &mut WebSocket, push: &Push) -> bool {
     match push.encode() {
         Some(text) => send_text(ws, text.as_ref().to_owned()).await,
@@ -109,12 +105,12 @@ async fn send_push(ws: &mut WebSocket, push: &Push) -> bool {
 }
 
 async fn send_error(ws: &mut WebSocket, e: &ApiError) -> bool {
-    let mut v =
-        serde_json::json!({"type": "error", "code": e.status.as_u16(), "message": e.message});
-    if let Some(f) = &e.field {
-        v["field"] = f.as_str().into();
-    }
-    send_json(ws, &v).await
+    let error = Push::Error {
+        code: e.status.as_u16(),
+        message: e.message.clone(),
+        field: e.field.clone(),
+    };
+    send_push(ws, &error).await
 }
 
 async fn run(state: AppState, mut ws: WebSocket, pre: Option<AccessClaims>) {
@@ -181,20 +177,19 @@ async fn serve(state: AppState, mut ws: WebSocket, claims: AccessClaims) {
         let me = state.presence.presence(account).await?;
         let contacts = mutual_list(&state, account).await?;
         let revision = state.store.contacts_revision(account).await?;
-        Ok::<_, ApiError>(serde_json::json!({
-            "type": "ready",
-            "account_id": account,
-            "device_id": device,
-            "heartbeat_interval_ms": (timeout / 3).as_millis() as u64,
-            "presence": me,
-            "contacts": contacts,
-            "contacts_revision": revision,
-        }))
+        Ok::<_, ApiError>(Push::Ready(Box::new(Ready {
+            account_id: account,
+            device_id: device,
+            heartbeat_interval_ms: (timeout / 3).as_millis() as u64,
+            presence: me,
+            contacts,
+            contacts_revision: revision,
+        })))
     }
     .await;
     match ready {
-        Ok(v) => {
-            if !send_json(&mut ws, &v).await {
+        Ok(ready) => {
+            if !send_push(&mut ws, &ready).await {
                 return;
             }
         }
@@ -282,7 +277,7 @@ async fn handle(state: &AppState, ws: &mut WebSocket, auth: &Authed, text: &str)
     match msg {
         DeviceMessage::Heartbeat => {
             state.presence.activity(auth.account(), auth.device());
-            send_json(ws, &serde_json::json!({"type": "pong"})).await
+            send_push(ws, &Push::Pong).await
         }
         DeviceMessage::SetPresence(set) => match apply(state, auth, set).await {
             Ok(()) => true,
