@@ -369,8 +369,12 @@ fn the_call_sample_reads_back_as_written() {
 }
 
 #[test]
-fn every_sign_out_reason_is_its_wire_name() {
+fn every_sign_out_reason_is_its_wire_name_and_documented() {
     use SignOutReason::*;
+    let row = API_MD
+        .lines()
+        .find(|l| l.starts_with("| `session_revoked` |"))
+        .expect("docs/api.md's session_revoked row");
     for r in [
         Revoked,
         LoggedOut,
@@ -382,6 +386,8 @@ fn every_sign_out_reason_is_its_wire_name() {
     ] {
         assert_eq!(serde_json::to_value(r).expect("json"), json!(r.as_str()));
         assert_eq!(r.to_string(), r.as_str());
+        let named = format!("`{r}`");
+        assert!(row.contains(&named), "{named} is not in {row:?}");
     }
 }
 
