@@ -151,8 +151,20 @@ fn hostile_media_from_a_participant_harms_nobody() {
     let started = Instant::now();
     let mut noise = Noise(0x005e_ed0f_0bad_u64);
     let mut sent = 0;
-    // Far from where the client's own packets were.
-    let (mut vseq, mut vtime, mut aseq, mut atime) = (40_000u64, 9_000_000u32, 40_000u64, 0u32);
+    // A thousand ahead of the client's own packets: a fixed start would be
+    // behind its random one now and then, and a receiver drops what is
+    // that late before depacketizing it.
+    let mut ahead_of = |mid: Mid| {
+        let ssrc = w.clients[hostile]
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .map(|tx| *tx.ssrc())
+            .unwrap();
+        u64::from(w.last_rtp_seq.get(&ssrc).copied().unwrap_or(0)) + 1_000
+    };
+    let (mut vseq, mut aseq) = (ahead_of(video), ahead_of(audio));
+    let (mut vtime, mut atime) = (9_000_000u32, 0u32);
     while sent < 6_000 && started.elapsed() < Duration::from_secs(20) {
         send_hostile(
             &mut w,

@@ -113,6 +113,9 @@ pub struct World {
     pub events: Vec<vela_media_core::RoomEvent>,
     /// The source of each RTP packet the SFU was given, in order.
     pub rtp_in: Vec<SocketAddr>,
+    /// The last RTP sequence number the SFU was given, per SSRC (headers are
+    /// in the clear in SRTP).
+    pub last_rtp_seq: HashMap<u32, u16>,
     to_server: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Fraction of server-to-client datagrams dropped (seeded, repeatable).
     pub downlink_loss: f64,
@@ -176,6 +179,7 @@ impl World {
             clients: Vec::new(),
             events: Vec::new(),
             rtp_in: Vec::new(),
+            last_rtp_seq: HashMap::new(),
             to_server: VecDeque::new(),
             downlink_loss: 0.0,
             uplink_loss: 0.0,
@@ -552,8 +556,10 @@ impl World {
                 if media && self.lose(self.uplink_loss) {
                     continue;
                 }
-                if rtp_ssrc(&data).is_some() {
+                if let Some(ssrc) = rtp_ssrc(&data) {
                     self.rtp_in.push(src);
+                    self.last_rtp_seq
+                        .insert(ssrc, u16::from_be_bytes([data[2], data[3]]));
                 }
                 self.sfu.handle_receive(self.now, src, self.server, &data);
             }
