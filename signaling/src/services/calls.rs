@@ -261,36 +261,6 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Checks a join of `room` with `grant` (and `take_over`, a participant id
-/// as the client gave it): call rooms admit only the call's members (see
-/// [`Calls::authorize_join`]). Returns the connection to hand over from.
-pub(crate) async fn room_access(
-    state: &crate::transports::state::AppState,
-    room: &str,
-    account: Option<(AccountId, DeviceId)>,
-    take_over: Option<&str>,
-) -> Result<Option<ConnectionId>, ApiError> {
-    let take_over = match take_over.filter(|t| !t.is_empty()) {
-        Some(t) => Some(
-            t.parse::<ConnectionId>()
-                .map_err(|_| ApiError::invalid("take_over", "is not a participant id"))?,
-        ),
-        None => None,
-    };
-    if !is_call_room(room) {
-        return Ok(take_over);
-    }
-    let Some((account, device)) = account else {
-        return Err(ApiError::forbidden(
-            "a call room is joined with the access token of a device in the call",
-        ));
-    };
-    state
-        .calls
-        .authorize_join(room.to_owned(), account, device, take_over)
-        .await
-}
-
 /// Where the state machine's outputs go.
 struct Outlets {
     store: Store,

@@ -13,6 +13,7 @@ use vela_media::MediaHandle;
 use vela_media::core::{ConnectionId, JoinRequest, PeerKind, Permissions, RoomId};
 
 use crate::domain::account;
+use crate::domain::call::is_call_room;
 use crate::domain::ids::{AccountId, DeviceId};
 use crate::services::auth::{LoginLimiter, SignupLimiter};
 use crate::services::hub::Hub;
@@ -173,4 +174,34 @@ impl AppState {
             }
         }
     }
+}
+
+/// Checks a join of `room` with `grant` (and `take_over`, a participant id
+/// as the client gave it): call rooms admit only the call's members (see
+/// [`Calls::authorize_join`]). Returns the connection to hand over from.
+pub(crate) async fn room_access(
+    state: &AppState,
+    room: &str,
+    account: Option<(AccountId, DeviceId)>,
+    take_over: Option<&str>,
+) -> Result<Option<ConnectionId>, ApiError> {
+    let take_over = match take_over.filter(|t| !t.is_empty()) {
+        Some(t) => Some(
+            t.parse::<ConnectionId>()
+                .map_err(|_| ApiError::invalid("take_over", "is not a participant id"))?,
+        ),
+        None => None,
+    };
+    if !is_call_room(room) {
+        return Ok(take_over);
+    }
+    let Some((account, device)) = account else {
+        return Err(ApiError::forbidden(
+            "a call room is joined with the access token of a device in the call",
+        ));
+    };
+    state
+        .calls
+        .authorize_join(room.to_owned(), account, device, take_over)
+        .await
 }

@@ -550,7 +550,7 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let grant = state.authorize_room(&token, &room).await?;
     // Call rooms admit the call's members only; `take_over` hands a call over.
-    let from = crate::services::calls::room_access(
+    let from = crate::transports::state::room_access(
         state,
         room.as_str(),
         grant.account,
