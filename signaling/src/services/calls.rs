@@ -27,7 +27,6 @@ use crate::domain::ids::{AccountId, CallId, DeviceId, now_ms};
 use crate::services::hub::Hub;
 use crate::services::push::Push;
 use crate::services::store::Store;
-use crate::transports::error::ApiError;
 
 /// Work for the task: runs on the state machine, returns what answers the caller.
 type Job = Box<dyn FnOnce(&mut Calls, i64) -> Box<dyn FnOnce() + Send> + Send>;
@@ -38,15 +37,15 @@ pub struct CallsHandle {
     tx: mpsc::UnboundedSender<Job>,
 }
 
-impl From<CallError> for ApiError {
-    fn from(e: CallError) -> ApiError {
-        match e {
-            CallError::NotFound => ApiError::not_found("no such call"),
-            CallError::Conflict(m) => ApiError::conflict(m),
-            CallError::Forbidden(m) => ApiError::forbidden(m),
-            CallError::Invalid(m) => ApiError::invalid("to", m),
-        }
-    }
+/// Why the calls service did not carry out an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallsError {
+    /// The state machine refused it.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The calls task has stopped: the server is shutting down (503).
+    #[error("shutting down")]
+    ShuttingDown,
 }
 
 impl CallsHandle {
@@ -95,7 +94,7 @@ impl CallsHandle {
     async fn ask<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Calls, i64) -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, CallsError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |calls, now| {
             let value = f(calls, now);
@@ -103,12 +102,8 @@ impl CallsHandle {
                 let _ = tx.send(value);
             })
         });
-        self.tx.send(job).map_err(|_| {
-            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-        })?;
-        rx.await.map_err(|_| {
-            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-        })
+        self.tx.send(job).map_err(|_| CallsError::ShuttingDown)?;
+        rx.await.map_err(|_| CallsError::ShuttingDown)
     }
 
     /// Places a call.
@@ -118,7 +113,7 @@ impl CallsHandle {
         device: DeviceId,
         invitees: Vec<Invitee>,
         video: bool,
-    ) -> Result<Call, ApiError> {
+    ) -> Result<Call, CallsError> {
         Ok(self
             .ask(move |c, now| c.handle_invite(now, caller, device, invitees, video))
             .await??)
@@ -130,7 +125,7 @@ impl CallsHandle {
         id: CallId,
         by: AccountId,
         invitees: Vec<Invitee>,
-    ) -> Result<Call, ApiError> {
+    ) -> Result<Call, CallsError> {
         Ok(self
             .ask(move |c, now| c.handle_add(now, id, by, invitees))
             .await??)
@@ -143,28 +138,28 @@ impl CallsHandle {
         account: AccountId,
         device: DeviceId,
         client: Option<String>,
-    ) -> Result<Call, ApiError> {
+    ) -> Result<Call, CallsError> {
         Ok(self
             .ask(move |c, now| c.handle_accept(now, id, account, device, client))
             .await??)
     }
 
     /// Declines.
-    pub async fn decline(&self, id: CallId, account: AccountId) -> Result<Call, ApiError> {
+    pub async fn decline(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
         Ok(self
             .ask(move |c, now| c.handle_decline(now, id, account))
             .await??)
     }
 
     /// The caller cancels before an answer.
-    pub async fn cancel(&self, id: CallId, account: AccountId) -> Result<Call, ApiError> {
+    pub async fn cancel(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
         Ok(self
             .ask(move |c, now| c.handle_cancel(now, id, account))
             .await??)
     }
 
     /// Hangs up.
-    pub async fn leave(&self, id: CallId, account: AccountId) -> Result<Call, ApiError> {
+    pub async fn leave(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
         Ok(self
             .ask(move |c, now| c.handle_leave(now, id, account))
             .await??)
@@ -177,7 +172,7 @@ impl CallsHandle {
         account: AccountId,
         device: DeviceId,
         text: String,
-    ) -> Result<ChatMessage, ApiError> {
+    ) -> Result<ChatMessage, CallsError> {
         Ok(self
             .ask(move |c, now| c.handle_message(now, id, account, device, text))
             .await??)
@@ -188,7 +183,7 @@ impl CallsHandle {
         &self,
         id: CallId,
         account: AccountId,
-    ) -> Result<(Call, Vec<ChatMessage>), ApiError> {
+    ) -> Result<(Call, Vec<ChatMessage>), CallsError> {
         self.ask(move |c, _| {
             c.call(id, account)
                 .map(|call| (call.clone(), call.messages().cloned().collect()))
@@ -198,7 +193,7 @@ impl CallsHandle {
     }
 
     /// The calls `account` is ringing for or in.
-    pub async fn active(&self, account: AccountId) -> Result<Vec<Call>, ApiError> {
+    pub async fn active(&self, account: AccountId) -> Result<Vec<Call>, CallsError> {
         self.ask(move |c, _| c.active_for(account).into_iter().cloned().collect())
             .await
     }
@@ -211,7 +206,7 @@ impl CallsHandle {
         account: AccountId,
         device: DeviceId,
         take_over: Option<ConnectionId>,
-    ) -> Result<Option<ConnectionId>, ApiError> {
+    ) -> Result<Option<ConnectionId>, CallsError> {
         Ok(self
             .ask(move |c, _| c.authorize_join(&room, account, device, take_over))
             .await??)

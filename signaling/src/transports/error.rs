@@ -7,7 +7,9 @@ use vela_media::MediaError;
 use vela_media::core::{JoinError, SignalError};
 
 use crate::domain::Invalid;
+use crate::domain::call::state::CallError;
 use crate::services::auth::{NoRandomness, TooMany};
+use crate::services::calls::CallsError;
 use crate::services::password::PasswordError;
 use crate::services::token::TokenError;
 
@@ -94,6 +96,28 @@ impl ApiError {
 impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
         ApiError::invalid(&e.field, e.message)
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> ApiError {
+        match e {
+            CallError::NotFound => ApiError::not_found("no such call"),
+            CallError::Conflict(m) => ApiError::conflict(m),
+            CallError::Forbidden(m) => ApiError::forbidden(m),
+            CallError::Invalid(m) => ApiError::invalid("to", m),
+        }
+    }
+}
+
+impl From<CallsError> for ApiError {
+    fn from(e: CallsError) -> ApiError {
+        match e {
+            CallsError::Call(e) => e.into(),
+            CallsError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+            }
+        }
     }
 }
 

@@ -200,8 +200,8 @@ pub(crate) async fn room_access(
             "a call room is joined with the access token of a device in the call",
         ));
     };
-    state
+    Ok(state
         .calls
         .authorize_join(room.to_owned(), account, device, take_over)
-        .await
+        .await?)
 }
