@@ -10,3 +10,4 @@ pub mod http;
 pub mod room_socket;
 pub mod state;
 pub mod whip;
+pub mod ws;

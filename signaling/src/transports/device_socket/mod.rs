@@ -19,8 +19,8 @@ use crate::transports::auth::{Authed, bearer};
 use crate::transports::error::ApiError;
 use crate::transports::http::links::mutual_list;
 use crate::transports::http::presence::{SetPresence, apply};
-use crate::transports::room_socket::{auth_timeout, close, limited, next_text, send_text};
 use crate::transports::state::AppState;
+use crate::transports::ws::{auth_timeout, close, limited, next_text, send_text};
 
 /// Close code: the token was refused.
 const CLOSE_AUTH_FAILED: u16 = 4001;
