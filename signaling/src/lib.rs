@@ -15,4 +15,4 @@ pub use domain::{account, ids};
 pub use server::{RunningServer, StartError, spawn};
 pub use services::{password, store, token, webhook};
 pub use transports::error::ApiError;
-pub use transports::http::listener;
+pub use transports::listener;

@@ -28,7 +28,7 @@ use crate::services::store::Store;
 use crate::services::token::{TokenKeys, VideoGrant};
 use crate::transports::error::ApiError;
 use crate::transports::http as api;
-use crate::transports::http::listener::ListenerLimits;
+use crate::transports::listener::ListenerLimits;
 use crate::transports::room_socket as session;
 use crate::transports::state::AppState;
 use crate::transports::whip;
@@ -263,7 +263,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let connections = state.connections.clone();
     let app = router(state);
     tracing::info!(%http_addr, max_connections = limits.max_connections, "http listening");
-    let http = tokio::spawn(crate::transports::http::listener::serve(
+    let http = tokio::spawn(crate::transports::listener::serve(
         listener,
         app,
         limits,

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod device_socket;
 pub mod error;
 pub mod http;
+pub mod listener;
+pub mod resume;
 pub mod room_socket;
 pub mod state;
 pub mod whip;

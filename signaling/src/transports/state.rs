@@ -23,8 +23,8 @@ use crate::services::presence::PresenceHandle;
 use crate::services::store::Store;
 use crate::services::token::{Claims, Credential, TokenKeys};
 use crate::transports::error::ApiError;
-use crate::transports::http::listener::ConnectionStats;
-use crate::transports::room_socket as session;
+use crate::transports::listener::ConnectionStats;
+use crate::transports::resume::Resumable;
 
 /// A WHIP or WHEP session, addressed by its Location.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub(crate) struct AppState {
     /// The calls task.
     pub calls: crate::services::calls::CallsHandle,
     /// Room sessions a new socket may take over (`resume`).
-    pub resumable: session::Resumable,
+    pub resumable: Resumable,
     /// Counters kept outside the media core (join times, webhooks).
     pub metrics: Arc<metrics::Metrics>,
     /// HTTP connections open, refused and timed out.

@@ -8,7 +8,6 @@ pub(crate) mod client_addr;
 mod contacts;
 pub(crate) mod devices;
 pub(crate) mod links;
-pub mod listener;
 pub(crate) mod metrics;
 pub(crate) mod presence;
 pub(crate) mod rooms;

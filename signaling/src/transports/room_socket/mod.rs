@@ -2,8 +2,7 @@
 
 pub(crate) mod protocol;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -22,6 +21,7 @@ use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::services::rate_limit::TokenBucket;
 use crate::services::token::Credential;
 use crate::transports::error::ApiError;
+use crate::transports::resume::{ResumeEntry, new_resume_token};
 use crate::transports::room_socket::protocol::{
     ClientMessage, ServerMessage, SpeakerEntry, parse_kind,
 };
@@ -70,66 +70,6 @@ async fn run(state: AppState, mut ws: WebSocket) {
     let id = joined.1.connection;
     let span = tracing::info_span!("session", room = %joined.0, participant = %id);
     serve(state, ws, joined).instrument(span).await;
-}
-
-/// Sessions a new socket may take over with `resume`, by the participant id
-/// the client knows.
-#[derive(Clone, Default)]
-pub(crate) struct Resumable(Arc<Mutex<HashMap<ParticipantId, ResumeEntry>>>);
-
-struct ResumeEntry {
-    connection: ConnectionId,
-    token: String,
-    tx: mpsc::Sender<WebSocket>,
-}
-
-impl Resumable {
-    fn insert(&self, participant: ParticipantId, entry: ResumeEntry) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(participant, entry);
-        }
-    }
-
-    fn remove(&self, participant: ParticipantId, connection: ConnectionId) {
-        if let Ok(mut m) = self.0.lock()
-            && m.get(&participant)
-                .is_some_and(|e| e.connection == connection)
-        {
-            m.remove(&participant);
-        }
-    }
-
-    /// Where to hand a new socket, if `token` is the participant's.
-    fn sender(&self, participant: ParticipantId, token: &str) -> Option<mpsc::Sender<WebSocket>> {
-        let m = self.0.lock().ok()?;
-        let e = m.get(&participant)?;
-        same_secret(&e.token, token).then(|| e.tx.clone())
-    }
-
-    /// Whether `token` is the participant's resume token.
-    fn matches(&self, participant: ParticipantId, token: &str) -> bool {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&participant).map(|e| same_secret(&e.token, token)))
-            .unwrap_or(false)
-    }
-}
-
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-fn new_resume_token() -> Option<String> {
-    use base64::Engine as _;
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).ok()?;
-    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// A new socket asks to continue a session: hands it to the session's task.
