@@ -65,7 +65,7 @@ async fn start(
 ) -> Result<Response, ApiError> {
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let grant = state.authorize_room(bearer(&headers)?, &room).await?;
-    crate::transports::state::room_access(&state, room.as_str(), grant.account, None).await?;
+    crate::transports::auth::room_access(&state, room.as_str(), grant.account, None).await?;
     let offer = sdp_body(&headers, &body)?;
     let req = grant.join_request(room.clone(), kind).with_offer(offer);
     let (joined, mut signals) = state.media.join(req).await?;

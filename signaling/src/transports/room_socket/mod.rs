@@ -421,7 +421,7 @@ async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let grant = state.authorize_room(&token, &room).await?;
     // Call rooms admit the call's members only; `take_over` hands a call over.
-    let from = crate::transports::state::room_access(
+    let from = crate::transports::auth::room_access(
         state,
         room.as_str(),
         grant.account,
@@ -455,7 +455,7 @@ async fn check_take_over(
     state: &AppState,
     room: &RoomId,
     from: ConnectionId,
-    grant: &crate::transports::state::RoomGrant,
+    grant: &crate::transports::auth::RoomGrant,
     resume_token: Option<&str>,
 ) -> Result<(), ApiError> {
     let refused = || {
