@@ -26,6 +26,7 @@ use crate::services::password::PasswordHasher;
 use crate::services::presence::PresenceHandle;
 use crate::services::store::Store;
 use crate::services::token::{TokenKeys, VideoGrant};
+use crate::transports::device_socket;
 use crate::transports::error::ApiError;
 use crate::transports::http as api;
 use crate::transports::listener::ListenerLimits;
@@ -367,6 +368,7 @@ fn router(state: AppState) -> Router {
         .route("/api/dev-token", get(dev_token))
         .route("/api/openapi.json", get(api::openapi))
         .merge(api::routes())
+        .route("/api/v1/ws", get(device_socket::upgrade))
         .route("/ws", get(session::upgrade))
         .route("/whip/{room}", post(whip::whip))
         .route("/whep/{room}", post(whip::whep))

@@ -142,7 +142,6 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/v1/admin/accounts/{id}/password",
             put(admin::reset_password),
         )
-        .route("/api/v1/ws", get(crate::transports::device_socket::upgrade))
         .merge(call_routes())
         .merge(room_routes())
 }
