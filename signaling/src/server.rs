@@ -20,6 +20,7 @@ use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 
 use crate::domain::ids::now_ms;
 use crate::services::auth::{LoginLimiter, SignupLimiter};
+use crate::services::devices::Devices;
 use crate::services::hub::Hub;
 use crate::services::metrics;
 use crate::services::password::PasswordHasher;
@@ -245,6 +246,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         http_sessions: Arc::default(),
         shutdown: shutdown_rx.clone(),
         store: store.clone(),
+        devices: Devices::new(store.clone(), hub.clone(), presence.clone()),
         hub,
         presence,
         resumable: Default::default(),
@@ -352,7 +354,14 @@ async fn sign_out_expired_sessions(state: AppState, mut shutdown: watch::Receive
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        if let Err(e) = api::devices::sign_out_expired(&state, now_ms()).await {
+        let access_ttl_ms =
+            i64::try_from(state.config.auth.access_token_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+        if let Err(e) = state
+            .devices
+            .sign_out_expired(now_ms(), access_ttl_ms)
+            .await
+        {
             tracing::warn!(error = ?e, "signing out expired sessions failed");
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod devices;
 pub mod hub;
 pub mod metrics;
 pub mod password;

@@ -13,6 +13,7 @@ use vela_media::core::{ConnectionId, RoomId};
 
 use crate::domain::ids::AccountId;
 use crate::services::auth::{LoginLimiter, SignupLimiter};
+use crate::services::devices::Devices;
 use crate::services::hub::Hub;
 use crate::services::metrics;
 use crate::services::password::PasswordHasher;
@@ -54,6 +55,8 @@ pub(crate) struct AppState {
     pub store: Store,
     /// Live connections per account and device.
     pub hub: Hub,
+    /// Signs devices out (revoke, password changes, expiry).
+    pub devices: Devices,
     /// The presence task.
     pub presence: PresenceHandle,
     /// Failed-login counters.

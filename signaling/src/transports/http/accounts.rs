@@ -8,15 +8,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::Body;
-use super::devices::revoke_device;
+use super::{Body, load_account};
 use crate::domain::account::{
     self, Account, Role, check_display_name, check_password, normalize_username,
 };
 use crate::domain::device::{Device, DeviceKind, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
 use crate::services::auth::{new_refresh_token, refresh_hash};
-use crate::services::password::HashSlot;
 use crate::services::push::SignOutReason;
 use crate::services::store::{RefreshOutcome, StoreError};
 use crate::services::token::AccessClaims;
@@ -217,7 +215,10 @@ async fn make_room_for_a_device(state: &AppState, account: AccountId) -> Result<
     let excess = devices.len() + 1 - max;
     for d in devices.iter().take(excess) {
         tracing::info!(%account, device = %d.id, "device limit reached: signing out the least recently active device");
-        revoke_device(state, account, d.id, SignOutReason::DeviceLimit).await?;
+        state
+            .devices
+            .revoke(account, d.id, SignOutReason::DeviceLimit)
+            .await?;
     }
     Ok(())
 }
@@ -271,7 +272,10 @@ pub(crate) async fn refresh(
         }
         RefreshOutcome::Reused { account, device } => {
             tracing::warn!(%account, %device, "refresh token reused: signing the device out");
-            revoke_device(&state, account, device, SignOutReason::RefreshTokenReused).await?;
+            state
+                .devices
+                .revoke(account, device, SignOutReason::RefreshTokenReused)
+                .await?;
             Err(ApiError::unauthorized(
                 "this refresh token was already used: the device has been signed out",
             ))
@@ -285,23 +289,12 @@ pub(crate) async fn logout(
     State(state): State<AppState>,
     auth: Authed,
 ) -> Result<StatusCode, ApiError> {
-    revoke_device(
-        &state,
-        auth.account(),
-        auth.device(),
-        SignOutReason::LoggedOut,
-    )
-    .await?;
+    state
+        .devices
+        .revoke(auth.account(), auth.device(), SignOutReason::LoggedOut)
+        .await?;
     tracing::info!(account = %auth.account(), device = %auth.device(), "logout");
     Ok(StatusCode::NO_CONTENT)
-}
-
-pub(crate) async fn load_account(state: &AppState, id: AccountId) -> Result<Account, ApiError> {
-    state
-        .store
-        .account(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such account"))
 }
 
 /// `GET /api/v1/me`.
@@ -355,34 +348,16 @@ pub(crate) async fn change_password(
         return Err(e);
     }
     state.login_limiter.succeeded(&username, addr);
-    set_password(
-        &state,
-        &slot,
-        auth.account(),
-        b.new_password,
-        Some(auth.device()),
-        SignOutReason::PasswordChanged,
-    )
-    .await?;
+    let hash = slot.hash(b.new_password).await?;
+    state
+        .devices
+        .set_password_hash(
+            auth.account(),
+            &hash,
+            Some(auth.device()),
+            SignOutReason::PasswordChanged,
+        )
+        .await?;
     tracing::info!(account = %auth.account(), "password changed; other devices signed out");
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Sets a (checked) new password and signs out every device of the account
-/// but `keep`, their sockets told `reason`; returns how many.
-pub(crate) async fn set_password(
-    state: &AppState,
-    slot: &HashSlot,
-    account: AccountId,
-    new_password: String,
-    keep: Option<DeviceId>,
-    reason: SignOutReason,
-) -> Result<usize, ApiError> {
-    let hash = slot.hash(new_password).await?;
-    state.store.set_password_hash(account, &hash).await?;
-    let revoked = state.store.revoke_devices(account, keep, now_ms()).await?;
-    for d in &revoked {
-        super::devices::disconnect_device(state, account, *d, reason);
-    }
-    Ok(revoked.len())
 }

@@ -5,8 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::Body;
-use super::accounts::{load_account, set_password};
+use super::{Body, load_account};
 use crate::domain::account::{Account, PERM_ACCOUNTS_ADMIN, check_password};
 use crate::domain::ids::AccountId;
 use crate::services::hub::CLOSE_DISABLED;
@@ -117,15 +116,11 @@ pub(crate) async fn reset_password(
     load_account(&state, id).await?;
     check_password("new_password", &b.new_password)?;
     let slot = state.hasher.reserve()?;
-    let devices = set_password(
-        &state,
-        &slot,
-        id,
-        b.new_password,
-        None,
-        SignOutReason::PasswordReset,
-    )
-    .await?;
+    let hash = slot.hash(b.new_password).await?;
+    let devices = state
+        .devices
+        .set_password_hash(id, &hash, None, SignOutReason::PasswordReset)
+        .await?;
     tracing::info!(account = %id, by = %auth.account(), devices, "password reset; every device signed out");
     Ok(StatusCode::NO_CONTENT)
 }

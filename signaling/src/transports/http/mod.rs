@@ -269,6 +269,18 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The account `id`, or 404.
+pub(crate) async fn load_account(
+    state: &AppState,
+    id: crate::domain::ids::AccountId,
+) -> Result<crate::domain::account::Account, ApiError> {
+    state
+        .store
+        .account(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such account"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
