@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Invalid;
 use crate::domain::ids::{AccountId, DeviceId};
 
 /// An account's (or a device's) presence status, lowest precedence first.
@@ -315,6 +316,21 @@ impl PresenceTracker {
             last_active,
         })
     }
+}
+
+/// Longest status text, in characters.
+pub const MAX_STATUS_TEXT: usize = 140;
+
+/// An account's status text, trimmed; "" clears it.
+pub fn check_status_text(raw: &str) -> Result<&str, Invalid> {
+    let t = raw.trim();
+    if t.chars().count() > MAX_STATUS_TEXT || t.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            "text",
+            format!("must be at most {MAX_STATUS_TEXT} characters without control characters"),
+        ));
+    }
+    Ok(t)
 }
 
 #[cfg(test)]

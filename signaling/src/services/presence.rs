@@ -8,11 +8,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::domain::Invalid;
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::domain::presence::{Change, DeviceStatus, PresenceTracker, Status};
+use crate::domain::presence::{Change, DeviceStatus, PresenceTracker, Status, check_status_text};
 use crate::services::hub::Hub;
-use crate::services::push::Push;
-use crate::services::store::Store;
+use crate::services::push::{MutualContact, Push};
+use crate::services::store::{Store, StoreError};
 
 /// An account's presence as its owner and mutual contacts see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -168,6 +169,51 @@ impl PresenceHandle {
             out.push(compose(&self.store, *a, s).await?);
         }
         Ok(out)
+    }
+}
+
+/// Why a presence update was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    /// The status text breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PresenceHandle {
+    /// A device sets its status and/or the account's status text ("" clears
+    /// it): the text is checked and stored, the tracker fed.
+    pub async fn update(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+        status: Option<DeviceStatus>,
+        text: Option<&str>,
+    ) -> Result<(), PresenceError> {
+        let text = text.map(check_status_text).transpose()?;
+        if let Some(t) = text {
+            self.store.set_status_text(account, t).await?;
+        }
+        self.set_status(account, device, status, text.is_some());
+        Ok(())
+    }
+
+    /// The mutual contacts of `account` with their presence.
+    pub async fn mutual_contacts(
+        &self,
+        account: AccountId,
+    ) -> Result<Vec<MutualContact>, StoreError> {
+        let accounts = self.store.mutual_contacts(account).await?;
+        let ids: Vec<AccountId> = accounts.iter().map(|a| a.id).collect();
+        let presences = self.presences(&ids).await?;
+        Ok(accounts
+            .into_iter()
+            .zip(presences)
+            .map(|(account, presence)| MutualContact { account, presence })
+            .collect())
     }
 }
 

@@ -11,6 +11,7 @@ use crate::domain::call::state::CallError;
 use crate::services::auth::{NoRandomness, TooMany};
 use crate::services::calls::CallsError;
 use crate::services::password::PasswordError;
+use crate::services::presence::PresenceError;
 use crate::services::token::TokenError;
 
 /// An error answered to an HTTP client as `{"error": code, "message": reason}`,
@@ -117,6 +118,15 @@ impl From<CallsError> for ApiError {
             CallsError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
             }
+        }
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        match e {
+            PresenceError::Invalid(e) => e.into(),
+            PresenceError::Store(e) => e.into(),
         }
     }
 }

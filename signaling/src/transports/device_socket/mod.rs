@@ -17,7 +17,6 @@ use crate::services::store::SessionState;
 use crate::services::token::AccessClaims;
 use crate::transports::auth::{Authed, bearer};
 use crate::transports::error::ApiError;
-use crate::transports::http::links::mutual_list;
 use crate::transports::http::presence::{SetPresence, apply};
 use crate::transports::state::AppState;
 use crate::transports::ws::{auth_timeout, close, limited, next_text, send_text};
@@ -175,7 +174,7 @@ async fn serve(state: AppState, mut ws: WebSocket, claims: AccessClaims) {
     let timeout = Duration::from_millis(state.config.presence.heartbeat_timeout_ms);
     let ready = async {
         let me = state.presence.presence(account).await?;
-        let contacts = mutual_list(&state, account).await?;
+        let contacts = state.presence.mutual_contacts(account).await?;
         let revision = state.store.contacts_revision(account).await?;
         Ok::<_, ApiError>(Push::Ready(Box::new(Ready {
             account_id: account,

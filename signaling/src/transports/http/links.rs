@@ -156,27 +156,12 @@ pub(crate) async fn delete_request(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The mutual contacts of `account` with their presence.
-pub(crate) async fn mutual_list(
-    state: &AppState,
-    account: AccountId,
-) -> Result<Vec<MutualContact>, ApiError> {
-    let accounts = state.store.mutual_contacts(account).await?;
-    let ids: Vec<AccountId> = accounts.iter().map(|a| a.id).collect();
-    let presences = state.presence.presences(&ids).await?;
-    Ok(accounts
-        .into_iter()
-        .zip(presences)
-        .map(|(account, presence)| MutualContact { account, presence })
-        .collect())
-}
-
 /// `GET /api/v1/mutual-contacts`: who sees one's presence, with theirs.
 pub(crate) async fn list_mutual(
     State(state): State<AppState>,
     auth: Authed,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let contacts = mutual_list(&state, auth.account()).await?;
+    let contacts = state.presence.mutual_contacts(auth.account()).await?;
     Ok(Json(serde_json::json!({ "contacts": contacts })))
 }
 

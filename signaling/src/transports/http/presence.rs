@@ -13,9 +13,6 @@ use crate::transports::auth::Authed;
 use crate::transports::error::ApiError;
 use crate::transports::state::AppState;
 
-/// Longest status text, in characters.
-pub(crate) const MAX_STATUS_TEXT: usize = 140;
-
 /// `GET /api/v1/presence`: own presence and every mutual contact's.
 pub(crate) async fn overview(
     State(state): State<AppState>,
@@ -64,21 +61,15 @@ pub(crate) async fn apply(
     if set.status.is_none() && set.text.is_none() {
         return Err(ApiError::bad_request("give status, text or both"));
     }
-    let text = match set.text.as_deref().map(str::trim) {
-        Some(t) if t.chars().count() > MAX_STATUS_TEXT || t.chars().any(char::is_control) => {
-            return Err(ApiError::invalid(
-                "text",
-                format!("must be at most {MAX_STATUS_TEXT} characters without control characters"),
-            ));
-        }
-        other => other,
-    };
-    if let Some(t) = text {
-        state.store.set_status_text(auth.account(), t).await?;
-    }
     state
         .presence
-        .set_status(auth.account(), auth.device(), set.status, text.is_some());
+        .update(
+            auth.account(),
+            auth.device(),
+            set.status,
+            set.text.as_deref(),
+        )
+        .await?;
     Ok(())
 }
 
