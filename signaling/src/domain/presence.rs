@@ -337,6 +337,20 @@ pub fn check_status_text(raw: &str) -> Result<&str, Invalid> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn status_texts_are_trimmed_and_bounded() {
+        assert_eq!(check_status_text("  focus time "), Ok("focus time"));
+        assert_eq!(check_status_text("   "), Ok(""));
+        assert_eq!(
+            check_status_text(&"x".repeat(MAX_STATUS_TEXT)).map(str::len),
+            Ok(MAX_STATUS_TEXT)
+        );
+        for bad in ["x".repeat(MAX_STATUS_TEXT + 1), "line\nbreak".to_owned()] {
+            let e = check_status_text(&bad).expect_err("refused");
+            assert_eq!(e.field, "text");
+        }
+    }
+
     const A: AccountId = AccountId(1);
     const B: AccountId = AccountId(2);
     const PHONE: DeviceId = DeviceId(10);
