@@ -3,14 +3,19 @@
 
 use super::*;
 
-/// A join's room, result, signals, account and roomAdmin grant.
-pub(super) type Join = (
-    RoomId,
-    Joined,
-    SignalReceiver,
-    Option<(AccountId, DeviceId)>,
-    bool,
-);
+/// A join carried out: what the session serves.
+pub(super) struct Join {
+    /// The room joined.
+    pub room: RoomId,
+    /// The media core's answer.
+    pub joined: Joined,
+    /// The participant's signals from the media core.
+    pub signals: SignalReceiver,
+    /// The account and device, for an account access token.
+    pub account: Option<(AccountId, DeviceId)>,
+    /// May moderate the room (roomAdmin).
+    pub admin: bool,
+}
 
 pub(super) async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
     let msg: ClientMessage = serde_json::from_str(text)
@@ -65,7 +70,13 @@ pub(super) async fn join(state: &AppState, text: &str) -> Result<Join, ApiError>
         Some(from) => state.media.handover(from, req).await?,
         None => state.media.join(req).await?,
     };
-    Ok((room, joined, signals, grant.account, grant.admin))
+    Ok(Join {
+        room,
+        joined,
+        signals,
+        account: grant.account,
+        admin: grant.admin,
+    })
 }
 
 /// Outside call rooms, taking a participant over needs proof of being the

@@ -66,16 +66,16 @@ async fn run(state: AppState, mut ws: WebSocket) {
     {
         return resume(&state, ws, &participant_id, &resume_token).await;
     }
-    let joined = match join(&state, &first).await {
+    let join = match join(&state, &first).await {
         Ok(j) => j,
         Err(e) => {
             send_error(&mut ws, e.status.as_u16(), &e.message).await;
             return close(&mut ws, 1008, "join refused").await;
         }
     };
-    let id = joined.1.connection;
-    let span = tracing::info_span!("session", room = %joined.0, participant = %id);
-    serve(state, ws, joined).instrument(span).await;
+    let id = join.joined.connection;
+    let span = tracing::info_span!("session", room = %join.room, participant = %id);
+    serve(state, ws, join).instrument(span).await;
 }
 
 /// A new socket asks to continue a session: hands it to the session's task.
@@ -148,7 +148,13 @@ enum Outcome {
 }
 
 async fn serve(state: AppState, ws: WebSocket, join: Join) {
-    let (room, joined, signals, account, admin) = join;
+    let Join {
+        room,
+        joined,
+        signals,
+        account,
+        admin,
+    } = join;
     let mut ws = ws;
     let id = joined.connection;
     let public = joined.participant.id;
