@@ -6,6 +6,7 @@ pub mod auth;
 pub mod calls;
 pub mod devices;
 pub mod hub;
+pub mod lease;
 pub mod metrics;
 pub mod password;
 pub mod presence;

@@ -6,7 +6,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
 
-use crate::services::hub::{ConnKind, HubMsg};
+use crate::services::hub::HubMsg;
+use crate::services::lease::DeviceLease;
 use crate::transports::auth::bearer;
 use crate::transports::error::ApiError;
 use crate::transports::state::{AppState, HttpSession};
@@ -82,22 +83,15 @@ async fn start(
     );
     // A signed-in device's session ends when the device is signed out or
     // the account disabled, and shows the account as in a call meanwhile.
-    let mut kill = grant.account.map(|(a, d)| {
-        state.presence.call_started(a, d);
-        state.hub.register(a, d, ConnKind::Room)
-    });
+    let mut lease = grant
+        .account
+        .map(|(a, d)| DeviceLease::take(&state.hub, &state.presence, a, d));
     // WHIP/WHEP clients have no signaling channel: drain theirs until it ends.
     let sessions = state.http_sessions.clone();
-    let (media, presence) = (state.media.clone(), state.presence.clone());
-    let device = grant.account.map(|(_, d)| d);
+    let media = state.media.clone();
     tokio::spawn(async move {
         loop {
-            let killed = async {
-                match kill.as_mut() {
-                    Some((_, rx)) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let killed = DeviceLease::next_order(lease.as_mut());
             tokio::select! {
                 s = signals.recv() => match s {
                     None | Some(Signal::Left { .. }) => break,
@@ -111,10 +105,8 @@ async fn start(
                 }
             }
         }
-        drop(kill);
-        if let Some(d) = device {
-            presence.call_ended(d);
-        }
+        // Unregistered, and out of the call in presence.
+        drop(lease);
         if let Ok(mut m) = sessions.lock() {
             m.remove(&id);
         }

@@ -23,7 +23,8 @@ use vela_media::core::{
 };
 
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
+use crate::services::hub::{CLOSE_REVOKED, HubMsg};
+use crate::services::lease::DeviceLease;
 use crate::services::rate_limit::TokenBucket;
 use crate::services::token::Credential;
 use crate::transports::error::ApiError;
@@ -161,11 +162,7 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
     tracing::info!(identity = %joined.participant.identity, "session joined");
     // A session of a signed-in device: revoking the device or disabling the
     // account ends it, and the account shows as in a call meanwhile.
-    let mut kill = account.map(|(a, d)| {
-        let (registration, rx) = state.hub.register(a, d, ConnKind::Room);
-        state.presence.call_started(a, d);
-        (registration, rx)
-    });
+    let mut lease = account.map(|(a, d)| DeviceLease::take(&state.hub, &state.presence, a, d));
     let revoked = match account {
         Some((a, d)) => !matches!(
             state.store.session_state(a, d).await,
@@ -185,9 +182,6 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
         )
         .await;
         close(&mut ws, CLOSE_REVOKED, "session revoked").await;
-        if let Some((_, d)) = account {
-            state.presence.call_ended(d);
-        }
         return;
     }
     let token = token.unwrap_or_default();
@@ -232,7 +226,7 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
                 id,
                 &mut link,
                 &mut resume_rx,
-                kill.as_mut().map(|(_, rx)| rx),
+                lease.as_mut(),
             )
             .await
         } else {
@@ -257,7 +251,7 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
                 .await;
                 // Closed for good: the client sees the end of the socket now.
                 drop(ws);
-                match detached(&state, id, &mut link, &mut resume_rx, &mut kill).await {
+                match detached(&state, id, &mut link, &mut resume_rx, &mut lease).await {
                     Ok(new) => {
                         tracing::info!("session resumed");
                         ws = new;
@@ -272,10 +266,8 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
     if let Some(reason) = reason {
         state.media.leave(id, reason).await;
     }
-    drop(kill);
-    if let Some((_, d)) = account {
-        state.presence.call_ended(d);
-    }
+    // Unregistered, and out of the call in presence.
+    drop(lease);
     tracing::info!("session closed");
 }
 
@@ -346,7 +338,7 @@ async fn detached(
     id: ConnectionId,
     link: &mut Link,
     resume_rx: &mut mpsc::Receiver<WebSocket>,
-    kill: &mut Option<(crate::services::hub::Registration, mpsc::Receiver<HubMsg>)>,
+    lease: &mut Option<DeviceLease>,
 ) -> Result<WebSocket, Option<LeaveReason>> {
     let mut shutdown = state.shutdown.clone();
     let deadline = tokio::time::sleep(Duration::from_millis(
@@ -354,12 +346,7 @@ async fn detached(
     ));
     tokio::pin!(deadline);
     loop {
-        let killed = async {
-            match kill.as_mut() {
-                Some((_, rx)) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
+        let killed = DeviceLease::next_order(lease.as_mut());
         tokio::select! {
             new = resume_rx.recv() => {
                 if let Some(ws) = new {
@@ -401,16 +388,11 @@ async fn session_loop(
     id: ConnectionId,
     link: &mut Link,
     resume_rx: &mut mpsc::Receiver<WebSocket>,
-    mut kill: Option<&mut mpsc::Receiver<HubMsg>>,
+    mut lease: Option<&mut DeviceLease>,
 ) -> Outcome {
     let mut shutdown = state.shutdown.clone();
     loop {
-        let killed = async {
-            match kill.as_mut() {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
+        let killed = DeviceLease::next_order(lease.as_deref_mut());
         tokio::select! {
             msg = killed => {
                 // The device was signed out or the account disabled.
