@@ -69,7 +69,7 @@ pub struct RunningServer {
     /// A handle to the media driver.
     pub media: MediaHandle,
     shutdown: watch::Sender<bool>,
-    sessions: TaskTracker,
+    socket_tasks: TaskTracker,
     http: JoinHandle<()>,
     /// The media drivers' supervisor, until it has ended.
     driver: Option<vela_media::MediaTask>,
@@ -113,8 +113,8 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         self.media.shutdown().await;
         // Upgraded WebSockets outlive the HTTP server: wait for their `left`.
-        self.sessions.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions.wait()).await;
+        self.socket_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.socket_tasks.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
         if let Some(driver) = self.driver {
             let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
@@ -180,7 +180,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
 
     let (key, secret) = config.auth.effective_key();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let sessions = TaskTracker::new();
+    let socket_tasks = TaskTracker::new();
     let hub = Hub::default();
     // Before the first heartbeat of this run: who was present at a crash.
     let recovered = store
@@ -226,7 +226,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     })?;
     let state = AppState {
         calls,
-        sessions: sessions.clone(),
+        socket_tasks: socket_tasks.clone(),
         keys: TokenKeys::new(key, secret),
         login_limiter: Arc::new(LoginLimiter::new(
             config.limits.login_attempts_per_minute,
@@ -243,7 +243,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         trusted_proxies: config.server.trusted_proxy_nets().into(),
         config: Arc::new(config),
         media: media.clone(),
-        http_sessions: Arc::default(),
+        whip_sessions: Arc::default(),
         shutdown: shutdown_rx.clone(),
         store: store.clone(),
         devices: Devices::new(store.clone(), hub.clone(), presence.clone()),
@@ -255,10 +255,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     };
     // After the calls and presence a crash left were recovered.
     tokio::spawn(heartbeat(store.clone(), shutdown_rx.clone()));
-    tokio::spawn(sign_out_expired_sessions(
-        state.clone(),
-        shutdown_rx.clone(),
-    ));
+    tokio::spawn(sign_out_expired_devices(state.clone(), shutdown_rx.clone()));
     let limits = ListenerLimits::new(
         state.config.server.max_connections,
         Duration::from_millis(state.config.server.header_timeout_ms),
@@ -278,7 +275,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         udp_addr,
         media,
         shutdown: shutdown_tx,
-        sessions,
+        socket_tasks,
         http,
         driver: Some(driver),
         presence: presence_task,
@@ -342,12 +339,12 @@ async fn heartbeat(store: Store, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// How often devices whose sessions ran out are signed out.
+/// How often devices whose logins ran out are signed out.
 const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(600);
 
-/// Signs out expired device sessions at start and every
+/// Signs out devices whose logins expired, at start and every
 /// [`SESSION_SWEEP_EVERY`], until shutdown.
-async fn sign_out_expired_sessions(state: AppState, mut shutdown: watch::Receiver<bool>) {
+async fn sign_out_expired_devices(state: AppState, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(SESSION_SWEEP_EVERY);
     loop {
         tokio::select! {
@@ -362,7 +359,7 @@ async fn sign_out_expired_sessions(state: AppState, mut shutdown: watch::Receive
             .sign_out_expired(now_ms(), access_ttl_ms)
             .await
         {
-            tracing::warn!(error = ?e, "signing out expired sessions failed");
+            tracing::warn!(error = ?e, "signing out expired devices failed");
         }
     }
 }

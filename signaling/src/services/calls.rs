@@ -220,7 +220,7 @@ impl CallsHandle {
         account: Option<(AccountId, DeviceId)>,
         connection: ConnectionId,
         public: ParticipantId,
-    ) -> Option<SessionGuard> {
+    ) -> Option<CallRoomGuard> {
         let (account, device) = account?;
         if !is_call_room(room) {
             return None;
@@ -231,7 +231,7 @@ impl CallsHandle {
             Box::new(|| {})
         });
         let _ = self.tx.send(job);
-        Some(SessionGuard {
+        Some(CallRoomGuard {
             tx: self.tx.clone(),
             connection,
         })
@@ -240,12 +240,12 @@ impl CallsHandle {
 
 /// Tells the calls task that a room session ended, when dropped.
 #[derive(Debug)]
-pub struct SessionGuard {
+pub struct CallRoomGuard {
     tx: mpsc::UnboundedSender<Job>,
     connection: ConnectionId,
 }
 
-impl Drop for SessionGuard {
+impl Drop for CallRoomGuard {
     fn drop(&mut self) {
         let connection = self.connection;
         let job: Job = Box::new(move |c, now| {

@@ -14,7 +14,7 @@ use crate::domain::ids::{AccountId, DeviceId};
 use crate::services::store::SessionState;
 use crate::services::token::{AccessClaims, Claims, Credential};
 use crate::transports::error::ApiError;
-use crate::transports::state::{AppState, SessionOwner};
+use crate::transports::state::{AppState, WhipOwner};
 
 impl AppState {
     /// Verifies an account access token and that its device is not revoked
@@ -105,10 +105,10 @@ pub(crate) struct RoomGrant {
 impl RoomGrant {
     /// Who may end the participant's WHIP/WHEP session: the same identity
     /// (room tokens) or the same account (access tokens).
-    pub fn owner(&self) -> SessionOwner {
+    pub fn owner(&self) -> WhipOwner {
         match self.account {
-            Some((a, _)) => SessionOwner::Account(a),
-            None => SessionOwner::Identity(self.identity.clone()),
+            Some((a, _)) => WhipOwner::Account(a),
+            None => WhipOwner::Identity(self.identity.clone()),
         }
     }
 

@@ -25,16 +25,16 @@ use crate::transports::resume::Resumable;
 
 /// A WHIP or WHEP session, addressed by its Location.
 #[derive(Debug, Clone)]
-pub(crate) struct HttpSession {
+pub(crate) struct WhipSession {
     pub room: RoomId,
     /// Who may end it.
-    pub owner: SessionOwner,
+    pub owner: WhipOwner,
 }
 
 /// Who may end a WHIP or WHEP session. Typed, not a string: a room token's
 /// identity is whatever its minter chose, and must never name an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SessionOwner {
+pub(crate) enum WhipOwner {
     /// A room token's identity.
     Identity(String),
     /// Any device of this account.
@@ -47,10 +47,11 @@ pub(crate) struct AppState {
     pub config: Arc<Config>,
     pub keys: TokenKeys,
     pub media: MediaHandle,
-    pub http_sessions: Arc<Mutex<HashMap<ConnectionId, HttpSession>>>,
+    pub whip_sessions: Arc<Mutex<HashMap<ConnectionId, WhipSession>>>,
     pub shutdown: watch::Receiver<bool>,
-    /// Live WebSocket sessions, so shutdown can wait for their goodbyes.
-    pub sessions: TaskTracker,
+    /// The tasks of live sockets (room and device), so shutdown can wait
+    /// for their goodbyes.
+    pub socket_tasks: TaskTracker,
     /// Accounts, devices, contacts.
     pub store: Store,
     /// Live connections per account and device.

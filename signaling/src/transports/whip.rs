@@ -10,7 +10,7 @@ use crate::services::hub::HubMsg;
 use crate::services::lease::DeviceLease;
 use crate::transports::auth::bearer;
 use crate::transports::error::ApiError;
-use crate::transports::state::{AppState, HttpSession};
+use crate::transports::state::{AppState, WhipSession};
 
 fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<SdpOffer, ApiError> {
     let ct = headers
@@ -74,9 +74,9 @@ async fn start(
     let answer = joined
         .answer
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no answer"))?;
-    state.http_sessions.lock().map_err(|_| poisoned())?.insert(
+    state.whip_sessions.lock().map_err(|_| poisoned())?.insert(
         id,
-        HttpSession {
+        WhipSession {
             room: room.clone(),
             owner: grant.owner(),
         },
@@ -87,7 +87,7 @@ async fn start(
         .account
         .map(|(a, d)| DeviceLease::take(&state.hub, &state.presence, a, d));
     // WHIP/WHEP clients have no signaling channel: drain theirs until it ends.
-    let sessions = state.http_sessions.clone();
+    let sessions = state.whip_sessions.clone();
     let media = state.media.clone();
     tokio::spawn(async move {
         loop {
@@ -148,7 +148,7 @@ pub(crate) async fn end(
         .parse()
         .map_err(|_| ApiError::not_found("no such session"))?;
     let s = state
-        .http_sessions
+        .whip_sessions
         .lock()
         .map_err(|_| poisoned())?
         .get(&id)
@@ -163,7 +163,7 @@ pub(crate) async fn end(
         ));
     }
     state.media.leave(id, LeaveReason::ClientLeave).await;
-    if let Ok(mut m) = state.http_sessions.lock() {
+    if let Ok(mut m) = state.whip_sessions.lock() {
         m.remove(&id);
     }
     Ok(StatusCode::OK.into_response())

@@ -92,7 +92,7 @@ pub(crate) async fn upgrade(
     } else {
         None
     };
-    let tracker = state.sessions.clone();
+    let tracker = state.socket_tasks.clone();
     limited(ws, &state).on_upgrade(move |socket| tracker.track_future(run(state, socket, pre)))
 }
 

@@ -37,7 +37,7 @@ use crate::transports::ws::{auth_timeout, close, limited, next_text, send_text};
 
 /// `GET /ws`: upgrades to a signaling session.
 pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    let tracker = state.sessions.clone();
+    let tracker = state.socket_tasks.clone();
     limited(ws, &state).on_upgrade(move |socket| tracker.track_future(run(state, socket)))
 }
 
