@@ -28,13 +28,189 @@ use crate::services::hub::Hub;
 use crate::services::push::Push;
 use crate::services::store::Store;
 
-/// Work for the task: runs on the state machine, returns what answers the caller.
-type Job = Box<dyn FnOnce(&mut Calls, i64) -> Box<dyn FnOnce() + Send> + Send>;
+/// Where the calls task sends an operation's answer.
+type Reply<T> = oneshot::Sender<T>;
+
+/// An operation for the calls task, with where its answer goes.
+#[derive(Debug)]
+enum Command {
+    Invite {
+        caller: Person,
+        device: DeviceId,
+        invitees: Vec<Invitee>,
+        video: bool,
+        reply: Reply<Result<Call, CallError>>,
+    },
+    Add {
+        id: CallId,
+        by: AccountId,
+        invitees: Vec<Invitee>,
+        reply: Reply<Result<Call, CallError>>,
+    },
+    Accept {
+        id: CallId,
+        account: AccountId,
+        device: DeviceId,
+        client: Option<String>,
+        reply: Reply<Result<Call, CallError>>,
+    },
+    Decline {
+        id: CallId,
+        account: AccountId,
+        reply: Reply<Result<Call, CallError>>,
+    },
+    Cancel {
+        id: CallId,
+        account: AccountId,
+        reply: Reply<Result<Call, CallError>>,
+    },
+    Leave {
+        id: CallId,
+        account: AccountId,
+        reply: Reply<Result<Call, CallError>>,
+    },
+    Message {
+        id: CallId,
+        account: AccountId,
+        device: DeviceId,
+        text: String,
+        reply: Reply<Result<ChatMessage, CallError>>,
+    },
+    Get {
+        id: CallId,
+        account: AccountId,
+        reply: Reply<Option<(Call, Vec<ChatMessage>)>>,
+    },
+    Active {
+        account: AccountId,
+        reply: Reply<Vec<Call>>,
+    },
+    AuthorizeJoin {
+        room: String,
+        account: AccountId,
+        device: DeviceId,
+        take_over: Option<ConnectionId>,
+        reply: Reply<Result<Option<ConnectionId>, CallError>>,
+    },
+    RoomJoined {
+        room: String,
+        account: AccountId,
+        device: DeviceId,
+        connection: ConnectionId,
+        public: ParticipantId,
+    },
+    RoomLeft {
+        connection: ConnectionId,
+    },
+}
+
+/// An answer held until the command's outputs are carried out.
+struct Answer(Option<Box<dyn FnOnce() + Send>>);
+
+impl Answer {
+    fn to<T: Send + 'static>(reply: Reply<T>, value: T) -> Self {
+        Answer(Some(Box::new(move || {
+            let _ = reply.send(value);
+        })))
+    }
+
+    fn none() -> Self {
+        Answer(None)
+    }
+
+    fn send(self) {
+        if let Some(f) = self.0 {
+            f();
+        }
+    }
+}
+
+impl Command {
+    /// Runs the command on the state machine; the answer to send once its
+    /// outputs are carried out.
+    fn apply(self, calls: &mut Calls, now: i64) -> Answer {
+        match self {
+            Command::Invite {
+                caller,
+                device,
+                invitees,
+                video,
+                reply,
+            } => Answer::to(
+                reply,
+                calls.handle_invite(now, caller, device, invitees, video),
+            ),
+            Command::Add {
+                id,
+                by,
+                invitees,
+                reply,
+            } => Answer::to(reply, calls.handle_add(now, id, by, invitees)),
+            Command::Accept {
+                id,
+                account,
+                device,
+                client,
+                reply,
+            } => Answer::to(reply, calls.handle_accept(now, id, account, device, client)),
+            Command::Decline { id, account, reply } => {
+                Answer::to(reply, calls.handle_decline(now, id, account))
+            }
+            Command::Cancel { id, account, reply } => {
+                Answer::to(reply, calls.handle_cancel(now, id, account))
+            }
+            Command::Leave { id, account, reply } => {
+                Answer::to(reply, calls.handle_leave(now, id, account))
+            }
+            Command::Message {
+                id,
+                account,
+                device,
+                text,
+                reply,
+            } => Answer::to(reply, calls.handle_message(now, id, account, device, text)),
+            Command::Get { id, account, reply } => {
+                let found = calls
+                    .call(id, account)
+                    .map(|call| (call.clone(), call.messages().cloned().collect()));
+                Answer::to(reply, found)
+            }
+            Command::Active { account, reply } => Answer::to(
+                reply,
+                calls.active_for(account).into_iter().cloned().collect(),
+            ),
+            Command::AuthorizeJoin {
+                room,
+                account,
+                device,
+                take_over,
+                reply,
+            } => Answer::to(
+                reply,
+                calls.authorize_join(&room, account, device, take_over),
+            ),
+            Command::RoomJoined {
+                room,
+                account,
+                device,
+                connection,
+                public,
+            } => {
+                calls.handle_room_joined(&room, account, device, connection, public);
+                Answer::none()
+            }
+            Command::RoomLeft { connection } => {
+                calls.handle_room_left(now, connection);
+                Answer::none()
+            }
+        }
+    }
+}
 
 /// Sends operations to the calls task; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CallsHandle {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::UnboundedSender<Command>,
 }
 
 /// Why the calls service did not carry out an operation.
@@ -91,18 +267,12 @@ impl CallsHandle {
         Ok((CallsHandle { tx }, task))
     }
 
-    async fn ask<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Calls, i64) -> T + Send + 'static,
-    ) -> Result<T, CallsError> {
+    /// Sends the command `make` builds around a reply, and waits for the answer.
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CallsError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |calls, now| {
-            let value = f(calls, now);
-            Box::new(move || {
-                let _ = tx.send(value);
-            })
-        });
-        self.tx.send(job).map_err(|_| CallsError::ShuttingDown)?;
+        self.tx
+            .send(make(tx))
+            .map_err(|_| CallsError::ShuttingDown)?;
         rx.await.map_err(|_| CallsError::ShuttingDown)
     }
 
@@ -115,7 +285,13 @@ impl CallsHandle {
         video: bool,
     ) -> Result<Call, CallsError> {
         Ok(self
-            .ask(move |c, now| c.handle_invite(now, caller, device, invitees, video))
+            .ask(|reply| Command::Invite {
+                caller,
+                device,
+                invitees,
+                video,
+                reply,
+            })
             .await??)
     }
 
@@ -127,7 +303,12 @@ impl CallsHandle {
         invitees: Vec<Invitee>,
     ) -> Result<Call, CallsError> {
         Ok(self
-            .ask(move |c, now| c.handle_add(now, id, by, invitees))
+            .ask(|reply| Command::Add {
+                id,
+                by,
+                invitees,
+                reply,
+            })
             .await??)
     }
 
@@ -140,28 +321,34 @@ impl CallsHandle {
         client: Option<String>,
     ) -> Result<Call, CallsError> {
         Ok(self
-            .ask(move |c, now| c.handle_accept(now, id, account, device, client))
+            .ask(|reply| Command::Accept {
+                id,
+                account,
+                device,
+                client,
+                reply,
+            })
             .await??)
     }
 
     /// Declines.
     pub async fn decline(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
         Ok(self
-            .ask(move |c, now| c.handle_decline(now, id, account))
+            .ask(|reply| Command::Decline { id, account, reply })
             .await??)
     }
 
     /// The caller cancels before an answer.
     pub async fn cancel(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
         Ok(self
-            .ask(move |c, now| c.handle_cancel(now, id, account))
+            .ask(|reply| Command::Cancel { id, account, reply })
             .await??)
     }
 
     /// Hangs up.
     pub async fn leave(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
         Ok(self
-            .ask(move |c, now| c.handle_leave(now, id, account))
+            .ask(|reply| Command::Leave { id, account, reply })
             .await??)
     }
 
@@ -174,7 +361,13 @@ impl CallsHandle {
         text: String,
     ) -> Result<ChatMessage, CallsError> {
         Ok(self
-            .ask(move |c, now| c.handle_message(now, id, account, device, text))
+            .ask(|reply| Command::Message {
+                id,
+                account,
+                device,
+                text,
+                reply,
+            })
             .await??)
     }
 
@@ -184,18 +377,14 @@ impl CallsHandle {
         id: CallId,
         account: AccountId,
     ) -> Result<(Call, Vec<ChatMessage>), CallsError> {
-        self.ask(move |c, _| {
-            c.call(id, account)
-                .map(|call| (call.clone(), call.messages().cloned().collect()))
-        })
-        .await?
-        .ok_or_else(|| CallError::NotFound.into())
+        self.ask(|reply| Command::Get { id, account, reply })
+            .await?
+            .ok_or_else(|| CallError::NotFound.into())
     }
 
     /// The calls `account` is ringing for or in.
     pub async fn active(&self, account: AccountId) -> Result<Vec<Call>, CallsError> {
-        self.ask(move |c, _| c.active_for(account).into_iter().cloned().collect())
-            .await
+        self.ask(|reply| Command::Active { account, reply }).await
     }
 
     /// Checks a join of `room` (a call room) and resolves `take_over` to
@@ -208,7 +397,13 @@ impl CallsHandle {
         take_over: Option<ConnectionId>,
     ) -> Result<Option<ConnectionId>, CallsError> {
         Ok(self
-            .ask(move |c, _| c.authorize_join(&room, account, device, take_over))
+            .ask(|reply| Command::AuthorizeJoin {
+                room,
+                account,
+                device,
+                take_over,
+                reply,
+            })
             .await??)
     }
 
@@ -226,11 +421,13 @@ impl CallsHandle {
             return None;
         }
         let room = room.to_owned();
-        let job: Job = Box::new(move |c, _| {
-            c.handle_room_joined(&room, account, device, connection, public);
-            Box::new(|| {})
+        let _ = self.tx.send(Command::RoomJoined {
+            room,
+            account,
+            device,
+            connection,
+            public,
         });
-        let _ = self.tx.send(job);
         Some(CallRoomGuard {
             tx: self.tx.clone(),
             connection,
@@ -241,18 +438,15 @@ impl CallsHandle {
 /// Tells the calls task that a room session ended, when dropped.
 #[derive(Debug)]
 pub struct CallRoomGuard {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::UnboundedSender<Command>,
     connection: ConnectionId,
 }
 
 impl Drop for CallRoomGuard {
     fn drop(&mut self) {
-        let connection = self.connection;
-        let job: Job = Box::new(move |c, now| {
-            c.handle_room_left(now, connection);
-            Box::new(|| {})
+        let _ = self.tx.send(Command::RoomLeft {
+            connection: self.connection,
         });
-        let _ = self.tx.send(job);
     }
 }
 
@@ -266,7 +460,7 @@ struct Outlets {
 
 async fn run(
     mut calls: Calls,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
     out: Outlets,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -282,11 +476,11 @@ async fn run(
             }
         };
         tokio::select! {
-            job = rx.recv() => {
-                let Some(job) = job else { break };
-                let reply = job(&mut calls, now_ms());
+            command = rx.recv() => {
+                let Some(command) = command else { break };
+                let answer = command.apply(&mut calls, now_ms());
                 carry_out(&mut calls, &out).await;
-                reply();
+                answer.send();
             }
             _ = sleep => {
                 calls.handle_timeout(now_ms());
