@@ -318,6 +318,20 @@ impl PresenceTracker {
     }
 }
 
+/// An account's presence as its owner and mutual contacts see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Presence {
+    /// Whose.
+    pub account_id: AccountId,
+    /// The aggregated status.
+    pub status: Status,
+    /// The status text the user set ("" when none).
+    pub text: String,
+    /// When offline: when the account was last online (ms since the epoch),
+    /// if ever. `null` while not offline.
+    pub last_seen: Option<i64>,
+}
+
 /// Longest status text, in characters.
 pub const MAX_STATUS_TEXT: usize = 140;
 

@@ -4,30 +4,16 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::domain::Invalid;
 use crate::domain::ids::{AccountId, DeviceId};
+pub use crate::domain::presence::Presence;
 use crate::domain::presence::{Change, DeviceStatus, PresenceTracker, Status, check_status_text};
 use crate::services::hub::Hub;
 use crate::services::push::{MutualContact, Push};
 use crate::services::store::{Store, StoreError};
-
-/// An account's presence as its owner and mutual contacts see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Presence {
-    /// Whose.
-    pub account_id: AccountId,
-    /// The aggregated status.
-    pub status: Status,
-    /// The status text the user set ("" when none).
-    pub text: String,
-    /// When offline: when the account was last online (ms since the epoch),
-    /// if ever. `null` while not offline.
-    pub last_seen: Option<i64>,
-}
 
 #[derive(Debug)]
 enum Cmd {

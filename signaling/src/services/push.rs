@@ -16,7 +16,7 @@ use crate::domain::call::state::Event as CallEvent;
 use crate::domain::contact::Contact;
 use crate::domain::ids::{AccountId, ContactId, DeviceId, RequestId};
 use crate::domain::link::ContactRequest;
-use crate::services::presence::Presence;
+use crate::domain::presence::Presence;
 use crate::services::store::CallRecord;
 
 /// A message for a device socket: the hub's pushes, and the socket's own
