@@ -2,6 +2,12 @@
 //! people with several devices, and the call API.
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
+mod filtering;
+mod group;
+mod outcomes;
+mod races;
+mod room;
+
 use std::time::Duration;
 
 use serde_json::{Value, json};
