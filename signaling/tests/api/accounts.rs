@@ -8,8 +8,9 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, DeviceClient, Login, start, start_with};
+use common::{Api, DeviceClient, Login, start, start_with, with_config, with_server};
 use serde_json::json;
+use vela_config::Config;
 
 const PW: &str = "correct horse battery";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -20,9 +21,7 @@ fn device(kind: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_me_and_logout() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let a = api
             .post(
                 "/api/v1/accounts",
@@ -76,7 +75,7 @@ async fn register_login_me_and_logout() {
         // No token, a garbage token, a room token: 401.
         api.call("GET", "/api/v1/me", None, None).await.err(401, None);
         api.get("/api/v1/me", "garbage").await.err(401, None);
-        let room = common::dev_token(&s, "r", "alice").await;
+        let room = common::dev_token(s, "r", "alice").await;
         api.get("/api/v1/me", &room).await.err(401, None);
 
         api.post("/api/v1/auth/logout", Some(&login.access), json!({}))
@@ -86,10 +85,8 @@ async fn register_login_me_and_logout() {
         api.post("/api/v1/auth/refresh", None, json!({"refresh_token": login.refresh}))
             .await
             .err(401, None);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,13 +164,11 @@ async fn registration_refuses_bad_input_and_taken_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passwords_say_nothing_and_are_rate_limited() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| {
-            c.limits.login_attempts_per_minute = 3;
-            c.limits.login_attempts_per_minute_per_address = 6;
-        })
-        .await;
-        let api = Api::new(&s);
+    let config = |c: &mut Config| {
+        c.limits.login_attempts_per_minute = 3;
+        c.limits.login_attempts_per_minute_per_address = 6;
+    };
+    with_config(LIMIT, config, async |_, api| {
         api.register("erin", PW).await;
         let login = |user: &str, pw: &str| {
             json!({"username": user, "password": pw, "device": device("desktop")})
@@ -212,19 +207,16 @@ async fn wrong_passwords_say_nothing_and_are_rate_limited() {
         api.post("/api/v1/auth/login", None, login("nobody", PW)).await.err(401, None);
         api.post("/api/v1/auth/login", None, login("nobody2", PW)).await.err(401, None);
         api.post("/api/v1/auth/login", None, login("frank", PW)).await.err(429, None);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_ups_are_limited_per_client_address() {
-    tokio::time::timeout(LIMIT, async {
-        // Without trusted proxies, X-Forwarded-For changes nothing: every
-        // request here comes from 127.0.0.1.
-        let s = start_with(|c| c.limits.signups_per_hour_per_address = 2).await;
-        let api = Api::new(&s);
+    // Without trusted proxies, X-Forwarded-For changes nothing: every
+    // request here comes from 127.0.0.1.
+    let config = |c: &mut Config| c.limits.signups_per_hour_per_address = 2;
+    with_config(LIMIT, config, async |_, api| {
         let body = |user: &str| json!({"username": user, "password": PW});
         api.register("ann", PW).await;
         // A taken name hashed a password too: it counts.
@@ -247,22 +239,18 @@ async fn sign_ups_are_limited_per_client_address() {
             .err(400, Some("username"));
         // Logging in is a different limit.
         api.login("ann", PW, "web", "tab").await;
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| {
-            c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
-            c.limits.signups_per_hour_per_address = 1;
-            c.limits.login_attempts_per_minute_per_address = 2;
-        })
-        .await;
-        let api = Api::new(&s);
+    let config = |c: &mut Config| {
+        c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+        c.limits.signups_per_hour_per_address = 1;
+        c.limits.login_attempts_per_minute_per_address = 2;
+    };
+    with_config(LIMIT, config, async |_, api| {
         let (one, two) = (
             api.forwarded_for("203.0.113.7"),
             api.forwarded_for("198.51.100.1, 127.0.0.1"),
@@ -282,19 +270,15 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits() {
         }
         one.post("/api/v1/auth/login", None, login("ann", PW)).await.err(429, None);
         two.login("ann", PW, "web", "tab").await;
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_tokens_rotate_and_reuse_signs_the_device_out() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let first = api.user("gina", "phone").await;
-        let mut sock = DeviceClient::connect(&s, &first.access, None).await;
+        let mut sock = DeviceClient::connect(s, &first.access, None).await;
         let r1 = api
             .post(
                 "/api/v1/auth/refresh",
@@ -345,20 +329,16 @@ async fn refresh_tokens_rotate_and_reuse_signs_the_device_out() {
         api.post("/api/v1/auth/refresh", None, json!({}))
             .await
             .err(400, Some("refresh_token"));
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_the_password_signs_other_devices_out() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let phone = api.user("hank", "phone").await;
         let desk = api.login("hank", PW, "desktop", "Mac").await;
-        let mut desk_sock = DeviceClient::connect(&s, &desk.access, None).await;
+        let mut desk_sock = DeviceClient::connect(s, &desk.access, None).await;
         let change =
             |current: &str, new: &str| json!({"current_password": current, "new_password": new});
         api.put(
@@ -393,23 +373,19 @@ async fn changing_the_password_signs_other_devices_out() {
         .await
         .err(401, None);
         api.login("hank", "a new password", "web", "tab").await;
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_disables_an_account_and_its_connections_close() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|_| {}).await;
-        let api = Api::new(&s);
-        let root = api.admin(&s, "root", "desktop").await;
+    with_server(LIMIT, async |s, api| {
+        let root = api.admin(s, "root", "desktop").await;
         assert_eq!(root.body["account"]["roles"], json!(["user", "admin"]));
         let ivy = api.user("ivy", "phone").await;
-        let mut sock = DeviceClient::connect(&s, &ivy.access, None).await;
+        let mut sock = DeviceClient::connect(s, &ivy.access, None).await;
         // Ivy joins a room with her access token.
-        let mut room = common::Ws::connect(&s).await;
+        let mut room = common::Ws::connect(s).await;
         room.send(json!({"type": "join", "token": ivy.access, "room": "r1"}))
             .await;
         room.expect("joined").await;
@@ -470,37 +446,30 @@ async fn an_admin_disables_an_account_and_its_connections_close() {
             false
         );
         api.login("ivy", PW, "web", "tab").await;
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_is_served() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let r = reqwest::get(format!("{}/api/openapi.json", common::base(&s)))
+    with_server(LIMIT, async |s, _| {
+        let r = reqwest::get(format!("{}/api/openapi.json", common::base(s)))
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
         let doc: serde_json::Value = r.json().await.unwrap();
         assert!(doc["paths"]["/api/v1/auth/login"]["post"].is_object());
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_resets_a_forgotten_password() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|_| {}).await;
-        let api = Api::new(&s);
-        let root = api.admin(&s, "root", "desktop").await;
+    with_server(LIMIT, async |s, api| {
+        let root = api.admin(s, "root", "desktop").await;
         let june = api.user("june", "phone").await;
         let laptop = api.login("june", PW, "desktop", "laptop").await;
-        let mut sock = DeviceClient::connect(&s, &laptop.access, None).await;
+        let mut sock = DeviceClient::connect(s, &laptop.access, None).await;
         let path = format!("/api/v1/admin/accounts/{}/password", june.account);
         let reset = |pw: &str| json!({"new_password": pw});
 
@@ -548,8 +517,6 @@ async fn an_admin_resets_a_forgotten_password() {
         .err(401, None);
         api.login("june", "a new password", "web", "tab").await;
         api.get("/api/v1/me", &root.access).await.ok(200);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

@@ -10,8 +10,9 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, StoreFile, start_with};
+use common::{StoreFile, with_config};
 use serde_json::json;
+use vela_config::Config;
 
 const PW: &str = "correct horse battery";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -33,10 +34,8 @@ fn admin_cli(file: &StoreFile, args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_rights_come_from_the_store_and_count_at_once() {
-    tokio::time::timeout(LIMIT, async {
-        let file = StoreFile::new("admins");
-        let s = start_with(file.config()).await;
-        let api = Api::new(&s);
+    let file = StoreFile::new("admins");
+    with_config(LIMIT, file.config(), async |_, api| {
         // Signing up as "root" or "admin" gives nothing.
         let root = api.user("root", "desktop").await;
         assert_eq!(root.body["account"]["roles"], json!(["user"]));
@@ -75,21 +74,17 @@ async fn admin_rights_come_from_the_store_and_count_at_once() {
         assert!(ok && !out.contains("root"), "{out}");
         let (ok, out) = admin_cli(&file, &["grant", "nobody"]);
         assert!(!ok && out.contains("no account named"), "{out}");
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_creates_accounts_while_sign_up_is_closed() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| {
-            c.auth.allow_registration = false;
-            c.limits.signups_per_hour_per_address = 1;
-        })
-        .await;
-        let api = Api::new(&s);
+    let config = |c: &mut Config| {
+        c.auth.allow_registration = false;
+        c.limits.signups_per_hour_per_address = 1;
+    };
+    with_config(LIMIT, config, async |s, api| {
         let body = |name: &str| json!({"username": name, "password": PW});
         api.post("/api/v1/accounts", None, body("ann"))
             .await
@@ -135,10 +130,8 @@ async fn an_admin_creates_accounts_while_sign_up_is_closed() {
         api.post("/api/v1/accounts", Some(&ann.access), body("cat"))
             .await
             .err(403, None);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[test]

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Peer, Ws, base, dev_token, start};
+use common::{Peer, Ws, base, dev_token, with_server};
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
 fn grant(room: &str, publish: bool) -> VideoGrant {
@@ -20,19 +20,18 @@ fn grant(room: &str, publish: bool) -> VideoGrant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_the_running_call_goes_on() {
-    tokio::time::timeout(Duration::from_secs(90), async {
-        let s = start().await;
+    with_server(Duration::from_secs(90), async |s, _| {
         let http = reqwest::Client::new();
-        let b = base(&s);
+        let b = base(s);
 
         // A running call: WHIP publisher, WHEP viewer.
-        let pub_token = dev_token(&s, "call", "camera").await;
+        let pub_token = dev_token(s, "call", "camera").await;
         let publisher = Peer::http(&format!("{b}/whip/call"), &pub_token, true)
             .await
             .unwrap();
         let viewer = Peer::http(
             &format!("{b}/whep/call",),
-            &dev_token(&s, "call", "viewer").await,
+            &dev_token(s, "call", "viewer").await,
             false,
         )
         .await
@@ -111,7 +110,7 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
         )
         .await;
         assert!(body.contains("expired"), "{body}");
-        let other_room = dev_token(&s, "elsewhere", "x").await;
+        let other_room = dev_token(s, "elsewhere", "x").await;
         check(
             post(Some(other_room), "application/sdp", offer_like.clone())
                 .await
@@ -120,7 +119,7 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
         )
         .await;
         // Wrong content type, malformed SDP, SDP without media, oversize body.
-        let t = dev_token(&s, "call", "someone").await;
+        let t = dev_token(s, "call", "someone").await;
         check(
             post(Some(t.clone()), "text/plain", offer_like.clone())
                 .await
@@ -175,7 +174,7 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
             .unwrap();
         assert_eq!(r.status(), 413);
         // A subscribe-only token cannot publish.
-        let viewer_only = state_token(&s, "call", "watcher", false);
+        let viewer_only = state_token(s, "call", "watcher", false);
         check(
             post(Some(viewer_only), "application/sdp", offer_like.clone())
                 .await
@@ -216,25 +215,25 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
         assert_eq!(r.status(), 405);
 
         // --- WebSocket ---
-        let mut ws = Ws::connect(&s).await;
+        let mut ws = Ws::connect(s).await;
         ws.send_text("{not json".into()).await;
         let e = ws.expect("error").await;
         assert_eq!(e["code"], 400);
         assert_eq!(ws.close_code().await, Some(1008));
         // Before a join, a refused message ends the socket (with its reason first).
-        let mut ws = Ws::connect(&s).await;
+        let mut ws = Ws::connect(s).await;
         ws.send(serde_json::json!({"type": "join", "token": "garbage"}))
             .await;
         let e = ws.expect("error").await;
         assert_eq!(e["code"], 401);
         assert_eq!(ws.close_code().await, Some(1008));
-        let mut ws = Ws::connect(&s).await;
+        let mut ws = Ws::connect(s).await;
         ws.send(serde_json::json!({"type": "ping"})).await;
         assert_eq!(ws.expect("error").await["code"], 400);
         // After a join, bad messages get errors and the session goes on.
-        let mut ws = Ws::connect(&s).await;
+        let mut ws = Ws::connect(s).await;
         ws.send(
-            serde_json::json!({"type": "join", "token": dev_token(&s, "call", "typist").await}),
+            serde_json::json!({"type": "join", "token": dev_token(s, "call", "typist").await}),
         )
         .await;
         ws.expect("joined").await;
@@ -327,10 +326,8 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
         assert_eq!(r.status(), 200);
         publisher.close().await;
         viewer.close().await;
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 #[allow(clippy::unwrap_used)]
@@ -352,11 +349,10 @@ fn state_token(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_can_wait_in_an_unknown_room_and_a_stranger_is_refused() {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        let s = start().await;
+    with_server(Duration::from_secs(30), async |s, _| {
         // Rooms are created on first join (as LiveKit does by default).
-        let mut ws = Ws::connect(&s).await;
-        ws.send(serde_json::json!({"type": "join", "token": dev_token(&s, "fresh", "a").await}))
+        let mut ws = Ws::connect(s).await;
+        ws.send(serde_json::json!({"type": "join", "token": dev_token(s, "fresh", "a").await}))
             .await;
         let j = ws.expect("joined").await;
         assert_eq!(j["room"], "fresh");
@@ -372,24 +368,22 @@ async fn a_join_can_wait_in_an_unknown_room_and_a_stranger_is_refused() {
                 Duration::from_secs(60),
             )
             .unwrap();
-        let mut ws2 = Ws::connect(&s).await;
+        let mut ws2 = Ws::connect(s).await;
         ws2.send(serde_json::json!({"type": "join", "token": no_join}))
             .await;
         assert_eq!(ws2.expect("error").await["code"], 403);
         // The dev token endpoint checks its input too.
         let r = reqwest::get(format!(
             "{}/api/dev-token?room=bad%20room&identity=x",
-            base(&s)
+            base(s)
         ))
         .await
         .unwrap();
         assert_eq!(r.status(), 400);
-        let r = reqwest::get(format!("{}/api/dev-token?identity=x", base(&s)))
+        let r = reqwest::get(format!("{}/api/dev-token?identity=x", base(s)))
             .await
             .unwrap();
         assert_eq!(r.status(), 400);
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }

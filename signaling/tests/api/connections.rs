@@ -11,9 +11,10 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Ws, start_with};
+use common::{Ws, with_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use vela_config::Config;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -32,8 +33,8 @@ async fn closed_after(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_and_slow_heads_are_closed() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.server.header_timeout_ms = 400).await;
+    let config = |c: &mut Config| c.server.header_timeout_ms = 400;
+    with_config(LIMIT, config, async |s, _| {
         // Nothing sent at all.
         let mut idle = TcpStream::connect(s.http_addr).await.unwrap();
         // Half a request head, then nothing.
@@ -60,22 +61,19 @@ async fn idle_connections_and_slow_heads_are_closed() {
                 "{what}: closed after {after:?}"
             );
         }
-        let m = common::scrape_metrics(&s).await;
+        let m = common::scrape_metrics(s).await;
         assert!(m.contains("vela_http_connections_timed_out_total 3"), "{m}");
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed_and_the_server_recovers() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| {
-            c.server.max_connections = 8;
-            c.server.header_timeout_ms = 1500;
-        })
-        .await;
+    let config = |c: &mut Config| {
+        c.server.max_connections = 8;
+        c.server.header_timeout_ms = 1500;
+    };
+    with_config(LIMIT, config, async |s, _| {
         let mut held = Vec::new();
         for _ in 0..8 {
             held.push(TcpStream::connect(s.http_addr).await.unwrap());
@@ -105,7 +103,7 @@ async fn connections_beyond_the_cap_are_closed_and_the_server_recovers() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let m = common::scrape_metrics(&s).await;
+        let m = common::scrape_metrics(s).await;
         let refused: u64 = m
             .lines()
             .find_map(|l| l.strip_prefix("vela_http_connections_refused_total "))
@@ -113,18 +111,16 @@ async fn connections_beyond_the_cap_are_closed_and_the_server_recovers() {
             .unwrap();
         assert!(refused >= 1, "{m}");
         drop(held);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_websockets_must_authenticate_in_time() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.server.auth_timeout_ms = 300).await;
+    let config = |c: &mut Config| c.server.auth_timeout_ms = 300;
+    with_config(LIMIT, config, async |s, _| {
         for path in ["/ws", "/api/v1/ws"] {
-            let mut ws = Ws::connect_path(&s, path).await;
+            let mut ws = Ws::connect_path(s, path).await;
             let start = Instant::now();
             let code = ws.close_code().await;
             assert_eq!(code, Some(1008), "{path}");
@@ -132,14 +128,12 @@ async fn both_websockets_must_authenticate_in_time() {
         }
         // Both take no message over limits.max_message_bytes before auth.
         for path in ["/ws", "/api/v1/ws"] {
-            let mut ws = Ws::connect_path(&s, path).await;
+            let mut ws = Ws::connect_path(s, path).await;
             ws.send_text("x".repeat(70_000)).await;
             assert_eq!(ws.close_code().await, Some(1009), "{path}");
         }
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

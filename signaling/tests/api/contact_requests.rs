@@ -7,18 +7,16 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, DeviceClient, start};
+use common::{DeviceClient, with_server};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_sent_declined_withdrawn_and_accepted() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(Duration::from_secs(60), async |s, api| {
         let vic = api.user("vic", "phone").await;
         let wes = api.user("wes", "web").await;
         let xan = api.user("xan", "desktop").await;
-        let mut wes_sock = DeviceClient::connect(&s, &wes.access, None).await;
+        let mut wes_sock = DeviceClient::connect(s, &wes.access, None).await;
         let send = |from: &str, body: serde_json::Value| {
             let api = api.clone();
             let from = from.to_owned();
@@ -165,8 +163,6 @@ async fn requests_are_sent_declined_withdrawn_and_accepted() {
         api.call("GET", "/api/v1/mutual-contacts", None, None)
             .await
             .err(401, None);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, DeviceClient, start};
+use common::{DeviceClient, with_server};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -25,9 +25,7 @@ fn ann() -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_read_update_delete_and_validation() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |_, api| {
         let me = api.user("mia", "phone").await;
         let other = api.user("ned", "web").await;
         let t = &me.access;
@@ -179,17 +177,13 @@ async fn create_read_update_delete_and_validation() {
         api.get(&path, t).await.err(404, None);
         api.put(&path, t, edit).await.err(404, None);
         api.delete(&path, t).await.err(404, None);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_since_a_revision_include_tombstones() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |_, api| {
         let me = api.user("olga", "desktop").await;
         let t = &me.access;
         let mut ids = Vec::new();
@@ -294,23 +288,19 @@ async fn changes_since_a_revision_include_tombstones() {
             ),
             (Some(0), 0)
         );
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_edits_are_pushed_and_concurrent_edits_lose_nothing() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let phone = api.user("quinn", "phone").await;
         let desk = api.login("quinn", "correct horse battery", "desktop", "PC").await;
         let stranger = api.user("rose", "web").await;
-        let mut phone_sock = DeviceClient::connect(&s, &phone.access, None).await;
-        let mut desk_sock = DeviceClient::connect(&s, &desk.access, None).await;
-        let mut stranger_sock = DeviceClient::connect(&s, &stranger.access, None).await;
+        let mut phone_sock = DeviceClient::connect(s, &phone.access, None).await;
+        let mut desk_sock = DeviceClient::connect(s, &desk.access, None).await;
+        let mut stranger_sock = DeviceClient::connect(s, &stranger.access, None).await;
         assert_eq!(desk_sock.ready["contacts_revision"], 0);
 
         // An edit on the phone reaches the desktop (and the phone itself).
@@ -372,8 +362,6 @@ async fn two_devices_edits_are_pushed_and_concurrent_edits_lose_nothing() {
             !seen.iter().any(|s| matches!(s, common::Seen::Msg(m) if m["type"].as_str().is_some_and(|t| t.starts_with("contact")))),
             "{seen:?}"
         );
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

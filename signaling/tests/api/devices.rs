@@ -8,16 +8,15 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, DeviceClient, StoreFile, Ws, start, start_with};
+use common::{Api, DeviceClient, StoreFile, Ws, start_with, with_config, with_server};
 use serde_json::json;
+use vela_config::Config;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_rename_and_revoke_devices() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let phone = api.user("jane", "phone").await;
         let desk = api
             .login("jane", "correct horse battery", "desktop", "Work PC")
@@ -27,11 +26,11 @@ async fn list_rename_and_revoke_devices() {
             .await;
         let other = api.user("kim", "web").await;
 
-        let mut desk_sock = DeviceClient::connect(&s, &desk.access, None).await;
+        let mut desk_sock = DeviceClient::connect(s, &desk.access, None).await;
         assert_eq!(desk_sock.ready["device_id"], desk.device);
-        let _web_sock = DeviceClient::connect(&s, &web.access, None).await;
+        let _web_sock = DeviceClient::connect(s, &web.access, None).await;
         // The desktop is also in a room with its access token.
-        let mut desk_room = Ws::connect(&s).await;
+        let mut desk_room = Ws::connect(s).await;
         desk_room
             .send(json!({"type": "join", "token": desk.access, "room": "standup"}))
             .await;
@@ -101,7 +100,7 @@ async fn list_rename_and_revoke_devices() {
             .await
             .err(404, None);
         // A revoked device cannot open a socket either.
-        let mut ws = Ws::connect_path(&s, "/api/v1/ws").await;
+        let mut ws = Ws::connect_path(s, "/api/v1/ws").await;
         ws.send(json!({"type": "auth", "token": desk.access})).await;
         assert_eq!(ws.expect("error").await["code"], 401);
 
@@ -113,10 +112,8 @@ async fn list_rename_and_revoke_devices() {
             .map(|d| d["id"].as_i64().unwrap())
             .collect();
         assert_eq!(ids, vec![phone.device, web.device]);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,17 +174,15 @@ async fn a_device_whose_session_ran_out_is_signed_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_socket_checks_its_token_and_input() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let me = api.user("lena", "web").await;
         // A bad token: error, then close 4001.
-        let mut ws = Ws::connect_path(&s, "/api/v1/ws").await;
+        let mut ws = Ws::connect_path(s, "/api/v1/ws").await;
         ws.send(json!({"type": "auth", "token": "nope"})).await;
         assert_eq!(ws.expect("error").await["code"], 401);
         assert_eq!(ws.close_code().await, Some(4001));
         // Anything but auth first.
-        let mut ws = Ws::connect_path(&s, "/api/v1/ws").await;
+        let mut ws = Ws::connect_path(s, "/api/v1/ws").await;
         ws.send(json!({"type": "heartbeat"})).await;
         ws.expect("error").await;
         assert_eq!(ws.close_code().await, Some(4001));
@@ -221,25 +216,21 @@ async fn the_device_socket_checks_its_token_and_input() {
         ws.expect("error").await;
         ws.send(json!({"type": "ping"})).await;
         ws.expect("pong").await;
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_another_accounts_device_changes_nothing() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let bob = api.user("bob", "phone").await;
         let eve = api.user("eve", "web").await;
         let watcher = api.user("wes", "web").await;
         api.link(&bob, &watcher).await;
         let mut bob_sock =
-            DeviceClient::connect(&s, &bob.access, Some(Duration::from_secs(1))).await;
+            DeviceClient::connect(s, &bob.access, Some(Duration::from_secs(1))).await;
         let mut wes_sock =
-            DeviceClient::connect(&s, &watcher.access, Some(Duration::from_secs(1))).await;
+            DeviceClient::connect(s, &watcher.access, Some(Duration::from_secs(1))).await;
         let p = api
             .get(
                 &format!("/api/v1/presence/{}", bob.account),
@@ -292,17 +283,14 @@ async fn revoking_another_accounts_device_changes_nothing() {
             .await
             .ok(200);
         assert!(r["access_token"].is_string());
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_beyond_the_device_limit_signs_out_the_least_recently_active() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.limits.max_devices_per_account = 3).await;
-        let api = Api::new(&s);
+    let config = |c: &mut Config| c.limits.max_devices_per_account = 3;
+    with_config(LIMIT, config, async |s, api| {
         let first = api.user("dana", "phone").await;
         let second = api.login("dana", "correct horse battery", "web", "b").await;
         let third = api.login("dana", "correct horse battery", "web", "c").await;
@@ -317,7 +305,7 @@ async fn a_login_beyond_the_device_limit_signs_out_the_least_recently_active() {
             .await
             .ok(200),
         );
-        let mut second_sock = DeviceClient::connect(&s, &second.access, None).await;
+        let mut second_sock = DeviceClient::connect(s, &second.access, None).await;
         let fourth = api.login("dana", "correct horse battery", "web", "d").await;
         let revoked = second_sock.expect("session_revoked").await;
         assert_eq!(revoked["reason"], "device_limit");
@@ -331,8 +319,6 @@ async fn a_login_beyond_the_device_limit_signs_out_the_least_recently_active() {
             .collect();
         assert_eq!(ids, vec![first.device, third.device, fourth.device]);
         api.get("/api/v1/me", &second.access).await.err(401, None);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

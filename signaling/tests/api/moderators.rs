@@ -9,7 +9,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, Ws, start};
+use common::{Ws, with_server};
 use serde_json::{Value, json};
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
@@ -41,9 +41,7 @@ fn moderator(publish: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moderator_mints_no_more_than_its_own_token() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |_, api| {
         let m = moderator(false);
         let own_exp = keys().verify(&m).unwrap().exp;
         let mint = |body: Value| api.post("/api/v1/tokens", Some(&m), body);
@@ -90,10 +88,8 @@ async fn a_moderator_mints_no_more_than_its_own_token() {
         )
         .await
         .ok(200);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 async fn join(s: &vela_signaling::RunningServer, msg: Value) -> (Ws, Value) {
@@ -105,11 +101,9 @@ async fn join(s: &vela_signaling::RunningServer, msg: Value) -> (Ws, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taking_over_a_participant_needs_proof_of_being_it() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
-        let alice_token = common::dev_token(&s, "ops", "alice").await;
-        let (mut alice, joined) = join(&s, json!({"type": "join", "token": alice_token})).await;
+    with_server(LIMIT, async |s, api| {
+        let alice_token = common::dev_token(s, "ops", "alice").await;
+        let (mut alice, joined) = join(s, json!({"type": "join", "token": alice_token})).await;
         assert_eq!(joined["type"], "joined");
         let alice_id = joined["participant"]["id"].as_str().unwrap().to_owned();
         let resume = joined["resume_token"].as_str().unwrap().to_owned();
@@ -130,7 +124,7 @@ async fn taking_over_a_participant_needs_proof_of_being_it() {
             if !extra.is_null() {
                 msg["resume_token"] = extra;
             }
-            let (_, r) = join(&s, msg).await;
+            let (_, r) = join(s, msg).await;
             assert_eq!((r["type"].as_str(), r["code"].as_u64()), (Some("error"), Some(403)), "{r}");
         }
         // Alice noticed nothing.
@@ -141,29 +135,25 @@ async fn taking_over_a_participant_needs_proof_of_being_it() {
         // take-over is admitted (it completes when the new connection's
         // media connects).
         let (_, r) = join(
-            &s,
+            s,
             json!({"type": "join", "token": alice_token, "take_over": alice_id, "resume_token": resume}),
         )
         .await;
         assert_eq!(r["type"], "joined", "{r}");
         assert_eq!(r["participant"]["id"], alice_id.as_str());
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_takes_over_only_from_the_same_device_outside_calls() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let phone = api.user("ann", "phone").await;
         let desk = api
             .login("ann", "correct horse battery", "desktop", "d")
             .await;
         let (first, joined) = join(
-            &s,
+            s,
             json!({"type": "join", "token": phone.access, "room": "team"}),
         )
         .await;
@@ -171,22 +161,20 @@ async fn an_account_takes_over_only_from_the_same_device_outside_calls() {
         let id = joined["participant"]["id"].as_str().unwrap().to_owned();
         // Another device of the same account: not outside a call.
         let (_, r) = join(
-            &s,
+            s,
             json!({"type": "join", "token": desk.access, "room": "team", "take_over": id}),
         )
         .await;
         assert_eq!(r["code"], 403, "{r}");
         // The same device: yes.
         let (_, r) = join(
-            &s,
+            s,
             json!({"type": "join", "token": phone.access, "room": "team", "take_over": id}),
         )
         .await;
         assert_eq!(r["type"], "joined", "{r}");
         assert_eq!(r["participant"]["id"], id.as_str());
         drop(first);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

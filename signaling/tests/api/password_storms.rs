@@ -9,8 +9,9 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, start_with};
+use common::{Api, with_config};
 use serde_json::json;
+use vela_config::Config;
 
 const PW: &str = "correct horse battery";
 const LIMIT: Duration = Duration::from_secs(90);
@@ -47,16 +48,15 @@ fn count(statuses: &[u16], status: u16) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_guesses_get_at_most_the_limits_answers() {
-    tokio::time::timeout(LIMIT, async {
-        // A pool large enough that no guess is refused for want of it: the
-        // limit alone decides.
-        let s = start_with(|c| c.limits.password_hashes_at_once = 64).await;
-        let api = Api::new(&s);
+    // A pool large enough that no guess is refused for want of it: the
+    // limit alone decides.
+    let config = |c: &mut Config| c.limits.password_hashes_at_once = 64;
+    with_config(LIMIT, config, async |_, api| {
         api.register("victim", PW).await;
         let guesses = (0..60)
             .map(|i| login("victim", &format!("guess {i}")))
             .collect();
-        let (statuses, _) = storm(&api, "/api/v1/auth/login", guesses).await;
+        let (statuses, _) = storm(api, "/api/v1/auth/login", guesses).await;
         // 10 per account per minute: the guesses counted before hashing.
         assert_eq!(count(&statuses, 401), 10, "{statuses:?}");
         assert_eq!(count(&statuses, 429), 50, "{statuses:?}");
@@ -64,17 +64,14 @@ async fn concurrent_guesses_get_at_most_the_limits_answers() {
         api.post("/api/v1/auth/login", None, login("victim", PW))
             .await
             .err(429, None);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_right_password_gives_the_address_its_attempt_back() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.limits.login_attempts_per_minute_per_address = 3).await;
-        let api = Api::new(&s);
+    let config = |c: &mut Config| c.limits.login_attempts_per_minute_per_address = 3;
+    with_config(LIMIT, config, async |_, api| {
         api.register("amy", PW).await;
         // Many right logins from one address use none of its failures.
         for _ in 0..5 {
@@ -90,24 +87,20 @@ async fn a_right_password_gives_the_address_its_attempt_back() {
         api.post("/api/v1/auth/login", None, login("amy", PW))
             .await
             .err(429, None);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_beyond_the_hashing_pool_is_refused_with_retry_after() {
-    tokio::time::timeout(LIMIT, async {
-        // One hash at a time (and one waiting); limits that never trigger.
-        let s = start_with(|c| {
-            c.limits.password_hashes_at_once = 1;
-            c.limits.login_attempts_per_minute = 10_000;
-            c.limits.login_attempts_per_minute_per_address = 10_000;
-            c.limits.signups_per_hour_per_address = 10_000;
-        })
-        .await;
-        let api = Api::new(&s);
+    // One hash at a time (and one waiting); limits that never trigger.
+    let config = |c: &mut Config| {
+        c.limits.password_hashes_at_once = 1;
+        c.limits.login_attempts_per_minute = 10_000;
+        c.limits.login_attempts_per_minute_per_address = 10_000;
+        c.limits.signups_per_hour_per_address = 10_000;
+    };
+    with_config(LIMIT, config, async |_, api| {
         api.register("ann", PW).await;
         let ann = api.login("ann", PW, "web", "t").await;
 
@@ -115,7 +108,7 @@ async fn a_storm_beyond_the_hashing_pool_is_refused_with_retry_after() {
         let bodies = (0..40)
             .map(|i| login(&format!("ghost{i}"), "nope"))
             .collect();
-        let (statuses, retry_after) = storm(&api, "/api/v1/auth/login", bodies).await;
+        let (statuses, retry_after) = storm(api, "/api/v1/auth/login", bodies).await;
         let busy = count(&statuses, 503);
         assert_eq!(count(&statuses, 401) + busy, 40, "{statuses:?}");
         assert!(busy > 0, "nothing refused: {statuses:?}");
@@ -126,7 +119,7 @@ async fn a_storm_beyond_the_hashing_pool_is_refused_with_retry_after() {
         let bodies = (0..40)
             .map(|i| json!({"username": format!("new{i}"), "password": PW}))
             .collect();
-        let (statuses, _) = storm(&api, "/api/v1/accounts", bodies).await;
+        let (statuses, _) = storm(api, "/api/v1/accounts", bodies).await;
         assert!(count(&statuses, 503) > 0, "{statuses:?}");
         assert_eq!(count(&statuses, 201) + count(&statuses, 503), 40);
 
@@ -180,8 +173,6 @@ async fn a_storm_beyond_the_hashing_pool_is_refused_with_retry_after() {
             .await
             .ok(200);
         api.register("after", PW).await;
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

@@ -10,26 +10,19 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{SessionClient, start};
+use common::{SessionClient, with_server};
 use vela_media::core::{ConnectionId, RoomId, RtcCall};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_one_peer_closes_it_alone_and_is_counted() {
-    tokio::time::timeout(Duration::from_secs(90), async {
-        let s = start().await;
-        let mut a = SessionClient::join(&s, "pp1", "alice", true).await;
-        let mut b = SessionClient::join(&s, "pp1", "bob", true).await;
-        let mut c = SessionClient::join(&s, "pp1", "carol", true).await;
-        let d = Duration::from_millis(100);
-        for _ in 0..40 {
-            tokio::join!(a.pump(d), b.pump(d), c.pump(d));
-            if [&a, &b, &c]
-                .iter()
-                .all(|x| x.peer.video_frames() > 20 && x.peer.audio_frames() > 40)
-            {
-                break;
-            }
-        }
+    with_server(Duration::from_secs(90), async |s, _| {
+        let mut a = SessionClient::join(s, "pp1", "alice", true).await;
+        let mut b = SessionClient::join(s, "pp1", "bob", true).await;
+        let mut c = SessionClient::join(s, "pp1", "carol", true).await;
+        SessionClient::pump_until(&mut [&mut a, &mut b, &mut c], 40, |x| {
+            x.peer.video_frames() > 20 && x.peer.audio_frames() > 40
+        })
+        .await;
         for x in [&a, &b, &c] {
             assert!(
                 x.peer.video_frames() > 20 && x.peer.audio_frames() > 40,
@@ -68,7 +61,7 @@ async fn a_panic_in_one_peer_closes_it_alone_and_is_counted() {
             assert!(x.saw("track_unpublished", "participant_id", &c.id));
             assert!(!x.saw_type("left"), "{} stays", x.id);
         }
-        let metrics = common::scrape_metrics(&s).await;
+        let metrics = common::scrape_metrics(s).await;
         assert!(
             metrics.contains("\nvela_media_peers_panicked_total 1\n"),
             "{metrics}"
@@ -88,8 +81,6 @@ async fn a_panic_in_one_peer_closes_it_alone_and_is_counted() {
         assert!(a.peer.video_frames() > va + 10, "bob to alice flows");
         assert!(b.peer.video_frames() > vb + 10, "alice to bob flows");
         c.peer.close().await;
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }

@@ -7,8 +7,9 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, DeviceClient, Seen, Ws, presences_of, start_with};
+use common::{DeviceClient, Seen, Ws, presences_of, with_config};
 use serde_json::json;
+use vela_config::Config;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const TIMEOUT_MS: u64 = 400;
@@ -16,9 +17,8 @@ const BEAT: Option<Duration> = Some(Duration::from_millis(100));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_three_devices_aggregation_privacy_and_pushes() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.presence.heartbeat_timeout_ms = TIMEOUT_MS).await;
-        let api = Api::new(&s);
+    let config = |c: &mut Config| c.presence.heartbeat_timeout_ms = TIMEOUT_MS;
+    with_config(LIMIT, config, async |s, api| {
         let alice_phone = api.user("alice", "phone").await;
         let alice_desk = api
             .login("alice", "correct horse battery", "desktop", "Mac")
@@ -28,7 +28,7 @@ async fn two_users_three_devices_aggregation_privacy_and_pushes() {
         let alice = alice_phone.account;
         api.link(&alice_phone, &bob).await;
 
-        let mut bob_sock = DeviceClient::connect(&s, &bob.access, BEAT).await;
+        let mut bob_sock = DeviceClient::connect(s, &bob.access, BEAT).await;
         let contacts = bob_sock.ready["contacts"].as_array().unwrap().clone();
         assert_eq!(contacts.len(), 1);
         assert_eq!(contacts[0]["username"], "alice");
@@ -37,15 +37,15 @@ async fn two_users_three_devices_aggregation_privacy_and_pushes() {
             contacts[0]["presence"]["last_seen"],
             serde_json::Value::Null
         );
-        let mut carol_sock = DeviceClient::connect(&s, &carol.access, BEAT).await;
+        let mut carol_sock = DeviceClient::connect(s, &carol.access, BEAT).await;
         assert_eq!(carol_sock.ready["contacts"], json!([]));
 
         // First device: online, pushed to bob.
-        let mut phone = DeviceClient::connect(&s, &alice_phone.access, BEAT).await;
+        let mut phone = DeviceClient::connect(s, &alice_phone.access, BEAT).await;
         assert_eq!(phone.ready["presence"]["status"], "online");
         bob_sock.expect_presence(alice, "online").await;
         // Second device: still online, nothing new.
-        let desk = DeviceClient::connect(&s, &alice_desk.access, BEAT).await;
+        let desk = DeviceClient::connect(s, &alice_desk.access, BEAT).await;
         // The desktop sets do-not-disturb and a text: dnd beats online.
         desk.send(json!({"type": "set_presence", "status": "dnd", "text": "focus time"}));
         let p = bob_sock.expect_presence(alice, "dnd").await;
@@ -56,7 +56,7 @@ async fn two_users_three_devices_aggregation_privacy_and_pushes() {
         // The phone goes away: dnd still wins, no push.
         phone.send(json!({"type": "set_presence", "status": "away"}));
         // The desktop joins a room with its access token: in_call beats dnd.
-        let mut room = Ws::connect(&s).await;
+        let mut room = Ws::connect(s).await;
         room.send(json!({"type": "join", "token": alice_desk.access, "room": "daily"}))
             .await;
         let joined = room.expect("joined").await;
@@ -162,19 +162,16 @@ async fn two_users_three_devices_aggregation_privacy_and_pushes() {
         assert_eq!(added["contact"]["presence"]["status"], "dnd");
         desk.send(json!({"type": "set_presence", "status": "online"}));
         carol_sock.expect_presence(alice, "online").await;
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_timeout_not_blips_turns_a_device_offline() {
     // Longer than above, so that reconnecting after a 150 ms blip fits in easily.
     const TIMEOUT_MS: u64 = 600;
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.presence.heartbeat_timeout_ms = TIMEOUT_MS).await;
-        let api = Api::new(&s);
+    let config = |c: &mut Config| c.presence.heartbeat_timeout_ms = TIMEOUT_MS;
+    with_config(LIMIT, config, async |s, api| {
         let alice_phone = api.user("alice", "phone").await;
         let alice_desk = api
             .login("alice", "correct horse battery", "desktop", "Mac")
@@ -182,15 +179,15 @@ async fn heartbeat_timeout_not_blips_turns_a_device_offline() {
         let bob = api.user("bob", "web").await;
         let alice = alice_phone.account;
         api.link(&alice_phone, &bob).await;
-        let mut bob_sock = DeviceClient::connect(&s, &bob.access, BEAT).await;
+        let mut bob_sock = DeviceClient::connect(s, &bob.access, BEAT).await;
 
-        let phone = DeviceClient::connect(&s, &alice_phone.access, BEAT).await;
+        let phone = DeviceClient::connect(s, &alice_phone.access, BEAT).await;
         bob_sock.expect_presence(alice, "online").await;
 
         // A blip: the connection drops and comes back within the timeout.
         phone.drop_connection();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let phone = DeviceClient::connect(&s, &alice_phone.access, BEAT).await;
+        let phone = DeviceClient::connect(s, &alice_phone.access, BEAT).await;
         let seen = bob_sock
             .collect(Duration::from_millis(3 * TIMEOUT_MS))
             .await;
@@ -224,7 +221,7 @@ async fn heartbeat_timeout_not_blips_turns_a_device_offline() {
         );
 
         // A socket that stays open but falls silent goes offline too...
-        let desk = DeviceClient::connect(&s, &alice_desk.access, None).await;
+        let desk = DeviceClient::connect(s, &alice_desk.access, None).await;
         bob_sock.expect_presence(alice, "online").await;
         let silent = Instant::now();
         bob_sock.expect_presence(alice, "offline").await;
@@ -235,7 +232,7 @@ async fn heartbeat_timeout_not_blips_turns_a_device_offline() {
 
         // Two devices: when the dnd phone is lost, the account falls back to
         // the desktop's status after the timeout.
-        let phone = DeviceClient::connect(&s, &alice_phone.access, BEAT).await;
+        let phone = DeviceClient::connect(s, &alice_phone.access, BEAT).await;
         phone.send(json!({"type": "set_presence", "status": "dnd"}));
         bob_sock.expect_presence(alice, "dnd").await;
         phone.drop_connection();
@@ -249,8 +246,6 @@ async fn heartbeat_timeout_not_blips_turns_a_device_offline() {
         assert!(out.elapsed() < Duration::from_millis(TIMEOUT_MS));
         let seen = bob_sock.collect(Duration::from_millis(100)).await;
         assert!(!seen.iter().any(|s| matches!(s, Seen::Closed(_))));
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

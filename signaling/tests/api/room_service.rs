@@ -9,7 +9,7 @@ use crate::common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{Api, SessionClient, start};
+use common::{SessionClient, with_server};
 use serde_json::{Value, json};
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
@@ -37,9 +37,7 @@ async fn pump(a: &mut SessionClient, b: &mut SessionClient, d: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_needs_its_grant() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |_, api| {
         // What each operation needs, on room "ops".
         let ops: [(&str, &str, Option<Value>); 11] = [
             ("POST", "/api/v1/rooms", Some(json!({"name": "ops"}))),
@@ -134,17 +132,13 @@ async fn every_operation_needs_its_grant() {
         api.get("/api/v1/rooms/ops/participants", &create)
             .await
             .err(403, None);
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_participants_moderation_data_and_tokens() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let svc = token(
             "svc",
             VideoGrant {
@@ -213,12 +207,12 @@ async fn rooms_participants_moderation_data_and_tokens() {
             .await
             .err(400, Some("ttl_secs"));
         let token_of = |v: &Value| v["token"].as_str().unwrap().to_owned();
-        let mut a = SessionClient::join_with(&s, &token_of(&ta), true).await.unwrap();
-        let mut b = SessionClient::join_with(&s, &token_of(&tb), true).await.unwrap();
+        let mut a = SessionClient::join_with(s, &token_of(&ta), true).await.unwrap();
+        let mut b = SessionClient::join_with(s, &token_of(&tb), true).await.unwrap();
         assert_eq!(a.joined["participant"]["name"], "ALICE");
         assert_eq!(a.joined["can_admin"], false);
         // The room's limit (2) refuses a third.
-        let refused = SessionClient::join_with(&s, &token_of(&tc), false).await.err().unwrap();
+        let refused = SessionClient::join_with(s, &token_of(&tc), false).await.err().unwrap();
         assert_eq!(refused["code"], 409, "{refused}");
         for _ in 0..50 {
             pump(&mut a, &mut b, Duration::from_millis(100)).await;
@@ -355,18 +349,14 @@ async fn rooms_participants_moderation_data_and_tokens() {
         api.get("/api/v1/rooms/ops/participants", &admin).await.err(404, None);
         a.peer.close().await;
         b.peer.close().await;
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_account_moderates_any_room_and_readyz_answers() {
-    tokio::time::timeout(LIMIT, async {
-        let s = common::start_with(|_| {}).await;
-        let api = Api::new(&s);
-        let root = api.admin(&s, "root", "web").await;
+    with_server(LIMIT, async |s, api| {
+        let root = api.admin(s, "root", "web").await;
         api.post(
             "/api/v1/rooms",
             Some(&root.access),
@@ -384,8 +374,6 @@ async fn an_admin_account_moderates_any_room_and_readyz_answers() {
             .await
             .unwrap();
         assert_eq!(ready.status(), 200);
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }

@@ -8,16 +8,14 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, Peer, Ws, base, dev_token, start};
+use common::{Peer, Ws, base, dev_token, with_server};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_joins_with_access_tokens() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let phone = api.user("sam", "phone").await;
         api.call(
             "PATCH",
@@ -32,14 +30,14 @@ async fn websocket_joins_with_access_tokens() {
             .await;
 
         // Without a room: refused, naming the field.
-        let mut ws = Ws::connect(&s).await;
+        let mut ws = Ws::connect(s).await;
         ws.send(json!({"type": "join", "token": phone.access}))
             .await;
         let e = ws.expect("error").await;
         assert_eq!(e["code"], 400);
         assert!(e["message"].as_str().unwrap().starts_with("room:"));
 
-        let mut a = Ws::connect(&s).await;
+        let mut a = Ws::connect(s).await;
         a.send(json!({"type": "join", "token": phone.access, "room": "team"}))
             .await;
         let joined = a.expect("joined").await;
@@ -49,7 +47,7 @@ async fn websocket_joins_with_access_tokens() {
         assert_eq!(me["identity"], format!("sam/{}", phone.device));
         assert_eq!(me["name"], "Sam S.");
         // The second device of the same account is a second participant.
-        let mut b = Ws::connect(&s).await;
+        let mut b = Ws::connect(s).await;
         b.send(json!({"type": "join", "token": desk.access, "room": "team", "name": "Sam (desk)"}))
             .await;
         let joined_b = b.expect("joined").await;
@@ -62,13 +60,13 @@ async fn websocket_joins_with_access_tokens() {
         assert_eq!(seen["participant"]["device"], desk.device.to_string());
 
         // Room tokens still work, and carry no account.
-        let t = dev_token(&s, "team", "guest").await;
-        let mut g = Ws::connect(&s).await;
+        let t = dev_token(s, "team", "guest").await;
+        let mut g = Ws::connect(s).await;
         g.send(json!({"type": "join", "token": t})).await;
         let joined_g = g.expect("joined").await;
         assert!(joined_g["participant"].get("account").is_none());
         // A room token for another room than the message names: 403.
-        let mut g2 = Ws::connect(&s).await;
+        let mut g2 = Ws::connect(s).await;
         g2.send(json!({"type": "join", "token": t, "room": "elsewhere"}))
             .await;
         assert_eq!(g2.expect("error").await["code"], 403);
@@ -77,30 +75,26 @@ async fn websocket_joins_with_access_tokens() {
             .await
             .ok(204);
         assert_eq!(b.expect("left").await["reason"], "removed");
-        let mut r = Ws::connect(&s).await;
+        let mut r = Ws::connect(s).await;
         r.send(json!({"type": "join", "token": desk.access, "room": "team"}))
             .await;
         assert_eq!(r.expect("error").await["code"], 401);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_and_whep_accept_access_tokens() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start().await;
-        let api = Api::new(&s);
+    with_server(LIMIT, async |s, api| {
         let phone = api.user("tess", "phone").await;
         let desk = api
             .login("tess", "correct horse battery", "desktop", "PC")
             .await;
         let other = api.user("uma", "web").await;
-        let whip = format!("{}/whip/stage", base(&s));
+        let whip = format!("{}/whip/stage", base(s));
         let publisher = Peer::http(&whip, &phone.access, true).await.unwrap();
         let location = publisher.location.clone().unwrap();
-        let viewer = Peer::http(&format!("{}/whep/stage", base(&s)), &other.access, false)
+        let viewer = Peer::http(&format!("{}/whep/stage", base(s)), &other.access, false)
             .await
             .unwrap();
         assert!(
@@ -137,8 +131,6 @@ async fn whip_and_whep_accept_access_tokens() {
         assert_eq!(e.0, 401);
         publisher.close().await;
         viewer.close().await;
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

@@ -8,7 +8,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{StoreFile, start_with};
+use common::{StoreFile, start_with, with_config};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -44,18 +44,15 @@ async fn the_development_key_listens_on_loopback_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
-    tokio::time::timeout(LIMIT, async {
-        let file = StoreFile::new("private");
-        let s = start_with(file.config()).await;
+    let file = StoreFile::new("private");
+    with_config(LIMIT, file.config(), async |s, _| {
         // Something written, so the WAL exists too.
-        common::Api::new(&s).user("pat", "web").await;
+        common::Api::new(s).user("pat", "web").await;
         for suffix in ["", "-wal", "-shm"] {
             let path = format!("{}{suffix}", file.path);
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{path}: {mode:o}");
         }
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

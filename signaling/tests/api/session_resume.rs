@@ -9,26 +9,19 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{SessionClient, Ws, start_with};
+use common::{SessionClient, Ws, with_config};
 use serde_json::json;
+use vela_config::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_socket_resumes_or_leaves_after_the_reconnect_timeout() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let s = start_with(|c| c.media.reconnect_timeout_ms = 3000).await;
-        let mut a = SessionClient::join(&s, "resume", "alice", true).await;
-        let mut b = SessionClient::join(&s, "resume", "bob", true).await;
+    let config = |c: &mut Config| c.media.reconnect_timeout_ms = 3000;
+    with_config(Duration::from_secs(60), config, async |s, _| {
+        let mut a = SessionClient::join(s, "resume", "alice", true).await;
+        let mut b = SessionClient::join(s, "resume", "bob", true).await;
         let token = a.joined["resume_token"].as_str().unwrap().to_owned();
         assert!(token.len() >= 20, "joined carries a resume token");
-        for _ in 0..40 {
-            tokio::join!(
-                a.pump(Duration::from_millis(100)),
-                b.pump(Duration::from_millis(100))
-            );
-            if a.peer.video_frames() > 20 && b.peer.video_frames() > 20 {
-                break;
-            }
-        }
+        SessionClient::pump_until(&mut [&mut a, &mut b], 40, |x| x.peer.video_frames() > 20).await;
         assert!(a.peer.video_frames() > 20 && b.peer.video_frames() > 20);
 
         // track_settings: bob turns alice's video off and on; a bad id is refused.
@@ -55,13 +48,13 @@ async fn a_dropped_socket_resumes_or_leaves_after_the_reconnect_timeout() {
 
         // Alice's socket drops (no close frame); a new one resumes.
         let frames = a.peer.video_frames();
-        drop(std::mem::replace(&mut a.ws, Ws::connect(&s).await));
+        drop(std::mem::replace(&mut a.ws, Ws::connect(s).await));
         tokio::join!(
             a.peer.wait(Duration::from_millis(700), |_| false),
             b.pump(Duration::from_millis(700))
         );
         // A wrong token is refused.
-        let mut wrong = Ws::connect(&s).await;
+        let mut wrong = Ws::connect(s).await;
         wrong
             .send(json!({"type": "resume", "participant_id": a.id, "resume_token": "x"}))
             .await;
@@ -83,7 +76,7 @@ async fn a_dropped_socket_resumes_or_leaves_after_the_reconnect_timeout() {
         a.ws.expect("pong").await;
 
         // Dropped again and not resumed: alice leaves after the timeout.
-        drop(std::mem::replace(&mut a.ws, Ws::connect(&s).await));
+        drop(std::mem::replace(&mut a.ws, Ws::connect(s).await));
         let dropped = Instant::now();
         let left = loop {
             b.pump(Duration::from_millis(200)).await;
@@ -106,8 +99,6 @@ async fn a_dropped_socket_resumes_or_leaves_after_the_reconnect_timeout() {
         a.ws.send(json!({"type": "resume", "participant_id": a.id, "resume_token": token}))
             .await;
         assert_eq!(a.ws.expect("error").await["code"], 404);
-        s.shutdown().await;
     })
-    .await
-    .expect("timed out");
+    .await;
 }

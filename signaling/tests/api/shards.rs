@@ -8,7 +8,8 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, SessionClient, start_with};
+use common::{Api, SessionClient, start_with, with_config};
+use vela_config::Config;
 use vela_media::core::{RoomId, id_shard};
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
@@ -22,8 +23,8 @@ fn candidate_ports(sdp: &str) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_on_two_shards_carry_media_side_by_side() {
-    tokio::time::timeout(Duration::from_secs(90), async {
-        let s = start_with(|c| c.media.shards = 2).await;
+    let config = |c: &mut Config| c.media.shards = 2;
+    with_config(Duration::from_secs(90), config, async |s, _| {
         assert_eq!(s.media.shards(), 2);
         // Rooms go to the least loaded shard: the second room to the shard
         // without one (a hash of the names would pair them half the time).
@@ -31,7 +32,7 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
         let mut clients = Vec::new();
         for (k, room) in rooms.iter().enumerate() {
             for who in ["alice", "bob"] {
-                let c = SessionClient::join(&s, room, who, true).await;
+                let c = SessionClient::join(s, room, who, true).await;
                 // Its id was numbered by its room's shard.
                 let id: u64 = c.id.trim_start_matches("PA").parse().unwrap();
                 assert_eq!(id_shard(id, 2), k, "{} in {room}", c.id);
@@ -84,7 +85,7 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
             room_list: true,
             ..VideoGrant::default()
         });
-        let api = Api::new(&s);
+        let api = Api::new(s);
         let listed = api.get("/api/v1/rooms", &lister).await.ok(200);
         let names: Vec<&str> = listed["rooms"]
             .as_array()
@@ -109,7 +110,7 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
         }
 
         // The metrics add the shards up.
-        let metrics = common::scrape_metrics(&s).await;
+        let metrics = common::scrape_metrics(s).await;
         assert!(metrics.contains("\nvela_rooms 2\n"), "{metrics}");
         assert!(metrics.contains("\nvela_participants 4\n"), "{metrics}");
 
@@ -134,10 +135,8 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
         let d = Duration::from_millis(500);
         tokio::join!(a.pump(d), b.pump(d));
         assert!(clients[0].peer.audio_frames() > before + 10);
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,10 +11,11 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Ws, start_with};
+use common::{Ws, with_config};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use vela_config::Config;
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -158,12 +159,11 @@ async fn a_data_flood_toward_a_participant_that_does_not_read_is_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_messages_over_the_rate_are_refused() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| {
-            c.limits.data_messages_per_second = 5;
-            c.limits.data_bytes_per_second = 40_000;
-        })
-        .await;
+    let config = |c: &mut Config| {
+        c.limits.data_messages_per_second = 5;
+        c.limits.data_bytes_per_second = 40_000;
+    };
+    with_config(LIMIT, config, async |s, _| {
         let addr = s.http_addr.to_string();
         let (mut a, _) = join_at(&addr, "a", "r").await;
         let (mut b, _) = join_at(&addr, "b", "r").await;
@@ -202,23 +202,20 @@ async fn data_messages_over_the_rate_are_refused() {
             }
         }
         assert_eq!(codes, vec![Value::from(429)]);
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detached_session_holds_a_bounded_backlog() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| {
-            c.limits.max_queued_messages = 32;
-            c.limits.data_messages_per_second = 0;
-            c.limits.data_bytes_per_second = 0;
-            // Long enough that only the bound can end the session in time.
-            c.media.reconnect_timeout_ms = 120_000;
-        })
-        .await;
+    let config = |c: &mut Config| {
+        c.limits.max_queued_messages = 32;
+        c.limits.data_messages_per_second = 0;
+        c.limits.data_bytes_per_second = 0;
+        // Long enough that only the bound can end the session in time.
+        c.media.reconnect_timeout_ms = 120_000;
+    };
+    with_config(LIMIT, config, async |s, _| {
         let addr = s.http_addr.to_string();
         let (gone, gone_id) = join_at(&addr, "gone", "r").await;
         let (mut watcher, _) = join_at(&addr, "watcher", "r").await;
@@ -231,21 +228,19 @@ async fn a_detached_session_holds_a_bounded_backlog() {
         }
         let reason = left_reason(&mut watcher, &gone_id, Duration::from_secs(10)).await;
         assert_eq!(reason.as_deref(), Some("too_slow"));
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sockets_refuse_messages_beyond_their_rate() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.limits.messages_per_second = 20).await;
+    let config = |c: &mut Config| c.limits.messages_per_second = 20;
+    with_config(LIMIT, config, async |s, _| {
         let addr = s.http_addr.to_string();
         let (mut room, _) = join_at(&addr, "a", "r").await;
-        let api = common::Api::new(&s);
+        let api = common::Api::new(s);
         let dev = api.user("dee", "web").await;
-        let mut device = Ws::connect_path(&s, "/api/v1/ws").await;
+        let mut device = Ws::connect_path(s, "/api/v1/ws").await;
         device
             .send(json!({"type": "auth", "token": dev.access}))
             .await;
@@ -272,8 +267,6 @@ async fn both_sockets_refuse_messages_beyond_their_rate() {
             // The burst of 20, and what a second's refill gave meanwhile.
             assert!((20..=40).contains(&pongs), "{ping}: {pongs} answered");
         }
-        s.shutdown().await;
     })
-    .await
-    .unwrap();
+    .await;
 }

@@ -149,15 +149,7 @@ async fn a_scripted_session_arrives_in_order_signed_and_after_retries() {
             .await;
         carol.expect("joined").await;
         carol.send(json!({"type": "leave"})).await;
-        for _ in 0..40 {
-            tokio::join!(
-                a.pump(Duration::from_millis(100)),
-                b.pump(Duration::from_millis(100))
-            );
-            if a.peer.video_frames() > 10 && b.peer.video_frames() > 10 {
-                break;
-            }
-        }
+        SessionClient::pump_until(&mut [&mut a, &mut b], 40, |x| x.peer.video_frames() > 10).await;
         // During the call: the counters move, the join times are recorded.
         let during = common::scrape_metrics(&s).await;
         for m in [

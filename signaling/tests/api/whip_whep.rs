@@ -7,21 +7,20 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Peer, base, dev_token, start};
+use common::{Peer, base, dev_token, with_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_publisher_reaches_whep_viewer_and_delete_ends_it() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let s = start().await;
-        let pub_token = dev_token(&s, "live", "camera").await;
-        let view_token = dev_token(&s, "live", "viewer").await;
-        let publisher = Peer::http(&format!("{}/whip/live", base(&s)), &pub_token, true)
+    with_server(Duration::from_secs(60), async |s, _| {
+        let pub_token = dev_token(s, "live", "camera").await;
+        let view_token = dev_token(s, "live", "viewer").await;
+        let publisher = Peer::http(&format!("{}/whip/live", base(s)), &pub_token, true)
             .await
             .expect("whip accepted");
         let location = publisher.location.clone().expect("Location header");
         assert!(location.starts_with("/whip/live/"), "{location}");
 
-        let viewer = Peer::http(&format!("{}/whep/live", base(&s)), &view_token, false)
+        let viewer = Peer::http(&format!("{}/whep/live", base(s)), &view_token, false)
             .await
             .expect("whep accepted");
         assert!(
@@ -51,7 +50,7 @@ async fn whip_publisher_reaches_whep_viewer_and_delete_ends_it() {
 
         // DELETE needs the session's own token.
         let client = reqwest::Client::new();
-        let url = format!("{}{}", base(&s), location);
+        let url = format!("{}{}", base(s), location);
         let r = client
             .delete(&url)
             .bearer_auth(&view_token)
@@ -88,19 +87,16 @@ async fn whip_publisher_reaches_whep_viewer_and_delete_ends_it() {
 
         publisher.close().await;
         viewer.close().await;
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_publisher_feeds_a_waiting_viewer() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let s = start().await;
+    with_server(Duration::from_secs(60), async |s, _| {
         let viewer = Peer::http(
-            &format!("{}/whep/late", base(&s)),
-            &dev_token(&s, "late", "viewer").await,
+            &format!("{}/whep/late", base(s)),
+            &dev_token(s, "late", "viewer").await,
             false,
         )
         .await
@@ -111,8 +107,8 @@ async fn a_later_publisher_feeds_a_waiting_viewer() {
                 .await
         );
         let publisher = Peer::http(
-            &format!("{}/whip/late", base(&s)),
-            &dev_token(&s, "late", "camera").await,
+            &format!("{}/whip/late", base(s)),
+            &dev_token(s, "late", "camera").await,
             true,
         )
         .await
@@ -125,8 +121,6 @@ async fn a_later_publisher_feeds_a_waiting_viewer() {
         );
         publisher.close().await;
         viewer.close().await;
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }

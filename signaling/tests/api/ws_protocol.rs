@@ -7,35 +7,25 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{SessionClient, Ws, dev_token, start};
+use common::{SessionClient, Ws, dev_token, start, with_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sessions_see_and_receive_each_other_then_one_leaves() {
-    tokio::time::timeout(Duration::from_secs(90), async {
-        let s = start().await;
-        let mut a = SessionClient::join(&s, "ws1", "alice", true).await;
+    with_server(Duration::from_secs(90), async |s, _| {
+        let mut a = SessionClient::join(s, "ws1", "alice", true).await;
         assert_eq!(a.joined["room"], "ws1");
         assert_eq!(a.joined["participants"].as_array().unwrap().len(), 0);
-        let mut b = SessionClient::join(&s, "ws1", "bob", true).await;
+        let mut b = SessionClient::join(s, "ws1", "bob", true).await;
         assert_eq!(b.joined["participants"][0]["identity"], "alice");
-        let mut c = SessionClient::join(&s, "ws1", "carol", true).await;
+        let mut c = SessionClient::join(s, "ws1", "carol", true).await;
         assert_eq!(c.joined["participants"].as_array().unwrap().len(), 2);
 
         // Answer the server's offers for a while; media starts flowing.
-        for _ in 0..40 {
-            tokio::join!(
-                a.pump(Duration::from_millis(100)),
-                b.pump(Duration::from_millis(100)),
-                c.pump(Duration::from_millis(100))
-            );
-            // Each receives two publishers: two audio and two video m-lines.
-            if [&a, &b, &c]
-                .iter()
-                .all(|x| x.peer.video_frames() > 40 && x.peer.audio_frames() > 80)
-            {
-                break;
-            }
-        }
+        // Each receives two publishers: two audio and two video m-lines.
+        SessionClient::pump_until(&mut [&mut a, &mut b, &mut c], 40, |x| {
+            x.peer.video_frames() > 40 && x.peer.audio_frames() > 80
+        })
+        .await;
         for x in [&a, &b, &c] {
             assert!(
                 x.peer.video_frames() > 40 && x.peer.audio_frames() > 80,
@@ -86,7 +76,7 @@ async fn three_sessions_see_and_receive_each_other_then_one_leaves() {
 
         let stats = s.media.stats().await.unwrap();
         assert_eq!(stats.participants, 2);
-        let metrics = common::scrape_metrics(&s).await;
+        let metrics = common::scrape_metrics(s).await;
         let value = |name: &str| -> u64 {
             metrics
                 .lines()
@@ -102,33 +92,28 @@ async fn three_sessions_see_and_receive_each_other_then_one_leaves() {
         a.peer.close().await;
         b.peer.close().await;
         c.peer.close().await;
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_identity_replaces_the_older_session() {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        let s = start().await;
-        let token = dev_token(&s, "dup", "alice").await;
-        let mut first = Ws::connect(&s).await;
+    with_server(Duration::from_secs(30), async |s, _| {
+        let token = dev_token(s, "dup", "alice").await;
+        let mut first = Ws::connect(s).await;
         first
             .send(serde_json::json!({"type": "join", "token": token}))
             .await;
         first.expect("joined").await;
-        let mut second = Ws::connect(&s).await;
+        let mut second = Ws::connect(s).await;
         second
             .send(serde_json::json!({"type": "join", "token": token}))
             .await;
         second.expect("joined").await;
         let left = first.expect("left").await;
         assert_eq!(left["reason"], "duplicate_identity");
-        s.shutdown().await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,17 +12,16 @@ use serde_json::json;
 
 #[tokio::test]
 async fn do_not_disturb_filters_everyone_but_the_whitelist() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
+    with_calls(10_000, async |s, api| {
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
         let cat = api.user("cat", "phone").await;
-        let ben_desk = another_device(&api, &ben, "desk").await;
+        let ben_desk = another_device(api, &ben, "desk").await;
         api.link(&ann, &ben).await; // Ann and Ben: mutual contacts.
-        let mut b = socket(&s, &ben).await;
-        let mut b2 = socket(&s, &ben_desk).await;
-        let mut a = socket(&s, &ann).await;
-        let mut c = socket(&s, &cat).await;
+        let mut b = socket(s, &ben).await;
+        let mut b2 = socket(s, &ben_desk).await;
+        let mut a = socket(s, &ann).await;
+        let mut c = socket(s, &cat).await;
 
         let v = api.get("/api/v1/calls/settings", &ben.access).await.ok(200);
         assert_eq!(v, json!({"dnd": false, "allow": "nobody"}));
@@ -43,18 +42,18 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
         .err(400, Some("allow"));
 
         // Nobody allowed: even a mutual contact is filtered.
-        let v = invite(&api, &ann, &[ben.account], true).await.ok(201);
+        let v = invite(api, &ann, &[ben.account], true).await.ok(201);
         let id = v["call"]["id"].as_i64().unwrap();
         assert_eq!(v["call"]["state"], "ended");
         assert_eq!(member_state(&v["call"], ben.account), "unavailable");
         assert_eq!(ended(&mut a, id).await, "unavailable");
         none_of(&mut b, "call_ringing", id, Duration::from_millis(200)).await;
-        let r = record(&api, &ben, id).await;
+        let r = record(api, &ben, id).await;
         assert_eq!(
             (r["outcome"].as_str(), r["unseen"].as_bool()),
             (Some("filtered"), Some(false))
         );
-        assert_eq!(record(&api, &ann, id).await["outcome"], "unavailable");
+        assert_eq!(record(api, &ann, id).await["outcome"], "unavailable");
 
         // Contacts: Ann (mutual) rings; Cat (a stranger) does not...
         api.put(
@@ -64,13 +63,13 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
         )
         .await
         .ok(200);
-        let id = call(&api, &ann, &[ben.account]).await;
+        let id = call(api, &ann, &[ben.account]).await;
         expect_call(&mut b, "call_ringing", id).await;
-        act(&api, &ann, id, "cancel").await.ok(200);
-        let v = invite(&api, &cat, &[ben.account], false).await.ok(201);
+        act(api, &ann, id, "cancel").await.ok(200);
+        let v = invite(api, &cat, &[ben.account], false).await.ok(201);
         let cid = v["call"]["id"].as_i64().unwrap();
         assert_eq!(ended(&mut c, cid).await, "unavailable");
-        assert_eq!(record(&api, &ben, cid).await["outcome"], "filtered");
+        assert_eq!(record(api, &ben, cid).await["outcome"], "filtered");
         // ... until Ben puts Cat in his address book (as a favorite).
         api.post(
             "/api/v1/contacts",
@@ -79,9 +78,9 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
         )
         .await
         .ok(201);
-        let cid = call(&api, &cat, &[ben.account]).await;
+        let cid = call(api, &cat, &[ben.account]).await;
         expect_call(&mut b, "call_ringing", cid).await;
-        act(&api, &cat, cid, "cancel").await.ok(200);
+        act(api, &cat, cid, "cancel").await.ok(200);
 
         // Favorites: Cat rings, Ann (a contact but no favorite) does not.
         api.put(
@@ -91,10 +90,10 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
         )
         .await
         .ok(200);
-        let cid = call(&api, &cat, &[ben.account]).await;
+        let cid = call(api, &cat, &[ben.account]).await;
         expect_call(&mut b, "call_ringing", cid).await;
-        act(&api, &cat, cid, "cancel").await.ok(200);
-        let v = invite(&api, &ann, &[ben.account], false).await.ok(201);
+        act(api, &cat, cid, "cancel").await.ok(200);
+        let v = invite(api, &ann, &[ben.account], false).await.ok(201);
         assert_eq!(member_state(&v["call"], ben.account), "unavailable");
 
         // Do-not-disturb off: everyone rings again.
@@ -105,10 +104,8 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
         )
         .await
         .ok(200);
-        let id = call(&api, &ann, &[ben.account]).await;
+        let id = call(api, &ann, &[ben.account]).await;
         expect_call(&mut b2, "call_ringing", id).await;
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }

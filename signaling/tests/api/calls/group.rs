@@ -15,27 +15,26 @@ use serde_json::json;
 
 #[tokio::test]
 async fn each_invitee_answers_on_their_own_and_leaving_ends_nothing_for_the_others() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
+    with_calls(10_000, async |s, api| {
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
         let cat = api.user("cat", "phone").await;
         let dan = api.user("dan", "phone").await;
-        let mut a = socket(&s, &ann).await;
-        let mut b = socket(&s, &ben).await;
-        let mut c = socket(&s, &cat).await;
-        let mut d = socket(&s, &dan).await;
-        let id = call(&api, &ann, &[ben.account, cat.account, dan.account]).await;
+        let mut a = socket(s, &ann).await;
+        let mut b = socket(s, &ben).await;
+        let mut c = socket(s, &cat).await;
+        let mut d = socket(s, &dan).await;
+        let id = call(api, &ann, &[ben.account, cat.account, dan.account]).await;
         for dev in [&mut b, &mut c, &mut d] {
             expect_call(dev, "call_ringing", id).await;
         }
-        act(&api, &dan, id, "decline").await.ok(200);
+        act(api, &dan, id, "decline").await.ok(200);
         let declined = expect_call(&mut a, "call_declined", id).await;
         assert_eq!(declined["account_id"], dan.account);
-        act(&api, &ben, id, "accept").await.ok(200);
-        act(&api, &cat, id, "accept").await.ok(200);
+        act(api, &ben, id, "accept").await.ok(200);
+        act(api, &cat, id, "accept").await.ok(200);
         // Ann hangs up: Ben and Cat go on.
-        act(&api, &ann, id, "leave").await.ok(200);
+        act(api, &ann, id, "leave").await.ok(200);
         assert_eq!(ended(&mut a, id).await, "answered");
         let v = api
             .get(&format!("/api/v1/calls/{id}"), &ben.access)
@@ -45,18 +44,16 @@ async fn each_invitee_answers_on_their_own_and_leaving_ends_nothing_for_the_othe
         assert_eq!(member_state(&v["call"], ann.account), "left");
         none_of(&mut b, "call_ended", id, Duration::from_millis(200)).await;
         // Ben hangs up: Cat is the last one; the call is over.
-        act(&api, &ben, id, "leave").await.ok(200);
+        act(api, &ben, id, "leave").await.ok(200);
         assert_eq!(ended(&mut c, id).await, "answered");
         assert_eq!(ended(&mut b, id).await, "answered");
-        assert_eq!(record(&api, &dan, id).await["outcome"], "declined");
-        let rc = record(&api, &cat, id).await;
+        assert_eq!(record(api, &dan, id).await["outcome"], "declined");
+        let rc = record(api, &cat, id).await;
         assert_eq!(rc["outcome"], "answered");
         assert_eq!(rc["participants"].as_array().unwrap().len(), 3);
-        assert_eq!(record(&api, &ann, id).await["outcome"], "answered");
-        s.shutdown().await;
+        assert_eq!(record(api, &ann, id).await["outcome"], "answered");
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 /// Joins the call room on the room WebSocket (signaling only).
@@ -71,18 +68,17 @@ async fn join_room(s: &vela_signaling::RunningServer, token: &str, room: &str) -
 
 #[tokio::test]
 async fn a_third_person_joins_the_same_room_without_anyone_reconnecting() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
+    with_calls(10_000, async |s, api| {
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
         let cat = api.user("cat", "phone").await;
-        let mut c = socket(&s, &cat).await;
-        let v = invite(&api, &ann, &[ben.account], false).await.ok(201);
+        let mut c = socket(s, &cat).await;
+        let v = invite(api, &ann, &[ben.account], false).await.ok(201);
         let id = v["call"]["id"].as_i64().unwrap();
         let room = v["room"].as_str().unwrap().to_owned();
-        let mut ann_room = join_room(&s, &ann.access, &room).await;
-        act(&api, &ben, id, "accept").await.ok(200);
-        let mut ben_room = join_room(&s, &ben.access, &room).await;
+        let mut ann_room = join_room(s, &ann.access, &room).await;
+        act(api, &ben, id, "accept").await.ok(200);
+        let mut ben_room = join_room(s, &ben.access, &room).await;
         ann_room.expect("participant_joined").await;
 
         // Ben adds Cat; only people in the call can.
@@ -106,14 +102,14 @@ async fn a_third_person_joins_the_same_room_without_anyone_reconnecting() {
         assert_eq!(r["caller"]["username"], "ben");
         assert_eq!(r["call"]["room"], room.as_str());
         // Cat is not in the call yet: the room is closed to her.
-        let mut early = Ws::connect(&s).await;
+        let mut early = Ws::connect(s).await;
         early
             .send(json!({"type": "join", "token": cat.access, "room": room}))
             .await;
         assert_eq!(early.expect("error").await["code"], 403);
-        let v = act(&api, &cat, id, "accept").await.ok(200);
+        let v = act(api, &cat, id, "accept").await.ok(200);
         assert_eq!(v["room"], room.as_str());
-        let _cat_room = join_room(&s, &cat.access, &room).await;
+        let _cat_room = join_room(s, &cat.access, &room).await;
         for ws in [&mut ann_room, &mut ben_room] {
             let j = ws.expect("participant_joined").await;
             assert_eq!(j["participant"]["account"], cat.account.to_string());
@@ -127,25 +123,17 @@ async fn a_third_person_joins_the_same_room_without_anyone_reconnecting() {
             assert_eq!(m["state"], "joined", "{m}");
             assert!(m["participant_id"].is_string(), "{m}");
         }
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn chat_reaches_every_device_of_everyone_in_the_call_in_order() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let ben_desk = another_device(&api, &ben, "desk").await;
+    with_calls(10_000, async |s, api| {
+        let (ann, ben, ben_desk, mut a, mut b1, mut b2) = ann_and_ben(s, api).await;
         let cat = api.user("cat", "phone").await;
-        let mut a = socket(&s, &ann).await;
-        let mut b1 = socket(&s, &ben).await;
-        let mut b2 = socket(&s, &ben_desk).await;
-        let id = call(&api, &ann, &[ben.account, cat.account]).await;
-        act(&api, &ben, id, "accept").await.ok(200);
+        let id = call(api, &ann, &[ben.account, cat.account]).await;
+        act(api, &ben, id, "accept").await.ok(200);
         let path = format!("/api/v1/calls/{id}/messages");
         // Cat, still ringing, cannot chat; empty text is refused.
         api.post(&path, Some(&cat.access), json!({"text": "hi"}))
@@ -178,8 +166,6 @@ async fn chat_reaches_every_device_of_everyone_in_the_call_in_order() {
             .ok(200);
         assert_eq!(v["messages"].as_array().unwrap().len(), 10);
         assert_eq!(v["messages"][1]["from"]["username"], "ben");
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }

@@ -13,23 +13,45 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use vela_signaling::RunningServer;
 
-use crate::common::{Api, DeviceClient, Login, Seen, SessionClient, start_with};
+use crate::common::{Api, DeviceClient, Login, Seen, SessionClient, with_config};
 
 pub const PW: &str = "correct horse battery";
 
 /// Every call test runs under this limit.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// A server whose invitees ring for `ring_ms`.
-pub async fn server(ring_ms: u64) -> (RunningServer, Api) {
-    let s = start_with(|c| c.calls.ring_timeout_ms = ring_ms).await;
-    let api = Api::new(&s);
-    (s, api)
+/// Runs `test` within [`LIMIT`] against a server whose invitees ring for
+/// `ring_ms`.
+pub async fn with_calls(ring_ms: u64, test: impl AsyncFnOnce(&RunningServer, &Api)) {
+    with_config(LIMIT, |c| c.calls.ring_timeout_ms = ring_ms, test).await;
 }
 
 /// Another device of an existing user.
 pub async fn another_device(api: &Api, user: &Login, label: &str) -> Login {
     api.login(&user.username, PW, "desktop", label).await
+}
+
+/// Signs up Ann (a phone) and Ben (a phone and a desk computer) and opens
+/// a socket on each device: the people of most call tests, as
+/// `(ann, ben, ben_desk, ann's phone, ben's phone, ben's desk)`.
+pub async fn ann_and_ben(
+    s: &RunningServer,
+    api: &Api,
+) -> (
+    Login,
+    Login,
+    Login,
+    DeviceClient,
+    DeviceClient,
+    DeviceClient,
+) {
+    let ann = api.user("ann", "phone").await;
+    let ben = api.user("ben", "phone").await;
+    let ben_desk = another_device(api, &ben, "desk").await;
+    let a = socket(s, &ann).await;
+    let b1 = socket(s, &ben).await;
+    let b2 = socket(s, &ben_desk).await;
+    (ann, ben, ben_desk, a, b1, b2)
 }
 
 /// A device socket with heartbeats.

@@ -11,23 +11,23 @@ use crate::common;
 use std::time::Duration;
 
 use calls::*;
-use common::{Api, start_with};
+use common::with_config;
 use serde_json::json;
+use vela_config::Config;
 
 #[tokio::test]
 async fn every_device_rings_and_the_first_accept_wins() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
+    with_calls(10_000, async |s, api| {
         let ann = api.user("ann", "phone").await;
-        let ann_tablet = another_device(&api, &ann, "tablet").await;
+        let ann_tablet = another_device(api, &ann, "tablet").await;
         let ben = api.user("ben", "phone").await;
-        let ben_desk = another_device(&api, &ben, "desk").await;
-        let mut a1 = socket(&s, &ann).await;
-        let mut a2 = socket(&s, &ann_tablet).await;
-        let mut b1 = socket(&s, &ben).await;
-        let mut b2 = socket(&s, &ben_desk).await;
+        let ben_desk = another_device(api, &ben, "desk").await;
+        let mut a1 = socket(s, &ann).await;
+        let mut a2 = socket(s, &ann_tablet).await;
+        let mut b1 = socket(s, &ben).await;
+        let mut b2 = socket(s, &ben_desk).await;
 
-        let v = invite(&api, &ann, &[ben.account], true).await.ok(201);
+        let v = invite(api, &ann, &[ben.account], true).await.ok(201);
         let id = v["call"]["id"].as_i64().unwrap();
         assert_eq!(v["room"], format!("call-{id}"));
         assert_eq!(v["call"]["state"], "ringing");
@@ -55,7 +55,7 @@ async fn every_device_rings_and_the_first_accept_wins() {
         assert_eq!(stop["reason"], "answered_elsewhere");
         assert_eq!(stop["device_id"], ben.device);
         // ... and is too late to answer.
-        act(&api, &ben_desk, id, "accept").await.err(409, None);
+        act(api, &ben_desk, id, "accept").await.err(409, None);
         let answered = expect_call(&mut a1, "call_answered", id).await;
         assert_eq!(answered["device_id"], ben.device);
         // Both sides see the call from any device.
@@ -71,110 +71,91 @@ async fn every_device_rings_and_the_first_accept_wins() {
         assert_eq!(active["calls"][0]["id"], id);
 
         tokio::time::sleep(Duration::from_millis(50)).await;
-        act(&api, &ben, id, "leave").await.ok(200);
+        act(api, &ben, id, "leave").await.ok(200);
         for d in [&mut a1, &mut a2] {
             assert_eq!(ended(d, id).await, "answered");
         }
         for d in [&mut b1, &mut b2] {
             assert_eq!(ended(d, id).await, "answered");
         }
-        let rb = record(&api, &ben, id).await;
+        let rb = record(api, &ben, id).await;
         assert_eq!(rb["outcome"], "answered");
         assert_eq!(rb["direction"], "incoming");
         assert_eq!(rb["device_id"], ben.device);
         assert_eq!(rb["video"], true);
         assert!(rb["duration_ms"].as_i64().unwrap() >= 50, "{rb}");
         assert_eq!(rb["participants"][0]["username"], "ann");
-        let ra = record(&api, &ann, id).await;
+        let ra = record(api, &ann, id).await;
         assert_eq!(ra["outcome"], "answered");
         assert_eq!(ra["direction"], "outgoing");
         assert_eq!(ra["device_id"], ann.device);
         // The same history on every device.
-        assert_eq!(history(&api, &ben_desk).await, history(&api, &ben).await);
-        s.shutdown().await;
+        assert_eq!(history(api, &ben_desk).await, history(api, &ben).await);
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn decline_ends_the_call_on_every_device_of_both_sides() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let ben_desk = another_device(&api, &ben, "desk").await;
-        let mut a = socket(&s, &ann).await;
-        let mut b1 = socket(&s, &ben).await;
-        let mut b2 = socket(&s, &ben_desk).await;
-        let id = call(&api, &ann, &[ben.account]).await;
+    with_calls(10_000, async |s, api| {
+        let (ann, ben, ben_desk, mut a, mut b1, mut b2) = ann_and_ben(s, api).await;
+        let id = call(api, &ann, &[ben.account]).await;
         expect_call(&mut b2, "call_ringing", id).await;
-        act(&api, &ben_desk, id, "decline").await.ok(200);
+        act(api, &ben_desk, id, "decline").await.ok(200);
         assert_eq!(ended(&mut a, id).await, "declined");
         assert_eq!(ended(&mut b1, id).await, "declined");
         assert_eq!(ended(&mut b2, id).await, "declined");
         // Nothing more to do with it.
-        act(&api, &ben, id, "accept").await.err(409, None);
-        act(&api, &ann, id, "cancel").await.err(409, None);
-        assert_eq!(record(&api, &ben, id).await["outcome"], "declined");
-        assert_eq!(record(&api, &ann, id).await["outcome"], "declined");
-        s.shutdown().await;
+        act(api, &ben, id, "accept").await.err(409, None);
+        act(api, &ann, id, "cancel").await.err(409, None);
+        assert_eq!(record(api, &ben, id).await["outcome"], "declined");
+        assert_eq!(record(api, &ann, id).await["outcome"], "declined");
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn the_caller_cancels_and_every_device_stops_ringing() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
+    with_calls(10_000, async |s, api| {
         let ann = api.user("ann", "phone").await;
-        let ann_desk = another_device(&api, &ann, "desk").await;
+        let ann_desk = another_device(api, &ann, "desk").await;
         let ben = api.user("ben", "phone").await;
-        let ben_desk = another_device(&api, &ben, "desk").await;
-        let mut a2 = socket(&s, &ann_desk).await;
-        let mut b1 = socket(&s, &ben).await;
-        let mut b2 = socket(&s, &ben_desk).await;
-        let id = call(&api, &ann, &[ben.account]).await;
+        let ben_desk = another_device(api, &ben, "desk").await;
+        let mut a2 = socket(s, &ann_desk).await;
+        let mut b1 = socket(s, &ben).await;
+        let mut b2 = socket(s, &ben_desk).await;
+        let id = call(api, &ann, &[ben.account]).await;
         expect_call(&mut b1, "call_ringing", id).await;
         // Only the caller cancels.
-        act(&api, &ben, id, "cancel").await.err(403, None);
-        act(&api, &ann, id, "cancel").await.ok(200);
+        act(api, &ben, id, "cancel").await.err(403, None);
+        act(api, &ann, id, "cancel").await.ok(200);
         assert_eq!(ended(&mut b1, id).await, "cancelled");
         assert_eq!(ended(&mut b2, id).await, "cancelled");
         assert_eq!(ended(&mut a2, id).await, "cancelled");
-        assert_eq!(record(&api, &ben, id).await["outcome"], "cancelled");
-        assert_eq!(record(&api, &ann, id).await["outcome"], "cancelled");
-        s.shutdown().await;
+        assert_eq!(record(api, &ben, id).await["outcome"], "cancelled");
+        assert_eq!(record(api, &ann, id).await["outcome"], "cancelled");
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn no_answer_in_time_is_a_missed_call_any_device_can_clear() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(400).await;
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let ben_desk = another_device(&api, &ben, "desk").await;
-        let mut a = socket(&s, &ann).await;
-        let mut b1 = socket(&s, &ben).await;
-        let mut b2 = socket(&s, &ben_desk).await;
-        let id = call(&api, &ann, &[ben.account]).await;
+    with_calls(400, async |s, api| {
+        let (ann, ben, ben_desk, mut a, mut b1, mut b2) = ann_and_ben(s, api).await;
+        let id = call(api, &ann, &[ben.account]).await;
         assert_eq!(ended(&mut a, id).await, "missed");
         assert_eq!(ended(&mut b1, id).await, "missed");
         assert_eq!(ended(&mut b2, id).await, "missed");
         let missed = b2.expect("missed_calls").await;
         assert_eq!(missed["count"], 1);
-        let r = record(&api, &ben, id).await;
+        let r = record(api, &ben, id).await;
         assert_eq!(
             (r["outcome"].as_str(), r["unseen"].as_bool()),
             (Some("missed"), Some(true))
         );
         assert_eq!(r["answered_at"], serde_json::Value::Null);
         assert_eq!(r["duration_ms"], 0);
-        assert_eq!(record(&api, &ann, id).await["outcome"], "missed");
+        assert_eq!(record(api, &ann, id).await["outcome"], "missed");
         let count = api
             .get("/api/v1/calls/missed-count", &ben_desk.access)
             .await
@@ -203,62 +184,56 @@ async fn no_answer_in_time_is_a_missed_call_any_device_can_clear() {
             .await
             .ok(200);
         assert_eq!(count["count"], 0);
-        assert_eq!(record(&api, &ben, id).await["unseen"], false);
-        s.shutdown().await;
+        assert_eq!(record(api, &ben, id).await["unseen"], false);
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn a_callee_already_in_a_call_is_busy() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
+    with_calls(10_000, async |s, api| {
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
         let cat = api.user("cat", "phone").await;
-        let mut b = socket(&s, &ben).await;
-        let mut c = socket(&s, &cat).await;
-        let first = call(&api, &ann, &[ben.account]).await;
-        act(&api, &ben, first, "accept").await.ok(200);
+        let mut b = socket(s, &ben).await;
+        let mut c = socket(s, &cat).await;
+        let first = call(api, &ann, &[ben.account]).await;
+        act(api, &ben, first, "accept").await.ok(200);
         // Cat calls Ben, who is in a call: busy, no ringing.
-        let v = invite(&api, &cat, &[ben.account], false).await.ok(201);
+        let v = invite(api, &cat, &[ben.account], false).await.ok(201);
         let id = v["call"]["id"].as_i64().unwrap();
         assert_eq!(v["call"]["state"], "ended");
         assert_eq!(member_state(&v["call"], ben.account), "busy");
         assert_eq!(ended(&mut c, id).await, "busy");
         assert_eq!(ended(&mut b, id).await, "busy");
         none_of(&mut b, "call_ringing", id, Duration::from_millis(200)).await;
-        let r = record(&api, &ben, id).await;
+        let r = record(api, &ben, id).await;
         assert_eq!(
             (r["outcome"].as_str(), r["unseen"].as_bool()),
             (Some("busy"), Some(true))
         );
-        assert_eq!(record(&api, &cat, id).await["outcome"], "busy");
+        assert_eq!(record(api, &cat, id).await["outcome"], "busy");
         // Ann, in a call, cannot place another.
-        invite(&api, &ann, &[cat.account], false)
+        invite(api, &ann, &[cat.account], false)
             .await
             .err(409, None);
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn a_callee_who_accepts_and_never_joins_the_room_leaves_the_call() {
-    tokio::time::timeout(LIMIT, async {
-        let s = start_with(|c| c.calls.join_timeout_ms = 1_000).await;
-        let api = Api::new(&s);
+    let config = |c: &mut Config| c.calls.join_timeout_ms = 1_000;
+    with_config(LIMIT, config, async |s, api| {
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
-        let mut a = socket(&s, &ann).await;
-        let mut b = socket(&s, &ben).await;
-        let id = call(&api, &ann, &[ben.account]).await;
-        let mut in_room = join_room(&s, &ann.access, &format!("call-{id}"), None, false)
+        let mut a = socket(s, &ann).await;
+        let mut b = socket(s, &ben).await;
+        let id = call(api, &ann, &[ben.account]).await;
+        let mut in_room = join_room(s, &ann.access, &format!("call-{id}"), None, false)
             .await
             .unwrap();
-        act(&api, &ben, id, "accept").await.ok(200);
+        act(api, &ben, id, "accept").await.ok(200);
         // Ben's client never joins the room: after calls.join_timeout_ms
         // Ben is out of the call, and so the 1:1 call ends for both.
         assert_eq!(ended(&mut b, id).await, "answered");
@@ -272,31 +247,27 @@ async fn a_callee_who_accepts_and_never_joins_the_room_leaves_the_call() {
         assert_eq!(v["call"]["state"], "ended");
         assert_eq!(member_state(&v["call"], ben.account), "left");
         // Ben is not left busy: a new call rings.
-        let v = invite(&api, &ann, &[ben.account], false).await.ok(201);
+        let v = invite(api, &ann, &[ben.account], false).await.ok(201);
         assert_eq!(member_state(&v["call"], ben.account), "ringing");
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn bad_invites_and_strangers() {
-    tokio::time::timeout(LIMIT, async {
-        let s = common::start_with(|c| {
-            c.calls.ring_timeout_ms = 10_000;
-        })
-        .await;
-        let api = Api::new(&s);
-        let root = api.admin(&s, "root", "desktop").await;
+    let config = |c: &mut Config| {
+        c.calls.ring_timeout_ms = 10_000;
+    };
+    with_config(LIMIT, config, async |s, api| {
+        let root = api.admin(s, "root", "desktop").await;
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
         let eve = api.user("eve", "phone").await;
-        invite(&api, &ann, &[999_999], false).await.err(404, None);
-        invite(&api, &ann, &[ann.account], false)
+        invite(api, &ann, &[999_999], false).await.err(404, None);
+        invite(api, &ann, &[ann.account], false)
             .await
             .err(400, Some("to"));
-        invite(&api, &ann, &[], false).await.err(400, Some("to"));
+        invite(api, &ann, &[], false).await.err(400, Some("to"));
         api.post("/api/v1/calls", Some(&ann.access), json!({"to": ["x"]}))
             .await
             .err(400, Some("to[0]"));
@@ -311,20 +282,20 @@ async fn bad_invites_and_strangers() {
         )
         .await
         .ok(200);
-        invite(&api, &ann, &[eve.account], false)
+        invite(api, &ann, &[eve.account], false)
             .await
             .err(404, None);
         // Someone else's call looks missing.
-        let id = call(&api, &ann, &[ben.account]).await;
+        let id = call(api, &ann, &[ben.account]).await;
         let carl = api.user("carl", "phone").await;
         for action in ["accept", "decline", "cancel", "leave"] {
-            act(&api, &carl, id, action).await.err(404, None);
+            act(api, &carl, id, action).await.err(404, None);
         }
         api.get(&format!("/api/v1/calls/{id}"), &carl.access)
             .await
             .err(404, None);
-        act(&api, &ann, 424_242, "accept").await.err(404, None);
-        act(&api, &ann, id, "leave").await.ok(200);
+        act(api, &ann, 424_242, "accept").await.err(404, None);
+        act(api, &ann, id, "leave").await.ok(200);
         api.get("/api/v1/calls/nope", &ann.access)
             .await
             .err(404, None);
@@ -334,22 +305,19 @@ async fn bad_invites_and_strangers() {
         api.get("/api/v1/calls/history?before=x", &ann.access)
             .await
             .err(400, Some("before"));
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn history_pages_newest_first() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
+    with_calls(10_000, async |_, api| {
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
         let mut ids = Vec::new();
         for _ in 0..5 {
-            let id = call(&api, &ann, &[ben.account]).await;
-            act(&api, &ann, id, "cancel").await.ok(200);
+            let id = call(api, &ann, &[ben.account]).await;
+            act(api, &ann, id, "cancel").await.ok(200);
             ids.push(id);
         }
         let mut seen = Vec::new();
@@ -366,8 +334,6 @@ async fn history_pages_newest_first() {
         }
         ids.reverse();
         assert_eq!(seen, ids);
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }

@@ -9,19 +9,13 @@ use calls::*;
 
 #[tokio::test]
 async fn two_devices_accepting_at_once_exactly_one_wins() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let ben_desk = another_device(&api, &ben, "desk").await;
-        let mut a = socket(&s, &ann).await;
-        let mut b1 = socket(&s, &ben).await;
-        let mut b2 = socket(&s, &ben_desk).await;
+    with_calls(10_000, async |s, api| {
+        let (ann, ben, ben_desk, mut a, mut b1, mut b2) = ann_and_ben(s, api).await;
         for _ in 0..10 {
-            let id = call(&api, &ann, &[ben.account]).await;
+            let id = call(api, &ann, &[ben.account]).await;
             let (r1, r2) = tokio::join!(
-                act(&api, &ben, id, "accept"),
-                act(&api, &ben_desk, id, "accept")
+                act(api, &ben, id, "accept"),
+                act(api, &ben_desk, id, "accept")
             );
             let winners: Vec<i64> = [(r1.status, ben.device), (r2.status, ben_desk.device)]
                 .into_iter()
@@ -50,29 +44,25 @@ async fn two_devices_accepting_at_once_exactly_one_wins() {
                 .unwrap()
                 .clone();
             assert_eq!(m["device_id"], winner);
-            act(&api, &ann, id, "leave").await.ok(200);
-            assert_eq!(record(&api, &ben, id).await["device_id"], winner);
+            act(api, &ann, id, "leave").await.ok(200);
+            assert_eq!(record(api, &ben, id).await["device_id"], winner);
         }
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }
 
 #[tokio::test]
 async fn a_cancel_racing_an_accept_ends_in_one_state_everywhere() {
-    tokio::time::timeout(LIMIT, async {
-        let (s, api) = server(10_000).await;
+    with_calls(10_000, async |s, api| {
         let ann = api.user("ann", "phone").await;
         let ben = api.user("ben", "phone").await;
-        let ben_desk = another_device(&api, &ben, "desk").await;
-        let mut a = socket(&s, &ann).await;
-        let mut b2 = socket(&s, &ben_desk).await;
+        let ben_desk = another_device(api, &ben, "desk").await;
+        let mut a = socket(s, &ann).await;
+        let mut b2 = socket(s, &ben_desk).await;
         let (mut accepted, mut cancelled) = (0, 0);
         for _ in 0..12 {
-            let id = call(&api, &ann, &[ben.account]).await;
-            let (c, acc) =
-                tokio::join!(act(&api, &ann, id, "cancel"), act(&api, &ben, id, "accept"));
+            let id = call(api, &ann, &[ben.account]).await;
+            let (c, acc) = tokio::join!(act(api, &ann, id, "cancel"), act(api, &ben, id, "accept"));
             assert!(
                 (c.status == 200) != (acc.status == 200),
                 "exactly one wins: cancel {} accept {}",
@@ -90,22 +80,20 @@ async fn a_cancel_racing_an_accept_ends_in_one_state_everywhere() {
                 expect_call(&mut a, "call_answered", id).await;
                 let stop = expect_call(&mut b2, "call_ringing_stopped", id).await;
                 assert_eq!(stop["reason"], "answered_elsewhere");
-                act(&api, &ann, id, "leave").await.ok(200);
+                act(api, &ann, id, "leave").await.ok(200);
                 assert_eq!(ended(&mut a, id).await, "answered");
                 assert_eq!(ended(&mut b2, id).await, "answered");
-                assert_eq!(record(&api, &ben, id).await["outcome"], "answered");
+                assert_eq!(record(api, &ben, id).await["outcome"], "answered");
             } else {
                 cancelled += 1;
                 assert_eq!(v["call"]["state"], "ended");
                 assert_eq!(ended(&mut a, id).await, "cancelled");
                 assert_eq!(ended(&mut b2, id).await, "cancelled");
-                assert_eq!(record(&api, &ben, id).await["outcome"], "cancelled");
-                assert_eq!(record(&api, &ann, id).await["outcome"], "cancelled");
+                assert_eq!(record(api, &ben, id).await["outcome"], "cancelled");
+                assert_eq!(record(api, &ann, id).await["outcome"], "cancelled");
             }
         }
         eprintln!("accept won {accepted} times, cancel {cancelled} times");
-        s.shutdown().await;
     })
-    .await
-    .expect("time limit");
+    .await;
 }

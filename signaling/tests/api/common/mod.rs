@@ -494,6 +494,25 @@ impl SessionClient {
         }
     }
 
+    /// Handles the signaling of `clients` together, 100 ms at a time, until
+    /// `done` holds for each (`rounds` times at most); says whether it did.
+    pub async fn pump_until(
+        clients: &mut [&mut SessionClient],
+        rounds: usize,
+        done: impl Fn(&SessionClient) -> bool,
+    ) -> bool {
+        for _ in 0..rounds {
+            let pumps = clients
+                .iter_mut()
+                .map(|c| c.pump(Duration::from_millis(100)));
+            futures_util::future::join_all(pumps).await;
+            if clients.iter().all(|c| done(c)) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Whether a message of type `ty` was seen.
     pub fn saw_type(&self, ty: &str) -> bool {
         self.seen.iter().any(|v| v["type"] == ty)
@@ -632,6 +651,28 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> RunningServer {
     let mut c = test_config();
     f(&mut c);
     vela_signaling::spawn(c).await.unwrap()
+}
+
+/// Runs `test` within `limit` against a server started with the test
+/// configuration, then shuts the server down.
+pub async fn with_server(limit: Duration, test: impl AsyncFnOnce(&RunningServer, &Api)) {
+    with_config(limit, |_| {}, test).await;
+}
+
+/// [`with_server`] with the test configuration changed by `config` first.
+pub async fn with_config(
+    limit: Duration,
+    config: impl FnOnce(&mut Config),
+    test: impl AsyncFnOnce(&RunningServer, &Api),
+) {
+    tokio::time::timeout(limit, async {
+        let s = start_with(config).await;
+        let api = Api::new(&s);
+        test(&s, &api).await;
+        s.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
 }
 
 /// An HTTP client for the account API of one server.
