@@ -16,6 +16,7 @@ mod contacts;
 mod devices;
 mod durability;
 mod moderators;
+mod openapi;
 mod password_storms;
 mod peer_panic;
 mod presence;
