@@ -364,6 +364,12 @@ async fn sign_out_expired_devices(state: AppState, mut shutdown: watch::Receiver
     }
 }
 
+// The device socket's route, documented with the HTTP API (whose router
+// does not import the device socket).
+api::documented_routes! {
+    "/api/v1/ws" => get(device_socket::upgrade);
+}
+
 fn router(state: AppState) -> Router {
     let limit = state.config.limits.max_message_bytes;
     Router::new()
@@ -372,9 +378,8 @@ fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(api::metrics::metrics))
         .route("/api/dev-token", get(dev_token))
-        .route("/api/openapi.json", get(api::openapi))
         .merge(api::routes())
-        .route("/api/v1/ws", get(device_socket::upgrade))
+        .merge(documented_router())
         .route("/ws", get(session::upgrade))
         .route("/whip/{room}", post(whip::whip))
         .route("/whep/{room}", post(whip::whep))
@@ -459,4 +464,42 @@ async fn dev_token(
         axum::Json(serde_json::json!({ "token": token })),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_every_operation() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("transports/http/openapi.json"))
+                .expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        // Both lists the routers are built from.
+        let operations: Vec<_> = api::OPERATIONS.iter().chain(OPERATIONS).collect();
+        for (method, path) in &operations {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "openapi.json lacks {method} {path}");
+            assert!(op["summary"].is_string(), "{method} {path} has no summary");
+            assert!(
+                op["responses"].is_object(),
+                "{method} {path} has no responses"
+            );
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .map(|p| {
+                p.as_object()
+                    .map_or(0, |m| m.keys().filter(|k| *k != "parameters").count())
+            })
+            .sum();
+        assert_eq!(
+            documented,
+            operations.len(),
+            "openapi.json documents operations the server lacks"
+        );
+    }
 }

@@ -14,8 +14,8 @@
 //! token still works.
 //!
 //! The table is checked against the OpenAPI document, which a unit test in
-//! `signaling/src/transports/http/mod.rs` checks against the server's list of
-//! operations: a new mutating operation fails
+//! `signaling/src/server.rs` checks against the lists the routers are built
+//! from: a new mutating operation fails
 //! `the_table_covers_every_mutating_operation` until it has a row here.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
