@@ -8,10 +8,10 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod browser;
+mod impaired;
 mod netns;
 mod quality;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use browser::{Harness, TestResult, poll};
@@ -24,33 +24,15 @@ const LOW: u64 = 320;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_capped_subscriber_gets_the_low_layer_and_returns_to_the_high_one() {
-    quality::require_root();
-    let link = netns::Link::new().expect("network namespace");
-    let config = browser::netns_config(&[IpAddr::V4(link.host_ip)]);
     // The estimate's ramp after the cap depends on CPU timing on this
     // 2-core machine: one retry on a fresh server and browsers.
-    browser::run_with_retries(
-        "browser_layers",
-        Duration::from_secs(60),
-        config,
-        2,
-        async |h| scenario(h, &link).await,
-    )
-    .await;
+    impaired::run("browser_layers", Duration::from_secs(60), 2, scenario).await;
 }
 
 async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
     // A retry starts from a clean link.
     link.cap(None)?;
-    let alice = h.open("alice", &format!("/?room={ROOM}")).await?;
-    let bob = h
-        .open_in_netns(
-            "bob",
-            &link.ns,
-            IpAddr::V4(link.host_ip),
-            &format!("/?room={ROOM}"),
-        )
-        .await?;
+    let (alice, bob) = impaired::open_pages(h, link, ROOM).await?;
     let a = join(&alice, ROOM, "alice").await?;
     let b = join(&bob, ROOM, "bob").await?;
     // Alice does not watch bob: bob's encoders pause, which spares the

@@ -8,10 +8,10 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod browser;
+mod impaired;
 mod netns;
 mod quality;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use browser::{Harness, TestResult};
@@ -21,25 +21,11 @@ const ROOM: &str = "loss";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn video_survives_five_percent_loss_and_nacks_are_answered() {
-    quality::require_root();
-    let link = netns::Link::new().expect("network namespace");
-    let config = browser::netns_config(&[IpAddr::V4(link.host_ip)]);
-    browser::run_with("browser_loss", Duration::from_secs(40), config, async |h| {
-        scenario(h, &link).await
-    })
-    .await;
+    impaired::run("browser_loss", Duration::from_secs(40), 1, scenario).await;
 }
 
 async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
-    let alice = h.open("alice", &format!("/?room={ROOM}")).await?;
-    let bob = h
-        .open_in_netns(
-            "bob",
-            &link.ns,
-            IpAddr::V4(link.host_ip),
-            &format!("/?room={ROOM}"),
-        )
-        .await?;
+    let (alice, bob) = impaired::open_pages(h, link, ROOM).await?;
     let a = join(&alice, ROOM, "alice").await?;
     let b = join(&bob, ROOM, "bob").await?;
     frames_grow(&bob, &a, 10, Duration::from_secs(15)).await?;

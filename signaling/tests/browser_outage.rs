@@ -9,10 +9,10 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod browser;
+mod impaired;
 mod netns;
 mod quality;
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use browser::{Harness, TestResult, poll, run_js};
@@ -22,28 +22,11 @@ const ROOM: &str = "outage";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_second_outage_heals_without_anyone_leaving() {
-    quality::require_root();
-    let link = netns::Link::new().expect("network namespace");
-    let config = browser::netns_config(&[IpAddr::V4(link.host_ip)]);
-    browser::run_with(
-        "browser_outage",
-        Duration::from_secs(40),
-        config,
-        async |h| scenario(h, &link).await,
-    )
-    .await;
+    impaired::run("browser_outage", Duration::from_secs(40), 1, scenario).await;
 }
 
 async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
-    let alice = h.open("alice", &format!("/?room={ROOM}")).await?;
-    let bob = h
-        .open_in_netns(
-            "bob",
-            &link.ns,
-            IpAddr::V4(link.host_ip),
-            &format!("/?room={ROOM}"),
-        )
-        .await?;
+    let (alice, bob) = impaired::open_pages(h, link, ROOM).await?;
     let a = join(&alice, ROOM, "alice").await?;
     record_messages(&alice).await?;
     let b = join(&bob, ROOM, "bob").await?;

@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fantoccini::{Client, ClientBuilder};
+pub use fantoccini::Client;
+use fantoccini::ClientBuilder;
 use serde_json::{Value, json};
 
 /// The Chromium binary (Debian package `chromium`).
