@@ -28,7 +28,7 @@ mod quality;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use browser::whip_whep::{INBOUND, NEGOTIATE, created_resource, delete, redact};
+use browser::whip_whep::{INBOUND, delete, negotiate};
 use browser::{Harness, Page, TestResult, poll, run_js};
 use quality::{Inbound, bytes_of, frames_grow, inbound, join, outbound, tile_width};
 use serde_json::{Value, json};
@@ -384,28 +384,9 @@ async fn whip_to_whep(h: &Harness, link: &netns::Link) -> TestResult {
         .open_firefox("whip-firefox", &link.ns, IpAddr::V4(link.host_ip), "/")
         .await?;
     let viewer = h.open("whep-chromium", "/").await?;
-    let whip = run_js(
-        &publisher,
-        NEGOTIATE,
-        vec![
-            json!("whip"),
-            json!(ROOM),
-            json!("ff-publisher"),
-            json!("Firefox"),
-        ],
-    )
-    .await
-    .map_err(|e| format!("WHIP publish: {e}"))?;
-    eprintln!("WHIP response: {}", redact(&whip));
-    let whip_location = created_resource(h, "WHIP", &whip)?;
-    let whep = run_js(
-        &viewer,
-        NEGOTIATE,
-        vec![json!("whep"), json!(ROOM), json!("viewer"), json!("Viewer")],
-    )
-    .await
-    .map_err(|e| format!("WHEP view: {e}"))?;
-    let whep_location = created_resource(h, "WHEP", &whep)?;
+    let publishing = [ROOM, "ff-publisher", "Firefox"];
+    let (whip, whip_location) = negotiate(h, &publisher, "whip", publishing).await?;
+    let (whep, whep_location) = negotiate(h, &viewer, "whep", [ROOM, "viewer", "Viewer"]).await?;
     let seen = poll(
         "Chromium's WHEP viewer decodes Firefox's video and receives its audio",
         Duration::from_secs(20),

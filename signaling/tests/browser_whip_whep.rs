@@ -11,7 +11,7 @@ mod browser;
 
 use std::time::Duration;
 
-use browser::whip_whep::{INBOUND, NEGOTIATE, OUTBOUND, created_resource, delete, redact};
+use browser::whip_whep::{INBOUND, OUTBOUND, delete, negotiate};
 use browser::{Harness, TestResult, poll, run_js};
 use serde_json::{Value, json};
 
@@ -30,35 +30,10 @@ async fn scenario(h: &Harness) -> TestResult {
     let publisher = h.open("whip", "/").await?;
     let viewer = h.open("whep", "/").await?;
 
-    let whip = run_js(
-        &publisher,
-        NEGOTIATE,
-        vec![
-            json!("whip"),
-            json!(ROOM),
-            json!("whip-publisher"),
-            json!("Publisher"),
-        ],
-    )
-    .await
-    .map_err(|e| format!("WHIP publish: {e}"))?;
-    eprintln!("WHIP response: {}", redact(&whip));
-    let whip_location = created_resource(h, "WHIP", &whip)?;
-
-    let whep = run_js(
-        &viewer,
-        NEGOTIATE,
-        vec![
-            json!("whep"),
-            json!(ROOM),
-            json!("whep-viewer"),
-            json!("Viewer"),
-        ],
-    )
-    .await
-    .map_err(|e| format!("WHEP view: {e}"))?;
-    eprintln!("WHEP response: {}", redact(&whep));
-    let whep_location = created_resource(h, "WHEP", &whep)?;
+    let publishing = [ROOM, "whip-publisher", "Publisher"];
+    let (whip, whip_location) = negotiate(h, &publisher, "whip", publishing).await?;
+    let (whep, whep_location) =
+        negotiate(h, &viewer, "whep", [ROOM, "whep-viewer", "Viewer"]).await?;
 
     let received = poll(
         "the WHEP viewer decodes the publisher's video and receives its audio",

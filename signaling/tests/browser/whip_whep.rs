@@ -2,9 +2,9 @@
 //! (`POST /whip/{room}`) and view with WHEP (`POST /whep/{room}`) in
 //! Chromium or Firefox.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{Harness, TestResult};
+use super::{Harness, Page, TestResult, run_js};
 
 /// Shared by both sides: fetch a dev token, offer, POST the SDP, apply the
 /// answer. `args`: [endpoint ('whip' | 'whep'), room, identity, name].
@@ -89,6 +89,30 @@ const out = { connectionState: pc.connectionState, iceConnectionState: pc.iceCon
 });
 return out;
 "#;
+
+/// Publishes (`endpoint` "whip") or views ("whep") `room` from `page` as
+/// `identity` named `name` with [`NEGOTIATE`]; checks the answer is
+/// `201 Created` and returns the creation result with its resource.
+pub async fn negotiate(
+    h: &Harness,
+    page: &impl Page,
+    endpoint: &str,
+    [room, identity, name]: [&str; 3],
+) -> TestResult<(Value, reqwest::Url)> {
+    let what = endpoint.to_uppercase();
+    let action = if endpoint == "whip" {
+        "publish"
+    } else {
+        "view"
+    };
+    let args = vec![json!(endpoint), json!(room), json!(identity), json!(name)];
+    let created = run_js(page, NEGOTIATE, args)
+        .await
+        .map_err(|e| format!("{what} {action}: {e}"))?;
+    eprintln!("{what} response: {}", redact(&created));
+    let location = created_resource(h, &what, &created)?;
+    Ok((created, location))
+}
 
 /// Checks a WHIP/WHEP answer was `201 Created` with a `Location`; returns it
 /// as an absolute URL.
