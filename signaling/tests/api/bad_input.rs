@@ -29,13 +29,7 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
         let publisher = Peer::http(&format!("{b}/whip/call"), &pub_token, true)
             .await
             .unwrap();
-        let viewer = Peer::http(
-            &format!("{b}/whep/call",),
-            &dev_token(s, "call", "viewer").await,
-            false,
-        )
-        .await
-        .unwrap();
+        let viewer = Peer::dev_http(s, "call", "viewer", false).await.unwrap();
         assert!(
             viewer
                 .wait(Duration::from_secs(15), |p| p.video_frames() > 10)

@@ -53,12 +53,7 @@ async fn a_panic_in_one_peer_closes_it_alone_and_is_counted() {
             b.pump(Duration::from_millis(700))
         );
         for x in [&a, &b] {
-            assert!(
-                x.saw("participant_left", "participant_id", &c.id),
-                "{:?}",
-                x.seen
-            );
-            assert!(x.saw("track_unpublished", "participant_id", &c.id));
+            x.assert_saw_leave(&c.id);
             assert!(!x.saw_type("left"), "{} stays", x.id);
         }
         let metrics = common::scrape_metrics(s).await;

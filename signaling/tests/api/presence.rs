@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{DeviceClient, Seen, Ws, presences_of, with_config};
+use common::{Api, DeviceClient, Login, Seen, Ws, presences_of, with_config};
 use serde_json::json;
 use vela_config::Config;
 
@@ -15,18 +15,25 @@ const LIMIT: Duration = Duration::from_secs(60);
 const TIMEOUT_MS: u64 = 400;
 const BEAT: Option<Duration> = Some(Duration::from_millis(100));
 
+/// Alice with a phone and a desktop, Bob with a web page, mutual contacts:
+/// `(alice's phone, alice's desktop, bob)`.
+async fn alice_and_bob(api: &Api) -> (Login, Login, Login) {
+    let alice_phone = api.user("alice", "phone").await;
+    let alice_desk = api
+        .login("alice", "correct horse battery", "desktop", "Mac")
+        .await;
+    let bob = api.user("bob", "web").await;
+    api.link(&alice_phone, &bob).await;
+    (alice_phone, alice_desk, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_three_devices_aggregation_privacy_and_pushes() {
     let config = |c: &mut Config| c.presence.heartbeat_timeout_ms = TIMEOUT_MS;
     with_config(LIMIT, config, async |s, api| {
-        let alice_phone = api.user("alice", "phone").await;
-        let alice_desk = api
-            .login("alice", "correct horse battery", "desktop", "Mac")
-            .await;
-        let bob = api.user("bob", "web").await;
+        let (alice_phone, alice_desk, bob) = alice_and_bob(api).await;
         let carol = api.user("carol", "web").await;
         let alice = alice_phone.account;
-        api.link(&alice_phone, &bob).await;
 
         let mut bob_sock = DeviceClient::connect(s, &bob.access, BEAT).await;
         let contacts = bob_sock.ready["contacts"].as_array().unwrap().clone();
@@ -172,13 +179,8 @@ async fn heartbeat_timeout_not_blips_turns_a_device_offline() {
     const TIMEOUT_MS: u64 = 600;
     let config = |c: &mut Config| c.presence.heartbeat_timeout_ms = TIMEOUT_MS;
     with_config(LIMIT, config, async |s, api| {
-        let alice_phone = api.user("alice", "phone").await;
-        let alice_desk = api
-            .login("alice", "correct horse battery", "desktop", "Mac")
-            .await;
-        let bob = api.user("bob", "web").await;
+        let (alice_phone, alice_desk, bob) = alice_and_bob(api).await;
         let alice = alice_phone.account;
-        api.link(&alice_phone, &bob).await;
         let mut bob_sock = DeviceClient::connect(s, &bob.access, BEAT).await;
 
         let phone = DeviceClient::connect(s, &alice_phone.access, BEAT).await;

@@ -94,25 +94,17 @@ async fn whip_publisher_reaches_whep_viewer_and_delete_ends_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_publisher_feeds_a_waiting_viewer() {
     with_server(Duration::from_secs(60), async |s, _| {
-        let viewer = Peer::http(
-            &format!("{}/whep/late", base(s)),
-            &dev_token(s, "late", "viewer").await,
-            false,
-        )
-        .await
-        .expect("whep accepted into an empty room");
+        let viewer = Peer::dev_http(s, "late", "viewer", false)
+            .await
+            .expect("whep accepted into an empty room");
         assert!(
             viewer
                 .wait(Duration::from_secs(10), |p| p.connected())
                 .await
         );
-        let publisher = Peer::http(
-            &format!("{}/whip/late", base(s)),
-            &dev_token(s, "late", "camera").await,
-            true,
-        )
-        .await
-        .expect("whip accepted");
+        let publisher = Peer::dev_http(s, "late", "camera", true)
+            .await
+            .expect("whip accepted");
         assert!(
             viewer
                 .wait(Duration::from_secs(15), |p| p.video_frames() > 10)

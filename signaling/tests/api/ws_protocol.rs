@@ -56,12 +56,7 @@ async fn three_sessions_see_and_receive_each_other_then_one_leaves() {
             b.pump(Duration::from_millis(700))
         );
         for x in [&a, &b] {
-            assert!(
-                x.saw("participant_left", "participant_id", &c.id),
-                "{:?}",
-                x.seen
-            );
-            assert!(x.saw("track_unpublished", "participant_id", &c.id));
+            x.assert_saw_leave(&c.id);
         }
         assert!(b.seen.iter().any(|v| v["type"] == "track_muted"
             && v["participant_id"] == a.id.as_str()

@@ -144,6 +144,19 @@ impl Peer {
         Ok(Self::run(rtc, socket, mids, location, None))
     }
 
+    /// WHIP (when `publish`) or WHEP into `room` of `s` as `identity`, with
+    /// a dev token.
+    pub async fn dev_http(
+        s: &RunningServer,
+        room: &str,
+        identity: &str,
+        publish: bool,
+    ) -> Result<Peer, (u16, String)> {
+        let endpoint = if publish { "whip" } else { "whep" };
+        let token = dev_token(s, room, identity).await;
+        Peer::http(&format!("{}/{endpoint}/{room}", base(s)), &token, publish).await
+    }
+
     /// A client for a WebSocket session: returns its offer, and starts once
     /// `answer` is given to the returned closure.
     pub async fn session(publish: bool) -> (SdpOffer, PendingSession) {
@@ -511,6 +524,15 @@ impl SessionClient {
             }
         }
         false
+    }
+
+    /// Asserts that participant `id` was seen leaving, its tracks with it.
+    #[track_caller]
+    pub fn assert_saw_leave(&self, id: &str) {
+        let left = self.saw("participant_left", "participant_id", id);
+        assert!(left, "{} saw no leave of {id}: {:?}", self.id, self.seen);
+        let unpublished = self.saw("track_unpublished", "participant_id", id);
+        assert!(unpublished, "{} saw {id}'s tracks stay", self.id);
     }
 
     /// Whether a message of type `ty` was seen.
