@@ -7,15 +7,14 @@ use crate::calls;
 
 use std::time::Duration;
 
+use crate::common::{Api, DeviceClient, Login};
 use calls::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn do_not_disturb_filters_everyone_but_the_whitelist() {
     with_calls(10_000, async |s, api| {
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let cat = api.user("cat", "phone").await;
+        let [ann, ben, cat] = users(api, ["ann", "ben", "cat"]).await;
         let ben_desk = another_device(api, &ben, "desk").await;
         api.link(&ann, &ben).await; // Ann and Ben: mutual contacts.
         let mut b = socket(s, &ben).await;
@@ -25,9 +24,7 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
 
         let v = api.get("/api/v1/calls/settings", &ben.access).await.ok(200);
         assert_eq!(v, json!({"dnd": false, "allow": "nobody"}));
-        api.put("/api/v1/calls/settings", &ben.access, json!({"dnd": true}))
-            .await
-            .ok(200);
+        set_calls(api, &ben, json!({"dnd": true})).await;
         // Every device of the account learns the setting.
         b2.wait_for("call_settings", |m| {
             m["type"] == "call_settings" && m["dnd"] == true
@@ -48,24 +45,13 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
         assert_eq!(member_state(&v["call"], ben.account), "unavailable");
         assert_eq!(ended(&mut a, id).await, "unavailable");
         none_of(&mut b, "call_ringing", id, Duration::from_millis(200)).await;
-        let r = record(api, &ben, id).await;
-        assert_eq!(
-            (r["outcome"].as_str(), r["unseen"].as_bool()),
-            (Some("filtered"), Some(false))
-        );
+        let seen = outcome_and_unseen(api, &ben, id).await;
+        assert_eq!(seen, (Some("filtered".into()), Some(false)));
         assert_eq!(record(api, &ann, id).await["outcome"], "unavailable");
 
         // Contacts: Ann (mutual) rings; Cat (a stranger) does not...
-        api.put(
-            "/api/v1/calls/settings",
-            &ben.access,
-            json!({"allow": "contacts"}),
-        )
-        .await
-        .ok(200);
-        let id = call(api, &ann, &[ben.account]).await;
-        expect_call(&mut b, "call_ringing", id).await;
-        act(api, &ann, id, "cancel").await.ok(200);
+        set_calls(api, &ben, json!({"allow": "contacts"})).await;
+        rings_then_cancel(api, &ann, &ben, &mut b).await;
         let v = invite(api, &cat, &[ben.account], false).await.ok(201);
         let cid = v["call"]["id"].as_i64().unwrap();
         assert_eq!(ended(&mut c, cid).await, "unavailable");
@@ -78,34 +64,32 @@ async fn do_not_disturb_filters_everyone_but_the_whitelist() {
         )
         .await
         .ok(201);
-        let cid = call(api, &cat, &[ben.account]).await;
-        expect_call(&mut b, "call_ringing", cid).await;
-        act(api, &cat, cid, "cancel").await.ok(200);
+        rings_then_cancel(api, &cat, &ben, &mut b).await;
 
         // Favorites: Cat rings, Ann (a contact but no favorite) does not.
-        api.put(
-            "/api/v1/calls/settings",
-            &ben.access,
-            json!({"allow": "favorites"}),
-        )
-        .await
-        .ok(200);
-        let cid = call(api, &cat, &[ben.account]).await;
-        expect_call(&mut b, "call_ringing", cid).await;
-        act(api, &cat, cid, "cancel").await.ok(200);
+        set_calls(api, &ben, json!({"allow": "favorites"})).await;
+        rings_then_cancel(api, &cat, &ben, &mut b).await;
         let v = invite(api, &ann, &[ben.account], false).await.ok(201);
         assert_eq!(member_state(&v["call"], ben.account), "unavailable");
 
         // Do-not-disturb off: everyone rings again.
-        api.put(
-            "/api/v1/calls/settings",
-            &ben_desk.access,
-            json!({"dnd": false}),
-        )
-        .await
-        .ok(200);
+        set_calls(api, &ben_desk, json!({"dnd": false})).await;
         let id = call(api, &ann, &[ben.account]).await;
         expect_call(&mut b2, "call_ringing", id).await;
     })
     .await;
+}
+
+/// `PUT /api/v1/calls/settings` as `who`, which must succeed.
+async fn set_calls(api: &Api, who: &Login, settings: Value) {
+    api.put("/api/v1/calls/settings", &who.access, settings)
+        .await
+        .ok(200);
+}
+
+/// `caller` calls `callee`, whose device `dev` rings; then `caller` cancels.
+async fn rings_then_cancel(api: &Api, caller: &Login, callee: &Login, dev: &mut DeviceClient) {
+    let id = call(api, caller, &[callee.account]).await;
+    expect_call(dev, "call_ringing", id).await;
+    act(api, caller, id, "cancel").await.ok(200);
 }

@@ -16,10 +16,7 @@ use serde_json::json;
 #[tokio::test]
 async fn each_invitee_answers_on_their_own_and_leaving_ends_nothing_for_the_others() {
     with_calls(10_000, async |s, api| {
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let cat = api.user("cat", "phone").await;
-        let dan = api.user("dan", "phone").await;
+        let [ann, ben, cat, dan] = users(api, ["ann", "ben", "cat", "dan"]).await;
         let mut a = socket(s, &ann).await;
         let mut b = socket(s, &ben).await;
         let mut c = socket(s, &cat).await;
@@ -36,17 +33,13 @@ async fn each_invitee_answers_on_their_own_and_leaving_ends_nothing_for_the_othe
         // Ann hangs up: Ben and Cat go on.
         act(api, &ann, id, "leave").await.ok(200);
         assert_eq!(ended(&mut a, id).await, "answered");
-        let v = api
-            .get(&format!("/api/v1/calls/{id}"), &ben.access)
-            .await
-            .ok(200);
+        let v = get_call(api, &ben, id).await;
         assert_eq!(v["call"]["state"], "active");
         assert_eq!(member_state(&v["call"], ann.account), "left");
         none_of(&mut b, "call_ended", id, Duration::from_millis(200)).await;
         // Ben hangs up: Cat is the last one; the call is over.
         act(api, &ben, id, "leave").await.ok(200);
-        assert_eq!(ended(&mut c, id).await, "answered");
-        assert_eq!(ended(&mut b, id).await, "answered");
+        all_ended(&mut [&mut c, &mut b], id, "answered").await;
         assert_eq!(record(api, &dan, id).await["outcome"], "declined");
         let rc = record(api, &cat, id).await;
         assert_eq!(rc["outcome"], "answered");
@@ -69,9 +62,7 @@ async fn join_room(s: &vela_signaling::RunningServer, token: &str, room: &str) -
 #[tokio::test]
 async fn a_third_person_joins_the_same_room_without_anyone_reconnecting() {
     with_calls(10_000, async |s, api| {
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let cat = api.user("cat", "phone").await;
+        let [ann, ben, cat] = users(api, ["ann", "ben", "cat"]).await;
         let mut c = socket(s, &cat).await;
         let v = invite(api, &ann, &[ben.account], false).await.ok(201);
         let id = v["call"]["id"].as_i64().unwrap();
@@ -115,10 +106,7 @@ async fn a_third_person_joins_the_same_room_without_anyone_reconnecting() {
             assert_eq!(j["participant"]["account"], cat.account.to_string());
         }
         // Nobody left the room in the meantime.
-        let v = api
-            .get(&format!("/api/v1/calls/{id}"), &ann.access)
-            .await
-            .ok(200);
+        let v = get_call(api, &ann, id).await;
         for m in v["call"]["members"].as_array().unwrap() {
             assert_eq!(m["state"], "joined", "{m}");
             assert!(m["participant_id"].is_string(), "{m}");
@@ -160,10 +148,7 @@ async fn chat_reaches_every_device_of_everyone_in_the_call_in_order() {
             assert_eq!(got, texts);
         }
         // A device that looks later gets the chat with the call.
-        let v = api
-            .get(&format!("/api/v1/calls/{id}"), &ben.access)
-            .await
-            .ok(200);
+        let v = get_call(api, &ben, id).await;
         assert_eq!(v["messages"].as_array().unwrap().len(), 10);
         assert_eq!(v["messages"][1]["from"]["username"], "ben");
     })

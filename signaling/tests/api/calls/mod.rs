@@ -31,6 +31,15 @@ pub async fn another_device(api: &Api, user: &Login, label: &str) -> Login {
     api.login(&user.username, PW, "desktop", label).await
 }
 
+/// Signs up each of `names` with a phone.
+pub async fn users<const N: usize>(api: &Api, names: [&str; N]) -> [Login; N] {
+    let mut logins = Vec::with_capacity(N);
+    for name in names {
+        logins.push(api.user(name, "phone").await);
+    }
+    logins.try_into().unwrap()
+}
+
 /// Signs up Ann (a phone) and Ben (a phone and a desk computer) and opens
 /// a socket on each device: the people of most call tests, as
 /// `(ann, ben, ben_desk, ann's phone, ben's phone, ben's desk)`.
@@ -45,8 +54,7 @@ pub async fn ann_and_ben(
     DeviceClient,
     DeviceClient,
 ) {
-    let ann = api.user("ann", "phone").await;
-    let ben = api.user("ben", "phone").await;
+    let [ann, ben] = users(api, ["ann", "ben"]).await;
     let ben_desk = another_device(api, &ben, "desk").await;
     let a = socket(s, &ann).await;
     let b1 = socket(s, &ben).await;
@@ -101,6 +109,20 @@ pub async fn ended(dev: &mut DeviceClient, id: i64) -> String {
         .to_owned()
 }
 
+/// Each of `devs` is told call `id` ended with `outcome`.
+pub async fn all_ended(devs: &mut [&mut DeviceClient], id: i64, outcome: &str) {
+    for dev in devs.iter_mut() {
+        assert_eq!(ended(dev, id).await, outcome, "the end of call {id}");
+    }
+}
+
+/// `GET /api/v1/calls/{id}` as `who`.
+pub async fn get_call(api: &Api, who: &Login, id: i64) -> Value {
+    api.get(&format!("/api/v1/calls/{id}"), &who.access)
+        .await
+        .ok(200)
+}
+
 /// Nothing about call `id` of type `ty` arrives within `d`.
 pub async fn none_of(dev: &mut DeviceClient, ty: &str, id: i64, d: Duration) {
     for s in dev.collect(d).await {
@@ -132,6 +154,27 @@ pub async fn record(api: &Api, who: &Login, id: i64) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no history entry of call {id} for {}", who.username)
+}
+
+/// The outcome and the unseen mark of `who`'s history entry for call `id`.
+pub async fn outcome_and_unseen(api: &Api, who: &Login, id: i64) -> (Option<String>, Option<bool>) {
+    let r = record(api, who, id).await;
+    (
+        r["outcome"].as_str().map(str::to_owned),
+        r["unseen"].as_bool(),
+    )
+}
+
+/// The history of each of `who` records call `id` with `outcome`.
+pub async fn all_recorded(api: &Api, who: &[&Login], id: i64, outcome: &str) {
+    for w in who {
+        let r = record(api, w, id).await;
+        assert_eq!(
+            r["outcome"], outcome,
+            "{}'s record of call {id}",
+            w.username
+        );
+    }
 }
 
 /// The state of `account` in a call object.

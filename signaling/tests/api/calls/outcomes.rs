@@ -18,14 +18,9 @@ use vela_config::Config;
 #[tokio::test]
 async fn every_device_rings_and_the_first_accept_wins() {
     with_calls(10_000, async |s, api| {
-        let ann = api.user("ann", "phone").await;
+        let (ann, ben, ben_desk, mut a1, mut b1, mut b2) = ann_and_ben(s, api).await;
         let ann_tablet = another_device(api, &ann, "tablet").await;
-        let ben = api.user("ben", "phone").await;
-        let ben_desk = another_device(api, &ben, "desk").await;
-        let mut a1 = socket(s, &ann).await;
         let mut a2 = socket(s, &ann_tablet).await;
-        let mut b1 = socket(s, &ben).await;
-        let mut b2 = socket(s, &ben_desk).await;
 
         let v = invite(api, &ann, &[ben.account], true).await.ok(201);
         let id = v["call"]["id"].as_i64().unwrap();
@@ -59,10 +54,7 @@ async fn every_device_rings_and_the_first_accept_wins() {
         let answered = expect_call(&mut a1, "call_answered", id).await;
         assert_eq!(answered["device_id"], ben.device);
         // Both sides see the call from any device.
-        let v = api
-            .get(&format!("/api/v1/calls/{id}"), &ann_tablet.access)
-            .await
-            .ok(200);
+        let v = get_call(api, &ann_tablet, id).await;
         assert_eq!(member_state(&v["call"], ben.account), "joined");
         let active = api
             .get("/api/v1/calls/active", &ben_desk.access)
@@ -102,14 +94,11 @@ async fn decline_ends_the_call_on_every_device_of_both_sides() {
         let id = call(api, &ann, &[ben.account]).await;
         expect_call(&mut b2, "call_ringing", id).await;
         act(api, &ben_desk, id, "decline").await.ok(200);
-        assert_eq!(ended(&mut a, id).await, "declined");
-        assert_eq!(ended(&mut b1, id).await, "declined");
-        assert_eq!(ended(&mut b2, id).await, "declined");
+        all_ended(&mut [&mut a, &mut b1, &mut b2], id, "declined").await;
         // Nothing more to do with it.
         act(api, &ben, id, "accept").await.err(409, None);
         act(api, &ann, id, "cancel").await.err(409, None);
-        assert_eq!(record(api, &ben, id).await["outcome"], "declined");
-        assert_eq!(record(api, &ann, id).await["outcome"], "declined");
+        all_recorded(api, &[&ben, &ann], id, "declined").await;
     })
     .await;
 }
@@ -129,11 +118,8 @@ async fn the_caller_cancels_and_every_device_stops_ringing() {
         // Only the caller cancels.
         act(api, &ben, id, "cancel").await.err(403, None);
         act(api, &ann, id, "cancel").await.ok(200);
-        assert_eq!(ended(&mut b1, id).await, "cancelled");
-        assert_eq!(ended(&mut b2, id).await, "cancelled");
-        assert_eq!(ended(&mut a2, id).await, "cancelled");
-        assert_eq!(record(api, &ben, id).await["outcome"], "cancelled");
-        assert_eq!(record(api, &ann, id).await["outcome"], "cancelled");
+        all_ended(&mut [&mut b1, &mut b2, &mut a2], id, "cancelled").await;
+        all_recorded(api, &[&ben, &ann], id, "cancelled").await;
     })
     .await;
 }
@@ -143,9 +129,7 @@ async fn no_answer_in_time_is_a_missed_call_any_device_can_clear() {
     with_calls(400, async |s, api| {
         let (ann, ben, ben_desk, mut a, mut b1, mut b2) = ann_and_ben(s, api).await;
         let id = call(api, &ann, &[ben.account]).await;
-        assert_eq!(ended(&mut a, id).await, "missed");
-        assert_eq!(ended(&mut b1, id).await, "missed");
-        assert_eq!(ended(&mut b2, id).await, "missed");
+        all_ended(&mut [&mut a, &mut b1, &mut b2], id, "missed").await;
         let missed = b2.expect("missed_calls").await;
         assert_eq!(missed["count"], 1);
         let r = record(api, &ben, id).await;
@@ -192,9 +176,7 @@ async fn no_answer_in_time_is_a_missed_call_any_device_can_clear() {
 #[tokio::test]
 async fn a_callee_already_in_a_call_is_busy() {
     with_calls(10_000, async |s, api| {
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let cat = api.user("cat", "phone").await;
+        let [ann, ben, cat] = users(api, ["ann", "ben", "cat"]).await;
         let mut b = socket(s, &ben).await;
         let mut c = socket(s, &cat).await;
         let first = call(api, &ann, &[ben.account]).await;
@@ -204,14 +186,10 @@ async fn a_callee_already_in_a_call_is_busy() {
         let id = v["call"]["id"].as_i64().unwrap();
         assert_eq!(v["call"]["state"], "ended");
         assert_eq!(member_state(&v["call"], ben.account), "busy");
-        assert_eq!(ended(&mut c, id).await, "busy");
-        assert_eq!(ended(&mut b, id).await, "busy");
+        all_ended(&mut [&mut c, &mut b], id, "busy").await;
         none_of(&mut b, "call_ringing", id, Duration::from_millis(200)).await;
-        let r = record(api, &ben, id).await;
-        assert_eq!(
-            (r["outcome"].as_str(), r["unseen"].as_bool()),
-            (Some("busy"), Some(true))
-        );
+        let seen = outcome_and_unseen(api, &ben, id).await;
+        assert_eq!(seen, (Some("busy".into()), Some(true)));
         assert_eq!(record(api, &cat, id).await["outcome"], "busy");
         // Ann, in a call, cannot place another.
         invite(api, &ann, &[cat.account], false)
@@ -225,8 +203,7 @@ async fn a_callee_already_in_a_call_is_busy() {
 async fn a_callee_who_accepts_and_never_joins_the_room_leaves_the_call() {
     let config = |c: &mut Config| c.calls.join_timeout_ms = 1_000;
     with_config(LIMIT, config, async |s, api| {
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
+        let [ann, ben] = users(api, ["ann", "ben"]).await;
         let mut a = socket(s, &ann).await;
         let mut b = socket(s, &ben).await;
         let id = call(api, &ann, &[ben.account]).await;
@@ -236,14 +213,10 @@ async fn a_callee_who_accepts_and_never_joins_the_room_leaves_the_call() {
         act(api, &ben, id, "accept").await.ok(200);
         // Ben's client never joins the room: after calls.join_timeout_ms
         // Ben is out of the call, and so the 1:1 call ends for both.
-        assert_eq!(ended(&mut b, id).await, "answered");
-        assert_eq!(ended(&mut a, id).await, "answered");
+        all_ended(&mut [&mut b, &mut a], id, "answered").await;
         in_room.pump(Duration::from_millis(300)).await;
         assert!(in_room.saw_type("left"), "ann is told to leave the room");
-        let v = api
-            .get(&format!("/api/v1/calls/{id}"), &ann.access)
-            .await
-            .ok(200);
+        let v = get_call(api, &ann, id).await;
         assert_eq!(v["call"]["state"], "ended");
         assert_eq!(member_state(&v["call"], ben.account), "left");
         // Ben is not left busy: a new call rings.
@@ -260,9 +233,7 @@ async fn bad_invites_and_strangers() {
     };
     with_config(LIMIT, config, async |s, api| {
         let root = api.admin(s, "root", "desktop").await;
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
-        let eve = api.user("eve", "phone").await;
+        let [ann, ben, eve] = users(api, ["ann", "ben", "eve"]).await;
         invite(api, &ann, &[999_999], false).await.err(404, None);
         invite(api, &ann, &[ann.account], false)
             .await
@@ -312,8 +283,7 @@ async fn bad_invites_and_strangers() {
 #[tokio::test]
 async fn history_pages_newest_first() {
     with_calls(10_000, async |_, api| {
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
+        let [ann, ben] = users(api, ["ann", "ben"]).await;
         let mut ids = Vec::new();
         for _ in 0..5 {
             let id = call(api, &ann, &[ben.account]).await;

@@ -32,10 +32,7 @@ async fn two_devices_accepting_at_once_exactly_one_wins() {
                 let stop = expect_call(dev, "call_ringing_stopped", id).await;
                 assert_eq!(stop["device_id"], winner);
             }
-            let v = api
-                .get(&format!("/api/v1/calls/{id}"), &ann.access)
-                .await
-                .ok(200);
+            let v = get_call(api, &ann, id).await;
             let m = v["call"]["members"]
                 .as_array()
                 .unwrap()
@@ -54,8 +51,7 @@ async fn two_devices_accepting_at_once_exactly_one_wins() {
 #[tokio::test]
 async fn a_cancel_racing_an_accept_ends_in_one_state_everywhere() {
     with_calls(10_000, async |s, api| {
-        let ann = api.user("ann", "phone").await;
-        let ben = api.user("ben", "phone").await;
+        let [ann, ben] = users(api, ["ann", "ben"]).await;
         let ben_desk = another_device(api, &ben, "desk").await;
         let mut a = socket(s, &ann).await;
         let mut b2 = socket(s, &ben_desk).await;
@@ -70,10 +66,7 @@ async fn a_cancel_racing_an_accept_ends_in_one_state_everywhere() {
                 acc.status
             );
             assert!(c.status == 409 || acc.status == 409);
-            let v = api
-                .get(&format!("/api/v1/calls/{id}"), &ben_desk.access)
-                .await
-                .ok(200);
+            let v = get_call(api, &ben_desk, id).await;
             if acc.status == 200 {
                 accepted += 1;
                 assert_eq!(v["call"]["state"], "active");

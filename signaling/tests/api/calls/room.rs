@@ -154,10 +154,7 @@ async fn handover(shards: u16) {
         ann_s.seen
     );
     assert!(longest < Duration::from_secs(1), "gap {longest:?}");
-    let v = api
-        .get(&format!("/api/v1/calls/{id}"), &ann.access)
-        .await
-        .ok(200);
+    let v = get_call(&api, &ann, id).await;
     let m = &v["call"]["members"][1];
     assert_eq!(m["device_id"], ben_desk.device);
     assert_eq!(m["participant_id"], pid.as_str());
