@@ -66,34 +66,24 @@ async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
         },
     )
     .await?;
-    let seen = poll(
+    let seen = width_reached(
+        &bob,
+        &a,
+        TOP,
         "bob receives alice's high layer",
         Duration::from_secs(15),
-        async || {
-            let s = inbound(&bob, &a).await?;
-            Ok(if s.width == TOP {
-                Ok(s)
-            } else {
-                Err(format!("{s:?}"))
-            })
-        },
     )
     .await?;
     eprintln!("uncapped: {seen:?}");
 
     link.cap(Some(300))?;
     let capped = std::time::Instant::now();
-    let low = poll(
+    let low = width_reached(
+        &bob,
+        &a,
+        LOW,
         "a 300 kbit/s subscriber gets the low layer",
         Duration::from_secs(10),
-        async || {
-            let s = inbound(&bob, &a).await?;
-            Ok(if s.width == LOW {
-                Ok(s)
-            } else {
-                Err(format!("{s:?}"))
-            })
-        },
     )
     .await?;
     eprintln!("low layer after {:.1?}: {low:?}", capped.elapsed());
@@ -128,4 +118,24 @@ async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
     eprintln!("high layer after {:.1?}: {high:?}", lifted.elapsed());
     frames_grow(&bob, &a, 10, Duration::from_secs(3)).await?;
     Ok(())
+}
+
+/// Polls until `client` receives `from`'s video `width` wide (what the poll
+/// is waiting for: `what`); returns the inbound stats then.
+async fn width_reached(
+    client: &impl browser::Page,
+    from: &str,
+    width: u64,
+    what: &str,
+    limit: Duration,
+) -> TestResult<Inbound> {
+    poll(what, limit, async || {
+        let s = inbound(client, from).await?;
+        Ok(if s.width == width {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        })
+    })
+    .await
 }

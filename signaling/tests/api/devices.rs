@@ -231,14 +231,13 @@ async fn revoking_another_accounts_device_changes_nothing() {
             DeviceClient::connect(s, &bob.access, Some(Duration::from_secs(1))).await;
         let mut wes_sock =
             DeviceClient::connect(s, &watcher.access, Some(Duration::from_secs(1))).await;
-        let p = api
-            .get(
-                &format!("/api/v1/presence/{}", bob.account),
-                &watcher.access,
-            )
-            .await
-            .ok(200);
-        assert_eq!(p["status"], "online", "{p}");
+        // What Bob's contact sees of him.
+        let presence = format!("/api/v1/presence/{}", bob.account);
+        let bob_is_online = async || {
+            let p = api.get(&presence, &watcher.access).await.ok(200);
+            assert_eq!(p["status"], "online", "{p}");
+        };
+        bob_is_online().await;
 
         // Eve tries to sign out Bob's device (ids are sequential): 404, and
         // nothing of Bob's changes.
@@ -263,14 +262,7 @@ async fn revoking_another_accounts_device_changes_nothing() {
             common::presences_of(&seen, bob.account).is_empty(),
             "bob's presence changed: {seen:?}"
         );
-        let p = api
-            .get(
-                &format!("/api/v1/presence/{}", bob.account),
-                &watcher.access,
-            )
-            .await
-            .ok(200);
-        assert_eq!(p["status"], "online", "{p}");
+        bob_is_online().await;
         // His token, refresh token and device are as they were.
         let list = api.get("/api/v1/devices", &bob.access).await.ok(200);
         assert_eq!(list["devices"][0]["label"], "bob's phone");

@@ -11,7 +11,7 @@ use common::{Peer, base, dev_token, with_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_publisher_reaches_whep_viewer_and_delete_ends_it() {
-    with_server(Duration::from_secs(60), async |s, _| {
+    with_server(Duration::from_secs(60), async |s, api| {
         let pub_token = dev_token(s, "live", "camera").await;
         let view_token = dev_token(s, "live", "viewer").await;
         let publisher = Peer::http(&format!("{}/whip/live", base(s)), &pub_token, true)
@@ -49,31 +49,12 @@ async fn whip_publisher_reaches_whep_viewer_and_delete_ends_it() {
         );
 
         // DELETE needs the session's own token.
-        let client = reqwest::Client::new();
-        let url = format!("{}{}", base(s), location);
-        let r = client
-            .delete(&url)
-            .bearer_auth(&view_token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 403);
-        let r = client.delete(&url).send().await.unwrap();
-        assert_eq!(r.status(), 401);
-        let r = client
-            .delete(&url)
-            .bearer_auth(&pub_token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let r = client
-            .delete(&url)
-            .bearer_auth(&pub_token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
+        let delete =
+            async |token: Option<&str>| api.call("DELETE", &location, token, None).await.status;
+        assert_eq!(delete(Some(&view_token)).await, 403);
+        assert_eq!(delete(None).await, 401);
+        assert_eq!(delete(Some(&pub_token)).await, 200);
+        assert_eq!(delete(Some(&pub_token)).await, 404);
 
         // The publisher is gone: the viewer's media stops.
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -259,6 +259,20 @@ where
     failure
 }
 
+/// Opens `url` in the Chromium `client` (labelled `label`) and installs
+/// the console hook.
+async fn visit(client: Client, label: &str, url: &str) -> TestResult<Client> {
+    client
+        .goto(url)
+        .await
+        .map_err(|e| format!("{label}: opening {url}: {e}"))?;
+    client
+        .execute(CONSOLE_HOOK, vec![])
+        .await
+        .map_err(|e| format!("{label}: installing the console hook: {e}"))?;
+    Ok(client)
+}
+
 impl Harness {
     /// The server's media drivers (to find a room's shard).
     pub fn media(&self) -> Option<&vela_media::MediaHandle> {
@@ -273,16 +287,7 @@ impl Harness {
     /// Starts a new Chromium (own profile) and opens `path` of the server in it.
     pub async fn open(&self, label: &str, path: &str) -> TestResult<Client> {
         let client = self.new_browser(label).await?;
-        let url = self.url(path);
-        client
-            .goto(&url)
-            .await
-            .map_err(|e| format!("{label}: opening {url}: {e}"))?;
-        client
-            .execute(CONSOLE_HOOK, vec![])
-            .await
-            .map_err(|e| format!("{label}: installing the console hook: {e}"))?;
-        Ok(client)
+        visit(client, label, &self.url(path)).await
     }
 
     /// Starts a new Chromium session with its own profile directory.
@@ -310,16 +315,7 @@ impl Harness {
         let client = self
             .new_browser_in(label, Some((ns, origin.as_str())))
             .await?;
-        let url = format!("{origin}{path}");
-        client
-            .goto(&url)
-            .await
-            .map_err(|e| format!("{label}: opening {url}: {e}"))?;
-        client
-            .execute(CONSOLE_HOOK, vec![])
-            .await
-            .map_err(|e| format!("{label}: installing the console hook: {e}"))?;
-        Ok(client)
+        visit(client, label, &format!("{origin}{path}")).await
     }
 
     /// Starts a headless Firefox inside network namespace `ns` and opens

@@ -153,13 +153,7 @@ pub async fn remote_ids(client: &impl Page) -> TestResult<Vec<String>> {
         vec![],
     )
     .await?;
-    Ok(v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(strings(&v))
 }
 
 /// Starts recording the signaling messages the page receives (in
@@ -182,11 +176,16 @@ return true;"#,
 /// The types of the messages recorded by [`record_messages`].
 pub async fn recorded(client: &impl Page) -> TestResult<Vec<String>> {
     let v = run_js(client, "return window.__velaMsgs || [];", vec![]).await?;
-    Ok(v.as_array()
+    Ok(strings(&v))
+}
+
+/// The strings in the JSON array `v` (none when it is not an array).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
         .map(|a| {
             a.iter()
                 .filter_map(|x| x.as_str().map(str::to_owned))
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default()
 }

@@ -833,13 +833,7 @@ impl Api {
     /// Registers and logs in one device.
     pub async fn user(&self, username: &str, kind: &str) -> Login {
         self.register(username, "correct horse battery").await;
-        self.login(
-            username,
-            "correct horse battery",
-            kind,
-            &format!("{username}'s {kind}"),
-        )
-        .await
+        self.first_login(username, kind).await
     }
 
     /// A user made an admin in the server's store before it logs in (as
@@ -853,13 +847,15 @@ impl Api {
             .set_roles(id, &[Role::User, Role::Admin])
             .await
             .unwrap();
-        self.login(
-            username,
-            "correct horse battery",
-            kind,
-            &format!("{username}'s {kind}"),
-        )
-        .await
+        self.first_login(username, kind).await
+    }
+
+    /// Logs in a just registered user's first device, labelled
+    /// "{username}'s {kind}".
+    async fn first_login(&self, username: &str, kind: &str) -> Login {
+        let label = format!("{username}'s {kind}");
+        self.login(username, "correct horse battery", kind, &label)
+            .await
     }
 
     /// Makes `a` and `b` mutual contacts (a asks, b accepts).
