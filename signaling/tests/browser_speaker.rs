@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use browser::{Harness, TestResult, poll, run_js};
 use fantoccini::Client;
-use quality::join;
-use serde_json::{Value, json};
+use quality::{join, strings};
+use serde_json::json;
 
 const ROOM: &str = "speaker";
 
@@ -40,16 +40,7 @@ async fn speaking(client: &Client) -> TestResult<(Vec<String>, Vec<String>)> {
         vec![],
     )
     .await?;
-    let list = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Ok((list(&v[0]), list(&v[1])))
+    Ok((strings(&v[0]), strings(&v[1])))
 }
 
 /// Waits until both pages list exactly `who` as speaking and highlight it.

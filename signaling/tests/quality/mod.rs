@@ -180,7 +180,7 @@ pub async fn recorded(client: &impl Page) -> TestResult<Vec<String>> {
 }
 
 /// The strings in the JSON array `v` (none when it is not an array).
-fn strings(v: &Value) -> Vec<String> {
+pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()
