@@ -13,7 +13,7 @@ mod browser;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use browser::{Harness, TestResult, poll, run_js};
+use browser::{Harness, TestResult, count, poll, run_js};
 use fantoccini::Client;
 use serde_json::{Value, json};
 use vela_media::core::{RoomId, RoomOptions};
@@ -239,15 +239,6 @@ async fn remote_tiles(p: &Participant) -> TestResult<BTreeMap<String, String>> {
             (field("participantId"), field("name"))
         })
         .collect())
-}
-
-/// `stats[kind][pid]` as a number (0 when absent).
-fn count(stats: &Value, kind: &str, pid: &str) -> u64 {
-    stats
-        .get(kind)
-        .and_then(|m| m.get(pid))
-        .and_then(Value::as_f64)
-        .map_or(0, |n| n as u64)
 }
 
 fn describe(all: &BTreeMap<String, Value>) -> String {

@@ -14,7 +14,7 @@ mod browser;
 
 use std::time::Duration;
 
-use browser::{Harness, TestResult, poll, run_js};
+use browser::{Harness, TestResult, count, poll, run_js};
 use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
 
@@ -482,13 +482,4 @@ async fn screenshots(pages: &[(&str, &Client)]) -> TestResult {
         std::fs::write(format!("{dir}/{name}.png"), png)?;
     }
     Ok(())
-}
-
-/// `stats[kind][pid]` as a number (0 when absent).
-fn count(stats: &Value, kind: &str, pid: &str) -> u64 {
-    stats
-        .get(kind)
-        .and_then(|m| m.get(pid))
-        .and_then(Value::as_f64)
-        .map_or(0, |n| n as u64)
 }

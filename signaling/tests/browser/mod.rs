@@ -259,6 +259,15 @@ where
     failure
 }
 
+/// `stats[kind][pid]` as a number (0 when absent).
+pub fn count(stats: &Value, kind: &str, pid: &str) -> u64 {
+    stats
+        .get(kind)
+        .and_then(|m| m.get(pid))
+        .and_then(Value::as_f64)
+        .map_or(0, |n| n as u64)
+}
+
 /// Opens `url` in the Chromium `client` (labelled `label`) and installs
 /// the console hook.
 async fn visit(client: Client, label: &str, url: &str) -> TestResult<Client> {
