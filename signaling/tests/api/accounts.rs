@@ -82,7 +82,7 @@ async fn register_login_me_and_logout() {
             .await
             .ok(204);
         api.get("/api/v1/me", &login.access).await.err(401, None);
-        api.post("/api/v1/auth/refresh", None, json!({"refresh_token": login.refresh}))
+        api.refresh(&login.refresh)
             .await
             .err(401, None);
     })
@@ -279,46 +279,19 @@ async fn refresh_tokens_rotate_and_reuse_signs_the_device_out() {
     with_server(LIMIT, async |s, api| {
         let first = api.user("gina", "phone").await;
         let mut sock = DeviceClient::connect(s, &first.access, None).await;
-        let r1 = api
-            .post(
-                "/api/v1/auth/refresh",
-                None,
-                json!({"refresh_token": first.refresh}),
-            )
-            .await
-            .ok(200);
+        let r1 = api.refresh(&first.refresh).await.ok(200);
         let second = Login::from(r1);
         assert_ne!(second.refresh, first.refresh);
         assert_eq!(second.device, first.device);
         api.get("/api/v1/me", &second.access).await.ok(200);
-        let third = Login::from(
-            api.post(
-                "/api/v1/auth/refresh",
-                None,
-                json!({"refresh_token": second.refresh}),
-            )
-            .await
-            .ok(200),
-        );
+        let third = Login::from(api.refresh(&second.refresh).await.ok(200));
         // Reusing a rotated token: 401, and the whole device is signed out.
-        api.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": first.refresh}),
-        )
-        .await
-        .err(401, None);
+        api.refresh(&first.refresh).await.err(401, None);
         let m = sock.expect("session_revoked").await;
         assert_eq!(m["reason"], "refresh_token_reused");
         assert_eq!(sock.closed().await, Some(4002));
         api.get("/api/v1/me", &third.access).await.err(401, None);
-        api.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": third.refresh}),
-        )
-        .await
-        .err(401, None);
+        api.refresh(&third.refresh).await.err(401, None);
         api.post(
             "/api/v1/auth/refresh",
             None,
@@ -425,13 +398,7 @@ async fn an_admin_disables_an_account_and_its_connections_close() {
         assert_eq!(room.expect("left").await["reason"], "removed");
         assert_eq!(room.close_code().await, Some(4003));
         api.get("/api/v1/me", &ivy.access).await.err(401, None);
-        api.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": ivy.refresh}),
-        )
-        .await
-        .err(401, None);
+        api.refresh(&ivy.refresh).await.err(401, None);
         api.post(
             "/api/v1/auth/login",
             None,
@@ -500,13 +467,7 @@ async fn an_admin_resets_a_forgotten_password() {
         assert_eq!(sock.closed().await, Some(4002));
         api.get("/api/v1/me", &june.access).await.err(401, None);
         api.get("/api/v1/me", &laptop.access).await.err(401, None);
-        api.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": june.refresh}),
-        )
-        .await
-        .err(401, None);
+        api.refresh(&june.refresh).await.err(401, None);
         // Only the new password gets in; the admin stays signed in.
         api.post(
             "/api/v1/auth/login",

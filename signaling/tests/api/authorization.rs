@@ -1083,14 +1083,7 @@ impl World {
             room.is_empty(),
             "{ctx}: the owner's room session got {room:?}"
         );
-        let r = self
-            .api
-            .post(
-                "/api/v1/auth/refresh",
-                None,
-                json!({"refresh_token": self.watch.refresh}),
-            )
-            .await;
+        let r = self.api.refresh(&self.watch.refresh).await;
         assert_eq!(
             r.status, 200,
             "{ctx}: the owner's refresh token: {:?}",

@@ -89,13 +89,7 @@ async fn list_rename_and_revoke_devices() {
         assert_eq!(desk_room.expect("left").await["reason"], "removed");
         assert_eq!(desk_room.close_code().await, Some(4002));
         api.get("/api/v1/me", &desk.access).await.err(401, None);
-        api.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": desk.refresh}),
-        )
-        .await
-        .err(401, None);
+        api.refresh(&desk.refresh).await.err(401, None);
         api.delete(&format!("/api/v1/devices/{}", desk.device), &phone.access)
             .await
             .err(404, None);
@@ -159,13 +153,7 @@ async fn a_device_whose_session_ran_out_is_signed_out() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(listed, [desk.device], "the expired phone is gone");
-        api.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": old.refresh}),
-        )
-        .await
-        .err(401, None);
+        api.refresh(&old.refresh).await.err(401, None);
         s.shutdown().await;
     })
     .await
@@ -266,14 +254,7 @@ async fn revoking_another_accounts_device_changes_nothing() {
         // His token, refresh token and device are as they were.
         let list = api.get("/api/v1/devices", &bob.access).await.ok(200);
         assert_eq!(list["devices"][0]["label"], "bob's phone");
-        let r = api
-            .post(
-                "/api/v1/auth/refresh",
-                None,
-                json!({"refresh_token": bob.refresh}),
-            )
-            .await
-            .ok(200);
+        let r = api.refresh(&bob.refresh).await.ok(200);
         assert!(r["access_token"].is_string());
     })
     .await;
@@ -288,15 +269,7 @@ async fn a_login_beyond_the_device_limit_signs_out_the_least_recently_active() {
         let third = api.login("dana", "correct horse battery", "web", "c").await;
         // The first device is used again, so the second is the stalest.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let first = common::Login::from(
-            api.post(
-                "/api/v1/auth/refresh",
-                None,
-                json!({"refresh_token": first.refresh}),
-            )
-            .await
-            .ok(200),
-        );
+        let first = common::Login::from(api.refresh(&first.refresh).await.ok(200));
         let mut second_sock = DeviceClient::connect(s, &second.access, None).await;
         let fourth = api.login("dana", "correct horse battery", "web", "d").await;
         let revoked = second_sock.expect("session_revoked").await;

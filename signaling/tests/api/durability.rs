@@ -73,12 +73,12 @@ async fn everything_survives_a_restart() {
         assert_eq!(me["username"], "alice");
         // The revoked device stays revoked.
         api.get("/api/v1/me", &desk.access).await.err(401, None);
-        api.post("/api/v1/auth/refresh", None, json!({"refresh_token": desk.refresh}))
+        api.refresh(&desk.refresh)
             .await
             .err(401, None);
         // The refresh token rotates as before.
         let refreshed = Login::from(
-            api.post("/api/v1/auth/refresh", None, json!({"refresh_token": alice.refresh}))
+            api.refresh(&alice.refresh)
                 .await
                 .ok(200),
         );

@@ -803,6 +803,12 @@ impl Api {
         self.call("DELETE", path, Some(token), None).await
     }
 
+    /// `POST /api/v1/auth/refresh` with `refresh_token`.
+    pub async fn refresh(&self, refresh_token: &str) -> Resp {
+        let body = serde_json::json!({"refresh_token": refresh_token});
+        self.post("/api/v1/auth/refresh", None, body).await
+    }
+
     /// Registers `username` with `password`; returns the account.
     pub async fn register(&self, username: &str, password: &str) -> serde_json::Value {
         self.post(
