@@ -186,26 +186,13 @@ async fn bad_input_is_refused_and_the_running_call_goes_on() {
             .await
             .unwrap();
         check(r, 400).await;
-        let r = http
-            .delete(format!("{b}/whip/call/PA999999"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap();
-        check(r, 404).await;
-        let r = http
-            .delete(format!("{b}/whip/call/nonsense"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap();
-        check(r, 404).await;
-        let r = http
-            .patch(format!("{b}/whip/call/PA1"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap();
+        let session = async |method: reqwest::Method, id: &str| {
+            let url = format!("{b}/whip/call/{id}");
+            http.request(method, url).bearer_auth(&t).send().await.unwrap()
+        };
+        check(session(reqwest::Method::DELETE, "PA999999").await, 404).await;
+        check(session(reqwest::Method::DELETE, "nonsense").await, 404).await;
+        let r = session(reqwest::Method::PATCH, "PA1").await;
         assert_eq!(r.status(), 405);
 
         // --- WebSocket ---

@@ -8,7 +8,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Api, DeviceClient, StoreFile, Ws, start_with, with_config, with_server};
+use common::{Api, DeviceClient, Login, StoreFile, Ws, start_with, with_config, with_server};
 use serde_json::json;
 use vela_config::Config;
 
@@ -98,13 +98,7 @@ async fn list_rename_and_revoke_devices() {
         ws.send(json!({"type": "auth", "token": desk.access})).await;
         assert_eq!(ws.expect("error").await["code"], 401);
 
-        let list = api.get("/api/v1/devices", &phone.access).await.ok(200);
-        let ids: Vec<i64> = list["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["id"].as_i64().unwrap())
-            .collect();
+        let ids = device_ids(api, &phone).await;
         assert_eq!(ids, vec![phone.device, web.device]);
     })
     .await;
@@ -275,15 +269,20 @@ async fn a_login_beyond_the_device_limit_signs_out_the_least_recently_active() {
         let revoked = second_sock.expect("session_revoked").await;
         assert_eq!(revoked["reason"], "device_limit");
         assert_eq!(second_sock.closed().await, Some(4002));
-        let list = api.get("/api/v1/devices", &fourth.access).await.ok(200);
-        let ids: Vec<i64> = list["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["id"].as_i64().unwrap())
-            .collect();
+        let ids = device_ids(api, &fourth).await;
         assert_eq!(ids, vec![first.device, third.device, fourth.device]);
         api.get("/api/v1/me", &second.access).await.err(401, None);
     })
     .await;
+}
+
+/// The ids of the devices `who`'s account lists.
+async fn device_ids(api: &Api, who: &Login) -> Vec<i64> {
+    let list = api.get("/api/v1/devices", &who.access).await.ok(200);
+    list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect()
 }
