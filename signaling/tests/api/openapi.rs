@@ -2,7 +2,7 @@
 //! every documented operation is routed (its answer is not the router's own
 //! 404 or 405), and at a documented path every method the document does not
 //! name gets the router's 405. The reverse for new paths (a route nobody
-//! documented) is the unit test beside `OPERATIONS`, which the router is
+//! documented) is the unit test in `server`, over the lists the routers are
 //! built from.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
