@@ -25,7 +25,7 @@ use crate::services::hub::Hub;
 use crate::services::metrics;
 use crate::services::password::PasswordHasher;
 use crate::services::presence::PresenceHandle;
-use crate::services::store::Store;
+use crate::services::store::{Store, StoreLocation};
 use crate::services::token::{TokenKeys, VideoGrant};
 use crate::transports::device_socket;
 use crate::transports::error::ApiError;
@@ -129,13 +129,14 @@ impl RunningServer {
 
 /// Binds the media port and the HTTP listener as configured and starts serving.
 pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
-    let store = Store::open(&config.store.path)
+    let location = StoreLocation::from_config(&config.store);
+    let store = Store::connect(&location)
         .await
         .map_err(|source| StartError::Store {
             path: config.store.path.clone(),
             source,
         })?;
-    tracing::info!(path = %config.store.path, "store open");
+    tracing::info!(store = %location, "store open");
     let ips = if config.media.node_ips.is_empty() {
         vela_media::local_addresses()
     } else {

@@ -148,7 +148,7 @@ impl Store {
         .bind(password_hash)
         .bind(roles_text(roles))
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(self.sqlite())
         .await
         .map_err(unique)?;
         Ok(row.into_account())
@@ -162,7 +162,7 @@ impl Store {
         let row: Option<(i64, String)> =
             sqlx::query_as("SELECT id, password_hash FROM accounts WHERE username = ?")
                 .bind(username)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.sqlite())
                 .await?;
         let Some((id, hash)) = row else {
             return Ok(None);
@@ -177,7 +177,7 @@ impl Store {
              FROM accounts WHERE id = ?",
         )
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.sqlite())
         .await?;
         Ok(row.map(AccountRow::into_account))
     }
@@ -187,7 +187,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT password_hash FROM accounts WHERE id = ?")
                 .bind(id.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.sqlite())
                 .await?,
         )
     }
@@ -200,7 +200,7 @@ impl Store {
         )
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite())
         .await?;
         Ok(rows.into_iter().map(AccountRow::into_account).collect())
     }
@@ -210,7 +210,7 @@ impl Store {
         sqlx::query("UPDATE accounts SET password_hash = ? WHERE id = ?")
             .bind(hash)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?;
         Ok(())
     }
@@ -220,7 +220,7 @@ impl Store {
         sqlx::query("UPDATE accounts SET display_name = ? WHERE id = ?")
             .bind(name)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?;
         Ok(())
     }
@@ -230,7 +230,7 @@ impl Store {
         sqlx::query("UPDATE accounts SET roles = ? WHERE id = ?")
             .bind(roles_text(roles))
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?;
         Ok(())
     }
@@ -263,7 +263,7 @@ impl Store {
         let row: Option<(String, Option<i64>)> =
             sqlx::query_as("SELECT status_text, last_seen_at FROM accounts WHERE id = ?")
                 .bind(id.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.sqlite())
                 .await?;
         Ok(row
             .map(|(status_text, last_seen_at)| StoredPresence {
@@ -278,7 +278,7 @@ impl Store {
         sqlx::query("UPDATE accounts SET status_text = ? WHERE id = ?")
             .bind(text)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?;
         Ok(())
     }
@@ -288,7 +288,7 @@ impl Store {
         sqlx::query("UPDATE accounts SET last_seen_at = ?, present_since = NULL WHERE id = ?")
             .bind(at)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?;
         Ok(())
     }
@@ -298,7 +298,7 @@ impl Store {
         sqlx::query("UPDATE accounts SET present_since = ? WHERE id = ?")
             .bind(at)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?;
         Ok(())
     }
@@ -316,7 +316,7 @@ impl Store {
         )
         .bind(alive)
         .bind(now)
-        .execute(&self.pool)
+        .execute(self.sqlite())
         .await?;
         Ok(done.rows_affected())
     }
@@ -329,7 +329,7 @@ impl Store {
         let row: Option<(i64, String, String)> =
             sqlx::query_as("SELECT id, username, display_name FROM accounts WHERE id = ?")
                 .bind(id.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.sqlite())
                 .await?;
         Ok(row.map(|(id, username, display_name)| AccountSummary {
             id: AccountId(id),
@@ -358,7 +358,7 @@ impl Store {
         .bind(label)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(self.sqlite())
         .await?;
         Ok(row.into())
     }
@@ -370,7 +370,7 @@ impl Store {
              FROM devices WHERE account_id = ? AND revoked_at IS NULL ORDER BY id",
         )
         .bind(account.0)
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite())
         .await?;
         Ok(rows.into_iter().map(Device::from).collect())
     }
@@ -387,7 +387,7 @@ impl Store {
         )
         .bind(id.0)
         .bind(account.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.sqlite())
         .await?;
         Ok(row.map(Device::from))
     }
@@ -406,7 +406,7 @@ impl Store {
         .bind(label)
         .bind(id.0)
         .bind(account.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.sqlite())
         .await?;
         Ok(row.map(Device::from))
     }
@@ -462,7 +462,7 @@ impl Store {
         )
         .bind(idle_before)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite())
         .await?;
         Ok(rows
             .into_iter()
@@ -475,7 +475,7 @@ impl Store {
     pub async fn delete_expired_refresh_tokens(&self, now: i64) -> Result<u64, StoreError> {
         let n = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= ?")
             .bind(now)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?
             .rows_affected();
         Ok(n)
@@ -538,7 +538,7 @@ impl Store {
         )
         .bind(device.0)
         .bind(account.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.sqlite())
         .await?;
         Ok(match row {
             None => (SessionState::Unknown, Vec::new()),
@@ -563,7 +563,7 @@ impl Store {
         .bind(hash)
         .bind(device.0)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(self.sqlite())
         .await?;
         Ok(())
     }

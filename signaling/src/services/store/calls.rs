@@ -110,7 +110,7 @@ impl Store {
         let row: Option<(bool, String)> =
             sqlx::query_as("SELECT dnd, allow FROM call_settings WHERE account_id = ?")
                 .bind(account.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.sqlite())
                 .await?;
         Ok(
             row.map_or_else(CallSettings::default, |(dnd, allow)| CallSettings {
@@ -133,7 +133,7 @@ impl Store {
         .bind(account.0)
         .bind(s.dnd)
         .bind(s.allow.as_str())
-        .execute(&self.pool)
+        .execute(self.sqlite())
         .await?;
         Ok(())
     }
@@ -155,7 +155,7 @@ impl Store {
         .bind(owner.0)
         .bind(other.0)
         .bind(favorites_only)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.sqlite())
         .await?;
         Ok(hit.is_some())
     }
@@ -166,7 +166,7 @@ impl Store {
             "SELECT MAX(id) FROM (SELECT MAX(call_id) AS id FROM call_history
                                   UNION ALL SELECT MAX(call_id) FROM open_calls)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.sqlite())
         .await?;
         Ok(CallId(max.unwrap_or(0) + 1))
     }
@@ -187,7 +187,7 @@ impl Store {
         .bind(id.0)
         .bind(json)
         .bind(now)
-        .execute(&self.pool)
+        .execute(self.sqlite())
         .await?;
         Ok(())
     }
@@ -196,7 +196,7 @@ impl Store {
     pub async fn remove_open_call(&self, id: CallId) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM open_calls WHERE call_id = ?")
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?;
         Ok(())
     }
@@ -211,7 +211,7 @@ impl Store {
         let alive = self.last_alive().await?.unwrap_or(0);
         let rows: Vec<(i64, String, i64)> =
             sqlx::query_as("SELECT call_id, body, updated_at FROM open_calls ORDER BY call_id")
-                .fetch_all(&self.pool)
+                .fetch_all(self.sqlite())
                 .await?;
         let mut calls = Vec::new();
         for (call_id, json, updated_at) in rows {
@@ -239,7 +239,7 @@ impl Store {
                 .bind(r.account_id.0)
                 .bind(r.call_id.0)
                 .bind(r.started_at)
-                .fetch_one(&self.pool)
+                .fetch_one(self.sqlite())
                 .await?;
                 if account && !already {
                     stored.push(self.add_call_record(&r).await?);
@@ -284,7 +284,7 @@ impl Store {
         .bind(r.device_id.map(|d| d.0))
         .bind(handed)
         .bind(!is_missed(r))
-        .fetch_one(&self.pool)
+        .fetch_one(self.sqlite())
         .await?;
         Ok(CallRecord {
             id: CallRecordId(id),
@@ -313,7 +313,7 @@ impl Store {
         .bind(before.map(|b| b.0))
         .bind(before.map(|b| b.0))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite())
         .await?;
         rows.into_iter().map(HistoryRow::into_record).collect()
     }
@@ -324,7 +324,7 @@ impl Store {
             "SELECT COUNT(*) FROM call_history WHERE account_id = ? AND seen = 0",
         )
         .bind(account.0)
-        .fetch_one(&self.pool)
+        .fetch_one(self.sqlite())
         .await?)
     }
 
@@ -332,7 +332,7 @@ impl Store {
     pub async fn mark_missed_seen(&self, account: AccountId) -> Result<(), StoreError> {
         sqlx::query("UPDATE call_history SET seen = 1 WHERE account_id = ? AND seen = 0")
             .bind(account.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?;
         Ok(())
     }

@@ -151,7 +151,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT contacts_revision FROM accounts WHERE id = ?")
                 .bind(account.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.sqlite())
                 .await?
                 .unwrap_or(0),
         )
@@ -208,7 +208,7 @@ impl Store {
         )
         .bind(id.0)
         .bind(account.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.sqlite())
         .await?;
         row.map(ContactRow::into_contact).transpose()
     }
@@ -220,7 +220,7 @@ impl Store {
         account: AccountId,
         filter: &ContactFilter,
     ) -> Result<(Vec<Contact>, i64), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.sqlite().begin().await?;
         let revision: i64 =
             sqlx::query_scalar("SELECT contacts_revision FROM accounts WHERE id = ?")
                 .bind(account.0)
@@ -359,7 +359,7 @@ impl Store {
         since: i64,
         limit: i64,
     ) -> Result<ContactChanges, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.sqlite().begin().await?;
         let current: i64 =
             sqlx::query_scalar("SELECT contacts_revision FROM accounts WHERE id = ?")
                 .bind(account.0)

@@ -118,7 +118,7 @@ impl Store {
              WHERE r.id = ?",
         )
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.sqlite())
         .await?;
         Ok(row.map(ContactRequest::from))
     }
@@ -140,7 +140,7 @@ impl Store {
         )
         .bind(account.0)
         .bind(account.0)
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite())
         .await?;
         let (incoming, outgoing) = rows
             .into_iter()
@@ -201,7 +201,7 @@ impl Store {
         }
         let n = sqlx::query("DELETE FROM contact_requests WHERE id = ?")
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?
             .rows_affected();
         Ok((n > 0).then_some(request))
@@ -215,7 +215,7 @@ impl Store {
         )
         .bind(a)
         .bind(b)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.sqlite())
         .await?;
         Ok(row.is_some())
     }
@@ -233,7 +233,7 @@ impl Store {
         )
         .bind(account.0)
         .bind(account.0)
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite())
         .await?;
         Ok(rows
             .into_iter()
@@ -253,7 +253,7 @@ impl Store {
         )
         .bind(account.0)
         .bind(account.0)
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite())
         .await?;
         Ok(ids.into_iter().map(AccountId).collect())
     }
@@ -264,7 +264,7 @@ impl Store {
         let n = sqlx::query("DELETE FROM mutual_contacts WHERE account_a = ? AND account_b = ?")
             .bind(a)
             .bind(b)
-            .execute(&self.pool)
+            .execute(self.sqlite())
             .await?
             .rows_affected();
         Ok(n > 0)

@@ -6,11 +6,19 @@
 //! goes through [`Store`]. Today the backend is SQLite (one file, WAL mode)
 //! through sqlx; the schema lives in `signaling/migrations/` and is applied
 //! at start. Every statement is a constant string with bound parameters.
-//! A PostgreSQL backend can follow behind the same methods. The statements
-//! mostly use what both accept (`RETURNING`, `ON CONFLICT`, `UNION`); what a
-//! port must change is the `?` placeholders (`$1` there), `instr()` (`strpos`),
-//! integer booleans, the migrations' `AUTOINCREMENT`, and `BEGIN IMMEDIATE`
-//! for write transactions, made in one place, [`Store::write_tx`].
+//!
+//! The seam for other databases is [`Backend`]: callers hold a [`Store`] and
+//! never see the pool, and [`Store::connect`] picks the backend from a
+//! [`StoreLocation`] (the configuration). A PostgreSQL backend (issue 18)
+//! is a `Backend::Postgres(PgPool)` variant, a `StoreLocation::Postgres`
+//! parsed from `store.url`, its migrations, and in each method an arm with
+//! its SQL where the dialects differ; the methods that reach the pool through
+//! [`Store::sqlite`] are those arms today. The statements mostly use what
+//! both accept (`RETURNING`, `ON CONFLICT`, `UNION`); what a port must change
+//! is the `?` placeholders (`$1` there), `instr()` (`strpos`), integer
+//! booleans, the migrations' `AUTOINCREMENT`, the `row!` macro's row type,
+//! and `BEGIN IMMEDIATE` for write transactions, made in one place,
+//! [`Store::write_tx`].
 
 /// A struct read from a result row, field by column name: what
 /// `#[derive(sqlx::FromRow)]` does, without sqlx's macros crate (which
@@ -109,15 +117,61 @@ fn create_private(path: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Which database a [`Store`] opens: what the configuration names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreLocation {
+    /// An SQLite file, created when missing, or `:memory:` (`store.path`).
+    Sqlite {
+        /// The file's path.
+        path: String,
+    },
+}
+
+impl StoreLocation {
+    /// The location the configuration names.
+    pub fn from_config(config: &vela_config::StoreConfig) -> Self {
+        StoreLocation::Sqlite {
+            path: config.path.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite { path } => write!(f, "sqlite {path}"),
+        }
+    }
+}
+
+/// The database behind a [`Store`]: one variant per engine, so that a
+/// second one is a variant and its SQL, not a change to any caller. An
+/// enum, not a trait object: each method matches once, with no boxed
+/// futures, and the compiler lists every method a new variant must answer.
+#[derive(Clone, Debug)]
+enum Backend {
+    /// SQLite through sqlx: one file in WAL mode, or in memory.
+    Sqlite(SqlitePool),
+}
+
 /// The database handle; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    backend: Backend,
 }
 
 impl Store {
-    /// Opens (creating if missing) the database at `path` and applies the
-    /// migrations. `:memory:` opens a private in-memory database.
+    /// Opens the database `location` names (creating an SQLite file when
+    /// missing) and applies the migrations.
+    pub async fn connect(location: &StoreLocation) -> Result<Store, StoreError> {
+        match location {
+            StoreLocation::Sqlite { path } => Self::open(path).await,
+        }
+    }
+
+    /// Opens (creating if missing) the SQLite database at `path` and applies
+    /// the migrations. `:memory:` opens a private in-memory database.
     pub async fn open(path: &str) -> Result<Store, StoreError> {
         let memory = path == ":memory:";
         if !memory {
@@ -150,18 +204,30 @@ impl Store {
             .await?
             .run(&pool)
             .await?;
-        Ok(Store { pool })
+        Ok(Store {
+            backend: Backend::Sqlite(pool),
+        })
+    }
+
+    /// The SQLite pool, for the statements written in SQLite's dialect (all
+    /// of them while it is the only backend).
+    fn sqlite(&self) -> &SqlitePool {
+        match &self.backend {
+            Backend::Sqlite(pool) => pool,
+        }
     }
 
     /// Answers when the database does (readiness checks).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(self.sqlite()).await?;
         Ok(())
     }
 
     /// Waits for running statements and closes every connection.
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.backend {
+            Backend::Sqlite(pool) => pool.close().await,
+        }
     }
 
     /// Notes that the server is running at `now` (a heartbeat: what a crash
@@ -172,7 +238,7 @@ impl Store {
              ON CONFLICT (id) DO UPDATE SET alive_at = excluded.alive_at",
         )
         .bind(now)
-        .execute(&self.pool)
+        .execute(self.sqlite())
         .await?;
         Ok(())
     }
@@ -180,14 +246,14 @@ impl Store {
     /// The last heartbeat ([`Store::mark_alive`]), if any.
     async fn last_alive(&self) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar("SELECT alive_at FROM node_alive")
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.sqlite())
             .await?)
     }
 
     /// A transaction that takes the write lock at once, so two writers queue
     /// (busy timeout) instead of one failing when it upgrades from reading.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.sqlite().begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 

@@ -240,7 +240,7 @@ async fn devices_whose_sessions_ran_out_are_found_and_their_tokens_dropped() {
         .expect("token");
     sqlx::query("UPDATE refresh_tokens SET rotated_at = 90 WHERE token_hash = ?")
         .bind(&b"u0"[..])
-        .execute(&s.pool)
+        .execute(s.sqlite())
         .await
         .expect("mark used");
     // Recently active (a login just now, its token not stored yet).
