@@ -21,10 +21,11 @@ use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 use crate::domain::ids::now_ms;
 use crate::services::auth::{LoginLimiter, SignupLimiter};
 use crate::services::devices::Devices;
-use crate::services::hub::Hub;
+use crate::services::hub::{DeviceBus, Hub};
 use crate::services::metrics;
 use crate::services::password::PasswordHasher;
 use crate::services::presence::PresenceHandle;
+use crate::services::room_directory::RoomDirectory;
 use crate::services::store::{Store, StoreLocation};
 use crate::services::token::{TokenKeys, VideoGrant};
 use crate::transports::device_socket;
@@ -182,7 +183,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let (key, secret) = config.auth.effective_key();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let socket_tasks = TaskTracker::new();
-    let hub = Hub::default();
+    let hub = Hub::new(DeviceBus::Local);
     // Before the first heartbeat of this run: who was present at a crash.
     let recovered = store
         .recover_presence(now_ms())
@@ -250,6 +251,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         devices: Devices::new(store.clone(), hub.clone(), presence.clone()),
         hub,
         presence,
+        rooms: RoomDirectory::Local,
         resumable: Default::default(),
         metrics,
         connections: Arc::default(),

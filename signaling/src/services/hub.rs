@@ -1,4 +1,5 @@
-//! Who is connected: account -> device -> live connections.
+//! Who is connected: account -> device -> live connections, and how pushes
+//! reach them ([`DeviceBus`]: this process only, until a cluster's bus).
 //!
 //! Device sockets (`/api/v1/ws`) receive pushes (presence, address book
 //! changes, contact requests) through the hub; room sessions joined with an
@@ -57,11 +58,43 @@ struct Conn {
     tx: mpsc::Sender<HubMsg>,
 }
 
-/// The registry of live connections; cheap to clone.
-#[derive(Debug, Clone, Default)]
+/// How pushes and closes addressed to an account reach its connections,
+/// wherever they are: the seam a cluster's bus (issue 18: Redis) joins as a
+/// variant, picked at start in `server`. An enum, not a trait object: one
+/// match per push, nothing boxed.
+///
+/// What every variant guarantees (and a remote one must keep):
+/// - pushes sent from one node to one account reach each of its device
+///   sockets in the order they were sent (a per-account or per-node channel
+///   kept in order, not a pool of racing publishers);
+/// - a push is delivered at most once per connection, and lost only with
+///   the connection: a socket whose queue is full is closed, so its client
+///   reconnects and reloads; an outage must close or refuse, never drop
+///   pushes silently;
+/// - closes (a device revoked, an account disabled) reach every connection
+///   of the device or account at once, on whichever node it is;
+/// - [`Hub::connected_devices`] covers every node, and may lag a
+///   connect or disconnect by the bus's delay.
+///
+/// Registrations are always local (the socket lives in this process); a
+/// remote bus delivers what other nodes publish to this node's registry,
+/// and announces this node's device sockets (with an expiry) for
+/// [`Hub::connected_devices`] elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceBus {
+    /// One node: every connection is in this process's registry, and a push
+    /// is delivered as it is sent.
+    Local,
+}
+
+/// The live connections of this node, and the bus to the others; cheap to
+/// clone.
+#[derive(Debug, Clone)]
 pub struct Hub {
     conns: Arc<Mutex<HashMap<AccountId, Vec<Conn>>>>,
     next: Arc<AtomicU64>,
+    bus: DeviceBus,
 }
 
 /// Keeps a connection registered; unregisters it when dropped.
@@ -79,6 +112,15 @@ impl Drop for Registration {
 }
 
 impl Hub {
+    /// No connections yet; pushes and closes go over `bus`.
+    pub fn new(bus: DeviceBus) -> Self {
+        Hub {
+            conns: Arc::default(),
+            next: Arc::default(),
+            bus,
+        }
+    }
+
     /// Registers a connection of `device`; its messages arrive on the receiver.
     pub fn register(
         &self,
@@ -124,19 +166,22 @@ impl Hub {
     /// Pushes `push` to every device socket of `account`. A connection whose
     /// queue is full is dropped (its socket then closes).
     pub fn push(&self, account: AccountId, push: &Push) {
-        if let Some(text) = push.encode() {
-            self.push_text(account, &text);
-        }
+        self.push_all(&[account], push);
     }
 
     /// Pushes `push` to the device sockets of several accounts.
     pub fn push_all(&self, accounts: &[AccountId], push: &Push) {
         let Some(text) = push.encode() else { return };
-        for a in accounts {
-            self.push_text(*a, &text);
+        match self.bus {
+            DeviceBus::Local => {
+                for a in accounts {
+                    self.push_text(*a, &text);
+                }
+            }
         }
     }
 
+    /// Delivers to this node's device sockets of `account`.
     fn push_text(&self, account: AccountId, text: &Arc<str>) {
         let full: Vec<u64> = {
             let Ok(m) = self.conns.lock() else { return };
@@ -154,7 +199,7 @@ impl Hub {
     }
 
     /// Closes every connection of `device` (after sending `event` to its
-    /// device sockets); returns how many there were.
+    /// device sockets); returns how many there were on this node.
     pub fn close_device(
         &self,
         account: AccountId,
@@ -163,12 +208,16 @@ impl Hub {
         code: u16,
         reason: &'static str,
     ) -> usize {
-        let gone = self.remove(account, |c| c.device == device);
-        Self::close(gone, event.and_then(Push::encode), code, reason)
+        match self.bus {
+            DeviceBus::Local => {
+                let gone = self.remove(account, |c| c.device == device);
+                Self::close(gone, event.and_then(Push::encode), code, reason)
+            }
+        }
     }
 
     /// Closes every connection of `account` (after sending `event` to its
-    /// device sockets); returns how many there were.
+    /// device sockets); returns how many there were on this node.
     pub fn close_account(
         &self,
         account: AccountId,
@@ -176,8 +225,12 @@ impl Hub {
         code: u16,
         reason: &'static str,
     ) -> usize {
-        let gone = self.remove(account, |_| true);
-        Self::close(gone, event.and_then(Push::encode), code, reason)
+        match self.bus {
+            DeviceBus::Local => {
+                let gone = self.remove(account, |_| true);
+                Self::close(gone, event.and_then(Push::encode), code, reason)
+            }
+        }
     }
 
     fn close(gone: Vec<Conn>, event: Option<Arc<str>>, code: u16, reason: &'static str) -> usize {
@@ -197,6 +250,13 @@ impl Hub {
 
     /// The devices of `account` with a device socket open.
     pub fn connected_devices(&self, account: AccountId) -> Vec<DeviceId> {
+        match self.bus {
+            DeviceBus::Local => self.connected_here(account),
+        }
+    }
+
+    /// The devices of `account` with a device socket open on this node.
+    fn connected_here(&self, account: AccountId) -> Vec<DeviceId> {
         let Ok(m) = self.conns.lock() else {
             return Vec::new();
         };
@@ -222,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn pushes_reach_device_sockets_and_closes_reach_everything() {
-        let hub = Hub::default();
+        let hub = Hub::new(DeviceBus::Local);
         let (a, b) = (AccountId(1), AccountId(2));
         let (_r1, mut phone) = hub.register(a, DeviceId(1), ConnKind::Device);
         let (_r2, mut room) = hub.register(a, DeviceId(1), ConnKind::Room);

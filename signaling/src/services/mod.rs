@@ -12,6 +12,7 @@ pub mod password;
 pub mod presence;
 pub mod push;
 pub mod rate_limit;
+pub mod room_directory;
 pub mod store;
 pub mod token;
 pub mod webhook;

@@ -33,10 +33,35 @@ enum Cmd {
     DeviceStatuses(Vec<DeviceId>, oneshot::Sender<Vec<Status>>),
 }
 
-/// Sends inputs to the presence task; cheap to clone.
+/// Where devices' presence is kept and aggregated per account: the seam a
+/// cluster's shared presence (issue 18: Redis, with expiry) joins as a
+/// variant. An enum, not a trait object: one match per input, nothing
+/// boxed.
+///
+/// What every variant guarantees (and a remote one must keep):
+/// - the inputs of one device are applied in the order it sent them, and
+///   an account's status is aggregated over all its devices, on any node;
+/// - a device that stops sending goes offline after the heartbeat timeout,
+///   also when its node died;
+/// - each change of an account's status or text is pushed once (not once
+///   per node) to its own devices and its mutual contacts, through the
+///   [`Hub`], and last-seen times are recorded in the store;
+/// - queries answer from the same aggregated view, `Offline` when it cannot
+///   be reached.
+///
+/// `server` picks it through the constructor: [`PresenceHandle::spawn`]
+/// for this one.
+#[derive(Debug, Clone)]
+enum PresenceBackend {
+    /// One node: the presence task of this process (a [`PresenceTracker`]
+    /// on the real clock), fed over a channel.
+    Local(mpsc::UnboundedSender<Cmd>),
+}
+
+/// Sends inputs to presence and asks it; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PresenceHandle {
-    tx: mpsc::UnboundedSender<Cmd>,
+    backend: PresenceBackend,
     store: Store,
 }
 
@@ -50,8 +75,9 @@ fn wall_ms(at: Instant) -> i64 {
 }
 
 impl PresenceHandle {
-    /// Starts the presence task; it stops when `shutdown` turns true, after
-    /// recording a last-seen time for every account still present.
+    /// Starts this node's presence task (the local backend); it stops when
+    /// `shutdown` turns true, after recording a last-seen time for every
+    /// account still present.
     pub fn spawn(
         timeout: Duration,
         store: Store,
@@ -66,11 +92,22 @@ impl PresenceHandle {
             hub,
             shutdown,
         ));
-        (PresenceHandle { tx, store }, task)
+        (
+            PresenceHandle {
+                backend: PresenceBackend::Local(tx),
+                store,
+            },
+            task,
+        )
     }
 
     fn send(&self, cmd: Cmd) {
-        let _ = self.tx.send(cmd);
+        match &self.backend {
+            // The task is gone only at shutdown, when nothing is left to tell.
+            PresenceBackend::Local(tx) => {
+                let _ = tx.send(cmd);
+            }
+        }
     }
 
     /// A device connected or sent something.

@@ -18,6 +18,7 @@ use crate::services::hub::Hub;
 use crate::services::metrics;
 use crate::services::password::PasswordHasher;
 use crate::services::presence::PresenceHandle;
+use crate::services::room_directory::RoomDirectory;
 use crate::services::store::Store;
 use crate::services::token::TokenKeys;
 use crate::transports::listener::ConnectionStats;
@@ -60,6 +61,8 @@ pub(crate) struct AppState {
     pub devices: Devices,
     /// The presence task.
     pub presence: PresenceHandle,
+    /// Which node serves each room (asked on every join).
+    pub rooms: RoomDirectory,
     /// Failed-login counters.
     pub login_limiter: Arc<LoginLimiter>,
     /// Sign-ups per client address.

@@ -8,6 +8,7 @@ use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
 
 use crate::services::hub::HubMsg;
 use crate::services::lease::DeviceLease;
+use crate::services::room_directory::RoomHome;
 use crate::transports::auth::bearer;
 use crate::transports::error::ApiError;
 use crate::transports::state::{AppState, WhipSession};
@@ -69,6 +70,11 @@ async fn start(
     crate::transports::auth::room_access(&state, room.as_str(), grant.account, None).await?;
     let offer = sdp_body(&headers, &body)?;
     let req = grant.join_request(room.clone(), kind).with_offer(offer);
+    // Served here only where the directory says so (issue 18 adds the
+    // answer "elsewhere": proxy or redirect).
+    match state.rooms.home(&room).await {
+        RoomHome::Here => {}
+    }
     let (joined, mut signals) = state.media.join(req).await?;
     let id = joined.connection;
     let answer = joined

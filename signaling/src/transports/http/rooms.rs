@@ -22,6 +22,7 @@ use vela_media::{MediaError, PermissionsUpdate};
 
 use super::Body;
 use crate::domain::account::PERM_ROOMS_ADMIN;
+use crate::services::room_directory::RoomHome;
 use crate::services::token::{Credential, VideoGrant};
 use crate::transports::auth::bearer;
 use crate::transports::error::ApiError;
@@ -192,6 +193,11 @@ pub(crate) async fn create(
         empty_timeout: (empty_timeout > 0).then(|| Duration::from_secs(empty_timeout)),
         metadata,
     };
+    // Served here only where the directory says so (issue 18 adds the
+    // answer "elsewhere": proxy or redirect).
+    match state.rooms.home(&room).await {
+        RoomHome::Here => {}
+    }
     let info = state.media.create_room(&room, options).await?;
     Ok(Json(info))
 }

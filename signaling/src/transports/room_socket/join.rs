@@ -2,6 +2,7 @@
 //! members and take-overs, then the media join or handover.
 
 use super::*;
+use crate::services::room_directory::RoomHome;
 
 /// A join carried out: what the session serves.
 pub(super) struct Join {
@@ -66,6 +67,11 @@ pub(super) async fn join(state: &AppState, text: &str) -> Result<Join, ApiError>
     let req = grant
         .join_request(room.clone(), PeerKind::Session)
         .with_name(name);
+    // Served here only where the directory says so (issue 18 adds the
+    // answer "elsewhere": proxy or redirect).
+    match state.rooms.home(&room).await {
+        RoomHome::Here => {}
+    }
     let (joined, signals) = match from {
         Some(from) => state.media.handover(from, req).await?,
         None => state.media.join(req).await?,
