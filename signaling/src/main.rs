@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use vela_config::{CliOverrides, Config};
-use vela_signaling::store::Store;
+use vela_signaling::store::{Store, StoreLocation};
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
 /// A WebRTC SFU with signaling, WHIP and WHEP.
@@ -178,7 +178,10 @@ fn admin(config: &Config, cmd: AdminCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(admin_in_store(&config.store.path, cmd)) {
+    match rt.block_on(admin_in_store(
+        &StoreLocation::from_config(&config.store),
+        cmd,
+    )) {
         Ok(text) => {
             #[allow(clippy::print_stdout)]
             {
@@ -193,11 +196,12 @@ fn admin(config: &Config, cmd: AdminCommand) -> ExitCode {
     }
 }
 
-async fn admin_in_store(path: &str, cmd: AdminCommand) -> Result<String, String> {
+async fn admin_in_store(location: &StoreLocation, cmd: AdminCommand) -> Result<String, String> {
     use vela_signaling::account::Role;
-    let store = Store::open(path)
+    // The store the server opens: the same backend, from the same settings.
+    let store = Store::connect(location)
         .await
-        .map_err(|e| format!("cannot open the store at {path}: {e}"))?;
+        .map_err(|e| format!("cannot open the store ({location}): {e}"))?;
     let result = async {
         match cmd {
             AdminCommand::List => {
