@@ -126,6 +126,33 @@ async fn bump_revision(
     .await?)
 }
 
+/// Ends a conditional write of one entry that changed `n` rows: commits and
+/// returns the entry as it now is, or, when nothing changed, rolls back (the
+/// revision bump with it) and says why: the entry moved past `based_on`, or
+/// it is gone.
+async fn finish_write(
+    mut tx: Transaction<'static, Sqlite>,
+    n: u64,
+    account: AccountId,
+    id: ContactId,
+    based_on: Option<i64>,
+) -> Result<Contact, ContactWriteError> {
+    let current = read_contact(&mut tx, account, id).await?;
+    if n == 0 {
+        drop(tx);
+        return Err(match (current, based_on) {
+            (Some(c), Some(based_on)) if !c.deleted => ContactWriteError::Stale {
+                based_on,
+                current: Box::new(c),
+            },
+            _ => ContactWriteError::NotFound,
+        });
+    }
+    let contact = current.ok_or(ContactWriteError::NotFound)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(contact)
+}
+
 async fn read_contact(
     tx: &mut Transaction<'static, Sqlite>,
     account: AccountId,
@@ -292,21 +319,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let current = read_contact(&mut tx, account, id).await?;
-        if n == 0 {
-            // Nothing changed: the revision bump is rolled back with the transaction.
-            drop(tx);
-            return Err(match current {
-                Some(c) if !c.deleted => ContactWriteError::Stale {
-                    based_on,
-                    current: Box::new(c),
-                },
-                _ => ContactWriteError::NotFound,
-            });
-        }
-        let contact = current.ok_or(ContactWriteError::NotFound)?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(contact)
+        finish_write(tx, n, account, id, Some(based_on)).await
     }
 
     /// Deletes an entry (leaving a tombstone), if it is still at `based_on`
@@ -335,20 +348,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let current = read_contact(&mut tx, account, id).await?;
-        if n == 0 {
-            drop(tx);
-            return Err(match (current, based_on) {
-                (Some(c), Some(based_on)) if !c.deleted => ContactWriteError::Stale {
-                    based_on,
-                    current: Box::new(c),
-                },
-                _ => ContactWriteError::NotFound,
-            });
-        }
-        let contact = current.ok_or(ContactWriteError::NotFound)?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(contact)
+        finish_write(tx, n, account, id, based_on).await
     }
 
     /// Entries changed after revision `since` (tombstones included; from 0,
