@@ -11,7 +11,7 @@ use vela_media::core::{ConnectionId, JoinRequest, PeerKind, Permissions, RoomId}
 use crate::domain::account;
 use crate::domain::call::is_call_room;
 use crate::domain::ids::{AccountId, DeviceId};
-use crate::services::store::SessionState;
+use crate::services::store::SignInState;
 use crate::services::token::{AccessClaims, Claims, Credential};
 use crate::transports::error::ApiError;
 use crate::transports::state::{AppState, WhipOwner};
@@ -23,9 +23,9 @@ impl AppState {
     /// role granted or taken away counts from the next request.
     pub async fn authenticate(&self, token: &str) -> Result<AccessClaims, ApiError> {
         let mut claims = self.keys.verify_access(token)?;
-        let (session, roles) = self.store.session(claims.acc, claims.dev).await?;
-        match session {
-            SessionState::Active => {
+        let (sign_in, roles) = self.store.sign_in(claims.acc, claims.dev).await?;
+        match sign_in {
+            SignInState::Active => {
                 claims.perms = account::permissions(&roles)
                     .into_iter()
                     .map(str::to_owned)
@@ -33,9 +33,9 @@ impl AppState {
                 claims.roles = roles.iter().map(|r| r.as_str().to_owned()).collect();
                 Ok(claims)
             }
-            SessionState::Revoked => Err(ApiError::unauthorized("this device was signed out")),
-            SessionState::Disabled => Err(ApiError::unauthorized("this account is disabled")),
-            SessionState::Unknown => Err(ApiError::unauthorized("unknown account or device")),
+            SignInState::Revoked => Err(ApiError::unauthorized("this device was signed out")),
+            SignInState::Disabled => Err(ApiError::unauthorized("this account is disabled")),
+            SignInState::Unknown => Err(ApiError::unauthorized("unknown account or device")),
         }
     }
 }

@@ -87,7 +87,7 @@ row! {
 
 /// Whether a token's account and device may still be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionState {
+pub enum SignInState {
     /// Both are in good standing.
     Active,
     /// The device was revoked or logged out.
@@ -515,22 +515,22 @@ impl Store {
     }
 
     /// Whether a token for this account and device may be used.
-    pub async fn session_state(
+    pub async fn sign_in_state(
         &self,
         account: AccountId,
         device: DeviceId,
-    ) -> Result<SessionState, StoreError> {
-        Ok(self.session(account, device).await?.0)
+    ) -> Result<SignInState, StoreError> {
+        Ok(self.sign_in(account, device).await?.0)
     }
 
     /// Whether a token for this account and device may be used, and the
     /// account's roles now (whatever the token says: a demotion counts at
     /// once).
-    pub async fn session(
+    pub async fn sign_in(
         &self,
         account: AccountId,
         device: DeviceId,
-    ) -> Result<(SessionState, Vec<Role>), StoreError> {
+    ) -> Result<(SignInState, Vec<Role>), StoreError> {
         let row: Option<(bool, Option<i64>, String)> = sqlx::query_as(
             "SELECT a.disabled, d.revoked_at, a.roles FROM devices d
              JOIN accounts a ON a.id = d.account_id
@@ -541,10 +541,10 @@ impl Store {
         .fetch_optional(self.sqlite())
         .await?;
         Ok(match row {
-            None => (SessionState::Unknown, Vec::new()),
-            Some((true, _, _)) => (SessionState::Disabled, Vec::new()),
-            Some((false, Some(_), _)) => (SessionState::Revoked, Vec::new()),
-            Some((false, None, roles)) => (SessionState::Active, parse_roles(&roles)),
+            None => (SignInState::Unknown, Vec::new()),
+            Some((true, _, _)) => (SignInState::Disabled, Vec::new()),
+            Some((false, Some(_), _)) => (SignInState::Revoked, Vec::new()),
+            Some((false, None, roles)) => (SignInState::Active, parse_roles(&roles)),
         })
     }
 

@@ -55,7 +55,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-pub use accounts::{RefreshOutcome, SessionState, StoredPresence};
+pub use accounts::{RefreshOutcome, SignInState, StoredPresence};
 pub use calls::{CallRecord, InterruptedCall};
 pub use contacts::{ContactChanges, ContactWriteError};
 

@@ -124,12 +124,12 @@ async fn devices_refresh_tokens_and_links() {
         .await
         .expect("device");
     assert_eq!(
-        s.session_state(a, d.id).await.expect("state"),
-        SessionState::Active
+        s.sign_in_state(a, d.id).await.expect("state"),
+        SignInState::Active
     );
     assert_eq!(
-        s.session_state(b, d.id).await.expect("state"),
-        SessionState::Unknown
+        s.sign_in_state(b, d.id).await.expect("state"),
+        SignInState::Unknown
     );
     s.insert_refresh_token(d.id, b"t1", 1000)
         .await
@@ -161,8 +161,8 @@ async fn devices_refresh_tokens_and_links() {
     assert!(s.revoke_device(a, d.id, 50).await.expect("revoke"));
     assert!(!s.revoke_device(a, d.id, 51).await.expect("again"));
     assert_eq!(
-        s.session_state(a, d.id).await.expect("state"),
-        SessionState::Revoked
+        s.sign_in_state(a, d.id).await.expect("state"),
+        SignInState::Revoked
     );
     assert!(s.devices(a).await.expect("list").is_empty());
 

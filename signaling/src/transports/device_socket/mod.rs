@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::services::hub::{CLOSE_REVOKED, ConnKind, HubMsg};
 use crate::services::push::{Push, Ready, SignOutReason};
 use crate::services::rate_limit::TokenBucket;
-use crate::services::store::SessionState;
+use crate::services::store::SignInState;
 use crate::services::token::AccessClaims;
 use crate::transports::auth::{Authed, bearer};
 use crate::transports::error::ApiError;
@@ -160,8 +160,8 @@ async fn serve(state: AppState, mut ws: WebSocket, claims: AccessClaims) {
     let (_registration, mut pushes) = state.hub.register(account, device, ConnKind::Device);
     // A revoke between the token check and the registration would have missed this socket.
     if !matches!(
-        state.store.session_state(account, device).await,
-        Ok(SessionState::Active)
+        state.store.sign_in_state(account, device).await,
+        Ok(SignInState::Active)
     ) {
         let revoked = Push::SessionRevoked {
             device_id: device,

@@ -165,8 +165,8 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
     let mut lease = account.map(|(a, d)| DeviceLease::take(&state.hub, &state.presence, a, d));
     let revoked = match account {
         Some((a, d)) => !matches!(
-            state.store.session_state(a, d).await,
-            Ok(crate::services::store::SessionState::Active)
+            state.store.sign_in_state(a, d).await,
+            Ok(crate::services::store::SignInState::Active)
         ),
         None => false,
     };
