@@ -175,13 +175,14 @@ impl Push {
     /// The text frame, shared by every connection it goes to. `None` (and
     /// logged) if it cannot be serialised, which the types here rule out.
     pub fn encode(&self) -> Option<Arc<str>> {
-        match serde_json::to_string(self) {
-            Ok(text) => Some(Arc::from(text)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialise a push");
-                None
-            }
-        }
+        self.text().map(Arc::from)
+    }
+
+    /// The text frame for one connection (no shared copy needed).
+    pub fn text(&self) -> Option<String> {
+        serde_json::to_string(self)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot serialise a push"))
+            .ok()
     }
 }
 

@@ -97,8 +97,8 @@ pub(crate) async fn upgrade(
 }
 
 async fn send_push(ws: &mut WebSocket, push: &Push) -> bool {
-    match push.encode() {
-        Some(text) => send_text(ws, text.as_ref().to_owned()).await,
+    match push.text() {
+        Some(text) => send_text(ws, text).await,
         None => false,
     }
 }
