@@ -3,7 +3,8 @@
 # (scripts/fuzz.sh; VELA_SKIP_FUZZ=1 skips them). Installs what the tests
 # need on Debian (Chromium and ChromeDriver for the browser tests, Firefox
 # ESR, Node.js and puppeteer-core for the Firefox ones, iproute2 and
-# nftables for the impaired-link tests, cmake for libopus, g++ for
+# nftables for the impaired-link tests, Redis and PostgreSQL for the
+# cluster and store tests, cmake for libopus, g++ for
 # libFuzzer) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # Impaired-link tests: namespaces and rate caps (iproute2), loss and outages (nftables).
 command -v tc >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# Cluster tests: throwaway Redis and PostgreSQL servers (vela-testkit starts them).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # The load generator's Opus encoder (the opus crate builds libopus with cmake).
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 # libFuzzer, built from the libfuzzer-sys crate for scripts/fuzz.sh, is C++.

@@ -10,6 +10,7 @@
 mod auth;
 mod calls;
 mod cli;
+mod cluster;
 mod env;
 mod error;
 mod limits;
@@ -26,12 +27,13 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthConfig, DEV_API_KEY, DEV_API_SECRET, MIN_API_SECRET_BYTES};
 pub use calls::CallsConfig;
 pub use cli::CliOverrides;
+pub use cluster::ClusterConfig;
 pub use error::ConfigError;
 pub use limits::LimitsConfig;
 pub use media::MediaConfig;
 pub use presence::PresenceConfig;
 pub use server::ServerConfig;
-pub use store::StoreConfig;
+pub use store::{StoreConfig, StoreUrl};
 pub use webhooks::WebhooksConfig;
 
 /// The whole server configuration.
@@ -54,6 +56,8 @@ pub struct Config {
     pub calls: CallsConfig,
     /// Where events are posted (`[webhooks]`).
     pub webhooks: WebhooksConfig,
+    /// Several nodes sharing state (`[cluster]`).
+    pub cluster: ClusterConfig,
 }
 
 impl Config {
@@ -143,6 +147,7 @@ impl Config {
         self.presence.validate()?;
         self.calls.validate()?;
         self.webhooks.validate()?;
+        self.cluster.validate()?;
         Ok(())
     }
 }

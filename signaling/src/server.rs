@@ -20,6 +20,7 @@ use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 
 use crate::domain::ids::now_ms;
 use crate::services::auth::{LoginLimiter, SignupLimiter};
+use crate::services::cluster::{Cluster, NodeIdentity};
 use crate::services::devices::Devices;
 use crate::services::hub::{DeviceBus, Hub};
 use crate::services::metrics;
@@ -50,6 +51,14 @@ pub enum StartError {
         path: String,
         /// The cause.
         source: crate::services::store::StoreError,
+    },
+    /// The cluster's Redis could not be reached.
+    #[error("cannot join the cluster at {url}: {source}")]
+    Cluster {
+        /// The configured `cluster.redis_url`.
+        url: String,
+        /// The cause.
+        source: crate::services::cluster::ClusterError,
     },
     /// The HTTP address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -180,6 +189,19 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         .local_addr()
         .map_err(|source| StartError::Http { addr: bind, source })?;
 
+    let cluster = if config.cluster.enabled() {
+        let node = NodeIdentity::from_config(&config.cluster, http_addr);
+        let cluster = Cluster::connect(&config.cluster, node)
+            .await
+            .map_err(|source| StartError::Cluster {
+                url: config.cluster.redis_url.clone(),
+                source,
+            })?;
+        tracing::info!(node = %cluster.node().id, url = %cluster.node().public_url, "joined the cluster");
+        Some(cluster)
+    } else {
+        None
+    };
     let (key, secret) = config.auth.effective_key();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let socket_tasks = TaskTracker::new();
@@ -252,6 +274,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         hub,
         presence,
         rooms: RoomDirectory::Local,
+        cluster,
         resumable: Default::default(),
         metrics,
         connections: Arc::default(),
@@ -399,7 +422,8 @@ fn router(state: AppState) -> Router {
 }
 
 /// `GET /readyz`: 200 when new work can be taken (store answering, media
-/// driver running, not shutting down), else 503 with the reason.
+/// driver running, the cluster's Redis answering, not shutting down), else
+/// 503 with the reason.
 async fn readyz(State(state): State<AppState>) -> Response {
     let not_ready = |why: &'static str| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     if *state.shutdown.borrow() {
@@ -412,6 +436,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let store = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
     if !matches!(store, Ok(Ok(()))) {
         return not_ready("store not answering");
+    }
+    if let Some(cluster) = &state.cluster {
+        let redis = tokio::time::timeout(Duration::from_secs(2), cluster.ping()).await;
+        if !matches!(redis, Ok(Ok(()))) {
+            return not_ready("redis not answering");
+        }
     }
     "ready".into_response()
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod cluster;
 pub mod devices;
 pub mod hub;
 pub mod lease;

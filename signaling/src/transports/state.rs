@@ -63,6 +63,8 @@ pub(crate) struct AppState {
     pub presence: PresenceHandle,
     /// Which node serves each room (asked on every join).
     pub rooms: RoomDirectory,
+    /// This node's place in a cluster; `None` when it is the only node.
+    pub cluster: Option<crate::services::cluster::Cluster>,
     /// Failed-login counters.
     pub login_limiter: Arc<LoginLimiter>,
     /// Sign-ups per client address.

@@ -1,0 +1,179 @@
+//! This node's place in a cluster: who it is, and its connection to the
+//! Redis the nodes share (`[cluster]`; issue 18).
+//!
+//! With `cluster.redis_url` empty there is no [`Cluster`] and every seam
+//! (store, device bus, presence, room directory, calls) uses its `Local`
+//! variant; with it set, `server` connects here first and hands the
+//! [`Cluster`] to each seam's Redis variant.
+//!
+//! Every key the cluster writes starts with [`PREFIX`], so a Redis shared
+//! with other software stays tidy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use vela_config::ClusterConfig;
+
+/// The start of every key and channel the cluster uses.
+pub const PREFIX: &str = "vela:";
+
+/// Why the cluster could not be joined.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// Redis refused or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Who this node is to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// Unique among the nodes (`cluster.node_id`, else `host:port`).
+    pub id: String,
+    /// Where clients reach this node's HTTP listener, without a trailing
+    /// slash (`cluster.public_url`, else `http://` and the listener).
+    pub public_url: String,
+}
+
+impl NodeIdentity {
+    /// The identity `config` gives a node listening on `http`.
+    pub fn from_config(config: &ClusterConfig, http: SocketAddr) -> NodeIdentity {
+        let id = match config.node_id.trim() {
+            "" => format!("{}:{}", host_name(), http.port()),
+            id => id.to_owned(),
+        };
+        let public_url = match config.public_url.trim().trim_end_matches('/') {
+            "" => format!("http://{http}"),
+            url => url.to_owned(),
+        };
+        NodeIdentity { id, public_url }
+    }
+}
+
+/// The machine's host name, `localhost` when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// This node in the cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    node: Arc<NodeIdentity>,
+    client: redis::Client,
+    redis: ConnectionManager,
+    config: Arc<ClusterConfig>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.node).finish()
+    }
+}
+
+/// How long one Redis command may take before it counts as failed (an
+/// outage answers quickly with an error instead of hanging a request).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Cluster {
+    /// Connects to the cluster's Redis as `node`. Fails when Redis cannot
+    /// be reached now; afterwards the connection is re-established by
+    /// itself after an outage, commands failing meanwhile.
+    pub async fn connect(config: &ClusterConfig, node: NodeIdentity) -> Result<Self, ClusterError> {
+        let client = redis::Client::open(config.redis_url.trim())?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_with_config(client.clone(), manager).await?;
+        Ok(Cluster {
+            node: Arc::new(node),
+            client,
+            redis,
+            config: Arc::new(config.clone()),
+        })
+    }
+
+    /// Who this node is.
+    pub fn node(&self) -> &NodeIdentity {
+        &self.node
+    }
+
+    /// The `[cluster]` settings (heartbeat, node timeout).
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// A connection for commands, shared (multiplexed) and reconnecting by
+    /// itself; clone it per use.
+    pub fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// The client, for connections of their own (subscriptions).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// A key or channel name in the cluster's namespace.
+    pub fn key(parts: &[&str]) -> String {
+        let mut key = String::from(PREFIX);
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                key.push(':');
+            }
+            key.push_str(p);
+        }
+        key
+    }
+
+    /// Answers when Redis does (readiness checks).
+    pub async fn ping(&self) -> Result<(), ClusterError> {
+        let mut redis = self.redis();
+        let _: String = redis::cmd("PING").query_async(&mut redis).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_named_by_its_host_and_port_unless_configured() {
+        let http: SocketAddr = "127.0.0.1:7880".parse().unwrap();
+        let plain = NodeIdentity::from_config(&ClusterConfig::default(), http);
+        assert!(plain.id.ends_with(":7880"), "{}", plain.id);
+        assert_eq!(plain.public_url, "http://127.0.0.1:7880");
+        let named = NodeIdentity::from_config(
+            &ClusterConfig {
+                node_id: "n1".into(),
+                public_url: "https://n1.example.com/".into(),
+                ..ClusterConfig::default()
+            },
+            http,
+        );
+        assert_eq!(named.id, "n1");
+        assert_eq!(named.public_url, "https://n1.example.com");
+        assert_eq!(Cluster::key(&["room", "r1"]), "vela:room:r1");
+    }
+
+    #[tokio::test]
+    async fn a_node_connects_to_redis_and_pings_it() {
+        let redis = vela_testkit::Redis::start();
+        let config = ClusterConfig {
+            redis_url: redis.url(),
+            ..ClusterConfig::default()
+        };
+        let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().unwrap());
+        let cluster = Cluster::connect(&config, node).await.expect("connect");
+        cluster.ping().await.expect("ping");
+    }
+}
