@@ -952,7 +952,16 @@ impl DeviceClient {
         token: &str,
         heartbeat: Option<Duration>,
     ) -> DeviceClient {
-        let mut ws = Ws::connect_path(s, "/api/v1/ws").await;
+        DeviceClient::connect_addr(&s.http_addr.to_string(), token, heartbeat).await
+    }
+
+    /// [`DeviceClient::connect`] to the server at `addr` (`host:port`).
+    pub async fn connect_addr(
+        addr: &str,
+        token: &str,
+        heartbeat: Option<Duration>,
+    ) -> DeviceClient {
+        let mut ws = Ws::connect_addr(addr, "/api/v1/ws").await;
         ws.send(serde_json::json!({"type": "auth", "token": token}))
             .await;
         let ready = ws.expect("ready").await;
