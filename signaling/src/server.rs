@@ -24,9 +24,10 @@ use crate::services::cluster::{Cluster, NodeIdentity};
 use crate::services::devices::Devices;
 use crate::services::hub::{DeviceBus, Hub};
 use crate::services::metrics;
+use crate::services::node_registry::NodeRegistry;
 use crate::services::password::PasswordHasher;
 use crate::services::presence::PresenceHandle;
-use crate::services::room_directory::RoomDirectory;
+use crate::services::room_directory::{RedisDirectory, RoomDirectory};
 use crate::services::store::{Store, StoreLocation};
 use crate::services::token::{TokenKeys, VideoGrant};
 use crate::transports::device_socket;
@@ -86,6 +87,8 @@ pub struct RunningServer {
     presence: JoinHandle<()>,
     calls: JoinHandle<()>,
     webhooks: JoinHandle<()>,
+    /// The cluster heartbeat, which deregisters the node as it ends.
+    node_heartbeat: Option<JoinHandle<()>>,
     store: Store,
 }
 
@@ -131,6 +134,9 @@ impl RunningServer {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.presence).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.calls).await;
+        if let Some(heartbeat) = self.node_heartbeat {
+            let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
+        }
         // Queued webhooks (the rooms just finished) get a last chance.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.webhooks).await;
         self.store.close().await;
@@ -248,6 +254,22 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         path: config.store.path.clone(),
         source,
     })?;
+    // In a cluster, rooms open on one node each, found through Redis; the
+    // heartbeat keeps this node and its rooms registered.
+    let (rooms, registry, heartbeat_task) = match &cluster {
+        None => (RoomDirectory::Local, None, None),
+        Some(c) => {
+            let registry = NodeRegistry::new(c.clone());
+            let directory = RedisDirectory::new(registry.clone());
+            let task = tokio::spawn(crate::services::node_registry::run(
+                registry.clone(),
+                directory.clone(),
+                media.clone(),
+                shutdown_rx.clone(),
+            ));
+            (RoomDirectory::Redis(directory), Some(registry), Some(task))
+        }
+    };
     let state = AppState {
         calls,
         socket_tasks: socket_tasks.clone(),
@@ -273,8 +295,9 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         devices: Devices::new(store.clone(), hub.clone(), presence.clone()),
         hub,
         presence,
-        rooms: RoomDirectory::Local,
+        rooms,
         cluster,
+        nodes: registry.clone(),
         resumable: Default::default(),
         metrics,
         connections: Arc::default(),
@@ -307,6 +330,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         presence: presence_task,
         calls: calls_task,
         webhooks: webhooks_task,
+        node_heartbeat: heartbeat_task,
         store,
     })
 }

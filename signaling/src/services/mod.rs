@@ -9,6 +9,7 @@ pub mod devices;
 pub mod hub;
 pub mod lease;
 pub mod metrics;
+pub mod node_registry;
 pub mod password;
 pub mod presence;
 pub mod push;

@@ -1,9 +1,17 @@
 //! Which node serves each room: the room directory. Within a node, which
 //! media shard holds a room is the media handle's placement (the least
-//! loaded shard, `vela_media`); this is the level above it, the seam a
-//! cluster's directory (issue 18: Redis) joins as a variant.
+//! loaded shard, `vela_media`); this is the level above it: with one node
+//! every room is here, in a cluster (issue 18) Redis says where.
 
-use vela_media::core::RoomId;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands as _;
+use vela_media::core::{RoomId, RoomInfo};
+
+use crate::services::cluster::{Cluster, ClusterError};
+use crate::services::node_registry::{NodeInfo, NodeRegistry, node_key};
 
 /// Where rooms are served, asked once per join (a room socket, a WHIP or
 /// WHEP session, a room created through the API), never per packet.
@@ -19,29 +27,472 @@ use vela_media::core::RoomId;
 /// - the claim is released when the room closes on its node, or expires
 ///   when that node stops renewing it (a crash), so the room may reopen
 ///   elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum RoomDirectory {
     /// One node: every room is served here.
     Local,
+    /// Several nodes sharing a Redis: see [`RedisDirectory`].
+    Redis(RedisDirectory),
 }
 
 /// Where a room is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RoomHome {
     /// On this node: its media handle places the room on a shard.
     Here,
+    /// On another node of the cluster.
+    Elsewhere {
+        /// Its id (`cluster.node_id`).
+        node: String,
+        /// Where clients reach it, without a trailing slash.
+        public_url: String,
+    },
+}
+
+/// Why the directory cannot say where a room is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// Redis does not answer: rooms open here go on, new ones wait.
+    #[error(
+        "the cluster's Redis is not answering, so no new room can be opened now (rooms already open go on): {source}"
+    )]
+    Unavailable {
+        /// The cause.
+        source: ClusterError,
+        /// When to try again, in seconds.
+        retry_after_secs: u64,
+    },
+    /// The room's node stopped renewing its entry a moment ago: the next
+    /// join takes the room over.
+    #[error("the room's node {node} is gone; retry to open the room elsewhere")]
+    NodeGone {
+        /// Its id.
+        node: String,
+        /// When to try again, in seconds.
+        retry_after_secs: u64,
+    },
+}
+
+impl DirectoryError {
+    /// When to try again, in seconds.
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            DirectoryError::Unavailable {
+                retry_after_secs, ..
+            }
+            | DirectoryError::NodeGone {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+        }
+    }
 }
 
 impl RoomDirectory {
-    /// Where the room is served, claiming it for this node when it is open
-    /// nowhere yet. A caller serves a room only when the answer is
-    /// [`RoomHome::Here`]; what it does with a room elsewhere (proxy or
-    /// redirect) is the transport's choice.
-    pub async fn home(&self, _room: &RoomId) -> RoomHome {
+    /// Where the room is served, claiming it (for the least loaded live
+    /// node) when it is open nowhere yet. A caller serves a room only when
+    /// the answer is [`RoomHome::Here`]; what it does with a room elsewhere
+    /// (proxy or redirect) is the transport's choice.
+    pub async fn home(&self, room: &RoomId) -> Result<RoomHome, DirectoryError> {
         match self {
-            RoomDirectory::Local => RoomHome::Here,
+            RoomDirectory::Local => Ok(RoomHome::Here),
+            RoomDirectory::Redis(d) => d.home(room).await,
         }
+    }
+
+    /// Where an open room is served, claiming nothing: `None` when it is
+    /// open nowhere (or its node is gone).
+    pub async fn lookup(&self, room: &RoomId) -> Result<Option<RoomHome>, DirectoryError> {
+        match self {
+            RoomDirectory::Local => Ok(Some(RoomHome::Here)),
+            RoomDirectory::Redis(d) => d.lookup(room).await,
+        }
+    }
+}
+
+/// The directory of a cluster. A room's claim is the key
+/// `vela:room:<name>`, whose value is the id of its node, expiring after
+/// `cluster.node_timeout_ms` unless renewed; the home renews the claims of
+/// its open rooms on each heartbeat ([`RedisDirectory::beat`]) and deletes
+/// those of rooms that closed.
+///
+/// Rooms this node holds are answered from memory, without Redis: joins to
+/// a running room go on while Redis is away; only opening a room needs it.
+#[derive(Debug, Clone)]
+pub struct RedisDirectory {
+    registry: NodeRegistry,
+    claims: Arc<Mutex<Claims>>,
+}
+
+#[derive(Debug, Default)]
+struct Claims {
+    /// Rooms claimed for this node, with when a join last asked for them
+    /// (a room claimed but not yet open is kept for a moment).
+    held: HashMap<RoomId, Instant>,
+    /// Rooms open here whose claim another node took (after this node lost
+    /// Redis for longer than the node timeout): left running, not renewed.
+    lost: HashSet<RoomId>,
+}
+
+/// Claims the room (`KEYS[1]`) for `ARGV[1]` unless a live node holds it;
+/// renews it when this node (`ARGV[4]`) holds it. A holder whose registry
+/// entry (`ARGV[3]` + id) expired is gone: its room is taken over.
+/// Answers the holder.
+const CLAIM: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner then
+  if owner == ARGV[4] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return owner
+  end
+  if redis.call('EXISTS', ARGV[3] .. owner) == 1 then
+    return owner
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+";
+
+/// Renews the claims `KEYS` for `ARGV[1]` (re-claiming those that expired
+/// meanwhile); answers, for each key another node holds, its index (from
+/// 1) and holder.
+const RENEW: &str = r"
+local taken = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if (not owner) or owner == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+  else
+    table.insert(taken, i)
+    table.insert(taken, owner)
+  end
+end
+return taken
+";
+
+/// Deletes the claims `KEYS` that `ARGV[1]` holds.
+const RELEASE: &str = r"
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+  end
+end
+return 0
+";
+
+/// The key of a room's claim.
+fn room_key(room: &RoomId) -> String {
+    Cluster::key(&["room", room.as_str()])
+}
+
+impl RedisDirectory {
+    /// The directory of the cluster `registry` belongs to.
+    pub fn new(registry: NodeRegistry) -> Self {
+        RedisDirectory {
+            registry,
+            claims: Arc::default(),
+        }
+    }
+
+    fn me(&self) -> &str {
+        &self.registry.cluster().node().id
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.registry.cluster().config().node_timeout_ms.max(1)
+    }
+
+    /// How long a claimed room may take to open before the claim counts
+    /// as unused (a join that failed after claiming).
+    fn grace(&self) -> Duration {
+        Duration::from_millis(2 * self.registry.cluster().config().heartbeat_ms)
+            + Duration::from_secs(1)
+    }
+
+    fn unavailable(&self, source: ClusterError) -> DirectoryError {
+        DirectoryError::Unavailable {
+            source,
+            retry_after_secs: self.ttl_ms().div_ceil(1000).max(1),
+        }
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The node a new room should open on: the least loaded live node,
+    /// this one on a tie (no proxy hop), by id after that.
+    fn candidate(&self) -> String {
+        let me = self.me();
+        let nodes = self.registry.cached();
+        let best = nodes
+            .iter()
+            .min_by_key(|n: &&NodeInfo| (n.load(), n.id != me, n.id.clone()));
+        match best {
+            Some(n) => n.id.clone(),
+            None => me.to_owned(),
+        }
+    }
+
+    async fn home(&self, room: &RoomId) -> Result<RoomHome, DirectoryError> {
+        if let Some(t) = self.claims().held.get_mut(room) {
+            *t = Instant::now();
+            return Ok(RoomHome::Here);
+        }
+        let candidate = self.candidate();
+        let mut redis = self.registry.cluster().redis();
+        let owner: String = redis::Script::new(CLAIM)
+            .key(room_key(room))
+            .arg(&candidate)
+            .arg(self.ttl_ms())
+            .arg(node_key(""))
+            .arg(self.me())
+            .invoke_async(&mut redis)
+            .await
+            .map_err(|e| self.unavailable(e.into()))?;
+        if owner == self.me() {
+            let mut claims = self.claims();
+            claims.held.insert(room.clone(), Instant::now());
+            claims.lost.remove(room);
+            tracing::debug!(%room, "room claimed for this node");
+            return Ok(RoomHome::Here);
+        }
+        if owner == candidate {
+            self.registry.note_placed(&owner);
+        }
+        self.elsewhere(owner).await
+    }
+
+    async fn elsewhere(&self, owner: String) -> Result<RoomHome, DirectoryError> {
+        let node = self
+            .registry
+            .node(&owner)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        match node {
+            Some(n) => Ok(RoomHome::Elsewhere {
+                node: owner,
+                public_url: n.public_url,
+            }),
+            // Expired between the claim and now: the next join takes it over.
+            None => Err(DirectoryError::NodeGone {
+                node: owner,
+                retry_after_secs: 1,
+            }),
+        }
+    }
+
+    async fn lookup(&self, room: &RoomId) -> Result<Option<RoomHome>, DirectoryError> {
+        if self.claims().held.contains_key(room) {
+            return Ok(Some(RoomHome::Here));
+        }
+        let mut redis = self.registry.cluster().redis();
+        let owner: Option<String> = redis
+            .get(room_key(room))
+            .await
+            .map_err(|e| self.unavailable(e.into()))?;
+        match owner {
+            None => Ok(None),
+            Some(o) if o == self.me() => Ok(Some(RoomHome::Here)),
+            Some(o) => match self.elsewhere(o).await {
+                Ok(home) => Ok(Some(home)),
+                Err(DirectoryError::NodeGone { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// On each heartbeat, with the rooms open here: renews their claims
+    /// (re-claiming any that expired during an outage), and releases the
+    /// claims of rooms that closed. A room whose claim another node took
+    /// meanwhile keeps running here (nothing is ended by a directory
+    /// change) but is no longer offered to new joins: they go to the
+    /// claim's holder.
+    pub async fn beat(&self, open: &[RoomInfo]) -> Result<(), ClusterError> {
+        let now = Instant::now();
+        let grace = self.grace();
+        let (renew, release) = {
+            let mut claims = self.claims();
+            let open: HashSet<&RoomId> = open.iter().map(|r| &r.name).collect();
+            claims.lost.retain(|r| open.contains(r));
+            for r in &open {
+                if !claims.lost.contains(*r) && !claims.held.contains_key(*r) {
+                    claims.held.insert((*r).clone(), now);
+                }
+            }
+            let mut release = Vec::new();
+            claims.held.retain(|r, asked| {
+                let keep = open.contains(r) || now.duration_since(*asked) < grace;
+                if !keep {
+                    release.push(r.clone());
+                }
+                keep
+            });
+            let renew: Vec<RoomId> = claims.held.keys().cloned().collect();
+            (renew, release)
+        };
+        let mut redis = self.registry.cluster().redis();
+        if !renew.is_empty() {
+            let renew_script = redis::Script::new(RENEW);
+            let mut script = renew_script.prepare_invoke();
+            for r in &renew {
+                script.key(room_key(r));
+            }
+            let taken: Vec<redis::Value> = script
+                .arg(self.me())
+                .arg(self.ttl_ms())
+                .invoke_async(&mut redis)
+                .await?;
+            let mut claims = self.claims();
+            for pair in taken.chunks(2) {
+                let (Some(i), Some(owner)) = (
+                    pair.first()
+                        .and_then(|v| redis::from_redis_value::<usize>(v.clone()).ok()),
+                    pair.get(1)
+                        .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()),
+                ) else {
+                    continue;
+                };
+                let Some(room) = i.checked_sub(1).and_then(|i| renew.get(i)) else {
+                    continue;
+                };
+                claims.held.remove(room);
+                claims.lost.insert(room.clone());
+                tracing::warn!(%room, holder = %owner, "another node claimed this room while redis was away: it keeps running here, new joins go there");
+            }
+        }
+        if !release.is_empty() {
+            self.release(&release).await?;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, rooms: &[RoomId]) -> Result<(), ClusterError> {
+        let mut redis = self.registry.cluster().redis();
+        let release_script = redis::Script::new(RELEASE);
+        let mut script = release_script.prepare_invoke();
+        for r in rooms {
+            script.key(room_key(r));
+        }
+        let _: i64 = script.arg(self.me()).invoke_async(&mut redis).await?;
+        tracing::debug!(rooms = rooms.len(), "room claims released");
+        Ok(())
+    }
+
+    /// Releases every claim this node holds (a graceful shutdown).
+    pub async fn release_all(&self) -> Result<(), ClusterError> {
+        let rooms: Vec<RoomId> = {
+            let mut claims = self.claims();
+            claims.lost.clear();
+            claims.held.drain().map(|(r, _)| r).collect()
+        };
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        self.release(&rooms).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::cluster::NodeIdentity;
+    use vela_config::ClusterConfig;
+
+    async fn node(redis: &vela_testkit::Redis, id: &str) -> (NodeRegistry, RedisDirectory) {
+        let config = ClusterConfig {
+            redis_url: redis.url(),
+            node_id: id.into(),
+            public_url: format!("http://{id}.test"),
+            heartbeat_ms: 100,
+            node_timeout_ms: 600,
+        };
+        let identity = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().unwrap());
+        let cluster = Cluster::connect(&config, identity).await.expect("connect");
+        let registry = NodeRegistry::new(cluster);
+        registry.register(0, 0).await.expect("register");
+        (registry.clone(), RedisDirectory::new(registry))
+    }
+
+    fn room(name: &str) -> RoomId {
+        RoomId::new(name).unwrap()
+    }
+
+    fn info(name: &str) -> RoomInfo {
+        RoomInfo {
+            name: room(name),
+            num_participants: 1,
+            num_publishers: 0,
+            num_tracks: 0,
+            max_participants: 0,
+            empty_timeout_secs: None,
+            metadata: String::new(),
+            age_secs: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_claims_agree_and_a_closed_room_is_released() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let redis = vela_testkit::Redis::start();
+            let (_, a) = node(&redis, "a").await;
+            let (_, b) = node(&redis, "b").await;
+            for i in 0..50 {
+                let r = room(&format!("r{i}"));
+                let (ha, hb) = tokio::join!(a.home(&r), b.home(&r));
+                let (ha, hb) = (ha.unwrap(), hb.unwrap());
+                // Exactly one says Here, the other names it.
+                match (&ha, &hb) {
+                    (RoomHome::Here, RoomHome::Elsewhere { node, .. }) => assert_eq!(node, "a"),
+                    (RoomHome::Elsewhere { node, public_url }, RoomHome::Here) => {
+                        assert_eq!(node, "b");
+                        assert_eq!(public_url, "http://b.test");
+                    }
+                    other => panic!("{r}: {other:?}"),
+                }
+            }
+            // A room open on `a` keeps its claim over beats; once closed it
+            // is released after the grace and `b` may take it.
+            let r = room("kept");
+            assert_eq!(a.home(&r).await.unwrap(), RoomHome::Here);
+            a.beat(&[info("kept")]).await.unwrap();
+            assert!(matches!(
+                b.home(&r).await.unwrap(),
+                RoomHome::Elsewhere { .. }
+            ));
+            tokio::time::sleep(a.grace() + Duration::from_millis(50)).await;
+            a.beat(&[]).await.unwrap();
+            assert_eq!(b.lookup(&r).await.unwrap(), None);
+            assert_eq!(b.home(&r).await.unwrap(), RoomHome::Here);
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn a_dead_nodes_rooms_are_taken_over_and_a_lost_claim_is_noticed() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let redis = vela_testkit::Redis::start();
+            let (ra, a) = node(&redis, "a").await;
+            let (_, b) = node(&redis, "b").await;
+            let r = room("r");
+            assert_eq!(a.home(&r).await.unwrap(), RoomHome::Here);
+            // `a` is gone (its entry removed, its claim not yet expired):
+            // `b` takes the room over at once.
+            ra.deregister().await.unwrap();
+            assert_eq!(b.home(&r).await.unwrap(), RoomHome::Here);
+            // `a` still runs the room; its beat finds the claim taken and
+            // stops offering it, without ending anything.
+            a.beat(&[info("r")]).await.unwrap();
+            assert!(a.claims().lost.contains(&r));
+            ra.register(0, 0).await.unwrap();
+            assert!(
+                matches!(a.home(&r).await.unwrap(), RoomHome::Elsewhere { node, .. } if node == "b")
+            );
+        })
+        .await
+        .expect("timed out");
     }
 }

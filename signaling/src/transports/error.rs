@@ -94,6 +94,16 @@ impl ApiError {
     }
 }
 
+impl From<crate::services::room_directory::DirectoryError> for ApiError {
+    /// 503 with `Retry-After`: the room cannot be placed now (the cluster's
+    /// Redis is away, or the room's node just died).
+    fn from(e: crate::services::room_directory::DirectoryError) -> ApiError {
+        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        err.retry_after = Some(e.retry_after_secs());
+        err
+    }
+}
+
 impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
         ApiError::invalid(&e.field, e.message)

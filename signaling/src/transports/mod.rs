@@ -11,6 +11,7 @@
 //! that shutdown waits for.
 
 pub mod auth;
+pub(crate) mod cluster;
 pub mod device_socket;
 pub mod error;
 pub mod http;

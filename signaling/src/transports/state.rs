@@ -65,6 +65,8 @@ pub(crate) struct AppState {
     pub rooms: RoomDirectory,
     /// This node's place in a cluster; `None` when it is the only node.
     pub cluster: Option<crate::services::cluster::Cluster>,
+    /// The cluster's live nodes (with `cluster`).
+    pub nodes: Option<crate::services::node_registry::NodeRegistry>,
     /// Failed-login counters.
     pub login_limiter: Arc<LoginLimiter>,
     /// Sign-ups per client address.

@@ -1,7 +1,7 @@
 //! WHIP (RFC 9725) and WHEP: one HTTP request publishes or views a room.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
@@ -10,6 +10,7 @@ use crate::services::hub::HubMsg;
 use crate::services::lease::DeviceLease;
 use crate::services::room_directory::RoomHome;
 use crate::transports::auth::bearer;
+use crate::transports::cluster::redirect;
 use crate::transports::error::ApiError;
 use crate::transports::state::{AppState, WhipSession};
 
@@ -42,39 +43,42 @@ pub(crate) fn sdp_reason(e: &impl std::fmt::Display) -> String {
 pub(crate) async fn whip(
     state: State<AppState>,
     path: Path<String>,
+    uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    start(state, path, headers, body, PeerKind::Whip).await
+    start(state, path, uri, headers, body, PeerKind::Whip).await
 }
 
 /// `POST /whep/{room}`: view.
 pub(crate) async fn whep(
     state: State<AppState>,
     path: Path<String>,
+    uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    start(state, path, headers, body, PeerKind::Whep).await
+    start(state, path, uri, headers, body, PeerKind::Whep).await
 }
 
 async fn start(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
     kind: PeerKind,
 ) -> Result<Response, ApiError> {
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let grant = state.authorize_room(bearer(&headers)?, &room).await?;
+    // Served here only where the directory says so; else the client
+    // repeats the request at the room's node (RFC 9725's 307).
+    if let RoomHome::Elsewhere { node, public_url } = state.rooms.home(&room).await? {
+        return Ok(redirect(&public_url, &node, &uri));
+    }
     crate::transports::auth::room_access(&state, room.as_str(), grant.account, None).await?;
     let offer = sdp_body(&headers, &body)?;
     let req = grant.join_request(room.clone(), kind).with_offer(offer);
-    // Served here only where the directory says so (issue 18 adds the
-    // answer "elsewhere": proxy or redirect).
-    match state.rooms.home(&room).await {
-        RoomHome::Here => {}
-    }
     let (joined, mut signals) = state.media.join(req).await?;
     let id = joined.connection;
     let answer = joined
@@ -122,7 +126,13 @@ async fn start(
     } else {
         "whep"
     };
-    let location = format!("/{prefix}/{room}/{id}");
+    // In a cluster, absolute: the session lives on this node, whichever
+    // node the client first asked.
+    let base = state
+        .cluster
+        .as_ref()
+        .map_or("", |c| c.node().public_url.as_str());
+    let location = format!("{base}/{prefix}/{room}/{id}");
     tracing::info!(room = %room, participant = %id, identity = %grant.identity, "{prefix} session started");
     Ok((
         StatusCode::CREATED,
@@ -146,6 +156,7 @@ fn poisoned() -> ApiError {
 pub(crate) async fn end(
     State(state): State<AppState>,
     Path((room, session)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -153,13 +164,24 @@ pub(crate) async fn end(
     let id = session
         .parse()
         .map_err(|_| ApiError::not_found("no such session"))?;
-    let s = state
+    let found = state
         .whip_sessions
         .lock()
         .map_err(|_| poisoned())?
         .get(&id)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found("no such session"))?;
+        .cloned();
+    let s = match found {
+        Some(s) => s,
+        None => {
+            // A session of a room served elsewhere: its node ends it.
+            if let Ok(Some(RoomHome::Elsewhere { node, public_url })) =
+                state.rooms.lookup(&room).await
+            {
+                return Ok(redirect(&public_url, &node, &uri));
+            }
+            return Err(ApiError::not_found("no such session"));
+        }
+    };
     if s.room != room {
         return Err(ApiError::not_found("no such session"));
     }

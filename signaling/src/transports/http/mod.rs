@@ -5,6 +5,7 @@ mod accounts;
 mod admin;
 pub(crate) mod calls;
 pub(crate) mod client_addr;
+mod cluster;
 mod contacts;
 pub(crate) mod devices;
 pub(crate) mod links;
@@ -83,6 +84,7 @@ documented_routes! {
     "/api/v1/rooms/{room}/participants/{identity}/tracks/{track}/mute" => post(rooms::mute);
     "/api/v1/rooms/{room}/data" => post(rooms::send_data);
     "/api/v1/tokens" => post(rooms::mint_token);
+    "/api/v1/cluster/nodes" => get(cluster::nodes);
     "/api/v1/calls" => post(calls::invite);
     "/api/v1/calls/active" => get(calls::active);
     "/api/v1/calls/history" => get(calls::history);

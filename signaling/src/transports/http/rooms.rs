@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, OriginalUri, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -77,7 +77,7 @@ impl Admin {
         }
     }
 
-    fn require_list(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_list(&self) -> Result<(), ApiError> {
         if self.list {
             Ok(())
         } else {
@@ -155,9 +155,10 @@ pub(crate) struct CreateRoom {
 /// `POST /api/v1/rooms`: opens a room (or returns the existing one).
 pub(crate) async fn create(
     State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
     admin: Admin,
     Body(body): Body<CreateRoom>,
-) -> Result<Json<RoomInfo>, ApiError> {
+) -> Result<Response, ApiError> {
     admin.require_create()?;
     let room =
         room_id(&body.name).map_err(|_| ApiError::invalid("name", "is not a valid room name"))?;
@@ -193,13 +194,17 @@ pub(crate) async fn create(
         empty_timeout: (empty_timeout > 0).then(|| Duration::from_secs(empty_timeout)),
         metadata,
     };
-    // Served here only where the directory says so (issue 18 adds the
-    // answer "elsewhere": proxy or redirect).
-    match state.rooms.home(&room).await {
-        RoomHome::Here => {}
+    // Opened where the directory places it: elsewhere, the client repeats
+    // the request there.
+    if let RoomHome::Elsewhere { node, public_url } = state.rooms.home(&room).await? {
+        return Ok(crate::transports::cluster::redirect(
+            &public_url,
+            &node,
+            &uri,
+        ));
     }
     let info = state.media.create_room(&room, options).await?;
-    Ok(Json(info))
+    Ok(Json(info).into_response())
 }
 
 #[derive(Deserialize)]

@@ -18,7 +18,19 @@ pub(super) struct Join {
     pub admin: bool,
 }
 
-pub(super) async fn join(state: &AppState, text: &str) -> Result<Join, ApiError> {
+/// What a `join` leads to.
+pub(super) enum Joining {
+    /// Joined here.
+    Here(Join),
+    /// The room is served by another node: the socket goes there.
+    Elsewhere {
+        room: RoomId,
+        node: String,
+        public_url: String,
+    },
+}
+
+pub(super) async fn join(state: &AppState, text: &str) -> Result<Joining, ApiError> {
     let msg: ClientMessage = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request(format!("malformed message: {e}")))?;
     let ClientMessage::Join {
@@ -47,6 +59,15 @@ pub(super) async fn join(state: &AppState, text: &str) -> Result<Join, ApiError>
     };
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let grant = state.authorize_room(&token, &room).await?;
+    // Served here only where the directory says so; the room's node makes
+    // every other check.
+    if let RoomHome::Elsewhere { node, public_url } = state.rooms.home(&room).await? {
+        return Ok(Joining::Elsewhere {
+            room,
+            node,
+            public_url,
+        });
+    }
     // Call rooms admit the call's members only; `take_over` hands a call over.
     let from = crate::transports::auth::room_access(
         state,
@@ -67,22 +88,17 @@ pub(super) async fn join(state: &AppState, text: &str) -> Result<Join, ApiError>
     let req = grant
         .join_request(room.clone(), PeerKind::Session)
         .with_name(name);
-    // Served here only where the directory says so (issue 18 adds the
-    // answer "elsewhere": proxy or redirect).
-    match state.rooms.home(&room).await {
-        RoomHome::Here => {}
-    }
     let (joined, signals) = match from {
         Some(from) => state.media.handover(from, req).await?,
         None => state.media.join(req).await?,
     };
-    Ok(Join {
+    Ok(Joining::Here(Join {
         room,
         joined,
         signals,
         account: grant.account,
         admin: grant.admin,
-    })
+    }))
 }
 
 /// Outside call rooms, taking a participant over needs proof of being the

@@ -3,16 +3,19 @@
 mod join;
 mod messages;
 pub(crate) mod protocol;
+mod proxy;
 
-use join::{Join, join};
+use join::{Join, Joining, join};
 pub(crate) use messages::decode_payload;
 use messages::{forward_signal, handle_message};
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::request::Parts;
 use axum::response::Response;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -35,10 +38,40 @@ use crate::transports::room_socket::protocol::{
 use crate::transports::state::AppState;
 use crate::transports::ws::{auth_timeout, close, limited, next_text, send_text};
 
+/// Where a room socket comes from.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    /// The client's address: the peer's, a trusted reverse proxy's
+    /// `X-Forwarded-For`, or the one a cluster node that proxies the socket
+    /// signed.
+    addr: IpAddr,
+    /// Proxied here by another node of the cluster: never proxied again.
+    proxied: bool,
+}
+
 /// `GET /ws`: upgrades to a signaling session.
-pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    parts: Parts,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let forwarded = crate::transports::cluster::forwarded_client(&state, &parts.headers);
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let origin = Origin {
+        addr: forwarded.unwrap_or_else(|| {
+            crate::transports::http::client_addr::client_addr(
+                peer,
+                &parts.headers,
+                &state.trusted_proxies,
+            )
+        }),
+        proxied: forwarded.is_some(),
+    };
     let tracker = state.socket_tasks.clone();
-    limited(ws, &state).on_upgrade(move |socket| tracker.track_future(run(state, socket)))
+    limited(ws, &state).on_upgrade(move |socket| tracker.track_future(run(state, socket, origin)))
 }
 
 async fn send(ws: &mut WebSocket, msg: &ServerMessage<'_>) -> bool {
@@ -52,7 +85,7 @@ async fn send_error(ws: &mut WebSocket, code: u16, message: &str) -> bool {
     send(ws, &ServerMessage::Error { code, message }).await
 }
 
-async fn run(state: AppState, mut ws: WebSocket) {
+async fn run(state: AppState, mut ws: WebSocket, origin: Origin) {
     // The first message must be `join` (or `resume`).
     let first = match tokio::time::timeout(auth_timeout(&state), next_text(&mut ws)).await {
         Err(_) => return close(&mut ws, 1008, "join expected").await,
@@ -65,26 +98,69 @@ async fn run(state: AppState, mut ws: WebSocket) {
         resume_token,
     }) = serde_json::from_str::<ClientMessage>(&first)
     {
-        return resume(&state, ws, &participant_id, &resume_token).await;
+        return resume(&state, ws, &participant_id, &resume_token, origin, first).await;
     }
     let join = match join(&state, &first).await {
-        Ok(j) => j,
+        Ok(Joining::Here(j)) => j,
+        Ok(Joining::Elsewhere {
+            room,
+            node,
+            public_url,
+        }) if !origin.proxied => {
+            let span = tracing::info_span!("proxy", %room, %node, client = %origin.addr);
+            return proxy::proxy(&state, ws, first, (&node, &public_url), origin.addr)
+                .instrument(span)
+                .await;
+        }
+        Ok(Joining::Elsewhere { node, .. }) => {
+            // The claim moved while the socket was on its way: the client
+            // joins again and is sent to the new home.
+            let message = format!("the room moved to node {node}; join again");
+            send_error(&mut ws, 503, &message).await;
+            return close(&mut ws, 1013, "room moved").await;
+        }
         Err(e) => {
-            send_error(&mut ws, e.status.as_u16(), &e.message).await;
+            let message = match e.retry_after {
+                Some(secs) => format!("{} (retry in {secs} s)", e.message),
+                None => e.message,
+            };
+            send_error(&mut ws, e.status.as_u16(), &message).await;
             return close(&mut ws, 1008, "join refused").await;
         }
     };
     let id = join.joined.connection;
-    let span = tracing::info_span!("session", room = %join.room, participant = %id);
+    let span =
+        tracing::info_span!("session", room = %join.room, participant = %id, client = %origin.addr);
     serve(state, ws, join).instrument(span).await;
 }
 
-/// A new socket asks to continue a session: hands it to the session's task.
-async fn resume(state: &AppState, ws: WebSocket, participant: &str, token: &str) {
+/// A new socket asks to continue a session: hands it to the session's task,
+/// or, in a cluster, to the node the session lives on (its resume token
+/// names it).
+async fn resume(
+    state: &AppState,
+    ws: WebSocket,
+    participant: &str,
+    token: &str,
+    origin: Origin,
+    first: String,
+) {
     let tx = participant
         .parse::<ParticipantId>()
         .ok()
         .and_then(|p| state.resumable.sender(p, token));
+    if tx.is_none()
+        && !origin.proxied
+        && let Some(registry) = &state.nodes
+        && let Some(node) = resume_token_node(token)
+        && node != registry.cluster().node().id
+        && let Ok(Some(home)) = registry.node(&node).await
+    {
+        let span = tracing::info_span!("proxy", node = %home.id, client = %origin.addr);
+        return proxy::proxy(state, ws, first, (&home.id, &home.public_url), origin.addr)
+            .instrument(span)
+            .await;
+    }
     let refused = match tx {
         None => Some(ws),
         Some(tx) => tx.send(ws).await.err().map(|e| e.0),
@@ -93,6 +169,31 @@ async fn resume(state: &AppState, ws: WebSocket, participant: &str, token: &str)
         send_error(&mut ws, 404, "no session to resume").await;
         close(&mut ws, 1008, "resume refused").await;
     }
+}
+
+/// A session's resume token: random, and in a cluster followed by `.` and
+/// the node's id (base64url), so that a resume reaching another node is
+/// proxied to the session's node.
+fn session_resume_token(state: &AppState) -> Option<String> {
+    use base64::Engine as _;
+    let token = new_resume_token()?;
+    Some(match &state.cluster {
+        None => token,
+        Some(c) => format!(
+            "{token}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.node().id.as_bytes())
+        ),
+    })
+}
+
+/// The node a resume token names, if any.
+fn resume_token_node(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (_, node) = token.rsplit_once('.')?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(node)
+        .ok()?;
+    String::from_utf8(bytes).ok().filter(|n| !n.is_empty())
 }
 
 /// The signals of a session and what a resumed socket must be told again.
@@ -170,7 +271,7 @@ async fn serve(state: AppState, ws: WebSocket, join: Join) {
         ),
         None => false,
     };
-    let token = new_resume_token();
+    let token = session_resume_token(&state);
     if revoked || token.is_none() {
         // Revoked between the token check and the registration.
         state.media.leave(id, LeaveReason::Removed).await;

@@ -1,0 +1,262 @@
+//! The node registry: which nodes of the cluster are alive, where clients
+//! reach them and how loaded they are (issue 18).
+//!
+//! Each node writes its entry, `vela:node:<id>` (JSON: [`NodeInfo`]), with
+//! an expiry of `cluster.node_timeout_ms`, and renews it every
+//! `cluster.heartbeat_ms` ([`run`], the heartbeat task the server starts);
+//! its id is also in the set `vela:nodes`, so listing needs no `SCAN`. An
+//! entry that expired is a node that is gone (a crash, a lost Redis): the
+//! listing drops it from the set. The same beat renews the node's room
+//! claims ([`RedisDirectory::beat`]), so a room lives exactly as long as
+//! its node's heartbeat.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use vela_media::MediaHandle;
+
+use crate::domain::ids::now_ms;
+use crate::services::cluster::{Cluster, ClusterError};
+use crate::services::room_directory::RedisDirectory;
+
+/// One node as the registry shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `cluster.node_id`.
+    pub id: String,
+    /// Where clients reach it (`cluster.public_url`).
+    pub public_url: String,
+    /// Rooms open on it at its last heartbeat.
+    pub rooms: u64,
+    /// Participants in them.
+    pub participants: u64,
+    /// When it started, ms since the epoch (its clock).
+    pub started_at: i64,
+    /// Its last heartbeat, ms since the epoch (its clock).
+    pub heartbeat_at: i64,
+}
+
+impl NodeInfo {
+    /// How loaded a node is, for placing a new room: participants first,
+    /// then rooms (an empty room still holds a slot).
+    pub fn load(&self) -> (u64, u64) {
+        (self.participants, self.rooms)
+    }
+}
+
+/// This node's view of the registry; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NodeRegistry {
+    cluster: Cluster,
+    started_at: i64,
+    /// The live nodes as of the last heartbeat (this one included once it
+    /// has beaten): what room placement reads, so a first join costs no
+    /// listing.
+    live: Arc<Mutex<Vec<NodeInfo>>>,
+}
+
+/// The key of a node's entry.
+pub(crate) fn node_key(id: &str) -> String {
+    Cluster::key(&["node", id])
+}
+
+/// The set of node ids.
+fn nodes_key() -> String {
+    Cluster::key(&["nodes"])
+}
+
+impl NodeRegistry {
+    /// The registry of `cluster`, empty until the first heartbeat.
+    pub fn new(cluster: Cluster) -> Self {
+        NodeRegistry {
+            cluster,
+            started_at: now_ms(),
+            live: Arc::default(),
+        }
+    }
+
+    /// The cluster this registry is part of.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.cluster.config().node_timeout_ms.max(1)
+    }
+
+    /// Writes this node's entry with its load, renewing its expiry.
+    pub async fn register(&self, rooms: u64, participants: u64) -> Result<(), ClusterError> {
+        let me = self.cluster.node();
+        let info = NodeInfo {
+            id: me.id.clone(),
+            public_url: me.public_url.clone(),
+            rooms,
+            participants,
+            started_at: self.started_at,
+            heartbeat_at: now_ms(),
+        };
+        let json = serde_json::to_string(&info).unwrap_or_default();
+        let mut redis = self.cluster.redis();
+        let () = redis::pipe()
+            .set_options(
+                node_key(&me.id),
+                json,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
+            )
+            .ignore()
+            .sadd(nodes_key(), &me.id)
+            .ignore()
+            .query_async(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes this node's entry (a graceful shutdown): the others stop
+    /// placing rooms here at once rather than after the timeout.
+    pub async fn deregister(&self) -> Result<(), ClusterError> {
+        let id = &self.cluster.node().id;
+        let mut redis = self.cluster.redis();
+        let () = redis::pipe()
+            .del(node_key(id))
+            .ignore()
+            .srem(nodes_key(), id)
+            .ignore()
+            .query_async(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// The live nodes, read from Redis now, by id. Entries that expired
+    /// are dropped from the set of ids on the way.
+    pub async fn list(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let mut redis = self.cluster.redis();
+        let ids: Vec<String> = redis.smembers(nodes_key()).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| node_key(id)).collect();
+        let entries: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await?;
+        let mut live = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
+        for (id, entry) in ids.into_iter().zip(entries) {
+            match entry.and_then(|e| serde_json::from_str::<NodeInfo>(&e).ok()) {
+                Some(info) => live.push(info),
+                None => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            // Only ids whose entry is still absent: a node that came back
+            // meanwhile re-adds itself on its next beat anyway.
+            let _: Result<(), _> = redis.srem(nodes_key(), &gone).await;
+        }
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(live)
+    }
+
+    /// The live nodes as of the last heartbeat.
+    pub fn cached(&self) -> Vec<NodeInfo> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A node's entry in the cached list.
+    pub fn cached_node(&self, id: &str) -> Option<NodeInfo> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|n| n.id == id)
+            .cloned()
+    }
+
+    /// A node's entry, from the cache or else from Redis (a node that
+    /// joined since the last heartbeat).
+    pub async fn node(&self, id: &str) -> Result<Option<NodeInfo>, ClusterError> {
+        if let Some(n) = self.cached_node(id) {
+            return Ok(Some(n));
+        }
+        let mut redis = self.cluster.redis();
+        let entry: Option<String> = redis.get(node_key(id)).await?;
+        Ok(entry.and_then(|e| serde_json::from_str(&e).ok()))
+    }
+
+    /// Counts a room just placed on `id` in the cached load, so a burst of
+    /// new rooms between two heartbeats spreads rather than all landing on
+    /// the node that was least loaded at the last one.
+    pub fn note_placed(&self, id: &str) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = live.iter_mut().find(|n| n.id == id) {
+            n.rooms += 1;
+        }
+    }
+
+    fn set_cached(&self, nodes: Vec<NodeInfo>) {
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = nodes;
+    }
+}
+
+/// The heartbeat: every `cluster.heartbeat_ms`, this node's entry with its
+/// load, its rooms' claims, and the cached list of live nodes. A Redis
+/// outage is logged once and retried each beat; nothing local ends because
+/// of it. At shutdown the entry and the claims are removed.
+pub async fn run(
+    registry: NodeRegistry,
+    rooms: RedisDirectory,
+    media: MediaHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis(registry.cluster.config().heartbeat_ms.max(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        match beat(&registry, &rooms, &media).await {
+            Ok(()) if !healthy => {
+                healthy = true;
+                tracing::info!("redis is back: this node and its rooms are registered again");
+            }
+            Ok(()) => {}
+            Err(e) if healthy => {
+                healthy = false;
+                tracing::warn!(error = %e, "cannot renew this node in redis: running rooms go on, new rooms are refused until it answers");
+            }
+            Err(_) => {}
+        }
+    }
+    // Gone on purpose: free the rooms at once (the media handle ends them).
+    let leaving = async {
+        rooms.release_all().await?;
+        registry.deregister().await
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), leaving).await {
+        tracing::warn!(error = %e, "cannot remove this node from redis; it expires");
+    }
+}
+
+async fn beat(
+    registry: &NodeRegistry,
+    rooms: &RedisDirectory,
+    media: &MediaHandle,
+) -> Result<(), ClusterError> {
+    // A stopped media driver has no rooms; the entry still says the node
+    // lives (readiness says whether it takes work).
+    let open = media.rooms().await.unwrap_or_default();
+    let participants = open.iter().map(|r| u64::from(r.num_participants)).sum();
+    registry.register(open.len() as u64, participants).await?;
+    rooms.beat(&open).await?;
+    let live = registry.list().await?;
+    registry.set_cached(live);
+    Ok(())
+}
