@@ -254,8 +254,10 @@ async fn beat(
     // lives (readiness says whether it takes work).
     let open = media.rooms().await.unwrap_or_default();
     let participants = open.iter().map(|r| u64::from(r.num_participants)).sum();
-    registry.register(open.len() as u64, participants).await?;
+    // Claims first: once a node is listed again after Redis lost its data,
+    // its rooms are found too.
     rooms.beat(&open).await?;
+    registry.register(open.len() as u64, participants).await?;
     let live = registry.list().await?;
     registry.set_cached(live);
     Ok(())

@@ -121,9 +121,12 @@ impl RoomDirectory {
 /// Rooms this node holds are answered from memory, without Redis: joins to
 /// a running room go on while Redis is away; only opening a room needs it.
 #[derive(Debug, Clone)]
-pub struct RedisDirectory {
+pub struct RedisDirectory(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     registry: NodeRegistry,
-    claims: Arc<Mutex<Claims>>,
+    claims: Mutex<Claims>,
 }
 
 #[derive(Debug, Default)]
@@ -190,24 +193,24 @@ fn room_key(room: &RoomId) -> String {
 impl RedisDirectory {
     /// The directory of the cluster `registry` belongs to.
     pub fn new(registry: NodeRegistry) -> Self {
-        RedisDirectory {
+        RedisDirectory(Arc::new(Inner {
             registry,
-            claims: Arc::default(),
-        }
+            claims: Mutex::default(),
+        }))
     }
 
     fn me(&self) -> &str {
-        &self.registry.cluster().node().id
+        &self.0.registry.cluster().node().id
     }
 
     fn ttl_ms(&self) -> u64 {
-        self.registry.cluster().config().node_timeout_ms.max(1)
+        self.0.registry.cluster().config().node_timeout_ms.max(1)
     }
 
     /// How long a claimed room may take to open before the claim counts
     /// as unused (a join that failed after claiming).
     fn grace(&self) -> Duration {
-        Duration::from_millis(2 * self.registry.cluster().config().heartbeat_ms)
+        Duration::from_millis(2 * self.0.registry.cluster().config().heartbeat_ms)
             + Duration::from_secs(1)
     }
 
@@ -219,14 +222,14 @@ impl RedisDirectory {
     }
 
     fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
-        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.claims.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The node a new room should open on: the least loaded live node,
     /// this one on a tie (no proxy hop), by id after that.
     fn candidate(&self) -> String {
         let me = self.me();
-        let nodes = self.registry.cached();
+        let nodes = self.0.registry.cached();
         let best = nodes
             .iter()
             .min_by_key(|n: &&NodeInfo| (n.load(), n.id != me, n.id.clone()));
@@ -242,7 +245,7 @@ impl RedisDirectory {
             return Ok(RoomHome::Here);
         }
         let candidate = self.candidate();
-        let mut redis = self.registry.cluster().redis();
+        let mut redis = self.0.registry.cluster().redis();
         let owner: String = redis::Script::new(CLAIM)
             .key(room_key(room))
             .arg(&candidate)
@@ -260,13 +263,14 @@ impl RedisDirectory {
             return Ok(RoomHome::Here);
         }
         if owner == candidate {
-            self.registry.note_placed(&owner);
+            self.0.registry.note_placed(&owner);
         }
         self.elsewhere(owner).await
     }
 
     async fn elsewhere(&self, owner: String) -> Result<RoomHome, DirectoryError> {
         let node = self
+            .0
             .registry
             .node(&owner)
             .await
@@ -288,7 +292,7 @@ impl RedisDirectory {
         if self.claims().held.contains_key(room) {
             return Ok(Some(RoomHome::Here));
         }
-        let mut redis = self.registry.cluster().redis();
+        let mut redis = self.0.registry.cluster().redis();
         let owner: Option<String> = redis
             .get(room_key(room))
             .await
@@ -333,7 +337,7 @@ impl RedisDirectory {
             let renew: Vec<RoomId> = claims.held.keys().cloned().collect();
             (renew, release)
         };
-        let mut redis = self.registry.cluster().redis();
+        let mut redis = self.0.registry.cluster().redis();
         if !renew.is_empty() {
             let renew_script = redis::Script::new(RENEW);
             let mut script = renew_script.prepare_invoke();
@@ -370,7 +374,7 @@ impl RedisDirectory {
     }
 
     async fn release(&self, rooms: &[RoomId]) -> Result<(), ClusterError> {
-        let mut redis = self.registry.cluster().redis();
+        let mut redis = self.0.registry.cluster().redis();
         let release_script = redis::Script::new(RELEASE);
         let mut script = release_script.prepare_invoke();
         for r in rooms {

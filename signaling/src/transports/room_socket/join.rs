@@ -21,7 +21,7 @@ pub(super) struct Join {
 /// What a `join` leads to.
 pub(super) enum Joining {
     /// Joined here.
-    Here(Join),
+    Here(Box<Join>),
     /// The room is served by another node: the socket goes there.
     Elsewhere {
         room: RoomId,
@@ -92,13 +92,13 @@ pub(super) async fn join(state: &AppState, text: &str) -> Result<Joining, ApiErr
         Some(from) => state.media.handover(from, req).await?,
         None => state.media.join(req).await?,
     };
-    Ok(Joining::Here(Join {
+    Ok(Joining::Here(Box::new(Join {
         room,
         joined,
         signals,
         account: grant.account,
         admin: grant.admin,
-    }))
+    })))
 }
 
 /// Outside call rooms, taking a participant over needs proof of being the

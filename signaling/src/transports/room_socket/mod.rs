@@ -131,7 +131,7 @@ async fn run(state: AppState, mut ws: WebSocket, origin: Origin) {
     let id = join.joined.connection;
     let span =
         tracing::info_span!("session", room = %join.room, participant = %id, client = %origin.addr);
-    serve(state, ws, join).instrument(span).await;
+    serve(state, ws, *join).instrument(span).await;
 }
 
 /// A new socket asks to continue a session: hands it to the session's task,

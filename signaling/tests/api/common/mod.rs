@@ -448,7 +448,19 @@ impl SessionClient {
         take_over: Option<&str>,
         publish: bool,
     ) -> Result<SessionClient, serde_json::Value> {
-        let mut ws = Ws::connect(s).await;
+        SessionClient::join_at(&s.http_addr.to_string(), token, room, take_over, publish).await
+    }
+
+    /// [`SessionClient::join_room`] on the server at `addr` (`host:port`,
+    /// e.g. a node of a cluster).
+    pub async fn join_at(
+        addr: &str,
+        token: &str,
+        room: Option<&str>,
+        take_over: Option<&str>,
+        publish: bool,
+    ) -> Result<SessionClient, serde_json::Value> {
+        let mut ws = Ws::connect_addr(addr, "/ws").await;
         let mut msg = serde_json::json!({"type": "join", "token": token});
         if let Some(r) = room {
             msg["room"] = r.into();
