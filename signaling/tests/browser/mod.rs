@@ -299,6 +299,13 @@ impl Harness {
         visit(client, label, &self.url(path)).await
     }
 
+    /// Starts a new Chromium (own profile) and opens `url`: a page of
+    /// another server than the harness's (e.g. a node of a cluster).
+    pub async fn open_url(&self, label: &str, url: &str) -> TestResult<Client> {
+        let client = self.new_browser(label).await?;
+        visit(client, label, url).await
+    }
+
     /// Starts a new Chromium session with its own profile directory.
     pub async fn new_browser(&self, label: &str) -> TestResult<Client> {
         self.new_browser_in(label, None).await

@@ -2,9 +2,12 @@
 //! ports sharing a throwaway Redis and one store, driven over their HTTP
 //! and WebSocket APIs as clients would. One binary; each module a concern.
 
+#[path = "../browser/mod.rs"]
+mod browser;
 #[path = "../api/common/mod.rs"]
 mod common;
 mod nodes;
 
 mod accounts;
+mod browser_rooms;
 mod rooms;
