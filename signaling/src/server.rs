@@ -442,6 +442,10 @@ fn router(state: AppState) -> Router {
             delete(whip::end).patch(whip::patch),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::transports::cluster::redirect_room_api,
+        ))
         .with_state(state)
 }
 

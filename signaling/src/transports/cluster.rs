@@ -65,13 +65,17 @@ pub(crate) fn redirect(public_url: &str, node: &str, uri: &Uri) -> Response {
 /// The signed header value naming `addr` as the client, from this node.
 pub(crate) fn sign_forwarded(state: &AppState, addr: IpAddr) -> Option<String> {
     let (_, secret) = state.config.auth.effective_key();
-    let node = state.cluster.as_ref()?.node().id.clone();
+    let node = &state.cluster.as_ref()?.node().id;
+    let now = u64::try_from(crate::domain::ids::now_ms() / 1000).unwrap_or(0);
+    sign_with(secret, node, addr, now)
+}
+
+fn sign_with(secret: &str, node: &str, addr: IpAddr, now_secs: u64) -> Option<String> {
     let claims = Forwarded {
         addr: addr.to_string(),
-        iss: node,
+        iss: node.to_owned(),
         aud: AUDIENCE.to_owned(),
-        exp: u64::try_from(crate::domain::ids::now_ms() / 1000).unwrap_or(0)
-            + FORWARDED_VALIDITY.as_secs(),
+        exp: now_secs + FORWARDED_VALIDITY.as_secs(),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -87,6 +91,10 @@ pub(crate) fn forwarded_client(state: &AppState, headers: &HeaderMap) -> Option<
     state.cluster.as_ref()?;
     let value = headers.get(FORWARDED_CLIENT)?.to_str().ok()?;
     let (_, secret) = state.config.auth.effective_key();
+    verify_with(secret, value)
+}
+
+fn verify_with(secret: &str, value: &str) -> Option<IpAddr> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_audience(&[AUDIENCE]);
     validation.leeway = 5;
@@ -97,4 +105,76 @@ pub(crate) fn forwarded_client(state: &AppState, headers: &HeaderMap) -> Option<
     )
     .ok()?;
     data.claims.addr.parse().ok()
+}
+
+/// In front of the room API's per-room operations
+/// (`/api/v1/rooms/{room}/...`): a room open on another node is operated
+/// there, so the request is redirected (307) to it. Requests without a
+/// valid token, for rooms open nowhere or here, or while Redis is away go
+/// on to the handler, which answers as a single node would.
+pub(crate) async fn redirect_room_api(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(room) = room_of_api_path(request.uri().path())
+        && state.nodes.is_some()
+        && crate::transports::auth::bearer(request.headers())
+            .ok()
+            .is_some_and(|t| state.keys.verify_credential(t).is_ok())
+        && let Ok(room) = vela_media::core::RoomId::new(room)
+        && let Ok(Some(crate::services::room_directory::RoomHome::Elsewhere { node, public_url })) =
+            state.rooms.lookup(&room).await
+    {
+        return redirect(&public_url, &node, request.uri());
+    }
+    next.run(request).await
+}
+
+/// The room a per-room operation of the room API names.
+fn room_of_api_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/v1/rooms/")?
+        .split('/')
+        .next()
+        .filter(|r| !r.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_room_of_a_room_api_path() {
+        assert_eq!(room_of_api_path("/api/v1/rooms/r1"), Some("r1"));
+        assert_eq!(
+            room_of_api_path("/api/v1/rooms/r1/participants/a/tracks/1/mute"),
+            Some("r1")
+        );
+        assert_eq!(room_of_api_path("/api/v1/rooms"), None);
+        assert_eq!(room_of_api_path("/api/v1/rooms/"), None);
+        assert_eq!(room_of_api_path("/api/v1/calls/1"), None);
+    }
+
+    #[test]
+    fn only_a_fresh_address_signed_with_the_clusters_secret_is_trusted() {
+        let now = u64::try_from(crate::domain::ids::now_ms() / 1000).unwrap();
+        let addr: IpAddr = "203.0.113.7".parse().unwrap();
+        let signed = sign_with("secret", "n2", addr, now).unwrap();
+        assert_eq!(verify_with("secret", &signed), Some(addr));
+        assert_eq!(verify_with("other", &signed), None);
+        let old = sign_with("secret", "n2", addr, now - 120).unwrap();
+        assert_eq!(verify_with("secret", &old), None);
+        // A room token of the same key is no forwarded address.
+        let keys = crate::services::token::TokenKeys::new("key", "secret");
+        let token = keys
+            .issue(
+                "203.0.113.7",
+                None,
+                crate::services::token::VideoGrant::default(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(verify_with("secret", &token), None);
+        assert_eq!(verify_with("secret", "garbage"), None);
+    }
 }

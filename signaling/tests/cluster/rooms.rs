@@ -333,6 +333,26 @@ async fn whip_and_room_creation_on_the_wrong_node_are_redirected() {
             r.headers()["location"].to_str().unwrap(),
             format!("{}/api/v1/rooms", nodes[0].base())
         );
+        // So is any operation on the room (here: its participants).
+        let r = http()
+            .get(format!("{}/api/v1/rooms/cast/participants", nodes[1].base()))
+            .bearer_auth(service_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 307);
+        assert_eq!(
+            r.headers()["location"].to_str().unwrap(),
+            format!("{}/api/v1/rooms/cast/participants", nodes[0].base())
+        );
+        // Without a valid token, node 2 answers as a single node would.
+        let r = http()
+            .get(format!("{}/api/v1/rooms/cast", nodes[1].base()))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
         // The cluster as operators see it.
         assert_eq!(live_nodes(&nodes[1]).await, vec!["n1", "n2"]);
         let r = nodes[1]
