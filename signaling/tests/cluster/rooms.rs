@@ -335,7 +335,10 @@ async fn whip_and_room_creation_on_the_wrong_node_are_redirected() {
         );
         // So is any operation on the room (here: its participants).
         let r = http()
-            .get(format!("{}/api/v1/rooms/cast/participants", nodes[1].base()))
+            .get(format!(
+                "{}/api/v1/rooms/cast/participants",
+                nodes[1].base()
+            ))
             .bearer_auth(service_token())
             .send()
             .await

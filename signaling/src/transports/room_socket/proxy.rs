@@ -208,4 +208,28 @@ mod tests {
         );
         assert_eq!(socket_url("n1:7880"), None);
     }
+
+    /// An https node is reached over TLS (the handshake is tried; a node
+    /// that is no TLS server fails it), not refused as an unknown scheme.
+    #[tokio::test]
+    async fn a_wss_url_is_reached_over_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            if let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let url = socket_url(&format!("https://{addr}")).unwrap();
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("answered in time");
+        let e = attempt.err().expect("no TLS server there").to_string();
+        // rustls read the plain HTTP answer as a bad TLS record.
+        assert!(e.contains("InvalidContentType"), "{e}");
+    }
 }
