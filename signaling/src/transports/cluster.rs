@@ -15,12 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::transports::state::AppState;
 
 /// The header a proxying node names the client's address in: a JWT
-/// (HS256, the API secret every node shares) no client can make.
+/// (HS256, the API secret every node shares) no client can make. A socket
+/// that carries one is never proxied again (no loops while a claim moves).
 pub(crate) const FORWARDED_CLIENT: &str = "x-vela-forwarded-client";
-
-/// The header naming the node that proxied a room socket: a proxied join
-/// is never proxied again (no loops while a claim moves).
-pub(crate) const PROXIED_BY: &str = "x-vela-proxied-by";
 
 /// How long a forwarded address stays valid: the proxy signs it as it
 /// connects.

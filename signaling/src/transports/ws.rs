@@ -59,6 +59,15 @@ pub(crate) async fn close(ws: &mut WebSocket, code: u16, reason: &'static str) {
 pub(crate) async fn next_text(ws: &mut WebSocket) -> Result<Option<String>, (u16, &'static str)> {
     loop {
         match ws.recv().await {
+            // A close for a message too big (or binary): the peer ended the
+            // session over the protocol, as if this side had read it (a
+            // node proxying the socket closes so for its client).
+            Some(Ok(Message::Close(Some(f)))) if f.code == 1009 => {
+                return Err((1009, "message too big"));
+            }
+            Some(Ok(Message::Close(Some(f)))) if f.code == 1003 => {
+                return Err((1003, "binary messages are not supported"));
+            }
             None | Some(Ok(Message::Close(_))) => return Ok(None),
             Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
             Some(Ok(Message::Binary(_))) => {

@@ -196,8 +196,21 @@ async fn a_room_on_node_1_is_joined_and_resumed_through_node_2() {
         })
         .await;
         assert!(left, "alice saw bob leave: {:?}", alice.seen);
+
+        // The proxy keeps the message limit: a message over it closes the
+        // socket with 1009, as node 1 itself would, and the session ends.
+        let mut mallory = join(&nodes[1], "proxied", "mallory", false).await;
+        let huge = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(100_000));
+        mallory.ws.send_text(huge).await;
+        assert_eq!(mallory.ws.close_code().await, Some(1009));
+        let gone = SessionClient::pump_until(&mut [&mut alice], 30, |c| {
+            c.saw("participant_left", "participant_id", &mallory.id)
+        })
+        .await;
+        assert!(gone, "alice saw mallory leave: {:?}", alice.seen);
         alice.peer.close().await;
         bob.peer.close().await;
+        mallory.peer.close().await;
     })
     .await
     .expect("test timed out");

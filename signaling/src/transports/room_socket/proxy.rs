@@ -3,8 +3,8 @@
 //! client (the web page, the load generator, a resume) works unchanged on
 //! any node. The home node does all the checks; this node only finds it.
 //!
-//! Bounded: messages over `limits.max_message_bytes` are refused on both
-//! legs (1009), each message is written within the sockets' write timeout
+//! Bounded: a client's message over `limits.max_message_bytes` closes
+//! both legs (1009), each message is written within the sockets' write timeout
 //! (one slow side stops the other from reading: backpressure, then a
 //! close), and a close on either side closes the other with its code.
 
@@ -17,9 +17,12 @@ use tokio_tungstenite::tungstenite::{
     self, client::IntoClientRequest as _, protocol::WebSocketConfig,
 };
 
-use crate::transports::cluster::{FORWARDED_CLIENT, PROXIED_BY, sign_forwarded};
+use crate::transports::cluster::{FORWARDED_CLIENT, sign_forwarded};
 use crate::transports::state::AppState;
 use crate::transports::ws::{WRITE_TIMEOUT, close};
+
+/// The largest message read from the room's node.
+const HOME_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// How long reaching the room's node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,11 +87,15 @@ pub(super) async fn proxy(
                         home_tx.send(tungstenite::Message::Close(frame)),
                     )
                     .await;
-                    return;
+                    return None;
                 }
                 Some(Err(e)) => {
-                    // Too big for this node is too big for the home too.
-                    let (code, reason) = if e.to_string().to_lowercase().contains("too") {
+                    // Too big here is too big at the home: the session ends
+                    // there as it would on a direct socket, and the client
+                    // gets the same close.
+                    let text = e.to_string().to_lowercase();
+                    let too_big = text.contains("too long") || text.contains("size");
+                    let (code, reason) = if too_big {
                         (1009, "message too big")
                     } else {
                         (1001, "client gone")
@@ -102,20 +109,20 @@ pub(super) async fn proxy(
                         home_tx.send(tungstenite::Message::Close(Some(frame))),
                     )
                     .await;
-                    return;
+                    return too_big.then(|| close_frame(code, reason));
                 }
                 // Gone without a close: the home keeps the session for a
                 // resume, as it would for a direct socket.
                 None => {
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, home_tx.close()).await;
-                    return;
+                    return None;
                 }
             };
             if !matches!(
                 tokio::time::timeout(WRITE_TIMEOUT, home_tx.send(out)).await,
                 Ok(Ok(()))
             ) {
-                return;
+                return Some(close_frame(1013, "room's node too slow"));
             }
         }
     };
@@ -150,9 +157,12 @@ pub(super) async fn proxy(
             }
         }
     };
-    tokio::select! {
-        () = to_home => {}
-        () = to_client => {}
+    let last = tokio::select! {
+        last = to_home => last,
+        () = to_client => None,
+    };
+    if let Some(last) = last {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, client_tx.send(last)).await;
     }
     tracing::info!(%node, "proxied room socket closed");
 }
@@ -175,12 +185,14 @@ async fn connect(state: &AppState, public_url: &str, addr: IpAddr) -> Result<Ups
     {
         req.headers_mut().insert(FORWARDED_CLIENT, v);
     }
-    if let Some(c) = &state.cluster
-        && let Ok(v) = c.node().id.parse()
-    {
-        req.headers_mut().insert(PROXIED_BY, v);
-    }
-    let limit = state.config.limits.max_message_bytes;
+    // The home's messages are the server's own, as large as a direct
+    // socket may be sent (a large room's offer): bounded like that socket's
+    // write buffer, not by the clients' message limit.
+    let limit = state
+        .config
+        .limits
+        .max_message_bytes
+        .max(HOME_MESSAGE_LIMIT);
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
@@ -228,7 +240,10 @@ mod tests {
         )
         .await
         .expect("answered in time");
-        let e = attempt.err().expect("no TLS server there").to_string();
+        let Err(e) = attempt else {
+            panic!("no TLS server there")
+        };
+        let e = e.to_string();
         // rustls read the plain HTTP answer as a bad TLS record.
         assert!(e.contains("InvalidContentType"), "{e}");
     }
