@@ -147,6 +147,12 @@ impl Nodes {
                     NODE_TIMEOUT_MS.to_string(),
                 ),
             ];
+            // Until the server reads `store.url` (issue 18's PostgreSQL
+            // store), `store.path` names the file; without it every node
+            // opened `vela.sqlite` in the working directory, kept across runs.
+            if let SharedStore::Sqlite(f) = &store {
+                vars.push(("VELA_STORE_PATH".into(), f.path.clone()));
+            }
             vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
             nodes.push(Node::spawn(format!("n{i}"), vars, "127.0.0.1:0").await);
         }
