@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
 use crate::common::{Peer, SessionClient, Ws};
-use crate::nodes::{NODE_TIMEOUT_MS, Node, Nodes};
+use crate::nodes::{HEARTBEAT_MS, NODE_TIMEOUT_MS, Node, Nodes};
 
 fn keys() -> TokenKeys {
     TokenKeys::new(vela_config::DEV_API_KEY, vela_config::DEV_API_SECRET)
@@ -369,6 +369,21 @@ async fn whip_and_room_creation_on_the_wrong_node_are_redirected() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
+        // A new room opens on the least loaded node: node 2, once node 1's
+        // load (the cast's two publishers) is in a heartbeat.
+        tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS)).await;
+        let r = http()
+            .post(format!("{}/api/v1/rooms", nodes[0].base()))
+            .bearer_auth(service_token())
+            .json(&json!({"name": "spare"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 307);
+        assert_eq!(
+            r.headers()["location"].to_str().unwrap(),
+            format!("{}/api/v1/rooms", nodes[1].base())
+        );
         // The cluster as operators see it.
         assert_eq!(live_nodes(&nodes[1]).await, vec!["n1", "n2"]);
         let r = nodes[1]
