@@ -56,6 +56,8 @@ pub struct NodeRegistry {
     /// has beaten): what room placement reads, so a first join costs no
     /// listing.
     live: Arc<Mutex<Vec<NodeInfo>>>,
+    /// For asking other nodes (e.g. their rooms).
+    http: reqwest::Client,
 }
 
 /// The key of a node's entry.
@@ -75,7 +77,17 @@ impl NodeRegistry {
             cluster,
             started_at: now_ms(),
             live: Arc::default(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         }
+    }
+
+    /// An HTTP client for requests to other nodes.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The cluster this registry is part of.

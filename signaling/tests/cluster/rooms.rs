@@ -54,9 +54,14 @@ fn http() -> reqwest::Client {
 
 /// The names of the rooms open on `node`, with their participant counts.
 pub async fn rooms_on(node: &Node) -> Vec<(String, u64)> {
+    rooms_listed(node, "?scope=node").await
+}
+
+/// The rooms `GET /api/v1/rooms{query}` on `node` lists.
+async fn rooms_listed(node: &Node, query: &str) -> Vec<(String, u64)> {
     let r = node
         .api()
-        .get("/api/v1/rooms", &service_token())
+        .get(&format!("/api/v1/rooms{query}"), &service_token())
         .await
         .ok(200);
     r["rooms"]
@@ -147,6 +152,15 @@ async fn a_room_on_node_1_is_joined_and_resumed_through_node_2() {
         // The room is on node 1 only, both participants in it.
         assert_eq!(rooms_on(&nodes[0]).await, vec![("proxied".into(), 2)]);
         assert_eq!(rooms_on(&nodes[1]).await, vec![]);
+        // Listed from any node, with the other nodes' rooms.
+        assert_eq!(
+            rooms_listed(&nodes[1], "").await,
+            vec![("proxied".into(), 2)]
+        );
+        assert_eq!(
+            rooms_listed(&nodes[1], "?names=nope,proxied").await,
+            vec![("proxied".into(), 2)]
+        );
         // The room's node logged the client's address the proxy signed.
         assert!(nodes[1].log().contains("proxied to the room's node"));
 
@@ -502,6 +516,14 @@ async fn rooms_go_on_through_a_redis_outage_and_new_ones_wait_for_it() {
         );
         assert!(alice.peer.video_frames() > frames.0 + 20);
         assert!(bob.peer.video_frames() > frames.1 + 20);
+        // Listing rooms shows this node's, and says the rest is missing.
+        let r = nodes[0]
+            .api()
+            .get("/api/v1/rooms", &service_token())
+            .await
+            .ok(200);
+        assert_eq!(r["rooms"][0]["name"], "steady", "{r}");
+        assert_eq!(r["unreachable_nodes"], json!(["redis"]), "{r}");
         // A join to the running room on its node still works.
         let mut carol = join(&nodes[0], "steady", "carol", false).await;
         // A new room is refused: 503 with Retry-After.

@@ -1,4 +1,7 @@
-//! The cluster as operators see it: `GET /api/v1/cluster/nodes`.
+//! The cluster as operators see it: `GET /api/v1/cluster/nodes`, and the
+//! rooms of every node for `GET /api/v1/rooms`.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -43,4 +46,66 @@ pub(crate) async fn nodes(
         "this_node": registry.cluster().node().id,
         "nodes": nodes,
     })))
+}
+
+/// How long another node may take to list its rooms.
+const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The rooms of the other live nodes (`GET /api/v1/rooms?scope=node` on
+/// each, with `token`, at once), and the ids of those that did not answer
+/// (or of every node, with `"redis"`, when the registry cannot be read).
+pub(crate) async fn other_nodes_rooms(
+    state: &AppState,
+    token: &str,
+    names: Option<&str>,
+) -> (Vec<serde_json::Value>, Vec<String>) {
+    let Some(registry) = &state.nodes else {
+        return (Vec::new(), Vec::new());
+    };
+    let me = registry.cluster().node().id.clone();
+    let nodes = match registry.list().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the nodes for the rooms of the cluster");
+            return (Vec::new(), vec!["redis".to_owned()]);
+        }
+    };
+    let asks = nodes
+        .into_iter()
+        .filter(|n| n.id != me)
+        .map(|n| async move {
+            let mut query = vec![("scope", "node")];
+            if let Some(names) = names {
+                query.push(("names", names));
+            }
+            let Ok(url) =
+                reqwest::Url::parse_with_params(&format!("{}/api/v1/rooms", n.public_url), &query)
+            else {
+                return Err(n.id);
+            };
+            let answer = registry
+                .http()
+                .get(url)
+                .bearer_auth(token)
+                .timeout(NODE_LIST_TIMEOUT)
+                .send()
+                .await;
+            let rooms = match answer {
+                Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+                _ => None,
+            };
+            match rooms.as_ref().and_then(|r| r["rooms"].as_array()) {
+                Some(rooms) => Ok(rooms.clone()),
+                None => Err(n.id),
+            }
+        });
+    let mut rooms = Vec::new();
+    let mut missing = Vec::new();
+    for answer in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(theirs) => rooms.extend(theirs),
+            Err(id) => missing.push(id),
+        }
+    }
+    (rooms, missing)
 }

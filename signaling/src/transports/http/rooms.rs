@@ -213,24 +213,53 @@ pub(crate) struct ListQuery {
     /// Comma-separated room names to list; absent: all.
     #[serde(default)]
     names: Option<String>,
+    /// `node`: this node's rooms only (in a cluster; else every node's).
+    #[serde(default)]
+    scope: Option<String>,
 }
 
-/// `GET /api/v1/rooms?names=a,b`: open rooms.
+/// `GET /api/v1/rooms?names=a,b`: open rooms, of every node of a cluster.
 pub(crate) async fn list(
     State(state): State<AppState>,
     admin: Admin,
+    headers: axum::http::HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin.require_list()?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let this_node = match q.scope.as_deref() {
+        None | Some("") | Some("cluster") => false,
+        Some("node") => true,
+        Some(_) => return Err(ApiError::invalid("scope", "must be node or cluster")),
+    };
+    let names: Option<Vec<&str>> = q
+        .names
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .map(|n| n.split(',').map(str::trim).collect());
     // Each shard has its rooms; listed together, by name.
-    let mut rooms = state.media.rooms().await?;
-    rooms.sort_by(|a, b| a.name.cmp(&b.name));
-    if let Some(names) = q.names.filter(|n| !n.is_empty()) {
-        let names: Vec<&str> = names.split(',').map(str::trim).collect();
-        rooms.retain(|r| names.contains(&r.name.as_str()));
+    let mut rooms: Vec<serde_json::Value> = state
+        .media
+        .rooms()
+        .await?
+        .into_iter()
+        .filter(|r| names.as_ref().is_none_or(|n| n.contains(&r.name.as_str())))
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect();
+    // In a cluster, the other nodes' too, asked with the caller's token.
+    let mut unreachable = Vec::new();
+    if !this_node && state.nodes.is_some() {
+        let (theirs, missing) =
+            super::cluster::other_nodes_rooms(&state, bearer(&headers)?, q.names.as_deref()).await;
+        rooms.extend(theirs);
+        unreachable = missing;
     }
-    Ok(Json(serde_json::json!({ "rooms": rooms })))
+    rooms.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let mut answer = serde_json::json!({ "rooms": rooms });
+    if !unreachable.is_empty() {
+        answer["unreachable_nodes"] = unreachable.into();
+    }
+    Ok(Json(answer))
 }
 
 /// `GET /api/v1/rooms/{room}`.
