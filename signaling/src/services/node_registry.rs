@@ -210,7 +210,7 @@ impl NodeRegistry {
         }
     }
 
-    fn set_cached(&self, nodes: Vec<NodeInfo>) {
+    pub(crate) fn set_cached(&self, nodes: Vec<NodeInfo>) {
         *self.live.lock().unwrap_or_else(PoisonError::into_inner) = nodes;
     }
 }

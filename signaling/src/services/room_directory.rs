@@ -141,8 +141,9 @@ struct Claims {
 
 /// Claims the room (`KEYS[1]`) for `ARGV[1]` unless a live node holds it;
 /// renews it when this node (`ARGV[4]`) holds it. A holder whose registry
-/// entry (`ARGV[3]` + id) expired is gone: its room is taken over.
-/// Answers the holder.
+/// entry (`ARGV[3]` + id) expired is gone: its room is taken over. A
+/// candidate that is gone too (the cached list is a beat old) gives way to
+/// this node. Answers the holder.
 const CLAIM: &str = r"
 local owner = redis.call('GET', KEYS[1])
 if owner then
@@ -154,8 +155,12 @@ if owner then
     return owner
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
+local candidate = ARGV[1]
+if candidate ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. candidate) == 0 then
+  candidate = ARGV[4]
+end
+redis.call('SET', KEYS[1], candidate, 'PX', ARGV[2])
+return candidate
 ";
 
 /// Renews the claims `KEYS` for `ARGV[1]` (re-claiming those that expired
@@ -420,6 +425,18 @@ mod tests {
         (registry.clone(), RedisDirectory::new(registry))
     }
 
+    /// `registry`'s own entry, idle.
+    fn idle(registry: &NodeRegistry) -> NodeInfo {
+        NodeInfo {
+            id: registry.cluster().node().id.clone(),
+            public_url: registry.cluster().node().public_url.clone(),
+            rooms: 0,
+            participants: 0,
+            started_at: 0,
+            heartbeat_at: 0,
+        }
+    }
+
     fn room(name: &str) -> RoomId {
         RoomId::new(name).unwrap()
     }
@@ -495,6 +512,23 @@ mod tests {
             assert!(
                 matches!(a.home(&r).await.unwrap(), RoomHome::Elsewhere { node, .. } if node == "b")
             );
+            // A new room goes to the least loaded node in `a`'s cached
+            // list, `c`; once `c` is gone (the cache a beat old), to `a`.
+            let (rc, _) = node(&redis, "c").await;
+            ra.set_cached(vec![
+                NodeInfo {
+                    rooms: 5,
+                    ..idle(&ra)
+                },
+                idle(&rc),
+            ]);
+            let home = a.home(&room("new1")).await.unwrap();
+            assert!(
+                matches!(&home, RoomHome::Elsewhere { node, .. } if node == "c"),
+                "{home:?}"
+            );
+            rc.deregister().await.unwrap();
+            assert_eq!(a.home(&room("new2")).await.unwrap(), RoomHome::Here);
         })
         .await
         .expect("timed out");
