@@ -147,6 +147,11 @@ impl Nodes {
                     NODE_TIMEOUT_MS.to_string(),
                 ),
             ];
+            if let SharedStore::Sqlite(f) = &store {
+                // Until the store reads `store.url` (issue 18's PostgreSQL
+                // store), it opens `store.path`: the same file.
+                vars.push(("VELA_STORE_PATH".into(), f.path.clone()));
+            }
             vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
             nodes.push(Node::spawn(format!("n{i}"), vars, "127.0.0.1:0").await);
         }
