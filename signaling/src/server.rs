@@ -211,7 +211,10 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let (key, secret) = config.auth.effective_key();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let socket_tasks = TaskTracker::new();
-    let hub = Hub::new(DeviceBus::Local);
+    let hub = match &cluster {
+        Some(c) => Hub::clustered(c.clone(), shutdown_rx.clone()).await,
+        None => Hub::new(DeviceBus::Local),
+    };
     // Before the first heartbeat of this run: who was present at a crash.
     let recovered = store
         .recover_presence(now_ms())

@@ -1,5 +1,6 @@
 //! Who is connected: account -> device -> live connections, and how pushes
-//! reach them ([`DeviceBus`]: this process only, until a cluster's bus).
+//! reach them ([`DeviceBus`]: this process only, or every node of a
+//! cluster over Redis pub/sub, `bus.rs`).
 //!
 //! Device sockets (`/api/v1/ws`) receive pushes (presence, address book
 //! changes, contact requests) through the hub; room sessions joined with an
@@ -10,10 +11,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::domain::ids::{AccountId, DeviceId};
+use crate::services::cluster::Cluster;
 use crate::services::push::Push;
+
+mod bus;
+
+pub use bus::{BusError, CLOSE_BUS_DOWN, CLOSE_BUS_LOST, RedisBus};
 
 /// WebSocket close code when the device was signed out (revoked, logged
 /// out, password changed, refresh token reused).
@@ -80,12 +86,17 @@ struct Conn {
 /// remote bus delivers what other nodes publish to this node's registry,
 /// and announces this node's device sockets (with an expiry) for
 /// [`Hub::connected_devices`] elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum DeviceBus {
     /// One node: every connection is in this process's registry, and a push
     /// is delivered as it is sent.
     Local,
+    /// Several nodes sharing a Redis: pushes and closes are delivered here
+    /// at once and published on the cluster's channel for the others (see
+    /// `bus.rs` for the channel, the frames and the outage rules). Made by
+    /// [`Hub::clustered`].
+    Redis(Arc<RedisBus>),
 }
 
 /// The live connections of this node, and the bus to the others; cheap to
@@ -107,18 +118,32 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.remove(self.account, |c| c.id == self.id);
+        let gone = self.hub.remove(self.account, |c| c.id == self.id);
+        if let DeviceBus::Redis(bus) = &self.hub.bus {
+            for c in gone.iter().filter(|c| c.kind == ConnKind::Device) {
+                if !self.hub.connected_here(self.account).contains(&c.device) {
+                    bus.withdraw(self.account, c.device);
+                }
+            }
+        }
     }
 }
 
 impl Hub {
-    /// No connections yet; pushes and closes go over `bus`.
+    /// One node's hub ([`DeviceBus::Local`]): no connections yet.
     pub fn new(bus: DeviceBus) -> Self {
         Hub {
             conns: Arc::default(),
             next: Arc::default(),
             bus,
         }
+    }
+
+    /// A hub on the cluster's bus ([`DeviceBus::Redis`]), which runs until
+    /// `shutdown`; returns once subscribed (or after the node timeout, when
+    /// device sockets are refused until it is).
+    pub async fn clustered(cluster: Cluster, shutdown: watch::Receiver<bool>) -> Self {
+        RedisBus::start(cluster, |bus| Hub::new(DeviceBus::Redis(bus)), shutdown).await
     }
 
     /// Registers a connection of `device`; its messages arrive on the receiver.
@@ -130,6 +155,18 @@ impl Hub {
     ) -> (Registration, mpsc::Receiver<HubMsg>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let (DeviceBus::Redis(bus), ConnKind::Device) = (&self.bus, kind) {
+            if bus.live() {
+                bus.announce(account, device);
+            } else {
+                // Off the bus this socket would miss pushes: refused.
+                let _ = tx.try_send(HubMsg::Close {
+                    event: None,
+                    code: CLOSE_BUS_DOWN,
+                    reason: "cluster bus unavailable",
+                });
+            }
+        }
         if let Ok(mut m) = self.conns.lock() {
             m.entry(account).or_default().push(Conn {
                 id,
@@ -169,14 +206,37 @@ impl Hub {
         self.push_all(&[account], push);
     }
 
-    /// Pushes `push` to the device sockets of several accounts.
+    /// Pushes `push` to the device sockets of several accounts: at once on
+    /// this node; on a cluster's bus, published for the others without
+    /// waiting (a publish that fails shows the other nodes a gap, and they
+    /// close their device sockets: see [`Hub::publish`] to learn of it).
     pub fn push_all(&self, accounts: &[AccountId], push: &Push) {
         let Some(text) = push.encode() else { return };
-        match self.bus {
-            DeviceBus::Local => {
-                for a in accounts {
-                    self.push_text(*a, &text);
-                }
+        for a in accounts {
+            self.push_text(*a, &text);
+        }
+        if let DeviceBus::Redis(bus) = &self.bus {
+            bus.event(accounts, &text, None);
+        }
+    }
+
+    /// [`Hub::push_all`], waiting until the other nodes have it: an error
+    /// when it could not be published (an HTTP request answers 503; the
+    /// other nodes close their device sockets, which reload).
+    pub async fn publish(&self, accounts: &[AccountId], push: &Push) -> Result<(), BusError> {
+        let Some(text) = push.encode() else {
+            return Ok(());
+        };
+        for a in accounts {
+            self.push_text(*a, &text);
+        }
+        match &self.bus {
+            DeviceBus::Local => Ok(()),
+            DeviceBus::Redis(bus) => {
+                let (tx, rx) = oneshot::channel();
+                bus.event(accounts, &text, Some(tx));
+                rx.await
+                    .unwrap_or_else(|_| Err(BusError("shutting down".into())))
             }
         }
     }
@@ -208,12 +268,12 @@ impl Hub {
         code: u16,
         reason: &'static str,
     ) -> usize {
-        match self.bus {
-            DeviceBus::Local => {
-                let gone = self.remove(account, |c| c.device == device);
-                Self::close(gone, event.and_then(Push::encode), code, reason)
-            }
+        let event = event.and_then(Push::encode);
+        if let DeviceBus::Redis(bus) = &self.bus {
+            bus.close_device(account, device, event.as_deref(), code);
         }
+        let gone = self.remove(account, |c| c.device == device);
+        Self::close(gone, event, code, reason)
     }
 
     /// Closes every connection of `account` (after sending `event` to its
@@ -225,12 +285,51 @@ impl Hub {
         code: u16,
         reason: &'static str,
     ) -> usize {
-        match self.bus {
-            DeviceBus::Local => {
-                let gone = self.remove(account, |_| true);
-                Self::close(gone, event.and_then(Push::encode), code, reason)
-            }
+        let event = event.and_then(Push::encode);
+        if let DeviceBus::Redis(bus) = &self.bus {
+            bus.close_account(account, event.as_deref(), code);
         }
+        let gone = self.remove(account, |_| true);
+        Self::close(gone, event, code, reason)
+    }
+
+    /// Closes every device socket of this node (the bus was lost: their
+    /// clients reconnect and reload); how many.
+    fn close_all_devices(&self, code: u16, reason: &'static str) -> usize {
+        let gone: Vec<Conn> = {
+            let Ok(mut m) = self.conns.lock() else {
+                return 0;
+            };
+            let mut gone = Vec::new();
+            m.retain(|_, list| {
+                let (g, kept): (Vec<Conn>, Vec<Conn>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|c| c.kind == ConnKind::Device);
+                gone.extend(g);
+                *list = kept;
+                !list.is_empty()
+            });
+            gone
+        };
+        Self::close(gone, None, code, reason)
+    }
+
+    /// This node's device sockets, as (account, device) pairs.
+    fn local_devices(&self) -> Vec<(AccountId, DeviceId)> {
+        let Ok(m) = self.conns.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(AccountId, DeviceId)> = m
+            .iter()
+            .flat_map(|(a, list)| {
+                list.iter()
+                    .filter(|c| c.kind == ConnKind::Device)
+                    .map(|c| (*a, c.device))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     fn close(gone: Vec<Conn>, event: Option<Arc<str>>, code: u16, reason: &'static str) -> usize {
@@ -248,11 +347,15 @@ impl Hub {
         gone.len()
     }
 
-    /// The devices of `account` with a device socket open.
-    pub fn connected_devices(&self, account: AccountId) -> Vec<DeviceId> {
-        match self.bus {
-            DeviceBus::Local => self.connected_here(account),
+    /// The devices of `account` with a device socket open, on any node.
+    pub async fn connected_devices(&self, account: AccountId) -> Result<Vec<DeviceId>, BusError> {
+        let mut here = self.connected_here(account);
+        if let DeviceBus::Redis(bus) = &self.bus {
+            here.extend(bus.connected(account).await?);
+            here.sort();
+            here.dedup();
         }
+        Ok(here)
     }
 
     /// The devices of `account` with a device socket open on this node.
@@ -294,7 +397,10 @@ mod tests {
         assert!(matches!(desk.recv().await, Some(HubMsg::Event(t)) if &*t == text));
         assert!(room.try_recv().is_err());
         assert!(other.try_recv().is_err());
-        assert_eq!(hub.connected_devices(a), vec![DeviceId(1), DeviceId(2)]);
+        assert_eq!(
+            hub.connected_devices(a).await,
+            Ok(vec![DeviceId(1), DeviceId(2)])
+        );
 
         let bye = Push::SessionRevoked {
             device_id: DeviceId(1),
@@ -315,9 +421,134 @@ mod tests {
             room.recv().await,
             Some(HubMsg::Close { event: None, .. })
         ));
-        assert_eq!(hub.connected_devices(a), vec![DeviceId(2)]);
+        assert_eq!(hub.connected_devices(a).await, Ok(vec![DeviceId(2)]));
         drop(_r3);
-        assert!(hub.connected_devices(a).is_empty());
+        assert_eq!(hub.connected_devices(a).await, Ok(vec![]));
         assert_eq!(hub.close_account(b, None, 4002, "disabled"), 1);
+    }
+
+    async fn node(redis: &vela_testkit::Redis, name: &str) -> (Hub, watch::Sender<bool>) {
+        let config = vela_config::ClusterConfig {
+            redis_url: redis.url(),
+            node_id: name.into(),
+            heartbeat_ms: 100,
+            node_timeout_ms: 600,
+            ..vela_config::ClusterConfig::default()
+        };
+        let node = crate::services::cluster::NodeIdentity::from_config(
+            &config,
+            "127.0.0.1:1".parse().expect("addr"),
+        );
+        let cluster = Cluster::connect(&config, node).await.expect("connect");
+        let (tx, rx) = watch::channel(false);
+        (Hub::clustered(cluster, rx).await, tx)
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<HubMsg>) -> HubMsg {
+        tokio::time::timeout(std::time::Duration::from_secs(3), rx.recv())
+            .await
+            .expect("in time")
+            .expect("open")
+    }
+
+    #[tokio::test]
+    async fn pushes_and_closes_cross_nodes_in_order_and_an_outage_closes_device_sockets() {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let mut redis = vela_testkit::Redis::start();
+            let (n1, _s1) = node(&redis, "n1").await;
+            let (n2, _s2) = node(&redis, "n2").await;
+            let a = AccountId(7);
+            let (_r, mut phone) = n2.register(a, DeviceId(1), ConnKind::Device);
+            let (_r2, mut room) = n2.register(a, DeviceId(1), ConnKind::Room);
+            // Announced to every node.
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            while n1.connected_devices(a).await != Ok(vec![DeviceId(1)]) {
+                assert!(tokio::time::Instant::now() < until, "not announced");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            // In order, once each.
+            for count in 0..50 {
+                n1.push(a, &Push::MissedCalls { count });
+            }
+            n1.publish(&[a], &Push::MissedCalls { count: 50 })
+                .await
+                .expect("published");
+            for count in 0..=50 {
+                let want = format!(r#"{{"type":"missed_calls","count":{count}}}"#);
+                assert!(matches!(next(&mut phone).await, HubMsg::Event(t) if *t == want));
+            }
+            assert!(phone.try_recv().is_err());
+            // A close reaches the device's room session too, at once.
+            let bye = Push::SessionRevoked {
+                device_id: DeviceId(1),
+                reason: SignOutReason::Revoked,
+            };
+            assert_eq!(
+                n1.close_device(a, DeviceId(1), Some(&bye), CLOSE_REVOKED, "revoked"),
+                0
+            );
+            assert!(matches!(
+                next(&mut phone).await,
+                HubMsg::Close {
+                    event: Some(_),
+                    code: CLOSE_REVOKED,
+                    ..
+                }
+            ));
+            assert!(matches!(
+                next(&mut room).await,
+                HubMsg::Close {
+                    event: None,
+                    code: CLOSE_REVOKED,
+                    ..
+                }
+            ));
+            drop((_r, _r2));
+            let (_r3, mut desk) = n2.register(a, DeviceId(2), ConnKind::Device);
+            // Redis goes away: the device socket is closed, a publish refused
+            // (once the node knows), and a new socket refused.
+            redis.stop();
+            assert!(matches!(
+                next(&mut desk).await,
+                HubMsg::Close {
+                    code: CLOSE_BUS_LOST,
+                    ..
+                }
+            ));
+            assert!(
+                n2.publish(&[a], &Push::MissedCalls { count: 1 })
+                    .await
+                    .is_err()
+            );
+            let (_r4, mut late) = n2.register(a, DeviceId(3), ConnKind::Device);
+            assert!(matches!(
+                next(&mut late).await,
+                HubMsg::Close {
+                    code: CLOSE_BUS_DOWN,
+                    ..
+                }
+            ));
+            // Back: both nodes resubscribe, and pushes flow again.
+            redis.restart();
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            let (_r5, mut again) = loop {
+                let (r, mut rx) = n2.register(a, DeviceId(4), ConnKind::Device);
+                if rx.try_recv().is_err()
+                    && n1
+                        .publish(&[a], &Push::MissedCalls { count: 9 })
+                        .await
+                        .is_ok()
+                {
+                    break (r, rx);
+                }
+                assert!(tokio::time::Instant::now() < until, "not back");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            };
+            assert!(
+                matches!(next(&mut again).await, HubMsg::Event(t) if t.contains("\"count\":9"))
+            );
+        })
+        .await
+        .expect("timed out");
     }
 }

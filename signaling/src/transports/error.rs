@@ -10,6 +10,7 @@ use crate::domain::Invalid;
 use crate::domain::call::state::CallError;
 use crate::services::auth::{NoRandomness, TooMany};
 use crate::services::calls::CallsError;
+use crate::services::hub::BusError;
 use crate::services::password::PasswordError;
 use crate::services::presence::PresenceError;
 use crate::services::token::TokenError;
@@ -195,6 +196,17 @@ impl From<MediaError> for ApiError {
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<BusError> for ApiError {
+    /// 503, retry in a second: the change is made, but the cluster's other
+    /// nodes could not be told (their device sockets reload).
+    fn from(e: BusError) -> Self {
+        tracing::warn!(error = %e, "answering 503: the cluster bus is unavailable");
+        let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        a.retry_after = Some(1);
+        a
     }
 }
 

@@ -11,3 +11,4 @@ mod nodes;
 mod accounts;
 mod browser_rooms;
 mod rooms;
+mod pushes;

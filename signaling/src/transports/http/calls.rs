@@ -341,7 +341,8 @@ pub(crate) async fn missed_seen(
     state.store.mark_missed_seen(auth.account()).await?;
     state
         .hub
-        .push(auth.account(), &Push::MissedCalls { count: 0 });
+        .publish(&[auth.account()], &Push::MissedCalls { count: 0 })
+        .await?;
     Ok(Json(serde_json::json!({ "count": 0 })))
 }
 
@@ -376,6 +377,9 @@ pub(crate) async fn set_settings(
         s.allow = a;
     }
     state.store.set_call_settings(auth.account(), s).await?;
-    state.hub.push(auth.account(), &Push::CallSettings(s));
+    state
+        .hub
+        .publish(&[auth.account()], &Push::CallSettings(s))
+        .await?;
     Ok(Json(s))
 }

@@ -93,7 +93,7 @@ async fn resolve_link(
 }
 
 /// Tells every device of `account` about a change.
-fn push_change(state: &AppState, account: AccountId, c: &Contact) {
+async fn push_change(state: &AppState, account: AccountId, c: &Contact) -> Result<(), ApiError> {
     let push = if c.deleted {
         Push::ContactDeleted {
             revision: c.revision,
@@ -106,7 +106,7 @@ fn push_change(state: &AppState, account: AccountId, c: &Contact) {
             contact: Box::new(c.clone()),
         }
     };
-    state.hub.push(account, &push);
+    Ok(state.hub.publish(&[account], &push).await?)
 }
 
 /// `GET /api/v1/contacts?q=&favorite=&group=`: the live entries and the revision.
@@ -189,7 +189,7 @@ pub(crate) async fn create(
         .create_contact(auth.account(), &fields, now_ms())
         .await
         .map_err(write_error)?;
-    push_change(&state, auth.account(), &c);
+    push_change(&state, auth.account(), &c).await?;
     tracing::debug!(account = %auth.account(), contact = %c.id, revision = c.revision, "contact created");
     Ok((StatusCode::CREATED, Json(c)).into_response())
 }
@@ -237,7 +237,7 @@ pub(crate) async fn update(
         .update_contact(auth.account(), id, based_on, &fields, now_ms())
         .await
         .map_err(write_error)?;
-    push_change(&state, auth.account(), &c);
+    push_change(&state, auth.account(), &c).await?;
     Ok(Json(c))
 }
 
@@ -258,6 +258,6 @@ pub(crate) async fn remove(
         .delete_contact(auth.account(), id, based_on, now_ms())
         .await
         .map_err(write_error)?;
-    push_change(&state, auth.account(), &c);
+    push_change(&state, auth.account(), &c).await?;
     Ok(Json(c))
 }

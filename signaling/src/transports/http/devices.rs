@@ -32,7 +32,7 @@ pub(crate) async fn list(
     auth: Authed,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let devices = state.store.devices(auth.account()).await?;
-    let connected = state.hub.connected_devices(auth.account());
+    let connected = state.hub.connected_devices(auth.account()).await?;
     let statuses = state
         .presence
         .device_statuses(devices.iter().map(|d| d.id).collect())

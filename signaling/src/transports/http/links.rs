@@ -26,12 +26,15 @@ async fn announce_mutual(state: &AppState, a: AccountId, b: AccountId) -> Result
     for (to, other) in [(a, b), (b, a)] {
         if let Some(summary) = state.store.account_summary(other).await? {
             let view = mutual_view(state, summary).await?;
-            state.hub.push(
-                to,
-                &Push::MutualContactAdded {
-                    contact: Box::new(view),
-                },
-            );
+            state
+                .hub
+                .publish(
+                    &[to],
+                    &Push::MutualContactAdded {
+                        contact: Box::new(view),
+                    },
+                )
+                .await?;
         }
     }
     Ok(())
@@ -87,7 +90,7 @@ pub(crate) async fn send_request(
             let push = Push::ContactRequest {
                 request: Box::new(request.clone()),
             };
-            state.hub.push_all(&[to.id, auth.account()], &push);
+            state.hub.publish(&[to.id, auth.account()], &push).await?;
             Ok((
                 StatusCode::CREATED,
                 Json(serde_json::json!({ "status": "pending", "request": request })),
@@ -152,7 +155,10 @@ pub(crate) async fn delete_request(
         return Err(ApiError::not_found("no such contact request"));
     };
     let push = Push::ContactRequestRemoved { id };
-    state.hub.push_all(&[request.from.id, request.to.id], &push);
+    state
+        .hub
+        .publish(&[request.from.id, request.to.id], &push)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -179,7 +185,8 @@ pub(crate) async fn remove_mutual(
     for (to, gone) in [(auth.account(), other), (other, auth.account())] {
         state
             .hub
-            .push(to, &Push::MutualContactRemoved { account_id: gone });
+            .publish(&[to], &Push::MutualContactRemoved { account_id: gone })
+            .await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
