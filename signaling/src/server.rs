@@ -280,9 +280,11 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         login_limiter: Arc::new(LoginLimiter::new(
             config.limits.login_attempts_per_minute,
             config.limits.login_attempts_per_minute_per_address,
+            cluster.as_ref(),
         )),
         signup_limiter: Arc::new(SignupLimiter::new(
             config.limits.signups_per_hour_per_address,
+            cluster.as_ref(),
         )),
         hasher: PasswordHasher::new(
             config

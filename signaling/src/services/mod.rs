@@ -15,6 +15,7 @@ pub mod presence;
 pub mod push;
 pub mod rate_limit;
 pub mod room_directory;
+pub mod shared_window;
 pub mod store;
 pub mod token;
 pub mod webhook;

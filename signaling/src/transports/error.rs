@@ -8,7 +8,7 @@ use vela_media::core::{JoinError, SignalError};
 
 use crate::domain::Invalid;
 use crate::domain::call::state::CallError;
-use crate::services::auth::{NoRandomness, TooMany};
+use crate::services::auth::{LimitError, NoRandomness, TooMany};
 use crate::services::calls::CallsError;
 use crate::services::hub::BusError;
 use crate::services::password::PasswordError;
@@ -148,6 +148,19 @@ impl From<TooMany> for ApiError {
     }
 }
 
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        match e {
+            LimitError::TooMany(e) => e.into(),
+            LimitError::Unavailable { retry_after } => {
+                let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                a.retry_after = Some(retry_after);
+                a
+            }
+        }
+    }
+}
+
 impl From<NoRandomness> for ApiError {
     fn from(e: NoRandomness) -> Self {
         ApiError::internal(e)
@@ -248,6 +261,16 @@ mod tests {
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.retry_after, Some(7));
         assert_eq!(e.message, "too many attempts; retry in 7 s");
+    }
+
+    #[test]
+    fn limits_out_of_reach_are_503_with_retry_after() {
+        let e = ApiError::from(LimitError::Unavailable { retry_after: 5 });
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(5));
+        assert!(e.message.contains("Redis"), "{}", e.message);
+        let e = ApiError::from(LimitError::TooMany(TooMany { retry_after: 3 }));
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::domain::account::{
 };
 use crate::domain::device::{Device, DeviceKind, check_label};
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
-use crate::services::auth::{new_refresh_token, refresh_hash};
+use crate::services::auth::{LimitError, new_refresh_token, refresh_hash};
 use crate::services::push::SignOutReason;
 use crate::services::store::{RefreshOutcome, StoreError};
 use crate::services::token::AccessClaims;
@@ -61,8 +61,10 @@ pub(crate) async fn register(
     let roles = [Role::User];
     let slot = state.hasher.reserve()?;
     // Counted before the password is hashed: that is the work to bound.
-    if !by_admin && let Err(e) = state.signup_limiter.admit(addr) {
-        tracing::warn!(%addr, "sign-ups from this address over the limit");
+    if !by_admin && let Err(e) = state.signup_limiter.admit(addr).await {
+        if matches!(e, LimitError::TooMany(_)) {
+            tracing::warn!(%addr, "sign-ups from this address over the limit");
+        }
         return Err(e.into());
     }
     let hash = slot.hash(b.password).await?;
@@ -174,7 +176,7 @@ pub(crate) async fn login(
     let label = check_label("device.label", &b.device.label)?;
     let username = b.username.trim().to_ascii_lowercase();
     let slot = state.hasher.reserve()?;
-    state.login_limiter.attempt(&username, addr)?;
+    state.login_limiter.attempt(&username, addr).await?;
     let found = state.store.account_by_username(&username).await?;
     let hash = found.as_ref().map(|(_, h)| h.clone());
     if !slot.verify(b.password, hash).await? {
@@ -188,7 +190,7 @@ pub(crate) async fn login(
     if account.disabled {
         return Err(ApiError::forbidden("this account is disabled"));
     }
-    state.login_limiter.succeeded(&username, addr);
+    state.login_limiter.succeeded(&username, addr).await;
     make_room_for_a_device(&state, account.id).await?;
     let device = state
         .store
@@ -340,14 +342,14 @@ pub(crate) async fn change_password(
     check_password("new_password", &b.new_password)?;
     let username = auth.0.name.clone();
     let slot = state.hasher.reserve()?;
-    state.login_limiter.attempt(&username, addr)?;
+    state.login_limiter.attempt(&username, addr).await?;
     let hash = state.store.password_hash(auth.account()).await?;
     if !slot.verify(b.current_password, hash).await? {
         let mut e = ApiError::forbidden("current_password: is wrong");
         e.field = Some("current_password".into());
         return Err(e);
     }
-    state.login_limiter.succeeded(&username, addr);
+    state.login_limiter.succeeded(&username, addr).await;
     let hash = slot.hash(b.new_password).await?;
     state
         .devices
