@@ -28,6 +28,7 @@ use crate::services::node_registry::NodeRegistry;
 use crate::services::password::PasswordHasher;
 use crate::services::presence::PresenceHandle;
 use crate::services::room_directory::{RedisDirectory, RoomDirectory};
+use crate::services::singleton::Singleton;
 use crate::services::store::{Store, StoreLocation};
 use crate::services::token::{TokenKeys, VideoGrant};
 use crate::transports::device_socket;
@@ -309,7 +310,19 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     };
     // After the calls and presence a crash left were recovered.
     tokio::spawn(heartbeat(store.clone(), shutdown_rx.clone()));
-    tokio::spawn(sign_out_expired_devices(state.clone(), shutdown_rx.clone()));
+    // One node of a cluster sweeps the shared store (its sign-outs are
+    // pushed once, not once per node).
+    let sweeper = Singleton::start(
+        state.cluster.as_ref(),
+        "sign-out-expired-devices",
+        shutdown_rx.clone(),
+    )
+    .await;
+    tokio::spawn(sign_out_expired_devices(
+        state.clone(),
+        sweeper,
+        shutdown_rx.clone(),
+    ));
     let limits = ListenerLimits::new(
         state.config.server.max_connections,
         Duration::from_millis(state.config.server.header_timeout_ms),
@@ -398,13 +411,21 @@ async fn heartbeat(store: Store, mut shutdown: watch::Receiver<bool>) {
 const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// Signs out devices whose logins expired, at start and every
-/// [`SESSION_SWEEP_EVERY`], until shutdown.
-async fn sign_out_expired_devices(state: AppState, mut shutdown: watch::Receiver<bool>) {
+/// [`SESSION_SWEEP_EVERY`], until shutdown; in a cluster only while this
+/// node holds the sweep's lease.
+async fn sign_out_expired_devices(
+    state: AppState,
+    lease: Singleton,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(SESSION_SWEEP_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if !lease.is_held() {
+            continue;
         }
         let access_ttl_ms =
             i64::try_from(state.config.auth.access_token_ttl_secs.saturating_mul(1000))

@@ -16,6 +16,7 @@ pub mod push;
 pub mod rate_limit;
 pub mod room_directory;
 pub mod shared_window;
+pub mod singleton;
 pub mod store;
 pub mod token;
 pub mod webhook;
