@@ -243,6 +243,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         secret,
         metrics.clone(),
         events_rx,
+        cluster.clone(),
         shutdown_rx.clone(),
     );
     let (calls, calls_task) = crate::services::calls::CallsHandle::spawn(

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use sha2::Digest;
 use vela_media::core::{ParticipantId, ParticipantInfo, RoomEvent, RoomId, TrackId, TrackKind};
 
 use crate::domain::call::state::{Call, Notice};
@@ -12,7 +13,10 @@ use crate::domain::call::state::{Call, Notice};
 #[derive(Debug, Clone, Serialize)]
 pub struct WebhookEvent {
     /// Unique per event (`EV_` and 16 hex digits); the same on every retry,
-    /// so receivers can drop duplicates.
+    /// so receivers can drop duplicates. Random, except for `call_ended`,
+    /// which a call sends once: derived from the call, so that the same end
+    /// reported twice (by two nodes recovering it) has one id (see
+    /// [`WebhookEvent::once_per_cluster`]).
     pub id: String,
     /// `room_started`, `participant_joined`, `call_ringing`, ...
     pub event: &'static str,
@@ -79,7 +83,22 @@ fn new_id() -> String {
     format!("EV_{hex}")
 }
 
+/// The id of an event that happens once for `what`: the same on every
+/// node that reports it.
+fn derived_id(what: &str) -> String {
+    let digest = sha2::Sha256::digest(what.as_bytes());
+    let hex: String = digest.iter().take(8).map(|x| format!("{x:02x}")).collect();
+    format!("EV_{hex}")
+}
+
 impl WebhookEvent {
+    /// Whether the event's id names the thing that happened rather than
+    /// this report of it (`call_ended`): then several nodes may report it,
+    /// and a cluster sends only the first (`SET NX` on the id).
+    pub fn once_per_cluster(&self) -> bool {
+        self.event == "call_ended"
+    }
+
     fn new(event: &'static str, created_at: u64) -> Self {
         WebhookEvent {
             id: new_id(),
@@ -263,6 +282,12 @@ impl Translator {
             Notice::Missed { call, account } => ("call_missed", call, Some(account), None),
         };
         let mut w = WebhookEvent::new(name, now);
+        if name == "call_ended" {
+            w.id = derived_id(&format!(
+                "call_ended/{}/{}/{}",
+                call.id, call.created_at, call.caller
+            ));
+        }
         w.call = Some(*call);
         w.account_id = account;
         w.device_id = device;
@@ -359,5 +384,44 @@ mod tests {
         assert!(t.room_event(unpublished, 2).is_empty());
         assert!(t.room_event(left(&room, 8), 3).is_empty());
         assert!(t.participants.is_empty());
+    }
+
+    #[test]
+    fn a_call_end_has_one_id_wherever_it_is_reported() {
+        let call: Call = serde_json::from_value(serde_json::json!({
+            "id": 7, "room": "call-7", "video": false, "caller": 1,
+            "state": "ended", "created_at": 1000, "answered_at": null,
+            "ended_at": 2000, "members": []
+        }))
+        .expect("call");
+        let mut t = Translator::default();
+        let ended = |t: &mut Translator, now| {
+            t.call_notice(
+                Notice::Ended {
+                    call: Box::new(call.clone()),
+                },
+                now,
+            )
+        };
+        let (a, b) = (ended(&mut t, 5), ended(&mut Translator::default(), 6));
+        assert_eq!(a.id, b.id);
+        assert!(a.id.starts_with("EV_") && a.id.len() == 19, "{}", a.id);
+        assert!(a.once_per_cluster());
+        let ringing = t.call_notice(
+            Notice::Ringing {
+                call: Box::new(call.clone()),
+                account: crate::domain::ids::AccountId(2),
+            },
+            5,
+        );
+        let again = t.call_notice(
+            Notice::Ringing {
+                call: Box::new(call.clone()),
+                account: crate::domain::ids::AccountId(2),
+            },
+            5,
+        );
+        assert_ne!(ringing.id, again.id);
+        assert!(!ringing.once_per_cluster());
     }
 }

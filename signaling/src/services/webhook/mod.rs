@@ -1,6 +1,21 @@
 //! Webhooks: room and call events POSTed to the configured URLs, signed,
 //! in order per destination, retried with backoff, never in the media
 //! driver's way (it hands events over without waiting; see docs/api.md).
+//!
+//! **In a cluster each event is sent once, not once per node.** Each node
+//! sends only what it witnessed: room events come from the media driver of
+//! the room's node (a room is open on one node at a time: the room
+//! directory), call events from the calls service, which handles each call
+//! on one node. No event comes from a periodic job or from reading the
+//! shared store on every node, with one exception: a call that a crash left
+//! open is ended (`call_ended`) by whichever node recovers it, and two
+//! nodes may both. So `call_ended`, which a call sends once, has an id
+//! derived from the call ([`WebhookEvent::once_per_cluster`]), and a
+//! cluster node sends it only after claiming the id in Redis
+//! (`SET vela:webhook:<id> NX PX` a day): the second report is dropped. If
+//! Redis does not answer the event is sent anyway: a duplicate with the
+//! same id, which receivers drop, rather than a lost end. New events must
+//! keep this rule: emitted where the thing happened, or given a derived id.
 
 mod delivery;
 mod event;
@@ -17,6 +32,7 @@ use vela_media::core::RoomEvent;
 pub use event::{ParticipantRef, RoomRef, TrackRef, WebhookEvent};
 
 use crate::domain::call::Notice;
+use crate::services::cluster::Cluster;
 use crate::services::metrics::Metrics;
 use delivery::{Destination, Payload};
 use event::Translator;
@@ -54,6 +70,7 @@ pub fn spawn(
     api_secret: &str,
     metrics: Arc<Metrics>,
     room_events: mpsc::Receiver<RoomEvent>,
+    cluster: Option<Cluster>,
     shutdown: watch::Receiver<bool>,
 ) -> (WebhookHandle, JoinHandle<()>) {
     let (tx, calls) = mpsc::unbounded_channel();
@@ -80,10 +97,52 @@ pub fn spawn(
         metrics,
         room_events,
         calls,
+        cluster,
         shutdown,
         Duration::from_millis(config.timeout_ms),
     ));
     (WebhookHandle { tx }, task)
+}
+
+/// How long a cluster remembers an event id it sent, to drop later
+/// reports of the same event.
+const SENT_IDS_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether this node is the first in the cluster to report `w` (always,
+/// for an event only its witness reports, or with one node); claims its id
+/// in Redis. Unanswered within a second: sent (a duplicate with the same
+/// id beats a lost event).
+async fn first_report(cluster: Option<&Cluster>, w: &WebhookEvent) -> bool {
+    let Some(cluster) = cluster else {
+        return true;
+    };
+    if !w.once_per_cluster() {
+        return true;
+    }
+    let mut redis = cluster.redis();
+    let mut set = redis::cmd("SET");
+    set.arg(Cluster::key(&["webhook", &w.id]))
+        .arg(&cluster.node().id)
+        .arg("NX")
+        .arg("PX")
+        .arg(SENT_IDS_KEPT.as_millis() as u64);
+    let claim = set.query_async::<Option<String>>(&mut redis);
+    match tokio::time::timeout(Duration::from_secs(1), claim).await {
+        Ok(Ok(claimed)) => {
+            if claimed.is_none() {
+                tracing::debug!(id = %w.id, event = w.event, "sent by another node already");
+            }
+            claimed.is_some()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(id = %w.id, error = %e, "cannot claim a webhook's id: sending it");
+            true
+        }
+        Err(_) => {
+            tracing::warn!(id = %w.id, "cannot claim a webhook's id (no answer): sending it");
+            true
+        }
+    }
 }
 
 async fn run(
@@ -91,6 +150,7 @@ async fn run(
     metrics: Arc<Metrics>,
     mut room_events: mpsc::Receiver<RoomEvent>,
     mut calls: mpsc::UnboundedReceiver<Notice>,
+    cluster: Option<Cluster>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -136,7 +196,12 @@ async fn run(
                 }
                 None => break,
             },
-            Some(n) = calls.recv() => dispatch(translator.call_notice(n, now_secs())),
+            Some(n) = calls.recv() => {
+                let w = translator.call_notice(n, now_secs());
+                if !destinations.is_empty() && first_report(cluster.as_ref(), &w).await {
+                    dispatch(w);
+                }
+            }
             () = stopping => match drain_until {
                 Some(_) => break,
                 None => {
@@ -147,4 +212,63 @@ async fn run(
     }
     let tasks: Vec<JoinHandle<()>> = destinations.into_iter().map(Destination::close).collect();
     let _ = tokio::time::timeout(grace, futures_util::future::join_all(tasks)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::call::state::Call;
+    use crate::domain::ids::AccountId;
+    use crate::services::cluster::NodeIdentity;
+    use vela_config::ClusterConfig;
+
+    async fn node(redis: &vela_testkit::Redis, id: &str) -> Cluster {
+        let config = ClusterConfig {
+            redis_url: redis.url(),
+            node_id: id.into(),
+            ..ClusterConfig::default()
+        };
+        let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().expect("addr"));
+        Cluster::connect(&config, node).await.expect("connect")
+    }
+
+    fn call(id: i64) -> Box<Call> {
+        Box::new(
+            serde_json::from_value(serde_json::json!({
+                "id": id, "room": format!("call-{id}"), "video": false, "caller": 1,
+                "state": "ended", "created_at": 1000, "answered_at": null,
+                "ended_at": 2000, "members": []
+            }))
+            .expect("call"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_call_end_reported_by_two_nodes_is_sent_once() {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let mut redis = vela_testkit::Redis::start();
+            let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+            let ended = |id| Translator::default().call_notice(Notice::Ended { call: call(id) }, 1);
+            assert!(first_report(Some(&a), &ended(1)).await);
+            assert!(!first_report(Some(&b), &ended(1)).await);
+            assert!(!first_report(Some(&a), &ended(1)).await);
+            assert!(first_report(Some(&b), &ended(2)).await);
+            // Events only their witness reports are never held back.
+            let ringing = Translator::default().call_notice(
+                Notice::Ringing {
+                    call: call(1),
+                    account: AccountId(2),
+                },
+                1,
+            );
+            assert!(first_report(Some(&a), &ringing).await);
+            assert!(first_report(Some(&b), &ringing).await);
+            assert!(first_report(None, &ended(1)).await);
+            // Redis out of reach: sent (receivers drop the duplicate by id).
+            redis.stop();
+            assert!(first_report(Some(&a), &ended(1)).await);
+        })
+        .await
+        .expect("timed out");
+    }
 }
