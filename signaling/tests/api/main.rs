@@ -10,6 +10,7 @@ mod admins;
 mod authorization;
 mod bad_input;
 mod cli;
+mod cluster_limits;
 mod connections;
 mod contact_requests;
 mod contacts;
