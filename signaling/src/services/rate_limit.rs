@@ -5,7 +5,8 @@
 //! cannot outrun the count) and taken back when it was right. When either
 //! key has used up its allowance within the window, every further attempt
 //! on it is refused (429) until the oldest one ages out, even with the
-//! right password. Sign-ups use one per client address.
+//! right password. Sign-ups use one per client address. A cluster keeps
+//! the same windows in Redis instead (`services/shared_window.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;

@@ -193,12 +193,12 @@ mod tests {
             let a = SharedWindows::new(&node(&redis, "a").await);
             let b = SharedWindows::new(&node(&redis, "b").await);
             let k = counted("k", 3, 1_500);
-            assert_eq!(a.admit(&[k.clone()]).await, Ok(Ok(())));
-            assert_eq!(b.admit(&[k.clone()]).await, Ok(Ok(())));
-            assert_eq!(a.admit(&[k.clone()]).await, Ok(Ok(())));
+            assert_eq!(a.admit(std::slice::from_ref(&k)).await, Ok(Ok(())));
+            assert_eq!(b.admit(std::slice::from_ref(&k)).await, Ok(Ok(())));
+            assert_eq!(a.admit(std::slice::from_ref(&k)).await, Ok(Ok(())));
             // The fourth, on either node, waits for the first to age out.
             let wait = b
-                .admit(&[k.clone()])
+                .admit(std::slice::from_ref(&k))
                 .await
                 .expect("redis")
                 .expect_err("full");
@@ -215,19 +215,24 @@ mod tests {
                     .is_err()
             );
             for _ in 0..5 {
-                assert_eq!(a.admit(&[other.clone()]).await, Ok(Ok(())));
+                assert_eq!(a.admit(std::slice::from_ref(&other)).await, Ok(Ok(())));
             }
             // Taken back, the newest frees a place; cleared, all of them.
             b.unrecord_newest(&k.key).await.expect("redis");
-            assert_eq!(b.admit(&[k.clone()]).await, Ok(Ok(())));
-            assert!(a.admit(&[k.clone()]).await.expect("redis").is_err());
+            assert_eq!(b.admit(std::slice::from_ref(&k)).await, Ok(Ok(())));
+            assert!(
+                a.admit(std::slice::from_ref(&k))
+                    .await
+                    .expect("redis")
+                    .is_err()
+            );
             a.clear(&k.key).await.expect("redis");
             for _ in 0..3 {
-                assert_eq!(b.admit(&[k.clone()]).await, Ok(Ok(())));
+                assert_eq!(b.admit(std::slice::from_ref(&k)).await, Ok(Ok(())));
             }
             // After the window every event has aged out, and the key is gone.
             tokio::time::sleep(wait.max(Duration::from_millis(1_600))).await;
-            assert_eq!(a.admit(&[k.clone()]).await, Ok(Ok(())));
+            assert_eq!(a.admit(std::slice::from_ref(&k)).await, Ok(Ok(())));
             tokio::time::sleep(Duration::from_millis(1_600)).await;
             let mut conn = a.redis.clone();
             let exists: u64 = redis::cmd("EXISTS")
@@ -247,10 +252,10 @@ mod tests {
             let mut redis = vela_testkit::Redis::start();
             let a = SharedWindows::new(&node(&redis, "a").await);
             let k = counted("k", 2, 60_000);
-            assert_eq!(a.admit(&[k.clone()]).await, Ok(Ok(())));
+            assert_eq!(a.admit(std::slice::from_ref(&k)).await, Ok(Ok(())));
             redis.stop();
             let started = std::time::Instant::now();
-            assert!(a.admit(&[k.clone()]).await.is_err());
+            assert!(a.admit(std::slice::from_ref(&k)).await.is_err());
             assert!(a.clear(&k.key).await.is_err());
             assert!(started.elapsed() < 3 * TIMEOUT, "{:?}", started.elapsed());
             redis.restart();
@@ -258,7 +263,7 @@ mod tests {
             // empty: the count starts again).
             let until = std::time::Instant::now() + Duration::from_secs(20);
             loop {
-                match a.admit(&[k.clone()]).await {
+                match a.admit(std::slice::from_ref(&k)).await {
                     Ok(r) => {
                         assert_eq!(r, Ok(()));
                         break;
@@ -267,8 +272,13 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert_eq!(a.admit(&[k.clone()]).await, Ok(Ok(())));
-            assert!(a.admit(&[k.clone()]).await.expect("redis").is_err());
+            assert_eq!(a.admit(std::slice::from_ref(&k)).await, Ok(Ok(())));
+            assert!(
+                a.admit(std::slice::from_ref(&k))
+                    .await
+                    .expect("redis")
+                    .is_err()
+            );
         })
         .await
         .expect("timed out");
