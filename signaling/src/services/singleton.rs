@@ -219,12 +219,16 @@ mod tests {
     use crate::services::cluster::NodeIdentity;
     use vela_config::ClusterConfig;
 
+    /// Long against the renewals (every 100 ms), so that a loaded machine
+    /// does not lose a lease the test expects held.
+    const TTL_MS: u64 = 2_000;
+
     async fn node(redis: &vela_testkit::Redis, id: &str) -> Cluster {
         let config = ClusterConfig {
             redis_url: redis.url(),
             node_id: id.into(),
             heartbeat_ms: 100,
-            node_timeout_ms: 600,
+            node_timeout_ms: TTL_MS,
             ..ClusterConfig::default()
         };
         let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().expect("addr"));
@@ -283,9 +287,9 @@ mod tests {
             assert!(a.is_held());
             redis.stop();
             let lost = Instant::now();
-            assert!(eventually(Duration::from_secs(2), || !a.is_held()).await);
+            assert!(eventually(Duration::from_secs(3), || !a.is_held()).await);
             assert!(
-                lost.elapsed() <= Duration::from_millis(600),
+                lost.elapsed() <= Duration::from_millis(TTL_MS),
                 "{:?}",
                 lost.elapsed()
             );

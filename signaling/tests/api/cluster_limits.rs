@@ -25,8 +25,10 @@ async fn two_nodes(redis: &Redis, config: impl Fn(&mut Config)) -> (RunningServe
         let mut c = test_config();
         c.cluster.redis_url = redis.url();
         c.cluster.node_id = id.into();
-        c.cluster.heartbeat_ms = 100;
-        c.cluster.node_timeout_ms = 1_000;
+        // Quick renewals, and a timeout long enough that a loaded machine
+        // does not lose a lease between them.
+        c.cluster.heartbeat_ms = 200;
+        c.cluster.node_timeout_ms = 3_000;
         config(&mut c);
         c
     };
