@@ -260,15 +260,15 @@ impl RedisDirectory {
             .invoke_async(&mut redis)
             .await
             .map_err(|e| self.unavailable(e.into()))?;
+        if owner == candidate {
+            self.0.registry.note_placed(&owner);
+        }
         if owner == self.me() {
             let mut claims = self.claims();
             claims.held.insert(room.clone(), Instant::now());
             claims.lost.remove(room);
             tracing::debug!(%room, "room claimed for this node");
             return Ok(RoomHome::Here);
-        }
-        if owner == candidate {
-            self.0.registry.note_placed(&owner);
         }
         self.elsewhere(owner).await
     }
