@@ -342,38 +342,57 @@ impl RedisDirectory {
             let renew: Vec<RoomId> = claims.held.keys().cloned().collect();
             (renew, release)
         };
-        let mut redis = self.0.registry.cluster().redis();
-        if !renew.is_empty() {
-            let renew_script = redis::Script::new(RENEW);
-            let mut script = renew_script.prepare_invoke();
-            for r in &renew {
-                script.key(room_key(r));
-            }
-            let taken: Vec<redis::Value> = script
-                .arg(self.me())
-                .arg(self.ttl_ms())
-                .invoke_async(&mut redis)
-                .await?;
-            let mut claims = self.claims();
-            for pair in taken.chunks(2) {
-                let (Some(i), Some(owner)) = (
-                    pair.first()
-                        .and_then(|v| redis::from_redis_value::<usize>(v.clone()).ok()),
-                    pair.get(1)
-                        .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()),
-                ) else {
-                    continue;
-                };
-                let Some(room) = i.checked_sub(1).and_then(|i| renew.get(i)) else {
-                    continue;
-                };
-                claims.held.remove(room);
-                claims.lost.insert(room.clone());
-                tracing::warn!(%room, holder = %owner, "another node claimed this room while redis was away: it keeps running here, new joins go there");
-            }
-        }
+        self.renew(&renew).await?;
         if !release.is_empty() {
             self.release(&release).await?;
+            // A join that took one of them again while it was released
+            // (a proxied join reopening the room here) claims it back now,
+            // not a beat later.
+            let again: Vec<RoomId> = {
+                let claims = self.claims();
+                release
+                    .into_iter()
+                    .filter(|r| claims.held.contains_key(r))
+                    .collect()
+            };
+            self.renew(&again).await?;
+        }
+        Ok(())
+    }
+
+    /// Renews (or re-takes) the claims of `rooms`; those another node holds
+    /// now are noted as lost.
+    async fn renew(&self, rooms: &[RoomId]) -> Result<(), ClusterError> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut redis = self.0.registry.cluster().redis();
+        let renew_script = redis::Script::new(RENEW);
+        let mut script = renew_script.prepare_invoke();
+        for r in rooms {
+            script.key(room_key(r));
+        }
+        let taken: Vec<redis::Value> = script
+            .arg(self.me())
+            .arg(self.ttl_ms())
+            .invoke_async(&mut redis)
+            .await?;
+        let mut claims = self.claims();
+        for pair in taken.chunks(2) {
+            let (Some(i), Some(owner)) = (
+                pair.first()
+                    .and_then(|v| redis::from_redis_value::<usize>(v.clone()).ok()),
+                pair.get(1)
+                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()),
+            ) else {
+                continue;
+            };
+            let Some(room) = i.checked_sub(1).and_then(|i| rooms.get(i)) else {
+                continue;
+            };
+            claims.held.remove(room);
+            claims.lost.insert(room.clone());
+            tracing::warn!(%room, holder = %owner, "another node claimed this room while redis was away: it keeps running here, new joins go there");
         }
         Ok(())
     }
