@@ -17,6 +17,9 @@ pub struct Metrics {
     webhooks_delivered: AtomicU64,
     webhooks_failed: AtomicU64,
     webhooks_retried: AtomicU64,
+    proxied_now: AtomicU64,
+    proxied_total: AtomicU64,
+    redirects: AtomicU64,
 }
 
 impl Metrics {
@@ -44,6 +47,24 @@ impl Metrics {
     /// A webhook attempt failed and will be retried.
     pub fn webhook_retried(&self) {
         self.webhooks_retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A room socket is being relayed to the room's node (cluster).
+    pub fn proxy_opened(&self) {
+        self.proxied_now.fetch_add(1, Ordering::Relaxed);
+        self.proxied_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A relayed room socket closed.
+    pub fn proxy_closed(&self) {
+        let _ = self
+            .proxied_now
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// A request was redirected (307) to the room's node (cluster).
+    pub fn redirected(&self) {
+        self.redirects.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Appends the counters to a Prometheus text exposition.
@@ -90,6 +111,30 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP vela_{n} {help}");
             let _ = writeln!(out, "# TYPE vela_{n} counter");
+            let _ = writeln!(out, "vela_{n} {}", v.load(Ordering::Relaxed));
+        }
+        for (n, kind, help, v) in [
+            (
+                "cluster_proxied_room_sockets",
+                "gauge",
+                "Room sockets relayed to the room's node now.",
+                &self.proxied_now,
+            ),
+            (
+                "cluster_proxied_room_sockets_total",
+                "counter",
+                "Room sockets relayed to the room's node.",
+                &self.proxied_total,
+            ),
+            (
+                "cluster_redirects_total",
+                "counter",
+                "Requests redirected (307) to the room's node.",
+                &self.redirects,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP vela_{n} {help}");
+            let _ = writeln!(out, "# TYPE vela_{n} {kind}");
             let _ = writeln!(out, "vela_{n} {}", v.load(Ordering::Relaxed));
         }
     }

@@ -40,7 +40,8 @@ struct Forwarded {
 /// `307 Temporary Redirect` to the same path and query on the node at
 /// `public_url`: the client repeats the request there, method, body and
 /// `Authorization` included (RFC 9725 asks WHIP clients to).
-pub(crate) fn redirect(public_url: &str, node: &str, uri: &Uri) -> Response {
+pub(crate) fn redirect(state: &AppState, public_url: &str, node: &str, uri: &Uri) -> Response {
+    state.metrics.redirected();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let location = format!("{public_url}{path}");
     tracing::debug!(%node, %location, "redirected to the room's node");
@@ -123,7 +124,7 @@ pub(crate) async fn redirect_room_api(
         && let Ok(Some(crate::services::room_directory::RoomHome::Elsewhere { node, public_url })) =
             state.rooms.lookup(&room).await
     {
-        return redirect(&public_url, &node, request.uri());
+        return redirect(&state, &public_url, &node, request.uri());
     }
     next.run(request).await
 }

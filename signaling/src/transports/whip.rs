@@ -74,7 +74,7 @@ async fn start(
     // Served here only where the directory says so; else the client
     // repeats the request at the room's node (RFC 9725's 307).
     if let RoomHome::Elsewhere { node, public_url } = state.rooms.home(&room).await? {
-        return Ok(redirect(&public_url, &node, &uri));
+        return Ok(redirect(&state, &public_url, &node, &uri));
     }
     crate::transports::auth::room_access(&state, room.as_str(), grant.account, None).await?;
     let offer = sdp_body(&headers, &body)?;
@@ -177,7 +177,7 @@ pub(crate) async fn end(
             if let Ok(Some(RoomHome::Elsewhere { node, public_url })) =
                 state.rooms.lookup(&room).await
             {
-                return Ok(redirect(&public_url, &node, &uri));
+                return Ok(redirect(&state, &public_url, &node, &uri));
             }
             return Err(ApiError::not_found("no such session"));
         }

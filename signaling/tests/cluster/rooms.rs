@@ -95,6 +95,21 @@ async fn all_ready(nodes: &Nodes) {
     }
 }
 
+/// A metric of `node`'s `/metrics` (0 when absent).
+async fn metric(node: &Node, name: &str) -> f64 {
+    let text = http()
+        .get(format!("{}/metrics", node.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The live nodes `node` lists.
 async fn live_nodes(node: &Node) -> Vec<String> {
     let r = node
@@ -161,8 +176,12 @@ async fn a_room_on_node_1_is_joined_and_resumed_through_node_2() {
             rooms_listed(&nodes[1], "?names=nope,proxied").await,
             vec![("proxied".into(), 2)]
         );
-        // The room's node logged the client's address the proxy signed.
+        // Node 2 relays bob's socket, and counts it.
         assert!(nodes[1].log().contains("proxied to the room's node"));
+        assert_eq!(
+            metric(&nodes[1], "vela_cluster_proxied_room_sockets").await,
+            1.0
+        );
 
         // Bob's socket drops; a new one through node 2 resumes his session
         // on node 1 (his resume token names it).
@@ -210,6 +229,15 @@ async fn a_room_on_node_1_is_joined_and_resumed_through_node_2() {
         })
         .await;
         assert!(left, "alice saw bob leave: {:?}", alice.seen);
+        // Alice's relayed socket is the one left (three were relayed).
+        let one_left = eventually(Duration::from_secs(3), async || {
+            metric(&nodes[1], "vela_cluster_proxied_room_sockets").await == 1.0
+        });
+        assert!(one_left.await);
+        assert_eq!(
+            metric(&nodes[1], "vela_cluster_proxied_room_sockets_total").await,
+            3.0
+        );
 
         // The proxy keeps the message limit: a message over it closes the
         // socket with 1009, as node 1 itself would, and the session ends.
@@ -398,6 +426,8 @@ async fn whip_and_room_creation_on_the_wrong_node_are_redirected() {
             r.headers()["location"].to_str().unwrap(),
             format!("{}/api/v1/rooms", nodes[1].base())
         );
+        // whep, whip, delete, room creation, participants.
+        assert_eq!(metric(&nodes[1], "vela_cluster_redirects_total").await, 5.0);
         // The cluster as operators see it.
         assert_eq!(live_nodes(&nodes[1]).await, vec!["n1", "n2"]);
         let r = nodes[1]

@@ -198,6 +198,7 @@ pub(crate) async fn create(
     // the request there.
     if let RoomHome::Elsewhere { node, public_url } = state.rooms.home(&room).await? {
         return Ok(crate::transports::cluster::redirect(
+            &state,
             &public_url,
             &node,
             &uri,

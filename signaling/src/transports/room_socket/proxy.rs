@@ -55,6 +55,8 @@ pub(super) async fn proxy(
         }
     };
     tracing::info!(%node, "room socket proxied to the room's node");
+    state.metrics.proxy_opened();
+    let _counted = ProxyCount(state);
     let (mut home_tx, mut home_rx) = upstream.split();
     let (mut client_tx, mut client_rx) = client.split();
     if !matches!(
@@ -165,6 +167,15 @@ pub(super) async fn proxy(
         let _ = tokio::time::timeout(WRITE_TIMEOUT, client_tx.send(last)).await;
     }
     tracing::info!(%node, "proxied room socket closed");
+}
+
+/// Counts a relayed socket closed however the relay ends.
+struct ProxyCount<'a>(&'a AppState);
+
+impl Drop for ProxyCount<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.proxy_closed();
+    }
 }
 
 fn close_frame(code: u16, reason: &str) -> ws::Message {
