@@ -86,6 +86,18 @@ fn production_example_is_valid() {
 }
 
 #[test]
+fn cluster_node_example_is_valid() {
+    let text = include_str!("../examples/cluster-node.toml");
+    let config = load_str(text, no_env(), &CliOverrides::default()).expect("load");
+    assert!(config.cluster.enabled());
+    assert_eq!(config.cluster.node_id, "n1");
+    assert!(matches!(
+        config.store.location(),
+        Ok(crate::StoreUrl::Postgres(_))
+    ));
+}
+
+#[test]
 fn file_overrides_defaults() {
     let text = "[media]\nudp_port = 9000\nnode_ips = [\"203.0.113.1\", \"::1\"]\n";
     let config = load_str(text, no_env(), &CliOverrides::default()).expect("load");

@@ -10,5 +10,5 @@ mod nodes;
 
 mod accounts;
 mod browser_rooms;
-mod rooms;
 mod pushes;
+mod rooms;
