@@ -566,3 +566,20 @@ async fn session_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_token_names_its_node_or_none() {
+        use base64::Engine as _;
+        let node = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("127.0.0.1:7880");
+        let token = format!("{}.{node}", new_resume_token().unwrap());
+        assert_eq!(resume_token_node(&token).as_deref(), Some("127.0.0.1:7880"));
+        // A single node's token (base64url: no dot), or garbage, names none.
+        assert_eq!(resume_token_node(&new_resume_token().unwrap()), None);
+        assert_eq!(resume_token_node("x."), None);
+        assert_eq!(resume_token_node("x.%%%"), None);
+    }
+}
