@@ -637,3 +637,49 @@ async fn rooms_go_on_through_a_redis_outage_and_new_ones_wait_for_it() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_leaves_the_cluster_at_once_and_its_rooms_reopen() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let nodes = Nodes::start("rooms-stop", 2, &[]).await;
+        all_ready(&nodes).await;
+        let mut alice = join(&nodes[0], "moving", "alice", true).await;
+        let mut bob = join(&nodes[1], "moving", "bob", false).await;
+        // Bob receives alice's media through node 1.
+        tokio::join!(
+            alice.pump(Duration::from_secs(1)),
+            bob.pump(Duration::from_secs(1))
+        );
+        assert!(bob.peer.video_frames() > 5);
+        // SIGTERM: node 1 shuts down gracefully.
+        let pid = nodes[0].pid().unwrap().to_string();
+        let stopped = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(stopped.success());
+        let stopping = tokio::time::Instant::now();
+        // Bob, relayed through node 2, is told as a direct socket would be.
+        let left = bob.ws.expect("left").await;
+        assert_eq!(left["reason"], "server_shutdown", "{left}");
+        // Node 1 removed itself (sooner than its entry would expire), and
+        // its room reopens on node 2 at once.
+        assert!(
+            eventually(Duration::from_millis(NODE_TIMEOUT_MS / 2), async || {
+                live_nodes(&nodes[1]).await == ["n2"]
+            })
+            .await,
+            "{:?} after {:?}",
+            live_nodes(&nodes[1]).await,
+            stopping.elapsed()
+        );
+        let carol = join(&nodes[1], "moving", "carol", false).await;
+        assert_eq!(rooms_on(&nodes[1]).await, vec![("moving".into(), 1)]);
+        for c in [alice, bob, carol] {
+            c.peer.close().await;
+        }
+    })
+    .await
+    .expect("test timed out");
+}
