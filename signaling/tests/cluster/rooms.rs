@@ -683,3 +683,54 @@ async fn a_stopped_node_leaves_the_cluster_at_once_and_its_rooms_reopen() {
     .await
     .expect("test timed out");
 }
+
+/// Round trips of `ping` on `ws`, `n` of them, sorted.
+async fn ping_times(ws: &mut Ws, n: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sent = tokio::time::Instant::now();
+        ws.send(json!({"type": "ping"})).await;
+        ws.expect("pong").await;
+        times.push(sent.elapsed());
+    }
+    times.sort();
+    times
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_room_socket_adds_little_latency() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let nodes = Nodes::start("rooms-latency", 2, &[]).await;
+        all_ready(&nodes).await;
+        let mut direct = Ws::connect_addr(&nodes[0].addr, "/ws").await;
+        direct
+            .send(json!({"type": "join", "token": join_token("rtt", "direct")}))
+            .await;
+        direct.expect("joined").await;
+        let mut relayed = Ws::connect_addr(&nodes[1].addr, "/ws").await;
+        relayed
+            .send(json!({"type": "join", "token": join_token("rtt", "relayed")}))
+            .await;
+        relayed.expect("joined").await;
+        assert_eq!(rooms_on(&nodes[0]).await, vec![("rtt".into(), 2)]);
+        // Within the socket's message allowance (limits.messages_per_second).
+        let n = 80;
+        let d = ping_times(&mut direct, n).await;
+        let r = ping_times(&mut relayed, n).await;
+        let (p50, max) = (n / 2, n - 1);
+        eprintln!(
+            "ping round trip, direct p50 {:?} max {:?}; relayed through node 2 p50 {:?} max {:?}",
+            d[p50], d[max], r[p50], r[max]
+        );
+        // One more loopback hop each way: well under a frame's time.
+        assert!(
+            r[p50] < d[p50] + Duration::from_millis(10),
+            "{:?} vs {:?}",
+            r[p50],
+            d[p50]
+        );
+        assert!(r[max] < Duration::from_millis(200), "{:?}", r[max]);
+    })
+    .await
+    .expect("test timed out");
+}
