@@ -477,8 +477,8 @@ fn router(state: AppState) -> Router {
 }
 
 /// `GET /readyz`: 200 when new work can be taken (store answering, media
-/// driver running, the cluster's Redis answering, not shutting down), else
-/// 503 with the reason.
+/// driver running, the cluster's Redis answering and this node registered,
+/// not shutting down), else 503 with the reason.
 async fn readyz(State(state): State<AppState>) -> Response {
     let not_ready = |why: &'static str| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     if *state.shutdown.borrow() {
@@ -497,6 +497,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         if !matches!(redis, Ok(Ok(()))) {
             return not_ready("redis not answering");
         }
+    }
+    if state.nodes.as_ref().is_some_and(|n| !n.registered()) {
+        return not_ready("not yet registered in the cluster");
     }
     "ready".into_response()
 }

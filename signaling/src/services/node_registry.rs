@@ -10,6 +10,7 @@
 //! claims ([`RedisDirectory::beat`]), so a room lives exactly as long as
 //! its node's heartbeat.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use vela_media::MediaHandle;
+use vela_media::core::RoomInfo;
 
 use crate::domain::ids::now_ms;
 use crate::services::cluster::{Cluster, ClusterError};
@@ -58,6 +60,8 @@ pub struct NodeRegistry {
     live: Arc<Mutex<Vec<NodeInfo>>>,
     /// For asking other nodes (e.g. their rooms).
     http: reqwest::Client,
+    /// Registered at least once.
+    registered: Arc<AtomicBool>,
 }
 
 /// The key of a node's entry.
@@ -77,6 +81,7 @@ impl NodeRegistry {
             cluster,
             started_at: now_ms(),
             live: Arc::default(),
+            registered: Arc::default(),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
@@ -99,8 +104,11 @@ impl NodeRegistry {
         self.cluster.config().node_timeout_ms.max(1)
     }
 
-    /// Writes this node's entry with its load, renewing its expiry.
-    pub async fn register(&self, rooms: u64, participants: u64) -> Result<(), ClusterError> {
+    /// Writes this node's entry with its load, renewing its expiry; says
+    /// whether the entry was still there (not: the first time, or Redis lost
+    /// it: a restart without persistence, or an outage longer than the node
+    /// timeout).
+    pub async fn register(&self, rooms: u64, participants: u64) -> Result<bool, ClusterError> {
         let me = self.cluster.node();
         let info = NodeInfo {
             id: me.id.clone(),
@@ -112,18 +120,26 @@ impl NodeRegistry {
         };
         let json = serde_json::to_string(&info).unwrap_or_default();
         let mut redis = self.cluster.redis();
-        let () = redis::pipe()
+        let (old,): (Option<String>,) = redis::pipe()
             .set_options(
                 node_key(&me.id),
                 json,
-                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
+                redis::SetOptions::default()
+                    .get(true)
+                    .with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
             )
-            .ignore()
             .sadd(nodes_key(), &me.id)
             .ignore()
             .query_async(&mut redis)
             .await?;
-        Ok(())
+        self.registered.store(true, Ordering::Relaxed);
+        Ok(old.is_some())
+    }
+
+    /// Whether this node has registered at least once (readiness: until
+    /// then the others cannot find it, and it claims no room).
+    pub fn registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
     }
 
     /// Removes this node's entry (a graceful shutdown): the others stop
@@ -265,11 +281,30 @@ async fn beat(
     // A stopped media driver has no rooms; the entry still says the node
     // lives (readiness says whether it takes work).
     let open = media.rooms().await.unwrap_or_default();
+    renew(registry, rooms, &open).await
+}
+
+/// One heartbeat with the rooms open here: their claims, then the entry,
+/// then the cached list.
+pub(crate) async fn renew(
+    registry: &NodeRegistry,
+    rooms: &RedisDirectory,
+    open: &[RoomInfo],
+) -> Result<(), ClusterError> {
     let participants = open.iter().map(|r| u64::from(r.num_participants)).sum();
     // Claims first: once a node is listed again after Redis lost its data,
     // its rooms are found too.
-    rooms.beat(&open).await?;
-    registry.register(open.len() as u64, participants).await?;
+    rooms.beat(open).await?;
+    let before = registry.registered();
+    let kept = registry.register(open.len() as u64, participants).await?;
+    if before && !kept {
+        // Redis lost what the nodes had written: until every node has
+        // beaten once more (re-claiming its rooms), this one opens none.
+        tracing::warn!(
+            "this node's entry was gone from redis (restarted, or an outage longer than the node timeout): registered again"
+        );
+        rooms.settle();
+    }
     let live = registry.list().await?;
     registry.set_cached(live);
     Ok(())

@@ -65,6 +65,16 @@ pub enum DirectoryError {
         /// When to try again, in seconds.
         retry_after_secs: u64,
     },
+    /// Redis lost the cluster's entries a moment ago (a restart): the nodes
+    /// are claiming their running rooms again, and no new room opens here
+    /// until they have.
+    #[error(
+        "the cluster's Redis came back a moment ago and the nodes are registering their rooms again"
+    )]
+    Settling {
+        /// When to try again, in seconds.
+        retry_after_secs: u64,
+    },
     /// The room's node stopped renewing its entry a moment ago: the next
     /// join takes the room over.
     #[error("the room's node {node} is gone; retry to open the room elsewhere")]
@@ -85,7 +95,8 @@ impl DirectoryError {
             }
             | DirectoryError::NodeGone {
                 retry_after_secs, ..
-            } => *retry_after_secs,
+            }
+            | DirectoryError::Settling { retry_after_secs } => *retry_after_secs,
         }
     }
 }
@@ -137,13 +148,18 @@ struct Claims {
     /// Rooms open here whose claim another node took (after this node lost
     /// Redis for longer than the node timeout): left running, not renewed.
     lost: HashSet<RoomId>,
+    /// Until then no new room is claimed (Redis lost its data: the nodes
+    /// are re-claiming their running rooms).
+    settling_until: Option<Instant>,
 }
 
 /// Claims the room (`KEYS[1]`) for `ARGV[1]` unless a live node holds it;
 /// renews it when this node (`ARGV[4]`) holds it. A holder whose registry
 /// entry (`ARGV[3]` + id) expired is gone: its room is taken over. A
 /// candidate that is gone too (the cached list is a beat old) gives way to
-/// this node. Answers the holder.
+/// this node. Answers the holder, or nil without claiming when this node's
+/// own entry is missing (Redis lost its data and this node has not beaten
+/// since: another node's running room may not be claimed again yet).
 const CLAIM: &str = r"
 local owner = redis.call('GET', KEYS[1])
 if owner then
@@ -154,6 +170,9 @@ if owner then
   if redis.call('EXISTS', ARGV[3] .. owner) == 1 then
     return owner
   end
+end
+if redis.call('EXISTS', ARGV[3] .. ARGV[4]) == 0 then
+  return false
 end
 local candidate = ARGV[1]
 if candidate ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. candidate) == 0 then
@@ -249,9 +268,18 @@ impl RedisDirectory {
             *t = Instant::now();
             return Ok(RoomHome::Here);
         }
+        if self
+            .claims()
+            .settling_until
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return Err(DirectoryError::Settling {
+                retry_after_secs: 1,
+            });
+        }
         let candidate = self.candidate();
         let mut redis = self.0.registry.cluster().redis();
-        let owner: String = redis::Script::new(CLAIM)
+        let owner: Option<String> = redis::Script::new(CLAIM)
             .key(room_key(room))
             .arg(&candidate)
             .arg(self.ttl_ms())
@@ -260,6 +288,11 @@ impl RedisDirectory {
             .invoke_async(&mut redis)
             .await
             .map_err(|e| self.unavailable(e.into()))?;
+        let Some(owner) = owner else {
+            return Err(DirectoryError::Settling {
+                retry_after_secs: 1,
+            });
+        };
         if owner == candidate {
             self.0.registry.note_placed(&owner);
         }
@@ -409,6 +442,14 @@ impl RedisDirectory {
         Ok(())
     }
 
+    /// Opens no new room for two heartbeats (and a bit): Redis lost the
+    /// cluster's entries, and every node re-claims its running rooms on its
+    /// next beat.
+    pub fn settle(&self) {
+        let beats = Duration::from_millis(2 * self.0.registry.cluster().config().heartbeat_ms);
+        self.claims().settling_until = Some(Instant::now() + beats + Duration::from_millis(100));
+    }
+
     /// Releases every claim this node holds (a graceful shutdown).
     pub async fn release_all(&self) -> Result<(), ClusterError> {
         let rooms: Vec<RoomId> = {
@@ -435,7 +476,7 @@ mod tests {
             node_id: id.into(),
             public_url: format!("http://{id}.test"),
             heartbeat_ms: 100,
-            node_timeout_ms: 600,
+            node_timeout_ms: 5_000,
         };
         let identity = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().unwrap());
         let cluster = Cluster::connect(&config, identity).await.expect("connect");
@@ -478,7 +519,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(20), async {
             let redis = vela_testkit::Redis::start();
             let (_, a) = node(&redis, "a").await;
-            let (_, b) = node(&redis, "b").await;
+            let (rb, b) = node(&redis, "b").await;
             for i in 0..50 {
                 let r = room(&format!("r{i}"));
                 let (ha, hb) = tokio::join!(a.home(&r), b.home(&r));
@@ -504,8 +545,78 @@ mod tests {
             ));
             tokio::time::sleep(a.grace() + Duration::from_millis(50)).await;
             a.beat(&[]).await.unwrap();
+            // (No heartbeat runs here: `b` renews its entry by hand.)
+            rb.register(0, 0).await.unwrap();
             assert_eq!(b.lookup(&r).await.unwrap(), None);
             assert_eq!(b.home(&r).await.unwrap(), RoomHome::Here);
+        })
+        .await
+        .expect("timed out");
+    }
+
+    /// `dir.home(room)` once Redis answers again (after a restart the
+    /// connection comes back by itself, commands failing meanwhile).
+    async fn home_when_up(dir: &RedisDirectory, room: &RoomId) -> Result<RoomHome, DirectoryError> {
+        for _ in 0..50 {
+            match dir.home(room).await {
+                Err(DirectoryError::Unavailable { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+        dir.home(room).await
+    }
+
+    #[tokio::test]
+    async fn after_redis_lost_its_data_running_rooms_are_claimed_again_before_new_ones() {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let mut redis = vela_testkit::Redis::start();
+            let (ra, a) = node(&redis, "a").await;
+            let (rb, b) = node(&redis, "b").await;
+            let r = room("r");
+            assert_eq!(a.home(&r).await.unwrap(), RoomHome::Here);
+            // Redis restarts empty: `a`'s claim is gone.
+            redis.restart();
+            // `b` has not beaten since: it claims nothing (its own entry
+            // is missing).
+            let early = home_when_up(&b, &r).await;
+            assert!(
+                matches!(early, Err(DirectoryError::Settling { .. })),
+                "{early:?}"
+            );
+            // `b` beats: it finds its entry was gone, and waits two beats.
+            crate::services::node_registry::renew(&rb, &b, &[])
+                .await
+                .unwrap();
+            let settling = b.home(&r).await;
+            assert!(
+                matches!(settling, Err(DirectoryError::Settling { .. })),
+                "{settling:?}"
+            );
+            // `a` beats with its room open: the claim is back, and once `b`
+            // has settled it finds the room on `a`.
+            // (Its connection comes back by itself, a command or two later.)
+            let mut renewed = Err(None);
+            for _ in 0..50 {
+                match crate::services::node_registry::renew(&ra, &a, &[info("r")]).await {
+                    Ok(()) => {
+                        renewed = Ok(());
+                        break;
+                    }
+                    Err(e) => renewed = Err(Some(e)),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            renewed.unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let found = b.home(&r).await.unwrap();
+            assert!(
+                matches!(&found, RoomHome::Elsewhere { node, .. } if node == "a"),
+                "{found:?}"
+            );
+            // And new rooms open again.
+            assert_eq!(b.home(&room("fresh")).await.unwrap(), RoomHome::Here);
         })
         .await
         .expect("timed out");

@@ -608,8 +608,21 @@ async fn rooms_go_on_through_a_redis_outage_and_new_ones_wait_for_it() {
                 == ["n1", "n2"])
             .await
         );
-        // The running room is found on node 1 again from node 2.
-        let mut erin = join(&nodes[1], "steady", "erin", false).await;
+        // The running room is found on node 1 again from node 2 (once the
+        // nodes have claimed their rooms again: until then, 503).
+        let mut erin = None;
+        for _ in 0..50 {
+            let token = join_token("steady", "erin");
+            match SessionClient::join_at(&nodes[1].addr, &token, None, None, false).await {
+                Ok(c) => {
+                    erin = Some(c);
+                    break;
+                }
+                Err(e) => assert_eq!(e["code"], 503, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut erin = erin.expect("erin joins once the nodes have settled");
         assert_eq!(
             erin.joined["participants"].as_array().unwrap().len(),
             3,
