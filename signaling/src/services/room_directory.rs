@@ -57,10 +57,11 @@ pub enum RoomHome {
 pub enum DirectoryError {
     /// Redis does not answer: rooms open here go on, new ones wait.
     #[error(
-        "the cluster's Redis is not answering, so no new room can be opened now (rooms already open go on): {source}"
+        "the cluster's Redis is not answering, so no new room can be opened now (rooms already open go on)"
     )]
     Unavailable {
-        /// The cause.
+        /// The cause (for logs; clients see the message above).
+        #[source]
         source: ClusterError,
         /// When to try again, in seconds.
         retry_after_secs: u64,

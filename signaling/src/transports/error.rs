@@ -99,6 +99,10 @@ impl From<crate::services::room_directory::DirectoryError> for ApiError {
     /// 503 with `Retry-After`: the room cannot be placed now (the cluster's
     /// Redis is away, or the room's node just died).
     fn from(e: crate::services::room_directory::DirectoryError) -> ApiError {
+        if let Some(cause) = std::error::Error::source(&e) {
+            // The heartbeat logs the outage once; each refusal only at debug.
+            tracing::debug!(error = %cause, "room directory unavailable");
+        }
         let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         err.retry_after = Some(e.retry_after_secs());
         err
