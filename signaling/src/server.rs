@@ -252,6 +252,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         hub.clone(),
         media.clone(),
         webhooks,
+        cluster.clone(),
         shutdown_rx.clone(),
     )
     .await

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use vela_media::MediaHandle;
@@ -28,69 +29,62 @@ use crate::services::hub::Hub;
 use crate::services::push::Push;
 use crate::services::store::Store;
 
-/// Where the calls task sends an operation's answer.
-type Reply<T> = oneshot::Sender<T>;
+mod cluster;
 
-/// An operation for the calls task, with where its answer goes.
-#[derive(Debug)]
-enum Command {
+pub use cluster::ClusterCalls;
+
+/// An operation on calls, as it travels: to this node's calls task, or
+/// (in a cluster) over Redis to the node that owns the calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Op {
     Invite {
         caller: Person,
         device: DeviceId,
         invitees: Vec<Invitee>,
         video: bool,
-        reply: Reply<Result<Call, CallError>>,
     },
     Add {
         id: CallId,
         by: AccountId,
         invitees: Vec<Invitee>,
-        reply: Reply<Result<Call, CallError>>,
     },
     Accept {
         id: CallId,
         account: AccountId,
         device: DeviceId,
         client: Option<String>,
-        reply: Reply<Result<Call, CallError>>,
     },
     Decline {
         id: CallId,
         account: AccountId,
-        reply: Reply<Result<Call, CallError>>,
     },
     Cancel {
         id: CallId,
         account: AccountId,
-        reply: Reply<Result<Call, CallError>>,
     },
     Leave {
         id: CallId,
         account: AccountId,
-        reply: Reply<Result<Call, CallError>>,
     },
     Message {
         id: CallId,
         account: AccountId,
         device: DeviceId,
         text: String,
-        reply: Reply<Result<ChatMessage, CallError>>,
     },
     Get {
         id: CallId,
         account: AccountId,
-        reply: Reply<Option<(Call, Vec<ChatMessage>)>>,
     },
     Active {
         account: AccountId,
-        reply: Reply<Vec<Call>>,
     },
     AuthorizeJoin {
         room: String,
         account: AccountId,
         device: DeviceId,
         take_over: Option<ConnectionId>,
-        reply: Reply<Result<Option<ConnectionId>, CallError>>,
     },
     RoomJoined {
         room: String,
@@ -100,96 +94,112 @@ enum Command {
         public: ParticipantId,
     },
     RoomLeft {
+        room: String,
+        connection: ConnectionId,
+    },
+    /// The node serving the room is gone, the session with it.
+    RoomLost {
+        room: String,
         connection: ConnectionId,
     },
 }
 
-/// An answer held until the command's outputs are carried out.
-struct Answer(Option<Box<dyn FnOnce() + Send>>);
+/// Why the state machine refused an operation, as it travels (a
+/// [`CallError`]'s message is `&'static str`, which cannot be read back).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum Refusal {
+    /// No such call for this account (404).
+    #[error("no such call")]
+    NotFound,
+    /// Not possible in the call's current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Not allowed for this account or device (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Bad input (400).
+    #[error("{0}")]
+    Invalid(String),
+}
 
-impl Answer {
-    fn to<T: Send + 'static>(reply: Reply<T>, value: T) -> Self {
-        Answer(Some(Box::new(move || {
-            let _ = reply.send(value);
-        })))
-    }
-
-    fn none() -> Self {
-        Answer(None)
-    }
-
-    fn send(self) {
-        if let Some(f) = self.0 {
-            f();
+impl From<CallError> for Refusal {
+    fn from(e: CallError) -> Refusal {
+        match e {
+            CallError::NotFound => Refusal::NotFound,
+            CallError::Conflict(m) => Refusal::Conflict(m.into()),
+            CallError::Forbidden(m) => Refusal::Forbidden(m.into()),
+            CallError::Invalid(m) => Refusal::Invalid(m.into()),
+            // A kind added later: refused as a conflict, its text kept.
+            #[allow(unreachable_patterns)]
+            e => Refusal::Conflict(e.to_string()),
         }
     }
 }
 
-impl Command {
-    /// Runs the command on the state machine; the answer to send once its
-    /// outputs are carried out.
+/// An operation's answer, as it travels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", content = "value", rename_all = "snake_case")]
+pub(crate) enum Answer {
+    Call(Result<Call, Refusal>),
+    Message(Result<ChatMessage, Refusal>),
+    Found(Option<(Call, Vec<ChatMessage>)>),
+    Active(Vec<Call>),
+    Join(Result<Option<ConnectionId>, Refusal>),
+    Done,
+}
+
+impl Op {
+    /// Runs the operation on the state machine; its answer is sent once
+    /// its outputs are carried out.
     fn apply(self, calls: &mut Calls, now: i64) -> Answer {
+        let call = |r: Result<Call, CallError>| Answer::Call(r.map_err(Refusal::from));
         match self {
-            Command::Invite {
+            Op::Invite {
                 caller,
                 device,
                 invitees,
                 video,
-                reply,
-            } => Answer::to(
-                reply,
-                calls.handle_invite(now, caller, device, invitees, video),
-            ),
-            Command::Add {
-                id,
-                by,
-                invitees,
-                reply,
-            } => Answer::to(reply, calls.handle_add(now, id, by, invitees)),
-            Command::Accept {
+            } => call(calls.handle_invite(now, caller, device, invitees, video)),
+            Op::Add { id, by, invitees } => call(calls.handle_add(now, id, by, invitees)),
+            Op::Accept {
                 id,
                 account,
                 device,
                 client,
-                reply,
-            } => Answer::to(reply, calls.handle_accept(now, id, account, device, client)),
-            Command::Decline { id, account, reply } => {
-                Answer::to(reply, calls.handle_decline(now, id, account))
-            }
-            Command::Cancel { id, account, reply } => {
-                Answer::to(reply, calls.handle_cancel(now, id, account))
-            }
-            Command::Leave { id, account, reply } => {
-                Answer::to(reply, calls.handle_leave(now, id, account))
-            }
-            Command::Message {
+            } => call(calls.handle_accept(now, id, account, device, client)),
+            Op::Decline { id, account } => call(calls.handle_decline(now, id, account)),
+            Op::Cancel { id, account } => call(calls.handle_cancel(now, id, account)),
+            Op::Leave { id, account } => call(calls.handle_leave(now, id, account)),
+            Op::Message {
                 id,
                 account,
                 device,
                 text,
-                reply,
-            } => Answer::to(reply, calls.handle_message(now, id, account, device, text)),
-            Command::Get { id, account, reply } => {
-                let found = calls
-                    .call(id, account)
-                    .map(|call| (call.clone(), call.messages().cloned().collect()));
-                Answer::to(reply, found)
-            }
-            Command::Active { account, reply } => Answer::to(
-                reply,
-                calls.active_for(account).into_iter().cloned().collect(),
+            } => Answer::Message(
+                calls
+                    .handle_message(now, id, account, device, text)
+                    .map_err(Refusal::from),
             ),
-            Command::AuthorizeJoin {
+            Op::Get { id, account } => Answer::Found(
+                calls
+                    .call(id, account)
+                    .map(|call| (call.clone(), call.messages().cloned().collect())),
+            ),
+            Op::Active { account } => {
+                Answer::Active(calls.active_for(account).into_iter().cloned().collect())
+            }
+            Op::AuthorizeJoin {
                 room,
                 account,
                 device,
                 take_over,
-                reply,
-            } => Answer::to(
-                reply,
-                calls.authorize_join(&room, account, device, take_over),
+            } => Answer::Join(
+                calls
+                    .authorize_join(&room, account, device, take_over)
+                    .map_err(Refusal::from),
             ),
-            Command::RoomJoined {
+            Op::RoomJoined {
                 room,
                 account,
                 device,
@@ -197,20 +207,35 @@ impl Command {
                 public,
             } => {
                 calls.handle_room_joined(&room, account, device, connection, public);
-                Answer::none()
+                Answer::Done
             }
-            Command::RoomLeft { connection } => {
-                calls.handle_room_left(now, connection);
-                Answer::none()
+            Op::RoomLeft { room, connection } => {
+                calls.handle_room_left_in(now, &room, connection);
+                Answer::Done
+            }
+            Op::RoomLost { room, connection } => {
+                calls.handle_room_lost(now, &room, connection);
+                Answer::Done
             }
         }
     }
 }
 
-/// Sends operations to the calls task; cheap to clone.
+/// An operation for the calls task, with where its answer goes (`None`:
+/// nobody waits).
+type Job = (Op, Option<oneshot::Sender<Answer>>);
+
+/// Sends operations to the calls: this node's task, or (in a cluster) the
+/// node that owns them. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CallsHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    route: Route,
+}
+
+#[derive(Debug, Clone)]
+enum Route {
+    Local(mpsc::UnboundedSender<Job>),
+    Cluster(std::sync::Arc<ClusterCalls>),
 }
 
 /// Why the calls service did not carry out an operation.
@@ -218,62 +243,115 @@ pub struct CallsHandle {
 pub enum CallsError {
     /// The state machine refused it.
     #[error(transparent)]
-    Call(#[from] CallError),
+    Call(#[from] Refusal),
     /// The calls task has stopped: the server is shutting down (503).
     #[error("shutting down")]
     ShuttingDown,
+    /// In a cluster: no node owns the calls now, or the owner did not
+    /// answer in time (503 with `Retry-After`). The operation may have
+    /// been carried out if the owner answered too late.
+    #[error("calls are unavailable: {why}")]
+    Unavailable {
+        /// What went wrong.
+        why: &'static str,
+        /// When to try again, in seconds.
+        retry_after_secs: u64,
+    },
+}
+
+impl From<CallError> for CallsError {
+    fn from(e: CallError) -> CallsError {
+        CallsError::Call(e.into())
+    }
+}
+
+/// The answer was not of the operation's kind (a node of another version).
+fn mismatch(answer: &Answer) -> CallsError {
+    tracing::error!(?answer, "a calls answer of the wrong kind");
+    CallsError::Unavailable {
+        why: "an answer of the wrong kind",
+        retry_after_secs: 1,
+    }
+}
+
+/// The state machine the calls task starts with: ids after every call the
+/// store knows of.
+async fn new_calls(
+    config: &vela_config::CallsConfig,
+    store: &Store,
+) -> Result<Calls, crate::services::store::StoreError> {
+    let first = store.next_call_id().await?;
+    Ok(Calls::new(
+        first,
+        Duration::from_millis(config.ring_timeout_ms),
+        Duration::from_millis(config.join_timeout_ms),
+        config.max_participants as usize,
+    ))
 }
 
 impl CallsHandle {
-    /// Starts the calls task. It stops when `shutdown` turns true, after
-    /// ending every call still going on (so each leaves its history).
+    /// Starts the calls: on one node, its task; in a `cluster`, this
+    /// node's part of the cluster's calls ([`ClusterCalls`]). A single
+    /// node's task stops when `shutdown` turns true, after ending every
+    /// call still going on (so each leaves its history); a cluster node
+    /// hands its calls over instead.
     pub async fn spawn(
         config: &vela_config::CallsConfig,
         store: Store,
         hub: Hub,
         media: MediaHandle,
         webhooks: crate::services::webhook::WebhookHandle,
+        cluster: Option<crate::services::cluster::Cluster>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(CallsHandle, JoinHandle<()>), crate::services::store::StoreError> {
-        let recovered = store.recover_open_calls(now_ms()).await?;
-        if !recovered.is_empty() {
-            tracing::warn!(
-                calls = recovered.len(),
-                entries = recovered.iter().map(|c| c.stored.len()).sum::<usize>(),
-                "recorded calls that a crash interrupted"
-            );
-        }
-        for c in recovered {
-            // Integrations learn that these calls are over.
-            webhooks.call(Notice::Ended {
-                call: Box::new(crate::domain::call::state::interrupted(c.call, c.ended_at)),
-            });
-        }
-        let first = store.next_call_id().await?;
-        let calls = Calls::new(
-            first,
-            Duration::from_millis(config.ring_timeout_ms),
-            Duration::from_millis(config.join_timeout_ms),
-            config.max_participants as usize,
-        );
-        let (tx, rx) = mpsc::unbounded_channel();
         let out = Outlets {
-            store,
+            store: store.clone(),
             hub,
             media,
             webhooks,
+            kicks: None,
         };
-        let task = tokio::spawn(run(calls, rx, out, shutdown));
-        Ok((CallsHandle { tx }, task))
+        if let Some(cluster) = cluster {
+            let (calls, task) = ClusterCalls::start(cluster, config.clone(), out, shutdown);
+            return Ok((
+                CallsHandle {
+                    route: Route::Cluster(calls),
+                },
+                task,
+            ));
+        }
+        let recovered = store.recover_open_calls(now_ms()).await?;
+        report_recovered(&out, recovered);
+        let calls = new_calls(config, &store).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(calls, rx, out, shutdown, true));
+        Ok((
+            CallsHandle {
+                route: Route::Local(tx),
+            },
+            task,
+        ))
     }
 
-    /// Sends the command `make` builds around a reply, and waits for the answer.
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CallsError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .map_err(|_| CallsError::ShuttingDown)?;
-        rx.await.map_err(|_| CallsError::ShuttingDown)
+    /// Sends `op`, and waits for the answer.
+    async fn ask(&self, op: Op) -> Result<Answer, CallsError> {
+        match &self.route {
+            Route::Local(tx) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send((op, Some(reply)))
+                    .map_err(|_| CallsError::ShuttingDown)?;
+                rx.await.map_err(|_| CallsError::ShuttingDown)
+            }
+            Route::Cluster(c) => c.ask(op).await,
+        }
+    }
+
+    /// Sends `op`, answering a call.
+    async fn ask_call(&self, op: Op) -> Result<Call, CallsError> {
+        match self.ask(op).await? {
+            Answer::Call(r) => Ok(r?),
+            other => Err(mismatch(&other)),
+        }
     }
 
     /// Places a call.
@@ -284,15 +362,13 @@ impl CallsHandle {
         invitees: Vec<Invitee>,
         video: bool,
     ) -> Result<Call, CallsError> {
-        Ok(self
-            .ask(|reply| Command::Invite {
-                caller,
-                device,
-                invitees,
-                video,
-                reply,
-            })
-            .await??)
+        self.ask_call(Op::Invite {
+            caller,
+            device,
+            invitees,
+            video,
+        })
+        .await
     }
 
     /// Adds people to a running call.
@@ -302,14 +378,7 @@ impl CallsHandle {
         by: AccountId,
         invitees: Vec<Invitee>,
     ) -> Result<Call, CallsError> {
-        Ok(self
-            .ask(|reply| Command::Add {
-                id,
-                by,
-                invitees,
-                reply,
-            })
-            .await??)
+        self.ask_call(Op::Add { id, by, invitees }).await
     }
 
     /// Accepts on a device (first wins).
@@ -320,36 +389,28 @@ impl CallsHandle {
         device: DeviceId,
         client: Option<String>,
     ) -> Result<Call, CallsError> {
-        Ok(self
-            .ask(|reply| Command::Accept {
-                id,
-                account,
-                device,
-                client,
-                reply,
-            })
-            .await??)
+        self.ask_call(Op::Accept {
+            id,
+            account,
+            device,
+            client,
+        })
+        .await
     }
 
     /// Declines.
     pub async fn decline(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
-        Ok(self
-            .ask(|reply| Command::Decline { id, account, reply })
-            .await??)
+        self.ask_call(Op::Decline { id, account }).await
     }
 
     /// The caller cancels before an answer.
     pub async fn cancel(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
-        Ok(self
-            .ask(|reply| Command::Cancel { id, account, reply })
-            .await??)
+        self.ask_call(Op::Cancel { id, account }).await
     }
 
     /// Hangs up.
     pub async fn leave(&self, id: CallId, account: AccountId) -> Result<Call, CallsError> {
-        Ok(self
-            .ask(|reply| Command::Leave { id, account, reply })
-            .await??)
+        self.ask_call(Op::Leave { id, account }).await
     }
 
     /// Sends a chat message to everyone in the call.
@@ -360,15 +421,18 @@ impl CallsHandle {
         device: DeviceId,
         text: String,
     ) -> Result<ChatMessage, CallsError> {
-        Ok(self
-            .ask(|reply| Command::Message {
+        match self
+            .ask(Op::Message {
                 id,
                 account,
                 device,
                 text,
-                reply,
             })
-            .await??)
+            .await?
+        {
+            Answer::Message(r) => Ok(r?),
+            other => Err(mismatch(&other)),
+        }
     }
 
     /// A call as `account` sees it, with its chat.
@@ -377,14 +441,18 @@ impl CallsHandle {
         id: CallId,
         account: AccountId,
     ) -> Result<(Call, Vec<ChatMessage>), CallsError> {
-        self.ask(|reply| Command::Get { id, account, reply })
-            .await?
-            .ok_or_else(|| CallError::NotFound.into())
+        match self.ask(Op::Get { id, account }).await? {
+            Answer::Found(found) => found.ok_or(CallsError::Call(Refusal::NotFound)),
+            other => Err(mismatch(&other)),
+        }
     }
 
     /// The calls `account` is ringing for or in.
     pub async fn active(&self, account: AccountId) -> Result<Vec<Call>, CallsError> {
-        self.ask(|reply| Command::Active { account, reply }).await
+        match self.ask(Op::Active { account }).await? {
+            Answer::Active(calls) => Ok(calls),
+            other => Err(mismatch(&other)),
+        }
     }
 
     /// Checks a join of `room` (a call room) and resolves `take_over` to
@@ -396,15 +464,29 @@ impl CallsHandle {
         device: DeviceId,
         take_over: Option<ConnectionId>,
     ) -> Result<Option<ConnectionId>, CallsError> {
-        Ok(self
-            .ask(|reply| Command::AuthorizeJoin {
+        match self
+            .ask(Op::AuthorizeJoin {
                 room,
                 account,
                 device,
                 take_over,
-                reply,
             })
-            .await??)
+            .await?
+        {
+            Answer::Join(r) => Ok(r?),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    /// Sends a room event (nobody waits for its answer): in order, and in
+    /// a cluster retried until the owner has it.
+    fn tell(&self, op: Op) {
+        match &self.route {
+            Route::Local(tx) => {
+                let _ = tx.send((op, None));
+            }
+            Route::Cluster(c) => c.tell(op),
+        }
     }
 
     /// Tracks a room session of a signed-in device; the call (if the room is
@@ -420,49 +502,86 @@ impl CallsHandle {
         if !is_call_room(room) {
             return None;
         }
-        let room = room.to_owned();
-        let _ = self.tx.send(Command::RoomJoined {
-            room,
+        let joined = Op::RoomJoined {
+            room: room.to_owned(),
             account,
             device,
             connection,
             public,
-        });
+        };
+        if let Route::Cluster(c) = &self.route {
+            // Announced again to a new owner, and removable from here.
+            c.sessions.insert(&joined);
+        }
+        self.tell(joined);
         Some(CallRoomGuard {
-            tx: self.tx.clone(),
+            calls: self.clone(),
+            room: room.to_owned(),
             connection,
         })
     }
 }
 
-/// Tells the calls task that a room session ended, when dropped.
+/// Tells the calls that a room session ended, when dropped.
 #[derive(Debug)]
 pub struct CallRoomGuard {
-    tx: mpsc::UnboundedSender<Command>,
+    calls: CallsHandle,
+    room: String,
     connection: ConnectionId,
 }
 
 impl Drop for CallRoomGuard {
     fn drop(&mut self) {
-        let _ = self.tx.send(Command::RoomLeft {
+        if let Route::Cluster(c) = &self.calls.route {
+            c.sessions.remove(&self.room, self.connection);
+        }
+        self.calls.tell(Op::RoomLeft {
+            room: std::mem::take(&mut self.room),
             connection: self.connection,
         });
     }
 }
 
+/// Logs the calls a crash interrupted (recorded by the store), and tells
+/// integrations they are over.
+fn report_recovered(out: &Outlets, recovered: Vec<crate::services::store::InterruptedCall>) {
+    if recovered.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        calls = recovered.len(),
+        entries = recovered.iter().map(|c| c.stored.len()).sum::<usize>(),
+        "recorded calls that a crash interrupted"
+    );
+    for c in recovered {
+        out.webhooks.call(Notice::Ended {
+            call: Box::new(crate::domain::call::state::interrupted(c.call, c.ended_at)),
+        });
+    }
+}
+
 /// Where the state machine's outputs go.
+#[derive(Clone)]
 struct Outlets {
     store: Store,
     hub: Hub,
     media: MediaHandle,
     webhooks: crate::services::webhook::WebhookHandle,
+    /// In a cluster: room connections to remove, for whichever node holds
+    /// them (else they are this node's).
+    kicks: Option<mpsc::UnboundedSender<(String, ConnectionId)>>,
 }
 
+/// The calls task: runs `calls` until `stop` turns true, then ends every
+/// call still going on if `end_calls` (one node shutting down), or drops
+/// them as they are (a cluster node handing them over: their journal
+/// stays for the next owner).
 async fn run(
     mut calls: Calls,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
     out: Outlets,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    end_calls: bool,
 ) {
     loop {
         let deadline = calls.poll_timeout();
@@ -476,21 +595,25 @@ async fn run(
             }
         };
         tokio::select! {
-            command = rx.recv() => {
-                let Some(command) = command else { break };
-                let answer = command.apply(&mut calls, now_ms());
+            job = rx.recv() => {
+                let Some((op, reply)) = job else { break };
+                let answer = op.apply(&mut calls, now_ms());
                 carry_out(&mut calls, &out).await;
-                answer.send();
+                if let Some(reply) = reply {
+                    let _ = reply.send(answer);
+                }
             }
             _ = sleep => {
                 calls.handle_timeout(now_ms());
                 carry_out(&mut calls, &out).await;
             }
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         }
     }
-    calls.handle_shutdown(now_ms());
-    carry_out(&mut calls, &out).await;
+    if end_calls {
+        calls.handle_shutdown(now_ms());
+        carry_out(&mut calls, &out).await;
+    }
 }
 
 /// Does what the state machine asked: pushes, history entries, removals.
@@ -500,6 +623,7 @@ async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
         hub,
         media,
         webhooks,
+        kicks,
     } = outlets;
     while let Some(out) = calls.poll_output() {
         match out {
@@ -522,7 +646,12 @@ async fn carry_out(calls: &mut Calls, outlets: &Outlets) {
                     Err(e) => tracing::error!(%account, error = %e, "cannot store a call record"),
                 }
             }
-            Output::Kick(connection) => media.leave(connection, LeaveReason::Removed).await,
+            Output::Kick(room, connection) => match kicks {
+                Some(kicks) => {
+                    let _ = kicks.send((room, connection));
+                }
+                None => media.leave(connection, LeaveReason::Removed).await,
+            },
             Output::Notice(n) => webhooks.call(n),
             Output::Journal(id, open) => {
                 let kept = match open {

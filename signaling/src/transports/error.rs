@@ -9,7 +9,7 @@ use vela_media::core::{JoinError, SignalError};
 use crate::domain::Invalid;
 use crate::domain::call::state::CallError;
 use crate::services::auth::{LimitError, NoRandomness, TooMany};
-use crate::services::calls::CallsError;
+use crate::services::calls::{CallsError, Refusal};
 use crate::services::hub::BusError;
 use crate::services::password::PasswordError;
 use crate::services::presence::PresenceError;
@@ -126,12 +126,30 @@ impl From<CallError> for ApiError {
     }
 }
 
+impl From<Refusal> for ApiError {
+    fn from(e: Refusal) -> ApiError {
+        match e {
+            Refusal::NotFound => ApiError::not_found("no such call"),
+            Refusal::Conflict(m) => ApiError::conflict(m),
+            Refusal::Forbidden(m) => ApiError::forbidden(m),
+            Refusal::Invalid(m) => ApiError::invalid("to", m),
+        }
+    }
+}
+
 impl From<CallsError> for ApiError {
     fn from(e: CallsError) -> ApiError {
         match e {
             CallsError::Call(e) => e.into(),
             CallsError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+            }
+            e @ CallsError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                err.retry_after = Some(retry_after_secs);
+                err
             }
         }
     }

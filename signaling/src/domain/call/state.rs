@@ -66,7 +66,7 @@ pub struct Person {
 }
 
 /// An account to ring, as the service resolved it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Invitee {
     /// Who.
     pub person: Person,
@@ -147,7 +147,7 @@ pub enum CallState {
 }
 
 /// A chat message in a call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// The call.
     pub call_id: CallId,
@@ -324,8 +324,10 @@ pub enum Output {
     Push(AccountId, Box<Event>),
     /// Store a history entry.
     Record(Record),
-    /// Remove this room connection (its member left or the call ended).
-    Kick(ConnectionId),
+    /// Remove this room connection of this room (its member left or the
+    /// call ended). In a cluster the room names the node's session: a
+    /// connection id is unique on its node only.
+    Kick(String, ConnectionId),
     /// Tell integrations (webhooks).
     Notice(Notice),
     /// Call `id` changed: keep it durably, so a crash does not lose it;
@@ -343,6 +345,49 @@ pub struct OpenCall {
     /// The history entries its members would get if it ended now
     /// (`ended_at` the last moment known).
     pub records: Vec<Record>,
+    /// What the view leaves out, so that another node can take the call
+    /// over ([`Calls::restore`]); absent in journals written before.
+    #[serde(default)]
+    pub kept: Option<Kept>,
+}
+
+/// The part of a call its view does not show, kept in its journal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Kept {
+    cancelled: bool,
+    next_seq: u64,
+    members: Vec<KeptMember>,
+}
+
+/// The part of a member its view does not show (not its room connection:
+/// that belongs to the node it is on, and is announced again).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct KeptMember {
+    ring_deadline: Option<i64>,
+    join_deadline: Option<i64>,
+    client: Option<String>,
+    answered_device: Option<DeviceId>,
+    moves: Vec<DeviceId>,
+}
+
+impl Kept {
+    fn of(call: &Call) -> Kept {
+        Kept {
+            cancelled: call.cancelled,
+            next_seq: call.next_seq,
+            members: call
+                .members
+                .iter()
+                .map(|m| KeptMember {
+                    ring_deadline: m.ring_deadline,
+                    join_deadline: m.join_deadline,
+                    client: m.client.clone(),
+                    answered_device: m.answered_device,
+                    moves: m.moves.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A call event for integrations (webhooks): once per happening, not per device.
@@ -431,6 +476,45 @@ impl Calls {
         }
     }
 
+    /// Takes over calls another node kept ([`Output::Journal`]) and lost
+    /// (it was killed, or lost its lease): each goes on as it was, except
+    /// that members in the call have no room connection known here. Those
+    /// of an answered call must be in its room (the nodes announce their
+    /// sessions again: [`Calls::handle_room_joined`]) or join it within the
+    /// join timeout from `now`, else they leave as if they never joined.
+    /// Ringing goes on to its deadline. The chat so far is lost. Journals
+    /// without [`Kept`] (written before) restore with defaults.
+    pub fn restore(&mut self, now: i64, open: Vec<OpenCall>) {
+        let join_by = now.saturating_add(self.join_timeout_ms);
+        for OpenCall { mut call, kept, .. } in open {
+            let kept = kept.unwrap_or_default();
+            call.cancelled = kept.cancelled;
+            call.next_seq = kept.next_seq.max(1);
+            let answered = call.answered_at.is_some();
+            for (i, m) in call.members.iter_mut().enumerate() {
+                let k = kept.members.get(i).cloned().unwrap_or_default();
+                m.ring_deadline = match m.state {
+                    MemberState::Ringing => Some(
+                        k.ring_deadline
+                            .unwrap_or(m.invited_at.saturating_add(self.ring_timeout_ms)),
+                    ),
+                    _ => None,
+                };
+                m.client = k.client;
+                m.answered_device = k.answered_device.or(m.device_id);
+                m.moves = k.moves;
+                m.connection = None;
+                m.previous = None;
+                m.join_deadline = (m.state == MemberState::Joined && answered)
+                    .then(|| k.join_deadline.unwrap_or(join_by).max(join_by));
+            }
+            self.next_id = self.next_id.max(call.id.0 + 1);
+            let id = call.id;
+            self.calls.insert(id, call);
+            self.touch(id);
+        }
+    }
+
     /// The next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         if let Some(o) = self.out.pop_front() {
@@ -447,6 +531,7 @@ impl Calls {
                 Box::new(OpenCall {
                     call: c.clone(),
                     records: open_records(c),
+                    kept: Some(Kept::of(c)),
                 })
             });
         Some(Output::Journal(id, open))

@@ -201,6 +201,25 @@ impl Store {
         Ok(())
     }
 
+    /// Every call kept open (a cluster's new owner of the calls takes them
+    /// over); unreadable ones are logged and left for a person to look at.
+    pub async fn open_calls(&self) -> Result<Vec<OpenCall>, StoreError> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT call_id, body FROM open_calls ORDER BY call_id")
+                .fetch_all(self.sqlite())
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(call_id, json)| match serde_json::from_str(&json) {
+                Ok(open) => Some(open),
+                Err(e) => {
+                    tracing::error!(call = call_id, error = %e, "cannot read an open call");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Turns the calls a crash left open into history entries: each ends
     /// when the server was last known running (or its last change, if
     /// later; never after `now`). Entries already stored (a crash between

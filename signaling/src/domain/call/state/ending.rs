@@ -16,7 +16,7 @@ impl Calls {
         };
         let connection = call.members[i].connection;
         if kick && let Some(c) = connection {
-            self.out.push_back(Output::Kick(c));
+            self.out.push_back(Output::Kick(call.room.clone(), c));
         }
         self.finish(now, id, i, outcome, true);
         self.changed(id, &[]);
@@ -91,7 +91,7 @@ impl Calls {
                 continue;
             };
             if let Some(c) = m.connection {
-                self.out.push_back(Output::Kick(c));
+                self.out.push_back(Output::Kick(call.room.clone(), c));
             }
             self.finish(now, id, i, outcome, true);
         }

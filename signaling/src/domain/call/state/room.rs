@@ -86,9 +86,50 @@ impl Calls {
 
     /// A room connection ended: if it was a member's, the member left.
     pub fn handle_room_left(&mut self, now: i64, connection: ConnectionId) {
+        self.room_left(now, None, connection);
+    }
+
+    /// A room connection of `room` ended (a connection id is unique on its
+    /// node only: in a cluster, calls' rooms live on several nodes).
+    pub fn handle_room_left_in(&mut self, now: i64, room: &str, connection: ConnectionId) {
+        self.room_left(now, Some(room), connection);
+    }
+
+    /// The node serving `room` is gone with `connection` (killed: its
+    /// session never ended). Its member is not taken to have left: they
+    /// rejoin the room (opened again elsewhere) within the join timeout,
+    /// or leave then.
+    pub fn handle_room_lost(&mut self, now: i64, room: &str, connection: ConnectionId) {
+        let join_by = now.saturating_add(self.join_timeout_ms);
+        let Some(call) = self
+            .calls
+            .values_mut()
+            .find(|c| c.room == room && c.state != CallState::Ended)
+        else {
+            return;
+        };
+        let mut hit = false;
+        for m in call.members.iter_mut() {
+            if m.previous.map(|p| p.0) == Some(connection) {
+                m.previous = None;
+            }
+            if m.connection == Some(connection) && m.state == MemberState::Joined {
+                m.connection = None;
+                m.previous = None;
+                m.join_deadline = Some(join_by);
+                hit = true;
+            }
+        }
+        if hit {
+            let id = call.id;
+            self.changed(id, &[]);
+        }
+    }
+
+    fn room_left(&mut self, now: i64, room: Option<&str>, connection: ConnectionId) {
         let mut hit = None;
         for call in self.calls.values_mut() {
-            if call.state == CallState::Ended {
+            if call.state == CallState::Ended || room.is_some_and(|r| r != call.room) {
                 continue;
             }
             for (i, m) in call.members.iter_mut().enumerate() {

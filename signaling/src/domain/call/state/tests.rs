@@ -100,7 +100,7 @@ fn record_of(out: &[Output], a: AccountId) -> Record {
 fn kicks(out: &[Output]) -> Vec<ConnectionId> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Kick(p) => Some(*p),
+            Output::Kick(_, p) => Some(*p),
             _ => None,
         })
         .collect()
@@ -492,7 +492,7 @@ fn a_caller_who_never_joins_the_room_leaves_once_answered() {
     // B was in the room: told to leave it.
     assert!(
         out.iter()
-            .any(|o| matches!(o, Output::Kick(p) if *p == ConnectionId(2)))
+            .any(|o| matches!(o, Output::Kick(_, p) if *p == ConnectionId(2)))
     );
 }
 
