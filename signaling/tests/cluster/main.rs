@@ -10,5 +10,6 @@ mod nodes;
 
 mod accounts;
 mod browser_rooms;
+mod calls;
 mod pushes;
 mod rooms;

@@ -1,0 +1,414 @@
+//! Calls when the devices are on different nodes: one node owns the calls
+//! and the others forward to it, so ringing, the first accept, busy, DND,
+//! missed calls and the call's room work as on one node; when the owner is
+//! killed, another takes the calls over.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{Api, DeviceClient, Login, SessionClient};
+use crate::nodes::{Node, Nodes};
+
+const PW: &str = "correct horse battery";
+
+/// Every test here runs under this limit.
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn started(name: &str, n: usize, env: &[(&str, &str)]) -> Nodes {
+    let nodes = Nodes::start(name, n, env).await;
+    for node in &nodes.nodes {
+        assert!(
+            node.wait_ready(true, Duration::from_secs(10)).await,
+            "{}",
+            nodes.logs()
+        );
+    }
+    nodes
+}
+
+/// Signs `name` up (on `api`) and logs a phone in.
+async fn user(api: &Api, name: &str) -> Login {
+    api.register(name, PW).await;
+    api.login(name, PW, "phone", &format!("{name}'s phone"))
+        .await
+}
+
+/// A device socket on `node`, with heartbeats.
+async fn socket(node: &Node, who: &Login) -> DeviceClient {
+    DeviceClient::connect_addr(&node.addr, &who.access, Some(Duration::from_secs(1))).await
+}
+
+async fn call(api: &Api, from: &Login, to: &[i64]) -> i64 {
+    let v = api
+        .post(
+            "/api/v1/calls",
+            Some(&from.access),
+            json!({"to": to, "video": false}),
+        )
+        .await
+        .ok(201);
+    v["call"]["id"].as_i64().unwrap()
+}
+
+async fn act(api: &Api, who: &Login, id: i64, action: &str) -> crate::common::Resp {
+    api.post(
+        &format!("/api/v1/calls/{id}/{action}"),
+        Some(&who.access),
+        json!({}),
+    )
+    .await
+}
+
+async fn expect_call(dev: &mut DeviceClient, ty: &str, id: i64) -> Value {
+    dev.wait_for(&format!("{ty} of call {id}"), |m| {
+        m["type"] == ty && m["call"]["id"] == id
+    })
+    .await
+}
+
+fn member_state(call: &Value, account: i64) -> String {
+    call["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["account_id"] == account)
+        .map(|m| m["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// The history entries of `who` for call `id`, once at least one is there.
+async fn records(api: &Api, who: &Login, id: i64) -> Vec<Value> {
+    for _ in 0..100 {
+        let v = api.get("/api/v1/calls/history", &who.access).await.ok(200);
+        let found: Vec<Value> = v["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["call_id"] == id)
+            .cloned()
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no history entry of call {id} for {}", who.username)
+}
+
+/// Joins call `id`'s room through `node` with `who`'s access token.
+async fn join_call_room(node: &Node, who: &Login, id: i64) -> SessionClient {
+    SessionClient::join_at(
+        &node.addr,
+        &who.access,
+        Some(&format!("call-{id}")),
+        None,
+        false,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{} could not join call {id} via {}: {e}", who.username, node.id))
+}
+
+/// The index of the node that owns the calls now (from the lease).
+async fn owner(nodes: &Nodes) -> usize {
+    let client = redis::Client::open(nodes.redis.url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..100 {
+        let lease: Option<String> = redis::cmd("GET")
+            .arg("vela:calls:owner")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if let Some(l) = lease {
+            let id = l.split('#').next().unwrap().to_owned();
+            return nodes.nodes.iter().position(|n| n.id == id).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no node owns the calls: {}", nodes.logs())
+}
+
+#[tokio::test]
+async fn a_call_from_node_1_rings_on_nodes_2_and_3_and_exactly_one_raced_accept_wins() {
+    tokio::time::timeout(LIMIT, async {
+        let nodes = started("calls-race", 3, &[]).await;
+        let (n1, n2, n3) = (nodes[0].api(), nodes[1].api(), nodes[2].api());
+        let ann = user(&n1, "ann").await;
+        let ben = user(&n2, "ben").await;
+        let ben_desk = n3.login("ben", PW, "desktop", "Ben's desk").await;
+        let mut a = socket(&nodes[0], &ann).await;
+        let mut b_phone = socket(&nodes[1], &ben).await;
+        let mut b_desk = socket(&nodes[2], &ben_desk).await;
+        for round in 0..6 {
+            let id = call(&n1, &ann, &[ben.account]).await;
+            expect_call(&mut a, "call_outgoing", id).await;
+            expect_call(&mut b_phone, "call_ringing", id).await;
+            expect_call(&mut b_desk, "call_ringing", id).await;
+            // Both of Ben's devices accept at once, through different nodes.
+            let (r2, r3) = tokio::join!(
+                act(&n2, &ben, id, "accept"),
+                act(&n3, &ben_desk, id, "accept")
+            );
+            let winners: Vec<i64> = [(r2.status, ben.device), (r3.status, ben_desk.device)]
+                .into_iter()
+                .filter(|(st, _)| *st == 200)
+                .map(|(_, d)| d)
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {} {}", r2.status, r3.status);
+            assert!(r2.status == 409 || r3.status == 409, "{} {}", r2.status, r3.status);
+            let winner = winners[0];
+            // Every device, on every node, is told the same winner.
+            let answered = expect_call(&mut a, "call_answered", id).await;
+            assert_eq!(answered["device_id"], winner);
+            for dev in [&mut b_phone, &mut b_desk] {
+                let stop = expect_call(dev, "call_ringing_stopped", id).await;
+                assert_eq!(stop["device_id"], winner);
+                assert_eq!(stop["reason"], "answered_elsewhere");
+            }
+            // Any node sees the same call.
+            for api in [&n1, &n2, &n3] {
+                let v = api
+                    .get(&format!("/api/v1/calls/{id}"), &ann.access)
+                    .await
+                    .ok(200);
+                assert_eq!(v["call"]["state"], "active");
+            }
+            act(&n1, &ann, id, "leave").await.ok(200);
+            for dev in [&mut a, &mut b_phone, &mut b_desk] {
+                let end = expect_call(dev, "call_ended", id).await;
+                assert_eq!(end["outcome"], "answered");
+            }
+            // History, once, read on another node.
+            let r = records(&n3, &ben, id).await;
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert_eq!(r[0]["device_id"], winner);
+        }
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
+async fn dnd_busy_and_a_missed_call_work_across_nodes() {
+    tokio::time::timeout(LIMIT, async {
+        let nodes = started("calls-outcomes", 3, &[("VELA_CALLS_RING_TIMEOUT_MS", "1500")]).await;
+        let (n1, n2, n3) = (nodes[0].api(), nodes[1].api(), nodes[2].api());
+        let ann = user(&n1, "ann").await;
+        let ben = user(&n2, "ben").await;
+        let cat = user(&n3, "cat").await;
+        let dan = user(&n3, "dan").await;
+        let mut a = socket(&nodes[0], &ann).await;
+        let mut b = socket(&nodes[1], &ben).await;
+        let mut c = socket(&nodes[2], &cat).await;
+        let mut d = socket(&nodes[2], &dan).await;
+
+        // DND set on node 3 filters a call placed on node 1.
+        n3.put("/api/v1/calls/settings", &cat.access, json!({"dnd": true}))
+            .await
+            .ok(200);
+        let v = n1
+            .post(
+                "/api/v1/calls",
+                Some(&ann.access),
+                json!({"to": [cat.account], "video": false}),
+            )
+            .await
+            .ok(201);
+        let id = v["call"]["id"].as_i64().unwrap();
+        assert_eq!(v["call"]["state"], "ended");
+        assert_eq!(member_state(&v["call"], cat.account), "unavailable");
+        assert_eq!(records(&n2, &cat, id).await[0]["outcome"], "filtered");
+        let seen = c.collect(Duration::from_millis(300)).await;
+        assert!(
+            !format!("{seen:?}").contains("call_ringing"),
+            "a filtered call rang: {seen:?}"
+        );
+
+        // Busy: Ben (node 2) is in a call with Ann (node 1); Dan (node 3) calls him.
+        let id = call(&n1, &ann, &[ben.account]).await;
+        expect_call(&mut b, "call_ringing", id).await;
+        act(&n2, &ben, id, "accept").await.ok(200);
+        expect_call(&mut a, "call_answered", id).await;
+        let v = n3
+            .post(
+                "/api/v1/calls",
+                Some(&dan.access),
+                json!({"to": [ben.account], "video": false}),
+            )
+            .await
+            .ok(201);
+        let busy = v["call"]["id"].as_i64().unwrap();
+        assert_eq!(member_state(&v["call"], ben.account), "busy");
+        assert_eq!(v["call"]["state"], "ended");
+        let r = records(&n1, &ben, busy).await;
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0]["outcome"], "busy");
+        act(&n2, &ben, id, "leave").await.ok(200);
+        expect_call(&mut a, "call_ended", id).await;
+
+        // Missed: Dan (node 3) does not answer Ann's call from node 1.
+        let id = call(&n1, &ann, &[dan.account]).await;
+        expect_call(&mut d, "call_ringing", id).await;
+        let end = expect_call(&mut d, "call_ended", id).await;
+        assert_eq!(end["outcome"], "missed");
+        expect_call(&mut a, "call_ended", id).await;
+        // On a node Dan never used, history and the unseen count agree.
+        let r = records(&n2, &dan, id).await;
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0]["outcome"], "missed");
+        assert_eq!(r[0]["unseen"], true);
+        let missed = d
+            .wait_for("missed_calls", |m| m["type"] == "missed_calls")
+            .await;
+        assert!(missed["count"].as_i64().unwrap() >= 1, "{missed}");
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
+async fn members_on_different_nodes_join_the_call_room_and_a_leave_ends_it() {
+    tokio::time::timeout(LIMIT, async {
+        let nodes = started("calls-room", 3, &[]).await;
+        let (n1, n2) = (nodes[0].api(), nodes[1].api());
+        let ann = user(&n1, "ann").await;
+        let ben = user(&n2, "ben").await;
+        let mut a = socket(&nodes[0], &ann).await;
+        let mut b = socket(&nodes[1], &ben).await;
+        let id = call(&n1, &ann, &[ben.account]).await;
+        expect_call(&mut b, "call_ringing", id).await;
+        act(&n2, &ben, id, "accept").await.ok(200);
+        // Ann through node 1, Ben through node 3: one room, on one node.
+        let mut ann_room = join_call_room(&nodes[0], &ann, id).await;
+        let ben_room = join_call_room(&nodes[2], &ben, id).await;
+        // The call learns both participants, wherever the room is.
+        let mut joined = false;
+        for _ in 0..100 {
+            let v = n2
+                .get(&format!("/api/v1/calls/{id}"), &ben.access)
+                .await
+                .ok(200);
+            let members = v["call"]["members"].as_array().unwrap();
+            if members.iter().all(|m| m["participant_id"].is_string()) {
+                joined = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(joined, "the call never learnt its participants");
+        // A stranger's token is refused by the call room on any node.
+        let eve = user(&n1, "eve").await;
+        let refused = SessionClient::join_at(
+            &nodes[1].addr,
+            &eve.access,
+            Some(&format!("call-{id}")),
+            None,
+            false,
+        )
+        .await;
+        assert!(refused.is_err(), "a stranger joined the call room");
+        // Ben's session ends: he left, the 1:1 call ends, Ann's session is removed.
+        let mut ben_room = ben_room;
+        ben_room.ws.send(json!({"type": "leave"})).await;
+        let end = expect_call(&mut a, "call_ended", id).await;
+        assert_eq!(end["outcome"], "answered");
+        expect_call(&mut b, "call_ended", id).await;
+        let mut removed = false;
+        for _ in 0..50 {
+            ann_room.pump(Duration::from_millis(100)).await;
+            if ann_room.saw_type("left") {
+                removed = true;
+                break;
+            }
+        }
+        assert!(removed, "Ann's session stayed: {:?}", ann_room.seen);
+        assert_eq!(records(&n1, &ann, id).await.len(), 1);
+        assert_eq!(records(&n1, &ben, id).await.len(), 1);
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
+async fn the_owner_killed_mid_call_members_who_rejoin_keep_it_the_others_leave_once() {
+    tokio::time::timeout(LIMIT, async {
+        let nodes = started("calls-failover", 3, &[("VELA_CALLS_JOIN_TIMEOUT_MS", "4000")]).await;
+        let mut nodes = nodes;
+        let x = owner(&nodes).await;
+        // The two other nodes: the devices' sockets and the rejoins go there.
+        let others: Vec<usize> = (0..3).filter(|i| *i != x).collect();
+        let (y, z) = (others[0], others[1]);
+        let (ny, nz) = (nodes[y].api(), nodes[z].api());
+        let ann = user(&ny, "ann").await;
+        let ben = user(&nz, "ben").await;
+        let cat = user(&nz, "cat").await;
+        let mut a = socket(&nodes[y], &ann).await;
+        let mut b = socket(&nodes[z], &ben).await;
+        let mut c = socket(&nodes[z], &cat).await;
+        let id = call(&ny, &ann, &[ben.account, cat.account]).await;
+        expect_call(&mut b, "call_ringing", id).await;
+        expect_call(&mut c, "call_ringing", id).await;
+        act(&nz, &ben, id, "accept").await.ok(200);
+        act(&nz, &cat, id, "accept").await.ok(200);
+        // All three in the room, which opens on the owner (Ann asks it first).
+        let ann_room = join_call_room(&nodes[x], &ann, id).await;
+        let ben_room = join_call_room(&nodes[x], &ben, id).await;
+        let cat_room = join_call_room(&nodes[x], &cat, id).await;
+        let before = nodes[y].api()
+            .get(&format!("/api/v1/calls/{id}"), &ann.access)
+            .await
+            .ok(200);
+        assert_eq!(before["call"]["state"], "active");
+
+        nodes.nodes[x].kill().await;
+        drop((ann_room, ben_room, cat_room));
+        // Another node takes the calls over and answers for the call.
+        let mut taken = false;
+        for _ in 0..100 {
+            let r = ny
+                .get(&format!("/api/v1/calls/{id}"), &ann.access)
+                .await;
+            if r.status == 200 {
+                assert_eq!(r.body["call"]["state"], "active", "{}", r.body);
+                taken = true;
+                break;
+            }
+            // Until then: 503 with Retry-After, never a wrong answer.
+            assert_eq!(r.status, 503, "{}", r.body);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(taken, "no node took the calls over: {}", nodes.logs());
+        // Ann and Ben rejoin (the room reopens on a live node); Cat does not.
+        let _ann_room = join_call_room(&nodes[y], &ann, id).await;
+        let _ben_room = join_call_room(&nodes[z], &ben, id).await;
+        // After the join timeout Cat's part ends; the call goes on for the others.
+        let end = c
+            .wait_for("call_ended for cat", |m| {
+                m["type"] == "call_ended" && m["call"]["id"] == id
+            })
+            .await;
+        assert_eq!(end["outcome"], "answered");
+        let v = ny
+            .get(&format!("/api/v1/calls/{id}"), &ann.access)
+            .await
+            .ok(200);
+        assert_eq!(v["call"]["state"], "active", "{v}");
+        assert_eq!(member_state(&v["call"], ann.account), "joined");
+        assert_eq!(member_state(&v["call"], ben.account), "joined");
+        assert_eq!(member_state(&v["call"], cat.account), "left");
+        act(&ny, &ann, id, "leave").await.ok(200);
+        for dev in [&mut a, &mut b] {
+            assert_eq!(expect_call(dev, "call_ended", id).await["outcome"], "answered");
+        }
+        // Each member's history has the call once.
+        for who in [&ann, &ben, &cat] {
+            let r = records(&nz, who, id).await;
+            assert_eq!(r.len(), 1, "{}: {r:?}", who.username);
+            assert_eq!(r[0]["outcome"], "answered");
+        }
+    })
+    .await
+    .expect("within the limit");
+}
