@@ -108,7 +108,12 @@ async fn join_call_room(node: &Node, who: &Login, id: i64) -> SessionClient {
         false,
     )
     .await
-    .unwrap_or_else(|e| panic!("{} could not join call {id} via {}: {e}", who.username, node.id))
+    .unwrap_or_else(|e| {
+        panic!(
+            "{} could not join call {id} via {}: {e}",
+            who.username, node.id
+        )
+    })
 }
 
 /// The index of the node that owns the calls now (from the lease).
@@ -156,8 +161,19 @@ async fn a_call_from_node_1_rings_on_nodes_2_and_3_and_exactly_one_raced_accept_
                 .filter(|(st, _)| *st == 200)
                 .map(|(_, d)| d)
                 .collect();
-            assert_eq!(winners.len(), 1, "round {round}: {} {}", r2.status, r3.status);
-            assert!(r2.status == 409 || r3.status == 409, "{} {}", r2.status, r3.status);
+            assert_eq!(
+                winners.len(),
+                1,
+                "round {round}: {} {}",
+                r2.status,
+                r3.status
+            );
+            assert!(
+                r2.status == 409 || r3.status == 409,
+                "{} {}",
+                r2.status,
+                r3.status
+            );
             let winner = winners[0];
             // Every device, on every node, is told the same winner.
             let answered = expect_call(&mut a, "call_answered", id).await;
@@ -193,7 +209,12 @@ async fn a_call_from_node_1_rings_on_nodes_2_and_3_and_exactly_one_raced_accept_
 #[tokio::test]
 async fn dnd_busy_and_a_missed_call_work_across_nodes() {
     tokio::time::timeout(LIMIT, async {
-        let nodes = started("calls-outcomes", 3, &[("VELA_CALLS_RING_TIMEOUT_MS", "1500")]).await;
+        let nodes = started(
+            "calls-outcomes",
+            3,
+            &[("VELA_CALLS_RING_TIMEOUT_MS", "1500")],
+        )
+        .await;
         let (n1, n2, n3) = (nodes[0].api(), nodes[1].api(), nodes[2].api());
         let ann = user(&n1, "ann").await;
         let ben = user(&n2, "ben").await;
@@ -334,7 +355,12 @@ async fn members_on_different_nodes_join_the_call_room_and_a_leave_ends_it() {
 #[tokio::test]
 async fn the_owner_killed_mid_call_members_who_rejoin_keep_it_the_others_leave_once() {
     tokio::time::timeout(LIMIT, async {
-        let nodes = started("calls-failover", 3, &[("VELA_CALLS_JOIN_TIMEOUT_MS", "4000")]).await;
+        let nodes = started(
+            "calls-failover",
+            3,
+            &[("VELA_CALLS_JOIN_TIMEOUT_MS", "4000")],
+        )
+        .await;
         let mut nodes = nodes;
         let x = owner(&nodes).await;
         // The two other nodes: the devices' sockets and the rejoins go there.
@@ -356,7 +382,8 @@ async fn the_owner_killed_mid_call_members_who_rejoin_keep_it_the_others_leave_o
         let ann_room = join_call_room(&nodes[x], &ann, id).await;
         let ben_room = join_call_room(&nodes[x], &ben, id).await;
         let cat_room = join_call_room(&nodes[x], &cat, id).await;
-        let before = nodes[y].api()
+        let before = nodes[y]
+            .api()
             .get(&format!("/api/v1/calls/{id}"), &ann.access)
             .await
             .ok(200);
@@ -367,9 +394,7 @@ async fn the_owner_killed_mid_call_members_who_rejoin_keep_it_the_others_leave_o
         // Another node takes the calls over and answers for the call.
         let mut taken = false;
         for _ in 0..100 {
-            let r = ny
-                .get(&format!("/api/v1/calls/{id}"), &ann.access)
-                .await;
+            let r = ny.get(&format!("/api/v1/calls/{id}"), &ann.access).await;
             if r.status == 200 {
                 assert_eq!(r.body["call"]["state"], "active", "{}", r.body);
                 taken = true;
@@ -400,7 +425,10 @@ async fn the_owner_killed_mid_call_members_who_rejoin_keep_it_the_others_leave_o
         assert_eq!(member_state(&v["call"], cat.account), "left");
         act(&ny, &ann, id, "leave").await.ok(200);
         for dev in [&mut a, &mut b] {
-            assert_eq!(expect_call(dev, "call_ended", id).await["outcome"], "answered");
+            assert_eq!(
+                expect_call(dev, "call_ended", id).await["outcome"],
+                "answered"
+            );
         }
         // Each member's history has the call once.
         for who in [&ann, &ben, &cat] {

@@ -742,7 +742,9 @@ async fn lease_loop(calls: Arc<ClusterCalls>, mut shutdown: watch::Receiver<bool
                 Err(e) if valid_until.is_some_and(|v| Instant::now() >= v) => {
                     tracing::warn!(error = %e, "cannot renew the calls' lease");
                     valid_until = None;
-                    calls.step_down("its lease could not be renewed in time").await;
+                    calls
+                        .step_down("its lease could not be renewed in time")
+                        .await;
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot renew the calls' lease yet"),
             }

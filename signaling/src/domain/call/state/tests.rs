@@ -769,3 +769,105 @@ fn a_call_going_on_is_journaled_as_the_history_it_would_leave() {
     assert!(matches!(out.last(), Some(Output::Journal(_, None))));
     assert!(drain(&mut c).is_empty());
 }
+
+/// The journal of call `id` among `out`.
+fn journaled(out: &[Output], id: CallId) -> Option<OpenCall> {
+    out.iter().rev().find_map(|o| match o {
+        Output::Journal(j, Some(open)) if *j == id => Some((**open).clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_connection_is_matched_in_its_own_room_only() {
+    let mut c = machine();
+    let id = answered_in_room(&mut c);
+    // Another node's connection with the same number, in another room.
+    c.handle_room_left_in(T0 + 1, "call-9", ConnectionId(2));
+    assert!(drain(&mut c).is_empty());
+    c.handle_room_left_in(T0 + 2, "call-1", ConnectionId(2));
+    let out = drain(&mut c);
+    assert_eq!(ended(&out, A), Some(Outcome::Answered));
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
+}
+
+#[test]
+fn a_lost_room_session_gives_its_member_the_join_timeout_to_rejoin() {
+    let mut c = machine();
+    let id = answered_in_room(&mut c);
+    c.handle_room_lost(T0 + 10, "call-1", ConnectionId(2));
+    let out = drain(&mut c);
+    assert!(pushes(&out, A).contains(&"call_updated"));
+    assert!(records(&out).is_empty());
+    // B rejoins in time: the call goes on.
+    c.handle_room_joined("call-1", B, DB1, ConnectionId(7), ParticipantId(7));
+    c.handle_timeout(T0 + 10 + JOIN.as_millis() as i64);
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
+    // A's session is lost and A never rejoins: A leaves, the 1:1 call ends.
+    c.handle_room_lost(T0 + 20, "call-1", ConnectionId(1));
+    drain(&mut c);
+    c.handle_timeout(T0 + 20 + JOIN.as_millis() as i64);
+    let out = drain(&mut c);
+    assert_eq!(record_of(&out, A).outcome, Outcome::Answered);
+    assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
+    assert_eq!(kicks(&out), vec![ConnectionId(7)]);
+}
+
+#[test]
+fn another_machine_restores_a_call_from_its_journal() {
+    let mut old = machine();
+    let id = old
+        .handle_invite(T0, person(1), DA, vec![inv(2), inv(3)], false)
+        .expect("invite")
+        .id;
+    old.handle_accept(T0 + 5, id, B, DB2, Some("tab".into()))
+        .expect("accept");
+    old.handle_room_joined("call-1", A, DA, ConnectionId(1), ParticipantId(1));
+    old.handle_room_joined("call-1", B, DB2, ConnectionId(2), ParticipantId(2));
+    let kept = journaled(&drain(&mut old), id).expect("journaled");
+    // Through the store's JSON, as a new owner reads it.
+    let kept: OpenCall = serde_json::from_str(&serde_json::to_string(&kept).unwrap()).unwrap();
+
+    let mut new = Calls::new(CallId(1), RING, JOIN, 8);
+    let now = T0 + 1_000;
+    new.restore(now, vec![kept]);
+    let out = drain(&mut new);
+    assert!(journaled(&out, id).is_some(), "kept again by its new owner");
+    assert!(records(&out).is_empty(), "nothing ends on a takeover");
+    // Members in the call must be back in its room within the join timeout.
+    assert_eq!(new.poll_timeout(), Some(now + JOIN.as_millis() as i64));
+    let restored = new.call(id, C).expect("restored").clone();
+    assert_eq!(
+        restored.member(C).map(|m| m.state),
+        Some(MemberState::Ringing)
+    );
+    assert_eq!(restored.member(B).and_then(|m| m.device_id), Some(DB2));
+    // New calls get new ids.
+    let other = new
+        .handle_invite(now, person(4), DeviceId(40), vec![inv(5)], false)
+        .expect("invite");
+    assert!(other.id > id);
+    // B is announced again by its node; the same accept is still B's.
+    new.handle_room_joined("call-1", B, DB2, ConnectionId(2), ParticipantId(2));
+    assert!(matches!(
+        new.handle_accept(now, id, B, DB2, Some("tab".into())),
+        Ok(_) | Err(CallError::Conflict(_))
+    ));
+    assert!(new.in_call(B), "B is busy for other calls");
+    // A never comes back: after the join timeout A leaves, once; B and C go on.
+    new.handle_accept(now + 1, id, C, DC, None)
+        .expect("C answers");
+    new.handle_room_joined("call-1", C, DC, ConnectionId(3), ParticipantId(3));
+    drain(&mut new);
+    new.handle_timeout(now + JOIN.as_millis() as i64);
+    let out = drain(&mut new);
+    let ra = records(&out);
+    assert_eq!(ra.len(), 1, "{ra:?}");
+    assert_eq!(ra[0].account_id, A);
+    assert_eq!(ra[0].outcome, Outcome::Answered);
+    assert_eq!(new.call(id, B).map(|c| c.state), Some(CallState::Active));
+    // B's entry keeps the device it answered on.
+    new.handle_leave(now + 30_000, id, B).expect("leave");
+    let out = drain(&mut new);
+    assert_eq!(record_of(&out, B).device_id, Some(DB2));
+}
