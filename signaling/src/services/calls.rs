@@ -95,11 +95,13 @@ pub(crate) enum Op {
     },
     RoomLeft {
         room: String,
+        account: AccountId,
         connection: ConnectionId,
     },
     /// The node serving the room is gone, the session with it.
     RoomLost {
         room: String,
+        account: AccountId,
         connection: ConnectionId,
     },
 }
@@ -209,12 +211,20 @@ impl Op {
                 calls.handle_room_joined(&room, account, device, connection, public);
                 Answer::Done
             }
-            Op::RoomLeft { room, connection } => {
-                calls.handle_room_left_in(now, &room, connection);
+            Op::RoomLeft {
+                room,
+                account,
+                connection,
+            } => {
+                calls.handle_room_left_in(now, &room, account, connection);
                 Answer::Done
             }
-            Op::RoomLost { room, connection } => {
-                calls.handle_room_lost(now, &room, connection);
+            Op::RoomLost {
+                room,
+                account,
+                connection,
+            } => {
+                calls.handle_room_lost(now, &room, account, connection);
                 Answer::Done
             }
         }
@@ -517,6 +527,7 @@ impl CallsHandle {
         Some(CallRoomGuard {
             calls: self.clone(),
             room: room.to_owned(),
+            account,
             connection,
         })
     }
@@ -527,6 +538,7 @@ impl CallsHandle {
 pub struct CallRoomGuard {
     calls: CallsHandle,
     room: String,
+    account: AccountId,
     connection: ConnectionId,
 }
 
@@ -537,6 +549,7 @@ impl Drop for CallRoomGuard {
         }
         self.calls.tell(Op::RoomLeft {
             room: std::mem::take(&mut self.room),
+            account: self.account,
             connection: self.connection,
         });
     }

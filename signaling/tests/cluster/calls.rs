@@ -440,3 +440,177 @@ async fn the_owner_killed_mid_call_members_who_rejoin_keep_it_the_others_leave_o
     .await
     .expect("within the limit");
 }
+
+/// Whether `session`'s socket is still up after `d` (no `left`, no close).
+async fn still_in(session: &mut SessionClient, d: Duration) -> bool {
+    session.pump(d).await;
+    !session.saw_type("left") && !session.saw_type("error")
+}
+
+#[tokio::test]
+async fn the_owner_killed_while_the_room_lives_elsewhere_the_members_keep_the_call_as_they_are() {
+    tokio::time::timeout(LIMIT, async {
+        let mut nodes = started(
+            "calls-owner-gone",
+            3,
+            &[("VELA_CALLS_JOIN_TIMEOUT_MS", "2000")],
+        )
+        .await;
+        let x = owner(&nodes).await;
+        let others: Vec<usize> = (0..3).filter(|i| *i != x).collect();
+        let (y, z) = (others[0], others[1]);
+        let (ny, nz) = (nodes[y].api(), nodes[z].api());
+        let ann = user(&ny, "ann").await;
+        let ben = user(&nz, "ben").await;
+        let mut a = socket(&nodes[y], &ann).await;
+        let mut b = socket(&nodes[z], &ben).await;
+        let id = call(&ny, &ann, &[ben.account]).await;
+        expect_call(&mut b, "call_ringing", id).await;
+        act(&nz, &ben, id, "accept").await.ok(200);
+        // The room opens on y (Ann asks first; no node holds a room yet).
+        let mut ann_room = join_call_room(&nodes[y], &ann, id).await;
+        let mut ben_room = join_call_room(&nodes[z], &ben, id).await;
+
+        nodes.nodes[x].kill().await;
+        // Past the lease's expiry and a whole join timeout after it: nobody
+        // rejoined, yet both are still in the call (their nodes announced
+        // their sessions to the new owner).
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert!(still_in(&mut ann_room, Duration::from_millis(500)).await);
+        let mut active = false;
+        for _ in 0..60 {
+            let r = ny.get(&format!("/api/v1/calls/{id}"), &ann.access).await;
+            if r.status == 200 {
+                assert_eq!(r.body["call"]["state"], "active", "{}", r.body);
+                active = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(active, "no node took the calls over: {}", nodes.logs());
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        let v = nz
+            .get(&format!("/api/v1/calls/{id}"), &ben.access)
+            .await
+            .ok(200);
+        assert_eq!(v["call"]["state"], "active", "{v}");
+        assert_eq!(member_state(&v["call"], ann.account), "joined");
+        assert_eq!(member_state(&v["call"], ben.account), "joined");
+        assert!(still_in(&mut ben_room, Duration::from_millis(200)).await);
+        // Hanging up still works, and removes the other's session on its node.
+        act(&nz, &ben, id, "leave").await.ok(200);
+        assert_eq!(
+            expect_call(&mut a, "call_ended", id).await["outcome"],
+            "answered"
+        );
+        assert!(!still_in(&mut ann_room, Duration::from_secs(3)).await);
+        for who in [&ann, &ben] {
+            assert_eq!(records(&ny, who, id).await.len(), 1);
+        }
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
+async fn the_rooms_node_killed_members_who_rejoin_keep_the_call_the_others_leave_once() {
+    tokio::time::timeout(LIMIT, async {
+        let mut nodes = started(
+            "calls-room-gone",
+            3,
+            &[("VELA_CALLS_JOIN_TIMEOUT_MS", "4000")],
+        )
+        .await;
+        let x = owner(&nodes).await;
+        let others: Vec<usize> = (0..3).filter(|i| *i != x).collect();
+        // y serves the room and is killed; devices are on x (the owner) and z.
+        let (y, z) = (others[0], others[1]);
+        let (nx, nz) = (nodes[x].api(), nodes[z].api());
+        let ann = user(&nx, "ann").await;
+        let ben = user(&nz, "ben").await;
+        let cat = user(&nz, "cat").await;
+        let mut a = socket(&nodes[x], &ann).await;
+        let mut b = socket(&nodes[z], &ben).await;
+        let mut c = socket(&nodes[z], &cat).await;
+        let id = call(&nx, &ann, &[ben.account, cat.account]).await;
+        expect_call(&mut b, "call_ringing", id).await;
+        expect_call(&mut c, "call_ringing", id).await;
+        act(&nz, &ben, id, "accept").await.ok(200);
+        act(&nz, &cat, id, "accept").await.ok(200);
+        let rooms = [
+            join_call_room(&nodes[y], &ann, id).await,
+            join_call_room(&nodes[y], &ben, id).await,
+            join_call_room(&nodes[y], &cat, id).await,
+        ];
+        nodes.nodes[y].kill().await;
+        drop(rooms);
+        // Ann and Ben rejoin through the live nodes; Cat does not.
+        let mut rejoined = Vec::new();
+        for (node, who) in [(x, &ann), (z, &ben)] {
+            let mut joined = None;
+            for _ in 0..40 {
+                let r = SessionClient::join_at(
+                    &nodes[node].addr,
+                    &who.access,
+                    Some(&format!("call-{id}")),
+                    None,
+                    false,
+                )
+                .await;
+                match r {
+                    Ok(s) => {
+                        joined = Some(s);
+                        break;
+                    }
+                    // The room's claim still names the dead node for a moment.
+                    Err(e) => tracing_free_wait(&e).await,
+                }
+            }
+            rejoined.push(joined.unwrap_or_else(|| panic!("{} could not rejoin", who.username)));
+        }
+        // The owner sees the node gone: Cat has the join timeout, then leaves.
+        let end = c
+            .wait_for("call_ended for cat", |m| {
+                m["type"] == "call_ended" && m["call"]["id"] == id
+            })
+            .await;
+        assert_eq!(end["outcome"], "answered");
+        let v = nx
+            .get(&format!("/api/v1/calls/{id}"), &ann.access)
+            .await
+            .ok(200);
+        assert_eq!(v["call"]["state"], "active", "{v}");
+        assert_eq!(member_state(&v["call"], ann.account), "joined");
+        assert_eq!(member_state(&v["call"], ben.account), "joined");
+        assert_eq!(member_state(&v["call"], cat.account), "left");
+        // Still so a join timeout later: the rejoins were taken.
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        let v = nz
+            .get(&format!("/api/v1/calls/{id}"), &ben.access)
+            .await
+            .ok(200);
+        assert_eq!(v["call"]["state"], "active", "{v}");
+        act(&nx, &ann, id, "leave").await.ok(200);
+        for dev in [&mut a, &mut b] {
+            assert_eq!(
+                expect_call(dev, "call_ended", id).await["outcome"],
+                "answered"
+            );
+        }
+        for who in [&ann, &ben, &cat] {
+            let r = records(&nx, who, id).await;
+            assert_eq!(r.len(), 1, "{}: {r:?}", who.username);
+        }
+    })
+    .await
+    .expect("within the limit");
+}
+
+/// A refused rejoin while the cluster notices a dead node: wait a little.
+async fn tracing_free_wait(refusal: &Value) {
+    assert!(
+        refusal["type"] == "error" || refusal.is_null(),
+        "unexpected refusal: {refusal}"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+}

@@ -80,7 +80,7 @@ use tokio::time::Instant;
 use vela_media::core::{ConnectionId, LeaveReason};
 
 use super::{Answer, CallsError, Job, Op, Outlets, new_calls, run};
-use crate::domain::ids::now_ms;
+use crate::domain::ids::{AccountId, now_ms};
 use crate::services::cluster::Cluster;
 
 /// The longest an operation waits for the owner's answer.
@@ -215,9 +215,10 @@ pub struct ClusterCalls {
     pending: Mutex<HashMap<u64, oneshot::Sender<Option<Answer>>>>,
     next_request: AtomicU64,
     owned: Mutex<Option<Owned>>,
-    /// Sessions of other nodes, by the token of the node that announced
-    /// them (the owner's; see "A room's node killed").
-    origins: Mutex<BTreeMap<(String, ConnectionId), String>>,
+    /// The sessions announced to this node as the owner (room, member,
+    /// connection), by the token of the node that announced them (see "A
+    /// room's node killed").
+    origins: Mutex<BTreeMap<(String, AccountId, ConnectionId), String>>,
     pub(crate) sessions: Sessions,
     events: mpsc::UnboundedSender<Op>,
 }
@@ -301,6 +302,7 @@ impl ClusterCalls {
         loop {
             if let Some(queue) = self.queue() {
                 let (reply, rx) = oneshot::channel();
+                self.note_origin(&self.me, &op);
                 if queue.send((op.clone(), Some(reply))).is_ok() {
                     match tokio::time::timeout_at(deadline, rx).await {
                         Ok(Ok(answer)) => return Ok(answer),
@@ -441,19 +443,7 @@ impl ClusterCalls {
         }
         let answer = match self.queue() {
             Some(queue) => {
-                let key = match &r.op {
-                    Op::RoomJoined {
-                        room, connection, ..
-                    }
-                    | Op::RoomLeft { room, connection } => Some((room.clone(), *connection)),
-                    _ => None,
-                };
-                if let (Some(key), Ok(mut origins)) = (key, self.origins.lock()) {
-                    match r.op {
-                        Op::RoomJoined { .. } => origins.insert(key, r.from.clone()),
-                        _ => origins.remove(&key),
-                    };
-                }
+                self.note_origin(&r.from, &r.op);
                 let (tx, rx) = oneshot::channel();
                 if queue.send((r.op, Some(tx))).is_ok() {
                     Some(rx)
@@ -485,6 +475,31 @@ impl ClusterCalls {
                 tracing::warn!(error = %e, to = %from, "cannot answer a calls operation");
             }
         });
+    }
+
+    /// As the owner: which node a session is on (room events only).
+    fn note_origin(&self, from: &str, op: &Op) {
+        let Ok(mut origins) = self.origins.lock() else {
+            return;
+        };
+        match op {
+            Op::RoomJoined {
+                room,
+                account,
+                connection,
+                ..
+            } => {
+                origins.insert((room.clone(), *account, *connection), from.to_owned());
+            }
+            Op::RoomLeft {
+                room,
+                account,
+                connection,
+            } => {
+                origins.remove(&(room.clone(), *account, *connection));
+            }
+            _ => {}
+        }
     }
 
     async fn publish(&self, b: &Broadcast) -> Result<(), redis::RedisError> {
@@ -561,7 +576,7 @@ impl ClusterCalls {
             Ok(o) => o.values().cloned().collect(),
             Err(_) => return,
         };
-        for t in tokens {
+        for t in tokens.into_iter().filter(|t| *t != self.me) {
             let alive: Result<bool, _> = redis::cmd("EXISTS")
                 .arg(alive_key(&t))
                 .query_async(redis)
@@ -569,7 +584,7 @@ impl ClusterCalls {
             if !matches!(alive, Ok(false)) {
                 continue;
             }
-            let lost: Vec<(String, ConnectionId)> = match self.origins.lock() {
+            let lost: Vec<(String, AccountId, ConnectionId)> = match self.origins.lock() {
                 Ok(mut o) => {
                     let lost = o
                         .iter()
@@ -585,8 +600,15 @@ impl ClusterCalls {
             };
             tracing::warn!(node = %t, sessions = lost.len(), "a node with call sessions is gone: its members rejoin or leave");
             if let Some(queue) = self.queue() {
-                for (room, connection) in lost {
-                    let _ = queue.send((Op::RoomLost { room, connection }, None));
+                for (room, account, connection) in lost {
+                    let _ = queue.send((
+                        Op::RoomLost {
+                            room,
+                            account,
+                            connection,
+                        },
+                        None,
+                    ));
                 }
             }
         }

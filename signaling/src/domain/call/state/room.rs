@@ -89,17 +89,31 @@ impl Calls {
         self.room_left(now, None, connection);
     }
 
-    /// A room connection of `room` ended (a connection id is unique on its
-    /// node only: in a cluster, calls' rooms live on several nodes).
-    pub fn handle_room_left_in(&mut self, now: i64, room: &str, connection: ConnectionId) {
-        self.room_left(now, Some(room), connection);
+    /// `account`'s room connection of `room` ended. In a cluster a
+    /// connection id is unique on its node only, and a call's room can
+    /// move to another node (its node was killed): the room and the
+    /// account tell apart connections that share a number.
+    pub fn handle_room_left_in(
+        &mut self,
+        now: i64,
+        room: &str,
+        account: AccountId,
+        connection: ConnectionId,
+    ) {
+        self.room_left(now, Some((room, account)), connection);
     }
 
     /// The node serving `room` is gone with `connection` (killed: its
     /// session never ended). Its member is not taken to have left: they
     /// rejoin the room (opened again elsewhere) within the join timeout,
     /// or leave then.
-    pub fn handle_room_lost(&mut self, now: i64, room: &str, connection: ConnectionId) {
+    pub fn handle_room_lost(
+        &mut self,
+        now: i64,
+        room: &str,
+        account: AccountId,
+        connection: ConnectionId,
+    ) {
         let join_by = now.saturating_add(self.join_timeout_ms);
         let Some(call) = self
             .calls
@@ -109,7 +123,11 @@ impl Calls {
             return;
         };
         let mut hit = false;
-        for m in call.members.iter_mut() {
+        for m in call
+            .members
+            .iter_mut()
+            .filter(|m| m.person.account_id == account)
+        {
             if m.previous.map(|p| p.0) == Some(connection) {
                 m.previous = None;
             }
@@ -126,13 +144,16 @@ impl Calls {
         }
     }
 
-    fn room_left(&mut self, now: i64, room: Option<&str>, connection: ConnectionId) {
+    fn room_left(&mut self, now: i64, of: Option<(&str, AccountId)>, connection: ConnectionId) {
         let mut hit = None;
         for call in self.calls.values_mut() {
-            if call.state == CallState::Ended || room.is_some_and(|r| r != call.room) {
+            if call.state == CallState::Ended || of.is_some_and(|(r, _)| r != call.room) {
                 continue;
             }
             for (i, m) in call.members.iter_mut().enumerate() {
+                if of.is_some_and(|(_, a)| a != m.person.account_id) {
+                    continue;
+                }
                 if m.previous.map(|p| p.0) == Some(connection) {
                     // The old connection of a handover: the call goes on.
                     m.previous = None;

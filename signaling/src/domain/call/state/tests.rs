@@ -782,10 +782,12 @@ fn journaled(out: &[Output], id: CallId) -> Option<OpenCall> {
 fn a_connection_is_matched_in_its_own_room_only() {
     let mut c = machine();
     let id = answered_in_room(&mut c);
-    // Another node's connection with the same number, in another room.
-    c.handle_room_left_in(T0 + 1, "call-9", ConnectionId(2));
+    // A connection with the same number in another room (another node),
+    // or of another member (its room moved to another node): not B's.
+    c.handle_room_left_in(T0 + 1, "call-9", B, ConnectionId(2));
+    c.handle_room_left_in(T0 + 1, "call-1", A, ConnectionId(2));
     assert!(drain(&mut c).is_empty());
-    c.handle_room_left_in(T0 + 2, "call-1", ConnectionId(2));
+    c.handle_room_left_in(T0 + 2, "call-1", B, ConnectionId(2));
     let out = drain(&mut c);
     assert_eq!(ended(&out, A), Some(Outcome::Answered));
     assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Ended));
@@ -795,7 +797,9 @@ fn a_connection_is_matched_in_its_own_room_only() {
 fn a_lost_room_session_gives_its_member_the_join_timeout_to_rejoin() {
     let mut c = machine();
     let id = answered_in_room(&mut c);
-    c.handle_room_lost(T0 + 10, "call-1", ConnectionId(2));
+    c.handle_room_lost(T0 + 10, "call-1", A, ConnectionId(2));
+    assert!(drain(&mut c).is_empty(), "not A's connection");
+    c.handle_room_lost(T0 + 10, "call-1", B, ConnectionId(2));
     let out = drain(&mut c);
     assert!(pushes(&out, A).contains(&"call_updated"));
     assert!(records(&out).is_empty());
@@ -804,7 +808,7 @@ fn a_lost_room_session_gives_its_member_the_join_timeout_to_rejoin() {
     c.handle_timeout(T0 + 10 + JOIN.as_millis() as i64);
     assert_eq!(c.call(id, A).map(|c| c.state), Some(CallState::Active));
     // A's session is lost and A never rejoins: A leaves, the 1:1 call ends.
-    c.handle_room_lost(T0 + 20, "call-1", ConnectionId(1));
+    c.handle_room_lost(T0 + 20, "call-1", A, ConnectionId(1));
     drain(&mut c);
     c.handle_timeout(T0 + 20 + JOIN.as_millis() as i64);
     let out = drain(&mut c);

@@ -52,6 +52,7 @@ fn operations_and_answers_read_back_as_written() {
         },
         Op::RoomLeft {
             room: "call-3".into(),
+            account: AccountId(2),
             connection: ConnectionId(5),
         },
     ];
