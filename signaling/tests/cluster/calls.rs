@@ -614,3 +614,68 @@ async fn tracing_free_wait(refusal: &Value) {
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
 }
+
+#[tokio::test]
+async fn while_redis_is_away_calls_answer_503_and_a_call_goes_on_once_it_is_back() {
+    tokio::time::timeout(LIMIT, async {
+        let mut nodes = started("calls-redis", 2, &[("VELA_CALLS_JOIN_TIMEOUT_MS", "3000")]).await;
+        let (n1, n2) = (nodes[0].api(), nodes[1].api());
+        let ann = user(&n1, "ann").await;
+        let ben = user(&n2, "ben").await;
+        let mut b = socket(&nodes[1], &ben).await;
+        let id = call(&n1, &ann, &[ben.account]).await;
+        expect_call(&mut b, "call_ringing", id).await;
+        act(&n2, &ben, id, "accept").await.ok(200);
+        let mut ann_room = join_call_room(&nodes[0], &ann, id).await;
+        let mut ben_room = join_call_room(&nodes[1], &ben, id).await;
+
+        nodes.redis.stop();
+        // Every node refuses call operations with 503 and Retry-After
+        // (the owner once its lease can no longer be renewed).
+        for (i, api) in [&n1, &n2].into_iter().enumerate() {
+            let mut refused = None;
+            for _ in 0..40 {
+                let r = api.get(&format!("/api/v1/calls/{id}"), &ann.access).await;
+                if r.status == 503 {
+                    refused = Some(r);
+                    break;
+                }
+                assert_eq!(r.status, 200, "{}", r.body);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let r = refused.unwrap_or_else(|| panic!("node {i} kept answering without Redis"));
+            let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=5).contains(&retry), "{retry}");
+        }
+        // The room's media goes on meanwhile (rooms do not need the calls).
+        assert!(still_in(&mut ann_room, Duration::from_millis(300)).await);
+
+        nodes.redis.restart();
+        // A node takes the calls back from their journal, the nodes announce
+        // the sessions, and the call is still on after a whole join timeout.
+        let mut back = false;
+        for _ in 0..100 {
+            let r = n2.get(&format!("/api/v1/calls/{id}"), &ben.access).await;
+            if r.status == 200 {
+                assert_eq!(r.body["call"]["state"], "active", "{}", r.body);
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(back, "the calls never came back: {}", nodes.logs());
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let v = n1
+            .get(&format!("/api/v1/calls/{id}"), &ann.access)
+            .await
+            .ok(200);
+        assert_eq!(v["call"]["state"], "active", "{v}");
+        assert!(still_in(&mut ben_room, Duration::from_millis(200)).await);
+        act(&n1, &ann, id, "leave").await.ok(200);
+        for who in [&ann, &ben] {
+            assert_eq!(records(&n2, who, id).await.len(), 1);
+        }
+    })
+    .await
+    .expect("within the limit");
+}

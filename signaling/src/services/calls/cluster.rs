@@ -221,6 +221,8 @@ pub struct ClusterCalls {
     origins: Mutex<BTreeMap<(String, AccountId, ConnectionId), String>>,
     pub(crate) sessions: Sessions,
     events: mpsc::UnboundedSender<Op>,
+    /// The owner this node last saw (it announces its sessions to a new one).
+    seen_owner: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for ClusterCalls {
@@ -264,6 +266,7 @@ impl ClusterCalls {
             origins: Mutex::default(),
             sessions: Sessions::default(),
             events,
+            seen_owner: Mutex::default(),
         });
         tokio::spawn(subscribe_loop(calls.clone(), shutdown.clone()));
         tokio::spawn(events_loop(calls.clone(), events_rx, shutdown.clone()));
@@ -384,6 +387,36 @@ impl ClusterCalls {
         }
     }
 
+    /// Notes the owner this node sees (from the broadcast, or the lease
+    /// read on its heartbeat: a broadcast missed during an outage); a new
+    /// one (not this node) is told this node's call sessions.
+    fn saw_owner(&self, owner: Option<String>) {
+        let Some(owner) = owner else {
+            return;
+        };
+        let new = match self.seen_owner.lock() {
+            Ok(mut seen) if seen.as_deref() != Some(&owner) => {
+                *seen = Some(owner.clone());
+                true
+            }
+            _ => false,
+        };
+        if new && owner != self.me {
+            self.announce(&owner);
+        }
+    }
+
+    /// Tells the owner this node's call sessions again.
+    fn announce(&self, owner: &str) {
+        let sessions = self.sessions.all();
+        if !sessions.is_empty() {
+            tracing::info!(%owner, sessions = sessions.len(), "announcing this node's call sessions to the owner of the calls");
+        }
+        for joined in sessions {
+            self.tell(joined);
+        }
+    }
+
     /// Queues a room event for the owner (in order, retried).
     pub(super) fn tell(&self, op: Op) {
         let _ = self.events.send(op);
@@ -393,14 +426,7 @@ impl ClusterCalls {
     fn receive(self: &Arc<Self>, channel: &str, payload: &[u8]) {
         if channel == nodes_channel() {
             match serde_json::from_slice::<Broadcast>(payload) {
-                Ok(Broadcast::Owner { owner }) if owner != self.me => {
-                    let sessions = self.sessions.all();
-                    tracing::info!(%owner, sessions = sessions.len(), "a new owner of the calls: announcing this node's call sessions");
-                    for joined in sessions {
-                        self.tell(joined);
-                    }
-                }
-                Ok(Broadcast::Owner { .. }) => {}
+                Ok(Broadcast::Owner { owner }) => self.saw_owner(Some(owner)),
                 Ok(Broadcast::Kick {
                     from,
                     room,
@@ -622,6 +648,7 @@ async fn subscribe_loop(calls: Arc<ClusterCalls>, mut shutdown: watch::Receiver<
         replies_channel(&calls.me),
         nodes_channel(),
     ];
+    let mut resubscribed = false;
     loop {
         if *shutdown.borrow() {
             return;
@@ -650,6 +677,15 @@ async fn subscribe_loop(calls: Arc<ClusterCalls>, mut shutdown: watch::Receiver<
             }
         };
         tracing::debug!("subscribed to the calls' channels");
+        if resubscribed {
+            // Room events may have been lost meanwhile: the owner hears
+            // this node's sessions again.
+            let owner = calls.seen_owner.lock().ok().and_then(|o| o.clone());
+            if let Some(owner) = owner.filter(|o| *o != calls.me) {
+                calls.announce(&owner);
+            }
+        }
+        resubscribed = true;
         loop {
             tokio::select! {
                 m = stream.next() => match m {
@@ -783,7 +819,17 @@ async fn lease_loop(calls: Arc<ClusterCalls>, mut shutdown: watch::Receiver<bool
             .arg(ttl)
             .query_async(&mut redis)
             .await;
+        if let Ok(None) = taken {
+            let owner: Result<Option<String>, _> = redis::cmd("GET")
+                .arg(owner_key())
+                .query_async(&mut redis)
+                .await;
+            if let Ok(owner) = owner {
+                calls.saw_owner(owner);
+            }
+        }
         if matches!(taken, Ok(Some(_))) {
+            calls.saw_owner(Some(calls.me.clone()));
             valid_until = Some(sent + margin);
             if !calls.take_over().await {
                 valid_until = None;

@@ -68,6 +68,12 @@ impl Calls {
         if m.state != MemberState::Joined {
             return;
         }
+        if m.connection == Some(connection) {
+            // Announced again (a cluster's new owner of the calls, or its
+            // node back on Redis): nothing changed.
+            m.join_deadline = None;
+            return;
+        }
         if m.device_id != Some(device) {
             m.moves.push(device);
         }
