@@ -3,14 +3,20 @@
 //! history entries, and removes room connections it asks to.
 //!
 //! Calls live in memory, but what each would leave in the history is kept
-//! in the store as it changes, so after a crash the next start records the
-//! calls it interrupted, ended at the server's last heartbeat, as a
-//! shutdown would have.
+//! in the store as it changes (its journal), so after a crash the next
+//! start records the calls it interrupted, ended at the server's last
+//! heartbeat, as a shutdown would have.
 //!
 //! Every operation goes through this one task, in arrival order, and its
 //! outputs (pushes, history) are carried out before the caller gets its
 //! answer: two accepts at the same instant, or a cancel against an accept,
 //! resolve one way, the same for every device.
+//!
+//! In a cluster the task runs on one node at a time, which the others
+//! forward to over Redis (`Op` and `Answer` are what travels; see
+//! `calls/cluster.rs`): the same rule holds for every device of every node, and
+//! a node that takes the calls over restores them from their journals
+//! instead of ending them.
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! # Why one owner
 //! The state machine's rules span calls: an invitee already in *any* call
 //! is busy, and two accepts, or an accept and a cancel, must resolve one
-//! way for every device. One [`Calls`] on one node keeps those exact with
+//! way for every device. One `Calls` on one node keeps those exact with
 //! the single-node code unchanged: its task handles every operation in
 //! the order it reaches it (this node's own operations and the others',
 //! in the order Redis delivered them), carries out the outputs (pushes
@@ -29,7 +29,7 @@
 //! # Taking over
 //! The new owner reads every call's journal (`open_calls`, written after
 //! each change; it now keeps what the view leaves out: deadlines, devices)
-//! and restores them ([`Calls::restore`]): ringing goes on to its deadline;
+//! and restores them (`Calls::restore`): ringing goes on to its deadline;
 //! members in an answered call must be in its room or join it within
 //! `calls.join_timeout_ms`, else they leave with their history entry (once:
 //! the journal is the only copy, and only the owner writes history). Every
@@ -64,7 +64,7 @@
 //! Each node keeps `vela:calls:alive:<token>` (expiring after the node
 //! timeout, renewed each heartbeat). The owner remembers which node
 //! announced each session; when a node's key is gone, its sessions are
-//! lost ([`Calls::handle_room_lost`]): their members rejoin within the join
+//! lost (`Calls::handle_room_lost`): their members rejoin within the join
 //! timeout (the room reopens elsewhere) or leave.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
