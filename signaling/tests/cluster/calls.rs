@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Api, DeviceClient, Login, SessionClient};
+use crate::common::{Api, DeviceClient, Login, Seen, SessionClient};
 use crate::nodes::{Node, Nodes};
 
 const PW: &str = "correct horse battery";
@@ -67,6 +67,22 @@ async fn expect_call(dev: &mut DeviceClient, ty: &str, id: i64) -> Value {
         m["type"] == ty && m["call"]["id"] == id
     })
     .await
+}
+
+/// The `call_ended` of call `id` on `dev`, waiting up to `limit` (a join
+/// timeout after a failover is longer than [`DeviceClient::wait_for`]'s).
+async fn ended_within(dev: &mut DeviceClient, id: i64, limit: Duration) -> Value {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        match dev.next_within(left).await {
+            Some(Seen::Msg(m)) if m["type"] == "call_ended" && m["call"]["id"] == id => {
+                return m;
+            }
+            Some(Seen::Msg(_)) => {}
+            other => panic!("no call_ended of call {id}: {other:?}"),
+        }
+    }
 }
 
 fn member_state(call: &Value, account: i64) -> String {
@@ -301,9 +317,13 @@ async fn members_on_different_nodes_join_the_call_room_and_a_leave_ends_it() {
         let id = call(&n1, &ann, &[ben.account]).await;
         expect_call(&mut b, "call_ringing", id).await;
         act(&n2, &ben, id, "accept").await.ok(200);
-        // Ann through node 1, Ben through node 3: one room, on one node.
-        let mut ann_room = join_call_room(&nodes[0], &ann, id).await;
-        let ben_room = join_call_room(&nodes[2], &ben, id).await;
+        // Ann first, through a node that does not own the calls (the room
+        // opens there), Ben through the third: one room, on one node, and
+        // its sessions' removal has to be asked of that node.
+        let x = owner(&nodes).await;
+        let (y, z) = ((x + 1) % 3, (x + 2) % 3);
+        let mut ann_room = join_call_room(&nodes[y], &ann, id).await;
+        let ben_room = join_call_room(&nodes[z], &ben, id).await;
         // The call learns both participants, wherever the room is.
         let mut joined = false;
         for _ in 0..100 {
@@ -409,11 +429,7 @@ async fn the_owner_killed_mid_call_members_who_rejoin_keep_it_the_others_leave_o
         let _ann_room = join_call_room(&nodes[y], &ann, id).await;
         let _ben_room = join_call_room(&nodes[z], &ben, id).await;
         // After the join timeout Cat's part ends; the call goes on for the others.
-        let end = c
-            .wait_for("call_ended for cat", |m| {
-                m["type"] == "call_ended" && m["call"]["id"] == id
-            })
-            .await;
+        let end = ended_within(&mut c, id, Duration::from_secs(20)).await;
         assert_eq!(end["outcome"], "answered");
         let v = ny
             .get(&format!("/api/v1/calls/{id}"), &ann.access)
@@ -569,11 +585,7 @@ async fn the_rooms_node_killed_members_who_rejoin_keep_the_call_the_others_leave
             rejoined.push(joined.unwrap_or_else(|| panic!("{} could not rejoin", who.username)));
         }
         // The owner sees the node gone: Cat has the join timeout, then leaves.
-        let end = c
-            .wait_for("call_ended for cat", |m| {
-                m["type"] == "call_ended" && m["call"]["id"] == id
-            })
-            .await;
+        let end = ended_within(&mut c, id, Duration::from_secs(20)).await;
         assert_eq!(end["outcome"], "answered");
         let v = nx
             .get(&format!("/api/v1/calls/{id}"), &ann.access)
