@@ -20,9 +20,9 @@
 //! for its own). Every `cluster.heartbeat_ms` each node either renews it
 //! (a script: `PEXPIRE` only if it is still ours) or tries to take it
 //! (`SET NX PX`), with `cluster.node_timeout_ms` as its expiry. An owner
-//! that has not renewed for the node timeout less a heartbeat (counted
+//! that has not renewed for the node timeout less four heartbeats (counted
 //! from when it sent its last successful renewal, so before Redis lets it
-//! expire) stops owning: it drops its calls as they are, without ending
+//! expire; each command of the heartbeat is bounded by one) stops owning: it drops its calls as they are, without ending
 //! them: the next owner has them from their journal. A graceful shutdown
 //! hands over the same way and deletes the lease at once.
 //!
@@ -757,17 +757,22 @@ async fn kicks_loop(
     }
 }
 
-/// Every `cluster.heartbeat_ms`: this node's liveness, and the lease
-/// (renewed, or taken when free). At shutdown, hands the calls over.
+/// Every `cluster.heartbeat_ms` (at most a fifth of the node timeout):
+/// this node's liveness, and the lease (renewed, or taken when free). At
+/// shutdown, hands the calls over.
 async fn lease_loop(calls: Arc<ClusterCalls>, mut shutdown: watch::Receiver<bool>) {
     let config = calls.cluster.config().clone();
     let ttl = config.node_timeout_ms.max(100);
-    let every = Duration::from_millis(config.heartbeat_ms.clamp(10, ttl / 2));
-    // The lease is ours until `ttl` after a renewal was sent; stop owning
-    // a heartbeat before that, so two nodes never own the calls at once.
-    let margin = Duration::from_millis(ttl).saturating_sub(every);
+    let every = Duration::from_millis(config.heartbeat_ms.clamp(10, ttl / 5));
+    // The lease is ours until `ttl` after a renewal was sent. Each Redis
+    // command here is bounded by `every` and validity is checked on each
+    // tick, so a check can come up to about three beats late: stop owning
+    // four beats before the expiry, and two nodes never own the calls at
+    // once (clocks running at the same rate).
+    let margin = Duration::from_millis(ttl).saturating_sub(every * 4);
     let mut valid_until: Option<Instant> = None;
     let renew = redis::Script::new(RENEW);
+    let release = redis::Script::new(RELEASE);
     let mut redis = calls.cluster.redis();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -776,84 +781,111 @@ async fn lease_loop(calls: Arc<ClusterCalls>, mut shutdown: watch::Receiver<bool
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
-        let sent = Instant::now();
-        let _: Result<(), _> = redis::cmd("SET")
-            .arg(alive_key(&calls.me))
-            .arg(1)
-            .arg("PX")
-            .arg(ttl)
-            .query_async(&mut redis)
-            .await;
-        if valid_until.is_some() {
-            let renewed: Result<i64, _> = renew
-                .key(owner_key())
-                .arg(&calls.me)
-                .arg(ttl)
-                .invoke_async(&mut redis)
+        if valid_until.is_some_and(|v| Instant::now() >= v) {
+            valid_until = None;
+            calls
+                .step_down("its lease could not be renewed in time")
                 .await;
+        }
+        let sent = Instant::now();
+        let _: Option<Result<(), _>> = bounded(
+            every,
+            redis::cmd("SET")
+                .arg(alive_key(&calls.me))
+                .arg(1)
+                .arg("PX")
+                .arg(ttl)
+                .query_async(&mut redis),
+        )
+        .await;
+        if valid_until.is_some() {
+            let renewed: Option<Result<i64, _>> = bounded(
+                every,
+                renew
+                    .key(owner_key())
+                    .arg(&calls.me)
+                    .arg(ttl)
+                    .invoke_async(&mut redis),
+            )
+            .await;
             match renewed {
-                Ok(1) => valid_until = Some(sent + margin),
-                Ok(_) => {
+                Some(Ok(1)) => {
+                    valid_until = Some(sent + margin);
+                    let _ = bounded(every, calls.check_origins(&mut redis)).await;
+                }
+                Some(Ok(_)) => {
                     valid_until = None;
                     calls.step_down("its lease was taken").await;
                 }
-                Err(e) if valid_until.is_some_and(|v| Instant::now() >= v) => {
-                    tracing::warn!(error = %e, "cannot renew the calls' lease");
-                    valid_until = None;
-                    calls
-                        .step_down("its lease could not be renewed in time")
-                        .await;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the calls' lease yet"),
-            }
-            if valid_until.is_some() {
-                calls.check_origins(&mut redis).await;
+                Some(Err(e)) => tracing::warn!(error = %e, "cannot renew the calls' lease"),
+                None => tracing::warn!("cannot renew the calls' lease: Redis is slow"),
             }
             continue;
         }
-        let taken: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(owner_key())
-            .arg(&calls.me)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl)
-            .query_async(&mut redis)
-            .await;
-        if let Ok(None) = taken {
-            let owner: Result<Option<String>, _> = redis::cmd("GET")
+        let taken: Option<Result<Option<String>, _>> = bounded(
+            every,
+            redis::cmd("SET")
                 .arg(owner_key())
-                .query_async(&mut redis)
-                .await;
-            if let Ok(owner) = owner {
-                calls.saw_owner(owner);
-            }
-        }
-        if matches!(taken, Ok(Some(_))) {
-            calls.saw_owner(Some(calls.me.clone()));
-            valid_until = Some(sent + margin);
-            if !calls.take_over().await {
-                valid_until = None;
-                let _: Result<i64, _> = redis::Script::new(RELEASE)
-                    .key(owner_key())
-                    .arg(&calls.me)
-                    .invoke_async(&mut redis)
+                .arg(&calls.me)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl)
+                .query_async(&mut redis),
+        )
+        .await;
+        match taken {
+            Some(Ok(Some(_))) => {
+                calls.saw_owner(Some(calls.me.clone()));
+                valid_until = Some(sent + margin);
+                if !calls.take_over().await {
+                    valid_until = None;
+                    let _: Option<Result<i64, _>> = bounded(
+                        every,
+                        release
+                            .key(owner_key())
+                            .arg(&calls.me)
+                            .invoke_async(&mut redis),
+                    )
                     .await;
+                }
             }
+            Some(Ok(None)) => {
+                let owner: Option<Result<Option<String>, _>> = bounded(
+                    every,
+                    redis::cmd("GET").arg(owner_key()).query_async(&mut redis),
+                )
+                .await;
+                if let Some(Ok(owner)) = owner {
+                    calls.saw_owner(owner);
+                }
+            }
+            _ => {}
         }
     }
     // Handing over: the calls stay in their journals for the next owner.
     if valid_until.is_some() {
         calls.step_down("shutting down").await;
-        let _: Result<i64, _> = redis::Script::new(RELEASE)
-            .key(owner_key())
-            .arg(&calls.me)
-            .invoke_async(&mut redis)
-            .await;
-    }
-    let _: Result<i64, _> = redis::cmd("DEL")
-        .arg(alive_key(&calls.me))
-        .query_async(&mut redis)
+        let _: Option<Result<i64, _>> = bounded(
+            every,
+            release
+                .key(owner_key())
+                .arg(&calls.me)
+                .invoke_async(&mut redis),
+        )
         .await;
+    }
+    let _: Option<Result<i64, _>> = bounded(
+        every,
+        redis::cmd("DEL")
+            .arg(alive_key(&calls.me))
+            .query_async(&mut redis),
+    )
+    .await;
+}
+
+/// `f`'s result, or `None` after `limit`.
+async fn bounded<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(limit, f).await.ok()
 }
 
 #[cfg(test)]
