@@ -691,3 +691,84 @@ async fn while_redis_is_away_calls_answer_503_and_a_call_goes_on_once_it_is_back
     .await
     .expect("within the limit");
 }
+
+#[tokio::test]
+async fn a_call_moves_to_a_device_on_another_node() {
+    tokio::time::timeout(LIMIT, async {
+        let nodes = started("calls-handover", 3, &[]).await;
+        let (n1, n2, n3) = (nodes[0].api(), nodes[1].api(), nodes[2].api());
+        let ann = user(&n1, "ann").await;
+        let ben = user(&n2, "ben").await;
+        let ben_desk = n3.login("ben", PW, "desktop", "Ben's desk").await;
+        let mut bd = socket(&nodes[2], &ben_desk).await;
+        let id = call(&n1, &ann, &[ben.account]).await;
+        expect_call(&mut bd, "call_ringing", id).await;
+        let room = format!("call-{id}");
+        let mut ann_s = join_call_room(&nodes[0], &ann, id).await;
+        act(&n2, &ben, id, "accept").await.ok(200);
+        // The phone (node 2) is in the call; the desk (node 3) may not join
+        // without taking it over.
+        let e = SessionClient::join_at(&nodes[2].addr, &ben_desk.access, Some(&room), None, false)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e["code"], 403, "the call is on the phone: {e}");
+        let mut phone = join_call_room(&nodes[1], &ben, id).await;
+        // Every device of Ben's, on any node, learns the participant to take over.
+        let upd = bd
+            .wait_for("ben's participant id", |m| {
+                m["type"] == "call_updated"
+                    && m["call"]["members"][1]["participant_id"].as_str() == Some(phone.id.as_str())
+            })
+            .await;
+        let pid = upd["call"]["members"][1]["participant_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut desk = SessionClient::join_at(
+            &nodes[2].addr,
+            &ben_desk.access,
+            Some(&room),
+            Some(&pid),
+            false,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the desk could not take over: {e}"));
+        assert_eq!(desk.joined["participant"]["id"], pid.as_str());
+        let mut handed = false;
+        for _ in 0..50 {
+            tokio::join!(
+                phone.pump(Duration::from_millis(100)),
+                desk.pump(Duration::from_millis(100)),
+                ann_s.pump(Duration::from_millis(100)),
+            );
+            if phone.saw_type("left") {
+                handed = true;
+                break;
+            }
+        }
+        assert!(handed, "the phone kept the call: {:?}", phone.seen);
+        let left = phone.seen.iter().find(|m| m["type"] == "left").unwrap();
+        assert_eq!(left["reason"], "handed_over");
+        // The call goes on, on the desk, for everyone.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let v = n1
+            .get(&format!("/api/v1/calls/{id}"), &ann.access)
+            .await
+            .ok(200);
+        assert_eq!(v["call"]["state"], "active", "{v}");
+        let m = &v["call"]["members"][1];
+        assert_eq!(m["device_id"], ben_desk.device);
+        assert_eq!(m["participant_id"], pid.as_str());
+        assert!(!ann_s.saw_type("left"), "{:?}", ann_s.seen);
+        // Hanging up on the desk ends it; the history notes the move, once.
+        desk.ws.send(json!({"type": "leave"})).await;
+        let r = records(&n1, &ben, id).await;
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0]["device_id"], ben.device);
+        assert_eq!(r[0]["handed_over_to"], json!([ben_desk.device]));
+        assert_eq!(records(&n2, &ann, id).await[0]["outcome"], "answered");
+    })
+    .await
+    .expect("within the limit");
+}
