@@ -132,6 +132,31 @@ async fn join_call_room(node: &Node, who: &Login, id: i64) -> SessionClient {
     })
 }
 
+/// Joins call `id`'s room again through `node` after a node died: while
+/// the room's claim still names the dead node (until its entry expires),
+/// the join fails and is tried again (10 s at most).
+async fn rejoin(node: &Node, who: &Login, id: i64) -> SessionClient {
+    let room = format!("call-{id}");
+    let mut last = Value::Null;
+    for _ in 0..40 {
+        match SessionClient::join_at(&node.addr, &who.access, Some(&room), None, false).await {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    e["type"] == "error" || e.is_null(),
+                    "unexpected refusal: {e}"
+                );
+                last = e;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!(
+        "{} could not rejoin call {id} via {}: {last}",
+        who.username, node.id
+    )
+}
+
 /// The index of the node that owns the calls now (from the lease).
 async fn owner(nodes: &Nodes) -> usize {
     let client = redis::Client::open(nodes.redis.url()).unwrap();
@@ -426,8 +451,8 @@ async fn the_owner_killed_mid_call_members_who_rejoin_keep_it_the_others_leave_o
         }
         assert!(taken, "no node took the calls over: {}", nodes.logs());
         // Ann and Ben rejoin (the room reopens on a live node); Cat does not.
-        let _ann_room = join_call_room(&nodes[y], &ann, id).await;
-        let _ben_room = join_call_room(&nodes[z], &ben, id).await;
+        let _ann_room = rejoin(&nodes[y], &ann, id).await;
+        let _ben_room = rejoin(&nodes[z], &ben, id).await;
         // After the join timeout Cat's part ends; the call goes on for the others.
         let end = ended_within(&mut c, id, Duration::from_secs(20)).await;
         assert_eq!(end["outcome"], "answered");
@@ -561,29 +586,10 @@ async fn the_rooms_node_killed_members_who_rejoin_keep_the_call_the_others_leave
         nodes.nodes[y].kill().await;
         drop(rooms);
         // Ann and Ben rejoin through the live nodes; Cat does not.
-        let mut rejoined = Vec::new();
-        for (node, who) in [(x, &ann), (z, &ben)] {
-            let mut joined = None;
-            for _ in 0..40 {
-                let r = SessionClient::join_at(
-                    &nodes[node].addr,
-                    &who.access,
-                    Some(&format!("call-{id}")),
-                    None,
-                    false,
-                )
-                .await;
-                match r {
-                    Ok(s) => {
-                        joined = Some(s);
-                        break;
-                    }
-                    // The room's claim still names the dead node for a moment.
-                    Err(e) => tracing_free_wait(&e).await,
-                }
-            }
-            rejoined.push(joined.unwrap_or_else(|| panic!("{} could not rejoin", who.username)));
-        }
+        let _rejoined = [
+            rejoin(&nodes[x], &ann, id).await,
+            rejoin(&nodes[z], &ben, id).await,
+        ];
         // The owner sees the node gone: Cat has the join timeout, then leaves.
         let end = ended_within(&mut c, id, Duration::from_secs(20)).await;
         assert_eq!(end["outcome"], "answered");
@@ -616,15 +622,6 @@ async fn the_rooms_node_killed_members_who_rejoin_keep_the_call_the_others_leave
     })
     .await
     .expect("within the limit");
-}
-
-/// A refused rejoin while the cluster notices a dead node: wait a little.
-async fn tracing_free_wait(refusal: &Value) {
-    assert!(
-        refusal["type"] == "error" || refusal.is_null(),
-        "unexpected refusal: {refusal}"
-    );
-    tokio::time::sleep(Duration::from_millis(250)).await;
 }
 
 #[tokio::test]
