@@ -217,25 +217,42 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         None => Hub::new(DeviceBus::Local),
     };
     // Before the first heartbeat of this run: who was present at a crash.
-    let recovered = store
-        .recover_presence(now_ms())
-        .await
-        .map_err(|source| StartError::Store {
-            path: config.store.path.clone(),
-            source,
-        })?;
+    // Not in a cluster: presence lives in Redis, where the devices of a
+    // node that died expire (and get their last-seen time) like any other,
+    // and another node's present accounts are not this node's to end.
+    let recovered = if cluster.is_some() {
+        0
+    } else {
+        store
+            .recover_presence(now_ms())
+            .await
+            .map_err(|source| StartError::Store {
+                path: config.store.path.clone(),
+                source,
+            })?
+    };
     if recovered > 0 {
         tracing::warn!(
             accounts = recovered,
             "accounts present at a crash: last seen at the last heartbeat"
         );
     }
-    let (presence, presence_task) = PresenceHandle::spawn(
-        Duration::from_millis(config.presence.heartbeat_timeout_ms),
-        store.clone(),
-        hub.clone(),
-        shutdown_rx.clone(),
-    );
+    let presence_timeout = Duration::from_millis(config.presence.heartbeat_timeout_ms);
+    let (presence, presence_task) = match &cluster {
+        Some(c) => PresenceHandle::spawn_shared(
+            c.clone(),
+            presence_timeout,
+            store.clone(),
+            hub.clone(),
+            shutdown_rx.clone(),
+        ),
+        None => PresenceHandle::spawn(
+            presence_timeout,
+            store.clone(),
+            hub.clone(),
+            shutdown_rx.clone(),
+        ),
+    };
     let metrics = Arc::new(metrics::Metrics::default());
     let (webhooks, webhooks_task) = crate::services::webhook::spawn(
         &config.webhooks,

@@ -57,6 +57,26 @@ pub enum DeviceStatus {
     Dnd,
 }
 
+impl Status {
+    /// Its precedence as a number (`Offline` 0 ... `InCall` 4), the order
+    /// of [`Ord`]: an account's status is its devices' highest. The shared
+    /// presence of a cluster stores and aggregates these.
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+
+    /// The status of a [`Status::rank`]; `Offline` for anything else.
+    pub fn from_rank(rank: i64) -> Status {
+        match rank {
+            1 => Status::Away,
+            2 => Status::Online,
+            3 => Status::Dnd,
+            4 => Status::InCall,
+            _ => Status::Offline,
+        }
+    }
+}
+
 impl From<DeviceStatus> for Status {
     fn from(s: DeviceStatus) -> Status {
         match s {
@@ -350,6 +370,24 @@ pub fn check_status_text(raw: &str) -> Result<&str, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_follow_precedence_and_round_trip() {
+        let all = [
+            Status::Offline,
+            Status::Away,
+            Status::Online,
+            Status::Dnd,
+            Status::InCall,
+        ];
+        for w in all.windows(2) {
+            assert!(w[0] < w[1] && w[0].rank() < w[1].rank());
+        }
+        for s in all {
+            assert_eq!(Status::from_rank(i64::from(s.rank())), s);
+        }
+        assert_eq!(Status::from_rank(9), Status::Offline);
+    }
 
     #[test]
     fn status_texts_are_trimmed_and_bounded() {

@@ -42,7 +42,7 @@ impl Devices {
             CLOSE_REVOKED,
             "session revoked",
         );
-        self.presence.device_removed(device);
+        self.presence.device_removed(account, device);
         tracing::info!(%account, %device, %reason, connections = n, "device signed out");
     }
 

@@ -16,6 +16,7 @@ pub struct DeviceLease {
     /// connection's end always did.
     registration: Option<Registration>,
     orders: mpsc::Receiver<HubMsg>,
+    account: AccountId,
     device: DeviceId,
     presence: PresenceHandle,
 }
@@ -33,6 +34,7 @@ impl DeviceLease {
         DeviceLease {
             registration: Some(registration),
             orders,
+            account,
             device,
             presence: presence.clone(),
         }
@@ -52,6 +54,6 @@ impl DeviceLease {
 impl Drop for DeviceLease {
     fn drop(&mut self) {
         drop(self.registration.take());
-        self.presence.call_ended(self.device);
+        self.presence.call_ended(self.account, self.device);
     }
 }

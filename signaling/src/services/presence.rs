@@ -1,7 +1,9 @@
-//! The presence task: drives the [`PresenceTracker`] on the real clock,
-//! records last-seen times, and pushes each change to the account's own
-//! devices and to its mutual contacts (the only accounts allowed to see it).
+//! The presence task: drives the [`PresenceTracker`] on the real clock (one
+//! node), or the cluster's shared presence in Redis (`shared.rs`), records
+//! last-seen times, and pushes each change to the account's own devices and
+//! to its mutual contacts (the only accounts allowed to see it).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -11,6 +13,7 @@ use crate::domain::Invalid;
 use crate::domain::ids::{AccountId, DeviceId};
 pub use crate::domain::presence::Presence;
 use crate::domain::presence::{Change, DeviceStatus, PresenceTracker, Status, check_status_text};
+use crate::services::cluster::Cluster;
 use crate::services::hub::Hub;
 use crate::services::push::{MutualContact, Push};
 use crate::services::store::{Store, StoreError};
@@ -26,12 +29,16 @@ enum Cmd {
         republish: bool,
     },
     CallStarted(AccountId, DeviceId),
-    CallEnded(DeviceId),
-    DeviceRemoved(DeviceId),
+    CallEnded(AccountId, DeviceId),
+    DeviceRemoved(AccountId, DeviceId),
     AccountRemoved(AccountId),
     Statuses(Vec<AccountId>, oneshot::Sender<Vec<Status>>),
-    DeviceStatuses(Vec<DeviceId>, oneshot::Sender<Vec<Status>>),
+    DeviceStatuses(AccountId, Vec<DeviceId>, oneshot::Sender<Vec<Status>>),
 }
+
+mod shared;
+
+use shared::{Op, Outcome, SharedPresence};
 
 /// Where devices' presence is kept and aggregated per account: the seam a
 /// cluster's shared presence (issue 18: Redis, with expiry) joins as a
@@ -50,12 +57,20 @@ enum Cmd {
 ///   be reached.
 ///
 /// `server` picks it through the constructor: [`PresenceHandle::spawn`]
-/// for this one.
+/// or [`PresenceHandle::spawn_shared`].
 #[derive(Debug, Clone)]
 enum PresenceBackend {
     /// One node: the presence task of this process (a [`PresenceTracker`]
     /// on the real clock), fed over a channel.
     Local(mpsc::UnboundedSender<Cmd>),
+    /// A cluster: this node's presence task, fed over a channel (so one
+    /// device's inputs stay in order), applies each input to the state in
+    /// Redis with one script that aggregates the account and says whether
+    /// it changed; this node then publishes the change over the hub's bus.
+    /// Every node reaps the devices due (each popped by one node), and
+    /// renews the rooms of its devices. Keys, script and expiry:
+    /// `shared.rs`.
+    Redis(mpsc::UnboundedSender<Cmd>),
 }
 
 /// Sends inputs to presence and asks it; cheap to clone.
@@ -101,10 +116,38 @@ impl PresenceHandle {
         )
     }
 
+    /// Starts this node's presence task on the cluster's shared presence
+    /// (devices time out after `timeout`, a node's rooms after
+    /// `cluster.node_timeout_ms` without renewal); it stops when
+    /// `shutdown` turns true, leaving this node's devices to time out.
+    pub fn spawn_shared(
+        cluster: Cluster,
+        timeout: Duration,
+        store: Store,
+        hub: Hub,
+        shutdown: watch::Receiver<bool>,
+    ) -> (PresenceHandle, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let every = Duration::from_millis(cluster.config().heartbeat_ms.max(10));
+        let shared = SharedPresence::new(
+            cluster.clone(),
+            u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            cluster.config().node_timeout_ms,
+        );
+        let task = tokio::spawn(run_shared(shared, every, rx, store.clone(), hub, shutdown));
+        (
+            PresenceHandle {
+                backend: PresenceBackend::Redis(tx),
+                store,
+            },
+            task,
+        )
+    }
+
     fn send(&self, cmd: Cmd) {
         match &self.backend {
             // The task is gone only at shutdown, when nothing is left to tell.
-            PresenceBackend::Local(tx) => {
+            PresenceBackend::Local(tx) | PresenceBackend::Redis(tx) => {
                 let _ = tx.send(cmd);
             }
         }
@@ -137,13 +180,13 @@ impl PresenceHandle {
     }
 
     /// A device left a room.
-    pub fn call_ended(&self, device: DeviceId) {
-        self.send(Cmd::CallEnded(device));
+    pub fn call_ended(&self, account: AccountId, device: DeviceId) {
+        self.send(Cmd::CallEnded(account, device));
     }
 
     /// A device logged out or was revoked.
-    pub fn device_removed(&self, device: DeviceId) {
-        self.send(Cmd::DeviceRemoved(device));
+    pub fn device_removed(&self, account: AccountId, device: DeviceId) {
+        self.send(Cmd::DeviceRemoved(account, device));
     }
 
     /// An account was disabled.
@@ -159,11 +202,11 @@ impl PresenceHandle {
         rx.await.unwrap_or_else(|_| vec![Status::Offline; n])
     }
 
-    /// The own statuses of `devices`, in order.
-    pub async fn device_statuses(&self, devices: Vec<DeviceId>) -> Vec<Status> {
+    /// The own statuses of `devices` (of `account`), in order.
+    pub async fn device_statuses(&self, account: AccountId, devices: Vec<DeviceId>) -> Vec<Status> {
         let n = devices.len();
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::DeviceStatuses(devices, tx));
+        self.send(Cmd::DeviceStatuses(account, devices, tx));
         rx.await.unwrap_or_else(|_| vec![Status::Offline; n])
     }
 
@@ -276,24 +319,38 @@ async fn publish(store: &Store, hub: &Hub, account: AccountId, status: Status) {
 }
 
 async fn apply(store: &Store, hub: &Hub, change: Change) {
-    tracing::debug!(account = %change.account, from = ?change.previous, to = ?change.status, "presence");
-    if change.status == Status::Offline {
-        if let Err(e) = store
-            .set_last_seen(change.account, wall_ms(change.last_active))
-            .await
-        {
-            tracing::error!(account = %change.account, error = %e, "cannot store last seen");
+    let Change {
+        account,
+        previous,
+        status,
+        last_active,
+    } = change;
+    apply_at(store, hub, account, previous, status, wall_ms(last_active)).await;
+}
+
+/// Records and publishes a change of `account` from `previous` to `status`
+/// (`last_active`: ms since the epoch).
+async fn apply_at(
+    store: &Store,
+    hub: &Hub,
+    account: AccountId,
+    previous: Status,
+    status: Status,
+    last_active: i64,
+) {
+    tracing::debug!(%account, from = ?previous, to = ?status, "presence");
+    if status == Status::Offline {
+        if let Err(e) = store.set_last_seen(account, last_active).await {
+            tracing::error!(%account, error = %e, "cannot store last seen");
         }
-    } else if change.previous == Status::Offline
+    } else if previous == Status::Offline
         // Marked so that a crash leaves a last-seen time (the next start's
         // `Store::recover_presence`).
-        && let Err(e) = store
-            .set_present(change.account, wall_ms(change.last_active))
-            .await
+        && let Err(e) = store.set_present(account, last_active).await
     {
-        tracing::error!(account = %change.account, error = %e, "cannot store presence");
+        tracing::error!(%account, error = %e, "cannot store presence");
     }
-    publish(store, hub, change.account, change.status).await;
+    publish(store, hub, account, status).await;
 }
 
 async fn run(
@@ -328,14 +385,14 @@ async fn run(
                         change
                     }
                     Cmd::CallStarted(a, d) => tracker.handle_call_started(now, a, d),
-                    Cmd::CallEnded(d) => tracker.handle_call_ended(now, d),
-                    Cmd::DeviceRemoved(d) => tracker.handle_device_removed(now, d),
+                    Cmd::CallEnded(_, d) => tracker.handle_call_ended(now, d),
+                    Cmd::DeviceRemoved(_, d) => tracker.handle_device_removed(now, d),
                     Cmd::AccountRemoved(a) => tracker.handle_account_removed(now, a),
                     Cmd::Statuses(accounts, reply) => {
                         let _ = reply.send(accounts.iter().map(|a| tracker.status(*a)).collect());
                         None
                     }
-                    Cmd::DeviceStatuses(devices, reply) => {
+                    Cmd::DeviceStatuses(_, devices, reply) => {
                         let _ = reply.send(devices.iter().map(|d| tracker.device_status(*d)).collect());
                         None
                     }
@@ -355,5 +412,113 @@ async fn run(
     // Whoever is present now was last seen now.
     for account in tracker.present_accounts() {
         let _ = store.set_last_seen(account, wall_ms(Instant::now())).await;
+    }
+}
+
+/// How many due devices one reaping script pops at most.
+const REAP_BATCH: usize = 256;
+
+/// The presence task of a cluster's node: inputs in arrival order, one
+/// script each; every `every`, the due devices reaped and this node's
+/// rooms renewed.
+async fn run_shared(
+    shared: SharedPresence,
+    every: Duration,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    store: Store,
+    hub: Hub,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // The rooms this node's devices are in: renewed, so that they end
+    // with this node.
+    let mut rooms: HashMap<DeviceId, (AccountId, u32)> = HashMap::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = async |shared: &SharedPresence, account, device, op| match shared
+        .apply(account, device, op)
+        .await
+    {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::warn!(%account, %device, ?op, error = %e, "cannot update the shared presence");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                let done: Option<(Outcome, bool)> = match cmd {
+                    Cmd::Activity(a, d) => outcome(&shared, a, d, Op::Activity).await.map(|o| (o, false)),
+                    Cmd::SetStatus { account, device, status, republish } => {
+                        let op = status.map_or(Op::Activity, Op::Status);
+                        outcome(&shared, account, device, op).await.map(|o| (o, republish))
+                    }
+                    Cmd::CallStarted(a, d) => {
+                        rooms.entry(d).or_insert((a, 0)).1 += 1;
+                        outcome(&shared, a, d, Op::CallStarted).await.map(|o| (o, false))
+                    }
+                    Cmd::CallEnded(a, d) => {
+                        if let Some(r) = rooms.get_mut(&d) {
+                            r.1 = r.1.saturating_sub(1);
+                            if r.1 == 0 {
+                                rooms.remove(&d);
+                            }
+                        }
+                        outcome(&shared, a, d, Op::CallEnded).await.map(|o| (o, false))
+                    }
+                    Cmd::DeviceRemoved(a, d) => outcome(&shared, a, d, Op::Removed).await.map(|o| (o, false)),
+                    Cmd::AccountRemoved(a) => {
+                        outcome(&shared, a, DeviceId(0), Op::AccountRemoved).await.map(|o| (o, false))
+                    }
+                    Cmd::Statuses(accounts, reply) => {
+                        let n = accounts.len();
+                        let statuses = shared.statuses(&accounts).await.unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the shared presence");
+                            vec![Status::Offline; n]
+                        });
+                        let _ = reply.send(statuses);
+                        None
+                    }
+                    Cmd::DeviceStatuses(account, devices, reply) => {
+                        let n = devices.len();
+                        let statuses = shared.device_statuses(account, &devices).await.unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the shared presence");
+                            vec![Status::Offline; n]
+                        });
+                        let _ = reply.send(statuses);
+                        None
+                    }
+                };
+                if let Some((o, republish)) = done
+                    && (o.changed() || republish)
+                {
+                    apply_at(&store, &hub, o.account, o.previous, o.status, o.last_active).await;
+                }
+            }
+            _ = tick.tick() => {
+                for (d, (a, n)) in &rooms {
+                    let _ = outcome(&shared, *a, *d, Op::Renew(*n)).await;
+                }
+                loop {
+                    match shared.reap(REAP_BATCH).await {
+                        Ok(gone) => {
+                            let more = gone.len() == REAP_BATCH;
+                            for o in gone {
+                                apply_at(&store, &hub, o.account, o.previous, o.status, o.last_active).await;
+                            }
+                            if !more {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reap the shared presence");
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+        }
     }
 }

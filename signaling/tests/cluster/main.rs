@@ -11,5 +11,6 @@ mod nodes;
 mod accounts;
 mod browser_rooms;
 mod calls;
+mod presence;
 mod pushes;
 mod rooms;

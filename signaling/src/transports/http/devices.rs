@@ -35,7 +35,7 @@ pub(crate) async fn list(
     let connected = state.hub.connected_devices(auth.account()).await?;
     let statuses = state
         .presence
-        .device_statuses(devices.iter().map(|d| d.id).collect())
+        .device_statuses(auth.account(), devices.iter().map(|d| d.id).collect())
         .await;
     let views: Vec<DeviceView> = devices
         .into_iter()
