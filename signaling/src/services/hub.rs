@@ -106,6 +106,8 @@ pub struct Hub {
     conns: Arc<Mutex<HashMap<AccountId, Vec<Conn>>>>,
     next: Arc<AtomicU64>,
     bus: DeviceBus,
+    /// Per topic, the version of the last versioned push delivered here.
+    versions: Arc<Mutex<HashMap<AccountId, u64>>>,
 }
 
 /// Keeps a connection registered; unregisters it when dropped.
@@ -136,6 +138,7 @@ impl Hub {
             conns: Arc::default(),
             next: Arc::default(),
             bus,
+            versions: Arc::default(),
         }
     }
 
@@ -238,6 +241,59 @@ impl Hub {
                 rx.await
                     .unwrap_or_else(|_| Err(BusError("shutting down".into())))
             }
+        }
+    }
+
+    /// Pushes `push` to the device sockets of `accounts` unless a newer
+    /// push of `topic` was delivered: for a state whose changes may be
+    /// published by different nodes at once (an account's presence), so
+    /// that every socket ends on the newest. `version` (microseconds on
+    /// Redis's clock, from the shared presence) orders a topic's pushes.
+    pub fn push_versioned(
+        &self,
+        topic: AccountId,
+        version: u64,
+        accounts: &[AccountId],
+        push: &Push,
+    ) {
+        let Some(text) = push.encode() else { return };
+        self.push_text_versioned(topic, version, accounts, &text);
+        if let DeviceBus::Redis(bus) = &self.bus {
+            bus.versioned(topic, version, accounts, &text);
+        }
+    }
+
+    fn push_text_versioned(
+        &self,
+        topic: AccountId,
+        version: u64,
+        accounts: &[AccountId],
+        text: &Arc<str>,
+    ) {
+        {
+            let Ok(mut v) = self.versions.lock() else {
+                return;
+            };
+            let last = v.entry(topic).or_default();
+            if *last >= version {
+                tracing::debug!(%topic, version, last = *last, "a superseded push: dropped");
+                return;
+            }
+            *last = version;
+        }
+        for a in accounts {
+            self.push_text(*a, text);
+        }
+    }
+
+    /// Forgets the versions older than `now_ms` less a minute (a topic's
+    /// versions come from one clock in one order, and a race lasts far less).
+    fn forget_versions_before(&self, now_ms: i64) {
+        let horizon = u64::try_from(now_ms.saturating_sub(60_000))
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        if let Ok(mut v) = self.versions.lock() {
+            v.retain(|_, version| *version >= horizon);
         }
     }
 
@@ -504,6 +560,23 @@ mod tests {
                 }
             ));
             drop((_r, _r2));
+            // Versioned pushes: an older version than one delivered is dropped.
+            let (_r6, mut tab) = n2.register(a, DeviceId(5), ConnKind::Device);
+            let (_r7, mut mine) = n1.register(a, DeviceId(6), ConnKind::Device);
+            let missed = |count| Push::MissedCalls { count };
+            let want = |count| format!(r#"{{"type":"missed_calls","count":{count}}}"#);
+            n1.push_versioned(AccountId(1), 10, &[a], &missed(10));
+            for rx in [&mut tab, &mut mine] {
+                assert!(matches!(next(rx).await, HubMsg::Event(t) if *t == want(10)));
+            }
+            n1.push_versioned(AccountId(1), 9, &[a], &missed(9));
+            n2.push_versioned(AccountId(1), 8, &[a], &missed(8));
+            n1.push_versioned(AccountId(1), 11, &[a], &missed(11));
+            for rx in [&mut tab, &mut mine] {
+                assert!(matches!(next(rx).await, HubMsg::Event(t) if *t == want(11)));
+            }
+            assert!(tab.try_recv().is_err() && mine.try_recv().is_err());
+            drop((_r6, _r7));
             let (_r3, mut desk) = n2.register(a, DeviceId(2), ConnKind::Device);
             // Redis goes away: the device socket is closed, a publish refused
             // (once the node knows), and a new socket refused.

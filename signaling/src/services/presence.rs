@@ -301,8 +301,16 @@ async fn compose(
     })
 }
 
-/// Pushes an account's current presence to itself and its mutual contacts.
-async fn publish(store: &Store, hub: &Hub, account: AccountId, status: Status) {
+/// Pushes an account's current presence to itself and its mutual contacts;
+/// with the `version` of the shared presence, as a push that supersedes
+/// the older ones (changes published by different nodes may cross).
+async fn publish(
+    store: &Store,
+    hub: &Hub,
+    account: AccountId,
+    status: Status,
+    version: Option<u64>,
+) {
     let p = match compose(store, account, status).await {
         Ok(p) => p,
         Err(e) => {
@@ -311,10 +319,20 @@ async fn publish(store: &Store, hub: &Hub, account: AccountId, status: Status) {
         }
     };
     let push = Push::Presence(p);
-    hub.push(account, &push);
-    match store.mutual_ids(account).await {
-        Ok(ids) => hub.push_all(&ids, &push),
-        Err(e) => tracing::error!(%account, error = %e, "cannot read mutual contacts"),
+    let ids = store.mutual_ids(account).await.unwrap_or_else(|e| {
+        tracing::error!(%account, error = %e, "cannot read mutual contacts");
+        Vec::new()
+    });
+    match version {
+        Some(v) => {
+            let mut to = ids;
+            to.push(account);
+            hub.push_versioned(account, v, &to, &push);
+        }
+        None => {
+            hub.push(account, &push);
+            hub.push_all(&ids, &push);
+        }
     }
 }
 
@@ -325,7 +343,16 @@ async fn apply(store: &Store, hub: &Hub, change: Change) {
         status,
         last_active,
     } = change;
-    apply_at(store, hub, account, previous, status, wall_ms(last_active)).await;
+    apply_at(
+        store,
+        hub,
+        account,
+        previous,
+        status,
+        wall_ms(last_active),
+        None,
+    )
+    .await;
 }
 
 /// Records and publishes a change of `account` from `previous` to `status`
@@ -337,6 +364,7 @@ async fn apply_at(
     previous: Status,
     status: Status,
     last_active: i64,
+    version: Option<u64>,
 ) {
     tracing::debug!(%account, from = ?previous, to = ?status, "presence");
     if status == Status::Offline {
@@ -350,7 +378,7 @@ async fn apply_at(
     {
         tracing::error!(%account, error = %e, "cannot store presence");
     }
-    publish(store, hub, account, status).await;
+    publish(store, hub, account, status, version).await;
 }
 
 async fn run(
@@ -380,7 +408,7 @@ async fn run(
                             None => tracker.handle_activity(now, account, device),
                         };
                         if change.is_none() && republish {
-                            publish(&store, &hub, account, tracker.status(account)).await;
+                            publish(&store, &hub, account, tracker.status(account), None).await;
                         }
                         change
                     }
@@ -434,8 +462,8 @@ async fn run_shared(
     let mut rooms: HashMap<DeviceId, (AccountId, u32)> = HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let outcome = async |shared: &SharedPresence, account, device, op| match shared
-        .apply(account, device, op)
+    let outcome = async |shared: &SharedPresence, account, device, op, republish| match shared
+        .apply(account, device, op, republish)
         .await
     {
         Ok(o) => Some(o),
@@ -449,14 +477,14 @@ async fn run_shared(
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let done: Option<(Outcome, bool)> = match cmd {
-                    Cmd::Activity(a, d) => outcome(&shared, a, d, Op::Activity).await.map(|o| (o, false)),
+                    Cmd::Activity(a, d) => outcome(&shared, a, d, Op::Activity, false).await.map(|o| (o, false)),
                     Cmd::SetStatus { account, device, status, republish } => {
                         let op = status.map_or(Op::Activity, Op::Status);
-                        outcome(&shared, account, device, op).await.map(|o| (o, republish))
+                        outcome(&shared, account, device, op, republish).await.map(|o| (o, republish))
                     }
                     Cmd::CallStarted(a, d) => {
                         rooms.entry(d).or_insert((a, 0)).1 += 1;
-                        outcome(&shared, a, d, Op::CallStarted).await.map(|o| (o, false))
+                        outcome(&shared, a, d, Op::CallStarted, false).await.map(|o| (o, false))
                     }
                     Cmd::CallEnded(a, d) => {
                         if let Some(r) = rooms.get_mut(&d) {
@@ -465,11 +493,11 @@ async fn run_shared(
                                 rooms.remove(&d);
                             }
                         }
-                        outcome(&shared, a, d, Op::CallEnded).await.map(|o| (o, false))
+                        outcome(&shared, a, d, Op::CallEnded, false).await.map(|o| (o, false))
                     }
-                    Cmd::DeviceRemoved(a, d) => outcome(&shared, a, d, Op::Removed).await.map(|o| (o, false)),
+                    Cmd::DeviceRemoved(a, d) => outcome(&shared, a, d, Op::Removed, false).await.map(|o| (o, false)),
                     Cmd::AccountRemoved(a) => {
-                        outcome(&shared, a, DeviceId(0), Op::AccountRemoved).await.map(|o| (o, false))
+                        outcome(&shared, a, DeviceId(0), Op::AccountRemoved, false).await.map(|o| (o, false))
                     }
                     Cmd::Statuses(accounts, reply) => {
                         let n = accounts.len();
@@ -493,19 +521,19 @@ async fn run_shared(
                 if let Some((o, republish)) = done
                     && (o.changed() || republish)
                 {
-                    apply_at(&store, &hub, o.account, o.previous, o.status, o.last_active).await;
+                    apply_at(&store, &hub, o.account, o.previous, o.status, o.last_active, Some(o.version)).await;
                 }
             }
             _ = tick.tick() => {
                 for (d, (a, n)) in &rooms {
-                    let _ = outcome(&shared, *a, *d, Op::Renew(*n)).await;
+                    let _ = outcome(&shared, *a, *d, Op::Renew(*n), false).await;
                 }
                 loop {
                     match shared.reap(REAP_BATCH).await {
                         Ok(gone) => {
                             let more = gone.len() == REAP_BATCH;
                             for o in gone {
-                                apply_at(&store, &hub, o.account, o.previous, o.status, o.last_active).await;
+                                apply_at(&store, &hub, o.account, o.previous, o.status, o.last_active, Some(o.version)).await;
                             }
                             if !more {
                                 break;

@@ -20,6 +20,11 @@
 //!   is: no second encoding);
 //! - `D` (close a device): `account i64 | device i64 | code u16 | text?`;
 //! - `A` (close an account): `account i64 | code u16 | text?`;
+//! - `V` (a push that supersedes the older ones of its topic, e.g. an
+//!   account's presence): `topic i64 | version u64 |` then as `E`; a node
+//!   delivers it only if it is newer than the last it delivered of the
+//!   topic, so that changes published by different nodes in a race end on
+//!   the newest everywhere;
 //! - `H` (heartbeat): nothing.
 //!
 //! `origin` is random per process start, `seq` counts the frames an origin
@@ -214,6 +219,28 @@ impl RedisBus {
         self.send(f, ack);
     }
 
+    /// Publishes a push that supersedes the older ones of `topic`.
+    pub(super) fn versioned(
+        &self,
+        topic: AccountId,
+        version: u64,
+        accounts: &[AccountId],
+        text: &str,
+    ) {
+        // Recipients: the account and its contacts (bounded far below u16).
+        let n = u16::try_from(accounts.len()).unwrap_or(u16::MAX);
+        let accounts = &accounts[..usize::from(n)];
+        let mut f = frame(b'V', self.origin, 18 + 8 * accounts.len() + text.len());
+        f.extend_from_slice(&topic.0.to_le_bytes());
+        f.extend_from_slice(&version.to_le_bytes());
+        f.extend_from_slice(&n.to_le_bytes());
+        for a in accounts {
+            f.extend_from_slice(&a.0.to_le_bytes());
+        }
+        f.extend_from_slice(text.as_bytes());
+        self.send(f, None);
+    }
+
     /// Publishes a close of every connection of `device`.
     pub(super) fn close_device(
         &self,
@@ -316,16 +343,24 @@ impl RedisBus {
         let u16_at = |b: &[u8], at: usize| -> Option<u16> {
             Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
         };
+        let event = |body: &[u8]| -> Option<(Vec<AccountId>, Arc<str>)> {
+            let n = usize::from(u16_at(body, 0)?);
+            let accounts: Vec<AccountId> = (0..n)
+                .map(|i| i64_at(body, 2 + 8 * i).map(AccountId))
+                .collect::<Option<_>>()?;
+            Some((accounts, text(body.get(2 + 8 * n..)?)?))
+        };
         let done = match kind {
-            b'E' => (|| {
-                let n = usize::from(u16_at(body, 0)?);
-                let accounts: Vec<AccountId> = (0..n)
-                    .map(|i| i64_at(body, 2 + 8 * i).map(AccountId))
-                    .collect::<Option<_>>()?;
-                let t = text(body.get(2 + 8 * n..)?)?;
+            b'E' => event(body).map(|(accounts, t)| {
                 for a in accounts {
                     hub.push_text(a, &t);
                 }
+            }),
+            b'V' => (|| {
+                let topic = AccountId(i64_at(body, 0)?);
+                let version = u64::try_from(i64_at(body, 8)?).ok()?;
+                let (accounts, t) = event(body.get(16..)?)?;
+                hub.push_text_versioned(topic, version, &accounts, &t);
                 Some(())
             })(),
             b'D' => (|| {
@@ -419,6 +454,7 @@ async fn publish_loop(
             }
         }
         if renew {
+            hub.forget_versions_before(now);
             seq += 1;
             let mut h = frame(b'H', bus.origin, 0);
             h[9..17].copy_from_slice(&seq.to_le_bytes());

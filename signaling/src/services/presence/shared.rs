@@ -7,7 +7,8 @@
 //!   [`Status::rank`], the rooms it is in, its heartbeat deadline, its
 //!   node's lease on its rooms, when it was last heard from; times are
 //!   Redis's clock in ms), `s` -> the account's published status (a rank),
-//!   `a` -> when it was last active. It expires by itself once unused.
+//!   `a` -> when it was last active, `v` -> the version of the last change.
+//!   It expires by itself a minute after its last device is gone.
 //! - `vela:presence:due`, a sorted set of `{account}:{device}` scored by
 //!   when the device goes offline unless heard from (its heartbeat
 //!   deadline, or its node's room lease while in a room).
@@ -37,17 +38,24 @@ use crate::services::cluster::Cluster;
 /// The presence script. KEYS[1]: the deadlines. ARGV: the account key
 /// prefix, the op, the account (for `reap`: how many at most), the
 /// device, the heartbeat timeout, the room lease (ms), the op's argument
-/// (a status rank for `status`, the room count for `renew`).
+/// (a status rank for `status`, the room count for `renew`), `1` to
+/// version the account's presence anew even if unchanged (its text
+/// changed: it is published again).
 ///
-/// Returns `{previous, status, last_active}` for an input, and those four
-/// per account that changed (`account, previous, status, last_active`)
-/// for `reap`.
+/// Returns `{previous, status, last_active, version}` for an input, and
+/// per account that changed `account, previous, status, last_active,
+/// version` for `reap`. The version (microseconds, Redis's clock, rising
+/// per account) orders the pushes of the changes, whichever node
+/// publishes them.
 pub const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local due, prefix, op = KEYS[1], ARGV[1], ARGV[2]
 local timeout, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
 local IN_CALL, ONLINE = 4, 2
+-- A new version even without a change (the status text changed).
+local bump = ARGV[8] == '1'
 
 local function parse(v)
   local s, c, e, l, a = string.match(v, '^(%d+),(%d+),(%-?%d+),(%-?%d+),(%-?%d+)$')
@@ -97,12 +105,16 @@ local function recompute(key)
   end
   local prev = tonumber(redis.call('HGET', key, 's') or '0')
   local active = tonumber(redis.call('HGET', key, 'a') or '0')
-  if devices == 0 then
-    redis.call('DEL', key)
-  else
-    redis.call('HSET', key, 's', best)
+  local version = tonumber(redis.call('HGET', key, 'v') or '0')
+  if best ~= prev or bump then
+    version = math.max(now_us, version + 1)
+    redis.call('HSET', key, 's', best, 'v', string.format('%d', version))
   end
-  return prev, best, active
+  if devices == 0 and best == 0 then
+    -- Kept a while for its version (and last active), then gone.
+    redis.call('PEXPIRE', key, timeout + lease + 60000)
+  end
+  return prev, best, active, version
 end
 
 if op == 'reap' then
@@ -118,12 +130,13 @@ if op == 'reap' then
         redis.call('ZADD', due, due_at(d), m)
       elseif d then
         redis.call('HDEL', key, 'd:' .. dev)
-        local prev, status, active = recompute(key)
+        local prev, status, active, version = recompute(key)
         if prev ~= status then
           table.insert(out, tonumber(account))
           table.insert(out, prev)
           table.insert(out, status)
           table.insert(out, active)
+          table.insert(out, version)
         end
       end
     end
@@ -176,8 +189,8 @@ elseif op == 'account_removed' then
 else
   return redis.error_reply('unknown presence op ' .. op)
 end
-local prev, status, active = recompute(key)
-return {prev, status, active}
+local prev, status, active, version = recompute(key)
+return {prev, status, active, version}
 ";
 
 /// An input, as the script takes it.
@@ -232,6 +245,8 @@ pub struct Outcome {
     pub status: Status,
     /// When it was last active (ms since the epoch, Redis's clock).
     pub last_active: i64,
+    /// The version of the account's status (rises with each change).
+    pub version: u64,
 }
 
 impl Outcome {
@@ -270,15 +285,17 @@ impl SharedPresence {
         format!("{}{}", self.prefix, account.0)
     }
 
-    /// Applies one input; the account's status before and after.
+    /// Applies one input; the account's status before and after. With
+    /// `republish`, the version rises even if the status stays.
     pub async fn apply(
         &self,
         account: AccountId,
         device: DeviceId,
         op: Op,
+        republish: bool,
     ) -> redis::RedisResult<Outcome> {
         let mut redis = self.cluster.redis();
-        let (previous, status, last_active): (i64, i64, i64) = self
+        let (previous, status, last_active, version): (i64, i64, i64, i64) = self
             .script
             .key(&self.due)
             .arg(&self.prefix)
@@ -288,6 +305,7 @@ impl SharedPresence {
             .arg(self.timeout_ms)
             .arg(self.lease_ms)
             .arg(op.arg())
+            .arg(u8::from(republish))
             .invoke_async(&mut redis)
             .await?;
         Ok(Outcome {
@@ -295,6 +313,7 @@ impl SharedPresence {
             previous: Status::from_rank(previous),
             status: Status::from_rank(status),
             last_active,
+            version: u64::try_from(version).unwrap_or(0),
         })
     }
 
@@ -312,15 +331,17 @@ impl SharedPresence {
             .arg(self.timeout_ms)
             .arg(self.lease_ms)
             .arg(0)
+            .arg(0)
             .invoke_async(&mut redis)
             .await?;
         Ok(flat
-            .chunks_exact(4)
+            .chunks_exact(5)
             .map(|c| Outcome {
                 account: AccountId(c[0]),
                 previous: Status::from_rank(c[1]),
                 status: Status::from_rank(c[2]),
                 last_active: c[3],
+                version: u64::try_from(c[4]).unwrap_or(0),
             })
             .collect())
     }
@@ -417,22 +438,26 @@ mod tests {
             let p = shared(&redis, 60_000, 60_000).await;
             let away = Op::Status(DeviceStatus::Away);
             assert_eq!(
-                pair(p.apply(A, PHONE, away).await.unwrap()),
+                pair(p.apply(A, PHONE, away, false).await.unwrap()),
                 (Status::Offline, Status::Away)
             );
             // online > away; the same input again changes nothing.
             assert_eq!(
-                pair(p.apply(A, DESK, Op::Activity).await.unwrap()),
+                pair(p.apply(A, DESK, Op::Activity, false).await.unwrap()),
                 (Status::Away, Status::Online)
             );
-            assert!(!p.apply(A, DESK, Op::Activity).await.unwrap().changed());
+            let same = p.apply(A, DESK, Op::Activity, false).await.unwrap();
+            assert!(!same.changed());
+            // A text change is published anew: a new version, same status.
+            let text = p.apply(A, DESK, Op::Activity, true).await.unwrap();
+            assert!(!text.changed() && text.version > same.version);
             let dnd = Op::Status(DeviceStatus::Dnd);
             assert_eq!(
-                pair(p.apply(A, DESK, dnd).await.unwrap()),
+                pair(p.apply(A, DESK, dnd, false).await.unwrap()),
                 (Status::Online, Status::Dnd)
             );
             assert_eq!(
-                pair(p.apply(A, PHONE, Op::CallStarted).await.unwrap()),
+                pair(p.apply(A, PHONE, Op::CallStarted, false).await.unwrap()),
                 (Status::Dnd, Status::InCall)
             );
             assert_eq!(
@@ -442,19 +467,25 @@ mod tests {
                 vec![Status::InCall, Status::Dnd, Status::Offline]
             );
             assert_eq!(
-                pair(p.apply(A, PHONE, Op::CallEnded).await.unwrap()),
+                pair(p.apply(A, PHONE, Op::CallEnded, false).await.unwrap()),
                 (Status::InCall, Status::Dnd)
             );
             assert_eq!(
-                pair(p.apply(A, DESK, Op::Removed).await.unwrap()),
+                pair(p.apply(A, DESK, Op::Removed, false).await.unwrap()),
                 (Status::Dnd, Status::Away)
             );
             assert_eq!(
                 p.statuses(&[A, AccountId(2)]).await.unwrap(),
                 vec![Status::Away, Status::Offline]
             );
-            let gone = p.apply(A, PHONE, Op::AccountRemoved).await.unwrap();
+            let before = p.apply(A, PHONE, Op::Activity, false).await.unwrap();
+            let gone = p.apply(A, PHONE, Op::AccountRemoved, false).await.unwrap();
             assert_eq!(pair(gone), (Status::Away, Status::Offline));
+            assert!(gone.version > before.version);
+            // Back after every device was gone: the version still rises.
+            let back = p.apply(A, PHONE, Op::Activity, false).await.unwrap();
+            assert!(back.changed() && back.version > gone.version);
+            p.apply(A, PHONE, Op::Removed, false).await.unwrap();
             assert!((gone.last_active - now_ms()).abs() < 5_000);
             assert_eq!(p.statuses(&[A]).await.unwrap(), vec![Status::Offline]);
         })
@@ -470,8 +501,10 @@ mod tests {
                 shared(&redis, 300, 400).await,
                 shared(&redis, 300, 400).await,
             );
-            n1.apply(A, PHONE, Op::Activity).await.unwrap();
-            n2.apply(AccountId(2), DESK, Op::CallStarted).await.unwrap();
+            n1.apply(A, PHONE, Op::Activity, false).await.unwrap();
+            n2.apply(AccountId(2), DESK, Op::CallStarted, false)
+                .await
+                .unwrap();
             assert!(n1.reap(100).await.unwrap().is_empty(), "nothing due yet");
             tokio::time::sleep(Duration::from_millis(350)).await;
             // Both nodes reap at once: the phone's expiry is published once.
@@ -480,7 +513,9 @@ mod tests {
             assert_eq!(all.len(), 1, "{all:?}");
             assert_eq!((all[0].account, all[0].status), (A, Status::Offline));
             // The room lease, renewed, keeps the desk in its call...
-            n2.apply(AccountId(2), DESK, Op::Renew(1)).await.unwrap();
+            n2.apply(AccountId(2), DESK, Op::Renew(1), false)
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
             assert!(n1.reap(100).await.unwrap().is_empty());
             assert_eq!(
