@@ -495,7 +495,8 @@ fn router(state: AppState) -> Router {
 }
 
 /// `GET /readyz`: 200 when new work can be taken (store answering, media
-/// driver running, the cluster's Redis answering and this node registered,
+/// driver running, the cluster's Redis answering, this node registered and
+/// on its bus,
 /// not shutting down), else 503 with the reason.
 async fn readyz(State(state): State<AppState>) -> Response {
     let not_ready = |why: &'static str| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
@@ -514,6 +515,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         let redis = tokio::time::timeout(Duration::from_secs(2), cluster.ping()).await;
         if !matches!(redis, Ok(Ok(()))) {
             return not_ready("redis not answering");
+        }
+        if !state.hub.on_bus() {
+            return not_ready("not on the cluster bus");
         }
     }
     if state.nodes.as_ref().is_some_and(|n| !n.registered()) {

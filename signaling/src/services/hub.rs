@@ -65,8 +65,8 @@ struct Conn {
 }
 
 /// How pushes and closes addressed to an account reach its connections,
-/// wherever they are: the seam a cluster's bus (issue 18: Redis) joins as a
-/// variant, picked at start in `server`. An enum, not a trait object: one
+/// wherever they are: `Local` for one node, `Redis` for a cluster (issue
+/// 18), picked at start in `server`. An enum, not a trait object: one
 /// match per push, nothing boxed.
 ///
 /// What every variant guarantees (and a remote one must keep):
@@ -147,6 +147,16 @@ impl Hub {
     /// device sockets are refused until it is).
     pub async fn clustered(cluster: Cluster, shutdown: watch::Receiver<bool>) -> Self {
         RedisBus::start(cluster, |bus| Hub::new(DeviceBus::Redis(bus)), shutdown).await
+    }
+
+    /// Whether pushes reach the other nodes now: always with one node; on
+    /// a cluster's bus, while subscribed and hearing its own heartbeats
+    /// (`/readyz` fails otherwise).
+    pub fn on_bus(&self) -> bool {
+        match &self.bus {
+            DeviceBus::Local => true,
+            DeviceBus::Redis(bus) => bus.live(),
+        }
     }
 
     /// Registers a connection of `device`; its messages arrive on the receiver.

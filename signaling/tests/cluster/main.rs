@@ -9,6 +9,7 @@ mod common;
 mod nodes;
 
 mod accounts;
+mod bench;
 mod browser_rooms;
 mod calls;
 mod presence;

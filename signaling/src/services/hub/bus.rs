@@ -28,7 +28,8 @@
 //! - `H` (heartbeat): nothing.
 //!
 //! `origin` is random per process start, `seq` counts the frames an origin
-//! published (or meant to). One publisher task per node writes them in
+//! published (or meant to); a heartbeat carries the last frame's number
+//! without counting itself, so that losing one loses nothing. One publisher task per node writes them in
 //! order over one connection, so Redis relays them in order: pushes from
 //! one node reach each socket in the order they were sent. A node delivers
 //! its own pushes to its own sockets directly, and skips its frames.
@@ -315,17 +316,22 @@ impl RedisBus {
         if origin == self.origin {
             return true;
         }
+        // A heartbeat carries the number of the origin's last frame (a
+        // lost heartbeat loses nothing); any other frame the next number.
+        let expected = |last: u64| if kind == b'H' { last } else { last + 1 };
         match seqs.insert(origin, seq) {
-            Some(last) if seq <= last => {
+            Some(last) if seq < expected(last) => {
                 seqs.insert(origin, last);
-                tracing::warn!(origin, seq, last, "a repeated bus frame: dropped");
+                if kind != b'H' {
+                    tracing::warn!(origin, seq, last, "a repeated bus frame: dropped");
+                }
                 return false;
             }
-            Some(last) if seq > last + 1 => {
+            Some(last) if seq > expected(last) => {
                 let n = hub.close_all_devices(CLOSE_BUS_LOST, "cluster bus lost pushes");
                 tracing::warn!(
                     origin,
-                    lost = seq - last - 1,
+                    lost = seq - expected(last),
                     closed = n,
                     "bus frames lost: device sockets closed, their clients reload"
                 );
@@ -455,7 +461,6 @@ async fn publish_loop(
         }
         if renew {
             hub.forget_versions_before(now);
-            seq += 1;
             let mut h = frame(b'H', bus.origin, 0);
             h[9..17].copy_from_slice(&seq.to_le_bytes());
             pipe.cmd("PUBLISH").arg(&channel).arg(h).ignore();
@@ -553,5 +558,84 @@ async fn subscribe_loop(
             "lost the cluster bus: device sockets closed, subscribing again"
         );
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::services::hub::{ConnKind, DeviceBus, HubMsg};
+    use crate::services::push::Push;
+
+    async fn node(redis: &vela_testkit::Redis, name: &str) -> (Hub, watch::Sender<bool>) {
+        let config = vela_config::ClusterConfig {
+            redis_url: redis.url(),
+            node_id: name.into(),
+            heartbeat_ms: 100,
+            node_timeout_ms: 600,
+            ..vela_config::ClusterConfig::default()
+        };
+        let node = crate::services::cluster::NodeIdentity::from_config(
+            &config,
+            "127.0.0.1:1".parse().expect("addr"),
+        );
+        let cluster = Cluster::connect(&config, node).await.expect("connect");
+        let (tx, rx) = watch::channel(false);
+        (Hub::clustered(cluster, rx).await, tx)
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<HubMsg>) -> HubMsg {
+        tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .expect("in time")
+            .expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_lost_frame_closes_device_sockets_and_a_repeated_one_is_dropped() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let redis = vela_testkit::Redis::start();
+            let (n1, _s1) = node(&redis, "n1").await;
+            let (n2, _s2) = node(&redis, "n2").await;
+            let a = AccountId(3);
+            let (_r, mut phone) = n2.register(a, DeviceId(1), ConnKind::Device);
+            let (_room, mut room) = n2.register(a, DeviceId(1), ConnKind::Room);
+            n1.publish(&[a], &Push::MissedCalls { count: 1 })
+                .await
+                .expect("published");
+            assert!(matches!(next(&mut phone).await, HubMsg::Event(_)));
+
+            // A frame replayed (same origin and number): dropped.
+            let DeviceBus::Redis(bus) = &n1.bus else {
+                panic!("a cluster's hub")
+            };
+            let mut replay = frame(b'E', bus.origin, 0);
+            replay[9..17].copy_from_slice(&1u64.to_le_bytes());
+            replay.extend_from_slice(&1u16.to_le_bytes());
+            replay.extend_from_slice(&a.0.to_le_bytes());
+            replay.extend_from_slice(br#"{"type":"replayed"}"#);
+            let mut redis_conn = bus.cluster.redis();
+            let _: () = redis::cmd("PUBLISH")
+                .arg(channel())
+                .arg(replay)
+                .query_async(&mut redis_conn)
+                .await
+                .expect("publish");
+            // A frame lost (as when a publish fails): the next one shows the
+            // gap, and the device socket is closed (its room session kept).
+            bus.skipped.store(true, Ordering::Release);
+            n1.publish(&[a], &Push::MissedCalls { count: 2 })
+                .await
+                .expect("published");
+            match next(&mut phone).await {
+                HubMsg::Close { code, .. } => assert_eq!(code, CLOSE_BUS_LOST),
+                other => panic!("not closed: {other:?}"),
+            }
+            assert!(room.try_recv().is_err());
+        })
+        .await
+        .expect("timed out");
     }
 }
