@@ -176,6 +176,20 @@ async fn a_redis_restart_closes_device_sockets_and_they_come_back() {
         assert_eq!(watcher.closed().await, Some(1012));
         assert_eq!(phone_sock.closed().await, Some(1012));
         assert!(nodes[0].wait_ready(false, Duration::from_secs(10)).await);
+        // A change made meanwhile cannot be pushed to the other nodes: 503.
+        let e = nodes[1]
+            .api()
+            .put(
+                "/api/v1/calls/settings",
+                &phone.access,
+                json!({"dnd": true}),
+            )
+            .await
+            .err(503, None);
+        assert!(
+            e["message"].as_str().unwrap().contains("cluster bus"),
+            "{e}"
+        );
 
         nodes.redis.restart();
         for n in &nodes.nodes {
