@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `VELA_BENCH_SAMPLES` (default 300) edits and as many presence changes,
-//! one at a time; bounded in count and time.
+//! one at a time; bounded in count and time. `VELA_BENCH_SINGLE=1`: the
+//! baseline, one node without Redis ("node 2" is node 1 too).
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -96,11 +97,18 @@ async fn cross_node_push_and_api_call_latency() {
         .unwrap_or(300)
         .clamp(10, 5_000);
     tokio::time::timeout(Duration::from_secs(600), async {
-        let nodes = Nodes::start("bench", 2, &[]).await;
+        let single = std::env::var("VELA_BENCH_SINGLE").is_ok_and(|v| v == "1");
+        let nodes = if single {
+            // The later setting wins: no Redis, the local bus and presence.
+            Nodes::start("bench", 1, &[("VELA_CLUSTER_REDIS_URL", "")]).await
+        } else {
+            Nodes::start("bench", 2, &[]).await
+        };
+        let second = nodes.nodes.len() - 1;
         for n in &nodes.nodes {
             assert!(n.wait_ready(true, Duration::from_secs(10)).await);
         }
-        let (n1, n2) = (nodes[0].api(), nodes[1].api());
+        let (n1, n2) = (nodes[0].api(), nodes[second].api());
         n1.register("mia", PASSWORD).await;
         n1.register("bob", PASSWORD).await;
         let phone = n1.login("mia", PASSWORD, "phone", "Mia's phone").await;
@@ -108,8 +116,8 @@ async fn cross_node_push_and_api_call_latency() {
         let bob = n2.login("bob", PASSWORD, "desktop", "Bob's desk").await;
         n1.link(&phone, &bob).await;
         let mut here = Probe::connect(&nodes[0].addr, &phone.access).await;
-        let mut there = Probe::connect(&nodes[1].addr, &desk.access).await;
-        let mut contact_there = Probe::connect(&nodes[1].addr, &bob.access).await;
+        let mut there = Probe::connect(&nodes[second].addr, &desk.access).await;
+        let mut contact_there = Probe::connect(&nodes[second].addr, &bob.access).await;
 
         // A contact edit on node 1: the API call, and its push on both nodes.
         let c = n1
