@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{DeviceClient, Login, Seen, presences_of};
-use crate::nodes::Nodes;
+use crate::common::{DeviceClient, Login, Seen, SessionClient, presences_of};
+use crate::nodes::{NODE_TIMEOUT_MS, Nodes};
+use crate::rooms::rooms_on;
 
 const PASSWORD: &str = "correct horse battery";
 /// `presence.heartbeat_timeout_ms` of these nodes.
@@ -155,6 +156,58 @@ async fn the_devices_of_a_killed_node_go_offline_after_the_heartbeat_timeout() {
             .ok(200);
         assert_eq!(got["status"], "offline");
         assert_eq!(got["last_seen"], p["last_seen"]);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_device_in_a_room_on_a_killed_node_goes_offline_after_the_node_timeout() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let mut nodes = cluster("presence-room", 2).await;
+        let (phone, _desk, bob) = mia_and_bob(&nodes).await;
+        let mia = phone.account;
+        // Mia is in a room (no device socket): in a call while its node
+        // renews the room's lease.
+        let _session =
+            SessionClient::join_at(&nodes[1].addr, &phone.access, Some("team"), None, false)
+                .await
+                .unwrap();
+        let mut room_node = None;
+        for (i, n) in nodes.nodes.iter().enumerate() {
+            if rooms_on(n).await.iter().any(|(r, _)| r == "team") {
+                room_node = Some(i);
+            }
+        }
+        let room_node = room_node.expect("the room is open on a node");
+        let other = 1 - room_node;
+        let mut watcher =
+            DeviceClient::connect_addr(&nodes[other].addr, &bob.access, Some(BEAT)).await;
+        assert_eq!(
+            watcher.ready["contacts"][0]["presence"]["status"],
+            "in_call"
+        );
+        // Past the heartbeat timeout, still in the call: the lease holds.
+        tokio::time::sleep(Duration::from_millis(TIMEOUT_MS + 300)).await;
+        let p = nodes[other]
+            .api()
+            .get(&format!("/api/v1/presence/{mia}"), &bob.access)
+            .await
+            .ok(200);
+        assert_eq!(p["status"], "in_call");
+
+        let killed = tokio::time::Instant::now();
+        nodes[room_node].kill().await;
+        watcher.expect_presence(mia, "offline").await;
+        let after = killed.elapsed();
+        assert!(
+            after >= Duration::from_millis(NODE_TIMEOUT_MS / 2),
+            "{after:?}"
+        );
+        assert!(
+            after < Duration::from_millis(NODE_TIMEOUT_MS * 3),
+            "{after:?}"
+        );
     })
     .await
     .expect("test timed out");
