@@ -342,6 +342,12 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         sweeper,
         shutdown_rx.clone(),
     ));
+    tokio::spawn(
+        state
+            .devices
+            .clone()
+            .watch_missed_closes(shutdown_rx.clone()),
+    );
     let limits = ListenerLimits::new(
         state.config.server.max_connections,
         Duration::from_millis(state.config.server.header_timeout_ms),

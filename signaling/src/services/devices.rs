@@ -4,11 +4,13 @@
 //! device limit, password changes and resets, and the expiry sweep all
 //! sign out the same way, through this service.
 
+use tokio::sync::watch;
+
 use crate::domain::ids::{AccountId, DeviceId, now_ms};
-use crate::services::hub::{CLOSE_REVOKED, Hub};
+use crate::services::hub::{CLOSE_DISABLED, CLOSE_REVOKED, Hub};
 use crate::services::presence::PresenceHandle;
 use crate::services::push::{Push, SignOutReason};
-use crate::services::store::{Store, StoreError};
+use crate::services::store::{SignInState, Store, StoreError};
 
 /// Signs devices out; cheap to clone.
 #[derive(Debug, Clone)]
@@ -44,6 +46,42 @@ impl Devices {
         );
         self.presence.device_removed(account, device);
         tracing::info!(%account, %device, %reason, connections = n, "device signed out");
+    }
+
+    /// Until `shutdown`: each time this node may have missed closes from
+    /// the cluster's other nodes (it was off the bus), checks its room
+    /// sessions of signed-in devices against the store and ends those whose
+    /// device was signed out or whose account was disabled meanwhile. (Its
+    /// device sockets were closed then, and reload.)
+    pub async fn watch_missed_closes(self, mut shutdown: watch::Receiver<bool>) {
+        let mut missed = self.hub.missed_closes();
+        loop {
+            tokio::select! {
+                changed = missed.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            for (account, device) in self.hub.room_sessions() {
+                match self.store.sign_in_state(account, device).await {
+                    Ok(SignInState::Active) => {}
+                    Ok(SignInState::Disabled) => {
+                        let n = self.hub.close_account(
+                            account,
+                            Some(&Push::AccountDisabled),
+                            CLOSE_DISABLED,
+                            "account disabled",
+                        );
+                        tracing::info!(%account, connections = n, "disabled while off the cluster bus: closed");
+                    }
+                    Ok(SignInState::Revoked | SignInState::Unknown) => {
+                        tracing::info!(%account, %device, "signed out while off the cluster bus");
+                        self.disconnect(account, device, SignOutReason::Revoked);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%account, %device, error = %e, "cannot check a room session's device");
+                    }
+                }
+            }
+        }
     }
 
     /// Revokes `device` in the store and disconnects it; `false` when there

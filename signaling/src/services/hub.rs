@@ -108,6 +108,8 @@ pub struct Hub {
     bus: DeviceBus,
     /// Per topic, the version of the last versioned push delivered here.
     versions: Arc<Mutex<HashMap<AccountId, u64>>>,
+    /// Counts the times this node may have missed closes from the others.
+    missed: Arc<watch::Sender<u64>>,
 }
 
 /// Keeps a connection registered; unregisters it when dropped.
@@ -139,6 +141,7 @@ impl Hub {
             next: Arc::default(),
             bus,
             versions: Arc::default(),
+            missed: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -157,6 +160,36 @@ impl Hub {
             DeviceBus::Local => true,
             DeviceBus::Redis(bus) => bus.live(),
         }
+    }
+
+    /// Changes each time this node may have missed closes published by the
+    /// others (it was off the cluster's bus, or frames were lost): its
+    /// device sockets are closed then, but its room sessions go on, and
+    /// must be checked against the store ([`crate::services::devices::Devices::watch_missed_closes`]).
+    pub fn missed_closes(&self) -> watch::Receiver<u64> {
+        self.missed.subscribe()
+    }
+
+    fn note_missed(&self) {
+        self.missed.send_modify(|n| *n += 1);
+    }
+
+    /// The signed-in devices with a room session on this node.
+    pub fn room_sessions(&self) -> Vec<(AccountId, DeviceId)> {
+        let Ok(m) = self.conns.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(AccountId, DeviceId)> = m
+            .iter()
+            .flat_map(|(a, list)| {
+                list.iter()
+                    .filter(|c| c.kind == ConnKind::Room)
+                    .map(|c| (*a, c.device))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Registers a connection of `device`; its messages arrive on the receiver.

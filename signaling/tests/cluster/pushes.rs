@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::DeviceClient;
+use crate::common::{DeviceClient, SessionClient};
 use crate::nodes::Nodes;
+use crate::rooms::rooms_on;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -104,6 +105,61 @@ async fn a_contact_edit_on_node_1_reaches_node_3_and_a_revoke_cuts_it_off_at_onc
         assert_eq!(m["device_id"], desk.device);
         assert_eq!(sock.closed().await, Some(4002));
         assert!(at.elapsed() < Duration::from_secs(1), "{:?}", at.elapsed());
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_room_session_of_a_device_revoked_during_a_redis_outage_ends_when_redis_is_back() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let mut nodes = Nodes::start("pushes-outage", 2, &[]).await;
+        for n in &nodes.nodes {
+            assert!(
+                n.wait_ready(true, Duration::from_secs(10)).await,
+                "{}",
+                nodes.logs()
+            );
+        }
+        nodes[0].api().register("mia", PASSWORD).await;
+        let phone = nodes[0]
+            .api()
+            .login("mia", PASSWORD, "phone", "Mia's phone")
+            .await;
+        let desk = nodes[1]
+            .api()
+            .login("mia", PASSWORD, "desktop", "Mia's desk")
+            .await;
+        let mut session =
+            SessionClient::join_at(&nodes[1].addr, &desk.access, Some("team"), None, false)
+                .await
+                .unwrap();
+        let mut room_node = None;
+        for (i, n) in nodes.nodes.iter().enumerate() {
+            if rooms_on(n).await.iter().any(|(r, _)| r == "team") {
+                room_node = Some(i);
+            }
+        }
+        let other = 1 - room_node.expect("the room is open on a node");
+
+        // Redis goes away; the desk is revoked on the other node meanwhile:
+        // the close cannot travel, the room session goes on...
+        nodes.redis.stop();
+        assert!(
+            nodes[other]
+                .wait_ready(false, Duration::from_secs(10))
+                .await
+        );
+        nodes[other]
+            .api()
+            .delete(&format!("/api/v1/devices/{}", desk.device), &phone.access)
+            .await
+            .ok(204);
+        session.pump(Duration::from_millis(500)).await;
+        assert!(!session.saw_type("error"), "{:?}", session.seen);
+        // ...until its node is back on the bus and checks it.
+        nodes.redis.restart();
+        assert_eq!(session.ws.close_code().await, Some(4002));
     })
     .await
     .expect("test timed out");

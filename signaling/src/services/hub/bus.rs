@@ -46,6 +46,10 @@
 //!   until it has, refuses new device sockets (1013) and publishes (a
 //!   [`BusError`], 503 for an HTTP request), skipping a `seq` so that the
 //!   other nodes see the gap.
+//! - Room sessions are not closed (rooms go on through an outage): after a
+//!   gap or a new subscription, [`Hub::missed_closes`] changes and the
+//!   node checks its room sessions' devices against the store
+//!   (`Devices::watch_missed_closes`), ending those signed out meanwhile.
 //!
 //! # Connected devices
 //! Each node keeps `vela:hub:devices:{account}`, a sorted set of
@@ -329,6 +333,7 @@ impl RedisBus {
             }
             Some(last) if seq > expected(last) => {
                 let n = hub.close_all_devices(CLOSE_BUS_LOST, "cluster bus lost pushes");
+                hub.note_missed();
                 tracing::warn!(
                     origin,
                     lost = seq - expected(last),
@@ -505,6 +510,7 @@ async fn subscribe_loop(
             .node_timeout_ms
             .max(config.heartbeat_ms.saturating_mul(3)),
     );
+    let mut first = true;
     loop {
         if *shutdown.borrow() {
             return;
@@ -535,6 +541,11 @@ async fn subscribe_loop(
         bus.live.store(true, Ordering::Release);
         let _ = subscribed.send(true);
         tracing::info!("on the cluster bus");
+        if !first {
+            // Closes published while off the bus never came.
+            hub.note_missed();
+        }
+        first = false;
         let why = loop {
             tokio::select! {
                 m = stream.next() => match m {
