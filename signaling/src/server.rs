@@ -502,8 +502,7 @@ fn router(state: AppState) -> Router {
 
 /// `GET /readyz`: 200 when new work can be taken (store answering, media
 /// driver running, the cluster's Redis answering, this node registered and
-/// on its bus,
-/// not shutting down), else 503 with the reason.
+/// on its bus, not shutting down), else 503 with the reason.
 async fn readyz(State(state): State<AppState>) -> Response {
     let not_ready = |why: &'static str| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     if *state.shutdown.borrow() {
