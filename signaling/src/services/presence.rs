@@ -445,6 +445,101 @@ async fn run(
 
 /// How many due devices one reaping script pops at most.
 const REAP_BATCH: usize = 256;
+/// After a failed Redis command, how long the presence task does without
+/// Redis (inputs skipped, queries answered `Offline` at once) rather than
+/// queue every input and query behind a timeout each.
+const REDIS_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The shared presence, skipped for [`REDIS_BACKOFF`] after a failure.
+struct Link {
+    shared: SharedPresence,
+    down_until: Option<tokio::time::Instant>,
+}
+
+impl Link {
+    fn up(&mut self) -> bool {
+        self.down_until
+            .is_none_or(|t| tokio::time::Instant::now() >= t)
+    }
+
+    fn failed(&mut self, what: &str, e: &redis::RedisError) {
+        if self.down_until.is_none() {
+            tracing::warn!(error = %e, what, "the shared presence is unreachable: inputs skipped and queries answered offline until it is back");
+        }
+        self.down_until = Some(tokio::time::Instant::now() + REDIS_BACKOFF);
+    }
+
+    fn succeeded(&mut self) {
+        if self.down_until.take().is_some() {
+            tracing::info!("the shared presence is back");
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        account: AccountId,
+        device: DeviceId,
+        op: Op,
+        republish: bool,
+    ) -> Option<Outcome> {
+        if !self.up() {
+            tracing::debug!(%account, %device, ?op, "shared presence down: input skipped");
+            return None;
+        }
+        match self.shared.apply(account, device, op, republish).await {
+            Ok(o) => {
+                self.succeeded();
+                Some(o)
+            }
+            Err(e) => {
+                self.failed("update", &e);
+                None
+            }
+        }
+    }
+
+    async fn statuses(&mut self, accounts: &[AccountId]) -> Vec<Status> {
+        if self.up() {
+            match self.shared.statuses(accounts).await {
+                Ok(s) => {
+                    self.succeeded();
+                    return s;
+                }
+                Err(e) => self.failed("read", &e),
+            }
+        }
+        vec![Status::Offline; accounts.len()]
+    }
+
+    async fn device_statuses(&mut self, account: AccountId, devices: &[DeviceId]) -> Vec<Status> {
+        if self.up() {
+            match self.shared.device_statuses(account, devices).await {
+                Ok(s) => {
+                    self.succeeded();
+                    return s;
+                }
+                Err(e) => self.failed("read", &e),
+            }
+        }
+        vec![Status::Offline; devices.len()]
+    }
+
+    async fn reap(&mut self) -> Vec<Outcome> {
+        if !self.up() {
+            return Vec::new();
+        }
+        match self.shared.reap(REAP_BATCH).await {
+            Ok(o) => {
+                self.succeeded();
+                o
+            }
+            Err(e) => {
+                self.failed("reap", &e);
+                Vec::new()
+            }
+        }
+    }
+}
 
 /// The presence task of a cluster's node: inputs in arrival order, one
 /// script each; every `every`, the due devices reaped and this node's
@@ -457,34 +552,28 @@ async fn run_shared(
     hub: Hub,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut link = Link {
+        shared,
+        down_until: None,
+    };
     // The rooms this node's devices are in: renewed, so that they end
     // with this node.
     let mut rooms: HashMap<DeviceId, (AccountId, u32)> = HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let outcome = async |shared: &SharedPresence, account, device, op, republish| match shared
-        .apply(account, device, op, republish)
-        .await
-    {
-        Ok(o) => Some(o),
-        Err(e) => {
-            tracing::warn!(%account, %device, ?op, error = %e, "cannot update the shared presence");
-            None
-        }
-    };
     loop {
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let done: Option<(Outcome, bool)> = match cmd {
-                    Cmd::Activity(a, d) => outcome(&shared, a, d, Op::Activity, false).await.map(|o| (o, false)),
+                    Cmd::Activity(a, d) => link.apply(a, d, Op::Activity, false).await.map(|o| (o, false)),
                     Cmd::SetStatus { account, device, status, republish } => {
                         let op = status.map_or(Op::Activity, Op::Status);
-                        outcome(&shared, account, device, op, republish).await.map(|o| (o, republish))
+                        link.apply(account, device, op, republish).await.map(|o| (o, republish))
                     }
                     Cmd::CallStarted(a, d) => {
                         rooms.entry(d).or_insert((a, 0)).1 += 1;
-                        outcome(&shared, a, d, Op::CallStarted, false).await.map(|o| (o, false))
+                        link.apply(a, d, Op::CallStarted, false).await.map(|o| (o, false))
                     }
                     Cmd::CallEnded(a, d) => {
                         if let Some(r) = rooms.get_mut(&d) {
@@ -493,28 +582,18 @@ async fn run_shared(
                                 rooms.remove(&d);
                             }
                         }
-                        outcome(&shared, a, d, Op::CallEnded, false).await.map(|o| (o, false))
+                        link.apply(a, d, Op::CallEnded, false).await.map(|o| (o, false))
                     }
-                    Cmd::DeviceRemoved(a, d) => outcome(&shared, a, d, Op::Removed, false).await.map(|o| (o, false)),
+                    Cmd::DeviceRemoved(a, d) => link.apply(a, d, Op::Removed, false).await.map(|o| (o, false)),
                     Cmd::AccountRemoved(a) => {
-                        outcome(&shared, a, DeviceId(0), Op::AccountRemoved, false).await.map(|o| (o, false))
+                        link.apply(a, DeviceId(0), Op::AccountRemoved, false).await.map(|o| (o, false))
                     }
                     Cmd::Statuses(accounts, reply) => {
-                        let n = accounts.len();
-                        let statuses = shared.statuses(&accounts).await.unwrap_or_else(|e| {
-                            tracing::warn!(error = %e, "cannot read the shared presence");
-                            vec![Status::Offline; n]
-                        });
-                        let _ = reply.send(statuses);
+                        let _ = reply.send(link.statuses(&accounts).await);
                         None
                     }
                     Cmd::DeviceStatuses(account, devices, reply) => {
-                        let n = devices.len();
-                        let statuses = shared.device_statuses(account, &devices).await.unwrap_or_else(|e| {
-                            tracing::warn!(error = %e, "cannot read the shared presence");
-                            vec![Status::Offline; n]
-                        });
-                        let _ = reply.send(statuses);
+                        let _ = reply.send(link.device_statuses(account, &devices).await);
                         None
                     }
                 };
@@ -525,24 +604,19 @@ async fn run_shared(
                 }
             }
             _ = tick.tick() => {
+                // Renewed absolutely (the count), so that rooms come back
+                // after Redis lost its data.
                 for (d, (a, n)) in &rooms {
-                    let _ = outcome(&shared, *a, *d, Op::Renew(*n), false).await;
+                    let _ = link.apply(*a, *d, Op::Renew(*n), false).await;
                 }
                 loop {
-                    match shared.reap(REAP_BATCH).await {
-                        Ok(gone) => {
-                            let more = gone.len() == REAP_BATCH;
-                            for o in gone {
-                                apply_at(&store, &hub, o.account, o.previous, o.status, o.last_active, Some(o.version)).await;
-                            }
-                            if !more {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot reap the shared presence");
-                            break;
-                        }
+                    let gone = link.reap().await;
+                    let more = gone.len() == REAP_BATCH;
+                    for o in gone {
+                        apply_at(&store, &hub, o.account, o.previous, o.status, o.last_active, Some(o.version)).await;
+                    }
+                    if !more {
+                        break;
                     }
                 }
             }

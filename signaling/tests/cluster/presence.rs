@@ -243,6 +243,19 @@ async fn a_redis_restart_closes_device_sockets_and_they_come_back() {
             e["message"].as_str().unwrap().contains("cluster bus"),
             "{e}"
         );
+        // Presence cannot be read: offline, at once.
+        let asked = tokio::time::Instant::now();
+        let p = nodes[0]
+            .api()
+            .get(&format!("/api/v1/presence/{mia}"), &bob.access)
+            .await
+            .ok(200);
+        assert_eq!(p["status"], "offline");
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            asked.elapsed()
+        );
 
         nodes.redis.restart();
         for n in &nodes.nodes {
