@@ -15,7 +15,7 @@
 //! # Frames
 //! Binary, little-endian: `kind u8 | origin u64 | seq u64 | body`, where
 //! the body is, per kind:
-//! - `E` (push): `n u16 | n x account i64 | text` (the push as serialised
+//! - `E` (push): `n u32 | n x account i64 | text` (the push as serialised
 //!   once by [`Push::encode`](crate::services::push::Push::encode), sent as
 //!   is: no second encoding);
 //! - `D` (close a device): `account i64 | device i64 | code u16 | text?`;
@@ -118,6 +118,16 @@ fn channel() -> String {
     Cluster::key(&["bus"])
 }
 
+/// Appends `n u32 | n x account i64`.
+fn put_accounts(f: &mut Vec<u8>, accounts: &[AccountId]) {
+    // A push goes to an account and its contacts: far below u32::MAX.
+    let n = u32::try_from(accounts.len()).unwrap_or(u32::MAX);
+    f.extend_from_slice(&n.to_le_bytes());
+    for a in accounts.iter().take(n as usize) {
+        f.extend_from_slice(&a.0.to_le_bytes());
+    }
+}
+
 fn frame(kind: u8, origin: u64, body_len: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(HEADER + body_len);
     f.push(kind);
@@ -205,21 +215,8 @@ impl RedisBus {
         text: &str,
         ack: Option<oneshot::Sender<Result<(), BusError>>>,
     ) {
-        let Ok(n) = u16::try_from(accounts.len()) else {
-            // Callers push to one account or to a contact list (bounded far below).
-            for chunk in accounts.chunks(usize::from(u16::MAX)) {
-                self.event(chunk, text, None);
-            }
-            if let Some(ack) = ack {
-                let _ = ack.send(Ok(()));
-            }
-            return;
-        };
-        let mut f = frame(b'E', self.origin, 2 + 8 * accounts.len() + text.len());
-        f.extend_from_slice(&n.to_le_bytes());
-        for a in accounts {
-            f.extend_from_slice(&a.0.to_le_bytes());
-        }
+        let mut f = frame(b'E', self.origin, 4 + 8 * accounts.len() + text.len());
+        put_accounts(&mut f, accounts);
         f.extend_from_slice(text.as_bytes());
         self.send(f, ack);
     }
@@ -232,16 +229,10 @@ impl RedisBus {
         accounts: &[AccountId],
         text: &str,
     ) {
-        // Recipients: the account and its contacts (bounded far below u16).
-        let n = u16::try_from(accounts.len()).unwrap_or(u16::MAX);
-        let accounts = &accounts[..usize::from(n)];
-        let mut f = frame(b'V', self.origin, 18 + 8 * accounts.len() + text.len());
+        let mut f = frame(b'V', self.origin, 20 + 8 * accounts.len() + text.len());
         f.extend_from_slice(&topic.0.to_le_bytes());
         f.extend_from_slice(&version.to_le_bytes());
-        f.extend_from_slice(&n.to_le_bytes());
-        for a in accounts {
-            f.extend_from_slice(&a.0.to_le_bytes());
-        }
+        put_accounts(&mut f, accounts);
         f.extend_from_slice(text.as_bytes());
         self.send(f, None);
     }
@@ -355,11 +346,11 @@ impl RedisBus {
             Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
         };
         let event = |body: &[u8]| -> Option<(Vec<AccountId>, Arc<str>)> {
-            let n = usize::from(u16_at(body, 0)?);
+            let n = usize::try_from(u32::from_le_bytes(body.get(..4)?.try_into().ok()?)).ok()?;
             let accounts: Vec<AccountId> = (0..n)
-                .map(|i| i64_at(body, 2 + 8 * i).map(AccountId))
+                .map(|i| i64_at(body, 4 + 8 * i).map(AccountId))
                 .collect::<Option<_>>()?;
-            Some((accounts, text(body.get(2 + 8 * n..)?)?))
+            Some((accounts, text(body.get(4 + 8 * n..)?)?))
         };
         let done = match kind {
             b'E' => event(body).map(|(accounts, t)| {
@@ -624,7 +615,7 @@ mod tests {
             };
             let mut replay = frame(b'E', bus.origin, 0);
             replay[9..17].copy_from_slice(&1u64.to_le_bytes());
-            replay.extend_from_slice(&1u16.to_le_bytes());
+            replay.extend_from_slice(&1u32.to_le_bytes());
             replay.extend_from_slice(&a.0.to_le_bytes());
             replay.extend_from_slice(br#"{"type":"replayed"}"#);
             let mut redis_conn = bus.cluster.redis();
