@@ -178,10 +178,14 @@ fn admin(config: &Config, cmd: AdminCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(admin_in_store(
-        &StoreLocation::from_config(&config.store),
-        cmd,
-    )) {
+    let location = match StoreLocation::from_config(&config.store) {
+        Ok(location) => location,
+        Err(e) => {
+            eprintln!("vela: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(admin_in_store(&location, cmd)) {
         Ok(text) => {
             #[allow(clippy::print_stdout)]
             {

@@ -146,11 +146,15 @@ impl RunningServer {
 
 /// Binds the media port and the HTTP listener as configured and starts serving.
 pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
-    let location = StoreLocation::from_config(&config.store);
+    let location =
+        StoreLocation::from_config(&config.store).map_err(|source| StartError::Store {
+            path: config.store.path.clone(),
+            source,
+        })?;
     let store = Store::connect(&location)
         .await
         .map_err(|source| StartError::Store {
-            path: config.store.path.clone(),
+            path: location.to_string(),
             source,
         })?;
     tracing::info!(store = %location, "store open");
@@ -209,6 +213,13 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     } else {
         None
     };
+    // The store writes this node's heartbeat, open calls and presence marks
+    // under its cluster id, so nodes sharing a database recover only their
+    // own rows after a crash.
+    let store = match &cluster {
+        Some(cluster) => store.for_node(&cluster.node().id),
+        None => store,
+    };
     let (key, secret) = config.auth.effective_key();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let socket_tasks = TaskTracker::new();
@@ -227,7 +238,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
             .recover_presence(now_ms())
             .await
             .map_err(|source| StartError::Store {
-                path: config.store.path.clone(),
+                path: location.to_string(),
                 source,
             })?
     };
@@ -274,7 +285,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     )
     .await
     .map_err(|source| StartError::Store {
-        path: config.store.path.clone(),
+        path: location.to_string(),
         source,
     })?;
     // In a cluster, rooms open on one node each, found through Redis; the

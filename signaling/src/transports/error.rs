@@ -245,9 +245,27 @@ impl From<BusError> for ApiError {
     }
 }
 
+/// Seconds a client waits before retrying when the database is unreachable.
+const STORE_RETRY_AFTER_SECS: u64 = 2;
+
 impl From<crate::services::store::StoreError> for ApiError {
     fn from(e: crate::services::store::StoreError) -> Self {
-        ApiError::internal(e)
+        use crate::services::store::StoreError;
+        match e {
+            StoreError::Conflict => ApiError::conflict("already exists"),
+            // An outage (or a lost lock race): the request may succeed
+            // again shortly, on this node or another.
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "store unavailable");
+                let mut a = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the database is unavailable; retry in {STORE_RETRY_AFTER_SECS} s"),
+                );
+                a.retry_after = Some(STORE_RETRY_AFTER_SECS);
+                a
+            }
+            e => ApiError::internal(e),
+        }
     }
 }
 
@@ -293,6 +311,17 @@ mod tests {
         assert!(e.message.contains("Redis"), "{}", e.message);
         let e = ApiError::from(LimitError::TooMany(TooMany { retry_after: 3 }));
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn a_store_outage_is_503_with_retry_after() {
+        use crate::services::store::StoreError;
+        let e = ApiError::from(StoreError::from(sqlx::Error::PoolTimedOut));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(STORE_RETRY_AFTER_SECS));
+        let e = ApiError::from(StoreError::from(sqlx::Error::RowNotFound));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.retry_after, None);
     }
 
     #[test]

@@ -107,11 +107,12 @@ fn is_missed(r: &Record) -> bool {
 impl Store {
     /// An account's call settings (defaults when never set).
     pub async fn call_settings(&self, account: AccountId) -> Result<CallSettings, StoreError> {
-        let row: Option<(bool, String)> =
-            sqlx::query_as("SELECT dnd, allow FROM call_settings WHERE account_id = ?")
-                .bind(account.0)
-                .fetch_optional(self.sqlite())
-                .await?;
+        let row: Option<(bool, String)> = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT dnd, allow FROM call_settings WHERE account_id = $1"
+        )
+        .bind(account.0)
+        .fetch_optional(pool)
+        .await)?;
         Ok(
             row.map_or_else(CallSettings::default, |(dnd, allow)| CallSettings {
                 dnd,
@@ -126,15 +127,16 @@ impl Store {
         account: AccountId,
         s: CallSettings,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO call_settings (account_id, dnd, allow) VALUES (?, ?, ?)
+        with_pool!(self, |pool| sqlx::query(
+            "INSERT INTO call_settings (account_id, dnd, allow) VALUES ($1, $2, $3)
              ON CONFLICT (account_id) DO UPDATE SET dnd = excluded.dnd, allow = excluded.allow",
         )
         .bind(account.0)
         .bind(s.dnd)
         .bind(s.allow.as_str())
-        .execute(self.sqlite())
-        .await?;
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -146,32 +148,33 @@ impl Store {
         other: AccountId,
         favorites_only: bool,
     ) -> Result<bool, StoreError> {
-        let hit: Option<i64> = sqlx::query_scalar(
+        let hit: Option<i32> = with_pool!(self, |pool| sqlx::query_scalar(
             "SELECT 1 FROM contacts
-             WHERE account_id = ? AND linked_account_id = ? AND deleted = 0
-               AND (? = 0 OR favorite = 1)
+             WHERE account_id = $1 AND linked_account_id = $2 AND NOT deleted
+               AND (NOT $3 OR favorite)
              LIMIT 1",
         )
         .bind(owner.0)
         .bind(other.0)
         .bind(favorites_only)
-        .fetch_optional(self.sqlite())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(hit.is_some())
     }
 
     /// The first call id not used by any history entry or open call.
     pub async fn next_call_id(&self) -> Result<CallId, StoreError> {
-        let max: Option<i64> = sqlx::query_scalar(
+        let max: Option<i64> = with_pool!(self, |pool| sqlx::query_scalar(
             "SELECT MAX(id) FROM (SELECT MAX(call_id) AS id FROM call_history
-                                  UNION ALL SELECT MAX(call_id) FROM open_calls)",
+                                  UNION ALL SELECT MAX(call_id) FROM open_calls) AS ids",
         )
-        .fetch_one(self.sqlite())
-        .await?;
+        .fetch_one(pool)
+        .await)?;
         Ok(CallId(max.unwrap_or(0) + 1))
     }
 
-    /// Keeps call `id` as it is now (replacing what was kept before).
+    /// Keeps call `id` as it is now (replacing what was kept before), as a
+    /// call this node runs.
     pub async fn put_open_call(
         &self,
         id: CallId,
@@ -179,35 +182,43 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(open).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO open_calls (call_id, body, updated_at) VALUES (?, ?, ?)
+        with_pool!(self, |pool| sqlx::query(
+            "INSERT INTO open_calls (call_id, body, updated_at, node_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT (call_id) DO UPDATE SET body = excluded.body,
-                                                 updated_at = excluded.updated_at",
+                                                 updated_at = excluded.updated_at,
+                                                 node_id = excluded.node_id",
         )
         .bind(id.0)
         .bind(json)
         .bind(now)
-        .execute(self.sqlite())
-        .await?;
+        .bind(&*self.node)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Forgets an open call (it ended; its entries are in the history).
     pub async fn remove_open_call(&self, id: CallId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM open_calls WHERE call_id = ?")
-            .bind(id.0)
-            .execute(self.sqlite())
-            .await?;
+        with_pool!(self, |pool| sqlx::query(
+            "DELETE FROM open_calls WHERE call_id = $1"
+        )
+        .bind(id.0)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
-    /// Every call kept open (a cluster's new owner of the calls takes them
-    /// over); unreadable ones are logged and left for a person to look at.
+    /// Every call kept open, whichever node kept it (a cluster's new owner
+    /// of the calls takes them over); unreadable ones are logged and left
+    /// for a person to look at.
     pub async fn open_calls(&self) -> Result<Vec<OpenCall>, StoreError> {
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT call_id, body FROM open_calls ORDER BY call_id")
-                .fetch_all(self.sqlite())
-                .await?;
+        let rows: Vec<(i64, String)> = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT call_id, body FROM open_calls ORDER BY call_id"
+        )
+        .fetch_all(pool)
+        .await)?;
         Ok(rows
             .into_iter()
             .filter_map(|(call_id, json)| match serde_json::from_str(&json) {
@@ -220,18 +231,22 @@ impl Store {
             .collect())
     }
 
-    /// Turns the calls a crash left open into history entries: each ends
-    /// when the server was last known running (or its last change, if
+    /// Turns the calls a crash of this node left open into history entries
+    /// (only this node's: another node sharing the database runs its own):
+    /// each ends when this node was last known running (or its last change, if
     /// later; never after `now`). Entries already stored (a crash between
     /// a call's end and its row's removal) are not stored twice, so this
     /// can run again after being interrupted. Returns each call as it was
     /// kept, when it ended, and the entries stored.
     pub async fn recover_open_calls(&self, now: i64) -> Result<Vec<InterruptedCall>, StoreError> {
         let alive = self.last_alive().await?.unwrap_or(0);
-        let rows: Vec<(i64, String, i64)> =
-            sqlx::query_as("SELECT call_id, body, updated_at FROM open_calls ORDER BY call_id")
-                .fetch_all(self.sqlite())
-                .await?;
+        let rows: Vec<(i64, String, i64)> = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT call_id, body, updated_at FROM open_calls
+             WHERE node_id = $1 ORDER BY call_id"
+        )
+        .bind(&*self.node)
+        .fetch_all(pool)
+        .await)?;
         let mut calls = Vec::new();
         for (call_id, json, updated_at) in rows {
             let open: OpenCall = match serde_json::from_str(&json) {
@@ -249,17 +264,17 @@ impl Store {
             for mut r in open.records {
                 r.ended_at = ended_at.max(r.started_at).max(r.answered_at.unwrap_or(0));
                 // Skipped: entries already stored, and accounts deleted since.
-                let (account, already): (bool, bool) = sqlx::query_as(
-                    "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?),
+                let (account, already): (bool, bool) = with_pool!(self, |pool| sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1),
                             EXISTS (SELECT 1 FROM call_history
-                                    WHERE account_id = ? AND call_id = ? AND started_at = ?)",
+                                    WHERE account_id = $2 AND call_id = $3 AND started_at = $4)",
                 )
                 .bind(r.account_id.0)
                 .bind(r.account_id.0)
                 .bind(r.call_id.0)
                 .bind(r.started_at)
-                .fetch_one(self.sqlite())
-                .await?;
+                .fetch_one(pool)
+                .await)?;
                 if account && !already {
                     stored.push(self.add_call_record(&r).await?);
                 }
@@ -284,11 +299,11 @@ impl Store {
             Direction::Outgoing => "outgoing",
             Direction::Incoming => "incoming",
         };
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = with_pool!(self, |pool| sqlx::query_scalar(
             "INSERT INTO call_history (account_id, call_id, direction, video, participants,
                                        started_at, answered_at, ended_at, outcome, device_id,
                                        handed_over_to, seen)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              RETURNING id",
         )
         .bind(r.account_id.0)
@@ -303,8 +318,8 @@ impl Store {
         .bind(r.device_id.map(|d| d.0))
         .bind(handed)
         .bind(!is_missed(r))
-        .fetch_one(self.sqlite())
-        .await?;
+        .fetch_one(pool)
+        .await)?;
         Ok(CallRecord {
             id: CallRecordId(id),
             unseen: is_missed(r),
@@ -321,38 +336,41 @@ impl Store {
         before: Option<CallRecordId>,
         limit: i64,
     ) -> Result<Vec<CallRecord>, StoreError> {
-        let rows: Vec<HistoryRow> = sqlx::query_as(
+        let rows: Vec<HistoryRow> = with_pool!(self, |pool| sqlx::query_as(
             "SELECT id, account_id, call_id, direction, video, participants, started_at,
                     answered_at, ended_at, outcome, device_id, handed_over_to, seen
              FROM call_history
-             WHERE account_id = ? AND (? IS NULL OR id < ?)
-             ORDER BY id DESC LIMIT ?",
+             WHERE account_id = $1 AND ($2 IS NULL OR id < $3)
+             ORDER BY id DESC LIMIT $4",
         )
         .bind(account.0)
         .bind(before.map(|b| b.0))
         .bind(before.map(|b| b.0))
         .bind(limit)
-        .fetch_all(self.sqlite())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.into_iter().map(HistoryRow::into_record).collect()
     }
 
     /// How many missed calls the account has not marked seen.
     pub async fn missed_count(&self, account: AccountId) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM call_history WHERE account_id = ? AND seen = 0",
+        Ok(with_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM call_history WHERE account_id = $1 AND NOT seen",
         )
         .bind(account.0)
-        .fetch_one(self.sqlite())
-        .await?)
+        .fetch_one(pool)
+        .await)?)
     }
 
     /// Marks every missed call of the account seen.
     pub async fn mark_missed_seen(&self, account: AccountId) -> Result<(), StoreError> {
-        sqlx::query("UPDATE call_history SET seen = 1 WHERE account_id = ? AND seen = 0")
-            .bind(account.0)
-            .execute(self.sqlite())
-            .await?;
+        with_pool!(self, |pool| sqlx::query(
+            "UPDATE call_history SET seen = TRUE WHERE account_id = $1 AND NOT seen"
+        )
+        .bind(account.0)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 }

@@ -1,7 +1,5 @@
 //! The address book: versions, revisions and tombstones.
 
-use sqlx::{Sqlite, Transaction};
-
 use super::{Store, StoreError};
 use crate::domain::contact::{Contact, ContactFields, ContactFilter, Labeled};
 use crate::domain::ids::{AccountId, ContactId};
@@ -35,7 +33,7 @@ impl From<sqlx::Error> for ContactWriteError {
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
                 ContactWriteError::NoSuchLinkedAccount
             }
-            _ => ContactWriteError::Store(StoreError::Db(e)),
+            _ => ContactWriteError::Store(StoreError::from(e)),
         }
     }
 }
@@ -111,77 +109,88 @@ impl ContactRow {
     }
 }
 
-/// Bumps and returns the account's revision; as the first statement of a
-/// write transaction it also takes the write lock.
-async fn bump_revision(
-    tx: &mut Transaction<'static, Sqlite>,
-    account: AccountId,
-) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "UPDATE accounts SET contacts_revision = contacts_revision + 1 WHERE id = ?
-         RETURNING contacts_revision",
-    )
-    .bind(account.0)
-    .fetch_one(&mut **tx)
-    .await?)
+/// Bumps and returns the account's revision (`Result<i64, sqlx::Error>`),
+/// in `$tx`, a write transaction of either backend. As its first statement
+/// it also serialises the account's address book writes: SQLite's write
+/// lock, PostgreSQL's lock on the account row (held to the commit), so a
+/// conditional write after it reads the latest committed version.
+macro_rules! bump_revision {
+    ($tx:expr, $account:expr) => {
+        sqlx::query_scalar::<_, i64>(
+            "UPDATE accounts SET contacts_revision = contacts_revision + 1 WHERE id = $1
+             RETURNING contacts_revision",
+        )
+        .bind($account.0)
+        .fetch_one(&mut *$tx)
+        .await
+    };
 }
 
-/// Ends a conditional write of one entry that changed `n` rows: commits and
-/// returns the entry as it now is, or, when nothing changed, rolls back (the
-/// revision bump with it) and says why: the entry moved past `based_on`, or
-/// it is gone.
-async fn finish_write(
-    mut tx: Transaction<'static, Sqlite>,
-    n: u64,
-    account: AccountId,
-    id: ContactId,
-    based_on: Option<i64>,
-) -> Result<Contact, ContactWriteError> {
-    let current = read_contact(&mut tx, account, id).await?;
-    if n == 0 {
-        drop(tx);
-        return Err(match (current, based_on) {
-            (Some(c), Some(based_on)) if !c.deleted => ContactWriteError::Stale {
-                based_on,
-                current: Box::new(c),
+/// The entry `$id` of `$account` as `$tx` sees it:
+/// `Result<Option<Contact>, StoreError>`.
+macro_rules! read_contact {
+    ($tx:expr, $account:expr, $id:expr) => {
+        match sqlx::query_as::<_, ContactRow>(
+            "SELECT c.id, c.version, c.revision, c.deleted, c.display_name, c.phones, c.emails,
+                    c.groups_json, c.linked_account_id, c.favorite, c.notes, c.created_at,
+                    c.updated_at, a.username AS linked_username
+             FROM contacts c LEFT JOIN accounts a ON a.id = c.linked_account_id
+             WHERE c.id = $1 AND c.account_id = $2",
+        )
+        .bind($id.0)
+        .bind($account.0)
+        .fetch_optional(&mut *$tx)
+        .await
+        {
+            Ok(row) => row.map(ContactRow::into_contact).transpose(),
+            Err(e) => Err(StoreError::from(e)),
+        }
+    };
+}
+
+/// Ends a conditional write of one entry that changed `$n` rows: commits
+/// and returns the entry as it now is, or, when nothing changed, rolls back
+/// (the revision bump with it) and says why: the entry moved past
+/// `$based_on`, or it is gone. `Result<Contact, ContactWriteError>`.
+macro_rules! finish_write {
+    ($tx:expr, $n:expr, $account:expr, $id:expr, $based_on:expr) => {{
+        let mut tx = $tx;
+        match read_contact!(tx, $account, $id) {
+            Err(e) => Err(ContactWriteError::from(e)),
+            Ok(current) if $n == 0 => {
+                drop(tx);
+                Err(not_written(current, $based_on))
+            }
+            Ok(None) => Err(ContactWriteError::NotFound),
+            Ok(Some(contact)) => match tx.commit().await {
+                Ok(()) => Ok(contact),
+                Err(e) => Err(ContactWriteError::from(e)),
             },
-            _ => ContactWriteError::NotFound,
-        });
-    }
-    let contact = current.ok_or(ContactWriteError::NotFound)?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(contact)
+        }
+    }};
 }
 
-async fn read_contact(
-    tx: &mut Transaction<'static, Sqlite>,
-    account: AccountId,
-    id: ContactId,
-) -> Result<Option<Contact>, StoreError> {
-    let row: Option<ContactRow> = sqlx::query_as(
-        "SELECT c.id, c.version, c.revision, c.deleted, c.display_name, c.phones, c.emails,
-                c.groups_json, c.linked_account_id, c.favorite, c.notes, c.created_at,
-                c.updated_at, a.username AS linked_username
-         FROM contacts c LEFT JOIN accounts a ON a.id = c.linked_account_id
-         WHERE c.id = ? AND c.account_id = ?",
-    )
-    .bind(id.0)
-    .bind(account.0)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.map(ContactRow::into_contact).transpose()
+/// Why a conditional write changed nothing, given the entry as it is.
+fn not_written(current: Option<Contact>, based_on: Option<i64>) -> ContactWriteError {
+    match (current, based_on) {
+        (Some(c), Some(based_on)) if !c.deleted => ContactWriteError::Stale {
+            based_on,
+            current: Box::new(c),
+        },
+        _ => ContactWriteError::NotFound,
+    }
 }
 
 impl Store {
     /// The account's current address book revision.
     pub async fn contacts_revision(&self, account: AccountId) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT contacts_revision FROM accounts WHERE id = ?")
-                .bind(account.0)
-                .fetch_optional(self.sqlite())
-                .await?
-                .unwrap_or(0),
+        Ok(with_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT contacts_revision FROM accounts WHERE id = $1"
         )
+        .bind(account.0)
+        .fetch_optional(pool)
+        .await)?
+        .unwrap_or(0))
     }
 
     /// Adds an entry to the address book.
@@ -191,33 +200,34 @@ impl Store {
         f: &ContactFields,
         now: i64,
     ) -> Result<Contact, ContactWriteError> {
-        let mut tx = self.write_tx().await?;
-        let revision = bump_revision(&mut tx, account).await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO contacts (account_id, version, revision, display_name, phones, emails,
-                                   groups_json, linked_account_id, favorite, notes,
-                                   created_at, updated_at)
-             VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             RETURNING id",
-        )
-        .bind(account.0)
-        .bind(revision)
-        .bind(&f.display_name)
-        .bind(to_json(&f.phones)?)
-        .bind(to_json(&f.emails)?)
-        .bind(to_json(&f.groups)?)
-        .bind(f.linked_account.map(|a| a.0))
-        .bind(f.favorite)
-        .bind(&f.notes)
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let contact = read_contact(&mut tx, account, ContactId(id))
-            .await?
-            .ok_or(ContactWriteError::NotFound)?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(contact)
+        with_pool!(self, |pool| {
+            let mut tx = pool.write_tx().await?;
+            let revision = bump_revision!(tx, account)?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO contacts (account_id, version, revision, display_name, phones, emails,
+                                       groups_json, linked_account_id, favorite, notes,
+                                       created_at, updated_at)
+                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 RETURNING id",
+            )
+            .bind(account.0)
+            .bind(revision)
+            .bind(&f.display_name)
+            .bind(to_json(&f.phones)?)
+            .bind(to_json(&f.emails)?)
+            .bind(to_json(&f.groups)?)
+            .bind(f.linked_account.map(|a| a.0))
+            .bind(f.favorite)
+            .bind(&f.notes)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let contact =
+                read_contact!(tx, account, ContactId(id))?.ok_or(ContactWriteError::NotFound)?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(contact)
+        })
     }
 
     /// A live entry of the address book.
@@ -226,17 +236,17 @@ impl Store {
         account: AccountId,
         id: ContactId,
     ) -> Result<Option<Contact>, StoreError> {
-        let row: Option<ContactRow> = sqlx::query_as(
+        let row: Option<ContactRow> = with_pool!(self, |pool| sqlx::query_as(
             "SELECT c.id, c.version, c.revision, c.deleted, c.display_name, c.phones, c.emails,
                     c.groups_json, c.linked_account_id, c.favorite, c.notes, c.created_at,
                     c.updated_at, a.username AS linked_username
              FROM contacts c LEFT JOIN accounts a ON a.id = c.linked_account_id
-             WHERE c.id = ? AND c.account_id = ? AND c.deleted = 0",
+             WHERE c.id = $1 AND c.account_id = $2 AND NOT c.deleted",
         )
         .bind(id.0)
         .bind(account.0)
-        .fetch_optional(self.sqlite())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         row.map(ContactRow::into_contact).transpose()
     }
 
@@ -247,44 +257,55 @@ impl Store {
         account: AccountId,
         filter: &ContactFilter,
     ) -> Result<(Vec<Contact>, i64), StoreError> {
-        let mut tx = self.sqlite().begin().await?;
-        let revision: i64 =
-            sqlx::query_scalar("SELECT contacts_revision FROM accounts WHERE id = ?")
-                .bind(account.0)
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or(0);
-        let q = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-        let rows: Vec<ContactRow> = sqlx::query_as(
-            "SELECT c.id, c.version, c.revision, c.deleted, c.display_name, c.phones, c.emails,
-                    c.groups_json, c.linked_account_id, c.favorite, c.notes, c.created_at,
-                    c.updated_at, a.username AS linked_username
-             FROM contacts c LEFT JOIN accounts a ON a.id = c.linked_account_id
-             WHERE c.account_id = ? AND c.deleted = 0
-               AND (? IS NULL OR instr(lower(c.display_name), lower(?)) > 0)
-               AND (? IS NULL OR c.favorite = ?)
-             ORDER BY lower(c.display_name), c.id",
-        )
-        .bind(account.0)
-        .bind(q)
-        .bind(q)
-        .bind(filter.favorite)
-        .bind(filter.favorite)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let c = r.into_contact()?;
-            let in_group = match (&filter.group, &c.fields) {
-                (Some(g), Some(f)) => f.groups.iter().any(|x| x == g),
-                _ => true,
-            };
-            if in_group {
-                out.push(c);
+        with_pool!(self, |pool| {
+            let mut tx = pool.read_tx().await?;
+            let revision: i64 =
+                sqlx::query_scalar("SELECT contacts_revision FROM accounts WHERE id = $1")
+                    .bind(account.0)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .unwrap_or(0);
+            let q = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+            // The one difference: SQLite's `instr` is PostgreSQL's `strpos`.
+            macro_rules! search {
+                ($contains:literal) => {
+                    concat!(
+                        "SELECT c.id, c.version, c.revision, c.deleted, c.display_name, c.phones,
+                                c.emails, c.groups_json, c.linked_account_id, c.favorite, c.notes,
+                                c.created_at, c.updated_at, a.username AS linked_username
+                         FROM contacts c LEFT JOIN accounts a ON a.id = c.linked_account_id
+                         WHERE c.account_id = $1 AND NOT c.deleted
+                           AND ($2 IS NULL OR ",
+                        $contains,
+                        "(lower(c.display_name), lower($3)) > 0)
+                           AND ($4 IS NULL OR c.favorite = $5)
+                         ORDER BY lower(c.display_name), c.id"
+                    )
+                };
             }
-        }
-        Ok((out, revision))
+            let rows: Vec<ContactRow> =
+                sqlx::query_as(pool.pick(search!("instr"), search!("strpos")))
+                    .bind(account.0)
+                    .bind(q)
+                    .bind(q)
+                    .bind(filter.favorite)
+                    .bind(filter.favorite)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let c = r.into_contact()?;
+                let in_group = match (&filter.group, &c.fields) {
+                    (Some(g), Some(f)) => f.groups.iter().any(|x| x == g),
+                    _ => true,
+                };
+                if in_group {
+                    out.push(c);
+                }
+            }
+            Ok((out, revision))
+        })
     }
 
     /// Replaces the fields of an entry if it is still at `based_on`.
@@ -296,30 +317,32 @@ impl Store {
         f: &ContactFields,
         now: i64,
     ) -> Result<Contact, ContactWriteError> {
-        let mut tx = self.write_tx().await?;
-        let revision = bump_revision(&mut tx, account).await?;
-        let n = sqlx::query(
-            "UPDATE contacts SET display_name = ?, phones = ?, emails = ?, groups_json = ?,
-                    linked_account_id = ?, favorite = ?, notes = ?,
-                    version = version + 1, revision = ?, updated_at = ?
-             WHERE id = ? AND account_id = ? AND deleted = 0 AND version = ?",
-        )
-        .bind(&f.display_name)
-        .bind(to_json(&f.phones)?)
-        .bind(to_json(&f.emails)?)
-        .bind(to_json(&f.groups)?)
-        .bind(f.linked_account.map(|a| a.0))
-        .bind(f.favorite)
-        .bind(&f.notes)
-        .bind(revision)
-        .bind(now)
-        .bind(id.0)
-        .bind(account.0)
-        .bind(based_on)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        finish_write(tx, n, account, id, Some(based_on)).await
+        with_pool!(self, |pool| {
+            let mut tx = pool.write_tx().await?;
+            let revision = bump_revision!(tx, account)?;
+            let n = sqlx::query(
+                "UPDATE contacts SET display_name = $1, phones = $2, emails = $3, groups_json = $4,
+                        linked_account_id = $5, favorite = $6, notes = $7,
+                        version = version + 1, revision = $8, updated_at = $9
+                 WHERE id = $10 AND account_id = $11 AND NOT deleted AND version = $12",
+            )
+            .bind(&f.display_name)
+            .bind(to_json(&f.phones)?)
+            .bind(to_json(&f.emails)?)
+            .bind(to_json(&f.groups)?)
+            .bind(f.linked_account.map(|a| a.0))
+            .bind(f.favorite)
+            .bind(&f.notes)
+            .bind(revision)
+            .bind(now)
+            .bind(id.0)
+            .bind(account.0)
+            .bind(based_on)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            finish_write!(tx, n, account, id, Some(based_on))
+        })
     }
 
     /// Deletes an entry (leaving a tombstone), if it is still at `based_on`
@@ -331,24 +354,26 @@ impl Store {
         based_on: Option<i64>,
         now: i64,
     ) -> Result<Contact, ContactWriteError> {
-        let mut tx = self.write_tx().await?;
-        let revision = bump_revision(&mut tx, account).await?;
-        let n = sqlx::query(
-            "UPDATE contacts SET deleted = 1, display_name = '', phones = '[]', emails = '[]',
-                    groups_json = '[]', linked_account_id = NULL, favorite = 0, notes = '',
-                    version = version + 1, revision = ?, updated_at = ?
-             WHERE id = ? AND account_id = ? AND deleted = 0 AND (? IS NULL OR version = ?)",
-        )
-        .bind(revision)
-        .bind(now)
-        .bind(id.0)
-        .bind(account.0)
-        .bind(based_on)
-        .bind(based_on)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        finish_write(tx, n, account, id, based_on).await
+        with_pool!(self, |pool| {
+            let mut tx = pool.write_tx().await?;
+            let revision = bump_revision!(tx, account)?;
+            let n = sqlx::query(
+                "UPDATE contacts SET deleted = TRUE, display_name = '', phones = '[]', emails = '[]',
+                        groups_json = '[]', linked_account_id = NULL, favorite = FALSE, notes = '',
+                        version = version + 1, revision = $1, updated_at = $2
+                 WHERE id = $3 AND account_id = $4 AND NOT deleted AND ($5 IS NULL OR version = $6)",
+            )
+            .bind(revision)
+            .bind(now)
+            .bind(id.0)
+            .bind(account.0)
+            .bind(based_on)
+            .bind(based_on)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            finish_write!(tx, n, account, id, based_on)
+        })
     }
 
     /// Entries changed after revision `since` (tombstones included; from 0,
@@ -359,43 +384,45 @@ impl Store {
         since: i64,
         limit: i64,
     ) -> Result<ContactChanges, StoreError> {
-        let mut tx = self.sqlite().begin().await?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT contacts_revision FROM accounts WHERE id = ?")
-                .bind(account.0)
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or(0);
-        let rows: Vec<ContactRow> = sqlx::query_as(
-            "SELECT c.id, c.version, c.revision, c.deleted, c.display_name, c.phones, c.emails,
-                    c.groups_json, c.linked_account_id, c.favorite, c.notes, c.created_at,
-                    c.updated_at, a.username AS linked_username
-             FROM contacts c LEFT JOIN accounts a ON a.id = c.linked_account_id
-             WHERE c.account_id = ? AND c.revision > ? AND (? > 0 OR c.deleted = 0)
-             ORDER BY c.revision LIMIT ?",
-        )
-        .bind(account.0)
-        .bind(since)
-        .bind(since)
-        .bind(limit + 1)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let has_more = rows.len() as i64 > limit;
-        let changes = rows
-            .into_iter()
-            .take(usize::try_from(limit).unwrap_or(0))
-            .map(ContactRow::into_contact)
-            .collect::<Result<Vec<_>, _>>()?;
-        let revision = if has_more {
-            changes.last().map_or(current, |c| c.revision)
-        } else {
-            current
-        };
-        Ok(ContactChanges {
-            revision,
-            changes,
-            has_more,
+        with_pool!(self, |pool| {
+            let mut tx = pool.read_tx().await?;
+            let current: i64 =
+                sqlx::query_scalar("SELECT contacts_revision FROM accounts WHERE id = $1")
+                    .bind(account.0)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .unwrap_or(0);
+            let rows: Vec<ContactRow> = sqlx::query_as(
+                "SELECT c.id, c.version, c.revision, c.deleted, c.display_name, c.phones, c.emails,
+                        c.groups_json, c.linked_account_id, c.favorite, c.notes, c.created_at,
+                        c.updated_at, a.username AS linked_username
+                 FROM contacts c LEFT JOIN accounts a ON a.id = c.linked_account_id
+                 WHERE c.account_id = $1 AND c.revision > $2 AND ($3 > 0 OR NOT c.deleted)
+                 ORDER BY c.revision LIMIT $4",
+            )
+            .bind(account.0)
+            .bind(since)
+            .bind(since)
+            .bind(limit + 1)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let has_more = rows.len() as i64 > limit;
+            let changes = rows
+                .into_iter()
+                .take(usize::try_from(limit).unwrap_or(0))
+                .map(ContactRow::into_contact)
+                .collect::<Result<Vec<_>, _>>()?;
+            let revision = if has_more {
+                changes.last().map_or(current, |c| c.revision)
+            } else {
+                current
+            };
+            Ok(ContactChanges {
+                revision,
+                changes,
+                has_more,
+            })
         })
     }
 }

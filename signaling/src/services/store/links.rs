@@ -55,71 +55,86 @@ impl Store {
         message: &str,
         now: i64,
     ) -> Result<RequestOutcome, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let (a, b) = ordered(from, to);
-        let mutual: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM mutual_contacts WHERE account_a = ? AND account_b = ?",
-        )
-        .bind(a)
-        .bind(b)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if mutual.is_some() {
-            return Err(StoreError::Conflict);
-        }
-        let reverse = sqlx::query(
-            "DELETE FROM contact_requests WHERE from_account_id = ? AND to_account_id = ?",
-        )
-        .bind(to.0)
-        .bind(from.0)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if reverse > 0 {
-            sqlx::query(
-                "INSERT INTO mutual_contacts (account_a, account_b, created_at) VALUES (?, ?, ?)",
+        with_pool!(self, |pool| {
+            let mut tx = pool.write_tx().await?;
+            let (a, b) = ordered(from, to);
+            // Two requests crossing (A to B, B to A, on two nodes) must meet:
+            // PostgreSQL locks both accounts, in id order (no deadlock), so
+            // the second sees the first's request and makes them mutual.
+            sqlx::query(pool.pick(
+                "SELECT id FROM accounts WHERE id IN ($1, $2)",
+                "SELECT id FROM accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE",
+            ))
+            .bind(a)
+            .bind(b)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mutual: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM mutual_contacts WHERE account_a = $1 AND account_b = $2",
             )
             .bind(a)
             .bind(b)
-            .bind(now)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            tx.commit().await?;
-            return Ok(RequestOutcome::Mutual);
-        }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO contact_requests (from_account_id, to_account_id, message, created_at)
-             VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(from.0)
-        .bind(to.0)
-        .bind(message)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(super::unique)?;
-        tx.commit().await?;
-        let request = self
-            .request(RequestId(id))
+            if mutual.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            let reverse = sqlx::query(
+                "DELETE FROM contact_requests WHERE from_account_id = $1 AND to_account_id = $2",
+            )
+            .bind(to.0)
+            .bind(from.0)
+            .execute(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::Corrupt("a new request vanished".into()))?;
-        Ok(RequestOutcome::Pending(request))
+            .rows_affected();
+            if reverse > 0 {
+                sqlx::query(
+                    "INSERT INTO mutual_contacts (account_a, account_b, created_at) VALUES ($1, $2, $3)",
+                )
+                .bind(a)
+                .bind(b)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(RequestOutcome::Mutual);
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO contact_requests (from_account_id, to_account_id, message, created_at)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(from.0)
+            .bind(to.0)
+            .bind(message)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(super::unique)?;
+            tx.commit().await?;
+            let request = self
+                .request(RequestId(id))
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("a new request vanished".into()))?;
+            Ok(RequestOutcome::Pending(request))
+        })
     }
 
     /// A pending request by id.
     pub async fn request(&self, id: RequestId) -> Result<Option<ContactRequest>, StoreError> {
-        let row: Option<RequestRow> = sqlx::query_as(
+        let row: Option<RequestRow> = with_pool!(self, |pool| sqlx::query_as(
             "SELECT r.id, r.message, r.created_at,
-                    f.id AS from_id, f.username AS from_username, f.display_name AS from_display_name,
-                    t.id AS to_id, t.username AS to_username, t.display_name AS to_display_name
+                    f.id AS from_id, f.username AS from_username,
+                    f.display_name AS from_display_name,
+                    t.id AS to_id, t.username AS to_username,
+                    t.display_name AS to_display_name
              FROM contact_requests r
              JOIN accounts f ON f.id = r.from_account_id
              JOIN accounts t ON t.id = r.to_account_id
-             WHERE r.id = ?",
+             WHERE r.id = $1",
         )
         .bind(id.0)
-        .fetch_optional(self.sqlite())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row.map(ContactRequest::from))
     }
 
@@ -128,20 +143,22 @@ impl Store {
         &self,
         account: AccountId,
     ) -> Result<(Vec<ContactRequest>, Vec<ContactRequest>), StoreError> {
-        let rows: Vec<RequestRow> = sqlx::query_as(
+        let rows: Vec<RequestRow> = with_pool!(self, |pool| sqlx::query_as(
             "SELECT r.id, r.message, r.created_at,
-                    f.id AS from_id, f.username AS from_username, f.display_name AS from_display_name,
-                    t.id AS to_id, t.username AS to_username, t.display_name AS to_display_name
+                    f.id AS from_id, f.username AS from_username,
+                    f.display_name AS from_display_name,
+                    t.id AS to_id, t.username AS to_username,
+                    t.display_name AS to_display_name
              FROM contact_requests r
              JOIN accounts f ON f.id = r.from_account_id
              JOIN accounts t ON t.id = r.to_account_id
-             WHERE r.from_account_id = ? OR r.to_account_id = ?
+             WHERE r.from_account_id = $1 OR r.to_account_id = $2
              ORDER BY r.id",
         )
         .bind(account.0)
         .bind(account.0)
-        .fetch_all(self.sqlite())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         let (incoming, outgoing) = rows
             .into_iter()
             .map(ContactRequest::from)
@@ -163,28 +180,31 @@ impl Store {
         if request.to.id != to {
             return Ok(None);
         }
-        let mut tx = self.write_tx().await?;
-        let n = sqlx::query("DELETE FROM contact_requests WHERE id = ? AND to_account_id = ?")
-            .bind(id.0)
-            .bind(to.0)
+        with_pool!(self, |pool| {
+            let mut tx = pool.write_tx().await?;
+            let n =
+                sqlx::query("DELETE FROM contact_requests WHERE id = $1 AND to_account_id = $2")
+                    .bind(id.0)
+                    .bind(to.0)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if n == 0 {
+                return Ok(None);
+            }
+            let (a, b) = ordered(request.from.id, to);
+            sqlx::query(
+                "INSERT INTO mutual_contacts (account_a, account_b, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (account_a, account_b) DO NOTHING",
+            )
+            .bind(a)
+            .bind(b)
+            .bind(now)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            return Ok(None);
-        }
-        let (a, b) = ordered(request.from.id, to);
-        sqlx::query(
-            "INSERT INTO mutual_contacts (account_a, account_b, created_at) VALUES (?, ?, ?)
-             ON CONFLICT (account_a, account_b) DO NOTHING",
-        )
-        .bind(a)
-        .bind(b)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(request))
+            .await?;
+            tx.commit().await?;
+            Ok(Some(request))
+        })
     }
 
     /// Deletes request `id` if `account` sent or received it; returns it.
@@ -199,24 +219,26 @@ impl Store {
         if request.from.id != account && request.to.id != account {
             return Ok(None);
         }
-        let n = sqlx::query("DELETE FROM contact_requests WHERE id = ?")
-            .bind(id.0)
-            .execute(self.sqlite())
-            .await?
-            .rows_affected();
+        let n = with_pool!(self, |pool| sqlx::query(
+            "DELETE FROM contact_requests WHERE id = $1"
+        )
+        .bind(id.0)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok((n > 0).then_some(request))
     }
 
     /// Whether `a` and `b` are mutual contacts.
     pub async fn is_mutual(&self, a: AccountId, b: AccountId) -> Result<bool, StoreError> {
         let (a, b) = ordered(a, b);
-        let row: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM mutual_contacts WHERE account_a = ? AND account_b = ?",
+        let row: Option<i32> = with_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT 1 FROM mutual_contacts WHERE account_a = $1 AND account_b = $2",
         )
         .bind(a)
         .bind(b)
-        .fetch_optional(self.sqlite())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row.is_some())
     }
 
@@ -225,16 +247,17 @@ impl Store {
         &self,
         account: AccountId,
     ) -> Result<Vec<AccountSummary>, StoreError> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, String)> = with_pool!(self, |pool| sqlx::query_as(
             "SELECT a.id, a.username, a.display_name FROM accounts a
              JOIN mutual_contacts m
-               ON (m.account_a = ? AND m.account_b = a.id) OR (m.account_b = ? AND m.account_a = a.id)
+               ON (m.account_a = $1 AND m.account_b = a.id)
+               OR (m.account_b = $2 AND m.account_a = a.id)
              ORDER BY lower(a.display_name), a.id",
         )
         .bind(account.0)
         .bind(account.0)
-        .fetch_all(self.sqlite())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(rows
             .into_iter()
             .map(|(id, username, display_name)| AccountSummary {
@@ -247,26 +270,28 @@ impl Store {
 
     /// The ids of the mutual contacts of `account`.
     pub async fn mutual_ids(&self, account: AccountId) -> Result<Vec<AccountId>, StoreError> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT account_b FROM mutual_contacts WHERE account_a = ?
-             UNION SELECT account_a FROM mutual_contacts WHERE account_b = ?",
+        let ids: Vec<i64> = with_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT account_b FROM mutual_contacts WHERE account_a = $1
+             UNION SELECT account_a FROM mutual_contacts WHERE account_b = $2",
         )
         .bind(account.0)
         .bind(account.0)
-        .fetch_all(self.sqlite())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(ids.into_iter().map(AccountId).collect())
     }
 
     /// Ends the link between `a` and `b`; `false` when there was none.
     pub async fn remove_mutual(&self, a: AccountId, b: AccountId) -> Result<bool, StoreError> {
         let (a, b) = ordered(a, b);
-        let n = sqlx::query("DELETE FROM mutual_contacts WHERE account_a = ? AND account_b = ?")
-            .bind(a)
-            .bind(b)
-            .execute(self.sqlite())
-            .await?
-            .rows_affected();
+        let n = with_pool!(self, |pool| sqlx::query(
+            "DELETE FROM mutual_contacts WHERE account_a = $1 AND account_b = $2"
+        )
+        .bind(a)
+        .bind(b)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(n > 0)
     }
 }

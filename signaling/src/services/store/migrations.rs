@@ -1,4 +1,6 @@
-//! The schema's migrations (`signaling/migrations/`), built into the binary.
+//! The schema's migrations, built into the binary: SQLite's in
+//! `signaling/migrations/`, PostgreSQL's in `signaling/migrations/postgres/`,
+//! kept in step (the same versions and names; a test checks).
 //!
 //! What `sqlx::migrate!()` does, without sqlx's macros crate: each file is
 //! one [`Migration`] with the version and description of its name
@@ -12,7 +14,7 @@ use futures_util::future::BoxFuture;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
-/// Every migration file: its name and text, in version order.
+/// Every SQLite migration file: its name and text, in version order.
 const FILES: &[(&str, &str)] = &[
     (
         "0001_accounts_devices_contacts.sql",
@@ -26,16 +28,49 @@ const FILES: &[(&str, &str)] = &[
         "0003_open_calls.sql",
         include_str!("../../../migrations/0003_open_calls.sql"),
     ),
+    (
+        "0004_node_heartbeats.sql",
+        include_str!("../../../migrations/0004_node_heartbeats.sql"),
+    ),
 ];
 
-/// The migrations in [`FILES`].
-#[derive(Debug)]
-pub struct Embedded;
+/// Every PostgreSQL migration file, in version order.
+const POSTGRES_FILES: &[(&str, &str)] = &[
+    (
+        "0001_accounts_devices_contacts.sql",
+        include_str!("../../../migrations/postgres/0001_accounts_devices_contacts.sql"),
+    ),
+    (
+        "0002_calls.sql",
+        include_str!("../../../migrations/postgres/0002_calls.sql"),
+    ),
+    (
+        "0003_open_calls.sql",
+        include_str!("../../../migrations/postgres/0003_open_calls.sql"),
+    ),
+    (
+        "0004_node_heartbeats.sql",
+        include_str!("../../../migrations/postgres/0004_node_heartbeats.sql"),
+    ),
+];
+
+/// The built-in migrations of one backend.
+#[derive(Debug, Clone, Copy)]
+pub enum Embedded {
+    /// [`FILES`].
+    Sqlite,
+    /// [`POSTGRES_FILES`].
+    Postgres,
+}
 
 impl MigrationSource<'static> for Embedded {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        let files = match self {
+            Embedded::Sqlite => FILES,
+            Embedded::Postgres => POSTGRES_FILES,
+        };
         Box::pin(async move {
-            FILES
+            files
                 .iter()
                 .map(|(name, sql)| migration(name, sql))
                 .collect::<Result<Vec<_>, _>>()
@@ -68,13 +103,13 @@ fn migration(name: &str, sql: &'static str) -> Result<Migration, BoxDynError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_file_in_the_folder_is_built_in_in_order() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
-        let mut on_disk: Vec<(String, String)> = std::fs::read_dir(dir)
+    /// The `.sql` files in `dir`, by name.
+    fn on_disk(dir: &str) -> Vec<(String, String)> {
+        let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
             .expect("migrations folder")
-            .map(|e| {
-                let path = e.expect("entry").path();
+            .map(|e| e.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|x| x == "sql"))
+            .map(|path| {
                 let name = path
                     .file_name()
                     .expect("name")
@@ -84,17 +119,54 @@ mod tests {
                 (name, text)
             })
             .collect();
-        on_disk.sort();
-        let built_in: Vec<(String, String)> = FILES
+        files.sort();
+        files
+    }
+
+    fn built_in(files: &[(&str, &str)]) -> Vec<(String, String)> {
+        files
             .iter()
             .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
-            .collect();
-        assert_eq!(built_in, on_disk, "list every migration file in FILES");
+            .collect()
+    }
+
+    #[test]
+    fn every_file_in_the_folder_is_built_in_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        assert_eq!(
+            built_in(FILES),
+            on_disk(dir),
+            "list every migration file in FILES"
+        );
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+        assert_eq!(
+            built_in(POSTGRES_FILES),
+            on_disk(dir),
+            "list every PostgreSQL migration file in POSTGRES_FILES"
+        );
         let versions: Vec<i64> = FILES
             .iter()
             .map(|(n, t)| migration(n, t).expect("valid").version)
             .collect();
         assert_eq!(versions, (1..=FILES.len() as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let names = |files: &[(&str, &'static str)]| -> Vec<(i64, String)> {
+            files
+                .iter()
+                .map(|(n, t)| {
+                    let m = migration(n, t).expect("valid");
+                    (m.version, m.description.into_owned())
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(FILES),
+            names(POSTGRES_FILES),
+            "a migration of one backend needs its twin in the other's folder"
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The store against SQLite: in memory, and a file with concurrent writers.
+//! The store against both backends: every test runs on SQLite (in memory,
+//! or a file where several connections matter) and on a fresh database of
+//! the test process's throwaway PostgreSQL (`vela_testkit`).
 
 use super::*;
 use crate::domain::account::Role;
@@ -7,6 +9,91 @@ use crate::domain::call::{Calls, OpenCall, Output, Person};
 use crate::domain::contact::{ContactBody, ContactFields, ContactFilter};
 use crate::domain::device::DeviceKind;
 use crate::domain::ids::{AccountId, CallId, ContactId, DeviceId};
+
+/// Bounds every test: a hung database fails it rather than the run.
+async fn within_limit<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(std::time::Duration::from_secs(60), test)
+        .await
+        .expect("the test finished in time");
+}
+
+/// A new empty PostgreSQL database (the server starts on first use).
+async fn postgres_location() -> StoreLocation {
+    let url = tokio::task::spawn_blocking(|| vela_testkit::Postgres::shared().database().url)
+        .await
+        .expect("start PostgreSQL");
+    StoreLocation::Postgres { url }
+}
+
+/// A new SQLite file in a folder of its own (removed by the caller).
+fn sqlite_file_location() -> (StoreLocation, std::path::PathBuf) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vela-store-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("store.sqlite").to_string_lossy().into_owned();
+    (StoreLocation::Sqlite { path }, dir)
+}
+
+/// `on_both! { async fn name(s) { ... } }`: the body, given a [`Store`],
+/// as two tests, `name::sqlite` (in memory) and `name::postgres`.
+macro_rules! on_both {
+    (async fn $name:ident($s:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            async fn run($s: Store) $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                within_limit(async {
+                    run(Store::open(":memory:").await.expect("open")).await
+                })
+                .await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                within_limit(async {
+                    let at = postgres_location().await;
+                    run(Store::connect(&at).await.expect("connect")).await
+                })
+                .await
+            }
+        }
+    };
+}
+
+/// `on_shared! { async fn name(at) { ... } }`: the body, given a
+/// [`StoreLocation`] it may open several times (several nodes, or several
+/// connections), on a multi-threaded runtime, as two tests: `name::sqlite`
+/// (a file) and `name::postgres`.
+macro_rules! on_shared {
+    (async fn $name:ident($at:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            async fn run($at: StoreLocation) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let (at, dir) = sqlite_file_location();
+                within_limit(run(at)).await;
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                within_limit(async { run(postgres_location().await).await }).await
+            }
+        }
+    };
+}
 
 fn fields(name: &str) -> ContactFields {
     ContactBody {
@@ -31,9 +118,8 @@ async fn account(s: &Store, name: &str) -> AccountId {
         .id
 }
 
-#[tokio::test]
-async fn revisions_versions_and_tombstones() {
-    let s = Store::open(":memory:").await.expect("open");
+on_both! {
+async fn revisions_versions_and_tombstones(s) {
     let a = account(&s, "ann").await;
     let b = account(&s, "bob").await;
     assert!(matches!(
@@ -113,10 +199,10 @@ async fn revisions_versions_and_tombstones() {
     let l = s.create_contact(a, &linked, 41).await.expect("linked");
     assert_eq!(l.linked_username.as_deref(), Some("bob"));
 }
+}
 
-#[tokio::test]
-async fn devices_refresh_tokens_and_links() {
-    let s = Store::open(":memory:").await.expect("open");
+on_both! {
+async fn devices_refresh_tokens_and_links(s) {
     let a = account(&s, "ann").await;
     let b = account(&s, "bob").await;
     let d = s
@@ -205,10 +291,10 @@ async fn devices_refresh_tokens_and_links() {
     ));
     assert!(s.is_mutual(a, b).await.expect("mutual"));
 }
+}
 
-#[tokio::test]
-async fn devices_whose_sessions_ran_out_are_found_and_their_tokens_dropped() {
-    let s = Store::open(":memory:").await.expect("open");
+on_both! {
+async fn devices_whose_sessions_ran_out_are_found_and_their_tokens_dropped(s) {
     let a = account(&s, "ann").await;
     let device = |label: &'static str, at: i64| {
         let s = &s;
@@ -238,11 +324,14 @@ async fn devices_whose_sessions_ran_out_are_found_and_their_tokens_dropped() {
     s.insert_refresh_token(used, b"u0", 5000)
         .await
         .expect("token");
-    sqlx::query("UPDATE refresh_tokens SET rotated_at = 90 WHERE token_hash = ?")
-        .bind(&b"u0"[..])
-        .execute(s.sqlite())
-        .await
-        .expect("mark used");
+    with_pool!(s, |pool| sqlx::query(
+        "UPDATE refresh_tokens SET rotated_at = 90 WHERE token_hash = $1"
+    )
+    .bind(&b"u0"[..])
+    .execute(pool)
+    .await
+    .map(|_| ()))
+    .expect("mark used");
     // Recently active (a login just now, its token not stored yet).
     let fresh = device("fresh", 950).await;
     // Already revoked.
@@ -262,16 +351,11 @@ async fn devices_whose_sessions_ran_out_are_found_and_their_tokens_dropped() {
         Ok(RefreshOutcome::Rotated { .. })
     ));
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_on_a_file_queue_and_one_edit_wins() {
-    let dir = std::env::temp_dir().join(format!("vela-store-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("concurrent.sqlite");
-    let _ = std::fs::remove_file(&path);
-    let s = Store::open(path.to_str().expect("utf-8"))
-        .await
-        .expect("open");
+on_shared! {
+async fn concurrent_writers_queue_and_one_edit_wins(at) {
+    let s = Store::connect(&at).await.expect("open");
     let a = account(&s, "ann").await;
     let c = s
         .create_contact(a, &fields("Base"), 1)
@@ -309,7 +393,7 @@ async fn concurrent_writers_on_a_file_queue_and_one_edit_wins() {
     }
     assert_eq!(s.contacts_revision(a).await.expect("rev"), 22);
     s.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+}
 }
 
 /// Call `id` from `a` to `b` placed at `at` (and answered at `answered`),
@@ -343,9 +427,8 @@ fn open_call(id: i64, a: AccountId, b: AccountId, at: i64, answered: Option<i64>
         .expect("journaled")
 }
 
-#[tokio::test]
-async fn calls_a_crash_left_open_become_history_once() {
-    let s = Store::open(":memory:").await.expect("open");
+on_both! {
+async fn calls_a_crash_left_open_become_history_once(s) {
     let a = account(&s, "ann").await;
     let b = account(&s, "bob").await;
     // Call 7: answered at 1 500; call 8 rang, was kept twice, then ended
@@ -393,10 +476,10 @@ async fn calls_a_crash_left_open_become_history_once() {
     );
     assert_eq!(s.next_call_id().await.expect("next"), CallId(10));
 }
+}
 
-#[tokio::test]
-async fn an_open_call_ends_no_later_than_the_restart() {
-    let s = Store::open(":memory:").await.expect("open");
+on_both! {
+async fn an_open_call_ends_no_later_than_the_restart(s) {
     let a = account(&s, "ann").await;
     let b = account(&s, "bob").await;
     // A heartbeat from a clock that was ahead: the call still ends by `now`,
@@ -415,10 +498,10 @@ async fn an_open_call_ends_no_later_than_the_restart() {
     assert_eq!(calls[0].ended_at, 40_000);
     assert_eq!(calls[0].stored[0].record.ended_at, 40_000);
 }
+}
 
-#[tokio::test]
-async fn accounts_present_at_a_crash_get_a_last_seen_time() {
-    let s = Store::open(":memory:").await.expect("open");
+on_both! {
+async fn accounts_present_at_a_crash_get_a_last_seen_time(s) {
     let a = account(&s, "ann").await;
     let b = account(&s, "bob").await;
     let c = account(&s, "cat").await;
@@ -438,4 +521,200 @@ async fn accounts_present_at_a_crash_get_a_last_seen_time() {
     assert_eq!(seen(b).await, Some(8_000));
     assert_eq!(seen(c).await, Some(2_000));
     assert_eq!(s.recover_presence(60_000).await.expect("again"), 0);
+}
+}
+
+on_shared! {
+async fn two_nodes_racing_on_one_database_stay_consistent(at) {
+    // Two nodes: two handles with their own connection pools.
+    let n1 = Store::connect(&at).await.expect("node 1");
+    let n2 = Store::connect(&at).await.expect("node 2");
+    let node = |i: usize| if i.is_multiple_of(2) { n1.clone() } else { n2.clone() };
+    let a = account(&n1, "ann").await;
+    let b = account(&n2, "bob").await;
+
+    // A stale edit loses whichever node makes it: of twenty edits of
+    // version 1, one wins, the others see version 2.
+    let c = n1.create_contact(a, &fields("Base"), 1).await.expect("create");
+    let edits: Vec<_> = (0..20)
+        .map(|i| {
+            let s = node(i);
+            tokio::spawn(async move {
+                s.update_contact(a, c.id, 1, &fields(&format!("Edit {i}")), 2)
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in edits {
+        match t.await.expect("join") {
+            Ok(_) => won += 1,
+            Err(ContactWriteError::Stale { current, .. }) => assert_eq!(current.version, 2),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+
+    // One username, claimed on both nodes at once: one account.
+    let signups: Vec<_> = (0..10)
+        .map(|i| {
+            let s = node(i);
+            tokio::spawn(async move { s.create_account("cat", "Cat", "h", &[Role::User], 3).await })
+        })
+        .collect();
+    let mut created = 0;
+    for t in signups {
+        match t.await.expect("join") {
+            Ok(_) => created += 1,
+            Err(StoreError::Conflict) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(created, 1);
+
+    // One refresh token presented on both nodes at once: one rotation; the
+    // rest is reuse, and only one new token was stored.
+    let d = n1.create_device(a, DeviceKind::Phone, "p", 4).await.expect("device");
+    n1.insert_refresh_token(d.id, b"old", 10_000).await.expect("token");
+    let refreshes: Vec<_> = (0..10u8)
+        .map(|i| {
+            let s = node(usize::from(i));
+            tokio::spawn(async move { s.rotate_refresh_token(b"old", &[b'n', i], 10_000, 5).await })
+        })
+        .collect();
+    let mut rotated = 0;
+    for t in refreshes {
+        match t.await.expect("join").expect("rotate") {
+            RefreshOutcome::Rotated { .. } => rotated += 1,
+            RefreshOutcome::Reused { device, .. } => assert_eq!(device, d.id),
+            RefreshOutcome::Invalid => panic!("the token is valid"),
+        }
+    }
+    assert_eq!(rotated, 1);
+    let unused: i64 = with_pool!(n1, |pool| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM refresh_tokens WHERE device_id = $1 AND rotated_at IS NULL"
+    )
+    .bind(d.id.0)
+    .fetch_one(pool)
+    .await)
+    .expect("count");
+    assert_eq!(unused, 1);
+
+    // Logins on both nodes at once, with at most three devices: three live
+    // at the end, every other one revoked by a later login.
+    let logins: Vec<_> = (0..12)
+        .map(|i| {
+            let s = node(i);
+            tokio::spawn(async move {
+                s.create_device_within(b, DeviceKind::Web, "w", 10 + i as i64, 3).await
+            })
+        })
+        .collect();
+    let mut signed_out = 0;
+    for t in logins {
+        signed_out += t.await.expect("join").expect("login").1.len();
+    }
+    assert_eq!(n2.devices(b).await.expect("devices").len(), 3);
+    assert_eq!(signed_out, 12 - 3);
+
+    // Crossed contact requests made on two nodes at once meet: mutual, with
+    // nothing left pending.
+    use crate::domain::link::RequestOutcome;
+    let (x, y) = (n1.clone(), n2.clone());
+    let ab = tokio::spawn(async move { x.create_request(a, b, "", 20).await });
+    let ba = tokio::spawn(async move { y.create_request(b, a, "", 20).await });
+    let outcomes = [ab.await.expect("join"), ba.await.expect("join")];
+    assert!(
+        outcomes.iter().any(|o| matches!(o, Ok(RequestOutcome::Mutual))),
+        "{outcomes:?}"
+    );
+    assert!(n1.is_mutual(a, b).await.expect("mutual"));
+    let (incoming, outgoing) = n1.requests(a).await.expect("requests");
+    assert!(incoming.is_empty() && outgoing.is_empty());
+    n1.close().await;
+    n2.close().await;
+}
+}
+
+on_shared! {
+async fn a_node_recovers_its_own_calls_and_presence_only(at) {
+    let n1 = Store::connect(&at).await.expect("node 1").for_node("n1");
+    let n2 = Store::connect(&at).await.expect("node 2").for_node("n2");
+    assert_eq!((n1.node(), n2.node()), ("n1", "n2"));
+    let a = account(&n1, "ann").await;
+    let b = account(&n1, "bob").await;
+    // Ann is online on node 1, Bob on node 2; each node runs a call.
+    n1.set_present(a, 1_000).await.expect("present");
+    n2.set_present(b, 1_000).await.expect("present");
+    n1.put_open_call(CallId(1), &open_call(1, a, b, 1_000, Some(1_500)), 1_500)
+        .await
+        .expect("put");
+    n2.put_open_call(CallId(2), &open_call(2, b, a, 1_000, Some(1_500)), 1_500)
+        .await
+        .expect("put");
+    n1.mark_alive(5_000).await.expect("alive");
+    n2.mark_alive(9_000).await.expect("alive");
+
+    // Node 1 restarts after a crash: its call and Ann end at its own last
+    // heartbeat; node 2's call and Bob are untouched.
+    assert_eq!(n1.recover_presence(20_000).await.expect("recover"), 1);
+    let calls = n1.recover_open_calls(20_000).await.expect("recover");
+    assert_eq!(calls.len(), 1);
+    assert_eq!((calls[0].call.id, calls[0].ended_at), (CallId(1), 5_000));
+    assert_eq!(n1.presence(a).await.expect("read").last_seen_at, Some(5_000));
+    assert_eq!(n1.presence(b).await.expect("read").last_seen_at, None);
+    assert!(n1.recover_open_calls(20_000).await.expect("again").is_empty());
+
+    // Node 2's own recovery (were it to crash) finds its call and Bob.
+    assert_eq!(n2.recover_presence(30_000).await.expect("recover"), 1);
+    assert_eq!(n2.presence(b).await.expect("read").last_seen_at, Some(9_000));
+    let calls = n2.recover_open_calls(30_000).await.expect("recover");
+    assert_eq!(calls.len(), 1);
+    assert_eq!((calls[0].call.id, calls[0].ended_at), (CallId(2), 9_000));
+    n1.close().await;
+    n2.close().await;
+}
+}
+
+#[test]
+fn a_postgres_location_never_shows_its_password() {
+    let at = StoreLocation::Postgres {
+        url: "postgres://vela:s3cret@db.example:5432/vela?sslmode=require&password=other".into(),
+    };
+    let shown = at.to_string();
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("other"),
+        "{shown}"
+    );
+    assert_eq!(
+        shown,
+        "postgres postgres://vela:***@db.example:5432/vela?sslmode=require&password=***"
+    );
+    let at = StoreLocation::Postgres {
+        url: "postgres://vela@127.0.0.1:5432/db".into(),
+    };
+    assert_eq!(at.to_string(), "postgres postgres://vela@127.0.0.1:5432/db");
+}
+
+#[test]
+fn the_configuration_picks_the_backend() {
+    let mut config = vela_config::StoreConfig::default();
+    assert_eq!(
+        StoreLocation::from_config(&config).expect("default"),
+        StoreLocation::Sqlite {
+            path: config.path.clone()
+        }
+    );
+    config.url = "postgres://u:p@h/d".into();
+    assert_eq!(
+        StoreLocation::from_config(&config).expect("postgres"),
+        StoreLocation::Postgres {
+            url: "postgres://u:p@h/d".into()
+        }
+    );
+    config.url = "mysql://h/d".into();
+    assert!(matches!(
+        StoreLocation::from_config(&config),
+        Err(StoreError::Location(_))
+    ));
 }

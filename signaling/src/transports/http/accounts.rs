@@ -13,7 +13,7 @@ use crate::domain::account::{
     self, Account, Role, check_display_name, check_password, normalize_username,
 };
 use crate::domain::device::{Device, DeviceKind, check_label};
-use crate::domain::ids::{AccountId, DeviceId, now_ms};
+use crate::domain::ids::{DeviceId, now_ms};
 use crate::services::auth::{LimitError, new_refresh_token, refresh_hash};
 use crate::services::push::SignOutReason;
 use crate::services::store::{RefreshOutcome, StoreError};
@@ -191,38 +191,24 @@ pub(crate) async fn login(
         return Err(ApiError::forbidden("this account is disabled"));
     }
     state.login_limiter.succeeded(&username, addr).await;
-    make_room_for_a_device(&state, account.id).await?;
-    let device = state
-        .store
-        .create_device(account.id, b.device.kind, &label, now_ms())
-        .await?;
-    tracing::info!(account = %account.id, device = %device.id, kind = device.kind.as_str(), "login");
-    Ok(Json(issue_session(&state, account, device).await?))
-}
-
-/// Before a login adds a device: with `limits.max_devices_per_account`
-/// signed in already, the least recently active ones are signed out
-/// (reason `device_limit`), so that logins cannot grow the store without
-/// bound and a user who lost a device can always sign in again.
-async fn make_room_for_a_device(state: &AppState, account: AccountId) -> Result<(), ApiError> {
+    // With `limits.max_devices_per_account` signed in already, the least
+    // recently active ones are signed out (reason `device_limit`), so that
+    // logins cannot grow the store without bound and a user who lost a
+    // device can always sign in again. One store transaction: logins racing
+    // on several nodes never leave more than the limit.
     let max = state.config.limits.max_devices_per_account as usize;
-    if max == 0 {
-        return Ok(());
-    }
-    let mut devices = state.store.devices(account).await?;
-    if devices.len() < max {
-        return Ok(());
-    }
-    devices.sort_by_key(|d| (d.last_active_at, d.id));
-    let excess = devices.len() + 1 - max;
-    for d in devices.iter().take(excess) {
-        tracing::info!(%account, device = %d.id, "device limit reached: signing out the least recently active device");
+    let (device, signed_out) = state
+        .store
+        .create_device_within(account.id, b.device.kind, &label, now_ms(), max)
+        .await?;
+    for d in signed_out {
+        tracing::info!(account = %account.id, device = %d, "device limit reached: signed out the least recently active device");
         state
             .devices
-            .revoke(account, d.id, SignOutReason::DeviceLimit)
-            .await?;
+            .disconnect(account.id, d, SignOutReason::DeviceLimit);
     }
-    Ok(())
+    tracing::info!(account = %account.id, device = %device.id, kind = device.kind.as_str(), "login");
+    Ok(Json(issue_session(&state, account, device).await?))
 }
 
 #[derive(Deserialize)]
