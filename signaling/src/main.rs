@@ -164,7 +164,20 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
 }
 
 fn admin(config: &Config, cmd: AdminCommand) -> ExitCode {
-    if config.store.path == ":memory:" {
+    let location = match StoreLocation::from_config(&config.store) {
+        Ok(location) => location,
+        Err(e) => {
+            eprintln!("vela: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // `store.url` wins over `store.path`: only an SQLite store in memory
+    // keeps nothing between runs.
+    if location
+        == (StoreLocation::Sqlite {
+            path: ":memory:".into(),
+        })
+    {
         eprintln!("vela: store.path is :memory:, which keeps no accounts between runs");
         return ExitCode::from(2);
     }
@@ -175,13 +188,6 @@ fn admin(config: &Config, cmd: AdminCommand) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vela: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let location = match StoreLocation::from_config(&config.store) {
-        Ok(location) => location,
-        Err(e) => {
-            eprintln!("vela: {e}");
             return ExitCode::FAILURE;
         }
     };

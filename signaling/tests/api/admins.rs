@@ -19,7 +19,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn admin_cli(file: &StoreFile, args: &[&str]) -> (bool, String) {
     let out = vela()
-        .env("VELA_STORE_PATH", &file.path)
+        .env(common::store_variable(&file.location), &file.location)
         .arg("admin")
         .args(args)
         .output()

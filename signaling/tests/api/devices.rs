@@ -113,18 +113,9 @@ async fn a_device_whose_session_ran_out_is_signed_out() {
         let old = api.user("jane", "phone").await;
         s.shutdown().await;
         // A month later: the phone never came back, its refresh token expired.
-        let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.path))
-            .await
-            .unwrap();
-        sqlx::query("UPDATE devices SET last_active_at = 1")
-            .execute(&db)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE refresh_tokens SET expires_at = 2")
-            .execute(&db)
-            .await
-            .unwrap();
-        db.close().await;
+        file.execute("UPDATE devices SET last_active_at = 1").await;
+        file.execute("UPDATE refresh_tokens SET expires_at = 2")
+            .await;
 
         // The server signs it out as it starts (and every 10 minutes).
         let s = start_with(file.config()).await;

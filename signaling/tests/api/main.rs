@@ -1,6 +1,8 @@
 //! The service over its HTTP and WebSocket API, with synthetic str0m clients:
 //! one test binary, so the suite links once instead of once per file (the
-//! browser and network-namespace tests keep their own binaries).
+//! browser and network-namespace tests keep their own binaries). The
+//! servers' store is SQLite (in memory, or a file); `api_postgres` runs
+//! these modules again on PostgreSQL (`common::postgres()`).
 
 mod calls;
 mod common;
@@ -27,6 +29,7 @@ mod safe_defaults;
 mod session_resume;
 mod shards;
 mod slow_readers;
+mod sqlite_file;
 mod webhooks;
 mod whip_whep;
 mod ws_protocol;

@@ -1,6 +1,6 @@
 //! Safe defaults: with the development key (whose secret is public) the
-//! server listens on loopback only unless told otherwise; the store file is
-//! readable by its owner only.
+//! server listens on loopback only unless told otherwise. (That the SQLite
+//! file is private is in `sqlite_file.rs`.)
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -8,7 +8,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{StoreFile, start_with, with_config};
+use common::start_with;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -39,20 +39,4 @@ async fn the_development_key_listens_on_loopback_only() {
     })
     .await
     .unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_store_file_is_private() {
-    use std::os::unix::fs::PermissionsExt;
-    let file = StoreFile::new("private");
-    with_config(LIMIT, file.config(), async |s, _| {
-        // Something written, so the WAL exists too.
-        common::Api::new(s).user("pat", "web").await;
-        for suffix in ["", "-wal", "-shm"] {
-            let path = format!("{}{suffix}", file.path);
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{path}: {mode:o}");
-        }
-    })
-    .await;
 }

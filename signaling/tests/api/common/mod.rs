@@ -53,7 +53,18 @@ pub fn test_config() -> Config {
     c.media.node_ips = vec!["127.0.0.1".parse().unwrap()];
     // Nothing to keep: the durability test names a file of its own.
     c.store.path = ":memory:".into();
+    if postgres() {
+        // The api_postgres binary: each server its own fresh database.
+        c.store.url = vela_testkit::Postgres::shared().database().url;
+    }
     c
+}
+
+/// Whether this binary runs the servers on PostgreSQL (`api_postgres`)
+/// rather than SQLite (`api`, and the other binaries that share this
+/// module): the test binary's crate name says.
+pub fn postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "api_postgres"
 }
 
 /// The server's `/metrics` text.
@@ -565,14 +576,14 @@ impl SessionClient {
 /// Starts the `vela` binary on an OS-chosen port with its store at
 /// `store_path` (`:memory:` or a file) and returns the child (killed on
 /// drop) with the HTTP address it logged. An early exit fails with its log.
-pub async fn start_binary(store_path: &str) -> (tokio::process::Child, String) {
-    start_binary_with(store_path, &[], None).await
+pub async fn start_binary(store: &str) -> (tokio::process::Child, String) {
+    start_binary_with(store, &[], None).await
 }
 
 /// [`start_binary`] with more `VELA_*` variables, and under an open-files
 /// limit `(soft, hard)` when given (via `prlimit`).
 pub async fn start_binary_with(
-    store_path: &str,
+    store: &str,
     env: &[(&str, &str)],
     nofile: Option<(u64, u64)>,
 ) -> (tokio::process::Child, String) {
@@ -602,7 +613,7 @@ pub async fn start_binary_with(
             "--node-ip",
             "127.0.0.1",
         ])
-        .env("VELA_STORE_PATH", store_path)
+        .env(store_variable(store), store)
         .envs(env.iter().copied())
         .env("VELA_LOG", "info")
         .env("NO_COLOR", "1")
@@ -646,16 +657,31 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// An SQLite store file in a fresh temporary directory, removed on drop:
-/// for servers started again on the same data.
+/// The variable that sets `store` (a PostgreSQL URL, or an SQLite path)
+/// for the `vela` binary.
+pub fn store_variable(store: &str) -> &'static str {
+    if store.starts_with("postgres://") {
+        "VELA_STORE_URL"
+    } else {
+        "VELA_STORE_PATH"
+    }
+}
+
+/// A store that outlives a server, for servers started again on the same
+/// data: an SQLite file in a fresh temporary directory (removed on drop),
+/// or, in the api_postgres binary, a fresh PostgreSQL database.
 pub struct StoreFile {
     dir: std::path::PathBuf,
-    /// The file's path, as `store.path` takes it.
+    /// The SQLite file's path, as `store.path` takes it.
     pub path: String,
+    /// What names the store: the PostgreSQL URL, else [`StoreFile::path`]
+    /// (for [`start_binary`] and [`store_variable`]).
+    pub location: String,
 }
 
 impl StoreFile {
-    /// A new directory named after `name`, the process and the time.
+    /// A new directory named after `name`, the process and the time (and a
+    /// new database on PostgreSQL).
     pub fn new(name: &str) -> StoreFile {
         let dir = std::env::temp_dir().join(format!(
             "vela-{name}-{}-{}",
@@ -664,13 +690,43 @@ impl StoreFile {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vela.sqlite").to_str().unwrap().to_owned();
-        StoreFile { dir, path }
+        let location = if postgres() {
+            vela_testkit::Postgres::shared().database().url
+        } else {
+            path.clone()
+        };
+        StoreFile {
+            dir,
+            path,
+            location,
+        }
     }
 
-    /// The config change that puts a server's store on this file.
+    /// The config change that puts a server's store here.
     pub fn config(&self) -> impl FnOnce(&mut Config) + use<> {
-        let path = self.path.clone();
-        move |c: &mut Config| c.store.path = path
+        let (path, location) = (self.path.clone(), self.location.clone());
+        move |c: &mut Config| {
+            c.store.path = path;
+            if postgres() {
+                c.store.url = location;
+            }
+        }
+    }
+
+    /// Runs `sql` (no parameters) on the store, beside any server: what a
+    /// test changes behind the server's back.
+    pub async fn execute(&self, sql: &str) {
+        if postgres() {
+            let db = sqlx::PgPool::connect(&self.location).await.unwrap();
+            sqlx::query(sql).execute(&db).await.unwrap();
+            db.close().await;
+        } else {
+            let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", self.path))
+                .await
+                .unwrap();
+            sqlx::query(sql).execute(&db).await.unwrap();
+            db.close().await;
+        }
     }
 }
 
