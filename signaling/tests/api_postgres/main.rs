@@ -4,7 +4,8 @@
 //! again on the same data. The same modules (`#[path]`), so a test written
 //! once runs on both backends.
 //!
-//! Left out: `sqlite_file` (the SQLite file's permissions: there is no
+//! Here only: `store_outage` (the database server goes away under a
+//! running server). Left out: `sqlite_file` (the SQLite file's permissions: there is no
 //! file). `durability`'s SQLite integrity check is skipped inside it; its
 //! other checks (acknowledged writes survive a `kill -9`) run here too.
 //! Tests that start the `vela` binary on `:memory:` (`cli`, `connections`,
@@ -58,6 +59,8 @@ mod session_resume;
 mod shards;
 #[path = "../api/slow_readers.rs"]
 mod slow_readers;
+#[path = "../api/store_outage.rs"]
+mod store_outage;
 #[path = "../api/webhooks.rs"]
 mod webhooks;
 #[path = "../api/whip_whep.rs"]

@@ -144,13 +144,17 @@ fn is_outage(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(d) => d.code().is_some_and(|code| {
-            // PostgreSQL: connection exceptions (08...), too many
-            // connections, shutdown and recovery, serialization failures and
-            // deadlocks. SQLite: busy or locked past the busy timeout.
+            // PostgreSQL: connection exceptions (08...), operator
+            // intervention (57...: shutdown, recovery, a cancelled
+            // statement), too many connections, a database not accepting
+            // connections (55000, met when connecting), serialization
+            // failures and deadlocks. SQLite: busy or locked past the busy
+            // timeout.
             code.starts_with("08")
+                || code.starts_with("57")
                 || matches!(
                     code.as_ref(),
-                    "53300" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "5" | "6" | "517"
+                    "53300" | "55000" | "40001" | "40P01" | "5" | "6" | "517"
                 )
         }),
         _ => false,
