@@ -2,23 +2,91 @@
 //!
 //! Everything persistent (accounts, devices, refresh tokens, the address
 //! book, contact requests and links, presence texts and last-seen times,
-//! call settings, call history and the calls going on)
-//! goes through [`Store`]. Today the backend is SQLite (one file, WAL mode)
-//! through sqlx; the schema lives in `signaling/migrations/` and is applied
-//! at start. Every statement is a constant string with bound parameters.
+//! call settings, call history and the calls going on) goes through
+//! [`Store`], on one of two backends through sqlx, picked by
+//! [`StoreLocation`] from the configuration: SQLite (`store.path`, or
+//! `store.url = "sqlite://PATH"`: one file in WAL mode, for one node) or
+//! PostgreSQL (`store.url = "postgres://..."`, which the nodes of a cluster
+//! share). The schema lives in `signaling/migrations/` (SQLite) and
+//! `signaling/migrations/postgres/` (the same versions and names, each file
+//! the other's twin in PostgreSQL's types: BIGINT, BOOLEAN, BYTEA, identity
+//! columns, names in `COLLATE "C"` so they sort as in SQLite); both are
+//! built in and applied at start.
 //!
-//! The seam for other databases is [`Backend`]: callers hold a [`Store`] and
-//! never see the pool, and [`Store::connect`] picks the backend from a
-//! [`StoreLocation`] (the configuration). A PostgreSQL backend (issue 18)
-//! is a `Backend::Postgres(PgPool)` variant, a `StoreLocation::Postgres`
-//! parsed from `store.url`, its migrations, and in each method an arm with
-//! its SQL where the dialects differ; the methods that reach the pool through
-//! [`Store::sqlite`] are those arms today. The statements mostly use what
-//! both accept (`RETURNING`, `ON CONFLICT`, `UNION`); what a port must change
-//! is the `?` placeholders (`$1` there), `instr()` (`strpos`), integer
-//! booleans, the migrations' `AUTOINCREMENT`, the `row!` macro's row type,
-//! and `BEGIN IMMEDIATE` for write transactions, made in one place,
-//! [`Store::write_tx`].
+//! # Dialects: one SQL text, compiled per driver
+//!
+//! Every statement is a constant string with bound parameters, written once
+//! in what both dialects accept: `$1` placeholders (sqlx's SQLite driver
+//! binds `$N` by number too), `TRUE`/`FALSE` and `NOT flag` for flags (SQLite
+//! stores 1/0; the Rust side is `bool` on both), `RETURNING`, `ON CONFLICT`,
+//! `UNION`, `EXISTS`, subqueries named with `AS`. `with_pool!` runs a
+//! method's body once per `Backend` arm with `pool` bound to that arm's
+//! pool: the body is one text in the source and compiled twice, each copy
+//! with its driver's types (row types implement `FromRow` for both rows,
+//! through `row!`). Nothing is rewritten or allocated per call. The three
+//! statements whose SQL really differs name both texts with
+//! `Engine::pick`: the contact search (`instr`/`strpos`), crash recovery
+//! of presence (`MAX`/`GREATEST`), and the row locks below (`FOR UPDATE`,
+//! which SQLite lacks and does not need). `Engine` also says how a
+//! transaction begins.
+//!
+//! sqlx's `Any` driver was not used: it would save the second compiled copy
+//! but not a line of source (the SQL is shared either way), and it loses
+//! types: it decodes SQLite's integer flags as integers, not `bool`, has no
+//! typed `BYTEA`/`BLOB` distinction beyond bytes, and maps errors and
+//! connection options through its own lowest common denominator (no WAL or
+//! busy timeout settings on the SQLite side).
+//!
+//! # Atomicity with several nodes
+//!
+//! SQLite serialises writers: a write transaction (`Engine::write_tx`)
+//! begins `IMMEDIATE`, so it holds the write lock from its first statement.
+//! PostgreSQL runs at READ COMMITTED, where two nodes may both read a row
+//! before either writes; every write that reads first is made atomic there
+//! too, per case:
+//!
+//! - *Contact edits with a version*: the conditional
+//!   `UPDATE ... WHERE version = $n` comes after the revision bump, an
+//!   `UPDATE` of the account's row that locks it to the commit. A racing
+//!   edit waits for that lock, then sees the committed version: a stale edit
+//!   changes nothing and is `Stale` (HTTP 409) whichever node made it.
+//! - *Unique usernames, pending requests*: the database's unique
+//!   constraints; a violation is [`StoreError::Conflict`] on both backends.
+//! - *Refresh-token rotation*: marking the token used is conditional
+//!   (`AND rotated_at IS NULL`). Of two nodes presenting the same token at
+//!   once, the second finds it used after the first commits: one rotation,
+//!   the other is reuse (and signs the device out), never two new tokens.
+//! - *The device limit*: a login revokes the least recently active devices
+//!   and adds its own in one transaction that first locks the account's row
+//!   (`SELECT ... FOR UPDATE`): logins racing on several nodes queue.
+//! - *Crossed contact requests* (A asks B while B asks A): both accounts'
+//!   rows are locked in id order first (no deadlock), so the second sees the
+//!   first's request and the two become mutual.
+//! - *Reads of a revision and its entries* (`Engine::read_tx`): one
+//!   snapshot (REPEATABLE READ, read only).
+//!
+//! Row locks and conditional writes were chosen over SERIALIZABLE: they
+//! never fail for a retry, and each case needs one lock that is easy to
+//! name. A serialization failure or deadlock would still be
+//! [`StoreError::Unavailable`], as are lost connections, a full pool and a
+//! database that refuses connections: HTTP 503 with `Retry-After`.
+//!
+//! # Nodes
+//!
+//! A [`Store`] writes for one node ([`Store::for_node`]: the cluster's node
+//! id, else [`LOCAL_NODE`]): its heartbeat (`node_heartbeats`), the calls it
+//! keeps open (`open_calls.node_id`) and the accounts present on it
+//! (`accounts.present_node`). Crash recovery at start
+//! ([`Store::recover_presence`], [`Store::recover_open_calls`]) touches only
+//! this node's rows and ends them at this node's last heartbeat, so a node
+//! starting against a shared database never ends another live node's calls
+//! or rewrites its accounts' last-seen times. What a cluster still has to do
+//! (issue 18, not this module): recover the rows of a node that never comes
+//! back (its heartbeat stops: another node may take its open calls and
+//! present accounts once it is declared dead), aggregate presence across
+//! nodes (an account present on two nodes is marked by the last one), and
+//! allocate call ids cluster-wide ([`Store::next_call_id`] is per database
+//! and racy between nodes).
 
 /// A struct read from a result row, field by column name: what
 /// `#[derive(sqlx::FromRow)]` does, without sqlx's macros crate (which
@@ -54,9 +122,9 @@ macro_rules! row {
 /// `with_pool!(store, |pool| body)` evaluates `body` (not a closure: `.await`
 /// and `?` work as in the method) once per backend with `pool` bound to the store's
 /// pool (an `SqlitePool` or a `PgPool`): one text in the source, compiled
-/// for each driver with its own types. `$pool` is also an [`Engine`], for
+/// for each driver with its own types. `$pool` is also an `Engine`, for
 /// the transactions and the few statements whose SQL differs
-/// ([`Engine::pick`]).
+/// (`Engine::pick`).
 macro_rules! with_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.backend {
@@ -270,7 +338,7 @@ impl std::fmt::Display for StoreLocation {
 }
 
 /// The database behind a [`Store`]: one variant per engine. An enum, not a
-/// trait object: each method matches once ([`with_pool!`]), with no boxed
+/// trait object: each method matches once (`with_pool!`), with no boxed
 /// futures, and the compiler lists every method a new variant must answer.
 #[derive(Clone, Debug)]
 enum Backend {
