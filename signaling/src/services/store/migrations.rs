@@ -78,6 +78,22 @@ impl MigrationSource<'static> for Embedded {
     }
 }
 
+/// The migrations of a backend up to a version: a database as an older
+/// server left it, for upgrade tests.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct UpTo(pub Embedded, pub i64);
+
+#[cfg(test)]
+impl MigrationSource<'static> for UpTo {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move {
+            let all = self.0.resolve().await?;
+            Ok(all.into_iter().filter(|m| m.version <= self.1).collect())
+        })
+    }
+}
+
 /// A migration from a file name (`<version>_<description>.sql`) and text.
 fn migration(name: &str, sql: &'static str) -> Result<Migration, BoxDynError> {
     let (version, rest) = name

@@ -718,3 +718,57 @@ fn the_configuration_picks_the_backend() {
         Err(StoreError::Location(_))
     ));
 }
+
+on_shared! {
+async fn a_database_of_the_single_node_schema_upgrades_to_node_local(at) {
+    use super::migrations::{Embedded, UpTo};
+    // A database as the last single-node server left it (migrations 1 to
+    // 3): a heartbeat, an account present at a crash, a call open.
+    let old = "INSERT INTO node_alive (id, alive_at) VALUES (1, 5000)";
+    let ann = "INSERT INTO accounts (username, display_name, password_hash, created_at,
+                                     present_since)
+               VALUES ('ann', 'Ann', 'h', 1, 1000)";
+    let call = "INSERT INTO open_calls (call_id, body, updated_at) VALUES (1, '{}', 1000)";
+    match &at {
+        StoreLocation::Sqlite { path } => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.expect("open");
+            let m = sqlx::migrate::Migrator::new(UpTo(Embedded::Sqlite, 3)).await.expect("source");
+            m.run(&pool).await.expect("migrate to 3");
+            for sql in [old, ann, call] {
+                sqlx::query(sql).execute(&pool).await.expect("insert");
+            }
+            pool.close().await;
+        }
+        StoreLocation::Postgres { url } => {
+            let pool = sqlx::PgPool::connect(url).await.expect("connect");
+            let m = sqlx::migrate::Migrator::new(UpTo(Embedded::Postgres, 3)).await.expect("source");
+            m.run(&pool).await.expect("migrate to 3");
+            for sql in [old, ann, call] {
+                sqlx::query(sql).execute(&pool).await.expect("insert");
+            }
+            pool.close().await;
+        }
+    }
+    // The new server (node "local") takes them as its own: Ann was last
+    // seen at the old heartbeat. The call's body is unreadable, so it stays
+    // for a person to look at; a named node finds none of it.
+    let s = Store::connect(&at).await.expect("upgrade");
+    let other = s.clone().for_node("n2");
+    assert_eq!(other.recover_presence(9_000).await.expect("recover"), 0);
+    assert_eq!(s.recover_presence(9_000).await.expect("recover"), 1);
+    let a = s.account_by_username("ann").await.expect("read").expect("ann").0.id;
+    assert_eq!(s.presence(a).await.expect("read").last_seen_at, Some(5_000));
+    assert!(s.recover_open_calls(9_000).await.expect("recover").is_empty());
+    let kept: Option<String> = with_pool!(s, |pool| sqlx::query_scalar(
+        "SELECT node_id FROM open_calls WHERE call_id = 1"
+    )
+    .fetch_optional(pool)
+    .await)
+    .expect("read");
+    assert_eq!(kept.as_deref(), Some(LOCAL_NODE));
+    s.close().await;
+}
+}
