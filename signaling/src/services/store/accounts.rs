@@ -599,9 +599,13 @@ impl Store {
             .bind(keep)
             .fetch_all(&mut *tx)
             .await?;
+            // The tokens of revoked devices only: at READ COMMITTED a
+            // device another node's login adds meanwhile is not revoked, and
+            // keeps its token.
             sqlx::query(
                 "DELETE FROM refresh_tokens WHERE device_id IN
-                 (SELECT id FROM devices WHERE account_id = $1 AND id <> $2)",
+                 (SELECT id FROM devices
+                  WHERE account_id = $1 AND id <> $2 AND revoked_at IS NOT NULL)",
             )
             .bind(account.0)
             .bind(keep)

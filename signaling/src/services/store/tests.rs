@@ -353,6 +353,40 @@ async fn devices_whose_sessions_ran_out_are_found_and_their_tokens_dropped(s) {
 }
 }
 
+on_both! {
+async fn signing_out_all_devices_but_one_drops_their_tokens_only(s) {
+    let a = account(&s, "ann").await;
+    let b = account(&s, "bob").await;
+    let mut devices = Vec::new();
+    for (i, owner) in [(1u8, a), (2, a), (3, a), (4, b)] {
+        let d = s.create_device(owner, DeviceKind::Web, "w", 5).await.expect("device");
+        s.insert_refresh_token(d.id, &[i], 10_000).await.expect("token");
+        devices.push(d.id);
+    }
+    let revoked = s
+        .revoke_devices(a, Some(devices[0]), 50)
+        .await
+        .expect("revoke");
+    assert_eq!(revoked, vec![devices[1], devices[2]]);
+    assert_eq!(s.devices(a).await.expect("list").len(), 1);
+    // The kept device and another account's still refresh; the others not.
+    for (token, rotates) in [(1u8, true), (2, false), (3, false), (4, true)] {
+        let outcome = s
+            .rotate_refresh_token(&[token], &[token, 0], 10_000, 60)
+            .await
+            .expect("rotate");
+        assert_eq!(
+            matches!(outcome, RefreshOutcome::Rotated { .. }),
+            rotates,
+            "token {token}: {outcome:?}"
+        );
+    }
+    // Without a device to keep: all of them.
+    assert_eq!(s.revoke_devices(a, None, 70).await.expect("all"), vec![devices[0]]);
+    assert!(s.devices(a).await.expect("list").is_empty());
+}
+}
+
 on_shared! {
 async fn concurrent_writers_queue_and_one_edit_wins(at) {
     let s = Store::connect(&at).await.expect("open");
