@@ -154,7 +154,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Transaction;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -499,11 +499,19 @@ impl Store {
     /// migrations (sqlx takes an advisory lock: nodes starting together
     /// migrate once).
     async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        use sqlx::Connection;
+        let options: PgConnectOptions = url.parse()?;
+        // One connection first: its error says why (refused, authentication,
+        // no such database), where the pool's would only say it timed out.
+        sqlx::PgConnection::connect_with(&options)
+            .await?
+            .close()
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             // An outage answers 503 within this, rather than hanging requests.
             .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options)
             .await?;
         sqlx::migrate::Migrator::new(migrations::Embedded::Postgres)
             .await?
