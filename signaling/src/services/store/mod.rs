@@ -75,18 +75,22 @@
 //!
 //! A [`Store`] writes for one node ([`Store::for_node`]: the cluster's node
 //! id, else [`LOCAL_NODE`]): its heartbeat (`node_heartbeats`), the calls it
-//! keeps open (`open_calls.node_id`) and the accounts present on it
-//! (`accounts.present_node`). Crash recovery at start
-//! ([`Store::recover_presence`], [`Store::recover_open_calls`]) touches only
-//! this node's rows and ends them at this node's last heartbeat, so a node
-//! starting against a shared database never ends another live node's calls
-//! or rewrites its accounts' last-seen times. What a cluster still has to do
-//! (issue 18, not this module): recover the rows of a node that never comes
-//! back (its heartbeat stops: another node may take its open calls and
-//! present accounts once it is declared dead), aggregate presence across
-//! nodes (an account present on two nodes is marked by the last one), and
-//! allocate call ids cluster-wide ([`Store::next_call_id`] is per database
-//! and racy between nodes).
+//! keeps open (`open_calls.node_id`: the node that last wrote the journal)
+//! and the accounts present on it (`accounts.present_node`). Crash recovery
+//! at start ([`Store::recover_presence`], [`Store::recover_open_calls`])
+//! touches only this node's rows and ends them at this node's last
+//! heartbeat, so a node starting against a shared database never ends
+//! another live node's calls or rewrites its accounts' last-seen times.
+//!
+//! In a cluster the calls have one owner node at a time
+//! (`services/calls/cluster.rs`), which takes over every journal
+//! ([`Store::open_calls`], whoever wrote it) and alone allocates call ids
+//! ([`Store::next_call_id`]); `recover_open_calls` is the single node's
+//! path. Left to the cluster's presence: the present accounts of a node
+//! that never comes back (its heartbeat stops; another node may clear
+//! them once it is declared dead), and an account present on two nodes
+//! (marked by the last one). A node that runs alone after having been a
+//! cluster node (or the reverse) recovers only the rows of its current id.
 
 /// A struct read from a result row, field by column name: what
 /// `#[derive(sqlx::FromRow)]` does, without sqlx's macros crate (which
