@@ -24,10 +24,12 @@ pub enum SharedStore {
 impl SharedStore {
     /// The store every node of a test cluster uses.
     pub fn new(name: &str) -> SharedStore {
-        if std::env::var("VELA_TEST_CLUSTER_STORE").as_deref() == Ok("postgres") {
-            SharedStore::Postgres(vela_testkit::Postgres::shared().database())
-        } else {
+        // PostgreSQL, as a cluster runs; `VELA_TEST_CLUSTER_STORE=sqlite`
+        // for one shared SQLite file instead.
+        if std::env::var("VELA_TEST_CLUSTER_STORE").as_deref() == Ok("sqlite") {
             SharedStore::Sqlite(StoreFile::new(name))
+        } else {
+            SharedStore::Postgres(vela_testkit::Postgres::shared().database())
         }
     }
 
@@ -147,9 +149,8 @@ impl Nodes {
                     NODE_TIMEOUT_MS.to_string(),
                 ),
             ];
-            // Until the server reads `store.url` (issue 18's PostgreSQL
-            // store), `store.path` names the file; without it every node
-            // opened `vela.sqlite` in the working directory, kept across runs.
+            // `store.url` names the file; `store.path` too, so that nothing
+            // ever opens `vela.sqlite` in the working directory.
             if let SharedStore::Sqlite(f) = &store {
                 vars.push(("VELA_STORE_PATH".into(), f.path.clone()));
             }
