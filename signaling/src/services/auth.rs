@@ -260,8 +260,6 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::cluster::NodeIdentity;
-    use vela_config::ClusterConfig;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
@@ -301,13 +299,7 @@ mod tests {
     }
 
     async fn node(redis: &vela_testkit::Redis, id: &str) -> Cluster {
-        let config = ClusterConfig {
-            redis_url: redis.url(),
-            node_id: id.into(),
-            ..ClusterConfig::default()
-        };
-        let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().expect("addr"));
-        Cluster::connect(&config, node).await.expect("connect")
+        Cluster::for_test(redis, id, None).await
     }
 
     #[tokio::test]

@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
+use tokio::sync::watch;
 use vela_config::ClusterConfig;
 
 /// The start of every key and channel the cluster uses.
@@ -81,6 +82,9 @@ impl std::fmt::Debug for Cluster {
 /// outage answers quickly with an error instead of hanging a request).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long after a failed or lost subscription it is tried again.
+pub const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
+
 impl Cluster {
     /// Connects to the cluster's Redis as `node`. Fails when Redis cannot
     /// be reached now; afterwards the connection is re-established by
@@ -132,6 +136,60 @@ impl Cluster {
             key.push_str(p);
         }
         key
+    }
+
+    /// A pub/sub connection of its own subscribed to `channels` (`what`
+    /// names them in logs), tried again every [`RESUBSCRIBE_DELAY`] while
+    /// Redis is away; `None` once `shutdown` is set.
+    pub async fn subscribe(
+        &self,
+        channels: &[String],
+        what: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<PubSubStream> {
+        loop {
+            if *shutdown.borrow() {
+                return None;
+            }
+            let attempt = async {
+                let mut p = self.client.get_async_pubsub().await?;
+                for c in channels {
+                    p.subscribe(c).await?;
+                }
+                Ok::<_, redis::RedisError>(p)
+            };
+            let result = tokio::select! {
+                r = tokio::time::timeout(COMMAND_TIMEOUT, attempt) => r,
+                _ = shutdown.wait_for(|s| *s) => return None,
+            };
+            match result {
+                Ok(Ok(p)) => return Some(p.into_on_message()),
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to {what} yet"),
+                Err(_) => tracing::debug!("subscribing to {what} timed out"),
+            }
+            tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        }
+    }
+
+    /// Test only: node `id` on the throwaway `redis`, with the default
+    /// heartbeat, or `timing` = (heartbeat_ms, node_timeout_ms).
+    #[cfg(test)]
+    pub(crate) async fn for_test(
+        redis: &vela_testkit::Redis,
+        id: &str,
+        timing: Option<(u64, u64)>,
+    ) -> Cluster {
+        let mut config = ClusterConfig {
+            redis_url: redis.url(),
+            node_id: id.into(),
+            ..ClusterConfig::default()
+        };
+        if let Some((heartbeat_ms, node_timeout_ms)) = timing {
+            config.heartbeat_ms = heartbeat_ms;
+            config.node_timeout_ms = node_timeout_ms;
+        }
+        let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().expect("addr"));
+        Cluster::connect(&config, node).await.expect("connect")
     }
 
     /// Answers when Redis does (readiness checks).

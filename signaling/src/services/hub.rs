@@ -527,18 +527,7 @@ mod tests {
     }
 
     async fn node(redis: &vela_testkit::Redis, name: &str) -> (Hub, watch::Sender<bool>) {
-        let config = vela_config::ClusterConfig {
-            redis_url: redis.url(),
-            node_id: name.into(),
-            heartbeat_ms: 100,
-            node_timeout_ms: 600,
-            ..vela_config::ClusterConfig::default()
-        };
-        let node = crate::services::cluster::NodeIdentity::from_config(
-            &config,
-            "127.0.0.1:1".parse().expect("addr"),
-        );
-        let cluster = Cluster::connect(&config, node).await.expect("connect");
+        let cluster = Cluster::for_test(redis, name, Some((100, 600))).await;
         let (tx, rx) = watch::channel(false);
         (Hub::clustered(cluster, rx).await, tx)
     }

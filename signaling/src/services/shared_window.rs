@@ -165,17 +165,9 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::cluster::NodeIdentity;
-    use vela_config::ClusterConfig;
 
     async fn node(redis: &vela_testkit::Redis, id: &str) -> Cluster {
-        let config = ClusterConfig {
-            redis_url: redis.url(),
-            node_id: id.into(),
-            ..ClusterConfig::default()
-        };
-        let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().expect("addr"));
-        Cluster::connect(&config, node).await.expect("connect")
+        Cluster::for_test(redis, id, None).await
     }
 
     fn counted(key: &str, limit: u32, window_ms: u64) -> Counted {

@@ -216,23 +216,13 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::cluster::NodeIdentity;
-    use vela_config::ClusterConfig;
 
     /// Long against the renewals (every 100 ms), so that a loaded machine
     /// does not lose a lease the test expects held.
     const TTL_MS: u64 = 2_000;
 
     async fn node(redis: &vela_testkit::Redis, id: &str) -> Cluster {
-        let config = ClusterConfig {
-            redis_url: redis.url(),
-            node_id: id.into(),
-            heartbeat_ms: 100,
-            node_timeout_ms: TTL_MS,
-            ..ClusterConfig::default()
-        };
-        let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().expect("addr"));
-        Cluster::connect(&config, node).await.expect("connect")
+        Cluster::for_test(redis, id, Some((100, TTL_MS))).await
     }
 
     /// Waits up to `limit` for `cond`.

@@ -90,8 +90,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub const EVENT_PATIENCE: Duration = Duration::from_secs(30);
 /// The wait between two tries.
 const RETRY: Duration = Duration::from_millis(50);
-/// The wait before subscribing again after a failure.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
 
 /// Renews the lease if it is still this node's.
 const RENEW: &str = r"
@@ -653,28 +651,12 @@ async fn subscribe_loop(calls: Arc<ClusterCalls>, mut shutdown: watch::Receiver<
         if *shutdown.borrow() {
             return;
         }
-        let pubsub = async {
-            let mut p = calls.cluster.client().get_async_pubsub().await?;
-            for c in &channels {
-                p.subscribe(c).await?;
-            }
-            Ok::<_, redis::RedisError>(p)
-        };
-        let pubsub = tokio::select! {
-            p = tokio::time::timeout(Duration::from_secs(2), pubsub) => p,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let mut stream = match pubsub {
-            Ok(Ok(p)) => p.into_on_message(),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot subscribe to the calls' channels yet");
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-                continue;
-            }
-            Err(_) => {
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-                continue;
-            }
+        let Some(mut stream) = calls
+            .cluster
+            .subscribe(&channels, "the calls' channels", &mut shutdown)
+            .await
+        else {
+            return;
         };
         tracing::debug!("subscribed to the calls' channels");
         if resubscribed {
@@ -696,7 +678,7 @@ async fn subscribe_loop(calls: Arc<ClusterCalls>, mut shutdown: watch::Receiver<
             }
         }
         tracing::warn!("lost the calls' channels: subscribing again");
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        tokio::time::sleep(crate::services::cluster::RESUBSCRIBE_DELAY).await;
     }
 }
 

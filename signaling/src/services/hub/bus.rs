@@ -79,8 +79,6 @@ pub const CLOSE_BUS_DOWN: u16 = 1013;
 
 /// The most queued messages one Redis round trip carries.
 const BATCH: usize = 512;
-/// The wait before subscribing again after a failure.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
 /// Header: kind, origin, seq.
 const HEADER: usize = 17;
 
@@ -506,26 +504,16 @@ async fn subscribe_loop(
         if *shutdown.borrow() {
             return;
         }
-        let pubsub = async {
-            let mut p = bus.cluster.client().get_async_pubsub().await?;
-            p.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(p)
-        };
-        let pubsub = tokio::select! {
-            p = tokio::time::timeout(Duration::from_secs(2), pubsub) => p,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let mut stream = match pubsub {
-            Ok(Ok(p)) => p.into_on_message(),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot subscribe to the cluster bus yet");
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-                continue;
-            }
-            Err(_) => {
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-                continue;
-            }
+        let Some(mut stream) = bus
+            .cluster
+            .subscribe(
+                std::slice::from_ref(&channel),
+                "the cluster bus",
+                &mut shutdown,
+            )
+            .await
+        else {
+            return;
         };
         let mut seqs = HashMap::new();
         let mut heard = tokio::time::Instant::now();
@@ -559,7 +547,7 @@ async fn subscribe_loop(
             closed,
             "lost the cluster bus: device sockets closed, subscribing again"
         );
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        tokio::time::sleep(crate::services::cluster::RESUBSCRIBE_DELAY).await;
     }
 }
 
@@ -572,18 +560,7 @@ mod tests {
     use crate::services::push::Push;
 
     async fn node(redis: &vela_testkit::Redis, name: &str) -> (Hub, watch::Sender<bool>) {
-        let config = vela_config::ClusterConfig {
-            redis_url: redis.url(),
-            node_id: name.into(),
-            heartbeat_ms: 100,
-            node_timeout_ms: 600,
-            ..vela_config::ClusterConfig::default()
-        };
-        let node = crate::services::cluster::NodeIdentity::from_config(
-            &config,
-            "127.0.0.1:1".parse().expect("addr"),
-        );
-        let cluster = Cluster::connect(&config, node).await.expect("connect");
+        let cluster = Cluster::for_test(redis, name, Some((100, 600))).await;
         let (tx, rx) = watch::channel(false);
         (Hub::clustered(cluster, rx).await, tx)
     }

@@ -219,17 +219,9 @@ mod tests {
     use super::*;
     use crate::domain::call::state::Call;
     use crate::domain::ids::AccountId;
-    use crate::services::cluster::NodeIdentity;
-    use vela_config::ClusterConfig;
 
     async fn node(redis: &vela_testkit::Redis, id: &str) -> Cluster {
-        let config = ClusterConfig {
-            redis_url: redis.url(),
-            node_id: id.into(),
-            ..ClusterConfig::default()
-        };
-        let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().expect("addr"));
-        Cluster::connect(&config, node).await.expect("connect")
+        Cluster::for_test(redis, id, None).await
     }
 
     fn call(id: i64) -> Box<Call> {
