@@ -176,6 +176,12 @@ impl Hub {
 
     /// The signed-in devices with a room session on this node.
     pub fn room_sessions(&self) -> Vec<(AccountId, DeviceId)> {
+        self.devices_with(ConnKind::Room)
+    }
+
+    /// The (account, device) pairs with a connection of `kind` on this
+    /// node, sorted, each once.
+    fn devices_with(&self, kind: ConnKind) -> Vec<(AccountId, DeviceId)> {
         let Ok(m) = self.conns.lock() else {
             return Vec::new();
         };
@@ -183,7 +189,7 @@ impl Hub {
             .iter()
             .flat_map(|(a, list)| {
                 list.iter()
-                    .filter(|c| c.kind == ConnKind::Room)
+                    .filter(|c| c.kind == kind)
                     .map(|c| (*a, c.device))
             })
             .collect();
@@ -415,20 +421,7 @@ impl Hub {
 
     /// This node's device sockets, as (account, device) pairs.
     fn local_devices(&self) -> Vec<(AccountId, DeviceId)> {
-        let Ok(m) = self.conns.lock() else {
-            return Vec::new();
-        };
-        let mut out: Vec<(AccountId, DeviceId)> = m
-            .iter()
-            .flat_map(|(a, list)| {
-                list.iter()
-                    .filter(|c| c.kind == ConnKind::Device)
-                    .map(|c| (*a, c.device))
-            })
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+        self.devices_with(ConnKind::Device)
     }
 
     fn close(gone: Vec<Conn>, event: Option<Arc<str>>, code: u16, reason: &'static str) -> usize {

@@ -126,6 +126,22 @@ macro_rules! bump_revision {
     };
 }
 
+/// `$query` with the editable fields of `$f` (a `ContactFields`) bound to
+/// `$1`..`$7` (display name, phones, emails, groups, linked account,
+/// favorite, notes), which inserts and updates both number so.
+macro_rules! bind_fields {
+    ($query:expr, $f:expr) => {
+        $query
+            .bind(&$f.display_name)
+            .bind(to_json(&$f.phones)?)
+            .bind(to_json(&$f.emails)?)
+            .bind(to_json(&$f.groups)?)
+            .bind($f.linked_account.map(|a| a.0))
+            .bind($f.favorite)
+            .bind(&$f.notes)
+    };
+}
+
 /// The entry `$id` of `$account` as `$tx` sees it:
 /// `Result<Option<Contact>, StoreError>`.
 macro_rules! read_contact {
@@ -203,26 +219,20 @@ impl Store {
         with_pool!(self, |pool| {
             let mut tx = pool.write_tx().await?;
             let revision = bump_revision!(tx, account)?;
-            let id: i64 = sqlx::query_scalar(
+            let query = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO contacts (account_id, version, revision, display_name, phones, emails,
                                        groups_json, linked_account_id, favorite, notes,
                                        created_at, updated_at)
-                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 VALUES ($8, 1, $9, $1, $2, $3, $4, $5, $6, $7, $10, $11)
                  RETURNING id",
-            )
-            .bind(account.0)
-            .bind(revision)
-            .bind(&f.display_name)
-            .bind(to_json(&f.phones)?)
-            .bind(to_json(&f.emails)?)
-            .bind(to_json(&f.groups)?)
-            .bind(f.linked_account.map(|a| a.0))
-            .bind(f.favorite)
-            .bind(&f.notes)
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+            );
+            let id = bind_fields!(query, f)
+                .bind(account.0)
+                .bind(revision)
+                .bind(now)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
             let contact =
                 read_contact!(tx, account, ContactId(id))?.ok_or(ContactWriteError::NotFound)?;
             tx.commit().await.map_err(StoreError::from)?;
@@ -320,27 +330,21 @@ impl Store {
         with_pool!(self, |pool| {
             let mut tx = pool.write_tx().await?;
             let revision = bump_revision!(tx, account)?;
-            let n = sqlx::query(
+            let query = sqlx::query(
                 "UPDATE contacts SET display_name = $1, phones = $2, emails = $3, groups_json = $4,
                         linked_account_id = $5, favorite = $6, notes = $7,
                         version = version + 1, revision = $8, updated_at = $9
                  WHERE id = $10 AND account_id = $11 AND NOT deleted AND version = $12",
-            )
-            .bind(&f.display_name)
-            .bind(to_json(&f.phones)?)
-            .bind(to_json(&f.emails)?)
-            .bind(to_json(&f.groups)?)
-            .bind(f.linked_account.map(|a| a.0))
-            .bind(f.favorite)
-            .bind(&f.notes)
-            .bind(revision)
-            .bind(now)
-            .bind(id.0)
-            .bind(account.0)
-            .bind(based_on)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            );
+            let n = bind_fields!(query, f)
+                .bind(revision)
+                .bind(now)
+                .bind(id.0)
+                .bind(account.0)
+                .bind(based_on)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             finish_write!(tx, n, account, id, Some(based_on))
         })
     }
