@@ -22,5 +22,5 @@ pub mod signal;
 pub mod soak;
 pub mod sweep;
 
-pub use run::{RelayMode, RunConfig, RunError, Target, run};
+pub use run::{NodeTarget, RelayMode, RunConfig, RunError, Target, run};
 pub use scenario::{Load, MediaMix, Scenario};

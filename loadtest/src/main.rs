@@ -19,7 +19,7 @@ use vela_loadtest::soak::accounts::AccountLoad;
 use vela_loadtest::soak::figures::{SoakReport, read_log};
 use vela_loadtest::soak::{SoakConfig, soak};
 use vela_loadtest::sweep::{SweepConfig, sweep};
-use vela_loadtest::{RelayMode, RunConfig, Target, run};
+use vela_loadtest::{NodeTarget, RelayMode, RunConfig, Target, run};
 use vela_signaling::token::TokenKeys;
 
 #[derive(Parser)]
@@ -293,6 +293,14 @@ struct Common {
     /// The pid of the server at --server-url (for CPU and memory).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A cluster's nodes, comma separated (`http://host:port,...`): each
+    /// room's members join through them in turn (S7, S8), and the figures
+    /// add up every node (instead of --server-url).
+    #[arg(long, value_delimiter = ',', conflicts_with = "server_url")]
+    nodes: Vec<String>,
+    /// The pids of the --nodes, same order (for CPU and memory).
+    #[arg(long, value_delimiter = ',')]
+    node_pids: Vec<u32>,
     #[command(flatten)]
     start: StartArgs,
     /// API key for minting tokens (default: the development key).
@@ -337,6 +345,7 @@ impl Common {
             l.media = v;
         }
         l.whip_whep = self.whip_whep;
+        l.nodes = (self.nodes.len() as u32).max(1);
         if let Some(v) = self.join_rate {
             l.join_rate = v;
         }
@@ -405,12 +414,36 @@ impl Common {
 
     /// The server to test: attached, or started (and returned to stop later).
     async fn target(&self) -> Result<(Target, Option<ServerProcess>), String> {
+        if !self.nodes.is_empty() {
+            if !self.node_pids.is_empty() && self.node_pids.len() != self.nodes.len() {
+                return Err("--node-pids needs one pid per --nodes URL".into());
+            }
+            let nodes: Vec<NodeTarget> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, url)| NodeTarget {
+                    http_base: url.trim().trim_end_matches('/').to_owned(),
+                    pid: self.node_pids.get(i).copied(),
+                })
+                .collect();
+            return Ok((
+                Target {
+                    http_base: nodes[0].http_base.clone(),
+                    pid: nodes[0].pid,
+                    keys: self.keys(),
+                    nodes,
+                },
+                None,
+            ));
+        }
         if let Some(url) = &self.server_url {
             return Ok((
                 Target {
                     http_base: url.trim_end_matches('/').to_owned(),
                     pid: self.server_pid,
                     keys: self.keys(),
+                    nodes: Vec::new(),
                 },
                 None,
             ));
@@ -421,6 +454,7 @@ impl Common {
                 http_base: server.http_base.clone(),
                 pid: Some(server.pid),
                 keys: self.keys(),
+                nodes: Vec::new(),
             },
             Some(server),
         ))
@@ -576,6 +610,7 @@ async fn cmd_soak(a: SoakArgs) -> Result<(), String> {
         http_base: server.http_base.clone(),
         pid: Some(server.pid),
         keys: TokenKeys::new(&api_key, &api_secret),
+        nodes: Vec::new(),
     };
     let started = vela_loadtest::soak::figures::utc_now();
     let load = format!(

@@ -174,11 +174,17 @@ pub struct Window {
     pub lag: Latency,
     /// Video frames received per simulcast layer index.
     pub video_layers: [u64; 4],
+    /// Latencies by hop (`[relayed][video]`): whether the sender joined
+    /// through another node than the receiver (`--nodes`), so its media
+    /// crossed a relay link between nodes.
+    pub hops: [[Latency; 2]; 2],
 }
 
 impl Window {
-    /// Records a received frame.
-    pub fn frame(&mut self, video: bool, layer: u8, latency_us: u64) {
+    /// Records a received frame; `relayed` when it came from a participant
+    /// on another node.
+    pub fn frame(&mut self, video: bool, layer: u8, latency_us: u64, relayed: bool) {
+        self.hops[usize::from(relayed)][usize::from(video)].record(latency_us);
         if video {
             self.video_frames += 1;
             self.video_layers[usize::from(layer.min(3))] += 1;
@@ -202,6 +208,9 @@ impl Window {
         self.lag.merge(&o.lag);
         for (a, b) in self.video_layers.iter_mut().zip(o.video_layers) {
             *a += b;
+        }
+        for (a, b) in self.hops.iter_mut().flatten().zip(o.hops.iter().flatten()) {
+            a.merge(b);
         }
     }
 

@@ -16,8 +16,8 @@ use crate::media::{OpusLibrary, VideoSpec};
 use crate::participant::{Engine, EngineConfig, Final, NewClient, Snapshot, Transport};
 use crate::relay::{self, Relay};
 use crate::report::{
-    GeneratorFigures, JoinFigures, LatencyFigures, MemoryFigures, RelayFigures, RunReport, Sample,
-    ServerFigures,
+    GeneratorFigures, HopFigures, JoinFigures, LatencyFigures, MemoryFigures, NodeFigures,
+    RelayFigures, RunReport, Sample, ServerFigures,
 };
 use crate::scenario::{Load, Planned, expected_routes};
 use crate::server_probe::{CpuSample, Metrics, UdpCounters, rss_kb, scrape};
@@ -47,6 +47,73 @@ pub struct Target {
     pub pid: Option<u32>,
     /// Signs room tokens (the server's API key and secret).
     pub keys: TokenKeys,
+    /// A cluster (`--nodes`): every node, the first being `http_base`;
+    /// participants join through them in turn (`Planned::node`) and the
+    /// figures sum them. Empty: one server.
+    pub nodes: Vec<NodeTarget>,
+}
+
+/// One node of a cluster under test.
+#[derive(Debug, Clone)]
+pub struct NodeTarget {
+    /// `http://host:port`.
+    pub http_base: String,
+    /// Its pid, for CPU and memory (None: not measured).
+    pub pid: Option<u32>,
+}
+
+impl Target {
+    /// Every node measured: the cluster's, or the one server.
+    fn measured(&self) -> Vec<NodeTarget> {
+        if self.nodes.is_empty() {
+            vec![NodeTarget {
+                http_base: self.http_base.trim_end_matches('/').to_owned(),
+                pid: self.pid,
+            }]
+        } else {
+            self.nodes.clone()
+        }
+    }
+}
+
+/// Every node's metrics at one moment, in node order.
+async fn scrape_all(http: &reqwest::Client, nodes: &[NodeTarget]) -> Vec<Metrics> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        out.push(scrape(http, &n.http_base).await.unwrap_or_default());
+    }
+    out
+}
+
+/// The nodes' metrics added up (counters and gauges alike).
+fn sum(all: &[Metrics]) -> Metrics {
+    let mut total = Metrics::default();
+    for m in all {
+        for (k, v) in &m.0 {
+            *total.0.entry(k.clone()).or_default() += v;
+        }
+    }
+    total
+}
+
+/// Every measured node's CPU at one moment (None where no pid).
+fn cpu_all(nodes: &[NodeTarget]) -> Vec<Option<CpuSample>> {
+    nodes.iter().map(|n| n.pid.map(CpuSample::take)).collect()
+}
+
+/// CPU microseconds and percent of one core between two samples of every
+/// node, summed; None unless every node was measured.
+fn cpu_between(a: &[Option<CpuSample>], b: &[Option<CpuSample>]) -> Option<(f64, f64)> {
+    let mut us = 0.0;
+    let mut pct = 0.0;
+    for (a, b) in a.iter().zip(b) {
+        let (Some(a), Some(b)) = (a, b) else {
+            return None;
+        };
+        us += b.since(a) as f64;
+        pct += b.percent_since(a);
+    }
+    (!a.is_empty()).then_some((us, pct))
 }
 
 /// Where the raw relay floor runs.
@@ -167,11 +234,19 @@ fn percentile(v: &mut [Duration], q: f64) -> Duration {
     v[i]
 }
 
-fn latency_figures(w: &Window) -> LatencyFigures {
+/// `hops`: the run spread its rooms over nodes, so latencies are also
+/// given by hop.
+fn latency_figures(w: &Window, hops: bool) -> LatencyFigures {
     LatencyFigures {
         audio: w.audio_latency.summary(),
         video: w.video_latency.summary(),
         all: w.all_latency().summary(),
+        hops: hops.then(|| HopFigures {
+            local_audio: w.hops[0][0].summary(),
+            local_video: w.hops[0][1].summary(),
+            relayed_audio: w.hops[1][0].summary(),
+            relayed_video: w.hops[1][1].summary(),
+        }),
     }
 }
 
@@ -300,10 +375,9 @@ fn now_nanos() -> u64 {
 struct Sampler<'a> {
     engine: &'a Engine,
     http: reqwest::Client,
-    base: String,
-    pid: Option<u32>,
+    nodes: Vec<NodeTarget>,
     start: Instant,
-    last_cpu: Option<CpuSample>,
+    last_cpu: Vec<Option<CpuSample>>,
     last_metrics: Option<(Instant, Metrics)>,
     samples: Vec<Sample>,
     last: Snapshot,
@@ -313,7 +387,7 @@ impl Sampler<'_> {
     async fn tick(&mut self, phase: &'static str) {
         let snap = self.engine.snapshot().await;
         let now = Instant::now();
-        let metrics = scrape(&self.http, &self.base).await.ok();
+        let metrics = Some(sum(&scrape_all(&self.http, &self.nodes).await));
         let mut fwd = 0.0;
         if let (Some(m), Some((t0, m0))) = (&metrics, &self.last_metrics) {
             let secs = now.duration_since(*t0).as_secs_f64().max(1e-3);
@@ -322,11 +396,8 @@ impl Sampler<'_> {
         if let Some(m) = metrics {
             self.last_metrics = Some((now, m));
         }
-        let cpu = self.pid.map(CpuSample::take);
-        let cpu_pct = match (&cpu, &self.last_cpu) {
-            (Some(a), Some(b)) => a.percent_since(b),
-            _ => 0.0,
-        };
+        let cpu = cpu_all(&self.nodes);
+        let cpu_pct = cpu_between(&self.last_cpu, &cpu).map_or(0.0, |(_, pct)| pct);
         self.last_cpu = cpu;
         let lat = snap.interval.all_latency();
         self.samples.push(Sample {
@@ -376,18 +447,28 @@ async fn sfu_phase(
 > {
     let http = reqwest::Client::new();
     let base = target.http_base.trim_end_matches('/').to_owned();
+    let nodes = target.measured();
     let mut warnings = Vec::new();
-    let before = scrape(&http, &base)
-        .await
-        .map_err(|e| RunError::Server(format!("GET {base}/metrics: {e}")))?;
-    if before.get("vela_participants") > 0.0 {
-        warnings.push(format!(
-            "{} participants were already on the server",
-            before.get("vela_participants")
-        ));
+    for n in &nodes {
+        let before = scrape(&http, &n.http_base)
+            .await
+            .map_err(|e| RunError::Server(format!("GET {}/metrics: {e}", n.http_base)))?;
+        if before.get("vela_participants") > 0.0 {
+            warnings.push(format!(
+                "{} participants were already on {}",
+                before.get("vela_participants"),
+                n.http_base
+            ));
+        }
     }
     let pid = target.pid;
-    let rss_before = pid.and_then(|p| rss_kb(p).ok()).unwrap_or(0);
+    let rss = |nodes: &[NodeTarget]| -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|n| n.pid.and_then(|p| rss_kb(p).ok()).unwrap_or(0))
+            .collect()
+    };
+    let rss_before = rss(&nodes);
     let epoch = Instant::now();
     let engine = Arc::new(Engine::start(EngineConfig {
         epoch,
@@ -395,9 +476,15 @@ async fn sfu_phase(
         seed: cfg.seed,
         opus: opus.clone(),
         video: video.clone(),
+        nodes: if target.nodes.is_empty() {
+            Arc::from([])
+        } else {
+            plan.iter().map(|p| p.node).collect()
+        },
     })?);
     let ctx = Arc::new(SignalContext {
         http_base: base.clone(),
+        nodes: target.nodes.iter().map(|n| n.http_base.clone()).collect(),
         keys: target.keys.clone(),
         http: http.clone(),
         video: video.clone(),
@@ -423,10 +510,9 @@ async fn sfu_phase(
     let mut sampler = Sampler {
         engine: &engine,
         http: http.clone(),
-        base: base.clone(),
-        pid,
+        nodes: nodes.clone(),
         start: epoch,
-        last_cpu: None,
+        last_cpu: Vec::new(),
         last_metrics: None,
         samples: Vec::new(),
         last: Snapshot::default(),
@@ -470,10 +556,11 @@ async fn sfu_phase(
 
     // The measuring window.
     engine.reset_window();
-    let cpu0 = pid.map(CpuSample::take);
+    let cpu0 = cpu_all(&nodes);
     let gen0 = CpuSample::take(std::process::id());
     let udp0 = UdpCounters::read();
-    let m0 = scrape(&http, &base).await.unwrap_or_default();
+    let m0_nodes = scrape_all(&http, &nodes).await;
+    let m0 = sum(&m0_nodes);
     let t0 = Instant::now();
     progress.phase("measuring", cfg.duration.as_secs().max(1));
     let end = tokio::time::Instant::now() + cfg.duration;
@@ -486,12 +573,13 @@ async fn sfu_phase(
             _ = tokio::time::sleep_until(end) => break,
         }
     }
-    let m1 = scrape(&http, &base).await.unwrap_or_default();
+    let m1_nodes = scrape_all(&http, &nodes).await;
+    let m1 = sum(&m1_nodes);
     let secs = t0.elapsed().as_secs_f64();
-    let cpu1 = pid.map(CpuSample::take);
+    let cpu1 = cpu_all(&nodes);
     let gen1 = CpuSample::take(std::process::id());
     let udp1 = UdpCounters::read();
-    let rss_active = pid.and_then(|p| rss_kb(p).ok()).unwrap_or(0);
+    let rss_active_nodes = rss(&nodes);
 
     // Drain, count, leave.
     progress.phase("draining", 1);
@@ -506,25 +594,47 @@ async fn sfu_phase(
     }
     let gone = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokio::time::Instant::now() < gone {
-        match scrape(&http, &base).await {
-            Ok(m) if m.get("vela_participants") > 0.0 => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            _ => break,
+        if sum(&scrape_all(&http, &nodes).await).get("vela_participants") > 0.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            break;
         }
     }
     engine.shutdown();
 
     // Figures.
     let fwd = m1.delta(&m0, "vela_packets_forwarded_total");
-    let cpu_us = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => Some(b.since(&a) as f64),
-        _ => None,
+    let cpu = cpu_between(&cpu0, &cpu1);
+    let cpu_us = cpu.map(|(us, _)| us);
+    let cpu_pct = cpu.map(|(_, pct)| pct);
+    let per_node: Vec<NodeFigures> = if target.nodes.is_empty() {
+        Vec::new()
+    } else {
+        (0..nodes.len())
+            .map(|i| {
+                let (a, b) = (&m0_nodes[i], &m1_nodes[i]);
+                let fwd = b.delta(a, "vela_packets_forwarded_total");
+                let cpu = cpu_between(&cpu0[i..=i], &cpu1[i..=i]);
+                NodeFigures {
+                    url: nodes[i].http_base.clone(),
+                    pid: nodes[i].pid,
+                    participants: b.get("vela_participants"),
+                    forwarded_pps: fwd / secs,
+                    received_pps: b.delta(a, "vela_packets_received_total") / secs,
+                    cpu_pct: cpu.map(|(_, pct)| pct),
+                    cpu_us_per_packet: cpu.filter(|_| fwd > 0.0).map(|(us, _)| us / fwd),
+                    relay: b
+                        .0
+                        .keys()
+                        .filter(|k| k.starts_with("vela_relay_") && k.ends_with("_total"))
+                        .map(|k| (k.clone(), b.delta(a, k)))
+                        .collect(),
+                }
+            })
+            .collect()
     };
-    let cpu_pct = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => Some(b.percent_since(&a)),
-        _ => None,
-    };
+    let rss_before: u64 = rss_before.iter().sum();
+    let rss_active: u64 = rss_active_nodes.iter().sum();
     let per_pkt = cpu_us.filter(|_| fwd > 0.0).map(|c| c / fwd);
     let (loss, loss_audio, loss_video) = route_loss(&fin, plan);
     let mut answer: Vec<Duration> = outcomes
@@ -564,7 +674,7 @@ async fn sfu_phase(
         cpu_pct,
         cpu_us_per_packet: per_pkt,
         pps_per_core: per_pkt.filter(|p| *p > 0.0).map(|p| 1e6 / p),
-        latency: latency_figures(&fin.window),
+        latency: latency_figures(&fin.window, !target.nodes.is_empty()),
         loss,
         loss_audio,
         loss_video,
@@ -578,6 +688,7 @@ async fn sfu_phase(
         counters,
         video_frames_by_layer: fin.window.video_layers,
         lossy_routes: lossy_routes(&fin),
+        nodes: per_node,
     };
     let generator = GeneratorFigures {
         cpu_pct: gen1.percent_since(&gen0),
@@ -589,7 +700,7 @@ async fn sfu_phase(
         frames_sent_per_s: fin.window.frames_sent as f64 / secs,
         packets_sent_per_s: fin.window.packets_sent as f64 / secs,
     };
-    if pid.is_none() {
+    if nodes.iter().any(|n| n.pid.is_none()) {
         warnings.push("no server pid: CPU and memory not measured".into());
     } else if pid == Some(std::process::id()) {
         warnings.push("the server runs in this process: its CPU includes the generator".into());
@@ -666,6 +777,7 @@ async fn relay_phase(
         seed: cfg.seed,
         opus: opus.clone(),
         video: video.clone(),
+        nodes: Arc::from([]),
     })?;
     progress.phase("relay", plan.len() as u64);
     for p in plan {
@@ -736,7 +848,7 @@ async fn relay_phase(
             _ => None,
         },
         cpu_us_per_packet: cpu_us.filter(|_| fwd > 0.0).map(|c| c / fwd),
-        latency: latency_figures(&fin.window),
+        latency: latency_figures(&fin.window, false),
         loss,
         counters: relay::RelayCounters {
             received: c1.received - c0.received,

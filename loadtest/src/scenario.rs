@@ -1,5 +1,6 @@
-//! The scenarios of PERFORMANCE.md (S1 to S6, plus a custom one) and the
-//! participant plan a run follows.
+//! The scenarios of PERFORMANCE.md (S1 to S6), the cluster's (S7, S8: one
+//! room spread over several nodes), a custom one, and the participant plan
+//! a run follows.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -28,6 +29,13 @@ pub enum Scenario {
     S5,
     /// S4 with 2% loss at the generator, both ways: NACK/RTX at work.
     S6,
+    /// One 10-party audio room spread over the nodes of `--nodes`: member
+    /// `i` of the room joins through node `i mod n`, so most of what each
+    /// hears crosses a relay link between nodes.
+    S7,
+    /// Fan-out over the nodes of `--nodes`: 1 publisher (audio + video) on
+    /// the first node to 300 subscribers joining through the nodes in turn.
+    S8,
     /// Rooms of `--participants`, the first `--publishers` publish `--media`.
     Custom,
 }
@@ -86,6 +94,9 @@ pub struct Load {
     pub join_rate: f64,
     /// Percent of datagrams the generator drops each way.
     pub loss_pct: f64,
+    /// Nodes the participants join through (1: one server); a room's
+    /// member `i` joins through node `i mod nodes`.
+    pub nodes: u32,
 }
 
 impl Load {
@@ -98,6 +109,8 @@ impl Load {
             Scenario::S4 => (1, 10, 1, MediaMix::Av, 0.0),
             Scenario::S5 => (5, 10, 10, MediaMix::Audio, 0.0),
             Scenario::S6 => (1, 10, 1, MediaMix::Av, 2.0),
+            Scenario::S7 => (1, 10, 10, MediaMix::Audio, 0.0),
+            Scenario::S8 => (1, 300, 1, MediaMix::Av, 0.0),
             Scenario::Custom => (1, 4, 4, MediaMix::Av, 0.0),
         };
         Load {
@@ -109,12 +122,13 @@ impl Load {
             whip_whep: false,
             join_rate: 50.0,
             loss_pct: loss,
+            nodes: 1,
         }
     }
 
     /// Whether a sweep scales this load by subscribers (fan-out) or rooms.
     pub fn sweeps_subscribers(&self) -> bool {
-        matches!(self.scenario, Scenario::S4 | Scenario::S6)
+        matches!(self.scenario, Scenario::S4 | Scenario::S6 | Scenario::S8)
     }
 
     /// The value a sweep changes.
@@ -141,14 +155,19 @@ impl Load {
     pub fn describe(&self) -> String {
         let name = format!("{:?}", self.scenario).to_uppercase();
         let media = format!("{:?}", self.media).to_lowercase();
+        let spread = if self.nodes > 1 {
+            format!(", over {} nodes", self.nodes)
+        } else {
+            String::new()
+        };
         if self.sweeps_subscribers() {
             format!(
-                "{name}: {} room(s), 1 publisher ({media}) -> {} subscribers each",
+                "{name}: {} room(s), 1 publisher ({media}) -> {} subscribers each{spread}",
                 self.rooms, self.participants
             )
         } else {
             format!(
-                "{name}: {} room(s) x {} participants, {} publish {media}",
+                "{name}: {} room(s) x {} participants, {} publish {media}{spread}",
                 self.rooms, self.participants, self.publishers
             )
         }
@@ -175,6 +194,7 @@ impl Load {
                 };
                 out.push(Planned {
                     id: out.len() as u32,
+                    node: i % self.nodes.max(1),
                     room_index: r,
                     room: room.clone(),
                     identity: format!("p{}", out.len()),
@@ -204,6 +224,8 @@ impl Load {
 pub struct Planned {
     /// Index in the run.
     pub id: u32,
+    /// The node (index in `--nodes`) it joins through.
+    pub node: u32,
     /// Room number.
     pub room_index: u32,
     /// Room name.
@@ -290,5 +312,34 @@ mod tests {
         assert!(plan[1..].iter().all(|p| p.signaling == Signaling::Whep));
         assert_eq!(expected_routes(&plan).len(), 6);
         assert_eq!(l.with_scale(7).participants, 7);
+    }
+
+    #[test]
+    fn s7_and_s8_spread_each_room_over_the_nodes() {
+        let mut l = Load::defaults(Scenario::S7);
+        l.nodes = 3;
+        let plan = l.plan("x");
+        assert_eq!(plan.len(), 10);
+        let per_node: Vec<usize> = (0..3)
+            .map(|n| plan.iter().filter(|p| p.node == n).count())
+            .collect();
+        assert_eq!(per_node, [4, 3, 3]);
+        assert_eq!(expected_routes(&plan).len(), 10 * 9);
+
+        let mut l = Load::defaults(Scenario::S8);
+        l.nodes = 3;
+        let plan = l.plan("x");
+        assert_eq!(plan.len(), 301);
+        // The publisher joins through the first node; subscribers in turn.
+        assert!(plan[0].video && plan[0].node == 0 && !plan[0].subscribe);
+        assert_eq!(plan.iter().filter(|p| p.node == 2).count(), 100);
+        assert!(l.sweeps_subscribers());
+        // One node: everyone on it.
+        assert!(
+            Load::defaults(Scenario::S8)
+                .plan("x")
+                .iter()
+                .all(|p| p.node == 0)
+        );
     }
 }

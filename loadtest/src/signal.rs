@@ -26,8 +26,11 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What every joining participant needs.
 pub struct SignalContext {
-    /// `http://host:port` of the server.
+    /// `http://host:port` of the server (the first node with `--nodes`).
     pub http_base: String,
+    /// With `--nodes`: every node's `http://host:port`; a participant joins
+    /// through `nodes[planned.node]`. Empty: everyone joins `http_base`.
+    pub nodes: Vec<String>,
     /// Signs room tokens.
     pub keys: TokenKeys,
     /// HTTP client for WHIP/WHEP.
@@ -41,17 +44,20 @@ pub struct SignalContext {
 }
 
 impl SignalContext {
-    fn ws_url(&self) -> String {
-        let rest = self
-            .http_base
+    /// The node `p` joins through.
+    fn base(&self, p: &Planned) -> &str {
+        self.nodes
+            .get(p.node as usize)
+            .map_or(self.http_base.as_str(), String::as_str)
+    }
+
+    fn ws_url(&self, p: &Planned) -> String {
+        let base = self.base(p);
+        let rest = base
             .strip_prefix("http://")
             .map(|r| format!("ws://{r}"))
-            .or_else(|| {
-                self.http_base
-                    .strip_prefix("https://")
-                    .map(|r| format!("wss://{r}"))
-            })
-            .unwrap_or_else(|| self.http_base.clone());
+            .or_else(|| base.strip_prefix("https://").map(|r| format!("wss://{r}")))
+            .unwrap_or_else(|| base.to_owned());
         format!("{rest}/ws")
     }
 
@@ -235,10 +241,12 @@ struct Joined {
 /// join time, and the answered connection.
 async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<((Ws, Vec<String>), Joined), Error> {
     let token = ctx.token(p)?;
-    let (mut ws, _) =
-        tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(ctx.ws_url()))
-            .await
-            .map_err(|_| "websocket connect timed out")??;
+    let (mut ws, _) = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio_tungstenite::connect_async(ctx.ws_url(p)),
+    )
+    .await
+    .map_err(|_| "websocket connect timed out")??;
     let mut join = serde_json::json!({"type": "join", "token": token});
     if p.access_token.is_some() {
         // An access token names no room: the join does.
@@ -280,7 +288,7 @@ async fn http_join(
     };
     let resp = ctx
         .http
-        .post(format!("{}/{path}/{}", ctx.http_base, p.room))
+        .post(format!("{}/{path}/{}", ctx.base(p), p.room))
         .bearer_auth(&token)
         .header("content-type", "application/sdp")
         .body(built.offer.to_sdp_string())
@@ -288,11 +296,14 @@ async fn http_join(
         .send()
         .await?;
     let status = resp.status();
+    // Absolute: a cluster may have redirected the POST to the room's node,
+    // and a relative Location is that node's.
     let location = resp
         .headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .and_then(|l| resp.url().join(l).ok())
+        .map(String::from);
     let body = resp.text().await?;
     if status.as_u16() != 201 {
         return Err(format!("{path}: {status} {body}").into());
@@ -488,14 +499,9 @@ async fn http_session(
     };
     let _ = leave.wait_for(|v| *v).await;
     if let Some(loc) = location {
-        let url = if loc.starts_with("http") {
-            loc
-        } else {
-            format!("{}{loc}", ctx.http_base)
-        };
         let _ = ctx
             .http
-            .delete(url)
+            .delete(loc)
             .bearer_auth(&token)
             .timeout(Duration::from_secs(5))
             .send()
@@ -519,6 +525,7 @@ mod tests {
         let video = crate::scenario::default_video();
         let p = Planned {
             id: 0,
+            node: 0,
             room_index: 0,
             room: "r".into(),
             identity: "p0".into(),

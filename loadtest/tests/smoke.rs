@@ -23,6 +23,7 @@ async fn server() -> (RunningServer, Target) {
         http_base: format!("http://{}", s.http_addr),
         pid: None,
         keys: TokenKeys::new(vela_config::DEV_API_KEY, vela_config::DEV_API_SECRET),
+        nodes: Vec::new(),
     };
     (s, t)
 }

@@ -31,7 +31,6 @@ impl Core {
     pub(super) fn new(cfg: EngineConfig, poll: Poll, rx: mpsc::Receiver<Command>) -> Self {
         let rng = fastrand::Rng::with_seed(cfg.seed);
         Core {
-            cfg,
             poll,
             rx,
             clients: Vec::new(),
@@ -45,11 +44,13 @@ impl Core {
                 last_sent: HashMap::new(),
                 counters: Counters::default(),
                 departed_holes: 0,
+                nodes: cfg.nodes.clone(),
             },
             rng,
             stopped: false,
             buf: vec![0u8; 2048],
             pending: std::collections::VecDeque::new(),
+            cfg,
         }
     }
 

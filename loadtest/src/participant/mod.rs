@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub opus: Arc<OpusLibrary>,
     /// The video publishers send.
     pub video: Arc<VideoSpec>,
+    /// The node each participant (by index) joins through (`--nodes`), so
+    /// latencies are told apart by hop; empty: one server.
+    pub nodes: Arc<[u32]>,
 }
 
 /// How a participant reaches the server.
@@ -351,6 +354,8 @@ struct Stats {
     last_sent: HashMap<u32, u32>,
     counters: Counters,
     departed_holes: u64,
+    /// See [`EngineConfig::nodes`].
+    nodes: Arc<[u32]>,
 }
 
 /// The engine thread's state; its methods are in the child modules.
@@ -397,6 +402,7 @@ mod tests {
             seed: 1,
             opus,
             video: Arc::new(crate::scenario::default_video()),
+            nodes: Arc::from([]),
         };
         let mut rng = fastrand::Rng::with_seed(7);
         let (rtp, stun, dtls) = ([0x80u8, 96], [0x00u8, 1], [22u8, 254]);

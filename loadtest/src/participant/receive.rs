@@ -141,9 +141,11 @@ fn on_rtp(
     };
     let recv_us = micros(at, epoch);
     let latency = recv_us.saturating_sub(t.sent_us);
-    stats.interval.frame(t.video, t.layer, latency);
+    let node = |id: u32| stats.nodes.get(id as usize).copied();
+    let relayed = node(c.id) != node(t.sender / 2);
+    stats.interval.frame(t.video, t.layer, latency, relayed);
     if stats.recording {
-        stats.window.frame(t.video, t.layer, latency);
+        stats.window.frame(t.video, t.layer, latency, relayed);
     }
     stats
         .routes

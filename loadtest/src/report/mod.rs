@@ -29,6 +29,44 @@ pub struct LatencyFigures {
     pub video: LatencySummary,
     /// Both.
     pub all: LatencySummary,
+    /// With `--nodes`: the same, told apart by whether the sender joined
+    /// through the receiver's node (local) or another (relayed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hops: Option<HopFigures>,
+}
+
+/// Latencies by hop, for a room spread over nodes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HopFigures {
+    /// Audio from a participant on the receiver's node.
+    pub local_audio: LatencySummary,
+    /// Video from a participant on the receiver's node.
+    pub local_video: LatencySummary,
+    /// Audio that crossed a relay link between nodes.
+    pub relayed_audio: LatencySummary,
+    /// Video that crossed a relay link between nodes.
+    pub relayed_video: LatencySummary,
+}
+
+/// One node's share of a run over several nodes (`--nodes`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeFigures {
+    /// The node's `http://host:port`.
+    pub url: String,
+    /// Its pid, if measured.
+    pub pid: Option<u32>,
+    /// Participants on it during the window (`vela_participants`).
+    pub participants: f64,
+    /// RTP packets it forwarded per second.
+    pub forwarded_pps: f64,
+    /// RTP packets it received from its publishers per second.
+    pub received_pps: f64,
+    /// Its CPU, percent of one core.
+    pub cpu_pct: Option<f64>,
+    /// Its CPU microseconds per packet it forwarded.
+    pub cpu_us_per_packet: Option<f64>,
+    /// Its relay counters' increase over the window (`vela_relay_*`).
+    pub relay: std::collections::BTreeMap<String, f64>,
 }
 
 /// Join timings, milliseconds.
@@ -104,6 +142,10 @@ pub struct ServerFigures {
     pub video_frames_by_layer: [u64; 4],
     /// Up to ten routes with loss or duplicates, described.
     pub lossy_routes: Vec<String>,
+    /// With `--nodes`: each node's figures (the rest of this struct sums
+    /// the nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeFigures>,
 }
 
 /// The raw UDP relay floor under the same packet pattern.

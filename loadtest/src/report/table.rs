@@ -107,6 +107,14 @@ impl RunReport {
             &relay(&|r| lat(&r.latency.video)),
             "",
         );
+        if let Some(h) = &s.latency.hops {
+            o.sfu("  audio, same node", &lat(&h.local_audio));
+            o.sfu("  audio, across nodes", &lat(&h.relayed_audio));
+            if h.local_video.count + h.relayed_video.count > 0 {
+                o.sfu("  video, same node", &lat(&h.local_video));
+                o.sfu("  video, across nodes", &lat(&h.relayed_video));
+            }
+        }
         if let (Some(a), Some(b)) = (self.added_latency_p50_us, self.added_latency_p99_us) {
             o.sfu("added latency p50 / p99 µs", &format!("{a} / {b}"));
         }
@@ -191,6 +199,27 @@ impl RunReport {
                 s.kernel_udp.rcvbuf_errors, s.kernel_udp.sndbuf_errors
             ),
         );
+        for (i, n) in s.nodes.iter().enumerate() {
+            o.sfu(
+                &format!("node {} {}", i + 1, n.url),
+                &format!(
+                    "{:.0} participants, {} fwd/s, CPU {}% ({} µs/pkt)",
+                    n.participants,
+                    group(n.forwarded_pps),
+                    opt(n.cpu_pct, 1),
+                    opt(n.cpu_us_per_packet, 2)
+                ),
+            );
+            let relay: Vec<String> = n
+                .relay
+                .iter()
+                .filter(|(_, v)| **v > 0.0)
+                .map(|(k, v)| format!("{} {}", k.trim_start_matches("vela_relay_"), group(*v)))
+                .collect();
+            if !relay.is_empty() {
+                o.sfu("  relay (window)", &relay.join(", "));
+            }
+        }
         let g = &self.generator;
         o.sfu(
             "generator CPU % / lag p99 µs",

@@ -324,6 +324,7 @@ pub async fn soak(cfg: &SoakConfig, target: &Target) -> Result<SoakRun, RunError
         seed: cfg.seed,
         opus,
         video: video.clone(),
+        nodes: Arc::from([]),
     })?);
     let tally = Arc::new(Tally::default());
     let mut probe = Probe {
@@ -350,6 +351,7 @@ pub async fn soak(cfg: &SoakConfig, target: &Target) -> Result<SoakRun, RunError
     let joiner = Arc::new(Joiner {
         ctx: Arc::new(SignalContext {
             http_base: base.clone(),
+            nodes: Vec::new(),
             keys: target.keys.clone(),
             http: client(true)?,
             video,

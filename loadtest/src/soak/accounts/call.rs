@@ -72,6 +72,7 @@ pub fn member_plan(room: &str, signaling: Signaling, access_token: Option<String
     let publishes = signaling != Signaling::Whep;
     Planned {
         id: 0,
+        node: 0,
         room_index: 0,
         room: room.to_owned(),
         identity: String::new(),
