@@ -187,10 +187,10 @@ struct Mapping {
     /// The first source sequence number of this mapping: anything earlier
     /// (a late or repaired packet from before the switch) is not sent.
     first_seq: u64,
-    /// Added to the source's sequence numbers.
-    seq: i64,
-    /// Added to the source's timestamps.
-    time: i64,
+    /// Added (mod 2^64) to the source's sequence numbers.
+    seq: u64,
+    /// Added (mod 2^64) to the source's timestamps.
+    time: u64,
     /// Added (mod 2^15) to the source's VP8 picture ids.
     picture: u16,
     /// Added (mod 2^8) to the source's VP8 TL0PICIDX.
@@ -246,7 +246,6 @@ impl Subscriber {
     /// repair that arrives later lands on the number it was missing under.
     pub fn map(&mut self, epoch: u32, p: &Packet, next_seq: &mut u64) -> Option<Mapped> {
         let seq_in = *p.seq;
-        let ticks = p.time.numer() as i64;
         let freq = p.time.frequency();
         let mut map = match self.map {
             Some(m) if self.epoch == epoch => m,
@@ -255,17 +254,24 @@ impl Subscriber {
         if seq_in < map.first_seq {
             return None;
         }
-        let out = (seq_in as i64 + map.seq) as u64;
-        if out > *next_seq + MAX_SEQ_JUMP {
+        // Offsets are differences mod 2^64: nothing a packet carries can
+        // overflow them.
+        let out = seq_in.wrapping_add(map.seq);
+        if out.wrapping_sub(*next_seq) as i64 > MAX_SEQ_JUMP as i64 {
             // Not a loss the subscriber could repair: continue the numbering.
-            map.seq = *next_seq as i64 - seq_in as i64;
+            map.seq = next_seq.wrapping_sub(seq_in);
             map.first_seq = seq_in;
         }
         self.map = Some(map);
-        let seq = (seq_in as i64 + map.seq) as u64;
-        *next_seq = (*next_seq).max(seq + 1);
-        let time = (ticks + map.time).max(0) as u64;
-        if self.last_out.is_none_or(|(t, _)| time >= t) {
+        let seq = seq_in.wrapping_add(map.seq);
+        if seq.wrapping_sub(*next_seq) as i64 >= 0 {
+            *next_seq = seq.wrapping_add(1);
+        }
+        let time = p.time.numer().wrapping_add(map.time);
+        let newer = self
+            .last_out
+            .is_none_or(|(t, _)| time.wrapping_sub(t) as i64 >= 0);
+        if newer {
             self.last_out = Some((time, p.arrival));
         }
         // Mod 2^15; a 7-bit field keeps the low bits, which stay continuous too.
@@ -293,15 +299,14 @@ impl Subscriber {
     /// A mapping that continues the subscriber's numbering at packet `p`.
     fn start_mapping(&mut self, epoch: u32, p: &Packet, next_seq: u64) -> Mapping {
         self.epoch = epoch;
-        let ticks = p.time.numer() as i64;
-        let freq = i64::from(p.time.frequency().get());
+        let freq = f64::from(p.time.frequency().get());
         // The timestamp continues from the last one sent by the time that
         // passed since (at least one tick, so it never repeats).
         let time = match self.last_out {
             Some((last, at)) => {
                 let elapsed = p.arrival.saturating_duration_since(at).as_secs_f64();
-                let step = ((elapsed * freq as f64) as i64).max(1);
-                last as i64 + step - ticks
+                let step = ((elapsed * freq) as u64).max(1);
+                last.wrapping_add(step).wrapping_sub(p.time.numer())
             }
             None => 0,
         };
@@ -318,7 +323,7 @@ impl Subscriber {
         };
         Mapping {
             first_seq: *p.seq,
-            seq: next_seq as i64 - *p.seq as i64,
+            seq: next_seq.wrapping_sub(*p.seq),
             time,
             picture,
             tl0,
@@ -565,6 +570,13 @@ mod tests {
         // A jump far ahead (a restarted stream) continues the numbering.
         let m = s.map(1, &packet(50_000, 9123, 1, 1, false, ms(300)), &mut next);
         assert_eq!(m.expect("mapped").seq, 509);
+
+        // Extended numbers near the top of the range map without overflow.
+        s.rebase();
+        let far = packet(u64::MAX - 1, u64::MAX - 5, 9, 2, true, ms(330));
+        assert_eq!(s.map(1, &far, &mut next).expect("mapped").seq, 510);
+        let m = s.map(1, &packet(u64::MAX, 2, 10, 2, false, ms(360)), &mut next);
+        assert_eq!(m.expect("mapped").seq, 511);
     }
 
     #[test]

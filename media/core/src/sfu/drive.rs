@@ -193,9 +193,9 @@ impl PeerPoll<'_> {
                     self.on_event(peer, e);
                     true
                 }
-                // A frame whose payload its codec does not allow (str0m's
-                // depacketizer refused it, and dropped it): that frame is
-                // lost, not the connection. A video decoder then needs a
+                // A payload str0m refused (its depacketizer, in frame mode;
+                // in RTP mode payloads are checked in `on_rtp`): that media
+                // is lost, not the connection. A video decoder then needs a
                 // keyframe.
                 Err(RtcError::Packet(mid, pt, e)) => {
                     self.stats.media_undecodable += 1;
