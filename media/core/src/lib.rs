@@ -132,6 +132,7 @@ mod error;
 mod id;
 mod isolation;
 mod layer_selector;
+mod packet;
 mod peer;
 mod room;
 mod router;
@@ -145,6 +146,7 @@ pub use error::{JoinError, SignalError};
 pub use id::{ConnectionId, IdParseError, ParticipantId, RoomId, TrackId};
 #[cfg(feature = "test-hooks")]
 pub use isolation::RtcCall;
+pub use packet::{Packet, PayloadError};
 pub use room::RoomOptions;
 pub use sfu::{DataMessage, JoinRequest, Joined, Output, Sfu, SfuConfig, id_shard};
 pub use signal::{

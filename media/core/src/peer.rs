@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::CryptoProvider;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
+use str0m::rtp::Ssrc;
 use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 
 use crate::error::SignalError;
@@ -84,6 +85,8 @@ pub(crate) struct Peer {
     audio_unsent: u32,
     /// Media was written to its `Rtc` since its last timeout.
     written: bool,
+    /// The m-line and layer of each incoming stream seen, by SSRC.
+    rx_streams: Vec<(Ssrc, Mid, Option<Rid>)>,
 }
 
 /// How long str0m's pacer's look at the queues after an audio packet may
@@ -124,9 +127,10 @@ pub(crate) fn rtc_config(bandwidth_estimation: bool) -> RtcConfig {
         .enable_h264(true)
         // Stats feed the NACK counters.
         .set_stats_interval(Some(Duration::from_secs(1)))
-        // Audio is not retransmitted: after a loss, wait 3 packets (60 ms)
-        // for a late one, not str0m's 15 (300 ms of silence per loss).
-        .set_reordering_size_audio(3);
+        // Media is forwarded per RTP packet, as it arrives: no depacketizing
+        // and packetizing again, no reordering wait (the subscriber's
+        // jitter buffer orders packets, as it must anyway).
+        .set_rtp_mode(true);
     if let Some(cert) = cert {
         builder = builder.set_dtls_cert(cert);
     }
@@ -210,6 +214,7 @@ impl Peer {
             withheld: Vec::new(),
             audio_unsent: 0,
             written: false,
+            rx_streams: Vec::new(),
             needs_negotiation: false,
             bwe_estimate: None,
             probe_dip_due: None,
@@ -612,6 +617,30 @@ impl Peer {
 
     pub fn publication(&mut self, id: TrackId) -> Option<&mut Publication> {
         self.published.iter_mut().find(|p| p.id == id)
+    }
+
+    /// The m-line and simulcast layer of the incoming stream `ssrc` (str0m
+    /// knows it from the SDP or the first packets' mid and rid extensions).
+    pub fn rx_stream(&mut self, ssrc: Ssrc) -> Option<(Mid, Option<Rid>)> {
+        if let Some((_, mid, rid)) = self.rx_streams.iter().find(|(s, _, _)| *s == ssrc) {
+            return Some((*mid, *rid));
+        }
+        let found = self
+            .rtc
+            .call(RtcCall::Poll, |rtc| {
+                rtc.direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|rx| (rx.mid(), rx.rid()))
+            })
+            .ok()
+            .flatten()?;
+        // Bounded: a publisher has a few streams; a flood of SSRCs keeps
+        // only the latest.
+        if self.rx_streams.len() >= 16 {
+            self.rx_streams.remove(0);
+        }
+        self.rx_streams.push((ssrc, found.0, found.1));
+        Some(found)
     }
 
     /// The source of the subscription on `mid`, if it is open.

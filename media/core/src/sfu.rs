@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
-use str0m::media::{KeyframeRequestKind, MediaKind};
+use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Input, RtcConfig, RtcError};
 
@@ -44,7 +44,7 @@ pub use join::{JoinRequest, Joined};
 pub use room_service::DataMessage;
 
 use drive::Action;
-use forward::keyframe_rids;
+use forward::{ask_keyframe, keyframe_rids};
 use layers::LAYER_INTERVAL;
 
 /// What the core asks of its shell.
@@ -242,6 +242,7 @@ impl Sfu {
         });
         let silent_for = peer.silence(self.now);
         let mut returned: Vec<TrackId> = Vec::new();
+        let mut accepted = false;
         match handled {
             Ok(Taken::Malformed) => {
                 self.stats.datagrams_malformed += 1;
@@ -252,6 +253,7 @@ impl Sfu {
                 return;
             }
             Ok(Taken::Handled(Ok(()))) => {
+                accepted = true;
                 peer.heard_from(self.now);
                 if peer.is_connected() && silent_for >= RETURN_AFTER {
                     // Back from an outage: what it received meanwhile is lost;
@@ -279,7 +281,26 @@ impl Sfu {
         for t in returned {
             self.request_keyframe(t);
         }
-        self.mark_dirty(pid);
+        // str0m (RTP mode) holds one received packet until its next poll:
+        // the peer is driven now, before the next datagram could replace it,
+        // and so are the subscribers the packet was written to, as
+        // `poll_output` would before the next input: str0m's pacer would
+        // release two packets written before one drive in its own order,
+        // not in their arrival order.
+        if accepted && drive::is_rtp(datagram) {
+            // Its entry in a queue, if any, is skipped (as driven already).
+            if let Some(p) = self.peers.get_mut(&pid) {
+                p.dequeue();
+            }
+            self.drive(pid);
+            while let Some(p) = self.written.pop() {
+                if self.peers.get_mut(&p).is_some_and(|peer| peer.dequeue()) {
+                    self.drive(p);
+                }
+            }
+        } else {
+            self.mark_dirty(pid);
+        }
     }
 
     /// Time passed; call no later than the last [`Output::Timeout`].
@@ -324,9 +345,8 @@ impl Sfu {
                 if p.keyframes.poll(now, interval) {
                     // A poisoned peer is removed by its drive, queued below.
                     let _ = peer.rtc.call(RtcCall::Keyframe, |rtc| {
-                        if let Some(mut w) = rtc.writer(p.mid) {
-                            for rid in keyframe_rids(p) {
-                                let _ = w.request_keyframe(rid, KeyframeRequestKind::Pli);
+                        for rid in keyframe_rids(p) {
+                            if ask_keyframe(rtc, p.mid, rid) {
                                 stats.keyframe_requests += 1;
                             }
                         }

@@ -11,16 +11,17 @@ pub struct SfuStats {
     pub datagrams_unrouted: u64,
     /// Datagrams a participant's WebRTC stack refused.
     pub datagrams_rejected: u64,
-    /// Media frames received from publishers.
+    /// Media frames received from publishers (an audio packet, or the last
+    /// packet of a video frame: its marker bit).
     pub media_received: u64,
-    /// Received frames that could not be depacketized (a payload its codec
-    /// does not allow), dropped.
+    /// Received packets whose payload their codec does not allow (or of a
+    /// payload type not negotiated), dropped.
     pub media_undecodable: u64,
-    /// Media frames written to subscribers.
+    /// Media frames written to subscribers (counted as `media_received`).
     pub media_forwarded: u64,
-    /// RTP packets of the frames received from publishers.
+    /// RTP packets received from publishers.
     pub packets_received: u64,
-    /// RTP packets of the frames written to subscribers (one per subscriber).
+    /// RTP packets written to subscribers (one per subscriber).
     pub packets_forwarded: u64,
     /// Payload bytes written to subscribers.
     pub bytes_forwarded: u64,

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use str0m::bwe::BweKind;
-use str0m::media::{MediaData, MediaKind, Mid};
+use str0m::media::{MediaKind, Mid, Rid};
 use str0m::net::Transmit;
+use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, PacerReason, Reason, RtcError};
 
 use super::{Sfu, requeue};
 use crate::id::{ConnectionId, RoomId, TrackId};
 use crate::isolation::RtcCall;
+use crate::packet::Packet;
 use crate::peer::Peer;
 use crate::room::Room;
 use crate::signal::{LeaveReason, PeerKind, RoomEvent, Signal};
@@ -21,13 +23,14 @@ use crate::stats::SfuStats;
 use crate::track::{Subscription, SubscriptionState};
 
 /// Cross-peer work found while driving one peer, done after its borrow ends.
-// Boxing the frame would allocate per packet; the actions Vec is reused instead.
+// Boxing the packet would allocate per packet; the actions Vec is reused instead.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Action {
-    Publish(Mid, MediaKind, Vec<str0m::media::Rid>),
+    Publish(Mid, MediaKind, Vec<Rid>),
     Bind(MediaKind),
-    Forward(MediaData),
+    /// A packet of the m-line (and simulcast layer) to forward.
+    Forward(Mid, Option<Rid>, Packet),
     Keyframe(TrackId),
 }
 
@@ -37,18 +40,11 @@ const INLINE_TIMEOUTS: u32 = 16;
 
 /// Whether an outgoing datagram is RTP (not RTCP, STUN or DTLS): version 2
 /// and a payload type outside RTCP's 64-95 (RFC 5761 section 4).
-fn is_rtp(datagram: &[u8]) -> bool {
+pub(super) fn is_rtp(datagram: &[u8]) -> bool {
     match datagram {
         [b0, b1, ..] => b0 >> 6 == 2 && !(64..96).contains(&(b1 & 0x7f)),
         _ => false,
     }
-}
-
-/// How many RTP packets carried a frame.
-pub(super) fn packets_of(d: &MediaData) -> u64 {
-    (**d.seq_range.end())
-        .saturating_sub(**d.seq_range.start())
-        .saturating_add(1)
 }
 
 impl Sfu {
@@ -131,7 +127,7 @@ impl Sfu {
             match a {
                 Action::Publish(mid, kind, rids) => self.publish(pid, mid, kind, &rids),
                 Action::Bind(kind) => self.bind_viewer(pid, kind),
-                Action::Forward(d) => self.forward(pid, d),
+                Action::Forward(mid, rid, p) => self.forward(pid, mid, rid, p),
                 Action::Keyframe(track) => self.request_keyframe(track),
             }
         }
@@ -197,9 +193,9 @@ impl PeerPoll<'_> {
                     self.on_event(peer, e);
                     true
                 }
-                // A frame whose payload its codec does not allow (str0m's
-                // depacketizer refused it, and dropped it): that frame is
-                // lost, not the connection. A video decoder then needs a
+                // A payload str0m refused (its depacketizer, in frame mode;
+                // in RTP mode payloads are checked in `on_rtp`): that media
+                // is lost, not the connection. A video decoder then needs a
                 // keyframe.
                 Err(RtcError::Packet(mid, pt, e)) => {
                     self.stats.media_undecodable += 1;
@@ -289,7 +285,7 @@ impl PeerPoll<'_> {
                     self.actions.push(Action::Bind(m.kind));
                 }
             }
-            Event::MediaData(d) => self.on_media(peer, d),
+            Event::RtpPacket(p) => self.on_rtp(peer, p),
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 tracing::debug!(participant = %pid, estimate = estimate.as_u64(), "bandwidth estimate");
                 peer.on_estimate(estimate.as_u64());
@@ -311,12 +307,66 @@ impl PeerPoll<'_> {
         }
     }
 
-    /// A frame from the publisher: its audio level to the room's speaker
-    /// detector, the frame to be forwarded after the poll.
-    fn on_media(&mut self, peer: &mut Peer, d: MediaData) {
-        self.stats.media_received += 1;
-        self.stats.packets_received += packets_of(&d);
-        if let Some(level) = d.ext_vals.audio_level
+    /// An RTP packet from the publisher: read once (its stream, codec,
+    /// keyframe start), its audio level to the room's speaker detector, the
+    /// packet to be forwarded after the poll.
+    fn on_rtp(&mut self, peer: &mut Peer, p: RtpPacket) {
+        self.stats.packets_received += 1;
+        // By SSRC: browsers stop sending the mid and rid extensions once
+        // the stream is known.
+        let Some((mid, rid)) = peer.rx_stream(p.header.ssrc) else {
+            return;
+        };
+        let pt = p.header.payload_type;
+        let cached = peer
+            .publication_by_mid(mid)
+            .and_then(|x| x.params)
+            .filter(|c| c.pt() == pt);
+        let params = match cached {
+            Some(c) => c,
+            None => {
+                let found = peer.rtc.call(RtcCall::Poll, |rtc| {
+                    rtc.codec_config().find(|c| c.pt() == pt).copied()
+                });
+                let Ok(Some(c)) = found else {
+                    self.stats.media_undecodable += 1;
+                    return;
+                };
+                if let Some(x) = peer.publication_by_mid(mid) {
+                    x.params = Some(c);
+                }
+                c
+            }
+        };
+        let ext = &p.header.ext_vals;
+        let (level, vad) = (ext.audio_level, ext.voice_activity);
+        let packet = match Packet::new(
+            p.seq_no,
+            p.time,
+            p.header.marker,
+            pt,
+            params,
+            p.payload,
+            p.timestamp,
+        ) {
+            Ok(x) => x.with_audio_level(level, vad),
+            // A payload its codec does not allow: that packet is dropped,
+            // not the connection. A video decoder then needs a keyframe.
+            Err(e) => {
+                self.stats.media_undecodable += 1;
+                tracing::debug!(participant = %self.pid, %mid, %pt, error = %e, "undecodable packet dropped");
+                if let Some(x) = peer.publication_by_mid(mid)
+                    && x.kind == MediaKind::Video
+                {
+                    self.actions.push(Action::Keyframe(x.id));
+                }
+                return;
+            }
+        };
+        if packet.marker || !packet.is_video() {
+            self.stats.media_received += 1;
+        }
+        if let Some(level) = level
             && let Some(room) = self.rooms.get_mut(peer.room())
         {
             room.speakers.observe(peer.public_id(), level, self.now);
@@ -325,12 +375,7 @@ impl PeerPoll<'_> {
                 *self.speaker_due = Some(due);
             }
         }
-        if !d.contiguous
-            && let Some(p) = peer.publication_by_mid(d.mid)
-        {
-            self.actions.push(Action::Keyframe(p.id));
-        }
-        self.actions.push(Action::Forward(d));
+        self.actions.push(Action::Forward(mid, rid, packet));
     }
 }
 

@@ -1,26 +1,26 @@
 //! Forwarding media: subscribers of a track, keyframe requests, and the
 //! per-packet fan-out.
 
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
-use str0m::rtp::{ExtensionValues, RtpWrite};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::rtp::{ExtensionValues, RtpWrite, Vp8PatchError};
 use str0m::{Rtc, RtcError};
 
 use super::Sfu;
-use super::drive::packets_of;
 use crate::id::{ConnectionId, TrackId};
 use crate::isolation::{Poisoned, RtcCall};
+use crate::packet::Packet;
 use crate::peer::Peer;
-use crate::track::{Publication, Subscriber, Subscription};
+use crate::track::{Mapped, Publication, Subscriber};
 
 /// The layers (rids) to ask a keyframe of: for a simulcast track the layers
 /// its subscribers receive or switch to, every layer if none is in use yet
 /// (str0m needs the rid: a request without one reaches no simulcast layer);
 /// `[None]` for a single-layer track.
-pub(super) fn keyframe_rids(p: &Publication) -> Vec<Option<str0m::media::Rid>> {
+pub(super) fn keyframe_rids(p: &Publication) -> Vec<Option<Rid>> {
     if p.layers.is_empty() {
         return vec![None];
     }
-    let used: Vec<Option<str0m::media::Rid>> = p
+    let used: Vec<Option<Rid>> = p
         .layers
         .iter()
         .enumerate()
@@ -38,37 +38,64 @@ pub(super) fn keyframe_rids(p: &Publication) -> Vec<Option<str0m::media::Rid>> {
     }
 }
 
-/// Writes one audio frame to a subscriber's m-line (its `rtc` and
-/// `subscriptions`) as one RTP packet with the m-line's own sequence
-/// numbers, carrying the publisher's audio level.
-fn write_audio(
+/// Asks the publisher of m-line `mid` (its layer `rid`) for a keyframe (a
+/// PLI); false when no such stream has arrived yet.
+pub(super) fn ask_keyframe(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>) -> bool {
+    match rtc.direct_api().stream_rx_by_mid(mid, rid) {
+        Some(rx) => {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Writes source packet `p`, numbered for the subscriber as `m`, to the
+/// subscriber's m-line `s.mid` with payload type `pt`.
+fn write_packet(
     rtc: &mut Rtc,
-    subscriptions: &mut [Subscription],
     s: &mut Subscriber,
-    pt: Pt,
-    time: MediaTime,
-    data: &MediaData,
+    pt: str0m::media::Pt,
+    m: Mapped,
+    p: &Packet,
 ) -> Result<(), RtcError> {
-    let mid = s.mid;
-    let seq = subscriptions
-        .iter_mut()
-        .find(|s| s.mid() == Some(mid))
-        .ok_or(RtcError::NoSenderSource)?
-        .take_seq();
+    let video = p.is_video();
     let ext = ExtensionValues {
-        audio_level: data.ext_vals.audio_level,
-        voice_activity: data.ext_vals.voice_activity,
+        audio_level: p.audio_level,
+        voice_activity: p.voice_activity,
         ..Default::default()
     };
-    let rtp = RtpWrite::new(
+    let mut rtp = RtpWrite::new(
         pt,
-        seq,
-        time.numer() as u32,
-        data.network_time,
-        data.data.clone(),
+        m.seq.into(),
+        m.time.numer() as u32,
+        p.arrival,
+        p.payload.clone(),
     )
-    .marker(data.audio_start_of_talk_spurt)
-    .ext_vals(ext);
+    .marker(p.marker)
+    .ext_vals(ext)
+    // Video is repaired from str0m's send buffer when the subscriber NACKs.
+    .nackable(video);
+    if let (Some(d), Some(id)) = (p.vp8, m.picture_id) {
+        let patch = |id: u16| {
+            let b = d.patch().picture_id(id);
+            match (m.tl0_pic_idx, d.tl0_pic_idx()) {
+                (Some(t), Some(_)) => b.tl0_pic_idx(t),
+                _ => b,
+            }
+            .build()
+        };
+        // A 7-bit picture id takes the low bits of the 15-bit numbering.
+        let built = match patch(id) {
+            Err(Vp8PatchError::PictureIdTooLarge) => patch(id & 0x7f),
+            other => other,
+        };
+        if let Ok(v) = built {
+            // Applied as the packet is serialized: the payload is not copied.
+            rtp = rtp.vp8_patch(v);
+        }
+    }
+    let mid = s.mid;
     let mut api = rtc.direct_api();
     // By SSRC, one hash lookup, while the cached stream still serves the
     // m-line; str0m finds one by m-line only by walking all send streams.
@@ -185,27 +212,32 @@ impl Sfu {
         let stats = &mut self.stats;
         // Driven below either way: a poisoned peer is removed by its drive.
         let _ = peer.rtc.call(RtcCall::Keyframe, |rtc| {
-            if let Some(mut w) = rtc.writer(mid) {
-                for rid in rids {
-                    match w.request_keyframe(rid, KeyframeRequestKind::Pli) {
-                        Ok(()) => stats.keyframe_requests += 1,
-                        Err(e) => {
-                            tracing::debug!(track = %track, error = %e, "keyframe request failed")
-                        }
-                    }
+            for rid in rids {
+                if ask_keyframe(rtc, mid, rid) {
+                    stats.keyframe_requests += 1;
+                } else {
+                    tracing::debug!(track = %track, ?rid, "keyframe request: no such stream yet");
                 }
             }
         });
         self.mark_dirty(publisher);
     }
 
-    /// Writes one media frame of `publisher` to all its subscribers.
-    pub(super) fn forward(&mut self, publisher: ConnectionId, data: MediaData) {
+    /// A packet of `publisher`'s m-line `mid` (layer `rid`) arrived: it
+    /// goes to the publication's subscribers (a handover's first decodable
+    /// packet first takes the track over).
+    pub(super) fn forward(
+        &mut self,
+        publisher: ConnectionId,
+        mid: Mid,
+        rid: Option<Rid>,
+        packet: Packet,
+    ) {
         if self
             .peers
             .get(&publisher)
-            .is_some_and(|p| p.is_deferred(data.mid))
-            && !self.take_over_track(publisher, &data)
+            .is_some_and(|p| p.is_deferred(mid))
+            && !self.take_over_track(publisher, mid, packet.keyframe_start)
         {
             return;
         }
@@ -213,7 +245,7 @@ impl Sfu {
         let Some(p) = self
             .peers
             .get_mut(&publisher)
-            .and_then(|p| p.publication_by_mid(data.mid))
+            .and_then(|p| p.publication_by_mid(mid))
         else {
             return;
         };
@@ -222,28 +254,99 @@ impl Sfu {
         if p.muted {
             return;
         }
-        let layer = p.layer_of(data.rid);
+        let layer = p.layer_of(rid);
+        // A hole in the stream that NACKs did not fill in time: the
+        // pictures after it cannot be decoded until the next keyframe.
+        let lost = if p.kind == MediaKind::Video {
+            match layer {
+                Some(l) => p.layers[l].gaps.observe(*packet.seq, now),
+                None => p.gaps.observe(*packet.seq, now),
+            }
+        } else {
+            false
+        };
         if let Some(l) = layer {
-            p.layers[l].measure(now, data.data.len());
+            p.layers[l].measure(now, packet.payload.len());
         }
+        let track = p.id;
+        if lost {
+            self.request_keyframe(track);
+        }
+        self.fan_out(track, layer.map(|l| l as u8), &packet);
+    }
+
+    /// Writes one packet of publication `track` (its simulcast layer
+    /// `layer`, `None` for a single-layer track) to the publication's local
+    /// subscribers, each with its own numbering (sequence, timestamp, VP8
+    /// picture id), switching a subscriber to the layer it waits for at
+    /// that layer's keyframe start, and asking the publisher for a keyframe
+    /// of a layer someone waits for.
+    pub(crate) fn fan_out(&mut self, track: TrackId, layer: Option<u8>, packet: &Packet) {
+        let Some(publisher) = self.tracks.get(&track).copied() else {
+            return;
+        };
+        let Some(p) = self
+            .peers
+            .get_mut(&publisher)
+            .and_then(|p| p.publication(track))
+        else {
+            return;
+        };
         let epoch = p.epoch;
-        let direct = p.kind == MediaKind::Audio;
-        let keyframe = data.is_keyframe();
         // Taken out so subscribers' choices can be updated while writing to
         // other peers; put back below. No allocation: the Vec moves.
         let mut subscribers = std::mem::take(&mut p.subscribers);
-        let packets = packets_of(&data);
-        // Layers some subscriber waits to switch to (bit per layer).
+        let want_keyframe = self.write_to_subscribers(&mut subscribers, epoch, layer, packet);
+        let now = self.now;
+        let Some(peer) = self.peers.get_mut(&publisher) else {
+            return;
+        };
+        let interval = self.config.keyframe_interval;
+        let Some(p) = peer.published.iter_mut().find(|p| p.id == track) else {
+            return;
+        };
+        p.subscribers = subscribers;
+        if want_keyframe != 0 {
+            let mid = p.mid;
+            let mut asked = false;
+            for (i, l) in p.layers.iter_mut().enumerate() {
+                if want_keyframe & (1 << i.min(31)) != 0 && l.keyframes.request(now, interval) {
+                    let stats = &mut self.stats;
+                    // Driven below either way: poisoned, its drive removes it.
+                    let _ = peer.rtc.call(RtcCall::Keyframe, |rtc| {
+                        if ask_keyframe(rtc, mid, Some(l.rid)) {
+                            stats.keyframe_requests += 1;
+                        }
+                    });
+                    asked = true;
+                }
+            }
+            if asked && peer.enqueue() {
+                self.written.push(publisher);
+            }
+        }
+    }
+
+    /// Writes `packet` (of layer `layer`, publication epoch `epoch`) to
+    /// `subscribers`; returns the layers some subscriber waits to switch to
+    /// at a keyframe (bit per layer).
+    pub(crate) fn write_to_subscribers(
+        &mut self,
+        subscribers: &mut [Subscriber],
+        epoch: u32,
+        layer: Option<u8>,
+        packet: &Packet,
+    ) -> u32 {
+        let audio = !packet.is_video();
         let mut want_keyframe: u32 = 0;
-        for s in &mut subscribers {
+        for s in subscribers {
             if s.paused {
                 continue;
             }
             if let Some(l) = layer {
-                let l = l as u8;
                 if s.target != s.current {
                     // Switch only where the new layer's picture can start.
-                    if s.target == Some(l) && keyframe {
+                    if s.target == Some(l) && packet.keyframe_start {
                         s.current = s.target;
                         s.rebase();
                     } else if let Some(t) = s.target {
@@ -260,6 +363,9 @@ impl Sfu {
             let Peer {
                 rtc, subscriptions, ..
             } = &mut **sub;
+            let Some(line) = subscriptions.iter_mut().find(|x| x.mid() == Some(s.mid)) else {
+                continue;
+            };
             // A panic in the subscriber's `Rtc` is the subscriber's: it is
             // closed, the publisher and the other subscribers go on.
             let written = rtc.call(RtcCall::Forward, |rtc| {
@@ -267,24 +373,15 @@ impl Sfu {
                 // this codec. An m-line's payload types stay fixed once
                 // negotiated, so the match is kept per source payload type.
                 let pt = match s.pt_map {
-                    Some((e, from, to)) if e == epoch && from == data.pt => to,
+                    Some((e, from, to)) if e == epoch && from == packet.pt => to,
                     _ => {
-                        let to = rtc
-                            .writer(s.mid)
-                            .and_then(|w| w.match_params(data.params))?;
-                        s.pt_map = Some((epoch, data.pt, to));
+                        let to = rtc.codec_config().match_params(packet.params)?.pt();
+                        s.pt_map = Some((epoch, packet.pt, to));
                         to
                     }
                 };
-                let time = s.map_time(epoch, data.time, data.network_time);
-                Some(if direct {
-                    // An audio frame is one RTP packet: written straight to the
-                    // send stream, it skips str0m's payloader and its copy.
-                    write_audio(rtc, subscriptions, s, pt, time, &data)
-                } else {
-                    rtc.writer(s.mid)?
-                        .write(pt, data.network_time, time, data.data.clone())
-                })
+                let m = s.map(epoch, packet, &mut line.next_seq)?;
+                Some(write_packet(rtc, s, pt, m, packet))
             });
             let written = match written {
                 Ok(Some(w)) => w,
@@ -303,47 +400,22 @@ impl Sfu {
                     // waits further back in the queue: str0m's pacer would
                     // release two packets written before one drive in its
                     // own order, not theirs.
-                    if sub.on_written(direct) {
+                    if sub.on_written(audio) {
                         // Queued here whether or not it waits in the other queue.
                         sub.enqueue();
                         self.written.push(s.connection);
                     }
-                    self.stats.media_forwarded += 1;
-                    self.stats.packets_forwarded += packets;
-                    self.stats.bytes_forwarded += data.data.len() as u64;
+                    if audio || packet.marker {
+                        self.stats.media_forwarded += 1;
+                    }
+                    self.stats.packets_forwarded += 1;
+                    self.stats.bytes_forwarded += packet.payload.len() as u64;
                 }
                 Err(e) => {
                     tracing::debug!(participant = %s.connection, error = %e, "write failed");
                 }
             }
         }
-        let Some(peer) = self.peers.get_mut(&publisher) else {
-            return;
-        };
-        let interval = self.config.keyframe_interval;
-        let Some(p) = peer.published.iter_mut().find(|p| p.mid == data.mid) else {
-            return;
-        };
-        p.subscribers = subscribers;
-        if want_keyframe != 0 {
-            let mid = p.mid;
-            let mut asked = false;
-            for (i, l) in p.layers.iter_mut().enumerate() {
-                if want_keyframe & (1 << i.min(31)) != 0 && l.keyframes.request(now, interval) {
-                    let stats = &mut self.stats;
-                    // Driven below either way: poisoned, its drive removes it.
-                    let _ = peer.rtc.call(RtcCall::Keyframe, |rtc| {
-                        if let Some(mut w) = rtc.writer(mid) {
-                            let _ = w.request_keyframe(Some(l.rid), KeyframeRequestKind::Pli);
-                            stats.keyframe_requests += 1;
-                        }
-                    });
-                    asked = true;
-                }
-            }
-            if asked && peer.enqueue() {
-                self.written.push(publisher);
-            }
-        }
+        want_keyframe
     }
 }

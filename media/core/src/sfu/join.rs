@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{KeyframeRequestKind, MediaData};
+use str0m::media::Mid;
 
+use super::forward::ask_keyframe;
 use super::negotiation::check_tracks;
 use super::{Sfu, report_panic, requeue};
 use crate::error::{JoinError, SignalError};
@@ -297,22 +298,21 @@ impl Sfu {
     /// Moves the old connection's track of this frame's kind to the new
     /// connection, if the frame can start a picture (audio always, video at a
     /// keyframe). True when the frame is to be forwarded.
-    pub(super) fn take_over_track(&mut self, new: ConnectionId, data: &MediaData) -> bool {
+    pub(super) fn take_over_track(&mut self, new: ConnectionId, mid: Mid, keyframe: bool) -> bool {
         let Some(peer) = self.peers.get_mut(&new) else {
             return false;
         };
-        if !peer.is_deferred(data.mid) {
+        if !peer.is_deferred(mid) {
             return false;
         }
-        let Some(kind) = peer.ready_to_take_over(data.mid, data.is_keyframe()) else {
+        let Some(kind) = peer.ready_to_take_over(mid, keyframe) else {
             // Keep the old picture until the new device sends a keyframe.
             let now = self.now;
             let interval = self.config.keyframe_interval;
             if peer.handover_keyframe_due(now, interval) {
                 let stats = &mut self.stats;
                 let asked = peer.rtc.call(RtcCall::Keyframe, |rtc| {
-                    if let Some(mut w) = rtc.writer(data.mid) {
-                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                    if ask_keyframe(rtc, mid, None) {
                         stats.keyframe_requests += 1;
                     }
                 });
@@ -332,10 +332,16 @@ impl Sfu {
             return false;
         };
         let mut publication = o.published.remove(i);
-        publication.mid = data.mid;
+        publication.mid = mid;
         publication.keyframes = Default::default();
         // Subscribers re-base their timestamps on the new source.
         publication.epoch = publication.epoch.wrapping_add(1);
+        // The new device numbers its packets and payload types its own way.
+        publication.params = None;
+        publication.gaps = Default::default();
+        for l in &mut publication.layers {
+            l.gaps = Default::default();
+        }
         let track = publication.id;
         self.tracks.insert(track, new);
         if let Some(peer) = self.peers.get_mut(&new) {

@@ -76,10 +76,11 @@ fn five_percent_loss_from_a_publisher_is_repaired() {
 
 #[test]
 fn audio_after_a_lost_packet_is_not_held_back() {
-    // Audio is not retransmitted: after a loss the server waits a few
-    // packets for a late one, then forwards what follows. Waiting longer
-    // (str0m's default is 15 packets, 300 ms) stalls the voice after every
-    // lost packet.
+    // Audio is not retransmitted: the server forwards each packet as it
+    // arrives, a gap stays a gap, and the subscriber (its jitter buffer)
+    // plays on after a loss. A server that waits for the lost packet
+    // (str0m's frame API waits 15 packets, 300 ms) stalls the voice after
+    // every loss.
     let mut w = World::new();
     let a = w.join("lossy", "alice", true);
     let b = w.join("lossy", "bob", false);

@@ -80,6 +80,13 @@ fn layers_follow_size_switch_at_keyframes_and_pause_when_unneeded() {
         r.time_regressions, 0,
         "timestamps stay monotonic across switches"
     );
+    // Each layer has its own sequence numbers; the subscriber's stay one
+    // sequence, without a hole at a switch (a hole would be NACKed, and
+    // never repaired).
+    assert_eq!(
+        r.seq_breaks, 0,
+        "sequence continuous across switches: {r:?}"
+    );
     assert!(
         r.max_gap < Duration::from_millis(400),
         "no stall while switching down: {:?}",
@@ -119,7 +126,9 @@ fn layers_follow_size_switch_at_keyframes_and_pause_when_unneeded() {
         video(w, b, a).is_some_and(|r| r.last_size == 2000)
     }));
     assert_eq!(last_layers(&w, a).as_deref(), Some("layers:q,h,f"));
-    assert_eq!(video(&w, b, a).unwrap().time_regressions, 0);
+    let r = video(&w, b, a).unwrap();
+    assert_eq!(r.time_regressions, 0);
+    assert_eq!(r.seq_breaks, 0, "{r:?}");
 }
 
 #[test]
