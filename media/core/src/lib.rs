@@ -134,6 +134,7 @@ mod isolation;
 mod layer_selector;
 mod packet;
 mod peer;
+pub mod relay;
 mod room;
 mod router;
 mod sfu;
@@ -147,8 +148,12 @@ pub use id::{ConnectionId, IdParseError, ParticipantId, RoomId, TrackId};
 #[cfg(feature = "test-hooks")]
 pub use isolation::RtcCall;
 pub use packet::{Packet, PayloadError};
+pub use relay::{Control, LinkId, RelayMessage, RelayPacket, RelayTrack};
 pub use room::RoomOptions;
-pub use sfu::{DataMessage, JoinRequest, Joined, Output, Sfu, SfuConfig, id_shard};
+pub use sfu::{
+    DataMessage, ID_NODE_SHIFT, JoinRequest, Joined, MAX_RELAY_PAYLOAD, Output, Sfu, SfuConfig,
+    id_base_of, id_shard,
+};
 pub use signal::{
     LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
     TrackKind,

@@ -268,12 +268,14 @@ impl Sfu {
         }
         self.mark_dirty(id);
 
-        let others: Vec<ParticipantInfo> = existing
+        let mut others: Vec<ParticipantInfo> = existing
             .iter()
             .filter_map(|p| self.peers.get(p))
             .filter(|p| p.is_visible() && p.public_id() != public_id)
             .map(|p| p.info())
             .collect();
+        // And those on other cores holding the room.
+        others.extend(self.remote_participants(&room));
         if let Some(from) = takes_over {
             tracing::info!(%from, "handover started");
         } else if visible {
@@ -281,6 +283,7 @@ impl Sfu {
                 self.signals
                     .push_back((*other, Signal::ParticipantJoined(info.clone())));
             }
+            self.relay_joined(&room, &info);
             self.events.push_back(RoomEvent::ParticipantJoined {
                 room,
                 participant: info.clone(),
