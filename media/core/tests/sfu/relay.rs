@@ -1,0 +1,443 @@
+//! One room over several cores joined by relay links (the in-memory mesh of
+//! `common::mesh`, every message through the wire codec): remote
+//! participants look local, media crosses a link once however many
+//! subscribers it feeds, only demanded layers cross, link loss is repaired
+//! from the origin's history, a link going down takes its participants.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::time::Duration;
+
+use crate::common;
+
+use common::mesh::Mesh;
+use str0m::media::MediaKind;
+use vela_media_core::{
+    DataMessage, LeaveReason, LinkId, ParticipantId, RoomId, TrackId, TrackKind, TrackSettings,
+};
+
+fn room() -> RoomId {
+    RoomId::new("r").unwrap()
+}
+
+/// The track of `kind` `publisher` publishes, as core `core` lists it.
+fn track_of(m: &Mesh, core: usize, publisher: ParticipantId, kind: TrackKind) -> Option<TrackId> {
+    m.cores[core]
+        .sfu
+        .participants(&room())
+        .into_iter()
+        .find(|p| p.id == publisher)?
+        .tracks
+        .into_iter()
+        .find(|t| t.kind == kind)
+        .map(|t| t.id)
+}
+
+#[test]
+fn a_publisher_on_one_core_reaches_subscribers_on_two_others() {
+    let mut m = Mesh::new(3);
+    let alice = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    m.link_room(1, "r");
+    m.run_for(Duration::from_millis(200));
+    // Carol joins after the room is linked: her join lists the others.
+    let carol = m.cores[2].join("r", "carol", false);
+    let alice_id = m.cores[0].clients[alice].id;
+    let bob_id = m.cores[1].clients[bob].id;
+    assert!(m.cores[2].clients[carol].others.contains(&alice_id));
+    assert!(m.cores[2].clients[carol].others.contains(&bob_id));
+    assert_ne!(alice_id, bob_id, "ids unique across cores");
+
+    let ok = m.run_until(Duration::from_secs(10), |m| {
+        [(1, bob), (2, carol)].iter().all(|&(k, c)| {
+            let cl = &m.cores[k].clients[c];
+            cl.frames_from(alice_id, MediaKind::Audio) >= 25
+                && cl.frames_from(alice_id, MediaKind::Video) >= 10
+        })
+    });
+    for (k, w) in m.cores.iter().enumerate() {
+        for c in &w.clients {
+            eprintln!("core {k} {} {:?} {:?}", c.name, c.received, c.signals);
+        }
+        eprintln!("core {k} {:?}", w.sfu.stats());
+    }
+    assert!(
+        ok,
+        "bob (core 1) and carol (core 2) receive alice's audio and video"
+    );
+    for (k, c) in [(1, bob), (2, carol)] {
+        let cl = &m.cores[k].clients[c];
+        for r in cl.received.values() {
+            assert_eq!(r.seq_breaks, 0, "{r:?}");
+            assert_eq!(r.undecodable(), 0);
+        }
+        assert_eq!(cl.undecodable, 0);
+    }
+    // Everyone sees everyone, and each core lists the whole room.
+    let carol_id = m.cores[2].clients[carol].id;
+    let a = &m.cores[0].clients[alice];
+    assert!(
+        a.signals.contains(&format!("joined:{bob_id}")),
+        "{:?}",
+        a.signals
+    );
+    assert!(
+        a.signals.contains(&format!("joined:{carol_id}")),
+        "{:?}",
+        a.signals
+    );
+    for w in &m.cores {
+        let mut ids: Vec<ParticipantId> =
+            w.sfu.participants(&room()).iter().map(|p| p.id).collect();
+        ids.sort();
+        let mut want = vec![alice_id, bob_id, carol_id];
+        want.sort();
+        assert_eq!(ids, want);
+        assert_eq!(w.sfu.room_info(&room()).unwrap().num_participants, 3);
+    }
+    assert!(m.cores[1].sfu.is_remote(alice_id));
+    assert!(!m.cores[0].sfu.is_remote(alice_id));
+    // Remote participants raise no room events (webhooks count each once).
+    let joined_events = |k: usize| {
+        m.cores[k]
+            .events
+            .iter()
+            .filter(|e| matches!(e, vela_media_core::RoomEvent::ParticipantJoined { .. }))
+            .count()
+    };
+    assert_eq!(
+        (joined_events(0), joined_events(1), joined_events(2)),
+        (1, 1, 1)
+    );
+}
+
+/// Extension for received-media checks.
+trait Undecodable {
+    fn undecodable(&self) -> u64;
+}
+impl Undecodable for common::Received {
+    fn undecodable(&self) -> u64 {
+        self.time_regressions
+    }
+}
+
+#[test]
+fn many_subscribers_on_a_core_cost_one_copy_per_packet_on_the_link() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join_audio("r", "alice");
+    let subs: Vec<usize> = (0..6)
+        .map(|i| m.cores[1].join("r", &format!("s{i}"), false))
+        .collect();
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        subs.iter()
+            .all(|s| m.cores[1].clients[*s].frames_from(alice_id, MediaKind::Audio) > 10)
+    }));
+    let before_link = m.media_on(0, 1);
+    let before_in = m.cores[0].sfu.stats().media_received;
+    let before: Vec<u64> = subs
+        .iter()
+        .map(|s| m.cores[1].clients[*s].frames_from(alice_id, MediaKind::Audio))
+        .collect();
+    m.run_for(Duration::from_secs(2));
+    let frames_in = m.cores[0].sfu.stats().media_received - before_in;
+    let on_link = m.media_on(0, 1) - before_link;
+    eprintln!("frames in {frames_in}, relayed {on_link}");
+    assert!(frames_in >= 90, "alice sent ~100 frames: {frames_in}");
+    // One packet per audio frame crosses, not one per subscriber.
+    assert!(on_link <= frames_in + 2, "{on_link} for {frames_in} frames");
+    for (s, b) in subs.iter().zip(before) {
+        let got = m.cores[1].clients[*s].frames_from(alice_id, MediaKind::Audio) - b;
+        assert!(
+            got + 3 >= frames_in,
+            "subscriber {s} got {got} of {frames_in}"
+        );
+    }
+    assert_eq!(m.media_on(1, 0), 0, "nothing is published on core 1");
+}
+
+#[test]
+fn a_small_subscriber_gets_the_low_layer_and_only_it_crosses() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join_simulcast("r", "alice");
+    // A local subscriber that wants everything: the publisher keeps all layers.
+    let local = m.cores[0].join("r", "local", false);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    assert!(m.run_until(Duration::from_secs(5), |m| {
+        track_of(m, 1, alice_id, TrackKind::Video).is_some()
+    }));
+    let video = track_of(&m, 1, alice_id, TrackKind::Video).unwrap();
+    // Bob renders alice small.
+    assert!(m.run_until(Duration::from_secs(5), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > 0
+    }));
+    let now = m.now();
+    let conn = m.cores[1].clients[bob].conn;
+    m.cores[1]
+        .sfu
+        .handle_track_settings(
+            now,
+            conn,
+            video,
+            TrackSettings {
+                enabled: true,
+                width: Some(320),
+                height: Some(180),
+            },
+        )
+        .unwrap();
+    // The local subscriber climbs to the top layer meanwhile.
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[0].clients[local]
+            .received
+            .values()
+            .any(|r| r.kind == MediaKind::Video && r.last_size == 2000)
+    }));
+    m.run_for(Duration::from_secs(1));
+    m.layers.clear();
+    let before = m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video);
+    m.run_for(Duration::from_secs(2));
+    let got = m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) - before;
+    let crossed = m.layers_on(0, 1, video);
+    eprintln!("layers crossed {crossed:?}, bob got {got}");
+    assert_eq!(crossed, [Some(0)].into(), "only the low layer crosses");
+    assert!(got >= 30, "bob keeps receiving: {got}");
+    let r = m.cores[1].clients[bob]
+        .received
+        .values()
+        .find(|r| r.kind == MediaKind::Video)
+        .unwrap();
+    assert_eq!(r.last_size, 300, "the q layer's frames");
+}
+
+#[test]
+fn link_loss_is_repaired_by_nack_from_the_origins_history() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    // A subscriber on the origin core, beside the one behind the lossy link.
+    let carol = m.cores[0].join("r", "carol", false);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > 5
+    }));
+    m.link_loss = 0.05;
+    let count =
+        |m: &Mesh, k: usize, c: usize, kind| m.cores[k].clients[c].frames_from(alice_id, kind);
+    let (b_a, b_v) = (
+        count(&m, 1, bob, MediaKind::Audio),
+        count(&m, 1, bob, MediaKind::Video),
+    );
+    let (c_a, c_v) = (
+        count(&m, 0, carol, MediaKind::Audio),
+        count(&m, 0, carol, MediaKind::Video),
+    );
+    m.run_for(Duration::from_secs(5));
+    m.link_loss = 0.0;
+    m.run_for(Duration::from_millis(500));
+    let bob_audio = count(&m, 1, bob, MediaKind::Audio) - b_a;
+    let bob_video = count(&m, 1, bob, MediaKind::Video) - b_v;
+    let carol_audio = count(&m, 0, carol, MediaKind::Audio) - c_a;
+    let carol_video = count(&m, 0, carol, MediaKind::Video) - c_v;
+    let (a, b) = (m.cores[0].sfu.stats(), m.cores[1].sfu.stats());
+    eprintln!(
+        "dropped {}, nacks {} retransmits {}; bob {bob_audio}/{bob_video} carol {carol_audio}/{carol_video}",
+        m.dropped, b.relay_nacks_sent, a.relay_retransmits
+    );
+    assert!(m.dropped >= 10, "the link lost packets: {}", m.dropped);
+    assert!(b.relay_nacks_sent > 0 && a.relay_retransmits > 0);
+    // Bob behind the lossy link gets what carol on the origin gets.
+    assert!(
+        bob_audio + 2 >= carol_audio,
+        "audio {bob_audio} of {carol_audio}"
+    );
+    assert!(
+        bob_video + 2 >= carol_video,
+        "video {bob_video} of {carol_video}"
+    );
+    assert_eq!(m.cores[1].clients[bob].undecodable, 0);
+}
+
+#[test]
+fn a_link_going_down_takes_its_participants_and_stops_the_media() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", true);
+    m.link_room(0, "r");
+    let (alice_id, bob_id) = (m.cores[0].clients[alice].id, m.cores[1].clients[bob].id);
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > 5
+            && m.cores[0].clients[alice].frames_from(bob_id, MediaKind::Video) > 5
+    }));
+    // The node behind the link dies: nothing crosses any more.
+    m.cut.insert((0, 1));
+    m.cut.insert((1, 0));
+    let now = m.now();
+    m.cores[1].sfu.handle_link_down(now, LinkId(0));
+    m.cores[0].sfu.handle_link_down(now, LinkId(1));
+    m.run_for(Duration::from_millis(500));
+    let b = &m.cores[1].clients[bob];
+    assert!(
+        b.signals.contains(&format!("participant_left:{alice_id}")),
+        "{:?}",
+        b.signals
+    );
+    assert!(
+        !b.active_sources().contains(&alice_id.to_string()),
+        "{:?}",
+        b.active_sources()
+    );
+    let ids: Vec<ParticipantId> = m.cores[1]
+        .sfu
+        .participants(&room())
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, vec![bob_id]);
+    assert!(!m.cores[0].sfu.is_remote(bob_id));
+    // The origin no longer sends what the gone link demanded.
+    let sent = m.cores[0].sfu.stats().relay_packets_sent;
+    m.run_for(Duration::from_millis(500));
+    assert_eq!(m.cores[0].sfu.stats().relay_packets_sent, sent);
+    // Left for the link's reason: its connection is lost.
+    assert!(m.cores[0].clients[alice].left.is_none(), "local ones stay");
+    assert!(
+        !m.cores[1].clients[bob]
+            .signals
+            .iter()
+            .any(|s| s.contains("left:removed"))
+    );
+    let _ = LeaveReason::ConnectionLost;
+}
+
+#[test]
+fn data_mute_and_speakers_cross_cores() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    m.cores[0].clients[alice].audio_level = -20;
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(1, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio) > 20
+    }));
+    // Bob's core hears alice speak from the relayed audio levels.
+    assert!(m.run_until(Duration::from_secs(3), |m| {
+        m.cores[1].clients[bob]
+            .signals
+            .contains(&format!("speakers:{alice_id}"))
+    }));
+    // Data from alice reaches bob on the other core.
+    let now = m.now();
+    let conn = m.cores[0].clients[alice].conn;
+    let n = m.cores[0]
+        .sfu
+        .handle_data(
+            now,
+            &room(),
+            Some(conn),
+            DataMessage {
+                topic: Some("chat".into()),
+                payload: b"hello bob".as_slice().into(),
+                destinations: vec![],
+            },
+        )
+        .unwrap();
+    assert_eq!(n, 1, "one other core");
+    m.run_for(Duration::from_millis(100));
+    let b = &m.cores[1].clients[bob];
+    assert!(
+        b.signals
+            .iter()
+            .any(|s| s.starts_with("Data") && s.contains(&alice_id.0.to_string())),
+        "{:?}",
+        b.signals
+    );
+    // Alice mutes her audio: bob is told and her frames stop.
+    let now = m.now();
+    m.cores[0]
+        .sfu
+        .handle_mute(now, conn, None, Some(MediaKind::Audio), true)
+        .unwrap();
+    m.run_for(Duration::from_millis(200));
+    let b = &m.cores[1].clients[bob];
+    assert!(
+        b.signals
+            .iter()
+            .any(|s| s.starts_with("TrackMuted") && s.contains("muted: true")),
+        "{:?}",
+        b.signals
+    );
+    let before = b.frames_from(alice_id, MediaKind::Audio);
+    m.run_for(Duration::from_secs(1));
+    assert_eq!(
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio),
+        before
+    );
+    let audio = track_of(&m, 1, alice_id, TrackKind::Audio).unwrap();
+    let info = m.cores[1].sfu.participant(&room(), "alice").unwrap();
+    assert!(info.tracks.iter().any(|t| t.id == audio && t.muted));
+}
+
+#[test]
+fn the_server_api_on_one_core_acts_on_a_participant_of_another() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > 5
+    }));
+    // Mute alice's video through core 1's API.
+    let video = track_of(&m, 1, alice_id, TrackKind::Video).unwrap();
+    let now = m.now();
+    let t = m.cores[1]
+        .sfu
+        .handle_mute_track(now, &room(), "alice", video, true)
+        .unwrap();
+    assert!(t.muted);
+    m.run_for(Duration::from_millis(300));
+    let a = &m.cores[0].clients[alice];
+    assert!(
+        a.signals
+            .iter()
+            .any(|s| s.starts_with("TrackMuted") && s.contains("muted: true")),
+        "alice is told: {:?}",
+        a.signals
+    );
+    let before = m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video);
+    m.run_for(Duration::from_secs(1));
+    assert_eq!(
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video),
+        before
+    );
+    // Remove her through core 1's API: her own core removes her.
+    let now = m.now();
+    m.cores[1]
+        .sfu
+        .handle_remove_participant(now, &room(), "alice")
+        .unwrap();
+    m.run_for(Duration::from_millis(300));
+    assert_eq!(m.cores[0].clients[alice].left, Some(LeaveReason::Removed));
+    let b = &m.cores[1].clients[bob];
+    assert!(
+        b.signals.contains(&format!("participant_left:{alice_id}")),
+        "{:?}",
+        b.signals
+    );
+    assert!(m.cores[1].sfu.participant(&room(), "alice").is_none());
+    // An identity on no core is still unknown.
+    let now = m.now();
+    assert!(
+        m.cores[1]
+            .sfu
+            .handle_remove_participant(now, &room(), "nobody")
+            .is_err()
+    );
+}
