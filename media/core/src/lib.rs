@@ -148,7 +148,7 @@ pub use id::{ConnectionId, IdParseError, ParticipantId, RoomId, TrackId};
 #[cfg(feature = "test-hooks")]
 pub use isolation::RtcCall;
 pub use packet::{Packet, PayloadError};
-pub use relay::{Control, LinkId, RelayMessage, RelayPacket, RelayTrack};
+pub use relay::{Control, LinkId, RelayLinkStats, RelayMessage, RelayPacket, RelayTrack};
 pub use room::RoomOptions;
 pub use sfu::{
     DataMessage, ID_NODE_SHIFT, JoinRequest, Joined, MAX_RELAY_PAYLOAD, Output, Sfu, SfuConfig,

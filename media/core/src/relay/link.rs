@@ -41,6 +41,8 @@ pub(crate) struct RelayState {
     pub history: FxHashMap<TrackId, Vec<History>>,
     /// Messages for the shell to send.
     pub outputs: VecDeque<(LinkId, RelayMessage)>,
+    /// Counters per link (its gauges are computed when asked).
+    pub counters: FxHashMap<LinkId, super::RelayLinkStats>,
 }
 
 impl RelayState {
@@ -58,6 +60,16 @@ impl RelayState {
             self.outputs
                 .push_back((*l, RelayMessage::Control(c.clone())));
         }
+    }
+
+    /// The counters of `link`.
+    pub fn count(&mut self, link: LinkId) -> &mut super::RelayLinkStats {
+        self.counters
+            .entry(link)
+            .or_insert_with(|| super::RelayLinkStats {
+                link,
+                ..Default::default()
+            })
     }
 
     /// Participants from `link`.

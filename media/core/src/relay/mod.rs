@@ -45,7 +45,9 @@ pub mod wire;
 pub(crate) mod link;
 
 /// A link to another core, as the shell numbers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct LinkId(pub u32);
 
 impl fmt::Display for LinkId {
@@ -77,6 +79,39 @@ pub const MAX_TRACKS_PER_LINK: usize = 4096;
 
 /// The most remote participants a core keeps from one link; more are refused.
 pub const MAX_PARTICIPANTS_PER_LINK: usize = 4096;
+
+/// One link's relay figures, as this core sees them (for `/metrics`): the
+/// counters since the link came up, and what it carries now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayLinkStats {
+    /// The link.
+    pub link: LinkId,
+    /// Rooms relayed over it.
+    pub rooms: u32,
+    /// Participants of the far core known here.
+    pub remote_participants: u32,
+    /// Tracks of the far core known here.
+    pub remote_tracks: u32,
+    /// Layers (track, layer pairs) this core sends over it now (the far
+    /// core's demand).
+    pub layers_sent: u32,
+    /// Layers this core receives over it now (its own demand).
+    pub layers_received: u32,
+    /// Media packets sent (retransmissions included).
+    pub packets_sent: u64,
+    /// Their payload bytes.
+    pub bytes_sent: u64,
+    /// Media packets received.
+    pub packets_received: u64,
+    /// Their payload bytes.
+    pub bytes_received: u64,
+    /// Packets found missing and NACKed (each try counted).
+    pub nacks_sent: u64,
+    /// Sequence numbers the far core NACKed.
+    pub nacks_received: u64,
+    /// Packets sent again to answer them.
+    pub retransmits: u64,
+}
 
 /// A published track as the receiving core needs it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

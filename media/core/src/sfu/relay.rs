@@ -23,7 +23,7 @@ use crate::packet::Packet;
 use crate::relay::link::{History, Incoming, RemoteParticipant, RemoteTrack};
 use crate::relay::{
     Control, LinkId, MAX_LAYERS, MAX_NACKS_PER_MESSAGE, MAX_PARTICIPANTS_PER_LINK,
-    MAX_TRACKS_PER_LINK, RelayMessage, RelayPacket, RelayTrack,
+    MAX_TRACKS_PER_LINK, RelayLinkStats, RelayMessage, RelayPacket, RelayTrack,
 };
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Signal};
 use crate::track::{Layer, Publication, Subscription, SubscriptionState, rid_rank};
@@ -99,6 +99,7 @@ impl Sfu {
         }
         self.drop_link_demand(link, None);
         self.relay.outputs.retain(|(l, _)| *l != link);
+        self.relay.counters.remove(&link);
     }
 
     /// A message arrived on `link`. Malformed or out-of-place messages are
@@ -132,6 +133,45 @@ impl Sfu {
     /// The links `room` is relayed over.
     pub fn relay_links(&self, room: &RoomId) -> Vec<LinkId> {
         self.relay.links(room).to_vec()
+    }
+
+    /// Per link: what it carries now and its counters, by link.
+    pub fn relay_link_stats(&self) -> Vec<RelayLinkStats> {
+        let mut links: Vec<LinkId> = self.relay.counters.keys().copied().collect();
+        links.extend(self.relay.rooms.values().flatten().copied());
+        links.sort();
+        links.dedup();
+        links
+            .into_iter()
+            .map(|link| {
+                let mut s = self.relay.counters.get(&link).copied().unwrap_or_default();
+                s.link = link;
+                s.rooms = self
+                    .relay
+                    .rooms
+                    .values()
+                    .filter(|l| l.contains(&link))
+                    .count() as u32;
+                s.remote_participants = self.relay.participants_of_link(link) as u32;
+                s.remote_tracks = self.relay.tracks_of_link(link) as u32;
+                s.layers_sent = self
+                    .relay
+                    .demand
+                    .values()
+                    .flatten()
+                    .filter(|(l, _)| *l == link)
+                    .map(|(_, m)| m.count_ones())
+                    .sum();
+                s.layers_received = self
+                    .relay
+                    .tracks
+                    .values()
+                    .filter(|t| t.link == link)
+                    .map(|t| t.demand_sent.count_ones())
+                    .sum();
+                s
+            })
+            .collect()
     }
 
     /// Whether `participant` lives on another core (behind a link).
@@ -595,6 +635,9 @@ impl Sfu {
             }
             self.stats.relay_packets_sent += 1;
             self.stats.relay_bytes_sent += p.payload.len() as u64;
+            let c = self.relay.counters.entry(*link).or_default();
+            c.packets_sent += 1;
+            c.bytes_sent += p.payload.len() as u64;
             self.relay
                 .outputs
                 .push_back((*link, RelayMessage::Media(p.clone())));
@@ -658,6 +701,7 @@ impl Sfu {
                 let seqs = inc.renack(now);
                 if !seqs.is_empty() {
                     self.stats.relay_nacks_sent += seqs.len() as u64;
+                    self.relay.counters.entry(t.link).or_default().nacks_sent += seqs.len() as u64;
                     self.relay.outputs.push_back((
                         t.link,
                         RelayMessage::Control(Control::Nack {
@@ -719,12 +763,16 @@ impl Sfu {
         };
         self.stats.relay_packets_received += 1;
         self.stats.relay_bytes_received += packet.payload.len() as u64;
+        let c = self.relay.counters.entry(link).or_default();
+        c.packets_received += 1;
+        c.bytes_received += packet.payload.len() as u64;
         if t.incoming.len() <= li {
             t.incoming.resize_with(li + 1, Incoming::default);
         }
         let seqs = t.incoming[li].receive(now, rp.seq);
         if !seqs.is_empty() {
             self.stats.relay_nacks_sent += seqs.len() as u64;
+            self.relay.counters.entry(link).or_default().nacks_sent += seqs.len() as u64;
             self.relay.outputs.push_back((
                 link,
                 RelayMessage::Control(Control::Nack {
@@ -1159,6 +1207,7 @@ impl Sfu {
 
     fn answer_nack(&mut self, link: LinkId, track: TrackId, layer: u8, seqs: &[u64]) {
         self.stats.relay_nacks_received += seqs.len() as u64;
+        self.relay.count(link).nacks_received += seqs.len() as u64;
         let Some(h) = self
             .relay
             .history
@@ -1167,13 +1216,15 @@ impl Sfu {
         else {
             return;
         };
-        for s in seqs.iter().take(MAX_NACKS_PER_MESSAGE) {
-            if let Some(p) = h.get(*s) {
-                self.stats.relay_retransmits += 1;
-                self.relay
-                    .outputs
-                    .push_back((link, RelayMessage::Media(p.clone())));
-            }
+        let found: Vec<RelayPacket> = seqs
+            .iter()
+            .take(MAX_NACKS_PER_MESSAGE)
+            .filter_map(|s| h.get(*s).cloned())
+            .collect();
+        self.stats.relay_retransmits += found.len() as u64;
+        self.relay.count(link).retransmits += found.len() as u64;
+        for p in found {
+            self.relay.outputs.push_back((link, RelayMessage::Media(p)));
         }
     }
 

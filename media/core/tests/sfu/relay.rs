@@ -70,7 +70,7 @@ fn a_publisher_on_one_core_reaches_subscribers_on_two_others() {
         let cl = &m.cores[k].clients[c];
         for r in cl.received.values() {
             assert_eq!(r.seq_breaks, 0, "{r:?}");
-            assert_eq!(r.undecodable(), 0);
+            assert_eq!(r.time_regressions, 0, "{r:?}");
         }
         assert_eq!(cl.undecodable, 0);
     }
@@ -110,16 +110,6 @@ fn a_publisher_on_one_core_reaches_subscribers_on_two_others() {
         (joined_events(0), joined_events(1), joined_events(2)),
         (1, 1, 1)
     );
-}
-
-/// Extension for received-media checks.
-trait Undecodable {
-    fn undecodable(&self) -> u64;
-}
-impl Undecodable for common::Received {
-    fn undecodable(&self) -> u64 {
-        self.time_regressions
-    }
 }
 
 #[test]
@@ -440,4 +430,103 @@ fn the_server_api_on_one_core_acts_on_a_participant_of_another() {
             .handle_remove_participant(now, &room(), "nobody")
             .is_err()
     );
+}
+
+#[test]
+fn a_far_subscriber_climbs_to_the_top_layer_and_the_lower_ones_stop_crossing() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join_simulcast("r", "alice");
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    // Bob starts on the low layer and, with the layer costs relayed and
+    // bandwidth to spare, is raised to the top one.
+    let top = m.run_until(Duration::from_secs(20), |m| {
+        m.cores[1].clients[bob]
+            .received
+            .values()
+            .any(|r| r.kind == MediaKind::Video && r.last_size == 2000)
+    });
+    let video = track_of(&m, 1, alice_id, TrackKind::Video).unwrap();
+    eprintln!("{:?}", m.layers_on(0, 1, video));
+    assert!(
+        top,
+        "bob reaches layer f: {:?}",
+        m.cores[1].clients[bob].received
+    );
+    m.run_for(Duration::from_secs(1));
+    m.layers.clear();
+    let before = m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video);
+    m.run_for(Duration::from_secs(2));
+    assert_eq!(
+        m.layers_on(0, 1, video),
+        [Some(2)].into(),
+        "only f crosses now"
+    );
+    let got = m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) - before;
+    assert!(got >= 30, "{got}");
+    let r = m.cores[1].clients[bob]
+        .received
+        .values()
+        .find(|r| r.kind == MediaKind::Video)
+        .unwrap();
+    assert_eq!((r.seq_breaks, r.time_regressions), (0, 0), "{r:?}");
+    // The link's figures say the same: f of alice's video and her audio.
+    let a = m.cores[0].sfu.relay_link_stats();
+    let b = m.cores[1].sfu.relay_link_stats();
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].link, a[0].layers_sent, a[0].remote_participants),
+        (LinkId(1), 2, 1)
+    );
+    assert_eq!(
+        (b[0].link, b[0].layers_received, b[0].remote_tracks),
+        (LinkId(0), 2, 2)
+    );
+    assert!(a[0].packets_sent > 0 && a[0].packets_sent == b[0].packets_received);
+}
+
+#[test]
+fn unlinking_a_room_takes_the_far_participants_from_it() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    let bob_id = m.cores[1].clients[bob].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio) > 5
+    }));
+    assert_eq!(m.cores[0].sfu.relay_links(&room()), vec![LinkId(1)]);
+    assert_eq!(
+        m.cores[1].sfu.relay_links(&room()),
+        vec![LinkId(0)],
+        "linked back"
+    );
+    let now = m.now();
+    m.cores[0]
+        .sfu
+        .handle_link_room(now, LinkId(1), room(), false);
+    m.run_for(Duration::from_millis(300));
+    // Both sides forget the other's participants; nothing crosses.
+    assert!(
+        m.cores[0].clients[alice]
+            .signals
+            .contains(&format!("participant_left:{bob_id}"))
+    );
+    assert!(
+        m.cores[1].clients[bob]
+            .signals
+            .contains(&format!("participant_left:{alice_id}"))
+    );
+    assert!(m.cores[1].sfu.relay_links(&room()).is_empty());
+    let sent = m.media_on(0, 1);
+    m.run_for(Duration::from_millis(500));
+    assert_eq!(m.media_on(0, 1), sent);
+    // Linked again: they come back, media with them.
+    m.link_room(1, "r");
+    let before = m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio);
+    assert!(m.run_until(Duration::from_secs(5), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio) > before + 10
+    }));
 }
