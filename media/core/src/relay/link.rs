@@ -109,6 +109,9 @@ pub(crate) struct RemoteTrack {
     pub demand_sent: u32,
     /// The origin's publication epoch last seen (see `RelayPacket::epoch`).
     pub origin_epoch: Option<u16>,
+    /// Layers a keyframe request held back by the throttle is for (sent
+    /// when the throttle opens).
+    pub keyframe_mask: u32,
 }
 
 /// The origin's relayed packets of one (track, layer), newest last.

@@ -582,16 +582,17 @@ impl Sfu {
                 .filter(|(_, l)| used.contains(&Some(l.rid)))
                 .fold(0u32, |m, (i, _)| m | 1 << i)
         };
+        // Held back by the throttle, it goes when the throttle opens (see
+        // `relay_tick`), for every layer asked meanwhile.
+        t.keyframe_mask |= mask;
         if !p.keyframes.request(now, interval) {
             self.stats.keyframe_requests_throttled += 1;
             return;
         }
+        let layers = std::mem::take(&mut t.keyframe_mask);
         self.relay.outputs.push_back((
             t.link,
-            RelayMessage::Control(Control::KeyframeRequest {
-                track,
-                layers: mask,
-            }),
+            RelayMessage::Control(Control::KeyframeRequest { track, layers }),
         ));
     }
 
@@ -693,10 +694,22 @@ impl Sfu {
 
     // ---- the receiving side ----
 
-    /// Missing relayed packets asked for again.
+    /// Missing relayed packets asked for again, keyframe requests the
+    /// throttle held back sent.
     pub(super) fn relay_tick(&mut self) {
         let now = self.now;
+        let interval = self.config.keyframe_interval;
         for (track, t) in &mut self.relay.tracks {
+            if t.publication.keyframes.poll(now, interval) {
+                let layers = std::mem::take(&mut t.keyframe_mask);
+                self.relay.outputs.push_back((
+                    t.link,
+                    RelayMessage::Control(Control::KeyframeRequest {
+                        track: *track,
+                        layers,
+                    }),
+                ));
+            }
             for (layer, inc) in t.incoming.iter_mut().enumerate() {
                 let seqs = inc.renack(now);
                 if !seqs.is_empty() {
@@ -715,12 +728,14 @@ impl Sfu {
         }
     }
 
-    /// Whether missing relayed packets want [`Sfu::relay_tick`] soon.
+    /// Whether missing relayed packets or a held-back keyframe request
+    /// want [`Sfu::relay_tick`] soon.
     pub(super) fn relay_waiting(&self) -> bool {
-        self.relay
-            .tracks
-            .values()
-            .any(|t| t.incoming.iter().any(Incoming::waiting))
+        let interval = self.config.keyframe_interval;
+        self.relay.tracks.values().any(|t| {
+            t.incoming.iter().any(Incoming::waiting)
+                || t.publication.keyframes.due(interval).is_some()
+        })
     }
 
     /// A relayed packet of a remote track: to its local subscribers, as a
@@ -1070,6 +1085,7 @@ impl Sfu {
                 incoming: Vec::new(),
                 demand_sent: 0,
                 origin_epoch: None,
+                keyframe_mask: 0,
             },
         );
         let members = self

@@ -530,3 +530,50 @@ fn unlinking_a_room_takes_the_far_participants_from_it() {
         m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio) > before + 10
     }));
 }
+
+#[test]
+fn a_handover_on_the_origin_core_goes_unseen_on_the_far_core() {
+    let mut m = Mesh::new(2);
+    let a = m.cores[0].join("r", "alice", true);
+    let b = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice = m.cores[0].clients[a].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[b].frames_from(alice, MediaKind::Video) > 10
+    }));
+    let mids_before: Vec<_> = m.cores[1].clients[b].received.keys().copied().collect();
+    let bob_signals = m.cores[1].clients[b].signals.len();
+    // Alice's second device (on the same core) takes over.
+    let a2 = m.cores[0].handover("r", a, "alice");
+    for r in m.cores[1].clients[b].received.values_mut() {
+        r.max_gap = Duration::ZERO;
+    }
+    let ok = m.run_until(Duration::from_secs(5), |m| {
+        m.cores[1].clients[b]
+            .received
+            .values()
+            .all(|r| r.last_tag == Some(a2 as u8))
+    });
+    assert!(
+        ok,
+        "bob receives the second device: {:?}",
+        m.cores[1].clients[b].received
+    );
+    m.run_for(Duration::from_secs(1));
+    let cl = &m.cores[1].clients[b];
+    let mids_after: Vec<_> = cl.received.keys().copied().collect();
+    assert_eq!(mids_before.len(), mids_after.len(), "same m-lines");
+    let new = &cl.signals[bob_signals..];
+    assert!(
+        !new.iter().any(|s| s.starts_with("participant_left")
+            || s.starts_with("joined:")
+            || s.starts_with("track_unpublished")),
+        "bob saw no leave or join: {new:?}"
+    );
+    for r in cl.received.values() {
+        // The far core re-bases timestamps on the new source too.
+        assert_eq!(r.time_regressions, 0, "{r:?}");
+        assert!(r.max_gap < Duration::from_secs(1), "{r:?}");
+    }
+    assert_eq!(m.cores[0].clients[a].left, Some(LeaveReason::HandedOver));
+}
