@@ -577,3 +577,34 @@ fn a_handover_on_the_origin_core_goes_unseen_on_the_far_core() {
     }
     assert_eq!(m.cores[0].clients[a].left, Some(LeaveReason::HandedOver));
 }
+
+#[test]
+fn a_whep_viewer_on_one_core_watches_a_publisher_on_another() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    m.link_room(0, "r");
+    m.run_for(Duration::from_millis(300));
+    let v = m.cores[1].join_whep("r", "viewer");
+    let ok = m.run_until(Duration::from_secs(10), |m| {
+        let r = &m.cores[1].clients[v].received;
+        let frames = |k| {
+            r.values()
+                .filter(|x| x.kind == k)
+                .map(|x| x.frames)
+                .sum::<u64>()
+        };
+        frames(MediaKind::Audio) > 20 && frames(MediaKind::Video) > 10
+    });
+    assert!(
+        ok,
+        "the viewer decodes alice's media: {:?}",
+        m.cores[1].clients[v].received
+    );
+    // A viewer is no participant: alice is not told of it.
+    let vid = m.cores[1].clients[v].id;
+    assert!(
+        !m.cores[0].clients[alice]
+            .signals
+            .contains(&format!("joined:{vid}"))
+    );
+}

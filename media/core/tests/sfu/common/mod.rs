@@ -227,6 +227,78 @@ impl World {
         self.join_with(room, name, Publish::SimulcastHighFirst, None)
     }
 
+    /// A WHEP viewer: its offer receives one audio and one video track,
+    /// fed from the room's tracks.
+    pub fn join_whep(&mut self, room: &str, name: &str) -> usize {
+        let n = self.clients.len() as u8 + 2;
+        let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        let a = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let v = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        // Its own m-lines raise no MediaAdded: counted from the start.
+        let received: HashMap<Mid, Received> = [(a, MediaKind::Audio), (v, MediaKind::Video)]
+            .into_iter()
+            .map(|(mid, kind)| {
+                let r = Received {
+                    kind,
+                    from: String::new(),
+                    frames: 0,
+                    last_size: 0,
+                    time_regressions: 0,
+                    last_time: None,
+                    last_tag: None,
+                    last_at: None,
+                    max_gap: Duration::ZERO,
+                    seq_breaks: 0,
+                    last_seq: None,
+                    last_audio_level: None,
+                    max_audio_delay: Duration::ZERO,
+                };
+                (mid, r)
+            })
+            .collect();
+        let joined = self
+            .sfu
+            .handle_join(
+                self.now,
+                JoinRequest::new(RoomId::new(room).unwrap(), name, PeerKind::Whep)
+                    .with_offer(offer),
+            )
+            .unwrap();
+        rtc.sdp_api()
+            .accept_answer(pending, joined.answer.unwrap())
+            .unwrap();
+        self.clients.push(Client {
+            name: name.to_owned(),
+            rtc,
+            addr,
+            id: joined.participant.id,
+            conn: joined.connection,
+            audio: None,
+            video: None,
+            pending: None,
+            received,
+            keyframe_requests: 0,
+            signals: Vec::new(),
+            left: None,
+            connected: false,
+            timeout: self.now,
+            audio_level: -127,
+            offline: false,
+            simulcast: false,
+            force_keyframe_rids: Vec::new(),
+            frame: 0,
+            force_keyframe: false,
+            rtp_ssrcs: Vec::new(),
+            undecodable: 0,
+            others: joined.others.iter().map(|p| p.id).collect(),
+        });
+        self.clients.len() - 1
+    }
+
     /// A new client (device) of `from`'s identity takes over its call.
     pub fn handover(&mut self, room: &str, from: usize, name: &str) -> usize {
         self.join_with(room, name, Publish::AudioVideo, Some(from))
