@@ -6,6 +6,13 @@
 //! is an input. A runtime shell (the `vela-media` crate) owns the socket and
 //! the timers.
 //!
+//! # One room over several cores
+//! A room may be spread over several `Sfu`s (the shards of a node, the
+//! nodes of a cluster), joined pairwise by links the shell carries: see
+//! [`relay`] for what crosses them, [`Sfu::handle_link_room`],
+//! [`Sfu::handle_relay`], [`Sfu::handle_link_down`] and [`Output::Relay`].
+//! Participants of the other cores look local to this core's clients.
+//!
 //! # Run-loop contract
 //! Give the [`Sfu`] one input at a time ([`Sfu::handle_receive`],
 //! [`Sfu::handle_timeout`], or one of the signaling calls such as

@@ -138,9 +138,9 @@ pub struct RelayTrack {
 #[non_exhaustive]
 pub enum Control {
     /// The sender holds `room` and links it over this link; its state of the
-    /// room follows. A core that receives this (or any message of a room
-    /// not yet linked over the link) links the room too and answers with
-    /// its own `RoomLinked` and state.
+    /// room follows. A core that receives this links the room too (if it
+    /// had not) and answers with its own `RoomLinked` and state. Other
+    /// messages of a room not linked over the link are dropped as stale.
     RoomLinked {
         /// The room.
         room: RoomId,

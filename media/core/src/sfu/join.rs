@@ -194,11 +194,10 @@ impl Sfu {
             .map(|r| r.options.max_participants)
             .filter(|n| *n > 0)
             .unwrap_or(self.config.max_participants_per_room) as usize;
-        if let Some(r) = self.rooms.get(&room)
-            && limit > 0
-            && takes_over.is_none()
-            && r.connections.len() - usize::from(replaced.is_some()) >= limit
-        {
+        // A room spread over cores counts its participants on the others too.
+        let present =
+            self.rooms.get(&room).map_or(0, |r| r.connections.len()) + self.remote_count(&room);
+        if limit > 0 && takes_over.is_none() && present - usize::from(replaced.is_some()) >= limit {
             return Err(JoinError::RoomFull(room.to_string()));
         }
 

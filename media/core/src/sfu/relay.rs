@@ -33,7 +33,11 @@ use crate::track::{Layer, Publication, Subscription, SubscriptionState, rid_rank
 /// (`relay::wire::MEDIA_HEADER`), plus the transport's own overhead.
 pub const MAX_RELAY_PAYLOAD: usize = 1200;
 
-/// How often held packets and NACKs are looked at without new input.
+/// Relayed sequence numbers and times at or past this are refused.
+const MAX_EXTENDED: u64 = 1 << 48;
+
+/// How often missing relayed packets and held-back keyframe requests are
+/// looked at without new input.
 pub(super) const RELAY_TICK: Duration = Duration::from_millis(20);
 
 /// The demand a remote track's local subscribers make: a bit per layer they
@@ -111,13 +115,30 @@ impl Sfu {
             RelayMessage::Control(c) => {
                 self.stats.relay_control_received += 1;
                 let _span = tracing::debug_span!("relay", %link).entered();
-                // Any message of a room not yet linked over this link links it.
-                if let Some(room) = c.room()
-                    && !matches!(c, Control::RoomUnlinked { .. })
-                    && !self.relay.links(room).contains(&link)
-                {
+                // The far core linked a room: this core links it too (and
+                // sends its state back). Other messages of a room not linked
+                // over this link are stale (sent before an unlink crossed
+                // them) and dropped, except the server API's, which act on
+                // local participants whatever the link.
+                if let Control::RoomLinked { room } = &c {
                     let room = room.clone();
                     self.link_room(link, &room);
+                    return;
+                }
+                let stale = c
+                    .room()
+                    .is_some_and(|r| !self.relay.links(r).contains(&link))
+                    && !matches!(
+                        c,
+                        Control::RoomUnlinked { .. }
+                            | Control::Remove { .. }
+                            | Control::MuteTrack { .. }
+                            | Control::UpdatePermissions { .. }
+                    );
+                if stale {
+                    self.stats.relay_refused += 1;
+                    tracing::debug!("control message of a room not linked; dropped");
+                    return;
                 }
                 self.relay_control(link, c);
             }
@@ -503,6 +524,15 @@ impl Sfu {
         v
     }
 
+    /// How many remote participants `room` has.
+    pub(super) fn remote_count(&self, room: &RoomId) -> usize {
+        self.relay
+            .participants
+            .values()
+            .filter(|p| p.room == *room)
+            .count()
+    }
+
     /// The remote tracks of `room`: (track, publisher, kind).
     pub(super) fn remote_tracks(&self, room: &RoomId) -> Vec<(TrackId, ParticipantId, MediaKind)> {
         let mut v: Vec<_> = self
@@ -750,7 +780,15 @@ impl Sfu {
         };
         let li = usize::from(rp.layer.unwrap_or(0));
         let simulcast = !t.publication.layers.is_empty();
-        if t.link != link || li >= MAX_LAYERS || (simulcast && li >= t.publication.layers.len()) {
+        // Extended numbers start below 2^32 and grow by one per packet (or
+        // the clock): past 2^48 they are garbage, and would overflow the
+        // subscribers' offset arithmetic.
+        let absurd = rp.seq >= MAX_EXTENDED || rp.time >= MAX_EXTENDED;
+        if t.link != link
+            || absurd
+            || li >= MAX_LAYERS
+            || (simulcast && li >= t.publication.layers.len())
+        {
             self.stats.relay_refused += 1;
             return;
         }

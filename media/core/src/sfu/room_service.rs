@@ -386,7 +386,9 @@ impl Sfu {
 
     /// Sends a data message to the room's sessions (all but the sender, or
     /// the named identities); `from` is a participant's connection, `None`
-    /// for the server API. Returns how many connections it went to.
+    /// for the server API; other cores holding the room deliver it to
+    /// theirs. Returns how many connections it went to here, plus one per
+    /// other core it was relayed to.
     pub fn handle_data(
         &mut self,
         now: Instant,

@@ -608,3 +608,147 @@ fn a_whep_viewer_on_one_core_watches_a_publisher_on_another() {
             .contains(&format!("joined:{vid}"))
     );
 }
+
+#[test]
+fn hostile_relay_input_is_refused_and_counted_and_the_room_goes_on() {
+    use std::sync::Arc;
+    use vela_media_core::relay::wire;
+    use vela_media_core::{
+        Control, ParticipantInfo, Permissions, RelayMessage, RelayPacket, RelayTrack,
+    };
+
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let (alice_id, bob_id) = (m.cores[0].clients[alice].id, m.cores[1].clients[bob].id);
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > 5
+    }));
+    let video = track_of(&m, 1, alice_id, TrackKind::Video).unwrap();
+    let media = |track, layer, pt, payload: &[u8]| {
+        RelayMessage::Media(RelayPacket {
+            track,
+            layer,
+            seq: 1 << 40,
+            time: 0,
+            pt,
+            marker: true,
+            audio_level: None,
+            voice_activity: None,
+            epoch: 0,
+            payload: Arc::from(payload),
+        })
+    };
+    let info = |id| ParticipantInfo {
+        id,
+        identity: "mallory".into(),
+        name: "mallory".into(),
+        account: None,
+        device: None,
+        tracks: vec![],
+        permissions: Permissions::default(),
+    };
+    // VP8's payload type in the test clients' offers.
+    let vp8_pt = 96u8;
+    let bad: Vec<(u32, RelayMessage)> = vec![
+        // Media of no known track, from the wrong link, of a layer the
+        // track lacks, of a payload type it never negotiated, and a VP8
+        // payload whose descriptor does not parse.
+        (0, media(TrackId(12345), None, vp8_pt, b"x")),
+        (7, media(video, None, vp8_pt, b"\x10\x02\x00")),
+        (0, media(video, Some(5), vp8_pt, b"\x10\x02\x00")),
+        (0, media(video, None, 1, b"\x10\x02\x00")),
+        // A participant whose id is a local one's, and one of a room not linked.
+        (
+            0,
+            RelayMessage::Control(Control::ParticipantJoined {
+                room: room(),
+                info: info(bob_id),
+            }),
+        ),
+        (
+            0,
+            RelayMessage::Control(Control::ParticipantJoined {
+                room: RoomId::new("elsewhere").unwrap(),
+                info: info(ParticipantId(999)),
+            }),
+        ),
+        // A track of nobody known; demand for a track that is not local.
+        (
+            0,
+            RelayMessage::Control(Control::TrackPublished {
+                room: room(),
+                participant: ParticipantId(999),
+                track: RelayTrack {
+                    id: TrackId(777),
+                    kind: TrackKind::Video,
+                    muted: false,
+                    rids: vec![],
+                    codecs: vec![],
+                },
+            }),
+        ),
+        (
+            0,
+            RelayMessage::Control(Control::Demand {
+                track: video,
+                layers: u32::MAX,
+            }),
+        ),
+    ];
+    let refused = m.cores[1].sfu.stats().relay_refused;
+    let now = m.now();
+    let n = bad.len() as u64;
+    for (link, msg) in bad {
+        m.cores[1].sfu.handle_relay(now, LinkId(link), msg);
+    }
+    let after = m.cores[1].sfu.stats().relay_refused;
+    // The VP8 payload of the right pt may parse as a frame start: at least
+    // every other one is refused.
+    assert!(
+        after - refused >= n - 1,
+        "refused {} of {n}",
+        after - refused
+    );
+    assert!(!m.cores[1].sfu.is_remote(ParticipantId(999)));
+    // Random and mutated frames through the decoder: errors or refusals.
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut seed = Vec::new();
+    wire::encode(
+        &media(video, None, vp8_pt, b"\x90\x80\x12\x10\x02\x00\x9d"),
+        &mut seed,
+    );
+    let mut decoded = 0;
+    for i in 0..3000 {
+        let mut b = seed.clone();
+        if i % 3 == 0 {
+            b = (0..(next() % 64) as usize).map(|_| next() as u8).collect();
+        } else {
+            for _ in 0..1 + next() % 3 {
+                let k = (next() % b.len() as u64) as usize;
+                b[k] = next() as u8;
+            }
+        }
+        match wire::decode(&b) {
+            Ok(msg) => {
+                decoded += 1;
+                let now = m.now();
+                m.cores[1].sfu.handle_relay(now, LinkId(0), msg);
+            }
+            Err(_) => m.cores[1].sfu.note_relay_malformed(),
+        }
+    }
+    assert!(decoded > 0);
+    // Bob still receives alice.
+    let before = m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video);
+    m.run_for(Duration::from_secs(1));
+    assert!(m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > before + 10);
+    assert!(m.cores[1].sfu.participants(&room()).len() == 2);
+}
