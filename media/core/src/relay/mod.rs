@@ -261,6 +261,15 @@ pub enum Control {
         /// The participant's identity.
         identity: String,
     },
+    /// The same identity joined the room on the sender's core: the
+    /// receiver's local participant of that identity leaves with
+    /// `duplicate_identity`, as it would for a join on its own core.
+    Replace {
+        /// The room.
+        room: RoomId,
+        /// The participant's identity.
+        identity: String,
+    },
     /// Server API: mute or unmute a track of the receiver's local participant.
     MuteTrack {
         /// The room.
@@ -297,6 +306,7 @@ impl Control {
             | Control::TrackMuted { room, .. }
             | Control::Data { room, .. }
             | Control::Remove { room, .. }
+            | Control::Replace { room, .. }
             | Control::MuteTrack { room, .. }
             | Control::UpdatePermissions { room, .. } => Some(room),
             Control::Demand { .. }

@@ -188,6 +188,22 @@ impl Sfu {
                 "the identity belongs to a signed-in device in this room",
             ));
         }
+        // The same identity on another core of the room is replaced too, by
+        // the same rule.
+        let remote_replaced =
+            if kind == PeerKind::Whep || takes_over.is_some() || replaced.is_some() {
+                None
+            } else {
+                self.remote_by_identity(&room, &identity)
+            };
+        if let Some((_, old_account)) = &remote_replaced
+            && old_account.is_some()
+            && old_account.as_ref() != account.as_ref()
+        {
+            return Err(JoinError::NotPermitted(
+                "the identity belongs to a signed-in device in this room",
+            ));
+        }
         let limit = self
             .rooms
             .get(&room)
@@ -197,7 +213,8 @@ impl Sfu {
         // A room spread over cores counts its participants on the others too.
         let present =
             self.rooms.get(&room).map_or(0, |r| r.connections.len()) + self.remote_count(&room);
-        if limit > 0 && takes_over.is_none() && present - usize::from(replaced.is_some()) >= limit {
+        let leaving = usize::from(replaced.is_some() || remote_replaced.is_some());
+        if limit > 0 && takes_over.is_none() && present - leaving >= limit {
             return Err(JoinError::RoomFull(room.to_string()));
         }
 
@@ -242,6 +259,9 @@ impl Sfu {
         let _span = tracing::info_span!("join", room = %room, participant = %id).entered();
         if let Some(old) = replaced {
             self.remove_participant(old, LeaveReason::DuplicateIdentity);
+        }
+        if let Some((old, _)) = remote_replaced {
+            self.replace_remote(&room, old);
         }
 
         let now = self.now;

@@ -132,6 +132,7 @@ impl Sfu {
                         c,
                         Control::RoomUnlinked { .. }
                             | Control::Remove { .. }
+                            | Control::Replace { .. }
                             | Control::MuteTrack { .. }
                             | Control::UpdatePermissions { .. }
                     );
@@ -522,6 +523,38 @@ impl Sfu {
             .collect();
         v.sort_by_key(|p| p.id);
         v
+    }
+
+    /// A remote participant of `room` with this identity (not a viewer:
+    /// viewers are never relayed), and its account and device.
+    pub(super) fn remote_by_identity(
+        &self,
+        room: &RoomId,
+        identity: &str,
+    ) -> Option<(ParticipantId, Option<(String, String)>)> {
+        self.relay
+            .participants
+            .iter()
+            .find(|(_, p)| p.room == *room && p.info.identity == identity)
+            .map(|(id, p)| (*id, p.info.account.clone().zip(p.info.device.clone())))
+    }
+
+    /// The same identity joined here: its session on another core is
+    /// closed there ([`LeaveReason::DuplicateIdentity`]) and leaves this
+    /// core's view now. (Two joins racing on two cores, neither knowing of
+    /// the other yet, both stay.)
+    pub(super) fn replace_remote(&mut self, room: &RoomId, old: ParticipantId) {
+        let Some(p) = self.relay.participants.get(&old) else {
+            return;
+        };
+        let c = Control::Replace {
+            room: room.clone(),
+            identity: p.info.identity.clone(),
+        };
+        self.relay
+            .outputs
+            .push_back((p.link, RelayMessage::Control(c)));
+        self.remote_left(room, old, LeaveReason::DuplicateIdentity);
     }
 
     /// How many remote participants `room` has.
@@ -991,8 +1024,14 @@ impl Sfu {
                 destinations,
             } => self.remote_data(&room, from, topic, payload, &destinations),
             Control::Remove { room, identity } => {
-                if let Err(e) = self.remove_local(&room, &identity) {
+                if let Err(e) = self.remove_local(&room, &identity, LeaveReason::Removed) {
                     tracing::debug!(%room, identity, error = %e, "relayed remove");
+                }
+            }
+            Control::Replace { room, identity } => {
+                let reason = LeaveReason::DuplicateIdentity;
+                if let Err(e) = self.remove_local(&room, &identity, reason) {
+                    tracing::debug!(%room, identity, error = %e, "relayed replace");
                 }
             }
             Control::MuteTrack {
@@ -1283,9 +1322,14 @@ impl Sfu {
     }
 
     /// A local participant removed by a far core's server API.
-    fn remove_local(&mut self, room: &RoomId, identity: &str) -> Result<(), crate::SignalError> {
+    fn remove_local(
+        &mut self,
+        room: &RoomId,
+        identity: &str,
+        reason: LeaveReason,
+    ) -> Result<(), crate::SignalError> {
         for c in self.connections_of(room, identity)? {
-            self.remove_participant(c, LeaveReason::Removed);
+            self.remove_participant(c, reason);
         }
         Ok(())
     }

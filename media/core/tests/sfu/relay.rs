@@ -752,3 +752,45 @@ fn hostile_relay_input_is_refused_and_counted_and_the_room_goes_on() {
     assert!(m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > before + 10);
     assert!(m.cores[1].sfu.participants(&room()).len() == 2);
 }
+
+#[test]
+fn the_same_identity_joining_on_another_core_replaces_the_older_session() {
+    let mut m = Mesh::new(2);
+    let old = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let old_id = m.cores[0].clients[old].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(old_id, MediaKind::Audio) > 5
+    }));
+    // Alice comes back through the other core (another node).
+    let new = m.cores[1].join("r", "alice", true);
+    let new_id = m.cores[1].clients[new].id;
+    assert!(
+        !m.cores[1].clients[new].others.contains(&old_id),
+        "not listed to her"
+    );
+    m.run_for(Duration::from_millis(300));
+    assert_eq!(
+        m.cores[0].clients[old].left,
+        Some(LeaveReason::DuplicateIdentity)
+    );
+    let b = &m.cores[1].clients[bob];
+    assert!(
+        b.signals.contains(&format!("participant_left:{old_id}")),
+        "{:?}",
+        b.signals
+    );
+    assert!(
+        b.signals.contains(&format!("joined:{new_id}")),
+        "{:?}",
+        b.signals
+    );
+    for w in &m.cores {
+        let ids: Vec<ParticipantId> = w.sfu.participants(&room()).iter().map(|p| p.id).collect();
+        assert!(!ids.contains(&old_id), "{ids:?}");
+    }
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(new_id, MediaKind::Audio) > 5
+    }));
+}
