@@ -271,12 +271,13 @@ impl Sfu {
             p.layers[l].measure(now, packet.payload.len());
         }
         let track = p.id;
+        let epoch = p.epoch;
         if lost {
             self.request_keyframe(track);
         }
         let layer = layer.map(|l| l as u8);
         // To the other cores whose subscribers want this layer, once each.
-        self.relay_packet(track, layer, &packet);
+        self.relay_packet(track, layer, epoch, &packet);
         self.fan_out(track, layer, &packet);
     }
 

@@ -663,7 +663,13 @@ impl Sfu {
 
     /// Sends a local track's packet over the links that demand its layer:
     /// once per link, kept in the history for their NACKs.
-    pub(super) fn relay_packet(&mut self, track: TrackId, layer: Option<u8>, packet: &Packet) {
+    pub(super) fn relay_packet(
+        &mut self,
+        track: TrackId,
+        layer: Option<u8>,
+        epoch: u32,
+        packet: &Packet,
+    ) {
         let Some(demand) = self.relay.demand.get(&track) else {
             return;
         };
@@ -675,12 +681,8 @@ impl Sfu {
         if !demand.iter().any(|(_, m)| m & bit != 0) {
             return;
         }
-        let epoch = self
-            .tracks
-            .get(&track)
-            .and_then(|pid| self.peers.get(pid))
-            .and_then(|p| p.published.iter().find(|p| p.id == track))
-            .map_or(0, |p| p.epoch as u16);
+        // Its low bits: the receiver only looks for a change.
+        let epoch = epoch as u16;
         let p = RelayPacket {
             track,
             layer,
@@ -899,9 +901,12 @@ impl Sfu {
         if lost {
             self.request_remote_keyframe(track, 0);
         }
-        if want != 0 {
-            // Local subscribers' layer switches change what they need.
+        // Subscribers wait for a layer, or may have switched at this
+        // keyframe: what they need changed.
+        if want != 0 || packet.keyframe_start {
             self.update_demand(track);
+        }
+        if want != 0 {
             self.request_remote_keyframe(track, want);
         }
         if let Some(level) = packet.audio_level
