@@ -407,6 +407,41 @@ fn the_server_api_on_one_core_acts_on_a_participant_of_another() {
         m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video),
         before
     );
+    // Take her publish permission through core 1's API: her core
+    // unpublishes her tracks, and bob's core is told.
+    let now = m.now();
+    let no_publish = vela_media_core::Permissions {
+        publish: false,
+        ..Default::default()
+    };
+    let info = m.cores[1]
+        .sfu
+        .handle_update_permissions(now, &room(), "alice", no_publish)
+        .unwrap();
+    assert!(!info.permissions.publish);
+    m.run_for(Duration::from_millis(300));
+    let b = &m.cores[1].clients[bob];
+    assert!(
+        b.signals
+            .contains(&format!("track_unpublished:{alice_id}:{video}")),
+        "{:?}",
+        b.signals
+    );
+    assert!(
+        m.cores[0].clients[alice]
+            .signals
+            .iter()
+            .any(|s| s.starts_with("PermissionsChanged")),
+        "alice is told"
+    );
+    assert!(
+        !m.cores[1]
+            .sfu
+            .participant(&room(), "alice")
+            .unwrap()
+            .permissions
+            .publish
+    );
     // Remove her through core 1's API: her own core removes her.
     let now = m.now();
     m.cores[1]
