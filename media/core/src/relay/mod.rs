@@ -138,12 +138,26 @@ pub struct RelayTrack {
 #[non_exhaustive]
 pub enum Control {
     /// The sender holds `room` and links it over this link; its state of the
-    /// room follows. A core that receives this links the room too (if it
-    /// had not) and answers with its own `RoomLinked` and state. Other
-    /// messages of a room not linked over the link are dropped as stale.
+    /// room follows (`ParticipantJoined` and `TrackPublished` for each).
+    /// A core that receives it links the room too, if it had not, and
+    /// (unless it is itself an answer) answers with its own `RoomLinked`
+    /// and state. Either way the receiver drops what it knew of the
+    /// sender's participants and tracks in the room that the lists no
+    /// longer name (a link that went down on one side only lost their
+    /// leaves), and sends its demand again. Other messages of a room not
+    /// linked over the link are dropped as stale.
     RoomLinked {
         /// The room.
         room: RoomId,
+        /// This is the answer to the other side's `RoomLinked`.
+        #[serde(default)]
+        answer: bool,
+        /// The sender's participants in the room now.
+        #[serde(default)]
+        participants: Vec<ParticipantId>,
+        /// Their tracks now.
+        #[serde(default)]
+        tracks: Vec<TrackId>,
     },
     /// The sender no longer holds `room` (or unlinked it): its participants
     /// there are gone.
@@ -296,7 +310,7 @@ impl Control {
     /// The room the message is about, if it names one.
     pub fn room(&self) -> Option<&RoomId> {
         match self {
-            Control::RoomLinked { room }
+            Control::RoomLinked { room, .. }
             | Control::RoomUnlinked { room }
             | Control::ParticipantJoined { room, .. }
             | Control::ParticipantUpdated { room, .. }

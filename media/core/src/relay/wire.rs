@@ -25,7 +25,8 @@
 use std::sync::Arc;
 
 use super::{
-    Control, MAX_CODECS_PER_TRACK, MAX_LAYERS, MAX_NACKS_PER_MESSAGE, RelayMessage, RelayPacket,
+    Control, MAX_CODECS_PER_TRACK, MAX_LAYERS, MAX_NACKS_PER_MESSAGE, MAX_PARTICIPANTS_PER_LINK,
+    MAX_TRACKS_PER_LINK, RelayMessage, RelayPacket,
 };
 use crate::id::TrackId;
 
@@ -146,6 +147,15 @@ fn decode_control(body: &[u8]) -> Result<Control, WireError> {
         Control::LayerBitrates { bitrates, .. } if bitrates.len() > MAX_LAYERS => {
             return Err(WireError::Range("bitrates"));
         }
+        Control::RoomLinked {
+            participants,
+            tracks,
+            ..
+        } if participants.len() > MAX_PARTICIPANTS_PER_LINK
+            || tracks.len() > MAX_TRACKS_PER_LINK =>
+        {
+            return Err(WireError::Range("room state"));
+        }
         _ => {}
     }
     Ok(c)
@@ -215,7 +225,12 @@ mod tests {
             },
         );
         vec![
-            Control::RoomLinked { room: room.clone() },
+            Control::RoomLinked {
+                room: room.clone(),
+                answer: false,
+                participants: vec![ParticipantId(5)],
+                tracks: vec![TrackId(9)],
+            },
             Control::ParticipantJoined {
                 room: room.clone(),
                 info: ParticipantInfo {

@@ -64,7 +64,7 @@ impl Sfu {
     pub fn handle_link_room(&mut self, now: Instant, link: LinkId, room: RoomId, on: bool) {
         self.advance(now);
         if on {
-            self.link_room(link, &room);
+            self.link_room(link, &room, false);
         } else if self.relay.links(&room).contains(&link) {
             self.relay.outputs.push_back((
                 link,
@@ -120,9 +120,23 @@ impl Sfu {
                 // over this link are stale (sent before an unlink crossed
                 // them) and dropped, except the server API's, which act on
                 // local participants whatever the link.
-                if let Control::RoomLinked { room } = &c {
-                    let room = room.clone();
-                    self.link_room(link, &room);
+                if let Control::RoomLinked {
+                    room,
+                    answer,
+                    participants,
+                    tracks,
+                } = c
+                {
+                    let linked = self.relay.links(&room).contains(&link);
+                    if answer && !linked {
+                        // This core unlinked the room meanwhile.
+                        self.stats.relay_refused += 1;
+                        return;
+                    }
+                    self.reconcile(link, &room, &participants, &tracks);
+                    if !answer {
+                        self.link_room(link, &room, true);
+                    }
                     return;
                 }
                 let stale = c
@@ -208,19 +222,85 @@ impl Sfu {
 
     // ---- linking ----
 
-    fn link_room(&mut self, link: LinkId, room: &RoomId) {
+    /// Links `room` over `link` and sends this core's state of it; an
+    /// `answer` (to the other side's `RoomLinked`) is sent even when the
+    /// room was linked already, a link the shell asks for only if not.
+    fn link_room(&mut self, link: LinkId, room: &RoomId, answer: bool) {
         let links = self.relay.rooms.entry(room.clone()).or_default();
-        if links.contains(&link) {
+        let new = !links.contains(&link);
+        if !new && !answer {
             return;
         }
-        links.push(link);
-        tracing::info!(%room, %link, "room linked");
-        let mut out = vec![Control::RoomLinked { room: room.clone() }];
-        out.extend(self.room_state(room));
-        for c in out {
+        if new {
+            links.push(link);
+            tracing::info!(%room, %link, "room linked");
+        }
+        let state = self.room_state(room);
+        let mut participants = Vec::new();
+        let mut tracks = Vec::new();
+        for c in &state {
+            match c {
+                Control::ParticipantJoined { info, .. } => participants.push(info.id),
+                Control::TrackPublished { track, .. } => tracks.push(track.id),
+                _ => {}
+            }
+        }
+        let first = Control::RoomLinked {
+            room: room.clone(),
+            answer,
+            participants,
+            tracks,
+        };
+        for c in std::iter::once(first).chain(state) {
             self.relay
                 .outputs
                 .push_back((link, RelayMessage::Control(c)));
+        }
+    }
+
+    /// The far core's state of `room` as it is now: what this core knew of
+    /// it that is no longer there goes (its leave or unpublish was lost
+    /// with a link), and this core's demand of its tracks is sent again.
+    fn reconcile(
+        &mut self,
+        link: LinkId,
+        room: &RoomId,
+        participants: &[ParticipantId],
+        tracks: &[TrackId],
+    ) {
+        let gone: Vec<ParticipantId> = self
+            .relay
+            .participants
+            .iter()
+            .filter(|(id, p)| p.link == link && p.room == *room && !participants.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for p in gone {
+            self.remote_left(room, p, LeaveReason::ConnectionLost);
+        }
+        let stale: Vec<(TrackId, ParticipantId)> = self
+            .relay
+            .tracks
+            .iter()
+            .filter(|(id, t)| t.link == link && t.room == *room && !tracks.contains(id))
+            .map(|(id, t)| (*id, t.participant))
+            .collect();
+        for (t, p) in stale {
+            self.remote_unpublished(room, p, &[t]);
+        }
+        let kept: Vec<TrackId> = self
+            .relay
+            .tracks
+            .iter_mut()
+            .filter(|(_, t)| t.link == link && t.room == *room)
+            .map(|(id, t)| {
+                // The far core may have forgotten it (its side went down).
+                t.demand_sent = 0;
+                *id
+            })
+            .collect();
+        for t in kept {
+            self.update_demand(t);
         }
     }
 

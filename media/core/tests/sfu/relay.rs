@@ -829,3 +829,57 @@ fn the_same_identity_joining_on_another_core_replaces_the_older_session() {
         m.cores[1].clients[bob].frames_from(new_id, MediaKind::Audio) > 5
     }));
 }
+
+#[test]
+fn a_link_down_on_one_side_only_is_reconciled_when_it_comes_back() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    let carol = m.cores[0].join("r", "carol", true);
+    let bob = m.cores[1].join("r", "bob", true);
+    m.link_room(0, "r");
+    let (alice_id, carol_id, bob_id) = (
+        m.cores[0].clients[alice].id,
+        m.cores[0].clients[carol].id,
+        m.cores[1].clients[bob].id,
+    );
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio) > 5
+            && m.cores[0].clients[alice].frames_from(bob_id, MediaKind::Audio) > 5
+    }));
+    // Core 0 sees the link drop; core 1 does not. Carol leaves meanwhile:
+    // her leave is lost with the link.
+    m.cut.insert((0, 1));
+    m.cut.insert((1, 0));
+    let now = m.now();
+    m.cores[0].sfu.handle_link_down(now, LinkId(1));
+    m.cores[0].leave(carol);
+    m.run_for(Duration::from_millis(300));
+    assert!(m.cores[1].sfu.is_remote(carol_id), "core 1 never heard");
+    // The link comes back and core 0's shell links the room again.
+    m.cut.clear();
+    let now = m.now();
+    m.cores[0]
+        .sfu
+        .handle_link_room(now, LinkId(1), room(), true);
+    m.run_for(Duration::from_millis(300));
+    assert!(
+        !m.cores[1].sfu.is_remote(carol_id),
+        "carol's leave reconciled"
+    );
+    let b = &m.cores[1].clients[bob];
+    assert!(
+        b.signals.contains(&format!("participant_left:{carol_id}")),
+        "{:?}",
+        b.signals
+    );
+    assert!(m.cores[0].sfu.is_remote(bob_id), "core 0 knows bob again");
+    // Media flows both ways again (core 1 sent its demand again).
+    let (b0, a0) = (
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio),
+        m.cores[0].clients[alice].frames_from(bob_id, MediaKind::Audio),
+    );
+    assert!(m.run_until(Duration::from_secs(5), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio) > b0 + 10
+            && m.cores[0].clients[alice].frames_from(bob_id, MediaKind::Audio) > a0 + 10
+    }));
+}
