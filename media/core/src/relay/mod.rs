@@ -139,7 +139,8 @@ pub struct RelayTrack {
 pub enum Control {
     /// The sender holds `room` and links it over this link; its state of the
     /// room follows (`ParticipantJoined` and `TrackPublished` for each).
-    /// A core that receives it links the room too, if it had not, and
+    /// A core that does not hold the room answers `RoomUnlinked`; one that
+    /// does links the room too, if it had not, and
     /// (unless it is itself an answer) answers with its own `RoomLinked`
     /// and state. Either way the receiver drops what it knew of the
     /// sender's participants and tracks in the room that the lists no

@@ -133,6 +133,16 @@ impl Sfu {
                         self.stats.relay_refused += 1;
                         return;
                     }
+                    if !linked && !self.rooms.contains_key(&room) {
+                        // Not held here (closed meanwhile, or not yet
+                        // opened): the far core unlinks; this core links it
+                        // when a participant of its own joins.
+                        self.relay.outputs.push_back((
+                            link,
+                            RelayMessage::Control(Control::RoomUnlinked { room }),
+                        ));
+                        return;
+                    }
                     self.reconcile(link, &room, &participants, &tracks);
                     if !answer {
                         self.link_room(link, &room, true);

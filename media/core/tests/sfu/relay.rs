@@ -41,12 +41,32 @@ fn a_publisher_on_one_core_reaches_subscribers_on_two_others() {
     m.link_room(0, "r");
     m.link_room(1, "r");
     m.run_for(Duration::from_millis(200));
-    // Carol joins after the room is linked: her join lists the others.
+    // Carol joins after the room is linked: her join lists the others
+    // (her core refused the link while it did not hold the room, and links
+    // it as she joins, as the shell does).
     let carol = m.cores[2].join("r", "carol", false);
+    assert!(m.cores[2].clients[carol].others.is_empty());
+    assert!(
+        m.cores[0].sfu.relay_links(&room()).len() == 1,
+        "core 2 refused"
+    );
+    m.link_room(2, "r");
+    m.run_for(Duration::from_millis(100));
     let alice_id = m.cores[0].clients[alice].id;
     let bob_id = m.cores[1].clients[bob].id;
-    assert!(m.cores[2].clients[carol].others.contains(&alice_id));
-    assert!(m.cores[2].clients[carol].others.contains(&bob_id));
+    let mut seen = m.cores[2].sfu.participants(&room());
+    seen.retain(|p| p.id == alice_id || p.id == bob_id);
+    assert_eq!(seen.len(), 2, "carol's core lists alice and bob");
+    let c = &m.cores[2].clients[carol];
+    assert!(
+        c.signals.contains(&format!("joined:{alice_id}")),
+        "{:?}",
+        c.signals
+    );
+    // A client joining a core that holds the linked room gets them in its join.
+    let dave = m.cores[2].join("r", "dave", false);
+    assert!(m.cores[2].clients[dave].others.contains(&alice_id));
+    assert!(m.cores[2].clients[dave].others.contains(&bob_id));
     assert_ne!(alice_id, bob_id, "ids unique across cores");
 
     let ok = m.run_until(Duration::from_secs(10), |m| {
@@ -91,10 +111,11 @@ fn a_publisher_on_one_core_reaches_subscribers_on_two_others() {
         let mut ids: Vec<ParticipantId> =
             w.sfu.participants(&room()).iter().map(|p| p.id).collect();
         ids.sort();
-        let mut want = vec![alice_id, bob_id, carol_id];
+        let dave_id = m.cores[2].clients[dave].id;
+        let mut want = vec![alice_id, bob_id, carol_id, dave_id];
         want.sort();
         assert_eq!(ids, want);
-        assert_eq!(w.sfu.room_info(&room()).unwrap().num_participants, 3);
+        assert_eq!(w.sfu.room_info(&room()).unwrap().num_participants, 4);
     }
     assert!(m.cores[1].sfu.is_remote(alice_id));
     assert!(!m.cores[0].sfu.is_remote(alice_id));
@@ -108,7 +129,7 @@ fn a_publisher_on_one_core_reaches_subscribers_on_two_others() {
     };
     assert_eq!(
         (joined_events(0), joined_events(1), joined_events(2)),
-        (1, 1, 1)
+        (1, 1, 2)
     );
 }
 
@@ -620,6 +641,7 @@ fn a_whep_viewer_on_one_core_watches_a_publisher_on_another() {
     m.link_room(0, "r");
     m.run_for(Duration::from_millis(300));
     let v = m.cores[1].join_whep("r", "viewer");
+    m.link_room(1, "r");
     let ok = m.run_until(Duration::from_secs(10), |m| {
         let r = &m.cores[1].clients[v].received;
         let frames = |k| {
