@@ -52,6 +52,13 @@ impl serde::Serialize for RoomId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for RoomId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        RoomId::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for RoomId {
     type Err = IdParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -6,6 +6,13 @@
 //! is an input. A runtime shell (the `vela-media` crate) owns the socket and
 //! the timers.
 //!
+//! # One room over several cores
+//! A room may be spread over several `Sfu`s (the shards of a node, the
+//! nodes of a cluster), joined pairwise by links the shell carries: see
+//! [`relay`] for what crosses them, [`Sfu::handle_link_room`],
+//! [`Sfu::handle_relay`], [`Sfu::handle_link_down`] and [`Output::Relay`].
+//! Participants of the other cores look local to this core's clients.
+//!
 //! # Run-loop contract
 //! Give the [`Sfu`] one input at a time ([`Sfu::handle_receive`],
 //! [`Sfu::handle_timeout`], or one of the signaling calls such as
@@ -134,6 +141,7 @@ mod isolation;
 mod layer_selector;
 mod packet;
 mod peer;
+pub mod relay;
 mod room;
 mod router;
 mod sfu;
@@ -147,8 +155,12 @@ pub use id::{ConnectionId, IdParseError, ParticipantId, RoomId, TrackId};
 #[cfg(feature = "test-hooks")]
 pub use isolation::RtcCall;
 pub use packet::{Packet, PayloadError};
+pub use relay::{Control, LinkId, RelayLinkStats, RelayMessage, RelayPacket, RelayTrack};
 pub use room::RoomOptions;
-pub use sfu::{DataMessage, JoinRequest, Joined, Output, Sfu, SfuConfig, id_shard};
+pub use sfu::{
+    DataMessage, ID_NODE_SHIFT, JoinRequest, Joined, MAX_RELAY_PAYLOAD, Output, Sfu, SfuConfig,
+    id_base_of, id_shard,
+};
 pub use signal::{
     LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
     TrackKind,

@@ -25,6 +25,8 @@ use str0m::{Input, RtcConfig, RtcError};
 use crate::id::{ConnectionId, RoomId, TrackId};
 use crate::isolation::{Poisoned, RtcCall};
 use crate::peer::Peer;
+use crate::relay::link::RelayState;
+use crate::relay::{LinkId, RelayMessage};
 use crate::room::Room;
 use crate::router::{Route, Router};
 use crate::signal::{LeaveReason, ParticipantInfo, RoomEvent, Signal};
@@ -37,10 +39,12 @@ mod join;
 mod layers;
 mod lifecycle;
 mod negotiation;
+mod relay;
 mod room_service;
 
-pub use config::{SfuConfig, id_shard};
+pub use config::{ID_NODE_SHIFT, SfuConfig, id_base_of, id_shard};
 pub use join::{JoinRequest, Joined};
+pub use relay::MAX_RELAY_PAYLOAD;
 pub use room_service::DataMessage;
 
 use drive::Action;
@@ -57,6 +61,10 @@ pub enum Output {
     Signal(ConnectionId, Signal),
     /// Something happened in a room.
     Event(RoomEvent),
+    /// Send this over the link to another core holding the room:
+    /// [`RelayMessage::Control`] reliably and in order,
+    /// [`RelayMessage::Media`] as a datagram (see [`crate::relay`]).
+    Relay(LinkId, RelayMessage),
     /// Nothing more to do until this instant (or until the next input).
     Timeout(Instant),
 }
@@ -134,12 +142,16 @@ pub struct Sfu {
     events: VecDeque<RoomEvent>,
     actions: Vec<Action>,
     stats: SfuStats,
+    /// Links to other cores: remote participants and tracks, demand, history.
+    relay: RelayState,
+    /// When held relayed packets and NACKs are next looked at.
+    relay_due: Instant,
 }
 
 impl Sfu {
     /// An empty SFU; `now` starts its clock.
     pub fn new(config: SfuConfig, now: Instant) -> Self {
-        let first_id = config.id_space.0;
+        let first_id = config.id_base + config.id_space.0;
         Sfu {
             rtc_config: crate::peer::rtc_config(config.bandwidth_estimation),
             config,
@@ -161,6 +173,8 @@ impl Sfu {
             events: VecDeque::new(),
             actions: Vec::new(),
             stats: SfuStats::default(),
+            relay: RelayState::default(),
+            relay_due: now,
         }
     }
 
@@ -174,9 +188,12 @@ impl Sfu {
         }
     }
 
-    /// The visible participants of a room, in joining order.
+    /// The visible participants of a room: this core's in joining order,
+    /// then those of other cores holding the room (see
+    /// [`Sfu::is_remote`]), by id.
     pub fn participants(&self, room: &RoomId) -> Vec<ParticipantInfo> {
-        self.rooms
+        let mut v: Vec<ParticipantInfo> = self
+            .rooms
             .get(room)
             .map(|r| {
                 r.connections
@@ -186,7 +203,9 @@ impl Sfu {
                     .map(|p| p.info())
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        v.extend(self.remote_participants(room));
+        v
     }
 
     /// Test only: the next call of kind `on` into the WebRTC stack of
@@ -316,7 +335,12 @@ impl Sfu {
         if now >= self.layers_due {
             self.layers_due = now + LAYER_INTERVAL;
             self.allocate_all_layers();
+            self.relay_layer_tick();
             self.sweep_silent(now);
+        }
+        if now >= self.relay_due {
+            self.relay_due = now + relay::RELAY_TICK;
+            self.relay_tick();
         }
         let interval = self.config.keyframe_interval;
         let connect_timeout = self.config.connect_timeout;
@@ -363,6 +387,9 @@ impl Sfu {
             if let Some(t) = self.transmits.pop_front() {
                 return Output::Transmit(t);
             }
+            if let Some((l, m)) = self.relay.outputs.pop_front() {
+                return Output::Relay(l, m);
+            }
             if let Some((p, s)) = self.signals.pop_front() {
                 return Output::Signal(p, s);
             }
@@ -398,6 +425,12 @@ impl Sfu {
         }
         if let Some(t) = self.rooms_due {
             next = next.min(t);
+        }
+        if !self.relay.tracks.is_empty() {
+            next = next.min(self.layers_due);
+        }
+        if self.relay_waiting() {
+            next = next.min(self.relay_due);
         }
         next.max(self.now)
     }

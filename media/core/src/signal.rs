@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use str0m::change::SdpOffer;
 use str0m::media::MediaKind;
 
 use crate::id::{ConnectionId, ParticipantId, RoomId, TrackId};
 
 /// The kind of media a track carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrackKind {
     /// Audio (Opus).
@@ -48,7 +48,7 @@ pub enum PeerKind {
 }
 
 /// What a participant may do in its room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Permissions {
     /// May publish tracks.
     pub publish: bool,
@@ -69,7 +69,7 @@ impl Default for Permissions {
 }
 
 /// A published track as others see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackInfo {
     /// The track's id.
     pub id: TrackId,
@@ -80,7 +80,7 @@ pub struct TrackInfo {
 }
 
 /// A participant as others see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipantInfo {
     /// The participant's id.
     pub id: ParticipantId,
@@ -123,7 +123,7 @@ pub struct RoomInfo {
 }
 
 /// Why a participant left a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaveReason {
     /// The client asked to leave (or the WebSocket closed, or a WHIP/WHEP DELETE).

@@ -46,6 +46,24 @@ pub struct SfuStats {
     /// Participants whose WebRTC stack (str0m) panicked: each was closed
     /// alone as a lost connection, its room went on. A bug to report.
     pub peers_panicked: u64,
+    /// Media packets sent over relay links (one per link that demanded each).
+    pub relay_packets_sent: u64,
+    /// Payload bytes of those packets.
+    pub relay_bytes_sent: u64,
+    /// Media packets received over relay links (retransmissions included).
+    pub relay_packets_received: u64,
+    /// Payload bytes of those packets.
+    pub relay_bytes_received: u64,
+    /// Control messages received over relay links.
+    pub relay_control_received: u64,
+    /// Relayed packets found missing and asked for again (NACKed seqs).
+    pub relay_nacks_sent: u64,
+    /// Sequence numbers other cores NACKed.
+    pub relay_nacks_received: u64,
+    /// Relayed packets sent again from the history to answer NACKs.
+    pub relay_retransmits: u64,
+    /// Relay input refused: malformed, for an unknown track or room, from the wrong link, or over a limit.
+    pub relay_refused: u64,
     /// Participants currently in a room.
     pub participants: u64,
     /// Rooms currently open.
@@ -76,6 +94,15 @@ impl std::ops::AddAssign for SfuStats {
             rtc_timeouts,
             rtc_polls,
             peers_panicked,
+            relay_packets_sent,
+            relay_bytes_sent,
+            relay_packets_received,
+            relay_bytes_received,
+            relay_control_received,
+            relay_nacks_sent,
+            relay_nacks_received,
+            relay_retransmits,
+            relay_refused,
             participants,
             rooms,
             tracks,
@@ -98,6 +125,15 @@ impl std::ops::AddAssign for SfuStats {
         self.rtc_timeouts += rtc_timeouts;
         self.rtc_polls += rtc_polls;
         self.peers_panicked += peers_panicked;
+        self.relay_packets_sent += relay_packets_sent;
+        self.relay_bytes_sent += relay_bytes_sent;
+        self.relay_packets_received += relay_packets_received;
+        self.relay_bytes_received += relay_bytes_received;
+        self.relay_control_received += relay_control_received;
+        self.relay_nacks_sent += relay_nacks_sent;
+        self.relay_nacks_received += relay_nacks_received;
+        self.relay_retransmits += relay_retransmits;
+        self.relay_refused += relay_refused;
         self.participants += participants;
         self.rooms += rooms;
         self.tracks += tracks;

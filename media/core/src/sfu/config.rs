@@ -16,7 +16,15 @@ pub struct SfuConfig {
     pub(super) reconnect_timeout: Duration,
     /// First participant and track number, and the step between numbers.
     pub(super) id_space: (u64, u64),
+    /// Added to every id: names the node in a cluster (see `set_id_base`).
+    pub(super) id_base: u64,
 }
+
+/// Ids made by one node fit in this many low bits; the bits above are the
+/// node's base (see [`SfuConfig::set_id_base`]).
+pub const ID_NODE_SHIFT: u32 = 40;
+
+const ID_LOCAL_MASK: u64 = (1 << ID_NODE_SHIFT) - 1;
 
 impl SfuConfig {
     /// A configuration advertising these host candidates (address and UDP port).
@@ -31,6 +39,7 @@ impl SfuConfig {
             bandwidth_estimation: true,
             reconnect_timeout: Duration::from_secs(15),
             id_space: (1, 1),
+            id_base: 0,
         }
     }
 
@@ -39,6 +48,16 @@ impl SfuConfig {
     /// ids never collide and an id names its core (see [`id_shard`]).
     pub fn set_id_space(mut self, first: u64, step: u64) -> Self {
         self.id_space = (first.max(1), step.max(1));
+        self
+    }
+
+    /// Adds `base` to every participant and track number, so that ids stay
+    /// unique across the nodes of a cluster (a remote participant's id must
+    /// not collide with a local one). `base` is the node's number shifted
+    /// left by [`ID_NODE_SHIFT`] (lower bits are cleared); 0, the default,
+    /// for a single node. [`id_shard`] ignores it.
+    pub fn set_id_base(mut self, base: u64) -> Self {
+        self.id_base = base & !ID_LOCAL_MASK;
         self
     }
 
@@ -94,8 +113,34 @@ impl SfuConfig {
 }
 
 /// Which of `shards` cores numbered with [`SfuConfig::set_id_space`]`(k + 1,
-/// shards)` made participant or track number `id`: `k`.
+/// shards)` made participant or track number `id`: `k` (whatever the node's
+/// [`SfuConfig::set_id_base`]).
 pub fn id_shard(id: u64, shards: usize) -> usize {
     let n = shards.max(1) as u64;
-    (id.saturating_sub(1) % n) as usize
+    ((id & ID_LOCAL_MASK).saturating_sub(1) % n) as usize
+}
+
+/// The base ([`SfuConfig::set_id_base`]) of the node that made `id`.
+pub fn id_base_of(id: u64) -> u64 {
+    id & !ID_LOCAL_MASK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_names_the_node_and_the_shard_ignores_it() {
+        let base = 7u64 << ID_NODE_SHIFT;
+        let c = SfuConfig::new(vec![])
+            .set_id_space(2, 3)
+            .set_id_base(base | 5);
+        assert_eq!(c.id_base, base, "low bits cleared");
+        for k in 0..10u64 {
+            let id = base + 2 + 3 * k;
+            assert_eq!(id_shard(id, 3), 1);
+            assert_eq!(id_base_of(id), base);
+            assert_eq!(id_shard(2 + 3 * k, 3), 1, "base 0 unchanged");
+        }
+    }
 }

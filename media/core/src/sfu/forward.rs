@@ -118,14 +118,8 @@ fn write_packet(
 impl Sfu {
     /// Starts forwarding `track` to `subscriber` on its m-line `mid`.
     pub(super) fn add_subscriber(&mut self, track: TrackId, subscriber: ConnectionId, mid: Mid) {
-        let Some(publisher) = self.tracks.get(&track).copied() else {
-            return;
-        };
-        let Some(p) = self
-            .peers
-            .get_mut(&publisher)
-            .and_then(|p| p.publication(track))
-        else {
+        // A local track, or one relayed from another core.
+        let Some(p) = self.publication_mut(track) else {
             return;
         };
         // Simulcast starts on the lowest layer, for a quick first picture;
@@ -133,8 +127,11 @@ impl Sfu {
         let target = if p.layers.is_empty() { None } else { Some(0) };
         p.subscribers
             .push(Subscriber::new(subscriber, mid, p.epoch, target));
+        let video = p.kind == MediaKind::Video;
+        // A remote track's origin learns what crosses the link now.
+        self.update_demand(track);
         // A new subscriber can only start decoding on a keyframe.
-        if p.kind == MediaKind::Video {
+        if video {
             self.request_keyframe(track);
         }
     }
@@ -158,6 +155,13 @@ impl Sfu {
                     .map(|t| (p.public_id(), t.id))
             })
         });
+        // Else one relayed from another core of the room.
+        let candidate = candidate.or_else(|| {
+            self.remote_tracks(&room)
+                .into_iter()
+                .find(|(_, _, k)| *k == kind)
+                .map(|(t, p, _)| (p, t))
+        });
         let Some((public, track)) = candidate else {
             return;
         };
@@ -177,19 +181,17 @@ impl Sfu {
 
     /// Track `src` stops being written to `subscriber`'s m-line `mid`.
     pub(super) fn stop_feeding(&mut self, src: TrackId, subscriber: ConnectionId, mid: Mid) {
-        if let Some(publisher) = self.tracks.get(&src).copied()
-            && let Some(p) = self
-                .peers
-                .get_mut(&publisher)
-                .and_then(|p| p.publication(src))
-        {
+        if let Some(p) = self.publication_mut(src) {
             p.subscribers
                 .retain(|x| !(x.connection == subscriber && x.mid == mid));
         }
+        self.update_demand(src);
     }
 
     pub(super) fn request_keyframe(&mut self, track: TrackId) {
         let Some(publisher) = self.tracks.get(&track).copied() else {
+            // A remote track: its origin asks its publisher.
+            self.request_remote_keyframe(track, 0);
             return;
         };
         let Some(peer) = self.peers.get_mut(&publisher) else {
@@ -269,10 +271,14 @@ impl Sfu {
             p.layers[l].measure(now, packet.payload.len());
         }
         let track = p.id;
+        let epoch = p.epoch;
         if lost {
             self.request_keyframe(track);
         }
-        self.fan_out(track, layer.map(|l| l as u8), &packet);
+        let layer = layer.map(|l| l as u8);
+        // To the other cores whose subscribers want this layer, once each.
+        self.relay_packet(track, layer, epoch, &packet);
+        self.fan_out(track, layer, &packet);
     }
 
     /// Writes one packet of publication `track` (its simulcast layer

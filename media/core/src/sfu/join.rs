@@ -188,17 +188,33 @@ impl Sfu {
                 "the identity belongs to a signed-in device in this room",
             ));
         }
+        // The same identity on another core of the room is replaced too, by
+        // the same rule.
+        let remote_replaced =
+            if kind == PeerKind::Whep || takes_over.is_some() || replaced.is_some() {
+                None
+            } else {
+                self.remote_by_identity(&room, &identity)
+            };
+        if let Some((_, old_account)) = &remote_replaced
+            && old_account.is_some()
+            && old_account.as_ref() != account.as_ref()
+        {
+            return Err(JoinError::NotPermitted(
+                "the identity belongs to a signed-in device in this room",
+            ));
+        }
         let limit = self
             .rooms
             .get(&room)
             .map(|r| r.options.max_participants)
             .filter(|n| *n > 0)
             .unwrap_or(self.config.max_participants_per_room) as usize;
-        if let Some(r) = self.rooms.get(&room)
-            && limit > 0
-            && takes_over.is_none()
-            && r.connections.len() - usize::from(replaced.is_some()) >= limit
-        {
+        // A room spread over cores counts its participants on the others too.
+        let present =
+            self.rooms.get(&room).map_or(0, |r| r.connections.len()) + self.remote_count(&room);
+        let leaving = usize::from(replaced.is_some() || remote_replaced.is_some());
+        if limit > 0 && takes_over.is_none() && present - leaving >= limit {
             return Err(JoinError::RoomFull(room.to_string()));
         }
 
@@ -244,6 +260,9 @@ impl Sfu {
         if let Some(old) = replaced {
             self.remove_participant(old, LeaveReason::DuplicateIdentity);
         }
+        if let Some((old, _)) = remote_replaced {
+            self.replace_remote(&room, old);
+        }
 
         let now = self.now;
         let room_entry = self.rooms.entry(room.clone()).or_insert_with(|| {
@@ -268,12 +287,14 @@ impl Sfu {
         }
         self.mark_dirty(id);
 
-        let others: Vec<ParticipantInfo> = existing
+        let mut others: Vec<ParticipantInfo> = existing
             .iter()
             .filter_map(|p| self.peers.get(p))
             .filter(|p| p.is_visible() && p.public_id() != public_id)
             .map(|p| p.info())
             .collect();
+        // And those on other cores holding the room.
+        others.extend(self.remote_participants(&room));
         if let Some(from) = takes_over {
             tracing::info!(%from, "handover started");
         } else if visible {
@@ -281,6 +302,7 @@ impl Sfu {
                 self.signals
                     .push_back((*other, Signal::ParticipantJoined(info.clone())));
             }
+            self.relay_joined(&room, &info);
             self.events.push_back(RoomEvent::ParticipantJoined {
                 room,
                 participant: info.clone(),

@@ -36,7 +36,7 @@ const LAYER_START_GRACE: Duration = Duration::from_secs(5);
 /// nominal one, so that a subscriber can still ask for it (which resumes it)
 /// and keep asking while it starts. A layer never seen though it may be sent
 /// for longer stays at 0 (absent).
-fn layer_costs(p: &Publication, now: Instant) -> Vec<u64> {
+pub(super) fn layer_costs(p: &Publication, now: Instant) -> Vec<u64> {
     let top = p.layers.len().saturating_sub(1);
     p.layers
         .iter()
@@ -82,12 +82,8 @@ impl Sfu {
         let was_enabled = sub.settings.enabled;
         sub.settings = settings;
         let mid = sub.mid();
-        let publisher = self.tracks.get(&track).copied();
-        if let (Some(mid), Some(publisher)) = (mid, publisher)
-            && let Some(p) = self
-                .peers
-                .get_mut(&publisher)
-                .and_then(|p| p.publication(track))
+        if let Some(mid) = mid
+            && let Some(p) = self.publication_mut(track)
             && let Some(s) = p
                 .subscribers
                 .iter_mut()
@@ -104,6 +100,7 @@ impl Sfu {
             }
         }
         self.allocate_layers(connection);
+        self.update_demand(track);
         self.update_layer_needs();
         Ok(())
     }
@@ -120,7 +117,6 @@ impl Sfu {
     pub(super) fn allocate_layers(&mut self, subscriber: ConnectionId) {
         struct Item {
             track: TrackId,
-            publisher: ConnectionId,
             mid: Mid,
             bitrates: Vec<u64>,
             max_layer: Option<usize>,
@@ -139,14 +135,8 @@ impl Sfu {
                 audio += 1;
                 continue;
             }
-            let Some(publisher) = self.tracks.get(&track).copied() else {
-                continue;
-            };
-            let Some(p) = self
-                .peers
-                .get(&publisher)
-                .and_then(|p| p.published.iter().find(|p| p.id == track))
-            else {
+            // A local track, or one relayed from another core.
+            let Some(p) = self.publication_ref(track) else {
                 continue;
             };
             if p.layers.len() < 2 {
@@ -165,7 +155,6 @@ impl Sfu {
                 .and_then(|x| x.current.map(usize::from));
             items.push(Item {
                 track,
-                publisher,
                 mid,
                 bitrates: layer_costs(p, self.now),
                 max_layer,
@@ -208,12 +197,9 @@ impl Sfu {
                 requeue(&mut self.dirty, peer);
             }
         }
+        let mut switches = 0;
         for (i, c) in items.iter().zip(choice) {
-            let Some(p) = self
-                .peers
-                .get_mut(&i.publisher)
-                .and_then(|p| p.publication(i.track))
-            else {
+            let Some(p) = self.publication_mut(i.track) else {
                 continue;
             };
             if let Some(s) = p
@@ -224,11 +210,12 @@ impl Sfu {
                 let target = c.map(|c| c as u8);
                 if s.target != target {
                     tracing::debug!(participant = %subscriber, track = %i.track, from = ?s.target, to = ?target, "layer target");
-                    self.stats.layer_switches += 1;
+                    switches += 1;
                 }
                 s.target = target;
             }
         }
+        self.stats.layer_switches += switches;
     }
 
     /// Tells publishers which simulcast layers anyone needs, when that changed.
@@ -241,11 +228,19 @@ impl Sfu {
                 }
                 // Layers up to the highest one in use stay on, so a switch
                 // down finds its layer running.
+                // And those other cores' subscribers demand over links.
+                let linked = self
+                    .relay
+                    .demand
+                    .get(&p.id)
+                    .map_or(0u32, |d| d.iter().fold(0, |m, (_, x)| m | x));
+                let linked_top = (linked != 0).then(|| (31 - linked.leading_zeros()) as u8);
                 let top = p
                     .subscribers
                     .iter()
                     .filter(|s| !s.paused)
                     .filter_map(|s| s.target.max(s.current))
+                    .chain(linked_top)
                     .max();
                 let mask: u32 = match top {
                     Some(t) => (1u32 << (u32::from(t) + 1)) - 1,

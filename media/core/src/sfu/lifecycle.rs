@@ -62,6 +62,7 @@ impl Sfu {
             track: id,
             kind: kind.into(),
         });
+        self.relay_published(pid, id);
         let members = self
             .rooms
             .get(&room)
@@ -136,6 +137,7 @@ impl Sfu {
             muted,
         });
         if changed {
+            self.relay_muted(&room, public_id, id, muted);
             self.events.push_back(RoomEvent::TrackMuted {
                 room,
                 participant: public_id,
@@ -256,6 +258,7 @@ impl Sfu {
         }
         self.signals.push_back((pid, Signal::Left { reason }));
         if peer.is_visible() && successor.is_none() {
+            self.relay_left(&room, public, reason);
             self.events.push_back(RoomEvent::ParticipantLeft {
                 room: room.clone(),
                 participant: public,
@@ -301,6 +304,19 @@ impl Sfu {
                 track: *t,
             });
         }
+        self.relay_unpublished(room, public, tracks);
+        self.unsubscribe_all(room, public, visible, tracks);
+    }
+
+    /// Tracks of `public` (local or remote) are gone: the room's
+    /// subscribers stop receiving them and are told (if `visible`).
+    pub(super) fn unsubscribe_all(
+        &mut self,
+        room: &RoomId,
+        public: ParticipantId,
+        visible: bool,
+        tracks: &[TrackId],
+    ) {
         let members = self
             .rooms
             .get(room)

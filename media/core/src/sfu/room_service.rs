@@ -10,6 +10,7 @@ use str0m::media::MediaKind;
 use super::Sfu;
 use crate::error::SignalError;
 use crate::id::{ConnectionId, ParticipantId, RoomId, TrackId};
+use crate::relay::Control;
 use crate::room::{Room, RoomOptions};
 use crate::signal::{
     LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
@@ -95,16 +96,21 @@ impl Sfu {
                 .filter_map(|p| self.peers.get(p))
                 .filter(|p| p.is_visible() && p.takes_over().is_none())
         };
+        // The room's participants on other cores count too.
+        let remote = self.remote_participants(room);
+        let remote_tracks = self.remote_tracks(room).len() as u32;
         RoomInfo {
             name: room.clone(),
-            num_participants: visible().count() as u32,
-            num_publishers: visible().filter(|p| !p.published.is_empty()).count() as u32,
+            num_participants: visible().count() as u32 + remote.len() as u32,
+            num_publishers: visible().filter(|p| !p.published.is_empty()).count() as u32
+                + remote.iter().filter(|p| !p.tracks.is_empty()).count() as u32,
             num_tracks: r
                 .connections
                 .iter()
                 .filter_map(|p| self.peers.get(p))
                 .map(|p| p.published.len() as u32)
-                .sum(),
+                .sum::<u32>()
+                + remote_tracks,
             max_participants: r.options.max_participants,
             empty_timeout_secs: r.options.empty_timeout.map(|d| d.as_secs()),
             metadata: r.options.metadata.clone(),
@@ -114,7 +120,10 @@ impl Sfu {
 
     /// A participant of a room by identity.
     pub fn participant(&self, room: &RoomId, identity: &str) -> Option<ParticipantInfo> {
-        let conns = self.connections_of(room, identity).ok()?;
+        let Ok(conns) = self.connections_of(room, identity) else {
+            // One on another core holding the room.
+            return self.remote_participant(room, identity);
+        };
         // During a handover the track list is the union of both connections.
         let mut info = self.peers.get(conns.first()?)?.info();
         for c in conns.iter().skip(1) {
@@ -127,7 +136,7 @@ impl Sfu {
     }
 
     /// The connections (one, two during a handover) of a visible participant.
-    fn connections_of(
+    pub(super) fn connections_of(
         &self,
         room: &RoomId,
         identity: &str,
@@ -157,7 +166,22 @@ impl Sfu {
         identity: &str,
     ) -> Result<(), SignalError> {
         self.advance(now);
-        for c in self.connections_of(room, identity)? {
+        let conns = match self.connections_of(room, identity) {
+            Ok(c) => c,
+            Err(e) => {
+                // On another core: its core removes it.
+                let c = Control::Remove {
+                    room: room.clone(),
+                    identity: identity.to_owned(),
+                };
+                return if self.relay_operation(room, identity, c) {
+                    Ok(())
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        for c in conns {
             self.remove_participant(c, LeaveReason::Removed);
         }
         Ok(())
@@ -174,7 +198,10 @@ impl Sfu {
         muted: bool,
     ) -> Result<TrackInfo, SignalError> {
         self.advance(now);
-        let conns = self.connections_of(room, identity)?;
+        let conns = match self.connections_of(room, identity) {
+            Ok(c) => c,
+            Err(e) => return self.mute_remote(room, identity, track, muted).ok_or(e),
+        };
         let owner = conns
             .iter()
             .copied()
@@ -223,7 +250,25 @@ impl Sfu {
         permissions: Permissions,
     ) -> Result<ParticipantInfo, SignalError> {
         self.advance(now);
-        let conns = self.connections_of(room, identity)?;
+        let conns = match self.connections_of(room, identity) {
+            Ok(c) => c,
+            Err(e) => {
+                // On another core: its core applies them and tells the room.
+                let c = Control::UpdatePermissions {
+                    room: room.clone(),
+                    identity: identity.to_owned(),
+                    permissions,
+                };
+                if !self.relay_operation(room, identity, c) {
+                    return Err(e);
+                }
+                let mut info = self
+                    .remote_participant(room, identity)
+                    .ok_or(SignalError::UnknownParticipant)?;
+                info.permissions = permissions;
+                return Ok(info);
+            }
+        };
         for c in &conns {
             self.apply_permissions(*c, permissions);
         }
@@ -272,6 +317,7 @@ impl Sfu {
             self.signals
                 .push_back((pid, Signal::PermissionsChanged(new)));
         }
+        self.relay_updated(pid);
         self.mark_dirty(pid);
     }
 
@@ -306,12 +352,14 @@ impl Sfu {
             return;
         }
         let public = peer.public_id();
+        let room = peer.room().clone();
         let members = self
             .rooms
-            .get(peer.room())
+            .get(&room)
             .map(|r| r.connections.clone())
             .unwrap_or_default();
-        let mut wanted: Vec<(TrackId, ParticipantId, MediaKind)> = Vec::new();
+        // Tracks relayed from other cores of the room too.
+        let mut wanted: Vec<(TrackId, ParticipantId, MediaKind)> = self.remote_tracks(&room);
         for m in members {
             if let Some(o) = self.peers.get(&m)
                 && o.public_id() != public
@@ -338,7 +386,9 @@ impl Sfu {
 
     /// Sends a data message to the room's sessions (all but the sender, or
     /// the named identities); `from` is a participant's connection, `None`
-    /// for the server API. Returns how many connections it went to.
+    /// for the server API; other cores holding the room deliver it to
+    /// theirs. Returns how many connections it went to here, plus one per
+    /// other core it was relayed to.
     pub fn handle_data(
         &mut self,
         now: Instant,
@@ -359,8 +409,9 @@ impl Sfu {
             }
             None => None,
         };
+        // Other cores of the room deliver it to theirs (counted once each).
+        let mut n = self.relay_data(room, sender, &message);
         let r = self.rooms.get(room).ok_or(SignalError::UnknownRoom)?;
-        let mut n = 0;
         for m in &r.connections {
             let Some(p) = self.peers.get(m) else {
                 continue;
@@ -404,5 +455,29 @@ impl Sfu {
             .filter(|r| r.connections.is_empty())
             .filter_map(Room::closes_at)
             .min();
+    }
+
+    /// Server API mute of a track of a participant on another core: sent to
+    /// its core, which applies it and tells the room; the track as it will be.
+    fn mute_remote(
+        &mut self,
+        room: &RoomId,
+        identity: &str,
+        track: TrackId,
+        muted: bool,
+    ) -> Option<TrackInfo> {
+        let info = self.remote_participant(room, identity)?;
+        let mut t = info.tracks.into_iter().find(|t| t.id == track)?;
+        let c = Control::MuteTrack {
+            room: room.clone(),
+            identity: identity.to_owned(),
+            track,
+            muted,
+        };
+        if !self.relay_operation(room, identity, c) {
+            return None;
+        }
+        t.muted = muted;
+        Some(t)
     }
 }

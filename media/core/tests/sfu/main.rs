@@ -11,6 +11,7 @@ mod identity;
 mod loss_repair;
 mod peer_panic;
 mod reconnect;
+mod relay;
 mod room_service;
 mod simulcast;
 mod three_party;

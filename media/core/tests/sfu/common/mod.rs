@@ -12,9 +12,11 @@ use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 use vela_media_core::{
-    ConnectionId, JoinRequest, LeaveReason, Output, ParticipantId, PeerKind, RoomId, Sfu,
-    SfuConfig, Signal,
+    ConnectionId, JoinRequest, LeaveReason, LinkId, Output, ParticipantId, PeerKind, RelayMessage,
+    RoomId, Sfu, SfuConfig, Signal,
 };
+
+pub mod mesh;
 
 /// Media one client received on one m-line.
 #[derive(Debug, Clone)]
@@ -76,6 +78,8 @@ pub struct Client {
     pub rtp_ssrcs: Vec<u32>,
     /// Frames it received that could not be depacketized.
     pub undecodable: u64,
+    /// The participants its join said were already in the room.
+    pub others: Vec<ParticipantId>,
 }
 
 impl Client {
@@ -127,6 +131,8 @@ pub struct World {
     next_video: Instant,
     /// Virtual time zero, for the send times carried in audio payloads.
     start: Instant,
+    /// What the core asked to send to other cores (see `mesh`), not yet delivered.
+    pub relayed: Vec<(LinkId, RelayMessage)>,
 }
 
 /// The SSRC of an RTP datagram (in the clear, SRTP or not); None for RTCP
@@ -169,8 +175,12 @@ impl World {
     }
 
     pub fn with_config(f: impl FnOnce(SfuConfig) -> SfuConfig) -> World {
+        Self::with_clock(Instant::now(), f)
+    }
+
+    /// A world whose clock starts at `now` (cores of one mesh share it).
+    pub fn with_clock(now: Instant, f: impl FnOnce(SfuConfig) -> SfuConfig) -> World {
         init_log();
-        let now = Instant::now();
         let server: SocketAddr = "127.0.0.1:7882".parse().unwrap();
         World {
             sfu: Sfu::new(f(SfuConfig::new(vec![server])), now),
@@ -188,6 +198,7 @@ impl World {
             next_audio: now,
             next_video: now,
             start: now,
+            relayed: Vec::new(),
         }
     }
 
@@ -214,6 +225,78 @@ impl World {
     /// [`World::join_simulcast`] with the layers listed `f;h;q` in the offer.
     pub fn join_simulcast_high_first(&mut self, room: &str, name: &str) -> usize {
         self.join_with(room, name, Publish::SimulcastHighFirst, None)
+    }
+
+    /// A WHEP viewer: its offer receives one audio and one video track,
+    /// fed from the room's tracks.
+    pub fn join_whep(&mut self, room: &str, name: &str) -> usize {
+        let n = self.clients.len() as u8 + 2;
+        let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        let a = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let v = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        // Its own m-lines raise no MediaAdded: counted from the start.
+        let received: HashMap<Mid, Received> = [(a, MediaKind::Audio), (v, MediaKind::Video)]
+            .into_iter()
+            .map(|(mid, kind)| {
+                let r = Received {
+                    kind,
+                    from: String::new(),
+                    frames: 0,
+                    last_size: 0,
+                    time_regressions: 0,
+                    last_time: None,
+                    last_tag: None,
+                    last_at: None,
+                    max_gap: Duration::ZERO,
+                    seq_breaks: 0,
+                    last_seq: None,
+                    last_audio_level: None,
+                    max_audio_delay: Duration::ZERO,
+                };
+                (mid, r)
+            })
+            .collect();
+        let joined = self
+            .sfu
+            .handle_join(
+                self.now,
+                JoinRequest::new(RoomId::new(room).unwrap(), name, PeerKind::Whep)
+                    .with_offer(offer),
+            )
+            .unwrap();
+        rtc.sdp_api()
+            .accept_answer(pending, joined.answer.unwrap())
+            .unwrap();
+        self.clients.push(Client {
+            name: name.to_owned(),
+            rtc,
+            addr,
+            id: joined.participant.id,
+            conn: joined.connection,
+            audio: None,
+            video: None,
+            pending: None,
+            received,
+            keyframe_requests: 0,
+            signals: Vec::new(),
+            left: None,
+            connected: false,
+            timeout: self.now,
+            audio_level: -127,
+            offline: false,
+            simulcast: false,
+            force_keyframe_rids: Vec::new(),
+            frame: 0,
+            force_keyframe: false,
+            rtp_ssrcs: Vec::new(),
+            undecodable: 0,
+            others: joined.others.iter().map(|p| p.id).collect(),
+        });
+        self.clients.len() - 1
     }
 
     /// A new client (device) of `from`'s identity takes over its call.
@@ -308,6 +391,7 @@ impl World {
             force_keyframe: true,
             rtp_ssrcs: Vec::new(),
             undecodable: 0,
+            others: joined.others.iter().map(|p| p.id).collect(),
         });
         self.clients.len() - 1
     }
@@ -340,15 +424,20 @@ impl World {
         while self.now < end {
             self.produce_media();
             self.pump();
-            self.now += Duration::from_millis(5);
-            self.sfu.handle_timeout(self.now);
-            for c in &mut self.clients {
-                if c.rtc.is_alive() && c.timeout <= self.now {
-                    c.rtc.handle_input(Input::Timeout(self.now)).unwrap();
-                }
-            }
+            self.tick(Duration::from_millis(5));
         }
         self.pump();
+    }
+
+    /// The clock moves on by `d`: the core's and the clients' timeouts run.
+    pub fn tick(&mut self, d: Duration) {
+        self.now += d;
+        self.sfu.handle_timeout(self.now);
+        for c in &mut self.clients {
+            if c.rtc.is_alive() && c.timeout <= self.now {
+                c.rtc.handle_input(Input::Timeout(self.now)).unwrap();
+            }
+        }
     }
 
     /// Runs until `cond` holds, at most `limit` of virtual time; true if it held.
@@ -379,7 +468,7 @@ impl World {
         lost
     }
 
-    fn produce_media(&mut self) {
+    pub fn produce_media(&mut self) {
         let audio_due = self.now >= self.next_audio;
         let video_due = self.now >= self.next_video;
         if audio_due {
@@ -592,6 +681,10 @@ impl World {
                         self.signal(p, s);
                     }
                     Output::Event(e) => self.events.push(e),
+                    Output::Relay(l, m) => {
+                        moved = true;
+                        self.relayed.push((l, m));
+                    }
                     _ => {}
                 }
             }
