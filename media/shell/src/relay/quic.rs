@@ -48,6 +48,7 @@ pub const MAX_CONTROL_FRAME: usize = 1 << 20;
 pub const DATAGRAM_HEADER: usize = 4;
 
 const CONTROL_HEADER: usize = 8;
+const SOCKET_BUFFER: usize = 4 << 20;
 const HELLO_MAGIC: &[u8; 4] = b"VRLY";
 const HELLO_VERSION: u8 = 1;
 
@@ -366,6 +367,31 @@ impl RelayEndpoint {
             return Err(RelayError::Config(
                 "keep_alive must be shorter than idle_timeout".into(),
             ));
+        }
+        // Bursts (keyframes of many publishers) must not overflow the
+        // kernel's default receive buffer (~200 KiB): ask for more, best
+        // effort (Linux caps it at net.core.rmem_max).
+        for (name, result) in [
+            (
+                "receive",
+                nix::sys::socket::setsockopt(
+                    &socket,
+                    nix::sys::socket::sockopt::RcvBuf,
+                    &SOCKET_BUFFER,
+                ),
+            ),
+            (
+                "send",
+                nix::sys::socket::setsockopt(
+                    &socket,
+                    nix::sys::socket::sockopt::SndBuf,
+                    &SOCKET_BUFFER,
+                ),
+            ),
+        ] {
+            if let Err(e) = result {
+                debug!(error = %e, "relay socket {name} buffer not raised");
+            }
         }
         let creds = auth.node_credentials(&config.node_id)?;
         let (server_tls, client_tls) = auth::tls_configs(creds)?;
@@ -740,19 +766,29 @@ async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>) {
         }
         let addr = *peer.addr.lock().unwrap_or_else(|e| e.into_inner());
         let Some(addr) = addr else { return };
-        match tokio::time::timeout(shared.config.handshake_timeout, dial(&shared, &peer, addr))
-            .await
-        {
-            Ok(Ok(())) => {
+        let attempt =
+            tokio::time::timeout(shared.config.handshake_timeout, dial(&shared, &peer, addr));
+        // A new address (the peer restarted elsewhere), an unlink or a
+        // link made by the peer's dial abandons this attempt. The dial goes
+        // first: once it has installed the link it must finish.
+        let outcome = tokio::select! {
+            biased;
+            r = attempt => Some(r),
+            _ = peer.changed.notified() => None,
+            _ = shared.cancel.cancelled() => return,
+        };
+        match outcome {
+            Some(Ok(Ok(()))) => {
                 backoff = shared.config.reconnect_min;
                 continue;
             }
-            Ok(Err(e)) => {
+            Some(Ok(Err(e))) => {
                 debug!(node = %shared.node_id, peer = %peer.name, %addr, error = %e, "relay dial failed");
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 debug!(node = %shared.node_id, peer = %peer.name, %addr, "relay dial timed out");
             }
+            None => continue,
         }
         tokio::select! {
             _ = shared.cancel.cancelled() => return,

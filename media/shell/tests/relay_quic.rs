@@ -1,0 +1,459 @@
+//! The QUIC relay transport between nodes, on loopback: links, datagrams and
+//! control frames, authentication both ways, link loss and return, limits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::Receiver;
+use tokio::time::timeout;
+use vela_media::relay::{LinkStats, RelayAuth, RelayConfig, RelayEndpoint, RelayEvent, SendError};
+
+const SECRET: &[u8] = b"cluster secret for the relay tests";
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn node(id: &str, secret: &[u8]) -> (RelayEndpoint, Receiver<RelayEvent>) {
+    let auth = RelayAuth::from_secret(secret).expect("auth");
+    RelayEndpoint::bind(loopback(), &auth, RelayConfig::new(id)).expect("bind")
+}
+
+fn addr(e: &RelayEndpoint) -> SocketAddr {
+    e.local_addr().expect("local addr")
+}
+
+/// The next event that `pick` selects within `within`; others are skipped.
+async fn wait_for<T>(
+    rx: &mut Receiver<RelayEvent>,
+    within: Duration,
+    mut pick: impl FnMut(RelayEvent) -> Option<T>,
+) -> Option<T> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let ev = tokio::time::timeout_at(end, rx.recv()).await.ok()??;
+        if let Some(t) = pick(ev) {
+            return Some(t);
+        }
+    }
+}
+
+async fn link_up(rx: &mut Receiver<RelayEvent>, peer: &str, within: Duration) -> bool {
+    wait_for(rx, within, |ev| match ev {
+        RelayEvent::LinkUp { node } if &*node == peer => Some(()),
+        _ => None,
+    })
+    .await
+    .is_some()
+}
+
+async fn link_down(rx: &mut Receiver<RelayEvent>, peer: &str, within: Duration) -> bool {
+    wait_for(rx, within, |ev| match ev {
+        RelayEvent::LinkDown { node } if &*node == peer => Some(()),
+        _ => None,
+    })
+    .await
+    .is_some()
+}
+
+fn stats_of(e: &RelayEndpoint, peer: &str) -> LinkStats {
+    e.stats()
+        .links
+        .into_iter()
+        .find(|l| l.node == peer)
+        .expect("peer in stats")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_exchange_datagrams_and_ordered_control_on_one_connection() {
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("node-a", SECRET);
+        let (b, mut b_rx) = node("node-b", SECRET);
+        // Both are told to link: the crossed dials must end as one link.
+        a.link("node-b", addr(&b));
+        b.link("node-a", addr(&a));
+        assert!(link_up(&mut a_rx, "node-b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b_rx, "node-a", Duration::from_secs(5)).await);
+
+        // Control, both ways, in order, with the shard tags.
+        for k in 0..500u32 {
+            a.send_control("node-b", 1, 2, &k.to_be_bytes())
+                .expect("control a->b");
+            b.send_control("node-a", 7, u16::MAX, &k.to_be_bytes())
+                .expect("control b->a");
+        }
+        let mut next = 0u32;
+        while next < 500 {
+            let got = wait_for(&mut b_rx, Duration::from_secs(5), |ev| match ev {
+                RelayEvent::Control {
+                    node,
+                    src,
+                    dst,
+                    payload,
+                } => Some((node, src, dst, payload)),
+                RelayEvent::LinkDown { .. } => panic!("link went down"),
+                _ => None,
+            })
+            .await
+            .expect("control frame on b");
+            assert_eq!((&*got.0, got.1, got.2), ("node-a", 1, 2));
+            assert_eq!(got.3.as_ref(), next.to_be_bytes());
+            next += 1;
+        }
+        let mut next = 0u32;
+        while next < 500 {
+            let got = wait_for(&mut a_rx, Duration::from_secs(5), |ev| match ev {
+                RelayEvent::Control {
+                    src, dst, payload, ..
+                } => Some((src, dst, payload)),
+                RelayEvent::LinkDown { .. } => panic!("link went down"),
+                _ => None,
+            })
+            .await
+            .expect("control frame on a");
+            assert_eq!((got.0, got.1), (7, u16::MAX));
+            assert_eq!(got.2.as_ref(), next.to_be_bytes());
+            next += 1;
+        }
+
+        // Datagrams carry their tags and payload.
+        let payload = vec![0xab; 1000];
+        a.send_datagram("node-b", 3, 4, &payload).expect("datagram");
+        let (src, dst, got) = wait_for(&mut b_rx, Duration::from_secs(5), |ev| match ev {
+            RelayEvent::Datagram {
+                src, dst, payload, ..
+            } => Some((src, dst, payload)),
+            _ => None,
+        })
+        .await
+        .expect("datagram on b");
+        assert_eq!((src, dst), (3, 4));
+        assert_eq!(got.as_ref(), payload.as_slice());
+
+        // Still one link each way after both dialers had their go.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (sa, sb) = (stats_of(&a, "node-b"), stats_of(&b, "node-a"));
+        assert!(sa.connected && sb.connected);
+        assert_eq!((sa.links_up, sb.links_up), (1, 1), "{sa:?} {sb:?}");
+        assert_eq!((sa.control_sent, sb.control_received), (500, 500));
+        assert_eq!((sa.datagrams_sent, sb.datagrams_received), (1, 1));
+        assert_eq!(sb.bytes_received, 1000);
+        // RTT and congestion window of a live loopback link.
+        let rtt = sa.rtt.expect("rtt");
+        assert!(
+            rtt > Duration::ZERO && rtt < Duration::from_millis(100),
+            "{rtt:?}"
+        );
+        assert!(sa.cwnd.expect("cwnd") > 0);
+        assert_eq!(a.stats().refused + b.stats().refused, 0);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_datagram_is_refused_and_counted() {
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("a", SECRET);
+        let (b, mut b_rx) = node("b", SECRET);
+        a.link("b", addr(&b));
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b_rx, "a", Duration::from_secs(5)).await);
+        assert_eq!(
+            a.send_datagram("nobody", 0, 0, b"x"),
+            Err(SendError::NoLink)
+        );
+        let max = a.max_datagram_payload("b").expect("max payload");
+        // At least the ~1150 B of RTP the issue plans for.
+        assert!(max >= 1150, "max datagram payload {max}");
+        let err = a
+            .send_datagram("b", 0, 0, &vec![1; max + 1])
+            .expect_err("oversize");
+        assert!(matches!(err, SendError::TooLarge { .. }), "{err:?}");
+        a.send_datagram("b", 0, 0, &vec![2; max])
+            .expect("max size fits");
+        let got = wait_for(&mut b_rx, Duration::from_secs(5), |ev| match ev {
+            RelayEvent::Datagram { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .await
+        .expect("max-size datagram arrives");
+        assert_eq!(got.len(), max);
+        let s = stats_of(&a, "b");
+        assert_eq!((s.dropped_too_large, s.datagrams_sent), (1, 1));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_loopback_loses_no_datagram() {
+    // 10 000 datagrams of 1100 B in 2 s: 44 Mbit/s, the video of ~15
+    // simulcast publishers crossing one link, sent in 10 ms batches.
+    const COUNT: u32 = 10_000;
+    const BATCH: u32 = 50;
+    const SIZE: usize = 1100;
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("a", SECRET);
+        let (b, mut b_rx) = node("b", SECRET);
+        a.link("b", addr(&b));
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b_rx, "a", Duration::from_secs(5)).await);
+        let started = Instant::now();
+        let receiver = tokio::spawn(async move {
+            let mut seen = vec![false; COUNT as usize];
+            let mut received = 0u32;
+            while received < COUNT {
+                let Ok(Some(ev)) = timeout(Duration::from_secs(2), b_rx.recv()).await else {
+                    break;
+                };
+                if let RelayEvent::Datagram { payload, .. } = ev {
+                    let k = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    if !std::mem::replace(&mut seen[k as usize], true) {
+                        received += 1;
+                    }
+                }
+            }
+            received
+        });
+        let mut frame = vec![0u8; SIZE];
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for batch in 0..COUNT / BATCH {
+            tick.tick().await;
+            for k in batch * BATCH..(batch + 1) * BATCH {
+                frame[..4].copy_from_slice(&k.to_be_bytes());
+                a.send_datagram("b", 0, 0, &frame).expect("send");
+            }
+        }
+        let received = receiver.await.expect("receiver");
+        let elapsed = started.elapsed();
+        let s = stats_of(&a, "b");
+        eprintln!(
+            "burst: {COUNT} x {SIZE} B in {elapsed:?} ({:.0} Mbit/s), {received} received, \
+             {} QUIC packets lost, rtt {:?}, cwnd {:?}",
+            f64::from(COUNT) * SIZE as f64 * 8.0 / elapsed.as_secs_f64() / 1e6,
+            s.lost_packets,
+            s.rtt,
+            s.cwnd,
+        );
+        assert_eq!(received, COUNT, "datagrams lost on loopback");
+        assert_eq!(s.datagrams_sent, u64::from(COUNT));
+        assert_eq!(stats_of(&b, "a").dropped_inbound, 0);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_secret_is_refused_as_client_and_as_server() {
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("a", SECRET);
+        let (s, mut s_rx) = node("stranger", b"some other cluster's secret");
+        // The stranger dials us, and we dial it.
+        s.link("a", addr(&a));
+        a.link("stranger", addr(&s));
+        assert!(!link_up(&mut a_rx, "stranger", Duration::from_millis(1500)).await);
+        assert!(!link_up(&mut s_rx, "a", Duration::from_millis(10)).await);
+        assert!(!a.is_linked("stranger") && !s.is_linked("a"));
+        assert!(a.stats().refused >= 2, "{:?}", a.stats());
+        assert_eq!(
+            a.send_control("stranger", 0, 0, b"x"),
+            Err(SendError::NoLink)
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A client that trusts any server, to see the server's own refusal.
+#[derive(Debug)]
+struct TrustAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for TrustAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Dials `server` with a client that accepts any server certificate and
+/// presents `cert` (or none); true if the connection and a stream exchange
+/// succeeded.
+async fn raw_dial(server: SocketAddr, cert: Option<(Vec<u8>, Vec<u8>)>) -> bool {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TrustAnything(provider)));
+    let mut tls = match cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![cert.into()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            )
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"vela-relay/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let endpoint = quinn::Endpoint::client(loopback()).expect("client endpoint");
+    let connecting = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            server,
+            "anything",
+        )
+        .expect("connect");
+    let ok = async {
+        let conn = connecting.await.ok()?;
+        // TLS 1.3: the server judges the client's certificate after the
+        // client considers the handshake done, so use the connection.
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        send.write_all(b"VRLY").await.ok()?;
+        let mut buf = [0u8; 1];
+        recv.read_exact(&mut buf).await.ok()?;
+        Some(())
+    };
+    let result = timeout(Duration::from_secs(5), ok).await;
+    endpoint.close(0u32.into(), b"");
+    matches!(result, Ok(Some(())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_a_client_without_the_cluster_certificate() {
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("a", SECRET);
+        // No client certificate at all.
+        assert!(!raw_dial(addr(&a), None).await);
+        // A certificate of another CA (self-signed).
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["a.example".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        assert!(!raw_dial(addr(&a), Some((cert.der().to_vec(), key.serialize_der()))).await);
+        assert!(a.stats().refused >= 2, "{:?}", a.stats());
+        assert!(a.stats().links.is_empty());
+        assert!(
+            wait_for(&mut a_rx, Duration::from_millis(200), |ev| match ev {
+                RelayEvent::LinkUp { .. } => Some(()),
+                _ => None,
+            })
+            .await
+            .is_none()
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_peer_goes_down_at_once_and_comes_back() {
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("a", SECRET);
+        let (b, mut b_rx) = node("b", SECRET);
+        let b_addr = addr(&b);
+        a.link("b", b_addr);
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b_rx, "a", Duration::from_secs(5)).await);
+        // A closing endpoint tells its peers.
+        drop(b);
+        drop(b_rx);
+        let t = Instant::now();
+        assert!(link_down(&mut a_rx, "b", Duration::from_secs(1)).await);
+        eprintln!("closed peer noticed in {:?}", t.elapsed());
+        assert_eq!(a.send_datagram("b", 0, 0, b"x"), Err(SendError::NoLink));
+        // b returns (a new instance; its old port may still be draining):
+        // a redials it where the registry now says it is.
+        let (b2, mut b2_rx) = node("b", SECRET);
+        a.link("b", addr(&b2));
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b2_rx, "a", Duration::from_secs(1)).await);
+        assert_eq!(stats_of(&a, "b").links_up, 2);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[test]
+fn a_dead_peer_is_noticed_within_the_idle_timeout_and_its_restart_relinks() {
+    // The peer runs on its own runtime, stopped without a word (as a killed
+    // process): only the idle timeout can tell.
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let peer_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (b, _b_rx) = peer_rt.block_on(async { node("b", SECRET) });
+    let b_addr = addr(&b);
+    main.block_on(async {
+        timeout(LIMIT, async {
+            let (a, mut a_rx) = node("a", SECRET);
+            a.link("b", b_addr);
+            assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+            peer_rt.shutdown_background();
+            let t = Instant::now();
+            assert!(link_down(&mut a_rx, "b", Duration::from_secs(4)).await);
+            let noticed = t.elapsed();
+            eprintln!("dead peer noticed in {noticed:?}");
+            // Idle timeout 2 s after the last packet (keep-alives every 0.4 s).
+            assert!(noticed <= Duration::from_secs(3), "{noticed:?}");
+            // The dead endpoint still holds its port; the restarted node
+            // comes back on another one, as told by the registry.
+            let (b2, mut b2_rx) = node("b", SECRET);
+            a.link("b", addr(&b2));
+            let t = Instant::now();
+            assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+            let relinked = t.elapsed();
+            eprintln!("restarted peer relinked in {relinked:?}");
+            // A dial to the dead address in progress gives way to the new one.
+            assert!(relinked < Duration::from_secs(1), "{relinked:?}");
+            assert!(link_up(&mut b2_rx, "a", Duration::from_secs(1)).await);
+            a.send_control("b", 0, 0, b"hello again").expect("control");
+            assert!(
+                wait_for(&mut b2_rx, Duration::from_secs(2), |ev| match ev {
+                    RelayEvent::Control { payload, .. } => Some(payload),
+                    _ => None,
+                })
+                .await
+                .is_some_and(|p| p.as_ref() == b"hello again")
+            );
+        })
+        .await
+        .expect("test timed out");
+    });
+    drop(b);
+}
