@@ -166,10 +166,12 @@ async fn oversize_datagram_is_refused_and_counted() {
             Err(SendError::NoLink)
         );
         let max = a.max_datagram_payload("b").expect("max payload");
-        // At least the ~1150 B of RTP the issue plans for.
-        assert!(max >= 1150, "max datagram payload {max}");
+        // From the start: a 1200 B RTP packet and a relay header fit.
+        assert!(max >= 1300, "max datagram payload {max}");
+        // MTU discovery may raise the maximum at any time: the oversize
+        // frame is larger than any UDP payload.
         let err = a
-            .send_datagram("b", 0, 0, &vec![1; max + 1])
+            .send_datagram("b", 0, 0, &vec![1; 65_536])
             .expect_err("oversize");
         assert!(matches!(err, SendError::TooLarge { .. }), "{err:?}");
         a.send_datagram("b", 0, 0, &vec![2; max])
@@ -434,8 +436,8 @@ fn a_dead_peer_is_noticed_within_the_idle_timeout_and_its_restart_relinks() {
             // The dead endpoint still holds its port; the restarted node
             // comes back on another one, as told by the registry.
             let (b2, mut b2_rx) = node("b", SECRET);
-            a.link("b", addr(&b2));
             let t = Instant::now();
+            a.link("b", addr(&b2));
             assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
             let relinked = t.elapsed();
             eprintln!("restarted peer relinked in {relinked:?}");
@@ -456,4 +458,106 @@ fn a_dead_peer_is_noticed_within_the_idle_timeout_and_its_restart_relinks() {
         .expect("test timed out");
     });
     drop(b);
+}
+
+fn node_with(auth: &RelayAuth, config: RelayConfig) -> (RelayEndpoint, Receiver<RelayEvent>) {
+    RelayEndpoint::bind(loopback(), auth, config).expect("bind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_reads_control_too_slowly_loses_its_link() {
+    timeout(LIMIT, async {
+        let auth = RelayAuth::from_secret(SECRET).expect("auth");
+        let mut config = RelayConfig::new("a");
+        config.control_queue_bytes = 256 << 10;
+        let (a, mut a_rx) = node_with(&auth, config);
+        // b never reads its events past the first few: its control reader
+        // stops, QUIC flow control stops a's writer, a's queue fills.
+        let mut config = RelayConfig::new("b");
+        config.event_capacity = 16;
+        let (b, _b_rx) = node_with(&auth, config);
+        a.link("b", addr(&b));
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        let frame = vec![0u8; 16 << 10];
+        let mut sent = 0usize;
+        let overflowed = loop {
+            match a.send_control("b", 0, 0, &frame) {
+                Ok(()) => sent += 1,
+                Err(SendError::ControlOverflow) => break true,
+                Err(e) => panic!("send_control: {e}"),
+            }
+            // Bounded: a few times what flow control and the queue hold.
+            if sent > 2000 {
+                break false;
+            }
+            if sent.is_multiple_of(16) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        assert!(overflowed, "{sent} frames queued without overflow");
+        assert!(link_down(&mut a_rx, "b", Duration::from_secs(2)).await);
+        let s = stats_of(&a, "b");
+        assert_eq!(s.control_overflows, 1, "{s:?}");
+        eprintln!("slow peer: link closed after {sent} frames of 16 KiB");
+    })
+    .await
+    .expect("test timed out");
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("ascii"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_a_ca_file_pair_link_and_refuse_the_secret_derived_ca() {
+    timeout(LIMIT, async {
+        // An operator's CA (ECDSA P-256), as PEM files.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test cluster CA");
+        let cert = params.self_signed(&key).expect("ca cert");
+        let dir = std::env::temp_dir().join(format!("vela-relay-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+        std::fs::write(&cert_path, pem("CERTIFICATE", cert.der())).expect("write cert");
+        std::fs::write(&key_path, pem("PRIVATE KEY", &key.serialize_der())).expect("write key");
+        let auth = RelayAuth::from_ca_files(&cert_path, &key_path).expect("ca files");
+        assert!(RelayAuth::from_ca_files(&key_path, &cert_path).is_err());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+
+        let (a, mut a_rx) = node_with(&auth, RelayConfig::new("a"));
+        let (b, mut b_rx) = node_with(&auth, RelayConfig::new("b"));
+        b.link("a", addr(&a));
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b_rx, "a", Duration::from_secs(5)).await);
+        b.send_control("a", 1, 1, b"over the operator's CA")
+            .expect("control");
+        assert!(
+            wait_for(&mut a_rx, Duration::from_secs(2), |ev| match ev {
+                RelayEvent::Control { payload, .. } => Some(payload),
+                _ => None,
+            })
+            .await
+            .is_some()
+        );
+        // A node of the secret-derived CA is a stranger here.
+        let (s, mut s_rx) = node("c", SECRET);
+        s.link("a", addr(&a));
+        assert!(!link_up(&mut s_rx, "a", Duration::from_millis(1000)).await);
+        assert!(!a.is_linked("c"));
+    })
+    .await
+    .expect("test timed out");
 }

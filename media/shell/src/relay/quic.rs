@@ -81,6 +81,11 @@ pub struct RelayConfig {
     pub control_queue_bytes: usize,
     /// Datagram send and receive buffer per connection, in bytes.
     pub datagram_buffer: usize,
+    /// UDP payload size a connection starts with (MTU discovery raises it,
+    /// black-hole detection lowers it to 1200). 1400 fits the links between
+    /// nodes of one network (Ethernet, most tunnels) and gives datagrams of
+    /// ~1360 B from the start, room for a 1200 B RTP packet and its header.
+    pub initial_mtu: u16,
     /// Capacity of the event queue (datagrams past it are dropped, counted;
     /// control and link events wait).
     pub event_capacity: usize,
@@ -99,6 +104,7 @@ impl RelayConfig {
             handshake_timeout: Duration::from_millis(3000),
             control_queue_bytes: 4 << 20,
             datagram_buffer: 1 << 20,
+            initial_mtu: 1400,
             event_capacity: 8192,
         }
     }
@@ -672,6 +678,7 @@ fn transport_config(config: &RelayConfig) -> Result<quinn::TransportConfig, Rela
     t.keep_alive_interval(Some(config.keep_alive));
     t.datagram_receive_buffer_size(Some(config.datagram_buffer));
     t.datagram_send_buffer_size(config.datagram_buffer);
+    t.initial_mtu(config.initial_mtu.max(1200));
     // One stream per connection: the control stream the dialer opens.
     t.max_concurrent_bidi_streams(VarInt::from_u32(1));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
