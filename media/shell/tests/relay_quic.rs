@@ -561,3 +561,24 @@ async fn nodes_of_a_ca_file_pair_link_and_refuse_the_secret_derived_ca() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlink_closes_the_link_and_link_makes_it_again() {
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("a", SECRET);
+        let (b, mut b_rx) = node("b", SECRET);
+        a.link("b", addr(&b));
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b_rx, "a", Duration::from_secs(5)).await);
+        a.unlink("b");
+        assert!(link_down(&mut a_rx, "b", Duration::from_secs(1)).await);
+        assert!(link_down(&mut b_rx, "a", Duration::from_secs(1)).await);
+        // Not redialed while unlinked.
+        assert!(!link_up(&mut a_rx, "b", Duration::from_millis(500)).await);
+        a.link("b", addr(&b));
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert_eq!(stats_of(&a, "b").links_up, 2);
+    })
+    .await
+    .expect("test timed out");
+}

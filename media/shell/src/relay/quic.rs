@@ -275,6 +275,9 @@ struct Peer {
     name: NodeName,
     addr: std::sync::Mutex<Option<SocketAddr>>,
     wanted: std::sync::atomic::AtomicBool,
+    /// The dial loop that may run (an unlink then link starts a new one;
+    /// the old one sees it is stale and ends).
+    dialer: AtomicU64,
     active: RwLock<Option<Active>>,
     /// Serialises link transitions so LinkDown/LinkUp come out in order.
     transition: tokio::sync::Mutex<()>,
@@ -288,6 +291,7 @@ impl Peer {
             name,
             addr: std::sync::Mutex::new(None),
             wanted: std::sync::atomic::AtomicBool::new(false),
+            dialer: AtomicU64::new(0),
             active: RwLock::new(None),
             transition: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
@@ -465,7 +469,8 @@ impl RelayEndpoint {
         let peer = self.shared.peer(node);
         *peer.addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
         if !peer.wanted.swap(true, Ordering::SeqCst) {
-            tokio::spawn(dial_loop(self.shared.clone(), peer));
+            let dialer = peer.dialer.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(dial_loop(self.shared.clone(), peer, dialer));
         } else {
             peer.changed.notify_waiters();
         }
@@ -728,8 +733,13 @@ async fn accept_loop(shared: Arc<Shared>) {
             let timeout = shared.config.handshake_timeout;
             let conn = match tokio::time::timeout(timeout, incoming).await {
                 Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
+                Ok(Err(e)) if is_auth_failure(&e) => {
                     shared.refuse(&format!("handshake: {e}"), remote);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    // E.g. a crossed dial the peer abandoned.
+                    debug!(node = %shared.node_id, %remote, error = %e, "relay handshake ended");
                     return;
                 }
                 Err(_) => {
@@ -755,10 +765,13 @@ async fn accept_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>) {
+async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, dialer: u64) {
     let mut backoff = shared.config.reconnect_min;
     loop {
-        if shared.cancel.is_cancelled() || !peer.wanted.load(Ordering::SeqCst) {
+        if shared.cancel.is_cancelled()
+            || !peer.wanted.load(Ordering::SeqCst)
+            || peer.dialer.load(Ordering::SeqCst) != dialer
+        {
             return;
         }
         if read(&peer.active).is_some() {
@@ -820,18 +833,42 @@ async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>, addr: SocketAddr) -> Resul
         Err(e) => {
             // A TLS failure is a refusal (a stranger, or us to it); an
             // unreachable peer is only a timeout.
-            if matches!(
-                e,
-                quinn::ConnectionError::TransportError(_)
-                    | quinn::ConnectionError::ConnectionClosed(_)
-            ) {
+            if is_auth_failure(&e) {
                 shared.refuse(&format!("dial: {e}"), addr);
             }
             return Err(e.to_string());
         }
     };
-    let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    start_link(shared, &conn, send, recv, Some(peer)).await
+    // The rest runs in its own task: the dial loop may abandon this future
+    // (a new address), but a connection that got this far must either
+    // become the link with its tasks or be closed, never half installed.
+    let (shared, peer) = (shared.clone(), peer.clone());
+    tokio::spawn(async move {
+        let start = async {
+            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            start_link(&shared, &conn, send, recv, Some(&peer)).await
+        };
+        match tokio::time::timeout(shared.config.handshake_timeout, start).await {
+            Ok(result) => result,
+            Err(_) => {
+                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"start timed out");
+                Err("stream start timed out".into())
+            }
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Whether a handshake failed on TLS (certificates, ALPN): QUIC's crypto
+/// error codes, raised by us or sent by the peer.
+fn is_auth_failure(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        _ => return false,
+    };
+    (0x100..0x200).contains(&code)
 }
 
 /// The stream start on a fresh connection (both sides), then the decision
