@@ -751,19 +751,16 @@ async fn accept_loop(shared: Arc<Shared>) {
                     return;
                 }
             };
-            let start = async {
-                let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-                start_link(&shared, &conn, send, recv, None).await
+            // start_link bounds its own exchanges; what follows them
+            // (installing the link) must not be cut short.
+            let result = match within(timeout, conn.accept_bi()).await {
+                Ok(Ok((send, recv))) => start_link(&shared, &conn, send, recv, None).await,
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e),
             };
-            match tokio::time::timeout(timeout, start).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    debug!(node = %shared.node_id, %remote, error = %e, "relay stream start failed");
-                }
-                Err(_) => {
-                    shared.refuse("stream start timed out", remote);
-                    conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"start timed out");
-                }
+            if let Err(e) = result {
+                debug!(node = %shared.node_id, %remote, error = %e, "relay stream start failed");
+                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"stream start failed");
             }
         });
     }
@@ -848,20 +845,28 @@ async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>, addr: SocketAddr) -> Resul
     // become the link with its tasks or be closed, never half installed.
     let (shared, peer) = (shared.clone(), peer.clone());
     tokio::spawn(async move {
-        let start = async {
-            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            start_link(&shared, &conn, send, recv, Some(&peer)).await
+        let result = match within(shared.config.handshake_timeout, conn.open_bi()).await {
+            Ok(Ok((send, recv))) => start_link(&shared, &conn, send, recv, Some(&peer)).await,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
-        match tokio::time::timeout(shared.config.handshake_timeout, start).await {
-            Ok(result) => result,
-            Err(_) => {
-                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"start timed out");
-                Err("stream start timed out".into())
-            }
+        if result.is_err() {
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"stream start failed");
         }
+        result
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// `fut` within `limit`, else an error naming the timeout.
+async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| "stream start timed out".to_string())
 }
 
 /// Whether a handshake failed on TLS (certificates, ALPN): QUIC's crypto
@@ -891,11 +896,14 @@ async fn start_link(
     hello.extend_from_slice(&shared.instance.to_be_bytes());
     hello.extend_from_slice(&(shared.node_id.len() as u16).to_be_bytes());
     hello.extend_from_slice(shared.node_id.as_bytes());
-    send.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let limit = shared.config.handshake_timeout;
+    within(limit, send.write_all(&hello))
+        .await?
+        .map_err(|e| e.to_string())?;
 
     let mut head = [0u8; 15];
-    recv.read_exact(&mut head)
-        .await
+    within(limit, recv.read_exact(&mut head))
+        .await?
         .map_err(|e| e.to_string())?;
     let fail = |why: &str| {
         shared.refuse(why, remote);
@@ -911,7 +919,9 @@ async fn start_link(
         return Err(fail("bad node id length"));
     }
     let mut id = vec![0u8; id_len];
-    recv.read_exact(&mut id).await.map_err(|e| e.to_string())?;
+    within(limit, recv.read_exact(&mut id))
+        .await?
+        .map_err(|e| e.to_string())?;
     let Ok(id) = String::from_utf8(id) else {
         return Err(fail("node id is not UTF-8"));
     };
@@ -946,14 +956,14 @@ async fn start_link(
         let keep_old = read(&peer.active)
             .as_ref()
             .is_some_and(|a| a.instance == instance && a.conn.close_reason().is_none());
-        send.write_all(&[u8::from(!keep_old)])
-            .await
+        within(limit, send.write_all(&[u8::from(!keep_old)]))
+            .await?
             .map_err(|e| e.to_string())?;
         !keep_old
     } else {
         let mut verdict = [0u8; 1];
-        recv.read_exact(&mut verdict)
-            .await
+        within(limit, recv.read_exact(&mut verdict))
+            .await?
             .map_err(|e| e.to_string())?;
         verdict[0] == 1
     };
