@@ -657,3 +657,89 @@ async fn cpu_per_datagram() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restarted_on_its_address_is_redialed_by_itself() {
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("a", SECRET);
+        let (b, mut b_rx) = node("b", SECRET);
+        let b_addr = addr(&b);
+        a.link("b", b_addr);
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b_rx, "a", Duration::from_secs(5)).await);
+        drop((b, b_rx));
+        assert!(link_down(&mut a_rx, "b", Duration::from_secs(1)).await);
+        // The port is free once the closed endpoint has drained.
+        let auth = RelayAuth::from_secret(SECRET).expect("auth");
+        let bind_until = Instant::now() + Duration::from_secs(5);
+        let (_b2, mut b2_rx) = loop {
+            match RelayEndpoint::bind(b_addr, &auth, RelayConfig::new("b")) {
+                Ok(bound) => break bound,
+                Err(e) if Instant::now() < bind_until => {
+                    eprintln!("rebind: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("rebind {b_addr}: {e}"),
+            }
+        };
+        // No new link() call: a's dialer (backoff at most 2 s) finds it.
+        let t = Instant::now();
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(4)).await);
+        eprintln!(
+            "restarted peer on its address relinked in {:?}",
+            t.elapsed()
+        );
+        assert!(link_up(&mut b2_rx, "a", Duration::from_secs(1)).await);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_linking_each_other_at_once_get_one_link_per_pair() {
+    timeout(LIMIT, async {
+        let names = ["n1", "n2", "n3"];
+        let nodes: Vec<_> = names.iter().map(|n| node(n, SECRET)).collect();
+        let addrs: Vec<_> = nodes.iter().map(|(e, _)| addr(e)).collect();
+        for (i, (e, _)) in nodes.iter().enumerate() {
+            for (j, peer) in names.iter().enumerate() {
+                if i != j {
+                    e.link(peer, addrs[j]);
+                }
+            }
+        }
+        let mut nodes = nodes;
+        for (i, (_, rx)) in nodes.iter_mut().enumerate() {
+            // Both peers' LinkUp, in either order.
+            let mut up = std::collections::BTreeSet::new();
+            while up.len() < 2 {
+                let peer = wait_for(rx, Duration::from_secs(5), |ev| match ev {
+                    RelayEvent::LinkUp { node } => Some(node),
+                    RelayEvent::LinkDown { node } => panic!("node {i}: {node} went down"),
+                    _ => None,
+                })
+                .await
+                .unwrap_or_else(|| panic!("node {i}: links up {up:?}"));
+                assert!(up.insert(peer.to_string()), "node {i}: {peer} up twice");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (i, (e, rx)) in nodes.iter_mut().enumerate() {
+            let s = e.stats();
+            assert_eq!(s.links.len(), 2, "{s:?}");
+            for l in &s.links {
+                assert!(l.connected && l.links_up == 1, "node {i}: {l:?}");
+            }
+            assert_eq!(s.refused, 0);
+            // Nothing went down while the crossed dials were resolved.
+            while let Ok(ev) = rx.try_recv() {
+                assert!(
+                    !matches!(ev, RelayEvent::LinkDown { .. }),
+                    "node {i}: {ev:?}"
+                );
+            }
+        }
+    })
+    .await
+    .expect("test timed out");
+}
