@@ -743,3 +743,106 @@ async fn three_nodes_linking_each_other_at_once_get_one_link_per_pair() {
     .await
     .expect("test timed out");
 }
+
+/// Forwards UDP between `client` (learned from its first packet) and
+/// `server`, dropping `loss_per_mille` of the packets each way.
+async fn lossy_proxy(server: SocketAddr, loss_per_mille: u64) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind(loopback())
+        .await
+        .expect("proxy");
+    let proxy = socket.local_addr().expect("proxy addr");
+    tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let mut buf = vec![0u8; 65_536];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            // xorshift64: a fixed sequence, so runs are alike.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let to = if from == server {
+                match client {
+                    Some(c) => c,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                server
+            };
+            if seed % 1000 < loss_per_mille {
+                continue;
+            }
+            let _ = socket.send_to(&buf[..len], to).await;
+        }
+    });
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_percent_loss_keeps_the_link_control_complete_and_the_mtu() {
+    const DATAGRAMS: u32 = 4000;
+    timeout(LIMIT, async {
+        let (a, mut a_rx) = node("a", SECRET);
+        let (b, mut b_rx) = node("b", SECRET);
+        let proxy = lossy_proxy(addr(&b), 20).await;
+        a.link("b", proxy);
+        assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
+        assert!(link_up(&mut b_rx, "a", Duration::from_secs(5)).await);
+        let receiver = tokio::spawn(async move {
+            let (mut datagrams, mut control) = (0u32, 0u32);
+            while let Ok(Some(ev)) = timeout(Duration::from_secs(1), b_rx.recv()).await {
+                match ev {
+                    RelayEvent::Datagram { .. } => datagrams += 1,
+                    RelayEvent::Control { payload, .. } => {
+                        // Every control frame, in order, despite the loss.
+                        assert_eq!(payload.as_ref(), control.to_be_bytes());
+                        control += 1;
+                    }
+                    RelayEvent::LinkDown { .. } => panic!("link went down under 2 % loss"),
+                    RelayEvent::LinkUp { .. } => {}
+                }
+            }
+            (datagrams, control)
+        });
+        // 2000 datagrams/s of 1232 B (a full browser RTP packet and the
+        // relay's media header) and a control frame each 10 ms, for 2 s.
+        let frame = vec![0u8; 1232];
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut sent, mut control) = (0u32, 0u32);
+        for _ in 0..DATAGRAMS / 20 {
+            tick.tick().await;
+            for _ in 0..20 {
+                if a.send_datagram("b", 0, 0, &frame).is_ok() {
+                    sent += 1;
+                }
+            }
+            a.send_control("b", 0, 0, &control.to_be_bytes())
+                .expect("control");
+            control += 1;
+        }
+        let (received, control_received) = receiver.await.expect("receiver");
+        let s = stats_of(&a, "b");
+        eprintln!(
+            "2 % loss: {sent}/{DATAGRAMS} datagrams sent, {received} received ({:.2} % lost), \
+             {control_received}/{control} control, {} QUIC packets lost, max payload {:?}",
+            100.0 * f64::from(sent - received) / f64::from(sent.max(1)),
+            s.lost_packets,
+            s.max_datagram_payload,
+        );
+        assert_eq!(control_received, control);
+        assert!(sent >= DATAGRAMS * 99 / 100, "{s:?}");
+        assert!(
+            received < sent && received >= sent * 95 / 100,
+            "{received}/{sent}"
+        );
+        assert!(
+            s.lost_packets > 0 && s.connected && s.links_up == 1,
+            "{s:?}"
+        );
+        // No false black hole: a 1232 B frame still fits.
+        assert!(s.max_datagram_payload.is_some_and(|m| m >= 1232), "{s:?}");
+    })
+    .await
+    .expect("test timed out");
+}

@@ -688,6 +688,12 @@ fn transport_config(config: &RelayConfig) -> Result<quinn::TransportConfig, Rela
     t.datagram_receive_buffer_size(Some(config.datagram_receive_buffer));
     t.datagram_send_buffer_size(config.datagram_send_buffer);
     t.initial_mtu(config.initial_mtu.max(1200));
+    // A black hole (or a false alarm under heavy random loss) drops the MTU
+    // to 1200, where a full-size RTP packet no longer fits: probe upward
+    // again after 5 s rather than quinn's 60 s, so video is back soon.
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.black_hole_cooldown(Duration::from_secs(5));
+    t.mtu_discovery_config(Some(mtud));
     // One stream per connection: the control stream the dialer opens.
     t.max_concurrent_bidi_streams(VarInt::from_u32(1));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
