@@ -404,6 +404,7 @@ async fn a_dropped_peer_goes_down_at_once_and_comes_back() {
         assert!(link_up(&mut a_rx, "b", Duration::from_secs(5)).await);
         assert!(link_up(&mut b_rx, "a", Duration::from_secs(5)).await);
         // A closing endpoint tells its peers.
+        b.shutdown(Duration::from_secs(1)).await;
         drop(b);
         drop(b_rx);
         let t = Instant::now();

@@ -483,7 +483,9 @@ impl RelayEndpoint {
         }
     }
 
-    /// Stop keeping a link to `node` and close it if up.
+    /// Stop keeping a link to `node` and close it if up. (The peer may dial
+    /// again if it still keeps a link to us: links are accepted from any
+    /// node of the cluster.)
     pub fn unlink(&self, node: &str) {
         let Some(peer) = read(&self.shared.peers).get(node).cloned() else {
             return;
@@ -631,6 +633,14 @@ impl RelayEndpoint {
             links,
             refused: self.shared.refused.load(Ordering::Relaxed),
         }
+    }
+
+    /// Closes every link and waits (at most `limit`) until the peers were
+    /// told, so they see LinkDown at once rather than after the idle
+    /// timeout: for a graceful shutdown.
+    pub async fn shutdown(&self, limit: Duration) {
+        self.close();
+        let _ = tokio::time::timeout(limit, self.shared.endpoint.wait_idle()).await;
     }
 
     /// Closes every link and the endpoint now (also done when the last
