@@ -1173,3 +1173,75 @@ async fn read_datagrams(shared: Arc<Shared>, peer: Arc<Peer>, conn: Connection, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(instance: u64, id: &str) -> Vec<u8> {
+        let mut h = HELLO_MAGIC.to_vec();
+        h.push(HELLO_VERSION);
+        h.extend_from_slice(&instance.to_be_bytes());
+        h.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        h.extend_from_slice(id.as_bytes());
+        h
+    }
+
+    /// A member of the cluster (a valid certificate for `cert_for`) dials
+    /// `server` and announces `claims`; returns whether the server went on
+    /// with the stream start (answered its hello).
+    async fn dial_as(server: SocketAddr, auth: &RelayAuth, cert_for: &str, claims: &str) -> bool {
+        let creds = auth.node_credentials(cert_for).expect("creds");
+        let (_, client_tls) = auth::tls_configs(creds).expect("tls");
+        let crypto = QuicClientConfig::try_from(client_tls).expect("quic tls");
+        let endpoint =
+            quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("client");
+        let conn = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                server,
+                &auth::node_dns_name("server"),
+            )
+            .expect("connect")
+            .await
+            .expect("handshake (a cluster member)");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        send.write_all(&hello(7, claims)).await.expect("hello");
+        let mut head = [0u8; 15];
+        let answered = tokio::time::timeout(Duration::from_secs(2), recv.read_exact(&mut head))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        endpoint.close(VarInt::from_u32(0), b"");
+        answered
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_announcing_another_nodes_id_is_refused() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let auth = RelayAuth::from_secret(b"0123456789abcdef-secret").expect("auth");
+            let (server, mut events) = RelayEndpoint::bind(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                &auth,
+                RelayConfig::new("server"),
+            )
+            .expect("bind");
+            let addr = server.local_addr().expect("addr");
+            // Its own id: the stream start goes on.
+            assert!(dial_as(addr, &auth, "x", "x").await);
+            // Another node's id, or the server's own: refused.
+            assert!(!dial_as(addr, &auth, "x", "y").await);
+            assert!(!dial_as(addr, &auth, "server", "server").await);
+            assert_eq!(server.stats().refused, 2);
+            // Only x ever came up (and went down when its client closed).
+            while let Ok(Some(ev)) =
+                tokio::time::timeout(Duration::from_millis(300), events.recv()).await
+            {
+                if let RelayEvent::LinkUp { node } = ev {
+                    assert_eq!(&*node, "x");
+                }
+            }
+        })
+        .await
+        .expect("test timed out");
+    }
+}
