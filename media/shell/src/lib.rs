@@ -11,6 +11,7 @@
 mod driver;
 mod handle;
 mod placement;
+pub mod relay;
 mod socket;
 mod supervisor;
 mod udp;
