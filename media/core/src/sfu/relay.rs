@@ -362,22 +362,22 @@ impl Sfu {
             .take(MAX_LAYERS)
             .map(|l| l.rid.to_string())
             .collect();
-        let codecs = Some(&mut *peer)
-            .and_then(|peer| {
-                peer.rtc
-                    .call(RtcCall::Poll, |rtc| {
-                        rtc.codec_config()
-                            .params()
-                            .iter()
-                            .filter(|c| {
-                                let codec = c.spec().codec;
-                                (video && codec.is_video()) || (!video && codec.is_audio())
-                            })
-                            .take(crate::relay::MAX_CODECS_PER_TRACK)
-                            .copied()
-                            .collect::<Vec<PayloadParams>>()
+        // The publisher's payload types, as its packets' `params` are
+        // found (see the drive's `on_rtp`). A poisoned peer is removed by
+        // its drive; its track goes with it.
+        let codecs = peer
+            .rtc
+            .call(RtcCall::Poll, |rtc| {
+                rtc.codec_config()
+                    .params()
+                    .iter()
+                    .filter(|c| {
+                        let codec = c.spec().codec;
+                        (video && codec.is_video()) || (!video && codec.is_audio())
                     })
-                    .ok()
+                    .take(crate::relay::MAX_CODECS_PER_TRACK)
+                    .copied()
+                    .collect::<Vec<PayloadParams>>()
             })
             .unwrap_or_default();
         Some(RelayTrack {
