@@ -602,14 +602,28 @@ impl Sfu {
         info
     }
 
-    /// The remote participants of `room`, by id.
+    /// The remote participants of `room`, by id (one pass over the tracks,
+    /// not one per participant: a join lists them all).
     pub(super) fn remote_participants(&self, room: &RoomId) -> Vec<ParticipantInfo> {
+        let mut tracks: rustc_hash::FxHashMap<ParticipantId, Vec<crate::signal::TrackInfo>> =
+            rustc_hash::FxHashMap::default();
+        for t in self.relay.tracks.values().filter(|t| t.room == *room) {
+            tracks
+                .entry(t.participant)
+                .or_default()
+                .push(t.publication.info());
+        }
         let mut v: Vec<ParticipantInfo> = self
             .relay
             .participants
-            .values()
-            .filter(|p| p.room == *room)
-            .map(|p| self.remote_info(p))
+            .iter()
+            .filter(|(_, p)| p.room == *room)
+            .map(|(id, p)| {
+                let mut info = p.info.clone();
+                info.tracks = tracks.remove(id).unwrap_or_default();
+                info.tracks.sort_by_key(|t| t.id);
+                info
+            })
             .collect();
         v.sort_by_key(|p| p.id);
         v
