@@ -62,6 +62,8 @@ pub struct SfuStats {
     pub relay_nacks_received: u64,
     /// Relayed packets sent again from the history to answer NACKs.
     pub relay_retransmits: u64,
+    /// Relayed packets received twice (a repair racing a late original), dropped.
+    pub relay_duplicates: u64,
     /// Relay input refused: malformed, for an unknown track or room, from the wrong link, or over a limit.
     pub relay_refused: u64,
     /// Participants currently in a room.
@@ -102,6 +104,7 @@ impl std::ops::AddAssign for SfuStats {
             relay_nacks_sent,
             relay_nacks_received,
             relay_retransmits,
+            relay_duplicates,
             relay_refused,
             participants,
             rooms,
@@ -133,6 +136,7 @@ impl std::ops::AddAssign for SfuStats {
         self.relay_nacks_sent += relay_nacks_sent;
         self.relay_nacks_received += relay_nacks_received;
         self.relay_retransmits += relay_retransmits;
+        self.relay_duplicates += relay_duplicates;
         self.relay_refused += relay_refused;
         self.participants += participants;
         self.rooms += rooms;

@@ -143,18 +143,31 @@ impl History {
 pub(crate) struct Incoming {
     /// The highest sequence number seen.
     highest: Option<u64>,
+    /// Which of the 128 sequence numbers up to `highest` arrived (bit `i`:
+    /// `highest - i`), to drop duplicates (a repair racing a late original).
+    window: u128,
     /// Missing packets asked for: when last, how often.
     nacked: BTreeMap<u64, (Instant, u8)>,
 }
 
 impl Incoming {
     /// Notes packet `seq`; returns the sequence numbers newly missing, to
-    /// NACK now (at most [`MAX_NACKS_PER_MESSAGE`]).
-    pub fn receive(&mut self, now: Instant, seq: u64) -> Vec<u64> {
+    /// NACK now (at most [`MAX_NACKS_PER_MESSAGE`]), or `None` for a
+    /// duplicate, not to be forwarded again.
+    pub fn receive(&mut self, now: Instant, seq: u64) -> Option<Vec<u64>> {
         let mut ask = Vec::new();
         match self.highest {
-            None => self.highest = Some(seq),
+            None => {
+                self.highest = Some(seq);
+                self.window = 1;
+            }
             Some(h) if seq > h => {
+                let shift = seq - h;
+                self.window = if shift >= 128 {
+                    1
+                } else {
+                    (self.window << shift) | 1
+                };
                 let gap = seq - h - 1;
                 if gap as usize <= MAX_MISSING {
                     let from = (h + 1).max(seq.saturating_sub(MAX_NACKS_PER_MESSAGE as u64));
@@ -165,14 +178,21 @@ impl Incoming {
                 }
                 self.highest = Some(seq);
             }
-            Some(_) => {
+            Some(h) => {
+                let back = h - seq;
+                if back < 128 {
+                    if self.window & (1 << back) != 0 {
+                        return None;
+                    }
+                    self.window |= 1 << back;
+                }
                 self.nacked.remove(&seq);
             }
         }
         while self.nacked.len() > MAX_MISSING {
             self.nacked.pop_first();
         }
-        ask
+        Some(ask)
     }
 
     /// Missing packets to ask for again; those asked for too often are
@@ -240,13 +260,15 @@ mod tests {
     fn a_gap_is_nacked_then_asked_again_then_given_up() {
         let t0 = Instant::now();
         let mut r = Incoming::default();
-        assert!(r.receive(t0, 10).is_empty());
-        assert!(r.receive(t0, 11).is_empty());
+        assert_eq!(r.receive(t0, 10), Some(vec![]));
+        assert_eq!(r.receive(t0, 11), Some(vec![]));
         // 12 and 13 lost; 14 arrives.
-        assert_eq!(r.receive(t0, 14), vec![12, 13]);
+        assert_eq!(r.receive(t0, 14), Some(vec![12, 13]));
         assert!(r.renack(t0 + Duration::from_millis(10)).is_empty());
-        // 13 is repaired; 12 is asked again.
-        assert!(r.receive(t0, 13).is_empty());
+        // 13 is repaired; 12 is asked again. A second 13 is a duplicate.
+        assert_eq!(r.receive(t0, 13), Some(vec![]));
+        assert_eq!(r.receive(t0, 13), None);
+        assert_eq!(r.receive(t0, 14), None);
         assert_eq!(r.renack(t0 + RENACK_AFTER), vec![12]);
         let mut t = t0 + RENACK_AFTER;
         let mut asked = 2;
@@ -261,6 +283,6 @@ mod tests {
         );
         assert!(!r.waiting(), "given up");
         // An outage's gap is not asked for.
-        assert!(r.receive(t, 14 + MAX_MISSING as u64 + 2).is_empty());
+        assert_eq!(r.receive(t, 14 + MAX_MISSING as u64 + 2), Some(vec![]));
     }
 }

@@ -936,6 +936,14 @@ impl Sfu {
             self.stats.relay_refused += 1;
             return;
         };
+        if t.incoming.len() <= li {
+            t.incoming.resize_with(li + 1, Incoming::default);
+        }
+        // A repair may race a late original: the second is not sent again.
+        let Some(seqs) = t.incoming[li].receive(now, rp.seq) else {
+            self.stats.relay_duplicates += 1;
+            return;
+        };
         let time = MediaTime::new(rp.time, params.spec().clock_rate);
         let packet = match Packet::new(
             SeqNo::from(rp.seq),
@@ -958,10 +966,6 @@ impl Sfu {
         let c = self.relay.counters.entry(link).or_default();
         c.packets_received += 1;
         c.bytes_received += packet.payload.len() as u64;
-        if t.incoming.len() <= li {
-            t.incoming.resize_with(li + 1, Incoming::default);
-        }
-        let seqs = t.incoming[li].receive(now, rp.seq);
         if !seqs.is_empty() {
             self.stats.relay_nacks_sent += seqs.len() as u64;
             self.relay.counters.entry(link).or_default().nacks_sent += seqs.len() as u64;

@@ -238,6 +238,8 @@ fn link_loss_is_repaired_by_nack_from_the_origins_history() {
         m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > 5
     }));
     m.link_loss = 0.05;
+    // And some packets arrive twice: forwarded once.
+    m.link_dup = 0.05;
     let count =
         |m: &Mesh, k: usize, c: usize, kind| m.cores[k].clients[c].frames_from(alice_id, kind);
     let (b_a, b_v) = (
@@ -250,6 +252,7 @@ fn link_loss_is_repaired_by_nack_from_the_origins_history() {
     );
     m.run_for(Duration::from_secs(5));
     m.link_loss = 0.0;
+    m.link_dup = 0.0;
     m.run_for(Duration::from_millis(500));
     let bob_audio = count(&m, 1, bob, MediaKind::Audio) - b_a;
     let bob_video = count(&m, 1, bob, MediaKind::Video) - b_v;
@@ -262,6 +265,21 @@ fn link_loss_is_repaired_by_nack_from_the_origins_history() {
     );
     assert!(m.dropped >= 10, "the link lost packets: {}", m.dropped);
     assert!(b.relay_nacks_sent > 0 && a.relay_retransmits > 0);
+    assert!(b.relay_duplicates > 0, "duplicates were dropped");
+    // ... not forwarded: a duplicate would be one frame more than carol's.
+    assert!(
+        bob_audio <= carol_audio + 2,
+        "audio {bob_audio} of {carol_audio}"
+    );
+    assert!(
+        bob_video <= carol_video + 2,
+        "video {bob_video} of {carol_video}"
+    );
+    for r in m.cores[1].clients[bob].received.values() {
+        if r.kind == MediaKind::Video {
+            assert_eq!((r.seq_breaks, r.time_regressions), (0, 0), "{r:?}");
+        }
+    }
     // Bob behind the lossy link gets what carol on the origin gets.
     assert!(
         bob_audio + 2 >= carol_audio,

@@ -18,6 +18,8 @@ pub struct Mesh {
     pub cores: Vec<World>,
     /// Fraction of relayed media dropped on every link (seeded, repeatable).
     pub link_loss: f64,
+    /// Fraction of relayed media delivered twice.
+    pub link_dup: f64,
     rng: u64,
     /// Media dropped on links.
     pub dropped: u64,
@@ -44,6 +46,7 @@ impl Mesh {
         Mesh {
             cores,
             link_loss: 0.0,
+            link_dup: 0.0,
             rng: 0x2545_f491_4f6c_dd1d,
             dropped: 0,
             media: HashMap::new(),
@@ -70,15 +73,20 @@ impl Mesh {
         }
     }
 
-    fn lose(&mut self) -> bool {
-        if self.link_loss <= 0.0 {
+    /// xorshift64*: a repeatable coin.
+    fn coin(&mut self, p: f64) -> bool {
+        if p <= 0.0 {
             return false;
         }
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
-        let lost = (x as f64 / (1u64 << 53) as f64) < self.link_loss;
+        (x as f64 / (1u64 << 53) as f64) < p
+    }
+
+    fn lose(&mut self) -> bool {
+        let lost = self.coin(self.link_loss);
         if lost {
             self.dropped += 1;
         }
@@ -116,6 +124,11 @@ impl Mesh {
                     wire::encode(&msg, &mut self.buf);
                     let back = wire::decode(&self.buf).expect("what a core encodes decodes");
                     let now = self.cores[j].now;
+                    let twice = matches!(msg, RelayMessage::Media(_)) && self.coin(self.link_dup);
+                    if twice {
+                        let again = back.clone();
+                        self.cores[j].sfu.handle_relay(now, LinkId(i as u32), again);
+                    }
                     self.cores[j].sfu.handle_relay(now, LinkId(i as u32), back);
                 }
             }
