@@ -33,6 +33,12 @@ use crate::track::{Layer, Publication, Subscription, SubscriptionState, rid_rank
 /// (`relay::wire::MEDIA_HEADER`), plus the transport's own overhead.
 pub const MAX_RELAY_PAYLOAD: usize = 1200;
 
+/// How often a core tells an origin that a track it relays is not wanted.
+const UNWANTED_REPEAT: Duration = Duration::from_secs(1);
+
+/// How many (link, track) pairs told so are remembered (pruned every 500 ms).
+const MAX_UNWANTED: usize = 1024;
+
 /// Relayed sequence numbers and times at or past this are refused.
 const MAX_EXTENDED: u64 = 1 << 48;
 
@@ -143,10 +149,15 @@ impl Sfu {
                         ));
                         return;
                     }
+                    // What the far core demanded of this core's tracks: it
+                    // sends its demand again after its `RoomLinked` (a
+                    // demand lost with a link would be sent on forever).
+                    self.drop_link_demand(link, Some(&room));
                     self.reconcile(link, &room, &participants, &tracks);
                     if !answer {
                         self.link_room(link, &room, true);
                     }
+                    self.resend_demand(link, &room);
                     return;
                 }
                 let stale = c
@@ -270,7 +281,7 @@ impl Sfu {
 
     /// The far core's state of `room` as it is now: what this core knew of
     /// it that is no longer there goes (its leave or unpublish was lost
-    /// with a link), and this core's demand of its tracks is sent again.
+    /// with a link).
     fn reconcile(
         &mut self,
         link: LinkId,
@@ -298,6 +309,11 @@ impl Sfu {
         for (t, p) in stale {
             self.remote_unpublished(room, p, &[t]);
         }
+    }
+
+    /// This core's demand of the far core's tracks in `room`, sent again
+    /// (after this core's `RoomLinked`, which made the far core forget it).
+    fn resend_demand(&mut self, link: LinkId, room: &RoomId) {
         let kept: Vec<TrackId> = self
             .relay
             .tracks
@@ -855,6 +871,9 @@ impl Sfu {
             }
         }
         self.relay.outputs.extend(out);
+        self.relay
+            .unwanted
+            .retain(|_, t| now.saturating_duration_since(*t) < UNWANTED_REPEAT);
         let remote: Vec<TrackId> = self.relay.tracks.keys().copied().collect();
         for t in remote {
             self.update_demand(t);
@@ -913,8 +932,21 @@ impl Sfu {
         let now = self.now;
         let track = rp.track;
         let Some(t) = self.relay.tracks.get_mut(&track) else {
-            // Unpublished, or not yet announced: nothing to feed.
+            // Unpublished, or not yet announced, or forgotten when a link
+            // went down on this side only: nothing to feed. The origin is
+            // told it is not wanted here (at most once a second per track),
+            // or it would send it for as long as it thinks it is.
             self.stats.relay_refused += 1;
+            let told = self.relay.unwanted.get(&(link, track));
+            if told.is_none_or(|t| now.saturating_duration_since(*t) >= UNWANTED_REPEAT)
+                && self.relay.unwanted.len() < MAX_UNWANTED
+            {
+                self.relay.unwanted.insert((link, track), now);
+                self.relay.outputs.push_back((
+                    link,
+                    RelayMessage::Control(Control::Demand { track, layers: 0 }),
+                ));
+            }
             return;
         };
         let li = usize::from(rp.layer.unwrap_or(0));

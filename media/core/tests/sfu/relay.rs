@@ -923,3 +923,33 @@ fn a_link_down_on_one_side_only_is_reconciled_when_it_comes_back() {
             && m.cores[0].clients[alice].frames_from(bob_id, MediaKind::Audio) > a0 + 10
     }));
 }
+
+#[test]
+fn an_origin_stops_sending_what_a_far_core_no_longer_knows() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > 5
+    }));
+    // Core 1 sees the link drop (core 0 does not), and bob leaves: his
+    // core closes the room and can no longer tell core 0 anything of it.
+    m.cut.insert((0, 1));
+    m.cut.insert((1, 0));
+    let now = m.now();
+    m.cores[1].sfu.handle_link_down(now, LinkId(0));
+    m.cores[1].leave(bob);
+    m.run_for(Duration::from_millis(300));
+    assert!(m.cores[1].sfu.room_info(&room()).is_none());
+    assert_eq!(m.cores[0].sfu.relay_links(&room()), vec![LinkId(1)]);
+    // The link is back: core 0 still sends what bob wanted, once, and is
+    // told it is not wanted.
+    m.cut.clear();
+    m.run_for(Duration::from_millis(500));
+    let sent = m.media_on(0, 1);
+    m.run_for(Duration::from_secs(1));
+    assert_eq!(m.media_on(0, 1), sent, "nothing crosses any more");
+    assert_eq!(m.cores[0].sfu.relay_link_stats()[0].layers_sent, 0);
+}
