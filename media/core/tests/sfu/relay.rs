@@ -953,3 +953,49 @@ fn an_origin_stops_sending_what_a_far_core_no_longer_knows() {
     assert_eq!(m.media_on(0, 1), sent, "nothing crosses any more");
     assert_eq!(m.cores[0].sfu.relay_link_stats()[0].layers_sent, 0);
 }
+
+#[test]
+fn a_track_every_far_subscriber_pauses_stops_crossing_and_resumes_with_a_keyframe() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > 5
+    }));
+    let video = track_of(&m, 1, alice_id, TrackKind::Video).unwrap();
+    let set = |m: &mut Mesh, enabled| {
+        let (now, conn) = (m.now(), m.cores[1].clients[bob].conn);
+        let s = TrackSettings {
+            enabled,
+            width: None,
+            height: None,
+        };
+        m.cores[1]
+            .sfu
+            .handle_track_settings(now, conn, video, s)
+            .unwrap();
+    };
+    // Bob hides alice's tile: her video no longer crosses (her audio does).
+    set(&mut m, false);
+    m.run_for(Duration::from_millis(200));
+    m.layers.clear();
+    m.run_for(Duration::from_secs(1));
+    assert!(m.layers_on(0, 1, video).is_empty(), "{:?}", m.layers);
+    assert!(
+        !m.layers.get(&(0, 1)).unwrap().is_empty(),
+        "audio still crosses"
+    );
+    // Shown again: it crosses and bob decodes from a keyframe.
+    let keyframes = m.cores[0].clients[alice].keyframe_requests;
+    let before = m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video);
+    set(&mut m, true);
+    assert!(m.run_until(Duration::from_secs(3), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Video) > before + 10
+    }));
+    assert!(
+        m.cores[0].clients[alice].keyframe_requests > keyframes,
+        "asked over the link"
+    );
+}
