@@ -31,6 +31,17 @@
 //! Speaker levels cross inside the media: every relayed audio packet
 //! carries its RFC 6464 level, which the receiving core's speaker detector
 //! observes as it does for local audio.
+//!
+//! Linking a room is a handshake: the side the shell asks sends
+//! [`Control::RoomLinked`] and its state; the other side, if it holds the
+//! room, links it and answers the same way (else it answers
+//! [`Control::RoomUnlinked`]). Each `RoomLinked` names the sender's
+//! participants and tracks, so a link that went down on one side only is
+//! reconciled when it is linked again, and resets what the sender demanded
+//! (sent again after it). A core that receives packets of a track it does
+//! not know tells the origin it wants none of it. Room events
+//! ([`crate::RoomEvent`]) stay local: each core reports its own
+//! participants, once.
 
 use std::fmt;
 use std::sync::Arc;
