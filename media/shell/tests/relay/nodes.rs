@@ -1,0 +1,101 @@
+//! A room over two nodes, joined by the QUIC relay on loopback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use vela_media::core::{RoomId, SfuConfig};
+use vela_media::relay::{RelayAuth, RelayConfig, RelayEndpoint};
+use vela_media::{MediaHandle, MediaSockets, MediaTask, NodeOptions, NodePeer};
+
+use crate::client::Client;
+use crate::shards::{LOOPBACK, until};
+
+/// A node of `n` shards named `name`, numbering ids from `number << 40`,
+/// with a relay endpoint on loopback; returns its relay address too.
+async fn node(
+    name: &str,
+    number: u64,
+    n: usize,
+    per_shard: u32,
+) -> (MediaHandle, MediaTask, SocketAddr) {
+    let auth = RelayAuth::from_secret(b"a cluster secret for tests").expect("auth");
+    let (endpoint, events) =
+        RelayEndpoint::bind(SocketAddr::new(LOOPBACK, 0), &auth, RelayConfig::new(name))
+            .expect("relay endpoint");
+    let addr = endpoint.local_addr().expect("relay address");
+    let mut shards = Vec::new();
+    for k in 0..n {
+        let sockets = MediaSockets::bind(&[LOOPBACK], 0, LOOPBACK)
+            .await
+            .expect("bind");
+        let config = SfuConfig::new(sockets.advertised()).set_id_space(k as u64 + 1, n as u64);
+        shards.push((sockets, config));
+    }
+    let options = NodeOptions::new()
+        .set_id_base(number << 40)
+        .set_max_room_participants_per_shard(per_shard)
+        .set_relay(endpoint, events);
+    let (media, task) = vela_media::spawn_node(shards, None, options);
+    (media, task, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_another_node_receives_the_publisher_over_quic() {
+    tokio::time::timeout(Duration::from_secs(40), async {
+        let (a, _ta, a_addr) = node("node-a", 1, 1, 0).await;
+        let (b, _tb, b_addr) = node("node-b", 2, 2, 1).await;
+        let room = RoomId::new("far").unwrap();
+        let peer = |name: &str, addr| NodePeer {
+            node_id: name.into(),
+            relay_addr: addr,
+        };
+        let publisher = Client::join(&a, "far", "alice", true).await;
+        // Signaling tells each node of the other (node b before it holds
+        // anything: it links its shards as they open).
+        a.relay_room(&room, vec![peer("node-b", b_addr)])
+            .await
+            .unwrap();
+        b.relay_room(&room, vec![peer("node-a", a_addr)])
+            .await
+            .unwrap();
+        // Two subscribers on node b, one per shard (one participant each).
+        let bob = Client::join(&b, "far", "bob", false).await;
+        let carol = Client::join(&b, "far", "carol", false).await;
+        assert_eq!(b.shards_of_room(&room), [0, 1]);
+        let got = until(Duration::from_secs(25), || {
+            [&bob, &carol]
+                .iter()
+                .all(|s| s.audio() >= 20 && s.video() >= 10)
+        })
+        .await;
+        assert!(
+            got,
+            "node b's subscribers receive node a's publisher: bob {}/{} carol {}/{}",
+            bob.audio(),
+            bob.video(),
+            carol.audio(),
+            carol.video()
+        );
+        let stats = a.relay_stats();
+        let link = stats
+            .links
+            .iter()
+            .find(|l| l.node == "node-b")
+            .expect("a link to node b");
+        assert!(link.connected && link.datagrams_sent > 0, "{stats:?}");
+        // The server API on node b lists alice, who lives on node a.
+        let names: Vec<String> = b
+            .room_participants(&room)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.identity)
+            .collect();
+        assert!(names.iter().any(|n| n == "alice"), "{names:?}");
+        drop(publisher);
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await
+    .expect("in time");
+}
