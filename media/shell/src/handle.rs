@@ -610,7 +610,8 @@ impl MediaHandle {
         Ok(all)
     }
 
-    /// Closes every peer, sends their goodbyes and stops the drivers.
+    /// Closes every peer, sends their goodbyes, stops the drivers and
+    /// closes the relay to other nodes.
     pub async fn shutdown(&self) {
         let waits = self.shards.iter().map(|tx| async move {
             let (reply, rx) = oneshot::channel();
@@ -619,6 +620,11 @@ impl MediaHandle {
             }
         });
         futures_util::future::join_all(waits).await;
+        // The cores said their goodbyes over the links; the other nodes
+        // see the links close now rather than after the idle timeout.
+        if let Some(r) = &self.relay {
+            r.endpoint.close();
+        }
     }
 }
 

@@ -224,9 +224,18 @@ impl NodeRelay {
             };
             old.into_iter().filter(|p| !peers.contains(p)).collect()
         };
+        // Nodes no longer holding the room: unlinked here, and told that
+        // none of this node's shards hold it for them.
+        let none = Announce {
+            room: room.clone(),
+            shards: Vec::new(),
+            reply: false,
+        }
+        .encode();
         for p in &gone {
             self.set_parts(room, &p.node_id.as_str().into(), Vec::new())
                 .await;
+            let _ = self.endpoint.send_control(&p.node_id, SHELL, SHELL, &none);
         }
         let frame = Announce {
             room: room.clone(),

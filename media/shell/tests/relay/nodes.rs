@@ -1,7 +1,7 @@
 //! A room over two nodes, joined by the QUIC relay on loopback.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vela_media::core::{RoomId, SfuConfig};
 use vela_media::relay::{RelayAuth, RelayConfig, RelayEndpoint};
@@ -92,8 +92,72 @@ async fn a_subscriber_on_another_node_receives_the_publisher_over_quic() {
             .map(|p| p.identity)
             .collect();
         assert!(names.iter().any(|n| n == "alice"), "{names:?}");
-        drop(publisher);
+        let alice_on_b = || async {
+            b.room_participants(&room)
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.identity == "alice")
+        };
+
+        // Signaling says node a no longer holds the room, then again that
+        // it does: alice leaves node b's room and comes back.
+        b.relay_room(&room, vec![]).await.unwrap();
+        let mut gone = false;
+        for _ in 0..100 {
+            if !alice_on_b().await {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "unlinked, alice left node b");
+        b.relay_room(&room, vec![peer("node-a", a_addr)])
+            .await
+            .unwrap();
+        let mut back = false;
+        for _ in 0..100 {
+            if alice_on_b().await {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(back, "linked again, alice is back on node b");
+        let before = (bob.audio(), carol.audio());
+        let flowing = until(Duration::from_secs(10), || {
+            bob.audio() > before.0 + 10 && carol.audio() > before.1 + 10
+        })
+        .await;
+        assert!(
+            flowing,
+            "media flows again: {before:?} -> {} {}",
+            bob.audio(),
+            carol.audio()
+        );
+
+        // Node a goes: node b's subscribers lose alice, at once (the
+        // endpoint closes its links) rather than after the idle timeout.
+        let gone = Instant::now();
         a.shutdown().await;
+        let mut left = false;
+        while !left && gone.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left = !b
+                .room_participants(&room)
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.identity == "alice");
+        }
+        assert!(left, "alice is gone from node b");
+        assert!(
+            gone.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            gone.elapsed()
+        );
+        assert!(!b.relay_stats().links[0].connected);
+        drop(publisher);
         b.shutdown().await;
     })
     .await
