@@ -5,8 +5,11 @@
 //! everything else talks to the drivers through a [`MediaHandle`], which
 //! finds a room's or participant's shard. A driver feeds its core datagrams,
 //! commands and timeouts, and carries out what the core asks: send
-//! datagrams, deliver signals to participants. One shard is one core's work:
-//! shards share nothing on the media path.
+//! datagrams, deliver signals to participants, send relay messages. One
+//! shard is one core's work: shards share no state on the media path. A
+//! room too big for one shard spreads over several, and a room over several
+//! nodes too; their cores are joined by relay links ([`relay`]): channels
+//! between drivers, QUIC between nodes.
 
 mod driver;
 mod handle;
@@ -92,7 +95,8 @@ impl NodeOptions {
 
 /// Starts one driver task per shard, each with its own sockets (its own
 /// port) and core; a room lives on one shard, the least loaded when it
-/// opened ([`MediaHandle::shard_of_room`]).
+/// opened ([`MediaHandle::shard_of_room`]) (see [`spawn_node`] for rooms
+/// spread over shards).
 /// Shard `k` of `n` must number its ids with
 /// [`SfuConfig::set_id_space`]`(k + 1, n)`, which is how the handle finds a
 /// participant's shard. The tasks run in parallel on the runtime's threads.
