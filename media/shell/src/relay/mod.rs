@@ -1,6 +1,6 @@
 //! Relaying a room between cores: the links a core's room crosses to the
 //! other cores holding it, in-process between this node's shards
-//! ([`local`]) and over QUIC to other nodes' ([`quic`], its authentication
+//! (`local`) and over QUIC to other nodes' ([`quic`], its authentication
 //! [`auth`], and the routing of rooms to other nodes in `node`).
 //!
 //! To a core a link is an opaque [`LinkId`]; the shell numbers them: a link
