@@ -172,25 +172,18 @@ pub(crate) async fn run(
                     // ICMP port unreachable from a gone client, and the like.
                     Err(e) => tracing::debug!(error = %e, "udp receive failed"),
                 }
+                // The select prefers the sockets: a socket that is always
+                // readable must not starve the links (nor they it).
+                d.relay_batch(&mut remote_rx, MAX_LINK_BATCH);
             }
             Some(f) = frame => {
                 d.relay_frame(f);
                 // What else is queued, up to a batch, before draining.
-                for _ in 1..MAX_LINK_BATCH {
-                    let Some(f) = d.links.as_mut().and_then(LocalLinks::try_recv) else {
-                        break;
-                    };
-                    d.relay_frame(f);
-                }
+                d.relay_batch(&mut remote_rx, MAX_LINK_BATCH - 1);
             }
             Some(m) = remote_frame => {
                 d.remote_in(m);
-                for _ in 1..MAX_LINK_BATCH {
-                    let Some(m) = remote_rx.as_mut().and_then(|r| r.try_recv().ok()) else {
-                        break;
-                    };
-                    d.remote_in(m);
-                }
+                d.relay_batch(&mut remote_rx, MAX_LINK_BATCH - 1);
             }
             _ = tokio::time::sleep_until(timeout.into()) => {
                 d.sfu.handle_timeout(Instant::now());
@@ -482,6 +475,22 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+
+    /// Gives the core up to `n` frames already queued on each kind of link.
+    fn relay_batch(&mut self, remote_rx: &mut Option<mpsc::Receiver<RemoteIn>>, n: usize) {
+        for _ in 0..n {
+            let Some(f) = self.links.as_mut().and_then(LocalLinks::try_recv) else {
+                break;
+            };
+            self.relay_frame(f);
+        }
+        for _ in 0..n {
+            let Some(m) = remote_rx.as_mut().and_then(|r| r.try_recv().ok()) else {
+                break;
+            };
+            self.remote_in(m);
         }
     }
 
