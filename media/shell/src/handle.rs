@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 #[cfg(feature = "test-hooks")]
@@ -623,7 +623,7 @@ impl MediaHandle {
         // The cores said their goodbyes over the links; the other nodes
         // see the links close now rather than after the idle timeout.
         if let Some(r) = &self.relay {
-            r.endpoint.close();
+            r.endpoint.shutdown(Duration::from_secs(1)).await;
         }
     }
 }
