@@ -18,7 +18,7 @@ use crate::placement::Placement;
 use crate::relay::local::{Body, Frame, LocalLinks, Sent};
 use crate::relay::node::{NodeRelay, RemoteIn};
 use crate::relay::quic::NodeName;
-use crate::relay::{link_shard, local_link};
+use crate::relay::{CoreLinkStats, LinkPeer, link_shard, local_link};
 use crate::socket::MediaSockets;
 use crate::udp::{Receiver, Sender};
 
@@ -478,6 +478,28 @@ impl Driver {
         }
     }
 
+    /// The core's relay links with the core behind each.
+    fn core_link_stats(&self) -> Vec<CoreLinkStats> {
+        let shard = self.placement.as_ref().map_or(0, |(k, _)| *k);
+        self.sfu
+            .relay_link_stats()
+            .into_iter()
+            .map(|stats| {
+                let peer = match link_shard(stats.link) {
+                    Some(k) => Some(LinkPeer::Shard(k)),
+                    None => self.remote.as_ref().and_then(|r| {
+                        let (node, shard) = r.node.peer_of(stats.link)?;
+                        Some(LinkPeer::Node {
+                            node: node.to_string(),
+                            shard,
+                        })
+                    }),
+                };
+                CoreLinkStats { shard, peer, stats }
+            })
+            .collect()
+    }
+
     /// Gives the core up to `n` frames already queued on each kind of link.
     fn relay_batch(&mut self, remote_rx: &mut Option<mpsc::Receiver<RemoteIn>>, n: usize) {
         for _ in 0..n {
@@ -581,6 +603,9 @@ impl Driver {
             Command::With(f) => f(&mut self.sfu, now),
             Command::Stats(reply) => {
                 let _ = reply.send(self.sfu.stats());
+            }
+            Command::CoreLinkStats(reply) => {
+                let _ = reply.send(self.core_link_stats());
             }
             Command::LocalLinkStats(reply) => {
                 let _ = reply.send(

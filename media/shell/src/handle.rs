@@ -129,6 +129,7 @@ pub(crate) enum Command {
     Rooms(oneshot::Sender<Vec<RoomInfo>>),
     Stats(oneshot::Sender<SfuStats>),
     LocalLinkStats(oneshot::Sender<crate::relay::LocalLinkStats>),
+    CoreLinkStats(oneshot::Sender<Vec<crate::relay::CoreLinkStats>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -606,6 +607,22 @@ impl MediaHandle {
                 .await
                 .map_err(|_| MediaError::Stopped)?;
             all.push(rx.await.map_err(|_| MediaError::Stopped)?);
+        }
+        Ok(all)
+    }
+
+    /// Every core's relay links, each with the core behind it and the
+    /// core's counters (for `/metrics`: layers carried each way, packets,
+    /// NACKs; a node link of the endpoint carries all of its shards' links
+    /// to that node).
+    pub async fn core_link_stats(&self) -> Result<Vec<crate::relay::CoreLinkStats>, MediaError> {
+        let mut all = Vec::new();
+        for tx in self.shards.iter() {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Command::CoreLinkStats(reply))
+                .await
+                .map_err(|_| MediaError::Stopped)?;
+            all.extend(rx.await.map_err(|_| MediaError::Stopped)?);
         }
         Ok(all)
     }

@@ -20,7 +20,7 @@ mod supervisor;
 mod udp;
 
 pub use handle::{MediaError, MediaHandle, PermissionsUpdate, SignalReceiver};
-pub use relay::{LocalLinkStats, NodePeer, RelayEndpoint, RelayEvent};
+pub use relay::{CoreLinkStats, LinkPeer, LocalLinkStats, NodePeer, RelayEndpoint, RelayEvent};
 pub use socket::{BindError, MediaSockets, local_addresses};
 pub use supervisor::DriverFailed;
 pub use vela_media_core as core;

@@ -21,6 +21,33 @@ pub use quic::{
     LinkStats, NodeName, RelayConfig, RelayEndpoint, RelayError, RelayEvent, RelayStats, SendError,
 };
 
+/// The core behind a core's relay link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkPeer {
+    /// Another shard of this node.
+    Shard(usize),
+    /// A shard of another node.
+    Node {
+        /// Its `cluster.node_id`.
+        node: String,
+        /// Its shard.
+        shard: u16,
+    },
+}
+
+/// One core's view of one of its relay links: which core is behind it,
+/// and the core's counters for it (rooms, layers carried each way,
+/// packets, NACKs).
+#[derive(Debug, Clone)]
+pub struct CoreLinkStats {
+    /// The shard of this node whose core it is.
+    pub shard: usize,
+    /// The far core; `None` if the link is no longer known.
+    pub peer: Option<LinkPeer>,
+    /// The core's counters for the link.
+    pub stats: vela_media_core::relay::RelayLinkStats,
+}
+
 /// The first link id of links to other nodes (this node's shards are fewer).
 pub(crate) const REMOTE_BASE: u32 = 1 << 16;
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use vela_media::core::{RoomId, SfuConfig};
 use vela_media::relay::{RelayAuth, RelayConfig, RelayEndpoint};
-use vela_media::{MediaHandle, MediaSockets, MediaTask, NodeOptions, NodePeer};
+use vela_media::{LinkPeer, MediaHandle, MediaSockets, MediaTask, NodeOptions, NodePeer};
 
 use crate::client::Client;
 use crate::shards::{LOOPBACK, until};
@@ -83,6 +83,19 @@ async fn a_subscriber_on_another_node_receives_the_publisher_over_quic() {
             .find(|l| l.node == "node-b")
             .expect("a link to node b");
         assert!(link.connected && link.datagrams_sent > 0, "{stats:?}");
+        // Node a's core links to each of node b's shards, alice's two
+        // tracks crossing on each.
+        let links = a.core_link_stats().await.unwrap();
+        let mut peers: Vec<_> = links.iter().map(|l| l.peer.clone()).collect();
+        peers.sort_by_key(|p| format!("{p:?}"));
+        let b_shard = |shard| {
+            Some(LinkPeer::Node {
+                node: "node-b".into(),
+                shard,
+            })
+        };
+        assert_eq!(peers, [b_shard(0), b_shard(1)], "{links:?}");
+        assert!(links.iter().all(|l| l.stats.layers_sent == 2), "{links:?}");
         // The server API on node b lists alice, who lives on node a.
         let names: Vec<String> = b
             .room_participants(&room)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use vela_media::core::{RoomEvent, RoomId, SfuConfig};
-use vela_media::{MediaHandle, MediaSockets, MediaTask, NodeOptions};
+use vela_media::{LinkPeer, MediaHandle, MediaSockets, MediaTask, NodeOptions};
 
 use crate::client::Client;
 
@@ -154,6 +154,17 @@ async fn one_to_four_over_two_shards_uses_both_drivers() {
             "{stats:?}"
         );
         assert!(stats[1].relay_packets_received > 0, "{stats:?}");
+        // Each core's link to the other: the host's layers cross one way.
+        let links = media.core_link_stats().await.unwrap();
+        let of = |k: usize| links.iter().find(|l| l.shard == k).expect("a link");
+        assert_eq!(of(0).peer, Some(LinkPeer::Shard(1)));
+        assert_eq!(of(1).peer, Some(LinkPeer::Shard(0)));
+        assert_eq!(
+            (of(0).stats.layers_sent, of(1).stats.layers_received),
+            (2, 2),
+            "{links:?}"
+        );
+        assert_eq!(of(1).stats.layers_sent, 0, "{links:?}");
         drop(publisher);
         media.shutdown().await;
     })
