@@ -14,7 +14,23 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use vela_media::MediaHandle;
-use vela_media::core::{ConnectionId, JoinRequest, PeerKind, RoomId, Signal};
+use vela_media::core::{
+    ConnectionId, JoinRequest, PeerKind, RoomId, Signal, TrackKind, TrackSettings,
+};
+
+/// What a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    Nothing,
+    /// Audio and one VP8 video stream.
+    AudioVideo,
+    /// Audio and VP8 video in three simulcast layers q, h, f: frames of 300,
+    /// 600 and 1000 bytes (the size tells the layer a subscriber gets).
+    Simulcast,
+}
+
+/// The simulcast layers and their frame sizes.
+const LAYERS: [(&str, usize); 3] = [("q", 300), ("h", 600), ("f", 1000)];
 
 /// What a client received, updated as it goes.
 #[derive(Debug, Default)]
@@ -24,6 +40,8 @@ pub struct Counts {
     pub connected: AtomicBool,
     /// Participants it was told joined (beside those in its join reply).
     pub joined_signals: AtomicU64,
+    /// The size of the last video frame it received.
+    pub last_video_size: AtomicU64,
 }
 
 pub struct Client {
@@ -49,6 +67,23 @@ impl Client {
 
     /// Joins `room` as `name`, publishing audio and video if `publish`.
     pub async fn join(media: &MediaHandle, room: &str, name: &str, publish: bool) -> Client {
+        let publish = if publish {
+            Publish::AudioVideo
+        } else {
+            Publish::Nothing
+        };
+        Self::join_with(media, room, name, publish, None).await
+    }
+
+    /// Joins `room` as `name`, sending `publish`; `settings`, if given, go
+    /// to the server for every video track it is offered (its rendered size).
+    pub async fn join_with(
+        media: &MediaHandle,
+        room: &str,
+        name: &str,
+        publish: Publish,
+        settings: Option<TrackSettings>,
+    ) -> Client {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let addr = socket.local_addr().expect("address");
         let now = Instant::now();
@@ -59,9 +94,17 @@ impl Client {
         let conn = joined.connection;
         let mut change = rtc.sdp_api();
         let (mut audio, mut video) = (None, None);
-        if publish {
+        if publish != Publish::Nothing {
+            let layers = (publish == Publish::Simulcast).then(|| {
+                let mut s = str0m::media::Simulcast::new();
+                for (rid, _) in LAYERS {
+                    s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+                }
+                s
+            });
             audio = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-            video = Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+            video =
+                Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers));
         } else {
             change.add_channel("vela".into());
         }
@@ -81,8 +124,8 @@ impl Client {
                 audio,
                 video,
                 counts: c,
-                keyframe: true,
-                frame: 0,
+                simulcast: publish == Publish::Simulcast,
+                keyframes: vec![String::new(), "q".into(), "h".into(), "f".into()],
             };
             let start = Instant::now();
             let mut next_audio = start;
@@ -124,6 +167,14 @@ impl Client {
                         Some(Signal::ParticipantJoined(_)) => {
                             peer.counts.joined_signals.fetch_add(1, Ordering::Relaxed);
                         }
+                        Some(Signal::TrackPublished { track, .. }) => {
+                            if let Some(s) = settings
+                                && track.kind == TrackKind::Video
+                                && media.track_settings(conn, track.id, s).await.is_err()
+                            {
+                                return;
+                            }
+                        }
                         Some(Signal::Left { .. }) | None => return,
                         Some(_) => {}
                     },
@@ -146,8 +197,9 @@ struct Peer {
     audio: Option<Mid>,
     video: Option<Mid>,
     counts: Arc<Counts>,
-    keyframe: bool,
-    frame: u64,
+    simulcast: bool,
+    /// Layers ("" without simulcast) whose next frame is a keyframe.
+    keyframes: Vec<String>,
 }
 
 impl Peer {
@@ -164,11 +216,20 @@ impl Peer {
                     Event::MediaData(d) => {
                         let n = match self.rtc.media(d.mid).map(|m| m.kind()) {
                             Some(MediaKind::Audio) => &self.counts.audio_frames,
-                            _ => &self.counts.video_frames,
+                            _ => {
+                                let size = d.data.len() as u64;
+                                self.counts.last_video_size.store(size, Ordering::Relaxed);
+                                &self.counts.video_frames
+                            }
                         };
                         n.fetch_add(1, Ordering::Relaxed);
                     }
-                    Event::KeyframeRequest(_) => self.keyframe = true,
+                    Event::KeyframeRequest(r) => {
+                        let rid = r.rid.map(|r| r.to_string()).unwrap_or_default();
+                        if !self.keyframes.contains(&rid) {
+                            self.keyframes.push(rid);
+                        }
+                    }
                     _ => {}
                 },
                 // A frame that cannot be depacketized, or a stack that
@@ -203,23 +264,40 @@ impl Peer {
         if !self.rtc.is_connected() {
             return;
         }
-        self.frame += 1;
-        let Some(w) = self.rtc.writer(mid) else {
-            return;
+        let layers: &[(&str, usize)] = if self.simulcast {
+            &LAYERS
+        } else {
+            &[("", 1000)]
         };
-        let Some(pt) = w
-            .payload_params()
-            .find(|p| p.spec().codec == Codec::Vp8)
-            .map(|p| p.pt())
-        else {
-            return;
-        };
-        let key = std::mem::take(&mut self.keyframe);
-        // A VP8 frame tag: bit 0 clear marks a keyframe.
-        let mut frame = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
-        frame.resize(1000, 0x55);
-        let t =
-            MediaTime::from_millis((now - start).as_millis() as u64).rebase(Frequency::NINETY_KHZ);
-        let _ = w.write(pt, now, t, frame);
+        let ticks = (now - start).as_micros() as u64 * 90 / 1000;
+        for (rid, size) in layers {
+            // Each layer has a clock of its own, as browsers' do.
+            let base = rid.bytes().map(u64::from).sum::<u64>() * 1_000_000;
+            let t = MediaTime::from_90khz(base + ticks);
+            let Some(mut w) = self.rtc.writer(mid) else {
+                return;
+            };
+            let Some(pt) = w
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .map(|p| p.pt())
+            else {
+                return;
+            };
+            if !rid.is_empty() {
+                w = w.rid((*rid).into());
+            }
+            let key = match self.keyframes.iter().position(|r| r == rid) {
+                Some(i) => {
+                    self.keyframes.swap_remove(i);
+                    true
+                }
+                None => false,
+            };
+            // A VP8 frame tag: bit 0 clear marks a keyframe.
+            let mut frame = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            frame.resize(*size, 0x55);
+            let _ = w.write(pt, now, t, frame);
+        }
     }
 }

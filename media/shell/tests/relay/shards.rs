@@ -7,19 +7,32 @@ use tokio::sync::mpsc;
 use vela_media::core::{RoomEvent, RoomId, SfuConfig};
 use vela_media::{LinkPeer, MediaHandle, MediaSockets, MediaTask, NodeOptions};
 
-use crate::client::Client;
+use std::sync::atomic::Ordering;
+
+use vela_media::core::TrackSettings;
+
+use crate::client::{Client, Publish};
 
 pub(crate) const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// `n` shards on loopback; a room takes `per_shard` participants on one
 /// shard before it spreads.
 async fn node(n: usize, per_shard: u32) -> (MediaHandle, MediaTask, mpsc::Receiver<RoomEvent>) {
+    node_with(n, per_shard, |c| c).await
+}
+
+/// [`node`] with each shard's config changed by `f`.
+async fn node_with(
+    n: usize,
+    per_shard: u32,
+    f: impl Fn(SfuConfig) -> SfuConfig,
+) -> (MediaHandle, MediaTask, mpsc::Receiver<RoomEvent>) {
     let mut shards = Vec::new();
     for k in 0..n {
         let sockets = MediaSockets::bind(&[LOOPBACK], 0, LOOPBACK)
             .await
             .expect("bind");
-        let config = SfuConfig::new(sockets.advertised()).set_id_space(k as u64 + 1, n as u64);
+        let config = f(SfuConfig::new(sockets.advertised()).set_id_space(k as u64 + 1, n as u64));
         shards.push((sockets, config));
     }
     let (tx, rx) = mpsc::channel(1024);
@@ -166,6 +179,42 @@ async fn one_to_four_over_two_shards_uses_both_drivers() {
         );
         assert_eq!(of(1).stats.layers_sent, 0, "{links:?}");
         drop(publisher);
+        media.shutdown().await;
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_subscriber_on_another_shard_gets_the_low_layer_and_only_it_crosses() {
+    tokio::time::timeout(Duration::from_secs(40), async {
+        // Layers chosen by rendered size only (no bandwidth estimate).
+        let (media, _task, _events) = node_with(2, 1, |c| c.set_bandwidth_estimation(false)).await;
+        let room = RoomId::new("simulcast").unwrap();
+        let small = TrackSettings {
+            enabled: true,
+            width: Some(320),
+            height: Some(180),
+        };
+        let _alice =
+            Client::join_with(&media, "simulcast", "alice", Publish::Simulcast, None).await;
+        let bob =
+            Client::join_with(&media, "simulcast", "bob", Publish::Nothing, Some(small)).await;
+        assert_eq!(media.shards_of_room(&room), [0, 1]);
+        let low = until(Duration::from_secs(20), || {
+            bob.video() >= 20 && bob.counts.last_video_size.load(Ordering::Relaxed) == 300
+        })
+        .await;
+        assert!(
+            low,
+            "bob gets the low layer: {} frames, last of {} bytes",
+            bob.video(),
+            bob.counts.last_video_size.load(Ordering::Relaxed)
+        );
+        // Audio and the low video layer cross to shard 1, nothing else.
+        let links = media.core_link_stats().await.unwrap();
+        let to_1 = links.iter().find(|l| l.shard == 0).expect("shard 0's link");
+        assert_eq!(to_1.stats.layers_sent, 2, "{links:?}");
         media.shutdown().await;
     })
     .await
