@@ -152,7 +152,9 @@ async fn a_subscriber_on_another_node_receives_the_publisher_over_quic() {
         // Node a goes: node b's subscribers lose alice, at once (the
         // endpoint closes its links) rather than after the idle timeout.
         let gone = Instant::now();
-        a.shutdown().await;
+        // Its shutdown waits (bounded) for the closes to be acknowledged:
+        // alice is gone on node b meanwhile.
+        let stopping = tokio::spawn(async move { a.shutdown().await });
         let mut left = false;
         while !left && gone.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,6 +171,7 @@ async fn a_subscriber_on_another_node_receives_the_publisher_over_quic() {
             "{:?}",
             gone.elapsed()
         );
+        stopping.await.unwrap();
         assert!(!b.relay_stats().links[0].connected);
         drop(publisher);
         b.shutdown().await;
@@ -208,7 +211,9 @@ async fn a_publisher_whose_node_dies_is_received_again_after_it_rejoins_elsewher
         // Node a dies; alice's client rejoins on node c, and signaling
         // tells b and c that they share the room now.
         let killed = Instant::now();
-        a.shutdown().await;
+        // (Its shutdown then waits, bounded, for the closes to be
+        // acknowledged; the rest of the world goes on meanwhile.)
+        let stopping = tokio::spawn(async move { a.shutdown().await });
         drop(alice);
         let alice = Client::join(&c, "survive", "alice", true).await;
         b.relay_room(&room, vec![peer("node-c", c_addr)])
@@ -246,6 +251,7 @@ async fn a_publisher_whose_node_dies_is_received_again_after_it_rejoins_elsewher
             .count();
         assert_eq!(alices, 1);
         drop(alice);
+        stopping.await.unwrap();
         b.shutdown().await;
         c.shutdown().await;
     })
