@@ -386,7 +386,113 @@ pub(crate) async fn route(relay: Arc<NodeRelay>, mut events: mpsc::Receiver<Rela
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+    use crate::relay::auth::RelayAuth;
+    use crate::relay::quic::RelayConfig;
+
+    /// A relay for a node of two shards where `room` is open on both, and
+    /// the drivers' inbound queues.
+    fn relay(room: &RoomId) -> (NodeRelay, Vec<mpsc::Receiver<RemoteIn>>) {
+        let auth = RelayAuth::from_secret(b"a cluster secret for unit tests").unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (endpoint, _events) =
+            RelayEndpoint::bind(addr, &auth, RelayConfig::new("here")).unwrap();
+        let mut placement = Placement::new(2, 1);
+        let now = Instant::now();
+        for _ in 0..2 {
+            let k = placement.place_join(now, room);
+            placement.joined(room, k, true);
+        }
+        assert_eq!(placement.open_shards_of(room), [0, 1]);
+        let (txs, rxs) = (0..2).map(|_| mpsc::channel(16)).unzip();
+        let placement = Some(Arc::new(Mutex::new(placement)));
+        (NodeRelay::new(endpoint, txs, placement), rxs)
+    }
+
+    fn announce(node: &str, room: &RoomId, shards: &[u16]) -> RelayEvent {
+        RelayEvent::Control {
+            node: node.into(),
+            src: SHELL,
+            dst: SHELL,
+            payload: Announce {
+                room: room.clone(),
+                shards: shards.to_vec(),
+                reply: false,
+            }
+            .encode()
+            .into(),
+        }
+    }
+
+    /// What a driver was handed, as (link, on) for LinkRoom and link for Down.
+    fn taken(rx: &mut mpsc::Receiver<RemoteIn>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|m| match m {
+                RemoteIn::LinkRoom { link, on, .. } => format!("{}:{on}", link.0 - REMOTE_BASE),
+                RemoteIn::Down(links) => format!(
+                    "down{:?}",
+                    links.iter().map(|l| l.0 - REMOTE_BASE).collect::<Vec<_>>()
+                ),
+                RemoteIn::Frame { link, .. } => format!("frame{}", link.0 - REMOTE_BASE),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn announcements_link_every_shard_pair_and_unlink_the_shards_gone() {
+        let room = RoomId::new("r").unwrap();
+        let (relay, mut rxs) = relay(&room);
+        // Node x's shards 0 and 2 hold the room: both our shards link to both.
+        relay.event(announce("x", &room, &[0, 2])).await;
+        for rx in &mut rxs {
+            assert_eq!(taken(rx), ["0:true", "1:true"]);
+        }
+        assert_eq!(
+            relay.peer_of(LinkId(REMOTE_BASE + 1)),
+            Some(("x".into(), 2))
+        );
+        // The same again changes nothing; then x's shard 0 closes its part.
+        relay.event(announce("x", &room, &[0, 2])).await;
+        relay.event(announce("x", &room, &[2])).await;
+        for rx in &mut rxs {
+            assert_eq!(taken(rx), ["0:false"]);
+        }
+        assert_eq!(relay.links_of_room(&room), [LinkId(REMOTE_BASE + 1)]);
+        // A frame from x's shard 2 to our shard 1 goes to that driver only,
+        // on the link numbered for x's shard 2.
+        relay
+            .event(RelayEvent::Control {
+                node: "x".into(),
+                src: 2,
+                dst: 1,
+                payload: Bytes::from_static(b"core frame"),
+            })
+            .await;
+        assert!(taken(&mut rxs[0]).is_empty());
+        assert_eq!(taken(&mut rxs[1]), ["frame1"]);
+        // Node x is gone: every driver drops its links to it.
+        relay.event(RelayEvent::LinkDown { node: "x".into() }).await;
+        for rx in &mut rxs {
+            let mut got = taken(rx);
+            got.sort();
+            assert!(got == ["down[0, 1]"] || got == ["down[1, 0]"], "{got:?}");
+        }
+        assert!(relay.links_of_room(&room).is_empty());
+        // Frames to a shard this node does not have are dropped.
+        relay
+            .event(RelayEvent::Datagram {
+                node: "x".into(),
+                src: 2,
+                dst: 7,
+                payload: Bytes::from_static(b"media"),
+            })
+            .await;
+        for rx in &mut rxs {
+            assert!(taken(rx).is_empty());
+        }
+    }
 
     #[test]
     fn an_announcement_survives_the_wire_and_garbage_does_not_parse() {
