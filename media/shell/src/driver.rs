@@ -529,8 +529,12 @@ impl Driver {
                     self.sfu.handle_link_room(now, link, room, on);
                 }
             }
-            Body::Reset => {
-                self.sfu.handle_link_down(now, link);
+            // The other side reset the link (take it down, then relink),
+            // or answered this side's reset (relink).
+            Body::Reset | Body::ResetDone => {
+                if matches!(f.body, Body::Reset) {
+                    self.sfu.handle_link_down(now, link);
+                }
                 let rooms = match &self.placement {
                     Some((shard, p)) => p
                         .lock()

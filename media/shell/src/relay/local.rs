@@ -8,8 +8,11 @@
 //! the far shard is hopelessly behind, and dropping control silently would
 //! leave the two cores disagreeing about the room. So the link *fails*: the
 //! sender's core takes it down at once, and a `Reset` (outside the count)
-//! tells the other side, which takes it down too and then links the rooms
-//! both shards still hold again, from scratch. Each side stamps its frames
+//! tells the other side, which takes it down too, answers `ResetDone` and
+//! links the rooms both shards still hold again, from scratch; until the
+//! answer the sender sends nothing more on the link (a shard that never
+//! reads again costs one frame, not one per attempt), then it links them
+//! again too (both doing it is harmless). Each side stamps its frames
 //! with its epoch of the link, raised by a reset (the one it began or the
 //! one it was told of); frames the other side sent before it learned of a
 //! reset are stale and dropped, so the cores relink from a clean state.
@@ -40,6 +43,9 @@ pub(crate) enum Body {
     /// The sender took the link down (it overflowed): take it down too,
     /// then link the shared rooms again.
     Reset,
+    /// The answer to a `Reset`: the link is usable again; link the shared
+    /// rooms (again).
+    ResetDone,
 }
 
 /// A frame on a local link.
@@ -68,6 +74,8 @@ struct Out {
     epoch: u32,
     /// Frames from the other side stamped below this are stale.
     floor: u32,
+    /// A reset this side began is not answered yet: nothing is sent.
+    resetting: bool,
     /// Hands out the pair's epochs (shared by both sides, so that two
     /// resets begun at once have different ones).
     epochs: Arc<AtomicU32>,
@@ -133,6 +141,7 @@ pub(crate) fn mesh(n: usize) -> Vec<LocalLinks> {
                         depth: depth[i][j].clone(),
                         epoch: 0,
                         floor: 0,
+                        resetting: false,
                         epochs: pair(i, j),
                     })
                 })
@@ -166,6 +175,13 @@ impl LocalLinks {
         let Some(Some(out)) = self.out.get(to) else {
             return Sent::Dropped;
         };
+        if out.resetting {
+            if media {
+                self.stats.media_dropped += 1;
+                return Sent::Dropped;
+            }
+            return Sent::Failed;
+        }
         let (counter, cap) = if media {
             (&out.depth.media, MEDIA_QUEUE)
         } else {
@@ -203,6 +219,7 @@ impl LocalLinks {
         let epoch = out.epochs.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         out.epoch = epoch;
         out.floor = epoch;
+        out.resetting = true;
         self.stats.resets += 1;
         tracing::warn!(
             shard = self.shard,
@@ -246,9 +263,25 @@ impl LocalLinks {
         match &f.body {
             Body::Reset => {
                 // From now on this side's frames are of the new epoch, and
-                // the other side's older ones are stale.
+                // the other side's older ones are stale. The answer carries
+                // this side's epoch: a reset of its own, begun meanwhile
+                // with a higher one, is answered by it too.
                 out.epoch = out.epoch.max(f.epoch);
                 out.floor = out.floor.max(f.epoch);
+                let _ = out.tx.send(Frame {
+                    from: self.shard,
+                    epoch: out.epoch,
+                    body: Body::ResetDone,
+                });
+                return Some(f);
+            }
+            Body::ResetDone => {
+                // An answer to an older reset of this side is not the one
+                // awaited.
+                if !out.resetting || f.epoch < out.floor {
+                    return None;
+                }
+                out.resetting = false;
                 return Some(f);
             }
             Body::Relay(RelayMessage::Media(_)) => depth.media.fetch_sub(1, Ordering::Relaxed),
@@ -295,31 +328,49 @@ mod tests {
         // control silently.
         assert_eq!(m[0].link_room(1, room(), true), Sent::Failed);
         assert_eq!(m[0].stats().resets, 1);
+        // Until shard 1 answers, nothing more is queued, and no more resets.
+        assert_eq!(m[0].link_room(1, room(), true), Sent::Failed);
+        assert_eq!(m[0].stats().resets, 1);
         // A frame shard 1 sent before it saw the reset is stale.
         assert_eq!(m[1].link_room(0, room(), true), Sent::Ok);
         assert!(m[0].try_recv().is_none(), "stale frame dropped");
         assert_eq!(m[0].stats().stale_dropped, 1);
         // Shard 1 gets what was sent before the reset (its core takes it
-        // in order, then the link down), then the reset.
+        // in order, then the link down), then the reset, which it answers.
         for _ in 0..CONTROL_QUEUE {
             assert!(matches!(m[1].try_recv().unwrap().body, Body::LinkRoom(..)));
         }
         assert!(matches!(m[1].try_recv().unwrap().body, Body::Reset));
         assert!(m[1].try_recv().is_none());
-        // Both resets at once: each side's frames from before it learned of
-        // the other's are stale, and the link still comes back.
-        assert_eq!(m[0].stats().resets, 1);
-        m[0].reset(1);
-        m[1].reset(0);
-        assert_eq!(m[0].link_room(1, room(), true), Sent::Ok);
-        assert!(matches!(m[1].try_recv().unwrap().body, Body::Reset));
-        assert!(matches!(m[0].try_recv().unwrap().body, Body::Reset));
-        // Sent at shard 0's epoch, lower than shard 1's: stale.
-        assert!(m[1].try_recv().is_none());
+        assert!(matches!(m[0].try_recv().unwrap().body, Body::ResetDone));
         // The link works again, both ways.
         assert_eq!(m[1].link_room(0, room(), true), Sent::Ok);
         assert!(matches!(m[0].try_recv().unwrap().body, Body::LinkRoom(..)));
         assert_eq!(m[0].link_room(1, room(), true), Sent::Ok);
         assert!(matches!(m[1].try_recv().unwrap().body, Body::LinkRoom(..)));
+    }
+
+    #[test]
+    fn resets_begun_on_both_sides_at_once_end_with_a_working_link() {
+        let mut m = mesh(2);
+        m[0].reset(1);
+        m[1].reset(0);
+        assert_eq!(m[0].link_room(1, room(), true), Sent::Failed);
+        // Each takes the other's reset (and answers it), then its answer.
+        assert!(matches!(m[1].try_recv().unwrap().body, Body::Reset));
+        assert!(matches!(m[0].try_recv().unwrap().body, Body::Reset));
+        assert!(matches!(m[0].try_recv().unwrap().body, Body::ResetDone));
+        assert!(matches!(m[1].try_recv().unwrap().body, Body::ResetDone));
+        assert!(m[0].try_recv().is_none() && m[1].try_recv().is_none());
+        assert_eq!(m[0].link_room(1, room(), true), Sent::Ok);
+        assert_eq!(m[1].link_room(0, room(), false), Sent::Ok);
+        assert!(matches!(
+            m[1].try_recv().unwrap().body,
+            Body::LinkRoom(_, true)
+        ));
+        assert!(matches!(
+            m[0].try_recv().unwrap().body,
+            Body::LinkRoom(_, false)
+        ));
     }
 }
