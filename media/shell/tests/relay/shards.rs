@@ -220,3 +220,93 @@ async fn a_small_subscriber_on_another_shard_gets_the_low_layer_and_only_it_cros
     .await
     .expect("in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_that_stops_reading_resets_its_link_and_the_room_comes_back() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (media, _task, _events) = node(2, 1).await;
+        // Enough room for every data message below in the clients' queues.
+        let media = media.with_signal_queue(100_000);
+        let room = RoomId::new("flood").unwrap();
+        let alice = Client::join(&media, "flood", "alice", true).await;
+        let bob = Client::join(&media, "flood", "bob", false).await;
+        let carol = Client::join(&media, "flood", "carol", false).await;
+        // Alice and carol on shard 0, bob on shard 1.
+        assert_eq!(media.shards_of_room(&room), [0, 1]);
+        assert!(until(Duration::from_secs(15), || bob.audio() >= 10).await);
+        let joined = || bob.counts.joined_signals.load(Ordering::Relaxed);
+        assert!(
+            until(Duration::from_secs(5), || joined() == 2).await,
+            "alice and carol"
+        );
+
+        // Shard 1's driver stops (a closure that sleeps on its core, for a
+        // new room placed on the less loaded shard 1) while alice floods
+        // the room with data messages, each crossing to shard 1 as control.
+        let blocked = RoomId::new("block").unwrap();
+        let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall = {
+            let (media, release) = (media.clone(), release.clone());
+            tokio::spawn(async move {
+                media
+                    .with_room(&blocked, move |_, _| {
+                        let end = Instant::now() + Duration::from_secs(20);
+                        while !release.load(Ordering::Relaxed) && Instant::now() < end {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(media.shard_of_room(&RoomId::new("block").unwrap()), Some(1));
+        let message = vela_media::core::DataMessage {
+            topic: None,
+            payload: vec![7u8; 8].into(),
+            destinations: Vec::new(),
+        };
+        // More than the link's control queue holds.
+        for _ in 0..20_000 {
+            media
+                .send_data_from(alice.conn, message.clone())
+                .await
+                .unwrap();
+        }
+        release.store(true, Ordering::Relaxed);
+        stall.await.unwrap().unwrap();
+
+        // Shard 0's link to shard 1 overflowed and was reset; the room is
+        // linked again and bob hears alice again.
+        let links = media.local_link_stats().await.unwrap();
+        assert!(links[0].resets >= 1, "{links:?}");
+        let before = bob.audio();
+        assert!(
+            until(Duration::from_secs(15), || bob.audio() >= before + 20).await,
+            "bob hears alice again: {before} -> {}",
+            bob.audio()
+        );
+        let names = |p: Vec<vela_media::core::ParticipantInfo>| {
+            let mut v: Vec<String> = p.into_iter().map(|p| p.identity).collect();
+            v.sort();
+            v
+        };
+        // Bob saw them leave with the link and join again.
+        assert!(
+            until(Duration::from_secs(5), || joined() == 4).await,
+            "{}",
+            joined()
+        );
+        // Shard 1 (bob's) sees the whole room again.
+        let seen = media
+            .with_room(&RoomId::new("block").unwrap(), move |sfu, _| {
+                sfu.participants(&RoomId::new("flood").unwrap())
+            })
+            .await
+            .unwrap();
+        assert_eq!(names(seen), ["alice", "bob", "carol"]);
+        drop((alice, carol));
+        media.shutdown().await;
+    })
+    .await
+    .expect("in time");
+}
