@@ -8,17 +8,26 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
+use vela_media_core::relay::{LinkId, RelayMessage};
 use vela_media_core::{
     ConnectionId, LeaveReason, Output, RoomEvent, RoomId, Sfu, Signal, SignalError, Transmit,
 };
 
 use crate::handle::{Command, MediaError, RoomCommand, SignalSink};
 use crate::placement::Placement;
+use crate::relay::local::{Body, Frame, LocalLinks, Sent};
+use crate::relay::node::{NodeRelay, RemoteIn};
+use crate::relay::quic::NodeName;
+use crate::relay::{CoreLinkStats, LinkPeer, link_shard, local_link};
 use crate::socket::MediaSockets;
 use crate::udp::{Receiver, Sender};
 
 /// Due timeouts handled in a row before the sockets and commands are polled.
 const MAX_IMMEDIATE_TIMEOUTS: u32 = 64;
+
+/// Frames from other shards given to the core in a row before the outputs
+/// are drained and the sockets polled.
+const MAX_LINK_BATCH: usize = 256;
 
 struct Driver {
     sfu: Sfu,
@@ -35,15 +44,59 @@ struct Driver {
     /// one shard): told when a room opens or closes here and how many
     /// participants this shard has.
     placement: Option<(usize, Arc<Mutex<Placement>>)>,
+    /// The links to this node's other shards (with more than one shard).
+    links: Option<LocalLinks>,
+    /// The relay to other nodes, if the node has one.
+    remote: Option<Remote>,
+}
+
+/// A driver's side of the relay to other nodes.
+struct Remote {
+    node: Arc<NodeRelay>,
+    /// This shard's tag in frames.
+    shard: u16,
+    /// The node and shard behind each remote link used so far.
+    peers: FxHashMap<LinkId, (NodeName, u16)>,
+    /// Encoding buffer for outbound frames.
+    buf: Vec<u8>,
+    /// Frames from other nodes that did not decode.
+    malformed: u64,
+}
+
+/// What a driver is given besides its core and sockets.
+pub(crate) struct Wiring {
+    pub events: Option<mpsc::Sender<RoomEvent>>,
+    pub placement: Option<(usize, Arc<Mutex<Placement>>)>,
+    pub links: Option<LocalLinks>,
+    pub remote: Option<(Arc<NodeRelay>, mpsc::Receiver<RemoteIn>)>,
 }
 
 pub(crate) async fn run(
     sfu: Sfu,
     sockets: MediaSockets,
     mut rx: mpsc::Receiver<Command>,
-    events: Option<mpsc::Sender<RoomEvent>>,
-    placement: Option<(usize, Arc<Mutex<Placement>>)>,
+    wiring: Wiring,
 ) {
+    let Wiring {
+        events,
+        placement,
+        links,
+        remote,
+    } = wiring;
+    let shard = placement.as_ref().map_or(0, |(k, _)| *k) as u16;
+    let (remote, mut remote_rx) = match remote {
+        Some((node, rx)) => (
+            Some(Remote {
+                node,
+                shard,
+                peers: FxHashMap::default(),
+                buf: Vec::with_capacity(1500),
+                malformed: 0,
+            }),
+            Some(rx),
+        ),
+        None => (None, None),
+    };
     let senders = sockets.sockets.iter().map(|_| Sender::new()).collect();
     let mut d = Driver {
         sfu,
@@ -54,6 +107,8 @@ pub(crate) async fn run(
         events,
         events_dropped: 0,
         placement,
+        links,
+        remote,
     };
     let mut receiver = Receiver::new();
     // Timeouts already due (str0m's pacer asks for "now" after each packet it
@@ -79,6 +134,19 @@ pub(crate) async fn run(
             }
             Poll::Pending
         });
+        let links = &mut d.links;
+        let frame = async {
+            match links {
+                Some(l) => l.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let remote_frame = async {
+            match &mut remote_rx {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             cmd = rx.recv() => {
@@ -104,6 +172,18 @@ pub(crate) async fn run(
                     // ICMP port unreachable from a gone client, and the like.
                     Err(e) => tracing::debug!(error = %e, "udp receive failed"),
                 }
+                // The select prefers the sockets: a socket that is always
+                // readable must not starve the links (nor they it).
+                d.relay_batch(&mut remote_rx, MAX_LINK_BATCH);
+            }
+            Some(f) = frame => {
+                d.relay_frame(f);
+                // What else is queued, up to a batch, before draining.
+                d.relay_batch(&mut remote_rx, MAX_LINK_BATCH - 1);
+            }
+            Some(m) = remote_frame => {
+                d.remote_in(m);
+                d.relay_batch(&mut remote_rx, MAX_LINK_BATCH - 1);
             }
             _ = tokio::time::sleep_until(timeout.into()) => {
                 d.sfu.handle_timeout(Instant::now());
@@ -111,7 +191,8 @@ pub(crate) async fn run(
         }
     }
     let send_errors: u64 = d.senders.iter().map(|s| s.errors).sum();
-    tracing::info!(send_errors, "media driver stopped");
+    let relay_malformed = d.remote.as_ref().map_or(0, |r| r.malformed);
+    tracing::info!(send_errors, relay_malformed, "media driver stopped");
 }
 
 impl Driver {
@@ -135,6 +216,7 @@ impl Driver {
                 Output::Transmit(t) => self.send(t).await,
                 Output::Signal(p, s) => self.deliver(p, s),
                 Output::Event(e) => self.event(e),
+                Output::Relay(link, msg) => self.relay_out(link, msg),
                 _ => {}
             }
         }
@@ -177,10 +259,24 @@ impl Driver {
             )
         {
             let participants = self.sfu.stats().participants;
-            placement
+            let seen = placement
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .observe(Instant::now(), *shard, &e, participants);
+            if let RoomEvent::RoomFinished { room } = &e {
+                let now = Instant::now();
+                for peer in seen.unlink {
+                    self.link_room(now, peer, room, false);
+                }
+                // The other nodes unlink from this shard for the room.
+                if let Some(r) = &self.remote {
+                    r.node.announce(room);
+                }
+            }
+            if !seen.forward {
+                // Another shard's part of the room told it already.
+                return;
+            }
         }
         if let Some(tx) = &self.events
             && tx.try_send(e).is_err()
@@ -263,15 +359,207 @@ impl Driver {
         }
     }
 
+    /// A join placed on this shard was answered: the room's other shards
+    /// are linked to this one for it (again, which changes nothing, if they
+    /// were).
+    fn joined(&mut self, now: Instant, room: &RoomId, ok: bool) {
+        let Some((shard, placement)) = &self.placement else {
+            return;
+        };
+        let peers = {
+            let mut p = placement.lock().unwrap_or_else(PoisonError::into_inner);
+            p.joined(room, *shard, ok);
+            if ok {
+                p.peers_of(room, *shard)
+            } else {
+                Vec::new()
+            }
+        };
+        for peer in peers {
+            self.link_room(now, peer, room, true);
+        }
+        if ok && let Some(r) = &self.remote {
+            for link in r.node.links_of_room(room) {
+                self.sfu.handle_link_room(now, link, room.clone(), true);
+            }
+            r.node.announce(room);
+        }
+    }
+
+    /// Links (or unlinks) `room` between this shard's core and shard
+    /// `peer`'s: this core at once, the other when the frame arrives.
+    fn link_room(&mut self, now: Instant, peer: usize, room: &RoomId, on: bool) {
+        let link = local_link(peer);
+        self.sfu.handle_link_room(now, link, room.clone(), on);
+        if let Some(l) = &mut self.links
+            && l.link_room(peer, room.clone(), on) == Sent::Failed
+        {
+            self.sfu.handle_link_down(now, link);
+        }
+    }
+
+    /// Sends a core's relay message on its link.
+    fn relay_out(&mut self, link: LinkId, msg: RelayMessage) {
+        match link_shard(link) {
+            Some(peer) => {
+                if let Some(l) = &mut self.links
+                    && l.send(peer, msg) == Sent::Failed
+                {
+                    self.sfu.handle_link_down(Instant::now(), link);
+                }
+            }
+            None => self.remote_out(link, msg),
+        }
+    }
+
+    /// Sends a core's relay message to another node's core: control on the
+    /// link's reliable stream, media as a datagram. A control frame that
+    /// cannot be queued closes the node link (the endpoint's doing), which
+    /// comes back as link down.
+    fn remote_out(&mut self, link: LinkId, msg: RelayMessage) {
+        let Some(r) = &mut self.remote else {
+            tracing::debug!(link = link.0, "relay message for an unknown link dropped");
+            return;
+        };
+        let peer = match r.peers.get(&link) {
+            Some(p) => p,
+            None => {
+                let Some(p) = r.node.peer_of(link) else {
+                    tracing::debug!(link = link.0, "relay message for an unknown link dropped");
+                    return;
+                };
+                r.peers.entry(link).or_insert(p)
+            }
+        };
+        let (node, dst) = (peer.0.clone(), peer.1);
+        r.buf.clear();
+        vela_media_core::relay::wire::encode(&msg, &mut r.buf);
+        let sent = if matches!(msg, RelayMessage::Media(_)) {
+            // Dropped datagrams are counted by the endpoint.
+            let _ = r.node.endpoint.send_datagram(&node, r.shard, dst, &r.buf);
+            Ok(())
+        } else {
+            r.node.endpoint.send_control(&node, r.shard, dst, &r.buf)
+        };
+        if let Err(e) = sent {
+            tracing::debug!(%node, error = %e, "relay control not sent; the link goes down");
+        }
+    }
+
+    /// Gives the core what came from another node.
+    fn remote_in(&mut self, m: RemoteIn) {
+        let now = Instant::now();
+        match m {
+            RemoteIn::Frame { link, payload } => {
+                match vela_media_core::relay::wire::decode(&payload) {
+                    Ok(msg) => self.sfu.handle_relay(now, link, msg),
+                    Err(e) => {
+                        self.sfu.note_relay_malformed();
+                        if let Some(r) = &mut self.remote {
+                            r.malformed += 1;
+                        }
+                        tracing::debug!(link = link.0, error = %e, "malformed relay frame dropped");
+                    }
+                }
+            }
+            RemoteIn::LinkRoom { link, room, on } => {
+                if !on || self.sfu.room_info(&room).is_some() {
+                    self.sfu.handle_link_room(now, link, room, on);
+                }
+            }
+            RemoteIn::Down(links) => {
+                for link in links {
+                    self.sfu.handle_link_down(now, link);
+                    if let Some(r) = &mut self.remote {
+                        r.peers.remove(&link);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The core's relay links with the core behind each.
+    fn core_link_stats(&self) -> Vec<CoreLinkStats> {
+        let shard = self.placement.as_ref().map_or(0, |(k, _)| *k);
+        self.sfu
+            .relay_link_stats()
+            .into_iter()
+            .map(|stats| {
+                let peer = match link_shard(stats.link) {
+                    Some(k) => Some(LinkPeer::Shard(k)),
+                    None => self.remote.as_ref().and_then(|r| {
+                        let (node, shard) = r.node.peer_of(stats.link)?;
+                        Some(LinkPeer::Node {
+                            node: node.to_string(),
+                            shard,
+                        })
+                    }),
+                };
+                CoreLinkStats { shard, peer, stats }
+            })
+            .collect()
+    }
+
+    /// Gives the core up to `n` frames already queued on each kind of link.
+    fn relay_batch(&mut self, remote_rx: &mut Option<mpsc::Receiver<RemoteIn>>, n: usize) {
+        for _ in 0..n {
+            let Some(f) = self.links.as_mut().and_then(LocalLinks::try_recv) else {
+                break;
+            };
+            self.relay_frame(f);
+        }
+        for _ in 0..n {
+            let Some(m) = remote_rx.as_mut().and_then(|r| r.try_recv().ok()) else {
+                break;
+            };
+            self.remote_in(m);
+        }
+    }
+
+    /// Gives the core a frame from another shard.
+    fn relay_frame(&mut self, f: Frame) {
+        let now = Instant::now();
+        let link = local_link(f.from);
+        match f.body {
+            Body::Relay(msg) => self.sfu.handle_relay(now, link, msg),
+            Body::LinkRoom(room, on) => {
+                // A room that closed here meanwhile is not reopened by a
+                // link: its closing unlinks it on the other side.
+                if !on || self.sfu.room_info(&room).is_some() {
+                    self.sfu.handle_link_room(now, link, room, on);
+                }
+            }
+            // The other side reset the link (take it down, then relink),
+            // or answered this side's reset (relink).
+            Body::Reset | Body::ResetDone => {
+                if matches!(f.body, Body::Reset) {
+                    self.sfu.handle_link_down(now, link);
+                }
+                let rooms = match &self.placement {
+                    Some((shard, p)) => p
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .shared_rooms(*shard, f.from),
+                    None => Vec::new(),
+                };
+                for room in rooms {
+                    self.link_room(now, f.from, &room, true);
+                }
+            }
+        }
+    }
+
     /// Runs one command; true when the driver is to stop.
     async fn command(&mut self, cmd: Command) -> bool {
         let now = Instant::now();
         match cmd {
             Command::Join(req, sink, reply) => {
+                let room = req.room().clone();
                 let r = self.sfu.handle_join(now, *req);
                 if let Ok(j) = &r {
                     self.sinks.insert(j.connection, sink);
                 }
+                self.joined(now, &room, r.is_ok());
                 let _ = reply.send(r.map_err(MediaError::from));
             }
             Command::Handover(from, req, sink, reply) => {
@@ -319,6 +607,17 @@ impl Driver {
             Command::With(f) => f(&mut self.sfu, now),
             Command::Stats(reply) => {
                 let _ = reply.send(self.sfu.stats());
+            }
+            Command::CoreLinkStats(reply) => {
+                let _ = reply.send(self.core_link_stats());
+            }
+            Command::LocalLinkStats(reply) => {
+                let _ = reply.send(
+                    self.links
+                        .as_ref()
+                        .map(LocalLinks::stats)
+                        .unwrap_or_default(),
+                );
             }
             Command::Shutdown(reply) => {
                 self.sfu.handle_shutdown(now);

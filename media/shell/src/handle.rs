@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 #[cfg(feature = "test-hooks")]
@@ -90,6 +90,9 @@ pub enum MediaError {
     /// The media driver has stopped (server shutting down).
     #[error("media server is not running")]
     Stopped,
+    /// A relay operation on a node started without a relay.
+    #[error("this node has no media relay")]
+    NoRelay,
 }
 
 /// Work run on the core by the driver task (tests only).
@@ -125,6 +128,8 @@ pub(crate) enum Command {
     /// Every room of the shard.
     Rooms(oneshot::Sender<Vec<RoomInfo>>),
     Stats(oneshot::Sender<SfuStats>),
+    LocalLinkStats(oneshot::Sender<crate::relay::LocalLinkStats>),
+    CoreLinkStats(oneshot::Sender<Vec<crate::relay::CoreLinkStats>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -173,6 +178,8 @@ pub struct MediaHandle {
     shards: Arc<[mpsc::Sender<Command>]>,
     /// Where rooms are, with more than one shard (the drivers update it).
     placement: Option<Arc<Mutex<Placement>>>,
+    /// The relay to other nodes, if this node has one.
+    relay: Option<Arc<crate::relay::node::NodeRelay>>,
     /// Signals held for one participant before it counts as too slow.
     signal_queue: usize,
 }
@@ -189,8 +196,38 @@ impl MediaHandle {
         MediaHandle {
             shards: shards.into(),
             placement,
+            relay: None,
             signal_queue: DEFAULT_SIGNAL_QUEUE,
         }
+    }
+
+    pub(crate) fn with_relay(mut self, relay: Option<Arc<crate::relay::node::NodeRelay>>) -> Self {
+        self.relay = relay;
+        self
+    }
+
+    /// Signaling's word that these other nodes hold `room` too (and no
+    /// others: an empty list unlinks it from every node). This node's
+    /// shards holding the room link to theirs over the relay, and keep
+    /// doing so as shards on either side open or close their part of it.
+    /// Fails with [`MediaError::NoRelay`] on a node without a relay.
+    pub async fn relay_room(
+        &self,
+        room: &RoomId,
+        peers: Vec<crate::NodePeer>,
+    ) -> Result<(), MediaError> {
+        let relay = self.relay.as_ref().ok_or(MediaError::NoRelay)?;
+        relay.relay_room(room, peers).await;
+        Ok(())
+    }
+
+    /// The relay endpoint's counters per other node (datagrams, bytes,
+    /// losses, round-trip time, congestion window); empty without a relay.
+    pub fn relay_stats(&self) -> crate::relay::quic::RelayStats {
+        self.relay
+            .as_ref()
+            .map(|r| r.endpoint.stats())
+            .unwrap_or_default()
     }
 
     /// Holds at most `n` signals for each participant joined through this
@@ -206,9 +243,9 @@ impl MediaHandle {
         self.shards.len()
     }
 
-    /// The shard that serves `room`, if the room is placed (with one shard,
-    /// always the first). A new room goes to the shard with the fewest
-    /// participants and stays there while it is open.
+    /// The shard that answers for `room` (its home), if the room is placed
+    /// (with one shard, always the first). A new room goes to the shard with
+    /// the fewest participants and stays there while it is open.
     pub fn shard_of_room(&self, room: &RoomId) -> Option<usize> {
         match &self.placement {
             None => Some(0),
@@ -216,6 +253,19 @@ impl MediaHandle {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .shard_of(room),
+        }
+    }
+
+    /// Every shard holding a part of `room`, its home first (a room spreads
+    /// over shards past the node's participants per shard, linked by the
+    /// relay); empty if it is not placed.
+    pub fn shards_of_room(&self, room: &RoomId) -> Vec<usize> {
+        match &self.placement {
+            None => vec![0],
+            Some(p) => p
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .shards_of(room),
         }
     }
 
@@ -229,6 +279,19 @@ impl MediaHandle {
                 .place(Instant::now(), room),
         };
         &self.shards[k.min(self.shards.len() - 1)]
+    }
+
+    /// The shard for a new participant of `room` (reserved there until the
+    /// driver answers the join).
+    fn join_shard(&self, room: &RoomId) -> usize {
+        let k = match &self.placement {
+            None => 0,
+            Some(p) => p
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .place_join(Instant::now(), room),
+        };
+        k.min(self.shards.len() - 1)
     }
 
     /// The driver of the shard that numbered this connection.
@@ -248,9 +311,19 @@ impl MediaHandle {
     /// Puts a participant in a room; its signals arrive on the receiver.
     pub async fn join(&self, req: JoinRequest) -> Result<(Joined, SignalReceiver), MediaError> {
         let (stx, srx) = SignalReceiver::pair(self.signal_queue);
-        let tx = self.room_tx(req.room());
-        let joined = Self::call(tx, |r| Command::Join(Box::new(req), stx, r)).await?;
-        Ok((joined, srx))
+        let shard = self.join_shard(req.room());
+        let room = req.room().clone();
+        let sent = Self::call(&self.shards[shard], |r| {
+            Command::Join(Box::new(req), stx, r)
+        })
+        .await;
+        if let (Err(MediaError::Stopped), Some(p)) = (&sent, &self.placement) {
+            // Never reached the driver, which would have freed the place.
+            p.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .joined(&room, shard, false);
+        }
+        Ok((sent?, srx))
     }
 
     /// Moves `from`'s call to a new connection (another device); its signals
@@ -352,9 +425,19 @@ impl MediaHandle {
             .await
     }
 
-    /// Closes a room: everyone in it leaves. False if there was no such room.
+    /// Closes a room (its part on every shard): everyone in it leaves.
+    /// False if there was no such room.
     pub async fn delete_room(&self, room: &RoomId) -> Result<bool, MediaError> {
-        self.room_call(room, RoomCommand::Delete).await
+        let shards = self.shards_of_room(room);
+        if shards.len() <= 1 {
+            return self.room_call(room, RoomCommand::Delete).await;
+        }
+        let mut any = false;
+        for k in shards {
+            let tx = &self.shards[k.min(self.shards.len() - 1)];
+            any |= Self::call(tx, |r| Command::Room(room.clone(), RoomCommand::Delete(r))).await?;
+        }
+        Ok(any)
     }
 
     /// An open room.
@@ -362,15 +445,30 @@ impl MediaHandle {
         self.room_call(room, RoomCommand::Info).await
     }
 
-    /// Every open room, of every shard (in no particular order).
+    /// Every open room, of every shard (in no particular order); a room
+    /// spread over shards once, as its home shard describes it.
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>, MediaError> {
-        let mut all = Vec::new();
-        for tx in self.shards.iter() {
+        let mut all: Vec<RoomInfo> = Vec::new();
+        let mut seen: rustc_hash::FxHashMap<RoomId, (usize, bool)> = Default::default();
+        for (k, tx) in self.shards.iter().enumerate() {
             let (reply, rx) = oneshot::channel();
             tx.send(Command::Rooms(reply))
                 .await
                 .map_err(|_| MediaError::Stopped)?;
-            all.extend(rx.await.map_err(|_| MediaError::Stopped)?);
+            for info in rx.await.map_err(|_| MediaError::Stopped)? {
+                let home = self.shard_of_room(&info.name) == Some(k);
+                match seen.get(&info.name) {
+                    None => {
+                        seen.insert(info.name.clone(), (all.len(), home));
+                        all.push(info);
+                    }
+                    Some(&(i, false)) if home => {
+                        seen.insert(info.name.clone(), (i, true));
+                        all[i] = info;
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         Ok(all)
     }
@@ -480,17 +578,57 @@ impl MediaHandle {
     /// The cores' counters, added up over the shards.
     pub async fn stats(&self) -> Result<SfuStats, MediaError> {
         let mut total = SfuStats::default();
+        for s in self.shard_stats().await? {
+            total += s;
+        }
+        Ok(total)
+    }
+
+    /// Each core's counters, by shard.
+    pub async fn shard_stats(&self) -> Result<Vec<SfuStats>, MediaError> {
+        let mut all = Vec::with_capacity(self.shards.len());
         for tx in self.shards.iter() {
             let (reply, rx) = oneshot::channel();
             tx.send(Command::Stats(reply))
                 .await
                 .map_err(|_| MediaError::Stopped)?;
-            total += rx.await.map_err(|_| MediaError::Stopped)?;
+            all.push(rx.await.map_err(|_| MediaError::Stopped)?);
         }
-        Ok(total)
+        Ok(all)
     }
 
-    /// Closes every peer, sends their goodbyes and stops the drivers.
+    /// The counters of each shard's links to the node's other shards, by
+    /// shard (all zero with one shard).
+    pub async fn local_link_stats(&self) -> Result<Vec<crate::relay::LocalLinkStats>, MediaError> {
+        let mut all = Vec::with_capacity(self.shards.len());
+        for tx in self.shards.iter() {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Command::LocalLinkStats(reply))
+                .await
+                .map_err(|_| MediaError::Stopped)?;
+            all.push(rx.await.map_err(|_| MediaError::Stopped)?);
+        }
+        Ok(all)
+    }
+
+    /// Every core's relay links, each with the core behind it and the
+    /// core's counters (for `/metrics`: layers carried each way, packets,
+    /// NACKs; a node link of the endpoint carries all of its shards' links
+    /// to that node).
+    pub async fn core_link_stats(&self) -> Result<Vec<crate::relay::CoreLinkStats>, MediaError> {
+        let mut all = Vec::new();
+        for tx in self.shards.iter() {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Command::CoreLinkStats(reply))
+                .await
+                .map_err(|_| MediaError::Stopped)?;
+            all.extend(rx.await.map_err(|_| MediaError::Stopped)?);
+        }
+        Ok(all)
+    }
+
+    /// Closes every peer, sends their goodbyes, stops the drivers and
+    /// closes the relay to other nodes.
     pub async fn shutdown(&self) {
         let waits = self.shards.iter().map(|tx| async move {
             let (reply, rx) = oneshot::channel();
@@ -499,6 +637,11 @@ impl MediaHandle {
             }
         });
         futures_util::future::join_all(waits).await;
+        // The cores said their goodbyes over the links; the other nodes
+        // see the links close now rather than after the idle timeout.
+        if let Some(r) = &self.relay {
+            r.endpoint.shutdown(Duration::from_secs(1)).await;
+        }
     }
 }
 
@@ -516,7 +659,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_room_goes_to_a_shard_without_rooms_and_stays_there() {
         let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::channel(8)).unzip();
-        let h = MediaHandle::new(txs, Some(Arc::new(Mutex::new(Placement::new(2)))));
+        let h = MediaHandle::new(txs, Some(Arc::new(Mutex::new(Placement::new(2, 0)))));
         let (a, b) = (RoomId::new("a").unwrap(), RoomId::new("b").unwrap());
         assert_eq!(h.shard_of_room(&a), None);
         for room in [&a, &b, &a] {
@@ -565,7 +708,7 @@ mod tests {
     #[tokio::test]
     async fn a_room_command_goes_to_the_rooms_shard_and_a_listing_to_all() {
         let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::channel(8)).unzip();
-        let h = MediaHandle::new(txs, Some(Arc::new(Mutex::new(Placement::new(2)))));
+        let h = MediaHandle::new(txs, Some(Arc::new(Mutex::new(Placement::new(2, 0)))));
         let (a, b) = (RoomId::new("a").unwrap(), RoomId::new("b").unwrap());
         let _ = h.room(&a).now_or_never();
         let _ = h.delete_room(&b).now_or_never();
