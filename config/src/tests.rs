@@ -545,9 +545,7 @@ fn the_relay_needs_a_cluster_an_address_and_credentials() {
             "cluster.relay_public_addr",
         ),
         (
-            format!(
-                "{redis}relay_addr = \"0.0.0.0:7890\"\nrelay_public_addr = \"n1\"\n{secret}"
-            ),
+            format!("{redis}relay_addr = \"0.0.0.0:7890\"\nrelay_public_addr = \"n1\"\n{secret}"),
             "cluster.relay_public_addr",
         ),
         // No credentials, short ones, half a CA, or both kinds.

@@ -6,13 +6,14 @@
 //! `cluster.heartbeat_ms` ([`run`], the heartbeat task the server starts);
 //! its id is also in the set `vela:nodes`, so listing needs no `SCAN`. An
 //! entry that expired is a node that is gone (a crash, a lost Redis): the
-//! listing drops it from the set. The same beat renews the node's room
-//! claims ([`RedisDirectory::beat`]), so a room lives exactly as long as
-//! its node's heartbeat.
+//! listing drops it from the set. The same beat renews the node's
+//! membership of its rooms ([`RedisDirectory::beat`]), so a room is held by
+//! a node exactly as long as that node's heartbeat goes on. The entry also
+//! advertises the node's relay address and its node number (issue 19).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,15 @@ pub struct NodeInfo {
     pub started_at: i64,
     /// Its last heartbeat, ms since the epoch (its clock).
     pub heartbeat_at: i64,
+    /// Where the other nodes reach its media relay (`host:port`); empty
+    /// when it runs none (its rooms then stay on it alone).
+    #[serde(default)]
+    pub relay_addr: String,
+    /// Its node number for this run (`INCR vela:node_numbers` at start),
+    /// from which its media ids are made unique in the cluster; 0 before
+    /// this field existed.
+    #[serde(default)]
+    pub number: u64,
 }
 
 impl NodeInfo {
@@ -62,6 +72,15 @@ pub struct NodeRegistry {
     http: reqwest::Client,
     /// Registered at least once.
     registered: Arc<AtomicBool>,
+    /// What this node advertises beside its load.
+    relay: Arc<NodeRelay>,
+}
+
+/// This node's relay address and node number, as advertised.
+#[derive(Debug, Default)]
+struct NodeRelay {
+    addr: String,
+    number: u64,
 }
 
 /// The key of a node's entry.
@@ -82,12 +101,24 @@ impl NodeRegistry {
             started_at: now_ms(),
             live: Arc::default(),
             registered: Arc::default(),
+            relay: Arc::default(),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
         }
+    }
+
+    /// This registry advertising `number` (the node's number for this run)
+    /// and `relay_addr` (where the other nodes reach its media relay; empty
+    /// when it runs none).
+    pub fn with_relay(mut self, number: u64, relay_addr: String) -> Self {
+        self.relay = Arc::new(NodeRelay {
+            addr: relay_addr,
+            number,
+        });
+        self
     }
 
     /// An HTTP client for requests to other nodes.
@@ -117,6 +148,8 @@ impl NodeRegistry {
             participants,
             started_at: self.started_at,
             heartbeat_at: now_ms(),
+            relay_addr: self.relay.addr.clone(),
+            number: self.relay.number,
         };
         let json = serde_json::to_string(&info).unwrap_or_default();
         let mut redis = self.cluster.redis();
@@ -216,13 +249,20 @@ impl NodeRegistry {
         Ok(entry.and_then(|e| serde_json::from_str(&e).ok()))
     }
 
-    /// Counts a room just placed on `id` in the cached load, so a burst of
-    /// new rooms between two heartbeats spreads rather than all landing on
-    /// the node that was least loaded at the last one.
-    pub fn note_placed(&self, id: &str) {
+    /// Counts a participant just placed on `id` (in a room new there when
+    /// `new_room`) in the cached load, so a burst of joins between two
+    /// heartbeats spreads rather than all landing on the node that was
+    /// least loaded at the last one. (Each node counts only the joins it
+    /// placed itself: with joins arriving at every node, a burst may
+    /// overshoot a threshold by the number of nodes times the burst until
+    /// the next heartbeat.)
+    pub fn note_placed(&self, id: &str, new_room: bool) {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = live.iter_mut().find(|n| n.id == id) {
-            n.rooms += 1;
+            n.participants += 1;
+            if new_room {
+                n.rooms += 1;
+            }
         }
     }
 
@@ -280,21 +320,23 @@ async fn beat(
 ) -> Result<(), ClusterError> {
     // A stopped media driver has no rooms; the entry still says the node
     // lives (readiness says whether it takes work).
+    let listed = Instant::now();
     let open = media.rooms().await.unwrap_or_default();
-    renew(registry, rooms, &open).await
+    renew(registry, rooms, &open, listed).await
 }
 
-/// One heartbeat with the rooms open here: their claims, then the entry,
-/// then the cached list.
+/// One heartbeat with the rooms open here (as listed at `listed`): their
+/// memberships, then the entry, then the cached list.
 pub(crate) async fn renew(
     registry: &NodeRegistry,
     rooms: &RedisDirectory,
     open: &[RoomInfo],
+    listed: Instant,
 ) -> Result<(), ClusterError> {
     let participants = open.iter().map(|r| u64::from(r.num_participants)).sum();
-    // Claims first: once a node is listed again after Redis lost its data,
-    // its rooms are found too.
-    rooms.beat(open).await?;
+    // Memberships first: once a node is listed again after Redis lost its
+    // data, its rooms are found too.
+    rooms.beat(open, listed).await?;
     let before = registry.registered();
     let kept = registry.register(open.len() as u64, participants).await?;
     if before && !kept {

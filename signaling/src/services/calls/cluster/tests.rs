@@ -144,6 +144,7 @@ async fn node(id: &str, redis_url: &str, store: &Store) -> TestNode {
         Arc::default(),
         events_rx,
         Some(cluster.clone()),
+        None,
         shutdown_rx.clone(),
     );
     let (calls, task) = CallsHandle::spawn(
