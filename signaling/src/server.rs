@@ -297,8 +297,10 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         secret,
         metrics.clone(),
         events_rx,
-        cluster.clone(),
-        directory.as_ref().map(|(_, d)| d.clone()),
+        crate::services::webhook::ClusterView {
+            cluster: cluster.clone(),
+            rooms: directory.as_ref().map(|(_, d)| d.clone()),
+        },
         shutdown_rx.clone(),
     );
     let (calls, calls_task) = crate::services::calls::CallsHandle::spawn(

@@ -74,7 +74,24 @@ pub struct NodeRegistry {
     registered: Arc<AtomicBool>,
     /// What this node advertises beside its load.
     relay: Arc<NodeRelay>,
+    /// Joins this node placed lately, not yet in their node's entry.
+    placed: Arc<Mutex<Vec<Placed>>>,
 }
+
+/// A join this node placed on a node ([`NodeRegistry::note_placed`]).
+#[derive(Debug)]
+struct Placed {
+    node: String,
+    /// When, ms since the epoch (this node's clock).
+    at: i64,
+    /// It opened the room there.
+    new_room: bool,
+}
+
+/// A placement counts in a node's load until that node's entry was written
+/// from a listing of its rooms taken this long after it (the join takes a
+/// moment to reach the node, and the nodes' clocks differ a little).
+const PLACED_MARGIN_MS: i64 = 100;
 
 /// This node's relay address and node number, as advertised.
 #[derive(Debug, Default)]
@@ -89,7 +106,7 @@ pub(crate) fn node_key(id: &str) -> String {
 }
 
 /// The set of node ids.
-fn nodes_key() -> String {
+pub(crate) fn nodes_key() -> String {
     Cluster::key(&["nodes"])
 }
 
@@ -102,6 +119,7 @@ impl NodeRegistry {
             live: Arc::default(),
             registered: Arc::default(),
             relay: Arc::default(),
+            placed: Arc::default(),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
@@ -140,6 +158,17 @@ impl NodeRegistry {
     /// it: a restart without persistence, or an outage longer than the node
     /// timeout).
     pub async fn register(&self, rooms: u64, participants: u64) -> Result<bool, ClusterError> {
+        self.register_listed(rooms, participants, now_ms()).await
+    }
+
+    /// [`NodeRegistry::register`] with the load as counted at `listed` (ms
+    /// since the epoch), which the entry gives as its heartbeat's time.
+    async fn register_listed(
+        &self,
+        rooms: u64,
+        participants: u64,
+        listed: i64,
+    ) -> Result<bool, ClusterError> {
         let me = self.cluster.node();
         let info = NodeInfo {
             id: me.id.clone(),
@@ -147,7 +176,7 @@ impl NodeRegistry {
             rooms,
             participants,
             started_at: self.started_at,
-            heartbeat_at: now_ms(),
+            heartbeat_at: listed,
             relay_addr: self.relay.addr.clone(),
             number: self.relay.number,
         };
@@ -220,22 +249,30 @@ impl NodeRegistry {
         Ok(live)
     }
 
-    /// The live nodes as of the last heartbeat.
+    /// The live nodes as of the last heartbeat, each with the joins this
+    /// node placed on it since counted in its load.
     pub fn cached(&self) -> Vec<NodeInfo> {
-        self.live
+        let mut nodes = self
+            .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        let placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        for p in placed.iter() {
+            if let Some(n) = nodes
+                .iter_mut()
+                .find(|n| n.id == p.node && p.at >= n.heartbeat_at - PLACED_MARGIN_MS)
+            {
+                n.participants += 1;
+                n.rooms += u64::from(p.new_room);
+            }
+        }
+        nodes
     }
 
-    /// A node's entry in the cached list.
+    /// A node's entry in the cached list (with the joins placed since).
     pub fn cached_node(&self, id: &str) -> Option<NodeInfo> {
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|n| n.id == id)
-            .cloned()
+        self.cached().into_iter().find(|n| n.id == id)
     }
 
     /// A node's entry, from the cache or else from Redis (a node that
@@ -250,23 +287,34 @@ impl NodeRegistry {
     }
 
     /// Counts a participant just placed on `id` (in a room new there when
-    /// `new_room`) in the cached load, so a burst of joins between two
-    /// heartbeats spreads rather than all landing on the node that was
-    /// least loaded at the last one. (Each node counts only the joins it
-    /// placed itself: with joins arriving at every node, a burst may
-    /// overshoot a threshold by the number of nodes times the burst until
-    /// the next heartbeat.)
+    /// `new_room`) in its load until its entry counts it, so a burst of
+    /// joins between two heartbeats spreads rather than all landing on the
+    /// node that was least loaded at the last one. (Each node counts only
+    /// the joins it placed itself: with joins arriving at every node, a
+    /// burst may overshoot a threshold by up to the number of nodes times
+    /// the joins of one heartbeat.)
     pub fn note_placed(&self, id: &str, new_room: bool) {
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = live.iter_mut().find(|n| n.id == id) {
-            n.participants += 1;
-            if new_room {
-                n.rooms += 1;
-            }
-        }
+        self.placed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Placed {
+                node: id.to_owned(),
+                at: now_ms(),
+                new_room,
+            });
     }
 
     pub(crate) fn set_cached(&self, nodes: Vec<NodeInfo>) {
+        // Placements their node's entry now counts (or of nodes gone) are
+        // dropped.
+        self.placed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| {
+                nodes
+                    .iter()
+                    .any(|n| n.id == p.node && p.at >= n.heartbeat_at - PLACED_MARGIN_MS)
+            });
         *self.live.lock().unwrap_or_else(PoisonError::into_inner) = nodes;
     }
 }
@@ -338,7 +386,10 @@ pub(crate) async fn renew(
     // data, its rooms are found too.
     rooms.beat(open, listed).await?;
     let before = registry.registered();
-    let kept = registry.register(open.len() as u64, participants).await?;
+    let listed_ms = now_ms() - i64::try_from(listed.elapsed().as_millis()).unwrap_or(0);
+    let kept = registry
+        .register_listed(open.len() as u64, participants, listed_ms)
+        .await?;
     if before && !kept {
         // Redis lost what the nodes had written: until every node has
         // beaten once more (re-claiming its rooms), this one opens none.

@@ -218,7 +218,8 @@ local function live(key, prefix)
 end
 ";
 
-/// Places a join to the room whose set is `KEYS[1]`. `ARGV`: the registry's
+/// Places a join to the room whose set is `KEYS[1]` (`KEYS[2]`: the
+/// registry's set of node ids). `ARGV`: the registry's
 /// key prefix, this node, the membership's lifetime (ms), the threshold
 /// (0 = none: a member always takes the join), `1` when the join was placed
 /// here by another node (a member then takes it itself), then triples of
@@ -226,8 +227,8 @@ end
 ///
 /// A member with fewer participants than the threshold takes the join (the
 /// least loaded: participants, then rooms, then this node, then by id);
-/// else the least loaded live node,
-/// which joins the set. Answers `{node, added ('1'/'0'), members...}`, or
+/// else the least loaded live node (one this node has not seen yet counts
+/// as idle), which joins the set. Answers `{node, added ('1'/'0'), members...}`, or
 /// nil without placing when this node's own entry is missing (Redis lost
 /// its data and this node has not beaten since: another node's running
 /// room may not be placed again yet).
@@ -276,7 +277,12 @@ if best == nil then
   end
 end
 if best == nil then
-  for node, _ in pairs(load) do
+  local candidates = redis.call('SMEMBERS', KEYS[2])
+  table.insert(candidates, me)
+  for _, node in ipairs(candidates) do
+    if load[node] == nil then
+      load[node], rooms[node] = 0, 0
+    end
     if (best == nil or better(node, best))
       and (member[node] or node == me or redis.call('EXISTS', prefix .. node) == 1) then
       best = node
@@ -499,6 +505,7 @@ impl RedisDirectory {
         let mut invoke = place.prepare_invoke();
         invoke
             .key(room_key(room))
+            .key(crate::services::node_registry::nodes_key())
             .arg(node_key(""))
             .arg(self.me())
             .arg(self.ttl_ms())
@@ -1043,11 +1050,18 @@ mod tests {
             );
             // A new room goes to the least loaded node in `a`'s cached
             // list, `c`; once `c` is gone (the cache a beat old), to `a`.
+            // (`b`, busier, is in the list too; a live node missing from it
+            // would count as idle.)
             let (rc, _) = node(&redis, "c").await;
+            let rb = b.0.registry.clone();
             ra.set_cached(vec![
                 NodeInfo {
                     rooms: 5,
                     ..idle(&ra)
+                },
+                NodeInfo {
+                    rooms: 6,
+                    ..idle(&rb)
                 },
                 idle(&rc),
             ]);
@@ -1063,13 +1077,15 @@ mod tests {
         .expect("timed out");
     }
 
-    /// `registry`'s cached view: each node with `participants`.
+    /// `registry`'s cached view: each node with `participants`, counted
+    /// after every join placed so far (joins placed from now on add to it).
     fn loads(registry: &NodeRegistry, nodes: &[(&NodeRegistry, u64)]) {
         registry.set_cached(
             nodes
                 .iter()
                 .map(|(r, participants)| NodeInfo {
                     participants: *participants,
+                    heartbeat_at: crate::domain::ids::now_ms(),
                     ..idle(r)
                 })
                 .collect(),
@@ -1093,8 +1109,11 @@ mod tests {
             assert_eq!(a.home(&r).await.unwrap(), RoomHome::Here);
             assert_eq!(ra.cached_node("a").unwrap().participants, 3);
             // The fourth goes to the least loaded other node, `c` (b is
-            // busier), which joins the room's set.
+            // busier), which joins the room's set. (A listing taken well
+            // after the joins counts them itself.)
+            tokio::time::sleep(Duration::from_millis(300)).await;
             loads(&ra, &[(&ra, 3), (&rb, 2), (&rc, 1)]);
+            assert_eq!(ra.cached_node("a").unwrap().participants, 3);
             let fourth = a.home(&r).await.unwrap();
             assert!(
                 matches!(&fourth, RoomHome::Elsewhere { node, public_url } if node == "c" && public_url == "http://c.test"),

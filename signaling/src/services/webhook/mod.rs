@@ -76,8 +76,7 @@ pub fn spawn(
     api_secret: &str,
     metrics: Arc<Metrics>,
     room_events: mpsc::Receiver<RoomEvent>,
-    cluster: Option<Cluster>,
-    rooms: Option<RedisDirectory>,
+    cluster: ClusterView,
     shutdown: watch::Receiver<bool>,
 ) -> (WebhookHandle, JoinHandle<()>) {
     let (tx, calls) = mpsc::unbounded_channel();
@@ -104,7 +103,7 @@ pub fn spawn(
         metrics,
         room_events,
         calls,
-        ClusterView { cluster, rooms },
+        cluster,
         shutdown,
         Duration::from_millis(config.timeout_ms),
     ));
@@ -202,12 +201,13 @@ async fn room_report(
     }
 }
 
-/// What the webhook task knows of the cluster.
-struct ClusterView {
+/// What the webhook task knows of the cluster (nothing for one node).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
     /// For ids of events reported once per cluster.
-    cluster: Option<Cluster>,
+    pub cluster: Option<Cluster>,
     /// Which nodes hold each room (its start and end reported once).
-    rooms: Option<RedisDirectory>,
+    pub rooms: Option<RedisDirectory>,
 }
 
 async fn run(
