@@ -34,7 +34,8 @@ pub struct NodeInfo {
     pub public_url: String,
     /// Rooms open on it at its last heartbeat.
     pub rooms: u64,
-    /// Participants in them.
+    /// Participants connected to it (in a room spread over nodes, those of
+    /// its part only).
     pub participants: u64,
     /// When it started, ms since the epoch (its clock).
     pub started_at: i64,
@@ -370,18 +371,26 @@ async fn beat(
     // lives (readiness says whether it takes work).
     let listed = Instant::now();
     let open = media.rooms().await.unwrap_or_default();
-    renew(registry, rooms, &open, listed).await
+    // The participants connected here: a room spread over nodes counts
+    // its participants on every node in `open` (the room as a whole), the
+    // cores' counters only those of this node.
+    let here = match media.stats().await {
+        Ok(s) => s.participants,
+        Err(_) => open.iter().map(|r| u64::from(r.num_participants)).sum(),
+    };
+    renew(registry, rooms, &open, here, listed).await
 }
 
-/// One heartbeat with the rooms open here (as listed at `listed`): their
-/// memberships, then the entry, then the cached list.
+/// One heartbeat with the rooms open here and the participants connected
+/// here (as listed at `listed`): the rooms' memberships, then the entry,
+/// then the cached list.
 pub(crate) async fn renew(
     registry: &NodeRegistry,
     rooms: &RedisDirectory,
     open: &[RoomInfo],
+    participants: u64,
     listed: Instant,
 ) -> Result<(), ClusterError> {
-    let participants = open.iter().map(|r| u64::from(r.num_participants)).sum();
     // Memberships first: once a node is listed again after Redis lost its
     // data, its rooms are found too.
     rooms.beat(open, listed).await?;

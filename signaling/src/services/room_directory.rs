@@ -990,7 +990,7 @@ mod tests {
                 "{early:?}"
             );
             // `b` beats: it finds its entry was gone, and waits two beats.
-            crate::services::node_registry::renew(&rb, &b, &[], Instant::now())
+            crate::services::node_registry::renew(&rb, &b, &[], 0, Instant::now())
                 .await
                 .unwrap();
             let settling = b.home(&r).await;
@@ -1003,8 +1003,14 @@ mod tests {
             // (Its connection comes back by itself, a command or two later.)
             let mut renewed = Err(None);
             for _ in 0..50 {
-                match crate::services::node_registry::renew(&ra, &a, &[info("r")], Instant::now())
-                    .await
+                match crate::services::node_registry::renew(
+                    &ra,
+                    &a,
+                    &[info("r")],
+                    1,
+                    Instant::now(),
+                )
+                .await
                 {
                     Ok(()) => {
                         renewed = Ok(());

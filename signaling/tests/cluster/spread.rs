@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::common::SessionClient;
 use crate::nodes::{HEARTBEAT_MS, NODE_TIMEOUT_MS, Node, Nodes};
-use crate::rooms::{join_token, rooms_on};
+use crate::rooms::{join_token, rooms_listed, rooms_on, service_token};
 
 /// The secret the test cluster's relays share.
 pub const RELAY_SECRET: &str = "test-relay-secret-0123456789abcdef";
@@ -64,19 +64,24 @@ fn count(got: &Arc<Mutex<Vec<Value>>>, name: &str, room: &str) -> usize {
         .count()
 }
 
-/// The participants of `room` on each node, in node order.
-async fn spread_of(nodes: &[Node], room: &str) -> Vec<u64> {
-    let mut out = Vec::new();
-    for n in nodes {
-        out.push(
-            rooms_on(n)
-                .await
+/// The participants connected to each node of `nodes` (as `of` lists them
+/// from their heartbeats), in node order.
+async fn spread_of(of: &Node, nodes: &[Node]) -> Vec<u64> {
+    let listed = of
+        .api()
+        .get("/api/v1/cluster/nodes", &service_token())
+        .await
+        .ok(200);
+    let listed = listed["nodes"].as_array().unwrap();
+    nodes
+        .iter()
+        .map(|n| {
+            listed
                 .iter()
-                .find(|(r, _)| r == room)
-                .map_or(0, |(_, p)| *p),
-        );
-    }
-    out
+                .find(|l| l["id"] == n.id.as_str())
+                .map_or(0, |l| l["participants"].as_u64().unwrap())
+        })
+        .collect()
 }
 
 /// Joins `room` through `node` as `identity`, with media.
@@ -117,7 +122,7 @@ async fn a_full_room_spreads_over_the_nodes_and_starts_and_finishes_once() {
         // Every node advertises its relay and a node number of its own.
         let listed = nodes[0]
             .api()
-            .get("/api/v1/cluster/nodes", &crate::rooms::service_token())
+            .get("/api/v1/cluster/nodes", &service_token())
             .await
             .ok(200);
         let listed = listed["nodes"].as_array().unwrap().clone();
@@ -144,14 +149,14 @@ async fn a_full_room_spreads_over_the_nodes_and_starts_and_finishes_once() {
         }
         assert!(
             eventually(Duration::from_secs(5), async || spread_of(
-                &nodes.nodes,
-                "big"
+                &nodes[0],
+                &nodes.nodes
             )
             .await
                 == [2, 2, 2])
             .await,
             "{:?}\n{}",
-            spread_of(&nodes.nodes, "big").await,
+            spread_of(&nodes[0], &nodes.nodes).await,
             nodes.logs()
         );
         // Started once; each participant joined once, on its own node.
@@ -176,16 +181,52 @@ async fn a_full_room_spreads_over_the_nodes_and_starts_and_finishes_once() {
         // (Through node 2: node 3 dies next, with the sockets it proxies,
         // and a session whose socket drops is kept for a resume.)
         let seventh = join(&nodes[1], "big", "p6").await;
-        let spread = spread_of(&nodes.nodes, "big").await;
-        assert_eq!(spread.iter().sum::<u64>(), 7, "{spread:?}");
+        assert!(
+            eventually(Duration::from_secs(3), async || spread_of(
+                &nodes[0],
+                &nodes.nodes
+            )
+            .await
+            .iter()
+            .sum::<u64>()
+                == 7)
+            .await,
+            "{:?}",
+            spread_of(&nodes[0], &nodes.nodes).await
+        );
         clients.push(seventh);
+        // Listed once for the cluster, by each node for itself.
+        let listed = rooms_listed(&nodes[1], "").await;
+        assert_eq!(
+            listed.iter().filter(|(r, _)| r == "big").count(),
+            1,
+            "{listed:?}"
+        );
+        for n in &nodes.nodes {
+            assert!(
+                rooms_on(n).await.iter().any(|(r, _)| r == "big"),
+                "{}",
+                n.id
+            );
+        }
         // Node 3 dies: its part is gone, the room goes on on the others and
         // a new join lands on a live node.
         nodes[2].kill().await;
         tokio::time::sleep(Duration::from_millis(NODE_TIMEOUT_MS + 500)).await;
         let late = join(&nodes[1], "big", "late").await;
-        let spread = spread_of(&nodes.nodes[..2], "big").await;
-        assert!(spread.iter().all(|p| *p >= 2), "{spread:?}");
+        assert!(
+            eventually(Duration::from_secs(3), async || spread_of(
+                &nodes[0],
+                &nodes.nodes[..2]
+            )
+            .await
+            .iter()
+            .sum::<u64>()
+                >= 5)
+            .await,
+            "{:?}",
+            spread_of(&nodes[0], &nodes.nodes[..2]).await
+        );
         clients.push(late);
         // Everyone leaves: the room finishes once, reported by the last node
         // to close its part (node 3's part was never closed).
@@ -212,6 +253,65 @@ async fn a_full_room_spreads_over_the_nodes_and_starts_and_finishes_once() {
             got.lock().unwrap()
         );
         assert_eq!(count(&got, "room_started", "big"), 1);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_room_spread_over_two_nodes_ends_both_parts() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let env = spreading(1);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let nodes = Nodes::start("spread-delete", 2, &env).await;
+        for n in &nodes.nodes {
+            assert!(
+                n.wait_ready(true, Duration::from_secs(10)).await,
+                "{}",
+                nodes.logs()
+            );
+        }
+        let mut a = join(&nodes[0], "gone", "a").await;
+        tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS)).await;
+        let mut b = join(&nodes[0], "gone", "b").await;
+        assert!(
+            eventually(Duration::from_secs(3), async || spread_of(
+                &nodes[0],
+                &nodes.nodes
+            )
+            .await
+                == [1, 1])
+            .await,
+            "{:?}",
+            spread_of(&nodes[0], &nodes.nodes).await
+        );
+        // Deleted through node 2: both parts end, both sessions are told.
+        let r = nodes[1]
+            .api()
+            .delete("/api/v1/rooms/gone", &service_token())
+            .await;
+        assert_eq!(r.status, 204, "{r:?}");
+        for c in [&mut a, &mut b] {
+            let closed = tokio::time::timeout(Duration::from_secs(5), c.ws.close_code()).await;
+            assert!(closed.is_ok(), "{} still open", c.id);
+        }
+        for n in &nodes.nodes {
+            assert!(
+                eventually(Duration::from_secs(3), async || !rooms_on(n)
+                    .await
+                    .iter()
+                    .any(|(r, _)| r == "gone"))
+                .await,
+                "{}",
+                n.id
+            );
+        }
+        // Deleting it again: gone everywhere.
+        let r = nodes[0]
+            .api()
+            .delete("/api/v1/rooms/gone", &service_token())
+            .await;
+        assert_eq!(r.status, 404);
     })
     .await
     .expect("test timed out");
