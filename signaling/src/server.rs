@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use vela_config::Config;
 use vela_media::core::{RoomId, SfuConfig};
+use vela_media::relay::RelayAuth;
 use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 
 use crate::domain::ids::now_ms;
@@ -61,6 +62,15 @@ pub enum StartError {
         url: String,
         /// The cause.
         source: crate::services::cluster::ClusterError,
+    },
+    /// The media relay between nodes could not start: its credentials
+    /// (`cluster.relay_secret`, the CA files) or its address.
+    #[error("cannot start the media relay on {addr}: {reason}")]
+    Relay {
+        /// `cluster.relay_addr`.
+        addr: String,
+        /// Why.
+        reason: String,
     },
     /// The HTTP address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -227,7 +237,8 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     }
     let (events_tx, events_rx) =
         tokio::sync::mpsc::channel(crate::services::webhook::ROOM_EVENT_QUEUE);
-    let (media, driver, relay_addr) = spawn_media(&config, shards, id_base, events_tx);
+    let (media, driver, relay_addr) =
+        spawn_media(&config, shards, id_base, cluster.as_ref(), events_tx)?;
     let media = media.with_signal_queue(config.limits.max_queued_messages as usize);
     // In a cluster the nodes are registered, and rooms placed on them,
     // through Redis; the heartbeat (started below) keeps this node and its
@@ -414,27 +425,52 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     })
 }
 
-/// Starts the media shards with this run's id base: returns the handle,
-/// the driver, and where the other nodes reach this node's media relay
+/// Starts the media shards with this run's id base and, in a cluster with
+/// `cluster.relay_addr`, the media relay to the other nodes: returns the
+/// handle, the driver, and where the other nodes reach this node's relay
 /// (empty: no relay).
 fn spawn_media(
     config: &Config,
     shards: Vec<(MediaSockets, SfuConfig)>,
     id_base: u64,
+    cluster: Option<&Cluster>,
     events: tokio::sync::mpsc::Sender<vela_media::core::RoomEvent>,
-) -> (MediaHandle, vela_media::MediaTask, String) {
-    // The media relay (issue 19: H2's `SfuConfig::set_id_base`, H4's
-    // `spawn_node` with the QUIC endpoint) is not on this branch yet: ids
-    // keep their single-node space and no relay listens. What the node
-    // would advertise is derived from the configuration meanwhile.
-    let _ = id_base;
-    let relay = config
-        .cluster
-        .relay_listen()
-        .and_then(|addr| config.cluster.relay_advertised(addr.port()))
-        .unwrap_or_default();
-    let (media, driver) = vela_media::spawn_shards(shards, Some(events));
-    (media, driver, relay)
+) -> Result<(MediaHandle, vela_media::MediaTask, String), StartError> {
+    let mut options = vela_media::NodeOptions::new()
+        .set_id_base(id_base)
+        .set_max_room_participants_per_shard(config.media.max_room_participants_per_shard);
+    let mut advertised = String::new();
+    if let (Some(cluster), Some(listen)) = (cluster, config.cluster.relay_listen()) {
+        let failed = |reason: String| StartError::Relay {
+            addr: listen.to_string(),
+            reason,
+        };
+        let (cert, key) = (
+            config.cluster.relay_ca_cert.trim(),
+            config.cluster.relay_ca_key.trim(),
+        );
+        let auth = if cert.is_empty() {
+            RelayAuth::from_secret(config.cluster.relay_secret.as_bytes())
+        } else {
+            RelayAuth::from_ca_files(std::path::Path::new(cert), std::path::Path::new(key))
+        }
+        .map_err(|e| failed(e.to_string()))?;
+        let (endpoint, relay_events) = vela_media::relay::RelayEndpoint::bind(
+            listen,
+            &auth,
+            vela_media::relay::RelayConfig::new(cluster.node().id.clone()),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        let bound = endpoint.local_addr().map_err(|e| failed(e.to_string()))?;
+        advertised = config
+            .cluster
+            .relay_advertised(bound.port())
+            .unwrap_or_default();
+        tracing::info!(relay = %bound, %advertised, "media relay listening");
+        options = options.set_relay(endpoint, relay_events);
+    }
+    let (media, driver) = vela_media::spawn_node(shards, Some(events), options);
+    Ok((media, driver, advertised))
 }
 
 /// Where HTTP listens: `server.http`, except that with the development key

@@ -406,19 +406,49 @@ fn started_key(room: &RoomId) -> String {
 pub struct RelayPeer {
     /// Its id (`cluster.node_id`).
     pub node_id: String,
-    /// Where its relay listens (`host:port`).
+    /// Where its relay listens (`host:port`, as it advertises it).
     pub relay_addr: String,
 }
 
 /// Tells this node's media which other nodes hold `room` (replacing what
 /// it was told before; empty: none): its shards holding the room link to
-/// theirs. The one place the directory reaches the media relay
-/// (`MediaHandle::relay_room`, issue 19's shell).
-async fn link_room(media: &MediaHandle, room: &RoomId, peers: Vec<RelayPeer>) {
-    // The media relay's API (relay-shell) is not on this branch yet: the
-    // peers are logged, and linked once it lands.
-    let _ = media;
-    tracing::debug!(%room, peers = ?peers, "the room's other nodes");
+/// theirs (`MediaHandle::relay_room`). A peer whose address does not
+/// resolve is left out (and logged): the next change, or heartbeat after
+/// a failure, tries again.
+async fn link_room(media: &MediaHandle, room: &RoomId, peers: Vec<RelayPeer>) -> bool {
+    let mut nodes = Vec::with_capacity(peers.len());
+    let mut complete = true;
+    for p in peers {
+        let addr = match p.relay_addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => tokio::net::lookup_host(p.relay_addr.as_str())
+                .await
+                .ok()
+                .and_then(|mut a| a.next()),
+        };
+        match addr {
+            Some(relay_addr) => nodes.push(vela_media::NodePeer {
+                node_id: p.node_id,
+                relay_addr,
+            }),
+            None => {
+                complete = false;
+                tracing::warn!(%room, node = %p.node_id, addr = %p.relay_addr, "cannot resolve a node's relay address: not linked to it");
+            }
+        }
+    }
+    tracing::debug!(%room, peers = ?nodes, "the room's other nodes");
+    match media.relay_room(room, nodes).await {
+        Ok(()) => complete,
+        Err(vela_media::MediaError::NoRelay) => {
+            tracing::debug!(%room, "this node runs no media relay: the room's other nodes are not linked");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "cannot tell the media the room's other nodes");
+            false
+        }
+    }
 }
 
 impl RedisDirectory {
@@ -637,8 +667,11 @@ impl RedisDirectory {
                 }
             }
         }
-        if let Some(media) = &self.0.media {
-            link_room(media, room, peers).await;
+        if let Some(media) = &self.0.media
+            && !link_room(media, room, peers).await
+        {
+            // Told again on the next heartbeat.
+            self.claims().told.remove(room);
         }
     }
 
