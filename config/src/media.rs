@@ -26,6 +26,10 @@ pub struct MediaConfig {
     /// How long a participant whose connection dropped (WebSocket or media)
     /// is kept for it to come back as the same participant.
     pub reconnect_timeout_ms: u64,
+    /// A room's new participants go to another shard of this node (the
+    /// shards linked in-process) once the room's shards each hold this
+    /// many. 0: a room stays on one shard.
+    pub max_room_participants_per_shard: u32,
 }
 
 impl Default for MediaConfig {
@@ -38,6 +42,7 @@ impl Default for MediaConfig {
             connect_timeout_ms: 30_000,
             keyframe_request_interval_ms: 500,
             reconnect_timeout_ms: 15_000,
+            max_room_participants_per_shard: 0,
         }
     }
 }

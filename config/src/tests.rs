@@ -519,3 +519,94 @@ fn shards_must_fit_their_ports() {
     let ephemeral = "[media]\nudp_port = 0\nshards = 256\n";
     assert!(load_str(ephemeral, no_env(), &CliOverrides::default()).is_ok());
 }
+
+#[test]
+fn the_relay_needs_a_cluster_an_address_and_credentials() {
+    let redis = "[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n";
+    let secret = "relay_secret = \"0123456789abcdef0123456789abcdef\"\n";
+    let cases = [
+        // Spreading rooms needs the relay.
+        (
+            format!("{redis}max_participants_per_node = 10\n"),
+            "cluster.max_participants_per_node",
+        ),
+        // The relay needs the cluster.
+        (
+            format!("[cluster]\nrelay_addr = \"127.0.0.1:7890\"\n{secret}"),
+            "cluster.relay_addr",
+        ),
+        (
+            format!("{redis}relay_addr = \"somewhere\"\n{secret}"),
+            "cluster.relay_addr",
+        ),
+        // Listening everywhere: the others need an address to dial.
+        (
+            format!("{redis}relay_addr = \"0.0.0.0:7890\"\n{secret}"),
+            "cluster.relay_public_addr",
+        ),
+        (
+            format!("{redis}relay_addr = \"0.0.0.0:7890\"\nrelay_public_addr = \"n1\"\n{secret}"),
+            "cluster.relay_public_addr",
+        ),
+        // No credentials, short ones, half a CA, or both kinds.
+        (
+            format!("{redis}relay_addr = \"127.0.0.1:7890\"\n"),
+            "cluster.relay_secret",
+        ),
+        (
+            format!("{redis}relay_addr = \"127.0.0.1:7890\"\nrelay_secret = \"short\"\n"),
+            "cluster.relay_secret",
+        ),
+        (
+            format!("{redis}relay_addr = \"127.0.0.1:7890\"\nrelay_ca_cert = \"ca.pem\"\n"),
+            "cluster.relay_ca_cert",
+        ),
+        (
+            format!(
+                "{redis}relay_addr = \"127.0.0.1:7890\"\nrelay_ca_cert = \"ca.pem\"\nrelay_ca_key = \"ca.key\"\n{secret}"
+            ),
+            "cluster.relay_secret",
+        ),
+    ];
+    for (text, key) in cases {
+        assert_eq!(
+            invalid_key(load_str(&text, no_env(), &CliOverrides::default())),
+            key,
+            "{text}"
+        );
+    }
+    let ok = format!(
+        "{redis}relay_addr = \"0.0.0.0:0\"\nrelay_public_addr = \"n1.internal:7890\"\n{secret}max_participants_per_node = 50\n"
+    );
+    let config = load_str(&ok, no_env(), &CliOverrides::default()).expect("load");
+    assert_eq!(
+        config.cluster.relay_listen(),
+        Some("0.0.0.0:0".parse().expect("addr"))
+    );
+    assert_eq!(
+        config.cluster.relay_advertised(7890).as_deref(),
+        Some("n1.internal:7890")
+    );
+    // Without a public address, the listening one with the bound port.
+    let ca = format!(
+        "{redis}relay_addr = \"10.0.0.11:0\"\nrelay_ca_cert = \"ca.pem\"\nrelay_ca_key = \"ca.key\"\n"
+    );
+    let config = load_str(&ca, no_env(), &CliOverrides::default()).expect("load");
+    assert_eq!(
+        config.cluster.relay_advertised(40001).as_deref(),
+        Some("10.0.0.11:40001")
+    );
+    // The secret from the environment, as the example advises.
+    let config = load_str(
+        &format!("{redis}relay_addr = \"127.0.0.1:7890\"\n"),
+        env(&[(
+            "VELA_CLUSTER_RELAY_SECRET",
+            "from-the-environment-0123456789abcdef",
+        )]),
+        &CliOverrides::default(),
+    )
+    .expect("load");
+    assert!(config.cluster.relay_listen().is_some());
+    // One node: no relay.
+    assert_eq!(Config::default().cluster.relay_listen(), None);
+}

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use vela_config::Config;
 use vela_media::core::{RoomId, SfuConfig};
+use vela_media::relay::RelayAuth;
 use vela_media::{DriverFailed, MediaHandle, MediaSockets};
 
 use crate::domain::ids::now_ms;
@@ -61,6 +62,15 @@ pub enum StartError {
         url: String,
         /// The cause.
         source: crate::services::cluster::ClusterError,
+    },
+    /// The media relay between nodes could not start: its credentials
+    /// (`cluster.relay_secret`, the CA files) or its address.
+    #[error("cannot start the media relay on {addr}: {reason}")]
+    Relay {
+        /// `cluster.relay_addr`.
+        addr: String,
+        /// Why.
+        reason: String,
     },
     /// The HTTP address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -187,10 +197,6 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         shards.push((sockets, sfu_config));
     }
     let udp_addr = shards[0].0.advertised()[0];
-    let (events_tx, events_rx) =
-        tokio::sync::mpsc::channel(crate::services::webhook::ROOM_EVENT_QUEUE);
-    let (media, driver) = vela_media::spawn_shards(shards, Some(events_tx));
-    let media = media.with_signal_queue(config.limits.max_queued_messages as usize);
 
     let bind = http_bind_addr(&config);
     let listener = TcpListener::bind(bind)
@@ -213,6 +219,37 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     } else {
         None
     };
+    // In a cluster, this run's node number makes its media ids unique
+    // among the nodes (a room spread over nodes shows them all).
+    let node_number = match &cluster {
+        Some(c) => c
+            .allocate_node_number()
+            .await
+            .map_err(|source| StartError::Cluster {
+                url: config.cluster.redis_url.clone(),
+                source,
+            })?,
+        None => 0,
+    };
+    let id_base = crate::services::cluster::id_base(node_number);
+    if cluster.is_some() {
+        tracing::info!(node_number, id_base, "media ids of this run");
+    }
+    let (events_tx, events_rx) =
+        tokio::sync::mpsc::channel(crate::services::webhook::ROOM_EVENT_QUEUE);
+    let (media, driver, relay_addr) =
+        spawn_media(&config, shards, id_base, cluster.as_ref(), events_tx)?;
+    let media = media.with_signal_queue(config.limits.max_queued_messages as usize);
+    // In a cluster the nodes are registered, and rooms placed on them,
+    // through Redis; the heartbeat (started below) keeps this node and its
+    // rooms registered.
+    let directory = cluster.as_ref().map(|c| {
+        let registry = NodeRegistry::new(c.clone()).with_relay(node_number, relay_addr);
+        (
+            registry.clone(),
+            RedisDirectory::new(registry, Some(media.clone())),
+        )
+    });
     // The store writes this node's heartbeat, open calls and presence marks
     // under its cluster id, so nodes sharing a database recover only their
     // own rows after a crash.
@@ -271,7 +308,10 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         secret,
         metrics.clone(),
         events_rx,
-        cluster.clone(),
+        crate::services::webhook::ClusterView {
+            cluster: cluster.clone(),
+            rooms: directory.as_ref().map(|(_, d)| d.clone()),
+        },
         shutdown_rx.clone(),
     );
     let (calls, calls_task) = crate::services::calls::CallsHandle::spawn(
@@ -288,13 +328,9 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         path: location.to_string(),
         source,
     })?;
-    // In a cluster, rooms open on one node each, found through Redis; the
-    // heartbeat keeps this node and its rooms registered.
-    let (rooms, registry, heartbeat_task) = match &cluster {
+    let (rooms, registry, heartbeat_task) = match directory {
         None => (RoomDirectory::Local, None, None),
-        Some(c) => {
-            let registry = NodeRegistry::new(c.clone());
-            let directory = RedisDirectory::new(registry.clone());
+        Some((registry, directory)) => {
             let task = tokio::spawn(crate::services::node_registry::run(
                 registry.clone(),
                 directory.clone(),
@@ -387,6 +423,54 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
         node_heartbeat: heartbeat_task,
         store,
     })
+}
+
+/// Starts the media shards with this run's id base and, in a cluster with
+/// `cluster.relay_addr`, the media relay to the other nodes: returns the
+/// handle, the driver, and where the other nodes reach this node's relay
+/// (empty: no relay).
+fn spawn_media(
+    config: &Config,
+    shards: Vec<(MediaSockets, SfuConfig)>,
+    id_base: u64,
+    cluster: Option<&Cluster>,
+    events: tokio::sync::mpsc::Sender<vela_media::core::RoomEvent>,
+) -> Result<(MediaHandle, vela_media::MediaTask, String), StartError> {
+    let mut options = vela_media::NodeOptions::new()
+        .set_id_base(id_base)
+        .set_max_room_participants_per_shard(config.media.max_room_participants_per_shard);
+    let mut advertised = String::new();
+    if let (Some(cluster), Some(listen)) = (cluster, config.cluster.relay_listen()) {
+        let failed = |reason: String| StartError::Relay {
+            addr: listen.to_string(),
+            reason,
+        };
+        let (cert, key) = (
+            config.cluster.relay_ca_cert.trim(),
+            config.cluster.relay_ca_key.trim(),
+        );
+        let auth = if cert.is_empty() {
+            RelayAuth::from_secret(config.cluster.relay_secret.as_bytes())
+        } else {
+            RelayAuth::from_ca_files(std::path::Path::new(cert), std::path::Path::new(key))
+        }
+        .map_err(|e| failed(e.to_string()))?;
+        let (endpoint, relay_events) = vela_media::relay::RelayEndpoint::bind(
+            listen,
+            &auth,
+            vela_media::relay::RelayConfig::new(cluster.node().id.clone()),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        let bound = endpoint.local_addr().map_err(|e| failed(e.to_string()))?;
+        advertised = config
+            .cluster
+            .relay_advertised(bound.port())
+            .unwrap_or_default();
+        tracing::info!(relay = %bound, %advertised, "media relay listening");
+        options = options.set_relay(endpoint, relay_events);
+    }
+    let (media, driver) = vela_media::spawn_node(shards, Some(events), options);
+    Ok((media, driver, advertised))
 }
 
 /// Where HTTP listens: `server.http`, except that with the development key

@@ -29,6 +29,21 @@ pub enum ClusterError {
     Redis(#[from] redis::RedisError),
 }
 
+/// How many bits of a media id a node's run has to itself: ids are
+/// `id_base + k` with `k < 2^40` (a million million participants, tracks
+/// and connections per run).
+const ID_BITS_PER_NODE: u32 = 40;
+/// How many node numbers exist before they wrap (2^20 runs of nodes; a run
+/// that outlives a million later starts may share its ids' space).
+const NODE_NUMBERS: u64 = 1 << 20;
+
+/// The base of the media ids of the node run numbered `number`
+/// ([`Cluster::allocate_node_number`]): ids made by the nodes of a cluster
+/// never collide, and stay below 2^60.
+pub fn id_base(number: u64) -> u64 {
+    (number % NODE_NUMBERS) << ID_BITS_PER_NODE
+}
+
 /// Who this node is to the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeIdentity {
@@ -192,6 +207,17 @@ impl Cluster {
         Cluster::connect(&config, node).await.expect("connect")
     }
 
+    /// A number for this run of this node, unique in the cluster (a
+    /// counter in Redis, `vela:node_numbers`): the base of its media ids.
+    pub async fn allocate_node_number(&self) -> Result<u64, ClusterError> {
+        let mut redis = self.redis();
+        let n: u64 = redis::cmd("INCR")
+            .arg(Cluster::key(&["node_numbers"]))
+            .query_async(&mut redis)
+            .await?;
+        Ok(n)
+    }
+
     /// Answers when Redis does (readiness checks).
     pub async fn ping(&self) -> Result<(), ClusterError> {
         let mut redis = self.redis();
@@ -223,6 +249,16 @@ mod tests {
         assert_eq!(Cluster::key(&["room", "r1"]), "vela:room:r1");
     }
 
+    #[test]
+    fn node_numbers_give_disjoint_id_spaces_below_2_pow_60() {
+        assert_eq!(id_base(0), 0);
+        assert_eq!(id_base(1), 1 << 40);
+        assert_eq!(id_base(2) - id_base(1), 1 << 40);
+        assert!(id_base(NODE_NUMBERS - 1) < 1 << 60);
+        // Wrapping: the counter never stops, the bases cycle.
+        assert_eq!(id_base(NODE_NUMBERS + 3), id_base(3));
+    }
+
     #[tokio::test]
     async fn a_node_connects_to_redis_and_pings_it() {
         let redis = vela_testkit::Redis::start();
@@ -233,5 +269,9 @@ mod tests {
         let node = NodeIdentity::from_config(&config, "127.0.0.1:1".parse().unwrap());
         let cluster = Cluster::connect(&config, node).await.expect("connect");
         cluster.ping().await.expect("ping");
+        // Two runs (two nodes, or one restarted) get different numbers.
+        let a = cluster.allocate_node_number().await.expect("number");
+        let b = cluster.allocate_node_number().await.expect("number");
+        assert!(a >= 1 && b > a, "{a} {b}");
     }
 }

@@ -6,13 +6,14 @@
 //! `cluster.heartbeat_ms` ([`run`], the heartbeat task the server starts);
 //! its id is also in the set `vela:nodes`, so listing needs no `SCAN`. An
 //! entry that expired is a node that is gone (a crash, a lost Redis): the
-//! listing drops it from the set. The same beat renews the node's room
-//! claims ([`RedisDirectory::beat`]), so a room lives exactly as long as
-//! its node's heartbeat.
+//! listing drops it from the set. The same beat renews the node's
+//! membership of its rooms ([`RedisDirectory::beat`]), so a room is held by
+//! a node exactly as long as that node's heartbeat goes on. The entry also
+//! advertises the node's relay address and its node number (issue 19).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
@@ -33,12 +34,22 @@ pub struct NodeInfo {
     pub public_url: String,
     /// Rooms open on it at its last heartbeat.
     pub rooms: u64,
-    /// Participants in them.
+    /// Participants connected to it (in a room spread over nodes, those of
+    /// its part only).
     pub participants: u64,
     /// When it started, ms since the epoch (its clock).
     pub started_at: i64,
     /// Its last heartbeat, ms since the epoch (its clock).
     pub heartbeat_at: i64,
+    /// Where the other nodes reach its media relay (`host:port`); empty
+    /// when it runs none (its rooms then stay on it alone).
+    #[serde(default)]
+    pub relay_addr: String,
+    /// Its node number for this run (`INCR vela:node_numbers` at start),
+    /// from which its media ids are made unique in the cluster; 0 before
+    /// this field existed.
+    #[serde(default)]
+    pub number: u64,
 }
 
 impl NodeInfo {
@@ -62,6 +73,32 @@ pub struct NodeRegistry {
     http: reqwest::Client,
     /// Registered at least once.
     registered: Arc<AtomicBool>,
+    /// What this node advertises beside its load.
+    relay: Arc<NodeRelay>,
+    /// Joins this node placed lately, not yet in their node's entry.
+    placed: Arc<Mutex<Vec<Placed>>>,
+}
+
+/// A join this node placed on a node ([`NodeRegistry::note_placed`]).
+#[derive(Debug)]
+struct Placed {
+    node: String,
+    /// When, ms since the epoch (this node's clock).
+    at: i64,
+    /// It opened the room there.
+    new_room: bool,
+}
+
+/// A placement counts in a node's load until that node's entry was written
+/// from a listing of its rooms taken this long after it (the join takes a
+/// moment to reach the node, and the nodes' clocks differ a little).
+const PLACED_MARGIN_MS: i64 = 100;
+
+/// This node's relay address and node number, as advertised.
+#[derive(Debug, Default)]
+struct NodeRelay {
+    addr: String,
+    number: u64,
 }
 
 /// The key of a node's entry.
@@ -70,7 +107,7 @@ pub(crate) fn node_key(id: &str) -> String {
 }
 
 /// The set of node ids.
-fn nodes_key() -> String {
+pub(crate) fn nodes_key() -> String {
     Cluster::key(&["nodes"])
 }
 
@@ -82,12 +119,25 @@ impl NodeRegistry {
             started_at: now_ms(),
             live: Arc::default(),
             registered: Arc::default(),
+            relay: Arc::default(),
+            placed: Arc::default(),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
         }
+    }
+
+    /// This registry advertising `number` (the node's number for this run)
+    /// and `relay_addr` (where the other nodes reach its media relay; empty
+    /// when it runs none).
+    pub fn with_relay(mut self, number: u64, relay_addr: String) -> Self {
+        self.relay = Arc::new(NodeRelay {
+            addr: relay_addr,
+            number,
+        });
+        self
     }
 
     /// An HTTP client for requests to other nodes.
@@ -109,6 +159,17 @@ impl NodeRegistry {
     /// it: a restart without persistence, or an outage longer than the node
     /// timeout).
     pub async fn register(&self, rooms: u64, participants: u64) -> Result<bool, ClusterError> {
+        self.register_listed(rooms, participants, now_ms()).await
+    }
+
+    /// [`NodeRegistry::register`] with the load as counted at `listed` (ms
+    /// since the epoch), which the entry gives as its heartbeat's time.
+    async fn register_listed(
+        &self,
+        rooms: u64,
+        participants: u64,
+        listed: i64,
+    ) -> Result<bool, ClusterError> {
         let me = self.cluster.node();
         let info = NodeInfo {
             id: me.id.clone(),
@@ -116,7 +177,9 @@ impl NodeRegistry {
             rooms,
             participants,
             started_at: self.started_at,
-            heartbeat_at: now_ms(),
+            heartbeat_at: listed,
+            relay_addr: self.relay.addr.clone(),
+            number: self.relay.number,
         };
         let json = serde_json::to_string(&info).unwrap_or_default();
         let mut redis = self.cluster.redis();
@@ -187,22 +250,30 @@ impl NodeRegistry {
         Ok(live)
     }
 
-    /// The live nodes as of the last heartbeat.
+    /// The live nodes as of the last heartbeat, each with the joins this
+    /// node placed on it since counted in its load.
     pub fn cached(&self) -> Vec<NodeInfo> {
-        self.live
+        let mut nodes = self
+            .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        let placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        for p in placed.iter() {
+            if let Some(n) = nodes
+                .iter_mut()
+                .find(|n| n.id == p.node && p.at >= n.heartbeat_at - PLACED_MARGIN_MS)
+            {
+                n.participants += 1;
+                n.rooms += u64::from(p.new_room);
+            }
+        }
+        nodes
     }
 
-    /// A node's entry in the cached list.
+    /// A node's entry in the cached list (with the joins placed since).
     pub fn cached_node(&self, id: &str) -> Option<NodeInfo> {
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|n| n.id == id)
-            .cloned()
+        self.cached().into_iter().find(|n| n.id == id)
     }
 
     /// A node's entry, from the cache or else from Redis (a node that
@@ -216,17 +287,35 @@ impl NodeRegistry {
         Ok(entry.and_then(|e| serde_json::from_str(&e).ok()))
     }
 
-    /// Counts a room just placed on `id` in the cached load, so a burst of
-    /// new rooms between two heartbeats spreads rather than all landing on
-    /// the node that was least loaded at the last one.
-    pub fn note_placed(&self, id: &str) {
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = live.iter_mut().find(|n| n.id == id) {
-            n.rooms += 1;
-        }
+    /// Counts a participant just placed on `id` (in a room new there when
+    /// `new_room`) in its load until its entry counts it, so a burst of
+    /// joins between two heartbeats spreads rather than all landing on the
+    /// node that was least loaded at the last one. (Each node counts only
+    /// the joins it placed itself: with joins arriving at every node, a
+    /// burst may overshoot a threshold by up to the number of nodes times
+    /// the joins of one heartbeat.)
+    pub fn note_placed(&self, id: &str, new_room: bool) {
+        self.placed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Placed {
+                node: id.to_owned(),
+                at: now_ms(),
+                new_room,
+            });
     }
 
     pub(crate) fn set_cached(&self, nodes: Vec<NodeInfo>) {
+        // Placements their node's entry now counts (or of nodes gone) are
+        // dropped.
+        self.placed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| {
+                nodes
+                    .iter()
+                    .any(|n| n.id == p.node && p.at >= n.heartbeat_at - PLACED_MARGIN_MS)
+            });
         *self.live.lock().unwrap_or_else(PoisonError::into_inner) = nodes;
     }
 }
@@ -280,23 +369,36 @@ async fn beat(
 ) -> Result<(), ClusterError> {
     // A stopped media driver has no rooms; the entry still says the node
     // lives (readiness says whether it takes work).
+    let listed = Instant::now();
     let open = media.rooms().await.unwrap_or_default();
-    renew(registry, rooms, &open).await
+    // The participants connected here: a room spread over nodes counts
+    // its participants on every node in `open` (the room as a whole), the
+    // cores' counters only those of this node.
+    let here = match media.stats().await {
+        Ok(s) => s.participants,
+        Err(_) => open.iter().map(|r| u64::from(r.num_participants)).sum(),
+    };
+    renew(registry, rooms, &open, here, listed).await
 }
 
-/// One heartbeat with the rooms open here: their claims, then the entry,
+/// One heartbeat with the rooms open here and the participants connected
+/// here (as listed at `listed`): the rooms' memberships, then the entry,
 /// then the cached list.
 pub(crate) async fn renew(
     registry: &NodeRegistry,
     rooms: &RedisDirectory,
     open: &[RoomInfo],
+    participants: u64,
+    listed: Instant,
 ) -> Result<(), ClusterError> {
-    let participants = open.iter().map(|r| u64::from(r.num_participants)).sum();
-    // Claims first: once a node is listed again after Redis lost its data,
-    // its rooms are found too.
-    rooms.beat(open).await?;
+    // Memberships first: once a node is listed again after Redis lost its
+    // data, its rooms are found too.
+    rooms.beat(open, listed).await?;
     let before = registry.registered();
-    let kept = registry.register(open.len() as u64, participants).await?;
+    let listed_ms = now_ms() - i64::try_from(listed.elapsed().as_millis()).unwrap_or(0);
+    let kept = registry
+        .register_listed(open.len() as u64, participants, listed_ms)
+        .await?;
     if before && !kept {
         // Redis lost what the nodes had written: until every node has
         // beaten once more (re-claiming its rooms), this one opens none.

@@ -15,3 +15,4 @@ mod calls;
 mod presence;
 mod pushes;
 mod rooms;
+mod spread;

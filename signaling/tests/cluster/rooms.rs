@@ -58,7 +58,7 @@ pub async fn rooms_on(node: &Node) -> Vec<(String, u64)> {
 }
 
 /// The rooms `GET /api/v1/rooms{query}` on `node` lists.
-async fn rooms_listed(node: &Node, query: &str) -> Vec<(String, u64)> {
+pub async fn rooms_listed(node: &Node, query: &str) -> Vec<(String, u64)> {
     let r = node
         .api()
         .get(&format!("/api/v1/rooms{query}"), &service_token())

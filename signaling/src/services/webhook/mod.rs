@@ -3,10 +3,15 @@
 //! driver's way (it hands events over without waiting; see docs/api.md).
 //!
 //! **In a cluster each event is sent once, not once per node.** Each node
-//! sends only what it witnessed: room events come from the media driver of
-//! the room's node (a room is open on one node at a time: the room
-//! directory), call events from the calls service, which handles each call
-//! on one node. No event comes from a periodic job or from reading the
+//! sends only what it witnessed: participant and track events come from
+//! the media driver of the participant's node, call events from the calls
+//! service, which handles each call on one node. A room may be open on
+//! several nodes (issue 19): its `room_started` goes out from the node
+//! that opened it first and its `room_finished` from the last to close it,
+//! as the room directory's set of nodes says
+//! ([`RedisDirectory::opened`], [`RedisDirectory::closed`]); a node that
+//! closed its part while others held the room asks once more a node
+//! timeout later, so that a room whose last nodes died still finishes. No event comes from a periodic job or from reading the
 //! shared store on every node, with one exception: a call that a crash left
 //! open is ended (`call_ended`) by whichever node recovers it, and two
 //! nodes may both. So `call_ended`, which a call sends once, has an id
@@ -34,6 +39,7 @@ pub use event::{ParticipantRef, RoomRef, TrackRef, WebhookEvent};
 use crate::domain::call::Notice;
 use crate::services::cluster::Cluster;
 use crate::services::metrics::Metrics;
+use crate::services::room_directory::RedisDirectory;
 use delivery::{Destination, Payload};
 use event::Translator;
 
@@ -70,7 +76,7 @@ pub fn spawn(
     api_secret: &str,
     metrics: Arc<Metrics>,
     room_events: mpsc::Receiver<RoomEvent>,
-    cluster: Option<Cluster>,
+    cluster: ClusterView,
     shutdown: watch::Receiver<bool>,
 ) -> (WebhookHandle, JoinHandle<()>) {
     let (tx, calls) = mpsc::unbounded_channel();
@@ -145,15 +151,76 @@ async fn first_report(cluster: Option<&Cluster>, w: &WebhookEvent) -> bool {
     }
 }
 
+/// Whether a room event is this node's to report: a room's start or end
+/// only from the first node to open it and the last to close it. Without
+/// an answer from Redis, reported (a duplicate beats a lost event). For a
+/// room that others still held, `recheck` gets the room a node timeout
+/// later if they all died meanwhile (its end then reported here).
+async fn room_report(
+    rooms: Option<&RedisDirectory>,
+    e: &RoomEvent,
+    recheck: &mpsc::UnboundedSender<vela_media::core::RoomId>,
+) -> bool {
+    let Some(rooms) = rooms else {
+        return true;
+    };
+    let answer = match e {
+        RoomEvent::RoomStarted { room } => {
+            tokio::time::timeout(Duration::from_secs(1), rooms.opened(room)).await
+        }
+        RoomEvent::RoomFinished { room } => {
+            let last = tokio::time::timeout(Duration::from_secs(1), rooms.closed(room)).await;
+            if let Ok(Ok(false)) = last {
+                let (rooms, room, recheck) = (rooms.clone(), room.clone(), recheck.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(rooms.recheck_after()).await;
+                    if let Ok(true) = rooms.finished_without_report(&room).await {
+                        let _ = recheck.send(room);
+                    }
+                });
+            }
+            last
+        }
+        _ => return true,
+    };
+    match answer {
+        Ok(Ok(mine)) => {
+            if !mine {
+                tracing::debug!(event = ?e, "another node of the room reports this");
+            }
+            mine
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, event = ?e, "cannot tell whether another node of the room reports this: reporting it");
+            true
+        }
+        Err(_) => {
+            tracing::warn!(event = ?e, "cannot tell whether another node of the room reports this (no answer): reporting it");
+            true
+        }
+    }
+}
+
+/// What the webhook task knows of the cluster (nothing for one node).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// For ids of events reported once per cluster.
+    pub cluster: Option<Cluster>,
+    /// Which nodes hold each room (its start and end reported once).
+    pub rooms: Option<RedisDirectory>,
+}
+
 async fn run(
     destinations: Vec<Destination>,
     metrics: Arc<Metrics>,
     mut room_events: mpsc::Receiver<RoomEvent>,
     mut calls: mpsc::UnboundedReceiver<Notice>,
-    cluster: Option<Cluster>,
+    cluster: ClusterView,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
+    let ClusterView { cluster, rooms } = cluster;
+    let (recheck_tx, mut rechecks) = mpsc::unbounded_channel();
     let mut translator = Translator::default();
     let dispatch = |e: WebhookEvent| {
         if destinations.is_empty() {
@@ -190,12 +257,21 @@ async fn run(
                     if let RoomEvent::ParticipantConnected { join_time, .. } = &e {
                         metrics.observe_join_time(*join_time);
                     }
-                    for w in translator.room_event(e, now_secs()) {
-                        dispatch(w);
+                    let ours = room_report(rooms.as_ref(), &e, &recheck_tx).await;
+                    let events = translator.room_event(e, now_secs());
+                    if ours {
+                        for w in events {
+                            dispatch(w);
+                        }
                     }
                 }
                 None => break,
             },
+            Some(room) = rechecks.recv() => {
+                for w in translator.room_event(RoomEvent::RoomFinished { room }, now_secs()) {
+                    dispatch(w);
+                }
+            }
             Some(n) = calls.recv() => {
                 let w = translator.call_notice(n, now_secs());
                 if !destinations.is_empty() && first_report(cluster.as_ref(), &w).await {

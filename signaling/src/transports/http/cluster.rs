@@ -48,6 +48,55 @@ pub(crate) async fn nodes(
     })))
 }
 
+/// Deletes `room`'s parts on the other nodes holding it (`DELETE
+/// /api/v1/rooms/{room}?scope=node` on each, with `token`, at once); says
+/// whether any had one. A node that does not answer within
+/// [`NODE_LIST_TIMEOUT`] is logged and skipped (its part goes on).
+pub(crate) async fn delete_on_other_nodes(
+    state: &AppState,
+    token: &str,
+    room: &vela_media::core::RoomId,
+) -> bool {
+    let (Some(registry), Some(rooms)) = (&state.nodes, state.rooms.redis()) else {
+        return false;
+    };
+    let me = registry.cluster().node().id.clone();
+    let members = match rooms.members(room).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "cannot read the room's nodes: deleted on this node only");
+            return false;
+        }
+    };
+    let asks = members.into_iter().filter(|m| *m != me).map(|id| async move {
+        let node = registry.node(&id).await.ok().flatten()?;
+        let url = format!("{}/api/v1/rooms/{room}?scope=node", node.public_url);
+        let answer = registry
+            .http()
+            .delete(url)
+            .bearer_auth(token)
+            .timeout(NODE_LIST_TIMEOUT)
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().is_success() => Some(true),
+            Ok(r) if r.status() == StatusCode::NOT_FOUND => Some(false),
+            Ok(r) => {
+                tracing::warn!(%room, node = %id, status = %r.status(), "another node did not delete its part of the room");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%room, node = %id, error = %e, "another node did not delete its part of the room");
+                None
+            }
+        }
+    });
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .any(|deleted| deleted == Some(true))
+}
+
 /// How long another node may take to list its rooms.
 const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -169,6 +169,243 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             .metrics()
             .num_alive_tasks() as u64,
     );
+    relay_totals(&s, &mut out);
+    relay_links(&state, &mut out).await;
     state.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The cores' relay counters, over all their links (shards and nodes).
+fn relay_totals(s: &vela_media::core::SfuStats, out: &mut String) {
+    let mut put = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP vela_{name} {help}");
+        let _ = writeln!(out, "# TYPE vela_{name} counter");
+        let _ = writeln!(out, "vela_{name} {v}");
+    };
+    put(
+        "relay_packets_sent_total",
+        "RTP packets sent to other cores (shards and nodes) holding a room, retransmissions included.",
+        s.relay_packets_sent,
+    );
+    put(
+        "relay_bytes_sent_total",
+        "Their payload bytes.",
+        s.relay_bytes_sent,
+    );
+    put(
+        "relay_packets_received_total",
+        "RTP packets received from other cores.",
+        s.relay_packets_received,
+    );
+    put(
+        "relay_bytes_received_total",
+        "Their payload bytes.",
+        s.relay_bytes_received,
+    );
+    put(
+        "relay_nacks_sent_total",
+        "Relayed packets found missing and asked for again.",
+        s.relay_nacks_sent,
+    );
+    put(
+        "relay_retransmits_total",
+        "Packets sent again to other cores from the history.",
+        s.relay_retransmits,
+    );
+    put(
+        "relay_refused_total",
+        "Relay messages refused (malformed, stale or out of bounds).",
+        s.relay_refused,
+    );
+}
+
+/// One labelled series per relay link: the transport's counters per other
+/// node (QUIC: datagrams, bytes, loss, RTT), and each core's per link to
+/// another core (layers carried each way, packets, NACKs).
+async fn relay_links(state: &AppState, out: &mut String) {
+    let transport = state.media.relay_stats();
+    let cores = state.media.core_link_stats().await.unwrap_or_default();
+    if transport.links.is_empty() && cores.is_empty() {
+        return;
+    }
+    // Prometheus label values: backslash, quote and newline escaped.
+    let label = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP vela_{name} {help}");
+        let _ = writeln!(out, "# TYPE vela_{name} {kind}");
+    };
+    type Field = fn(&vela_media::relay::LinkStats) -> Option<f64>;
+    let per_node: [(&str, &str, &str, Field); 12] = [
+        (
+            "relay_link_up",
+            "gauge",
+            "Whether the QUIC connection to the node is up.",
+            |l| Some(f64::from(u8::from(l.connected))),
+        ),
+        (
+            "relay_link_ups_total",
+            "counter",
+            "Times the link to the node came up.",
+            |l| Some(l.links_up as f64),
+        ),
+        (
+            "relay_link_datagrams_sent_total",
+            "counter",
+            "Datagrams (RTP) sent to the node.",
+            |l| Some(l.datagrams_sent as f64),
+        ),
+        (
+            "relay_link_bytes_sent_total",
+            "counter",
+            "Their payload bytes.",
+            |l| Some(l.bytes_sent as f64),
+        ),
+        (
+            "relay_link_datagrams_received_total",
+            "counter",
+            "Datagrams received from the node.",
+            |l| Some(l.datagrams_received as f64),
+        ),
+        (
+            "relay_link_bytes_received_total",
+            "counter",
+            "Their payload bytes.",
+            |l| Some(l.bytes_received as f64),
+        ),
+        (
+            "relay_link_dropped_total",
+            "counter",
+            "Frames not sent (too large, send buffer full, no connection) or dropped on arrival (queue full).",
+            |l| {
+                Some(
+                    (l.dropped_too_large
+                        + l.dropped_queue_full
+                        + l.dropped_no_link
+                        + l.dropped_inbound) as f64,
+                )
+            },
+        ),
+        (
+            "relay_link_control_sent_total",
+            "counter",
+            "Control frames sent to the node.",
+            |l| Some(l.control_sent as f64),
+        ),
+        (
+            "relay_link_lost_packets_total",
+            "counter",
+            "QUIC packets to the node declared lost.",
+            |l| Some(l.lost_packets as f64),
+        ),
+        (
+            "relay_link_congestion_events_total",
+            "counter",
+            "QUIC congestion events on the link.",
+            |l| Some(l.congestion_events as f64),
+        ),
+        (
+            "relay_link_rtt_seconds",
+            "gauge",
+            "Smoothed round-trip time to the node.",
+            |l| l.rtt.map(|d| d.as_secs_f64()),
+        ),
+        (
+            "relay_link_cwnd_bytes",
+            "gauge",
+            "Congestion window of the link.",
+            |l| l.cwnd.map(|c| c as f64),
+        ),
+    ];
+    for (name, kind, help, field) in per_node {
+        head(out, name, kind, help);
+        for l in &transport.links {
+            if let Some(v) = field(l) {
+                let _ = writeln!(out, "vela_{name}{{node=\"{}\"}} {v}", label(&l.node));
+            }
+        }
+    }
+    head(
+        out,
+        "relay_refused_connections_total",
+        "counter",
+        "Relay connections refused: authentication failed (a node without the cluster's credentials) or a protocol error.",
+    );
+    let _ = writeln!(
+        out,
+        "vela_relay_refused_connections_total {}",
+        transport.refused
+    );
+    type CoreField = fn(&vela_media::core::relay::RelayLinkStats) -> u64;
+    let per_core: [(&str, &str, &str, CoreField); 8] = [
+        (
+            "relay_core_layers_sent",
+            "gauge",
+            "Layers (track, simulcast layer) this core sends over the link now: what the far core demands.",
+            |l| u64::from(l.layers_sent),
+        ),
+        (
+            "relay_core_layers_received",
+            "gauge",
+            "Layers this core receives over the link now: what it demands.",
+            |l| u64::from(l.layers_received),
+        ),
+        (
+            "relay_core_packets_sent_total",
+            "counter",
+            "RTP packets this core sent over the link.",
+            |l| l.packets_sent,
+        ),
+        (
+            "relay_core_bytes_sent_total",
+            "counter",
+            "Their payload bytes.",
+            |l| l.bytes_sent,
+        ),
+        (
+            "relay_core_packets_received_total",
+            "counter",
+            "RTP packets this core received over the link.",
+            |l| l.packets_received,
+        ),
+        (
+            "relay_core_nacks_sent_total",
+            "counter",
+            "Packets this core asked again over the link.",
+            |l| l.nacks_sent,
+        ),
+        (
+            "relay_core_retransmits_total",
+            "counter",
+            "Packets this core sent again over the link.",
+            |l| l.retransmits,
+        ),
+        (
+            "relay_core_remote_participants",
+            "gauge",
+            "Participants of the far core known here.",
+            |l| u64::from(l.remote_participants),
+        ),
+    ];
+    for (name, kind, help, field) in per_core {
+        head(out, name, kind, help);
+        for c in &cores {
+            let peer = match &c.peer {
+                Some(vela_media::relay::LinkPeer::Shard(k)) => format!("shard {k}"),
+                Some(vela_media::relay::LinkPeer::Node { node, shard }) => {
+                    format!("{} shard {shard}", label(node))
+                }
+                None => "gone".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "vela_{name}{{shard=\"{}\",peer=\"{peer}\"}} {}",
+                c.shard,
+                field(&c.stats)
+            );
+        }
+    }
 }

@@ -256,6 +256,16 @@ pub(crate) async fn list(
         unreachable = missing;
     }
     rooms.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    // A room spread over nodes is listed by each of them, each counting
+    // the whole room: listed once, with the highest count (a node's view
+    // may lag a join or a leave by a moment).
+    rooms.dedup_by(|later, kept| {
+        let same = later["name"] == kept["name"];
+        if same && later["num_participants"].as_u64() > kept["num_participants"].as_u64() {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
     let mut answer = serde_json::json!({ "rooms": rooms });
     if !unreachable.is_empty() {
         answer["unreachable_nodes"] = unreachable.into();
@@ -281,15 +291,36 @@ pub(crate) async fn get_one(
 pub(crate) async fn delete(
     State(state): State<AppState>,
     admin: Admin,
+    headers: axum::http::HeaderMap,
     Path(room): Path<String>,
+    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     admin.require_create()?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let this_node = match q.scope.as_deref() {
+        None | Some("") | Some("cluster") => false,
+        Some("node") => true,
+        Some(_) => return Err(ApiError::invalid("scope", "must be node or cluster")),
+    };
     let room = room_id(&room)?;
-    let found = state.media.delete_room(&room).await?;
+    let mut found = state.media.delete_room(&room).await?;
+    // A room spread over nodes: its other nodes delete their parts too.
+    if !this_node {
+        found |= super::cluster::delete_on_other_nodes(&state, bearer(&headers)?, &room).await;
+    }
     if !found {
         return Err(no_room(&room));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    /// `node`: this node's part of the room only (in a cluster; else the
+    /// part on every node holding it).
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 /// `GET /api/v1/rooms/{room}/participants`.

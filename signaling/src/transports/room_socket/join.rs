@@ -30,7 +30,8 @@ pub(super) enum Joining {
     },
 }
 
-pub(super) async fn join(state: &AppState, text: &str) -> Result<Joining, ApiError> {
+/// `proxied`: another node placed the join here and proxied the socket.
+pub(super) async fn join(state: &AppState, text: &str, proxied: bool) -> Result<Joining, ApiError> {
     let msg: ClientMessage = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request(format!("malformed message: {e}")))?;
     let ClientMessage::Join {
@@ -59,9 +60,14 @@ pub(super) async fn join(state: &AppState, text: &str) -> Result<Joining, ApiErr
     };
     let room = RoomId::new(&room).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let grant = state.authorize_room(&token, &room).await?;
-    // Served here only where the directory says so; the room's node makes
-    // every other check.
-    if let RoomHome::Elsewhere { node, public_url } = state.rooms.home(&room).await? {
+    // Served here only where the directory places the join; that node
+    // makes every other check. A join another node placed here stays.
+    let home = if proxied {
+        state.rooms.home_placed(&room).await?
+    } else {
+        state.rooms.home(&room).await?
+    };
+    if let RoomHome::Elsewhere { node, public_url } = home {
         return Ok(Joining::Elsewhere {
             room,
             node,

@@ -100,7 +100,7 @@ async fn run(state: AppState, mut ws: WebSocket, origin: Origin) {
     {
         return resume(&state, ws, &participant_id, &resume_token, origin, first).await;
     }
-    let join = match join(&state, &first).await {
+    let join = match join(&state, &first, origin.proxied).await {
         Ok(Joining::Here(j)) => j,
         Ok(Joining::Elsewhere {
             room,

@@ -143,7 +143,10 @@ async fn node(id: &str, redis_url: &str, store: &Store) -> TestNode {
         "secret",
         Arc::default(),
         events_rx,
-        Some(cluster.clone()),
+        crate::services::webhook::ClusterView {
+            cluster: Some(cluster.clone()),
+            rooms: None,
+        },
         shutdown_rx.clone(),
     );
     let (calls, task) = CallsHandle::spawn(
