@@ -334,6 +334,17 @@ impl Harness {
         visit(client, label, &format!("{origin}{path}")).await
     }
 
+    /// Starts a Chromium inside network namespace `ns` and opens `url`: a
+    /// page of another server than the harness's (e.g. a node of a cluster
+    /// in that namespace). Its origin is declared secure so the camera works.
+    pub async fn open_url_in_netns(&self, label: &str, ns: &str, url: &str) -> TestResult<Client> {
+        let origin = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        let client = self
+            .new_browser_in(label, Some((ns, origin.as_str())))
+            .await?;
+        visit(client, label, url).await
+    }
+
     /// Starts a headless Firefox inside network namespace `ns` and opens
     /// `path` of the server at `host` (the server's address on the
     /// namespace's link, treated as a secure origin so the camera works).

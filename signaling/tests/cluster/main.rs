@@ -6,7 +6,11 @@
 mod browser;
 #[path = "../api/common/mod.rs"]
 mod common;
+#[path = "../netns/mod.rs"]
+mod netns;
 mod nodes;
+#[path = "../quality/mod.rs"]
+mod quality;
 
 mod accounts;
 mod bench;
@@ -14,5 +18,6 @@ mod browser_rooms;
 mod calls;
 mod presence;
 mod pushes;
+mod relay_loss;
 mod rooms;
 mod spread;

@@ -33,7 +33,8 @@ impl SharedStore {
         }
     }
 
-    fn url(&self) -> String {
+    /// The URL the nodes are configured with (`store.url`).
+    pub fn url(&self) -> String {
         match self {
             SharedStore::Sqlite(f) => format!("sqlite://{}", f.path),
             SharedStore::Postgres(db) => db.url.clone(),
@@ -50,6 +51,20 @@ pub struct Node {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     env: Vec<(String, String)>,
+    spec: NodeSpec,
+}
+
+/// Where and how one node runs, beyond the cluster's settings.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSpec {
+    /// A command prefix it runs under (e.g. `ip netns exec NS`).
+    pub prefix: Vec<String>,
+    /// Its HTTP listen address (default `127.0.0.1:0`).
+    pub http: Option<String>,
+    /// The media address it advertises (default `127.0.0.1`).
+    pub node_ip: Option<String>,
+    /// `VELA_*` variables of its own, over the cluster's.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -134,6 +149,18 @@ impl Nodes {
     /// Starts `n` nodes (`n1`..) on a new Redis and store named `name`,
     /// each with the `VELA_*` variables in `env` too.
     pub async fn start(name: &str, n: usize, env: &[(&str, &str)]) -> Nodes {
+        Nodes::start_with(name, n, env, |_, _, _| NodeSpec::default()).await
+    }
+
+    /// [`Nodes::start`], node `i` (from 0) placed as `spec(i, redis, store)`
+    /// says (e.g. in a network namespace, reaching Redis and the store
+    /// through addresses of its own).
+    pub async fn start_with(
+        name: &str,
+        n: usize,
+        env: &[(&str, &str)],
+        spec: impl Fn(usize, &vela_testkit::Redis, &SharedStore) -> NodeSpec,
+    ) -> Nodes {
         crate::common::init_log();
         let redis = vela_testkit::Redis::start();
         let store = SharedStore::new(name);
@@ -155,7 +182,9 @@ impl Nodes {
                 vars.push(("VELA_STORE_PATH".into(), f.path.clone()));
             }
             vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-            nodes.push(Node::spawn(format!("n{i}"), vars, "127.0.0.1:0").await);
+            let spec = spec(i - 1, &redis, &store);
+            vars.extend(spec.env.iter().cloned());
+            nodes.push(Node::spawn(format!("n{i}"), vars, spec).await);
         }
         Nodes {
             nodes,
@@ -169,7 +198,11 @@ impl Nodes {
     pub async fn restart(&mut self, i: usize) {
         let old = &mut self.nodes[i];
         old.kill().await;
-        let node = Node::spawn(old.id.clone(), old.env.clone(), &old.addr.clone()).await;
+        let spec = NodeSpec {
+            http: Some(old.addr.clone()),
+            ..old.spec.clone()
+        };
+        let node = Node::spawn(old.id.clone(), old.env.clone(), spec).await;
         self.nodes[i] = node;
     }
 
@@ -183,8 +216,18 @@ impl Nodes {
 }
 
 impl Node {
-    async fn spawn(id: String, env: Vec<(String, String)>, http: &str) -> Node {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vela"));
+    async fn spawn(id: String, env: Vec<(String, String)>, spec: NodeSpec) -> Node {
+        let bin = env!("CARGO_BIN_EXE_vela");
+        let mut cmd = match spec.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let http = spec.http.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let node_ip = spec.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
         // The test's own environment must not configure the nodes.
         for (k, _) in std::env::vars() {
             if k.starts_with("VELA_") {
@@ -192,7 +235,7 @@ impl Node {
             }
         }
         let mut child = cmd
-            .args(["--http", http, "--udp-port", "0", "--node-ip", "127.0.0.1"])
+            .args(["--http", &http, "--udp-port", "0", "--node-ip", &node_ip])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "VELA_LOG",
@@ -257,6 +300,7 @@ impl Node {
             child: Some(child),
             log,
             env,
+            spec,
         }
     }
 }

@@ -185,6 +185,39 @@ impl Link {
         Ok(())
     }
 
+    /// Drops `percent`% of the UDP datagrams crossing the veth pair at
+    /// random, each way (0 stops it); traffic inside the namespace (over its
+    /// `lo`) is untouched, unlike [`Link::loss`].
+    pub fn link_loss(&self, percent: u32) -> Result<(), String> {
+        self.flush()?;
+        if percent > 0 {
+            let p = percent.to_string();
+            for (chain, dir) in [("in", "iifname"), ("out", "oifname")] {
+                self.exec(&[
+                    "nft",
+                    "add",
+                    "rule",
+                    "inet",
+                    "vela",
+                    chain,
+                    dir,
+                    &self.ns_dev,
+                    "meta",
+                    "l4proto",
+                    "udp",
+                    "numgen",
+                    "random",
+                    "mod",
+                    "100",
+                    "<",
+                    &p,
+                    "drop",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Cuts (or restores) all UDP traffic: an outage of the participant's network.
     pub fn outage(&self, down: bool) -> Result<(), String> {
         self.flush()?;
