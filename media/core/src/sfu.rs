@@ -342,6 +342,10 @@ impl Sfu {
             self.relay_due = now + relay::RELAY_TICK;
             self.relay_tick();
         }
+        if !self.relay.rooms.is_empty() && self.relay.speakers_due.is_none_or(|t| t <= now) {
+            self.relay.speakers_due = Some(now + self.config.speaker_interval);
+            self.relay_speakers();
+        }
         let interval = self.config.keyframe_interval;
         let connect_timeout = self.config.connect_timeout;
         // Only peers whose deadline passed are touched, not every peer.
@@ -431,6 +435,9 @@ impl Sfu {
         }
         if self.relay_waiting() {
             next = next.min(self.relay_due);
+        }
+        if !self.relay.rooms.is_empty() {
+            next = next.min(self.relay.speakers_due.unwrap_or(self.now));
         }
         next.max(self.now)
     }

@@ -79,6 +79,37 @@ impl SpeakerDetector {
         }
     }
 
+    /// A level smoothed elsewhere (another core's detector, relayed):
+    /// taken as it is, not smoothed again.
+    pub fn set_level(&mut self, participant: ParticipantId, dbov: i8, now: Instant) {
+        let db = f32::from(dbov.clamp(-127, 0));
+        match self
+            .levels
+            .iter_mut()
+            .find(|l| l.participant == participant)
+        {
+            Some(l) => {
+                l.db = db;
+                l.last_at = now;
+            }
+            None => self.levels.push(Level {
+                participant,
+                db,
+                last_at: now,
+                speaking: false,
+            }),
+        }
+    }
+
+    /// The smoothed levels of participants heard within the last
+    /// [`STALE`], in -dBov.
+    pub fn fresh_levels(&self, now: Instant) -> impl Iterator<Item = (ParticipantId, i8)> + '_ {
+        self.levels
+            .iter()
+            .filter(move |l| now.saturating_duration_since(l.last_at) <= STALE)
+            .map(|l| (l.participant, l.db.round().clamp(-127.0, 0.0) as i8))
+    }
+
     /// Forgets a participant that left.
     pub fn remove(&mut self, participant: ParticipantId) {
         self.levels.retain(|l| l.participant != participant);

@@ -43,6 +43,8 @@ pub(crate) struct RelayState {
     pub outputs: VecDeque<(LinkId, RelayMessage)>,
     /// Counters per link (its gauges are computed when asked).
     pub counters: FxHashMap<LinkId, super::RelayLinkStats>,
+    /// When local speakers' levels are next sent to the links.
+    pub speakers_due: Option<std::time::Instant>,
     /// Tracks relayed here though unknown, and when their origin was last
     /// told they are not wanted.
     pub unwanted: FxHashMap<(LinkId, TrackId), std::time::Instant>,

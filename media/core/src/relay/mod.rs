@@ -30,7 +30,10 @@
 //!
 //! Speaker levels cross inside the media: every relayed audio packet
 //! carries its RFC 6464 level, which the receiving core's speaker detector
-//! observes as it does for local audio.
+//! observes as it does for local audio. For participants whose audio a core
+//! does not receive (nobody there subscribes to it), the origin's smoothed
+//! levels come as [`Control::Speakers`] every speaker interval while they
+//! are above silence.
 //!
 //! Linking a room is a handshake: the side the shell asks sends
 //! [`Control::RoomLinked`] and its state; the other side, if it holds the
@@ -267,6 +270,16 @@ pub enum Control {
         /// Relay sequence numbers.
         seqs: Vec<u64>,
     },
+    /// The smoothed audio levels (-dBov) of the sender's participants of the
+    /// room heard lately; sent every speaker interval while someone speaks.
+    /// The receiver uses them for participants whose audio it does not
+    /// receive (their levels otherwise come inside the relayed audio).
+    Speakers {
+        /// The room.
+        room: RoomId,
+        /// Participant and level.
+        levels: Vec<(ParticipantId, i8)>,
+    },
     /// A data message for the receiver's local participants of the room.
     Data {
         /// The room.
@@ -330,6 +343,7 @@ impl Control {
             | Control::TrackPublished { room, .. }
             | Control::TrackUnpublished { room, .. }
             | Control::TrackMuted { room, .. }
+            | Control::Speakers { room, .. }
             | Control::Data { room, .. }
             | Control::Remove { room, .. }
             | Control::Replace { room, .. }

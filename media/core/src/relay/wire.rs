@@ -147,6 +147,9 @@ fn decode_control(body: &[u8]) -> Result<Control, WireError> {
         Control::LayerBitrates { bitrates, .. } if bitrates.len() > MAX_LAYERS => {
             return Err(WireError::Range("bitrates"));
         }
+        Control::Speakers { levels, .. } if levels.len() > MAX_PARTICIPANTS_PER_LINK => {
+            return Err(WireError::Range("speakers"));
+        }
         Control::RoomLinked {
             participants,
             tracks,

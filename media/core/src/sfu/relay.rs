@@ -33,6 +33,9 @@ use crate::track::{Layer, Publication, Subscription, SubscriptionState, rid_rank
 /// (`relay::wire::MEDIA_HEADER`), plus the transport's own overhead.
 pub const MAX_RELAY_PAYLOAD: usize = 1200;
 
+/// Levels at or below this (-dBov) are not relayed as speaker levels.
+const SPEAKER_FLOOR: i8 = -80;
+
 /// How often a core tells an origin that a track it relays is not wanted.
 const UNWANTED_REPEAT: Duration = Duration::from_secs(1);
 
@@ -880,6 +883,70 @@ impl Sfu {
         }
     }
 
+    /// Local participants' speaking levels to the links of each linked
+    /// room, for cores that do not receive their audio.
+    pub(super) fn relay_speakers(&mut self) {
+        let now = self.now;
+        let mut out = Vec::new();
+        for (room, links) in &self.relay.rooms {
+            let Some(r) = self.rooms.get(room) else {
+                continue;
+            };
+            // Never a level relayed from elsewhere (no multi-hop), nor a
+            // near-silent one: absent, it counts as silent over there.
+            let levels: Vec<(ParticipantId, i8)> = r
+                .speakers
+                .fresh_levels(now)
+                .filter(|(p, l)| *l > SPEAKER_FLOOR && !self.relay.participants.contains_key(p))
+                .take(MAX_PARTICIPANTS_PER_LINK)
+                .collect();
+            if levels.is_empty() {
+                continue;
+            }
+            for l in links {
+                out.push((
+                    *l,
+                    RelayMessage::Control(Control::Speakers {
+                        room: room.clone(),
+                        levels: levels.clone(),
+                    }),
+                ));
+            }
+        }
+        self.relay.outputs.extend(out);
+    }
+
+    /// Levels of the far core's participants whose audio this core does
+    /// not receive (nobody here subscribes to it) feed the speaker detector.
+    fn remote_speakers(&mut self, link: LinkId, room: &RoomId, levels: &[(ParticipantId, i8)]) {
+        let now = self.now;
+        let mut heard = false;
+        for (p, level) in levels {
+            let ours = self
+                .relay
+                .participants
+                .get(p)
+                .is_some_and(|x| x.link == link && x.room == *room);
+            // Its audio arrives here: its levels come inside it.
+            let received = self.relay.tracks.values().any(|t| {
+                t.participant == *p && t.publication.kind == MediaKind::Audio && t.demand_sent != 0
+            });
+            if !ours || received {
+                continue;
+            }
+            if let Some(r) = self.rooms.get_mut(room) {
+                r.speakers.set_level(*p, *level, now);
+                heard = true;
+            }
+        }
+        if heard {
+            let due = now + self.config.speaker_interval;
+            if self.speaker_due.is_none_or(|t| t > due) {
+                self.speaker_due = Some(due);
+            }
+        }
+    }
+
     // ---- the receiving side ----
 
     /// Missing relayed packets asked for again, keyframe requests the
@@ -1161,6 +1228,7 @@ impl Sfu {
                 }
             }
             Control::Nack { track, layer, seqs } => self.answer_nack(link, track, layer, &seqs),
+            Control::Speakers { room, levels } => self.remote_speakers(link, &room, &levels),
             Control::Data {
                 room,
                 from,

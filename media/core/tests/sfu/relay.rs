@@ -999,3 +999,46 @@ fn a_track_every_far_subscriber_pauses_stops_crossing_and_resumes_with_a_keyfram
         "asked over the link"
     );
 }
+
+#[test]
+fn speakers_whose_audio_a_core_does_not_receive_are_known_there_from_control() {
+    let mut m = Mesh::new(2);
+    let alice = m.cores[0].join("r", "alice", true);
+    let bob = m.cores[1].join("r", "bob", false);
+    m.link_room(0, "r");
+    let alice_id = m.cores[0].clients[alice].id;
+    assert!(m.run_until(Duration::from_secs(10), |m| {
+        m.cores[1].clients[bob].frames_from(alice_id, MediaKind::Audio) > 5
+    }));
+    // Bob stops receiving alice's audio: it no longer crosses.
+    let audio = track_of(&m, 1, alice_id, TrackKind::Audio).unwrap();
+    let (now, conn) = (m.now(), m.cores[1].clients[bob].conn);
+    let off = TrackSettings {
+        enabled: false,
+        width: None,
+        height: None,
+    };
+    m.cores[1]
+        .sfu
+        .handle_track_settings(now, conn, audio, off)
+        .unwrap();
+    m.run_for(Duration::from_millis(300));
+    m.layers.clear();
+    // Alice speaks: bob's core learns it from her core's speaker levels.
+    m.cores[0].clients[alice].audio_level = -20;
+    let spoke = m.run_until(Duration::from_secs(3), |m| {
+        m.cores[1].clients[bob]
+            .signals
+            .contains(&format!("speakers:{alice_id}"))
+    });
+    assert!(spoke, "{:?}", m.cores[1].clients[bob].signals);
+    assert!(
+        m.layers_on(0, 1, audio).is_empty(),
+        "her audio did not cross"
+    );
+    // She stops: the list empties there too.
+    m.cores[0].clients[alice].audio_level = -127;
+    assert!(m.run_until(Duration::from_secs(3), |m| {
+        m.cores[1].clients[bob].signals.last().map(String::as_str) == Some("speakers:")
+    }));
+}
