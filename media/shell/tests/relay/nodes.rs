@@ -166,8 +166,9 @@ async fn a_subscriber_on_another_node_receives_the_publisher_over_quic() {
                 .any(|p| p.identity == "alice");
         }
         assert!(left, "alice is gone from node b");
+        // The idle timeout (2 s) would take longer; slack for a busy CI.
         assert!(
-            gone.elapsed() < Duration::from_secs(1),
+            gone.elapsed() < Duration::from_millis(1500),
             "{:?}",
             gone.elapsed()
         );
