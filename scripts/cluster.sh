@@ -4,8 +4,12 @@
 # loopback, each with its own HTTP and media ports. Prints the nodes' URLs
 # and runs until Ctrl-C, then stops everything and removes the folder.
 #
-#   scripts/cluster.sh [--nodes N] [--base-port P] [--sqlite] [--bin PATH]
+#   scripts/cluster.sh [--nodes N] [--base-port P] [--spread N] [--sqlite] [--bin PATH]
 #
+# --spread N: a room's next participants join on another node once each of
+#        its nodes has N (cluster.max_participants_per_node; default 0: a
+#        room stays on one node). The nodes' media relays are on either way
+#        (QUIC on 127.0.0.1:7877+10*i, a random secret).
 # --sqlite: the nodes share one SQLite file instead of PostgreSQL.
 # --bin: the vela binary to run (default: cargo build --release, then
 #        target/release/vela).
@@ -18,16 +22,18 @@
 set -euo pipefail
 
 nodes=3
+spread=0
 base_port=7870
 store=postgres
 bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
+    --spread) spread="$2"; shift 2 ;;
     --sqlite) store=sqlite; shift ;;
     --bin) bin="$2"; shift 2 ;;
     --base-port) base_port="$2"; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,15 +104,22 @@ if [ "$store" = postgres ]; then
   store_env+=(VELA_STORE_URL="postgres://vela@127.0.0.1:$pg_port/vela")
 fi
 
+# The media relays' shared secret, new for each cluster.
+relay_secret="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+
 # One after another: the first creates the store's tables, the next find
 # them (two migrations of one empty store at once would collide).
 for i in $(seq 1 "$nodes"); do
   http=$((base_port + 10 * i))
   udp=$((base_port + 10 * i + 2))
+  relay=$((base_port + 10 * i + 7))
   env "${store_env[@]}" \
     VELA_CLUSTER_REDIS_URL="$redis_url" \
     VELA_CLUSTER_NODE_ID="n$i" \
     VELA_CLUSTER_PUBLIC_URL="http://127.0.0.1:$http" \
+    VELA_CLUSTER_RELAY_ADDR="127.0.0.1:$relay" \
+    VELA_CLUSTER_RELAY_SECRET="$relay_secret" \
+    VELA_CLUSTER_MAX_PARTICIPANTS_PER_NODE="$spread" \
     NO_COLOR=1 \
     "$bin" --http "127.0.0.1:$http" --udp-port "$udp" >"$dir/n$i.log" 2>&1 &
   pids+=($!)
@@ -119,7 +132,7 @@ for i in $(seq 1 "$nodes"); do
     || { echo "node n$i did not get ready; its log:" >&2; tail -20 "$dir/n$i.log" >&2; exit 1; }
 done
 
-echo "vela cluster: $nodes nodes, Redis $redis_url, store ${store_env[-1]#*=}"
+echo "vela cluster: $nodes nodes, Redis $redis_url, store ${store_env[-1]#*=}, rooms spread past $spread participants per node (0: never)"
 echo "folder (logs): $dir"
 for i in $(seq 1 "$nodes"); do
   http=$((base_port + 10 * i))

@@ -135,6 +135,14 @@ impl RoomDirectory {
         }
     }
 
+    /// `node` could not be reached a moment ago: see
+    /// [`RedisDirectory::unreachable`].
+    pub fn unreachable(&self, node: &str) {
+        if let RoomDirectory::Redis(d) = self {
+            d.unreachable(node);
+        }
+    }
+
     /// The cluster's directory, if this is one.
     pub fn redis(&self) -> Option<&RedisDirectory> {
         match self {
@@ -192,6 +200,10 @@ struct Claims {
     settling_until: Option<Instant>,
     /// The other nodes of each room held here, as last told to the media.
     told: HashMap<RoomId, Vec<String>>,
+    /// Nodes this node could not reach a moment ago (a proxied socket's
+    /// connection refused: a node killed, its entry not yet expired), with
+    /// when: left out of placements for a node timeout.
+    unreachable: HashMap<String, Instant>,
     /// Rooms whose part here closed, and when: a heartbeat with a list of
     /// open rooms taken before that does not add them back.
     closed: HashMap<RoomId, Instant>,
@@ -222,8 +234,10 @@ end
 /// registry's set of node ids). `ARGV`: the registry's
 /// key prefix, this node, the membership's lifetime (ms), the threshold
 /// (0 = none: a member always takes the join), `1` when the join was placed
-/// here by another node (a member then takes it itself), then triples of
-/// (node, participants, rooms) as this node last saw them.
+/// here by another node (a member then takes it itself), the number of
+/// nodes to leave out (this node could not reach them a moment ago) and
+/// their ids, then triples of (node, participants, rooms) as this node last
+/// saw them.
 ///
 /// A member with fewer participants than the threshold takes the join (the
 /// least loaded: participants, then rooms, then this node, then by id);
@@ -237,8 +251,13 @@ local prefix, me, ttl, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[
 if redis.call('EXISTS', prefix .. me) == 0 then
   return false
 end
+local excluded = {}
+local first = 7 + tonumber(ARGV[6])
+for i = 7, first - 1 do
+  excluded[ARGV[i]] = true
+end
 local load, rooms = {}, {}
-for i = 6, #ARGV, 3 do
+for i = first, #ARGV, 3 do
   load[ARGV[i]] = tonumber(ARGV[i + 1]) or 0
   rooms[ARGV[i]] = tonumber(ARGV[i + 2]) or 0
 end
@@ -257,7 +276,12 @@ local function better(a, b)
   end
   return a < b
 end
-local members = live(KEYS[1], prefix)
+local members = {}
+for _, node in ipairs(live(KEYS[1], prefix)) do
+  if not excluded[node] then
+    table.insert(members, node)
+  end
+end
 local member = {}
 for _, node in ipairs(members) do
   member[node] = true
@@ -283,7 +307,7 @@ if best == nil then
     if load[node] == nil then
       load[node], rooms[node] = 0, 0
     end
-    if (best == nil or better(node, best))
+    if (best == nil or better(node, best)) and not excluded[node]
       and (member[node] or node == me or redis.call('EXISTS', prefix .. node) == 1) then
       best = node
     end
@@ -541,6 +565,11 @@ impl RedisDirectory {
             .arg(self.ttl_ms())
             .arg(self.max())
             .arg(if placed { "1" } else { "0" });
+        let excluded = self.unreachable_nodes();
+        invoke.arg(excluded.len());
+        for n in excluded {
+            invoke.arg(n);
+        }
         for n in self.0.registry.cached() {
             invoke.arg(n.id).arg(n.participants).arg(n.rooms);
         }
@@ -673,6 +702,27 @@ impl RedisDirectory {
             // Told again on the next heartbeat.
             self.claims().told.remove(room);
         }
+    }
+
+    /// `node` could not be reached a moment ago (a proxied room socket's
+    /// connection failed): joins are not placed on it for a node timeout,
+    /// by when its registry entry has expired if it died, so that a page
+    /// rejoining at once after its node was killed lands on a live node.
+    pub fn unreachable(&self, node: &str) {
+        if node == self.me() {
+            return;
+        }
+        self.claims()
+            .unreachable
+            .insert(node.to_owned(), Instant::now());
+    }
+
+    /// The nodes left out of placements now.
+    fn unreachable_nodes(&self) -> Vec<String> {
+        let ttl = Duration::from_millis(self.ttl_ms());
+        let mut claims = self.claims();
+        claims.unreachable.retain(|_, at| at.elapsed() < ttl);
+        claims.unreachable.keys().cloned().collect()
     }
 
     /// A join placed as any (tests).
@@ -1180,6 +1230,14 @@ mod tests {
             loads(&rb, &[(&ra, 3), (&rb, 1), (&rc, 3)]);
             assert_eq!(b.home(&r).await.unwrap(), RoomHome::Here);
             assert_eq!(b.told(&r), Some(vec!["a".to_owned(), "c".to_owned()]));
+            // A node `b` could not reach a moment ago takes no join: `c` is
+            // left out, `a` (a member, full) is the least loaded left.
+            b.unreachable("c");
+            loads(&rb, &[(&ra, 3), (&rb, 5), (&rc, 0)]);
+            let r2 = room("other");
+            assert!(
+                matches!(b.home(&r2).await.unwrap(), RoomHome::Elsewhere { node, .. } if node == "a")
+            );
             // `c` dies: it leaves the room's set, and `a`'s next heartbeat
             // tells its media so (the relay link to it goes).
             rc.deregister().await.unwrap();

@@ -15,6 +15,7 @@ mod quality;
 mod accounts;
 mod bench;
 mod browser_rooms;
+mod browser_spread;
 mod calls;
 mod presence;
 mod pushes;

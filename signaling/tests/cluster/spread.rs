@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::SessionClient;
-use crate::nodes::{HEARTBEAT_MS, NODE_TIMEOUT_MS, Node, Nodes};
+use crate::common::{Peer, SessionClient};
+use crate::nodes::{HEARTBEAT_MS, NODE_TIMEOUT_MS, Node, NodeSpec, Nodes};
 use crate::rooms::{join_token, rooms_listed, rooms_on, service_token};
 
 /// The secret the test cluster's relays share.
@@ -313,6 +313,148 @@ async fn deleting_a_room_spread_over_two_nodes_ends_both_parts() {
             .delete("/api/v1/rooms/gone", &service_token())
             .await;
         assert_eq!(r.status, 404);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The value of `vela_{name}` (unlabelled, or the sum over its labels) on
+/// `node`'s `/metrics`.
+async fn metric_sum(node: &Node, name: &str) -> f64 {
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", node.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("vela_{name}");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_on_node_1_plays_by_whep_on_node_2_and_a_node_without_the_secret_gets_nothing() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let env = spreading(1);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        // The third node has the cluster's Redis and store but another
+        // relay secret: it may hold a room, but no node links with it.
+        let nodes = Nodes::start_with("spread-whip", 3, &env, |i, _, _| NodeSpec {
+            env: if i == 2 {
+                vec![(
+                    "VELA_CLUSTER_RELAY_SECRET".to_owned(),
+                    "not-the-cluster-secret-0123456789abcdef".to_owned(),
+                )]
+            } else {
+                Vec::new()
+            },
+            ..NodeSpec::default()
+        })
+        .await;
+        for n in &nodes.nodes {
+            assert!(
+                n.wait_ready(true, Duration::from_secs(10)).await,
+                "{}",
+                nodes.logs()
+            );
+        }
+        // WHIP to node 1: the room opens there (node 1 is then full).
+        let publisher = Peer::http(
+            &format!("{}/whip/cast", nodes[0].base()),
+            &join_token("cast", "pub"),
+            true,
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS)).await;
+        // WHEP through node 2: served there (its session is on node 2),
+        // fed over the relay from node 1.
+        let viewer = Peer::http(
+            &format!("{}/whep/cast", nodes[1].base()),
+            &join_token("cast", "view"),
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(
+            viewer
+                .location
+                .as_deref()
+                .unwrap()
+                .starts_with(&nodes[1].base()),
+            "{:?}",
+            viewer.location
+        );
+        assert!(
+            viewer
+                .wait(Duration::from_secs(15), |p| p.video_frames() > 10)
+                .await,
+            "the viewer on node 2 got video\n{}",
+            nodes.logs()
+        );
+        assert!(metric_sum(&nodes[0], "relay_core_packets_sent_total").await > 0.0);
+        tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS)).await;
+        // WHEP through the stranger: placed on it (the others are full),
+        // but its relay is refused both ways: it never gets the media.
+        let outsider = Peer::http(
+            &format!("{}/whep/cast", nodes[2].base()),
+            &join_token("cast", "outsider"),
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(
+            outsider
+                .location
+                .as_deref()
+                .unwrap()
+                .starts_with(&nodes[2].base()),
+            "{:?}",
+            outsider.location
+        );
+        let refused = async || {
+            metric_sum(&nodes[0], "relay_refused_connections_total").await
+                + metric_sum(&nodes[2], "relay_refused_connections_total").await
+        };
+        assert!(
+            eventually(Duration::from_secs(10), async || refused().await > 0.0).await,
+            "no refused relay connection\n{}",
+            nodes.logs()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(outsider.video_frames(), 0);
+        assert_eq!(
+            metric_sum(&nodes[2], "relay_core_packets_received_total").await,
+            0.0
+        );
+        assert_eq!(
+            metric_sum(&nodes[0], "relay_link_up").await,
+            1.0,
+            "node 1 is linked to node 2 only"
+        );
+        // The cluster's viewer still plays.
+        let frames = viewer.video_frames();
+        assert!(
+            viewer
+                .wait(Duration::from_secs(5), |p| p.video_frames() > frames + 10)
+                .await
+        );
+        for p in [publisher, viewer, outsider] {
+            p.close().await;
+        }
     })
     .await
     .expect("test timed out");

@@ -49,6 +49,9 @@ pub(super) async fn proxy(
         Ok(u) => u,
         Err(why) => {
             tracing::warn!(%node, error = %why, "cannot reach the room's node");
+            // Killed a moment ago, probably: the client's next join is
+            // placed elsewhere at once, not after the node timeout.
+            state.rooms.unreachable(node);
             let message = format!("the room's node {node} cannot be reached; retry in a moment");
             super::send_error(&mut client, 503, &message).await;
             return close(&mut client, 1013, "room's node unreachable").await;
