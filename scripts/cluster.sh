@@ -5,11 +5,14 @@
 # and runs until Ctrl-C, then stops everything and removes the folder.
 #
 #   scripts/cluster.sh [--nodes N] [--base-port P] [--spread N] [--sqlite] [--bin PATH]
+#                      [--cpus LIST]
 #
 # --spread N: a room's next participants join on another node once each of
 #        its nodes has N (cluster.max_participants_per_node; default 0: a
 #        room stays on one node). The nodes' media relays are on either way
 #        (QUIC on 127.0.0.1:7877+10*i, a random secret).
+# --cpus LIST: pin the nodes to these CPUs (taskset -c LIST), e.g. to keep a
+#        load generator on another core (BENCHMARKS.md, S7 and S8).
 # --sqlite: the nodes share one SQLite file instead of PostgreSQL.
 # --bin: the vela binary to run (default: cargo build --release, then
 #        target/release/vela).
@@ -23,6 +26,7 @@ set -euo pipefail
 
 nodes=3
 spread=0
+cpus=""
 base_port=7870
 store=postgres
 bin=""
@@ -30,10 +34,11 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
     --spread) spread="$2"; shift 2 ;;
+    --cpus) cpus="$2"; shift 2 ;;
     --sqlite) store=sqlite; shift ;;
     --bin) bin="$2"; shift 2 ;;
     --base-port) base_port="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -104,6 +109,9 @@ if [ "$store" = postgres ]; then
   store_env+=(VELA_STORE_URL="postgres://vela@127.0.0.1:$pg_port/vela")
 fi
 
+pin=()
+[ -n "$cpus" ] && pin=(taskset -c "$cpus")
+
 # The media relays' shared secret, new for each cluster.
 relay_secret="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
 
@@ -121,7 +129,7 @@ for i in $(seq 1 "$nodes"); do
     VELA_CLUSTER_RELAY_SECRET="$relay_secret" \
     VELA_CLUSTER_MAX_PARTICIPANTS_PER_NODE="$spread" \
     NO_COLOR=1 \
-    "$bin" --http "127.0.0.1:$http" --udp-port "$udp" >"$dir/n$i.log" 2>&1 &
+    "${pin[@]}" "$bin" --http "127.0.0.1:$http" --udp-port "$udp" >"$dir/n$i.log" 2>&1 &
   pids+=($!)
   # Ready when /readyz says so (30 s at most).
   for _ in $(seq 1 300); do
