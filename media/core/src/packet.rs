@@ -289,6 +289,15 @@ mod tests {
             Vp8Descriptor::parse(&short).expect("valid").picture_id(),
             Some(5)
         );
+        // str0m's own reading of the descriptor agrees on every one of them.
+        for p in [&key[..], &inter, &cont, &part1, &bare, &short] {
+            let d = Vp8Descriptor::parse(p).expect("valid descriptor");
+            assert_eq!(
+                vp8_keyframe_start(p),
+                Some(d.starts_keyframe(p)),
+                "{p:02x?}"
+            );
+        }
         // Truncated: the extension promises a picture id that is not there.
         assert_eq!(vp8_keyframe_start(&[0x90, 0x80]), None);
         assert_eq!(vp8_keyframe_start(&[]), None);

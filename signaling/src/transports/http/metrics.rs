@@ -47,7 +47,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     put(
         "media_undecodable_total",
         "counter",
-        "Received media frames dropped: their payload could not be depacketized.",
+        "Received media packets dropped: a payload their codec does not allow.",
         s.media_undecodable,
     );
     put(
