@@ -140,6 +140,20 @@ impl Publication {
         Some(at)
     }
 
+    /// Mutes or unmutes it; true if that changed. Unmuted, its subscribers'
+    /// numbering goes on where it stopped: the packets dropped while muted
+    /// are no hole for them to NACK.
+    pub fn set_muted(&mut self, muted: bool) -> bool {
+        let changed = self.muted != muted;
+        self.muted = muted;
+        if changed && !muted {
+            for s in &mut self.subscribers {
+                s.rebase();
+            }
+        }
+        changed
+    }
+
     pub fn info(&self) -> TrackInfo {
         TrackInfo {
             id: self.id,

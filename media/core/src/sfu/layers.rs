@@ -91,8 +91,11 @@ impl Sfu {
         {
             s.paused = !settings.enabled;
             if settings.enabled && !was_enabled {
-                // Resume where a picture can start.
+                // Resume where a picture can start, the subscriber's
+                // numbering going on where it stopped (what was skipped
+                // while hidden is no hole to NACK).
                 s.current = None;
+                s.rebase();
                 if !p.layers.is_empty() {
                     s.target = Some(0);
                 }

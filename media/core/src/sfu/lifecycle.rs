@@ -123,8 +123,7 @@ impl Sfu {
             .iter_mut()
             .find(|p| Some(p.id) == track || (track.is_none() && Some(p.kind) == kind))
             .ok_or(SignalError::UnknownTrack)?;
-        let changed = p.muted != muted;
-        p.muted = muted;
+        let changed = p.set_muted(muted);
         let id = p.id;
         let video = p.kind == MediaKind::Video;
         let kind = p.kind.into();

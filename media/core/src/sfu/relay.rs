@@ -1194,7 +1194,7 @@ impl Sfu {
                     self.stats.relay_refused += 1;
                     return;
                 };
-                t.publication.muted = muted;
+                t.publication.set_muted(muted);
                 let kind = t.publication.kind.into();
                 self.signal_room(&room, None, |_| Signal::TrackMuted {
                     participant,

@@ -191,6 +191,15 @@ fn a_muted_track_is_not_forwarded_and_resumes_with_a_keyframe() {
         w.clients[a].keyframe_requests > requests,
         "unmute asks for a keyframe"
     );
+    // Its sequence goes on where it stopped: what was dropped while muted
+    // is no hole for the subscriber to NACK.
+    let from = alice.to_string();
+    let r = w.clients[b]
+        .received
+        .values()
+        .find(|r| r.kind == MediaKind::Video && r.from == from)
+        .unwrap();
+    assert_eq!(r.seq_breaks, 0, "{r:?}");
     assert!(matches!(
         w.sfu
             .handle_mute_track(w.now, &room("r1"), "bob", video.id, true),

@@ -160,3 +160,41 @@ fn layers_are_ranked_by_rid_whatever_their_order_in_the_offer() {
     w.run_for(Duration::from_secs(1));
     assert_eq!(last_layers(&w, a).as_deref(), Some("layers:q"));
 }
+
+#[test]
+fn a_hidden_single_layer_video_resumes_without_a_hole_in_its_sequence() {
+    // A hidden tile's packets are not sent; when it is shown again its
+    // sequence must go on where it stopped: a hole would be NACKed for
+    // packets the server never sent, and never repaired.
+    let mut w = World::new();
+    let a = w.join("hide", "alice", true);
+    let b = w.join("hide", "bob", false);
+    let bob = w.clients[b].conn;
+    assert!(w.run_until(Duration::from_secs(5), |w| {
+        video(w, b, a).is_some_and(|r| r.frames >= 10)
+    }));
+    let track = video_track(&w, b, a);
+    let hidden = TrackSettings {
+        enabled: false,
+        width: None,
+        height: None,
+    };
+    w.sfu
+        .handle_track_settings(w.now, bob, track, hidden)
+        .unwrap();
+    w.run_for(Duration::from_secs(1));
+    let frames = video(&w, b, a).unwrap().frames;
+    let shown = TrackSettings {
+        enabled: true,
+        ..hidden
+    };
+    w.sfu
+        .handle_track_settings(w.now, bob, track, shown)
+        .unwrap();
+    assert!(w.run_until(Duration::from_secs(3), |w| {
+        video(w, b, a).is_some_and(|r| r.frames >= frames + 10)
+    }));
+    let r = video(&w, b, a).unwrap();
+    assert_eq!(r.seq_breaks, 0, "{r:?}");
+    assert_eq!(r.time_regressions, 0, "{r:?}");
+}
