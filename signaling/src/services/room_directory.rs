@@ -573,10 +573,18 @@ impl RedisDirectory {
         for n in self.0.registry.cached() {
             invoke.arg(n.id).arg(n.participants).arg(n.rooms);
         }
-        let answer: Option<Vec<String>> = invoke
-            .invoke_async(&mut redis)
-            .await
-            .map_err(|e| self.unavailable(e.into()))?;
+        let answer: Option<Vec<String>> = match invoke.invoke_async(&mut redis).await {
+            Ok(a) => a,
+            // A room held here that is full: with Redis away its next
+            // participants cannot be placed elsewhere, so they stay here
+            // (past the threshold) rather than being refused.
+            Err(e) if here => {
+                tracing::debug!(%room, error = %e, "redis not answering: the join stays on this node");
+                self.0.registry.note_placed(self.me(), false);
+                return Ok(RoomHome::Here);
+            }
+            Err(e) => return Err(self.unavailable(e.into())),
+        };
         let Some(mut answer) = answer.filter(|a| a.len() >= 2) else {
             return Err(DirectoryError::Settling {
                 retry_after_secs: 1,
@@ -1244,6 +1252,27 @@ mod tests {
             a.beat(&[info("big")], Instant::now()).await.unwrap();
             assert_eq!(a.told(&r), Some(vec!["b".to_owned()]));
             assert_eq!(a.members(&r).await.unwrap(), vec!["a", "b"]);
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn a_full_room_held_here_takes_joins_while_redis_is_away_a_new_room_waits() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let mut redis = vela_testkit::Redis::start();
+            let (ra, a) = spreading(&redis, "a", 1).await;
+            loads(&ra, &[(&ra, 0)]);
+            let r = room("r");
+            assert_eq!(a.home(&r).await.unwrap(), RoomHome::Here);
+            redis.stop();
+            // Full (one participant), but nowhere else to go: here.
+            assert_eq!(a.home(&r).await.unwrap(), RoomHome::Here);
+            let fresh = a.home(&room("fresh")).await;
+            assert!(
+                matches!(fresh, Err(DirectoryError::Unavailable { .. })),
+                "{fresh:?}"
+            );
         })
         .await
         .expect("timed out");

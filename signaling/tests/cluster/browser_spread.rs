@@ -231,5 +231,23 @@ async fn scenario(h: &Harness, nodes: &mut Nodes) -> TestResult {
             format!("S2 received P again only {back:.2?} after the kill (limit 3 s)").into(),
         );
     }
+    // The room goes on: P and S3 (never on node 2) still get each other,
+    // and everyone gets S2 back as its new participant.
+    let state = run_js(&s2, STATE, vec![]).await?;
+    let id_s2 = state["id"].as_str().unwrap_or("").to_owned();
+    let id_s3 = pages[2].2.clone();
+    let before = run_js(&s3, STATS, vec![]).await?;
+    let pages = [
+        ("P", &p, id_p.clone()),
+        ("S2", &s2, id_s2),
+        ("S3", &s3, id_s3),
+    ];
+    all_receive(&pages, "the three pages receive each other again")
+        .await
+        .map_err(|e| format!("{e}\n{}", nodes.logs()))?;
+    let after = run_js(&s3, STATS, vec![]).await?;
+    if count(&after, "video", &id_p) <= count(&before, "video", &id_p) {
+        return Err(format!("S3 stopped decoding P: {before} then {after}").into());
+    }
     Ok(())
 }
