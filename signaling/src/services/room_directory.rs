@@ -184,6 +184,8 @@ struct Inner {
     claims: Mutex<Claims>,
     /// Told which other nodes hold each room (the relay links them).
     media: Option<MediaHandle>,
+    /// Held while telling the media a room's other nodes.
+    telling: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -483,6 +485,7 @@ impl RedisDirectory {
             registry,
             claims: Mutex::default(),
             media,
+            telling: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -674,6 +677,13 @@ impl RedisDirectory {
         let mut others: Vec<String> = members.into_iter().filter(|m| m != self.me()).collect();
         others.sort();
         others.dedup();
+        // One at a time: the media gets the lists in the order `told`
+        // records them, so `told` is what the media has (a list from a
+        // placement racing a heartbeat's newer one would otherwise leave
+        // the media with the older list while `told` shows the newer, never
+        // corrected). An older list sent last is corrected on the next
+        // heartbeat, whose list then differs from `told`.
+        let _one = self.0.telling.lock().await;
         {
             let mut claims = self.claims();
             if claims.told.get(room) == Some(&others) {
