@@ -793,6 +793,7 @@ async fn relay_phase(
             video: p.video.then(|| Mid::from("v")),
             join_started: epoch,
             answered: epoch,
+            served_by: None,
         });
     }
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -196,6 +196,7 @@ impl Built {
             socket: self.socket,
             audio: self.audio,
             video: self.video,
+            served_by: None,
         })
     }
 }
@@ -235,6 +236,15 @@ struct Joined {
     socket: std::net::UdpSocket,
     audio: Option<Mid>,
     video: Option<Mid>,
+    /// The serving node's number (see `NewClient::served_by`).
+    served_by: Option<u32>,
+}
+
+/// The node number in a participant id (`PA<n>`: a cluster node's number
+/// is in the bits from 40 up; 0 on a single server).
+fn node_of(participant: &str) -> Option<u32> {
+    let n: u64 = participant.strip_prefix("PA")?.parse().ok()?;
+    Some((n >> 40) as u32)
 }
 
 /// Joins over the room socket: the socket and the others' video tracks at
@@ -262,6 +272,7 @@ async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<((Ws, Vec<String>),
         .filter(|t| t["kind"] == "video")
         .filter_map(|t| t["id"].as_str().map(str::to_owned))
         .collect();
+    let served_by = joined["participant"]["id"].as_str().and_then(node_of);
     let built = build(p, &ctx.video)?;
     send_json(
         &mut ws,
@@ -270,7 +281,9 @@ async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<((Ws, Vec<String>),
     .await?;
     let answer = expect(&mut ws, "answer").await?;
     let sdp = answer["sdp"].as_str().ok_or("answer without sdp")?;
-    Ok(((ws, videos), built.answered(sdp)?))
+    let mut joined = built.answered(sdp)?;
+    joined.served_by = served_by;
+    Ok(((ws, videos), joined))
 }
 
 /// Joins over WHIP or WHEP: the token and the session's Location (to delete
@@ -369,6 +382,7 @@ fn hand_over<T>(
         video: j.video,
         join_started: started,
         answered,
+        served_by: j.served_by,
     });
     let _ = out.send(JoinOutcome {
         id: p.id,
@@ -520,6 +534,14 @@ mod tests {
     /// Drives a client built like the engine's against a server `Rtc`
     /// configured like vela's (ICE-lite, frame mode) in memory, and checks
     /// the server sees each simulcast layer under its own rid.
+    #[test]
+    fn the_node_number_is_read_from_a_participant_id() {
+        assert_eq!(node_of("PA7"), Some(0));
+        assert_eq!(node_of(&format!("PA{}", (3u64 << 40) + 5)), Some(3));
+        assert_eq!(node_of("TR7"), None);
+        assert_eq!(node_of("PAx"), None);
+    }
+
     #[test]
     fn server_sees_each_simulcast_rid() {
         let video = crate::scenario::default_video();

@@ -45,6 +45,7 @@ impl Core {
                 counters: Counters::default(),
                 departed_holes: 0,
                 nodes: cfg.nodes.clone(),
+                served_by: Vec::new(),
             },
             rng,
             stopped: false,
@@ -240,6 +241,11 @@ impl Core {
 
     fn add(&mut self, n: NewClient) {
         let now = Instant::now();
+        let i = n.id as usize;
+        if self.stats.served_by.len() <= i {
+            self.stats.served_by.resize(i + 1, None);
+        }
+        self.stats.served_by[i] = n.served_by;
         if let Err(e) = n.socket.set_nonblocking(true) {
             tracing::warn!(error = %e, "socket");
             return;

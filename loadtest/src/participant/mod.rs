@@ -86,6 +86,11 @@ pub struct NewClient {
     pub join_started: Instant,
     /// When the server's answer arrived.
     pub answered: Instant,
+    /// The node serving it, when the server said (a cluster's node number,
+    /// from the top bits of its participant id): latencies by hop compare
+    /// these rather than the nodes joined through, which placement may
+    /// override.
+    pub served_by: Option<u32>,
 }
 
 /// Join timings of one participant, since its join began.
@@ -356,6 +361,8 @@ struct Stats {
     departed_holes: u64,
     /// See [`EngineConfig::nodes`].
     nodes: Arc<[u32]>,
+    /// Per participant index, the node serving it (see `NewClient::served_by`).
+    served_by: Vec<Option<u32>>,
 }
 
 /// The engine thread's state; its methods are in the child modules.

@@ -141,8 +141,12 @@ fn on_rtp(
     };
     let recv_us = micros(at, epoch);
     let latency = recv_us.saturating_sub(t.sent_us);
-    let node = |id: u32| stats.nodes.get(id as usize).copied();
-    let relayed = node(c.id) != node(t.sender / 2);
+    let served = |id: u32| stats.served_by.get(id as usize).copied().flatten();
+    let entry = |id: u32| stats.nodes.get(id as usize).copied();
+    let relayed = match (served(c.id), served(t.sender / 2)) {
+        (Some(a), Some(b)) => a != b,
+        _ => entry(c.id) != entry(t.sender / 2),
+    };
     stats.interval.frame(t.video, t.layer, latency, relayed);
     if stats.recording {
         stats.window.frame(t.video, t.layer, latency, relayed);
