@@ -19,6 +19,11 @@ use crate::placement::Placement;
 /// slow ([`MediaHandle::with_signal_queue`]).
 pub const DEFAULT_SIGNAL_QUEUE: usize = 1024;
 
+/// How long a room's part on another shard, opened with the room's
+/// settings ahead of its first participant there, stays open empty when
+/// the room itself closes as its last participant leaves.
+const SPREAD_PART_EMPTY_TIMEOUT_SECS: u64 = 10;
+
 /// Where the driver delivers one participant's signals.
 #[derive(Debug)]
 pub(crate) struct SignalSink {
@@ -283,15 +288,56 @@ impl MediaHandle {
 
     /// The shard for a new participant of `room` (reserved there until the
     /// driver answers the join).
-    fn join_shard(&self, room: &RoomId) -> usize {
-        let k = match &self.placement {
-            None => 0,
+    /// With it, the shard where the room is open already, when the join
+    /// opens it on another (see [`MediaHandle::copy_room_settings`]).
+    fn join_shard(&self, room: &RoomId) -> (usize, Option<usize>) {
+        let (k, from) = match &self.placement {
+            None => (0, None),
             Some(p) => p
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .place_join(Instant::now(), room),
+                .place_join_from(Instant::now(), room),
         };
-        k.min(self.shards.len() - 1)
+        let last = self.shards.len() - 1;
+        (k.min(last), from.map(|f| f.min(last)))
+    }
+
+    /// A room the server API created with settings of its own (participant
+    /// limit, metadata, empty timeout) gets them on a shard it spreads to,
+    /// before its first participant there: that core enforces the limit
+    /// for its joins. A room without such settings is left to the join.
+    async fn copy_room_settings(
+        &self,
+        room: &RoomId,
+        from: usize,
+        to: usize,
+    ) -> Result<(), MediaError> {
+        let info = Self::call(&self.shards[from], |r| {
+            Command::Room(room.clone(), RoomCommand::Info(r))
+        })
+        .await?;
+        let Some(info) = info else { return Ok(()) };
+        if info.max_participants == 0
+            && info.metadata.is_empty()
+            && info.empty_timeout_secs.is_none()
+        {
+            return Ok(());
+        }
+        let options = RoomOptions {
+            max_participants: info.max_participants,
+            metadata: info.metadata,
+            // Opened ahead of its participant, the part must close by
+            // itself should that join fail.
+            empty_timeout: Some(Duration::from_secs(
+                info.empty_timeout_secs
+                    .unwrap_or(SPREAD_PART_EMPTY_TIMEOUT_SECS),
+            )),
+        };
+        Self::call(&self.shards[to], |r| {
+            Command::Room(room.clone(), RoomCommand::Create(options, r))
+        })
+        .await?;
+        Ok(())
     }
 
     /// The driver of the shard that numbered this connection.
@@ -311,12 +357,21 @@ impl MediaHandle {
     /// Puts a participant in a room; its signals arrive on the receiver.
     pub async fn join(&self, req: JoinRequest) -> Result<(Joined, SignalReceiver), MediaError> {
         let (stx, srx) = SignalReceiver::pair(self.signal_queue);
-        let shard = self.join_shard(req.room());
+        let (shard, from) = self.join_shard(req.room());
         let room = req.room().clone();
-        let sent = Self::call(&self.shards[shard], |r| {
-            Command::Join(Box::new(req), stx, r)
-        })
-        .await;
+        let copied = match from {
+            Some(from) => self.copy_room_settings(&room, from, shard).await,
+            None => Ok(()),
+        };
+        let sent = match copied {
+            Ok(()) => {
+                Self::call(&self.shards[shard], |r| {
+                    Command::Join(Box::new(req), stx, r)
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
         if let (Err(MediaError::Stopped), Some(p)) = (&sent, &self.placement) {
             // Never reached the driver, which would have freed the place.
             p.lock()

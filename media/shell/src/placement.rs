@@ -153,16 +153,35 @@ impl Placement {
         shard
     }
 
+    /// The shard for a new participant of `room` (tests: see
+    /// [`Placement::place_join_from`]).
+    #[cfg(test)]
+    pub(crate) fn place_join(&mut self, now: Instant, room: &RoomId) -> usize {
+        self.place_join_from(now, room).0
+    }
+
     /// The shard for a new participant of `room`, reserved until
     /// [`Placement::joined`]: the first part of the room with fewer than the
     /// threshold (joined and reserved), else a new part on the least loaded
-    /// shard without one, else the part with the fewest.
-    pub(crate) fn place_join(&mut self, now: Instant, room: &RoomId) -> usize {
+    /// shard without one, else the part with the fewest. With it, when the
+    /// room is not open on that shard but open on another, that other
+    /// shard: the room's settings (from the server API) are to be copied
+    /// from it first.
+    pub(crate) fn place_join_from(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+    ) -> (usize, Option<usize>) {
         let shard = self.choose_join(now, room);
+        let mut open_here = false;
         if let Some(p) = self.part_mut(room, shard) {
             p.reserved += 1;
+            open_here = p.open;
         }
-        shard
+        let from = (!open_here)
+            .then(|| self.open_shards_of(room).into_iter().find(|&k| k != shard))
+            .flatten();
+        (shard, from)
     }
 
     fn choose_join(&mut self, now: Instant, room: &RoomId) -> usize {
@@ -456,6 +475,21 @@ mod tests {
             1,
         );
         assert_eq!(p.place_join(now, &r), 0);
+    }
+
+    #[test]
+    fn a_new_part_names_an_open_part_to_copy_the_rooms_settings_from() {
+        let now = Instant::now();
+        let mut p = Placement::new(2, 1);
+        let r = room("r");
+        // A new room: nothing to copy from.
+        assert_eq!(p.place_join_from(now, &r), (0, None));
+        p.joined(&r, 0, true);
+        // Its second participant opens it on shard 1: copy from shard 0.
+        assert_eq!(p.place_join_from(now, &r), (1, Some(0)));
+        p.joined(&r, 1, true);
+        // Open on both now.
+        assert_eq!(p.place_join_from(now, &r).1, None);
     }
 
     #[test]

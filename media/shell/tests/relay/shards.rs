@@ -310,3 +310,44 @@ async fn a_shard_that_stops_reading_resets_its_link_and_the_room_comes_back() {
     .await
     .expect("in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_participant_limit_holds_on_every_shard_it_spreads_to() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let (media, _task, _events) = node(2, 1).await;
+        let room = RoomId::new("limited").unwrap();
+        let options = vela_media::core::RoomOptions {
+            max_participants: 3,
+            ..Default::default()
+        };
+        media.create_room(&room, options).await.unwrap();
+        let _alice = Client::join(&media, "limited", "alice", true).await;
+        let bob = Client::join(&media, "limited", "bob", false).await;
+        let _carol = Client::join(&media, "limited", "carol", false).await;
+        // Alice and carol on shard 0, bob on shard 1, which knows all three
+        // once it was told of alice and carol.
+        assert_eq!(media.shards_of_room(&room), [0, 1]);
+        let told = || bob.counts.joined_signals.load(Ordering::Relaxed) >= 2;
+        assert!(until(Duration::from_secs(10), told).await);
+        // The fourth goes to shard 1 (the emptier part): full there too.
+        let req = vela_media::core::JoinRequest::new(
+            room.clone(),
+            "dave",
+            vela_media::core::PeerKind::Session,
+        );
+        let refused = media.join(req).await;
+        assert!(
+            matches!(
+                refused,
+                Err(vela_media::MediaError::Join(
+                    vela_media::core::JoinError::RoomFull(_)
+                ))
+            ),
+            "{:?}",
+            refused.map(|(j, _)| j.participant.identity)
+        );
+        media.shutdown().await;
+    })
+    .await
+    .expect("in time");
+}
