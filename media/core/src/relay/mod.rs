@@ -58,6 +58,17 @@ pub mod wire;
 
 pub(crate) mod link;
 
+/// A room's server-API settings as they cross a link (see
+/// [`crate::RoomOptions`]); the empty timeout stays each core's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayRoomOptions {
+    /// The participant limit (0: the server's default).
+    pub max_participants: u32,
+    /// Free text for the integration.
+    #[serde(default)]
+    pub metadata: String,
+}
+
 /// A link to another core, as the shell numbers it.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
@@ -173,6 +184,11 @@ pub enum Control {
         /// Their tracks now.
         #[serde(default)]
         tracks: Vec<TrackId>,
+        /// The room's server-API settings on the sender, when it has any
+        /// (it was created through the server API): a core whose part of
+        /// the room was opened by a join, with defaults, takes them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        options: Option<RelayRoomOptions>,
     },
     /// The sender no longer holds `room` (or unlinked it): its participants
     /// there are gone.

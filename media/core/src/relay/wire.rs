@@ -233,6 +233,10 @@ mod tests {
                 answer: false,
                 participants: vec![ParticipantId(5)],
                 tracks: vec![TrackId(9)],
+                options: Some(crate::relay::RelayRoomOptions {
+                    max_participants: 3,
+                    metadata: "m".into(),
+                }),
             },
             Control::ParticipantJoined {
                 room: room.clone(),

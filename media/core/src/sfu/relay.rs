@@ -23,8 +23,9 @@ use crate::packet::Packet;
 use crate::relay::link::{History, Incoming, RemoteParticipant, RemoteTrack};
 use crate::relay::{
     Control, LinkId, MAX_LAYERS, MAX_NACKS_PER_MESSAGE, MAX_PARTICIPANTS_PER_LINK,
-    MAX_TRACKS_PER_LINK, RelayLinkStats, RelayMessage, RelayPacket, RelayTrack,
+    MAX_TRACKS_PER_LINK, RelayLinkStats, RelayMessage, RelayPacket, RelayRoomOptions, RelayTrack,
 };
+use crate::room::RoomOptions;
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Signal};
 use crate::track::{Layer, Publication, Subscription, SubscriptionState, rid_rank};
 
@@ -134,6 +135,7 @@ impl Sfu {
                     answer,
                     participants,
                     tracks,
+                    options,
                 } = c
                 {
                     let linked = self.relay.links(&room).contains(&link);
@@ -155,6 +157,7 @@ impl Sfu {
                     // What the far core demanded of this core's tracks: it
                     // sends its demand again after its `RoomLinked` (a
                     // demand lost with a link would be sent on forever).
+                    self.adopt_options(&room, options);
                     self.drop_link_demand(link, Some(&room));
                     self.reconcile(link, &room, &participants, &tracks);
                     if !answer {
@@ -269,16 +272,40 @@ impl Sfu {
                 _ => {}
             }
         }
+        let options = self
+            .rooms
+            .get(room)
+            .filter(|r| r.options != RoomOptions::default())
+            .map(|r| RelayRoomOptions {
+                max_participants: r.options.max_participants,
+                metadata: r.options.metadata.clone(),
+            });
         let first = Control::RoomLinked {
             room: room.clone(),
             answer,
             participants,
             tracks,
+            options,
         };
         for c in std::iter::once(first).chain(state) {
             self.relay
                 .outputs
                 .push_back((link, RelayMessage::Control(c)));
+        }
+    }
+
+    /// The far core's server-API settings of `room`: taken when this core's
+    /// part was opened by a join (default settings), so the room's
+    /// participant limit holds on every core; settings of this core's own
+    /// (the API created the room here too) are kept.
+    fn adopt_options(&mut self, room: &RoomId, options: Option<RelayRoomOptions>) {
+        let (Some(o), Some(r)) = (options, self.rooms.get_mut(room)) else {
+            return;
+        };
+        if r.options == RoomOptions::default() {
+            tracing::debug!(%room, max = o.max_participants, "room settings taken from a linked core");
+            r.options.max_participants = o.max_participants;
+            r.options.metadata = o.metadata;
         }
     }
 

@@ -13,7 +13,8 @@ use crate::common;
 use common::mesh::Mesh;
 use str0m::media::MediaKind;
 use vela_media_core::{
-    DataMessage, LeaveReason, LinkId, ParticipantId, RoomId, TrackId, TrackKind, TrackSettings,
+    DataMessage, JoinError, JoinRequest, LeaveReason, LinkId, ParticipantId, PeerKind, RoomId,
+    RoomOptions, TrackId, TrackKind, TrackSettings,
 };
 
 fn room() -> RoomId {
@@ -1041,4 +1042,40 @@ fn speakers_whose_audio_a_core_does_not_receive_are_known_there_from_control() {
     assert!(m.run_until(Duration::from_secs(3), |m| {
         m.cores[1].clients[bob].signals.last().map(String::as_str) == Some("speakers:")
     }));
+}
+
+#[test]
+fn a_rooms_participant_limit_set_through_the_server_api_holds_on_a_linked_core() {
+    let mut m = Mesh::new(2);
+    let now = m.now();
+    let options = RoomOptions {
+        max_participants: 3,
+        metadata: "webinar".into(),
+        ..RoomOptions::default()
+    };
+    m.cores[0].sfu.handle_create_room(now, room(), options);
+    let a = m.cores[0].join("r", "alice", true);
+    let b = m.cores[0].join("r", "bob", false);
+    // A third participant lands on the other core (another node): its part
+    // of the room opens with the defaults, then the cores link it.
+    let c = m.cores[1].join("r", "carol", false);
+    m.link_room(1, "r");
+    m.run_for(Duration::from_millis(300));
+    let _ = (a, b, c);
+    for core in 0..2 {
+        let info = m.cores[core].sfu.room_info(&room()).expect("room");
+        assert_eq!(info.num_participants, 3, "core {core}: {info:?}");
+        assert_eq!(info.max_participants, 3, "core {core}: {info:?}");
+        assert_eq!(info.metadata, "webinar", "core {core}: {info:?}");
+    }
+    // The room is full on both cores.
+    for core in 0..2 {
+        let now = m.now();
+        let req = JoinRequest::new(room(), "dave", PeerKind::Session);
+        let refused = m.cores[core].sfu.handle_join(now, req);
+        assert!(
+            matches!(refused, Err(JoinError::RoomFull(_))),
+            "core {core}: {refused:?}"
+        );
+    }
 }
