@@ -139,6 +139,7 @@ mod error;
 mod id;
 mod isolation;
 mod layer_selector;
+mod offer_check;
 mod packet;
 mod peer;
 pub mod relay;

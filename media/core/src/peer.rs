@@ -654,6 +654,7 @@ impl Peer {
     /// Accepts a client offer. Any server offer in flight is void: its changes
     /// go back to be offered again.
     pub fn accept_offer(&mut self, offer: SdpOffer) -> Result<SdpAnswer, SignalError> {
+        crate::offer_check::check(&offer.to_sdp_string()).map_err(SignalError::Sdp)?;
         let (answer, ufrag) = self
             .rtc
             .call(RtcCall::Sdp, |rtc| {
