@@ -15,7 +15,7 @@ use crate::nodes::Nodes;
 use crate::rooms::{rooms_on, service_token};
 
 /// `window.vela.join(room, name)`; returns the participant id.
-const JOIN: &str = r#"
+pub(crate) const JOIN: &str = r#"
 const [room, name] = args;
 await window.vela.join(room, name);
 if (!window.vela.joined || !window.vela.participantId) throw new Error('join resolved but vela.joined=' + window.vela.joined);
@@ -23,10 +23,10 @@ return window.vela.participantId;
 "#;
 
 /// `{video: {pid: framesDecoded}, audio: {pid: packetsReceived}}`.
-const STATS: &str = "return await window.vela.stats();";
+pub(crate) const STATS: &str = "return await window.vela.stats();";
 
 /// Whether the page is in a room, as whom, and how often it joined again.
-const STATE: &str = "return { joined: window.vela.joined, id: window.vela.participantId, rejoins: window.vela.counters().rejoins };";
+pub(crate) const STATE: &str = "return { joined: window.vela.joined, id: window.vela.participantId, rejoins: window.vela.counters().rejoins };";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chromium_on_node_2_and_on_node_1_see_each_other_in_a_room_on_node_1() {

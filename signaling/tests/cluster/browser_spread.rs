@@ -12,23 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::browser::{self, Client, Harness, TestResult, count, poll, run_js};
+use crate::browser_rooms::{JOIN, STATE, STATS};
 use crate::nodes::{HEARTBEAT_MS, Node, Nodes};
 use crate::rooms::service_token;
 use crate::spread::spreading;
-
-/// `window.vela.join(room, name)`; returns the participant id.
-const JOIN: &str = r#"
-const [room, name] = args;
-await window.vela.join(room, name);
-if (!window.vela.joined || !window.vela.participantId) throw new Error('join resolved but vela.joined=' + window.vela.joined);
-return window.vela.participantId;
-"#;
-
-/// `{video: {pid: framesDecoded}, audio: {pid: packetsReceived}}`.
-const STATS: &str = "return await window.vela.stats();";
-
-/// Whether the page is in a room, as whom, and how often it joined again.
-const STATE: &str = "return { joined: window.vela.joined, id: window.vela.participantId, rejoins: window.vela.counters().rejoins };";
 
 /// The participants each node of `nodes` has (its registry entry).
 async fn participants(of: &Node, nodes: &Nodes) -> Vec<u64> {

@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::browser::{self, Harness, TestResult, run_js};
+use crate::browser_rooms::JOIN;
 use crate::netns::Link;
 use crate::nodes::{NodeSpec, Nodes, SharedStore};
 use crate::quality::{self, inbound};
@@ -81,14 +82,6 @@ async fn node_metric(base: &str, parts: &[&str]) -> u64 {
         .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
         .sum::<f64>() as u64
 }
-
-/// `window.vela.join(room, name)`; returns the participant id.
-const JOIN: &str = r#"
-const [room, name] = args;
-await window.vela.join(room, name);
-if (!window.vela.joined || !window.vela.participantId) throw new Error('join resolved but vela.joined=' + window.vela.joined);
-return window.vela.participantId;
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_percent_loss_between_nodes_is_repaired_over_the_relay() {
