@@ -126,7 +126,7 @@ async fn live_nodes(node: &Node) -> Vec<String> {
 }
 
 /// Waits up to `limit` for `cond` to hold.
-async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+pub(crate) async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
     let until = tokio::time::Instant::now() + limit;
     loop {
         if cond().await {

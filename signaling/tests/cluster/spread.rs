@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::common::{Peer, SessionClient};
 use crate::nodes::{HEARTBEAT_MS, NODE_TIMEOUT_MS, Node, NodeSpec, Nodes};
-use crate::rooms::{join_token, rooms_listed, rooms_on, service_token};
+use crate::rooms::{eventually, join_token, rooms_listed, rooms_on, service_token};
 
 /// The secret the test cluster's relays share.
 pub const RELAY_SECRET: &str = "test-relay-secret-0123456789abcdef";
@@ -89,19 +89,6 @@ async fn join(node: &Node, room: &str, identity: &str) -> SessionClient {
     SessionClient::join_at(&node.addr, &join_token(room, identity), None, None, false)
         .await
         .unwrap_or_else(|e| panic!("{identity} could not join {room} via {}: {e}", node.id))
-}
-
-async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
-    let until = tokio::time::Instant::now() + limit;
-    loop {
-        if cond().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
