@@ -231,6 +231,28 @@ impl Link {
         Ok(())
     }
 
+    /// Drops every UDP datagram in and out of the namespace, as a network
+    /// that allows no UDP at all (added to the rules in place; the
+    /// impairments above flush it).
+    pub fn drop_udp(&self) -> Result<(), String> {
+        for chain in ["in", "out"] {
+            self.exec(&[
+                "nft", "add", "rule", "inet", "vela", chain, "meta", "l4proto", "udp", "drop",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Drops TCP from the namespace to `port` on any address (a firewall
+    /// that lets through only the ports it knows); added like
+    /// [`Link::drop_udp`].
+    pub fn drop_tcp_to(&self, port: u16) -> Result<(), String> {
+        let port = port.to_string();
+        self.exec(&[
+            "nft", "add", "rule", "inet", "vela", "out", "tcp", "dport", &port, "drop",
+        ])
+    }
+
     fn flush(&self) -> Result<(), String> {
         for chain in ["in", "out"] {
             self.exec(&["nft", "flush", "chain", "inet", "vela", chain])?;
