@@ -253,6 +253,18 @@ impl Link {
         ])
     }
 
+    /// Drops TCP from the namespace to any port but `ports` (a firewall
+    /// that lets through the web and little else); added like
+    /// [`Link::drop_udp`]. The namespace's own loopback is left alone.
+    pub fn allow_only_tcp_to(&self, ports: &[u16]) -> Result<(), String> {
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let set = format!("{{ {} }}", list.join(", "));
+        self.exec(&[
+            "nft", "add", "rule", "inet", "vela", "out", "oifname", "!=", "lo", "tcp", "dport",
+            "!=", &set, "drop",
+        ])
+    }
+
     fn flush(&self) -> Result<(), String> {
         for chain in ["in", "out"] {
             self.exec(&["nft", "flush", "chain", "inet", "vela", chain])?;
