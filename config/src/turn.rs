@@ -27,9 +27,9 @@ pub struct TurnConfig {
     /// Never printed (`Debug` hides it).
     pub secret: String,
     /// How long the credentials handed to a client stay valid, in seconds.
-    /// The TURN server refuses them afterwards, also for refreshing an
-    /// allocation, so this bounds how long a relayed session lasts without
-    /// a new join or resume.
+    /// The TURN server refuses them afterwards: longer than a call, since
+    /// an ICE restart late in a call allocates a relay anew with them (a
+    /// resume hands out new ones).
     pub ttl_secs: u64,
 }
 
