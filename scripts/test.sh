@@ -4,7 +4,7 @@
 # need on Debian (Chromium and ChromeDriver for the browser tests, Firefox
 # ESR, Node.js and puppeteer-core for the Firefox ones, iproute2 and
 # nftables for the impaired-link tests, Redis and PostgreSQL for the
-# cluster and store tests, coturn for the TURN tests, cmake for libopus, g++ for
+# cluster and store tests, cmake for libopus, g++ for
 # libFuzzer) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,12 +19,12 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # Impaired-link tests: namespaces and rate caps (iproute2), loss and outages (nftables).
 command -v tc >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
-# Cluster tests: throwaway Redis and PostgreSQL servers (vela-testkit starts them).
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # TURN tests: a throwaway coturn (vela-testkit starts it); openssl checks its certificate.
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Cluster tests: throwaway Redis and PostgreSQL servers (vela-testkit starts them).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # The load generator's Opus encoder (the opus crate builds libopus with cmake).
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 # libFuzzer, built from the libfuzzer-sys crate for scripts/fuzz.sh, is C++.
