@@ -25,7 +25,9 @@ pub struct Coturn {
 impl Coturn {
     /// Starts coturn listening on `ip` (e.g. the host side of a test's
     /// network namespace link; it relays from there too), checking TURN
-    /// REST credentials made with `secret`.
+    /// REST credentials made with `secret`. It relays to peers at `ip` only
+    /// (the SFU under test), as a deployment should restrict it to the SFU's
+    /// addresses (README, "Networks that block UDP").
     pub fn start(ip: IpAddr, secret: &str) -> Coturn {
         let dir = temp_dir("coturn");
         let port = free_port();
@@ -64,6 +66,9 @@ no-cli
 no-rfc5780
 no-dtls
 no-multicast-peers
+denied-peer-ip=0.0.0.0-255.255.255.255
+denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff
+allowed-peer-ip={ip}
 userdb={db}
 pidfile={pid}
 log-file=stdout
