@@ -5,7 +5,8 @@
 //!
 //! - The page joins with the ICE servers of `joined` and media decodes both
 //!   ways with Alice (on the host); Bob's selected local candidate is a
-//!   relay reached over TLS.
+//!   relay reached over TLS. A resume hands Bob new credentials, and an
+//!   ICE restart then allocates a new relay with them; media goes on.
 //! - WHIP publish and WHEP view from Bob's namespace through the same relay,
 //!   with the servers of the `Link` headers.
 //! - Credentials: a fresh one gathers a relay candidate; an expired one and
@@ -121,6 +122,56 @@ async fn scenario(h: &Harness, link: &netns::Link, coturn: &Coturn) -> TestResul
     let selected = selected_candidate(&bob, "window.vela.pc").await?;
     eprintln!("bob's selected local candidate: {selected}");
     expect_tls_relay("bob's room session", &selected)?;
+    let relayed_at = selected["local"].clone();
+
+    // A resume hands out new credentials, which the page takes for its
+    // next ICE restart; the restart gathers a relay again with them.
+    let before = turn_username(&bob).await?;
+    run_js(&bob, "window.vela.dropSocket(); return true;", vec![]).await?;
+    poll(
+        "bob's session resumes",
+        Duration::from_secs(10),
+        async || {
+            let c = run_js(&bob, "return window.vela.counters();", vec![]).await?;
+            Ok(if c["resumes"] == 1 {
+                Ok(())
+            } else {
+                Err(c.to_string())
+            })
+        },
+    )
+    .await?;
+    let after = turn_username(&bob).await?;
+    eprintln!("TURN username {before} before the resume, {after} after");
+    if after == before {
+        return Err("the resumed session kept its old TURN credentials".into());
+    }
+    run_js(&bob, "window.vela.restartIce(); return true;", vec![]).await?;
+    poll("bob's ICE restart", Duration::from_secs(10), async || {
+        let c = run_js(&bob, "return window.vela.counters();", vec![]).await?;
+        Ok(if c["iceRestarts"] == 1 {
+            Ok(())
+        } else {
+            Err(c.to_string())
+        })
+    })
+    .await?;
+    quality::frames_grow(&alice, &b, 20, Duration::from_secs(15)).await?;
+    quality::frames_grow(&bob, &a, 20, Duration::from_secs(15)).await?;
+    let selected = selected_candidate(&bob, "window.vela.pc").await?;
+    eprintln!("bob's selected local candidate after the ICE restart: {selected}");
+    expect_tls_relay("bob's room session after an ICE restart", &selected)?;
+    if selected["local"] == relayed_at {
+        return Err(format!("the ICE restart kept the old relay ({relayed_at})").into());
+    }
+    // coturn names each session's user: the new allocation is the new
+    // credential's.
+    let log = coturn.log();
+    for user in [&before, &after] {
+        if !log.contains(&format!("username=<{user}>")) {
+            return Err(format!("coturn's log names no session of {user}").into());
+        }
+    }
 
     // WHIP and WHEP from the namespace, with the Link headers' servers.
     let published = run_js(&bob, NEGOTIATE_LATE, args("whip", WHIP_ROOM, "bob-whip")).await?;
@@ -218,6 +269,7 @@ const remote = pair && stats.get(pair.remoteCandidateId);
 return {{
   candidateType: local && local.candidateType, relayProtocol: local && local.relayProtocol,
   protocol: local && local.protocol, url: local && local.url,
+  local: local && (local.address + ':' + local.port),
   remote: remote && (remote.address + ':' + remote.port + ' ' + remote.protocol),
 }};
 "#
@@ -231,6 +283,20 @@ fn expect_tls_relay(what: &str, local: &Value) -> TestResult {
     } else {
         Err(format!("{what}: expected a relay over TLS as the local candidate, got {local}").into())
     }
+}
+
+/// The TURN username the page's peer connection is configured with now.
+async fn turn_username(page: &Client) -> TestResult<String> {
+    let v = run_js(
+        page,
+        "return window.vela.pc.getConfiguration().iceServers.map((s) => s.username).filter(Boolean);",
+        vec![],
+    )
+    .await?;
+    Ok(v[0]
+        .as_str()
+        .ok_or(format!("no TURN username in {v}"))?
+        .to_owned())
 }
 
 fn args(endpoint: &str, room: &str, identity: &str) -> Vec<Value> {
