@@ -19,6 +19,9 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # Impaired-link tests: namespaces and rate caps (iproute2), loss and outages (nftables).
 command -v tc >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# TURN tests: a throwaway coturn (vela-testkit starts it); openssl checks its certificate.
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Cluster tests: throwaway Redis and PostgreSQL servers (vela-testkit starts them).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)

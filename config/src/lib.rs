@@ -18,6 +18,7 @@ mod media;
 mod presence;
 mod server;
 mod store;
+mod turn;
 mod webhooks;
 
 use std::path::Path;
@@ -34,6 +35,7 @@ pub use media::MediaConfig;
 pub use presence::PresenceConfig;
 pub use server::ServerConfig;
 pub use store::{StoreConfig, StoreUrl};
+pub use turn::{IceScheme, MIN_TURN_SECRET_CHARS, TurnConfig, ice_scheme};
 pub use webhooks::WebhooksConfig;
 
 /// The whole server configuration.
@@ -58,6 +60,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Several nodes sharing state (`[cluster]`).
     pub cluster: ClusterConfig,
+    /// STUN/TURN servers handed to clients (`[turn]`).
+    pub turn: TurnConfig,
 }
 
 impl Config {
@@ -148,6 +152,7 @@ impl Config {
         self.calls.validate()?;
         self.webhooks.validate()?;
         self.cluster.validate()?;
+        self.turn.validate()?;
         Ok(())
     }
 }

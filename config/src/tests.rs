@@ -610,3 +610,58 @@ fn the_relay_needs_a_cluster_an_address_and_credentials() {
     // One node: no relay.
     assert_eq!(Config::default().cluster.relay_listen(), None);
 }
+
+#[test]
+fn turn_servers_from_file_and_env_are_checked() {
+    let secret = "0123456789abcdef0123";
+    // From the environment, as an operator keeps the secret out of files.
+    let config = Config::load(
+        None,
+        env(&[
+            (
+                "VELA_TURN_URLS",
+                "turn:t.example.com:3478?transport=udp, turns:t.example.com:5349?transport=tcp",
+            ),
+            ("VELA_TURN_SECRET", secret),
+            ("VELA_TURN_TTL_SECS", "3600"),
+        ]),
+        &CliOverrides::default(),
+    )
+    .expect("load");
+    assert_eq!(config.turn.urls.len(), 2);
+    assert!(config.turn.has_turn());
+    assert_eq!(config.turn.ttl_secs, 3600);
+    assert!(
+        !format!("{config:?}").contains(secret),
+        "Debug hides the secret"
+    );
+
+    // STUN alone needs no secret.
+    let stun = load_str(
+        "[turn]\nurls = [\"stun:stun.example.com:3478\"]\n",
+        no_env(),
+        &CliOverrides::default(),
+    )
+    .expect("stun only");
+    assert!(!stun.turn.has_turn());
+
+    for (text, key) in [
+        ("[turn]\nurls = [\"turn:t.example.com\"]\n", "turn.secret"),
+        (
+            "[turn]\nurls = [\"turn:t.example.com\"]\nsecret = \"short\"\n",
+            "turn.secret",
+        ),
+        ("[turn]\nsecret = \"0123456789abcdef0123\"\n", "turn.secret"),
+        (
+            "[turn]\nurls = [\"https://t.example.com\"]\nsecret = \"0123456789abcdef0123\"\n",
+            "turn.urls",
+        ),
+        (
+            "[turn]\nurls = [\"turn:t.example.com\"]\nsecret = \"0123456789abcdef0123\"\nttl_secs = 10\n",
+            "turn.ttl_secs",
+        ),
+    ] {
+        let result = load_str(text, no_env(), &CliOverrides::default());
+        assert_eq!(invalid_key(result), key, "{text}");
+    }
+}

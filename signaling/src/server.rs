@@ -359,6 +359,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
                 .password_hashes(std::thread::available_parallelism().map_or(1, |n| n.get())),
         ),
         trusted_proxies: config.server.trusted_proxy_nets().into(),
+        ice_servers: Arc::new(crate::domain::ice::IceServers::from_config(&config.turn)),
         config: Arc::new(config),
         media: media.clone(),
         whip_sessions: Arc::default(),

@@ -1,6 +1,7 @@
-//! Throwaway services for tests: a PostgreSQL server and Redis servers,
-//! each in its own temporary folder on a free loopback port, started from
-//! the Debian packages (`scripts/test.sh` installs them when missing).
+//! Throwaway services for tests: a PostgreSQL server, Redis servers and
+//! coturn ([`Coturn`]), each in its own temporary folder on a free port,
+//! started from the Debian packages (`scripts/test.sh` installs them when
+//! missing).
 //!
 //! Nothing is expected to run before the tests: each test process starts
 //! what it needs. A watchdog process stops each server when the test
@@ -12,6 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+mod coturn;
+pub use coturn::Coturn;
 
 /// A free TCP port on loopback (free when asked: a server started right
 /// after takes it).
@@ -313,6 +317,23 @@ mod tests {
         assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, redis.port())).is_err());
         redis.restart();
         assert_eq!(&ping(redis.port()), b"+PONG\r\n");
+    }
+
+    #[test]
+    fn coturn_serves_tls_with_the_certificate_it_names() {
+        let coturn = Coturn::start(Ipv4Addr::LOCALHOST.into(), "a-test-secret-0123456789");
+        assert!(coturn.turns_url().starts_with("turns:127.0.0.1:"));
+        // The SPKI hash, computed by openssl from what the TLS port serves:
+        // what Chromium compares with --ignore-certificate-errors-spki-list.
+        let script = format!(
+            "openssl s_client -connect 127.0.0.1:{} </dev/null 2>/dev/null | openssl x509 -pubkey -noout \
+             | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            coturn.tls_port()
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        let served = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(served, coturn.spki_sha256(), "log:\n{}", coturn.log());
+        assert!(coturn.log().contains("TLS"), "{}", coturn.log());
     }
 
     #[test]

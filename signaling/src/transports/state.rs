@@ -11,6 +11,7 @@ use vela_config::Config;
 use vela_media::MediaHandle;
 use vela_media::core::{ConnectionId, RoomId};
 
+use crate::domain::ice::{IceServer, IceServers};
 use crate::domain::ids::AccountId;
 use crate::services::auth::{LoginLimiter, SignupLimiter};
 use crate::services::devices::Devices;
@@ -83,4 +84,17 @@ pub(crate) struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// HTTP connections open, refused and timed out.
     pub connections: Arc<ConnectionStats>,
+    /// The STUN/TURN servers every client is given (`[turn]`).
+    pub ice_servers: Arc<IceServers>,
+}
+
+impl AppState {
+    /// The ICE servers for participant `user`, with TURN credentials valid
+    /// from now for `turn.ttl_secs`.
+    pub fn ice_servers_for(&self, user: &impl std::fmt::Display) -> Vec<IceServer> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.ice_servers.for_user(&user.to_string(), now)
+    }
 }

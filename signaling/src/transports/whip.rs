@@ -2,10 +2,11 @@
 
 use axum::body::Bytes;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vela_media::core::{LeaveReason, PeerKind, RoomId, SdpOffer, Signal};
 
+use crate::domain::ice::link_headers;
 use crate::services::hub::HubMsg;
 use crate::services::lease::DeviceLease;
 use crate::services::room_directory::RoomHome;
@@ -134,15 +135,29 @@ async fn start(
         .map_or("", |c| c.node().public_url.as_str());
     let location = format!("{base}/{prefix}/{room}/{id}");
     tracing::info!(room = %room, participant = %id, identity = %grant.identity, "{prefix} session started");
-    Ok((
-        StatusCode::CREATED,
-        [
-            (header::CONTENT_TYPE, "application/sdp".to_owned()),
-            (header::LOCATION, location),
-        ],
-        answer.to_sdp_string(),
-    )
-        .into_response())
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    headers.insert(header::LOCATION, header_value(&location)?);
+    // The STUN/TURN servers the client may use (RFC 9725): it reaches a
+    // relay only if it gathers after reading them (the page sets its local
+    // description once the answer is in).
+    for link in link_headers(&state.ice_servers_for(&joined.participant.id)) {
+        headers.append(header::LINK, header_value(&link)?);
+    }
+    Ok((StatusCode::CREATED, headers, answer.to_sdp_string()).into_response())
+}
+
+/// A header value of text the server made (a URL, a Link).
+fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(text).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a response header could not be encoded",
+        )
+    })
 }
 
 fn poisoned() -> ApiError {

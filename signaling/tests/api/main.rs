@@ -18,6 +18,7 @@ mod contact_requests;
 mod contacts;
 mod devices;
 mod durability;
+mod ice_servers;
 mod moderators;
 mod openapi;
 mod password_storms;

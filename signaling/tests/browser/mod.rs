@@ -129,6 +129,8 @@ pub struct Harness {
     driver: Driver,
     browsers: Mutex<Vec<(String, Client)>>,
     firefoxes: Mutex<Vec<firefox::Firefox>>,
+    /// Flags added to the Chromiums started from now on (`add_chromium_args`).
+    chromium_args: Mutex<Vec<String>>,
 }
 
 /// A page in a browser the harness started: Chromium (a WebDriver session)
@@ -236,6 +238,7 @@ where
         driver,
         browsers: Mutex::new(Vec::new()),
         firefoxes: Mutex::new(Vec::new()),
+        chromium_args: Mutex::new(Vec::new()),
     };
 
     let started = Instant::now();
@@ -286,6 +289,18 @@ impl Harness {
     /// The server's media drivers (to find a room's shard).
     pub fn media(&self) -> Option<&vela_media::MediaHandle> {
         self.server.as_ref().map(|s| &s.media)
+    }
+
+    /// The media port of the server's first shard.
+    pub fn media_port(&self) -> Option<u16> {
+        self.server.as_ref().map(|s| s.udp_addr.port())
+    }
+
+    /// Adds `args` to the flags of every Chromium started from now on
+    /// (e.g. one test's `--ignore-certificate-errors-spki-list`);
+    /// `None` removes what was added.
+    pub fn set_chromium_args(&self, args: Option<Vec<String>>) {
+        *self.chromium_args.lock().expect("chromium args lock") = args.unwrap_or_default();
     }
 
     /// `base_url` + `path`.
@@ -388,6 +403,13 @@ impl Harness {
         let profile = self.driver.new_profile_dir()?;
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend(
+            self.chromium_args
+                .lock()
+                .expect("chromium args lock")
+                .iter()
+                .cloned(),
+        );
         let binary = match netns {
             None => CHROMIUM.to_owned(),
             Some((ns, origin)) => {

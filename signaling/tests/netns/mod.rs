@@ -231,6 +231,40 @@ impl Link {
         Ok(())
     }
 
+    /// Drops every UDP datagram in and out of the namespace, as a network
+    /// that allows no UDP at all (added to the rules in place; the
+    /// impairments above flush it).
+    pub fn drop_udp(&self) -> Result<(), String> {
+        for chain in ["in", "out"] {
+            self.exec(&[
+                "nft", "add", "rule", "inet", "vela", chain, "meta", "l4proto", "udp", "drop",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Drops TCP from the namespace to `port` on any address (a firewall
+    /// that lets through only the ports it knows); added like
+    /// [`Link::drop_udp`].
+    pub fn drop_tcp_to(&self, port: u16) -> Result<(), String> {
+        let port = port.to_string();
+        self.exec(&[
+            "nft", "add", "rule", "inet", "vela", "out", "tcp", "dport", &port, "drop",
+        ])
+    }
+
+    /// Drops TCP from the namespace to any port but `ports` (a firewall
+    /// that lets through the web and little else); added like
+    /// [`Link::drop_udp`]. The namespace's own loopback is left alone.
+    pub fn allow_only_tcp_to(&self, ports: &[u16]) -> Result<(), String> {
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let set = format!("{{ {} }}", list.join(", "));
+        self.exec(&[
+            "nft", "add", "rule", "inet", "vela", "out", "oifname", "!=", "lo", "tcp", "dport",
+            "!=", &set, "drop",
+        ])
+    }
+
     fn flush(&self) -> Result<(), String> {
         for chain in ["in", "out"] {
             self.exec(&["nft", "flush", "chain", "inet", "vela", chain])?;

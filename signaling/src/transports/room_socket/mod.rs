@@ -382,6 +382,9 @@ async fn greet(
     first: Option<Joined>,
     link: &mut Link,
 ) -> bool {
+    // Fresh credentials on every `joined`: a resumed session gets new ones
+    // for its next ICE restart.
+    let ice_servers = state.ice_servers_for(&public);
     if let Some(joined) = first {
         return send(
             ws,
@@ -391,6 +394,7 @@ async fn greet(
                 participants: &joined.others,
                 resume_token: token,
                 can_admin,
+                ice_servers: &ice_servers,
             },
         )
         .await;
@@ -413,6 +417,7 @@ async fn greet(
             participants: &others,
             resume_token: token,
             can_admin,
+            ice_servers: &ice_servers,
         },
     )
     .await;

@@ -1,6 +1,8 @@
 //! The WebSocket messages (docs/protocol.md).
 
 use serde::{Deserialize, Serialize};
+
+use crate::domain::ice::IceServer;
 use vela_media::core::{
     LeaveReason, ParticipantId, ParticipantInfo, Permissions, TrackId, TrackInfo, TrackKind,
 };
@@ -115,6 +117,10 @@ pub enum ServerMessage<'a> {
         /// The token may moderate this room (roomAdmin): the server API's
         /// participant operations accept it.
         can_admin: bool,
+        /// STUN/TURN servers for the client's peer connection (as WebRTC's
+        /// `RTCIceServer`s), with TURN credentials for this participant;
+        /// empty when none are configured.
+        ice_servers: &'a [IceServer],
     },
     /// The answer to the client's offer.
     Answer {
