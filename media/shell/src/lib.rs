@@ -24,7 +24,10 @@ pub use handle::{MediaError, MediaHandle, PermissionsUpdate, SignalReceiver};
 pub use relay::{CoreLinkStats, LinkPeer, LocalLinkStats, NodePeer, RelayEndpoint, RelayEvent};
 pub use socket::{BindError, MediaSockets, local_addresses};
 pub use supervisor::DriverFailed;
-pub use tcp::{CloseReason, MAX_CONNECTIONS as MAX_TCP_CONNECTIONS, TcpListeners, TcpStats};
+pub use tcp::{
+    CloseReason, FIRST_FRAME_TIMEOUT as TCP_FIRST_FRAME_TIMEOUT,
+    MAX_CONNECTIONS as MAX_TCP_CONNECTIONS, TcpListeners, TcpStats,
+};
 pub use vela_media_core as core;
 
 use std::sync::{Arc, Mutex};

@@ -57,6 +57,10 @@ pub const MAX_PENDING: u64 = 512;
 /// Frames queued for one connection: about a second of a 2.5 Mbit/s video
 /// in ~1200-byte packets. A fuller queue drops.
 const WRITE_QUEUE: usize = 256;
+/// The kernel's send buffer per connection (it doubles this): bytes in
+/// flight to a TCP client, at most ~1 s of 2 Mbit/s video, so that a client
+/// that stops reading is noticed within seconds, not after megabytes.
+const SEND_BUFFER: usize = 128 * 1024;
 /// Frames written with one `write_all`.
 const WRITE_BATCH: usize = 64;
 /// Bytes asked of the socket per read.
@@ -394,6 +398,8 @@ pub(crate) async fn accept_loop(
         }
         let guard = OpenGuard::new(counters.clone());
         let _ = stream.set_nodelay(true);
+        let _ =
+            nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
         tokio::spawn(
             handshake(stream, advertised, remote, shards.clone(), guard)
                 .instrument(tracing::debug_span!("ice_tcp", %remote)),
