@@ -64,8 +64,9 @@ pub struct Counts {
     pub joined_signals: AtomicU64,
     /// The size of the last video frame it received.
     pub last_video_size: AtomicU64,
-    /// From send to receipt, of each stamped video frame, in microseconds.
-    pub video_delays_us: Mutex<Vec<u64>>,
+    /// When each stamped video frame arrived and how long after it was
+    /// sent, in microseconds (since the clients' common epoch).
+    pub video_delays_us: Mutex<Vec<(u64, u64)>>,
     /// Set: the client stops reading its socket (a slow TCP reader).
     pub stop_reading: AtomicBool,
     /// Set: the client keeps its socket after it was told it left.
@@ -379,7 +380,7 @@ impl Peer {
                                     let sent = u64::from_be_bytes(sent.try_into().unwrap());
                                     let now = epoch().elapsed().as_micros() as u64;
                                     let mut delays = self.counts.video_delays_us.lock().unwrap();
-                                    delays.push(now.saturating_sub(sent));
+                                    delays.push((now, now.saturating_sub(sent)));
                                 }
                                 &self.counts.video_frames
                             }
