@@ -26,7 +26,8 @@ pub use socket::{BindError, MediaSockets, local_addresses};
 pub use supervisor::DriverFailed;
 pub use tcp::{
     CloseReason, FIRST_FRAME_TIMEOUT as TCP_FIRST_FRAME_TIMEOUT,
-    MAX_CONNECTIONS as MAX_TCP_CONNECTIONS, TcpListeners, TcpStats,
+    MAX_CONNECTIONS as MAX_TCP_CONNECTIONS, MAX_PENDING_PER_IP as TCP_MAX_PENDING_PER_IP,
+    TcpListeners, TcpStats,
 };
 pub use vela_media_core as core;
 

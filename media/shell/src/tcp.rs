@@ -20,13 +20,14 @@
 //! [`MAX_FRAME`] bytes, the read buffer holds one partial frame plus one
 //! read, and a full shard queue stops the reading (TCP's flow control then
 //! slows the sender). At most [`MAX_CONNECTIONS`] connections are open, at
-//! most [`MAX_PENDING`] of them without their first frame; a connection
+//! most [`MAX_PENDING`] of them without their first frame
+//! ([`MAX_PENDING_PER_IP`] from one address); a connection
 //! that never becomes a peer's, or stops being one, is closed.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -54,6 +55,9 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_CONNECTIONS: u64 = 8192;
 /// Most connections open that have not yet sent their first frame.
 pub const MAX_PENDING: u64 = 512;
+/// Most of those from one address, so that one host cannot take them all
+/// (generous: clients behind one NAT connect at once when a meeting starts).
+pub const MAX_PENDING_PER_IP: u32 = 64;
 /// Frames queued for one connection: about a second of a 2.5 Mbit/s video
 /// in ~1200-byte packets. A fuller queue drops.
 const WRITE_QUEUE: usize = 256;
@@ -74,7 +78,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The node had [`MAX_CONNECTIONS`] (or [`MAX_PENDING`]) already.
+    /// The node had [`MAX_CONNECTIONS`] (or [`MAX_PENDING`]) already, or
+    /// its address [`MAX_PENDING_PER_IP`].
     Limit,
     /// No first frame within [`FIRST_FRAME_TIMEOUT`].
     Silent,
@@ -138,6 +143,8 @@ pub(crate) struct Counters {
     frames_out: AtomicU64,
     dropped_full: AtomicU64,
     dropped_no_connection: AtomicU64,
+    /// Pending connections by source address (only those with some).
+    pending_by_ip: Mutex<FxHashMap<IpAddr, u32>>,
 }
 
 impl Counters {
@@ -193,25 +200,56 @@ impl TcpStats {
     }
 }
 
-/// Counts a connection as open while it lives.
+/// Counts a connection as open while it lives, and as pending until it
+/// sent its first frame.
 struct OpenGuard {
     counters: Arc<Counters>,
+    ip: IpAddr,
     pending: bool,
 }
 
 impl OpenGuard {
-    fn new(counters: Arc<Counters>) -> Self {
+    /// `None` when the node, or `ip`, has too many connections already.
+    fn new(counters: Arc<Counters>, ip: IpAddr) -> Option<Self> {
+        if counters.open.load(Ordering::Relaxed) >= MAX_CONNECTIONS
+            || counters.pending.load(Ordering::Relaxed) >= MAX_PENDING
+        {
+            return None;
+        }
+        {
+            let mut by_ip = counters
+                .pending_by_ip
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let n = by_ip.entry(ip).or_insert(0);
+            if *n >= MAX_PENDING_PER_IP {
+                return None;
+            }
+            *n += 1;
+        }
         counters.open.fetch_add(1, Ordering::Relaxed);
         counters.pending.fetch_add(1, Ordering::Relaxed);
-        OpenGuard {
+        Some(OpenGuard {
             counters,
+            ip,
             pending: true,
-        }
+        })
     }
 
     fn established(&mut self) {
         if std::mem::take(&mut self.pending) {
             self.counters.pending.fetch_sub(1, Ordering::Relaxed);
+            let mut by_ip = self
+                .counters
+                .pending_by_ip
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = by_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_ip.remove(&self.ip);
+                }
+            }
         }
     }
 }
@@ -390,13 +428,10 @@ pub(crate) async fn accept_loop(
             }
         };
         counters.accepted.fetch_add(1, Ordering::Relaxed);
-        if counters.open.load(Ordering::Relaxed) >= MAX_CONNECTIONS
-            || counters.pending.load(Ordering::Relaxed) >= MAX_PENDING
-        {
+        let Some(guard) = OpenGuard::new(counters.clone(), remote.ip()) else {
             counters.close(CloseReason::Limit);
             continue; // dropped: closed
-        }
-        let guard = OpenGuard::new(counters.clone());
+        };
         let _ = stream.set_nodelay(true);
         let _ =
             nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);

@@ -192,9 +192,28 @@ async fn what_is_not_ice_is_closed_and_counted() {
                 "{what}: closed at once"
             );
         }
-        // The silent one: closed after the first-frame deadline, not before.
-        assert!(!closed_by_server(&mut silent, Duration::from_secs(2)).await);
+        // One address holds at most so many connections that sent nothing
+        // yet: the next is closed at once.
+        let mut more = Vec::new();
+        for _ in 1..vela_media::TCP_MAX_PENDING_PER_IP {
+            more.push(TcpStream::connect(tcp).await.unwrap());
+        }
+        assert!(
+            until(Duration::from_secs(2), || tcp_stats(&media).pending
+                == u64::from(vela_media::TCP_MAX_PENDING_PER_IP))
+            .await
+        );
+        let mut refused = TcpStream::connect(tcp).await.unwrap();
+        assert!(
+            closed_by_server(&mut refused, Duration::from_secs(2)).await,
+            "over the limit"
+        );
+        // The silent ones: closed after the first-frame deadline, not before.
+        assert!(!closed_by_server(&mut silent, Duration::from_millis(500)).await);
         assert!(closed_by_server(&mut silent, Duration::from_secs(8)).await);
+        for s in &mut more {
+            assert!(closed_by_server(s, Duration::from_secs(2)).await);
+        }
         assert!(start.elapsed() >= vela_media::TCP_FIRST_FRAME_TIMEOUT);
         let t = tcp_stats(&media);
         let count = |r: CloseReason| cases.iter().filter(|c| c.2 == r).count() as u64;
@@ -205,7 +224,12 @@ async fn what_is_not_ice_is_closed_and_counted() {
         );
         assert_eq!(t.closed(CloseReason::NotStun), 1, "{t:?}");
         assert_eq!(t.closed(CloseReason::NoPeer), 1, "{t:?}");
-        assert_eq!(t.closed(CloseReason::Silent), 1, "{t:?}");
+        assert_eq!(
+            t.closed(CloseReason::Silent),
+            u64::from(vela_media::TCP_MAX_PENDING_PER_IP),
+            "{t:?}"
+        );
+        assert_eq!(t.closed(CloseReason::Limit), 1, "{t:?}");
         assert!(
             until(Duration::from_secs(2), || tcp_stats(&media).open == 1).await,
             "{t:?}"
