@@ -123,6 +123,23 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
         let metrics = common::scrape_metrics(s).await;
         assert!(metrics.contains("\nvela_rooms 2\n"), "{metrics}");
         assert!(metrics.contains("\nvela_participants 4\n"), "{metrics}");
+        // ICE over TCP is counted for the node (these clients use UDP).
+        assert!(
+            metrics.contains("\nvela_ice_tcp_connections 0\n"),
+            "{metrics}"
+        );
+        for reason in [
+            "limit",
+            "silent",
+            "not_stun",
+            "bad_frame",
+            "no_peer",
+            "stalled",
+        ] {
+            let series =
+                format!("\nvela_ice_tcp_connections_closed_total{{reason=\"{reason}\"}} 0\n");
+            assert!(metrics.contains(&series), "{series} in {metrics}");
+        }
 
         // A participant of the second shard leaves; the first shard's room
         // goes on.
