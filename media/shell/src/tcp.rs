@@ -524,7 +524,8 @@ async fn serve(
     let key = (local, remote);
     let (mut rd, mut wr) = stream.split();
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut out: Vec<u8> = Vec::with_capacity(WRITE_BATCH * 1300);
+    // Grows to the largest batch written (a few tens of kB under video).
+    let mut out: Vec<u8> = Vec::new();
     let reason = loop {
         // What was read with the first frames, or by the last read.
         match take_frames(&mut buf) {
@@ -671,7 +672,8 @@ impl TcpShard {
     /// Queues a frame for its connection without waiting: a full queue
     /// drops it (counted).
     pub fn send(&mut self, t: Transmit) {
-        let Some(conn) = self.conns.get_mut(&(t.source, t.destination)) else {
+        let key = (t.source, t.destination);
+        let Some(conn) = self.conns.get_mut(&key) else {
             self.counters
                 .dropped_no_connection
                 .fetch_add(1, Ordering::Relaxed);
@@ -684,6 +686,9 @@ impl TcpShard {
                 conn.full_since.get_or_insert_with(Instant::now);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                // Its task ended (and counted why); its `Closed` may not
+                // have reached this shard.
+                self.conns.remove(&key);
                 self.counters
                     .dropped_no_connection
                     .fetch_add(1, Ordering::Relaxed);
