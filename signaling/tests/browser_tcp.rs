@@ -7,7 +7,8 @@
 //!   decodes both ways; Bob's selected candidate pair is TCP to the
 //!   server's TCP port, Alice's stays UDP (UDP is preferred where it works).
 //! - WHIP publish and WHEP view from Bob's namespace connect over TCP too,
-//!   and the viewer decodes the publisher.
+//!   and the viewer decodes the publisher. Their room is on the server's
+//!   second media shard, the page's on the first: one TCP port serves both.
 //! - /metrics counts the TCP connections and their frames.
 //!
 //! Needs root (namespaces, nftables), Chromium and chromedriver.
@@ -32,7 +33,8 @@ const WHIP_ROOM: &str = "tcp-whip";
 async fn media_crosses_a_network_without_udp_over_ice_tcp() {
     quality::require_root();
     let link = netns::Link::new().expect("network namespace");
-    let config = browser::netns_config(&[IpAddr::V4(link.host_ip)]);
+    let mut config = browser::netns_config(&[IpAddr::V4(link.host_ip)]);
+    config.media.shards = 2;
     browser::run_with("browser_tcp", Duration::from_secs(150), config, async |h| {
         scenario(h, &link).await
     })
@@ -62,9 +64,18 @@ async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
         return Err(format!("alice (UDP open) should keep UDP: {selected}").into());
     }
 
-    // WHIP and WHEP from the namespace.
+    // WHIP and WHEP from the namespace, to a room on the other shard.
     negotiate(h, &bob, "whip", [WHIP_ROOM, "bob-whip", "Bob WHIP"]).await?;
     negotiate(h, &bob, "whep", [WHIP_ROOM, "bob-whep", "Bob WHEP"]).await?;
+    let media = h.media().ok_or("no media handle")?;
+    let shards = [ROOM, WHIP_ROOM].map(|r| {
+        vela_media::core::RoomId::new(r)
+            .ok()
+            .and_then(|r| media.shard_of_room(&r))
+    });
+    if shards != [Some(0), Some(1)] {
+        return Err(format!("expected the rooms on shards 0 and 1, got {shards:?}").into());
+    }
     let received = poll(
         "the WHEP viewer decodes the WHIP publisher's media, both over TCP",
         Duration::from_secs(20),
