@@ -120,6 +120,7 @@ relay_secret="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
 for i in $(seq 1 "$nodes"); do
   http=$((base_port + 10 * i))
   udp=$((base_port + 10 * i + 2))
+  tcp=$((base_port + 10 * i + 1)) # ICE over TCP: one port per node
   relay=$((base_port + 10 * i + 7))
   env "${store_env[@]}" \
     VELA_CLUSTER_REDIS_URL="$redis_url" \
@@ -129,7 +130,7 @@ for i in $(seq 1 "$nodes"); do
     VELA_CLUSTER_RELAY_SECRET="$relay_secret" \
     VELA_CLUSTER_MAX_PARTICIPANTS_PER_NODE="$spread" \
     NO_COLOR=1 \
-    "${pin[@]}" "$bin" --http "127.0.0.1:$http" --udp-port "$udp" >"$dir/n$i.log" 2>&1 &
+    "${pin[@]}" "$bin" --http "127.0.0.1:$http" --udp-port "$udp" --tcp-port "$tcp" >"$dir/n$i.log" 2>&1 &
   pids+=($!)
   # Ready when /readyz says so (30 s at most).
   for _ in $(seq 1 300); do

@@ -11,6 +11,8 @@ pub struct CliOverrides {
     pub http: Option<SocketAddr>,
     /// Replaces `media.udp_port`.
     pub udp_port: Option<u16>,
+    /// Replaces `media.tcp_port`.
+    pub tcp_port: Option<u16>,
     /// Replaces `media.node_ips` when non-empty.
     pub node_ips: Vec<IpAddr>,
     /// Replaces `server.log_level`.
@@ -25,6 +27,9 @@ impl CliOverrides {
         }
         if let Some(port) = self.udp_port {
             config.media.udp_port = port;
+        }
+        if let Some(port) = self.tcp_port {
+            config.media.tcp_port = port;
         }
         if !self.node_ips.is_empty() {
             config.media.node_ips.clone_from(&self.node_ips);

@@ -153,6 +153,16 @@ impl Config {
         self.webhooks.validate()?;
         self.cluster.validate()?;
         self.turn.validate()?;
+        // One TCP port cannot serve both HTTP and ICE.
+        if self.media.tcp_port != 0 && self.media.tcp_port == self.server.http.port() {
+            return Err(ConfigError::invalid(
+                "media.tcp_port",
+                format!(
+                    "{} is server.http's port; ICE over TCP needs a port of its own (0 = off)",
+                    self.media.tcp_port
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! `[media]`: the SFU's UDP socket and timing.
+//! `[media]`: the SFU's UDP and TCP ports and timing.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -12,6 +12,10 @@ use crate::ConfigError;
 pub struct MediaConfig {
     /// UDP port for ICE/DTLS/SRTP; 0 picks a free port.
     pub udp_port: u16,
+    /// TCP port for ICE over TCP (RFC 6544), one for the whole node: for
+    /// clients on networks that block UDP. 0 = off. With `udp_port = 0`
+    /// (a free port picked, as tests do) a free TCP port is picked too.
+    pub tcp_port: u16,
     /// Media shards: each a core of its own with its own UDP port
     /// (`udp_port`, `udp_port + 1`, ...) and rooms; 0 = one per CPU core.
     pub shards: u16,
@@ -36,6 +40,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             udp_port: 7882,
+            tcp_port: 7881,
             shards: 1,
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             node_ips: Vec::new(),
@@ -51,6 +56,16 @@ impl Default for MediaConfig {
 pub const MAX_SHARDS: u16 = 256;
 
 impl MediaConfig {
+    /// The TCP port to listen on for ICE over TCP: `None` when off, 0 for
+    /// a free one (when `udp_port` is 0).
+    pub fn tcp_listen_port(&self) -> Option<u16> {
+        match (self.tcp_port, self.udp_port) {
+            (0, _) => None,
+            (_, 0) => Some(0),
+            (p, _) => Some(p),
+        }
+    }
+
     /// How many media shards to run: `shards`, or with 0 one per CPU core.
     pub fn shard_count(&self) -> usize {
         match self.shards {

@@ -188,12 +188,14 @@ fn cli_overrides_env() {
     let cli = CliOverrides {
         http: Some("127.0.0.1:9090".parse().expect("addr")),
         udp_port: Some(0),
+        tcp_port: Some(0),
         node_ips: vec!["192.0.2.7".parse().expect("ip")],
         log_level: Some("debug".to_owned()),
     };
     let config = Config::load(None, vars.clone(), &cli).expect("load");
     assert_eq!(config.server.http, cli.http.expect("set"));
     assert_eq!(config.media.udp_port, 0);
+    assert_eq!(config.media.tcp_port, 0);
     assert_eq!(config.media.node_ips, cli.node_ips);
     assert_eq!(config.server.log_level, "debug");
 
@@ -491,6 +493,35 @@ fn shards_default_to_one_and_zero_means_one_per_core() {
     )
     .unwrap();
     assert_eq!(config.media.shard_count(), 3);
+}
+
+#[test]
+fn the_tcp_port_is_one_for_the_node_off_or_free_with_udp() {
+    let config = Config::default();
+    assert_eq!(config.media.tcp_port, 7881);
+    assert_eq!(config.media.tcp_listen_port(), Some(7881));
+    let text = "[media]\ntcp_port = 0\n";
+    let config = load_str(text, no_env(), &CliOverrides::default()).expect("load");
+    assert_eq!(config.media.tcp_listen_port(), None, "0 = off");
+    // Tests pick free ports: a free UDP port, a free TCP port.
+    let text = "[media]\nudp_port = 0\n";
+    let config = load_str(text, no_env(), &CliOverrides::default()).expect("load");
+    assert_eq!(config.media.tcp_listen_port(), Some(0));
+    let text = "[media]\nudp_port = 0\ntcp_port = 0\n";
+    let config = load_str(text, no_env(), &CliOverrides::default()).expect("load");
+    assert_eq!(config.media.tcp_listen_port(), None);
+    // The environment sets it, as every key.
+    let vars = env(&[("VELA_MEDIA_TCP_PORT", "443")]);
+    let config = Config::load(None, vars, &CliOverrides::default()).expect("load");
+    assert_eq!(config.media.tcp_port, 443);
+    // HTTP's port cannot be ICE's too.
+    let text = "[server]\nhttp = \"0.0.0.0:7881\"\n";
+    assert_eq!(
+        invalid_key(load_str(text, no_env(), &CliOverrides::default())),
+        "media.tcp_port"
+    );
+    let text = "[media]\ntcp_port = 70000\n";
+    assert!(load_str(text, no_env(), &CliOverrides::default()).is_err());
 }
 
 #[test]

@@ -31,6 +31,9 @@ struct Common {
     /// The UDP port for all media (0 picks a free one).
     #[arg(long, global = true)]
     udp_port: Option<u16>,
+    /// The TCP port for ICE over TCP (0 = off).
+    #[arg(long, global = true)]
+    tcp_port: Option<u16>,
     /// An address advertised to clients as an ICE host candidate (repeatable);
     /// by default every local address.
     #[arg(long = "node-ip", global = true)]
@@ -105,6 +108,7 @@ fn load(common: &Common) -> Result<Config, String> {
     let cli = CliOverrides {
         http: common.http,
         udp_port: common.udp_port,
+        tcp_port: common.tcp_port,
         node_ips: common.node_ips.clone(),
         log_level: common.log_level.clone(),
     };

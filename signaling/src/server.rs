@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use vela_config::Config;
 use vela_media::core::{RoomId, SfuConfig};
 use vela_media::relay::RelayAuth;
-use vela_media::{DriverFailed, MediaHandle, MediaSockets};
+use vela_media::{DriverFailed, MediaHandle, MediaSockets, TcpListeners};
 
 use crate::domain::ids::now_ms;
 use crate::services::auth::{LoginLimiter, SignupLimiter};
@@ -88,6 +88,9 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     /// The media port of the first shard (its first advertised address).
     pub udp_addr: SocketAddr,
+    /// The ICE-over-TCP port (its first advertised address); `None` when
+    /// `media.tcp_port` is 0.
+    pub tcp_addr: Option<SocketAddr>,
     /// A handle to the media driver.
     pub media: MediaHandle,
     shutdown: watch::Sender<bool>,
@@ -176,6 +179,21 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     // A shard per core asked for, each on its own port: no datagram has to
     // cross to another core to find its room.
     let n = config.media.shard_count();
+    // ICE over TCP: one port for the node, whatever the shards (a firewall
+    // opens one port); each connection finds its shard by its first STUN
+    // request.
+    let tcp = match config.media.tcp_listen_port() {
+        Some(port) => {
+            let listeners = TcpListeners::bind(&ips, port, config.media.bind_ip).await?;
+            tracing::info!(candidates = ?listeners.advertised(), "ICE over TCP port open");
+            Some(listeners)
+        }
+        None => None,
+    };
+    let tcp_candidates = tcp
+        .as_ref()
+        .map(TcpListeners::advertised)
+        .unwrap_or_default();
     let mut shards = Vec::with_capacity(n);
     for k in 0..n {
         let port = match config.media.udp_port {
@@ -193,10 +211,12 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
             .set_max_participants_per_room(config.limits.max_participants_per_room)
             .set_max_tracks_per_participant(config.limits.max_tracks_per_participant)
             .set_reconnect_timeout(Duration::from_millis(config.media.reconnect_timeout_ms))
-            .set_id_space(k as u64 + 1, n as u64);
+            .set_id_space(k as u64 + 1, n as u64)
+            .set_tcp_candidates(tcp_candidates.clone());
         shards.push((sockets, sfu_config));
     }
     let udp_addr = shards[0].0.advertised()[0];
+    let tcp_addr = tcp_candidates.first().copied();
 
     let bind = http_bind_addr(&config);
     let listener = TcpListener::bind(bind)
@@ -238,7 +258,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     let (events_tx, events_rx) =
         tokio::sync::mpsc::channel(crate::services::webhook::ROOM_EVENT_QUEUE);
     let (media, driver, relay_addr) =
-        spawn_media(&config, shards, id_base, cluster.as_ref(), events_tx)?;
+        spawn_media(&config, shards, tcp, id_base, cluster.as_ref(), events_tx)?;
     let media = media.with_signal_queue(config.limits.max_queued_messages as usize);
     // In a cluster the nodes are registered, and rooms placed on them,
     // through Redis; the heartbeat (started below) keeps this node and its
@@ -413,6 +433,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
     Ok(RunningServer {
         http_addr,
         udp_addr,
+        tcp_addr,
         media,
         shutdown: shutdown_tx,
         socket_tasks,
@@ -433,6 +454,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer, StartError> {
 fn spawn_media(
     config: &Config,
     shards: Vec<(MediaSockets, SfuConfig)>,
+    tcp: Option<TcpListeners>,
     id_base: u64,
     cluster: Option<&Cluster>,
     events: tokio::sync::mpsc::Sender<vela_media::core::RoomEvent>,
@@ -440,6 +462,9 @@ fn spawn_media(
     let mut options = vela_media::NodeOptions::new()
         .set_id_base(id_base)
         .set_max_room_participants_per_shard(config.media.max_room_participants_per_shard);
+    if let Some(tcp) = tcp {
+        options = options.set_tcp(tcp);
+    }
     let mut advertised = String::new();
     if let (Some(cluster), Some(listen)) = (cluster, config.cluster.relay_listen()) {
         let failed = |reason: String| StartError::Relay {

@@ -9,6 +9,7 @@ use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::CryptoProvider;
 use str0m::media::{Direction, MediaKind, Mid, Rid};
+use str0m::net::{Protocol, TcpType};
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 
@@ -48,7 +49,7 @@ pub(crate) struct Peer {
     /// the router's keys.
     ufrags: Vec<String>,
     /// Source addresses seen from this peer; the router's keys.
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<(Protocol, SocketAddr)>,
     pub published: Vec<Publication>,
     pub subscriptions: Vec<Subscription>,
     /// The server's offer waiting for an answer.
@@ -155,7 +156,8 @@ impl Peer {
                 .any(|(_, kind, _)| *kind == MediaKind::Video)
     }
 
-    /// A new peer with a fresh `Rtc` from the shared `config`, advertising `candidates`.
+    /// A new peer with a fresh `Rtc` from the shared `config`, advertising
+    /// `candidates` (UDP) and `tcp_candidates` (passive TCP, RFC 6544).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         now: Instant,
@@ -166,6 +168,7 @@ impl Peer {
         kind: PeerKind,
         permissions: Permissions,
         candidates: &[SocketAddr],
+        tcp_candidates: &[SocketAddr],
         config: &RtcConfig,
     ) -> Self {
         let creds = IceCreds::new();
@@ -180,6 +183,22 @@ impl Peer {
                         rtc.add_local_candidate(c);
                     }
                     Err(e) => tracing::warn!(%addr, error = %e, "unusable host candidate"),
+                }
+            }
+            // The server only accepts TCP connections (passive); their
+            // priority (type preference 90 against UDP's 126, as libwebrtc
+            // has it) makes a client keep UDP where both work.
+            for addr in tcp_candidates {
+                let c = Candidate::builder()
+                    .tcp()
+                    .host(*addr)
+                    .tcptype(TcpType::Passive)
+                    .build();
+                match c {
+                    Ok(c) => {
+                        rtc.add_local_candidate(c);
+                    }
+                    Err(e) => tracing::warn!(%addr, error = %e, "unusable TCP host candidate"),
                 }
             }
         });
@@ -326,13 +345,13 @@ impl Peer {
     }
 
     /// The source addresses its client was seen at (the router's keys).
-    pub fn addrs(&self) -> &[SocketAddr] {
+    pub fn addrs(&self) -> &[(Protocol, SocketAddr)] {
         &self.addrs
     }
 
     /// Its client was proven at `addr` (a STUN check); true if that address
     /// is new, to be routed to it.
-    pub fn learn_addr(&mut self, addr: SocketAddr) -> bool {
+    pub fn learn_addr(&mut self, addr: (Protocol, SocketAddr)) -> bool {
         let new = !self.addrs.contains(&addr);
         if new {
             self.addrs.push(addr);

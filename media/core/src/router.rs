@@ -1,6 +1,7 @@
 //! Routes each datagram on the shared UDP port to the participant it belongs to.
 //!
-//! Known source addresses are one hash lookup. A STUN binding request from a
+//! Known source addresses (with their transport: a TCP connection's remote
+//! address is not the same source as a UDP datagram's) are one hash lookup. A STUN binding request from a
 //! new address names the server's ICE ufrag in its USERNAME, which is a second
 //! hash lookup; no datagram scans the peers.
 
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use rustc_hash::FxHashMap;
 
 use str0m::ice::StunMessage;
+use str0m::net::Protocol;
 
 use crate::id::ConnectionId;
 
@@ -30,13 +32,13 @@ pub(crate) enum Route {
 /// tables with colliding keys.
 #[derive(Debug, Default)]
 pub(crate) struct Router {
-    by_addr: FxHashMap<SocketAddr, ConnectionId>,
+    by_addr: FxHashMap<(Protocol, SocketAddr), ConnectionId>,
     by_ufrag: FxHashMap<String, ConnectionId>,
 }
 
 impl Router {
-    pub fn route(&self, source: SocketAddr, datagram: &[u8]) -> Route {
-        if let Some(p) = self.by_addr.get(&source) {
+    pub fn route(&self, proto: Protocol, source: SocketAddr, datagram: &[u8]) -> Route {
+        if let Some(p) = self.by_addr.get(&(proto, source)) {
             return Route::Known(*p);
         }
         // RFC 7983: a first byte of 0..=3 is STUN.
@@ -54,12 +56,22 @@ impl Router {
         self.by_ufrag.insert(ufrag, participant);
     }
 
-    pub fn add_addr(&mut self, addr: SocketAddr, participant: ConnectionId) {
+    pub fn add_addr(&mut self, addr: (Protocol, SocketAddr), participant: ConnectionId) {
         self.by_addr.insert(addr, participant);
     }
 
+    /// The participant that owns this source.
+    pub fn owner(&self, addr: (Protocol, SocketAddr)) -> Option<ConnectionId> {
+        self.by_addr.get(&addr).copied()
+    }
+
     /// Forgets a participant's ufrags and addresses.
-    pub fn remove(&mut self, ufrags: &[String], addrs: &[SocketAddr], participant: ConnectionId) {
+    pub fn remove(
+        &mut self,
+        ufrags: &[String],
+        addrs: &[(Protocol, SocketAddr)],
+        participant: ConnectionId,
+    ) {
         for u in ufrags {
             if self.by_ufrag.get(u) == Some(&participant) {
                 self.by_ufrag.remove(u);

@@ -233,9 +233,54 @@ impl Sfu {
         destination: SocketAddr,
         datagram: &[u8],
     ) {
+        self.receive(now, Protocol::Udp, source, destination, datagram);
+    }
+
+    /// A frame (RFC 4571: one datagram's worth, its length prefix removed)
+    /// arrived on the TCP connection from `source` to the passive candidate
+    /// `destination` (one of [`SfuConfig::set_tcp_candidates`]). Routed as
+    /// a datagram is: a STUN request by the ufrag it names, then by the
+    /// connection's remote address once it proved its peer. The core's
+    /// answers come out as [`Output::Transmit`] with [`Protocol::Tcp`],
+    /// for the shell to write to that connection.
+    pub fn handle_receive_tcp(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        frame: &[u8],
+    ) {
+        self.receive(now, Protocol::Tcp, source, destination, frame);
+    }
+
+    /// Whether `frame`, the first of a new TCP connection from `source`, is
+    /// for one of this core's participants (a STUN request naming its
+    /// ufrag): the shell asks each shard before it gives a connection to one.
+    pub fn routes_tcp(&self, source: SocketAddr, frame: &[u8]) -> bool {
+        !matches!(
+            self.router.route(Protocol::Tcp, source, frame),
+            Route::Unknown
+        )
+    }
+
+    /// The participant that proved it owns the TCP connection from `source`
+    /// (its STUN check was accepted), while it is here: a connection
+    /// without one, or no longer, is the shell's to close.
+    pub fn tcp_owner(&self, source: SocketAddr) -> Option<ConnectionId> {
+        self.router.owner((Protocol::Tcp, source))
+    }
+
+    fn receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        datagram: &[u8],
+    ) {
         self.advance(now);
         self.stats.datagrams_received += 1;
-        let route = self.router.route(source, datagram);
+        let route = self.router.route(proto, source, datagram);
         let (Route::Known(pid) | Route::Stun(pid)) = route else {
             self.stats.datagrams_unrouted += 1;
             return;
@@ -249,7 +294,7 @@ impl Sfu {
         // Parsed inside the wall too: str0m's parsing is the peer's input.
         // (And the input, 400 bytes, is built where it is used, not moved in.)
         let handled = peer.rtc.call(RtcCall::Input, |rtc| {
-            let Ok(receive) = Receive::new(Protocol::Udp, source, destination, datagram) else {
+            let Ok(receive) = Receive::new(proto, source, destination, datagram) else {
                 return Taken::Malformed;
             };
             let input = Input::Receive(now, receive);
@@ -286,8 +331,8 @@ impl Sfu {
                         .filter_map(|s| s.source)
                         .collect();
                 }
-                if stun && peer.learn_addr(source) {
-                    self.router.add_addr(source, pid);
+                if stun && peer.learn_addr((proto, source)) {
+                    self.router.add_addr((proto, source), pid);
                 }
             }
             Ok(Taken::Handled(Err(e))) => {

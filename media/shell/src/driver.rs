@@ -20,6 +20,7 @@ use crate::relay::node::{NodeRelay, RemoteIn};
 use crate::relay::quic::NodeName;
 use crate::relay::{CoreLinkStats, LinkPeer, link_shard, local_link};
 use crate::socket::MediaSockets;
+use crate::tcp::{TcpIn, TcpShard};
 use crate::udp::{Receiver, Sender};
 
 /// Due timeouts handled in a row before the sockets and commands are polled.
@@ -48,6 +49,8 @@ struct Driver {
     links: Option<LocalLinks>,
     /// The relay to other nodes, if the node has one.
     remote: Option<Remote>,
+    /// This shard's ICE-over-TCP connections, if the node listens on TCP.
+    tcp: Option<TcpShard>,
 }
 
 /// A driver's side of the relay to other nodes.
@@ -69,6 +72,7 @@ pub(crate) struct Wiring {
     pub placement: Option<(usize, Arc<Mutex<Placement>>)>,
     pub links: Option<LocalLinks>,
     pub remote: Option<(Arc<NodeRelay>, mpsc::Receiver<RemoteIn>)>,
+    pub tcp: Option<(TcpShard, mpsc::Receiver<TcpIn>)>,
 }
 
 pub(crate) async fn run(
@@ -82,7 +86,12 @@ pub(crate) async fn run(
         placement,
         links,
         remote,
+        tcp,
     } = wiring;
+    let (tcp, mut tcp_rx) = match tcp {
+        Some((shard, rx)) => (Some(shard), Some(rx)),
+        None => (None, None),
+    };
     let shard = placement.as_ref().map_or(0, |(k, _)| *k) as u16;
     let (remote, mut remote_rx) = match remote {
         Some((node, rx)) => (
@@ -109,6 +118,7 @@ pub(crate) async fn run(
         placement,
         links,
         remote,
+        tcp,
     };
     let mut receiver = Receiver::new();
     // Timeouts already due (str0m's pacer asks for "now" after each packet it
@@ -119,6 +129,9 @@ pub(crate) async fn run(
     loop {
         let timeout = d.drain().await;
         let now = Instant::now();
+        if let Some(tcp) = &mut d.tcp {
+            tcp.sweep(&d.sfu, now);
+        }
         if timeout <= now && immediate < MAX_IMMEDIATE_TIMEOUTS {
             immediate += 1;
             d.sfu.handle_timeout(now);
@@ -143,6 +156,12 @@ pub(crate) async fn run(
         };
         let remote_frame = async {
             match &mut remote_rx {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let tcp_in = async {
+            match &mut tcp_rx {
                 Some(r) => r.recv().await,
                 None => std::future::pending().await,
             }
@@ -185,6 +204,18 @@ pub(crate) async fn run(
                 d.remote_in(m);
                 d.relay_batch(&mut remote_rx, MAX_LINK_BATCH - 1);
             }
+            Some(m) = tcp_in => {
+                // What else the connections queued, up to a batch.
+                if let Some(tcp) = &mut d.tcp {
+                    tcp.handle(&mut d.sfu, m);
+                    for _ in 1..MAX_LINK_BATCH {
+                        let Some(m) = tcp_rx.as_mut().and_then(|r| r.try_recv().ok()) else {
+                            break;
+                        };
+                        tcp.handle(&mut d.sfu, m);
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(timeout.into()) => {
                 d.sfu.handle_timeout(Instant::now());
             }
@@ -223,8 +254,15 @@ impl Driver {
     }
 
     /// Queues a datagram on the socket of its source address (the first
-    /// socket if none matches); sends that queue when it is full.
+    /// socket if none matches); sends that queue when it is full. A TCP
+    /// one goes to its connection's queue.
     async fn send(&mut self, t: Transmit) {
+        if t.proto == str0m::net::Protocol::Tcp {
+            if let Some(tcp) = &mut self.tcp {
+                tcp.send(t);
+            }
+            return;
+        }
         let sockets = &self.sockets.sockets;
         let i = sockets
             .iter()

@@ -187,6 +187,8 @@ pub struct MediaHandle {
     relay: Option<Arc<crate::relay::node::NodeRelay>>,
     /// Signals held for one participant before it counts as too slow.
     signal_queue: usize,
+    /// The node's ICE-over-TCP counters, if it listens on TCP.
+    tcp: Option<Arc<crate::tcp::Counters>>,
 }
 
 impl MediaHandle {
@@ -203,12 +205,24 @@ impl MediaHandle {
             placement,
             relay: None,
             signal_queue: DEFAULT_SIGNAL_QUEUE,
+            tcp: None,
         }
     }
 
     pub(crate) fn with_relay(mut self, relay: Option<Arc<crate::relay::node::NodeRelay>>) -> Self {
         self.relay = relay;
         self
+    }
+
+    pub(crate) fn with_tcp(mut self, tcp: Option<Arc<crate::tcp::Counters>>) -> Self {
+        self.tcp = tcp;
+        self
+    }
+
+    /// The node's ICE-over-TCP counters; `None` when it does not listen on
+    /// TCP ([`crate::NodeOptions::set_tcp`]).
+    pub fn tcp_stats(&self) -> Option<crate::TcpStats> {
+        self.tcp.as_ref().map(|c| c.stats())
     }
 
     /// Signaling's word that these other nodes hold `room` too (and no

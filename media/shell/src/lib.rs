@@ -17,12 +17,18 @@ mod placement;
 pub mod relay;
 mod socket;
 mod supervisor;
+mod tcp;
 mod udp;
 
 pub use handle::{MediaError, MediaHandle, PermissionsUpdate, SignalReceiver};
 pub use relay::{CoreLinkStats, LinkPeer, LocalLinkStats, NodePeer, RelayEndpoint, RelayEvent};
 pub use socket::{BindError, MediaSockets, local_addresses};
 pub use supervisor::DriverFailed;
+pub use tcp::{
+    CloseReason, FIRST_FRAME_TIMEOUT as TCP_FIRST_FRAME_TIMEOUT,
+    MAX_CONNECTIONS as MAX_TCP_CONNECTIONS, MAX_PENDING_PER_IP as TCP_MAX_PENDING_PER_IP,
+    TcpListeners, TcpStats,
+};
 pub use vela_media_core as core;
 
 use std::sync::{Arc, Mutex};
@@ -57,6 +63,7 @@ pub struct NodeOptions {
     id_base: u64,
     max_room_participants_per_shard: u32,
     relay: Option<(RelayEndpoint, tokio::sync::mpsc::Receiver<RelayEvent>)>,
+    tcp: Option<TcpListeners>,
 }
 
 impl NodeOptions {
@@ -89,6 +96,16 @@ impl NodeOptions {
         events: tokio::sync::mpsc::Receiver<RelayEvent>,
     ) -> Self {
         self.relay = Some((endpoint, events));
+        self
+    }
+
+    /// Takes ICE over TCP on these listeners (the node's one TCP port):
+    /// each connection goes to the shard of the participant its first STUN
+    /// request names. The shards' configs should advertise
+    /// [`TcpListeners::advertised`] with
+    /// [`vela_media_core::SfuConfig::set_tcp_candidates`].
+    pub fn set_tcp(mut self, listeners: TcpListeners) -> Self {
+        self.tcp = Some(listeners);
         self
     }
 }
@@ -146,6 +163,30 @@ pub fn spawn_node(
         tokio::spawn(relay::node::route(node.clone(), relay_events));
         node
     });
+    let tcp_counters = options
+        .tcp
+        .as_ref()
+        .map(|_| Arc::new(tcp::Counters::default()));
+    let (tcp_txs, mut tcp_rxs): (Vec<_>, Vec<_>) = match &tcp_counters {
+        Some(_) => (0..n)
+            .map(|_| {
+                let (tx, rx) = tokio::sync::mpsc::channel(tcp::SHARD_QUEUE);
+                (tx, Some(rx))
+            })
+            .unzip(),
+        None => (Vec::new(), Vec::new()),
+    };
+    if let (Some(listeners), Some(counters)) = (options.tcp, &tcp_counters) {
+        let txs: Arc<[_]> = tcp_txs.clone().into();
+        for (listener, advertised) in listeners.listeners {
+            tokio::spawn(tcp::accept_loop(
+                listener,
+                advertised,
+                txs.clone(),
+                counters.clone(),
+            ));
+        }
+    }
     for (k, (sockets, config)) in shards.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let sfu = Sfu::new(config.set_id_base(options.id_base), Instant::now());
@@ -154,11 +195,17 @@ pub fn spawn_node(
             placement: placement.clone().map(|p| (k, p)),
             links: links[k].take(),
             remote: node.clone().zip(remote_rxs[k].take()),
+            tcp: tcp_counters
+                .clone()
+                .zip(tcp_rxs.get_mut(k).and_then(Option::take))
+                .map(|(counters, rx)| (tcp::TcpShard::new(counters, tcp_txs[k].clone()), rx)),
         };
         tasks.push(tokio::spawn(driver::run(sfu, sockets, rx, wiring)));
         txs.push(tx);
     }
     let all = tokio::spawn(supervisor::supervise(tasks));
-    let handle = MediaHandle::new(txs, placement).with_relay(node);
+    let handle = MediaHandle::new(txs, placement)
+        .with_relay(node)
+        .with_tcp(tcp_counters);
     (handle, all)
 }

@@ -17,6 +17,14 @@ pub enum BindError {
         /// The cause.
         source: io::Error,
     },
+    /// Binding the TCP media port on an address failed.
+    #[error("cannot bind TCP {addr}: {source}")]
+    BindTcp {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
     /// No address could be bound.
     #[error("no address to bind the media port on")]
     NoAddress,

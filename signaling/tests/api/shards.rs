@@ -13,10 +13,12 @@ use vela_config::Config;
 use vela_media::core::{RoomId, id_shard};
 use vela_signaling::token::{TokenKeys, VideoGrant};
 
-/// The UDP ports the server's answer offers as host candidates.
-fn candidate_ports(sdp: &str) -> Vec<u16> {
+/// The ports the server's answer offers as host candidates of `proto`
+/// (`udp`, or `tcp`: ICE over TCP).
+fn candidate_ports(sdp: &str, proto: &str) -> Vec<u16> {
     sdp.lines()
         .filter(|l| l.starts_with("a=candidate:"))
+        .filter(|l| l.split_whitespace().nth(2) == Some(proto))
         .filter_map(|l| l.split_whitespace().nth(5)?.parse().ok())
         .collect()
 }
@@ -43,12 +45,20 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
         // Each shard answers from a port of its own.
         let ports: Vec<Vec<u16>> = clients
             .iter()
-            .map(|c| candidate_ports(&c.answer_sdp))
+            .map(|c| candidate_ports(&c.answer_sdp, "udp"))
             .collect();
         assert!(!ports[0].is_empty(), "{ports:?}");
         assert_eq!(ports[0], ports[1]);
         assert_eq!(ports[2], ports[3]);
         assert!(ports[0].iter().all(|p| !ports[2].contains(p)), "{ports:?}");
+        // ICE over TCP: one port for the node, whatever the shard.
+        let tcp: Vec<Vec<u16>> = clients
+            .iter()
+            .map(|c| candidate_ports(&c.answer_sdp, "tcp"))
+            .collect();
+        assert!(!tcp[0].is_empty(), "{tcp:?}");
+        assert!(tcp.iter().all(|t| *t == tcp[0]), "{tcp:?}");
+        assert_eq!(Some(tcp[0][0]), s.tcp_addr.map(|a| a.port()));
 
         // Both rooms carry both kinds of media between their two members.
         let mut flowing = false;
@@ -113,6 +123,23 @@ async fn rooms_on_two_shards_carry_media_side_by_side() {
         let metrics = common::scrape_metrics(s).await;
         assert!(metrics.contains("\nvela_rooms 2\n"), "{metrics}");
         assert!(metrics.contains("\nvela_participants 4\n"), "{metrics}");
+        // ICE over TCP is counted for the node (these clients use UDP).
+        assert!(
+            metrics.contains("\nvela_ice_tcp_connections 0\n"),
+            "{metrics}"
+        );
+        for reason in [
+            "limit",
+            "silent",
+            "not_stun",
+            "bad_frame",
+            "no_peer",
+            "stalled",
+        ] {
+            let series =
+                format!("\nvela_ice_tcp_connections_closed_total{{reason=\"{reason}\"}} 0\n");
+            assert!(metrics.contains(&series), "{series} in {metrics}");
+        }
 
         // A participant of the second shard leaves; the first shard's room
         // goes on.

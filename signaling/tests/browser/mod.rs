@@ -296,6 +296,11 @@ impl Harness {
         self.server.as_ref().map(|s| s.udp_addr.port())
     }
 
+    /// The server's ICE-over-TCP port (one for all shards), if it listens.
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.server.as_ref()?.tcp_addr.map(|a| a.port())
+    }
+
     /// Adds `args` to the flags of every Chromium started from now on
     /// (e.g. one test's `--ignore-certificate-errors-spki-list`);
     /// `None` removes what was added.

@@ -7,6 +7,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
     pub(super) candidates: Vec<SocketAddr>,
+    pub(super) tcp_candidates: Vec<SocketAddr>,
     pub(super) connect_timeout: Duration,
     pub(super) keyframe_interval: Duration,
     pub(super) max_participants_per_room: u32,
@@ -31,6 +32,7 @@ impl SfuConfig {
     pub fn new(candidates: Vec<SocketAddr>) -> Self {
         SfuConfig {
             candidates,
+            tcp_candidates: Vec::new(),
             connect_timeout: Duration::from_secs(30),
             keyframe_interval: Duration::from_millis(500),
             max_participants_per_room: 0,
@@ -106,9 +108,22 @@ impl SfuConfig {
         self
     }
 
+    /// Also advertises these passive TCP host candidates (ICE over TCP,
+    /// RFC 6544, framed as RFC 4571 says), whose connections the shell
+    /// gives to [`crate::Sfu::handle_receive_tcp`]. Empty (the default): UDP only.
+    pub fn set_tcp_candidates(mut self, candidates: Vec<SocketAddr>) -> Self {
+        self.tcp_candidates = candidates;
+        self
+    }
+
     /// The host candidates advertised to clients.
     pub fn candidates(&self) -> &[SocketAddr] {
         &self.candidates
+    }
+
+    /// The passive TCP host candidates advertised to clients.
+    pub fn tcp_candidates(&self) -> &[SocketAddr] {
+        &self.tcp_candidates
     }
 }
 

@@ -232,6 +232,7 @@ impl Sfu {
             kind,
             permissions,
             &self.config.candidates,
+            &self.config.tcp_candidates,
             &self.rtc_config,
         );
         peer.sign_in(account);

@@ -7,6 +7,7 @@ mod active_speaker;
 mod connect_timeout;
 mod handover;
 mod hostile_media;
+mod ice_tcp;
 mod identity;
 mod loss_repair;
 mod peer_panic;

@@ -170,6 +170,9 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             .num_alive_tasks() as u64,
     );
     relay_totals(&s, &mut out);
+    if let Some(tcp) = state.media.tcp_stats() {
+        ice_tcp(&tcp, &mut out);
+    }
     relay_links(&state, &mut out).await;
     state.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
@@ -217,6 +220,66 @@ fn relay_totals(s: &vela_media::core::SfuStats, out: &mut String) {
         "Relay messages refused (malformed, stale or out of bounds).",
         s.relay_refused,
     );
+}
+
+/// The node's ICE-over-TCP counters (`media.tcp_port`).
+fn ice_tcp(t: &vela_media::TcpStats, out: &mut String) {
+    let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP vela_{name} {help}");
+        let _ = writeln!(out, "# TYPE vela_{name} {kind}");
+        let _ = writeln!(out, "vela_{name} {v}");
+    };
+    put(
+        "ice_tcp_connections",
+        "gauge",
+        "ICE-over-TCP connections open.",
+        t.open,
+    );
+    put(
+        "ice_tcp_connections_pending",
+        "gauge",
+        "ICE-over-TCP connections open that have not sent their first frame.",
+        t.pending,
+    );
+    put(
+        "ice_tcp_connections_accepted_total",
+        "counter",
+        "ICE-over-TCP connections accepted.",
+        t.accepted,
+    );
+    put(
+        "ice_tcp_frames_received_total",
+        "counter",
+        "RFC 4571 frames received and given to a core.",
+        t.frames_in,
+    );
+    put(
+        "ice_tcp_frames_sent_total",
+        "counter",
+        "RFC 4571 frames written to connections.",
+        t.frames_out,
+    );
+    put(
+        "ice_tcp_frames_dropped_full_total",
+        "counter",
+        "Frames dropped: their connection's write queue was full (a slow reader).",
+        t.dropped_full,
+    );
+    put(
+        "ice_tcp_frames_dropped_no_connection_total",
+        "counter",
+        "Frames dropped: their connection was not, or no longer, open.",
+        t.dropped_no_connection,
+    );
+    let name = "vela_ice_tcp_connections_closed_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} ICE-over-TCP connections closed, by reason."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (reason, n) in t.closed {
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", reason.as_str());
+    }
 }
 
 /// One labelled series per relay link: the transport's counters per other
