@@ -49,9 +49,9 @@ if [ ! -f "$node_dir/node_modules/puppeteer-core/package.json" ]; then
   (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# LiveKit's own Python SDKs, pinned, for signaling/tests/livekit_api.rs
-# (quick when the venv is there already).
-./scripts/livekit-venv.sh >/dev/null
+# LiveKit's own SDKs (Python and Node), pinned, for
+# signaling/tests/livekit_api.rs (quick when they are there already).
+./scripts/livekit-sdks.sh >/dev/null
 
 # A one-off build of the whole suite gains nothing from incremental caches,
 # which would double what it writes to disk; set CARGO_INCREMENTAL=1 to keep them.

@@ -1,13 +1,17 @@
 //! LiveKit's RoomService over Twirp (issue 20, item 4), driven by LiveKit's
-//! own server SDK: the Python `livekit-api` package, in the venv that
-//! `scripts/livekit-venv.sh` makes (scripts/test.sh runs it; this test runs
-//! it too, so it also works alone). `livekit/room_service.py` creates and
-//! lists rooms, lists, gets, mutes, updates and removes participants, sends
-//! data, deletes the rooms, and checks vela's webhooks with the SDK's
-//! `WebhookReceiver`; the participants, joined here over vela's own room
-//! protocol with real media (str0m over loopback) and the SDK's join
-//! tokens, are checked to have been told each change. Also the JSON encoding and the Twirp errors, over
-//! plain HTTP.
+//! own server SDKs, installed at pinned versions by `scripts/livekit-sdks.sh`
+//! (scripts/test.sh runs it; these tests run it too, so they also work
+//! alone):
+//! - Python's `livekit-api` (protobuf bodies): `livekit/room_service.py`
+//!   creates and lists rooms, mints join tokens, lists, gets, mutes, updates
+//!   and removes participants, sends data, deletes the rooms, and checks
+//!   vela's webhooks with the SDK's `WebhookReceiver`;
+//! - Node's `livekit-server-sdk` (JSON bodies): `livekit/node/room_service.mjs`,
+//!   the same calls but webhooks.
+//!
+//! The participants, joined here over vela's own room protocol with real
+//! media (str0m over loopback), are checked to have been told each change.
+//! Also the JSON encoding and the Twirp errors, over plain HTTP.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -33,18 +37,22 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
-/// The venv's python, made (or found up to date) by scripts/livekit-venv.sh.
-async fn venv_python() -> PathBuf {
+/// Installs LiveKit's SDKs (or finds them up to date) with
+/// scripts/livekit-sdks.sh; returns the venv's python.
+async fn livekit_sdks() -> PathBuf {
+    // Both tests may ask at once: one runs the script at a time.
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = ONE.lock().await;
     let out = tokio::time::timeout(
         Duration::from_secs(300),
-        tokio::process::Command::new(root().join("scripts/livekit-venv.sh"))
+        tokio::process::Command::new(root().join("scripts/livekit-sdks.sh"))
             .stderr(Stdio::inherit())
             .output(),
     )
     .await
-    .expect("scripts/livekit-venv.sh timed out")
-    .expect("scripts/livekit-venv.sh runs");
-    assert!(out.status.success(), "scripts/livekit-venv.sh failed");
+    .expect("scripts/livekit-sdks.sh timed out")
+    .expect("scripts/livekit-sdks.sh runs");
+    assert!(out.status.success(), "scripts/livekit-sdks.sh failed");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last = stdout.lines().last().expect("the venv's python").trim();
     root().join(last)
@@ -57,7 +65,7 @@ async fn pump(a: &mut SessionClient, b: &mut SessionClient, d: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_api_manages_rooms_and_validates_webhooks() {
-    let python = venv_python().await;
+    let python = livekit_sdks().await;
     let hook_port = vela_testkit::free_port();
     let config = move |c: &mut vela_config::Config| {
         c.webhooks.urls = vec![format!("http://127.0.0.1:{hook_port}/hook")];
@@ -200,6 +208,87 @@ async fn livekit_api_manages_rooms_and_validates_webhooks() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_node_sdk_manages_rooms_over_json() {
+    livekit_sdks().await;
+    let node_dir = root().join("signaling/tests/livekit/node");
+    with_config(
+        LIMIT,
+        |_| {},
+        async |s, _| {
+            let room = "lknode";
+            let mut alice = SessionClient::join(s, room, "alice", true).await;
+            let mut bob = SessionClient::join(s, room, "bob", false).await;
+            for _ in 0..100 {
+                pump(&mut alice, &mut bob, Duration::from_millis(100)).await;
+                if alice.peer.connected() && bob.peer.video_frames() > 5 {
+                    break;
+                }
+            }
+            assert!(bob.peer.video_frames() > 5, "bob receives alice's video");
+            let child = tokio::process::Command::new("node")
+                .arg(node_dir.join("room_service.mjs"))
+                .current_dir(&node_dir)
+                .env("VELA_URL", common::base(s))
+                .env("LIVEKIT_API_KEY", vela_config::DEV_API_KEY)
+                .env("LIVEKIT_API_SECRET", vela_config::DEV_API_SECRET)
+                .env("ROOM", room)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("node starts");
+            // The script runs while both clients keep their signaling going.
+            let run = child.wait_with_output();
+            tokio::pin!(run);
+            let out = loop {
+                tokio::select! {
+                    out = &mut run => break out.unwrap(),
+                    _ = pump(&mut alice, &mut bob, Duration::from_millis(100)) => {}
+                }
+            };
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "the script failed after {said:?}");
+            assert_eq!(said.lines().last(), Some("done"), "{said:?}");
+            pump(&mut alice, &mut bob, Duration::from_millis(300)).await;
+
+            // What the participants were told.
+            let muted = said
+                .lines()
+                .find_map(|l| l.strip_prefix("muted "))
+                .expect("the script muted a track")
+                .replace("TR_", "TR");
+            assert!(
+                alice.seen.iter().any(|v| v["type"] == "track_muted"
+                    && v["track_id"] == muted.as_str()
+                    && v["muted"] == true),
+                "alice is told her video was muted: {:?}",
+                alice.seen
+            );
+            assert!(
+                bob.seen.iter().any(|v| v["type"] == "permissions_changed"
+                    && v["permissions"]["subscribe"] == false),
+                "bob is told his permissions changed"
+            );
+            use base64::Engine as _;
+            let hello = base64::engine::general_purpose::STANDARD.encode("hello from node");
+            assert!(
+                alice.seen.iter().any(|v| v["type"] == "data"
+                    && v["payload"] == hello.as_str()
+                    && v["topic"] == "node"),
+                "alice gets the data: {:?}",
+                alice.seen
+            );
+            assert!(bob.saw("left", "reason", "removed"), "bob is removed");
+            assert!(
+                alice.saw("left", "reason", "room_deleted"),
+                "alice leaves with the room"
+            );
+        },
+    )
+    .await;
+}
+
 /// A request refused: method, token, content type, body; the status and
 /// Twirp code it gets.
 type Refused<'a> = (&'a str, Option<&'a str>, &'a str, &'a str, u16, &'a str);
@@ -334,6 +423,29 @@ async fn twirp_json_and_errors() {
             let (st, _, v) = call("CreateRoom", Some(&all), json, r#"{"name":"bad name"}"#).await;
             assert_eq!((st, &v["code"]), (400, &json!("invalid_argument")), "{v}");
             assert_eq!(v["meta"]["field"], "name", "{v}");
+
+            // LiveKit's server SDKs may sign API calls with no identity (no
+            // `sub`): fine for the API, refused (401) for a join.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let no_sub = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &json!({"iss": vela_config::DEV_API_KEY, "exp": now + 600,
+                    "video": {"roomList": true, "roomJoin": true, "room": "j"}}),
+                &jsonwebtoken::EncodingKey::from_secret(vela_config::DEV_API_SECRET.as_bytes()),
+            )
+            .unwrap();
+            let (st, _, v) = call("ListRooms", Some(&no_sub), json, "{}").await;
+            assert_eq!(st, 200, "{v}");
+            let joined =
+                common::Peer::http(&format!("{}/whip/j", common::base(s)), &no_sub, true).await;
+            assert_eq!(
+                joined.err().map(|e| e.0),
+                Some(401),
+                "a join needs an identity"
+            );
 
             // Protobuf: an empty body is an empty ListRoomsRequest.
             let r = http
