@@ -5,7 +5,7 @@
 # ESR, Node.js and puppeteer-core for the Firefox ones, iproute2 and
 # nftables for the impaired-link tests, Redis and PostgreSQL for the
 # cluster and store tests, cmake for libopus, g++ for
-# libFuzzer) when it is missing.
+# libFuzzer, python3-venv for LiveKit's Python SDKs) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Cluster tests: throwaway Redis and PostgreSQL servers (vela-testkit starts them).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+# LiveKit compatibility tests: a venv with LiveKit's Python SDKs (below).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The load generator's Opus encoder (the opus crate builds libopus with cmake).
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 # libFuzzer, built from the libfuzzer-sys crate for scripts/fuzz.sh, is C++.
@@ -46,6 +48,10 @@ if [ ! -f "$node_dir/node_modules/puppeteer-core/package.json" ]; then
   echo "installing puppeteer-core in $node_dir (npm ci)"
   (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# LiveKit's own SDKs (Python and Node), pinned, for
+# signaling/tests/livekit_api.rs (quick when they are there already).
+./scripts/livekit-sdks.sh >/dev/null
 
 # A one-off build of the whole suite gains nothing from incremental caches,
 # which would double what it writes to disk; set CARGO_INCREMENTAL=1 to keep them.

@@ -602,6 +602,8 @@ fn router(state: AppState) -> Router {
         .route("/api/dev-token", get(dev_token))
         .merge(api::routes())
         .merge(documented_router())
+        // LiveKit's RoomService (docs/livekit.md), beside the documented API.
+        .merge(crate::transports::twirp::routes())
         .route("/ws", get(session::upgrade))
         .route("/whip/{room}", post(whip::whip))
         .route("/whep/{room}", post(whip::whep))

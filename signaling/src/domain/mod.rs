@@ -9,6 +9,7 @@ pub mod device;
 pub mod ice;
 pub mod ids;
 pub mod link;
+pub mod livekit;
 pub mod presence;
 
 /// An input that breaks a domain rule: the field at fault (as the client

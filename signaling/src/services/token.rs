@@ -46,7 +46,9 @@ pub struct VideoGrant {
 pub struct Claims {
     /// The API key that signed the token.
     pub iss: String,
-    /// The participant identity.
+    /// The participant identity: needed to join a room, absent from the
+    /// tokens LiveKit's server SDKs sign for their RoomService calls.
+    #[serde(default)]
     pub sub: String,
     /// The display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,7 +240,8 @@ impl TokenKeys {
         }
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[&self.api_key]);
-        v.set_required_spec_claims(&["exp", "sub", "iss"]);
+        // No `sub`: a service token has no identity (a join checks for one).
+        v.set_required_spec_claims(&["exp", "iss"]);
         v.validate_nbf = true;
         v.leeway = 5;
         jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &v)
@@ -318,6 +321,25 @@ mod tests {
         assert!(matches!(other_key.verify(&t), Err(TokenError::Invalid(_))));
         assert!(matches!(k.verify("not.a.jwt"), Err(TokenError::Invalid(_))));
         assert_eq!(k.verify(""), Err(TokenError::Missing));
+    }
+
+    /// LiveKit's Node server SDK signs its API calls with no `sub`: such a
+    /// token verifies, with an empty identity (joins refuse it).
+    #[test]
+    fn a_token_without_an_identity_verifies() {
+        let k = TokenKeys::new("key", "a-secret-that-is-long-enough-for-tests!!");
+        let claims = serde_json::json!({
+            "iss": "key", "exp": now_secs() + 60, "video": {"roomList": true}
+        });
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"a-secret-that-is-long-enough-for-tests!!"),
+        )
+        .expect("encode");
+        let c = k.verify(&t).expect("verify");
+        assert_eq!(c.sub, "");
+        assert!(c.video.room_list);
     }
 
     #[test]

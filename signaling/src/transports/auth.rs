@@ -127,6 +127,11 @@ impl RoomGrant {
 impl AppState {
     /// Checks a room token's grant to join `room`.
     fn check_room_claims(claims: Claims, room: &RoomId) -> Result<Claims, ApiError> {
+        if claims.sub.is_empty() {
+            return Err(ApiError::unauthorized(
+                "a join token needs an identity (sub)",
+            ));
+        }
         if !claims.video.room_join {
             return Err(ApiError::forbidden("token has no roomJoin grant"));
         }

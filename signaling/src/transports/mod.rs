@@ -19,5 +19,6 @@ pub mod listener;
 pub mod resume;
 pub mod room_socket;
 pub mod state;
+pub(crate) mod twirp;
 pub mod whip;
 pub mod ws;

@@ -747,3 +747,96 @@ async fn a_relayed_room_socket_adds_little_latency() {
     .await
     .expect("test timed out");
 }
+
+/// LiveKit's RoomService over Twirp (docs/livekit.md) in a cluster: a call
+/// about a room open on another node is redirected there (the room is in
+/// the body, so the handler redirects, not the middleware); repeated there
+/// with its token and body it succeeds; ListRooms lists every node's rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twirp_calls_about_another_nodes_room_are_redirected_there() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let nodes = Nodes::start("rooms-twirp", 2, &[]).await;
+        all_ready(&nodes).await;
+        // The room opens on node 1 with a publisher over WHIP.
+        let publisher = Peer::http(
+            &format!("{}/whip/tw", nodes[0].base()),
+            &join_token("tw", "pub"),
+            true,
+        )
+        .await
+        .unwrap();
+        assert!(
+            publisher
+                .wait(Duration::from_secs(10), |p| p.connected())
+                .await
+        );
+        let admin = keys()
+            .issue(
+                "ops",
+                None,
+                VideoGrant {
+                    room: Some("tw".into()),
+                    room_admin: true,
+                    room_list: true,
+                    ..VideoGrant::default()
+                },
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let twirp = async |base: &str, method: &str, body: Value| {
+            http()
+                .post(format!("{base}/twirp/livekit.RoomService/{method}"))
+                .bearer_auth(&admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        };
+        let body = json!({"room": "tw"});
+        let r = twirp(&nodes[1].base(), "ListParticipants", body.clone()).await;
+        assert_eq!(r.status(), 307);
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        assert_eq!(
+            location,
+            format!(
+                "{}/twirp/livekit.RoomService/ListParticipants",
+                nodes[0].base()
+            )
+        );
+        // Repeated at node 1: the publisher, as LiveKit's ParticipantInfo.
+        let r = http()
+            .post(&location)
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["participants"][0]["identity"], "pub", "{v}");
+        assert!(
+            v["participants"][0]["sid"]
+                .as_str()
+                .unwrap()
+                .starts_with("PA_"),
+            "{v}"
+        );
+        // ListRooms asked at node 2 lists node 1's room.
+        let r = twirp(&nodes[1].base(), "ListRooms", json!({})).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["rooms"][0]["name"], "tw", "{v}");
+        assert_eq!(v["rooms"][0]["num_participants"], 1, "{v}");
+        // An unknown room is answered where asked.
+        let r = twirp(
+            &nodes[1].base(),
+            "ListParticipants",
+            json!({"room": "none"}),
+        )
+        .await;
+        assert_eq!(r.status(), 403, "the token is for tw only");
+        publisher.close().await;
+    })
+    .await
+    .expect("test timed out");
+}

@@ -8,6 +8,7 @@ use sha2::Digest;
 use vela_media::core::{ParticipantId, ParticipantInfo, RoomEvent, RoomId, TrackId, TrackKind};
 
 use crate::domain::call::state::{Call, Notice};
+use crate::domain::livekit;
 
 /// One webhook delivery's body.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +51,15 @@ pub struct WebhookEvent {
 pub struct RoomRef {
     /// Its name.
     pub name: RoomId,
+    /// Its LiveKit sid (`RM_<name>`), for LiveKit's webhook receivers.
+    pub sid: String,
+}
+
+impl RoomRef {
+    fn new(name: RoomId) -> Self {
+        let sid = livekit::room_sid(name.as_str());
+        RoomRef { name, sid }
+    }
 }
 
 /// A participant in an event.
@@ -57,6 +67,8 @@ pub struct RoomRef {
 pub struct ParticipantRef {
     /// The participant id in the room.
     pub id: ParticipantId,
+    /// The id as a LiveKit sid (`PA_<n>`), for LiveKit's webhook receivers.
+    pub sid: String,
     /// The identity from its token.
     pub identity: String,
     /// The display name.
@@ -71,9 +83,40 @@ pub struct ParticipantRef {
 pub struct TrackRef {
     /// Its id.
     pub id: TrackId,
+    /// The id as a LiveKit sid (`TR_<n>`), for LiveKit's webhook receivers.
+    pub sid: String,
     /// Audio or video, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<TrackKind>,
+    /// The kind as LiveKit's track type (`AUDIO`, `VIDEO`), when known.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub track_type: Option<&'static str>,
+}
+
+impl ParticipantRef {
+    fn new(id: ParticipantId, identity: String, name: String, account: Option<String>) -> Self {
+        ParticipantRef {
+            id,
+            sid: livekit::sid(&id.to_string(), livekit::PARTICIPANT),
+            identity,
+            name,
+            account,
+        }
+    }
+}
+
+impl TrackRef {
+    fn new(id: TrackId, kind: Option<TrackKind>) -> Self {
+        TrackRef {
+            id,
+            sid: livekit::sid(&id.to_string(), livekit::TRACK),
+            kind,
+            track_type: kind.map(|k| match k {
+                TrackKind::Audio => "AUDIO",
+                TrackKind::Video => "VIDEO",
+            }),
+        }
+    }
 }
 
 fn new_id() -> String {
@@ -143,12 +186,7 @@ impl Translator {
         self.participants
             .get(&(room.clone(), p))
             .map(|m| m.who.clone())
-            .unwrap_or_else(|| ParticipantRef {
-                id: p,
-                identity: String::new(),
-                name: String::new(),
-                account: None,
-            })
+            .unwrap_or_else(|| ParticipantRef::new(p, String::new(), String::new(), None))
     }
 
     /// Sends a participant's event now if its `participant_joined` went out,
@@ -167,7 +205,7 @@ impl Translator {
     pub fn room_event(&mut self, e: RoomEvent, now: u64) -> Vec<WebhookEvent> {
         let ev = |name, room: &RoomId| {
             let mut w = WebhookEvent::new(name, now);
-            w.room = Some(RoomRef { name: room.clone() });
+            w.room = Some(RoomRef::new(room.clone()));
             w
         };
         match e {
@@ -184,12 +222,7 @@ impl Translator {
                     account,
                     ..
                 } = participant;
-                let who = ParticipantRef {
-                    id,
-                    identity,
-                    name,
-                    account,
-                };
+                let who = ParticipantRef::new(id, identity, name, account);
                 // A second connection of the same participant (a handover)
                 // keeps what the first one started.
                 self.participants.entry((room, id)).or_insert(Member {
@@ -240,10 +273,7 @@ impl Translator {
                 self.tracks.insert(track, kind);
                 let mut w = ev("track_published", &room);
                 w.participant = Some(self.who(&room, participant));
-                w.track = Some(TrackRef {
-                    id: track,
-                    kind: Some(kind),
-                });
+                w.track = Some(TrackRef::new(track, Some(kind)));
                 self.emit(&room, participant, w)
             }
             RoomEvent::TrackUnpublished {
@@ -262,7 +292,7 @@ impl Translator {
                 }
                 let mut w = ev("track_unpublished", &room);
                 w.participant = Some(self.who(&room, participant));
-                w.track = Some(TrackRef { id: track, kind });
+                w.track = Some(TrackRef::new(track, kind));
                 vec![w]
             }
             _ => Vec::new(),

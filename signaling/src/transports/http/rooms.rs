@@ -6,13 +6,17 @@
 //! `roomAdmin` for the token's `room` (participants, tracks, data, tokens);
 //! or an account access token with `rooms:admin` (every grant, every room).
 //! No token: 401; the wrong grant: 403.
+//!
+//! Each operation is a function here (`open_room`, `list_rooms`, ...) that
+//! both this REST API and LiveKit's Twirp RoomService (`transports::twirp`)
+//! call: one implementation of the checks, two encodings.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, OriginalUri, Path, Query, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use vela_media::core::{
@@ -142,14 +146,22 @@ fn no_room(room: &RoomId) -> ApiError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateRoom {
-    name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    max_participants: Option<u32>,
+    pub(crate) max_participants: Option<u32>,
     /// Seconds; 0 closes the room as its last participant leaves.
     #[serde(default)]
-    empty_timeout: Option<u64>,
+    pub(crate) empty_timeout: Option<u64>,
     #[serde(default)]
-    metadata: Option<String>,
+    pub(crate) metadata: Option<String>,
+}
+
+/// What opening a room came to.
+pub(crate) enum Opened {
+    /// Open on this node (just now, or already).
+    Here(RoomInfo),
+    /// It belongs on another node: the redirect (307) there.
+    Elsewhere(Response),
 }
 
 /// `POST /api/v1/rooms`: opens a room (or returns the existing one).
@@ -159,6 +171,20 @@ pub(crate) async fn create(
     admin: Admin,
     Body(body): Body<CreateRoom>,
 ) -> Result<Response, ApiError> {
+    Ok(match open_room(&state, &admin, &uri, body).await? {
+        Opened::Here(info) => Json(info).into_response(),
+        Opened::Elsewhere(redirect) => redirect,
+    })
+}
+
+/// Opens a room (`roomCreate`), or finds it open; `uri` is the request's,
+/// for the redirect when the room belongs on another node.
+pub(crate) async fn open_room(
+    state: &AppState,
+    admin: &Admin,
+    uri: &Uri,
+    body: CreateRoom,
+) -> Result<Opened, ApiError> {
     admin.require_create()?;
     let room =
         room_id(&body.name).map_err(|_| ApiError::invalid("name", "is not a valid room name"))?;
@@ -197,15 +223,14 @@ pub(crate) async fn create(
     // Opened where the directory places it: elsewhere, the client repeats
     // the request there.
     if let RoomHome::Elsewhere { node, public_url } = state.rooms.home(&room).await? {
-        return Ok(crate::transports::cluster::redirect(
-            &state,
+        return Ok(Opened::Elsewhere(crate::transports::cluster::redirect(
+            state,
             &public_url,
             &node,
-            &uri,
-        ));
+            uri,
+        )));
     }
-    let info = state.media.create_room(&room, options).await?;
-    Ok(Json(info).into_response())
+    Ok(Opened::Here(state.media.create_room(&room, options).await?))
 }
 
 #[derive(Deserialize)]
@@ -233,9 +258,34 @@ pub(crate) async fn list(
         Some("node") => true,
         Some(_) => return Err(ApiError::invalid("scope", "must be node or cluster")),
     };
-    let names: Option<Vec<&str>> = q
-        .names
-        .as_deref()
+    let (rooms, unreachable) = list_rooms(
+        &state,
+        &admin,
+        bearer(&headers)?,
+        q.names.as_deref(),
+        this_node,
+    )
+    .await?;
+    let mut answer = serde_json::json!({ "rooms": rooms });
+    if !unreachable.is_empty() {
+        answer["unreachable_nodes"] = unreachable.into();
+    }
+    Ok(Json(answer))
+}
+
+/// The open rooms (`roomList`) named in `names` (comma-separated; `None`:
+/// all) by name, as JSON Rooms, of this node or (unless `this_node`) of
+/// every node of the cluster, asked with `token`; and the nodes that did
+/// not answer.
+pub(crate) async fn list_rooms(
+    state: &AppState,
+    admin: &Admin,
+    token: &str,
+    names: Option<&str>,
+    this_node: bool,
+) -> Result<(Vec<serde_json::Value>, Vec<String>), ApiError> {
+    admin.require_list()?;
+    let wanted: Option<Vec<&str>> = names
         .filter(|n| !n.is_empty())
         .map(|n| n.split(',').map(str::trim).collect());
     // Each shard has its rooms; listed together, by name.
@@ -244,14 +294,13 @@ pub(crate) async fn list(
         .rooms()
         .await?
         .into_iter()
-        .filter(|r| names.as_ref().is_none_or(|n| n.contains(&r.name.as_str())))
+        .filter(|r| wanted.as_ref().is_none_or(|n| n.contains(&r.name.as_str())))
         .filter_map(|r| serde_json::to_value(r).ok())
         .collect();
     // In a cluster, the other nodes' too, asked with the caller's token.
     let mut unreachable = Vec::new();
     if !this_node && state.nodes.is_some() {
-        let (theirs, missing) =
-            super::cluster::other_nodes_rooms(&state, bearer(&headers)?, q.names.as_deref()).await;
+        let (theirs, missing) = super::cluster::other_nodes_rooms(state, token, names).await;
         rooms.extend(theirs);
         unreachable = missing;
     }
@@ -266,11 +315,7 @@ pub(crate) async fn list(
         }
         same
     });
-    let mut answer = serde_json::json!({ "rooms": rooms });
-    if !unreachable.is_empty() {
-        answer["unreachable_nodes"] = unreachable.into();
-    }
-    Ok(Json(answer))
+    Ok((rooms, unreachable))
 }
 
 /// `GET /api/v1/rooms/{room}`.
@@ -302,16 +347,30 @@ pub(crate) async fn delete(
         Some("node") => true,
         Some(_) => return Err(ApiError::invalid("scope", "must be node or cluster")),
     };
-    let room = room_id(&room)?;
+    delete_room(&state, &admin, bearer(&headers)?, &room, this_node).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Closes a room (`roomCreate`): here and (unless `this_node`) on the other
+/// nodes holding a part of it, asked with `token`.
+pub(crate) async fn delete_room(
+    state: &AppState,
+    admin: &Admin,
+    token: &str,
+    room: &str,
+    this_node: bool,
+) -> Result<(), ApiError> {
+    admin.require_create()?;
+    let room = room_id(room)?;
     let mut found = state.media.delete_room(&room).await?;
     // A room spread over nodes: its other nodes delete their parts too.
     if !this_node {
-        found |= super::cluster::delete_on_other_nodes(&state, bearer(&headers)?, &room).await;
+        found |= super::cluster::delete_on_other_nodes(state, token, &room).await;
     }
     if !found {
         return Err(no_room(&room));
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -329,13 +388,22 @@ pub(crate) async fn participants(
     admin: Admin,
     Path(room): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let room = room_id(&room)?;
-    admin.require_admin(&room)?;
-    let list = match state.media.room_participants(&room).await {
-        Err(MediaError::Signal(SignalError::UnknownRoom)) => return Err(no_room(&room)),
-        r => r?,
-    };
+    let list = list_participants(&state, &admin, &room).await?;
     Ok(Json(serde_json::json!({ "participants": list })))
+}
+
+/// The participants of a room (`roomAdmin`).
+pub(crate) async fn list_participants(
+    state: &AppState,
+    admin: &Admin,
+    room: &str,
+) -> Result<Vec<ParticipantInfo>, ApiError> {
+    let room = room_id(room)?;
+    admin.require_admin(&room)?;
+    match state.media.room_participants(&room).await {
+        Err(MediaError::Signal(SignalError::UnknownRoom)) => Err(no_room(&room)),
+        r => Ok(r?),
+    }
 }
 
 /// `GET /api/v1/rooms/{room}/participants/{identity}`.
@@ -344,14 +412,25 @@ pub(crate) async fn participant(
     admin: Admin,
     Path((room, identity)): Path<(String, String)>,
 ) -> Result<Json<ParticipantInfo>, ApiError> {
-    let room = room_id(&room)?;
+    get_participant(&state, &admin, &room, &identity)
+        .await
+        .map(Json)
+}
+
+/// One participant of a room, by identity (`roomAdmin`).
+pub(crate) async fn get_participant(
+    state: &AppState,
+    admin: &Admin,
+    room: &str,
+    identity: &str,
+) -> Result<ParticipantInfo, ApiError> {
+    let room = room_id(room)?;
     admin.require_admin(&room)?;
-    let info = match state.media.participant(&room, &identity).await {
+    let info = match state.media.participant(&room, identity).await {
         Err(MediaError::Signal(SignalError::UnknownRoom)) => return Err(no_room(&room)),
         r => r?,
     };
-    info.map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no participant {identity} in {room}")))
+    info.ok_or_else(|| ApiError::not_found(format!("no participant {identity} in {room}")))
 }
 
 /// `DELETE /api/v1/rooms/{room}/participants/{identity}`: removes it
@@ -361,10 +440,20 @@ pub(crate) async fn remove(
     admin: Admin,
     Path((room, identity)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let room = room_id(&room)?;
-    admin.require_admin(&room)?;
-    state.media.remove_participant(&room, &identity).await?;
+    remove_participant(&state, &admin, &room, &identity).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Removes a participant from a room (`roomAdmin`).
+pub(crate) async fn remove_participant(
+    state: &AppState,
+    admin: &Admin,
+    room: &str,
+    identity: &str,
+) -> Result<(), ApiError> {
+    let room = room_id(room)?;
+    admin.require_admin(&room)?;
+    Ok(state.media.remove_participant(&room, identity).await?)
 }
 
 #[derive(Deserialize)]
@@ -392,19 +481,32 @@ pub(crate) async fn update(
     Path((room, identity)): Path<(String, String)>,
     Body(body): Body<UpdateParticipant>,
 ) -> Result<Json<ParticipantInfo>, ApiError> {
-    let room = room_id(&room)?;
-    admin.require_admin(&room)?;
     let p = body.permission;
     let update = PermissionsUpdate {
         publish: p.can_publish,
         subscribe: p.can_subscribe,
         publish_data: p.can_publish_data,
     };
-    let info = state
+    update_permissions(&state, &admin, &room, &identity, update)
+        .await
+        .map(Json)
+}
+
+/// Changes a participant's permissions at once (`roomAdmin`); returns it
+/// as it is now.
+pub(crate) async fn update_permissions(
+    state: &AppState,
+    admin: &Admin,
+    room: &str,
+    identity: &str,
+    update: PermissionsUpdate,
+) -> Result<ParticipantInfo, ApiError> {
+    let room = room_id(room)?;
+    admin.require_admin(&room)?;
+    Ok(state
         .media
-        .update_permissions(&room, &identity, update)
-        .await?;
-    Ok(Json(info))
+        .update_permissions(&room, identity, update)
+        .await?)
 }
 
 #[derive(Deserialize)]
@@ -421,16 +523,30 @@ pub(crate) async fn mute(
     Path((room, identity, track)): Path<(String, String, String)>,
     Body(body): Body<MuteBody>,
 ) -> Result<Json<vela_media::core::TrackInfo>, ApiError> {
-    let room = room_id(&room)?;
+    mute_track(&state, &admin, &room, &identity, &track, body.muted)
+        .await
+        .map(Json)
+}
+
+/// Mutes or unmutes a participant's published track (`roomAdmin`); the
+/// track by its id (`TR<n>`).
+pub(crate) async fn mute_track(
+    state: &AppState,
+    admin: &Admin,
+    room: &str,
+    identity: &str,
+    track: &str,
+    muted: bool,
+) -> Result<vela_media::core::TrackInfo, ApiError> {
+    let room = room_id(room)?;
     admin.require_admin(&room)?;
     let track: TrackId = track
         .parse()
         .map_err(|_| ApiError::not_found("no such track"))?;
-    let info = state
+    Ok(state
         .media
-        .mute_track(&room, &identity, track, body.muted)
-        .await?;
-    Ok(Json(info))
+        .mute_track(&room, identity, track, muted)
+        .await?)
 }
 
 #[derive(Deserialize)]
@@ -452,18 +568,47 @@ pub(crate) async fn send_data(
     Path(room): Path<String>,
     Body(body): Body<DataBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let room = room_id(&room)?;
+    let payload = crate::transports::room_socket::decode_payload(&body.payload)?;
+    let n = send_room_data(
+        &state,
+        &admin,
+        &room,
+        payload,
+        body.topic,
+        body.destination_identities,
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "recipients": n })))
+}
+
+/// A data message from the server to a room's participants (`roomAdmin`):
+/// everyone, or the `destinations` identities; returns how many it went to.
+pub(crate) async fn send_room_data(
+    state: &AppState,
+    admin: &Admin,
+    room: &str,
+    payload: std::sync::Arc<[u8]>,
+    topic: Option<String>,
+    destinations: Vec<String>,
+) -> Result<usize, ApiError> {
+    let room = room_id(room)?;
     admin.require_admin(&room)?;
-    if body.topic.as_ref().is_some_and(|t| t.len() > 256) {
+    let max = crate::transports::room_socket::MAX_DATA_BYTES;
+    if payload.len() > max {
+        return Err(ApiError::invalid(
+            "payload",
+            format!("is larger than {max} bytes"),
+        ));
+    }
+    if topic.as_ref().is_some_and(|t| t.len() > 256) {
         return Err(ApiError::invalid("topic", "must be at most 256 bytes"));
     }
     let message = DataMessage {
-        payload: crate::transports::room_socket::decode_payload(&body.payload)?,
-        topic: body.topic.filter(|t| !t.is_empty()).map(Into::into),
-        destinations: body.destination_identities,
+        payload,
+        topic: topic.filter(|t| !t.is_empty()).map(Into::into),
+        destinations,
     };
-    let n = state.media.send_data(&room, message).await?;
-    Ok(Json(serde_json::json!({ "recipients": n })))
+    Ok(state.media.send_data(&room, message).await?)
 }
 
 #[derive(Deserialize)]

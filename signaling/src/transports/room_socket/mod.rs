@@ -6,7 +6,7 @@ pub(crate) mod protocol;
 mod proxy;
 
 use join::{Join, Joining, join};
-pub(crate) use messages::decode_payload;
+pub(crate) use messages::{MAX_DATA_BYTES, decode_payload};
 use messages::{forward_signal, handle_message};
 
 use std::collections::VecDeque;
