@@ -12,6 +12,9 @@
 //! The participants, joined here over vela's own room protocol with real
 //! media (str0m over loopback), are checked to have been told each change.
 //! Also the JSON encoding and the Twirp errors, over plain HTTP.
+//!
+//! And the signal protocol at `/rtc` with LiveKit's real-time Python SDK
+//! (`livekit`): `livekit/rtc_publish.py` publishes to a vela participant.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -466,6 +469,81 @@ async fn twirp_json_and_errors() {
                 bytes.starts_with(&[0x0a]) && bytes.windows(3).any(|w| w == [0x12, 1, b'j']),
                 "{bytes:?}"
             );
+        },
+    )
+    .await;
+}
+
+/// LiveKit's real-time Python SDK over `/rtc` (issue 20, items 1-3):
+/// `livekit/rtc_publish.py` joins, publishes a microphone and a camera
+/// (AudioSource, VideoSource) and sends for a few seconds; a participant
+/// of vela's own room protocol sees it join with both tracks, under the
+/// sids the SDK was given, and receives its audio and video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_python_sdk_publishes_to_a_vela_participant() {
+    let python = livekit_sdks().await;
+    with_config(
+        LIMIT,
+        |_| {},
+        async |s, _| {
+            let room = "lkrtc";
+            let mut viewer = common::SessionClient::join(s, room, "viewer", false).await;
+            let token = common::dev_token(s, room, "alice").await;
+            let mut child = tokio::process::Command::new(&python)
+                .arg(root().join("signaling/tests/livekit/rtc_publish.py"))
+                .env("VELA_URL", format!("ws://{}", s.http_addr))
+                .env("TOKEN", token)
+                .env("SECONDS", "6")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("the venv's python starts");
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut said: Vec<String> = Vec::new();
+            // The script's lines, while the viewer keeps its signaling going.
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => {
+                        let Some(line) = line.unwrap() else { break };
+                        said.push(line);
+                    }
+                    () = viewer.pump(Duration::from_millis(100)) => {}
+                }
+            }
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .expect("the script ends")
+                .unwrap();
+            assert!(status.success(), "the script failed after {said:?}");
+            assert_eq!(said.last().map(String::as_str), Some("done"), "{said:?}");
+            let sid = said
+                .iter()
+                .find_map(|l| l.strip_prefix("connected "))
+                .expect("the SDK connected");
+            assert!(sid.starts_with("PA_"), "{sid}");
+            for kind in ["audio", "video"] {
+                let published = said
+                    .iter()
+                    .find_map(|l| l.strip_prefix(&format!("published {kind} ")));
+                assert!(
+                    published.is_some_and(|t| t.starts_with("TR_")),
+                    "{kind}: {said:?}"
+                );
+            }
+            // The viewer saw alice join, publish both, and got her media.
+            let alice = sid.replace("PA_", "PA");
+            let published = viewer
+                .seen
+                .iter()
+                .filter(|v| v["type"] == "track_published" && v["participant_id"] == alice.as_str())
+                .count();
+            assert_eq!(published, 2, "{:?}", viewer.seen);
+            let (audio, video) = (viewer.peer.audio_frames(), viewer.peer.video_frames());
+            eprintln!("the vela viewer received {audio} audio and {video} video frames");
+            assert!(audio > 100 && video > 30, "audio {audio}, video {video}");
+            viewer.pump(Duration::from_millis(500)).await;
+            assert!(viewer.saw("participant_left", "participant_id", &alice));
         },
     )
     .await;

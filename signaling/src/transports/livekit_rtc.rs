@@ -33,7 +33,7 @@ use tracing::Instrument;
 use vela_media::SignalReceiver;
 use vela_media::core::{
     ConnectionId, LeaveReason, ParticipantId, ParticipantInfo, PeerKind, Permissions, RoomId,
-    SdpOffer, Signal, TrackId,
+    SdpOffer, Signal, TrackId, TrackKind,
 };
 
 use crate::domain::livekit::{self as names, PARTICIPANT, TRACK};
@@ -282,7 +282,14 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
         ..lk::JoinResponse::default()
     };
     let reason = if send(&mut ws, Resp::Join(join)).await {
-        session(&state, &mut ws, id, signals, roster).await
+        let me = Me {
+            room: &room,
+            id,
+            public: joined.participant.id,
+            can_publish: grant.permissions.publish,
+            tracks: Tracks::default(),
+        };
+        session(&state, &mut ws, me, signals, roster).await
     } else {
         Some(LeaveReason::ConnectionLost)
     };
@@ -297,7 +304,7 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
 async fn session(
     state: &AppState,
     ws: &mut WebSocket,
-    id: ConnectionId,
+    mut me: Me<'_>,
     mut signals: SignalReceiver,
     mut roster: Roster,
 ) -> Option<LeaveReason> {
@@ -335,7 +342,7 @@ async fn session(
                         return Some(LeaveReason::ClientLeave);
                     }
                 };
-                match handle(state, id, req).await {
+                match handle(state, &mut me, req).await {
                     Handled::Reply(r) => {
                         if !send(ws, *r).await {
                             return Some(LeaveReason::ConnectionLost);
@@ -396,6 +403,50 @@ fn forward(roster: &mut Roster, signal: &Signal) -> Option<Resp> {
     }
 }
 
+/// The publisher connection's tracks: LiveKit's client announces each
+/// (`add_track`) and waits for its sid before offering it, while the core
+/// numbers a track when the offer arrives. So `add_track` is answered with
+/// a sid of this session's (`TR_<participant>_<n>`), bound to the core's
+/// track once the offer carrying it is accepted; others know the track by
+/// the core's sid (`TR_<n>`), the publisher by the one it was given.
+#[derive(Default)]
+struct Tracks {
+    /// Announced, not yet offered: (sid given, kind).
+    pending: Vec<(String, TrackKind)>,
+    /// The sids given, bound to the core's tracks.
+    bound: HashMap<String, TrackId>,
+    /// Sids handed out so far.
+    count: u32,
+}
+
+impl Tracks {
+    /// The core's track a sid names: one this session gave, or the core's own.
+    fn track(&self, sid: &str) -> Option<TrackId> {
+        if let Some(t) = self.bound.get(sid) {
+            return Some(*t);
+        }
+        names::vela_id(sid, TRACK).parse().ok()
+    }
+
+    /// Binds the announced tracks to the core's new ones of the same kind,
+    /// in order (the client adds its m-lines in the order it announced
+    /// them, and the core numbers tracks in m-line order).
+    fn bind(&mut self, mine: &[vela_media::core::TrackInfo]) {
+        let mut fresh: Vec<_> = mine
+            .iter()
+            .filter(|t| !self.bound.values().any(|b| *b == t.id))
+            .collect();
+        fresh.sort_by_key(|t| t.id.0);
+        for t in fresh {
+            if let Some(i) = self.pending.iter().position(|(_, k)| *k == t.kind) {
+                let (sid, _) = self.pending.remove(i);
+                tracing::debug!(%sid, track = %t.id, "announced track bound");
+                self.bound.insert(sid, t.id);
+            }
+        }
+    }
+}
+
 /// What a client request leads to.
 enum Handled {
     /// Boxed: a response is large, and most requests have none.
@@ -445,7 +496,67 @@ fn candidate_of(init: &str) -> Option<String> {
     v["candidate"].as_str().map(str::to_owned)
 }
 
-async fn handle(state: &AppState, id: ConnectionId, req: Req) -> Handled {
+/// The session as requests see it.
+struct Me<'a> {
+    room: &'a RoomId,
+    id: ConnectionId,
+    public: ParticipantId,
+    can_publish: bool,
+    tracks: Tracks,
+}
+
+/// `add_track`: answered at once with the track's sid (see [`Tracks`]).
+fn add_track(me: &mut Me<'_>, req: &lk::AddTrackRequest) -> Handled {
+    if !me.can_publish {
+        return failed(
+            "add_track",
+            ApiError::forbidden("publishing needs canPublish"),
+        );
+    }
+    let kind = match lk::TrackType::try_from(req.r#type) {
+        Ok(lk::TrackType::Audio) => TrackKind::Audio,
+        Ok(lk::TrackType::Video) => TrackKind::Video,
+        _ => return refused("add_track of a data track"),
+    };
+    me.tracks.count += 1;
+    let sid = format!(
+        "{}_{}",
+        names::sid(&me.public.to_string(), PARTICIPANT).replacen(PARTICIPANT, TRACK, 1),
+        me.tracks.count
+    );
+    me.tracks.pending.push((sid.clone(), kind));
+    Handled::Reply(Box::new(Resp::TrackPublished(lk::TrackPublishedResponse {
+        cid: req.cid.clone(),
+        track: Some(lk::TrackInfo {
+            sid,
+            r#type: req.r#type,
+            name: req.name.clone(),
+            muted: req.muted,
+            width: req.width,
+            height: req.height,
+            source: req.source,
+            stream: req.stream.clone(),
+            ..lk::TrackInfo::default()
+        }),
+    })))
+}
+
+/// Binds announced tracks to the core's (see [`Tracks`]). The room lists a
+/// participant once its connection is up, so a track offered before that
+/// is bound at the next offer or the first request that names it.
+async fn rebind(state: &AppState, me: &mut Me<'_>) {
+    if me.tracks.pending.is_empty() {
+        return;
+    }
+    if let Ok(all) = state.media.participants(me.room.clone()).await
+        && let Some(mine) = all.iter().find(|p| p.id == me.public)
+    {
+        me.tracks.bind(&mine.tracks);
+    }
+}
+
+async fn handle(state: &AppState, me: &mut Me<'_>, req: Req) -> Handled {
+    let id = me.id;
     match req {
         Req::Offer(sd) => {
             let offer = match SdpOffer::from_sdp_string(&sd.sdp) {
@@ -456,12 +567,15 @@ async fn handle(state: &AppState, id: ConnectionId, req: Req) -> Handled {
                 }
             };
             match state.media.offer(id, offer).await {
-                Ok(answer) => Handled::Reply(Box::new(Resp::Answer(lk::SessionDescription {
-                    r#type: "answer".to_owned(),
-                    sdp: answer.to_sdp_string(),
-                    id: sd.id,
-                    ..lk::SessionDescription::default()
-                }))),
+                Ok(answer) => {
+                    rebind(state, me).await;
+                    Handled::Reply(Box::new(Resp::Answer(lk::SessionDescription {
+                        r#type: "answer".to_owned(),
+                        sdp: answer.to_sdp_string(),
+                        id: sd.id,
+                        ..lk::SessionDescription::default()
+                    })))
+                }
                 Err(e) => failed("offer", e.into()),
             }
         }
@@ -478,8 +592,10 @@ async fn handle(state: &AppState, id: ConnectionId, req: Req) -> Handled {
             }
         }
         Req::Mute(m) => {
-            let track = names::vela_id(&m.sid, TRACK).parse::<TrackId>();
-            let Ok(track) = track else {
+            if !me.tracks.bound.contains_key(&m.sid) {
+                rebind(state, me).await;
+            }
+            let Some(track) = me.tracks.track(&m.sid) else {
                 return failed("mute", ApiError::bad_request("malformed track sid"));
             };
             match state.media.mute(id, Some(track), None, m.muted).await {
@@ -500,7 +616,7 @@ async fn handle(state: &AppState, id: ConnectionId, req: Req) -> Handled {
         Req::SubscriptionPermission(_) => accepted("subscription_permission"),
         Req::SyncState(_) => accepted("sync_state"),
         Req::Answer(_) => refused("answer (the subscriber connection)"),
-        Req::AddTrack(_) => refused("add_track"),
+        Req::AddTrack(t) => add_track(me, &t),
         Req::Subscription(_) => refused("subscription"),
         Req::Simulate(_) => refused("simulate"),
         Req::UpdateMetadata(_) => refused("update_metadata"),

@@ -172,9 +172,9 @@ async fn a_livekit_participant_joins_pings_and_is_refused_clearly() {
         assert!(pong.timestamp > 0);
 
         // What vela does not do yet is refused in words, not ignored.
-        lk.send(Req::AddTrack(lk::AddTrackRequest {
-            cid: "c1".into(),
-            ..lk::AddTrackRequest::default()
+        lk.send(Req::UpdateMetadata(lk::UpdateParticipantMetadata {
+            name: "Alice".into(),
+            ..lk::UpdateParticipantMetadata::default()
         }))
         .await;
         let refusal = lk
@@ -187,7 +187,11 @@ async fn a_livekit_participant_joins_pings_and_is_refused_clearly() {
             refusal.reason,
             lk::request_response::Reason::UnsupportedType as i32
         );
-        assert!(refusal.message.contains("add_track"), "{}", refusal.message);
+        assert!(
+            refusal.message.contains("update_metadata"),
+            "{}",
+            refusal.message
+        );
 
         // The vela participant sees it join.
         assert!(
@@ -246,6 +250,27 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
         let mut lk = Signal::connect(s, &token, true).await;
         let join = lk.join().await;
         let sid = join.participant.unwrap().sid;
+        // Each track is announced first, and gets its sid at once.
+        let mut given = Vec::new();
+        for (cid, kind) in [("mic", lk::TrackType::Audio), ("cam", lk::TrackType::Video)] {
+            lk.send(Req::AddTrack(lk::AddTrackRequest {
+                cid: cid.into(),
+                r#type: kind as i32,
+                ..lk::AddTrackRequest::default()
+            }))
+            .await;
+            let published = lk
+                .expect("track_published", |r| match r {
+                    Resp::TrackPublished(t) => Some(t),
+                    _ => None,
+                })
+                .await;
+            assert_eq!(published.cid, cid);
+            let track = published.track.unwrap();
+            assert!(track.sid.starts_with("TR_"), "{}", track.sid);
+            assert_eq!(track.r#type, kind as i32);
+            given.push(track.sid);
+        }
         let (offer, pending) = Peer::session(true).await;
         lk.send(Req::Offer(lk::SessionDescription {
             r#type: "offer".into(),
@@ -288,6 +313,25 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
                     == 2
                     && c.peer.video_frames() > 10
                     && c.peer.audio_frames() > 10
+            })
+            .await,
+            "{:?}",
+            viewer.seen
+        );
+        // Muting by the sid it was given reaches the vela viewer.
+        lk.send(Req::Mute(lk::MuteTrackRequest {
+            sid: given[1].clone(),
+            muted: true,
+        }))
+        .await;
+        assert!(
+            SessionClient::pump_until(&mut [&mut viewer], 50, |c| {
+                c.seen.iter().any(|v| {
+                    v["type"] == "track_muted"
+                        && v["participant_id"] == vela_id
+                        && v["kind"] == "video"
+                        && v["muted"] == true
+                })
             })
             .await,
             "{:?}",
