@@ -240,7 +240,12 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
         Err(e) => {
             let e = ApiError::from(e);
             tracing::info!(status = %e.status, message = %e.message, "join refused");
-            send(&mut ws, leave_message(LeaveReason::Removed)).await;
+            let leave = lk::LeaveRequest {
+                reason: lk::DisconnectReason::JoinFailure as i32,
+                action: lk::leave_request::Action::Disconnect as i32,
+                ..lk::LeaveRequest::default()
+            };
+            send(&mut ws, Resp::Leave(leave)).await;
             return close(&mut ws, 1008, "join refused").await;
         }
     };

@@ -356,3 +356,24 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_the_room_refuses_is_a_leave_with_join_failure() {
+    let config = |c: &mut vela_config::Config| c.limits.max_participants_per_room = 1;
+    common::with_config(LIMIT, config, async |s, _| {
+        let _first = SessionClient::join(s, "full", "first", false).await;
+        let token = dev_token(s, "full", "alice").await;
+        let mut lk = Signal::connect(s, &token, true).await;
+        let leave = lk
+            .expect("leave", |r| match r {
+                Resp::Leave(l) => Some(l),
+                Resp::Join(_) => panic!("joined a full room"),
+                _ => None,
+            })
+            .await;
+        assert_eq!(leave.reason, lk::DisconnectReason::JoinFailure as i32);
+        assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
+        assert!(lk.recv().await.is_none(), "the socket closes");
+    })
+    .await;
+}
