@@ -641,7 +641,10 @@ mod tests {
 
     #[test]
     fn a_trickled_candidate_init_gives_its_candidate() {
-        let init = r#"{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}"#;
+        let init = concat!(
+            r#"{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","#,
+            r#""sdpMid":"0","sdpMLineIndex":0}"#
+        );
         assert_eq!(
             candidate_of(init).as_deref(),
             Some("candidate:1 1 udp 1 127.0.0.1 5000 typ host")

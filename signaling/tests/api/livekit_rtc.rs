@@ -24,6 +24,10 @@ use vela_signaling::RunningServer;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// A trickled `RTCIceCandidateInit` as browsers send it, with an mDNS host.
+const MDNS_CANDIDATE: &str =
+    r#"{"candidate":"candidate:1 1 udp 2122260223 abc.local 5000 typ host","sdpMid":"0"}"#;
+
 /// A LiveKit signal client.
 struct Signal {
     inner: tokio_tungstenite::WebSocketStream<
@@ -297,7 +301,7 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
         );
         // Trickle to the publisher connection is taken (an mDNS host: ignored).
         lk.send(Req::Trickle(lk::TrickleRequest {
-            candidate_init: r#"{"candidate":"candidate:1 1 udp 2122260223 abc.local 5000 typ host","sdpMid":"0"}"#.into(),
+            candidate_init: MDNS_CANDIDATE.into(),
             target: lk::SignalTarget::Publisher as i32,
             ..lk::TrickleRequest::default()
         }))
@@ -350,7 +354,11 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
                 _ => None,
             })
             .await;
-        assert!(refusal.message.contains("subscriber"), "{}", refusal.message);
+        assert!(
+            refusal.message.contains("subscriber"),
+            "{}",
+            refusal.message
+        );
         publisher.close().await;
         drop(lk);
     })
