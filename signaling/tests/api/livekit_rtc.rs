@@ -229,6 +229,21 @@ async fn a_livekit_participant_joins_pings_and_is_refused_clearly() {
             .await;
         assert_eq!(left.sid, joined.sid);
 
+        // A WHIP publisher is seen with its two tracks, by LiveKit's sids.
+        let whip = Peer::dev_http(s, "lk", "whip", true).await.unwrap();
+        let publisher = lk
+            .expect("update with whip's tracks", |r| match r {
+                Resp::Update(u) => u
+                    .participants
+                    .into_iter()
+                    .find(|p| p.identity == "whip" && p.tracks.len() == 2),
+                _ => None,
+            })
+            .await;
+        assert!(publisher.sid.starts_with("PA_"), "{}", publisher.sid);
+        assert!(publisher.tracks.iter().all(|t| t.sid.starts_with("TR_")));
+        whip.close().await;
+
         // Leave ends the session, and the room sees it go.
         lk.send(Req::Leave(lk::LeaveRequest::default())).await;
         while lk.recv().await.is_some() {}
