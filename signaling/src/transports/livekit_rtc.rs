@@ -370,7 +370,7 @@ async fn session(
                     close(ws, 1000, "left").await;
                     return None;
                 }
-                if let Some(r) = forward(&mut roster, &signal)
+                if let Some(r) = forward(&me, &mut roster, &signal)
                     && !send(ws, r).await
                 {
                     return Some(LeaveReason::ConnectionLost);
@@ -386,11 +386,23 @@ async fn session(
 }
 
 /// What a core signal becomes for a LiveKit client, if anything.
-fn forward(roster: &mut Roster, signal: &Signal) -> Option<Resp> {
+fn forward(me: &Me<'_>, roster: &mut Roster, signal: &Signal) -> Option<Resp> {
     if let Some(r) = roster.apply(signal) {
         return Some(r);
     }
     match signal {
+        // Its own track, muted by the server API (the core tells a
+        // publisher of its own mutes only then): LiveKit's server-initiated
+        // mute, by the sid the client knows.
+        Signal::TrackMuted {
+            participant,
+            track,
+            muted,
+            ..
+        } if *participant == me.public => Some(Resp::Mute(lk::MuteTrackRequest {
+            sid: me.tracks.sid_of(*track),
+            muted: *muted,
+        })),
         Signal::ActiveSpeakers(list) => Some(Resp::SpeakersChanged(lk::SpeakersChanged {
             speakers: list
                 .iter()
@@ -431,6 +443,14 @@ impl Tracks {
             return Some(*t);
         }
         names::vela_id(sid, TRACK).parse().ok()
+    }
+
+    /// The sid the client knows a core track by.
+    fn sid_of(&self, track: TrackId) -> String {
+        self.bound
+            .iter()
+            .find(|(_, t)| **t == track)
+            .map_or_else(|| names::sid(&track.to_string(), TRACK), |(s, _)| s.clone())
     }
 
     /// Binds the announced tracks to the core's new ones of the same kind,

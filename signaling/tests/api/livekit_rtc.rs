@@ -263,7 +263,7 @@ async fn a_livekit_participant_joins_pings_and_is_refused_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() {
-    with_server(LIMIT, async |s, _| {
+    with_server(LIMIT, async |s, api| {
         let mut viewer = SessionClient::join(s, "lkpub", "viewer", false).await;
         let token = dev_token(s, "lkpub", "alice").await;
         let mut lk = Signal::connect(s, &token, true).await;
@@ -356,6 +356,40 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
             "{:?}",
             viewer.seen
         );
+        // The server API unmutes it: the client is told, by the sid it knows.
+        let admin = vela_signaling::token::TokenKeys::new(
+            vela_config::DEV_API_KEY,
+            vela_config::DEV_API_SECRET,
+        )
+        .issue(
+            "admin",
+            None,
+            vela_signaling::token::VideoGrant {
+                room: Some("lkpub".into()),
+                room_admin: true,
+                ..vela_signaling::token::VideoGrant::default()
+            },
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let video = viewer
+            .seen
+            .iter()
+            .find(|v| v["type"] == "track_muted" && v["participant_id"] == vela_id)
+            .map(|v| v["track_id"].as_str().unwrap().to_owned())
+            .unwrap();
+        let path = format!("/api/v1/rooms/lkpub/participants/alice/tracks/{video}/mute");
+        api.post(&path, Some(&admin), serde_json::json!({"muted": false}))
+            .await
+            .ok(200);
+        let mute = lk
+            .expect("mute", |r| match r {
+                Resp::Mute(m) => Some(m),
+                _ => None,
+            })
+            .await;
+        assert_eq!(mute.sid, given[1]);
+        assert!(!mute.muted);
         // The subscriber side is not there yet: refused in words.
         lk.send(Req::Trickle(lk::TrickleRequest {
             candidate_init: "{}".into(),
