@@ -604,6 +604,7 @@ fn router(state: AppState) -> Router {
         .merge(documented_router())
         // LiveKit's RoomService (docs/livekit.md), beside the documented API.
         .merge(crate::transports::twirp::routes())
+        .merge(crate::transports::livekit_rtc::routes())
         .route("/ws", get(session::upgrade))
         .route("/whip/{room}", post(whip::whip))
         .route("/whep/{room}", post(whip::whep))

@@ -12,6 +12,9 @@
 //! The participants, joined here over vela's own room protocol with real
 //! media (str0m over loopback), are checked to have been told each change.
 //! Also the JSON encoding and the Twirp errors, over plain HTTP.
+//!
+//! And the signal protocol at `/rtc` with LiveKit's real-time Python SDK
+//! (`livekit`): `livekit/rtc_publish.py` publishes to a vela participant.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -468,5 +471,113 @@ async fn twirp_json_and_errors() {
             );
         },
     )
+    .await;
+}
+
+/// LiveKit's real-time Python SDK over `/rtc` (issue 20, items 1-3):
+/// `livekit/rtc_publish.py` joins, publishes a microphone and a camera
+/// (AudioSource, VideoSource) and sends for a few seconds; a participant
+/// of vela's own room protocol sees it join with both tracks and receives
+/// its audio and video; another LiveKit participant (`livekit/rtc_watch.py`,
+/// there before and after, past the ping timeout) is told of its join, its
+/// two tracks and its leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_python_sdk_publishes_to_a_vela_participant() {
+    let python = livekit_sdks().await;
+    common::with_server(LIMIT, async |s, _| {
+        let room = "lkrtc";
+        let script = async |name: &str, identity: &str, seconds: &str| {
+            tokio::process::Command::new(&python)
+                .arg(root().join("signaling/tests/livekit").join(name))
+                .env("VELA_URL", format!("ws://{}", s.http_addr))
+                .env("TOKEN", common::dev_token(s, room, identity).await)
+                .env("SECONDS", seconds)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("the venv's python starts")
+        };
+        let mut viewer = SessionClient::join(s, room, "viewer", false).await;
+        // Another LiveKit participant, there before and after the publisher.
+        let mut watcher = script("rtc_watch.py", "watcher", "20").await;
+        let mut watched = BufReader::new(watcher.stdout.take().unwrap()).lines();
+        let connected = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
+            .await
+            .expect("the watcher connects")
+            .unwrap()
+            .unwrap_or_default();
+        assert!(connected.starts_with("connected PA_"), "{connected}");
+
+        let mut child = script("rtc_publish.py", "alice", "6").await;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut said: Vec<String> = Vec::new();
+        // The script's lines, while the viewer keeps its signaling going.
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let Some(line) = line.unwrap() else { break };
+                    said.push(line);
+                }
+                () = viewer.pump(Duration::from_millis(100)) => {}
+            }
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the script ends")
+            .unwrap();
+        assert!(status.success(), "the script failed after {said:?}");
+        assert_eq!(said.last().map(String::as_str), Some("done"), "{said:?}");
+        let sid = said
+            .iter()
+            .find_map(|l| l.strip_prefix("connected "))
+            .expect("the SDK connected");
+        assert!(sid.starts_with("PA_"), "{sid}");
+        for kind in ["audio", "video"] {
+            let published = said
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("published {kind} ")));
+            assert!(
+                published.is_some_and(|t| t.starts_with("TR_")),
+                "{kind}: {said:?}"
+            );
+        }
+        // The viewer saw alice join, publish both, and got her media.
+        let alice = sid.replace("PA_", "PA");
+        let published = viewer
+            .seen
+            .iter()
+            .filter(|v| v["type"] == "track_published")
+            .filter(|v| v["participant_id"] == alice.as_str())
+            .count();
+        assert_eq!(published, 2, "{:?}", viewer.seen);
+        let (audio, video) = (viewer.peer.audio_frames(), viewer.peer.video_frames());
+        eprintln!("the vela viewer received {audio} audio and {video} video frames");
+        assert!(audio > 100 && video > 30, "audio {audio}, video {video}");
+        viewer.pump(Duration::from_millis(500)).await;
+        assert!(viewer.saw("participant_left", "participant_id", &alice));
+
+        // What the other LiveKit participant was told meanwhile.
+        let mut seen = Vec::new();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
+                .await
+                .expect("the watcher ends")
+                .unwrap();
+            let Some(line) = line else { break };
+            seen.push(line);
+        }
+        assert!(watcher.wait().await.unwrap().success(), "{seen:?}");
+        assert!(seen.contains(&format!("joined alice {sid}")), "{seen:?}");
+        for kind in ["audio", "video"] {
+            let told = seen.iter().any(|l| {
+                l.strip_prefix(&format!("published alice {kind} "))
+                    .is_some_and(|t| t.starts_with("TR_"))
+            });
+            assert!(told, "{kind}: {seen:?}");
+        }
+        assert!(seen.contains(&"left alice".to_owned()), "{seen:?}");
+        assert!(seen.contains(&"still connected".to_owned()), "{seen:?}");
+    })
     .await;
 }

@@ -16,6 +16,7 @@ pub mod device_socket;
 pub mod error;
 pub mod http;
 pub mod listener;
+pub(crate) mod livekit_rtc;
 pub mod resume;
 pub mod room_socket;
 pub mod state;

@@ -517,7 +517,7 @@ fn room_of(r: &serde_json::Value) -> lk::Room {
 
 /// A participant as LiveKit's `ParticipantInfo`: the server API lists
 /// participants whose media is connected, so each is `ACTIVE`.
-fn participant_of(p: &ParticipantInfo) -> lk::ParticipantInfo {
+pub(crate) fn participant_of(p: &ParticipantInfo) -> lk::ParticipantInfo {
     lk::ParticipantInfo {
         sid: names::sid(&p.id.to_string(), PARTICIPANT),
         identity: p.identity.clone(),

@@ -19,6 +19,7 @@ mod contacts;
 mod devices;
 mod durability;
 mod ice_servers;
+mod livekit_rtc;
 mod moderators;
 mod openapi;
 mod password_storms;

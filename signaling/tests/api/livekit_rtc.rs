@@ -1,0 +1,436 @@
+//! LiveKit's signal protocol v0 at `/rtc` (issue 20), spoken by a test
+//! client of binary protobuf frames (livekit-protocol's types) with a str0m
+//! publisher connection: the validate endpoints, the join, ping in both
+//! forms, refusals, a publisher's offer and media seen by a participant of
+//! vela's own socket, participant updates, leave.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{Peer, SessionClient, base, dev_token, with_server};
+use futures_util::{SinkExt, StreamExt};
+use livekit_protocol as lk;
+use lk::signal_request::Message as Req;
+use lk::signal_response::Message as Resp;
+use prost::Message as _;
+use str0m::change::SdpAnswer;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use vela_signaling::RunningServer;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A trickled `RTCIceCandidateInit` as browsers send it, with an mDNS host.
+const MDNS_CANDIDATE: &str =
+    r#"{"candidate":"candidate:1 1 udp 2122260223 abc.local 5000 typ host","sdpMid":"0"}"#;
+
+/// A LiveKit signal client.
+struct Signal {
+    inner: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Signal {
+    /// Connects to `/rtc`, the token as `access_token` (`query`) or a
+    /// bearer header.
+    async fn connect(s: &RunningServer, token: &str, query: bool) -> Signal {
+        let url = if query {
+            format!("ws://{}/rtc?access_token={token}&protocol=16", s.http_addr)
+        } else {
+            format!("ws://{}/rtc?protocol=16", s.http_addr)
+        };
+        let mut req = url.into_client_request().unwrap();
+        if !query {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let (inner, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        Signal { inner }
+    }
+
+    async fn send(&mut self, m: Req) {
+        let bytes = lk::SignalRequest { message: Some(m) }.encode_to_vec();
+        self.inner
+            .send(Message::Binary(bytes.into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next response, `None` when the socket closed (or after 10 s).
+    async fn recv(&mut self) -> Option<Resp> {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.inner.next())
+                .await
+                .ok()??;
+            match m {
+                Ok(Message::Binary(b)) => {
+                    return lk::SignalResponse::decode(b.as_ref()).unwrap().message;
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Skips responses until `pick` takes one.
+    async fn expect<T>(&mut self, what: &str, pick: impl Fn(Resp) -> Option<T>) -> T {
+        loop {
+            let r = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("socket closed waiting for {what}"));
+            if let Some(t) = pick(r) {
+                return t;
+            }
+        }
+    }
+
+    async fn join(&mut self) -> lk::JoinResponse {
+        self.expect("join", |r| match r {
+            Resp::Join(j) => Some(j),
+            _ => None,
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_answers_v0_and_refuses_v1() {
+    with_server(LIMIT, async |s, api| {
+        let token = dev_token(s, "lk", "alice").await;
+        let http = &api.http;
+        let get = |path: String| async move {
+            let r = http.get(format!("{}{path}", base(s))).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        };
+        assert_eq!(
+            get(format!("/rtc/validate?access_token={token}")).await.0,
+            200
+        );
+        let bearer = http
+            .get(format!("{}/rtc/validate", base(s)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bearer.status().as_u16(), 200);
+        assert_eq!(get("/rtc/validate".into()).await.0, 401);
+        assert_eq!(get("/rtc/validate?access_token=nope".into()).await.0, 401);
+        // v1 is 404, and not for a missing room (the JS SDK would not fall back).
+        for path in ["/rtc/v1", "/rtc/v1/validate"] {
+            let (status, body) = get(format!("{path}?access_token={token}")).await;
+            assert_eq!(status, 404, "{path}");
+            assert!(!body.contains("requested room does not exist"), "{body}");
+        }
+        // No upgrade without a token.
+        let url = format!("ws://{}/rtc", s.http_addr);
+        assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_livekit_participant_joins_pings_and_is_refused_clearly() {
+    with_server(LIMIT, async |s, _| {
+        let mut vela = SessionClient::join(s, "lk", "vela", true).await;
+        let token = dev_token(s, "lk", "alice").await;
+        let mut lk = Signal::connect(s, &token, false).await;
+        let join = lk.join().await;
+        assert_eq!(join.room.as_ref().unwrap().name, "lk");
+        assert!(join.room.as_ref().unwrap().sid.starts_with("RM_"));
+        let me = join.participant.as_ref().unwrap();
+        assert_eq!(me.identity, "alice");
+        assert!(me.sid.starts_with("PA_"), "{}", me.sid);
+        assert!(me.permission.as_ref().unwrap().can_publish);
+        assert!(me.permission.as_ref().unwrap().can_subscribe);
+        assert_eq!(join.other_participants.len(), 1);
+        assert_eq!(join.other_participants[0].identity, "vela");
+        assert!(join.ping_interval > 0 && join.ping_timeout > 0);
+        assert!(!join.subscriber_primary);
+        assert!(!join.server_info.as_ref().unwrap().version.is_empty());
+
+        // Ping in both forms.
+        lk.send(Req::Ping(1234)).await;
+        let pong = lk.expect("pong", |r| match r {
+            Resp::Pong(t) => Some(t),
+            _ => None,
+        });
+        assert_eq!(pong.await, 1234);
+        lk.send(Req::PingReq(lk::Ping {
+            timestamp: 99,
+            rtt: 0,
+        }))
+        .await;
+        let pong = lk
+            .expect("pong_resp", |r| match r {
+                Resp::PongResp(p) => Some(p),
+                _ => None,
+            })
+            .await;
+        assert_eq!(pong.last_ping_timestamp, 99);
+        assert!(pong.timestamp > 0);
+
+        // What vela does not do yet is refused in words, not ignored.
+        lk.send(Req::UpdateMetadata(lk::UpdateParticipantMetadata {
+            name: "Alice".into(),
+            ..lk::UpdateParticipantMetadata::default()
+        }))
+        .await;
+        let refusal = lk
+            .expect("request_response", |r| match r {
+                Resp::RequestResponse(r) => Some(r),
+                _ => None,
+            })
+            .await;
+        assert_eq!(
+            refusal.reason,
+            lk::request_response::Reason::UnsupportedType as i32
+        );
+        assert!(
+            refusal.message.contains("update_metadata"),
+            "{}",
+            refusal.message
+        );
+
+        // The vela participant sees it join.
+        assert!(
+            SessionClient::pump_until(&mut [&mut vela], 50, |c| c.seen.iter().any(|v| {
+                v["type"] == "participant_joined" && v["participant"]["identity"] == "alice"
+            }))
+            .await
+        );
+
+        // A participant of vela's socket joining and leaving is an update.
+        let mut bob = SessionClient::join(s, "lk", "bob", false).await;
+        let active = lk::participant_info::State::Active as i32;
+        let gone = lk::participant_info::State::Disconnected as i32;
+        let joined = lk
+            .expect("update", |r| match r {
+                Resp::Update(u) => u.participants.into_iter().find(|p| p.identity == "bob"),
+                _ => None,
+            })
+            .await;
+        assert_eq!(joined.state, active);
+        bob.ws.send(serde_json::json!({"type": "leave"})).await;
+        bob.pump(Duration::from_millis(200)).await;
+        let left = lk
+            .expect("update", |r| match r {
+                Resp::Update(u) => u
+                    .participants
+                    .into_iter()
+                    .find(|p| p.identity == "bob" && p.state == gone),
+                _ => None,
+            })
+            .await;
+        assert_eq!(left.sid, joined.sid);
+
+        // A WHIP publisher is seen with its two tracks, by LiveKit's sids.
+        let whip = Peer::dev_http(s, "lk", "whip", true).await.unwrap();
+        let publisher = lk
+            .expect("update with whip's tracks", |r| match r {
+                Resp::Update(u) => u
+                    .participants
+                    .into_iter()
+                    .find(|p| p.identity == "whip" && p.tracks.len() == 2),
+                _ => None,
+            })
+            .await;
+        assert!(publisher.sid.starts_with("PA_"), "{}", publisher.sid);
+        assert!(publisher.tracks.iter().all(|t| t.sid.starts_with("TR_")));
+        whip.close().await;
+
+        // Leave ends the session, and the room sees it go.
+        lk.send(Req::Leave(lk::LeaveRequest::default())).await;
+        while lk.recv().await.is_some() {}
+        assert!(
+            SessionClient::pump_until(&mut [&mut vela], 50, |c| c.seen.iter().any(|v| {
+                v["type"] == "participant_left"
+                    && v["participant_id"].as_str().map(|s| s.replace("PA", "PA_"))
+                        == Some(me.sid.clone())
+            }))
+            .await,
+            "{:?}",
+            vela.seen
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() {
+    with_server(LIMIT, async |s, api| {
+        let mut viewer = SessionClient::join(s, "lkpub", "viewer", false).await;
+        let token = dev_token(s, "lkpub", "alice").await;
+        let mut lk = Signal::connect(s, &token, true).await;
+        let join = lk.join().await;
+        let sid = join.participant.unwrap().sid;
+        // Each track is announced first, and gets its sid at once.
+        let mut given = Vec::new();
+        for (cid, kind) in [("mic", lk::TrackType::Audio), ("cam", lk::TrackType::Video)] {
+            lk.send(Req::AddTrack(lk::AddTrackRequest {
+                cid: cid.into(),
+                r#type: kind as i32,
+                ..lk::AddTrackRequest::default()
+            }))
+            .await;
+            let published = lk
+                .expect("track_published", |r| match r {
+                    Resp::TrackPublished(t) => Some(t),
+                    _ => None,
+                })
+                .await;
+            assert_eq!(published.cid, cid);
+            let track = published.track.unwrap();
+            assert!(track.sid.starts_with("TR_"), "{}", track.sid);
+            assert_eq!(track.r#type, kind as i32);
+            given.push(track.sid);
+        }
+        let (offer, pending) = Peer::session(true).await;
+        lk.send(Req::Offer(lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.to_sdp_string(),
+            id: 7,
+            ..lk::SessionDescription::default()
+        }))
+        .await;
+        let answer = lk
+            .expect("answer", |r| match r {
+                Resp::Answer(a) => Some(a),
+                _ => None,
+            })
+            .await;
+        assert_eq!(answer.r#type, "answer");
+        assert_eq!(answer.id, 7);
+        let (_otx, orx) = mpsc::unbounded_channel();
+        let (atx, _arx) = mpsc::unbounded_channel();
+        let publisher = pending.start(SdpAnswer::from_sdp_string(&answer.sdp).unwrap(), (orx, atx));
+        assert!(
+            publisher
+                .wait(Duration::from_secs(10), |p| p.connected())
+                .await
+        );
+        // Trickle to the publisher connection is taken (an mDNS host: ignored).
+        lk.send(Req::Trickle(lk::TrickleRequest {
+            candidate_init: MDNS_CANDIDATE.into(),
+            target: lk::SignalTarget::Publisher as i32,
+            ..lk::TrickleRequest::default()
+        }))
+        .await;
+        // The vela viewer gets both tracks and their media.
+        let vela_id = sid.replace("PA_", "PA");
+        assert!(
+            SessionClient::pump_until(&mut [&mut viewer], 100, |c| {
+                c.seen
+                    .iter()
+                    .filter(|v| v["type"] == "track_published" && v["participant_id"] == vela_id)
+                    .count()
+                    == 2
+                    && c.peer.video_frames() > 10
+                    && c.peer.audio_frames() > 10
+            })
+            .await,
+            "{:?}",
+            viewer.seen
+        );
+        // Muting by the sid it was given reaches the vela viewer.
+        lk.send(Req::Mute(lk::MuteTrackRequest {
+            sid: given[1].clone(),
+            muted: true,
+        }))
+        .await;
+        assert!(
+            SessionClient::pump_until(&mut [&mut viewer], 50, |c| {
+                c.seen.iter().any(|v| {
+                    v["type"] == "track_muted"
+                        && v["participant_id"] == vela_id
+                        && v["kind"] == "video"
+                        && v["muted"] == true
+                })
+            })
+            .await,
+            "{:?}",
+            viewer.seen
+        );
+        // The server API unmutes it: the client is told, by the sid it knows.
+        let admin = vela_signaling::token::TokenKeys::new(
+            vela_config::DEV_API_KEY,
+            vela_config::DEV_API_SECRET,
+        )
+        .issue(
+            "admin",
+            None,
+            vela_signaling::token::VideoGrant {
+                room: Some("lkpub".into()),
+                room_admin: true,
+                ..vela_signaling::token::VideoGrant::default()
+            },
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let video = viewer
+            .seen
+            .iter()
+            .find(|v| v["type"] == "track_muted" && v["participant_id"] == vela_id)
+            .map(|v| v["track_id"].as_str().unwrap().to_owned())
+            .unwrap();
+        let path = format!("/api/v1/rooms/lkpub/participants/alice/tracks/{video}/mute");
+        api.post(&path, Some(&admin), serde_json::json!({"muted": false}))
+            .await
+            .ok(200);
+        let mute = lk
+            .expect("mute", |r| match r {
+                Resp::Mute(m) => Some(m),
+                _ => None,
+            })
+            .await;
+        assert_eq!(mute.sid, given[1]);
+        assert!(!mute.muted);
+        // The subscriber side is not there yet: refused in words.
+        lk.send(Req::Trickle(lk::TrickleRequest {
+            candidate_init: "{}".into(),
+            target: lk::SignalTarget::Subscriber as i32,
+            ..lk::TrickleRequest::default()
+        }))
+        .await;
+        let refusal = lk
+            .expect("request_response", |r| match r {
+                Resp::RequestResponse(r) => Some(r),
+                _ => None,
+            })
+            .await;
+        assert!(
+            refusal.message.contains("subscriber"),
+            "{}",
+            refusal.message
+        );
+        publisher.close().await;
+        drop(lk);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_the_room_refuses_is_a_leave_with_join_failure() {
+    let config = |c: &mut vela_config::Config| c.limits.max_participants_per_room = 1;
+    common::with_config(LIMIT, config, async |s, _| {
+        let _first = SessionClient::join(s, "full", "first", false).await;
+        let token = dev_token(s, "full", "alice").await;
+        let mut lk = Signal::connect(s, &token, true).await;
+        let leave = lk
+            .expect("leave", |r| match r {
+                Resp::Leave(l) => Some(l),
+                Resp::Join(_) => panic!("joined a full room"),
+                _ => None,
+            })
+            .await;
+        assert_eq!(leave.reason, lk::DisconnectReason::JoinFailure as i32);
+        assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
+        assert!(lk.recv().await.is_none(), "the socket closes");
+    })
+    .await;
+}
