@@ -19,7 +19,7 @@ use vela_loadtest::soak::accounts::AccountLoad;
 use vela_loadtest::soak::figures::{SoakReport, read_log};
 use vela_loadtest::soak::{SoakConfig, soak};
 use vela_loadtest::sweep::{SweepConfig, sweep};
-use vela_loadtest::{NodeTarget, RelayMode, RunConfig, Target, run};
+use vela_loadtest::{MediaTransport, NodeTarget, RelayMode, RunConfig, Target, run};
 use vela_signaling::token::TokenKeys;
 
 #[derive(Parser)]
@@ -243,6 +243,12 @@ struct Common {
     /// Publish-only participants use WHIP, subscribe-only ones WHEP.
     #[arg(long)]
     whip_whep: bool,
+    /// How participants carry media: udp, or tcp (ICE over TCP: each
+    /// connects an RFC 4571 stream to the server's passive TCP candidate and
+    /// offers no UDP candidate). A server this starts gets a free
+    /// `media.tcp_port`; one at --server-url must have one set.
+    #[arg(long, value_enum, default_value_t = MediaTransport::Udp)]
+    transport: MediaTransport,
     /// Joins per second (default 50).
     #[arg(long)]
     join_rate: Option<f64>,
@@ -345,6 +351,7 @@ impl Common {
             l.media = v;
         }
         l.whip_whep = self.whip_whep;
+        l.transport = self.transport;
         l.nodes = (self.nodes.len() as u32).max(1);
         if let Some(v) = self.join_rate {
             l.join_rate = v;
@@ -448,7 +455,11 @@ impl Common {
                 None,
             ));
         }
-        let server = start_server(&self.start.options("--server-bin / --server-url")?).await?;
+        let mut opts = self.start.options("--server-bin / --server-url")?;
+        if self.transport == MediaTransport::Tcp {
+            opts = opts.env("VELA_MEDIA_TCP_PORT", &free_tcp_port()?.to_string());
+        }
+        let server = start_server(&opts).await?;
         Ok((
             Target {
                 http_base: server.http_base.clone(),
@@ -484,6 +495,14 @@ impl Common {
         say(&format!("wrote {} and {}\n", jp.display(), sp.display()));
         Ok(())
     }
+}
+
+/// A TCP port free on loopback now, for the server's `media.tcp_port`.
+fn free_tcp_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free TCP port: {e}"))
 }
 
 /// `--video-kbps`: bitrates, comma separated.
