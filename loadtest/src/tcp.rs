@@ -125,6 +125,11 @@ impl Decoder {
                 self.buf.resize(grown, 0);
             }
         }
+        if self.end == self.buf.len() {
+            // Only when a caller reads before taking the whole frames
+            // buffered; a read into no room would look like the end.
+            return Err(io::Error::other("frame buffer full: take its frames first"));
+        }
         let n = r.read(&mut self.buf[self.end..])?;
         self.end += n;
         Ok(n)
@@ -280,6 +285,20 @@ mod tests {
             assert_eq!(d.buffered(), 0);
             assert!(d.buf.len() <= Decoder::LIMIT);
         }
+        // Reading on without taking the frames: an error, not an end.
+        let mut wire = Vec::new();
+        encode(&vec![1; MAX_FRAME], &mut wire).unwrap();
+        let mut r = Chunks {
+            data: &wire,
+            chunk: usize::MAX,
+        };
+        let mut d = Decoder::default();
+        while d.buffered() < wire.len() {
+            assert!(d.read_from(&mut r).unwrap() > 0);
+        }
+        let e = d.read_from(&mut r).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Other);
+        assert_eq!(d.next_frame().map(<[u8]>::len), Some(MAX_FRAME));
         assert!(matches!(
             encode(&vec![0; MAX_FRAME + 1], &mut Vec::new()),
             Err(TcpError::TooLarge(65_536))
