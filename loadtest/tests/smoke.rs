@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use vela_loadtest::report::RunReport;
-use vela_loadtest::{Load, MediaMix, RelayMode, RunConfig, Scenario, Target, run};
+use vela_loadtest::{Load, MediaMix, MediaTransport, RelayMode, RunConfig, Scenario, Target, run};
 use vela_signaling::RunningServer;
 use vela_signaling::token::TokenKeys;
 
@@ -98,6 +98,34 @@ async fn fan_out_over_whip_and_whep() {
     })
     .await
     .expect("smoke run timed out");
+}
+
+/// `--transport tcp` against a server without `media.tcp_port`: every join
+/// fails, saying why, rather than hanging in ICE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_without_a_server_tcp_port_fails_clearly() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (s, target) = server().await;
+        let mut load = Load::defaults(Scenario::S1);
+        load.rooms = 1;
+        load.transport = MediaTransport::Tcp;
+        let mut cfg = short(load);
+        cfg.relay = RelayMode::Off;
+        let r = run(&cfg, &target).await.unwrap();
+        let j = &r.server.join;
+        assert_eq!((j.attempted, j.joined, j.connected), (2, 0, 0), "{j:?}");
+        assert!(
+            j.errors
+                .iter()
+                .all(|e| e.contains("no passive TCP candidate")),
+            "{:?}",
+            j.errors
+        );
+        assert!(r.description.contains("ICE over TCP"), "{}", r.description);
+        s.shutdown().await;
+    })
+    .await
+    .expect("run timed out");
 }
 
 #[test]
