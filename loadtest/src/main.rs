@@ -13,7 +13,8 @@ use vela_loadtest::media::VideoSpec;
 use vela_loadtest::report::{RunReport, SweepReport};
 use vela_loadtest::scenario::{Load, MediaMix, Scenario};
 use vela_loadtest::server_probe::{
-    ServerLog, ServerOptions, ServerProcess, default_server_bin, wait_ready,
+    ServerLog, ServerOptions, ServerProcess, default_server_bin, free_tcp_port, has_tcp_port_flag,
+    wait_ready,
 };
 use vela_loadtest::soak::accounts::AccountLoad;
 use vela_loadtest::soak::figures::{SoakReport, read_log};
@@ -202,7 +203,15 @@ impl StartArgs {
                 bin.display()
             ));
         }
-        let mut opts = ServerOptions::new(bin).args(&self.server_args);
+        let mut opts = ServerOptions::new(&bin);
+        // A free port for ICE over TCP, where the server has it: not the
+        // default 7881, which another server on the machine may hold (a
+        // --server-arg --tcp-port given comes later and wins).
+        if has_tcp_port_flag(&bin) {
+            let port = free_tcp_port().map_err(|e| format!("finding a free TCP port: {e}"))?;
+            opts = opts.args(&["--tcp-port".into(), port.to_string()]);
+        }
+        opts = opts.args(&self.server_args);
         if let Some(c) = self.cpus() {
             opts = opts.cpus(&c);
         }
@@ -246,7 +255,7 @@ struct Common {
     /// How participants carry media: udp, or tcp (ICE over TCP: each
     /// connects an RFC 4571 stream to the server's passive TCP candidate and
     /// offers no UDP candidate). A server this starts gets a free
-    /// `media.tcp_port`; one at --server-url must have one set.
+    /// `--tcp-port`; one at --server-url must have `media.tcp_port` set.
     #[arg(long, value_enum, default_value_t = MediaTransport::Udp)]
     transport: MediaTransport,
     /// Joins per second (default 50).
@@ -455,9 +464,12 @@ impl Common {
                 None,
             ));
         }
-        let mut opts = self.start.options("--server-bin / --server-url")?;
-        if self.transport == MediaTransport::Tcp {
-            opts = opts.env("VELA_MEDIA_TCP_PORT", &free_tcp_port()?.to_string());
+        let opts = self.start.options("--server-bin / --server-url")?;
+        if self.transport == MediaTransport::Tcp && !has_tcp_port_flag(opts.bin()) {
+            return Err(format!(
+                "--transport tcp: {} has no ICE over TCP (no --tcp-port)",
+                opts.bin().display()
+            ));
         }
         let server = start_server(&opts).await?;
         Ok((
@@ -495,14 +507,6 @@ impl Common {
         say(&format!("wrote {} and {}\n", jp.display(), sp.display()));
         Ok(())
     }
-}
-
-/// A TCP port free on loopback now, for the server's `media.tcp_port`.
-fn free_tcp_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free TCP port: {e}"))
 }
 
 /// `--video-kbps`: bitrates, comma separated.
