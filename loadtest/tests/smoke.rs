@@ -12,12 +12,19 @@ use vela_signaling::RunningServer;
 use vela_signaling::token::TokenKeys;
 
 async fn server() -> (RunningServer, Target) {
+    server_with(|_| {}).await
+}
+
+/// A server on free ports (with `udp_port = 0`, ICE over TCP on a free
+/// port too), configured further by `f`.
+async fn server_with(f: impl FnOnce(&mut vela_config::Config)) -> (RunningServer, Target) {
     let mut c = vela_config::Config::default();
     c.server.http = "127.0.0.1:0".parse().unwrap();
     c.media.udp_port = 0;
     c.media.bind_ip = "127.0.0.1".parse().unwrap();
     c.media.node_ips = vec!["127.0.0.1".parse().unwrap()];
     c.store.path = ":memory:".into();
+    f(&mut c);
     let s = vela_signaling::spawn(c).await.unwrap();
     let t = Target {
         http_base: format!("http://{}", s.http_addr),
@@ -100,12 +107,49 @@ async fn fan_out_over_whip_and_whep() {
     .expect("smoke run timed out");
 }
 
-/// `--transport tcp` against a server without `media.tcp_port`: every join
+/// `--transport tcp`: every participant's ICE, DTLS and media go over an
+/// RFC 4571 stream to the server's passive TCP candidate (the server
+/// counts a TCP frame sent for every packet it forwards), and the rooms
+/// are as clean as over UDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_over_ice_tcp() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (s, target) = server().await;
+        assert!(s.tcp_addr.is_some(), "the server listens for ICE over TCP");
+        let mut load = Load::defaults(Scenario::S2);
+        load.rooms = 2;
+        load.participants = 3;
+        load.publishers = 3;
+        load.media = MediaMix::Av;
+        load.transport = MediaTransport::Tcp;
+        let r = run(&short(load), &target).await.unwrap();
+        assert_clean(&r, 24);
+        assert!(r.description.contains("ICE over TCP"), "{}", r.description);
+        let c = &r.server.counters;
+        let tcp_out = c["vela_ice_tcp_frames_sent_total"];
+        let fwd = c["vela_packets_forwarded_total"];
+        assert!(
+            fwd > 0.0 && tcp_out >= fwd,
+            "{tcp_out} TCP frames, {fwd} forwarded"
+        );
+        assert!(c["vela_ice_tcp_frames_received_total"] > 0.0);
+        assert_eq!(
+            c["vela_ice_tcp_connections_accepted_total"], 0.0,
+            "all before the window"
+        );
+        s.shutdown().await;
+    })
+    .await
+    .expect("smoke run timed out");
+}
+
+/// `--transport tcp` against a server with ICE over TCP off: every join
 /// fails, saying why, rather than hanging in ICE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_without_a_server_tcp_port_fails_clearly() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (s, target) = server().await;
+        let (s, target) = server_with(|c| c.media.tcp_port = 0).await;
+        assert!(s.tcp_addr.is_none());
         let mut load = Load::defaults(Scenario::S1);
         load.rooms = 1;
         load.transport = MediaTransport::Tcp;
