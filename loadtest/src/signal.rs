@@ -314,7 +314,16 @@ async fn ws_join(p: &Planned, ctx: &SignalContext) -> Result<((Ws, Vec<String>),
     .await?;
     let answer = expect(&mut ws, "answer").await?;
     let sdp = answer["sdp"].as_str().ok_or("answer without sdp")?;
-    let mut joined = built.answered(sdp).await?;
+    let mut joined = match built.answered(sdp).await {
+        Ok(j) => j,
+        Err(e) => {
+            // In the room but unable to connect (no TCP candidate): leave,
+            // rather than stay until the server's reconnect timeout.
+            let _ = send_json(&mut ws, serde_json::json!({"type": "leave"})).await;
+            let _ = ws.close(None).await;
+            return Err(e);
+        }
+    };
     joined.served_by = served_by;
     Ok(((ws, videos), joined))
 }
@@ -354,7 +363,22 @@ async fn http_join(
     if status.as_u16() != 201 {
         return Err(format!("{path}: {status} {body}").into());
     }
-    Ok(((token, location), built.answered(&body).await?))
+    match built.answered(&body).await {
+        Ok(j) => Ok(((token, location), j)),
+        Err(e) => {
+            // The session exists but cannot connect: end it now.
+            if let Some(loc) = location {
+                let _ = ctx
+                    .http
+                    .delete(loc)
+                    .bearer_auth(&token)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// S3's layer choice: which remote video track is large, and the settings

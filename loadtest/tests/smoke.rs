@@ -166,6 +166,11 @@ async fn tcp_without_a_server_tcp_port_fails_clearly() {
             j.errors
         );
         assert!(r.description.contains("ICE over TCP"), "{}", r.description);
+        // They left at once, not at the reconnect timeout (15 s).
+        let m = vela_loadtest::server_probe::scrape(&reqwest::Client::new(), &target.http_base)
+            .await
+            .unwrap();
+        assert_eq!(m.get("vela_participants"), 0.0);
         s.shutdown().await;
     })
     .await
