@@ -3,11 +3,14 @@
 # times, plus one short sweep; then the medians. About nine minutes.
 #   loadtest/bench.sh                 # server: target/release/vela
 #   SERVER_BIN=/path/to/vela OUT=dir SETS="s2-2 sweep" loadtest/bench.sh
+#   TRANSPORTS="udp tcp" SETS="s1-100 s2-4 s2-8" loadtest/bench.sh  # ICE over TCP beside UDP
+# With several TRANSPORTS each round runs them in turn (interleaved), and
+# the runs are named and labelled <set>-<transport>.
 # The tool starts the server pinned to CPU 0 (`taskset -c 0`) and runs the
 # generator on CPU 1. Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LT=target/release/vela-loadtest
+LT=${LT:-target/release/vela-loadtest}
 SERVER_BIN=${SERVER_BIN:-target/release/vela}
 OUT=${OUT:-loadtest-out/bench}
 DUR=${DUR:-8}
@@ -37,13 +40,19 @@ quiet() {
 }
 
 SETS=${SETS:-"s1-25 s1-100 s2-2 s2-4 s4-10 s4-50 sweep"}
+TRANSPORTS=${TRANSPORTS:-udp}
 run() { # name, args...
   local name=$1; shift
   case " $SETS " in *" $name "*) ;; *) return 0 ;; esac
+  local i t set extra
   for i in 1 2 3; do
-    echo "== $name #$i ($(quiet))"
-    taskset -c 1 "$LT" run "$@" --server-bin "$SERVER_BIN" --duration "$DUR" --warmup 1 \
-      --out "$OUT" --name "$name-$i" --label "$name" -q | grep -E "^forwarded|CPU µs|latency p50|frame loss|run (IN)?VALID" || true
+    for t in $TRANSPORTS; do
+      set=$name extra=()
+      if [ "$TRANSPORTS" != udp ]; then set=$name-$t extra=(--transport "$t"); fi
+      echo "== $set #$i ($(quiet))"
+      taskset -c 1 "$LT" run "$@" "${extra[@]}" --server-bin "$SERVER_BIN" --duration "$DUR" --warmup 1 \
+        --out "$OUT" --name "$set-$i" --label "$set" -q | grep -E "^forwarded|CPU µs|latency p50|frame loss|run (IN)?VALID" || true
+    done
   done
 }
 
@@ -51,6 +60,7 @@ run s1-25 -s s1 --rooms 25
 run s1-100 -s s1 --rooms 100
 run s2-2 -s s2 --rooms 2
 run s2-4 -s s2 --rooms 4
+run s2-8 -s s2 --rooms 8
 run s4-10 -s s4 --participants 10
 run s4-50 -s s4 --participants 50
 

@@ -21,6 +21,8 @@ pub mod server_probe;
 pub mod signal;
 pub mod soak;
 pub mod sweep;
+pub mod tcp;
 
 pub use run::{NodeTarget, RelayMode, RunConfig, RunError, Target, run};
 pub use scenario::{Load, MediaMix, Scenario};
+pub use tcp::MediaTransport;

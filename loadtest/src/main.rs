@@ -13,13 +13,14 @@ use vela_loadtest::media::VideoSpec;
 use vela_loadtest::report::{RunReport, SweepReport};
 use vela_loadtest::scenario::{Load, MediaMix, Scenario};
 use vela_loadtest::server_probe::{
-    ServerLog, ServerOptions, ServerProcess, default_server_bin, wait_ready,
+    ServerLog, ServerOptions, ServerProcess, default_server_bin, free_tcp_port, has_tcp_port_flag,
+    wait_ready,
 };
 use vela_loadtest::soak::accounts::AccountLoad;
 use vela_loadtest::soak::figures::{SoakReport, read_log};
 use vela_loadtest::soak::{SoakConfig, soak};
 use vela_loadtest::sweep::{SweepConfig, sweep};
-use vela_loadtest::{NodeTarget, RelayMode, RunConfig, Target, run};
+use vela_loadtest::{MediaTransport, NodeTarget, RelayMode, RunConfig, Target, run};
 use vela_signaling::token::TokenKeys;
 
 #[derive(Parser)]
@@ -202,7 +203,15 @@ impl StartArgs {
                 bin.display()
             ));
         }
-        let mut opts = ServerOptions::new(bin).args(&self.server_args);
+        let mut opts = ServerOptions::new(&bin);
+        // A free port for ICE over TCP, where the server has it: not the
+        // default 7881, which another server on the machine may hold (a
+        // --server-arg --tcp-port given comes later and wins).
+        if has_tcp_port_flag(&bin) {
+            let port = free_tcp_port().map_err(|e| format!("finding a free TCP port: {e}"))?;
+            opts = opts.args(&["--tcp-port".into(), port.to_string()]);
+        }
+        opts = opts.args(&self.server_args);
         if let Some(c) = self.cpus() {
             opts = opts.cpus(&c);
         }
@@ -243,6 +252,12 @@ struct Common {
     /// Publish-only participants use WHIP, subscribe-only ones WHEP.
     #[arg(long)]
     whip_whep: bool,
+    /// How participants carry media: udp, or tcp (ICE over TCP: each
+    /// connects an RFC 4571 stream to the server's passive TCP candidate and
+    /// offers no UDP candidate). A server this starts gets a free
+    /// `--tcp-port`; one at --server-url must have `media.tcp_port` set.
+    #[arg(long, value_enum, default_value_t = MediaTransport::Udp)]
+    transport: MediaTransport,
     /// Joins per second (default 50).
     #[arg(long)]
     join_rate: Option<f64>,
@@ -345,6 +360,7 @@ impl Common {
             l.media = v;
         }
         l.whip_whep = self.whip_whep;
+        l.transport = self.transport;
         l.nodes = (self.nodes.len() as u32).max(1);
         if let Some(v) = self.join_rate {
             l.join_rate = v;
@@ -448,7 +464,14 @@ impl Common {
                 None,
             ));
         }
-        let server = start_server(&self.start.options("--server-bin / --server-url")?).await?;
+        let opts = self.start.options("--server-bin / --server-url")?;
+        if self.transport == MediaTransport::Tcp && !has_tcp_port_flag(opts.bin()) {
+            return Err(format!(
+                "--transport tcp: {} has no ICE over TCP (no --tcp-port)",
+                opts.bin().display()
+            ));
+        }
+        let server = start_server(&opts).await?;
         Ok((
             Target {
                 http_base: server.http_base.clone(),

@@ -13,7 +13,9 @@ use vela_signaling::token::TokenKeys;
 
 use crate::measure::{LossSummary, Window, loss_summary};
 use crate::media::{OpusLibrary, VideoSpec};
-use crate::participant::{Engine, EngineConfig, Final, NewClient, Snapshot, Transport};
+use crate::participant::{
+    ClientSocket, Engine, EngineConfig, Final, NewClient, Snapshot, Transport,
+};
 use crate::relay::{self, Relay};
 use crate::report::{
     GeneratorFigures, HopFigures, JoinFigures, LatencyFigures, MemoryFigures, NodeFigures,
@@ -489,6 +491,7 @@ async fn sfu_phase(
         http: http.clone(),
         video: video.clone(),
         layer_switch: cfg.layer_switch,
+        transport: cfg.load.transport,
     });
     let (leave_tx, leave_rx) = watch::channel(false);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<JoinOutcome>();
@@ -734,6 +737,12 @@ async fn sfu_phase(
             fin.counters.send_blocked
         ));
     }
+    if fin.counters.tcp_closed > 0 {
+        warnings.push(format!(
+            "{} TCP streams ended during the run",
+            fin.counters.tcp_closed
+        ));
+    }
     if fin.counters.rtc_errors > 0 {
         warnings.push(format!(
             "{} client connections failed",
@@ -783,7 +792,7 @@ async fn relay_phase(
     for p in plan {
         engine.add(NewClient {
             id: p.id,
-            socket: std::net::UdpSocket::bind("127.0.0.1:0")?,
+            socket: ClientSocket::Udp(std::net::UdpSocket::bind("127.0.0.1:0")?),
             transport: Transport::Raw {
                 relay: relay.addr,
                 room: p.room_index,

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::measure::RouteKey;
 use crate::media::{Trailer, VideoSpec};
+use crate::tcp::MediaTransport;
 
 /// A load scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -97,6 +98,8 @@ pub struct Load {
     /// Nodes the participants join through (1: one server); a room's
     /// member `i` joins through node `i mod nodes`.
     pub nodes: u32,
+    /// How participants carry media: UDP, or ICE over TCP.
+    pub transport: MediaTransport,
 }
 
 impl Load {
@@ -123,6 +126,7 @@ impl Load {
             join_rate: 50.0,
             loss_pct: loss,
             nodes: 1,
+            transport: MediaTransport::Udp,
         }
     }
 
@@ -155,11 +159,14 @@ impl Load {
     pub fn describe(&self) -> String {
         let name = format!("{:?}", self.scenario).to_uppercase();
         let media = format!("{:?}", self.media).to_lowercase();
-        let spread = if self.nodes > 1 {
+        let mut spread = if self.nodes > 1 {
             format!(", over {} nodes", self.nodes)
         } else {
             String::new()
         };
+        if self.transport == MediaTransport::Tcp {
+            spread.push_str(", ICE over TCP");
+        }
         if self.sweeps_subscribers() {
             format!(
                 "{name}: {} room(s), 1 publisher ({media}) -> {} subscribers each{spread}",

@@ -238,6 +238,45 @@ pub fn default_server_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("vela"))
 }
 
+/// Whether the `vela` at `bin` has ICE over TCP (`--tcp-port` in its
+/// `--help`; asked with a 5 s limit). Servers before it do not take the
+/// flag, and those with it listen on 7881 unless told otherwise, which two
+/// servers on one machine cannot both do.
+pub fn has_tcp_port_flag(bin: &Path) -> bool {
+    let Ok(mut child) = Command::new(bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .is_some_and(|mut o| io::Read::read_to_string(&mut o, &mut out).is_ok())
+        && out.contains("--tcp-port")
+}
+
+/// A TCP port free on loopback now.
+pub fn free_tcp_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// A command running `exe` with its open-files limit set by `prlimit` and
 /// pinned by `taskset -c` when asked; each execs the next, so the child's pid
 /// is `exe`'s (its CPU time and memory are what /proc shows for that pid).
@@ -639,6 +678,19 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(text, "out NO_COLOR=1\nerr\n");
         let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// `--tcp-port` is looked for in the server's `--help`.
+    #[test]
+    fn tells_servers_with_ice_over_tcp_apart() {
+        let (tmp, new) = stand_in("tcp-new", "echo \"      --tcp-port <TCP_PORT>\"\n");
+        assert!(has_tcp_port_flag(&new));
+        let (tmp2, old) = stand_in("tcp-old", "echo \"      --udp-port <UDP_PORT>\"\n");
+        assert!(!has_tcp_port_flag(&old));
+        assert!(!has_tcp_port_flag(&tmp.join("missing")));
+        assert!(free_tcp_port().unwrap() > 0);
+        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(&tmp2);
     }
 
     #[test]

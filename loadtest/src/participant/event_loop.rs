@@ -8,7 +8,7 @@ use std::io;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mio::net::UdpSocket;
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use str0m::media::Rid;
 use str0m::{Input, Output};
@@ -16,12 +16,14 @@ use str0m::{Input, Output};
 use super::receive::{holes, on_event};
 use super::send::send;
 use super::{
-    AudioOut, Client, Command, Core, Counters, EngineConfig, Final, JoinTiming, LayerOut, Link,
-    NewClient, Snapshot, Stats, Transport, VideoOut, WAKER, simulated_loss,
+    AudioOut, Client, ClientSocket, Command, Core, Counters, EngineConfig, Final, JoinTiming,
+    LayerOut, Link, NewClient, Snapshot, Sock, Stats, TCP_QUEUE, TcpConn, Transport, VideoOut,
+    WAKER, simulated_loss,
 };
 use crate::measure::Window;
 use crate::media::{AudioSource, VideoSource};
 use crate::relay;
+use crate::tcp::{Decoder, TxQueue};
 
 const RAW_JOIN_RETRY: Duration = Duration::from_millis(200);
 /// Datagrams read from one socket before the others get their turn.
@@ -169,10 +171,12 @@ impl Core {
                     match &mut c.link {
                         Link::Rtc(rtc) => rtc.disconnect(),
                         Link::Raw { relay, .. } => {
-                            let _ = c.socket.send_to(relay::LEAVE, *relay);
+                            if let Sock::Udp(s) = &c.socket {
+                                let _ = s.send_to(relay::LEAVE, *relay);
+                            }
                         }
                     }
-                    let _ = self.poll.registry().deregister(&mut c.socket);
+                    let _ = self.poll.registry().deregister(c.socket.source());
                 }
             }
             Command::Layers(id, rids) => {
@@ -246,13 +250,40 @@ impl Core {
             self.stats.served_by.resize(i + 1, None);
         }
         self.stats.served_by[i] = n.served_by;
-        if let Err(e) = n.socket.set_nonblocking(true) {
-            tracing::warn!(error = %e, "socket");
-            return;
-        }
-        let mut socket = UdpSocket::from_std(n.socket);
-        let Ok(local) = socket.local_addr() else {
-            return;
+        let (mut socket, local, interest) = match n.socket {
+            ClientSocket::Udp(s) => {
+                if let Err(e) = s.set_nonblocking(true) {
+                    tracing::warn!(error = %e, "socket");
+                    return;
+                }
+                let s = UdpSocket::from_std(s);
+                let Ok(local) = s.local_addr() else {
+                    return;
+                };
+                (Sock::Udp(s), local, Interest::READABLE)
+            }
+            ClientSocket::Tcp(s) => {
+                if let Err(e) = s.set_nonblocking(true) {
+                    tracing::warn!(error = %e, "socket");
+                    return;
+                }
+                let (Ok(local), Ok(peer)) = (s.local_addr(), s.peer_addr()) else {
+                    return;
+                };
+                let conn = TcpConn {
+                    stream: TcpStream::from_std(s),
+                    peer,
+                    rx: Decoder::default(),
+                    tx: TxQueue::new(TCP_QUEUE),
+                };
+                // Writable too: a send queue that filled is flushed when
+                // the socket drains (edge-triggered, so no busy wake-ups).
+                (
+                    Sock::Tcp(Box::new(conn)),
+                    local,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+            }
         };
         let slot = self
             .clients
@@ -265,7 +296,7 @@ impl Core {
         if let Err(e) = self
             .poll
             .registry()
-            .register(&mut socket, Token(slot), Interest::READABLE)
+            .register(socket.source(), Token(slot), interest)
         {
             tracing::warn!(error = %e, "register socket");
             return;
@@ -349,7 +380,9 @@ impl Core {
             && *next_join <= now
         {
             let msg = relay::join_message(*room, *subscribe);
-            let _ = c.socket.send_to(&msg, *relay);
+            if let Sock::Udp(s) = &c.socket {
+                let _ = s.send_to(&msg, *relay);
+            }
             *next_join = now + RAW_JOIN_RETRY;
         }
         if c.connected && !c.dead && !self.stopped {
@@ -376,15 +409,22 @@ impl Core {
                         break;
                     }
                     Ok(Output::Transmit(t)) => {
+                        let counters = &mut self.stats.counters;
                         if simulated_loss(&self.cfg, &mut self.rng, c.connected, &t.contents) {
-                            self.stats.counters.dropped_out += 1;
+                            counters.dropped_out += 1;
                         } else {
-                            send(
-                                &c.socket,
-                                &mut self.stats.counters,
-                                &t.contents,
-                                t.destination,
-                            );
+                            match &mut c.socket {
+                                Sock::Udp(s) => send(s, counters, &t.contents, t.destination),
+                                // Queued and written at once after the
+                                // drive: one write for the burst.
+                                Sock::Tcp(conn) => {
+                                    if conn.tx.push(&t.contents) {
+                                        counters.datagrams_out += 1;
+                                    } else {
+                                        counters.send_blocked += 1;
+                                    }
+                                }
+                            }
                         }
                     }
                     Ok(Output::Event(e)) => {
@@ -398,7 +438,43 @@ impl Core {
                 }
             }
         }
+        self.flush_tcp(slot);
         self.reschedule(slot);
+    }
+
+    /// Writes what a TCP participant queued; false when its stream failed
+    /// (the participant is then dead). UDP participants: true.
+    pub(super) fn flush_tcp(&mut self, slot: usize) -> bool {
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Sock::Tcp(conn) = &mut c.socket else {
+            return true;
+        };
+        if conn.tx.is_empty() {
+            return true;
+        }
+        match conn.tx.flush(&mut conn.stream) {
+            Ok(_) => true,
+            Err(e) => {
+                self.tcp_closed(slot, &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// A TCP participant's stream ended or failed: it is dead from now on
+    /// (counted, and its socket no longer polled).
+    pub(super) fn tcp_closed(&mut self, slot: usize, why: &str) {
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if !c.dead {
+            tracing::debug!(id = c.id, why, "tcp stream closed");
+            self.stats.counters.tcp_closed += 1;
+            c.dead = true;
+        }
+        let _ = self.poll.registry().deregister(c.socket.source());
     }
 
     pub(super) fn reschedule(&mut self, slot: usize) {

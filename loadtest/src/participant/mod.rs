@@ -1,8 +1,9 @@
 //! The participant engine: many synthetic participants on one thread.
 //!
-//! Each participant owns a UDP socket and either a str0m `Rtc` (in RTP mode:
-//! the engine writes the packets, so the VP8 descriptors are its own) or a
-//! plain link to the raw relay. One thread runs them all with `mio`: a
+//! Each participant owns a UDP socket (or, with `--transport tcp`, a TCP
+//! stream to the server's passive candidate, RFC 4571 framed: [`crate::tcp`])
+//! and either a str0m `Rtc` (in RTP mode: the engine writes the packets, so
+//! the VP8 descriptors are its own) or a plain link to the raw relay. One thread runs them all with `mio`: a
 //! readiness event drains that socket; a timer heap wakes participants for
 //! str0m timeouts and their media schedule (20 ms audio, 1/fps video).
 //! Signaling (WebSocket, WHIP, WHEP) runs elsewhere and talks to the engine
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mio::net::UdpSocket;
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Poll, Token, Waker};
 use str0m::Rtc;
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -34,6 +35,7 @@ use tokio::sync::oneshot;
 
 use crate::measure::{Route, RouteKey, Window};
 use crate::media::{AudioSource, OpusLibrary, TailAssembler, VideoSource, VideoSpec};
+use crate::tcp::{Decoder, TxQueue};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -70,12 +72,22 @@ pub enum Transport {
     },
 }
 
+/// A participant's socket, as signaling hands it over.
+pub enum ClientSocket {
+    /// Bound; its address is the participant's UDP host candidate.
+    Udp(std::net::UdpSocket),
+    /// Connected to the server's passive TCP candidate; its local address
+    /// is the participant's active TCP candidate. Packets go RFC 4571
+    /// framed.
+    Tcp(std::net::TcpStream),
+}
+
 /// A participant handed to the engine after signaling.
 pub struct NewClient {
     /// Participant index in the run (unique per engine).
     pub id: u32,
-    /// Its UDP socket (bound, the address used in its candidate).
-    pub socket: std::net::UdpSocket,
+    /// Its socket.
+    pub socket: ClientSocket,
     /// Its connection.
     pub transport: Transport,
     /// The audio m-line it publishes on (raw: any value, `Some` to publish).
@@ -113,7 +125,8 @@ pub struct Counters {
     pub datagrams_in: u64,
     /// Datagrams sent.
     pub datagrams_out: u64,
-    /// Sends refused by a full socket buffer (dropped).
+    /// Sends refused by a full socket buffer, or a full TCP send queue
+    /// (dropped).
     pub send_blocked: u64,
     /// Sends that failed otherwise.
     pub send_errors: u64,
@@ -125,6 +138,9 @@ pub struct Counters {
     pub skipped_frames: u64,
     /// Connections str0m reported failed.
     pub rtc_errors: u64,
+    /// TCP streams that ended or failed while their participant was in the
+    /// run (`--transport tcp`).
+    pub tcp_closed: u64,
     /// Participants removed (after they left).
     pub departed: u64,
     /// Of those, how many had connected (ICE and DTLS).
@@ -320,10 +336,40 @@ enum Link {
     },
 }
 
+/// Bytes of frames a participant's TCP stream may hold back when the
+/// socket is full: about 200 ms of S3 video for one subscriber. Beyond it
+/// frames are dropped whole (the stream stays framed), as a full UDP socket
+/// buffer drops datagrams.
+const TCP_QUEUE: usize = 256 * 1024;
+
+/// A participant's TCP stream to the server and its framing both ways.
+struct TcpConn {
+    stream: TcpStream,
+    /// The server's address (the source of what it sends).
+    peer: SocketAddr,
+    rx: Decoder,
+    tx: TxQueue,
+}
+
+/// A participant's socket in the engine.
+enum Sock {
+    Udp(UdpSocket),
+    Tcp(Box<TcpConn>),
+}
+
+impl Sock {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Sock::Udp(s) => s,
+            Sock::Tcp(t) => &mut t.stream,
+        }
+    }
+}
+
 /// One participant in the engine, in its slot (its `mio` token).
 struct Client {
     id: u32,
-    socket: UdpSocket,
+    socket: Sock,
     local: SocketAddr,
     link: Link,
     audio: Option<AudioOut>,

@@ -1,8 +1,9 @@
-//! Receiving: datagrams read from the participants' sockets (a bounded
-//! number per turn), str0m's events, and each RTP packet's trailer turned
+//! Receiving: datagrams read from the participants' sockets, or frames
+//! from their TCP streams (a bounded number per turn), str0m's events, and each RTP packet's trailer turned
 //! into latency, route and hole counts.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::format::Codec;
@@ -13,79 +14,149 @@ use webrtc_util::marshal::Unmarshal;
 
 use super::send::start_media;
 use super::{
-    Client, Core, EngineConfig, Link, RAW_PT_VP8, RxStream, Stats, micros, simulated_loss,
+    Client, Core, EngineConfig, Link, RAW_PT_VP8, RxStream, Sock, Stats, micros, simulated_loss,
 };
 use crate::media::{TailAssembler, Trailer};
 use crate::relay;
 
 impl Core {
-    /// Reads up to `budget` datagrams from a participant's socket; true when
+    /// Reads up to `budget` packets from a participant's socket; true when
     /// it may hold more (the socket is edge-triggered: it must be revisited).
     pub(super) fn readable(&mut self, slot: usize, budget: usize) -> bool {
+        match self.clients.get(slot).and_then(Option::as_ref) {
+            Some(c) if matches!(c.socket, Sock::Tcp(_)) => self.readable_tcp(slot, budget),
+            Some(_) => self.readable_udp(slot, budget),
+            None => false,
+        }
+    }
+
+    fn readable_udp(&mut self, slot: usize, budget: usize) -> bool {
         for _ in 0..budget {
             let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
                 return false;
             };
-            let (n, src) = match c.socket.recv_from(&mut self.buf) {
+            let Sock::Udp(socket) = &c.socket else {
+                return false;
+            };
+            let (n, src) = match socket.recv_from(&mut self.buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(_) => continue, // ICMP errors and the like
             };
-            let now = Instant::now();
-            self.stats.counters.datagrams_in += 1;
-            let data = &self.buf[..n];
-            if simulated_loss(&self.cfg, &mut self.rng, c.connected, data) {
-                self.stats.counters.dropped_in += 1;
+            self.packet(slot, n, src, Protocol::Udp);
+        }
+        true
+    }
+
+    /// A TCP participant: first what it queued to send (a writable event
+    /// lands here too), then whole frames, reading the stream when none is
+    /// buffered. A frame counts as a datagram against the budget.
+    fn readable_tcp(&mut self, slot: usize, budget: usize) -> bool {
+        if !self.flush_tcp(slot) {
+            return false;
+        }
+        let mut frames = 0;
+        loop {
+            let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+                return false;
+            };
+            let Sock::Tcp(conn) = &mut c.socket else {
+                return false;
+            };
+            if c.dead {
+                return false;
+            }
+            if let Some(f) = conn.rx.next_frame() {
+                // Into the engine's buffer, so the frame is handled as a
+                // datagram is (the copy is small next to str0m's work).
+                let n = f.len();
+                if self.buf.len() < n {
+                    self.buf.resize(n, 0);
+                }
+                self.buf[..n].copy_from_slice(f);
+                let src = conn.peer;
+                self.packet(slot, n, src, Protocol::Tcp);
+                frames += 1;
+                if frames >= budget {
+                    return true;
+                }
                 continue;
             }
-            match &mut c.link {
-                Link::Rtc(rtc) => {
-                    let Ok(r) = Receive::new(Protocol::Udp, src, c.local, data) else {
-                        continue;
-                    };
-                    if rtc.handle_input(Input::Receive(now, r)).is_err() {
-                        self.stats.counters.rtc_errors += 1;
-                        c.dead = true;
-                    }
-                    self.drive(slot, now);
+            match conn.rx.read_from(&mut conn.stream) {
+                Ok(0) => {
+                    self.tcp_closed(slot, "closed by the server");
+                    return false;
                 }
-                Link::Raw { .. } => {
-                    if data.starts_with(relay::JOIN_OK) {
-                        if !c.connected {
-                            c.connected = true;
-                            c.connected_at = Some(now);
-                            start_media(c, now, &mut self.rng, &self.cfg);
-                            self.reschedule(slot);
-                        }
-                        continue;
-                    }
-                    let Ok(p) = rtp::packet::Packet::unmarshal(&mut &data[..]) else {
-                        continue;
-                    };
-                    let video = p.header.payload_type == RAW_PT_VP8;
-                    let seq = p.header.sequence_number;
-                    let st = c.rx.entry(p.header.ssrc).or_insert_with(|| RxStream {
-                        video,
-                        asm: TailAssembler::default(),
-                        first: u64::from(seq),
-                        max: u64::from(seq),
-                        received: 0,
-                    });
-                    let ext = extend_seq(st.max, seq);
-                    on_rtp(
-                        c,
-                        &mut self.stats,
-                        self.cfg.epoch,
-                        p.header.ssrc,
-                        ext,
-                        p.header.marker,
-                        &p.payload,
-                        now,
-                    );
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.tcp_closed(slot, &e.to_string());
+                    return false;
                 }
             }
         }
-        true
+    }
+
+    /// One packet (the first `n` bytes of the engine's buffer) that arrived
+    /// from `src` over `proto`.
+    fn packet(&mut self, slot: usize, n: usize, src: SocketAddr, proto: Protocol) {
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let now = Instant::now();
+        self.stats.counters.datagrams_in += 1;
+        let data = &self.buf[..n];
+        if simulated_loss(&self.cfg, &mut self.rng, c.connected, data) {
+            self.stats.counters.dropped_in += 1;
+            return;
+        }
+        match &mut c.link {
+            Link::Rtc(rtc) => {
+                let Ok(r) = Receive::new(proto, src, c.local, data) else {
+                    return;
+                };
+                if rtc.handle_input(Input::Receive(now, r)).is_err() {
+                    self.stats.counters.rtc_errors += 1;
+                    c.dead = true;
+                }
+                self.drive(slot, now);
+            }
+            Link::Raw { .. } => {
+                if data.starts_with(relay::JOIN_OK) {
+                    if !c.connected {
+                        c.connected = true;
+                        c.connected_at = Some(now);
+                        start_media(c, now, &mut self.rng, &self.cfg);
+                        self.reschedule(slot);
+                    }
+                    return;
+                }
+                let Ok(p) = rtp::packet::Packet::unmarshal(&mut &data[..]) else {
+                    return;
+                };
+                let video = p.header.payload_type == RAW_PT_VP8;
+                let seq = p.header.sequence_number;
+                let st = c.rx.entry(p.header.ssrc).or_insert_with(|| RxStream {
+                    video,
+                    asm: TailAssembler::default(),
+                    first: u64::from(seq),
+                    max: u64::from(seq),
+                    received: 0,
+                });
+                let ext = extend_seq(st.max, seq);
+                on_rtp(
+                    c,
+                    &mut self.stats,
+                    self.cfg.epoch,
+                    p.header.ssrc,
+                    ext,
+                    p.header.marker,
+                    &p.payload,
+                    now,
+                );
+            }
+        }
     }
 }
 

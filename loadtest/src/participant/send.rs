@@ -13,7 +13,8 @@ use str0m::rtp::{ExtensionValues, RtpWrite};
 use webrtc_util::marshal::{Marshal, MarshalSize};
 
 use super::{
-    Client, Core, Counters, EngineConfig, Link, RAW_PT_OPUS, RAW_PT_VP8, RAW_RID_EXT, Stats, micros,
+    Client, Core, Counters, EngineConfig, Link, RAW_PT_OPUS, RAW_PT_VP8, RAW_RID_EXT, Sock, Stats,
+    micros,
 };
 use crate::media::{AUDIO_INTERVAL, AudioSource, Packet, Trailer, VideoSource};
 
@@ -201,9 +202,9 @@ impl Client {
                 let size = pkt.marshal_size();
                 if size <= buf.len()
                     && let Ok(n) = pkt.marshal_to(&mut buf)
+                    && let Sock::Udp(socket) = &self.socket
                 {
-                    let relay = *relay;
-                    send(&self.socket, &mut stats.counters, &buf[..n], relay);
+                    send(socket, &mut stats.counters, &buf[..n], *relay);
                 }
             }
         }

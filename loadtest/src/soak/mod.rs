@@ -356,6 +356,7 @@ pub async fn soak(cfg: &SoakConfig, target: &Target) -> Result<SoakRun, RunError
             http: client(true)?,
             video,
             layer_switch: None,
+            transport: crate::tcp::MediaTransport::Udp,
         }),
         engine: engine.clone(),
         out: out_tx,
