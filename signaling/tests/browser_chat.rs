@@ -1,7 +1,8 @@
 //! Chat in a room: data messages of topic `chat` between two pages, typed
 //! and sent through the page's own chat panel, shown with the sender's
 //! name and a time; an unread count while the panel is closed; the server
-//! API's chat messages show as from "Server".
+//! API's chat messages show as from "Server". Also the connection quality
+//! the tiles show: good on both ends of a loopback call.
 //!
 //! Plain loopback (no namespace). Needs Chromium and chromedriver.
 
@@ -58,7 +59,24 @@ async fn scenario(h: &Harness) -> TestResult {
     let alice = h.open("alice", &format!("/?room={ROOM}")).await?;
     let bob = h.open("bob", &format!("/?room={ROOM}")).await?;
     let a = join(&alice, ROOM, "alice").await?;
-    join(&bob, ROOM, "bob").await?;
+    let b = join(&bob, ROOM, "bob").await?;
+    for (page, other) in [(&alice, &b), (&bob, &a)] {
+        poll("good connections shown on both tiles", Duration::from_secs(15), async || {
+            let v = run_js(
+                page,
+                r#"const q = window.vela.connectionQuality();
+const shown = [...document.querySelectorAll('.tile:not(.screen) .cq')].map((e) => e.hidden ? 'hidden' : e.className);
+return { q, shown };"#,
+                vec![],
+            )
+            .await?;
+            let ok = v["q"]["local"]["level"] == "good"
+                && v["q"][other.as_str()]["level"] == "good"
+                && v["shown"] == json!(["cq good", "cq good"]);
+            Ok(if ok { Ok(()) } else { Err(v.to_string()) })
+        })
+        .await?;
+    }
 
     // Alice opens the panel, types and presses Enter.
     alice
