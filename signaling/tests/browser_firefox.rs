@@ -248,8 +248,10 @@ async fn two_firefox(h: &Harness, link: &netns::Link) -> TestResult {
     frames_grow(&alice, &b, 10, Duration::from_secs(10)).await?;
     frames_grow(&bob, &a, 10, Duration::from_secs(10)).await?;
 
-    // The grid's tiles are about 317 px wide: the quarter layer, and the
-    // server asks each publisher for nothing more.
+    // Tiles shown 320 px wide (the grid's fill the stage: two are larger):
+    // the quarter layer, and the server asks each publisher for nothing more.
+    tile_width(&alice, &b, Some(320)).await?;
+    tile_width(&bob, &a, Some(320)).await?;
     for (page, who, publisher, from) in [(&alice, "alice", &bob, &b), (&bob, "bob", &alice, &a)] {
         let s = receives_width(page, who, (publisher, from), LOW, Duration::from_secs(15)).await?;
         eprintln!("{who} gets {from}'s low layer: {s:?}");
@@ -315,7 +317,10 @@ async fn mixed(h: &Harness, link: &netns::Link) -> TestResult {
     let f = join(&fox, ROOM, "firefox").await?;
     let c = join(&chrome, ROOM, "chromium").await?;
 
-    // Grid tiles: each gets the other's quarter layer; both publishers send it alone.
+    // Small tiles (320 px): each gets the other's quarter layer; both
+    // publishers send it alone.
+    tile_width(&chrome, &f, Some(320)).await?;
+    tile_width(&fox, &c, Some(320)).await?;
     let s = receives_width(
         &chrome,
         "chromium",

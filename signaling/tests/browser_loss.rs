@@ -1,6 +1,8 @@
 //! 5% packet loss on one participant's link, both directions: video keeps
 //! decoding both ways and the server answers the lossy subscriber's NACKs
-//! (`vela_nacks_received_total` grows).
+//! (`vela_nacks_received_total` grows); on the lossy page, the tile of the
+//! other shows the connection as fair or poor (what reaches it is lost and
+//! NACKed), while the other page's own connection shows good.
 //!
 //! The lossy participant's Chromium runs in a network namespace; nftables
 //! drops UDP at random. Needs root, Chromium and chromedriver.
@@ -14,7 +16,7 @@ mod quality;
 
 use std::time::Duration;
 
-use browser::{Harness, TestResult};
+use browser::{Harness, TestResult, poll, run_js};
 use quality::{frames_grow, inbound, join, metric, tile_width};
 
 const ROOM: &str = "loss";
@@ -61,6 +63,29 @@ async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
     // resend recent packets) repairs most of its gaps before a NACK is due,
     // so the count stays near zero. media/core/tests/loss_repair.rs covers it.
     eprintln!("the server NACKed the publisher {} times", sent2 - sent);
+    // Connection quality: what reaches bob from alice crosses his lossy link.
+    let seen = poll(
+        "bob's page shows alice's connection as fair or poor",
+        Duration::from_secs(10),
+        async || {
+            let q = run_js(&bob, "return window.vela.connectionQuality();", vec![]).await?;
+            let level = q[a.as_str()]["level"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Ok(if level == "fair" || level == "poor" {
+                Ok(q)
+            } else {
+                Err(q.to_string())
+            })
+        },
+    )
+    .await?;
+    eprintln!("bob's connection quality: {seen}");
+    let q = run_js(&alice, "return window.vela.connectionQuality();", vec![]).await?;
+    if q["local"]["level"] != "good" {
+        return Err(format!("alice's loss-free connection shows {q}").into());
+    }
     link.loss(0)?;
     Ok(())
 }

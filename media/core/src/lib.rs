@@ -164,7 +164,7 @@ pub use sfu::{
 };
 pub use signal::{
     LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, RoomInfo, Signal, TrackInfo,
-    TrackKind,
+    TrackKind, TrackSource,
 };
 pub use speaker::Speaker;
 pub use stats::SfuStats;

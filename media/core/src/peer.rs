@@ -77,6 +77,9 @@ pub(crate) struct Peer {
     nack_totals: Vec<(Mid, u64, u64)>,
     /// The account and device behind the participant (see `JoinRequest::with_account`).
     account: Option<(String, String)>,
+    /// What the client said its m-lines carry (`offer`'s `sources`), by mid:
+    /// read when they are published. At most one entry per m-line.
+    sources: Vec<(Mid, crate::signal::TrackSource)>,
     /// Incoming m-lines not published for lack of the publish permission;
     /// published if the permission is granted later.
     withheld: Vec<(Mid, MediaKind, Vec<str0m::media::Rid>)>,
@@ -100,6 +103,9 @@ const PACER_LOOK_DEFER: Duration = Duration::from_millis(25);
 
 /// How soon after releasing a packet str0m's pacer looks at its queues again.
 const PACER_NEXT_LOOK: Duration = Duration::from_micros(1);
+
+/// How many m-lines' sources a peer remembers (the oldest go first).
+const MAX_SOURCES: usize = 64;
 
 /// How often a subscriber whose estimate is below its demand is probed again.
 const PROBE_REPEAT: Duration = Duration::from_secs(1);
@@ -230,6 +236,7 @@ impl Peer {
             closing: None,
             nack_totals: Vec::new(),
             account: None,
+            sources: Vec::new(),
             withheld: Vec::new(),
             audio_unsent: 0,
             written: false,
@@ -391,6 +398,33 @@ impl Peer {
     /// published if it is granted later.
     pub fn withhold(&mut self, mid: Mid, kind: MediaKind, rids: Vec<str0m::media::Rid>) {
         self.withheld.push((mid, kind, rids));
+    }
+
+    /// Notes what the client says its m-lines carry; a later word on the
+    /// same m-line replaces the earlier one (a transceiver reused for
+    /// another source).
+    pub fn set_sources(&mut self, sources: &[(Mid, crate::signal::TrackSource)]) {
+        for (mid, source) in sources {
+            self.sources.retain(|(m, _)| m != mid);
+            self.sources.push((*mid, *source));
+        }
+        // Bounded whatever the client sends: more than a peer can publish.
+        let excess = self.sources.len().saturating_sub(MAX_SOURCES);
+        self.sources.drain(..excess);
+    }
+
+    /// What the client said m-line `mid` carries, if it fits `kind`.
+    pub fn declared_source(&self, mid: Mid, kind: MediaKind) -> Option<crate::signal::TrackSource> {
+        self.sources
+            .iter()
+            .find(|(m, _)| *m == mid)
+            .map(|(_, s)| *s)
+            .filter(|s| s.fits(kind.into()))
+    }
+
+    /// Forgets withheld m-lines the client stopped.
+    pub fn forget_withheld(&mut self, mids: &[Mid]) {
+        self.withheld.retain(|(m, _, _)| !mids.contains(m));
     }
 
     /// The m-lines withheld, to publish now that it may.

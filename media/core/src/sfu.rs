@@ -220,6 +220,23 @@ impl Sfu {
         true
     }
 
+    /// Test only: the local tracks `subscriber` is subscribed to, each with
+    /// whether it is forwarded now (false: paused by `track_settings`).
+    #[cfg(feature = "test-hooks")]
+    pub fn subscriptions_of(&self, subscriber: ConnectionId) -> Vec<(TrackId, bool)> {
+        self.peers
+            .values()
+            .flat_map(|p| p.published.iter())
+            .filter_map(|publication| {
+                publication
+                    .subscribers
+                    .iter()
+                    .find(|s| s.connection == subscriber)
+                    .map(|s| (publication.id, !s.paused))
+            })
+            .collect()
+    }
+
     /// The room a connection is in.
     pub fn room_of(&self, connection: ConnectionId) -> Option<&RoomId> {
         self.peers.get(&connection).map(|p| p.room())

@@ -36,6 +36,50 @@ impl From<TrackKind> for MediaKind {
     }
 }
 
+/// What a track carries, as its publisher says (docs/protocol.md): a screen
+/// share is shown apart from the cameras, on the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    /// A camera (video tracks, unless the publisher says otherwise).
+    Camera,
+    /// A microphone (audio tracks, unless the publisher says otherwise).
+    Microphone,
+    /// A shared screen, window or tab.
+    Screen,
+    /// The audio of a shared screen or tab.
+    ScreenAudio,
+}
+
+impl TrackSource {
+    /// What a track of `kind` carries when its publisher did not say.
+    pub fn default_for(kind: TrackKind) -> Self {
+        match kind {
+            TrackKind::Audio => TrackSource::Microphone,
+            TrackKind::Video => TrackSource::Camera,
+        }
+    }
+
+    /// Parses the protocol's spelling (`camera`, `microphone`, `screen`, `screen_audio`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "camera" => Some(TrackSource::Camera),
+            "microphone" => Some(TrackSource::Microphone),
+            "screen" => Some(TrackSource::Screen),
+            "screen_audio" => Some(TrackSource::ScreenAudio),
+            _ => None,
+        }
+    }
+
+    /// Whether a track of `kind` can carry this (a camera is no audio).
+    pub fn fits(self, kind: TrackKind) -> bool {
+        match self {
+            TrackSource::Camera | TrackSource::Screen => kind == TrackKind::Video,
+            TrackSource::Microphone | TrackSource::ScreenAudio => kind == TrackKind::Audio,
+        }
+    }
+}
+
 /// How a participant reaches the server; decides how subscriptions are negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
@@ -77,6 +121,14 @@ pub struct TrackInfo {
     pub kind: TrackKind,
     /// Whether the publisher muted it.
     pub muted: bool,
+    /// What it carries (a camera, a screen share, ...). Absent from an
+    /// older node's relay messages: taken as a camera then.
+    #[serde(default = "camera")]
+    pub source: TrackSource,
+}
+
+fn camera() -> TrackSource {
+    TrackSource::Camera
 }
 
 /// A participant as others see it.

@@ -10,7 +10,7 @@ use str0m::rtp::Ssrc;
 use crate::packet::{GapWatch, Packet};
 
 use crate::id::{ConnectionId, ParticipantId, TrackId};
-use crate::signal::TrackInfo;
+use crate::signal::{TrackInfo, TrackSource};
 
 /// A track a participant publishes, with everyone who receives it.
 #[derive(Debug)]
@@ -20,6 +20,8 @@ pub(crate) struct Publication {
     pub mid: Mid,
     pub kind: MediaKind,
     pub muted: bool,
+    /// What it carries, as its publisher said (a camera by default).
+    pub source: TrackSource,
     /// Open subscriptions: who receives it, on which of their m-lines.
     pub subscribers: Vec<Subscriber>,
     pub keyframes: KeyframeThrottle,
@@ -107,6 +109,7 @@ impl Publication {
             mid,
             kind,
             muted: false,
+            source: TrackSource::default_for(kind.into()),
             subscribers: Vec::new(),
             keyframes: KeyframeThrottle::default(),
             layers: Vec::new(),
@@ -159,6 +162,7 @@ impl Publication {
             id: self.id,
             kind: self.kind.into(),
             muted: self.muted,
+            source: self.source,
         }
     }
 }

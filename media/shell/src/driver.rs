@@ -607,8 +607,12 @@ impl Driver {
                 }
                 let _ = reply.send(r.map_err(MediaError::from));
             }
-            Command::Offer(p, offer, reply) => {
-                let _ = reply.send(self.sfu.handle_offer(now, p, *offer).map_err(Into::into));
+            Command::Offer(p, offer, sources, reply) => {
+                let r = self
+                    .sfu
+                    .set_track_sources(p, &sources)
+                    .and_then(|()| self.sfu.handle_offer(now, p, *offer));
+                let _ = reply.send(r.map_err(Into::into));
             }
             Command::Answer(p, answer, reply) => {
                 let _ = reply.send(self.sfu.handle_answer(now, p, *answer).map_err(Into::into));

@@ -4,13 +4,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use str0m::media::Mid;
 use tokio::sync::{mpsc, oneshot};
 #[cfg(feature = "test-hooks")]
 use vela_media_core::Sfu;
 use vela_media_core::{
     ConnectionId, DataMessage, JoinError, JoinRequest, Joined, LeaveReason, ParticipantInfo,
     Permissions, RoomId, RoomInfo, RoomOptions, SdpAnswer, SdpOffer, SfuStats, Signal, SignalError,
-    TrackId, TrackInfo, TrackKind, TrackSettings, id_shard,
+    TrackId, TrackInfo, TrackKind, TrackSettings, TrackSource, id_shard,
 };
 
 use crate::placement::Placement;
@@ -110,7 +111,12 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
 pub(crate) enum Command {
     Join(Box<JoinRequest>, SignalSink, Reply<Joined>),
     Handover(ConnectionId, Box<JoinRequest>, SignalSink, Reply<Joined>),
-    Offer(ConnectionId, Box<SdpOffer>, Reply<SdpAnswer>),
+    Offer(
+        ConnectionId,
+        Box<SdpOffer>,
+        Vec<(Mid, TrackSource)>,
+        Reply<SdpAnswer>,
+    ),
     Answer(ConnectionId, Box<SdpAnswer>, Reply<()>),
     Candidate(ConnectionId, String, Reply<()>),
     Mute(
@@ -410,8 +416,23 @@ impl MediaHandle {
 
     /// Hands a client's offer to its connection; returns the answer.
     pub async fn offer(&self, p: ConnectionId, offer: SdpOffer) -> Result<SdpAnswer, MediaError> {
+        self.offer_with_sources(p, offer, Vec::new()).await
+    }
+
+    /// Like [`MediaHandle::offer`], with what the offer's m-lines carry, by
+    /// mid (a screen share, ...; see [`vela_media_core::Sfu::set_track_sources`]).
+    pub async fn offer_with_sources(
+        &self,
+        p: ConnectionId,
+        offer: SdpOffer,
+        sources: Vec<(String, TrackSource)>,
+    ) -> Result<SdpAnswer, MediaError> {
+        let sources = sources
+            .into_iter()
+            .map(|(mid, s)| (Mid::from(mid.as_str()), s))
+            .collect();
         Self::call(self.connection_tx(p), |r| {
-            Command::Offer(p, Box::new(offer), r)
+            Command::Offer(p, Box::new(offer), sources, r)
         })
         .await
     }

@@ -23,7 +23,7 @@ use livekit_protocol as lk;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vela_media::PermissionsUpdate;
-use vela_media::core::{ParticipantInfo, RoomId, TrackInfo, TrackKind};
+use vela_media::core::{ParticipantInfo, RoomId, TrackInfo, TrackKind, TrackSource};
 
 use crate::domain::livekit::{self as names, PARTICIPANT, TRACK};
 use crate::services::room_directory::RoomHome;
@@ -536,15 +536,22 @@ pub(crate) fn participant_of(p: &ParticipantInfo) -> lk::ParticipantInfo {
     }
 }
 
-/// A published track as LiveKit's `TrackInfo` (vela knows no source).
+/// A published track as LiveKit's `TrackInfo`.
 fn track_of(t: &TrackInfo) -> lk::TrackInfo {
     let kind = match t.kind {
         TrackKind::Audio => lk::TrackType::Audio,
         TrackKind::Video => lk::TrackType::Video,
     };
+    let source = match t.source {
+        TrackSource::Camera => lk::TrackSource::Camera,
+        TrackSource::Microphone => lk::TrackSource::Microphone,
+        TrackSource::Screen => lk::TrackSource::ScreenShare,
+        TrackSource::ScreenAudio => lk::TrackSource::ScreenShareAudio,
+    };
     lk::TrackInfo {
         sid: names::sid(&t.id.to_string(), TRACK),
         r#type: kind as i32,
+        source: source as i32,
         muted: t.muted,
         ..lk::TrackInfo::default()
     }
@@ -572,10 +579,12 @@ mod tests {
             id: TrackId(4),
             kind: TrackKind::Video,
             muted: true,
+            source: TrackSource::Screen,
         });
         let v = proto_names(serde_json::to_value(&track).unwrap_or_default());
         assert_eq!(v["sid"], "TR_4");
         assert_eq!(v["type"], "VIDEO");
+        assert_eq!(v["source"], "SCREEN_SHARE");
         assert_eq!(v["muted"], true);
     }
 

@@ -32,6 +32,7 @@ mod session_resume;
 mod shards;
 mod slow_readers;
 mod sqlite_file;
+mod track_sources;
 mod webhooks;
 mod whip_whep;
 mod ws_protocol;

@@ -147,6 +147,9 @@ pub struct RelayTrack {
     pub kind: TrackKind,
     /// Muted by its publisher or the server API.
     pub muted: bool,
+    /// What it carries (absent from an older node: by its kind).
+    #[serde(default)]
+    pub source: Option<crate::signal::TrackSource>,
     /// Its simulcast layers' rids, lowest first (empty: one layer). The
     /// layer index of a [`RelayPacket`] and the bits of a demand count in
     /// this order.

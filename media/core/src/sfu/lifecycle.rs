@@ -47,6 +47,9 @@ impl Sfu {
         };
         let public_id = peer.public_id();
         let mut publication = Publication::new(id, mid, kind);
+        if let Some(source) = peer.declared_source(mid, kind) {
+            publication.source = source;
+        }
         let mut rids = rids.to_vec();
         rids.dedup();
         rids.sort_by_key(|r| rid_rank(r));
@@ -281,6 +284,37 @@ impl Sfu {
         if members.is_empty() {
             self.room_emptied(room);
         }
+    }
+
+    /// The client stopped sending on these m-lines of its own (its offer
+    /// stopped them or made them receive-only): their tracks are
+    /// unpublished, as when it leaves. M-lines that carry no published
+    /// track (the server's own, a withheld one) are left alone, but a
+    /// withheld one is forgotten so a later grant does not publish it.
+    pub(super) fn unpublish_mids(&mut self, pid: ConnectionId, mids: &[Mid]) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if mids.is_empty() {
+            return;
+        }
+        peer.forget_withheld(mids);
+        let mut tracks = Vec::new();
+        peer.published.retain(|p| {
+            let keep = !mids.contains(&p.mid);
+            if !keep {
+                tracks.push(p.id);
+            }
+            keep
+        });
+        if tracks.is_empty() {
+            return;
+        }
+        let room = peer.room().clone();
+        let public = peer.public_id();
+        let visible = peer.is_visible();
+        tracing::info!(participant = %pid, ?tracks, "tracks unpublished: the client stopped sending them");
+        self.drop_publications(&room, public, visible, &tracks);
     }
 
     /// Tracks of `public` are gone (its connection left, or it may no longer

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use str0m::Candidate;
 use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::Mid;
 
 use super::Sfu;
 use crate::error::SignalError;
@@ -42,6 +43,14 @@ impl Sfu {
             .get_mut(&connection)
             .ok_or(SignalError::UnknownParticipant)?;
         check_tracks(&offer, self.config.max_tracks_per_participant)?;
+        // M-lines the client no longer sends on (a stopped transceiver, as
+        // when a screen share ends): their tracks are unpublished below.
+        let stopped: Vec<Mid> = offer
+            .media_lines
+            .iter()
+            .filter(|m| m.typ.is_media() && (m.disabled || !m.direction().is_sending()))
+            .map(|m| m.mid())
+            .collect();
         let answer = match peer.accept_offer(offer) {
             Ok(a) => a,
             Err(e) => {
@@ -54,8 +63,27 @@ impl Sfu {
         if let Some(u) = peer.ufrags().last() {
             self.router.add_ufrag(u.clone(), connection);
         }
+        self.unpublish_mids(connection, &stopped);
         self.mark_dirty(connection);
         Ok(answer)
+    }
+
+    /// Notes what the client says the m-lines of its offer carry (a camera,
+    /// a screen share: `offer`'s `sources`), before [`Sfu::handle_offer`]:
+    /// tracks published from them carry it. An m-line not named is a
+    /// camera or microphone by its kind; a source that does not fit the
+    /// m-line's kind is ignored when it is published.
+    pub fn set_track_sources(
+        &mut self,
+        connection: ConnectionId,
+        sources: &[(str0m::media::Mid, crate::signal::TrackSource)],
+    ) -> Result<(), SignalError> {
+        let peer = self
+            .peers
+            .get_mut(&connection)
+            .ok_or(SignalError::UnknownParticipant)?;
+        peer.set_sources(sources);
+        Ok(())
     }
 
     /// Accepts a client's answer to the server's offer.

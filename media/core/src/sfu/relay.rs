@@ -401,7 +401,7 @@ impl Sfu {
         let peer = self.peers.get_mut(&publisher)?;
         let p = peer.published.iter().find(|p| p.id == track)?;
         let video = p.kind == MediaKind::Video;
-        let (id, kind, muted) = (p.id, p.kind, p.muted);
+        let (id, kind, muted, source) = (p.id, p.kind, p.muted, p.source);
         let rids = p
             .layers
             .iter()
@@ -430,6 +430,7 @@ impl Sfu {
             id,
             kind: kind.into(),
             muted,
+            source: Some(source),
             rids,
             codecs,
         })
@@ -1389,6 +1390,9 @@ impl Sfu {
         rids.sort_by_key(|r| rid_rank(r));
         publication.layers = rids.into_iter().map(Layer::new).collect();
         publication.muted = track.muted;
+        if let Some(source) = track.source.filter(|s| s.fits(track.kind)) {
+            publication.source = source;
+        }
         let info = publication.info();
         tracing::info!(%room, %participant, track = %id, ?kind, %link, "remote track published");
         self.relay.tracks.insert(

@@ -760,6 +760,7 @@ fn hostile_relay_input_is_refused_and_counted_and_the_room_goes_on() {
                     id: TrackId(777),
                     kind: TrackKind::Video,
                     muted: false,
+                    source: None,
                     rids: vec![],
                     codecs: vec![],
                 },

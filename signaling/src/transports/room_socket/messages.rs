@@ -94,14 +94,18 @@ pub(super) async fn handle_message(
     };
     let result: Result<Option<ServerMessage<'static>>, ApiError> = match msg {
         ClientMessage::Join { .. } => Err(ApiError::bad_request("already joined")),
-        ClientMessage::Offer { sdp } => match SdpOffer::from_sdp_string(&sdp) {
-            Err(e) => Err(ApiError::bad_request(format!(
+        ClientMessage::Offer { sdp, sources } => match (
+            SdpOffer::from_sdp_string(&sdp),
+            super::protocol::parse_sources(&sources),
+        ) {
+            (Err(e), _) => Err(ApiError::bad_request(format!(
                 "malformed SDP offer: {}",
                 crate::transports::whip::sdp_reason(&e)
             ))),
-            Ok(offer) => state
+            (_, Err(e)) => Err(ApiError::bad_request(format!("bad sources: {e}"))),
+            (Ok(offer), Ok(sources)) => state
                 .media
-                .offer(id, offer)
+                .offer_with_sources(id, offer, sources)
                 .await
                 .map(|a| {
                     Some(ServerMessage::Answer {

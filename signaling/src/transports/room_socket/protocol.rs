@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::ice::IceServer;
 use vela_media::core::{
     LeaveReason, ParticipantId, ParticipantInfo, Permissions, TrackId, TrackInfo, TrackKind,
+    TrackSource,
 };
 
 /// A message from the client.
@@ -35,6 +36,11 @@ pub enum ClientMessage {
     Offer {
         /// The SDP.
         sdp: String,
+        /// What its m-lines carry, by mid (`camera`, `microphone`,
+        /// `screen`, `screen_audio`); an m-line not named is a camera or a
+        /// microphone by its kind.
+        #[serde(default)]
+        sources: std::collections::BTreeMap<String, String>,
     },
     /// The client's answer to the server's offer.
     Answer {
@@ -222,6 +228,32 @@ pub struct SpeakerEntry {
     pub participant_id: ParticipantId,
     /// Linear audio level, 0.0 to 1.0.
     pub level: f32,
+}
+
+/// The most m-lines an `offer`'s `sources` may name (as many as a
+/// participant may publish, with room to spare).
+pub const MAX_OFFER_SOURCES: usize = 32;
+
+/// Checks an `offer`'s `sources` (mid -> source name): at most
+/// [`MAX_OFFER_SOURCES`], each a known source on a plausible mid.
+pub fn parse_sources(
+    sources: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, TrackSource)>, String> {
+    if sources.len() > MAX_OFFER_SOURCES {
+        return Err(format!("at most {MAX_OFFER_SOURCES} sources"));
+    }
+    sources
+        .iter()
+        .map(|(mid, source)| {
+            // A mid is an SDP token; str0m keeps at most 16 bytes of it.
+            if mid.is_empty() || mid.len() > 16 || !mid.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!("malformed mid {mid:?}"));
+            }
+            let s =
+                TrackSource::parse(source).ok_or_else(|| format!("unknown source {source:?}"))?;
+            Ok((mid.clone(), s))
+        })
+        .collect()
 }
 
 /// Parses a track kind as the protocol spells it.
