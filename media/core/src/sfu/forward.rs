@@ -110,6 +110,12 @@ fn write_packet(
             .stream_tx_by_mid(mid, None)
             .ok_or(RtcError::NoSenderSource)?;
         s.tx_ssrc = Some(tx.ssrc());
+        // Forwarded video leaves as it arrives, as audio does: the
+        // publisher's own pacer spaced it already, and str0m's leaky bucket
+        // (1.1x the send estimate, 40 ms of burst) held each keyframe
+        // behind it for 100-200 ms (issue 22). The estimate still picks
+        // the layers; probes and padding stay paced.
+        tx.set_unpaced(true);
         tx.write_rtp(rtp);
     }
     Ok(())
