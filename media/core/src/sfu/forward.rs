@@ -97,8 +97,8 @@ fn write_packet(
     }
     // A keyframe skips str0m's leaky bucket (1.1x the send estimate with
     // 40 ms of burst), which held it 100-400 ms (issue 22): the publisher's
-    // pacer spaced it already. Other video stays paced: unpaced, every
-    // frame's burst moved the delay-based estimate down and the layers with it.
+    // pacer spaced it already. Other video stays paced: with all video
+    // unpaced the send estimate fell and the layers with it (BENCHMARKS.md).
     if video && p.keyframe_start {
         s.in_keyframe = true;
     }
