@@ -197,6 +197,9 @@ pub(crate) struct Subscriber {
     pub pt_map: Option<(u32, Pt, Pt)>,
     /// The SSRC of `mid`'s send stream, cached.
     pub tx_ssrc: Option<Ssrc>,
+    /// A keyframe is being written (from its first packet to its marker):
+    /// its packets skip the pacer.
+    pub in_keyframe: bool,
 }
 
 /// How a source's numbering maps to one subscriber's since the last switch.
@@ -246,6 +249,7 @@ impl Subscriber {
             epoch,
             pt_map: None,
             tx_ssrc: None,
+            in_keyframe: false,
         }
     }
 

@@ -95,6 +95,17 @@ fn write_packet(
             rtp = rtp.vp8_patch(v);
         }
     }
+    // A keyframe skips str0m's leaky bucket (1.1x the send estimate with
+    // 40 ms of burst), which held it 100-400 ms (issue 22): the publisher's
+    // pacer spaced it already. Other video stays paced: with all video
+    // unpaced the send estimate fell and the layers with it (BENCHMARKS.md).
+    if video && p.keyframe_start {
+        s.in_keyframe = true;
+    }
+    let unpaced = video && s.in_keyframe;
+    if video && p.marker {
+        s.in_keyframe = false;
+    }
     let mid = s.mid;
     let mut api = rtc.direct_api();
     // By SSRC, one hash lookup, while the cached stream still serves the
@@ -104,12 +115,18 @@ fn write_packet(
         .and_then(|ssrc| api.stream_tx(&ssrc))
         .filter(|tx| tx.mid() == mid && tx.rid().is_none());
     if let Some(tx) = cached {
+        if video {
+            tx.set_unpaced(unpaced);
+        }
         tx.write_rtp(rtp);
     } else {
         let tx = api
             .stream_tx_by_mid(mid, None)
             .ok_or(RtcError::NoSenderSource)?;
         s.tx_ssrc = Some(tx.ssrc());
+        if video {
+            tx.set_unpaced(unpaced);
+        }
         tx.write_rtp(rtp);
     }
     Ok(())

@@ -10,6 +10,7 @@ mod hostile_media;
 mod ice_tcp;
 mod identity;
 mod loss_repair;
+mod pacing;
 mod peer_panic;
 mod reconnect;
 mod relay;

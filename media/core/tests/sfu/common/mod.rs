@@ -74,6 +74,8 @@ pub struct Client {
     force_keyframe_rids: Vec<String>,
     frame: u64,
     force_keyframe: bool,
+    /// Bytes of a keyframe on a single-layer track (None: a delta frame's).
+    pub keyframe_size: Option<usize>,
     /// The SSRC of each RTP packet the SFU sent it, in order.
     pub rtp_ssrcs: Vec<u32>,
     /// Frames it received that could not be depacketized.
@@ -83,6 +85,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// Its next single-layer video frame is a keyframe.
+    pub fn send_keyframe(&mut self) {
+        self.force_keyframe = true;
+    }
+
+    /// A keyframe was asked for and not written yet.
+    pub fn keyframe_pending(&self) -> bool {
+        self.force_keyframe
+    }
+
     /// Frames received from `publisher` of `kind`, over all its m-lines.
     pub fn frames_from(&self, publisher: ParticipantId, kind: MediaKind) -> u64 {
         let p = publisher.to_string();
@@ -292,6 +304,7 @@ impl World {
             force_keyframe_rids: Vec::new(),
             frame: 0,
             force_keyframe: false,
+            keyframe_size: None,
             rtp_ssrcs: Vec::new(),
             undecodable: 0,
             others: joined.others.iter().map(|p| p.id).collect(),
@@ -389,6 +402,7 @@ impl World {
             force_keyframe_rids: vec!["q".into(), "h".into(), "f".into()],
             frame: 0,
             force_keyframe: true,
+            keyframe_size: None,
             rtp_ssrcs: Vec::new(),
             undecodable: 0,
             others: joined.others.iter().map(|p| p.id).collect(),
@@ -528,8 +542,12 @@ impl World {
                     // A VP8 frame tag: bit 0 clear marks a keyframe.
                     let mut frame =
                         vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                    let size = match c.keyframe_size {
+                        Some(k) if key && rid.is_empty() => k,
+                        _ => *size,
+                    };
                     // The last byte names the sender.
-                    frame.resize(*size, tag);
+                    frame.resize(size, tag);
                     // Each layer has a clock of its own, as browsers' do.
                     let base = rid.bytes().map(u64::from).sum::<u64>() * 1_000_000;
                     let t = MediaTime::from_90khz(base + c.frame * 4500);
