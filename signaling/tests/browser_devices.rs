@@ -32,6 +32,28 @@ async fn devices(client: &Client) -> TestResult<Value> {
 
 /// Picks `device` in `client`'s select of `kind`, as a person does.
 async fn choose(client: &Client, kind: &str, device: &str) -> TestResult {
+    // As a person would: only once the list offers it (opening the panel
+    // lists the devices again, asynchronously; a value set before that
+    // matched no option, and the page was asked for no device at all).
+    poll(
+        "the device is offered",
+        Duration::from_secs(5),
+        async || {
+            let offered = run_js(
+                client,
+                r#"const [kind, id] = args;
+return [...document.querySelector('#sel-' + kind).options].some((o) => o.value === id);"#,
+                vec![json!(kind), json!(device)],
+            )
+            .await?;
+            Ok(if offered == true {
+                Ok(())
+            } else {
+                Err(format!("{kind} {device} not in the list yet"))
+            })
+        },
+    )
+    .await?;
     run_js(
         client,
         r#"const [kind, id] = args;
