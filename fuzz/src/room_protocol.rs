@@ -339,7 +339,9 @@ impl World {
         let sfu = &mut self.sfu;
         match msg {
             ClientMessage::Join { .. } | ClientMessage::Resume { .. } | ClientMessage::Ping => {}
-            ClientMessage::Offer { sdp } => match SdpOffer::from_sdp_string(&sdp) {
+            // The offer's track sources are not driven here yet (the server
+            // checks them in its transport before the core sees the offer).
+            ClientMessage::Offer { sdp, sources: _ } => match SdpOffer::from_sdp_string(&sdp) {
                 Err(e) => {
                     let _ = vela_signaling::fuzz::sdp_reason(&e);
                 }
@@ -471,7 +473,7 @@ impl World {
         };
         let text = serde_json::json!({"type": "offer", "sdp": offer.to_sdp_string()}).to_string();
         crate::debug!("session {who} ({id}): browser offer {spec}");
-        let Ok(ClientMessage::Offer { sdp }) = decode_client_message(&text) else {
+        let Ok(ClientMessage::Offer { sdp, .. }) = decode_client_message(&text) else {
             return;
         };
         let answer = SdpOffer::from_sdp_string(&sdp)
