@@ -22,8 +22,8 @@ mod quality;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use browser::whip_whep::{INBOUND, negotiate};
-use browser::{Client, Harness, TestResult, poll, run_js};
+use browser::whip_whep::negotiate;
+use browser::{Client, Harness, TestResult, run_js};
 use serde_json::{Value, json};
 
 const ROOM: &str = "tcp";
@@ -76,18 +76,9 @@ async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
     if shards != [Some(0), Some(1)] {
         return Err(format!("expected the rooms on shards 0 and 1, got {shards:?}").into());
     }
-    let received = poll(
+    let received = browser::whip_whep::whep_receives(
+        &bob,
         "the WHEP viewer decodes the WHIP publisher's media, both over TCP",
-        Duration::from_secs(20),
-        async || {
-            let seen = run_js(&bob, INBOUND, vec![json!("whep")]).await?;
-            let n = |k: &str| seen[k].as_f64().unwrap_or(0.0);
-            Ok(if n("framesDecoded") > 10.0 && n("audioPackets") > 20.0 {
-                Ok(seen)
-            } else {
-                Err(seen.to_string())
-            })
-        },
     )
     .await?;
     eprintln!("WHEP received: {received}");

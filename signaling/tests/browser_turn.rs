@@ -183,18 +183,9 @@ async fn scenario(h: &Harness, link: &netns::Link, coturn: &Coturn) -> TestResul
             return Err(format!("{what}: expected 201 with three ice-server links: {r}").into());
         }
     }
-    let received = poll(
+    let received = browser::whip_whep::whep_receives(
+        &bob,
         "the WHEP viewer decodes the WHIP publisher's media",
-        Duration::from_secs(20),
-        async || {
-            let seen = run_js(&bob, browser::whip_whep::INBOUND, vec![json!("whep")]).await?;
-            let n = |k: &str| seen[k].as_f64().unwrap_or(0.0);
-            Ok(if n("framesDecoded") > 10.0 && n("audioPackets") > 20.0 {
-                Ok(seen)
-            } else {
-                Err(seen.to_string())
-            })
-        },
     )
     .await?;
     eprintln!("WHEP received: {received}");

@@ -1,9 +1,9 @@
 //! Routes each datagram on the shared UDP port to the participant it belongs to.
 //!
 //! Known source addresses (with their transport: a TCP connection's remote
-//! address is not the same source as a UDP datagram's) are one hash lookup. A STUN binding request from a
-//! new address names the server's ICE ufrag in its USERNAME, which is a second
-//! hash lookup; no datagram scans the peers.
+//! address is not the same source as a UDP datagram's) are one hash lookup.
+//! A STUN binding request from a new address names the server's ICE ufrag in
+//! its USERNAME, which is a second hash lookup; no datagram scans the peers.
 
 use std::net::SocketAddr;
 

@@ -2,9 +2,11 @@
 //! (`POST /whip/{room}`) and view with WHEP (`POST /whep/{room}`) in
 //! Chromium or Firefox.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
-use super::{Harness, Page, TestResult, run_js};
+use super::{Harness, Page, TestResult, poll, run_js};
 
 /// Shared by both sides: fetch a dev token, offer, POST the SDP, apply the
 /// answer. `args`: [endpoint ('whip' | 'whep'), room, identity, name].
@@ -79,6 +81,21 @@ const out = {
 });
 return out;
 "#;
+
+/// Waits (20 s at most) until the WHEP viewer on `page` has decoded more
+/// than 10 video frames and 20 audio packets; returns what [`INBOUND`] saw.
+pub async fn whep_receives(page: &impl Page, what: &str) -> TestResult<Value> {
+    poll(what, Duration::from_secs(20), async || {
+        let seen = run_js(page, INBOUND, vec![json!("whep")]).await?;
+        let n = |k: &str| seen[k].as_f64().unwrap_or(0.0);
+        Ok(if n("framesDecoded") > 10.0 && n("audioPackets") > 20.0 {
+            Ok(seen)
+        } else {
+            Err(seen.to_string())
+        })
+    })
+    .await
+}
 
 /// What the publisher sent so far.
 pub const OUTBOUND: &str = r#"
