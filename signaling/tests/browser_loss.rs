@@ -24,7 +24,7 @@ const ROOM: &str = "loss";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn video_survives_five_percent_loss_and_nacks_are_answered() {
-    impaired::run("browser_loss", Duration::from_secs(50), 1, scenario).await;
+    impaired::run("browser_loss", Duration::from_secs(75), 1, scenario).await;
 }
 
 async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
@@ -73,7 +73,7 @@ async fn scenario(h: &Harness, link: &netns::Link) -> TestResult {
     link.loss(12)?;
     let seen = poll(
         "the server's levels: bob fair or poor to alice, alice good to bob",
-        Duration::from_secs(15),
+        Duration::from_secs(20),
         async || {
             let qa = run_js(&alice, "return window.vela.connectionQuality();", vec![]).await?;
             let qb = run_js(&bob, "return window.vela.connectionQuality();", vec![]).await?;
