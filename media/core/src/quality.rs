@@ -101,6 +101,9 @@ pub fn score(s: &QualitySample) -> f32 {
     mos.clamp(1.0, 4.5)
 }
 
+/// How far above a level's threshold a score must be for the level to rise.
+const RISE_MARGIN: f32 = 0.1;
+
 /// Samples of one connection gathered between two looks.
 #[derive(Debug, Default)]
 pub(crate) struct QualityMeter {
@@ -163,7 +166,17 @@ impl QualityMeter {
         if measured {
             let mos = score(&sample);
             let rounded = (mos * 10.0).round() / 10.0;
-            self.last = Some((ConnectionQuality::from_score(mos), rounded));
+            let mut level = ConnectionQuality::from_score(mos);
+            // A level goes down at once but up only with a margin, so a
+            // score on a line does not flip the level (and a message to the
+            // whole room) every look.
+            if let Some((last, _)) = self.last
+                && level > last
+                && ConnectionQuality::from_score(mos - RISE_MARGIN) <= last
+            {
+                level = last;
+            }
+            self.last = Some((level, rounded));
         }
         self.last
     }
@@ -240,6 +253,29 @@ mod tests {
         m.observe(Some(f32::NAN), None, None);
         m.observe_jitter(1, 0);
         assert_eq!(m.take().map(|x| x.0), Some(ConnectionQuality::Good));
+    }
+
+    #[test]
+    fn a_level_rises_only_clear_of_the_line() {
+        // Loss that scores just above the good line (about 4.17), then
+        // well above it.
+        let just_good = 0.025;
+        let mut m = QualityMeter::default();
+        m.observe(Some(0.06), None, None);
+        assert_eq!(m.take().map(|x| x.0), Some(ConnectionQuality::Fair));
+        m.observe(Some(just_good), None, None);
+        let (q, s) = m.take().unwrap();
+        assert!((4.1..=4.2).contains(&s), "score {s}");
+        assert_eq!(q, ConnectionQuality::Fair, "stays fair on the line");
+        m.observe(Some(0.0), None, None);
+        assert_eq!(m.take().map(|x| x.0), Some(ConnectionQuality::Good));
+        // Down at once.
+        m.observe(Some(0.06), None, None);
+        assert_eq!(m.take().map(|x| x.0), Some(ConnectionQuality::Fair));
+        // A fresh meter takes the score as it is.
+        let mut fresh = QualityMeter::default();
+        fresh.observe(Some(just_good), None, None);
+        assert_eq!(fresh.take().map(|x| x.0), Some(ConnectionQuality::Good));
     }
 
     #[test]
