@@ -1,8 +1,11 @@
 //! Screen sharing on the web page: a page shares its screen (Chromium picks
 //! "Entire screen" by itself), the other page shows it on the stage with
-//! its frames decoding and the cameras in a strip; stopping the share (the
-//! button, then the browser's own "Stop sharing") unpublishes it and the
-//! stage goes. Screenshots of the call and of the share at two window
+//! its frames decoding and the cameras in a strip; the sharer sees its own
+//! share small, marked "You are presenting", with a Stop button. A
+//! moderator muting the share (server API) pauses it on the sharer's page
+//! and leaves its camera alone. Stopping the share (the own view's Stop,
+//! the Share button, then the browser's own "Stop sharing") unpublishes it
+//! and the stage goes. Screenshots of the call and of the share at two window
 //! sizes go to target/screenshots (or VELA_SCREENSHOT_DIR).
 //!
 //! Plain loopback (no namespace). Needs Chromium and chromedriver.
@@ -144,6 +147,79 @@ async fn expect_sending(sharer: &Client) -> TestResult<Value> {
     .await
 }
 
+/// Waits until `sharer` shows its own share: small, "You are presenting",
+/// playing, paused by a moderator or not as `paused` says.
+async fn expect_own_view(sharer: &Client, paused: bool) -> TestResult<Value> {
+    poll(
+        "the sharer's own view of its share",
+        Duration::from_secs(10),
+        async || {
+            let s = run_js(sharer, "return await window.vela.shareState();", vec![]).await?;
+            let v = &s["view"];
+            let ok = v["shown"] == true
+                && v["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("You are presenting") && t.contains("Stop"))
+                && v["videoWidth"].as_u64() > Some(0)
+                && v["width"]
+                    .as_u64()
+                    .is_some_and(|w| (100..=300).contains(&w))
+                && v["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("Paused by a moderator") == paused)
+                && s["pausedByModerator"] == paused
+                && s["videoEnabled"] == !paused;
+            Ok(if ok { Ok(s) } else { Err(s.to_string()) })
+        },
+    )
+    .await
+}
+
+/// A moderator (a roomAdmin token of the test's own) mutes or unmutes
+/// `pid`'s track of `source` through the server API; returns its id.
+async fn mute_source(h: &Harness, pid: &str, source: &str, muted: bool) -> TestResult<String> {
+    let body: Value = h
+        .http
+        .get(h.url(&format!("/api/dev-token?room={ROOM}&identity=ops&admin=1")))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = body["token"].as_str().ok_or("no admin token")?.to_owned();
+    let list: Value = h
+        .http
+        .get(h.url(&format!("/api/v1/rooms/{ROOM}/participants")))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let p = list["participants"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["id"] == pid))
+        .ok_or_else(|| format!("{pid} not listed: {list}"))?;
+    let track = p["tracks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["source"] == source))
+        .and_then(|t| t["id"].as_str())
+        .ok_or_else(|| format!("{pid} has no {source} track: {p}"))?
+        .to_owned();
+    let identity = p["identity"].as_str().ok_or("no identity")?;
+    let r = h
+        .http
+        .post(h.url(&format!(
+            "/api/v1/rooms/{ROOM}/participants/{identity}/tracks/{track}/mute"
+        )))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "muted": muted }))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        return Err(format!("mute {track}: HTTP {}", r.status()).into());
+    }
+    Ok(track)
+}
+
 async fn click_share(client: &Client) -> TestResult {
     // A real click: getDisplayMedia needs a user gesture.
     client
@@ -194,7 +270,52 @@ async fn scenario(h: &Harness) -> TestResult {
     expect_on_stage(&bob, &a, decoded, 10).await?;
     bob.set_window_size(1280, 720).await?;
 
-    // Stopped with the button: unpublished, the stage goes.
+    // Alice sees her own share, small, marked, with a Stop button.
+    let own = expect_own_view(&alice, false).await?;
+    eprintln!("alice's own view: {}", own["view"]);
+    screenshot(&alice, "screen-share-presenter", None).await?;
+
+    // A moderator mutes the share: alice's page pauses the share, not her
+    // camera (the message names the track's source).
+    let screen = mute_source(h, &a, "screen", true).await?;
+    expect_own_view(&alice, true).await?;
+    let cam = run_js(
+        &alice,
+        r#"return { button: document.querySelector('#mute-video').textContent,
+  camBadge: !document.querySelector('.tile.local .badge.cam').hidden,
+  notice: document.querySelector('#call-notice').textContent };"#,
+        vec![],
+    )
+    .await?;
+    if cam["button"] != "Camera off"
+        || cam["camBadge"] != false
+        || !cam["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("screen share"))
+    {
+        return Err(format!("after the share's mute ({screen}), alice's page: {cam}").into());
+    }
+    // Her camera still reaches bob.
+    frames_grow(&bob, &a, 10, Duration::from_secs(10)).await?;
+    mute_source(h, &a, "screen", false).await?;
+    expect_own_view(&alice, false).await?;
+    let decoded = expect_on_stage(&bob, &a, 0, 0).await?;
+    expect_on_stage(&bob, &a, decoded, 10).await?;
+    eprintln!("muted and unmuted by a moderator: the camera untouched");
+
+    // Stopped with the own view's Stop: unpublished, the stage goes.
+    alice
+        .find(Locator::Css("#stop-presenting"))
+        .await?
+        .click()
+        .await?;
+    expect_gone(h, &bob, &alice, tracks).await?;
+    eprintln!("stopped with the own view's Stop: gone");
+
+    // Shared again, stopped with the Share button.
+    click_share(&alice).await?;
+    expect_sending(&alice).await?;
+    expect_on_stage(&bob, &a, 0, 10).await?;
     click_share(&alice).await?;
     expect_gone(h, &bob, &alice, tracks).await?;
     eprintln!("stopped with the button: gone");

@@ -142,6 +142,7 @@ mod layer_selector;
 mod offer_check;
 mod packet;
 mod peer;
+mod quality;
 pub mod relay;
 mod room;
 mod router;
@@ -156,6 +157,9 @@ pub use id::{ConnectionId, IdParseError, ParticipantId, RoomId, TrackId};
 #[cfg(feature = "test-hooks")]
 pub use isolation::RtcCall;
 pub use packet::{Packet, PayloadError};
+pub use quality::{
+    ConnectionQuality, ParticipantQuality, QUALITY_INTERVAL, QualitySample, score as quality_score,
+};
 pub use relay::{Control, LinkId, RelayLinkStats, RelayMessage, RelayPacket, RelayTrack};
 pub use room::RoomOptions;
 pub use sfu::{

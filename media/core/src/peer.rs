@@ -75,6 +75,10 @@ pub(crate) struct Peer {
     deadline: Option<Instant>,
     /// Cumulative NACK counts last reported per m-line: (mid, received, sent).
     nack_totals: Vec<(Mid, u64, u64)>,
+    /// Its connection quality samples since the SFU last looked (crate::quality).
+    pub quality: crate::quality::QualityMeter,
+    /// The participants' levels this connection was last told (`connection_quality`).
+    pub quality_told: Vec<(ParticipantId, crate::quality::ConnectionQuality)>,
     /// The account and device behind the participant (see `JoinRequest::with_account`).
     account: Option<(String, String)>,
     /// What the client said its m-lines carry (`offer`'s `sources`), by mid:
@@ -235,6 +239,8 @@ impl Peer {
             rtc_timeout: now,
             closing: None,
             nack_totals: Vec::new(),
+            quality: crate::quality::QualityMeter::default(),
+            quality_told: Vec::new(),
             account: None,
             sources: Vec::new(),
             withheld: Vec::new(),

@@ -39,6 +39,7 @@ mod join;
 mod layers;
 mod lifecycle;
 mod negotiation;
+mod quality;
 mod relay;
 mod room_service;
 
@@ -135,6 +136,8 @@ pub struct Sfu {
     speaker_due: Option<Instant>,
     /// When simulcast layers are next allocated.
     layers_due: Instant,
+    /// When connection quality is next looked at (crate::quality).
+    quality_due: Instant,
     /// The earliest moment an empty room with a timeout closes.
     rooms_due: Option<Instant>,
     transmits: VecDeque<Transmit>,
@@ -167,6 +170,7 @@ impl Sfu {
             timers: BinaryHeap::new(),
             speaker_due: None,
             layers_due: now,
+            quality_due: now + crate::quality::QUALITY_INTERVAL,
             rooms_due: None,
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
@@ -400,6 +404,10 @@ impl Sfu {
             self.relay_layer_tick();
             self.sweep_silent(now);
         }
+        if now >= self.quality_due {
+            self.quality_due = now + crate::quality::QUALITY_INTERVAL;
+            self.tell_quality();
+        }
         if now >= self.relay_due {
             self.relay_due = now + relay::RELAY_TICK;
             self.relay_tick();
@@ -487,7 +495,7 @@ impl Sfu {
             next = next.min(t);
         }
         if !self.peers.is_empty() {
-            next = next.min(self.layers_due);
+            next = next.min(self.layers_due).min(self.quality_due);
         }
         if let Some(t) = self.rooms_due {
             next = next.min(t);

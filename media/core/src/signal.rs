@@ -250,9 +250,16 @@ pub enum Signal {
         track: TrackId,
         /// Its kind, so a publisher told of its own track knows which one.
         kind: TrackKind,
+        /// What it carries: a publisher told of its own screen share does
+        /// not take it for its camera.
+        source: TrackSource,
         /// Muted now.
         muted: bool,
     },
+    /// The connection quality of participants of the room as the server
+    /// measures it (crate::quality), those that changed since this
+    /// connection was last told (all of them the first time).
+    ConnectionQuality(Vec<crate::quality::ParticipantQuality>),
     /// To a publisher: the simulcast layers of its track anyone needs now;
     /// it may stop sending the others until they are needed again.
     LayersNeeded {

@@ -1070,7 +1070,13 @@ impl World {
                 Some(h) => {
                     let n = h.seen.len();
                     h.pump(d).await;
-                    h.seen[n..].to_vec()
+                    // The server's periodic connection quality reports come
+                    // whatever is refused.
+                    h.seen[n..]
+                        .iter()
+                        .filter(|v| v["type"] != "connection_quality")
+                        .cloned()
+                        .collect()
                 }
                 None => Vec::new(),
             }

@@ -254,6 +254,7 @@ async fn rooms_participants_moderation_data_and_tokens() {
         assert!(b.saw("track_muted", "track_id", &audio));
         let own = a.seen.iter().find(|v| v["type"] == "track_muted").unwrap();
         assert_eq!(own["kind"], "audio", "the publisher learns which of its tracks");
+        assert_eq!(own["source"], "microphone", "not its screen share's sound");
         let heard = b.peer.audio_frames();
         pump(&mut a, &mut b, Duration::from_secs(1)).await;
         assert_eq!(b.peer.audio_frames(), heard, "nothing forwarded while muted");

@@ -128,3 +128,47 @@ async fn shutdown_tells_every_session() {
     .await
     .expect("test timed out");
 }
+
+/// The last level `x` was told of participant `of` (`connection_quality`).
+fn quality_of(x: &SessionClient, of: &str) -> Option<String> {
+    x.seen
+        .iter()
+        .filter(|v| v["type"] == "connection_quality")
+        .flat_map(|v| v["updates"].as_array().cloned().unwrap_or_default())
+        .filter(|u| u["participant_id"] == of)
+        .map(|u| {
+            let score = u["score"].as_f64().unwrap_or(0.0);
+            assert!((1.0..=4.5).contains(&score), "a score out of range: {u}");
+            u["quality"].as_str().unwrap_or_default().to_owned()
+        })
+        .next_back()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_told_connection_quality_of_everyone_in_the_room() {
+    with_server(Duration::from_secs(60), async |s, _| {
+        let mut a = SessionClient::join(s, "cq1", "alice", true).await;
+        let mut b = SessionClient::join(s, "cq1", "bob", true).await;
+        let (ia, ib) = (a.id.clone(), b.id.clone());
+        // Loopback: both good, each told of both (itself included) within
+        // a few of the server's 2 s looks.
+        let told = SessionClient::pump_until(&mut [&mut a, &mut b], 100, |x| {
+            [&ia, &ib]
+                .iter()
+                .all(|p| quality_of(x, p).as_deref() == Some("good"))
+        })
+        .await;
+        assert!(told, "alice saw {:?}\nbob saw {:?}", a.seen, b.seen);
+        // Only changes are sent: a steady room says nothing more.
+        let count = |x: &SessionClient| {
+            x.seen
+                .iter()
+                .filter(|v| v["type"] == "connection_quality")
+                .count()
+        };
+        let before = count(&a);
+        a.pump(Duration::from_secs(5)).await;
+        assert_eq!(count(&a), before, "no change, no message: {:?}", a.seen);
+    })
+    .await;
+}

@@ -297,6 +297,18 @@ impl PeerPoll<'_> {
             Event::MediaIngressStats(st) => {
                 // NACKs to this publisher for packets lost on its way in.
                 self.stats.nacks_sent += peer.nack_delta(st.mid, None, Some(st.nacks)).1;
+                // Its audio's jitter (Opus: a 48 kHz clock), for its
+                // connection quality (crate::quality says why not video's).
+                if peer
+                    .publication_by_mid(st.mid)
+                    .is_some_and(|p| p.kind == MediaKind::Audio)
+                {
+                    peer.quality.observe_jitter(st.jitter, 48_000);
+                }
+            }
+            Event::PeerStats(st) => {
+                peer.quality
+                    .observe(st.ingress_loss_fraction, st.egress_loss_fraction, st.rtt);
             }
             Event::KeyframeRequest(r) => {
                 if let Some(src) = peer.source_of(r.mid) {

@@ -130,12 +130,14 @@ impl Sfu {
         let id = p.id;
         let video = p.kind == MediaKind::Video;
         let kind = p.kind.into();
+        let source = p.source;
         let room = peer.room().clone();
         let public_id = peer.public_id();
         self.signal_room(&room, Some(connection), |_| Signal::TrackMuted {
             participant: public_id,
             track: id,
             kind,
+            source,
             muted,
         });
         if changed {

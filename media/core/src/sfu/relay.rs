@@ -1224,10 +1224,12 @@ impl Sfu {
                 };
                 t.publication.set_muted(muted);
                 let kind = t.publication.kind.into();
+                let source = t.publication.source;
                 self.signal_room(&room, None, |_| Signal::TrackMuted {
                     participant,
                     track,
                     kind,
+                    source,
                     muted,
                 });
             }

@@ -216,11 +216,17 @@ impl Sfu {
             .peers
             .get(&owner)
             .map_or(ParticipantId(owner.0), |p| p.public_id());
-        let kind = self
+        let (kind, source) = self
             .peers
             .get(&owner)
             .and_then(|p| p.published.iter().find(|t| t.id == track))
-            .map_or(crate::signal::TrackKind::Audio, |t| t.kind.into());
+            .map_or(
+                (
+                    crate::signal::TrackKind::Audio,
+                    crate::signal::TrackSource::Microphone,
+                ),
+                |t| (t.kind.into(), t.source),
+            );
         for c in conns {
             self.signals.push_back((
                 c,
@@ -228,6 +234,7 @@ impl Sfu {
                     participant: public,
                     track,
                     kind,
+                    source,
                     muted,
                 },
             ));

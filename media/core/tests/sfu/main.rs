@@ -12,6 +12,7 @@ mod identity;
 mod loss_repair;
 mod pacing;
 mod peer_panic;
+mod quality;
 mod reconnect;
 mod relay;
 mod room_service;

@@ -10,6 +10,7 @@ pub(super) async fn forward_signal(
     pending_offer: &mut Option<String>,
 ) -> bool {
     let speakers;
+    let qualities;
     let msg = match &signal {
         Signal::Offer(o) => {
             let sdp = o.to_sdp_string();
@@ -36,13 +37,26 @@ pub(super) async fn forward_signal(
             participant,
             track,
             kind,
+            source,
             muted,
         } => ServerMessage::TrackMuted {
             participant_id: *participant,
             track_id: *track,
             kind: *kind,
+            source: *source,
             muted: *muted,
         },
+        Signal::ConnectionQuality(list) => {
+            qualities = list
+                .iter()
+                .map(|q| QualityEntry {
+                    participant_id: q.participant,
+                    quality: q.quality,
+                    score: q.score,
+                })
+                .collect();
+            ServerMessage::ConnectionQuality { updates: qualities }
+        }
         Signal::LayersNeeded { track, rids } => ServerMessage::LayersNeeded {
             track_id: *track,
             rids,

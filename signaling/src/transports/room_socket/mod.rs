@@ -33,7 +33,7 @@ use crate::services::token::Credential;
 use crate::transports::error::ApiError;
 use crate::transports::resume::{ResumeEntry, new_resume_token};
 use crate::transports::room_socket::protocol::{
-    ClientMessage, ServerMessage, SpeakerEntry, parse_kind,
+    ClientMessage, QualityEntry, ServerMessage, SpeakerEntry, parse_kind,
 };
 use crate::transports::state::AppState;
 use crate::transports::ws::{auth_timeout, close, limited, next_text, send_text};

@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::ice::IceServer;
 use vela_media::core::{
-    LeaveReason, ParticipantId, ParticipantInfo, Permissions, TrackId, TrackInfo, TrackKind,
-    TrackSource,
+    ConnectionQuality, LeaveReason, ParticipantId, ParticipantInfo, Permissions, TrackId,
+    TrackInfo, TrackKind, TrackSource,
 };
 
 /// A message from the client.
@@ -172,8 +172,16 @@ pub enum ServerMessage<'a> {
         track_id: TrackId,
         /// Audio or video.
         kind: TrackKind,
+        /// What it carries (a publisher's own screen share is not its camera).
+        source: TrackSource,
         /// Muted now.
         muted: bool,
+    },
+    /// Participants' connection quality as the server measures it, those
+    /// that changed since this session was last told (all the first time).
+    ConnectionQuality {
+        /// One entry per participant that changed.
+        updates: Vec<QualityEntry>,
     },
     /// A data message from another participant, or from the server API
     /// (`participant_id` absent).
@@ -219,6 +227,17 @@ pub enum ServerMessage<'a> {
         /// The rids to keep sending.
         rids: &'a [String],
     },
+}
+
+/// One entry of `connection_quality`.
+#[derive(Debug, Serialize)]
+pub struct QualityEntry {
+    /// Who.
+    pub participant_id: ParticipantId,
+    /// `good`, `fair` or `poor`.
+    pub quality: ConnectionQuality,
+    /// The mean opinion score behind it, 1.0 to 4.5.
+    pub score: f32,
 }
 
 /// One entry of `active_speakers`.

@@ -137,6 +137,8 @@ pub struct World {
     pub downlink_loss: f64,
     /// Fraction of client-to-server datagrams dropped.
     pub uplink_loss: f64,
+    /// Only this client's datagrams suffer the losses above (all when `None`).
+    pub lossy: Option<SocketAddr>,
     rng: u64,
     pub dropped: u64,
     next_audio: Instant,
@@ -205,6 +207,7 @@ impl World {
             to_server: VecDeque::new(),
             downlink_loss: 0.0,
             uplink_loss: 0.0,
+            lossy: None,
             rng: 0x9e37_79b9_7f4a_7c15,
             dropped: 0,
             next_audio: now,
@@ -662,7 +665,8 @@ impl World {
                 moved = true;
                 // Only media is impaired: the handshake is not what these tests study.
                 let media = data.first().is_some_and(|b| (128..192).contains(b));
-                if media && self.lose(self.uplink_loss) {
+                let hit = self.lossy.is_none_or(|a| a == src);
+                if media && hit && self.lose(self.uplink_loss) {
                     continue;
                 }
                 if let Some(ssrc) = rtp_ssrc(&data) {
@@ -678,7 +682,8 @@ impl World {
                     Output::Transmit(t) => {
                         moved = true;
                         let media = t.contents.first().is_some_and(|b| (128..192).contains(b));
-                        if media && self.lose(self.downlink_loss) {
+                        let hit = self.lossy.is_none_or(|a| a == t.destination);
+                        if media && hit && self.lose(self.downlink_loss) {
                             continue;
                         }
                         if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
@@ -747,6 +752,12 @@ impl World {
             Signal::TrackUnpublished { participant, track } => c
                 .signals
                 .push(format!("track_unpublished:{participant}:{track}")),
+            Signal::ConnectionQuality(list) => {
+                for q in list {
+                    c.signals
+                        .push(format!("quality:{}={}", q.participant, q.quality.as_str()));
+                }
+            }
             other => c.signals.push(format!("{other:?}")),
         }
     }
