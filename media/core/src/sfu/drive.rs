@@ -99,7 +99,8 @@ impl Sfu {
         poll.run(peer);
         let connected_now = poll.connected_now;
         let (closing, poisoned) = verdict(peer);
-        if connected_now {
+        // A second, receive-only connection is no participant connecting.
+        if connected_now && !peer.is_receiver() {
             tracing::info!(participant = %pid, room = %peer.room(), "media connected");
             self.events.push_back(RoomEvent::ParticipantConnected {
                 room: peer.room().clone(),

@@ -315,6 +315,62 @@ impl World {
         self.clients.len() - 1
     }
 
+    /// A second, receive-only connection of client `of` (as LiveKit's
+    /// subscriber connection): it makes no offer, the server offers first
+    /// (with a data channel `_reliable`), msids named by `stream_ids`.
+    pub fn join_receiver(
+        &mut self,
+        room: &str,
+        of: usize,
+        stream_ids: Option<vela_media_core::StreamIds>,
+    ) -> usize {
+        let n = self.clients.len() as u8 + 2;
+        let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        // Its ICE agent keeps no timeout until it has been given a time
+        // once; a client that offers first gets one from its own offer.
+        rtc.handle_input(Input::Timeout(self.now)).unwrap();
+        let channels = vec![vela_media_core::ChannelConfig {
+            label: "_reliable".into(),
+            ..Default::default()
+        }];
+        let name = self.clients[of].name.clone();
+        let mut req = JoinRequest::new(RoomId::new(room).unwrap(), name.clone(), PeerKind::Session)
+            .receiving_for(self.clients[of].conn, channels);
+        if let Some(f) = stream_ids {
+            req = req.with_stream_ids(f);
+        }
+        let joined = self.sfu.handle_join(self.now, req).unwrap();
+        self.clients.push(Client {
+            name,
+            rtc,
+            addr,
+            id: joined.participant.id,
+            conn: joined.connection,
+            audio: None,
+            video: None,
+            pending: None,
+            received: HashMap::new(),
+            keyframe_requests: 0,
+            signals: Vec::new(),
+            left: None,
+            connected: false,
+            timeout: self.now,
+            audio_level: -127,
+            offline: false,
+            simulcast: false,
+            force_keyframe_rids: Vec::new(),
+            frame: 0,
+            force_keyframe: false,
+            keyframe_size: None,
+            rtp_ssrcs: Vec::new(),
+            undecodable: 0,
+            others: joined.others.iter().map(|p| p.id).collect(),
+        });
+        self.clients.len() - 1
+    }
+
     /// A new client (device) of `from`'s identity takes over its call.
     pub fn handover(&mut self, room: &str, from: usize, name: &str) -> usize {
         self.join_with(room, name, Publish::AudioVideo, Some(from))
