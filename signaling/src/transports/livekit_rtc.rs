@@ -5,13 +5,16 @@
 //! rooms, the media core's join): no second implementation of rooms.
 //!
 //! LiveKit gives each participant two peer connections, a publisher (the
-//! client offers) and a subscriber (the server offers). The media core has
-//! one connection per participant, so for now the LiveKit participant is
-//! one core peer that is its publisher connection, joined without
-//! subscribing (so the core never offers on it): joining, publishing's
-//! offer and answer, trickle, mute and the room's participant updates work;
-//! `add_track` and the subscriber connection are refused as unsupported
-//! (logged, and answered with a `RequestResponse`), never left hanging.
+//! client offers) and a subscriber (the server offers). Here they are two
+//! core connections: the publisher is the participant (joined without
+//! subscribing, so the core never offers on it), the subscriber a second,
+//! receive-only connection of it (`JoinRequest::receiving_for`): hidden
+//! from the room, the server offers on it at once (with LiveKit's
+//! `_reliable` and `_lossy` data channels, so there is an offer to make in
+//! an empty room) and again as tracks come and go, its msids spelled
+//! `PA_<n>|TR_<n>` as LiveKit's SDKs map received tracks. A request vela
+//! does not carry out is refused (logged, and answered with a
+//! `RequestResponse`), never left hanging.
 //!
 //! `/rtc/v1` (LiveKit's single-connection protocol) is 404 on purpose, so
 //! SDKs that try it first fall back to v0.
@@ -32,8 +35,9 @@ use prost::Message as _;
 use tracing::Instrument;
 use vela_media::SignalReceiver;
 use vela_media::core::{
-    ConnectionId, LeaveReason, ParticipantId, ParticipantInfo, PeerKind, Permissions, RoomId,
-    SdpOffer, Signal, TrackId, TrackKind,
+    ChannelConfig, ConnectionId, LeaveReason, ParticipantId, ParticipantInfo, PeerKind,
+    Permissions, Reliability, RoomId, SdpAnswer, SdpOffer, Signal, TrackId, TrackKind,
+    TrackSettings,
 };
 
 use crate::domain::livekit::{self as names, PARTICIPANT, TRACK};
@@ -51,6 +55,35 @@ const PING_INTERVAL_SECS: i32 = 5;
 /// seconds (LiveKit's default); both must be above zero (the Rust SDK
 /// builds an interval from the first).
 const PING_TIMEOUT_SECS: i32 = 15;
+
+/// The subscriber connection's data channels, as LiveKit's server opens
+/// them: `_reliable` (ordered, retransmitted) and `_lossy` (unordered, no
+/// retransmits).
+fn subscriber_channels() -> Vec<ChannelConfig> {
+    vec![
+        ChannelConfig {
+            label: "_reliable".into(),
+            ..ChannelConfig::default()
+        },
+        ChannelConfig {
+            label: "_lossy".into(),
+            ordered: false,
+            reliability: Reliability::MaxRetransmits { retransmits: 0 },
+            ..ChannelConfig::default()
+        },
+    ]
+}
+
+/// The msid of a track offered on the subscriber connection: stream id
+/// `PA_<n>|TR_<n>`, track id `TR_<n>` (LiveKit's SDKs split the stream id
+/// on `|` to find the publication).
+fn stream_ids(p: ParticipantId, t: TrackId) -> (String, String) {
+    let track = names::sid(&t.to_string(), TRACK);
+    (
+        format!("{}|{track}", names::sid(&p.to_string(), PARTICIPANT)),
+        track,
+    )
+}
 
 /// The routes of LiveKit's signal protocol.
 pub(crate) fn routes() -> Router<AppState> {
@@ -237,19 +270,32 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
         });
     let (joined, signals) = match state.media.join(req).await {
         Ok(j) => j,
-        Err(e) => {
-            let e = ApiError::from(e);
-            tracing::info!(status = %e.status, message = %e.message, "join refused");
-            let leave = lk::LeaveRequest {
-                reason: lk::DisconnectReason::JoinFailure as i32,
-                action: lk::leave_request::Action::Disconnect as i32,
-                ..lk::LeaveRequest::default()
-            };
-            send(&mut ws, Resp::Leave(leave)).await;
-            return close(&mut ws, 1008, "join refused").await;
-        }
+        Err(e) => return refuse_join(&mut ws, e.into()).await,
     };
     let id = joined.connection;
+    // The subscriber connection, if the token may subscribe: its first
+    // offer waits in its signals until the join response is out.
+    let subscriber = if grant.permissions.subscribe {
+        let req = grant
+            .join_request(room.clone(), PeerKind::Session)
+            .with_permissions(Permissions {
+                publish: false,
+                subscribe: true,
+                publish_data: false,
+            })
+            .receiving_for(id, subscriber_channels())
+            .with_stream_ids(stream_ids);
+        match state.media.join(req).await {
+            Ok((j, s)) => Some((j.connection, s)),
+            Err(e) => {
+                state.media.leave(id, LeaveReason::ConnectionLost).await;
+                return refuse_join(&mut ws, e.into()).await;
+            }
+        }
+    } else {
+        None
+    };
+    let (sub, sub_signals) = subscriber.unzip();
     let mut me = participant_of(&joined.participant);
     // What the token allows, not the core peer's publish-only stand-in.
     if let Some(p) = me.permission.as_mut() {
@@ -290,18 +336,50 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
         let me = Me {
             room: &room,
             id,
+            sub,
             public: joined.participant.id,
             can_publish: grant.permissions.publish,
             tracks: Tracks::default(),
+            wishes: HashMap::new(),
+            offers: 0,
         };
-        session(&state, &mut ws, me, signals, roster).await
+        session(&state, &mut ws, me, signals, sub_signals, roster).await
     } else {
         Some(LeaveReason::ConnectionLost)
     };
     if let Some(reason) = reason {
         state.media.leave(id, reason).await;
     }
+    // The subscriber connection goes with the participant (a no-op if the
+    // core removed it already).
+    if let Some(sub) = sub {
+        state
+            .media
+            .leave(sub, reason.unwrap_or(LeaveReason::ClientLeave))
+            .await;
+    }
     tracing::info!(participant = %id, "livekit session closed");
+}
+
+/// A join the room refused: LiveKit's leave with `JOIN_FAILURE`, then the
+/// socket closes.
+async fn refuse_join(ws: &mut WebSocket, e: ApiError) {
+    tracing::info!(status = %e.status, message = %e.message, "join refused");
+    let leave = lk::LeaveRequest {
+        reason: lk::DisconnectReason::JoinFailure as i32,
+        action: lk::leave_request::Action::Disconnect as i32,
+        ..lk::LeaveRequest::default()
+    };
+    send(ws, Resp::Leave(leave)).await;
+    close(ws, 1008, "join refused").await;
+}
+
+/// The next signal of the subscriber connection; never, without one.
+async fn next_of(signals: &mut Option<SignalReceiver>) -> Option<Signal> {
+    match signals {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves a joined session until it ends; the reason to leave with, `None`
@@ -311,6 +389,7 @@ async fn session(
     ws: &mut WebSocket,
     mut me: Me<'_>,
     mut signals: SignalReceiver,
+    mut sub_signals: Option<SignalReceiver>,
     mut roster: Roster,
 ) -> Option<LeaveReason> {
     let mut shutdown = state.shutdown.clone();
@@ -376,6 +455,38 @@ async fn session(
                     return Some(LeaveReason::ConnectionLost);
                 }
             }
+            signal = next_of(&mut sub_signals) => {
+                // Of the subscriber connection only its offers matter: the
+                // room's news come with the participant's own signals.
+                match signal {
+                    Some(Signal::Offer(offer)) => {
+                        me.offers += 1;
+                        let offer = Resp::Offer(lk::SessionDescription {
+                            r#type: "offer".to_owned(),
+                            sdp: offer.to_sdp_string(),
+                            id: me.offers,
+                            ..lk::SessionDescription::default()
+                        });
+                        if !send(ws, offer).await {
+                            return Some(LeaveReason::ConnectionLost);
+                        }
+                    }
+                    // It failed (ICE, DTLS, too slow): the participant goes
+                    // too, as a LiveKit participant whose subscriber
+                    // connection fails does.
+                    Some(Signal::Left { reason }) => {
+                        tracing::info!(reason = reason.as_str(), "subscriber connection gone");
+                        send(ws, leave_message(reason)).await;
+                        close(ws, 1000, "subscriber connection gone").await;
+                        return Some(reason);
+                    }
+                    None => {
+                        close(ws, 1011, "media server stopped").await;
+                        return Some(LeaveReason::ConnectionLost);
+                    }
+                    Some(_) => {}
+                }
+            }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                 send(ws, leave_message(LeaveReason::ServerShutdown)).await;
                 close(ws, 1001, "server shutting down").await;
@@ -413,9 +524,9 @@ fn forward(me: &Me<'_>, roster: &mut Roster, signal: &Signal) -> Option<Resp> {
                 })
                 .collect(),
         })),
-        // Not carried yet: server offers (no subscriber connection; the
-        // core peer does not subscribe, so none come), data (no data
-        // channels), layer hints, permission changes.
+        // Not carried yet: data (no data channels), layer hints,
+        // permission changes. Server offers come on the subscriber
+        // connection's signals.
         _ => None,
     }
 }
@@ -524,10 +635,101 @@ fn candidate_of(init: &str) -> Option<String> {
 /// The session as requests see it.
 struct Me<'a> {
     room: &'a RoomId,
+    /// The publisher connection (the participant).
     id: ConnectionId,
+    /// The subscriber connection, if the token may subscribe.
+    sub: Option<ConnectionId>,
     public: ParticipantId,
     can_publish: bool,
     tracks: Tracks,
+    /// What the client asked of the tracks it receives, by track.
+    wishes: HashMap<TrackId, Wish>,
+    /// Offers made on the subscriber connection (their ids).
+    offers: u32,
+}
+
+/// A client's wishes for one track it receives: LiveKit says subscribed or
+/// not (`subscription`) apart from disabled or not and the size or quality
+/// (`track_setting`); vela's track settings are both in one.
+#[derive(Debug, Clone, Copy)]
+struct Wish {
+    subscribed: bool,
+    disabled: bool,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+impl Default for Wish {
+    fn default() -> Self {
+        Wish {
+            subscribed: true,
+            disabled: false,
+            width: None,
+            height: None,
+        }
+    }
+}
+
+impl Wish {
+    fn settings(self) -> TrackSettings {
+        TrackSettings {
+            enabled: self.subscribed && !self.disabled,
+            width: self.width,
+            height: self.height,
+        }
+    }
+
+    /// LiveKit's `track_setting`: a size when the client gives one, else a
+    /// quality as a nominal size (low 320x180, medium 640x360; high: the
+    /// top layer), `OFF` as disabled.
+    fn set(&mut self, s: &lk::UpdateTrackSettings) {
+        use lk::VideoQuality as Q;
+        self.disabled = s.disabled;
+        let size = |w: u32, h: u32| (Some(w), Some(h));
+        (self.width, self.height) = if s.width > 0 && s.height > 0 {
+            size(s.width, s.height)
+        } else {
+            match Q::try_from(s.quality) {
+                Ok(Q::Low) => size(320, 180),
+                Ok(Q::Medium) => size(640, 360),
+                Ok(Q::Off) => {
+                    self.disabled = true;
+                    (None, None)
+                }
+                _ => (None, None),
+            }
+        };
+    }
+}
+
+/// The tracks a `subscription` or `track_setting` names, by their sids
+/// (`TR_<n>`); sids that name no track of vela's are left out.
+fn tracks_named<'s>(sids: impl Iterator<Item = &'s String>) -> Vec<TrackId> {
+    sids.filter_map(|s| names::vela_id(s, TRACK).parse().ok())
+        .collect()
+}
+
+/// Applies the client's wishes for `tracks` (changed by `change`) to the
+/// subscriber connection.
+async fn wish(
+    state: &AppState,
+    me: &mut Me<'_>,
+    what: &str,
+    tracks: Vec<TrackId>,
+    change: impl Fn(&mut Wish),
+) -> Handled {
+    let Some(sub) = me.sub else {
+        return failed(what, ApiError::forbidden("subscribing needs canSubscribe"));
+    };
+    for t in tracks {
+        let w = me.wishes.entry(t).or_default();
+        change(w);
+        let settings = w.settings();
+        if let Err(e) = state.media.track_settings(sub, t, settings).await {
+            return failed(what, e.into());
+        }
+    }
+    Handled::Nothing
 }
 
 /// `add_track`: answered at once with the track's sid (see [`Tracks`]).
@@ -605,13 +807,18 @@ async fn handle(state: &AppState, me: &mut Me<'_>, req: Req) -> Handled {
             }
         }
         Req::Trickle(t) => {
-            if t.target != lk::SignalTarget::Publisher as i32 {
-                return refused("trickle for the subscriber connection");
-            }
+            let target = if t.target == lk::SignalTarget::Subscriber as i32 {
+                match me.sub {
+                    Some(sub) => sub,
+                    None => return failed("trickle", ApiError::bad_request("no subscriber")),
+                }
+            } else {
+                id
+            };
             let Some(candidate) = candidate_of(&t.candidate_init) else {
                 return failed("trickle", ApiError::bad_request("malformed candidateInit"));
             };
-            match state.media.candidate(id, candidate).await {
+            match state.media.candidate(target, candidate).await {
                 Ok(()) => Handled::Nothing,
                 Err(e) => failed("trickle", e.into()),
             }
@@ -634,15 +841,42 @@ async fn handle(state: &AppState, me: &mut Me<'_>, req: Req) -> Handled {
             last_ping_timestamp: p.timestamp,
             timestamp: now_ms(),
         }))),
-        Req::TrackSetting(_) => accepted("track_setting"),
+        Req::TrackSetting(t) => {
+            let tracks = tracks_named(t.track_sids.iter());
+            wish(state, me, "track_setting", tracks, |w| w.set(&t)).await
+        }
+        Req::Subscription(u) => {
+            let sids = u.track_sids.iter().chain(
+                u.participant_tracks
+                    .iter()
+                    .flat_map(|p| p.track_sids.iter()),
+            );
+            let tracks = tracks_named(sids);
+            let on = u.subscribe;
+            wish(state, me, "subscription", tracks, |w| w.subscribed = on).await
+        }
+        Req::Answer(sd) => {
+            let Some(sub) = me.sub else {
+                return failed("answer", ApiError::bad_request("no subscriber connection"));
+            };
+            let answer = match SdpAnswer::from_sdp_string(&sd.sdp) {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = crate::transports::whip::sdp_reason(&e);
+                    return failed("answer", ApiError::bad_request(reason));
+                }
+            };
+            match state.media.answer(sub, answer).await {
+                Ok(()) => Handled::Nothing,
+                Err(e) => failed("answer", e.into()),
+            }
+        }
         // Deprecated by LiveKit, still sent by older clients.
         #[allow(deprecated)]
         Req::UpdateLayers(_) => accepted("update_layers"),
         Req::SubscriptionPermission(_) => accepted("subscription_permission"),
         Req::SyncState(_) => accepted("sync_state"),
-        Req::Answer(_) => refused("answer (the subscriber connection)"),
         Req::AddTrack(t) => add_track(me, &t),
-        Req::Subscription(_) => refused("subscription"),
         Req::Simulate(_) => refused("simulate"),
         Req::UpdateMetadata(_) => refused("update_metadata"),
         Req::UpdateAudioTrack(_) => refused("update_audio_track"),

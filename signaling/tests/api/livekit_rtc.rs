@@ -2,7 +2,9 @@
 //! client of binary protobuf frames (livekit-protocol's types) with a str0m
 //! publisher connection: the validate endpoints, the join, ping in both
 //! forms, refusals, a publisher's offer and media seen by a participant of
-//! vela's own socket, participant updates, leave.
+//! vela's own socket, participant updates, leave; the subscriber
+//! connection the server offers (its data channels, msids `PA_|TR_`,
+//! renegotiation, trickle, subscription on and off).
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -16,7 +18,7 @@ use livekit_protocol as lk;
 use lk::signal_request::Message as Req;
 use lk::signal_response::Message as Resp;
 use prost::Message as _;
-use str0m::change::SdpAnswer;
+use str0m::change::{SdpAnswer, SdpOffer};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -390,24 +392,6 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
             .await;
         assert_eq!(mute.sid, given[1]);
         assert!(!mute.muted);
-        // The subscriber side is not there yet: refused in words.
-        lk.send(Req::Trickle(lk::TrickleRequest {
-            candidate_init: "{}".into(),
-            target: lk::SignalTarget::Subscriber as i32,
-            ..lk::TrickleRequest::default()
-        }))
-        .await;
-        let refusal = lk
-            .expect("request_response", |r| match r {
-                Resp::RequestResponse(r) => Some(r),
-                _ => None,
-            })
-            .await;
-        assert!(
-            refusal.message.contains("subscriber"),
-            "{}",
-            refusal.message
-        );
         publisher.close().await;
         drop(lk);
     })
@@ -431,6 +415,166 @@ async fn a_join_the_room_refuses_is_a_leave_with_join_failure() {
         assert_eq!(leave.reason, lk::DisconnectReason::JoinFailure as i32);
         assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
         assert!(lk.recv().await.is_none(), "the socket closes");
+    })
+    .await;
+}
+
+/// What the server offers on the subscriber connection, the offer's SDP.
+async fn next_offer(lk: &mut Signal) -> lk::SessionDescription {
+    lk.expect("offer", |r| match r {
+        Resp::Offer(o) => Some(o),
+        _ => None,
+    })
+    .await
+}
+
+/// The client's answer on the subscriber connection, for LiveKit.
+fn answer_of(a: &SdpAnswer, id: u32) -> Req {
+    Req::Answer(lk::SessionDescription {
+        r#type: "answer".into(),
+        sdp: a.to_sdp_string(),
+        id,
+        ..lk::SessionDescription::default()
+    })
+}
+
+/// Whether the video frames `p` receives stop growing (two reads 600 ms
+/// apart agree) within `limit`.
+async fn video_stops(p: &Peer, limit: Duration) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        let before = p.video_frames();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        if p.video_frames() == before {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_livekit_subscriber_connection_receives_a_vela_publisher() {
+    with_server(LIMIT, async |s, _| {
+        let token = dev_token(s, "lksub", "alice").await;
+        let mut lk = Signal::connect(s, &token, false).await;
+        let join = lk.join().await;
+        assert!(join.other_participants.is_empty());
+        // Alone in the room, the server offers the subscriber connection at
+        // once, with LiveKit's two data channels and no media.
+        let first = next_offer(&mut lk).await;
+        assert_eq!(first.r#type, "offer");
+        assert!(first.sdp.contains("m=application"), "{}", first.sdp);
+        assert!(!first.sdp.contains("m=video"), "{}", first.sdp);
+        let (otx, orx) = mpsc::unbounded_channel();
+        let (atx, mut arx) = mpsc::unbounded_channel();
+        let offer = SdpOffer::from_sdp_string(&first.sdp).unwrap();
+        let (answer, sub) = Peer::answering(offer, (orx, atx)).await;
+        lk.send(answer_of(&answer, first.id)).await;
+        assert!(sub.wait(Duration::from_secs(10), |p| p.connected()).await);
+        // Trickle to the subscriber connection is taken: the next response
+        // is the pong, no refusal.
+        lk.send(Req::Trickle(lk::TrickleRequest {
+            candidate_init: MDNS_CANDIDATE.into(),
+            target: lk::SignalTarget::Subscriber as i32,
+            ..lk::TrickleRequest::default()
+        }))
+        .await;
+        lk.send(Req::Ping(7)).await;
+        let next = lk
+            .expect("pong", |r| match r {
+                Resp::Pong(t) => Some(Ok(t)),
+                Resp::RequestResponse(r) => Some(Err(r.message)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(next, Ok(7));
+
+        // A WHIP publisher: its tracks announced, then offered (again) on
+        // the subscriber connection with msids LiveKit's SDKs map.
+        let whip = Peer::dev_http(s, "lksub", "whip", true).await.unwrap();
+        let publisher = lk
+            .expect("update with whip's tracks", |r| match r {
+                Resp::Update(u) => u
+                    .participants
+                    .into_iter()
+                    .find(|p| p.identity == "whip" && p.tracks.len() == 2),
+                _ => None,
+            })
+            .await;
+        let mut offered = String::new();
+        while !publisher
+            .tracks
+            .iter()
+            .all(|t| offered.contains(&format!("a=msid:{}|{} {}", publisher.sid, t.sid, t.sid)))
+        {
+            let o = next_offer(&mut lk).await;
+            otx.send(SdpOffer::from_sdp_string(&o.sdp).unwrap())
+                .unwrap();
+            let answer = tokio::time::timeout(Duration::from_secs(10), arx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            lk.send(answer_of(&answer, o.id)).await;
+            offered.push_str(&o.sdp);
+        }
+        assert!(
+            sub.wait(Duration::from_secs(20), |p| {
+                p.video_frames() > 10 && p.audio_frames() > 10
+            })
+            .await
+        );
+        // Unsubscribing the video stops it; subscribing again resumes it.
+        let video = publisher
+            .tracks
+            .iter()
+            .find(|t| t.r#type == lk::TrackType::Video as i32)
+            .unwrap()
+            .sid
+            .clone();
+        let subscription = |on: bool| {
+            Req::Subscription(lk::UpdateSubscription {
+                track_sids: vec![video.clone()],
+                subscribe: on,
+                ..lk::UpdateSubscription::default()
+            })
+        };
+        lk.send(subscription(false)).await;
+        assert!(video_stops(&sub, Duration::from_secs(15)).await);
+        let paused_at = sub.video_frames();
+        lk.send(subscription(true)).await;
+        assert!(
+            sub.wait(Duration::from_secs(15), |p| p.video_frames()
+                > paused_at + 5)
+                .await
+        );
+        // track_setting with the track disabled stops it too.
+        lk.send(Req::TrackSetting(lk::UpdateTrackSettings {
+            track_sids: vec![video.clone()],
+            disabled: true,
+            ..lk::UpdateTrackSettings::default()
+        }))
+        .await;
+        assert!(video_stops(&sub, Duration::from_secs(15)).await);
+        // A track vela does not know is refused in words.
+        lk.send(Req::Subscription(lk::UpdateSubscription {
+            track_sids: vec!["TR_999999".into()],
+            subscribe: true,
+            ..lk::UpdateSubscription::default()
+        }))
+        .await;
+        let refusal = lk
+            .expect("request_response", |r| match r {
+                Resp::RequestResponse(r) => Some(r),
+                _ => None,
+            })
+            .await;
+        assert!(
+            refusal.message.contains("subscription"),
+            "{}",
+            refusal.message
+        );
+        whip.close().await;
+        sub.close().await;
     })
     .await;
 }
