@@ -480,7 +480,10 @@ async fn twirp_json_and_errors() {
 /// of vela's own room protocol sees it join with both tracks and receives
 /// its audio and video; another LiveKit participant (`livekit/rtc_watch.py`,
 /// there before and after, past the ping timeout) is told of its join, its
-/// two tracks and its leave.
+/// two tracks and its leave, subscribes to them on its subscriber
+/// connection and decodes their audio and video; it also receives the
+/// media of a WHIP publisher of vela's (not decodable: the test client's
+/// frames are made up, so counted as RTP packets).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_python_sdk_publishes_to_a_vela_participant() {
     let python = livekit_sdks().await;
@@ -499,6 +502,7 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
                 .expect("the venv's python starts")
         };
         let mut viewer = SessionClient::join(s, room, "viewer", false).await;
+        let whip = common::Peer::dev_http(s, room, "whip", true).await.unwrap();
         // Another LiveKit participant, there before and after the publisher.
         let mut watcher = script("rtc_watch.py", "watcher", "20").await;
         let mut watched = BufReader::new(watcher.stdout.take().unwrap()).lines();
@@ -578,6 +582,38 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
         }
         assert!(seen.contains(&"left alice".to_owned()), "{seen:?}");
         assert!(seen.contains(&"still connected".to_owned()), "{seen:?}");
+        // Its subscriber connection: alice's tracks, by the sids it was
+        // told, decoded; the WHIP publisher's received.
+        let received = |who: &str, kind: &str| -> (u64, u64) {
+            let line = seen
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("received {who} {kind} ")))
+                .unwrap_or_else(|| panic!("nothing of {who}'s {kind}: {seen:?}"));
+            let n: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (n[0], n[1])
+        };
+        for kind in ["audio", "video"] {
+            let subscribed = seen.iter().any(|l| {
+                l.strip_prefix(&format!("subscribed alice {kind} "))
+                    .is_some_and(|t| t.starts_with("TR_"))
+            });
+            assert!(subscribed, "{kind}: {seen:?}");
+        }
+        let (audio, _) = received("alice", "audio");
+        let (video, _) = received("alice", "video");
+        eprintln!("the LiveKit watcher decoded {audio} audio and {video} video frames of alice");
+        assert!(
+            audio > 100 && video > 20,
+            "audio {audio}, video {video}: {seen:?}"
+        );
+        for kind in ["audio", "video"] {
+            let (_, packets) = received("whip", kind);
+            assert!(packets > 20, "whip's {kind}: {packets} packets: {seen:?}");
+        }
+        whip.close().await;
     })
     .await;
 }
