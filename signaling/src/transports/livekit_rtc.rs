@@ -37,7 +37,7 @@ use vela_media::SignalReceiver;
 use vela_media::core::{
     ChannelConfig, ConnectionId, LeaveReason, ParticipantId, ParticipantInfo, PeerKind,
     Permissions, Reliability, RoomId, SdpAnswer, SdpOffer, Signal, TrackId, TrackKind,
-    TrackSettings,
+    TrackSettings, TrackSource,
 };
 
 use crate::domain::livekit::{self as names, PARTICIPANT, TRACK};
@@ -318,6 +318,16 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
         other_participants: joined.others.iter().map(participant_of).collect(),
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
         subscriber_primary: false,
+        // The same TURN servers and credentials as vela's `joined`.
+        ice_servers: state
+            .ice_servers_for(&joined.participant.id)
+            .into_iter()
+            .map(|s| lk::IceServer {
+                urls: s.urls,
+                username: s.username.unwrap_or_default(),
+                credential: s.credential.unwrap_or_default(),
+            })
+            .collect(),
         ping_timeout: PING_TIMEOUT_SECS,
         ping_interval: PING_INTERVAL_SECS,
         server_info: Some(lk::ServerInfo {
@@ -539,15 +549,42 @@ fn forward(me: &Me<'_>, roster: &mut Roster, signal: &Signal) -> Option<Resp> {
 /// the core's sid (`TR_<n>`), the publisher by the one it was given.
 #[derive(Default)]
 struct Tracks {
-    /// Announced, not yet offered: (sid given, kind).
-    pending: Vec<(String, TrackKind)>,
+    /// Announced, not yet offered.
+    pending: Vec<Announced>,
     /// The sids given, bound to the core's tracks.
     bound: HashMap<String, TrackId>,
     /// Sids handed out so far.
     count: u32,
 }
 
+/// A track the client announced (`add_track`) and has not offered yet.
+struct Announced {
+    /// The sid it was given.
+    sid: String,
+    kind: TrackKind,
+    /// The client's id for it: its msid's track id in the offer.
+    cid: String,
+    /// What it carries, if the client said.
+    source: Option<TrackSource>,
+}
+
 impl Tracks {
+    /// What the offer's m-lines carry, by mid, for those the client
+    /// announced with a source (matched by the msid's track id, the
+    /// client's `cid`).
+    fn sources(&self, offer: &SdpOffer) -> Vec<(String, TrackSource)> {
+        offer
+            .media_lines
+            .iter()
+            .filter(|m| m.typ.is_media() && m.direction().is_sending())
+            .filter_map(|m| {
+                let msid = m.msid()?;
+                let a = self.pending.iter().find(|a| a.cid == msid.track_id)?;
+                Some((m.mid().to_string(), a.source?))
+            })
+            .collect()
+    }
+
     /// The core's track a sid names: one this session gave, or the core's own.
     fn track(&self, sid: &str) -> Option<TrackId> {
         if let Some(t) = self.bound.get(sid) {
@@ -574,8 +611,8 @@ impl Tracks {
             .collect();
         fresh.sort_by_key(|t| t.id.0);
         for t in fresh {
-            if let Some(i) = self.pending.iter().position(|(_, k)| *k == t.kind) {
-                let (sid, _) = self.pending.remove(i);
+            if let Some(i) = self.pending.iter().position(|a| a.kind == t.kind) {
+                let sid = self.pending.remove(i).sid;
                 tracing::debug!(%sid, track = %t.id, "announced track bound");
                 self.bound.insert(sid, t.id);
             }
@@ -751,7 +788,20 @@ fn add_track(me: &mut Me<'_>, req: &lk::AddTrackRequest) -> Handled {
         names::sid(&me.public.to_string(), PARTICIPANT).replacen(PARTICIPANT, TRACK, 1),
         me.tracks.count
     );
-    me.tracks.pending.push((sid.clone(), kind));
+    // LiveKit's sources as vela's (an unknown one: by the track's kind).
+    let source = match lk::TrackSource::try_from(req.source) {
+        Ok(lk::TrackSource::Camera) => Some(TrackSource::Camera),
+        Ok(lk::TrackSource::Microphone) => Some(TrackSource::Microphone),
+        Ok(lk::TrackSource::ScreenShare) => Some(TrackSource::Screen),
+        Ok(lk::TrackSource::ScreenShareAudio) => Some(TrackSource::ScreenAudio),
+        _ => None,
+    };
+    me.tracks.pending.push(Announced {
+        sid: sid.clone(),
+        kind,
+        cid: req.cid.clone(),
+        source,
+    });
     Handled::Reply(Box::new(Resp::TrackPublished(lk::TrackPublishedResponse {
         cid: req.cid.clone(),
         track: Some(lk::TrackInfo {
@@ -793,7 +843,8 @@ async fn handle(state: &AppState, me: &mut Me<'_>, req: Req) -> Handled {
                     return failed("offer", ApiError::bad_request(reason));
                 }
             };
-            match state.media.offer(id, offer).await {
+            let sources = me.tracks.sources(&offer);
+            match state.media.offer_with_sources(id, offer, sources).await {
                 Ok(answer) => {
                     rebind(state, me).await;
                     Handled::Reply(Box::new(Resp::Answer(lk::SessionDescription {

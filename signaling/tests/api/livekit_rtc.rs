@@ -271,12 +271,24 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
         let mut lk = Signal::connect(s, &token, true).await;
         let join = lk.join().await;
         let sid = join.participant.unwrap().sid;
-        // Each track is announced first, and gets its sid at once.
+        // Each track is announced first, and gets its sid at once; its cid
+        // is the track id of its m-line's msid, as LiveKit's SDKs have it.
+        let (offer, pending) = Peer::session(true).await;
+        let cids: Vec<String> = offer
+            .media_lines
+            .iter()
+            .map(|m| m.msid().unwrap().track_id)
+            .collect();
         let mut given = Vec::new();
-        for (cid, kind) in [("mic", lk::TrackType::Audio), ("cam", lk::TrackType::Video)] {
+        let announced = [
+            (&cids[0], lk::TrackType::Audio, lk::TrackSource::Microphone),
+            (&cids[1], lk::TrackType::Video, lk::TrackSource::ScreenShare),
+        ];
+        for (cid, kind, source) in announced {
             lk.send(Req::AddTrack(lk::AddTrackRequest {
-                cid: cid.into(),
+                cid: cid.clone(),
                 r#type: kind as i32,
+                source: source as i32,
                 ..lk::AddTrackRequest::default()
             }))
             .await;
@@ -286,13 +298,12 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
                     _ => None,
                 })
                 .await;
-            assert_eq!(published.cid, cid);
+            assert_eq!(&published.cid, cid);
             let track = published.track.unwrap();
             assert!(track.sid.starts_with("TR_"), "{}", track.sid);
             assert_eq!(track.r#type, kind as i32);
             given.push(track.sid);
         }
-        let (offer, pending) = Peer::session(true).await;
         lk.send(Req::Offer(lk::SessionDescription {
             r#type: "offer".into(),
             sdp: offer.to_sdp_string(),
@@ -339,6 +350,15 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
             "{:?}",
             viewer.seen
         );
+        // The camera was announced as a screen share: so it is to vela.
+        let sources: Vec<&str> = viewer
+            .seen
+            .iter()
+            .filter(|v| v["type"] == "track_published" && v["participant_id"] == vela_id)
+            .filter_map(|v| v["track"]["source"].as_str())
+            .collect();
+        assert!(sources.contains(&"screen"), "{:?}", viewer.seen);
+        assert!(sources.contains(&"microphone"), "{:?}", viewer.seen);
         // Muting by the sid it was given reaches the vela viewer.
         lk.send(Req::Mute(lk::MuteTrackRequest {
             sid: given[1].clone(),
@@ -575,6 +595,39 @@ async fn a_livekit_subscriber_connection_receives_a_vela_publisher() {
         );
         whip.close().await;
         sub.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_response_hands_out_vela_s_turn_servers() {
+    let config = |c: &mut vela_config::Config| {
+        c.turn.urls = vec![
+            "stun:turn.example.com:3478".into(),
+            "turn:turn.example.com:3478?transport=udp".into(),
+        ];
+        c.turn.secret = "livekit-ice-test-secret-0123".into();
+        c.turn.ttl_secs = 600;
+    };
+    common::with_config(LIMIT, config, async |s, _| {
+        let token = dev_token(s, "lkice", "alice").await;
+        let mut lk = Signal::connect(s, &token, true).await;
+        let join = lk.join().await;
+        let servers = &join.ice_servers;
+        assert_eq!(servers.len(), 2, "{servers:?}");
+        assert_eq!(servers[0].urls, ["stun:turn.example.com:3478"]);
+        assert!(servers[0].username.is_empty() && servers[0].credential.is_empty());
+        assert_eq!(
+            servers[1].urls,
+            ["turn:turn.example.com:3478?transport=udp"]
+        );
+        // TURN REST credentials naming the participant, as vela's `joined`.
+        let me = join.participant.unwrap().sid.replace("PA_", "PA");
+        assert!(
+            servers[1].username.ends_with(&format!(":{me}")),
+            "{servers:?}"
+        );
+        assert!(!servers[1].credential.is_empty());
     })
     .await;
 }
