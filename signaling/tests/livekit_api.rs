@@ -483,7 +483,9 @@ async fn twirp_json_and_errors() {
 /// two tracks and its leave, subscribes to them on its subscriber
 /// connection and decodes their audio and video; it also receives the
 /// media of a WHIP publisher of vela's (not decodable: the test client's
-/// frames are made up, so counted as RTP packets).
+/// frames are made up, so counted as RTP packets). Data goes both ways:
+/// alice's data packet reaches the vela viewer and the watcher, the
+/// viewer's `data` reaches the watcher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_python_sdk_publishes_to_a_vela_participant() {
     let python = livekit_sdks().await;
@@ -506,12 +508,23 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
         // Another LiveKit participant, there before and after the publisher.
         let mut watcher = script("rtc_watch.py", "watcher", "20").await;
         let mut watched = BufReader::new(watcher.stdout.take().unwrap()).lines();
-        let connected = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
-            .await
-            .expect("the watcher connects")
-            .unwrap()
-            .unwrap_or_default();
-        assert!(connected.starts_with("connected PA_"), "{connected}");
+        // It may say what it subscribed to before it says it connected.
+        let mut early = Vec::new();
+        let connected = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
+                .await
+                .expect("the watcher connects")
+                .unwrap()
+                .unwrap_or_default();
+            if line.is_empty() || line.starts_with("connected") {
+                break line;
+            }
+            early.push(line);
+        };
+        assert!(
+            connected.starts_with("connected PA_"),
+            "{connected} after {early:?}"
+        );
 
         let mut child = script("rtc_publish.py", "alice", "6").await;
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -560,9 +573,25 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
         assert!(audio > 100 && video > 30, "audio {audio}, video {video}");
         viewer.pump(Duration::from_millis(500)).await;
         assert!(viewer.saw("participant_left", "participant_id", &alice));
+        // Alice's data packet reached the vela viewer as vela's `data`.
+        use base64::Engine as _;
+        let hello = base64::engine::general_purpose::STANDARD.encode("hello from alice");
+        let data = viewer
+            .seen
+            .iter()
+            .find(|v| v["type"] == "data" && v["topic"] == "chat")
+            .unwrap_or_else(|| panic!("no data: {:?}", viewer.seen));
+        assert_eq!(data["payload"], hello.as_str());
+        assert_eq!(data["participant_id"], alice.as_str());
+        // And the viewer's data reaches the LiveKit watcher.
+        let news = base64::engine::general_purpose::STANDARD.encode("hello from vela");
+        viewer
+            .ws
+            .send(json!({"type": "data", "payload": news, "topic": "news"}))
+            .await;
 
         // What the other LiveKit participant was told meanwhile.
-        let mut seen = Vec::new();
+        let mut seen = early;
         loop {
             let line = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
                 .await
@@ -582,6 +611,15 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
         }
         assert!(seen.contains(&"left alice".to_owned()), "{seen:?}");
         assert!(seen.contains(&"still connected".to_owned()), "{seen:?}");
+        // Data both ways through vela: LiveKit to LiveKit, vela to LiveKit.
+        assert!(
+            seen.contains(&"data alice chat hello from alice".to_owned()),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&"data viewer news hello from vela".to_owned()),
+            "{seen:?}"
+        );
         // Its subscriber connection: alice's tracks, by the sids it was
         // told, decoded; the WHIP publisher's received.
         let received = |who: &str, kind: &str| -> (u64, u64) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::channel::ChannelConfig;
+use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::crypto::CryptoProvider;
 use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, TcpType};
@@ -104,7 +104,13 @@ pub(crate) struct Peer {
     stream_ids: Option<StreamIds>,
     /// Data channels the server opens in its next offer.
     open_channels: Vec<ChannelConfig>,
+    /// Its open data channels, by label.
+    channels: Vec<(ChannelId, Arc<str>)>,
 }
+
+/// How many open data channels a peer keeps track of (LiveKit's clients
+/// open two per connection).
+const MAX_CHANNELS: usize = 8;
 
 /// Names an offered m-line's msid: (stream id, track id) for a track of a
 /// publisher. A client library that maps received media by its own
@@ -270,6 +276,7 @@ impl Peer {
             receiver: false,
             stream_ids: None,
             open_channels: Vec::new(),
+            channels: Vec::new(),
         }
     }
 
@@ -290,6 +297,36 @@ impl Peer {
     /// Whether it is a second, receive-only connection (see [`Peer::receive_for`]).
     pub fn is_receiver(&self) -> bool {
         self.receiver
+    }
+
+    /// A data channel opened (by either side); a channel over the bound
+    /// is not tracked (its messages are dropped).
+    pub fn channel_opened(&mut self, id: ChannelId, label: String) {
+        self.channels.retain(|(c, _)| *c != id);
+        if self.channels.len() < MAX_CHANNELS {
+            self.channels.push((id, label.into()));
+        }
+    }
+
+    /// A data channel closed.
+    pub fn channel_closed(&mut self, id: ChannelId) {
+        self.channels.retain(|(c, _)| *c != id);
+    }
+
+    /// The label of open channel `id`.
+    pub fn channel_label(&self, id: ChannelId) -> Option<Arc<str>> {
+        self.channels
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// The open channel labelled `label`.
+    pub fn channel_by_label(&self, label: &str) -> Option<ChannelId> {
+        self.channels
+            .iter()
+            .find(|(_, l)| &**l == label)
+            .map(|(c, _)| *c)
     }
 
     /// How its offers' msids name publisher and track.

@@ -459,6 +459,9 @@ async fn session(
                     close(ws, 1000, "left").await;
                     return None;
                 }
+                if data(state, &me, &roster, &signal).await {
+                    continue;
+                }
                 if let Some(r) = forward(&me, &mut roster, &signal)
                     && !send(ws, r).await
                 {
@@ -506,6 +509,89 @@ async fn session(
     }
 }
 
+/// LiveKit's data packets: a user packet the client sent on its publisher
+/// connection's `_reliable` or `_lossy` channel goes to the room as vela's
+/// data (its topic and destination identities kept); the room's data
+/// (another participant's, or the server API's) goes to the client on its
+/// subscriber connection's `_reliable` channel. True when `signal` was
+/// one of those. The user packet's own sender and destination fields are
+/// deprecated in favour of the data packet's, but older SDKs still use
+/// them: both are read and written.
+#[allow(deprecated)]
+async fn data(state: &AppState, me: &Me<'_>, roster: &Roster, signal: &Signal) -> bool {
+    match signal {
+        Signal::ChannelData { label, data, .. } => {
+            let packet = match lk::DataPacket::decode(data.as_slice()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(%label, error = %e, "malformed DataPacket");
+                    return true;
+                }
+            };
+            let Some(lk::data_packet::Value::User(user)) = packet.value else {
+                tracing::debug!(%label, "a data packet other than a user packet: ignored");
+                return true;
+            };
+            let mut destinations = user.destination_identities;
+            destinations.extend(packet.destination_identities);
+            destinations.sort();
+            destinations.dedup();
+            let message = vela_media::core::DataMessage {
+                topic: user.topic.filter(|t| !t.is_empty()).map(Into::into),
+                payload: user.payload.into(),
+                destinations,
+            };
+            if let Err(e) = state.media.send_data_from(me.id, message).await {
+                let e = ApiError::from(e);
+                tracing::info!(status = %e.status, message = %e.message, "data refused");
+            }
+            true
+        }
+        Signal::Data {
+            from,
+            topic,
+            payload,
+        } => {
+            let Some(sub) = me.sub else {
+                return true;
+            };
+            let (sid, identity) = match from {
+                Some(p) => (
+                    names::sid(&p.to_string(), PARTICIPANT),
+                    roster
+                        .others
+                        .get(p)
+                        .map(|i| i.identity.clone())
+                        .unwrap_or_default(),
+                ),
+                None => (String::new(), String::new()),
+            };
+            let packet = lk::DataPacket {
+                participant_identity: identity.clone(),
+                value: Some(lk::data_packet::Value::User(lk::UserPacket {
+                    participant_sid: sid,
+                    participant_identity: identity,
+                    payload: payload.to_vec(),
+                    topic: topic.as_deref().map(str::to_owned),
+                    ..lk::UserPacket::default()
+                })),
+                ..lk::DataPacket::default()
+            };
+            let sent = state
+                .media
+                .channel_send(sub, "_reliable".into(), packet.encode_to_vec())
+                .await;
+            if !matches!(sent, Ok(true)) {
+                tracing::info!(
+                    "data not delivered: the subscriber connection's channel is not open"
+                );
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// What a core signal becomes for a LiveKit client, if anything.
 fn forward(me: &Me<'_>, roster: &mut Roster, signal: &Signal) -> Option<Resp> {
     if let Some(r) = roster.apply(signal) {
@@ -534,9 +620,8 @@ fn forward(me: &Me<'_>, roster: &mut Roster, signal: &Signal) -> Option<Resp> {
                 })
                 .collect(),
         })),
-        // Not carried yet: data (no data channels), layer hints,
-        // permission changes. Server offers come on the subscriber
-        // connection's signals.
+        // Not carried yet: layer hints, permission changes. Server offers
+        // come on the subscriber connection's signals, data in `data`.
         _ => None,
     }
 }

@@ -1,6 +1,7 @@
 """LiveKit's real-time Python SDK (`livekit`) joins a vela room over /rtc
 and, for SECONDS seconds, says what the room tells it about the others
-(joins, published tracks, leaves) and which tracks it subscribed to, a line
+(joins, published tracks, leaves, data packets) and which tracks it
+subscribed to, a line
 at a time; it counts what it decodes of each (VideoStream, AudioStream) and
 the RTP packets its subscriber connection received (the track's inbound-rtp
 stats). At the end, one line per track, then whether it is still connected,
@@ -48,6 +49,11 @@ async def main():
                 entry[0] += 1
 
         tasks.append(asyncio.create_task(count()))
+
+    @room.on("data_received")
+    def data(packet):
+        sender = packet.participant.identity if packet.participant else "server"
+        print("data", sender, packet.topic, packet.data.decode(errors="replace"), flush=True)
 
     @room.on("participant_disconnected")
     def left(p):

@@ -100,3 +100,60 @@ fn a_receiving_connection_needs_its_participant_in_the_room() {
     .receiving_for(w.clients[alice].conn, Vec::new());
     assert!(w.sfu.handle_join(w.now, req).is_err());
 }
+
+#[test]
+fn data_channel_messages_go_to_the_signaling_and_come_from_it() {
+    let mut w = World::new();
+    // A client that publishes nothing offers a data channel ("vela").
+    let alice = w.join("r", "alice", false);
+    assert!(w.run_until(Duration::from_secs(5), |w| {
+        w.clients[alice].channel.is_some()
+    }));
+    let id = w.clients[alice].channel.unwrap();
+    let mut channel = w.clients[alice].rtc.channel(id).unwrap();
+    assert!(channel.write(true, b"hello").unwrap());
+    let got = w.run_until(Duration::from_secs(5), |w| {
+        w.clients[alice]
+            .signals
+            .iter()
+            .any(|s| s.starts_with("ChannelData") && s.contains("\"vela\""))
+    });
+    assert!(got, "{:?}", w.clients[alice].signals);
+    let conn = w.clients[alice].conn;
+    assert!(
+        w.sfu
+            .handle_channel_send(w.now, conn, "vela", true, b"hi")
+            .unwrap()
+    );
+    assert!(
+        !w.sfu
+            .handle_channel_send(w.now, conn, "nope", true, b"hi")
+            .unwrap()
+    );
+    assert!(w.run_until(Duration::from_secs(5), |w| {
+        w.clients[alice].signals.iter().any(|s| s == "channel:hi")
+    }));
+    // The channel a receiving connection's server offer opened is written
+    // to once open.
+    let twin = w.join_receiver("r", alice, None);
+    let conn = w.clients[twin].conn;
+    let mut sent = false;
+    for _ in 0..100 {
+        w.run_for(Duration::from_millis(50));
+        let now = w.now;
+        if w.sfu
+            .handle_channel_send(now, conn, "_reliable", true, b"to the twin")
+            .unwrap()
+        {
+            sent = true;
+            break;
+        }
+    }
+    assert!(sent, "the server's channel never opened");
+    assert!(w.run_until(Duration::from_secs(5), |w| {
+        w.clients[twin]
+            .signals
+            .iter()
+            .any(|s| s == "channel:to the twin")
+    }));
+}

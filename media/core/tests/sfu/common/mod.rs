@@ -82,6 +82,8 @@ pub struct Client {
     pub undecodable: u64,
     /// The participants its join said were already in the room.
     pub others: Vec<ParticipantId>,
+    /// Its data channel, once open.
+    pub channel: Option<str0m::channel::ChannelId>,
 }
 
 impl Client {
@@ -311,6 +313,7 @@ impl World {
             rtp_ssrcs: Vec::new(),
             undecodable: 0,
             others: joined.others.iter().map(|p| p.id).collect(),
+            channel: None,
         });
         self.clients.len() - 1
     }
@@ -367,6 +370,7 @@ impl World {
             rtp_ssrcs: Vec::new(),
             undecodable: 0,
             others: joined.others.iter().map(|p| p.id).collect(),
+            channel: None,
         });
         self.clients.len() - 1
     }
@@ -465,6 +469,7 @@ impl World {
             rtp_ssrcs: Vec::new(),
             undecodable: 0,
             others: joined.others.iter().map(|p| p.id).collect(),
+            channel: None,
         });
         self.clients.len() - 1
     }
@@ -701,6 +706,10 @@ impl World {
                                     r.last_at = Some(self.now);
                                 }
                             }
+                            Event::ChannelOpen(id, _) => c.channel = Some(id),
+                            Event::ChannelData(d) => c
+                                .signals
+                                .push(format!("channel:{}", String::from_utf8_lossy(&d.data))),
                             Event::KeyframeRequest(r) => {
                                 c.keyframe_requests += 1;
                                 c.force_keyframe = true;
