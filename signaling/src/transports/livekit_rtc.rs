@@ -45,6 +45,7 @@ use crate::services::room_directory::RoomHome;
 use crate::services::token::Credential;
 use crate::transports::auth::{RoomGrant, bearer};
 use crate::transports::error::ApiError;
+use crate::transports::room_socket::{DataAllowance, MAX_DATA_BYTES};
 use crate::transports::state::AppState;
 use crate::transports::twirp::participant_of;
 use crate::transports::ws::{WRITE_TIMEOUT, close, limited};
@@ -352,6 +353,7 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
             tracks: Tracks::default(),
             wishes: HashMap::new(),
             offers: 0,
+            data: DataAllowance::new(&state),
         };
         session(&state, &mut ws, me, signals, sub_signals, roster).await
     } else {
@@ -459,7 +461,7 @@ async fn session(
                     close(ws, 1000, "left").await;
                     return None;
                 }
-                if data(state, &me, &roster, &signal).await {
+                if data(state, &mut me, &roster, &signal).await {
                     continue;
                 }
                 if let Some(r) = forward(&me, &mut roster, &signal)
@@ -518,7 +520,7 @@ async fn session(
 /// deprecated in favour of the data packet's, but older SDKs still use
 /// them: both are read and written.
 #[allow(deprecated)]
-async fn data(state: &AppState, me: &Me<'_>, roster: &Roster, signal: &Signal) -> bool {
+async fn data(state: &AppState, me: &mut Me<'_>, roster: &Roster, signal: &Signal) -> bool {
     match signal {
         Signal::ChannelData { label, data, .. } => {
             let packet = match lk::DataPacket::decode(data.as_slice()) {
@@ -532,6 +534,14 @@ async fn data(state: &AppState, me: &Me<'_>, roster: &Roster, signal: &Signal) -
                 tracing::debug!(%label, "a data packet other than a user packet: ignored");
                 return true;
             };
+            // The room socket's limits: size, then messages and bytes per second.
+            if user.payload.len() > MAX_DATA_BYTES || !me.data.take(user.payload.len()) {
+                tracing::info!(
+                    bytes = user.payload.len(),
+                    "data packet over the size or rate limit: dropped"
+                );
+                return true;
+            }
             let mut destinations = user.destination_identities;
             destinations.extend(packet.destination_identities);
             destinations.sort();
@@ -768,6 +778,8 @@ struct Me<'a> {
     wishes: HashMap<TrackId, Wish>,
     /// Offers made on the subscriber connection (their ids).
     offers: u32,
+    /// The data it may still send (the room socket's limits).
+    data: DataAllowance,
 }
 
 /// A client's wishes for one track it receives: LiveKit says subscribed or
