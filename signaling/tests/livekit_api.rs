@@ -14,7 +14,9 @@
 //! Also the JSON encoding and the Twirp errors, over plain HTTP.
 //!
 //! And the signal protocol at `/rtc` with LiveKit's real-time Python SDK
-//! (`livekit`): `livekit/rtc_publish.py` publishes to a vela participant.
+//! (`livekit`): `livekit/rtc_publish.py` publishes to a vela participant
+//! and to `livekit/rtc_watch.py`, which subscribes and decodes; data
+//! packets go between them and vela's participant both ways.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -526,6 +528,8 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
             "{connected} after {early:?}"
         );
 
+        use base64::Engine as _;
+        let news = base64::engine::general_purpose::STANDARD.encode("hello from vela");
         let mut child = script("rtc_publish.py", "alice", "6").await;
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut said: Vec<String> = Vec::new();
@@ -534,6 +538,11 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
             tokio::select! {
                 line = lines.next_line() => {
                     let Some(line) = line.unwrap() else { break };
+                    // Alice's data is out: the viewer's goes to the room
+                    // while the watcher is surely still there.
+                    if line == "sent data" {
+                        viewer.ws.send(json!({"type": "data", "payload": news, "topic": "news"})).await;
+                    }
                     said.push(line);
                 }
                 () = viewer.pump(Duration::from_millis(100)) => {}
@@ -574,7 +583,6 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
         viewer.pump(Duration::from_millis(500)).await;
         assert!(viewer.saw("participant_left", "participant_id", &alice));
         // Alice's data packet reached the vela viewer as vela's `data`.
-        use base64::Engine as _;
         let hello = base64::engine::general_purpose::STANDARD.encode("hello from alice");
         let data = viewer
             .seen
@@ -583,12 +591,6 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
             .unwrap_or_else(|| panic!("no data: {:?}", viewer.seen));
         assert_eq!(data["payload"], hello.as_str());
         assert_eq!(data["participant_id"], alice.as_str());
-        // And the viewer's data reaches the LiveKit watcher.
-        let news = base64::engine::general_purpose::STANDARD.encode("hello from vela");
-        viewer
-            .ws
-            .send(json!({"type": "data", "payload": news, "topic": "news"}))
-            .await;
 
         // What the other LiveKit participant was told meanwhile.
         let mut seen = early;
