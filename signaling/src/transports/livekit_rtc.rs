@@ -630,6 +630,25 @@ fn forward(me: &Me<'_>, roster: &mut Roster, signal: &Signal) -> Option<Resp> {
                 })
                 .collect(),
         })),
+        // vela's three levels on LiveKit's scale (its `LOST` is a
+        // participant vela has not measured, so never sent).
+        Signal::ConnectionQuality(list) => {
+            use vela_media::core::ConnectionQuality as Q;
+            Some(Resp::ConnectionQuality(lk::ConnectionQualityUpdate {
+                updates: list
+                    .iter()
+                    .map(|q| lk::ConnectionQualityInfo {
+                        participant_sid: names::sid(&q.participant.to_string(), PARTICIPANT),
+                        quality: match q.quality {
+                            Q::Good => lk::ConnectionQuality::Excellent,
+                            Q::Fair => lk::ConnectionQuality::Good,
+                            Q::Poor => lk::ConnectionQuality::Poor,
+                        } as i32,
+                        score: q.score,
+                    })
+                    .collect(),
+            }))
+        }
         // Not carried yet: layer hints, permission changes. Server offers
         // come on the subscriber connection's signals, data in `data`.
         _ => None,

@@ -35,6 +35,8 @@ struct Signal {
     inner: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// Every connection quality told so far (kept even when skipped).
+    quality: Vec<lk::ConnectionQualityInfo>,
 }
 
 impl Signal {
@@ -52,7 +54,10 @@ impl Signal {
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         let (inner, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        Signal { inner }
+        Signal {
+            inner,
+            quality: Vec::new(),
+        }
     }
 
     async fn send(&mut self, m: Req) {
@@ -71,7 +76,11 @@ impl Signal {
                 .ok()??;
             match m {
                 Ok(Message::Binary(b)) => {
-                    return lk::SignalResponse::decode(b.as_ref()).unwrap().message;
+                    let m = lk::SignalResponse::decode(b.as_ref()).unwrap().message;
+                    if let Some(Resp::ConnectionQuality(q)) = &m {
+                        self.quality.extend(q.updates.iter().cloned());
+                    }
+                    return m;
                 }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
@@ -593,6 +602,25 @@ async fn a_livekit_subscriber_connection_receives_a_vela_publisher() {
             "{}",
             refusal.message
         );
+        // The room's connection quality, on LiveKit's scale: the WHIP
+        // publisher's (on a clean loopback, excellent) among it.
+        let end = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !lk
+            .quality
+            .iter()
+            .any(|q| q.participant_sid == publisher.sid)
+            && tokio::time::Instant::now() < end
+        {
+            lk.send(Req::Ping(1)).await;
+            lk.recv().await;
+        }
+        let q = lk
+            .quality
+            .iter()
+            .find(|q| q.participant_sid == publisher.sid)
+            .unwrap_or_else(|| panic!("no quality of whip: {:?}", lk.quality));
+        assert!(q.score > 0.0, "{q:?}");
+        assert_ne!(q.quality, lk::ConnectionQuality::Lost as i32);
         whip.close().await;
         sub.close().await;
     })
