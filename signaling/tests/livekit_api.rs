@@ -14,7 +14,9 @@
 //! Also the JSON encoding and the Twirp errors, over plain HTTP.
 //!
 //! And the signal protocol at `/rtc` with LiveKit's real-time Python SDK
-//! (`livekit`): `livekit/rtc_publish.py` publishes to a vela participant.
+//! (`livekit`): `livekit/rtc_publish.py` publishes to a vela participant
+//! and to `livekit/rtc_watch.py`, which subscribes and decodes; data
+//! packets go between them and vela's participant both ways.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -480,7 +482,12 @@ async fn twirp_json_and_errors() {
 /// of vela's own room protocol sees it join with both tracks and receives
 /// its audio and video; another LiveKit participant (`livekit/rtc_watch.py`,
 /// there before and after, past the ping timeout) is told of its join, its
-/// two tracks and its leave.
+/// two tracks and its leave, subscribes to them on its subscriber
+/// connection and decodes their audio and video; it also receives the
+/// media of a WHIP publisher of vela's (not decodable: the test client's
+/// frames are made up, so counted as RTP packets). Data goes both ways:
+/// alice's data packet reaches the vela viewer and the watcher, the
+/// viewer's `data` reaches the watcher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_python_sdk_publishes_to_a_vela_participant() {
     let python = livekit_sdks().await;
@@ -499,16 +506,30 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
                 .expect("the venv's python starts")
         };
         let mut viewer = SessionClient::join(s, room, "viewer", false).await;
+        let whip = common::Peer::dev_http(s, room, "whip", true).await.unwrap();
         // Another LiveKit participant, there before and after the publisher.
         let mut watcher = script("rtc_watch.py", "watcher", "20").await;
         let mut watched = BufReader::new(watcher.stdout.take().unwrap()).lines();
-        let connected = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
-            .await
-            .expect("the watcher connects")
-            .unwrap()
-            .unwrap_or_default();
-        assert!(connected.starts_with("connected PA_"), "{connected}");
+        // It may say what it subscribed to before it says it connected.
+        let mut early = Vec::new();
+        let connected = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
+                .await
+                .expect("the watcher connects")
+                .unwrap()
+                .unwrap_or_default();
+            if line.is_empty() || line.starts_with("connected") {
+                break line;
+            }
+            early.push(line);
+        };
+        assert!(
+            connected.starts_with("connected PA_"),
+            "{connected} after {early:?}"
+        );
 
+        use base64::Engine as _;
+        let news = base64::engine::general_purpose::STANDARD.encode("hello from vela");
         let mut child = script("rtc_publish.py", "alice", "6").await;
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut said: Vec<String> = Vec::new();
@@ -517,6 +538,11 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
             tokio::select! {
                 line = lines.next_line() => {
                     let Some(line) = line.unwrap() else { break };
+                    // Alice's data is out: the viewer's goes to the room
+                    // while the watcher is surely still there.
+                    if line == "sent data" {
+                        viewer.ws.send(json!({"type": "data", "payload": news, "topic": "news"})).await;
+                    }
                     said.push(line);
                 }
                 () = viewer.pump(Duration::from_millis(100)) => {}
@@ -556,9 +582,18 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
         assert!(audio > 100 && video > 30, "audio {audio}, video {video}");
         viewer.pump(Duration::from_millis(500)).await;
         assert!(viewer.saw("participant_left", "participant_id", &alice));
+        // Alice's data packet reached the vela viewer as vela's `data`.
+        let hello = base64::engine::general_purpose::STANDARD.encode("hello from alice");
+        let data = viewer
+            .seen
+            .iter()
+            .find(|v| v["type"] == "data" && v["topic"] == "chat")
+            .unwrap_or_else(|| panic!("no data: {:?}", viewer.seen));
+        assert_eq!(data["payload"], hello.as_str());
+        assert_eq!(data["participant_id"], alice.as_str());
 
         // What the other LiveKit participant was told meanwhile.
-        let mut seen = Vec::new();
+        let mut seen = early;
         loop {
             let line = tokio::time::timeout(Duration::from_secs(30), watched.next_line())
                 .await
@@ -578,6 +613,47 @@ async fn livekit_python_sdk_publishes_to_a_vela_participant() {
         }
         assert!(seen.contains(&"left alice".to_owned()), "{seen:?}");
         assert!(seen.contains(&"still connected".to_owned()), "{seen:?}");
+        // Data both ways through vela: LiveKit to LiveKit, vela to LiveKit.
+        assert!(
+            seen.contains(&"data alice chat hello from alice".to_owned()),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&"data viewer news hello from vela".to_owned()),
+            "{seen:?}"
+        );
+        // Its subscriber connection: alice's tracks, by the sids it was
+        // told, decoded; the WHIP publisher's received.
+        let received = |who: &str, kind: &str| -> (u64, u64) {
+            let line = seen
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("received {who} {kind} ")))
+                .unwrap_or_else(|| panic!("nothing of {who}'s {kind}: {seen:?}"));
+            let n: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (n[0], n[1])
+        };
+        for kind in ["audio", "video"] {
+            let subscribed = seen.iter().any(|l| {
+                l.strip_prefix(&format!("subscribed alice {kind} "))
+                    .is_some_and(|t| t.starts_with("TR_"))
+            });
+            assert!(subscribed, "{kind}: {seen:?}");
+        }
+        let (audio, _) = received("alice", "audio");
+        let (video, _) = received("alice", "video");
+        eprintln!("the LiveKit watcher decoded {audio} audio and {video} video frames of alice");
+        assert!(
+            audio > 100 && video > 20,
+            "audio {audio}, video {video}: {seen:?}"
+        );
+        for kind in ["audio", "video"] {
+            let (_, packets) = received("whip", kind);
+            assert!(packets > 20, "whip's {kind}: {packets} packets: {seen:?}");
+        }
+        whip.close().await;
     })
     .await;
 }

@@ -157,6 +157,7 @@ pub use id::{ConnectionId, IdParseError, ParticipantId, RoomId, TrackId};
 #[cfg(feature = "test-hooks")]
 pub use isolation::RtcCall;
 pub use packet::{Packet, PayloadError};
+pub use peer::StreamIds;
 pub use quality::{
     ConnectionQuality, ParticipantQuality, QUALITY_INTERVAL, QualitySample, score as quality_score,
 };
@@ -176,4 +177,5 @@ pub use track::TrackSettings;
 
 /// Re-exported str0m types that appear in this crate's API.
 pub use str0m::change::{SdpAnswer, SdpOffer};
+pub use str0m::channel::{ChannelConfig, Reliability};
 pub use str0m::net::Transmit;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::crypto::CryptoProvider;
 use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, TcpType};
@@ -95,7 +96,27 @@ pub(crate) struct Peer {
     written: bool,
     /// The m-line and layer of each incoming stream seen, by SSRC.
     rx_streams: Vec<(Ssrc, Mid, Option<Rid>)>,
+    /// A second, receive-only connection of another participant (see
+    /// `JoinRequest::receiving_for`): hidden from others, server offers first.
+    receiver: bool,
+    /// How the msid of its offered m-lines names publisher and track
+    /// (`JoinRequest::with_stream_ids`); vela's ids when `None`.
+    stream_ids: Option<StreamIds>,
+    /// Data channels the server opens in its next offer.
+    open_channels: Vec<ChannelConfig>,
+    /// Its open data channels, by label.
+    channels: Vec<(ChannelId, Arc<str>)>,
 }
+
+/// How many open data channels a peer keeps track of (LiveKit's clients
+/// open two per connection).
+const MAX_CHANNELS: usize = 8;
+
+/// Names an offered m-line's msid: (stream id, track id) for a track of a
+/// publisher. A client library that maps received media by its own
+/// spelling of the ids (LiveKit's `PA_<n>|TR_<n>`) gets it without the core
+/// knowing that library.
+pub type StreamIds = fn(ParticipantId, TrackId) -> (String, String);
 
 /// How long str0m's pacer's look at the queues after an audio packet may
 /// wait for the next write to an audio-only peer (see
@@ -252,7 +273,65 @@ impl Peer {
             probe_dip_due: None,
             dirty: false,
             deadline: None,
+            receiver: false,
+            stream_ids: None,
+            open_channels: Vec::new(),
+            channels: Vec::new(),
         }
+    }
+
+    /// Makes this a second, receive-only connection of `of`'s participant:
+    /// it is that participant to the room (so never receives its own
+    /// tracks), is not listed, and the server offers first (with
+    /// `channels`, so there is an offer to make even in an empty room).
+    pub fn receive_for(&mut self, of: &Peer, channels: Vec<ChannelConfig>) {
+        self.public_id = of.public_id;
+        self.identity = of.identity.clone();
+        self.name = of.name.clone();
+        self.receiver = true;
+        self.ready = true;
+        self.needs_negotiation |= !channels.is_empty();
+        self.open_channels = channels;
+    }
+
+    /// Whether it is a second, receive-only connection (see [`Peer::receive_for`]).
+    pub fn is_receiver(&self) -> bool {
+        self.receiver
+    }
+
+    /// A data channel opened (by either side); a channel over the bound
+    /// is not tracked (its messages are dropped).
+    pub fn channel_opened(&mut self, id: ChannelId, label: String) {
+        self.channels.retain(|(c, _)| *c != id);
+        if self.channels.len() < MAX_CHANNELS {
+            self.channels.push((id, label.into()));
+        }
+    }
+
+    /// A data channel closed.
+    pub fn channel_closed(&mut self, id: ChannelId) {
+        self.channels.retain(|(c, _)| *c != id);
+    }
+
+    /// The label of open channel `id`.
+    pub fn channel_label(&self, id: ChannelId) -> Option<Arc<str>> {
+        self.channels
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// The open channel labelled `label`.
+    pub fn channel_by_label(&self, label: &str) -> Option<ChannelId> {
+        self.channels
+            .iter()
+            .find(|(_, l)| &**l == label)
+            .map(|(c, _)| *c)
+    }
+
+    /// How its offers' msids name publisher and track.
+    pub fn set_stream_ids(&mut self, f: Option<StreamIds>) {
+        self.stream_ids = f;
     }
 
     /// This connection's key; signals for it go to its own client.
@@ -665,9 +744,10 @@ impl Peer {
         }
     }
 
-    /// Whether others are told about this participant (WHEP viewers are not).
+    /// Whether others are told about this participant (WHEP viewers and
+    /// second, receive-only connections are not).
     pub fn is_visible(&self) -> bool {
-        self.kind != PeerKind::Whep
+        self.kind != PeerKind::Whep && !self.receiver
     }
 
     pub fn publication_by_mid(&mut self, mid: Mid) -> Option<&mut Publication> {
@@ -792,24 +872,35 @@ impl Peer {
             }
         }
         let subscriptions = &mut self.subscriptions;
+        let stream_ids = self.stream_ids;
+        let channels = std::mem::take(&mut self.open_channels);
         // A poisoned `Rtc` offers nothing; the peer is on its way out.
         let (offer, pending) = self
             .rtc
             .call(RtcCall::Sdp, |rtc| {
                 let mut change = rtc.sdp_api();
-                let mut touched = false;
+                let mut touched = !channels.is_empty();
+                for c in channels {
+                    change.add_channel_with_config(c);
+                }
                 for s in subscriptions.iter_mut() {
                     match s.state {
                         SubscriptionState::ToOpen => {
                             // msid carries the publisher's participant id as stream id
                             // and the track id, so clients map media to people.
                             let Some(src) = s.source else { continue };
-                            let stream_id = s.publisher.map(|p| p.to_string());
+                            let (stream_id, track_id) = match (stream_ids, s.publisher) {
+                                (Some(f), Some(p)) => {
+                                    let (stream, track) = f(p, src);
+                                    (Some(stream), track)
+                                }
+                                _ => (s.publisher.map(|p| p.to_string()), src.to_string()),
+                            };
                             let mid = change.add_media(
                                 s.kind,
                                 Direction::SendOnly,
                                 stream_id,
-                                Some(src.to_string()),
+                                Some(track_id),
                                 None,
                             );
                             s.state = SubscriptionState::Negotiating(mid);

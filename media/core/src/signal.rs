@@ -281,6 +281,17 @@ pub enum Signal {
     },
     /// What this participant may do changed (server API).
     PermissionsChanged(Permissions),
+    /// A message the client sent on one of its connection's data channels,
+    /// for its signaling to read (vela's own clients send nothing there;
+    /// LiveKit's send their data packets).
+    ChannelData {
+        /// The channel's label.
+        label: Arc<str>,
+        /// Whether it was sent as binary (else text).
+        binary: bool,
+        /// The message.
+        data: Vec<u8>,
+    },
     /// This participant was removed from its room; nothing more follows.
     Left {
         /// Why.

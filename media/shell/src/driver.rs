@@ -620,6 +620,10 @@ impl Driver {
             Command::Candidate(p, c, reply) => {
                 let _ = reply.send(self.sfu.handle_candidate(now, p, &c).map_err(Into::into));
             }
+            Command::ChannelSend(p, label, data, reply) => {
+                let r = self.sfu.handle_channel_send(now, p, &label, true, &data);
+                let _ = reply.send(r.map_err(Into::into));
+            }
             Command::Mute(p, track, kind, muted, reply) => {
                 let r = self
                     .sfu

@@ -119,6 +119,7 @@ pub(crate) enum Command {
     ),
     Answer(ConnectionId, Box<SdpAnswer>, Reply<()>),
     Candidate(ConnectionId, String, Reply<()>),
+    ChannelSend(ConnectionId, Arc<str>, Vec<u8>, Reply<bool>),
     Mute(
         ConnectionId,
         Option<TrackId>,
@@ -449,6 +450,20 @@ impl MediaHandle {
     pub async fn candidate(&self, p: ConnectionId, candidate: String) -> Result<(), MediaError> {
         Self::call(self.connection_tx(p), |r| {
             Command::Candidate(p, candidate, r)
+        })
+        .await
+    }
+
+    /// Writes a binary message on a connection's open data channel
+    /// `label`; false when it has none open (yet) or its buffer is full.
+    pub async fn channel_send(
+        &self,
+        p: ConnectionId,
+        label: Arc<str>,
+        data: Vec<u8>,
+    ) -> Result<bool, MediaError> {
+        Self::call(self.connection_tx(p), |r| {
+            Command::ChannelSend(p, label, data, r)
         })
         .await
     }

@@ -5,13 +5,16 @@
 //! rooms, the media core's join): no second implementation of rooms.
 //!
 //! LiveKit gives each participant two peer connections, a publisher (the
-//! client offers) and a subscriber (the server offers). The media core has
-//! one connection per participant, so for now the LiveKit participant is
-//! one core peer that is its publisher connection, joined without
-//! subscribing (so the core never offers on it): joining, publishing's
-//! offer and answer, trickle, mute and the room's participant updates work;
-//! `add_track` and the subscriber connection are refused as unsupported
-//! (logged, and answered with a `RequestResponse`), never left hanging.
+//! client offers) and a subscriber (the server offers). Here they are two
+//! core connections: the publisher is the participant (joined without
+//! subscribing, so the core never offers on it), the subscriber a second,
+//! receive-only connection of it (`JoinRequest::receiving_for`): hidden
+//! from the room, the server offers on it at once (with LiveKit's
+//! `_reliable` and `_lossy` data channels, so there is an offer to make in
+//! an empty room) and again as tracks come and go, its msids spelled
+//! `PA_<n>|TR_<n>` as LiveKit's SDKs map received tracks. A request vela
+//! does not carry out is refused (logged, and answered with a
+//! `RequestResponse`), never left hanging.
 //!
 //! `/rtc/v1` (LiveKit's single-connection protocol) is 404 on purpose, so
 //! SDKs that try it first fall back to v0.
@@ -32,8 +35,9 @@ use prost::Message as _;
 use tracing::Instrument;
 use vela_media::SignalReceiver;
 use vela_media::core::{
-    ConnectionId, LeaveReason, ParticipantId, ParticipantInfo, PeerKind, Permissions, RoomId,
-    SdpOffer, Signal, TrackId, TrackKind,
+    ChannelConfig, ConnectionId, LeaveReason, ParticipantId, ParticipantInfo, PeerKind,
+    Permissions, Reliability, RoomId, SdpAnswer, SdpOffer, Signal, TrackId, TrackKind,
+    TrackSettings, TrackSource,
 };
 
 use crate::domain::livekit::{self as names, PARTICIPANT, TRACK};
@@ -41,6 +45,7 @@ use crate::services::room_directory::RoomHome;
 use crate::services::token::Credential;
 use crate::transports::auth::{RoomGrant, bearer};
 use crate::transports::error::ApiError;
+use crate::transports::room_socket::{DataAllowance, MAX_DATA_BYTES};
 use crate::transports::state::AppState;
 use crate::transports::twirp::participant_of;
 use crate::transports::ws::{WRITE_TIMEOUT, close, limited};
@@ -51,6 +56,35 @@ const PING_INTERVAL_SECS: i32 = 5;
 /// seconds (LiveKit's default); both must be above zero (the Rust SDK
 /// builds an interval from the first).
 const PING_TIMEOUT_SECS: i32 = 15;
+
+/// The subscriber connection's data channels, as LiveKit's server opens
+/// them: `_reliable` (ordered, retransmitted) and `_lossy` (unordered, no
+/// retransmits).
+fn subscriber_channels() -> Vec<ChannelConfig> {
+    vec![
+        ChannelConfig {
+            label: "_reliable".into(),
+            ..ChannelConfig::default()
+        },
+        ChannelConfig {
+            label: "_lossy".into(),
+            ordered: false,
+            reliability: Reliability::MaxRetransmits { retransmits: 0 },
+            ..ChannelConfig::default()
+        },
+    ]
+}
+
+/// The msid of a track offered on the subscriber connection: stream id
+/// `PA_<n>|TR_<n>`, track id `TR_<n>` (LiveKit's SDKs split the stream id
+/// on `|` to find the publication).
+fn stream_ids(p: ParticipantId, t: TrackId) -> (String, String) {
+    let track = names::sid(&t.to_string(), TRACK);
+    (
+        format!("{}|{track}", names::sid(&p.to_string(), PARTICIPANT)),
+        track,
+    )
+}
 
 /// The routes of LiveKit's signal protocol.
 pub(crate) fn routes() -> Router<AppState> {
@@ -237,19 +271,32 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
         });
     let (joined, signals) = match state.media.join(req).await {
         Ok(j) => j,
-        Err(e) => {
-            let e = ApiError::from(e);
-            tracing::info!(status = %e.status, message = %e.message, "join refused");
-            let leave = lk::LeaveRequest {
-                reason: lk::DisconnectReason::JoinFailure as i32,
-                action: lk::leave_request::Action::Disconnect as i32,
-                ..lk::LeaveRequest::default()
-            };
-            send(&mut ws, Resp::Leave(leave)).await;
-            return close(&mut ws, 1008, "join refused").await;
-        }
+        Err(e) => return refuse_join(&mut ws, e.into()).await,
     };
     let id = joined.connection;
+    // The subscriber connection, if the token may subscribe: its first
+    // offer waits in its signals until the join response is out.
+    let subscriber = if grant.permissions.subscribe {
+        let req = grant
+            .join_request(room.clone(), PeerKind::Session)
+            .with_permissions(Permissions {
+                publish: false,
+                subscribe: true,
+                publish_data: false,
+            })
+            .receiving_for(id, subscriber_channels())
+            .with_stream_ids(stream_ids);
+        match state.media.join(req).await {
+            Ok((j, s)) => Some((j.connection, s)),
+            Err(e) => {
+                state.media.leave(id, LeaveReason::ConnectionLost).await;
+                return refuse_join(&mut ws, e.into()).await;
+            }
+        }
+    } else {
+        None
+    };
+    let (sub, sub_signals) = subscriber.unzip();
     let mut me = participant_of(&joined.participant);
     // What the token allows, not the core peer's publish-only stand-in.
     if let Some(p) = me.permission.as_mut() {
@@ -272,6 +319,16 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
         other_participants: joined.others.iter().map(participant_of).collect(),
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
         subscriber_primary: false,
+        // The same TURN servers and credentials as vela's `joined`.
+        ice_servers: state
+            .ice_servers_for(&joined.participant.id)
+            .into_iter()
+            .map(|s| lk::IceServer {
+                urls: s.urls,
+                username: s.username.unwrap_or_default(),
+                credential: s.credential.unwrap_or_default(),
+            })
+            .collect(),
         ping_timeout: PING_TIMEOUT_SECS,
         ping_interval: PING_INTERVAL_SECS,
         server_info: Some(lk::ServerInfo {
@@ -290,18 +347,51 @@ async fn run(state: AppState, mut ws: WebSocket, room: RoomId, grant: RoomGrant)
         let me = Me {
             room: &room,
             id,
+            sub,
             public: joined.participant.id,
             can_publish: grant.permissions.publish,
             tracks: Tracks::default(),
+            wishes: HashMap::new(),
+            offers: 0,
+            data: DataAllowance::new(&state),
         };
-        session(&state, &mut ws, me, signals, roster).await
+        session(&state, &mut ws, me, signals, sub_signals, roster).await
     } else {
         Some(LeaveReason::ConnectionLost)
     };
     if let Some(reason) = reason {
         state.media.leave(id, reason).await;
     }
+    // The subscriber connection goes with the participant (a no-op if the
+    // core removed it already).
+    if let Some(sub) = sub {
+        state
+            .media
+            .leave(sub, reason.unwrap_or(LeaveReason::ClientLeave))
+            .await;
+    }
     tracing::info!(participant = %id, "livekit session closed");
+}
+
+/// A join the room refused: LiveKit's leave with `JOIN_FAILURE`, then the
+/// socket closes.
+async fn refuse_join(ws: &mut WebSocket, e: ApiError) {
+    tracing::info!(status = %e.status, message = %e.message, "join refused");
+    let leave = lk::LeaveRequest {
+        reason: lk::DisconnectReason::JoinFailure as i32,
+        action: lk::leave_request::Action::Disconnect as i32,
+        ..lk::LeaveRequest::default()
+    };
+    send(ws, Resp::Leave(leave)).await;
+    close(ws, 1008, "join refused").await;
+}
+
+/// The next signal of the subscriber connection; never, without one.
+async fn next_of(signals: &mut Option<SignalReceiver>) -> Option<Signal> {
+    match signals {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves a joined session until it ends; the reason to leave with, `None`
@@ -311,6 +401,7 @@ async fn session(
     ws: &mut WebSocket,
     mut me: Me<'_>,
     mut signals: SignalReceiver,
+    mut sub_signals: Option<SignalReceiver>,
     mut roster: Roster,
 ) -> Option<LeaveReason> {
     let mut shutdown = state.shutdown.clone();
@@ -370,10 +461,45 @@ async fn session(
                     close(ws, 1000, "left").await;
                     return None;
                 }
+                if data(state, &mut me, &roster, &signal).await {
+                    continue;
+                }
                 if let Some(r) = forward(&me, &mut roster, &signal)
                     && !send(ws, r).await
                 {
                     return Some(LeaveReason::ConnectionLost);
+                }
+            }
+            signal = next_of(&mut sub_signals) => {
+                // Of the subscriber connection only its offers matter: the
+                // room's news come with the participant's own signals.
+                match signal {
+                    Some(Signal::Offer(offer)) => {
+                        me.offers += 1;
+                        let offer = Resp::Offer(lk::SessionDescription {
+                            r#type: "offer".to_owned(),
+                            sdp: offer.to_sdp_string(),
+                            id: me.offers,
+                            ..lk::SessionDescription::default()
+                        });
+                        if !send(ws, offer).await {
+                            return Some(LeaveReason::ConnectionLost);
+                        }
+                    }
+                    // It failed (ICE, DTLS, too slow): the participant goes
+                    // too, as a LiveKit participant whose subscriber
+                    // connection fails does.
+                    Some(Signal::Left { reason }) => {
+                        tracing::info!(reason = reason.as_str(), "subscriber connection gone");
+                        send(ws, leave_message(reason)).await;
+                        close(ws, 1000, "subscriber connection gone").await;
+                        return Some(reason);
+                    }
+                    None => {
+                        close(ws, 1011, "media server stopped").await;
+                        return Some(LeaveReason::ConnectionLost);
+                    }
+                    Some(_) => {}
                 }
             }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
@@ -382,6 +508,97 @@ async fn session(
                 return Some(LeaveReason::ServerShutdown);
             }
         }
+    }
+}
+
+/// LiveKit's data packets: a user packet the client sent on its publisher
+/// connection's `_reliable` or `_lossy` channel goes to the room as vela's
+/// data (its topic and destination identities kept); the room's data
+/// (another participant's, or the server API's) goes to the client on its
+/// subscriber connection's `_reliable` channel. True when `signal` was
+/// one of those. The user packet's own sender and destination fields are
+/// deprecated in favour of the data packet's, but older SDKs still use
+/// them: both are read and written.
+#[allow(deprecated)]
+async fn data(state: &AppState, me: &mut Me<'_>, roster: &Roster, signal: &Signal) -> bool {
+    match signal {
+        Signal::ChannelData { label, data, .. } => {
+            let packet = match lk::DataPacket::decode(data.as_slice()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(%label, error = %e, "malformed DataPacket");
+                    return true;
+                }
+            };
+            let Some(lk::data_packet::Value::User(user)) = packet.value else {
+                tracing::debug!(%label, "a data packet other than a user packet: ignored");
+                return true;
+            };
+            // The room socket's limits: size, then messages and bytes per second.
+            if user.payload.len() > MAX_DATA_BYTES || !me.data.take(user.payload.len()) {
+                tracing::info!(
+                    bytes = user.payload.len(),
+                    "data packet over the size or rate limit: dropped"
+                );
+                return true;
+            }
+            let mut destinations = user.destination_identities;
+            destinations.extend(packet.destination_identities);
+            destinations.sort();
+            destinations.dedup();
+            let message = vela_media::core::DataMessage {
+                topic: user.topic.filter(|t| !t.is_empty()).map(Into::into),
+                payload: user.payload.into(),
+                destinations,
+            };
+            if let Err(e) = state.media.send_data_from(me.id, message).await {
+                let e = ApiError::from(e);
+                tracing::info!(status = %e.status, message = %e.message, "data refused");
+            }
+            true
+        }
+        Signal::Data {
+            from,
+            topic,
+            payload,
+        } => {
+            let Some(sub) = me.sub else {
+                return true;
+            };
+            let (sid, identity) = match from {
+                Some(p) => (
+                    names::sid(&p.to_string(), PARTICIPANT),
+                    roster
+                        .others
+                        .get(p)
+                        .map(|i| i.identity.clone())
+                        .unwrap_or_default(),
+                ),
+                None => (String::new(), String::new()),
+            };
+            let packet = lk::DataPacket {
+                participant_identity: identity.clone(),
+                value: Some(lk::data_packet::Value::User(lk::UserPacket {
+                    participant_sid: sid,
+                    participant_identity: identity,
+                    payload: payload.to_vec(),
+                    topic: topic.as_deref().map(str::to_owned),
+                    ..lk::UserPacket::default()
+                })),
+                ..lk::DataPacket::default()
+            };
+            let sent = state
+                .media
+                .channel_send(sub, "_reliable".into(), packet.encode_to_vec())
+                .await;
+            if !matches!(sent, Ok(true)) {
+                tracing::info!(
+                    "data not delivered: the subscriber connection's channel is not open"
+                );
+            }
+            true
+        }
+        _ => false,
     }
 }
 
@@ -413,9 +630,27 @@ fn forward(me: &Me<'_>, roster: &mut Roster, signal: &Signal) -> Option<Resp> {
                 })
                 .collect(),
         })),
-        // Not carried yet: server offers (no subscriber connection; the
-        // core peer does not subscribe, so none come), data (no data
-        // channels), layer hints, permission changes.
+        // vela's three levels on LiveKit's scale (its `LOST` is a
+        // participant vela has not measured, so never sent).
+        Signal::ConnectionQuality(list) => {
+            use vela_media::core::ConnectionQuality as Q;
+            Some(Resp::ConnectionQuality(lk::ConnectionQualityUpdate {
+                updates: list
+                    .iter()
+                    .map(|q| lk::ConnectionQualityInfo {
+                        participant_sid: names::sid(&q.participant.to_string(), PARTICIPANT),
+                        quality: match q.quality {
+                            Q::Good => lk::ConnectionQuality::Excellent,
+                            Q::Fair => lk::ConnectionQuality::Good,
+                            Q::Poor => lk::ConnectionQuality::Poor,
+                        } as i32,
+                        score: q.score,
+                    })
+                    .collect(),
+            }))
+        }
+        // Not carried yet: layer hints, permission changes. Server offers
+        // come on the subscriber connection's signals, data in `data`.
         _ => None,
     }
 }
@@ -428,15 +663,42 @@ fn forward(me: &Me<'_>, roster: &mut Roster, signal: &Signal) -> Option<Resp> {
 /// the core's sid (`TR_<n>`), the publisher by the one it was given.
 #[derive(Default)]
 struct Tracks {
-    /// Announced, not yet offered: (sid given, kind).
-    pending: Vec<(String, TrackKind)>,
+    /// Announced, not yet offered.
+    pending: Vec<Announced>,
     /// The sids given, bound to the core's tracks.
     bound: HashMap<String, TrackId>,
     /// Sids handed out so far.
     count: u32,
 }
 
+/// A track the client announced (`add_track`) and has not offered yet.
+struct Announced {
+    /// The sid it was given.
+    sid: String,
+    kind: TrackKind,
+    /// The client's id for it: its msid's track id in the offer.
+    cid: String,
+    /// What it carries, if the client said.
+    source: Option<TrackSource>,
+}
+
 impl Tracks {
+    /// What the offer's m-lines carry, by mid, for those the client
+    /// announced with a source (matched by the msid's track id, the
+    /// client's `cid`).
+    fn sources(&self, offer: &SdpOffer) -> Vec<(String, TrackSource)> {
+        offer
+            .media_lines
+            .iter()
+            .filter(|m| m.typ.is_media() && m.direction().is_sending())
+            .filter_map(|m| {
+                let msid = m.msid()?;
+                let a = self.pending.iter().find(|a| a.cid == msid.track_id)?;
+                Some((m.mid().to_string(), a.source?))
+            })
+            .collect()
+    }
+
     /// The core's track a sid names: one this session gave, or the core's own.
     fn track(&self, sid: &str) -> Option<TrackId> {
         if let Some(t) = self.bound.get(sid) {
@@ -463,8 +725,8 @@ impl Tracks {
             .collect();
         fresh.sort_by_key(|t| t.id.0);
         for t in fresh {
-            if let Some(i) = self.pending.iter().position(|(_, k)| *k == t.kind) {
-                let (sid, _) = self.pending.remove(i);
+            if let Some(i) = self.pending.iter().position(|a| a.kind == t.kind) {
+                let sid = self.pending.remove(i).sid;
                 tracing::debug!(%sid, track = %t.id, "announced track bound");
                 self.bound.insert(sid, t.id);
             }
@@ -524,10 +786,103 @@ fn candidate_of(init: &str) -> Option<String> {
 /// The session as requests see it.
 struct Me<'a> {
     room: &'a RoomId,
+    /// The publisher connection (the participant).
     id: ConnectionId,
+    /// The subscriber connection, if the token may subscribe.
+    sub: Option<ConnectionId>,
     public: ParticipantId,
     can_publish: bool,
     tracks: Tracks,
+    /// What the client asked of the tracks it receives, by track.
+    wishes: HashMap<TrackId, Wish>,
+    /// Offers made on the subscriber connection (their ids).
+    offers: u32,
+    /// The data it may still send (the room socket's limits).
+    data: DataAllowance,
+}
+
+/// A client's wishes for one track it receives: LiveKit says subscribed or
+/// not (`subscription`) apart from disabled or not and the size or quality
+/// (`track_setting`); vela's track settings are both in one.
+#[derive(Debug, Clone, Copy)]
+struct Wish {
+    subscribed: bool,
+    disabled: bool,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+impl Default for Wish {
+    fn default() -> Self {
+        Wish {
+            subscribed: true,
+            disabled: false,
+            width: None,
+            height: None,
+        }
+    }
+}
+
+impl Wish {
+    fn settings(self) -> TrackSettings {
+        TrackSettings {
+            enabled: self.subscribed && !self.disabled,
+            width: self.width,
+            height: self.height,
+        }
+    }
+
+    /// LiveKit's `track_setting`: a size when the client gives one, else a
+    /// quality as a nominal size (low 320x180, medium 640x360; high: the
+    /// top layer), `OFF` as disabled.
+    fn set(&mut self, s: &lk::UpdateTrackSettings) {
+        use lk::VideoQuality as Q;
+        self.disabled = s.disabled;
+        let size = |w: u32, h: u32| (Some(w), Some(h));
+        (self.width, self.height) = if s.width > 0 && s.height > 0 {
+            size(s.width, s.height)
+        } else {
+            match Q::try_from(s.quality) {
+                Ok(Q::Low) => size(320, 180),
+                Ok(Q::Medium) => size(640, 360),
+                Ok(Q::Off) => {
+                    self.disabled = true;
+                    (None, None)
+                }
+                _ => (None, None),
+            }
+        };
+    }
+}
+
+/// The tracks a `subscription` or `track_setting` names, by their sids
+/// (`TR_<n>`); sids that name no track of vela's are left out.
+fn tracks_named<'s>(sids: impl Iterator<Item = &'s String>) -> Vec<TrackId> {
+    sids.filter_map(|s| names::vela_id(s, TRACK).parse().ok())
+        .collect()
+}
+
+/// Applies the client's wishes for `tracks` (changed by `change`) to the
+/// subscriber connection.
+async fn wish(
+    state: &AppState,
+    me: &mut Me<'_>,
+    what: &str,
+    tracks: Vec<TrackId>,
+    change: impl Fn(&mut Wish),
+) -> Handled {
+    let Some(sub) = me.sub else {
+        return failed(what, ApiError::forbidden("subscribing needs canSubscribe"));
+    };
+    for t in tracks {
+        let w = me.wishes.entry(t).or_default();
+        change(w);
+        let settings = w.settings();
+        if let Err(e) = state.media.track_settings(sub, t, settings).await {
+            return failed(what, e.into());
+        }
+    }
+    Handled::Nothing
 }
 
 /// `add_track`: answered at once with the track's sid (see [`Tracks`]).
@@ -549,7 +904,20 @@ fn add_track(me: &mut Me<'_>, req: &lk::AddTrackRequest) -> Handled {
         names::sid(&me.public.to_string(), PARTICIPANT).replacen(PARTICIPANT, TRACK, 1),
         me.tracks.count
     );
-    me.tracks.pending.push((sid.clone(), kind));
+    // LiveKit's sources as vela's (an unknown one: by the track's kind).
+    let source = match lk::TrackSource::try_from(req.source) {
+        Ok(lk::TrackSource::Camera) => Some(TrackSource::Camera),
+        Ok(lk::TrackSource::Microphone) => Some(TrackSource::Microphone),
+        Ok(lk::TrackSource::ScreenShare) => Some(TrackSource::Screen),
+        Ok(lk::TrackSource::ScreenShareAudio) => Some(TrackSource::ScreenAudio),
+        _ => None,
+    };
+    me.tracks.pending.push(Announced {
+        sid: sid.clone(),
+        kind,
+        cid: req.cid.clone(),
+        source,
+    });
     Handled::Reply(Box::new(Resp::TrackPublished(lk::TrackPublishedResponse {
         cid: req.cid.clone(),
         track: Some(lk::TrackInfo {
@@ -591,7 +959,8 @@ async fn handle(state: &AppState, me: &mut Me<'_>, req: Req) -> Handled {
                     return failed("offer", ApiError::bad_request(reason));
                 }
             };
-            match state.media.offer(id, offer).await {
+            let sources = me.tracks.sources(&offer);
+            match state.media.offer_with_sources(id, offer, sources).await {
                 Ok(answer) => {
                     rebind(state, me).await;
                     Handled::Reply(Box::new(Resp::Answer(lk::SessionDescription {
@@ -605,13 +974,18 @@ async fn handle(state: &AppState, me: &mut Me<'_>, req: Req) -> Handled {
             }
         }
         Req::Trickle(t) => {
-            if t.target != lk::SignalTarget::Publisher as i32 {
-                return refused("trickle for the subscriber connection");
-            }
+            let target = if t.target == lk::SignalTarget::Subscriber as i32 {
+                match me.sub {
+                    Some(sub) => sub,
+                    None => return failed("trickle", ApiError::bad_request("no subscriber")),
+                }
+            } else {
+                id
+            };
             let Some(candidate) = candidate_of(&t.candidate_init) else {
                 return failed("trickle", ApiError::bad_request("malformed candidateInit"));
             };
-            match state.media.candidate(id, candidate).await {
+            match state.media.candidate(target, candidate).await {
                 Ok(()) => Handled::Nothing,
                 Err(e) => failed("trickle", e.into()),
             }
@@ -634,15 +1008,42 @@ async fn handle(state: &AppState, me: &mut Me<'_>, req: Req) -> Handled {
             last_ping_timestamp: p.timestamp,
             timestamp: now_ms(),
         }))),
-        Req::TrackSetting(_) => accepted("track_setting"),
+        Req::TrackSetting(t) => {
+            let tracks = tracks_named(t.track_sids.iter());
+            wish(state, me, "track_setting", tracks, |w| w.set(&t)).await
+        }
+        Req::Subscription(u) => {
+            let sids = u.track_sids.iter().chain(
+                u.participant_tracks
+                    .iter()
+                    .flat_map(|p| p.track_sids.iter()),
+            );
+            let tracks = tracks_named(sids);
+            let on = u.subscribe;
+            wish(state, me, "subscription", tracks, |w| w.subscribed = on).await
+        }
+        Req::Answer(sd) => {
+            let Some(sub) = me.sub else {
+                return failed("answer", ApiError::bad_request("no subscriber connection"));
+            };
+            let answer = match SdpAnswer::from_sdp_string(&sd.sdp) {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = crate::transports::whip::sdp_reason(&e);
+                    return failed("answer", ApiError::bad_request(reason));
+                }
+            };
+            match state.media.answer(sub, answer).await {
+                Ok(()) => Handled::Nothing,
+                Err(e) => failed("answer", e.into()),
+            }
+        }
         // Deprecated by LiveKit, still sent by older clients.
         #[allow(deprecated)]
         Req::UpdateLayers(_) => accepted("update_layers"),
         Req::SubscriptionPermission(_) => accepted("subscription_permission"),
         Req::SyncState(_) => accepted("sync_state"),
-        Req::Answer(_) => refused("answer (the subscriber connection)"),
         Req::AddTrack(t) => add_track(me, &t),
-        Req::Subscription(_) => refused("subscription"),
         Req::Simulate(_) => refused("simulate"),
         Req::UpdateMetadata(_) => refused("update_metadata"),
         Req::UpdateAudioTrack(_) => refused("update_audio_track"),

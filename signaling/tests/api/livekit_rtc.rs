@@ -2,7 +2,9 @@
 //! client of binary protobuf frames (livekit-protocol's types) with a str0m
 //! publisher connection: the validate endpoints, the join, ping in both
 //! forms, refusals, a publisher's offer and media seen by a participant of
-//! vela's own socket, participant updates, leave.
+//! vela's own socket, participant updates, leave; the subscriber
+//! connection the server offers (its data channels, msids `PA_|TR_`,
+//! renegotiation, trickle, subscription on and off).
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -16,7 +18,7 @@ use livekit_protocol as lk;
 use lk::signal_request::Message as Req;
 use lk::signal_response::Message as Resp;
 use prost::Message as _;
-use str0m::change::SdpAnswer;
+use str0m::change::{SdpAnswer, SdpOffer};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -33,6 +35,8 @@ struct Signal {
     inner: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// Every connection quality told so far (kept even when skipped).
+    quality: Vec<lk::ConnectionQualityInfo>,
 }
 
 impl Signal {
@@ -50,7 +54,10 @@ impl Signal {
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         let (inner, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        Signal { inner }
+        Signal {
+            inner,
+            quality: Vec::new(),
+        }
     }
 
     async fn send(&mut self, m: Req) {
@@ -69,7 +76,11 @@ impl Signal {
                 .ok()??;
             match m {
                 Ok(Message::Binary(b)) => {
-                    return lk::SignalResponse::decode(b.as_ref()).unwrap().message;
+                    let m = lk::SignalResponse::decode(b.as_ref()).unwrap().message;
+                    if let Some(Resp::ConnectionQuality(q)) = &m {
+                        self.quality.extend(q.updates.iter().cloned());
+                    }
+                    return m;
                 }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
@@ -269,12 +280,24 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
         let mut lk = Signal::connect(s, &token, true).await;
         let join = lk.join().await;
         let sid = join.participant.unwrap().sid;
-        // Each track is announced first, and gets its sid at once.
+        // Each track is announced first, and gets its sid at once; its cid
+        // is the track id of its m-line's msid, as LiveKit's SDKs have it.
+        let (offer, pending) = Peer::session(true).await;
+        let cids: Vec<String> = offer
+            .media_lines
+            .iter()
+            .map(|m| m.msid().unwrap().track_id)
+            .collect();
         let mut given = Vec::new();
-        for (cid, kind) in [("mic", lk::TrackType::Audio), ("cam", lk::TrackType::Video)] {
+        let announced = [
+            (&cids[0], lk::TrackType::Audio, lk::TrackSource::Microphone),
+            (&cids[1], lk::TrackType::Video, lk::TrackSource::ScreenShare),
+        ];
+        for (cid, kind, source) in announced {
             lk.send(Req::AddTrack(lk::AddTrackRequest {
-                cid: cid.into(),
+                cid: cid.clone(),
                 r#type: kind as i32,
+                source: source as i32,
                 ..lk::AddTrackRequest::default()
             }))
             .await;
@@ -284,13 +307,12 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
                     _ => None,
                 })
                 .await;
-            assert_eq!(published.cid, cid);
+            assert_eq!(&published.cid, cid);
             let track = published.track.unwrap();
             assert!(track.sid.starts_with("TR_"), "{}", track.sid);
             assert_eq!(track.r#type, kind as i32);
             given.push(track.sid);
         }
-        let (offer, pending) = Peer::session(true).await;
         lk.send(Req::Offer(lk::SessionDescription {
             r#type: "offer".into(),
             sdp: offer.to_sdp_string(),
@@ -337,6 +359,15 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
             "{:?}",
             viewer.seen
         );
+        // The camera was announced as a screen share: so it is to vela.
+        let sources: Vec<&str> = viewer
+            .seen
+            .iter()
+            .filter(|v| v["type"] == "track_published" && v["participant_id"] == vela_id)
+            .filter_map(|v| v["track"]["source"].as_str())
+            .collect();
+        assert!(sources.contains(&"screen"), "{:?}", viewer.seen);
+        assert!(sources.contains(&"microphone"), "{:?}", viewer.seen);
         // Muting by the sid it was given reaches the vela viewer.
         lk.send(Req::Mute(lk::MuteTrackRequest {
             sid: given[1].clone(),
@@ -390,24 +421,6 @@ async fn a_livekit_publisher_offers_and_a_vela_participant_receives_its_media() 
             .await;
         assert_eq!(mute.sid, given[1]);
         assert!(!mute.muted);
-        // The subscriber side is not there yet: refused in words.
-        lk.send(Req::Trickle(lk::TrickleRequest {
-            candidate_init: "{}".into(),
-            target: lk::SignalTarget::Subscriber as i32,
-            ..lk::TrickleRequest::default()
-        }))
-        .await;
-        let refusal = lk
-            .expect("request_response", |r| match r {
-                Resp::RequestResponse(r) => Some(r),
-                _ => None,
-            })
-            .await;
-        assert!(
-            refusal.message.contains("subscriber"),
-            "{}",
-            refusal.message
-        );
         publisher.close().await;
         drop(lk);
     })
@@ -431,6 +444,218 @@ async fn a_join_the_room_refuses_is_a_leave_with_join_failure() {
         assert_eq!(leave.reason, lk::DisconnectReason::JoinFailure as i32);
         assert_eq!(leave.action, lk::leave_request::Action::Disconnect as i32);
         assert!(lk.recv().await.is_none(), "the socket closes");
+    })
+    .await;
+}
+
+/// What the server offers on the subscriber connection, the offer's SDP.
+async fn next_offer(lk: &mut Signal) -> lk::SessionDescription {
+    lk.expect("offer", |r| match r {
+        Resp::Offer(o) => Some(o),
+        _ => None,
+    })
+    .await
+}
+
+/// The client's answer on the subscriber connection, for LiveKit.
+fn answer_of(a: &SdpAnswer, id: u32) -> Req {
+    Req::Answer(lk::SessionDescription {
+        r#type: "answer".into(),
+        sdp: a.to_sdp_string(),
+        id,
+        ..lk::SessionDescription::default()
+    })
+}
+
+/// Whether the video frames `p` receives stop growing (two reads 600 ms
+/// apart agree) within `limit`.
+async fn video_stops(p: &Peer, limit: Duration) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        let before = p.video_frames();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        if p.video_frames() == before {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_livekit_subscriber_connection_receives_a_vela_publisher() {
+    with_server(LIMIT, async |s, _| {
+        let token = dev_token(s, "lksub", "alice").await;
+        let mut lk = Signal::connect(s, &token, false).await;
+        let join = lk.join().await;
+        assert!(join.other_participants.is_empty());
+        // Alone in the room, the server offers the subscriber connection at
+        // once, with LiveKit's two data channels and no media.
+        let first = next_offer(&mut lk).await;
+        assert_eq!(first.r#type, "offer");
+        assert!(first.sdp.contains("m=application"), "{}", first.sdp);
+        assert!(!first.sdp.contains("m=video"), "{}", first.sdp);
+        let (otx, orx) = mpsc::unbounded_channel();
+        let (atx, mut arx) = mpsc::unbounded_channel();
+        let offer = SdpOffer::from_sdp_string(&first.sdp).unwrap();
+        let (answer, sub) = Peer::answering(offer, (orx, atx)).await;
+        lk.send(answer_of(&answer, first.id)).await;
+        assert!(sub.wait(Duration::from_secs(10), |p| p.connected()).await);
+        // Trickle to the subscriber connection is taken: the next response
+        // is the pong, no refusal.
+        lk.send(Req::Trickle(lk::TrickleRequest {
+            candidate_init: MDNS_CANDIDATE.into(),
+            target: lk::SignalTarget::Subscriber as i32,
+            ..lk::TrickleRequest::default()
+        }))
+        .await;
+        lk.send(Req::Ping(7)).await;
+        let next = lk
+            .expect("pong", |r| match r {
+                Resp::Pong(t) => Some(Ok(t)),
+                Resp::RequestResponse(r) => Some(Err(r.message)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(next, Ok(7));
+
+        // A WHIP publisher: its tracks announced, then offered (again) on
+        // the subscriber connection with msids LiveKit's SDKs map.
+        let whip = Peer::dev_http(s, "lksub", "whip", true).await.unwrap();
+        let publisher = lk
+            .expect("update with whip's tracks", |r| match r {
+                Resp::Update(u) => u
+                    .participants
+                    .into_iter()
+                    .find(|p| p.identity == "whip" && p.tracks.len() == 2),
+                _ => None,
+            })
+            .await;
+        let mut offered = String::new();
+        while !publisher
+            .tracks
+            .iter()
+            .all(|t| offered.contains(&format!("a=msid:{}|{} {}", publisher.sid, t.sid, t.sid)))
+        {
+            let o = next_offer(&mut lk).await;
+            otx.send(SdpOffer::from_sdp_string(&o.sdp).unwrap())
+                .unwrap();
+            let answer = tokio::time::timeout(Duration::from_secs(10), arx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            lk.send(answer_of(&answer, o.id)).await;
+            offered.push_str(&o.sdp);
+        }
+        assert!(
+            sub.wait(Duration::from_secs(20), |p| {
+                p.video_frames() > 10 && p.audio_frames() > 10
+            })
+            .await
+        );
+        // Unsubscribing the video stops it; subscribing again resumes it.
+        let video = publisher
+            .tracks
+            .iter()
+            .find(|t| t.r#type == lk::TrackType::Video as i32)
+            .unwrap()
+            .sid
+            .clone();
+        let subscription = |on: bool| {
+            Req::Subscription(lk::UpdateSubscription {
+                track_sids: vec![video.clone()],
+                subscribe: on,
+                ..lk::UpdateSubscription::default()
+            })
+        };
+        lk.send(subscription(false)).await;
+        assert!(video_stops(&sub, Duration::from_secs(15)).await);
+        let paused_at = sub.video_frames();
+        lk.send(subscription(true)).await;
+        assert!(
+            sub.wait(Duration::from_secs(15), |p| p.video_frames()
+                > paused_at + 5)
+                .await
+        );
+        // track_setting with the track disabled stops it too.
+        lk.send(Req::TrackSetting(lk::UpdateTrackSettings {
+            track_sids: vec![video.clone()],
+            disabled: true,
+            ..lk::UpdateTrackSettings::default()
+        }))
+        .await;
+        assert!(video_stops(&sub, Duration::from_secs(15)).await);
+        // A track vela does not know is refused in words.
+        lk.send(Req::Subscription(lk::UpdateSubscription {
+            track_sids: vec!["TR_999999".into()],
+            subscribe: true,
+            ..lk::UpdateSubscription::default()
+        }))
+        .await;
+        let refusal = lk
+            .expect("request_response", |r| match r {
+                Resp::RequestResponse(r) => Some(r),
+                _ => None,
+            })
+            .await;
+        assert!(
+            refusal.message.contains("subscription"),
+            "{}",
+            refusal.message
+        );
+        // The room's connection quality, on LiveKit's scale: the WHIP
+        // publisher's (on a clean loopback, excellent) among it.
+        let end = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !lk
+            .quality
+            .iter()
+            .any(|q| q.participant_sid == publisher.sid)
+            && tokio::time::Instant::now() < end
+        {
+            lk.send(Req::Ping(1)).await;
+            lk.recv().await;
+        }
+        let q = lk
+            .quality
+            .iter()
+            .find(|q| q.participant_sid == publisher.sid)
+            .unwrap_or_else(|| panic!("no quality of whip: {:?}", lk.quality));
+        assert!(q.score > 0.0, "{q:?}");
+        assert_ne!(q.quality, lk::ConnectionQuality::Lost as i32);
+        whip.close().await;
+        sub.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_response_hands_out_vela_s_turn_servers() {
+    let config = |c: &mut vela_config::Config| {
+        c.turn.urls = vec![
+            "stun:turn.example.com:3478".into(),
+            "turn:turn.example.com:3478?transport=udp".into(),
+        ];
+        c.turn.secret = "livekit-ice-test-secret-0123".into();
+        c.turn.ttl_secs = 600;
+    };
+    common::with_config(LIMIT, config, async |s, _| {
+        let token = dev_token(s, "lkice", "alice").await;
+        let mut lk = Signal::connect(s, &token, true).await;
+        let join = lk.join().await;
+        let servers = &join.ice_servers;
+        assert_eq!(servers.len(), 2, "{servers:?}");
+        assert_eq!(servers[0].urls, ["stun:turn.example.com:3478"]);
+        assert!(servers[0].username.is_empty() && servers[0].credential.is_empty());
+        assert_eq!(
+            servers[1].urls,
+            ["turn:turn.example.com:3478?transport=udp"]
+        );
+        // TURN REST credentials naming the participant, as vela's `joined`.
+        let me = join.participant.unwrap().sid.replace("PA_", "PA");
+        assert!(
+            servers[1].username.ends_with(&format!(":{me}")),
+            "{servers:?}"
+        );
+        assert!(!servers[1].credential.is_empty());
     })
     .await;
 }

@@ -1,6 +1,7 @@
 """LiveKit's real-time Python SDK (`livekit`, its Rust core inside) joins a
 vela room over /rtc and publishes a microphone (AudioSource: a 440 Hz tone)
-and a camera (VideoSource: 320x240 frames) for SECONDS seconds, then leaves.
+and a camera (VideoSource: 320x240 frames) for SECONDS seconds, with a data
+packet (topic "chat") to the room, then leaves.
 Run by signaling/tests/livekit_api.rs with VELA_URL (ws://host:port) and
 TOKEN; says on standard output what it did, a line at a time."""
 
@@ -33,6 +34,12 @@ async def main():
             room.local_participant.publish_track(track, options), 20
         )
         print("published", kind, publication.sid, flush=True)
+    # A user data packet to the room, over the publisher connection's
+    # `_reliable` data channel.
+    await asyncio.wait_for(
+        room.local_participant.publish_data(b"hello from alice", topic="chat"), 20
+    )
+    print("sent data", flush=True)
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     tone = np.arange(SAMPLES) * 2 * np.pi * 440 / RATE

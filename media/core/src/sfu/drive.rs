@@ -32,6 +32,8 @@ pub(super) enum Action {
     /// A packet of the m-line (and simulcast layer) to forward.
     Forward(Mid, Option<Rid>, Packet),
     Keyframe(TrackId),
+    /// A message on one of its data channels, for its signaling.
+    ChannelData(std::sync::Arc<str>, bool, Vec<u8>),
 }
 
 /// Due `Rtc` timeouts run inside one drive of a peer before it goes back to
@@ -99,7 +101,8 @@ impl Sfu {
         poll.run(peer);
         let connected_now = poll.connected_now;
         let (closing, poisoned) = verdict(peer);
-        if connected_now {
+        // A second, receive-only connection is no participant connecting.
+        if connected_now && !peer.is_receiver() {
             tracing::info!(participant = %pid, room = %peer.room(), "media connected");
             self.events.push_back(RoomEvent::ParticipantConnected {
                 room: peer.room().clone(),
@@ -129,6 +132,14 @@ impl Sfu {
                 Action::Bind(kind) => self.bind_viewer(pid, kind),
                 Action::Forward(mid, rid, p) => self.forward(pid, mid, rid, p),
                 Action::Keyframe(track) => self.request_keyframe(track),
+                Action::ChannelData(label, binary, data) => self.signals.push_back((
+                    pid,
+                    Signal::ChannelData {
+                        label,
+                        binary,
+                        data,
+                    },
+                )),
             }
         }
         // Kept for the next drive: its capacity is reused.
@@ -313,6 +324,14 @@ impl PeerPoll<'_> {
             Event::KeyframeRequest(r) => {
                 if let Some(src) = peer.source_of(r.mid) {
                     self.actions.push(Action::Keyframe(src));
+                }
+            }
+            Event::ChannelOpen(id, label) => peer.channel_opened(id, label),
+            Event::ChannelClose(id) => peer.channel_closed(id),
+            Event::ChannelData(d) => {
+                if let Some(label) = peer.channel_label(d.id) {
+                    self.actions
+                        .push(Action::ChannelData(label, d.binary, d.data));
                 }
             }
             _ => {}

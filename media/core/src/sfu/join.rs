@@ -11,9 +11,10 @@ use super::{Sfu, report_panic, requeue};
 use crate::error::{JoinError, SignalError};
 use crate::id::{ConnectionId, RoomId};
 use crate::isolation::RtcCall;
-use crate::peer::Peer;
+use crate::peer::{Peer, StreamIds};
 use crate::room::{Room, RoomOptions};
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions, RoomEvent, Signal};
+use str0m::channel::ChannelConfig;
 
 /// A request to put a participant in a room.
 #[derive(Debug)]
@@ -25,6 +26,9 @@ pub struct JoinRequest {
     permissions: Permissions,
     offer: Option<SdpOffer>,
     account: Option<(String, String)>,
+    receives_for: Option<ConnectionId>,
+    stream_ids: Option<StreamIds>,
+    channels: Vec<ChannelConfig>,
 }
 
 impl JoinRequest {
@@ -38,7 +42,31 @@ impl JoinRequest {
             permissions: Permissions::default(),
             offer: None,
             account: None,
+            receives_for: None,
+            stream_ids: None,
+            channels: Vec::new(),
         }
+    }
+
+    /// A second, receive-only connection of the participant joined on
+    /// `connection` (a client with a connection for publishing and another
+    /// for receiving, as LiveKit's SDKs have): it receives every track in
+    /// the room but that participant's own, is not listed to others nor
+    /// counted against the room's limit, and the server offers first on
+    /// it, opening `channels` in that offer (so there is one to make in an
+    /// empty room too). Needs a [`PeerKind::Session`] join.
+    pub fn receiving_for(mut self, connection: ConnectionId, channels: Vec<ChannelConfig>) -> Self {
+        self.receives_for = Some(connection);
+        self.channels = channels;
+        self
+    }
+
+    /// How the msid of the m-lines the server offers names the publisher
+    /// (stream id) and the track (track id); vela's ids (`PA3`, `TR5`)
+    /// when not set.
+    pub fn with_stream_ids(mut self, f: StreamIds) -> Self {
+        self.stream_ids = Some(f);
+        self
     }
 
     /// The account and device the participant joined as; others see them
@@ -152,7 +180,28 @@ impl Sfu {
             permissions,
             offer,
             account,
+            receives_for,
+            stream_ids,
+            channels,
         } = req;
+        // A second connection of a participant here: no replacing, no
+        // counting (it is that participant already).
+        let twin = match receives_for {
+            Some(of) => {
+                let ok = kind == PeerKind::Session
+                    && self
+                        .peers
+                        .get(&of)
+                        .is_some_and(|p| p.is_visible() && *p.room() == room);
+                if !ok {
+                    return Err(JoinError::NotPermitted(
+                        "a receiving connection needs a session of a participant in the room",
+                    ));
+                }
+                Some(of)
+            }
+            None => None,
+        };
         match kind {
             PeerKind::Whip if !permissions.publish => {
                 return Err(JoinError::NotPermitted("publishing needs canPublish"));
@@ -167,7 +216,7 @@ impl Sfu {
         }
         // The same identity joining again replaces its older session (not for
         // viewers, nor during a handover).
-        let replaced = if kind == PeerKind::Whep || takes_over.is_some() {
+        let replaced = if kind == PeerKind::Whep || takes_over.is_some() || twin.is_some() {
             None
         } else {
             self.rooms.get(&room).and_then(|r| {
@@ -190,12 +239,15 @@ impl Sfu {
         }
         // The same identity on another core of the room is replaced too, by
         // the same rule.
-        let remote_replaced =
-            if kind == PeerKind::Whep || takes_over.is_some() || replaced.is_some() {
-                None
-            } else {
-                self.remote_by_identity(&room, &identity)
-            };
+        let remote_replaced = if kind == PeerKind::Whep
+            || takes_over.is_some()
+            || twin.is_some()
+            || replaced.is_some()
+        {
+            None
+        } else {
+            self.remote_by_identity(&room, &identity)
+        };
         if let Some((_, old_account)) = &remote_replaced
             && old_account.is_some()
             && old_account.as_ref() != account.as_ref()
@@ -214,7 +266,7 @@ impl Sfu {
         let present =
             self.rooms.get(&room).map_or(0, |r| r.connections.len()) + self.remote_count(&room);
         let leaving = usize::from(replaced.is_some() || remote_replaced.is_some());
-        if limit > 0 && takes_over.is_none() && present - leaving >= limit {
+        if limit > 0 && takes_over.is_none() && twin.is_none() && present - leaving >= limit {
             return Err(JoinError::RoomFull(room.to_string()));
         }
 
@@ -256,6 +308,10 @@ impl Sfu {
         if let Some(old) = takes_over.and_then(|o| self.peers.get(&o)) {
             peer.take_over(old);
         }
+        if let Some(of) = twin.and_then(|o| self.peers.get(&o)) {
+            peer.receive_for(of, channels);
+        }
+        peer.set_stream_ids(stream_ids);
         let public_id = peer.public_id();
         let _span = tracing::info_span!("join", room = %room, participant = %id).entered();
         if let Some(old) = replaced {

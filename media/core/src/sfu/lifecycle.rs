@@ -223,10 +223,12 @@ impl Sfu {
         // Another connection of the same participant (a handover) stays: the
         // others see no leave.
         let successor = self.rooms.get(&room).and_then(|r| {
-            r.connections
-                .iter()
-                .copied()
-                .find(|m| self.peers.get(m).is_some_and(|p| p.public_id() == public))
+            r.connections.iter().copied().find(|m| {
+                // Not a second, receive-only connection: it goes with it.
+                self.peers
+                    .get(m)
+                    .is_some_and(|p| p.public_id() == public && p.is_visible())
+            })
         });
         if successor.is_none()
             && let Some(r) = self.rooms.get_mut(&room)

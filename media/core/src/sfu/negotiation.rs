@@ -114,6 +114,33 @@ impl Sfu {
         Ok(())
     }
 
+    /// Writes a message on the connection's open data channel `label`;
+    /// false when there is none (not open yet, or never) or it did not
+    /// take the message (its buffer is full).
+    pub fn handle_channel_send(
+        &mut self,
+        now: Instant,
+        connection: ConnectionId,
+        label: &str,
+        binary: bool,
+        data: &[u8],
+    ) -> Result<bool, SignalError> {
+        self.advance(now);
+        let peer = self
+            .peers
+            .get_mut(&connection)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let Some(id) = peer.channel_by_label(label) else {
+            return Ok(false);
+        };
+        let sent = peer.rtc.call(RtcCall::Poll, |rtc| {
+            rtc.channel(id)
+                .is_some_and(|mut c| c.write(binary, data).unwrap_or(false))
+        });
+        self.mark_dirty(connection);
+        Ok(sent.unwrap_or(false))
+    }
+
     /// Adds a trickled ICE candidate of the client (`candidate:...`, no `a=`).
     pub fn handle_candidate(
         &mut self,

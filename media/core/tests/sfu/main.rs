@@ -13,6 +13,7 @@ mod loss_repair;
 mod pacing;
 mod peer_panic;
 mod quality;
+mod receiver;
 mod reconnect;
 mod relay;
 mod room_service;

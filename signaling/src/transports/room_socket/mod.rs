@@ -213,13 +213,13 @@ struct Link {
 /// A participant's data messages per second and bytes per second
 /// (`limits.data_messages_per_second`, `limits.data_bytes_per_second`),
 /// each with a second's worth as burst.
-struct DataAllowance {
+pub(crate) struct DataAllowance {
     messages: TokenBucket,
     bytes: TokenBucket,
 }
 
 impl DataAllowance {
-    fn new(state: &AppState) -> Self {
+    pub(crate) fn new(state: &AppState) -> Self {
         let now = std::time::Instant::now();
         DataAllowance {
             messages: TokenBucket::new(state.config.limits.data_messages_per_second, now),
@@ -228,7 +228,7 @@ impl DataAllowance {
     }
 
     /// Takes one message of `len` bytes, or refuses it (taking nothing).
-    fn take(&mut self, len: usize) -> bool {
+    pub(crate) fn take(&mut self, len: usize) -> bool {
         let now = std::time::Instant::now();
         let mut probe = self.messages.clone();
         if !probe.take(1.0, now) || !self.bytes.take(len as f64, now) {

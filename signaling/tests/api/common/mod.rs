@@ -196,6 +196,21 @@ impl Peer {
         )
     }
 
+    /// A client whose connection the server offers (LiveKit's subscriber
+    /// connection): answers `offer`, then the server's later offers that
+    /// come through `reneg`.
+    pub async fn answering(offer: SdpOffer, reneg: Renegotiation) -> (SdpAnswer, Peer) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let mut rtc = Rtc::builder().build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        // Its ICE agent keeps no timeout until it has been given a time
+        // once (an offering client gets one from its own offer).
+        rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
+        let answer = rtc.sdp_api().accept_offer(offer).unwrap();
+        (answer, Self::run(rtc, socket, None, None, Some(reneg)))
+    }
+
     fn run(
         mut rtc: Rtc,
         socket: UdpSocket,

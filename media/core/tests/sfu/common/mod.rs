@@ -82,6 +82,8 @@ pub struct Client {
     pub undecodable: u64,
     /// The participants its join said were already in the room.
     pub others: Vec<ParticipantId>,
+    /// Its data channel, once open.
+    pub channel: Option<str0m::channel::ChannelId>,
 }
 
 impl Client {
@@ -311,6 +313,64 @@ impl World {
             rtp_ssrcs: Vec::new(),
             undecodable: 0,
             others: joined.others.iter().map(|p| p.id).collect(),
+            channel: None,
+        });
+        self.clients.len() - 1
+    }
+
+    /// A second, receive-only connection of client `of` (as LiveKit's
+    /// subscriber connection): it makes no offer, the server offers first
+    /// (with a data channel `_reliable`), msids named by `stream_ids`.
+    pub fn join_receiver(
+        &mut self,
+        room: &str,
+        of: usize,
+        stream_ids: Option<vela_media_core::StreamIds>,
+    ) -> usize {
+        let n = self.clients.len() as u8 + 2;
+        let addr: SocketAddr = format!("127.0.0.{n}:5000").parse().unwrap();
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        // Its ICE agent keeps no timeout until it has been given a time
+        // once; a client that offers first gets one from its own offer.
+        rtc.handle_input(Input::Timeout(self.now)).unwrap();
+        let channels = vec![vela_media_core::ChannelConfig {
+            label: "_reliable".into(),
+            ..Default::default()
+        }];
+        let name = self.clients[of].name.clone();
+        let mut req = JoinRequest::new(RoomId::new(room).unwrap(), name.clone(), PeerKind::Session)
+            .receiving_for(self.clients[of].conn, channels);
+        if let Some(f) = stream_ids {
+            req = req.with_stream_ids(f);
+        }
+        let joined = self.sfu.handle_join(self.now, req).unwrap();
+        self.clients.push(Client {
+            name,
+            rtc,
+            addr,
+            id: joined.participant.id,
+            conn: joined.connection,
+            audio: None,
+            video: None,
+            pending: None,
+            received: HashMap::new(),
+            keyframe_requests: 0,
+            signals: Vec::new(),
+            left: None,
+            connected: false,
+            timeout: self.now,
+            audio_level: -127,
+            offline: false,
+            simulcast: false,
+            force_keyframe_rids: Vec::new(),
+            frame: 0,
+            force_keyframe: false,
+            keyframe_size: None,
+            rtp_ssrcs: Vec::new(),
+            undecodable: 0,
+            others: joined.others.iter().map(|p| p.id).collect(),
+            channel: None,
         });
         self.clients.len() - 1
     }
@@ -409,6 +469,7 @@ impl World {
             rtp_ssrcs: Vec::new(),
             undecodable: 0,
             others: joined.others.iter().map(|p| p.id).collect(),
+            channel: None,
         });
         self.clients.len() - 1
     }
@@ -645,6 +706,10 @@ impl World {
                                     r.last_at = Some(self.now);
                                 }
                             }
+                            Event::ChannelOpen(id, _) => c.channel = Some(id),
+                            Event::ChannelData(d) => c
+                                .signals
+                                .push(format!("channel:{}", String::from_utf8_lossy(&d.data))),
                             Event::KeyframeRequest(r) => {
                                 c.keyframe_requests += 1;
                                 c.force_keyframe = true;
