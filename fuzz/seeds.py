@@ -111,8 +111,40 @@ def room_protocol():
             "@2 !offer r", "+300", "@0 !answer", "@1 !answer", "@2 !answer", "@1 !key", "+200",
             "@0 " + J(type="data", payload="aGk="), "@1 " + J(type="data", payload="aGk=")],
     }
+    # The offer's `sources`: the page's own (screen, screen audio, a
+    # microphone claimed for video), then ones the transport refuses.
+    many = {str(i): "camera" for i in range(33)}
+    seeds["offer-sources"] = ["@0 " + join("alice"), "@0 !offer avdSA", "@1 " + join("bob"), "@1 !offer avX", "+300",
+        "@0 !key", "@1 !key", "+100", "@0 !answer", "@1 !answer", "+200", "@0 !media", "+100",
+        "@0 " + J(type="offer", sdp=page, sources={"0": "microphone", "1": "screen"}),
+        "@1 " + J(type="offer", sdp=page, sources={"1": "webcam"}),
+        "@1 " + J(type="offer", sdp=page, sources={"bad mid": "camera"}),
+        "@1 " + J(type="offer", sdp=page, sources=many), "+100"]
     for name, lines in seeds.items():
         put("room_protocol", name, "\n".join(lines) + "\n")
+
+
+def tcp_framing():
+    """RFC 4571 streams: a seed byte (the reads' sizes; 0 reads all at
+    once), then frames, each a 2-byte length and a datagram."""
+    def frame(d):
+        return struct.pack(">H", len(d)) + d
+
+    name = b"srv:cli"
+    attr = struct.pack(">HH", 0x0006, len(name)) + name + b"\x00" * (-len(name) % 4)
+    stun = struct.pack(">HHI", 0x0001, len(attr), 0x2112A442) + b"\x07" * 12 + attr
+    rtp = bytes([0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 42]) + bytes(100)
+    seeds = {
+        "stun-then-media": bytes([0]) + frame(stun) + frame(rtp) * 3,
+        "split-reads": bytes([7]) + frame(stun) + frame(rtp) + frame(bytes(1200)) + frame(b"\x01"),
+        "partial-tail": bytes([3]) + frame(stun) + frame(rtp)[:40],
+        "empty-frame": bytes([5]) + frame(stun) + b"\x00\x00" + frame(rtp),
+        "oversize": bytes([1]) + frame(rtp) + b"\xff\xff",
+        "largest": bytes([9]) + frame(bytes(4096)) + b"\x10\x01" + bytes(4097),
+        "not-stun-first": bytes([0]) + frame(rtp) + frame(stun),
+    }
+    for name, data in seeds.items():
+        put("tcp_framing", name, data)
 
 
 def device_socket():
@@ -249,3 +281,4 @@ if __name__ == "__main__":
     api_json()
     config()
     sfu_datagrams()
+    tcp_framing()

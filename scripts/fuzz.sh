@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(room_protocol device_socket api_json config sfu_datagrams offer)
+targets=(room_protocol device_socket api_json config sfu_datagrams offer tcp_framing)
 target="${1:-all}"
 seconds="${2:-30}"
 if [ "$target" != all ] && [[ ! " ${targets[*]} " == *" $target "* ]]; then

@@ -12,6 +12,7 @@ mod net;
 pub mod offer;
 pub mod room_protocol;
 pub mod sfu_datagrams;
+pub mod tcp_framing;
 mod world;
 
 /// Whether `VELA_FUZZ_DEBUG` is set: the targets then say what each input
@@ -46,17 +47,20 @@ pub enum Target {
     SfuDatagrams,
     /// [`offer`].
     Offer,
+    /// [`tcp_framing`].
+    TcpFraming,
 }
 
 impl Target {
     /// Every target's name, as `scripts/fuzz.sh` and `VELA_FUZZ_TARGET` spell it.
-    pub const NAMES: [&str; 6] = [
+    pub const NAMES: [&str; 7] = [
         "room_protocol",
         "device_socket",
         "api_json",
         "config",
         "sfu_datagrams",
         "offer",
+        "tcp_framing",
     ];
 
     /// The target of this name.
@@ -68,6 +72,7 @@ impl Target {
             "config" => Target::Config,
             "sfu_datagrams" => Target::SfuDatagrams,
             "offer" => Target::Offer,
+            "tcp_framing" => Target::TcpFraming,
             _ => return None,
         })
     }
@@ -81,6 +86,7 @@ impl Target {
             Target::Config => config::run(data),
             Target::SfuDatagrams => sfu_datagrams::run(data),
             Target::Offer => offer::run(data),
+            Target::TcpFraming => tcp_framing::run(data),
         }
     }
 }

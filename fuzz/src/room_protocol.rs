@@ -2,7 +2,8 @@
 //! sending any sequence of messages, applied to a real core as
 //! `signaling/src/transports/room_socket/` applies them through the media handle (the driver maps each
 //! command to one `Sfu::handle_*` call): `join` (room token checked with the
-//! server's `TokenKeys`), `offer`, `answer`, `candidate`, `mute`,
+//! server's `TokenKeys`), `offer` (its `sources` checked as the transport
+//! does, then noted with `Sfu::set_track_sources`), `answer`, `candidate`, `mute`,
 //! `track_settings`, `data`, `leave`, `ping`, `resume`, in any order.
 //! The server's random resume tokens are `resume-PA<n>` here (the
 //! session's participant id), so inputs can `resume` a session and
@@ -14,7 +15,9 @@
 //! session's stand-in browser (a str0m client on an in-memory network, ICE
 //! and DTLS for real) act: `!offer SPEC` sends its offer (SPEC letters: `a`
 //! audio, `v` video, `s` simulcast video, `r` receive audio and video, `d`
-//! a data channel) and applies the answer, `!answer` answers the server's
+//! a data channel; its `sources` name the video a screen with `S`, the
+//! audio the screen's with `A`, the video a microphone with `X`) and
+//! applies the answer, `!answer` answers the server's
 //! pending offer, `!media` sends a frame on each of its sending m-lines
 //! (`!key`: video keyframes). `+MS` lets MS milliseconds pass (timeouts
 //! run, datagrams move); each line also lets 10 ms pass.
@@ -25,11 +28,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::media::{MediaKind, Mid};
 use vela_media_core::{
     ConnectionId, DataMessage, JoinRequest, LeaveReason, ParticipantId, PeerKind, Permissions,
     RoomId, SdpAnswer, SdpOffer, Sfu, Signal, TrackSettings,
 };
-use vela_signaling::fuzz::{ClientMessage, decode_client_message, decode_payload, parse_kind};
+use vela_signaling::fuzz::{
+    ClientMessage, decode_client_message, decode_payload, parse_kind, parse_sources,
+};
 use vela_signaling::token::{Credential, TokenKeys};
 
 use crate::net::{self, Client, Net};
@@ -339,20 +345,32 @@ impl World {
         let sfu = &mut self.sfu;
         match msg {
             ClientMessage::Join { .. } | ClientMessage::Resume { .. } | ClientMessage::Ping => {}
-            // The offer's track sources are not driven here yet (the server
-            // checks them in its transport before the core sees the offer).
-            ClientMessage::Offer { sdp, sources: _ } => match SdpOffer::from_sdp_string(&sdp) {
-                Err(e) => {
-                    let _ = vela_signaling::fuzz::sdp_reason(&e);
-                }
-                Ok(offer) => match sfu.handle_offer(now, id, offer) {
-                    Ok(answer) => {
-                        let _ = answer.to_sdp_string();
-                        crate::debug!("  answered");
+            // The transport checks the sources (`parse_sources`); the
+            // driver notes them, then hands the core the offer.
+            ClientMessage::Offer { sdp, sources } => {
+                match (SdpOffer::from_sdp_string(&sdp), parse_sources(&sources)) {
+                    (Err(e), _) => {
+                        let _ = vela_signaling::fuzz::sdp_reason(&e);
                     }
-                    Err(e) => crate::debug!("  refused: {e}"),
-                },
-            },
+                    (_, Err(e)) => crate::debug!("  bad sources: {e}"),
+                    (Ok(offer), Ok(sources)) => {
+                        let sources: Vec<_> = sources
+                            .into_iter()
+                            .map(|(mid, s)| (Mid::from(mid.as_str()), s))
+                            .collect();
+                        match sfu
+                            .set_track_sources(id, &sources)
+                            .and_then(|()| sfu.handle_offer(now, id, offer))
+                        {
+                            Ok(answer) => {
+                                let _ = answer.to_sdp_string();
+                                crate::debug!("  answered");
+                            }
+                            Err(e) => crate::debug!("  refused: {e}"),
+                        }
+                    }
+                }
+            }
             ClientMessage::Answer { sdp } => {
                 let r = SdpAnswer::from_sdp_string(&sdp)
                     .map_err(|e| e.to_string())
@@ -468,17 +486,51 @@ impl World {
             receive: spec.contains('r'),
             data: spec.contains('d'),
         };
+        let before = client.mids.len();
         let Some((offer, pending)) = client.offer(what) else {
             return;
         };
-        let text = serde_json::json!({"type": "offer", "sdp": offer.to_sdp_string()}).to_string();
+        // What the page says its new sending m-lines carry (`S`: the video
+        // is a screen, `A`: the audio is the screen's, `X`: the video
+        // claims to be a microphone, which does not fit its kind).
+        let mut sources = serde_json::Map::new();
+        for (mid, kind, dir) in &client.mids[before..] {
+            let source = match kind {
+                _ if !dir.is_sending() => None,
+                MediaKind::Video if spec.contains('X') => Some("microphone"),
+                MediaKind::Video if spec.contains('S') => Some("screen"),
+                MediaKind::Audio if spec.contains('A') => Some("screen_audio"),
+                _ => None,
+            };
+            if let Some(source) = source {
+                sources.insert(mid.to_string(), source.into());
+            }
+        }
+        let text = serde_json::json!({
+            "type": "offer",
+            "sdp": offer.to_sdp_string(),
+            "sources": sources,
+        })
+        .to_string();
         crate::debug!("session {who} ({id}): browser offer {spec}");
-        let Ok(ClientMessage::Offer { sdp, .. }) = decode_client_message(&text) else {
+        let Ok(ClientMessage::Offer { sdp, sources }) = decode_client_message(&text) else {
             return;
+        };
+        let sources: Vec<_> = match parse_sources(&sources) {
+            Ok(s) => s
+                .into_iter()
+                .map(|(mid, s)| (Mid::from(mid.as_str()), s))
+                .collect(),
+            Err(e) => panic!("the page's own sources refused: {e}"),
         };
         let answer = SdpOffer::from_sdp_string(&sdp)
             .map_err(|e| e.to_string())
-            .and_then(|o| self.sfu.handle_offer(now, id, o).map_err(|e| e.to_string()))
+            .and_then(|o| {
+                self.sfu
+                    .set_track_sources(id, &sources)
+                    .and_then(|()| self.sfu.handle_offer(now, id, o))
+                    .map_err(|e| e.to_string())
+            })
             .and_then(|a| {
                 SdpAnswer::from_sdp_string(&a.to_sdp_string()).map_err(|e| e.to_string())
             });

@@ -86,10 +86,13 @@ fn config_text(settings: &[String]) -> Result<String, String> {
 }
 
 /// The server under attack: `cfg.bin` with a configured key, the settings,
-/// the open-files limit, and its log discarded (thousands of refused
-/// requests would flood the terminal).
+/// the open-files limit, a free port for ICE over TCP (two attacks at once
+/// would both want the default), and its log discarded (thousands of
+/// refused requests would flood the terminal).
 fn spawn(cfg: &AttackConfig) -> Result<ServerProcess, String> {
     let mut o = ServerOptions::new(&cfg.bin)
+        .free_ice_tcp_port()
+        .map_err(|e| format!("finding a free TCP port: {e}"))?
         .config(config_text(&cfg.settings)?)
         .log_level("error")
         .log(ServerLog::Discard);

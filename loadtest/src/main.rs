@@ -13,8 +13,7 @@ use vela_loadtest::media::VideoSpec;
 use vela_loadtest::report::{RunReport, SweepReport};
 use vela_loadtest::scenario::{Load, MediaMix, Scenario};
 use vela_loadtest::server_probe::{
-    ServerLog, ServerOptions, ServerProcess, default_server_bin, free_tcp_port, has_tcp_port_flag,
-    wait_ready,
+    ServerLog, ServerOptions, ServerProcess, default_server_bin, has_tcp_port_flag, wait_ready,
 };
 use vela_loadtest::soak::accounts::AccountLoad;
 use vela_loadtest::soak::figures::{SoakReport, read_log};
@@ -203,15 +202,11 @@ impl StartArgs {
                 bin.display()
             ));
         }
-        let mut opts = ServerOptions::new(&bin);
-        // A free port for ICE over TCP, where the server has it: not the
-        // default 7881, which another server on the machine may hold (a
-        // --server-arg --tcp-port given comes later and wins).
-        if has_tcp_port_flag(&bin) {
-            let port = free_tcp_port().map_err(|e| format!("finding a free TCP port: {e}"))?;
-            opts = opts.args(&["--tcp-port".into(), port.to_string()]);
-        }
-        opts = opts.args(&self.server_args);
+        // A --server-arg --tcp-port comes later and wins.
+        let mut opts = ServerOptions::new(&bin)
+            .free_ice_tcp_port()
+            .map_err(|e| format!("finding a free TCP port: {e}"))?
+            .args(&self.server_args);
         if let Some(c) = self.cpus() {
             opts = opts.cpus(&c);
         }

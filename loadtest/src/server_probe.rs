@@ -372,6 +372,18 @@ impl ServerOptions {
         self
     }
 
+    /// `--tcp-port` with a port free now, where the server has ICE over TCP
+    /// ([`has_tcp_port_flag`]): not its default 7881, which another server
+    /// on the machine may hold (two started at once collide). A
+    /// `--tcp-port` among arguments added later wins.
+    pub fn free_ice_tcp_port(self) -> io::Result<Self> {
+        if !has_tcp_port_flag(&self.bin) {
+            return Ok(self);
+        }
+        let port = free_tcp_port()?;
+        Ok(self.args(&["--tcp-port".into(), port.to_string()]))
+    }
+
     /// An environment variable for it, set after `VELA_LOG` (so it may set
     /// that one too, whatever this process's environment says).
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -689,6 +701,13 @@ mod tests {
         assert!(!has_tcp_port_flag(&old));
         assert!(!has_tcp_port_flag(&tmp.join("missing")));
         assert!(free_tcp_port().unwrap() > 0);
+        // A server that has the flag is given a port (free now); others none.
+        let a = ServerOptions::new(&new).free_ice_tcp_port().unwrap();
+        assert_eq!(a.args.len(), 2, "{:?}", a.args);
+        assert_eq!(a.args[0], "--tcp-port");
+        assert!(a.args[1].parse::<u16>().unwrap() > 0, "{:?}", a.args);
+        let o = ServerOptions::new(&old).free_ice_tcp_port().unwrap();
+        assert!(o.args.is_empty(), "{:?}", o.args);
         let _ = std::fs::remove_dir_all(&tmp);
         let _ = std::fs::remove_dir_all(&tmp2);
     }

@@ -1,5 +1,6 @@
 //! Smoke runs of the load generator against an in-process server: everyone
-//! joins, every receiver gets media from every publisher, nothing is lost;
+//! joins, every receiver gets media from every publisher, nothing is lost
+//! (on a machine too busy for the run, a little);
 //! the raw relay floor carries the same pattern. Not a timing test.
 
 #![allow(clippy::unwrap_used, missing_docs)] // Tests fail loudly on purpose.
@@ -10,6 +11,11 @@ use vela_loadtest::report::RunReport;
 use vela_loadtest::{Load, MediaMix, MediaTransport, RelayMode, RunConfig, Scenario, Target, run};
 use vela_signaling::RunningServer;
 use vela_signaling::token::TokenKeys;
+
+/// One run at a time: each is a debug-build server and a generator
+/// sharing the machine's cores, and two at once on CI's two cores starve
+/// both (the kernel then drops UDP).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn server() -> (RunningServer, Target) {
     server_with(|_| {}).await
@@ -46,6 +52,11 @@ fn short(load: Load) -> RunConfig {
     cfg
 }
 
+/// Frame loss allowed, percent, when the machine was too busy for the run
+/// (seen up to 1.2 % through the server and 3.4 % on the raw relay at load
+/// average 19 on two cores).
+const MAX_LOSS_PCT_STRAINED: f64 = 5.0;
+
 fn assert_clean(r: &RunReport, routes: u64) {
     eprintln!("{}", r.table());
     eprintln!(
@@ -61,7 +72,25 @@ fn assert_clean(r: &RunReport, routes: u64) {
         "every receiver got every publisher"
     );
     assert!(s.loss.frames_expected > 0);
-    assert_eq!(s.loss.frames_lost, 0, "{:?}", s.loss);
+    // Nothing is lost on a machine with cores to spare. On a saturated one
+    // (the generator falls behind its schedule, and says the run is
+    // invalid) the kernel drops UDP while the server or the generator waits
+    // for a core (audio has no repair; counted in kernel_udp), and the
+    // bandwidth estimates read the queuing as congestion and switch video
+    // layers (frames skipped until the new layer's keyframe: loss without
+    // holes). Neither is about forwarding: a little loss is allowed then.
+    let strained = !r.valid || s.kernel_udp.rcvbuf_errors + s.kernel_udp.sndbuf_errors > 0;
+    if strained {
+        assert!(
+            s.loss.loss_pct <= MAX_LOSS_PCT_STRAINED,
+            "{:?} on a strained machine ({:?}; {:?})",
+            s.loss,
+            s.kernel_udp,
+            r.warnings
+        );
+    } else {
+        assert_eq!(s.loss.frames_lost, 0, "{:?}", s.loss);
+    }
     // Duplicates are not asserted: the server may forward a frame number
     // twice when it switches a subscriber up a simulcast layer.
     assert!(s.forwarded_pps > 0.0 && s.receivers_pps > 0.0);
@@ -69,13 +98,24 @@ fn assert_clean(r: &RunReport, routes: u64) {
     // The relay floor, when the run had one.
     if let Some(relay) = r.relay.as_ref() {
         assert_eq!(relay.loss.routes_missing, 0, "relay routes");
-        assert_eq!(relay.loss.frames_lost, 0, "relay loss {:?}", relay.loss);
+        // A raw relay, without repair: what it loses is the kernel's UDP
+        // drops, so the same rule.
+        if strained {
+            assert!(
+                relay.loss.loss_pct <= MAX_LOSS_PCT_STRAINED,
+                "relay loss {:?}",
+                relay.loss
+            );
+        } else {
+            assert_eq!(relay.loss.frames_lost, 0, "relay loss {:?}", relay.loss);
+        }
         assert!(relay.forwarded_pps > 0.0 && relay.latency.all.count > 0);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_with_audio_and_simulcast_video() {
+    let _serial = SERIAL.lock().await;
     tokio::time::timeout(Duration::from_secs(60), async {
         let (s, target) = server().await;
         let mut load = Load::defaults(Scenario::S2);
@@ -95,6 +135,7 @@ async fn rooms_with_audio_and_simulcast_video() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_over_whip_and_whep() {
+    let _serial = SERIAL.lock().await;
     tokio::time::timeout(Duration::from_secs(60), async {
         let (s, target) = server().await;
         let mut load = Load::defaults(Scenario::S4);
@@ -115,6 +156,7 @@ async fn fan_out_over_whip_and_whep() {
 /// are as clean as over UDP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_over_ice_tcp() {
+    let _serial = SERIAL.lock().await;
     tokio::time::timeout(Duration::from_secs(60), async {
         let (s, target) = server().await;
         assert!(s.tcp_addr.is_some(), "the server listens for ICE over TCP");
@@ -153,6 +195,7 @@ async fn rooms_over_ice_tcp() {
 /// fails, saying why, rather than hanging in ICE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_without_a_server_tcp_port_fails_clearly() {
+    let _serial = SERIAL.lock().await;
     tokio::time::timeout(Duration::from_secs(60), async {
         let (s, target) = server_with(|c| c.media.tcp_port = 0).await;
         assert!(s.tcp_addr.is_none());

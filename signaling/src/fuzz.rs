@@ -9,7 +9,7 @@ use crate::transports::error::ApiError;
 use crate::transports::http::{calls, rooms};
 
 pub use crate::domain::call::is_call_room;
-pub use crate::transports::room_socket::protocol::{ClientMessage, parse_kind};
+pub use crate::transports::room_socket::protocol::{ClientMessage, parse_kind, parse_sources};
 
 /// Decodes a room socket message as the session does.
 pub fn decode_client_message(text: &str) -> Result<ClientMessage, serde_json::Error> {

@@ -39,6 +39,11 @@ pub(crate) struct Peer {
     /// When a datagram from the client last arrived; a client silent for
     /// longer than the reconnect timeout is gone.
     last_received: Instant,
+    /// When a datagram other than STUN (RTP, RTCP, DTLS) last arrived: the
+    /// client sends those on its selected path only, so their silence is an
+    /// outage of the path its media takes, even while its connectivity
+    /// checks get through on another one (ICE over TCP during a UDP outage).
+    last_media: Instant,
     room: RoomId,
     identity: String,
     name: String,
@@ -243,6 +248,7 @@ impl Peer {
             handover_keyframes: KeyframeThrottle::default(),
             connected_at: None,
             last_received: now,
+            last_media: now,
             room,
             identity,
             name,
@@ -631,9 +637,18 @@ impl Peer {
         now.saturating_duration_since(self.last_received)
     }
 
-    /// A datagram from its client was accepted at `now`.
-    pub fn heard_from(&mut self, now: Instant) {
+    /// How long its client has sent nothing but STUN (accepted) at `now`.
+    pub fn media_silence(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_media)
+    }
+
+    /// A datagram from its client was accepted at `now` (`stun`: a STUN
+    /// message, which keeps it present but does not say its media path works).
+    pub fn heard_from(&mut self, now: Instant, stun: bool) {
         self.last_received = now;
+        if !stun {
+            self.last_media = now;
+        }
     }
 
     /// Connected once and silent for longer than `timeout` at `now`: gone.

@@ -80,8 +80,11 @@ enum Taken {
     Handled(Result<(), RtcError>),
 }
 
-/// A connected client silent this long that sends again is treated as back
-/// from an outage (its pictures are restarted with keyframes).
+/// A connected client that sent no media or RTCP this long and sends some
+/// again is treated as back from an outage (its pictures are restarted with
+/// keyframes). STUN does not count: during a UDP outage a browser's checks
+/// may reach the node over ICE-TCP while its media path is still down, and a
+/// keyframe then would be lost with the rest.
 const RETURN_AFTER: Duration = Duration::from_millis(1000);
 
 /// Queues a peer to be driven (after a call into it found it poisoned: its
@@ -325,7 +328,9 @@ impl Sfu {
             }
             Taken::Handled(rtc.handle_input(input))
         });
-        let silent_for = peer.silence(self.now);
+        let silent_for = peer.media_silence(self.now);
+        // RFC 7983: a first byte of 0..=3 is STUN.
+        let is_stun = datagram.first().is_some_and(|b| *b < 4);
         let mut returned: Vec<TrackId> = Vec::new();
         let mut accepted = false;
         match handled {
@@ -339,8 +344,8 @@ impl Sfu {
             }
             Ok(Taken::Handled(Ok(()))) => {
                 accepted = true;
-                peer.heard_from(self.now);
-                if peer.is_connected() && silent_for >= RETURN_AFTER {
+                peer.heard_from(self.now, is_stun);
+                if peer.is_connected() && !is_stun && silent_for >= RETURN_AFTER {
                     // Back from an outage: what it received meanwhile is lost;
                     // a keyframe of each video it receives restarts its pictures
                     // at once, instead of after repairing seconds of gap.
@@ -351,6 +356,16 @@ impl Sfu {
                         .filter(|s| s.kind == MediaKind::Video && s.settings.enabled)
                         .filter_map(|s| s.source)
                         .collect();
+                    // Its own video too: its subscribers' last pictures are
+                    // seconds old, and a request made while it was away
+                    // (theirs, or ours at its gap) was lost, so the
+                    // throttle does not hold this one back.
+                    for p in &mut peer.published {
+                        if p.kind == MediaKind::Video {
+                            p.keyframes.forget();
+                            returned.push(p.id);
+                        }
+                    }
                 }
                 if stun && peer.learn_addr((proto, source)) {
                     self.router.add_addr((proto, source), pid);

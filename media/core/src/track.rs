@@ -469,6 +469,12 @@ impl KeyframeThrottle {
         open
     }
 
+    /// Forgets the last request sent: the next is sent at once (the
+    /// publisher was away, so the last one was lost).
+    pub fn forget(&mut self) {
+        self.last_sent = None;
+    }
+
     /// When a held-back request becomes due, if one is waiting.
     pub fn due(&self, interval: Duration) -> Option<Instant> {
         if self.wanted {

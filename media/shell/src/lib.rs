@@ -12,6 +12,9 @@
 //! between drivers, QUIC between nodes.
 
 mod driver;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod handle;
 mod placement;
 pub mod relay;

@@ -371,7 +371,7 @@ pub(crate) fn put_frame(out: &mut Vec<u8>, datagram: &[u8]) -> bool {
 
 /// Whether `frame` may start an ICE-TCP connection: a STUN binding request
 /// with a USERNAME (the server's ufrag in front).
-fn is_first_frame(frame: &[u8]) -> bool {
+pub(crate) fn is_first_frame(frame: &[u8]) -> bool {
     StunMessage::parse(frame).is_ok_and(|m| m.is_binding_request() && m.split_username().is_some())
 }
 

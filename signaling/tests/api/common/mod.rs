@@ -77,6 +77,24 @@ pub async fn scrape_metrics(s: &RunningServer) -> String {
         .unwrap()
 }
 
+/// The server's `/metrics` once `ok` holds for them, polled for up to 5 s
+/// (a counter another task updates may lag what the test saw happen);
+/// panics with the last text, saying `what` it waited for.
+pub async fn metrics_until(s: &RunningServer, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = scrape_metrics(s).await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "waited 5 s for {what} in /metrics:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn start() -> RunningServer {
     init_log();
     vela_signaling::spawn(test_config()).await.unwrap()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 use vela_media_core::{
@@ -69,6 +69,9 @@ pub struct Client {
     pub audio_level: i8,
     /// Its network is down: nothing it sends or is sent arrives.
     pub offline: bool,
+    /// While `offline`, the STUN it sends still arrives (its checks reach
+    /// the node by another path, as over ICE-TCP during a UDP outage).
+    pub stun_gets_through: bool,
     /// Publishes video as three simulcast layers q, h, f.
     pub simulcast: bool,
     force_keyframe_rids: Vec<String>,
@@ -305,6 +308,7 @@ impl World {
             timeout: self.now,
             audio_level: -127,
             offline: false,
+            stun_gets_through: false,
             simulcast: false,
             force_keyframe_rids: Vec::new(),
             frame: 0,
@@ -461,6 +465,7 @@ impl World {
             timeout: self.now,
             audio_level: -127,
             offline: false,
+            stun_gets_through: false,
             simulcast,
             force_keyframe_rids: vec!["q".into(), "h".into(), "f".into()],
             frame: 0,
@@ -494,6 +499,24 @@ impl World {
         self.sfu
             .handle_leave(self.now, id, LeaveReason::ClientLeave);
         self.clients[idx].rtc.disconnect();
+    }
+
+    /// Client `who` asks for a keyframe (a PLI) of `publisher`'s video it
+    /// receives, as a browser's decoder does when it is stuck.
+    pub fn request_keyframe_of(&mut self, who: usize, publisher: ParticipantId) {
+        let p = publisher.to_string();
+        let c = &mut self.clients[who];
+        let mids: Vec<Mid> = c
+            .received
+            .iter()
+            .filter(|(_, r)| r.from == p && r.kind == MediaKind::Video)
+            .map(|(m, _)| *m)
+            .collect();
+        for mid in mids {
+            if let Some(rx) = c.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
     }
 
     /// Runs the world for `d` of virtual time in 5 ms steps.
@@ -645,7 +668,9 @@ impl World {
                             break;
                         }
                         RtcOutput::Transmit(t) => {
-                            if !c.offline {
+                            // RFC 7983: a first byte of 0..=3 is STUN.
+                            let stun = t.contents.first().is_some_and(|b| *b < 4);
+                            if !c.offline || (c.stun_gets_through && stun) {
                                 self.to_server.push_back((c.addr, t.contents.to_vec()));
                             }
                         }
