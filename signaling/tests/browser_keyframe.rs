@@ -32,8 +32,8 @@ const LATE_MS: f64 = 100.0;
 /// Late frames allowed around a keyframe (median of the rounds). The
 /// keyframe itself and a frame or two behind it may be late on the
 /// publisher's side (a noise keyframe takes long to encode on a loaded
-/// 2-core machine, and Chromium paces it): 1-3 late frames measured. The
-/// pacer's debt stalled the viewer for 0.5-0.8 s: 16-45 late frames
+/// 2-core machine, and Chromium paces it): 1-4 late frames measured. The
+/// pacer's debt stalled the viewer for 0.5-0.8 s: 16-47 late frames
 /// (BENCHMARKS.md).
 const MAX_LATE_FRAMES: f64 = 8.0;
 

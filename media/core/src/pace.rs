@@ -37,9 +37,8 @@ impl PacerModel {
     /// Drains the debt to `now` at the pacing rate for send estimate
     /// `estimate` (bits/s; `None`: none reported yet); returns whether
     /// str0m's pacer would hold a paced packet written now. No margin:
-    /// video that the pacer would send at once stays paced (with a margin
-    /// of half the burst, ordinary frames of a Chromium viewer went unpaced
-    /// and arrived later, see BENCHMARKS.md).
+    /// video that the pacer would send at once stays paced (with half the
+    /// burst, a 3 kB frame at the initial estimate already went unpaced).
     pub fn would_hold(&mut self, now: Instant, estimate: Option<u64>) -> bool {
         let rate = pacing_rate(estimate);
         if let Some(at) = self.at {
