@@ -140,6 +140,7 @@ mod id;
 mod isolation;
 mod layer_selector;
 mod offer_check;
+mod pace;
 mod packet;
 mod peer;
 mod quality;

@@ -17,6 +17,7 @@ use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 use crate::error::SignalError;
 use crate::id::{ConnectionId, ParticipantId, RoomId, TrackId};
 use crate::isolation::{PeerRtc, Poisoned, RtcCall};
+use crate::pace::PacerModel;
 use crate::signal::{LeaveReason, ParticipantInfo, PeerKind, Permissions};
 use crate::stats::SfuStats;
 use crate::track::{KeyframeThrottle, Publication, Subscription, SubscriptionState};
@@ -70,6 +71,8 @@ pub(crate) struct Peer {
     closing: Option<LeaveReason>,
     /// The latest send bandwidth estimate towards this peer (bits/s).
     bwe_estimate: Option<u64>,
+    /// Its `Rtc`'s pacer debt, as modelled from what is written to it.
+    pub pace: PacerModel,
     /// When the desired send rate next dips for one allocation round, so
     /// that the round after raises it again: str0m probes on increases only.
     probe_dip_due: Option<Instant>,
@@ -276,6 +279,7 @@ impl Peer {
             rx_streams: Vec::new(),
             needs_negotiation: false,
             bwe_estimate: None,
+            pace: PacerModel::default(),
             probe_dip_due: None,
             dirty: false,
             deadline: None,

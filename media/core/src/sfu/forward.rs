@@ -1,6 +1,8 @@
 //! Forwarding media: subscribers of a track, keyframe requests, and the
 //! per-packet fan-out.
 
+use std::time::Instant;
+
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpWrite, Vp8PatchError};
 use str0m::{Rtc, RtcError};
@@ -8,6 +10,7 @@ use str0m::{Rtc, RtcError};
 use super::Sfu;
 use crate::id::{ConnectionId, TrackId};
 use crate::isolation::{Poisoned, RtcCall};
+use crate::pace::PacerModel;
 use crate::packet::Packet;
 use crate::peer::Peer;
 use crate::track::{Mapped, Publication, Subscriber};
@@ -51,13 +54,15 @@ pub(super) fn ask_keyframe(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>) -> bool {
 }
 
 /// Writes source packet `p`, numbered for the subscriber as `m`, to the
-/// subscriber's m-line `s.mid` with payload type `pt`.
+/// subscriber's m-line `s.mid` with payload type `pt`, at `now`; `pace`
+/// models the subscriber's pacer at send estimate `estimate`.
 fn write_packet(
     rtc: &mut Rtc,
     s: &mut Subscriber,
     pt: str0m::media::Pt,
     m: Mapped,
     p: &Packet,
+    (pace, now, estimate): (&mut PacerModel, Instant, Option<u64>),
 ) -> Result<(), RtcError> {
     let video = p.is_video();
     let ext = ExtensionValues {
@@ -97,12 +102,16 @@ fn write_packet(
     }
     // A keyframe skips str0m's leaky bucket (1.1x the send estimate with
     // 40 ms of burst), which held it 100-400 ms (issue 22): the publisher's
-    // pacer spaced it already. Other video stays paced: with all video
-    // unpaced the send estimate fell and the layers with it (BENCHMARKS.md).
+    // pacer spaced it already. So do the frames behind it while the debt it
+    // left in the pacer would hold them (the pacer counts unpaced bytes
+    // too). Other video stays paced: with all video unpaced the send
+    // estimate fell and the layers with it (BENCHMARKS.md).
+    let held = pace.would_hold(now, estimate);
+    pace.sent(p.payload.len(), estimate);
     if video && p.keyframe_start {
         s.in_keyframe = true;
     }
-    let unpaced = video && s.in_keyframe;
+    let unpaced = video && (s.in_keyframe || held);
     if video && p.marker {
         s.in_keyframe = false;
     }
@@ -383,8 +392,13 @@ impl Sfu {
             let Some(sub) = self.peers.get_mut(&s.connection) else {
                 continue;
             };
+            let estimate = sub.estimate();
+            let now = self.now;
             let Peer {
-                rtc, subscriptions, ..
+                rtc,
+                subscriptions,
+                pace,
+                ..
             } = &mut **sub;
             let Some(line) = subscriptions.iter_mut().find(|x| x.mid() == Some(s.mid)) else {
                 continue;
@@ -404,7 +418,7 @@ impl Sfu {
                     }
                 };
                 let m = s.map(epoch, packet, &mut line.next_seq)?;
-                Some(write_packet(rtc, s, pt, m, packet))
+                Some(write_packet(rtc, s, pt, m, packet, (pace, now, estimate)))
             });
             let written = match written {
                 Ok(Some(w)) => w,
