@@ -9,7 +9,7 @@
 # `valgrind --tool=callgrind` with instrumentation off (joins, ICE and DTLS
 # run at valgrind's base speed), drives it with vela-loadtest, switches
 # instrumentation on once media flows, zeroes the counters, and after
-# SECONDS dumps them: instructions (Ir, every thread of the server) divided
+# SECONDS_MEASURED dumps them: instructions (Ir, every thread of the server) divided
 # by the packets it forwarded in between (`vela_packets_forwarded_total`
 # from /metrics, read right after the zeroing and right before the dump).
 # The loads are small (callgrind runs the server ~50x slower): each must be
