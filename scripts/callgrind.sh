@@ -114,6 +114,7 @@ measure() {
     kill -0 "$SERVER_PID" 2>/dev/null || { echo "$name: the server exited (see $dir/server.log)" >&2; exit 1; }
     sleep 0.2
   done
+  forwarded >/dev/null 2>&1 || { echo "$name: the server did not answer /metrics in 60 s" >&2; exit 1; }
   # Long enough for the joins, the settling and the measured window.
   "${gen[@]}" "$LOADTEST_BIN" run "$@" --server-url "http://127.0.0.1:$HTTP" --server-pid "$SERVER_PID" \
     --no-relay --warmup 1 --duration $((MEASURE + 40)) --out "$dir" --name "$name" -q \
