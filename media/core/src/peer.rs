@@ -143,6 +143,15 @@ const MAX_SOURCES: usize = 64;
 /// How often a subscriber whose estimate is below its demand is probed again.
 const PROBE_REPEAT: Duration = Duration::from_secs(1);
 
+/// How many sent packets each video send stream keeps to answer NACKs
+/// (str0m's default 1000, kept up to 3 s). A subscriber's NACK comes about a
+/// round trip after the loss, and libwebrtc asks again each round trip: 256
+/// packets are ~1.3 s of a 1.7 Mbit/s layer in 1.2 kB packets, ~0.6 s of
+/// 4 Mbit/s. With 1000 the history alone was ~350 KiB per video subscriber,
+/// and growing it left as much again of freed buffers in the heap
+/// (BENCHMARKS.md, "Memory per video subscriber").
+const VIDEO_RESEND_HISTORY: usize = 256;
+
 /// The `Rtc` settings every peer shares, built once per SFU and cloned per
 /// peer.
 ///
@@ -170,7 +179,8 @@ pub(crate) fn rtc_config(bandwidth_estimation: bool) -> RtcConfig {
         // Media is forwarded per RTP packet, as it arrives: no depacketizing
         // and packetizing again, no reordering wait (the subscriber's
         // jitter buffer orders packets, as it must anyway).
-        .set_rtp_mode(true);
+        .set_rtp_mode(true)
+        .set_send_buffer_video(VIDEO_RESEND_HISTORY);
     if let Some(cert) = cert {
         builder = builder.set_dtls_cert(cert);
     }

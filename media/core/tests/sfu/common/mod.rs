@@ -366,6 +366,7 @@ impl World {
             timeout: self.now,
             audio_level: -127,
             offline: false,
+            stun_gets_through: false,
             simulcast: false,
             force_keyframe_rids: Vec::new(),
             frame: 0,
