@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs LiveKit's own SDKs for the LiveKit compatibility tests
-# (signaling/tests/livekit_api.rs), at the versions their lock files pin:
+# (signaling/tests/livekit_api.rs and browser_livekit.rs), at the versions
+# their lock files pin:
 # - target/livekit-venv, a Python venv with `livekit-api` and `livekit`
 #   (signaling/tests/livekit/requirements.txt; needs python3 with venv and
 #   ensurepip, Debian's python3-venv);
-# - signaling/tests/livekit/node/node_modules with `livekit-server-sdk`
-#   (its package-lock.json; needs npm).
+# - signaling/tests/livekit/node/node_modules with `livekit-server-sdk` and
+#   `livekit-client` (its package-lock.json; needs npm): the latter's UMD
+#   bundle is what signaling/tests/browser_livekit.rs loads into Chromium.
 # Idempotent: what is up to date already is left alone, so a second run
 # returns at once. Prints the venv's python on its last line.
 set -euo pipefail
@@ -24,7 +26,7 @@ fi
 
 node_dir=signaling/tests/livekit/node
 if ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.vela-lock" 2>/dev/null; then
-  echo "installing livekit-server-sdk in $node_dir (npm ci)" >&2
+  echo "installing livekit-server-sdk and livekit-client in $node_dir (npm ci)" >&2
   (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
   cp "$node_dir/package-lock.json" "$node_dir/node_modules/.vela-lock"
 fi
