@@ -49,8 +49,9 @@ if [ ! -f "$node_dir/node_modules/puppeteer-core/package.json" ]; then
   (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# LiveKit's own SDKs (Python and Node), pinned, for
-# signaling/tests/livekit_api.rs (quick when they are there already).
+# LiveKit's own SDKs (Python, Node, and livekit-client for Chromium), pinned,
+# for signaling/tests/livekit_api.rs and browser_livekit.rs (quick when they
+# are there already).
 ./scripts/livekit-sdks.sh >/dev/null
 
 # A one-off build of the whole suite gains nothing from incremental caches,

@@ -309,7 +309,7 @@
 
   window.velaCalls = { onPush };
   Object.assign(vela, {
-    call: startCall, acceptCall, declineCall, hangUp, takeOver, addToCall, sendChat, markMissedSeen,
+    call: startCall, acceptCall, declineCall, hangUp, takeOver, addToCall, sendCallChat: sendChat, markMissedSeen,
     setCallSettings: setSettings, history: () => loadHistory(false),
     calls: () => ({
       clientId, myCall: st.myCall,

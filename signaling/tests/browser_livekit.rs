@@ -205,8 +205,8 @@ async fn scenario(h: &Harness, bundle: &str) -> TestResult {
                 return Ok(Ok(m.clone()));
             }
             if sent % 8 == 0 {
-                // `sendData`, as the page's chat form does (`vela.sendChat`
-                // is the calls' chat: calls.js replaces it).
+                // `sendData` with LiveKit's chat JSON, as the page's chat
+                // form does.
                 run_js(
                     &vela,
                     r#"const message = JSON.stringify({ id: 'vela-' + args[0], timestamp: Date.now(), message: 'hello from vela ' + args[0] });
