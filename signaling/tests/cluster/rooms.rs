@@ -412,7 +412,23 @@ async fn whip_and_room_creation_on_the_wrong_node_are_redirected() {
             .unwrap();
         assert_eq!(r.status(), 401);
         // A new room opens on the least loaded node: node 2, once node 1's
-        // load (the cast's two publishers) is in a heartbeat.
+        // load (the cast's two publishers) is in Redis and then in node 1's
+        // cached view of the nodes (refreshed each heartbeat).
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                let r = nodes[0]
+                    .api()
+                    .get("/api/v1/cluster/nodes", &service_token())
+                    .await
+                    .ok(200);
+                r["nodes"].as_array().is_some_and(|ns| {
+                    ns.iter()
+                        .any(|n| n["id"] == "n1" && n["participants"].as_u64() >= Some(2))
+                })
+            })
+            .await,
+            "node 1's load never reached Redis"
+        );
         tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS)).await;
         let r = http()
             .post(format!("{}/api/v1/rooms", nodes[0].base()))

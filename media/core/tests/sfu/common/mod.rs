@@ -12,8 +12,8 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 use vela_media_core::{
-    ConnectionId, JoinRequest, LeaveReason, LinkId, Output, ParticipantId, PeerKind, RelayMessage,
-    RoomId, Sfu, SfuConfig, Signal,
+    ConnectionId, JoinRequest, Joined, LeaveReason, LinkId, Output, ParticipantId, PeerKind,
+    RelayMessage, RoomId, Sfu, SfuConfig, Signal,
 };
 
 pub mod mesh;
@@ -90,6 +90,39 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client as `joined` made it, publishing nothing, receiving nothing
+    /// yet; the join paths set what differs.
+    fn new(name: String, rtc: Rtc, addr: SocketAddr, joined: &Joined, now: Instant) -> Self {
+        Client {
+            name,
+            rtc,
+            addr,
+            id: joined.participant.id,
+            conn: joined.connection,
+            audio: None,
+            video: None,
+            pending: None,
+            received: HashMap::new(),
+            keyframe_requests: 0,
+            signals: Vec::new(),
+            left: None,
+            connected: false,
+            timeout: now,
+            audio_level: -127,
+            offline: false,
+            stun_gets_through: false,
+            simulcast: false,
+            force_keyframe_rids: Vec::new(),
+            frame: 0,
+            force_keyframe: false,
+            keyframe_size: None,
+            rtp_ssrcs: Vec::new(),
+            undecodable: 0,
+            others: joined.others.iter().map(|p| p.id).collect(),
+            channel: None,
+        }
+    }
+
     /// Its next single-layer video frame is a keyframe.
     pub fn send_keyframe(&mut self) {
         self.force_keyframe = true;
@@ -280,7 +313,7 @@ impl World {
                 (mid, r)
             })
             .collect();
-        let joined = self
+        let mut joined = self
             .sfu
             .handle_join(
                 self.now,
@@ -289,35 +322,11 @@ impl World {
             )
             .unwrap();
         rtc.sdp_api()
-            .accept_answer(pending, joined.answer.unwrap())
+            .accept_answer(pending, joined.answer.take().unwrap())
             .unwrap();
         self.clients.push(Client {
-            name: name.to_owned(),
-            rtc,
-            addr,
-            id: joined.participant.id,
-            conn: joined.connection,
-            audio: None,
-            video: None,
-            pending: None,
             received,
-            keyframe_requests: 0,
-            signals: Vec::new(),
-            left: None,
-            connected: false,
-            timeout: self.now,
-            audio_level: -127,
-            offline: false,
-            stun_gets_through: false,
-            simulcast: false,
-            force_keyframe_rids: Vec::new(),
-            frame: 0,
-            force_keyframe: false,
-            keyframe_size: None,
-            rtp_ssrcs: Vec::new(),
-            undecodable: 0,
-            others: joined.others.iter().map(|p| p.id).collect(),
-            channel: None,
+            ..Client::new(name.to_owned(), rtc, addr, &joined, self.now)
         });
         self.clients.len() - 1
     }
@@ -349,34 +358,8 @@ impl World {
             req = req.with_stream_ids(f);
         }
         let joined = self.sfu.handle_join(self.now, req).unwrap();
-        self.clients.push(Client {
-            name,
-            rtc,
-            addr,
-            id: joined.participant.id,
-            conn: joined.connection,
-            audio: None,
-            video: None,
-            pending: None,
-            received: HashMap::new(),
-            keyframe_requests: 0,
-            signals: Vec::new(),
-            left: None,
-            connected: false,
-            timeout: self.now,
-            audio_level: -127,
-            offline: false,
-            stun_gets_through: false,
-            simulcast: false,
-            force_keyframe_rids: Vec::new(),
-            frame: 0,
-            force_keyframe: false,
-            keyframe_size: None,
-            rtp_ssrcs: Vec::new(),
-            undecodable: 0,
-            others: joined.others.iter().map(|p| p.id).collect(),
-            channel: None,
-        });
+        self.clients
+            .push(Client::new(name, rtc, addr, &joined, self.now));
         self.clients.len() - 1
     }
 
@@ -450,32 +433,12 @@ impl World {
             None => name.to_owned(),
         };
         self.clients.push(Client {
-            name,
-            rtc,
-            addr,
-            id: joined.participant.id,
-            conn: joined.connection,
             audio,
             video,
-            pending: None,
-            received: HashMap::new(),
-            keyframe_requests: 0,
-            signals: Vec::new(),
-            left: None,
-            connected: false,
-            timeout: self.now,
-            audio_level: -127,
-            offline: false,
-            stun_gets_through: false,
             simulcast,
             force_keyframe_rids: vec!["q".into(), "h".into(), "f".into()],
-            frame: 0,
             force_keyframe: true,
-            keyframe_size: None,
-            rtp_ssrcs: Vec::new(),
-            undecodable: 0,
-            others: joined.others.iter().map(|p| p.id).collect(),
-            channel: None,
+            ..Client::new(name, rtc, addr, &joined, self.now)
         });
         self.clients.len() - 1
     }
