@@ -521,31 +521,47 @@ async fn a_livekit_subscriber_connection_receives_a_vela_publisher() {
         // A WHIP publisher: its tracks announced, then offered (again) on
         // the subscriber connection with msids LiveKit's SDKs map.
         let whip = Peer::dev_http(s, "lksub", "whip", true).await.unwrap();
-        let publisher = lk
-            .expect("update with whip's tracks", |r| match r {
-                Resp::Update(u) => u
-                    .participants
-                    .into_iter()
-                    .find(|p| p.identity == "whip" && p.tracks.len() == 2),
-                _ => None,
-            })
-            .await;
+        // The update naming both tracks and the offers carrying them come
+        // in either order (an offer may follow the first track's update):
+        // each offer is answered as it comes, none skipped.
+        let mut publisher: Option<lk::ParticipantInfo> = None;
         let mut offered = String::new();
-        while !publisher
-            .tracks
-            .iter()
-            .all(|t| offered.contains(&format!("a=msid:{}|{} {}", publisher.sid, t.sid, t.sid)))
-        {
-            let o = next_offer(&mut lk).await;
-            otx.send(SdpOffer::from_sdp_string(&o.sdp).unwrap())
-                .unwrap();
-            let answer = tokio::time::timeout(Duration::from_secs(10), arx.recv())
+        let all_offered = |p: &Option<lk::ParticipantInfo>, offered: &str| {
+            p.as_ref().is_some_and(|p| {
+                p.tracks
+                    .iter()
+                    .all(|t| offered.contains(&format!("a=msid:{}|{} {}", p.sid, t.sid, t.sid)))
+            })
+        };
+        while !all_offered(&publisher, &offered) {
+            let r = lk
+                .recv()
                 .await
-                .unwrap()
-                .unwrap();
-            lk.send(answer_of(&answer, o.id)).await;
-            offered.push_str(&o.sdp);
+                .expect("socket closed waiting for whip's tracks and offers");
+            match r {
+                Resp::Update(u) => {
+                    if let Some(p) = u
+                        .participants
+                        .into_iter()
+                        .find(|p| p.identity == "whip" && p.tracks.len() == 2)
+                    {
+                        publisher = Some(p);
+                    }
+                }
+                Resp::Offer(o) => {
+                    otx.send(SdpOffer::from_sdp_string(&o.sdp).unwrap())
+                        .unwrap();
+                    let answer = tokio::time::timeout(Duration::from_secs(10), arx.recv())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    lk.send(answer_of(&answer, o.id)).await;
+                    offered.push_str(&o.sdp);
+                }
+                _ => {}
+            }
         }
+        let publisher = publisher.unwrap();
         assert!(
             sub.wait(Duration::from_secs(20), |p| {
                 p.video_frames() > 10 && p.audio_frames() > 10
